@@ -1,0 +1,20 @@
+//! The FHIR edge of fhirseal: everything that knows what a FHIR REST request and a FHIR payload
+//! look like, and nothing about the ledger or the vault.
+//!
+//! - [`route`] parses a FHIR REST URL and method into an [`route::Interaction`];
+//! - [`format`] negotiates JSON or XML from `_format` and `Accept`;
+//! - [`outcome`] builds the `OperationOutcome` that every error of the sidecar is answered with;
+//! - [`rebase`] rewrites links that point at the upstream so that they point at the sidecar.
+//!
+//! Parsing of resources through fhirbolt will live here too, behind plain non-generic functions,
+//! so that no other crate pays fhirbolt's compile cost.
+
+pub mod format;
+pub mod outcome;
+pub mod rebase;
+pub mod route;
+
+pub use format::Format;
+pub use outcome::{IssueType, OperationOutcome, Severity};
+pub use rebase::Rebase;
+pub use route::{Interaction, RouteError};
