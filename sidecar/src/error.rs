@@ -1,0 +1,164 @@
+//! The sidecar's errors, tagged by the side that failed, and the one place where they become
+//! FHIR `OperationOutcome` responses.
+
+use bytes::Bytes;
+use fhirseal_adapters::{Format, IssueType, OperationOutcome, RouteError};
+use http::{header, HeaderValue, Response, StatusCode};
+
+use crate::body::{full, ProxyBody};
+
+/// Who caused a failure: the client (4xx), the upstream (502/504), or the sidecar (500).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Downstream,
+    Upstream,
+    Internal,
+}
+
+/// Everything that stops the sidecar from relaying a request.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error(transparent)]
+    Route(#[from] RouteError),
+    #[error("'{0}' is outside the FHIR base path {1}")]
+    OutsideBase(String, String),
+    #[error("the request body is over the limit of {limit} bytes")]
+    BodyTooLarge { limit: u64 },
+    #[error("the request body could not be read: {0}")]
+    BodyRead(String),
+    #[error("Content-Type '{0}' is not a FHIR format (application/fhir+json or application/fhir+xml) nor a patch format")]
+    UnsupportedMediaType(String),
+    #[error("the request has an invalid header: {0}")]
+    BadHeader(String),
+    #[error("the upstream FHIR server cannot be reached: {0}")]
+    UpstreamUnavailable(String),
+    #[error("the upstream FHIR server did not answer within {0} ms")]
+    UpstreamTimeout(u64),
+    #[error("the upstream FHIR server's response could not be read: {0}")]
+    UpstreamBody(String),
+    #[error("the upstream FHIR server's response is over the limit of {limit} bytes")]
+    UpstreamTooLarge { limit: u64 },
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ProxyError {
+    pub fn side(&self) -> Side {
+        match self {
+            ProxyError::Route(_)
+            | ProxyError::OutsideBase(..)
+            | ProxyError::BodyTooLarge { .. }
+            | ProxyError::BodyRead(_)
+            | ProxyError::UnsupportedMediaType(_)
+            | ProxyError::BadHeader(_) => Side::Downstream,
+            ProxyError::UpstreamUnavailable(_)
+            | ProxyError::UpstreamTimeout(_)
+            | ProxyError::UpstreamBody(_)
+            | ProxyError::UpstreamTooLarge { .. } => Side::Upstream,
+            ProxyError::Internal(_) => Side::Internal,
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::Route(e) if e.is_method() => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::Route(_) | ProxyError::BodyRead(_) | ProxyError::BadHeader(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            ProxyError::OutsideBase(..) => StatusCode::NOT_FOUND,
+            ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ProxyError::UpstreamUnavailable(_)
+            | ProxyError::UpstreamBody(_)
+            | ProxyError::UpstreamTooLarge { .. } => StatusCode::BAD_GATEWAY,
+            ProxyError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn issue_type(&self) -> IssueType {
+        match self {
+            ProxyError::Route(e) if e.is_method() => IssueType::NotSupported,
+            ProxyError::Route(_) | ProxyError::BadHeader(_) => IssueType::Invalid,
+            ProxyError::BodyRead(_) => IssueType::Structure,
+            ProxyError::OutsideBase(..) => IssueType::NotFound,
+            ProxyError::BodyTooLarge { .. } | ProxyError::UpstreamTooLarge { .. } => {
+                IssueType::TooCostly
+            }
+            ProxyError::UnsupportedMediaType(_) => IssueType::NotSupported,
+            ProxyError::UpstreamUnavailable(_) | ProxyError::UpstreamBody(_) => {
+                IssueType::Transient
+            }
+            ProxyError::UpstreamTimeout(_) => IssueType::Timeout,
+            ProxyError::Internal(_) => IssueType::Exception,
+        }
+    }
+
+    /// The `OperationOutcome` for this error. Internal errors carry no detail to the client
+    /// (the log has it, under the request id), so no secret can leak through a message.
+    pub fn outcome(&self) -> OperationOutcome {
+        let diagnostics = match self.side() {
+            Side::Internal => "fhirseal failed to process the request; see its log".to_owned(),
+            _ => self.to_string(),
+        };
+        OperationOutcome::error(self.issue_type(), diagnostics)
+    }
+
+    /// The response a client gets for this error.
+    pub fn into_response(self, format: Format) -> Response<ProxyBody> {
+        let status = self.status();
+        outcome_response(status, &self.outcome(), format)
+    }
+}
+
+/// A response carrying `outcome` in `format`.
+pub fn outcome_response(
+    status: StatusCode,
+    outcome: &OperationOutcome,
+    format: Format,
+) -> Response<ProxyBody> {
+    let mut response = Response::new(full(Bytes::from(outcome.render(format))));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(format.mime()),
+    );
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_side_maps_to_its_status_class() {
+        let cases = [
+            (
+                ProxyError::BodyTooLarge { limit: 1 },
+                StatusCode::PAYLOAD_TOO_LARGE,
+            ),
+            (
+                ProxyError::Route(RouteError::Id("a_b".into())),
+                StatusCode::BAD_REQUEST,
+            ),
+            (
+                ProxyError::UpstreamUnavailable("refused".into()),
+                StatusCode::BAD_GATEWAY,
+            ),
+            (ProxyError::UpstreamTimeout(5), StatusCode::GATEWAY_TIMEOUT),
+            (
+                ProxyError::Internal("key file".into()),
+                StatusCode::INTERNAL_SERVER_ERROR,
+            ),
+        ];
+        for (error, status) in cases {
+            assert_eq!(error.status(), status, "{error}");
+        }
+    }
+
+    #[test]
+    fn internal_details_stay_in_the_log() {
+        let outcome = ProxyError::Internal("secret path /keys/private.pem".into()).outcome();
+        assert!(!outcome.diagnostics.contains("private.pem"));
+    }
+}

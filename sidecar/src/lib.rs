@@ -1,0 +1,21 @@
+//! fhirseal: a security sidecar for FHIR servers.
+//!
+//! This crate wires the parts together: the configuration ([`config`]), the reverse proxy as a
+//! tower service ([`proxy`]), the listener with optional TLS ([`server`]), and logging
+//! ([`telemetry`]). The `fhirseal` binary only parses its command line and calls in here.
+//!
+//! It owns no FHIR knowledge (that is `fhirseal-adapters`), no storage (`fhirseal-storage`) and
+//! no ledger (`fhirseal-consensus`): it composes them.
+
+pub mod body;
+pub mod config;
+pub mod error;
+pub mod proxy;
+pub mod server;
+pub mod telemetry;
+pub mod tls;
+
+pub use config::Config;
+pub use error::ProxyError;
+pub use proxy::Proxy;
+pub use server::{ServerError, Sidecar};

@@ -1,0 +1,689 @@
+//! The reverse proxy as a tower `Service`, its life told in named phases (after pingora's
+//! proxy phases):
+//!
+//! 1. `request_filter` — health endpoints, base path, FHIR routing, media type, body size;
+//! 2. `upstream_request` — the request as the upstream sees it: its URI, hop-by-hop headers
+//!    stripped, `X-Forwarded-*` and `X-Request-Id` added, the body streamed under a limit;
+//! 3. `send` — through the pooled client, under the upstream timeout;
+//! 4. `response_filter` — hop-by-hop headers stripped, links rewritten to the sidecar's base;
+//! 5. `fail_to_proxy` — any error becomes an `OperationOutcome` (see [`crate::error`]);
+//! 6. `logging` — one structured line per request, under its request id.
+//!
+//! Sealing and unsealing slot in between `request_filter` and `upstream_request`, and after
+//! `response_filter`, once they exist.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use fhirseal_adapters::{route, Format, Interaction, Rebase};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, Uri, Version};
+use http_body::Body;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tracing::Instrument;
+
+use crate::body::{empty, full, BoxError, ProxyBody};
+use crate::config::{absolute_http_url, Config};
+use crate::error::ProxyError;
+use crate::tls;
+
+/// The request id header, taken from the client when it sends a sane one and passed upstream.
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The peer address of a client connection, put in request extensions by the server.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAddr(pub SocketAddr);
+
+/// Largest upstream response body buffered for link rewriting (generic upstreams only).
+const MAX_REWRITTEN_RESPONSE: u64 = 256 * 1024 * 1024;
+
+/// How long `/readyz` waits for the upstream's `/metadata`.
+const READY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1), never forwarded in either direction.
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+];
+
+/// The parsed upstream base.
+#[derive(Debug, Clone)]
+struct Upstream {
+    /// `http://localhost:8080/fhir`, without a trailing slash.
+    base: String,
+    /// `/fhir`, or empty when the base is the server root.
+    path: String,
+    scheme: http::uri::Scheme,
+    authority: http::uri::Authority,
+}
+
+/// The reverse proxy. Cheap to clone: clones share one connection pool.
+#[derive(Debug, Clone)]
+pub struct Proxy {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    client: Client<HttpsConnector<HttpConnector>, ProxyBody>,
+    upstream: Upstream,
+    /// Our own FHIR base path, without a trailing slash (empty for `/`).
+    base_path: String,
+    /// The configured public base, if the sidecar sits behind another proxy.
+    public_base: Option<String>,
+    /// Whether the listener speaks TLS, for building the public base from `Host`.
+    tls: bool,
+    max_body: u64,
+    timeout: Duration,
+    forwarded: bool,
+}
+
+/// A request that passed `request_filter`.
+struct Admitted {
+    interaction: Interaction,
+    /// The path below our base, as the client encoded it (`/Patient/1`).
+    rel_path: String,
+}
+
+impl Proxy {
+    /// A proxy for `config`; the connection pool is created here, connections lazily.
+    pub fn new(config: &Config, listener_tls: bool) -> Result<Proxy, ProxyError> {
+        let uri = absolute_http_url(&config.upstream.url).map_err(ProxyError::Internal)?;
+        let base = config.upstream.url.trim_end_matches('/').to_owned();
+        let upstream = Upstream {
+            path: uri.path().trim_end_matches('/').to_owned(),
+            scheme: uri.scheme().cloned().unwrap_or(http::uri::Scheme::HTTP),
+            authority: uri
+                .authority()
+                .cloned()
+                .ok_or_else(|| ProxyError::Internal("upstream URL has no host".to_owned()))?,
+            base,
+        };
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(config.upstream.connect_timeout()));
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(
+                tls::upstream_client_config().map_err(|e| ProxyError::Internal(e.to_string()))?,
+            )
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(config.upstream.pool_idle_timeout_secs))
+            .pool_max_idle_per_host(config.upstream.pool_max_idle)
+            .build(connector);
+        Ok(Proxy {
+            shared: Arc::new(Shared {
+                client,
+                upstream,
+                base_path: config.server.base_path.trim_end_matches('/').to_owned(),
+                public_base: config
+                    .server
+                    .public_base
+                    .as_ref()
+                    .map(|b| b.trim_end_matches('/').to_owned()),
+                tls: listener_tls,
+                max_body: config.server.max_body_bytes,
+                timeout: config.upstream.timeout(),
+                forwarded: config.upstream.honours_forwarded_headers,
+            }),
+        })
+    }
+
+    /// Handles one request; never fails: every error is an `OperationOutcome` response.
+    /// The future owns what it needs, so it can be spawned.
+    pub fn handle<B>(
+        &self,
+        req: Request<B>,
+    ) -> impl Future<Output = Response<ProxyBody>> + Send + 'static
+    where
+        B: Body<Data = Bytes> + Send + Sync + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let started = Instant::now();
+        let request_id = request_id(req.headers());
+        let format = Format::negotiate(req.uri().query(), req.headers());
+        let span = tracing::info_span!(
+            "request",
+            id = %request_id,
+            method = %req.method(),
+            path = %req.uri().path()
+        );
+        let req = req.map(|body| body.map_err(Into::into).boxed());
+        let proxy = self.clone();
+        async move {
+            let (interaction, result) = proxy.proxy(req, &request_id).await;
+            let mut response = match result {
+                Ok(response) => response,
+                Err(error) => proxy.fail_to_proxy(error, format),
+            };
+            if let Ok(value) = HeaderValue::from_str(&request_id) {
+                response.headers_mut().insert(REQUEST_ID, value);
+            }
+            logging(interaction, response.status(), started.elapsed());
+            response
+        }
+        .instrument(span)
+    }
+
+    async fn proxy(
+        &self,
+        req: Request<ProxyBody>,
+        request_id: &str,
+    ) -> (Option<&'static str>, Result<Response<ProxyBody>, ProxyError>) {
+        match req.uri().path() {
+            "/healthz" => return (Some("healthz"), Ok(healthz())),
+            "/readyz" => return (Some("readyz"), Ok(self.readyz().await)),
+            _ => {}
+        }
+        let admitted = match self.request_filter(&req) {
+            Ok(admitted) => admitted,
+            Err(error) => return (None, Err(error)),
+        };
+        let name = admitted.interaction.name();
+        let public_base = self.public_base(&req);
+        let result = async {
+            let upstream_req = self.upstream_request(req, &admitted, &public_base, request_id)?;
+            let response = self.send(upstream_req).await?;
+            self.response_filter(response, &public_base).await
+        }
+        .await;
+        (Some(name), result)
+    }
+
+    /// Phase 1: refuse what is not a well-formed FHIR request within our limits.
+    fn request_filter<B>(&self, req: &Request<B>) -> Result<Admitted, ProxyError> {
+        let path = req.uri().path();
+        let base = &self.shared.base_path;
+        let rel_path = match path.strip_prefix(base.as_str()) {
+            Some(rest) if rest.is_empty() || rest.starts_with('/') => rest.to_owned(),
+            _ => {
+                let shown = if base.is_empty() { "/" } else { base };
+                return Err(ProxyError::OutsideBase(path.to_owned(), shown.to_owned()));
+            }
+        };
+        let interaction = route::route(req.method(), &rel_path, req.uri().query().is_some())?;
+        if interaction.is_write() {
+            check_write_media_type(req.headers())?;
+        }
+        if let Some(length) = content_length(req.headers())? {
+            if length > self.shared.max_body {
+                return Err(ProxyError::BodyTooLarge {
+                    limit: self.shared.max_body,
+                });
+            }
+        }
+        Ok(Admitted {
+            interaction,
+            rel_path,
+        })
+    }
+
+    /// Phase 2: the request the upstream receives.
+    fn upstream_request(
+        &self,
+        req: Request<ProxyBody>,
+        admitted: &Admitted,
+        public_base: &PublicBase,
+        request_id: &str,
+    ) -> Result<Request<ProxyBody>, ProxyError> {
+        let up = &self.shared.upstream;
+        let (mut parts, body) = req.into_parts();
+        let client = parts.extensions.get::<ClientAddr>().copied();
+        let path_and_query = match parts.uri.query() {
+            Some(query) => format!("{}{}?{}", up.path, admitted.rel_path, query),
+            None => format!("{}{}", up.path, admitted.rel_path),
+        };
+        parts.uri = Uri::builder()
+            .scheme(up.scheme.clone())
+            .authority(up.authority.clone())
+            .path_and_query(path_and_query)
+            .build()
+            .map_err(|e| ProxyError::BadHeader(format!("request target: {e}")))?;
+        // The pool speaks HTTP/1.1 to the upstream whatever the client spoke to us.
+        parts.version = Version::HTTP_11;
+        let headers = &mut parts.headers;
+        strip_hop_by_hop(headers);
+        // The client pool sets `Host` from the upstream URI.
+        headers.remove(header::HOST);
+        add_forwarded(headers, client, public_base);
+        if let Ok(value) = HeaderValue::from_str(request_id) {
+            headers.insert(REQUEST_ID, value);
+        }
+        let body = Limited::new(body, self.shared.max_body as usize).boxed();
+        Ok(Request::from_parts(parts, body))
+    }
+
+    /// Phase 3: the exchange with the upstream, under its timeout.
+    async fn send(&self, req: Request<ProxyBody>) -> Result<Response<ProxyBody>, ProxyError> {
+        let timeout = self.shared.timeout;
+        let response = tokio::time::timeout(timeout, self.shared.client.request(req))
+            .await
+            .map_err(|_| ProxyError::UpstreamTimeout(timeout.as_millis() as u64))?
+            .map_err(|e| self.classify_client_error(e))?;
+        Ok(response.map(|b| b.map_err(BoxError::from).boxed()))
+    }
+
+    /// Which side failed when the pooled client returns an error.
+    fn classify_client_error(&self, error: hyper_util::client::legacy::Error) -> ProxyError {
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&error);
+        while let Some(e) = source {
+            if e.is::<LengthLimitError>() {
+                return ProxyError::BodyTooLarge {
+                    limit: self.shared.max_body,
+                };
+            }
+            if let Some(hyper_error) = e.downcast_ref::<hyper::Error>() {
+                if hyper_error.is_user() {
+                    return ProxyError::BodyRead(hyper_error.to_string());
+                }
+            }
+            source = e.source();
+        }
+        if error.is_connect() {
+            return ProxyError::UpstreamUnavailable(format!(
+                "{} ({})",
+                self.shared.upstream.base,
+                root_cause(&error)
+            ));
+        }
+        ProxyError::UpstreamUnavailable(root_cause(&error))
+    }
+
+    /// Phase 4: the response the client receives.
+    async fn response_filter(
+        &self,
+        response: Response<ProxyBody>,
+        public_base: &PublicBase,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let (mut parts, body) = response.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        let rebase = Rebase::new(&self.shared.upstream.base, &public_base.url);
+        for name in [header::LOCATION, header::CONTENT_LOCATION] {
+            if let Some(rewritten) = parts
+                .headers
+                .get(&name)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| rebase.url(v))
+            {
+                if let Ok(value) = HeaderValue::from_str(&rewritten) {
+                    parts.headers.insert(name, value);
+                }
+            }
+        }
+        let links: Vec<HeaderValue> = parts
+            .headers
+            .get_all(header::LINK)
+            .iter()
+            .map(|v| match v.to_str() {
+                Ok(text) => {
+                    HeaderValue::from_str(&rebase.link_header(text)).unwrap_or_else(|_| v.clone())
+                }
+                Err(_) => v.clone(),
+            })
+            .collect();
+        if !links.is_empty() {
+            parts.headers.remove(header::LINK);
+            for link in links {
+                parts.headers.append(header::LINK, link);
+            }
+        }
+        let is_fhir = parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(Format::from_mime)
+            .is_some();
+        if self.shared.forwarded || !is_fhir {
+            return Ok(Response::from_parts(parts, body));
+        }
+        // A generic upstream wrote its own base into the body: buffer it and rewrite.
+        let bytes = collect_limited(body, MAX_REWRITTEN_RESPONSE).await?;
+        let bytes = rebase.body(&bytes).map(Bytes::from).unwrap_or(bytes);
+        parts.headers.insert(header::CONTENT_LENGTH, bytes.len().into());
+        Ok(Response::from_parts(parts, full(bytes)))
+    }
+
+    /// Phase 5: an error as the client sees it.
+    fn fail_to_proxy(&self, error: ProxyError, format: Format) -> Response<ProxyBody> {
+        match error.side() {
+            crate::error::Side::Internal => tracing::error!(%error, "request failed"),
+            crate::error::Side::Upstream => tracing::warn!(%error, "upstream failed"),
+            crate::error::Side::Downstream => tracing::info!(%error, "request refused"),
+        }
+        error.into_response(format)
+    }
+
+    /// `/readyz`: ready when the upstream answers `/metadata` with a success.
+    async fn readyz(&self) -> Response<ProxyBody> {
+        let up = &self.shared.upstream;
+        let uri = format!("{}/metadata", up.base);
+        let req = Request::get(uri)
+            .header(header::ACCEPT, Format::Json.mime())
+            .body(empty());
+        let result = match req {
+            Ok(req) => tokio::time::timeout(READY_TIMEOUT, self.shared.client.request(req)).await,
+            Err(e) => {
+                return ProxyError::Internal(e.to_string()).into_response(Format::Json);
+            }
+        };
+        match result {
+            Ok(Ok(response)) if response.status().is_success() => {
+                json_response(StatusCode::OK, r#"{"status":"ready"}"#)
+            }
+            Ok(Ok(response)) => {
+                let outcome = fhirseal_adapters::OperationOutcome::error(
+                    fhirseal_adapters::IssueType::Transient,
+                    format!("upstream /metadata answered {}", response.status()),
+                );
+                crate::error::outcome_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &outcome,
+                    Format::Json,
+                )
+            }
+            Ok(Err(e)) => {
+                let error = self.classify_client_error(e);
+                let outcome = error.outcome();
+                crate::error::outcome_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &outcome,
+                    Format::Json,
+                )
+            }
+            Err(_) => ProxyError::UpstreamTimeout(READY_TIMEOUT.as_millis() as u64)
+                .into_response(Format::Json),
+        }
+    }
+
+    /// The base URL clients reach us at, for this request.
+    fn public_base<B>(&self, req: &Request<B>) -> PublicBase {
+        if let Some(url) = &self.shared.public_base {
+            if let Ok(uri) = url.parse::<Uri>() {
+                return PublicBase {
+                    url: url.clone(),
+                    scheme: uri.scheme_str().unwrap_or("http").to_owned(),
+                    host: uri.authority().map(|a| a.to_string()).unwrap_or_default(),
+                    prefix: uri.path().trim_end_matches('/').to_owned(),
+                };
+            }
+        }
+        let scheme = if self.shared.tls { "https" } else { "http" };
+        let host = req
+            .headers()
+            .get(header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+            .or_else(|| req.uri().authority().map(|a| a.to_string()))
+            .unwrap_or_else(|| self.shared.upstream.authority.to_string());
+        let prefix = self.shared.base_path.clone();
+        PublicBase {
+            url: format!("{scheme}://{host}{prefix}"),
+            scheme: scheme.to_owned(),
+            host,
+            prefix,
+        }
+    }
+}
+
+impl<B> tower::Service<Request<B>> for Proxy
+where
+    B: Body<Data = Bytes> + Send + Sync + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response<ProxyBody>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let response = self.handle(req);
+        Box::pin(async move { Ok(response.await) })
+    }
+}
+
+/// How clients reach the sidecar, for one request.
+#[derive(Debug, Clone)]
+struct PublicBase {
+    /// `https://seal.example:8443/fhir`
+    url: String,
+    scheme: String,
+    /// `seal.example:8443`
+    host: String,
+    /// `/fhir`
+    prefix: String,
+}
+
+/// Reads a whole upstream body, refusing one over `limit` bytes.
+async fn collect_limited(mut body: ProxyBody, limit: u64) -> Result<Bytes, ProxyError> {
+    let mut buf = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| ProxyError::UpstreamBody(e.to_string()))?;
+        if let Ok(data) = frame.into_data() {
+            if (buf.len() + data.len()) as u64 > limit {
+                return Err(ProxyError::UpstreamTooLarge { limit });
+            }
+            buf.extend_from_slice(&data);
+        }
+    }
+    Ok(buf.freeze())
+}
+
+/// Phase 6: one line per request.
+fn logging(interaction: Option<&'static str>, status: StatusCode, elapsed: Duration) {
+    tracing::info!(
+        interaction = interaction.unwrap_or("-"),
+        status = status.as_u16(),
+        micros = elapsed.as_micros() as u64,
+        "done"
+    );
+}
+
+/// The client's request id when it is short printable ASCII, else a fresh UUID.
+fn request_id(headers: &HeaderMap) -> String {
+    headers
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            (1..=128).contains(&v.len()) && v.bytes().all(|b| b.is_ascii_graphic())
+        })
+        .map(str::to_owned)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
+}
+
+/// Writes carry a FHIR resource, or a patch document, and say so.
+fn check_write_media_type(headers: &HeaderMap) -> Result<(), ProxyError> {
+    let Some(value) = headers.get(header::CONTENT_TYPE) else {
+        return Err(ProxyError::UnsupportedMediaType("(none)".to_owned()));
+    };
+    let text = value
+        .to_str()
+        .map_err(|_| ProxyError::BadHeader("Content-Type is not ASCII".to_owned()))?;
+    let essence = text.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let patch = matches!(
+        essence.as_str(),
+        "application/json-patch+json" | "application/xml-patch+xml"
+    );
+    if patch || Format::from_mime(&essence).is_some() {
+        Ok(())
+    } else {
+        Err(ProxyError::UnsupportedMediaType(text.to_owned()))
+    }
+}
+
+fn content_length(headers: &HeaderMap) -> Result<Option<u64>, ProxyError> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .map(|v| {
+            v.to_str()
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+                .ok_or_else(|| ProxyError::BadHeader("Content-Length is not a number".to_owned()))
+        })
+        .transpose()
+}
+
+/// Removes hop-by-hop headers, including those the `Connection` header names.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(name);
+    }
+    headers.remove(header::UPGRADE);
+}
+
+/// `X-Forwarded-*`, so that the upstream writes links to the sidecar.
+fn add_forwarded(
+    headers: &mut HeaderMap,
+    client: Option<ClientAddr>,
+    public: &PublicBase,
+) {
+    if let Some(ClientAddr(addr)) = client {
+        let ip = addr.ip().to_string();
+        let value = match headers
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+        {
+            Some(previous) => format!("{previous}, {ip}"),
+            None => ip,
+        };
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            headers.insert("x-forwarded-for", value);
+        }
+    }
+    let port = public
+        .host
+        .rsplit_once(':')
+        .filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit()) && !p.is_empty())
+        .map(|(_, p)| p.to_owned())
+        .unwrap_or_else(|| if public.scheme == "https" { "443" } else { "80" }.to_owned());
+    for (name, value) in [
+        ("x-forwarded-host", public.host.as_str()),
+        ("x-forwarded-proto", public.scheme.as_str()),
+        ("x-forwarded-port", port.as_str()),
+        ("x-forwarded-prefix", public.prefix.as_str()),
+    ] {
+        match HeaderValue::from_str(value) {
+            Ok(value) if !value.is_empty() => {
+                headers.insert(name, value);
+            }
+            _ => {
+                headers.remove(name);
+            }
+        }
+    }
+}
+
+fn healthz() -> Response<ProxyBody> {
+    json_response(StatusCode::OK, r#"{"status":"up"}"#)
+}
+
+fn json_response(status: StatusCode, body: &'static str) -> Response<ProxyBody> {
+    let mut response = Response::new(full(Bytes::from_static(body.as_bytes())));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+/// The innermost cause of an error, which is the one a person can act on.
+fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = error;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    cause.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_and_those_named_by_connection_go() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONNECTION, HeaderValue::from_static("close, x-secret"));
+        headers.insert("x-secret", HeaderValue::from_static("1"));
+        headers.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        headers.insert(header::ACCEPT, HeaderValue::from_static("application/fhir+json"));
+        strip_hop_by_hop(&mut headers);
+        assert_eq!(headers.len(), 1);
+        assert!(headers.contains_key(header::ACCEPT));
+    }
+
+    #[test]
+    fn request_ids_are_kept_only_when_sane() {
+        let mut headers = HeaderMap::new();
+        headers.insert(REQUEST_ID, HeaderValue::from_static("abc-123"));
+        assert_eq!(request_id(&headers), "abc-123");
+        headers.insert(REQUEST_ID, HeaderValue::from_static("has space"));
+        assert_ne!(request_id(&headers), "has space");
+        assert_eq!(request_id(&HeaderMap::new()).len(), 36);
+    }
+
+    #[test]
+    fn writes_need_a_fhir_or_patch_media_type() {
+        let mut headers = HeaderMap::new();
+        assert!(check_write_media_type(&headers).is_err());
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        assert!(check_write_media_type(&headers).is_err());
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json-patch+json"),
+        );
+        assert!(check_write_media_type(&headers).is_ok());
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/fhir+xml;charset=utf-8"),
+        );
+        assert!(check_write_media_type(&headers).is_ok());
+    }
+
+    #[test]
+    fn forwarded_headers_describe_the_public_base() {
+        let mut headers = HeaderMap::new();
+        let public = PublicBase {
+            url: "https://seal.example:8443/fhir".into(),
+            scheme: "https".into(),
+            host: "seal.example:8443".into(),
+            prefix: "/fhir".into(),
+        };
+        let client = ClientAddr(SocketAddr::from(([10, 1, 2, 3], 5555)));
+        headers.insert("x-forwarded-for", HeaderValue::from_static("192.0.2.1"));
+        add_forwarded(&mut headers, Some(client), &public);
+        assert_eq!(headers["x-forwarded-for"], "192.0.2.1, 10.1.2.3");
+        assert_eq!(headers["x-forwarded-host"], "seal.example:8443");
+        assert_eq!(headers["x-forwarded-proto"], "https");
+        assert_eq!(headers["x-forwarded-port"], "8443");
+        assert_eq!(headers["x-forwarded-prefix"], "/fhir");
+    }
+}
