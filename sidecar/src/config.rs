@@ -294,7 +294,9 @@ impl Config {
 
 /// An `http` or `https` URL with a host and no query or fragment.
 pub(crate) fn absolute_http_url(url: &str) -> Result<Uri, String> {
-    let uri: Uri = url.parse().map_err(|e| format!("'{url}' is not a URL: {e}"))?;
+    let uri: Uri = url
+        .parse()
+        .map_err(|e| format!("'{url}' is not a URL: {e}"))?;
     match uri.scheme_str() {
         Some("http" | "https") => {}
         _ => return Err(format!("'{url}' must start with http:// or https://")),

@@ -9,7 +9,11 @@ use fhirseal_sidecar::config::{Config, LogFormat, TlsConfig};
 use fhirseal_sidecar::{telemetry, Sidecar};
 
 #[derive(Debug, Parser)]
-#[command(name = "fhirseal", version, about = "A security sidecar for FHIR servers")]
+#[command(
+    name = "fhirseal",
+    version,
+    about = "A security sidecar for FHIR servers"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

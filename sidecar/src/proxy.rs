@@ -188,7 +188,10 @@ impl Proxy {
         &self,
         req: Request<ProxyBody>,
         request_id: &str,
-    ) -> (Option<&'static str>, Result<Response<ProxyBody>, ProxyError>) {
+    ) -> (
+        Option<&'static str>,
+        Result<Response<ProxyBody>, ProxyError>,
+    ) {
         match req.uri().path() {
             "/healthz" => return (Some("healthz"), Ok(healthz())),
             "/readyz" => return (Some("readyz"), Ok(self.readyz().await)),
@@ -203,7 +206,8 @@ impl Proxy {
         let result = async {
             let upstream_req = self.upstream_request(req, &admitted, &public_base, request_id)?;
             let response = self.send(upstream_req).await?;
-            self.response_filter(response, &public_base).await
+            self.response_filter(response, &admitted.interaction, &public_base)
+                .await
         }
         .await;
         (Some(name), result)
@@ -284,19 +288,22 @@ impl Proxy {
 
     /// Which side failed when the pooled client returns an error.
     fn classify_client_error(&self, error: hyper_util::client::legacy::Error) -> ProxyError {
-        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&error);
-        while let Some(e) = source {
-            if e.is::<LengthLimitError>() {
-                return ProxyError::BodyTooLarge {
-                    limit: self.shared.max_body,
-                };
-            }
-            if let Some(hyper_error) = e.downcast_ref::<hyper::Error>() {
-                if hyper_error.is_user() {
-                    return ProxyError::BodyRead(hyper_error.to_string());
-                }
-            }
-            source = e.source();
+        let chain = || {
+            std::iter::successors(Some(&error as &(dyn std::error::Error + 'static)), |e| {
+                e.source()
+            })
+        };
+        if chain().any(|e| e.is::<LengthLimitError>()) {
+            return ProxyError::BodyTooLarge {
+                limit: self.shared.max_body,
+            };
+        }
+        // A body error from our side of the exchange is the client's body failing to arrive.
+        if let Some(user) = chain()
+            .filter_map(|e| e.downcast_ref::<hyper::Error>())
+            .find(|e| e.is_user())
+        {
+            return ProxyError::BodyRead(format!("{user}: {}", root_cause(&error)));
         }
         if error.is_connect() {
             return ProxyError::UpstreamUnavailable(format!(
@@ -312,6 +319,7 @@ impl Proxy {
     async fn response_filter(
         &self,
         response: Response<ProxyBody>,
+        interaction: &Interaction,
         public_base: &PublicBase,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let (mut parts, body) = response.into_parts();
@@ -352,13 +360,18 @@ impl Proxy {
             .and_then(|v| v.to_str().ok())
             .and_then(Format::from_mime)
             .is_some();
-        if self.shared.forwarded || !is_fhir {
+        // HAPI caches its CapabilityStatement with the base of whoever asked first, whatever
+        // the forwarded headers of later requests say, so that one is always rewritten.
+        let rewrite = !self.shared.forwarded || matches!(interaction, Interaction::Capabilities);
+        if !rewrite || !is_fhir {
             return Ok(Response::from_parts(parts, body));
         }
-        // A generic upstream wrote its own base into the body: buffer it and rewrite.
+        // The upstream may have written its own base into the body: buffer it and rewrite.
         let bytes = collect_limited(body, MAX_REWRITTEN_RESPONSE).await?;
         let bytes = rebase.body(&bytes).map(Bytes::from).unwrap_or(bytes);
-        parts.headers.insert(header::CONTENT_LENGTH, bytes.len().into());
+        parts
+            .headers
+            .insert(header::CONTENT_LENGTH, bytes.len().into());
         Ok(Response::from_parts(parts, full(bytes)))
     }
 
@@ -505,9 +518,7 @@ fn request_id(headers: &HeaderMap) -> String {
     headers
         .get(REQUEST_ID)
         .and_then(|v| v.to_str().ok())
-        .filter(|v| {
-            (1..=128).contains(&v.len()) && v.bytes().all(|b| b.is_ascii_graphic())
-        })
+        .filter(|v| (1..=128).contains(&v.len()) && v.bytes().all(|b| b.is_ascii_graphic()))
         .map(str::to_owned)
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
 }
@@ -520,7 +531,12 @@ fn check_write_media_type(headers: &HeaderMap) -> Result<(), ProxyError> {
     let text = value
         .to_str()
         .map_err(|_| ProxyError::BadHeader("Content-Type is not ASCII".to_owned()))?;
-    let essence = text.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let essence = text
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
     let patch = matches!(
         essence.as_str(),
         "application/json-patch+json" | "application/xml-patch+xml"
@@ -560,17 +576,10 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 /// `X-Forwarded-*`, so that the upstream writes links to the sidecar.
-fn add_forwarded(
-    headers: &mut HeaderMap,
-    client: Option<ClientAddr>,
-    public: &PublicBase,
-) {
+fn add_forwarded(headers: &mut HeaderMap, client: Option<ClientAddr>, public: &PublicBase) {
     if let Some(ClientAddr(addr)) = client {
         let ip = addr.ip().to_string();
-        let value = match headers
-            .get("x-forwarded-for")
-            .and_then(|v| v.to_str().ok())
-        {
+        let value = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
             Some(previous) => format!("{previous}, {ip}"),
             None => ip,
         };
@@ -583,7 +592,14 @@ fn add_forwarded(
         .rsplit_once(':')
         .filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit()) && !p.is_empty())
         .map(|(_, p)| p.to_owned())
-        .unwrap_or_else(|| if public.scheme == "https" { "443" } else { "80" }.to_owned());
+        .unwrap_or_else(|| {
+            if public.scheme == "https" {
+                "443"
+            } else {
+                "80"
+            }
+            .to_owned()
+        });
     for (name, value) in [
         ("x-forwarded-host", public.host.as_str()),
         ("x-forwarded-proto", public.scheme.as_str()),
@@ -631,10 +647,19 @@ mod tests {
     #[test]
     fn hop_by_hop_headers_and_those_named_by_connection_go() {
         let mut headers = HeaderMap::new();
-        headers.insert(header::CONNECTION, HeaderValue::from_static("close, x-secret"));
+        headers.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("close, x-secret"),
+        );
         headers.insert("x-secret", HeaderValue::from_static("1"));
-        headers.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
-        headers.insert(header::ACCEPT, HeaderValue::from_static("application/fhir+json"));
+        headers.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        headers.insert(
+            header::ACCEPT,
+            HeaderValue::from_static("application/fhir+json"),
+        );
         strip_hop_by_hop(&mut headers);
         assert_eq!(headers.len(), 1);
         assert!(headers.contains_key(header::ACCEPT));

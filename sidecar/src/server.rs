@@ -179,5 +179,7 @@ fn is_transient(error: &std::io::Error) -> bool {
     matches!(
         error.kind(),
         ConnectionAborted | ConnectionReset | Interrupted | WouldBlock
-    ) || error.raw_os_error().is_some_and(|code| code == 24 || code == 23) // EMFILE, ENFILE
+    ) || error
+        .raw_os_error()
+        .is_some_and(|code| code == 24 || code == 23) // EMFILE, ENFILE
 }

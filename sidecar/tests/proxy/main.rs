@@ -1,0 +1,12 @@
+//! Integration tests of the reverse proxy against a real HAPI FHIR JPA server.
+//!
+//! The HAPI base comes from `FHIRSEAL_TEST_HAPI` (e.g. `http://127.0.0.1:18080/fhir`); the
+//! README's test command starts HAPI and sets it. Tests that need no FHIR server (TLS, bad
+//! input answered by the sidecar itself, a slow upstream) run their own loopback servers.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
+
+mod common;
+mod t10_transparency;
+mod t20_bad_input;
+mod t30_transport;
