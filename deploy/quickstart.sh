@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The quickstart: builds and starts HAPI FHIR on 127.0.0.1:8080 (the sidecar's default
+# upstream), builds fhirseal, and runs it in the foreground on its embedded default
+# (127.0.0.1:8088). Ctrl-C stops both. Extra arguments go to `fhirseal run`.
+set -euo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+hapi_port=${HAPI_PORT:-8080}
+hapi="$root/deploy/hapi/hapi.sh"
+
+cd "$root"
+cargo build --release --locked --bin fhirseal
+
+started=0
+if "$hapi" status "$hapi_port" >/dev/null 2>&1; then
+  echo "quickstart: HAPI FHIR already answers on 127.0.0.1:$hapi_port"
+else
+  "$hapi" start "$hapi_port"
+  started=1
+fi
+cleanup() {
+  if [ "$started" = 1 ]; then
+    "$hapi" stop "$hapi_port" || true
+  fi
+}
+trap cleanup EXIT
+
+listen=${FHIRSEAL_LISTEN:-127.0.0.1:8088}
+cat <<MSG
+
+  fhirseal is starting in front of HAPI FHIR.
+  Send FHIR requests to:   http://$listen/fhir     (e.g. curl http://$listen/fhir/metadata)
+  HAPI FHIR direct:        http://127.0.0.1:$hapi_port/fhir
+  Health / readiness:      http://$listen/healthz  http://$listen/readyz
+  Stop with Ctrl-C.
+
+MSG
+FHIRSEAL_LISTEN=$listen FHIRSEAL_UPSTREAM=${FHIRSEAL_UPSTREAM:-http://127.0.0.1:$hapi_port/fhir} \
+  "$root/target/release/fhirseal" run "$@"
