@@ -4,7 +4,8 @@
 
 #[test]
 fn example_config_is_the_default() {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/fhirseal.example.toml");
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/fhirseal.example.toml");
     let config = fhirseal_sidecar::Config::from_file(&path).unwrap();
     config.validate().unwrap();
     assert_eq!(config, fhirseal_sidecar::Config::default());
