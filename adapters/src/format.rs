@@ -21,12 +21,20 @@ impl Format {
     /// Reads one MIME type or `_format` value (`json`, `xml`, `application/fhir+json`, …).
     /// Parameters after `;` are ignored; anything not a FHIR format gives `None`.
     pub fn from_mime(value: &str) -> Option<Format> {
-        let essence = value.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+        let essence = value
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
         match essence.as_str() {
             "json" | "application/json" | "application/fhir+json" | "application/json+fhir" => {
                 Some(Format::Json)
             }
-            "xml" | "text/xml" | "application/xml" | "application/fhir+xml"
+            "xml"
+            | "text/xml"
+            | "application/xml"
+            | "application/fhir+xml"
             | "application/xml+fhir" => Some(Format::Xml),
             _ => None,
         }
@@ -35,7 +43,10 @@ impl Format {
     /// The format a response should have: `_format` in the query wins over `Accept`, as FHIR
     /// R4 §3.1.0.1.8 says; JSON when neither names a FHIR format.
     pub fn negotiate(query: Option<&str>, headers: &HeaderMap) -> Format {
-        if let Some(format) = query.and_then(format_param).and_then(|v| Format::from_mime(&v)) {
+        if let Some(format) = query
+            .and_then(format_param)
+            .and_then(|v| Format::from_mime(&v))
+        {
             return format;
         }
         headers
@@ -78,7 +89,10 @@ mod tests {
     fn format_parameter_wins_over_accept() {
         let mut headers = HeaderMap::new();
         headers.insert(ACCEPT, HeaderValue::from_static("application/fhir+json"));
-        assert_eq!(Format::negotiate(Some("_format=xml"), &headers), Format::Xml);
+        assert_eq!(
+            Format::negotiate(Some("_format=xml"), &headers),
+            Format::Xml
+        );
         assert_eq!(
             Format::negotiate(Some("a=b&_format=application/fhir%2Bxml"), &headers),
             Format::Xml

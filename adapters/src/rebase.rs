@@ -119,7 +119,9 @@ mod tests {
     fn link_headers_keep_their_parameters() {
         let r = rebase();
         assert_eq!(
-            r.link_header(r#"<http://up:8080/fhir/Patient?page=2>; rel="next", <http://x/y>; rel="about""#),
+            r.link_header(
+                r#"<http://up:8080/fhir/Patient?page=2>; rel="next", <http://x/y>; rel="about""#
+            ),
             r#"<https://seal.example/fhir/Patient?page=2>; rel="next", <http://x/y>; rel="about""#
         );
     }

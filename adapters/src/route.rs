@@ -330,10 +330,16 @@ mod tests {
     #[test]
     fn every_interaction_routes() {
         let s = |v: &str| v.to_owned();
-        assert_eq!(ok(Method::GET, "metadata", false), Interaction::Capabilities);
+        assert_eq!(
+            ok(Method::GET, "metadata", false),
+            Interaction::Capabilities
+        );
         assert_eq!(ok(Method::POST, "/", false), Interaction::Bundle);
         assert_eq!(ok(Method::GET, "", true), Interaction::SearchSystem);
-        assert_eq!(ok(Method::GET, "_history", false), Interaction::HistorySystem);
+        assert_eq!(
+            ok(Method::GET, "_history", false),
+            Interaction::HistorySystem
+        );
         assert_eq!(
             ok(Method::POST, "Patient", false),
             Interaction::Create {
