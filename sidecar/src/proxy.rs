@@ -268,6 +268,8 @@ impl Proxy {
         strip_hop_by_hop(headers);
         // The client pool sets `Host` from the upstream URI.
         headers.remove(header::HOST);
+        // HAPI builds links from RFC 7239 `Forwarded` too: only our own description counts.
+        headers.remove(header::FORWARDED);
         add_forwarded(headers, client, public_base);
         if let Ok(value) = HeaderValue::from_str(request_id) {
             headers.insert(REQUEST_ID, value);
