@@ -9,10 +9,14 @@
 //! Parsing of resources through fhirbolt will live here too, behind plain non-generic functions,
 //! so that no other crate pays fhirbolt's compile cost.
 
+pub mod fhir;
 pub mod format;
+pub mod identity;
 pub mod outcome;
+pub mod profile;
 pub mod rebase;
 pub mod route;
+pub mod search;
 
 pub use format::Format;
 pub use outcome::{IssueType, OperationOutcome, Severity};

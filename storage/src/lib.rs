@@ -1,6 +1,19 @@
 //! fhirseal's storage: sealing (fingerprint, hybrid encryption, key wrapping), the sled vault, the
 //! blind index, the outbox, and the typed sled stores that `consensus` uses (blocks, raft log).
 //!
-//! It knows nothing of FHIR: it stores and seals bytes under keys that callers give it.
-//! The sealing and the vault arrive with the "seal writes, unseal reads" work; until then this
-//! crate holds no code.
+//! It knows nothing of FHIR: it seals and stores bytes under keys that callers give it
+//! (resource type, id and version are opaque strings here).
+//!
+//! - [`keys`] — the node's secret keys, made on first start with owner-only permissions;
+//! - [`seal`] — fingerprints, blind tokens, AES-256-GCM records with RSA-OAEP-wrapped keys;
+//! - [`vault`] — the sled vault: records, indexes and blind index, one transaction per write.
+
+pub mod error;
+pub mod keys;
+pub mod seal;
+pub mod vault;
+
+pub use error::{Result, StorageError};
+pub use keys::{NodeKeys, SecretKey};
+pub use seal::{blind_token, Fingerprint, NewEpochKey, RecordMeta, SealedRecord, Sealer};
+pub use vault::{Durability, Vault, VaultWrite};

@@ -1,0 +1,436 @@
+//! Identity search: the parts of a FHIR search that name identity (which the upstream no
+//! longer holds) are answered from the blind index and rewritten to ids.
+//!
+//! `Patient?family=smi&gender=female` becomes `Patient?gender=female&_id=a,b` where `a` and
+//! `b` are the patients whose family name starts with "smi"; a chain such as
+//! `Observation?subject:Patient.name=smi` becomes `Observation?subject=Patient/a,Patient/b`.
+//! Comma-separated values are alternatives (their matches are joined); a parameter repeated is
+//! a conjunction (their matches are intersected). What cannot be answered exactly is refused
+//! with the parameter's name, never answered approximately.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, CONTROLS};
+
+use crate::identity::normalize;
+use crate::profile::Profile;
+
+/// The identity search parameters of person resources.
+const STRING_PARAMS: &[&str] = &[
+    "name",
+    "family",
+    "given",
+    "address",
+    "address-city",
+    "address-postalcode",
+];
+const IDENTITY_PARAMS: &[&str] = &[
+    "name",
+    "family",
+    "given",
+    "address",
+    "address-city",
+    "address-postalcode",
+    "identifier",
+    "telecom",
+    "phone",
+    "email",
+    "birthdate",
+    "phonetic",
+];
+
+/// A search parameter the sidecar cannot answer correctly.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("search parameter '{param}' cannot be answered through fhirseal: {reason}")]
+pub struct SearchError {
+    pub param: String,
+    pub reason: String,
+}
+
+fn unsupported(param: &str, reason: impl Into<String>) -> SearchError {
+    SearchError {
+        param: param.to_owned(),
+        reason: reason.into(),
+    }
+}
+
+/// One identity parameter occurrence: any of `alternatives` (blind-index key, value) matches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lookup {
+    /// The parameter as the client wrote it, for messages.
+    pub param: String,
+    /// The person type searched in the blind index.
+    pub resource_type: String,
+    /// `_id`, or the reference parameter the chain hangs off (`subject`).
+    pub target: String,
+    pub alternatives: Vec<(String, String)>,
+}
+
+/// A search split into what passes through and what the blind index answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    /// `name=value` pairs passed on as they came (still percent-encoded).
+    pub passthrough: Vec<String>,
+    pub lookups: Vec<Lookup>,
+}
+
+/// Plans the search of `resource_type` (None for a system search) given its query string (or
+/// form body). `Ok(None)`: no identity parameter, pass the query unchanged.
+pub fn plan(
+    resource_type: Option<&str>,
+    query: &str,
+    profile: &Profile,
+) -> Result<Option<Plan>, SearchError> {
+    let mut passthrough = Vec::new();
+    let mut lookups = Vec::new();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (raw_name, raw_value) = pair.split_once('=').unwrap_or((pair, ""));
+        let name = decode(raw_name);
+        let value = decode(raw_value);
+        match classify(resource_type, &name, profile)? {
+            None => passthrough.push(pair.to_owned()),
+            Some(param) => match lookup(&param, &name, &value)? {
+                Some(lookup) => lookups.push(lookup),
+                None => passthrough.push(pair.to_owned()),
+            },
+        }
+    }
+    if lookups.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(Plan {
+        passthrough,
+        lookups,
+    }))
+}
+
+/// An identity parameter, parsed.
+struct Param {
+    base: String,
+    modifier: Option<String>,
+    resource_type: String,
+    target: String,
+}
+
+fn classify(
+    resource_type: Option<&str>,
+    name: &str,
+    profile: &Profile,
+) -> Result<Option<Param>, SearchError> {
+    if name == "_filter" || name == "_content" || name == "_text" {
+        if resource_type.is_some_and(|t| profile.is_person(t)) {
+            return Err(unsupported(name, "free-text and filter searches would read identity the upstream does not hold"));
+        }
+        return Ok(None);
+    }
+    let parts: Vec<&str> = name.split('.').collect();
+    match parts.as_slice() {
+        [single] => {
+            let Some(ty) = resource_type.filter(|t| profile.is_person(t)) else {
+                return Ok(None);
+            };
+            let (base, modifier) = split_modifier(single);
+            if !IDENTITY_PARAMS.contains(&base) {
+                return Ok(None);
+            }
+            Ok(Some(Param {
+                base: base.to_owned(),
+                modifier: modifier.map(str::to_owned),
+                resource_type: ty.to_owned(),
+                target: "_id".to_owned(),
+            }))
+        }
+        [reference, last] => {
+            let (base, modifier) = split_modifier(last);
+            if !IDENTITY_PARAMS.contains(&base) {
+                return Ok(None);
+            }
+            let (ref_name, ref_type) = split_modifier(reference);
+            let target_type = match ref_type {
+                Some(t) => t.to_owned(),
+                None if ref_name == "patient" || ref_name == "subject" => "Patient".to_owned(),
+                None => {
+                    return Err(unsupported(
+                        name,
+                        format!("name the target type, e.g. {ref_name}:Patient.{last}"),
+                    ))
+                }
+            };
+            if !profile.is_person(&target_type) {
+                return Ok(None);
+            }
+            Ok(Some(Param {
+                base: base.to_owned(),
+                modifier: modifier.map(str::to_owned),
+                resource_type: target_type,
+                target: ref_name.to_owned(),
+            }))
+        }
+        longer => {
+            let (base, _) = split_modifier(longer.last().copied().unwrap_or(""));
+            if IDENTITY_PARAMS.contains(&base) {
+                return Err(unsupported(name, "chains longer than one reference are not supported on identity"));
+            }
+            Ok(None)
+        }
+    }
+}
+
+fn split_modifier(name: &str) -> (&str, Option<&str>) {
+    match name.split_once(':') {
+        Some((base, modifier)) => (base, Some(modifier)),
+        None => (name, None),
+    }
+}
+
+/// The blind-index alternatives of one occurrence; `None` when the upstream can answer it
+/// itself (a birth year, which the clinical part keeps).
+fn lookup(param: &Param, name: &str, value: &str) -> Result<Option<Lookup>, SearchError> {
+    let values = split_values(value);
+    if values.iter().all(String::is_empty) {
+        return Err(unsupported(name, "an empty value"));
+    }
+    let base = param.base.as_str();
+    let modifier = param.modifier.as_deref();
+    let mut alternatives = Vec::new();
+    if base == "phonetic" {
+        return Err(unsupported(name, "phonetic matching needs the names, which only the vault holds"));
+    }
+    if base == "birthdate" {
+        if modifier.is_some() {
+            return Err(unsupported(name, "modifiers on birthdate"));
+        }
+        let parsed: Vec<(Option<&str>, &str)> = values.iter().map(|v| date_prefix(v)).collect();
+        let years = parsed
+            .iter()
+            .filter(|(_, d)| d.len() == 4 && d.bytes().all(|b| b.is_ascii_digit()))
+            .count();
+        if years == parsed.len() {
+            // The clinical part keeps the year: the upstream answers this itself.
+            return Ok(None);
+        }
+        if years > 0 {
+            return Err(unsupported(name, "years mixed with full dates in one parameter"));
+        }
+        for (prefix, date) in parsed {
+            if prefix.is_some_and(|p| p != "eq") {
+                return Err(unsupported(name, "only equality (or a year) on birthdate"));
+            }
+            match date.len() {
+                7 => alternatives.push(("birthdate".to_owned(), format!("m:{date}"))),
+                10 => alternatives.push(("birthdate".to_owned(), format!("d:{date}"))),
+                _ => return Err(unsupported(name, format!("'{date}' is not YYYY, YYYY-MM or YYYY-MM-DD"))),
+            }
+        }
+    } else if STRING_PARAMS.contains(&base) {
+        for v in &values {
+            match modifier {
+                None => alternatives.push((base.to_owned(), normalize(v))),
+                Some("exact") => alternatives.push((format!("{base}:exact"), v.clone())),
+                Some(other) => {
+                    return Err(unsupported(name, format!("the :{other} modifier on an identity string")))
+                }
+            }
+        }
+    } else {
+        if modifier.is_some() {
+            return Err(unsupported(name, "modifiers on identity tokens"));
+        }
+        for v in &values {
+            let key = match base {
+                "phone" => v.clone(),
+                "email" => v.to_lowercase(),
+                _ => match split_token(v) {
+                    (Some(system), value) if !system.is_empty() && value.is_empty() => {
+                        if base == "telecom" {
+                            return Err(unsupported(name, "a telecom system without a value"));
+                        }
+                        format!("s:{system}")
+                    }
+                    (Some(system), value) => format!("sv:{system}|{value}"),
+                    (None, value) => format!("v:{value}"),
+                },
+            };
+            alternatives.push((base.to_owned(), key));
+        }
+    }
+    Ok(Some(Lookup {
+        param: name.to_owned(),
+        resource_type: param.resource_type.clone(),
+        target: param.target.clone(),
+        alternatives,
+    }))
+}
+
+fn date_prefix(value: &str) -> (Option<&str>, &str) {
+    let bytes = value.as_bytes();
+    if bytes.len() > 2 && bytes[0].is_ascii_lowercase() && bytes[1].is_ascii_lowercase() {
+        (Some(&value[..2]), &value[2..])
+    } else {
+        (None, value)
+    }
+}
+
+/// `system|value` with FHIR's `\|` escape.
+fn split_token(value: &str) -> (Option<String>, String) {
+    let mut escaped = false;
+    for (i, c) in value.char_indices() {
+        match c {
+            '\\' if !escaped => escaped = true,
+            '|' if !escaped => return (Some(unescape(&value[..i])), unescape(&value[i + 1..])),
+            _ => escaped = false,
+        }
+    }
+    (None, unescape(value))
+}
+
+/// Splits on unescaped commas (FHIR's `\,`), keeping other escapes for the token splitter.
+fn split_values(value: &str) -> Vec<String> {
+    let mut out = vec![String::new()];
+    let mut escaped = false;
+    for c in value.chars() {
+        match c {
+            ',' if !escaped => out.push(String::new()),
+            _ => {
+                if let Some(last) = out.last_mut() {
+                    if escaped && c == ',' {
+                        last.pop();
+                    }
+                    last.push(c);
+                }
+            }
+        }
+        escaped = c == '\\' && !escaped;
+    }
+    out
+}
+
+fn unescape(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    let mut escaped = false;
+    for c in value.chars() {
+        if c == '\\' && !escaped {
+            escaped = true;
+            continue;
+        }
+        escaped = false;
+        out.push(c);
+    }
+    out
+}
+
+fn decode(raw: &str) -> String {
+    percent_decode_str(&raw.replace('+', " "))
+        .decode_utf8_lossy()
+        .into_owned()
+}
+
+/// Characters escaped in the rewritten values (ids and `Type/id` need none of these).
+const QUERY_VALUE: &AsciiSet = &CONTROLS.add(b' ').add(b'&').add(b'#').add(b'+').add(b'=');
+
+/// An id no resource has: what a search with no identity match is rewritten to.
+pub const NO_MATCH: &str = "fhirseal-no-match";
+
+/// The rewritten query: the passthrough pairs, then per target the intersection of its
+/// lookups' matches. `matches[i]` holds the ids of the person resources matching `lookups[i]`.
+pub fn render(plan: &Plan, matches: &[BTreeSet<String>]) -> String {
+    let mut by_target: BTreeMap<(&str, &str), BTreeSet<String>> = BTreeMap::new();
+    for (lookup, ids) in plan.lookups.iter().zip(matches) {
+        let key = (lookup.target.as_str(), lookup.resource_type.as_str());
+        by_target
+            .entry(key)
+            .and_modify(|acc| acc.retain(|id| ids.contains(id)))
+            .or_insert_with(|| ids.clone());
+    }
+    let mut parts = plan.passthrough.clone();
+    for ((target, resource_type), ids) in by_target {
+        let values: Vec<String> = if ids.is_empty() {
+            vec![NO_MATCH.to_owned()]
+        } else {
+            ids.into_iter().collect()
+        };
+        let list: Vec<String> = values
+            .iter()
+            .map(|id| {
+                if target == "_id" {
+                    id.clone()
+                } else {
+                    format!("{resource_type}/{id}")
+                }
+            })
+            .map(|v| utf8_percent_encode(&v, QUERY_VALUE).to_string())
+            .collect();
+        parts.push(format!("{target}={}", list.join(",")));
+    }
+    parts.join("&")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(ty: &str, query: &str) -> Result<Option<Plan>, SearchError> {
+        plan(Some(ty), query, &Profile::default())
+    }
+
+    #[test]
+    fn non_identity_searches_pass() {
+        assert_eq!(p("Patient", "gender=female&_count=2").unwrap(), None);
+        assert_eq!(p("Observation", "code=1234-5&identifier=x").unwrap(), None);
+        assert_eq!(p("Patient", "birthdate=1970").unwrap(), None);
+        assert_eq!(p("Patient", "birthdate=ge1970,1980").unwrap(), None);
+    }
+
+    #[test]
+    fn identity_params_are_planned_and_rendered() {
+        let plan = p("Patient", "family=Sm%C3%AFth,jones&gender=female&identifier=urn:mrn%7C7")
+            .unwrap()
+            .unwrap();
+        assert_eq!(plan.passthrough, vec!["gender=female"]);
+        assert_eq!(
+            plan.lookups[0].alternatives,
+            vec![("family".to_owned(), "smith".to_owned()), ("family".to_owned(), "jones".to_owned())]
+        );
+        assert_eq!(plan.lookups[1].alternatives, vec![("identifier".to_owned(), "sv:urn:mrn|7".to_owned())]);
+        let a: BTreeSet<String> = ["1", "2"].iter().map(|s| s.to_string()).collect();
+        let b: BTreeSet<String> = ["2", "3"].iter().map(|s| s.to_string()).collect();
+        assert_eq!(render(&plan, &[a.clone(), b]), "gender=female&_id=2");
+        assert_eq!(render(&plan, &[a, BTreeSet::new()]), format!("gender=female&_id={NO_MATCH}"));
+    }
+
+    #[test]
+    fn chains_target_the_reference() {
+        let plan = p("Observation", "subject:Patient.name=ann&code=x").unwrap().unwrap();
+        assert_eq!(plan.lookups[0].target, "subject");
+        let ids: BTreeSet<String> = ["9".to_owned()].into();
+        assert_eq!(render(&plan, &[ids]), "code=x&subject=Patient/9");
+        let plan = p("Observation", "patient.birthdate=1970-01-02").unwrap().unwrap();
+        assert_eq!(plan.lookups[0].alternatives, vec![("birthdate".to_owned(), "d:1970-01-02".to_owned())]);
+        assert!(p("Observation", "performer.name=x").is_err());
+        assert_eq!(p("Observation", "performer:Practitioner.name=x").unwrap(), None);
+    }
+
+    #[test]
+    fn what_cannot_be_answered_is_refused_by_name() {
+        for (query, param) in [
+            ("name:contains=mit", "name:contains"),
+            ("birthdate=gt1970-01-01", "birthdate"),
+            ("identifier:of-type=x", "identifier:of-type"),
+            ("phonetic=smith", "phonetic"),
+            ("birthdate=1970,1971-02-03", "birthdate"),
+            ("_filter=name eq x", "_filter"),
+        ] {
+            let err = p("Patient", query).unwrap_err();
+            assert_eq!(err.param, param, "{query}");
+        }
+        let err = p("Observation", "subject.organization.name=x").unwrap_err();
+        assert_eq!(err.param, "subject.organization.name");
+    }
+
+    #[test]
+    fn escapes_in_values() {
+        assert_eq!(split_values(r"a\,b,c"), vec!["a,b".to_owned(), "c".to_owned()]);
+        assert_eq!(split_token(r"sys|va\|l"), (Some("sys".to_owned()), "va|l".to_owned()));
+        assert_eq!(split_token("v"), (None, "v".to_owned()));
+    }
+}

@@ -1,0 +1,347 @@
+//! The vault: sealed identity records and their indexes in sled.
+//!
+//! Trees (keys big-endian or `\0`-separated, so prefix scans work):
+//! - `records`: content address → encoded [`SealedRecord`];
+//! - `resources`: `type \0 id \0 version` → content address;
+//! - `by_fingerprint`: fingerprint ‖ `type \0 id` → (empty), the resources of one person;
+//! - `surrogates`: fingerprint → surrogate; `surrogate_fp`: surrogate → fingerprint;
+//! - `blind`: token ‖ `type \0 id` → fingerprint; `blind_of`: `type \0 id` → its tokens, so that
+//!   an update replaces the tokens of the version it supersedes;
+//! - `epoch_keys`: epoch key id → RSA-wrapped epoch key.
+//!
+//! One write is one sled transaction over all of them. sled writes reach the disk only on flush:
+//! callers flush ([`Vault::flush_async`]) before they acknowledge a write.
+
+use crate::error::{random, Result, StorageError};
+use crate::keys::hex;
+use crate::seal::{Fingerprint, NewEpochKey, SealedRecord};
+use sled::transaction::TransactionError;
+use sled::Transactional;
+
+/// When writes are flushed to disk before the client is acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// Each write flushes before it is acknowledged.
+    EveryWrite,
+    /// Concurrent writes share one flush; each is still acknowledged only after it.
+    GroupCommit,
+}
+
+/// Everything one sealed resource version writes.
+#[derive(Debug, Clone)]
+pub struct VaultWrite {
+    pub record: SealedRecord,
+    /// The epoch key that sealed the record, when it is new.
+    pub new_epoch_key: Option<NewEpochKey>,
+    /// Blind-index tokens of this version; they replace those of the resource's earlier version.
+    pub tokens: Vec<[u8; 32]>,
+}
+
+/// The sled-backed vault.
+#[derive(Debug, Clone)]
+pub struct Vault {
+    db: sled::Db,
+    records: sled::Tree,
+    resources: sled::Tree,
+    by_fingerprint: sled::Tree,
+    surrogates: sled::Tree,
+    surrogate_fp: sled::Tree,
+    blind: sled::Tree,
+    blind_of: sled::Tree,
+    epoch_keys: sled::Tree,
+}
+
+fn resource_key(resource_type: &str, id: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(resource_type.len() + id.len() + 1);
+    key.extend_from_slice(resource_type.as_bytes());
+    key.push(0);
+    key.extend_from_slice(id.as_bytes());
+    key
+}
+
+fn version_key(resource_type: &str, id: &str, version: &str) -> Vec<u8> {
+    let mut key = resource_key(resource_type, id);
+    key.push(0);
+    key.extend_from_slice(version.as_bytes());
+    key
+}
+
+fn concat(a: &[u8], b: &[u8]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(a.len() + b.len());
+    key.extend_from_slice(a);
+    key.extend_from_slice(b);
+    key
+}
+
+fn split_resource(key: &[u8]) -> Result<(String, String)> {
+    let pos = key
+        .iter()
+        .position(|b| *b == 0)
+        .ok_or_else(|| StorageError::Corrupt("resource key without separator".to_owned()))?;
+    let text = |b: &[u8]| {
+        String::from_utf8(b.to_vec())
+            .map_err(|_| StorageError::Corrupt("resource key is not UTF-8".to_owned()))
+    };
+    Ok((text(&key[..pos])?, text(&key[pos + 1..])?))
+}
+
+fn fingerprint(bytes: &[u8]) -> Result<Fingerprint> {
+    bytes
+        .try_into()
+        .map(Fingerprint)
+        .map_err(|_| StorageError::Corrupt("fingerprint is not 32 bytes".to_owned()))
+}
+
+impl Vault {
+    /// Opens (or creates) the vault in the directory `path`.
+    pub fn open(path: &std::path::Path) -> Result<Vault> {
+        let db = sled::Config::new().path(path).open()?;
+        Ok(Vault {
+            records: db.open_tree("records")?,
+            resources: db.open_tree("resources")?,
+            by_fingerprint: db.open_tree("by_fingerprint")?,
+            surrogates: db.open_tree("surrogates")?,
+            surrogate_fp: db.open_tree("surrogate_fp")?,
+            blind: db.open_tree("blind")?,
+            blind_of: db.open_tree("blind_of")?,
+            epoch_keys: db.open_tree("epoch_keys")?,
+            db,
+        })
+    }
+
+    /// The person's surrogate, made now if they have none; `true` when it was made now.
+    /// Two writers racing for one person get the same surrogate.
+    pub fn surrogate(&self, fp: &Fingerprint) -> Result<(String, bool)> {
+        if let Some(existing) = self.surrogates.get(fp.0)? {
+            return Ok((text(&existing)?, false));
+        }
+        let mut raw = [0u8; 16];
+        random(&mut raw)?;
+        let candidate = hex(&raw);
+        let result: std::result::Result<std::result::Result<(), String>, TransactionError<()>> =
+            (&self.surrogates, &self.surrogate_fp).transaction(|(surrogates, reverse)| {
+                if let Some(existing) = surrogates.get(fp.0)? {
+                    return Ok(Err(String::from_utf8_lossy(&existing).into_owned()));
+                }
+                surrogates.insert(&fp.0, candidate.as_bytes())?;
+                reverse.insert(candidate.as_bytes(), &fp.0)?;
+                Ok(Ok(()))
+            });
+        match result.map_err(tx_error)? {
+            Ok(()) => Ok((candidate, true)),
+            Err(existing) => Ok((existing, false)),
+        }
+    }
+
+    /// Undoes [`Vault::surrogate`] for a person who got no resource after all (the upstream
+    /// refused the write), unless a resource of theirs was stored meanwhile.
+    pub fn forget_surrogate(&self, fp: &Fingerprint, surrogate: &str) -> Result<()> {
+        if self.by_fingerprint.scan_prefix(fp.0).next().is_some() {
+            return Ok(());
+        }
+        (&self.surrogates, &self.surrogate_fp)
+            .transaction(|(surrogates, reverse)| {
+                if surrogates.get(fp.0)?.as_deref() == Some(surrogate.as_bytes()) {
+                    surrogates.remove(&fp.0)?;
+                    reverse.remove(surrogate.as_bytes())?;
+                }
+                Ok(())
+            })
+            .map_err(tx_error::<()>)
+    }
+
+    /// The fingerprint behind a surrogate.
+    pub fn fingerprint_of(&self, surrogate: &str) -> Result<Option<Fingerprint>> {
+        self.surrogate_fp
+            .get(surrogate.as_bytes())?
+            .map(|v| fingerprint(&v))
+            .transpose()
+    }
+
+    /// Stores one sealed resource version and its indexes in one transaction; returns the
+    /// record's content address. Not yet durable: flush before acknowledging.
+    pub fn commit(&self, write: &VaultWrite) -> Result<[u8; 32]> {
+        let encoded = write.record.encode();
+        let address = SealedRecord::address(&encoded);
+        let meta = &write.record.meta;
+        let res_key = resource_key(&meta.resource_type, &meta.id);
+        let ver_key = version_key(&meta.resource_type, &meta.id, &meta.version);
+        let fp = meta.fingerprint.0;
+        let token_bytes: Vec<u8> = write.tokens.iter().flatten().copied().collect();
+        (
+            &self.records,
+            &self.resources,
+            &self.by_fingerprint,
+            &self.blind,
+            &self.blind_of,
+            &self.epoch_keys,
+        )
+            .transaction(|(records, resources, by_fp, blind, blind_of, epoch_keys)| {
+                if let Some(key) = &write.new_epoch_key {
+                    epoch_keys.insert(&key.id, key.wrapped.as_slice())?;
+                }
+                records.insert(&address, encoded.as_slice())?;
+                resources.insert(ver_key.as_slice(), &address)?;
+                by_fp.insert(concat(&fp, &res_key), &[])?;
+                if let Some(old) = blind_of.get(&res_key)? {
+                    for token in old.chunks_exact(32) {
+                        blind.remove(concat(token, &res_key))?;
+                    }
+                }
+                for token in &write.tokens {
+                    blind.insert(concat(token, &res_key), &fp)?;
+                }
+                blind_of.insert(res_key.as_slice(), token_bytes.as_slice())?;
+                Ok(())
+            })
+            .map_err(tx_error::<()>)?;
+        Ok(address)
+    }
+
+    /// The sealed record of one resource version, if that version has identity in the vault.
+    pub fn record(
+        &self,
+        resource_type: &str,
+        id: &str,
+        version: &str,
+    ) -> Result<Option<SealedRecord>> {
+        let Some(address) = self.resources.get(version_key(resource_type, id, version))? else {
+            return Ok(None);
+        };
+        let bytes = self.records.get(&address)?.ok_or_else(|| {
+            StorageError::Corrupt(format!("record {} is indexed but absent", hex(&address)))
+        })?;
+        SealedRecord::decode(&bytes).map(Some)
+    }
+
+    /// The resources (type, id) whose current version carries `token`.
+    pub fn search(&self, token: &[u8; 32]) -> Result<Vec<(String, String)>> {
+        self.blind
+            .scan_prefix(token)
+            .map(|entry| {
+                let (key, _) = entry?;
+                split_resource(&key[32..])
+            })
+            .collect()
+    }
+
+    /// The resources (type, id) stored for one person.
+    pub fn resources_of(&self, fp: &Fingerprint) -> Result<Vec<(String, String)>> {
+        self.by_fingerprint
+            .scan_prefix(fp.0)
+            .map(|entry| {
+                let (key, _) = entry?;
+                split_resource(&key[32..])
+            })
+            .collect()
+    }
+
+    /// A wrapped epoch key by id.
+    pub fn wrapped_key(&self, id: &[u8; 32]) -> Result<Option<Vec<u8>>> {
+        Ok(self.epoch_keys.get(id)?.map(|v| v.to_vec()))
+    }
+
+    /// How many sealed records the vault holds.
+    pub fn record_count(&self) -> usize {
+        self.records.len()
+    }
+
+    /// Writes everything so far to disk.
+    pub fn flush(&self) -> Result<()> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// Writes everything so far to disk, without blocking the async thread.
+    pub async fn flush_async(&self) -> Result<()> {
+        self.db.flush_async().await?;
+        Ok(())
+    }
+}
+
+fn text(bytes: &[u8]) -> Result<String> {
+    String::from_utf8(bytes.to_vec())
+        .map_err(|_| StorageError::Corrupt("stored text is not UTF-8".to_owned()))
+}
+
+fn tx_error<E: std::fmt::Debug>(e: TransactionError<E>) -> StorageError {
+    match e {
+        TransactionError::Storage(e) => StorageError::Sled(e),
+        TransactionError::Abort(e) => StorageError::Corrupt(format!("transaction aborted: {e:?}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::NodeKeys;
+    use crate::seal::{blind_token, RecordMeta, Sealer};
+    use std::sync::Arc;
+
+    #[test]
+    fn commit_index_search_and_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let (keys, _) = NodeKeys::load_or_create(&dir.path().join("keys"), 2048).unwrap();
+        let keys = Arc::new(keys);
+        let sealer = Sealer::new(keys.clone(), 100, 8);
+        let vault = Vault::open(&dir.path().join("vault")).unwrap();
+        let fp = Fingerprint::of(&keys.link_key, b"ada|1970-01-02");
+        let (surrogate, made) = vault.surrogate(&fp).unwrap();
+        assert!(made);
+        assert_eq!(vault.surrogate(&fp).unwrap(), (surrogate.clone(), false));
+        assert_eq!(vault.fingerprint_of(&surrogate).unwrap(), Some(fp));
+
+        let token_old = blind_token(&keys.index_key, "family", "lovelace");
+        let token_new = blind_token(&keys.index_key, "family", "byron");
+        let mut version = 0;
+        for token in [token_old, token_new] {
+            version += 1;
+            let meta = RecordMeta {
+                fingerprint: fp,
+                resource_type: "Patient".into(),
+                id: "p1".into(),
+                version: version.to_string(),
+            };
+            let (record, new_key) = sealer.seal(meta, b"{\"family\":\"x\"}").unwrap();
+            vault
+                .commit(&VaultWrite {
+                    record,
+                    new_epoch_key: new_key,
+                    tokens: vec![token],
+                })
+                .unwrap();
+        }
+        vault.flush().unwrap();
+        // The update replaced the old version's tokens.
+        assert!(vault.search(&token_old).unwrap().is_empty());
+        assert_eq!(
+            vault.search(&token_new).unwrap(),
+            vec![("Patient".to_owned(), "p1".to_owned())]
+        );
+        assert_eq!(vault.resources_of(&fp).unwrap().len(), 1);
+        drop(vault);
+
+        let vault = Vault::open(&dir.path().join("vault")).unwrap();
+        let record = vault.record("Patient", "p1", "1").unwrap().unwrap();
+        let fresh = Sealer::new(keys, 100, 8);
+        let plain = fresh.unseal(&record, |id| vault.wrapped_key(id)).unwrap();
+        assert_eq!(plain.as_slice(), b"{\"family\":\"x\"}");
+        assert!(vault.record("Patient", "p1", "3").unwrap().is_none());
+        // A surrogate with a stored resource is not forgotten.
+        vault.forget_surrogate(&fp, &surrogate).unwrap();
+        assert_eq!(vault.fingerprint_of(&surrogate).unwrap(), Some(fp));
+    }
+
+    #[test]
+    fn unused_surrogates_are_forgotten() {
+        let dir = tempfile::tempdir().unwrap();
+        let vault = Vault::open(dir.path()).unwrap();
+        let fp = Fingerprint([9; 32]);
+        let (surrogate, _) = vault.surrogate(&fp).unwrap();
+        vault.forget_surrogate(&fp, &surrogate).unwrap();
+        assert_eq!(vault.fingerprint_of(&surrogate).unwrap(), None);
+        let (again, made) = vault.surrogate(&fp).unwrap();
+        assert!(made);
+        assert_ne!(again, surrogate);
+    }
+}
