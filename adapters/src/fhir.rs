@@ -59,8 +59,9 @@ fn parse(
     config: Option<DeserializationConfig>,
 ) -> Result<Value, ParseError> {
     let resource: Resource = match format {
-        Format::Json => fhirbolt::json::from_slice(body, config)
-            .map_err(|e| ParseError::Json(e.to_string()))?,
+        Format::Json => {
+            fhirbolt::json::from_slice(body, config).map_err(|e| ParseError::Json(e.to_string()))?
+        }
         Format::Xml => {
             if body.len() > MAX_XML_BYTES {
                 return Err(ParseError::XmlTooLarge {
@@ -83,9 +84,7 @@ pub fn validate(value: &Value) -> Result<(), ParseError> {
 /// Writes `value` in `format`; XML goes through the model, JSON is written as it stands.
 pub fn serialize(value: &Value, format: Format) -> Result<Vec<u8>, ParseError> {
     match format {
-        Format::Json => {
-            serde_json::to_vec(value).map_err(|e| ParseError::Serialize(e.to_string()))
-        }
+        Format::Json => serde_json::to_vec(value).map_err(|e| ParseError::Serialize(e.to_string())),
         Format::Xml => {
             let resource: Resource = fhirbolt::json::from_json_value(value.clone(), lax())
                 .map_err(|e| ParseError::Serialize(e.to_string()))?;

@@ -24,7 +24,11 @@ pub fn identity_key(resource: &Value, systems: &[String]) -> Option<Vec<u8>> {
         .iter()
         .find(|n| n.get("use").and_then(Value::as_str) == Some("official"))
         .or_else(|| names.first())?;
-    let family = name.get("family").and_then(Value::as_str).map(normalize).unwrap_or_default();
+    let family = name
+        .get("family")
+        .and_then(Value::as_str)
+        .map(normalize)
+        .unwrap_or_default();
     let given: Vec<String> = name
         .get("given")
         .and_then(Value::as_array)
@@ -33,7 +37,10 @@ pub fn identity_key(resource: &Value, systems: &[String]) -> Option<Vec<u8>> {
         .filter_map(Value::as_str)
         .map(normalize)
         .collect();
-    let birth = resource.get("birthDate").and_then(Value::as_str).unwrap_or("");
+    let birth = resource
+        .get("birthDate")
+        .and_then(Value::as_str)
+        .unwrap_or("");
     if family.is_empty() && given.is_empty() {
         return None;
     }
@@ -171,7 +178,11 @@ pub fn index_entries(resource: &Value) -> Vec<(String, String)> {
 }
 
 fn array<'a>(value: &'a Value, key: &str) -> impl Iterator<Item = &'a Value> {
-    value.get(key).and_then(Value::as_array).into_iter().flatten()
+    value
+        .get(key)
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
 }
 
 fn strings<'a>(value: &'a Value, key: &str) -> Vec<&'a str> {
@@ -197,7 +208,7 @@ mod tests {
         );
         assert_eq!(
             identity_key(&patient, &[]).unwrap(),
-            b"nb\0reinger\0bill\01992-12-25".to_vec()
+            b"nb\0reinger\0bill\x001992-12-25".to_vec()
         );
         assert_eq!(identity_key(&json!({"gender": "male"}), &ssn), None);
     }

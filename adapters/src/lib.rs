@@ -9,10 +9,12 @@
 //! Parsing of resources through fhirbolt will live here too, behind plain non-generic functions,
 //! so that no other crate pays fhirbolt's compile cost.
 
+pub mod auth;
 pub mod fhir;
 pub mod format;
 pub mod identity;
 pub mod outcome;
+pub mod patch;
 pub mod profile;
 pub mod rebase;
 pub mod route;

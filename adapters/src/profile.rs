@@ -255,7 +255,13 @@ fn escape(step: &str) -> String {
     step.replace('~', "~0").replace('/', "~1")
 }
 
-fn take_path(value: &mut Value, steps: &[&str], pointer: String, part: &mut IdentityPart, how: Take) {
+fn take_path(
+    value: &mut Value,
+    steps: &[&str],
+    pointer: String,
+    part: &mut IdentityPart,
+    how: Take,
+) {
     let Some((first, rest)) = steps.split_first() else {
         return;
     };
@@ -276,7 +282,8 @@ fn take_path(value: &mut Value, steps: &[&str], pointer: String, part: &mut Iden
                         // A primitive's extension sibling (`_line`) goes with it.
                         let shadow = format!("_{first}");
                         if let Some(v) = map.shift_remove(&shadow) {
-                            part.entries.push((format!("{pointer}/{}", escape(&shadow)), v));
+                            part.entries
+                                .push((format!("{pointer}/{}", escape(&shadow)), v));
                         }
                     }
                     Take::Year => {
@@ -325,7 +332,8 @@ fn take_extensions(resource: &mut Value, urls: &BTreeSet<String>, part: &mut Ide
         *extensions = kept;
     }
     // Insertion at ascending original indices restores the original order on merge.
-    part.entries.extend(taken.into_iter().map(|(p, v)| (format!("+{p}"), v)));
+    part.entries
+        .extend(taken.into_iter().map(|(p, v)| (format!("+{p}"), v)));
 }
 
 /// Removes `display` from references whose target is a person.
@@ -338,13 +346,12 @@ fn take_person_displays(
 ) {
     match value {
         Value::Object(map) => {
-            let target = map.get("reference").and_then(Value::as_str).and_then(|r| {
-                reference_type(r).or_else(|| person(r))
-            });
+            let target = map
+                .get("reference")
+                .and_then(Value::as_str)
+                .and_then(|r| reference_type(r).or_else(|| person(r)));
             let typed = map.get("type").and_then(Value::as_str).map(str::to_owned);
-            let is_person = target
-                .or(typed)
-                .is_some_and(|t| profile.is_person(&t));
+            let is_person = target.or(typed).is_some_and(|t| profile.is_person(&t));
             if is_person {
                 if let Some(display) = map.shift_remove("display") {
                     part.entries.push((format!("{pointer}/display"), display));
@@ -354,7 +361,13 @@ fn take_person_displays(
             for key in keys {
                 // Contained resources and nested elements alike.
                 if let Some(child) = map.get_mut(&key) {
-                    take_person_displays(child, format!("{pointer}/{}", escape(&key)), profile, person, part);
+                    take_person_displays(
+                        child,
+                        format!("{pointer}/{}", escape(&key)),
+                        profile,
+                        person,
+                        part,
+                    );
                 }
             }
         }
@@ -414,10 +427,12 @@ fn set_pointer(root: &mut Value, pointer: &str, value: Value) {
                     Value::Object(Map::new())
                 }
             }),
-            Value::Array(items) => match step.parse::<usize>().ok().and_then(|i| items.get_mut(i)) {
-                Some(item) => item,
-                None => return,
-            },
+            Value::Array(items) => {
+                match step.parse::<usize>().ok().and_then(|i| items.get_mut(i)) {
+                    Some(item) => item,
+                    None => return,
+                }
+            }
             _ => return,
         };
     }
@@ -486,13 +501,27 @@ mod tests {
         let mut resource = original.clone();
         let part = profile.split(&mut resource, Some("abc"), &no_context);
         let clinical = resource.to_string();
-        for secret in ["Reinger", "Bill", "999-43-7348", "555-274", "Main St", "Boston", "02101", "1992-12-25", "Lilli", "Peabody"] {
+        for secret in [
+            "Reinger",
+            "Bill",
+            "999-43-7348",
+            "555-274",
+            "Main St",
+            "Boston",
+            "02101",
+            "1992-12-25",
+            "Lilli",
+            "Peabody",
+        ] {
             assert!(!clinical.contains(secret), "{secret} in {clinical}");
         }
         assert_eq!(resource["birthDate"], "1992");
         assert_eq!(resource["address"][0]["state"], "Massachusetts");
         assert_eq!(resource["address"][0]["country"], "US");
-        assert_eq!(resource["identifier"], json!([{"system": PSEUDONYM_SYSTEM, "value": "abc"}]));
+        assert_eq!(
+            resource["identifier"],
+            json!([{"system": PSEUDONYM_SYSTEM, "value": "abc"}])
+        );
         assert_eq!(resource["extension"].as_array().unwrap().len(), 2);
         assert_eq!(resource["generalPractitioner"][0]["display"], "Dr. Who");
         assert!(resource.get("text").is_none());
@@ -550,7 +579,10 @@ mod tests {
     #[test]
     fn reference_types() {
         assert_eq!(reference_type("Patient/1").as_deref(), Some("Patient"));
-        assert_eq!(reference_type("http://x/fhir/Patient/1/_history/2").as_deref(), Some("Patient"));
+        assert_eq!(
+            reference_type("http://x/fhir/Patient/1/_history/2").as_deref(),
+            Some("Patient")
+        );
         assert_eq!(reference_type("urn:uuid:1"), None);
         assert_eq!(reference_type("#c1"), None);
     }

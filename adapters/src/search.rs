@@ -119,7 +119,10 @@ fn classify(
 ) -> Result<Option<Param>, SearchError> {
     if name == "_filter" || name == "_content" || name == "_text" {
         if resource_type.is_some_and(|t| profile.is_person(t)) {
-            return Err(unsupported(name, "free-text and filter searches would read identity the upstream does not hold"));
+            return Err(unsupported(
+                name,
+                "free-text and filter searches would read identity the upstream does not hold",
+            ));
         }
         return Ok(None);
     }
@@ -169,7 +172,10 @@ fn classify(
         longer => {
             let (base, _) = split_modifier(longer.last().copied().unwrap_or(""));
             if IDENTITY_PARAMS.contains(&base) {
-                return Err(unsupported(name, "chains longer than one reference are not supported on identity"));
+                return Err(unsupported(
+                    name,
+                    "chains longer than one reference are not supported on identity",
+                ));
             }
             Ok(None)
         }
@@ -194,7 +200,10 @@ fn lookup(param: &Param, name: &str, value: &str) -> Result<Option<Lookup>, Sear
     let modifier = param.modifier.as_deref();
     let mut alternatives = Vec::new();
     if base == "phonetic" {
-        return Err(unsupported(name, "phonetic matching needs the names, which only the vault holds"));
+        return Err(unsupported(
+            name,
+            "phonetic matching needs the names, which only the vault holds",
+        ));
     }
     if base == "birthdate" {
         if modifier.is_some() {
@@ -210,7 +219,10 @@ fn lookup(param: &Param, name: &str, value: &str) -> Result<Option<Lookup>, Sear
             return Ok(None);
         }
         if years > 0 {
-            return Err(unsupported(name, "years mixed with full dates in one parameter"));
+            return Err(unsupported(
+                name,
+                "years mixed with full dates in one parameter",
+            ));
         }
         for (prefix, date) in parsed {
             if prefix.is_some_and(|p| p != "eq") {
@@ -219,7 +231,12 @@ fn lookup(param: &Param, name: &str, value: &str) -> Result<Option<Lookup>, Sear
             match date.len() {
                 7 => alternatives.push(("birthdate".to_owned(), format!("m:{date}"))),
                 10 => alternatives.push(("birthdate".to_owned(), format!("d:{date}"))),
-                _ => return Err(unsupported(name, format!("'{date}' is not YYYY, YYYY-MM or YYYY-MM-DD"))),
+                _ => {
+                    return Err(unsupported(
+                        name,
+                        format!("'{date}' is not YYYY, YYYY-MM or YYYY-MM-DD"),
+                    ))
+                }
             }
         }
     } else if STRING_PARAMS.contains(&base) {
@@ -228,7 +245,10 @@ fn lookup(param: &Param, name: &str, value: &str) -> Result<Option<Lookup>, Sear
                 None => alternatives.push((base.to_owned(), normalize(v))),
                 Some("exact") => alternatives.push((format!("{base}:exact"), v.clone())),
                 Some(other) => {
-                    return Err(unsupported(name, format!("the :{other} modifier on an identity string")))
+                    return Err(unsupported(
+                        name,
+                        format!("the :{other} modifier on an identity string"),
+                    ))
                 }
             }
         }
@@ -383,31 +403,53 @@ mod tests {
 
     #[test]
     fn identity_params_are_planned_and_rendered() {
-        let plan = p("Patient", "family=Sm%C3%AFth,jones&gender=female&identifier=urn:mrn%7C7")
-            .unwrap()
-            .unwrap();
+        let plan = p(
+            "Patient",
+            "family=Sm%C3%AFth,jones&gender=female&identifier=urn:mrn%7C7",
+        )
+        .unwrap()
+        .unwrap();
         assert_eq!(plan.passthrough, vec!["gender=female"]);
         assert_eq!(
             plan.lookups[0].alternatives,
-            vec![("family".to_owned(), "smith".to_owned()), ("family".to_owned(), "jones".to_owned())]
+            vec![
+                ("family".to_owned(), "smith".to_owned()),
+                ("family".to_owned(), "jones".to_owned())
+            ]
         );
-        assert_eq!(plan.lookups[1].alternatives, vec![("identifier".to_owned(), "sv:urn:mrn|7".to_owned())]);
+        assert_eq!(
+            plan.lookups[1].alternatives,
+            vec![("identifier".to_owned(), "sv:urn:mrn|7".to_owned())]
+        );
         let a: BTreeSet<String> = ["1", "2"].iter().map(|s| s.to_string()).collect();
         let b: BTreeSet<String> = ["2", "3"].iter().map(|s| s.to_string()).collect();
         assert_eq!(render(&plan, &[a.clone(), b]), "gender=female&_id=2");
-        assert_eq!(render(&plan, &[a, BTreeSet::new()]), format!("gender=female&_id={NO_MATCH}"));
+        assert_eq!(
+            render(&plan, &[a, BTreeSet::new()]),
+            format!("gender=female&_id={NO_MATCH}")
+        );
     }
 
     #[test]
     fn chains_target_the_reference() {
-        let plan = p("Observation", "subject:Patient.name=ann&code=x").unwrap().unwrap();
+        let plan = p("Observation", "subject:Patient.name=ann&code=x")
+            .unwrap()
+            .unwrap();
         assert_eq!(plan.lookups[0].target, "subject");
         let ids: BTreeSet<String> = ["9".to_owned()].into();
         assert_eq!(render(&plan, &[ids]), "code=x&subject=Patient/9");
-        let plan = p("Observation", "patient.birthdate=1970-01-02").unwrap().unwrap();
-        assert_eq!(plan.lookups[0].alternatives, vec![("birthdate".to_owned(), "d:1970-01-02".to_owned())]);
+        let plan = p("Observation", "patient.birthdate=1970-01-02")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            plan.lookups[0].alternatives,
+            vec![("birthdate".to_owned(), "d:1970-01-02".to_owned())]
+        );
         assert!(p("Observation", "performer.name=x").is_err());
-        assert_eq!(p("Observation", "performer:Practitioner.name=x").unwrap(), None);
+        assert_eq!(
+            p("Observation", "performer:Practitioner.name=x").unwrap(),
+            None
+        );
     }
 
     #[test]
@@ -429,8 +471,14 @@ mod tests {
 
     #[test]
     fn escapes_in_values() {
-        assert_eq!(split_values(r"a\,b,c"), vec!["a,b".to_owned(), "c".to_owned()]);
-        assert_eq!(split_token(r"sys|va\|l"), (Some("sys".to_owned()), "va|l".to_owned()));
+        assert_eq!(
+            split_values(r"a\,b,c"),
+            vec!["a,b".to_owned(), "c".to_owned()]
+        );
+        assert_eq!(
+            split_token(r"sys|va\|l"),
+            (Some("sys".to_owned()), "va|l".to_owned())
+        );
         assert_eq!(split_token("v"), (None, "v".to_owned()));
     }
 }

@@ -1,6 +1,50 @@
-//! fhirseal's consortium ledger: transactions, blocks and Merkle proofs, the governance state
-//! machine on openraft, the improved-DPoS election, block production and finality, and the node
-//! transport.
+//! fhirseal's consortium ledger. Today: the ledger core that anchors every sealed write once and
+//! proves it; to come with their own issues: the governance state machine on openraft, the
+//! improved-DPoS election, beacon and ring-signature votes, and the node transport.
 //!
-//! It knows nothing of FHIR; it depends only on `fhirseal-storage` for its sled-backed stores.
-//! The ledger and governance arrive with their own issues; until then this crate holds no code.
+//! - Types: institution-signed batches of anchor entries and access events ([`tx`]), blocks
+//!   with finality certificates ([`block`]), in a hand-written canonical encoding ([`codec`]),
+//!   hashed with SHA-256 under domain-separation tags ([`hash`]), committed by Merkle trees with
+//!   inclusion proofs ([`merkle`]).
+//! - Rules, as plain functions over data with time passed in: transaction and block validity
+//!   ([`validate`]), who may sign ([`keys`]: delegates, quorum `2f + 1` of `3f + 1`, the roster),
+//!   block production and finality votes ([`producer`]).
+//! - The chain on disk ([`chain`]): finalized blocks appended through `fhirseal-storage`'s typed
+//!   sled stores, idempotent per batch, anchor proofs ([`proof`]), re-verification from genesis.
+//! - The seam the sidecar drives ([`ledger`]): submit a transaction, produce a block; the
+//!   single-node consortium implements it now, the DPoS will.
+//!
+//! It knows nothing of FHIR beyond opaque strings (resource type, logical id, version id) and
+//! hashes computed by others; it reads no clock and opens no socket. It depends only on
+//! `fhirseal-storage`, to which it hands encoded bytes and keys.
+
+pub mod block;
+pub mod chain;
+pub mod codec;
+mod error;
+pub mod hash;
+pub mod keys;
+pub mod ledger;
+pub mod merkle;
+pub mod producer;
+pub mod proof;
+pub mod tx;
+pub mod validate;
+
+pub use block::{Block, BlockHeader, DelegateSignature, FinalityCertificate, FinalizedBlock};
+pub use chain::{BlockReceipt, Chain, ChainCheck};
+pub use codec::DecodeError;
+pub use ed25519_dalek::{Signature, SigningKey};
+pub use error::{Error, Result};
+pub use fhirseal_storage::chain_store::{ChainStore, EntryLocation, TxLocation};
+pub use hash::Hash256;
+pub use keys::{quorum, DelegateSet, PublicKey, Roster, Rosters};
+pub use ledger::{Ledger, SoloLedger, Submitted};
+pub use merkle::MerkleProof;
+pub use producer::{BlockLimits, BlockProducer, Mempool};
+pub use proof::AnchorProof;
+pub use tx::{
+    anchor_key, AccessBatch, AccessEvent, AnchorBatch, AnchorEntry, BatchHeader, BatchId,
+    Timestamp, Transaction, TxId, TxKind,
+};
+pub use validate::{validate_block, validate_finalized_block, validate_transaction};

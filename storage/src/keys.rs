@@ -71,7 +71,8 @@ impl NodeKeys {
         let index_key = secret_file(&dir.join("index.key"), &mut created)?;
         let rsa_path = dir.join("institution-rsa.pem");
         let rsa = if rsa_path.exists() {
-            let pem = Zeroizing::new(fs::read_to_string(&rsa_path).map_err(|e| key_error(&rsa_path, e))?);
+            let pem =
+                Zeroizing::new(fs::read_to_string(&rsa_path).map_err(|e| key_error(&rsa_path, e))?);
             PrivateKey::from_pkcs8_pem(&pem).map_err(|e| StorageError::KeyFile {
                 path: rsa_path.display().to_string(),
                 reason: format!("not a PKCS#8 RSA private key: {e}"),
@@ -123,10 +124,13 @@ fn secret_file(path: &Path, created: &mut bool) -> Result<SecretKey> {
     if path.exists() {
         check_private(path)?;
         let bytes = Zeroizing::new(fs::read(path).map_err(|e| key_error(path, e))?);
-        let array: [u8; 32] = bytes.as_slice().try_into().map_err(|_| StorageError::KeyFile {
-            path: path.display().to_string(),
-            reason: format!("expected 32 bytes, found {}", bytes.len()),
-        })?;
+        let array: [u8; 32] = bytes
+            .as_slice()
+            .try_into()
+            .map_err(|_| StorageError::KeyFile {
+                path: path.display().to_string(),
+                reason: format!("expected 32 bytes, found {}", bytes.len()),
+            })?;
         return Ok(SecretKey::from_bytes(array));
     }
     let key = SecretKey::random()?;
@@ -161,7 +165,10 @@ fn check_private(path: &Path) -> Result<()> {
         if mode & 0o077 != 0 {
             return Err(StorageError::KeyFile {
                 path: path.display().to_string(),
-                reason: format!("permissions {:o} let others read it; chmod 600 it", mode & 0o777),
+                reason: format!(
+                    "permissions {:o} let others read it; chmod 600 it",
+                    mode & 0o777
+                ),
             });
         }
     }
@@ -172,7 +179,8 @@ fn restrict_dir(dir: &Path) -> Result<()> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(|e| key_error(dir, e))?;
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+            .map_err(|e| key_error(dir, e))?;
     }
     Ok(())
 }
@@ -201,7 +209,10 @@ mod tests {
         {
             use std::os::unix::fs::PermissionsExt;
             for name in ["link.key", "index.key", "institution-rsa.pem"] {
-                let mode = fs::metadata(keys_dir.join(name)).unwrap().permissions().mode();
+                let mode = fs::metadata(keys_dir.join(name))
+                    .unwrap()
+                    .permissions()
+                    .mode();
                 assert_eq!(mode & 0o777, 0o600, "{name}");
             }
         }
@@ -220,7 +231,8 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            fs::set_permissions(keys_dir.join("link.key"), fs::Permissions::from_mode(0o644)).unwrap();
+            fs::set_permissions(keys_dir.join("link.key"), fs::Permissions::from_mode(0o644))
+                .unwrap();
             let err = NodeKeys::load_or_create(&keys_dir, 2048).unwrap_err();
             assert!(err.to_string().contains("chmod 600"), "{err}");
         }

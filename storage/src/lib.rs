@@ -7,7 +7,10 @@
 //! - [`keys`] — the node's secret keys, made on first start with owner-only permissions;
 //! - [`seal`] — fingerprints, blind tokens, AES-256-GCM records with RSA-OAEP-wrapped keys;
 //! - [`vault`] — the sled vault: records, indexes and blind index, one transaction per write.
+//! - [`chain_store`] — the ledger's typed sled stores: blocks by height, hash, transaction and
+//!   anchor indexes, one transaction and a flush per block (bytes given by `consensus`).
 
+pub mod chain_store;
 pub mod error;
 pub mod keys;
 pub mod seal;

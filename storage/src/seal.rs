@@ -63,7 +63,12 @@ pub fn blind_token(index_key: &SecretKey, name: &str, value: &str) -> [u8; 32] {
     let len = (name.len() as u32).to_be_bytes();
     hmac(
         index_key.expose(),
-        &[b"fhirseal-blind-v1", &len, name.as_bytes(), value.as_bytes()],
+        &[
+            b"fhirseal-blind-v1",
+            &len,
+            name.as_bytes(),
+            value.as_bytes(),
+        ],
     )
 }
 
@@ -117,7 +122,8 @@ pub struct SealedRecord {
 impl SealedRecord {
     pub fn encode(&self) -> Vec<u8> {
         let m = &self.meta;
-        let mut out = Vec::with_capacity(160 + m.resource_type.len() + m.id.len() + self.ciphertext.len());
+        let mut out =
+            Vec::with_capacity(160 + m.resource_type.len() + m.id.len() + self.ciphertext.len());
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&m.fingerprint.0);
         for part in [&m.resource_type, &m.id, &m.version] {
@@ -135,7 +141,9 @@ impl SealedRecord {
     pub fn decode(bytes: &[u8]) -> Result<SealedRecord> {
         let mut r = Reader(bytes);
         if r.take(4)? != MAGIC {
-            return Err(StorageError::Corrupt("not a version 1 sealed record".to_owned()));
+            return Err(StorageError::Corrupt(
+                "not a version 1 sealed record".to_owned(),
+            ));
         }
         let fingerprint = Fingerprint(r.array()?);
         let resource_type = r.string16()?;
@@ -147,7 +155,9 @@ impl SealedRecord {
         let len = u32::from_be_bytes(r.array()?) as usize;
         let ciphertext = r.take(len)?.to_vec();
         if !r.0.is_empty() {
-            return Err(StorageError::Corrupt("trailing bytes after a sealed record".to_owned()));
+            return Err(StorageError::Corrupt(
+                "trailing bytes after a sealed record".to_owned(),
+            ));
         }
         Ok(SealedRecord {
             meta: RecordMeta {
@@ -174,7 +184,9 @@ struct Reader<'a>(&'a [u8]);
 impl<'a> Reader<'a> {
     fn take(&mut self, n: usize) -> Result<&'a [u8]> {
         if self.0.len() < n {
-            return Err(StorageError::Corrupt("sealed record is truncated".to_owned()));
+            return Err(StorageError::Corrupt(
+                "sealed record is truncated".to_owned(),
+            ));
         }
         let (head, tail) = self.0.split_at(n);
         self.0 = tail;
@@ -198,6 +210,8 @@ pub struct NewEpochKey {
     pub id: [u8; 32],
     pub wrapped: Vec<u8>,
 }
+
+type CurrentEpoch = ([u8; 32], Zeroizing<[u8; 32]>, Option<NewEpochKey>);
 
 struct Epoch {
     id: [u8; 32],
@@ -298,8 +312,9 @@ impl Sealer {
         ))
     }
 
-    /// The current epoch key, making a new one when there is none or it is used up.
-    fn current_epoch(&self) -> Result<([u8; 32], Zeroizing<[u8; 32]>, Option<NewEpochKey>)> {
+    /// The current epoch key (id, key, and the wrapped key when it was made now), making a new
+    /// one when there is none or it is used up.
+    fn current_epoch(&self) -> Result<CurrentEpoch> {
         let mut epoch = self.epoch.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(e) = epoch.as_mut().filter(|e| e.uses < self.max_uses) {
             e.uses += 1;
@@ -472,7 +487,10 @@ mod tests {
         let k2 = SecretKey::from_bytes([2; 32]);
         assert_eq!(Fingerprint::of(&k1, b"a"), Fingerprint::of(&k1, b"a"));
         assert_ne!(Fingerprint::of(&k1, b"a"), Fingerprint::of(&k2, b"a"));
-        assert_ne!(blind_token(&k1, "name", "ab"), blind_token(&k1, "nam", "eab"));
+        assert_ne!(
+            blind_token(&k1, "name", "ab"),
+            blind_token(&k1, "nam", "eab")
+        );
         // Fingerprint = HMAC-SHA-256(key, "fhirseal-fp-v1" ‖ identity key), checked by hand.
         let mut mac = <HmacSha256 as hmac::KeyInit>::new_from_slice(&[1; 32]).unwrap();
         mac.update(b"fhirseal-fp-v1a");

@@ -205,13 +205,34 @@ impl Vault {
         id: &str,
         version: &str,
     ) -> Result<Option<SealedRecord>> {
-        let Some(address) = self.resources.get(version_key(resource_type, id, version))? else {
+        let Some(address) = self
+            .resources
+            .get(version_key(resource_type, id, version))?
+        else {
             return Ok(None);
         };
         let bytes = self.records.get(&address)?.ok_or_else(|| {
             StorageError::Corrupt(format!("record {} is indexed but absent", hex(&address)))
         })?;
         SealedRecord::decode(&bytes).map(Some)
+    }
+
+    /// The fingerprint of the person a stored resource belongs to (from any of its versions).
+    pub fn fingerprint_of_resource(
+        &self,
+        resource_type: &str,
+        id: &str,
+    ) -> Result<Option<Fingerprint>> {
+        let mut prefix = resource_key(resource_type, id);
+        prefix.push(0);
+        let Some(entry) = self.resources.scan_prefix(&prefix).next() else {
+            return Ok(None);
+        };
+        let (_, address) = entry?;
+        let Some(bytes) = self.records.get(&address)? else {
+            return Ok(None);
+        };
+        Ok(Some(SealedRecord::decode(&bytes)?.meta.fingerprint))
     }
 
     /// The resources (type, id) whose current version carries `token`.

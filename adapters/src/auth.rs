@@ -1,0 +1,150 @@
+//! Auth adapters: who is calling. For now an API-key table; the principal says which
+//! institution and role the caller acts for, and whether it may see identity.
+
+use std::collections::HashMap;
+
+use http::header::{HeaderMap, AUTHORIZATION};
+use sha2::{Digest, Sha256};
+
+/// The caller of one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    pub institution: String,
+    pub role: String,
+    /// A name for logs and audit, never the credential.
+    pub name: String,
+    /// Whether identity is merged back into what this caller reads.
+    pub sees_identity: bool,
+}
+
+/// Why a request has no principal.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error(
+        "no credentials: send an API key as 'X-Api-Key: <key>' or 'Authorization: Bearer <key>'"
+    )]
+    Missing,
+    #[error("the API key is not known")]
+    Unknown,
+}
+
+/// API keys, held as SHA-256 digests so that a lookup does not compare secrets byte by byte.
+#[derive(Clone, Default)]
+pub struct ApiKeyTable {
+    keys: HashMap<[u8; 32], Principal>,
+}
+
+impl std::fmt::Debug for ApiKeyTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiKeyTable")
+            .field("keys", &self.keys.len())
+            .finish()
+    }
+}
+
+impl ApiKeyTable {
+    /// A table of `(key, institution, role, name)`; a principal sees identity when its role is
+    /// one of `identity_roles` and it belongs to `own_institution` (whose vault this is).
+    pub fn new<'a>(
+        entries: impl IntoIterator<Item = (&'a str, &'a str, &'a str, Option<&'a str>)>,
+        identity_roles: &[String],
+        own_institution: &str,
+    ) -> ApiKeyTable {
+        let keys = entries
+            .into_iter()
+            .map(|(key, institution, role, name)| {
+                let principal = Principal {
+                    institution: institution.to_owned(),
+                    role: role.to_owned(),
+                    name: name.unwrap_or(role).to_owned(),
+                    sees_identity: institution == own_institution
+                        && identity_roles.iter().any(|r| r == role),
+                };
+                (digest(key), principal)
+            })
+            .collect();
+        ApiKeyTable { keys }
+    }
+
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// The principal of a request's credentials.
+    pub fn authenticate(&self, headers: &HeaderMap) -> Result<Principal, AuthError> {
+        let key = headers
+            .get("x-api-key")
+            .and_then(|v| v.to_str().ok())
+            .or_else(|| {
+                headers
+                    .get(AUTHORIZATION)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| {
+                        v.strip_prefix("Bearer ")
+                            .or_else(|| v.strip_prefix("bearer "))
+                    })
+            })
+            .map(str::trim)
+            .filter(|k| !k.is_empty())
+            .ok_or(AuthError::Missing)?;
+        self.keys
+            .get(&digest(key))
+            .cloned()
+            .ok_or(AuthError::Unknown)
+    }
+}
+
+fn digest(key: &str) -> [u8; 32] {
+    Sha256::digest(key.as_bytes()).into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    #[test]
+    fn keys_map_to_principals() {
+        let roles = vec!["clinician".to_owned()];
+        let table = ApiKeyTable::new(
+            [
+                ("k-clinician-0123456789", "local", "clinician", None),
+                (
+                    "k-research-0123456789",
+                    "local",
+                    "researcher",
+                    Some("study"),
+                ),
+                ("k-other-01234567890", "elsewhere", "clinician", None),
+            ],
+            &roles,
+            "local",
+        );
+        let mut headers = HeaderMap::new();
+        assert_eq!(table.authenticate(&headers), Err(AuthError::Missing));
+        headers.insert("x-api-key", HeaderValue::from_static("nope"));
+        assert_eq!(table.authenticate(&headers), Err(AuthError::Unknown));
+        headers.insert(
+            "x-api-key",
+            HeaderValue::from_static("k-clinician-0123456789"),
+        );
+        assert!(table.authenticate(&headers).unwrap().sees_identity);
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            AUTHORIZATION,
+            HeaderValue::from_static("Bearer k-research-0123456789"),
+        );
+        let p = table.authenticate(&headers).unwrap();
+        assert!(!p.sees_identity);
+        assert_eq!(p.name, "study");
+        headers.insert(
+            AUTHORIZATION,
+            HeaderValue::from_static("Bearer k-other-01234567890"),
+        );
+        assert!(!table.authenticate(&headers).unwrap().sees_identity);
+    }
+}

@@ -1,0 +1,304 @@
+//! The chain on disk: finalized blocks appended through the typed sled stores, proofs read back,
+//! and the whole chain re-verified from genesis.
+
+use fhirseal_storage::chain_store::{
+    AnchorWrite, BlockWrite, ChainStore, ChainStoreError, EntryLocation, TxLocation,
+};
+
+use crate::block::{Block, BlockHeader, FinalizedBlock};
+use crate::error::{Error, Result};
+use crate::hash::Hash256;
+use crate::keys::Rosters;
+use crate::merkle;
+use crate::proof::AnchorProof;
+use crate::tx::{anchor_key, Transaction, TxId};
+use crate::validate::validate_finalized_block;
+
+/// What appending a block did: where it is, and which transactions it holds (a transaction's
+/// position is its index here).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockReceipt {
+    /// The block's height.
+    pub height: u64,
+    /// The block's hash.
+    pub hash: Hash256,
+    /// Its transactions, in block order.
+    pub transactions: Vec<TxId>,
+}
+
+/// The outcome of [`Chain::verify_chain`].
+#[derive(Debug)]
+pub enum ChainCheck {
+    /// Every stored block verifies from genesis, and the indexes point where the blocks say.
+    Valid {
+        /// How many blocks (the tip's height + 1).
+        blocks: u64,
+    },
+    /// The first block, from genesis, that does not.
+    Broken {
+        /// Its height.
+        height: u64,
+        /// What is wrong with it.
+        fault: Error,
+    },
+}
+
+/// The node's copy of the chain.
+#[derive(Debug)]
+pub struct Chain {
+    store: ChainStore,
+    // The last stored block's header, so that appending does not read it back.
+    tip: Option<BlockHeader>,
+}
+
+impl Chain {
+    /// Opens the chain kept in `store`, reading its tip. Use [`Chain::verify_chain`] to check what
+    /// is stored.
+    pub fn open(store: ChainStore) -> Result<Self> {
+        let tip = match store.last_block()? {
+            Some((height, bytes)) => Some(decode_block(height, &bytes)?.block.header),
+            None => None,
+        };
+        Ok(Self { store, tip })
+    }
+
+    /// The last block's header.
+    pub fn tip(&self) -> Option<&BlockHeader> {
+        self.tip.as_ref()
+    }
+
+    /// The height the next block must have.
+    pub fn next_height(&self) -> u64 {
+        self.tip.as_ref().map_or(0, |t| t.height + 1)
+    }
+
+    /// Validates `block` against the tip and the roster of its epoch (see
+    /// [`validate_finalized_block`]), then stores it with its indexes in one transaction and
+    /// flushes before returning. Refused, with nothing written: an invalid block, a transaction
+    /// already in the chain (submission is idempotent on it: see [`Chain::locate_transaction`]),
+    /// a resource version already anchored.
+    pub async fn append<R: Rosters + Sync>(
+        &mut self,
+        block: &FinalizedBlock,
+        rosters: &R,
+    ) -> Result<BlockReceipt> {
+        let header = block.header();
+        let roster = rosters
+            .roster(header.epoch)
+            .ok_or(Error::UnknownEpoch(header.epoch))?;
+        let hash = validate_finalized_block(self.tip.as_ref(), block, roster)?;
+
+        let bytes = block.to_bytes();
+        let transactions: Vec<Vec<u8>> = block
+            .block
+            .transactions
+            .iter()
+            .map(Transaction::key)
+            .collect();
+        let anchors = anchor_writes(&block.block);
+        let write = BlockWrite {
+            height: header.height,
+            hash: hash.0,
+            bytes: &bytes,
+            transactions: &transactions,
+            anchors: &anchors,
+        };
+        match self.store.append(&write).await {
+            Ok(()) => {}
+            Err(e @ ChainStoreError::NotFlushed(_)) => {
+                // Written though not yet durable: the tip has moved all the same.
+                self.tip = Some(header.clone());
+                return Err(e.into());
+            }
+            Err(e) => return Err(e.into()),
+        }
+        self.tip = Some(header.clone());
+        Ok(BlockReceipt {
+            height: header.height,
+            hash,
+            transactions: block
+                .block
+                .transactions
+                .iter()
+                .map(Transaction::id)
+                .collect(),
+        })
+    }
+
+    /// Where the transaction with this key (see [`Transaction::key`], [`TxId::key`]) is, if it
+    /// is in the chain.
+    pub fn locate_transaction(&self, key: &[u8]) -> Result<Option<TxLocation>> {
+        Ok(self.store.transaction(key)?)
+    }
+
+    /// Where a resource version of `institution` is anchored, if it is.
+    pub fn locate_anchor(
+        &self,
+        institution: &str,
+        resource_type: &str,
+        logical_id: &str,
+        version_id: &str,
+    ) -> Result<Option<EntryLocation>> {
+        let key = anchor_key(institution, resource_type, logical_id, version_id);
+        Ok(self.store.anchor(&key)?)
+    }
+
+    /// The anchor with this key (see [`crate::anchor_key`]), if any.
+    pub(crate) fn anchor_by_key(&self, key: &[u8]) -> Result<Option<EntryLocation>> {
+        Ok(self.store.anchor(key)?)
+    }
+
+    /// The block at `height`.
+    pub fn block(&self, height: u64) -> Result<Option<FinalizedBlock>> {
+        match self.store.block(height)? {
+            Some(bytes) => Ok(Some(decode_block(height, &bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The proof that a resource version of `institution` was anchored, or `None` if it was not.
+    /// Check it with [`AnchorProof::verify`].
+    pub fn proof(
+        &self,
+        institution: &str,
+        resource_type: &str,
+        logical_id: &str,
+        version_id: &str,
+    ) -> Result<Option<AnchorProof>> {
+        let key = anchor_key(institution, resource_type, logical_id, version_id);
+        let Some(location) = self.store.anchor(&key)? else {
+            return Ok(None);
+        };
+        let block = self
+            .block(location.height)?
+            .ok_or(Error::MissingBlock(location.height))?;
+        let tx_index = location.transaction as usize;
+        let entry_index = location.entry as usize;
+        let Some(Transaction::Anchor(batch)) = block.block.transactions.get(tx_index) else {
+            return Err(Error::IndexMismatch("anchor"));
+        };
+        let entry = batch
+            .entries
+            .get(entry_index)
+            .filter(|e| e.key() == key)
+            .ok_or(Error::IndexMismatch("anchor"))?;
+        let entry_path = batch
+            .prove(entry_index)
+            .ok_or(Error::IndexMismatch("anchor"))?;
+        let transaction_path =
+            merkle::prove(&block.block.leaves(), tx_index).ok_or(Error::IndexMismatch("anchor"))?;
+        Ok(Some(AnchorProof {
+            entry: entry.clone(),
+            entry_path,
+            batch: batch.header.clone(),
+            transaction_path,
+            header: block.block.header,
+            certificate: block.certificate,
+        }))
+    }
+
+    /// Re-verifies every stored block from genesis: it decodes, it is stored at its own height
+    /// with no gap, it follows its predecessor, its transactions and certificate verify against
+    /// the roster of its epoch, and the hash, transaction and anchor indexes point at it.
+    /// Stops at the first block that fails and names its height; I/O failures are errors.
+    pub fn verify_chain<R: Rosters>(&self, rosters: &R) -> Result<ChainCheck> {
+        Self::verify_store(&self.store, rosters)
+    }
+
+    /// [`Chain::verify_chain`] over a store that [`Chain::open`] refuses (its last block does not
+    /// decode), so that the damage can still be located.
+    pub fn verify_store<R: Rosters>(store: &ChainStore, rosters: &R) -> Result<ChainCheck> {
+        let mut previous: Option<BlockHeader> = None;
+        let mut expected = 0u64;
+        for item in store.blocks_from(0) {
+            let (height, bytes) = match item {
+                Ok(found) => found,
+                Err(e @ ChainStoreError::Corrupt { .. }) => {
+                    return Ok(broken(expected, Error::Store(e)));
+                }
+                Err(e) => return Err(e.into()),
+            };
+            if height != expected {
+                return Ok(broken(expected, Error::MissingBlock(expected)));
+            }
+            match verify_stored(store, height, &bytes, previous.as_ref(), rosters) {
+                Ok(header) => previous = Some(header),
+                Err(fault) if fault.is_retryable() => return Err(fault),
+                Err(fault) => return Ok(broken(height, fault)),
+            }
+            expected += 1;
+        }
+        Ok(ChainCheck::Valid { blocks: expected })
+    }
+}
+
+fn verify_stored<R: Rosters>(
+    store: &ChainStore,
+    height: u64,
+    bytes: &[u8],
+    previous: Option<&BlockHeader>,
+    rosters: &R,
+) -> Result<BlockHeader> {
+    let block = decode_block(height, bytes)?;
+    let header = block.header();
+    if header.height != height {
+        return Err(Error::InvalidBlock("stored under another height"));
+    }
+    let roster = rosters
+        .roster(header.epoch)
+        .ok_or(Error::UnknownEpoch(header.epoch))?;
+    let hash = validate_finalized_block(previous, &block, roster)?;
+
+    if store.height_of(&hash.0)? != Some(height) {
+        return Err(Error::IndexMismatch("block hash"));
+    }
+    for (position, tx) in block.block.transactions.iter().enumerate() {
+        let expected = TxLocation {
+            height,
+            position: u32::try_from(position).unwrap_or(u32::MAX),
+        };
+        if store.transaction(&tx.key())? != Some(expected) {
+            return Err(Error::IndexMismatch("transaction"));
+        }
+    }
+    for anchor in anchor_writes(&block.block) {
+        let expected = EntryLocation {
+            height,
+            transaction: anchor.transaction,
+            entry: anchor.entry,
+        };
+        if store.anchor(&anchor.key)? != Some(expected) {
+            return Err(Error::IndexMismatch("anchor"));
+        }
+    }
+    Ok(block.block.header)
+}
+
+fn broken(height: u64, fault: Error) -> ChainCheck {
+    ChainCheck::Broken { height, fault }
+}
+
+fn decode_block(height: u64, bytes: &[u8]) -> Result<FinalizedBlock> {
+    FinalizedBlock::from_bytes(bytes).map_err(|source| Error::CorruptBlock { height, source })
+}
+
+fn anchor_writes(block: &Block) -> Vec<AnchorWrite> {
+    let mut out = Vec::new();
+    for (t, tx) in block.transactions.iter().enumerate() {
+        if let Transaction::Anchor(batch) = tx {
+            out.extend(
+                batch
+                    .entries
+                    .iter()
+                    .enumerate()
+                    .map(|(e, entry)| AnchorWrite {
+                        key: entry.key(),
+                        // Validation bounds both positions far below u32::MAX.
+                        transaction: u32::try_from(t).unwrap_or(u32::MAX),
+                        entry: u32::try_from(e).unwrap_or(u32::MAX),
+                    }),
+            );
+        }
+    }
+    out
+}

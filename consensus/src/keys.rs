@@ -1,0 +1,206 @@
+//! Who may sign what: Ed25519 public keys, the delegate set with its quorum, and the roster of
+//! institutions' keys.
+
+use std::collections::BTreeMap;
+
+use ed25519_dalek::{Signature, SigningKey, VerifyingKey};
+
+use crate::error::{Error, Result};
+use crate::hash::hex;
+
+/// An Ed25519 public key as its 32 bytes.
+///
+/// Kept as bytes (not a decompressed `VerifyingKey`) so that decoding blocks and proofs is cheap
+/// and total; the point is decompressed only when a signature is checked.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PublicKey(pub [u8; 32]);
+
+impl PublicKey {
+    /// The public half of `key`.
+    pub fn of(key: &SigningKey) -> Self {
+        Self(key.verifying_key().to_bytes())
+    }
+
+    /// Checks `signature` over `message` with `verify_strict`, which refuses small-order keys and
+    /// non-canonical signatures: one message and key then have one valid signature, so a
+    /// signature cannot be altered into another valid one (what a double-signing proof and a
+    /// transaction hash that covers the signature rely on).
+    pub(crate) fn verify(
+        &self,
+        message: &[u8],
+        signature: &Signature,
+        what: &'static str,
+    ) -> Result<()> {
+        let key = VerifyingKey::from_bytes(&self.0).map_err(|_| Error::BadKey(what))?;
+        key.verify_strict(message, signature)
+            .map_err(|_| Error::BadSignature(what))
+    }
+}
+
+impl std::fmt::Debug for PublicKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PublicKey({})", hex(&self.0))
+    }
+}
+
+impl std::fmt::Display for PublicKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&hex(&self.0))
+    }
+}
+
+/// Signatures needed to finalize a block among `delegates` delegates: `⌊2K/3⌋ + 1`, which is
+/// `2f + 1` for `K = 3f + 1` (and 1 for a single delegate). Any two sets of that size share more
+/// than `f` delegates, so two conflicting blocks cannot both be finalized unless more than `f`
+/// delegates sign twice.
+pub fn quorum(delegates: usize) -> usize {
+    2 * delegates / 3 + 1
+}
+
+/// The delegates of an epoch, in schedule order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DelegateSet {
+    keys: Vec<PublicKey>,
+}
+
+impl DelegateSet {
+    /// A set of distinct delegates; at least one.
+    pub fn new(keys: Vec<PublicKey>) -> Result<Self> {
+        if keys.is_empty() {
+            return Err(Error::InvalidDelegates("no delegate"));
+        }
+        let mut sorted = keys.clone();
+        sorted.sort_unstable();
+        if sorted.windows(2).any(|w| w[0] == w[1]) {
+            return Err(Error::InvalidDelegates("a delegate appears twice"));
+        }
+        Ok(Self { keys })
+    }
+
+    /// The keys, in schedule order.
+    pub fn keys(&self) -> &[PublicKey] {
+        &self.keys
+    }
+
+    /// Whether `key` is a delegate.
+    pub fn contains(&self, key: &PublicKey) -> bool {
+        self.keys.contains(key)
+    }
+
+    /// How many delegates there are (K).
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// Never true: a delegate set has at least one member.
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// Signatures needed to finalize a block: see [`quorum`].
+    pub fn quorum(&self) -> usize {
+        quorum(self.keys.len())
+    }
+}
+
+/// Who may sign at one epoch: the delegates, and each institution's batch-signing key.
+///
+/// The governance layer will keep this replicated and change it per epoch; the embedded
+/// single-node consortium has one institution and one delegate ([`Roster::single_node`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Roster {
+    delegates: DelegateSet,
+    institutions: BTreeMap<String, PublicKey>,
+}
+
+impl Roster {
+    /// A roster from its delegates and `(institution id, key)` pairs.
+    pub fn new(
+        delegates: DelegateSet,
+        institutions: impl IntoIterator<Item = (String, PublicKey)>,
+    ) -> Self {
+        Self {
+            delegates,
+            institutions: institutions.into_iter().collect(),
+        }
+    }
+
+    /// The consortium of one: `institution` signs batches with `institution_key`, and the node's
+    /// `delegate` key is the only delegate.
+    pub fn single_node(
+        institution: impl Into<String>,
+        institution_key: PublicKey,
+        delegate: PublicKey,
+    ) -> Self {
+        Self {
+            delegates: DelegateSet {
+                keys: vec![delegate],
+            },
+            institutions: [(institution.into(), institution_key)].into(),
+        }
+    }
+
+    /// The delegates.
+    pub fn delegates(&self) -> &DelegateSet {
+        &self.delegates
+    }
+
+    /// The key `institution` signs batches with.
+    pub fn institution_key(&self, institution: &str) -> Option<&PublicKey> {
+        self.institutions.get(institution)
+    }
+}
+
+/// The roster in force at each epoch: what chain verification asks when it walks epochs.
+/// A single [`Roster`] answers for every epoch; the DPoS will answer from its election records.
+pub trait Rosters {
+    /// The roster of `epoch`, if known.
+    fn roster(&self, epoch: u64) -> Option<&Roster>;
+}
+
+impl Rosters for Roster {
+    fn roster(&self, _epoch: u64) -> Option<&Roster> {
+        Some(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quorum_is_two_f_plus_one_of_three_f_plus_one() {
+        assert_eq!(quorum(1), 1);
+        assert_eq!(quorum(4), 3);
+        assert_eq!(quorum(7), 5);
+        assert_eq!(quorum(10), 7);
+        // Between the 3f+1 sizes the quorum still intersects in more than f.
+        assert_eq!(quorum(2), 2);
+        assert_eq!(quorum(3), 3);
+        assert_eq!(quorum(5), 4);
+    }
+
+    #[test]
+    fn delegate_sets_are_non_empty_and_distinct() {
+        let a = PublicKey([1; 32]);
+        assert!(DelegateSet::new(vec![]).is_err());
+        assert!(DelegateSet::new(vec![a, a]).is_err());
+        assert_eq!(DelegateSet::new(vec![a]).unwrap().quorum(), 1);
+    }
+
+    #[test]
+    fn strict_verification_refuses_a_small_order_key() {
+        use ed25519_dalek::Signer as _;
+        let key = SigningKey::from_bytes(&[7; 32]);
+        let signature = key.sign(b"m");
+        let public = PublicKey::of(&key);
+        assert!(public.verify(b"m", &signature, "test").is_ok());
+        assert!(public.verify(b"n", &signature, "test").is_err());
+        // The identity point (a small-order key) decompresses but must never verify.
+        let mut identity = [0; 32];
+        identity[0] = 1;
+        assert!(PublicKey(identity)
+            .verify(b"m", &signature, "test")
+            .is_err());
+    }
+}

@@ -1,0 +1,178 @@
+//! The canonical encoding: exact bytes, round trips, and refusal of everything else.
+
+use fhirseal_consensus::codec::{limits, FORMAT_VERSION};
+use fhirseal_consensus::{
+    AccessBatch, AccessEvent, BlockHeader, BlockProducer, DecodeError, FinalizedBlock, Hash256,
+    PublicKey, Timestamp, Transaction,
+};
+use sha2::{Digest, Sha256};
+
+use crate::support::*;
+
+#[test]
+fn a_header_encodes_to_the_documented_bytes_and_hashes_under_its_tag() {
+    let header = BlockHeader {
+        height: 0x0102,
+        previous: Hash256([0xaa; 32]),
+        epoch: 3,
+        slot: 4,
+        producer: PublicKey([0xbb; 32]),
+        tx_root: Hash256([0xcc; 32]),
+        tx_count: 5,
+        time: Timestamp(6),
+    };
+    // Laid out by hand from the format: version, then fixed-width big-endian fields in order.
+    let mut expected = vec![FORMAT_VERSION];
+    expected.extend([0, 0, 0, 0, 0, 0, 1, 2]);
+    expected.extend([0xaa; 32]);
+    expected.extend([0, 0, 0, 0, 0, 0, 0, 3]);
+    expected.extend([0, 0, 0, 0, 0, 0, 0, 4]);
+    expected.extend([0xbb; 32]);
+    expected.extend([0xcc; 32]);
+    expected.extend([0, 0, 0, 5]);
+    expected.extend([0, 0, 0, 0, 0, 0, 0, 6]);
+    assert_eq!(header.to_bytes(), expected);
+
+    let mut tagged = vec![0x10];
+    tagged.extend(&expected);
+    assert_eq!(header.hash().0, <[u8; 32]>::from(Sha256::digest(&tagged)));
+    assert_eq!(BlockHeader::from_bytes(&expected).unwrap(), header);
+}
+
+#[test]
+fn an_entry_encodes_to_the_documented_bytes() {
+    let mut e = entry("o1", "2");
+    e.institution = "h".into();
+    e.resource_type = "Obs".into();
+    let mut expected = vec![FORMAT_VERSION];
+    expected.extend([0, 0, 0, 1, b'h']);
+    expected.extend([0, 0, 0, 3, b'O', b'b', b's']);
+    expected.extend([0, 0, 0, 2, b'o', b'1']);
+    expected.extend([0, 0, 0, 1, b'2']);
+    expected.extend([0xf1; 32]);
+    expected.extend([0x5e; 32]);
+    expected.extend([0xc1; 32]);
+    assert_eq!(e.to_bytes(), expected);
+
+    // Its Merkle leaf is SHA-256(0x00 ‖ those bytes).
+    let mut leaf = vec![0x00];
+    leaf.extend(&expected);
+    assert_eq!(e.leaf_hash().0, <[u8; 32]>::from(Sha256::digest(&leaf)));
+}
+
+fn sample_block() -> FinalizedBlock {
+    let access = AccessBatch::sign(
+        batch_id(9),
+        INSTITUTION,
+        vec![AccessEvent {
+            principal: "Practitioner/7".into(),
+            institution: INSTITUTION.into(),
+            resource_type: "Observation".into(),
+            logical_id: "o1".into(),
+            version_id: String::new(),
+            purpose_of_use: "TREAT".into(),
+            time: Timestamp(1_700_000_000_000),
+        }],
+        &institution_key(),
+    )
+    .unwrap();
+    let txs = vec![
+        fresh_batch(1, "a", 3),
+        Transaction::Access(access),
+        fresh_batch(2, "b", 1),
+    ];
+    BlockProducer::new(delegate_key()).produce_alone(None, txs, 0, 0, Timestamp(42))
+}
+
+#[test]
+fn blocks_and_transactions_round_trip() {
+    let block = sample_block();
+    let bytes = block.to_bytes();
+    assert_eq!(FinalizedBlock::from_bytes(&bytes).unwrap(), block);
+    for tx in &block.block.transactions {
+        assert_eq!(&Transaction::from_bytes(&tx.to_bytes()).unwrap(), tx);
+    }
+    // Encoding is a function of the value: encode(decode(bytes)) == bytes.
+    assert_eq!(
+        FinalizedBlock::from_bytes(&bytes).unwrap().to_bytes(),
+        bytes
+    );
+}
+
+#[test]
+fn every_truncation_and_any_trailing_byte_is_refused() {
+    let bytes = sample_block().to_bytes();
+    for len in 0..bytes.len() {
+        assert!(
+            FinalizedBlock::from_bytes(&bytes[..len]).is_err(),
+            "a prefix of {len} bytes decoded"
+        );
+    }
+    let mut longer = bytes.clone();
+    longer.push(0);
+    assert_eq!(
+        FinalizedBlock::from_bytes(&longer),
+        Err(DecodeError::TrailingBytes(1))
+    );
+}
+
+#[test]
+fn another_version_is_refused() {
+    let mut bytes = sample_block().to_bytes();
+    bytes[0] = 2;
+    assert_eq!(
+        FinalizedBlock::from_bytes(&bytes),
+        Err(DecodeError::Version(2))
+    );
+}
+
+#[test]
+fn reserved_transaction_kinds_are_refused() {
+    let mut bytes = fresh_batch(1, "a", 1).to_bytes();
+    // Byte 1, after the version, is the kind: 3 is reserved for grants.
+    bytes[1] = 3;
+    assert_eq!(
+        Transaction::from_bytes(&bytes),
+        Err(DecodeError::UnknownTag {
+            field: "transaction kind",
+            tag: 3
+        })
+    );
+}
+
+#[test]
+fn forged_counts_are_refused_before_allocating() {
+    let block = sample_block();
+    let mut bytes = block.to_bytes();
+    // The transaction count follows the version byte and the 132-byte header.
+    let at = 1 + 132;
+    assert_eq!(&bytes[at..at + 4], &[0, 0, 0, 3]);
+    bytes[at..at + 4].copy_from_slice(&u32::MAX.to_be_bytes());
+    assert!(matches!(
+        FinalizedBlock::from_bytes(&bytes),
+        Err(DecodeError::TooLong { .. })
+    ));
+
+    // An entry count in a batch header far over what the bytes hold.
+    let mut tx = fresh_batch(1, "a", 2).to_bytes();
+    let count_at = 1 + 1 + 16 + 4 + INSTITUTION.len() + 32;
+    assert_eq!(&tx[count_at..count_at + 4], &[0, 0, 0, 2]);
+    tx[count_at..count_at + 4].copy_from_slice(&1_000_000u32.to_be_bytes());
+    assert!(matches!(
+        Transaction::from_bytes(&tx),
+        Err(DecodeError::TooLong { .. })
+    ));
+}
+
+#[test]
+fn over_long_names_are_refused_when_signing() {
+    let mut e = entry("x", "1");
+    e.logical_id = "x".repeat(limits::MAX_NAME_LEN + 1);
+    assert!(fhirseal_consensus::AnchorBatch::sign(
+        batch_id(1),
+        INSTITUTION,
+        vec![e],
+        &institution_key()
+    )
+    .is_err());
+}

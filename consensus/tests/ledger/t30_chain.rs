@@ -1,0 +1,304 @@
+//! The chain on sled: anchoring through the single-node ledger, idempotence, restarts, and
+//! verification from genesis that names the first bad height.
+
+use fhirseal_consensus::{
+    BlockProducer, Chain, ChainCheck, ChainStore, Error, Ledger, SoloLedger, Submitted, Timestamp,
+    Transaction,
+};
+use fhirseal_storage::chain_store::{
+    ChainStoreError, ANCHORS_TREE, BLOCKS_TREE, TRANSACTIONS_TREE,
+};
+
+use crate::support::*;
+
+/// Anchors `blocks` blocks of two batches of three entries each.
+async fn anchor_blocks(ledger: &mut SoloLedger, blocks: u64) {
+    for b in 0..blocks {
+        for t in 0..2 {
+            let n = b * 2 + t;
+            let tx = fresh_batch(n, &format!("r{n}"), 3);
+            assert_eq!(ledger.submit(tx).unwrap(), Submitted::Queued);
+        }
+        let receipt = ledger
+            .produce(Timestamp(1_000 + b))
+            .await
+            .unwrap()
+            .expect("a block");
+        assert_eq!(receipt.height, b);
+        assert_eq!(receipt.transactions.len(), 2);
+    }
+}
+
+#[tokio::test]
+async fn the_single_node_anchors_and_the_chain_verifies() {
+    let (_dir, db) = db();
+    let mut ledger = ledger(&db);
+    assert_eq!(ledger.produce(Timestamp(1)).await.unwrap(), None);
+    anchor_blocks(&mut ledger, 4).await;
+    assert_eq!(ledger.pending(), 0);
+    let chain = ledger.chain();
+    assert_eq!(chain.tip().unwrap().height, 3);
+    match chain.verify_chain(&roster()).unwrap() {
+        ChainCheck::Valid { blocks } => assert_eq!(blocks, 4),
+        broken => panic!("{broken:?}"),
+    }
+    let location = chain
+        .locate_anchor(INSTITUTION, "Observation", "r5-2", "1")
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (location.height, location.transaction, location.entry),
+        (2, 1, 2)
+    );
+}
+
+#[tokio::test]
+async fn a_batch_is_anchored_once_however_often_it_is_submitted() {
+    let (_dir, db) = db();
+    let mut ledger = ledger(&db);
+    let tx = fresh_batch(1, "a", 2);
+    assert_eq!(ledger.submit(tx.clone()).unwrap(), Submitted::Queued);
+    assert_eq!(
+        ledger.submit(tx.clone()).unwrap(),
+        Submitted::AlreadyPending
+    );
+    let receipt = ledger.produce(Timestamp(5)).await.unwrap().unwrap();
+    assert_eq!(receipt.transactions, vec![tx.id()]);
+    match ledger.submit(tx.clone()).unwrap() {
+        Submitted::AlreadyAnchored(location) => {
+            assert_eq!((location.height, location.position), (0, 0));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(ledger.produce(Timestamp(6)).await.unwrap(), None);
+
+    // Re-batched differently (another signature over other entries) under the same id: still
+    // the same transaction key, so still the first receipt.
+    let rebatched = anchor_batch(1, vec![entry("z", "9")]);
+    assert!(matches!(
+        ledger.submit(rebatched).unwrap(),
+        Submitted::AlreadyAnchored(_)
+    ));
+}
+
+#[tokio::test]
+async fn a_resource_version_is_anchored_once() {
+    let (_dir, db) = db();
+    let mut ledger = ledger(&db);
+    ledger
+        .submit(anchor_batch(1, vec![entry("a", "1")]))
+        .unwrap();
+    // Waiting in another batch.
+    assert!(matches!(
+        ledger.submit(anchor_batch(2, vec![entry("b", "1"), entry("a", "1")])),
+        Err(Error::AlreadyAnchored { location: None, .. })
+    ));
+    ledger.produce(Timestamp(1)).await.unwrap().unwrap();
+    // Already in a block.
+    assert!(matches!(
+        ledger.submit(anchor_batch(3, vec![entry("a", "1")])),
+        Err(Error::AlreadyAnchored {
+            location: Some(_),
+            ..
+        })
+    ));
+    // Another version of it is another anchor.
+    assert_eq!(
+        ledger
+            .submit(anchor_batch(4, vec![entry("a", "2")]))
+            .unwrap(),
+        Submitted::Queued
+    );
+}
+
+#[tokio::test]
+async fn the_chain_refuses_a_block_with_an_anchored_batch() {
+    let (_dir, db) = db();
+    let mut chain = chain(&db);
+    let producer = BlockProducer::new(delegate_key());
+    let tx = fresh_batch(1, "a", 1);
+    let first = producer.produce_alone(None, vec![tx.clone()], 0, 0, Timestamp(1));
+    chain.append(&first, &roster()).await.unwrap();
+    let again = producer.produce_alone(chain.tip(), vec![tx], 0, 1, Timestamp(2));
+    assert!(matches!(
+        chain.append(&again, &roster()).await,
+        Err(Error::Store(ChainStoreError::DuplicateTransaction { .. }))
+    ));
+    assert_eq!(chain.tip().unwrap().height, 0);
+    assert!(chain.block(1).unwrap().is_none());
+}
+
+#[tokio::test]
+async fn the_chain_refuses_an_invalid_block() {
+    let (_dir, db) = db();
+    let mut chain = chain(&db);
+    let producer = BlockProducer::new(delegate_key());
+    let mut block = producer.produce_alone(None, vec![fresh_batch(1, "a", 1)], 0, 0, Timestamp(1));
+    block.block.header.time = Timestamp(2);
+    assert!(chain.append(&block, &roster()).await.is_err());
+    assert!(chain.tip().is_none());
+    assert!(chain.block(0).unwrap().is_none());
+}
+
+#[tokio::test]
+async fn the_chain_survives_a_restart() {
+    let (dir, db) = db();
+    {
+        let mut ledger = ledger(&db);
+        anchor_blocks(&mut ledger, 2).await;
+    }
+    drop(db);
+    let db = sled::open(dir.path()).unwrap();
+    let mut ledger = ledger(&db);
+    assert_eq!(ledger.chain().tip().unwrap().height, 1);
+    assert!(matches!(
+        ledger.submit(fresh_batch(0, "r0", 3)).unwrap(),
+        Submitted::AlreadyAnchored(_)
+    ));
+    ledger.submit(fresh_batch(100, "later", 1)).unwrap();
+    let receipt = ledger.produce(Timestamp(10)).await.unwrap().unwrap();
+    assert_eq!(receipt.height, 2);
+    assert!(matches!(
+        ledger.chain().verify_chain(&roster()).unwrap(),
+        ChainCheck::Valid { blocks: 3 }
+    ));
+}
+
+#[tokio::test]
+async fn access_batches_are_anchored_too() {
+    let (_dir, db) = db();
+    let mut ledger = ledger(&db);
+    let access = fhirseal_consensus::AccessBatch::sign(
+        batch_id(50),
+        INSTITUTION,
+        vec![fhirseal_consensus::AccessEvent {
+            principal: "Practitioner/1".into(),
+            institution: INSTITUTION.into(),
+            resource_type: "Patient".into(),
+            logical_id: "p".into(),
+            version_id: "3".into(),
+            purpose_of_use: "TREAT".into(),
+            time: Timestamp(77),
+        }],
+        &institution_key(),
+    )
+    .unwrap();
+    let tx = Transaction::Access(access);
+    ledger.submit(tx.clone()).unwrap();
+    ledger.produce(Timestamp(78)).await.unwrap().unwrap();
+    assert!(ledger
+        .chain()
+        .locate_transaction(&tx.key())
+        .unwrap()
+        .is_some());
+    let stored = ledger.chain().block(0).unwrap().unwrap();
+    assert_eq!(stored.block.transactions, vec![tx]);
+}
+
+/// A four-block chain on disk.
+async fn four_blocks() -> (tempfile::TempDir, sled::Db) {
+    let (dir, db) = db();
+    let mut ledger = ledger(&db);
+    anchor_blocks(&mut ledger, 4).await;
+    (dir, db)
+}
+
+fn verify(db: &sled::Db) -> ChainCheck {
+    chain(db).verify_chain(&roster()).unwrap()
+}
+
+fn broken_height(check: ChainCheck) -> u64 {
+    match check {
+        ChainCheck::Broken { height, fault } => {
+            eprintln!("broken at {height}: {fault}");
+            height
+        }
+        valid => panic!("corruption not found: {valid:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_corrupted_block_is_found_and_its_height_named() {
+    let (_dir, db) = four_blocks().await;
+    let blocks = db.open_tree(BLOCKS_TREE).unwrap();
+    let key = 2u64.to_be_bytes();
+    let original = blocks.get(key).unwrap().unwrap().to_vec();
+    // One byte at a time, at places that hit the header, an entry's clinical hash (the last 32
+    // bytes of the last entry sit before the certificate), and the certificate.
+    let len = original.len();
+    let cert_len = 4 + 96;
+    for at in [10, 140, len - cert_len - 1, len - 5] {
+        let mut corrupted = original.clone();
+        corrupted[at] ^= 0x01;
+        blocks.insert(key, corrupted).unwrap();
+        assert_eq!(broken_height(verify(&db)), 2, "byte {at} flipped");
+    }
+    blocks.insert(key, original).unwrap();
+    assert!(matches!(verify(&db), ChainCheck::Valid { blocks: 4 }));
+}
+
+#[tokio::test]
+async fn a_replaced_block_is_found() {
+    // Even a well-formed block, validly signed with the delegate's key, swapped in for block 1
+    // is found: its indexes (and block 2's link) point at the block that was there.
+    let (_dir, db) = four_blocks().await;
+    let blocks = db.open_tree(BLOCKS_TREE).unwrap();
+    let block0 = chain(&db).block(0).unwrap().unwrap();
+    let forged = BlockProducer::new(delegate_key()).produce_alone(
+        Some(block0.header()),
+        vec![fresh_batch(999, "forged", 2)],
+        0,
+        1,
+        Timestamp(2_000),
+    );
+    blocks
+        .insert(1u64.to_be_bytes(), forged.to_bytes())
+        .unwrap();
+    assert_eq!(broken_height(verify(&db)), 1);
+}
+
+#[tokio::test]
+async fn a_missing_block_is_found() {
+    let (_dir, db) = four_blocks().await;
+    db.open_tree(BLOCKS_TREE)
+        .unwrap()
+        .remove(1u64.to_be_bytes())
+        .unwrap();
+    assert_eq!(broken_height(verify(&db)), 1);
+}
+
+#[tokio::test]
+async fn a_tampered_index_is_found() {
+    let (_dir, db) = four_blocks().await;
+    let chain = chain(&db);
+    let key = chain.block(3).unwrap().unwrap().block.transactions[1].key();
+    let transactions = db.open_tree(TRANSACTIONS_TREE).unwrap();
+    let mut location = transactions.get(&key).unwrap().unwrap().to_vec();
+    location[11] ^= 1;
+    transactions.insert(&key, location).unwrap();
+    assert_eq!(broken_height(verify(&db)), 3);
+
+    let (_dir, db) = four_blocks().await;
+    let anchors = db.open_tree(ANCHORS_TREE).unwrap();
+    let key = fhirseal_consensus::anchor_key(INSTITUTION, "Observation", "r2-1", "1");
+    anchors.remove(&key).unwrap();
+    assert_eq!(broken_height(verify(&db)), 1);
+}
+
+#[tokio::test]
+async fn a_corrupted_tip_stops_the_chain_from_opening_but_is_still_located() {
+    let (_dir, db) = four_blocks().await;
+    let blocks = db.open_tree(BLOCKS_TREE).unwrap();
+    let mut bytes = blocks.get(3u64.to_be_bytes()).unwrap().unwrap().to_vec();
+    bytes.truncate(bytes.len() - 1);
+    blocks.insert(3u64.to_be_bytes(), bytes).unwrap();
+    let store = ChainStore::open(&db).unwrap();
+    assert!(matches!(
+        Chain::open(store.clone()),
+        Err(Error::CorruptBlock { height: 3, .. })
+    ));
+    assert_eq!(
+        broken_height(Chain::verify_store(&store, &roster()).unwrap()),
+        3
+    );
+}

@@ -1,0 +1,688 @@
+//! Typed sled stores for the ledger: blocks by height and the indexes that point into them.
+//!
+//! This module knows nothing of what a block, a transaction or an anchor *means*: `consensus`
+//! encodes them and hands over bytes, keys and positions. What it does own is the shape of the
+//! stores and the rules that make them a chain on disk:
+//!
+//! | tree | key | value |
+//! |---|---|---|
+//! | `chain.blocks` | height, u64 big-endian | the encoded block, as given |
+//! | `chain.block_hashes` | the block's 32-byte hash | height, u64 big-endian |
+//! | `chain.transactions` | the transaction's key, as given | [`TxLocation`] (12 bytes) |
+//! | `chain.anchors` | the anchor's key, as given | [`EntryLocation`] (16 bytes) |
+//!
+//! Heights are big-endian so that sled's byte order is height order: the last key is the tip and
+//! a range scan walks the chain from genesis. A block and all its index entries are written in
+//! one sled transaction (so a crash leaves either all of them or none), the transaction refuses a
+//! height that is not the next one and a key that is already recorded (which is what makes
+//! anchoring idempotent), and [`ChainStore::append`] returns only after `flush_async`, because
+//! sled writes reach the disk only on a flush.
+
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+use sled::Tree;
+
+/// Name of the tree of encoded blocks by height; public so that tests can reach the raw bytes.
+pub const BLOCKS_TREE: &str = "chain.blocks";
+/// Name of the tree mapping a block hash to its height.
+pub const BLOCK_HASHES_TREE: &str = "chain.block_hashes";
+/// Name of the tree mapping a transaction key to its [`TxLocation`].
+pub const TRANSACTIONS_TREE: &str = "chain.transactions";
+/// Name of the tree mapping an anchor key to its [`EntryLocation`].
+pub const ANCHORS_TREE: &str = "chain.anchors";
+
+/// What can go wrong in the chain stores.
+#[derive(Debug, thiserror::Error)]
+pub enum ChainStoreError {
+    /// sled failed (I/O, or a corruption sled itself detected). The write did not happen; it may
+    /// be retried once the cause is gone.
+    #[error("sled: {0}")]
+    Sled(#[from] sled::Error),
+    /// The block and its indexes were written, but the flush that makes them durable failed.
+    /// They are visible, and the next successful flush will persist them; a crash before then
+    /// loses them. Not retryable: writing the block again would be refused as a duplicate.
+    #[error("block written but not flushed: {0}")]
+    NotFlushed(sled::Error),
+    /// The block's height is already stored.
+    #[error("a block is already stored at height {height}")]
+    HeightTaken {
+        /// The height asked for.
+        height: u64,
+    },
+    /// The block does not follow the stored tip (its predecessor is missing).
+    #[error("block at height {height} has no stored predecessor")]
+    NotNext {
+        /// The height asked for.
+        height: u64,
+    },
+    /// A block with this hash is already stored.
+    #[error("a block with this hash is already stored at height {existing}")]
+    DuplicateHash {
+        /// Where it is.
+        existing: u64,
+    },
+    /// A transaction key of the block is already recorded (or appears twice in the block).
+    #[error("transaction at position {position} is already recorded at {existing}")]
+    DuplicateTransaction {
+        /// Its position in the refused block.
+        position: u32,
+        /// Where the key is already recorded.
+        existing: TxLocation,
+    },
+    /// An anchor key of the block is already recorded (or appears twice in the block).
+    #[error("anchor at {transaction}/{entry} is already recorded at {existing}")]
+    DuplicateAnchor {
+        /// Position of its transaction in the refused block.
+        transaction: u32,
+        /// Its position in that transaction.
+        entry: u32,
+        /// Where the key is already recorded.
+        existing: EntryLocation,
+    },
+    /// A stored key or value does not have the shape this module writes: the database was
+    /// changed by something else.
+    #[error("corrupt entry in {tree}: {what}")]
+    Corrupt {
+        /// The tree holding it.
+        tree: &'static str,
+        /// What is wrong.
+        what: &'static str,
+    },
+}
+
+impl ChainStoreError {
+    /// Whether the same write may succeed later (an I/O failure), as opposed to one that will be
+    /// refused again whatever happens.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Self::Sled(sled::Error::Io(_)))
+    }
+}
+
+/// Result of the chain stores.
+pub type Result<T, E = ChainStoreError> = std::result::Result<T, E>;
+
+/// Where a transaction is: the block height and its position in the block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TxLocation {
+    /// Height of the block.
+    pub height: u64,
+    /// Position of the transaction in the block.
+    pub position: u32,
+}
+
+impl TxLocation {
+    const LEN: usize = 12;
+
+    fn to_bytes(self) -> [u8; Self::LEN] {
+        let mut out = [0; Self::LEN];
+        out[..8].copy_from_slice(&self.height.to_be_bytes());
+        out[8..].copy_from_slice(&self.position.to_be_bytes());
+        out
+    }
+
+    fn from_bytes(bytes: &[u8]) -> Result<Self> {
+        if bytes.len() != Self::LEN {
+            return Err(ChainStoreError::Corrupt {
+                tree: TRANSACTIONS_TREE,
+                what: "location is not 12 bytes",
+            });
+        }
+        let mut height = [0; 8];
+        let mut position = [0; 4];
+        height.copy_from_slice(&bytes[..8]);
+        position.copy_from_slice(&bytes[8..]);
+        Ok(Self {
+            height: u64::from_be_bytes(height),
+            position: u32::from_be_bytes(position),
+        })
+    }
+}
+
+impl std::fmt::Display for TxLocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "height {} position {}", self.height, self.position)
+    }
+}
+
+/// Where an anchored entry is: block height, transaction position, entry position.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct EntryLocation {
+    /// Height of the block.
+    pub height: u64,
+    /// Position of the transaction (the batch) in the block.
+    pub transaction: u32,
+    /// Position of the entry in the batch.
+    pub entry: u32,
+}
+
+impl EntryLocation {
+    const LEN: usize = 16;
+
+    fn to_bytes(self) -> [u8; Self::LEN] {
+        let mut out = [0; Self::LEN];
+        out[..8].copy_from_slice(&self.height.to_be_bytes());
+        out[8..12].copy_from_slice(&self.transaction.to_be_bytes());
+        out[12..].copy_from_slice(&self.entry.to_be_bytes());
+        out
+    }
+
+    fn from_bytes(bytes: &[u8]) -> Result<Self> {
+        if bytes.len() != Self::LEN {
+            return Err(ChainStoreError::Corrupt {
+                tree: ANCHORS_TREE,
+                what: "location is not 16 bytes",
+            });
+        }
+        let mut height = [0; 8];
+        let mut transaction = [0; 4];
+        let mut entry = [0; 4];
+        height.copy_from_slice(&bytes[..8]);
+        transaction.copy_from_slice(&bytes[8..12]);
+        entry.copy_from_slice(&bytes[12..]);
+        Ok(Self {
+            height: u64::from_be_bytes(height),
+            transaction: u32::from_be_bytes(transaction),
+            entry: u32::from_be_bytes(entry),
+        })
+    }
+}
+
+impl std::fmt::Display for EntryLocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "height {} transaction {} entry {}",
+            self.height, self.transaction, self.entry
+        )
+    }
+}
+
+/// Builds a key from several parts so that no two different lists of parts give the same key:
+/// each part is preceded by its length (u32 big-endian). Keys of lists that share their first
+/// parts share a prefix, so a prefix scan finds e.g. every version of one resource.
+pub fn composite_key(parts: &[&[u8]]) -> Vec<u8> {
+    let len = parts.iter().map(|p| 4 + p.len()).sum();
+    let mut key = Vec::with_capacity(len);
+    for part in parts {
+        // Parts longer than 4 GiB cannot be keys: sled would refuse them long before.
+        let n = u32::try_from(part.len()).unwrap_or(u32::MAX);
+        key.extend_from_slice(&n.to_be_bytes());
+        key.extend_from_slice(part);
+    }
+    key
+}
+
+/// One anchored entry to index with its block.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AnchorWrite {
+    /// The anchor's key, built by the caller (see [`composite_key`]).
+    pub key: Vec<u8>,
+    /// Position of its transaction in the block.
+    pub transaction: u32,
+    /// Its position in that transaction.
+    pub entry: u32,
+}
+
+/// Everything written for one block, in one transaction.
+#[derive(Debug, Clone, Copy)]
+pub struct BlockWrite<'a> {
+    /// The block's height: 0 for genesis, then the stored tip's height + 1.
+    pub height: u64,
+    /// The block's hash, as the caller computes it.
+    pub hash: [u8; 32],
+    /// The encoded block, stored as given.
+    pub bytes: &'a [u8],
+    /// The key of each transaction in block order: the position of a key is its index here.
+    pub transactions: &'a [Vec<u8>],
+    /// The anchored entries of the block.
+    pub anchors: &'a [AnchorWrite],
+}
+
+/// The ledger's sled trees, typed.
+#[derive(Debug, Clone)]
+pub struct ChainStore {
+    db: sled::Db,
+    blocks: Tree,
+    block_hashes: Tree,
+    transactions: Tree,
+    anchors: Tree,
+}
+
+impl ChainStore {
+    /// Opens (or creates) the chain trees in `db`, which may hold other trees too.
+    pub fn open(db: &sled::Db) -> Result<Self> {
+        Ok(Self {
+            db: db.clone(),
+            blocks: db.open_tree(BLOCKS_TREE)?,
+            block_hashes: db.open_tree(BLOCK_HASHES_TREE)?,
+            transactions: db.open_tree(TRANSACTIONS_TREE)?,
+            anchors: db.open_tree(ANCHORS_TREE)?,
+        })
+    }
+
+    /// The highest stored block, with its height.
+    pub fn last_block(&self) -> Result<Option<(u64, Vec<u8>)>> {
+        match self.blocks.last()? {
+            Some((key, value)) => Ok(Some((height_from_key(&key)?, value.to_vec()))),
+            None => Ok(None),
+        }
+    }
+
+    /// The encoded block at `height`.
+    pub fn block(&self, height: u64) -> Result<Option<Vec<u8>>> {
+        Ok(self.blocks.get(height.to_be_bytes())?.map(|v| v.to_vec()))
+    }
+
+    /// Every stored block from `height` on, in height order. Heights are returned as stored, so a
+    /// caller walking the chain sees a missing height as a jump.
+    pub fn blocks_from(&self, height: u64) -> impl Iterator<Item = Result<(u64, Vec<u8>)>> + '_ {
+        self.blocks.range(height.to_be_bytes()..).map(|item| {
+            let (key, value) = item?;
+            Ok((height_from_key(&key)?, value.to_vec()))
+        })
+    }
+
+    /// The height of the block with this hash.
+    pub fn height_of(&self, hash: &[u8; 32]) -> Result<Option<u64>> {
+        match self.block_hashes.get(hash)? {
+            Some(value) => {
+                let bytes: [u8; 8] =
+                    value
+                        .as_ref()
+                        .try_into()
+                        .map_err(|_| ChainStoreError::Corrupt {
+                            tree: BLOCK_HASHES_TREE,
+                            what: "height is not 8 bytes",
+                        })?;
+                Ok(Some(u64::from_be_bytes(bytes)))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Where the transaction with this key was recorded.
+    pub fn transaction(&self, key: &[u8]) -> Result<Option<TxLocation>> {
+        self.transactions
+            .get(key)?
+            .map(|v| TxLocation::from_bytes(&v))
+            .transpose()
+    }
+
+    /// Where the anchor with this key was recorded.
+    pub fn anchor(&self, key: &[u8]) -> Result<Option<EntryLocation>> {
+        self.anchors
+            .get(key)?
+            .map(|v| EntryLocation::from_bytes(&v))
+            .transpose()
+    }
+
+    /// Writes a block and its indexes in one transaction, then flushes, and only then returns.
+    ///
+    /// Refused, with nothing written: a height already stored or whose predecessor is missing, a
+    /// hash already stored, a transaction or anchor key already recorded or repeated in `write`.
+    pub async fn append(&self, write: &BlockWrite<'_>) -> Result<()> {
+        self.write(write)?;
+        // sled keeps writes in memory until a flush; the caller reports success after this
+        // returns, so the block must be on disk by then. `flush_async` runs the flush on sled's
+        // own thread pool, so an async caller's thread is not blocked meanwhile.
+        self.db
+            .flush_async()
+            .await
+            .map_err(ChainStoreError::NotFlushed)?;
+        Ok(())
+    }
+
+    fn write(&self, write: &BlockWrite<'_>) -> Result<()> {
+        let height_key = write.height.to_be_bytes();
+        let trees = (
+            &self.blocks,
+            &self.block_hashes,
+            &self.transactions,
+            &self.anchors,
+        );
+        // sled may run this closure more than once on conflict: it only reads and writes the
+        // transaction's own view, nothing else.
+        let outcome =
+            sled::Transactional::transaction(&trees, |(blocks, hashes, transactions, anchors)| {
+                if blocks.get(height_key)?.is_some() {
+                    return abort(ChainStoreError::HeightTaken {
+                        height: write.height,
+                    });
+                }
+                if let Some(previous) = write.height.checked_sub(1) {
+                    if blocks.get(previous.to_be_bytes())?.is_none() {
+                        return abort(ChainStoreError::NotNext {
+                            height: write.height,
+                        });
+                    }
+                }
+                if let Some(existing) = hashes.get(write.hash)? {
+                    let existing = <[u8; 8]>::try_from(existing.as_ref())
+                        .map(u64::from_be_bytes)
+                        .unwrap_or(u64::MAX);
+                    return abort(ChainStoreError::DuplicateHash { existing });
+                }
+                blocks.insert(&height_key, write.bytes)?;
+                hashes.insert(&write.hash, &height_key)?;
+                for (position, key) in write.transactions.iter().enumerate() {
+                    let position = u32::try_from(position).unwrap_or(u32::MAX);
+                    if let Some(existing) = transactions.get(key)? {
+                        let existing = tx_location_in(&existing)?;
+                        return abort(ChainStoreError::DuplicateTransaction { position, existing });
+                    }
+                    let location = TxLocation {
+                        height: write.height,
+                        position,
+                    };
+                    transactions.insert(key.as_slice(), &location.to_bytes())?;
+                }
+                for anchor in write.anchors {
+                    if let Some(existing) = anchors.get(&anchor.key)? {
+                        let existing = entry_location_in(&existing)?;
+                        return abort(ChainStoreError::DuplicateAnchor {
+                            transaction: anchor.transaction,
+                            entry: anchor.entry,
+                            existing,
+                        });
+                    }
+                    let location = EntryLocation {
+                        height: write.height,
+                        transaction: anchor.transaction,
+                        entry: anchor.entry,
+                    };
+                    anchors.insert(anchor.key.as_slice(), &location.to_bytes())?;
+                }
+                Ok(())
+            });
+        match outcome {
+            Ok(()) => Ok(()),
+            Err(TransactionError::Abort(error)) => Err(error),
+            Err(TransactionError::Storage(error)) => Err(error.into()),
+        }
+    }
+}
+
+fn abort<T>(error: ChainStoreError) -> Result<T, ConflictableTransactionError<ChainStoreError>> {
+    Err(ConflictableTransactionError::Abort(error))
+}
+
+// Inside a transaction a corrupt index entry aborts it with the same error a read would give.
+fn tx_location_in(
+    bytes: &[u8],
+) -> Result<TxLocation, ConflictableTransactionError<ChainStoreError>> {
+    TxLocation::from_bytes(bytes).map_err(ConflictableTransactionError::Abort)
+}
+
+fn entry_location_in(
+    bytes: &[u8],
+) -> Result<EntryLocation, ConflictableTransactionError<ChainStoreError>> {
+    EntryLocation::from_bytes(bytes).map_err(ConflictableTransactionError::Abort)
+}
+
+fn height_from_key(key: &[u8]) -> Result<u64> {
+    let bytes: [u8; 8] = key.try_into().map_err(|_| ChainStoreError::Corrupt {
+        tree: BLOCKS_TREE,
+        what: "height key is not 8 bytes",
+    })?;
+    Ok(u64::from_be_bytes(bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> (sled::Db, ChainStore) {
+        let db = sled::Config::new()
+            .temporary(true)
+            .open()
+            .expect("temporary sled");
+        let store = ChainStore::open(&db).expect("open");
+        (db, store)
+    }
+
+    fn hash(n: u8) -> [u8; 32] {
+        [n; 32]
+    }
+
+    fn key(s: &str) -> Vec<u8> {
+        composite_key(&[s.as_bytes()])
+    }
+
+    #[tokio::test]
+    async fn appends_in_order_and_reads_back() {
+        let (_db, store) = store();
+        assert_eq!(store.last_block().unwrap(), None);
+        let txs0 = vec![key("a"), key("b")];
+        let anchors0 = vec![AnchorWrite {
+            key: key("x"),
+            transaction: 1,
+            entry: 7,
+        }];
+        store
+            .append(&BlockWrite {
+                height: 0,
+                hash: hash(0),
+                bytes: b"block zero",
+                transactions: &txs0,
+                anchors: &anchors0,
+            })
+            .await
+            .unwrap();
+        store
+            .append(&BlockWrite {
+                height: 1,
+                hash: hash(1),
+                bytes: b"block one",
+                transactions: &[],
+                anchors: &[],
+            })
+            .await
+            .unwrap();
+
+        assert_eq!(
+            store.last_block().unwrap(),
+            Some((1, b"block one".to_vec()))
+        );
+        assert_eq!(store.block(0).unwrap(), Some(b"block zero".to_vec()));
+        assert_eq!(store.block(2).unwrap(), None);
+        assert_eq!(store.height_of(&hash(1)).unwrap(), Some(1));
+        assert_eq!(
+            store.transaction(&key("b")).unwrap(),
+            Some(TxLocation {
+                height: 0,
+                position: 1
+            })
+        );
+        assert_eq!(
+            store.anchor(&key("x")).unwrap(),
+            Some(EntryLocation {
+                height: 0,
+                transaction: 1,
+                entry: 7
+            })
+        );
+        assert_eq!(store.anchor(&key("y")).unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn refuses_gaps_and_taken_heights() {
+        let (_db, store) = store();
+        let block = |height, n| BlockWrite {
+            height,
+            hash: hash(n),
+            bytes: b"b",
+            transactions: &[],
+            anchors: &[],
+        };
+        assert!(matches!(
+            store.append(&block(1, 1)).await,
+            Err(ChainStoreError::NotNext { height: 1 })
+        ));
+        store.append(&block(0, 0)).await.unwrap();
+        assert!(matches!(
+            store.append(&block(0, 9)).await,
+            Err(ChainStoreError::HeightTaken { height: 0 })
+        ));
+        assert!(matches!(
+            store.append(&block(1, 0)).await,
+            Err(ChainStoreError::DuplicateHash { existing: 0 })
+        ));
+        assert_eq!(store.block(1).unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn a_refused_block_writes_nothing() {
+        let (_db, store) = store();
+        let txs = vec![key("t")];
+        store
+            .append(&BlockWrite {
+                height: 0,
+                hash: hash(0),
+                bytes: b"0",
+                transactions: &txs,
+                anchors: &[],
+            })
+            .await
+            .unwrap();
+        // The second block repeats transaction "t" after a new one and a new anchor: all of it
+        // must be refused, including what came before the duplicate.
+        let txs = vec![key("new"), key("t")];
+        let anchors = vec![AnchorWrite {
+            key: key("fresh"),
+            transaction: 0,
+            entry: 0,
+        }];
+        let refused = store
+            .append(&BlockWrite {
+                height: 1,
+                hash: hash(1),
+                bytes: b"1",
+                transactions: &txs,
+                anchors: &anchors,
+            })
+            .await;
+        match refused {
+            Err(ChainStoreError::DuplicateTransaction { position, existing }) => {
+                assert_eq!(position, 1);
+                assert_eq!(existing.height, 0);
+            }
+            other => panic!("expected a duplicate transaction, got {other:?}"),
+        }
+        assert_eq!(store.block(1).unwrap(), None);
+        assert_eq!(store.height_of(&hash(1)).unwrap(), None);
+        assert_eq!(store.transaction(&key("new")).unwrap(), None);
+        assert_eq!(store.anchor(&key("fresh")).unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn refuses_an_anchor_key_twice_even_in_one_block() {
+        let (_db, store) = store();
+        let anchors = vec![
+            AnchorWrite {
+                key: key("k"),
+                transaction: 0,
+                entry: 0,
+            },
+            AnchorWrite {
+                key: key("k"),
+                transaction: 0,
+                entry: 1,
+            },
+        ];
+        let refused = store
+            .append(&BlockWrite {
+                height: 0,
+                hash: hash(0),
+                bytes: b"0",
+                transactions: &[],
+                anchors: &anchors,
+            })
+            .await;
+        assert!(matches!(
+            refused,
+            Err(ChainStoreError::DuplicateAnchor {
+                transaction: 0,
+                entry: 1,
+                ..
+            })
+        ));
+        assert_eq!(store.last_block().unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn heights_iterate_in_numeric_order() {
+        let (_db, store) = store();
+        // 255 → 256 changes the low byte from 0xff to 0x00: little-endian keys would sort 256
+        // before 255; big-endian keys keep sled's order equal to height order.
+        for height in 0..300u64 {
+            let mut h = [0; 32];
+            h[..8].copy_from_slice(&height.to_be_bytes());
+            store
+                .append(&BlockWrite {
+                    height,
+                    hash: h,
+                    bytes: &height.to_le_bytes(),
+                    transactions: &[],
+                    anchors: &[],
+                })
+                .await
+                .unwrap();
+        }
+        let heights: Vec<u64> = store.blocks_from(250).map(|item| item.unwrap().0).collect();
+        assert_eq!(heights, (250..300).collect::<Vec<_>>());
+        assert_eq!(store.last_block().unwrap().unwrap().0, 299);
+    }
+
+    #[tokio::test]
+    async fn survives_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = sled::open(dir.path()).unwrap();
+            let store = ChainStore::open(&db).unwrap();
+            let txs = vec![key("t")];
+            store
+                .append(&BlockWrite {
+                    height: 0,
+                    hash: hash(3),
+                    bytes: b"kept",
+                    transactions: &txs,
+                    anchors: &[],
+                })
+                .await
+                .unwrap();
+        }
+        let db = sled::open(dir.path()).unwrap();
+        let store = ChainStore::open(&db).unwrap();
+        assert_eq!(store.last_block().unwrap(), Some((0, b"kept".to_vec())));
+        assert!(store.transaction(&key("t")).unwrap().is_some());
+    }
+
+    #[test]
+    fn composite_keys_are_unambiguous() {
+        assert_ne!(composite_key(&[b"ab", b"c"]), composite_key(&[b"a", b"bc"]));
+        assert_eq!(composite_key(&[b"ab"]), vec![0, 0, 0, 2, b'a', b'b']);
+        let prefix = composite_key(&[b"Patient", b"1"]);
+        assert!(composite_key(&[b"Patient", b"1", b"2"]).starts_with(&prefix));
+        assert!(!composite_key(&[b"Patient", b"12", b"2"]).starts_with(&prefix));
+    }
+
+    #[test]
+    fn corrupt_locations_are_reported() {
+        assert!(matches!(
+            TxLocation::from_bytes(&[1, 2, 3]),
+            Err(ChainStoreError::Corrupt { .. })
+        ));
+        assert!(matches!(
+            EntryLocation::from_bytes(&[0; 15]),
+            Err(ChainStoreError::Corrupt { .. })
+        ));
+        let location = EntryLocation {
+            height: 258,
+            transaction: 3,
+            entry: 65_536,
+        };
+        assert_eq!(
+            EntryLocation::from_bytes(&location.to_bytes()).unwrap(),
+            location
+        );
+    }
+}
