@@ -88,9 +88,53 @@ pub fn serialize(value: &Value, format: Format) -> Result<Vec<u8>, ParseError> {
         Format::Xml => {
             let resource: Resource = fhirbolt::json::from_json_value(value.clone(), lax())
                 .map_err(|e| ParseError::Serialize(e.to_string()))?;
-            fhirbolt::xml::to_vec(&resource, None).map_err(|e| ParseError::Serialize(e.to_string()))
+            fhirbolt::xml::to_vec(&resource, None)
+                .map(|xml| compact_xml(&xml))
+                .map_err(|e| ParseError::Serialize(e.to_string()))
         }
     }
+}
+
+/// fhirbolt writes an XML declaration and indents; FHIR servers (HAPI among them) answer
+/// without either. Drops the declaration and whitespace-only text between tags, except inside
+/// XHTML narrative, where whitespace is content.
+fn compact_xml(xml: &[u8]) -> Vec<u8> {
+    let mut rest = xml;
+    if rest.starts_with(b"<?xml") {
+        if let Some(end) = rest.windows(2).position(|w| w == b"?>") {
+            rest = &rest[end + 2..];
+        }
+    }
+    while rest.first().is_some_and(u8::is_ascii_whitespace) {
+        rest = &rest[1..];
+    }
+    let mut out = Vec::with_capacity(rest.len());
+    let mut in_div = 0usize;
+    let mut i = 0;
+    while i < rest.len() {
+        let b = rest[i];
+        if b == b'<' {
+            if rest[i..].starts_with(b"<div") {
+                in_div += 1;
+            } else if rest[i..].starts_with(b"</div") {
+                in_div = in_div.saturating_sub(1);
+            }
+            out.push(b);
+            i += 1;
+            continue;
+        }
+        if in_div == 0 && b.is_ascii_whitespace() && out.last() == Some(&b'>') {
+            // Whitespace right after a tag: drop it if only whitespace precedes the next tag.
+            let run = rest[i..].iter().take_while(|c| c.is_ascii_whitespace()).count();
+            if rest.get(i + run) == Some(&b'<') || i + run == rest.len() {
+                i += run;
+                continue;
+            }
+        }
+        out.push(b);
+        i += 1;
+    }
+    out
 }
 
 /// Puts the elements of `value` back in the order FHIR defines (after edits appended some).
@@ -133,5 +177,24 @@ mod tests {
         let value = parse_strict(body, Format::Json).unwrap();
         let text = String::from_utf8(serialize(&value, Format::Json).unwrap()).unwrap();
         assert!(text.contains("1.50"), "{text}");
+    }
+}
+#[cfg(test)]
+mod xml_shape {
+    #[test]
+    fn xml_output_is_compact_without_declaration() {
+        let value = super::parse_strict(
+            br#"{"resourceType":"Patient","id":"a","text":{"status":"generated","div":"<div xmlns=\"http://www.w3.org/1999/xhtml\">A <b>b</b>\n c</div>"},"gender":"female"}"#,
+            crate::Format::Json,
+        )
+        .unwrap();
+        let xml = String::from_utf8(super::serialize(&value, crate::Format::Xml).unwrap()).unwrap();
+        assert!(
+            xml.starts_with(r#"<Patient xmlns="http://hl7.org/fhir"><id value="a"/><text>"#),
+            "{xml}"
+        );
+        // (fhirbolt itself trims text inside the narrative when it writes XML.)
+        assert!(xml.contains("<b>b</b>"), "{xml}");
+        assert!(xml.ends_with(r#"<gender value="female"/></Patient>"#), "{xml}");
     }
 }

@@ -206,6 +206,11 @@ fn lookup(param: &Param, name: &str, value: &str) -> Result<Option<Lookup>, Sear
         ));
     }
     if base == "birthdate" {
+        if modifier == Some("missing") {
+            // The clinical part keeps the birth year: whether there is a birth date is known
+            // upstream.
+            return Ok(None);
+        }
         if modifier.is_some() {
             return Err(unsupported(name, "modifiers on birthdate"));
         }

@@ -34,6 +34,8 @@ pub struct Config {
     pub server: ServerConfig,
     pub upstream: UpstreamConfig,
     pub log: LogConfig,
+    pub seal: SealConfig,
+    pub auth: AuthConfig,
     /// Where the node keeps its keys, vault and ledger.
     pub data_dir: PathBuf,
 }
@@ -44,6 +46,8 @@ impl Default for Config {
             server: ServerConfig::default(),
             upstream: UpstreamConfig::default(),
             log: LogConfig::default(),
+            seal: SealConfig::default(),
+            auth: AuthConfig::default(),
             data_dir: PathBuf::from("./fhirseal-data"),
         }
     }
@@ -156,6 +160,105 @@ pub enum LogFormat {
     Json,
 }
 
+/// Sealing: what is identity, how it is keyed, encrypted and made durable.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SealConfig {
+    /// This node's institution, named in anchors and audit.
+    pub institution: String,
+    /// A TOML profile file adding to or removing from the default split profile.
+    pub profile: Option<PathBuf>,
+    /// Identifier systems that identify a person across institutions, in order of preference;
+    /// a person without one is keyed by normalized name and birth date.
+    pub identity_systems: Vec<String>,
+    /// Size of the institution's RSA key made on first start.
+    pub rsa_bits: usize,
+    /// Where the keys live; `data_dir/keys` when unset.
+    pub keys_dir: Option<PathBuf>,
+    /// Records sealed under one RSA-wrapped epoch key before a new one is made.
+    pub epoch_uses: u32,
+    /// Unwrapped epoch keys kept in memory for reads.
+    pub key_cache: usize,
+    /// `group` (concurrent writes share a flush) or `every-write`; either way a write is on
+    /// disk before the client is acknowledged.
+    pub durability: DurabilityMode,
+}
+
+impl Default for SealConfig {
+    fn default() -> Self {
+        SealConfig {
+            institution: "local".to_owned(),
+            profile: None,
+            identity_systems: vec!["http://hl7.org/fhir/sid/us-ssn".to_owned()],
+            rsa_bits: 3072,
+            keys_dir: None,
+            epoch_uses: 4096,
+            key_cache: 1024,
+            durability: DurabilityMode::Group,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum DurabilityMode {
+    Group,
+    EveryWrite,
+}
+
+/// Who may call the sidecar, and who may see identity.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// API keys (`X-Api-Key: …` or `Authorization: Bearer …`). When empty, keys are read from
+    /// `data_dir/keys/api-keys.toml`, which is made on first start with a `clinician` key and a
+    /// `researcher` key.
+    pub api_keys: Vec<ApiKey>,
+    /// Roles whose holders see identity (of their own institution's data).
+    pub identity_roles: Vec<String>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            api_keys: Vec::new(),
+            identity_roles: vec!["clinician".to_owned(), "admin".to_owned()],
+        }
+    }
+}
+
+/// One API key and the principal it stands for.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKey {
+    pub key: String,
+    pub institution: String,
+    pub role: String,
+    /// A name for logs (never the key itself).
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+impl std::fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiKey")
+            .field("institution", &self.institution)
+            .field("role", &self.role)
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Config {
+    /// Where the node's keys live.
+    pub fn keys_dir(&self) -> PathBuf {
+        self.seal
+            .keys_dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("keys"))
+    }
+}
+
 /// The environment variables read by [`Config::apply_env`], each overriding one field.
 pub const ENV_VARS: &[&str] = &[
     "FHIRSEAL_LISTEN",
@@ -171,6 +274,8 @@ pub const ENV_VARS: &[&str] = &[
     "FHIRSEAL_LOG_FORMAT",
     "FHIRSEAL_LOG",
     "FHIRSEAL_DATA_DIR",
+    "FHIRSEAL_INSTITUTION",
+    "FHIRSEAL_DURABILITY",
 ];
 
 impl Config {
@@ -262,6 +367,21 @@ impl Config {
         if let Some(v) = env("FHIRSEAL_DATA_DIR") {
             self.data_dir = v.into();
         }
+        if let Some(v) = env("FHIRSEAL_INSTITUTION") {
+            self.seal.institution = v;
+        }
+        if let Some(v) = env("FHIRSEAL_DURABILITY") {
+            self.seal.durability = match v.as_str() {
+                "group" => DurabilityMode::Group,
+                "every-write" => DurabilityMode::EveryWrite,
+                _ => {
+                    return Err(ConfigError::Env {
+                        name: "FHIRSEAL_DURABILITY",
+                        reason: format!("'{v}': expected group or every-write"),
+                    })
+                }
+            };
+        }
         Ok(())
     }
 
@@ -287,6 +407,20 @@ impl Config {
         absolute_http_url(&self.upstream.url).map_err(|r| invalid("upstream.url", &r))?;
         if self.upstream.timeout_ms == 0 || self.upstream.connect_timeout_ms == 0 {
             return Err(invalid("upstream", "timeouts must be above 0"));
+        }
+        if !(2048..=8192).contains(&self.seal.rsa_bits) {
+            return Err(invalid("seal.rsa_bits", "must be between 2048 and 8192"));
+        }
+        if self.seal.institution.is_empty() {
+            return Err(invalid("seal.institution", "must not be empty"));
+        }
+        for key in &self.auth.api_keys {
+            if key.key.len() < 16 {
+                return Err(invalid(
+                    "auth.api_keys",
+                    "each key needs at least 16 characters",
+                ));
+            }
         }
         Ok(())
     }

@@ -30,6 +30,20 @@ pub enum ProxyError {
     UnsupportedMediaType(String),
     #[error("the request has an invalid header: {0}")]
     BadHeader(String),
+    #[error("{0}")]
+    Unauthorized(#[from] fhirseal_adapters::auth::AuthError),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Search(#[from] fhirseal_adapters::search::SearchError),
+    #[error("{0}")]
+    NotSupported(String),
+    #[error("{0}")]
+    Unprocessable(String),
+    #[error("sealing: {0}")]
+    Seal(#[from] crate::sealing::SealError),
     #[error("the upstream FHIR server cannot be reached: {0}")]
     UpstreamUnavailable(String),
     #[error("the upstream FHIR server did not answer within {0} ms")]
@@ -50,21 +64,33 @@ impl ProxyError {
             | ProxyError::BodyTooLarge { .. }
             | ProxyError::BodyRead(_)
             | ProxyError::UnsupportedMediaType(_)
-            | ProxyError::BadHeader(_) => Side::Downstream,
+            | ProxyError::BadHeader(_)
+            | ProxyError::Unauthorized(_)
+            | ProxyError::Forbidden(_)
+            | ProxyError::Invalid(_)
+            | ProxyError::Search(_)
+            | ProxyError::NotSupported(_)
+            | ProxyError::Unprocessable(_) => Side::Downstream,
             ProxyError::UpstreamUnavailable(_)
             | ProxyError::UpstreamTimeout(_)
             | ProxyError::UpstreamBody(_)
             | ProxyError::UpstreamTooLarge { .. } => Side::Upstream,
-            ProxyError::Internal(_) => Side::Internal,
+            ProxyError::Internal(_) | ProxyError::Seal(_) => Side::Internal,
         }
     }
 
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::Route(e) if e.is_method() => StatusCode::METHOD_NOT_ALLOWED,
-            ProxyError::Route(_) | ProxyError::BodyRead(_) | ProxyError::BadHeader(_) => {
-                StatusCode::BAD_REQUEST
-            }
+            ProxyError::Route(_)
+            | ProxyError::BodyRead(_)
+            | ProxyError::BadHeader(_)
+            | ProxyError::Invalid(_)
+            | ProxyError::Search(_)
+            | ProxyError::NotSupported(_) => StatusCode::BAD_REQUEST,
+            ProxyError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ProxyError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ProxyError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ProxyError::OutsideBase(..) => StatusCode::NOT_FOUND,
             ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -72,14 +98,20 @@ impl ProxyError {
             | ProxyError::UpstreamBody(_)
             | ProxyError::UpstreamTooLarge { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
-            ProxyError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ProxyError::Internal(_) | ProxyError::Seal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
     fn issue_type(&self) -> IssueType {
         match self {
             ProxyError::Route(e) if e.is_method() => IssueType::NotSupported,
-            ProxyError::Route(_) | ProxyError::BadHeader(_) => IssueType::Invalid,
+            ProxyError::Route(_) | ProxyError::BadHeader(_) | ProxyError::Invalid(_) => {
+                IssueType::Invalid
+            }
+            ProxyError::Unauthorized(_) => IssueType::Login,
+            ProxyError::Forbidden(_) => IssueType::Forbidden,
+            ProxyError::Search(_) | ProxyError::NotSupported(_) => IssueType::NotSupported,
+            ProxyError::Unprocessable(_) => IssueType::Processing,
             ProxyError::BodyRead(_) => IssueType::Structure,
             ProxyError::OutsideBase(..) => IssueType::NotFound,
             ProxyError::BodyTooLarge { .. } | ProxyError::UpstreamTooLarge { .. } => {
@@ -90,7 +122,7 @@ impl ProxyError {
                 IssueType::Transient
             }
             ProxyError::UpstreamTimeout(_) => IssueType::Timeout,
-            ProxyError::Internal(_) => IssueType::Exception,
+            ProxyError::Internal(_) | ProxyError::Seal(_) => IssueType::Exception,
         }
     }
 
@@ -107,7 +139,14 @@ impl ProxyError {
     /// The response a client gets for this error.
     pub fn into_response(self, format: Format) -> Response<ProxyBody> {
         let status = self.status();
-        outcome_response(status, &self.outcome(), format)
+        let mut response = outcome_response(status, &self.outcome(), format);
+        if status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"fhirseal\""),
+            );
+        }
+        response
     }
 }
 

@@ -7,10 +7,13 @@
 //! It owns no FHIR knowledge (that is `fhirseal-adapters`), no storage (`fhirseal-storage`) and
 //! no ledger (`fhirseal-consensus`): it composes them.
 
+pub mod auth;
 pub mod body;
 pub mod config;
 pub mod error;
 pub mod proxy;
+mod seal_phase;
+pub mod sealing;
 pub mod server;
 pub mod telemetry;
 pub mod tls;

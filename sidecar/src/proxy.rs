@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use fhirseal_adapters::{route, Format, Interaction, Rebase};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Request, Response, StatusCode, Uri, Version};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper_rustls::HttpsConnector;
@@ -35,6 +35,9 @@ use tracing::Instrument;
 use crate::body::{empty, full, BoxError, ProxyBody};
 use crate::config::{absolute_http_url, Config};
 use crate::error::ProxyError;
+use crate::seal_phase::Sealed;
+use crate::sealing::Sealing;
+use fhirseal_adapters::auth::ApiKeyTable;
 use crate::tls;
 
 /// The request id header, taken from the client when it sends a sane one and passed upstream.
@@ -64,9 +67,9 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 
 /// The parsed upstream base.
 #[derive(Debug, Clone)]
-struct Upstream {
+pub(crate) struct Upstream {
     /// `http://localhost:8080/fhir`, without a trailing slash.
-    base: String,
+    pub(crate) base: String,
     /// `/fhir`, or empty when the base is the server root.
     path: String,
     scheme: http::uri::Scheme,
@@ -76,34 +79,43 @@ struct Upstream {
 /// The reverse proxy. Cheap to clone: clones share one connection pool.
 #[derive(Debug, Clone)]
 pub struct Proxy {
-    shared: Arc<Shared>,
+    pub(crate) shared: Arc<Shared>,
 }
 
 #[derive(Debug)]
-struct Shared {
-    client: Client<HttpsConnector<HttpConnector>, ProxyBody>,
-    upstream: Upstream,
+pub(crate) struct Shared {
+    pub(crate) client: Client<HttpsConnector<HttpConnector>, ProxyBody>,
+    pub(crate) upstream: Upstream,
+    pub(crate) sealing: Arc<Sealing>,
+    pub(crate) auth: ApiKeyTable,
     /// Our own FHIR base path, without a trailing slash (empty for `/`).
     base_path: String,
     /// The configured public base, if the sidecar sits behind another proxy.
     public_base: Option<String>,
     /// Whether the listener speaks TLS, for building the public base from `Host`.
     tls: bool,
-    max_body: u64,
+    pub(crate) max_body: u64,
     timeout: Duration,
     forwarded: bool,
 }
 
 /// A request that passed `request_filter`.
-struct Admitted {
-    interaction: Interaction,
+pub(crate) struct Admitted {
+    pub(crate) interaction: Interaction,
     /// The path below our base, as the client encoded it (`/Patient/1`).
-    rel_path: String,
+    pub(crate) rel_path: String,
+    /// The query to send upstream instead of the client's (identity search rewritten).
+    pub(crate) query: Option<String>,
 }
 
 impl Proxy {
     /// A proxy for `config`; the connection pool is created here, connections lazily.
-    pub fn new(config: &Config, listener_tls: bool) -> Result<Proxy, ProxyError> {
+    pub fn new(
+        config: &Config,
+        listener_tls: bool,
+        sealing: Arc<Sealing>,
+        auth: ApiKeyTable,
+    ) -> Result<Proxy, ProxyError> {
         let uri = absolute_http_url(&config.upstream.url).map_err(ProxyError::Internal)?;
         let base = config.upstream.url.trim_end_matches('/').to_owned();
         let upstream = Upstream {
@@ -134,6 +146,8 @@ impl Proxy {
             shared: Arc::new(Shared {
                 client,
                 upstream,
+                sealing,
+                auth,
                 base_path: config.server.base_path.trim_end_matches('/').to_owned(),
                 public_base: config
                     .server
@@ -197,17 +211,35 @@ impl Proxy {
             "/readyz" => return (Some("readyz"), Ok(self.readyz().await)),
             _ => {}
         }
-        let admitted = match self.request_filter(&req) {
+        let mut admitted = match self.request_filter(&req) {
             Ok(admitted) => admitted,
             Err(error) => return (None, Err(error)),
         };
         let name = admitted.interaction.name();
+        let principal = match self.shared.auth.authenticate(req.headers()) {
+            Ok(principal) => principal,
+            Err(error) => return (Some(name), Err(ProxyError::Unauthorized(error))),
+        };
+        tracing::debug!(principal = %principal.name, institution = %principal.institution, "authenticated");
         let public_base = self.public_base(&req);
+        let elements = elements_param(req.uri().query());
+        let head = req.method() == Method::HEAD;
         let result = async {
+            let (req, pending) = match self.seal_request(req, &mut admitted, &principal).await? {
+                Sealed::Forward(req, pending) => (req, pending),
+                Sealed::Respond(response) => return Ok(response),
+            };
             let upstream_req = self.upstream_request(req, &admitted, &public_base, request_id)?;
             let response = self.send(upstream_req).await?;
-            self.response_filter(response, &admitted.interaction, &public_base)
-                .await
+            let response = self.commit_seal(response, pending).await?;
+            let response = self
+                .response_filter(response, &admitted.interaction, &public_base)
+                .await?;
+            if principal.sees_identity && !head {
+                self.unseal_response(response, elements).await
+            } else {
+                Ok(response)
+            }
         }
         .await;
         (Some(name), result)
@@ -238,6 +270,7 @@ impl Proxy {
         Ok(Admitted {
             interaction,
             rel_path,
+            query: None,
         })
     }
 
@@ -252,7 +285,13 @@ impl Proxy {
         let up = &self.shared.upstream;
         let (mut parts, body) = req.into_parts();
         let client = parts.extensions.get::<ClientAddr>().copied();
-        let path_and_query = match parts.uri.query() {
+        // `Some("")`: the request goes without the client's query (see `seal_phase`).
+        let query = match admitted.query.as_deref() {
+            Some("") => None,
+            Some(rewritten) => Some(rewritten),
+            None => parts.uri.query(),
+        };
+        let path_and_query = match query {
             Some(query) => format!("{}{}?{}", up.path, admitted.rel_path, query),
             None => format!("{}{}", up.path, admitted.rel_path),
         };
@@ -279,7 +318,7 @@ impl Proxy {
     }
 
     /// Phase 3: the exchange with the upstream, under its timeout.
-    async fn send(&self, req: Request<ProxyBody>) -> Result<Response<ProxyBody>, ProxyError> {
+    pub(crate) async fn send(&self, req: Request<ProxyBody>) -> Result<Response<ProxyBody>, ProxyError> {
         let timeout = self.shared.timeout;
         let response = tokio::time::timeout(timeout, self.shared.client.request(req))
             .await
@@ -490,8 +529,22 @@ struct PublicBase {
     prefix: String,
 }
 
+/// The element names of a `_elements` parameter, when the client limited the elements.
+fn elements_param(query: Option<&str>) -> Option<std::collections::BTreeSet<String>> {
+    let query = query?;
+    let mut found = None;
+    for pair in query.split('&') {
+        if let Some(value) = pair.strip_prefix("_elements=") {
+            let decoded = percent_encoding::percent_decode_str(value).decode_utf8_lossy();
+            let set = found.get_or_insert_with(std::collections::BTreeSet::new);
+            set.extend(decoded.split(',').map(|e| e.trim().to_owned()));
+        }
+    }
+    found
+}
+
 /// Reads a whole upstream body, refusing one over `limit` bytes.
-async fn collect_limited(mut body: ProxyBody, limit: u64) -> Result<Bytes, ProxyError> {
+pub(crate) async fn collect_limited(mut body: ProxyBody, limit: u64) -> Result<Bytes, ProxyError> {
     let mut buf = bytes::BytesMut::new();
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| ProxyError::UpstreamBody(e.to_string()))?;

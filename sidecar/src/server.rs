@@ -17,6 +17,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::config::Config;
 use crate::error::ProxyError;
 use crate::proxy::{ClientAddr, Proxy};
+use crate::sealing::Sealing;
 use crate::tls::{self, TlsError};
 
 /// A client has this long to finish the TLS handshake.
@@ -38,6 +39,12 @@ pub enum ServerError {
     Proxy(#[from] ProxyError),
     #[error("accepting connections failed: {0}")]
     Accept(std::io::Error),
+    #[error(transparent)]
+    Auth(#[from] crate::auth::AuthSetupError),
+    #[error("sealing: {0}")]
+    Seal(#[from] crate::sealing::SealError),
+    #[error("start-up failed: {0}")]
+    Start(String),
 }
 
 /// A bound, not yet serving, sidecar.
@@ -71,7 +78,13 @@ impl Sidecar {
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|source| ServerError::Bind { addr, source })?;
-        let proxy = Proxy::new(config, tls.is_some())?;
+        let auth = crate::auth::load(config)?;
+        let for_sealing = config.clone();
+        // Key generation and sled's recovery block: keep them off the async threads.
+        let sealing = tokio::task::spawn_blocking(move || Sealing::open(&for_sealing))
+            .await
+            .map_err(|e| ServerError::Start(e.to_string()))??;
+        let proxy = Proxy::new(config, tls.is_some(), Arc::new(sealing), auth)?;
         Ok(Sidecar {
             listener,
             proxy,
@@ -86,6 +99,11 @@ impl Sidecar {
         self.listener
             .local_addr()
             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+
+    /// The node's sealing and vault (for tools and tests that look inside).
+    pub fn sealing(&self) -> Arc<Sealing> {
+        self.proxy.shared.sealing.clone()
     }
 
     /// Whether clients must speak TLS.

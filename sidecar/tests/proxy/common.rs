@@ -4,6 +4,11 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+
+use fhirseal_sidecar::config::ApiKey;
+use fhirseal_sidecar::sealing::Sealing;
 use fhirseal_sidecar::{Config, Sidecar};
 use http::{HeaderMap, HeaderValue, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
@@ -22,12 +27,32 @@ pub fn hapi() -> String {
         )
 }
 
+/// The API key of a principal who sees identity, and of one who does not.
+pub const CLINICIAN_KEY: &str = "test-clinician-key-0001";
+pub const RESEARCHER_KEY: &str = "test-researcher-key-0001";
+
+/// One set of node keys for the whole test binary: RSA key generation is slow.
+fn keys_dir() -> PathBuf {
+    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    let dir = DIR.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        fhirseal_storage::NodeKeys::load_or_create(&dir.path().join("keys"), 2048).unwrap();
+        dir
+    });
+    dir.path().join("keys")
+}
+
 /// A sidecar serving in the background; stops when dropped.
 pub struct TestSidecar {
     pub addr: SocketAddr,
     /// `http://127.0.0.1:PORT/fhir`
     pub base: String,
+    pub sealing: Arc<Sealing>,
+    pub config: Config,
     shutdown: Option<oneshot::Sender<()>>,
+    done: Option<tokio::task::JoinHandle<()>>,
+    /// Kept so that the data directory outlives the sidecar.
+    _data: Option<Arc<tempfile::TempDir>>,
 }
 
 impl Drop for TestSidecar {
@@ -38,20 +63,61 @@ impl Drop for TestSidecar {
     }
 }
 
-/// The configuration tests start from: port 0 on loopback, in front of `upstream`.
+impl TestSidecar {
+    /// Stops the sidecar and waits until it has let go of its vault.
+    pub async fn stop(mut self) -> (Config, Option<Arc<tempfile::TempDir>>) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(done) = self.done.take() {
+            done.await.unwrap();
+        }
+        let config = self.config.clone();
+        let data = self._data.take();
+        drop(self);
+        (config, data)
+    }
+}
+
+/// The configuration tests start from: port 0 on loopback, in front of `upstream`, with the
+/// test keys and a fresh data directory.
 pub fn config(upstream: &str) -> Config {
     let mut config = Config::default();
     config.server.listen = SocketAddr::from(([127, 0, 0, 1], 0));
     config.upstream.url = upstream.to_owned();
+    config.seal.keys_dir = Some(keys_dir());
+    config.seal.rsa_bits = 2048;
+    config.auth.api_keys = vec![
+        api_key(CLINICIAN_KEY, "clinician"),
+        api_key(RESEARCHER_KEY, "researcher"),
+    ];
     config
 }
 
+fn api_key(key: &str, role: &str) -> ApiKey {
+    ApiKey {
+        key: key.to_owned(),
+        institution: "local".to_owned(),
+        role: role.to_owned(),
+        name: Some(role.to_owned()),
+    }
+}
+
 pub async fn start(config: Config) -> TestSidecar {
+    let data = Arc::new(tempfile::tempdir().unwrap());
+    let mut config = config;
+    config.data_dir = data.path().to_owned();
+    start_with_data(config, Some(data)).await
+}
+
+/// Starts a sidecar on `config.data_dir` as it is (for restarts).
+pub async fn start_with_data(config: Config, data: Option<Arc<tempfile::TempDir>>) -> TestSidecar {
     let sidecar = Sidecar::bind(&config).await.unwrap();
     let addr = sidecar.local_addr();
+    let sealing = sidecar.sealing();
     let scheme = if sidecar.is_tls() { "https" } else { "http" };
     let (tx, rx) = oneshot::channel();
-    tokio::spawn(async move {
+    let done = tokio::spawn(async move {
         sidecar
             .serve(async {
                 let _ = rx.await;
@@ -62,7 +128,11 @@ pub async fn start(config: Config) -> TestSidecar {
     TestSidecar {
         addr,
         base: format!("{scheme}://{addr}{}", config.server.base_path),
+        sealing,
+        config,
         shutdown: Some(tx),
+        done: Some(done),
+        _data: data,
     }
 }
 
@@ -112,8 +182,25 @@ impl Reply {
     }
 }
 
-/// Sends one request over HTTP/1.1.
+/// Sends one request over HTTP/1.1, as the clinician unless `headers` carry credentials.
 pub async fn send(
+    method: Method,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: impl Into<Bytes>,
+) -> Reply {
+    let credentials = headers
+        .iter()
+        .any(|(n, _)| n.eq_ignore_ascii_case("x-api-key") || n.eq_ignore_ascii_case("authorization"));
+    let mut all: Vec<(&str, &str)> = headers.to_vec();
+    if !credentials {
+        all.push(("x-api-key", CLINICIAN_KEY));
+    }
+    send_raw(method, url, &all, body).await
+}
+
+/// Sends one request exactly as given (no credentials added).
+pub async fn send_raw(
     method: Method,
     url: &str,
     headers: &[(&str, &str)],
@@ -175,6 +262,10 @@ fn scrub(value: &mut Value) {
             ] {
                 map.remove(key);
             }
+            // A history entry's request names the resource by its server-chosen id.
+            if map.contains_key("method") {
+                map.remove("url");
+            }
             // Search and history links carry server-chosen page ids.
             if map.get("resourceType") == Some(&Value::from("Bundle")) {
                 map.remove("link");
@@ -192,10 +283,12 @@ fn scrub(value: &mut Value) {
     }
 }
 
-/// A small, valid Patient.
+/// A small, valid Patient, tagged with `family` so that HAPI can be asked for it directly
+/// (the tag is clinical data; the name is not).
 pub fn patient(family: &str) -> Value {
     serde_json::json!({
         "resourceType": "Patient",
+        "meta": {"tag": [{"system": "urn:fhirseal:test", "code": family}]},
         "identifier": [{"system": "urn:fhirseal:test", "value": family}],
         "name": [{"family": family, "given": ["Ada"]}],
         "gender": "female",

@@ -1,0 +1,361 @@
+//! The sidecar's use of sealing: the write side (split a resource, fingerprint its person,
+//! give the upstream a surrogate, seal the identity once the upstream has named the version),
+//! the read side (merge identity back for those who may see it) and identity search.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::sync::Arc;
+
+use fhirseal_adapters::profile::{IdentityPart, Profile};
+use fhirseal_adapters::search::{self, SearchError};
+use fhirseal_adapters::{identity, profile};
+use fhirseal_storage::{blind_token, Fingerprint, NodeKeys, RecordMeta, Sealer, Vault, VaultWrite};
+use serde_json::Value;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::config::{Config, DurabilityMode};
+
+/// Why sealing failed: always the sidecar's fault (500), never the client's.
+#[derive(Debug, thiserror::Error)]
+pub enum SealError {
+    #[error("storage: {0}")]
+    Storage(#[from] fhirseal_storage::StorageError),
+    #[error("profile: {0}")]
+    Profile(#[from] profile::ProfileError),
+    #[error("a sealed identity part is unreadable: {0}")]
+    Identity(String),
+    #[error("the vault's flusher has stopped")]
+    Flusher,
+}
+
+/// A resource split for the upstream, waiting to learn its id and version.
+#[derive(Debug)]
+pub struct Prepared {
+    pub resource_type: String,
+    pub fingerprint: Fingerprint,
+    pub identity: IdentityPart,
+    tokens: Vec<[u8; 32]>,
+    /// A surrogate made for this write, forgotten again if the upstream refuses it.
+    new_surrogate: Option<String>,
+    /// The person's surrogate, for person resources.
+    pub surrogate: Option<String>,
+}
+
+impl Prepared {
+    /// Whether anything was taken out (nothing to seal otherwise).
+    pub fn has_identity(&self) -> bool {
+        !self.identity.is_empty()
+    }
+}
+
+type FlushRequest = oneshot::Sender<Result<(), String>>;
+
+/// Sealing, the vault and the blind index, for one node.
+pub struct Sealing {
+    profile: Profile,
+    sealer: Sealer,
+    vault: Vault,
+    keys: Arc<NodeKeys>,
+    identity_systems: Vec<String>,
+    durability: DurabilityMode,
+    flusher: mpsc::UnboundedSender<FlushRequest>,
+}
+
+impl std::fmt::Debug for Sealing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sealing")
+            .field("durability", &self.durability)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Sealing {
+    /// Loads (or makes) the keys, opens the vault and starts the group-commit flusher. Key
+    /// generation and sled's recovery block: call from a blocking context or at start-up.
+    pub fn open(config: &Config) -> Result<Sealing, SealError> {
+        let (keys, created) = NodeKeys::load_or_create(&config.keys_dir(), config.seal.rsa_bits)?;
+        if created {
+            tracing::info!(dir = %config.keys_dir().display(), "made new node keys");
+        }
+        let keys = Arc::new(keys);
+        let profile = match &config.seal.profile {
+            Some(path) => Profile::from_file(path)?,
+            None => Profile::default(),
+        };
+        let vault = Vault::open(&config.data_dir.join("vault"))?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(flusher(vault.clone(), rx));
+        Ok(Sealing {
+            sealer: Sealer::new(keys.clone(), config.seal.epoch_uses, config.seal.key_cache),
+            profile,
+            vault,
+            keys,
+            identity_systems: config.seal.identity_systems.clone(),
+            durability: config.seal.durability,
+            flusher: tx,
+        })
+    }
+
+    pub fn profile(&self) -> &Profile {
+        &self.profile
+    }
+
+    pub fn vault(&self) -> &Vault {
+        &self.vault
+    }
+
+    /// Splits `resource` in place into its clinical part. `context` names the resource type
+    /// behind a `urn:uuid:` reference of the same bundle.
+    pub fn prepare(
+        &self,
+        resource: &mut Value,
+        context: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Prepared, SealError> {
+        let resource_type = resource
+            .get("resourceType")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        if self.profile.is_person(&resource_type) {
+            let fingerprint = match identity::identity_key(resource, &self.identity_systems) {
+                Some(key) => Fingerprint::of(&self.keys.link_key, &key),
+                // Nothing identifies this person: a fingerprint of its own, linking nothing.
+                None => Fingerprint(fhirseal_storage::SecretKey::random()?.expose().to_owned()),
+            };
+            let tokens = identity::index_entries(resource)
+                .iter()
+                .map(|(k, v)| blind_token(&self.keys.index_key, k, v))
+                .collect();
+            let (surrogate, made) = self.vault.surrogate(&fingerprint)?;
+            let identity = self.profile.split(resource, Some(&surrogate), context);
+            return Ok(Prepared {
+                resource_type,
+                fingerprint,
+                identity,
+                tokens,
+                new_surrogate: made.then(|| surrogate.clone()),
+                surrogate: Some(surrogate),
+            });
+        }
+        let identity = self.profile.split(resource, None, context);
+        let fingerprint = if identity.is_empty() {
+            Fingerprint([0; 32])
+        } else {
+            self.person_of(resource)?.unwrap_or(Fingerprint([0; 32]))
+        };
+        Ok(Prepared {
+            resource_type,
+            fingerprint,
+            identity,
+            tokens: Vec::new(),
+            new_surrogate: None,
+            surrogate: None,
+        })
+    }
+
+    /// The fingerprint of the person a clinical resource is about (its `subject` or `patient`).
+    fn person_of(&self, resource: &Value) -> Result<Option<Fingerprint>, SealError> {
+        for field in ["subject", "patient", "beneficiary"] {
+            let reference = resource
+                .get(field)
+                .and_then(|r| r.get("reference"))
+                .and_then(Value::as_str);
+            if let Some((ty, id)) = reference.and_then(|r| r.split_once('/')) {
+                if self.profile.is_person(ty) {
+                    if let Some(fp) = self.vault.fingerprint_of_resource(ty, id)? {
+                        return Ok(Some(fp));
+                    }
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Seals the identity of a version the upstream accepted and stores it with its indexes.
+    /// Not yet durable: await [`Sealing::durable`] before acknowledging.
+    pub fn commit(&self, prepared: &Prepared, id: &str, version: &str) -> Result<(), SealError> {
+        if !prepared.has_identity() {
+            return Ok(());
+        }
+        let meta = RecordMeta {
+            fingerprint: prepared.fingerprint,
+            resource_type: prepared.resource_type.clone(),
+            id: id.to_owned(),
+            version: version.to_owned(),
+        };
+        let (record, new_epoch_key) = self.sealer.seal(meta, &prepared.identity.to_bytes())?;
+        self.vault.commit(&VaultWrite {
+            record,
+            new_epoch_key,
+            tokens: prepared.tokens.clone(),
+        })?;
+        Ok(())
+    }
+
+    /// Undoes what [`Sealing::prepare`] stored, for a write the upstream refused.
+    pub fn rollback(&self, prepared: &Prepared) {
+        if let Some(surrogate) = &prepared.new_surrogate {
+            if let Err(error) = self
+                .vault
+                .forget_surrogate(&prepared.fingerprint, surrogate)
+            {
+                tracing::warn!(%error, "an unused surrogate could not be forgotten");
+            }
+        }
+    }
+
+    /// Returns once everything committed so far is on disk.
+    pub async fn durable(&self) -> Result<(), SealError> {
+        match self.durability {
+            DurabilityMode::EveryWrite => Ok(self.vault.flush_async().await?),
+            DurabilityMode::Group => {
+                let (tx, rx) = oneshot::channel();
+                self.flusher.send(tx).map_err(|_| SealError::Flusher)?;
+                rx.await
+                    .map_err(|_| SealError::Flusher)?
+                    .map_err(|e| SealError::Storage(fhirseal_storage::StorageError::Corrupt(e)))
+            }
+        }
+    }
+
+    /// Merges identity back into a resource or into every resource of a Bundle; returns whether
+    /// anything was merged. Unsealing may need an RSA private-key operation: call from a
+    /// blocking thread.
+    pub fn reidentify(
+        &self,
+        value: &mut Value,
+        elements: Option<&BTreeSet<String>>,
+    ) -> Result<bool, SealError> {
+        if value.get("resourceType").and_then(Value::as_str) == Some("Bundle") {
+            let mut changed = false;
+            if let Some(entries) = value.get_mut("entry").and_then(Value::as_array_mut) {
+                for entry in entries {
+                    if let Some(resource) = entry.get_mut("resource") {
+                        changed |= self.reidentify_one(resource, elements)?;
+                    }
+                }
+            }
+            return Ok(changed);
+        }
+        self.reidentify_one(value, elements)
+    }
+
+    fn reidentify_one(
+        &self,
+        resource: &mut Value,
+        elements: Option<&BTreeSet<String>>,
+    ) -> Result<bool, SealError> {
+        let text = |key: &str| resource.get(key).and_then(Value::as_str).map(str::to_owned);
+        let (Some(resource_type), Some(id)) = (text("resourceType"), text("id")) else {
+            return Ok(false);
+        };
+        let Some(version) = resource
+            .get("meta")
+            .and_then(|m| m.get("versionId"))
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+        else {
+            return Ok(false);
+        };
+        let Some(part) = self.identity(&resource_type, &id, &version)? else {
+            return Ok(false);
+        };
+        match elements {
+            None => part.merge_into(resource),
+            Some(wanted) => {
+                let kept = IdentityPart {
+                    entries: part
+                        .entries
+                        .into_iter()
+                        .filter(|(pointer, _)| {
+                            let top = pointer
+                                .trim_start_matches('+')
+                                .split('/')
+                                .nth(1)
+                                .unwrap_or("");
+                            wanted.contains(top)
+                        })
+                        .collect(),
+                };
+                kept.merge_into(resource);
+            }
+        }
+        Ok(true)
+    }
+
+    /// The identity part of one stored version, if it has one.
+    pub fn identity(
+        &self,
+        resource_type: &str,
+        id: &str,
+        version: &str,
+    ) -> Result<Option<IdentityPart>, SealError> {
+        let Some(record) = self.vault.record(resource_type, id, version)? else {
+            return Ok(None);
+        };
+        let plain = self
+            .sealer
+            .unseal(&record, |key_id| self.vault.wrapped_key(key_id))?;
+        IdentityPart::from_bytes(&plain)
+            .map(Some)
+            .map_err(SealError::Identity)
+    }
+
+    /// The query with its identity parameters answered from the blind index; `None` when it
+    /// has none.
+    pub fn rewrite_search(
+        &self,
+        resource_type: Option<&str>,
+        query: &str,
+    ) -> Result<Option<String>, SearchQueryError> {
+        let Some(plan) = search::plan(resource_type, query, &self.profile)? else {
+            return Ok(None);
+        };
+        let mut matches = Vec::with_capacity(plan.lookups.len());
+        for lookup in &plan.lookups {
+            let mut ids = BTreeSet::new();
+            for (key, value) in &lookup.alternatives {
+                let token = blind_token(&self.keys.index_key, key, value);
+                for (ty, id) in self.vault.search(&token).map_err(SealError::from)? {
+                    if ty == lookup.resource_type {
+                        ids.insert(id);
+                    }
+                }
+            }
+            matches.push(ids);
+        }
+        Ok(Some(search::render(&plan, &matches)))
+    }
+}
+
+/// A search that could not be rewritten: the client's (400) or ours (500).
+#[derive(Debug, thiserror::Error)]
+pub enum SearchQueryError {
+    #[error(transparent)]
+    Unsupported(#[from] SearchError),
+    #[error(transparent)]
+    Seal(#[from] SealError),
+}
+
+/// Group commit: one flush serves every write that asked for one while the previous ran.
+async fn flusher(vault: Vault, mut requests: mpsc::UnboundedReceiver<FlushRequest>) {
+    while let Some(first) = requests.recv().await {
+        let mut waiting = vec![first];
+        while let Ok(more) = requests.try_recv() {
+            waiting.push(more);
+        }
+        let result = vault.flush_async().await.map_err(|e| e.to_string());
+        if let Err(error) = &result {
+            tracing::error!(%error, "vault flush failed");
+        }
+        for waiter in waiting {
+            // A waiter that gave up (its client went away) needs no answer.
+            let _ = waiter.send(result.clone());
+        }
+    }
+}
+
+/// Path helper for tests and tools: the vault directory of a data directory.
+pub fn vault_dir(data_dir: &Path) -> std::path::PathBuf {
+    data_dir.join("vault")
+}
