@@ -64,6 +64,10 @@ pub enum DecodeError {
     /// A string field is not UTF-8.
     #[error("{0} is not UTF-8")]
     NotUtf8(&'static str),
+    /// A map's keys are not in strictly increasing order, or a value stored under a key does
+    /// not carry that key: the bytes are not the one encoding of any value.
+    #[error("{0} is not in canonical form")]
+    NotCanonical(&'static str),
     /// An enum tag this code does not know.
     #[error("unknown {field} tag {tag}")]
     UnknownTag {
@@ -113,6 +117,12 @@ impl Writer {
     pub(crate) fn str(&mut self, s: &str) {
         self.len(s.len());
         self.raw(s.as_bytes());
+    }
+
+    /// Variable-length bytes: a `u32` length, then the bytes.
+    pub(crate) fn bytes(&mut self, b: &[u8]) {
+        self.len(b.len());
+        self.raw(b);
     }
 
     pub(crate) fn as_slice(&self) -> &[u8] {
@@ -211,6 +221,16 @@ impl<'a> Reader<'a> {
         std::str::from_utf8(bytes)
             .map(str::to_owned)
             .map_err(|_| DecodeError::NotUtf8(field))
+    }
+
+    /// The inverse of [`Writer::bytes`], at most `max` long.
+    pub(crate) fn bytes(
+        &mut self,
+        field: &'static str,
+        max: usize,
+    ) -> Result<Vec<u8>, DecodeError> {
+        let n = self.count(field, max, 1)?;
+        Ok(self.take(n, field)?.to_vec())
     }
 
     pub(crate) fn finish(self) -> Result<(), DecodeError> {

@@ -22,6 +22,10 @@ pub mod tag {
     pub const BATCH_SIGNATURE: u8 = 0x20;
     /// First byte of the message a delegate signs to finalize a block.
     pub const FINALITY_VOTE: u8 = 0x21;
+    /// First byte of the message a member signs for a governance command.
+    pub const GOVERNANCE_COMMAND: u8 = 0x30;
+    /// First byte of the message a new Ed25519 key signs to prove that its owner holds it.
+    pub const KEY_POSSESSION: u8 = 0x31;
 }
 
 /// A SHA-256 output.

@@ -1,6 +1,7 @@
 //! fhirseal's consortium ledger. Today: the ledger core that anchors every sealed write once and
-//! proves it; to come with their own issues: the governance state machine on openraft, the
-//! improved-DPoS election, beacon and ring-signature votes, and the node transport.
+//! proves it, and the governance layer that keeps the consortium on openraft; to come with their
+//! own issues: the improved-DPoS election, beacon and ring-signature votes, and the node
+//! transport.
 //!
 //! - Types: institution-signed batches of anchor entries and access events ([`tx`]), blocks
 //!   with finality certificates ([`block`]), in a hand-written canonical encoding ([`codec`]),
@@ -13,21 +14,30 @@
 //!   sled stores, idempotent per batch, anchor proofs ([`proof`]), re-verification from genesis.
 //! - The seam the sidecar drives ([`ledger`]): submit a transaction, produce a block; the
 //!   single-node consortium implements it now, the DPoS will.
+//! - Governance ([`governance`]): members, the certificate revocation list, wrapped link keys,
+//!   epochs and election records, changed only by signed commands that the state machine itself
+//!   authorizes (regulator-signed admissions, suspensions, revocations, stake; self-signed key
+//!   rotations), as pure code with time passed in.
+//! - Its replication ([`raft`]): openraft 0.9 over a sled log and state machine kept in
+//!   `fhirseal-storage`'s typed trees, snapshots, and a node the sidecar starts and submits to.
 //!
 //! It knows nothing of FHIR beyond opaque strings (resource type, logical id, version id) and
-//! hashes computed by others; it reads no clock and opens no socket. It depends only on
-//! `fhirseal-storage`, to which it hands encoded bytes and keys.
+//! hashes computed by others; it reads no clock and opens no socket (the Raft transport is handed
+//! in). Of our crates it depends only on `fhirseal-storage`, to which it hands encoded bytes and
+//! keys.
 
 pub mod block;
 pub mod chain;
 pub mod codec;
 mod error;
+pub mod governance;
 pub mod hash;
 pub mod keys;
 pub mod ledger;
 pub mod merkle;
 pub mod producer;
 pub mod proof;
+pub mod raft;
 pub mod tx;
 pub mod validate;
 

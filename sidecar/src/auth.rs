@@ -106,8 +106,10 @@ mod tests {
     #[test]
     fn a_key_file_is_made_once_and_read() {
         let dir = tempfile::tempdir().unwrap();
-        let mut config = Config::default();
-        config.data_dir = dir.path().to_owned();
+        let config = Config {
+            data_dir: dir.path().to_owned(),
+            ..Config::default()
+        };
         let table = load(&config).unwrap();
         assert_eq!(table.len(), 2);
         let text = std::fs::read_to_string(key_file(&config)).unwrap();
@@ -117,7 +119,10 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(key_file(&config)).unwrap().permissions().mode();
+            let mode = std::fs::metadata(key_file(&config))
+                .unwrap()
+                .permissions()
+                .mode();
             assert_eq!(mode & 0o777, 0o600);
         }
     }

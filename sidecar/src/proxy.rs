@@ -37,8 +37,8 @@ use crate::config::{absolute_http_url, Config};
 use crate::error::ProxyError;
 use crate::seal_phase::Sealed;
 use crate::sealing::Sealing;
-use fhirseal_adapters::auth::ApiKeyTable;
 use crate::tls;
+use fhirseal_adapters::auth::ApiKeyTable;
 
 /// The request id header, taken from the client when it sends a sane one and passed upstream.
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -231,7 +231,7 @@ impl Proxy {
             };
             let upstream_req = self.upstream_request(req, &admitted, &public_base, request_id)?;
             let response = self.send(upstream_req).await?;
-            let response = self.commit_seal(response, pending).await?;
+            let response = self.commit_seal(response, *pending).await?;
             let response = self
                 .response_filter(response, &admitted.interaction, &public_base)
                 .await?;
@@ -318,7 +318,10 @@ impl Proxy {
     }
 
     /// Phase 3: the exchange with the upstream, under its timeout.
-    pub(crate) async fn send(&self, req: Request<ProxyBody>) -> Result<Response<ProxyBody>, ProxyError> {
+    pub(crate) async fn send(
+        &self,
+        req: Request<ProxyBody>,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
         let timeout = self.shared.timeout;
         let response = tokio::time::timeout(timeout, self.shared.client.request(req))
             .await

@@ -44,7 +44,7 @@ pub(crate) enum Pending {
 
 /// The outcome of `seal_request`.
 pub(crate) enum Sealed {
-    Forward(Request<ProxyBody>, Pending),
+    Forward(Request<ProxyBody>, Box<Pending>),
     /// The sidecar answers itself (e.g. the upstream refused the read a patch needs).
     Respond(Response<ProxyBody>),
 }
@@ -70,7 +70,7 @@ impl Proxy {
                 if let Some(query) = req.uri().query() {
                     admitted.query = self.rewrite(Some(&resource_type), query)?;
                 }
-                Ok(Sealed::Forward(req, Pending::Nothing))
+                Ok(Sealed::Forward(req, Box::new(Pending::Nothing)))
             }
             Interaction::Create { resource_type } => {
                 self.seal_one(req, admitted, &resource_type, true).await
@@ -92,11 +92,15 @@ impl Proxy {
                 "conditional PATCH is not supported through fhirseal: read the resource, then PATCH it by id".to_owned(),
             )),
             Interaction::Bundle => self.seal_bundle(req).await,
-            _ => Ok(Sealed::Forward(req, Pending::Nothing)),
+            _ => Ok(Sealed::Forward(req, Box::new(Pending::Nothing))),
         }
     }
 
-    fn rewrite(&self, resource_type: Option<&str>, query: &str) -> Result<Option<String>, ProxyError> {
+    fn rewrite(
+        &self,
+        resource_type: Option<&str>,
+        query: &str,
+    ) -> Result<Option<String>, ProxyError> {
         match self.shared.sealing.rewrite_search(resource_type, query) {
             Ok(rewritten) => Ok(rewritten),
             Err(SearchQueryError::Unsupported(e)) => Err(ProxyError::Search(e)),
@@ -119,7 +123,7 @@ impl Proxy {
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
         if req.method() != Method::POST || !form {
-            return Ok(Sealed::Forward(req, Pending::Nothing));
+            return Ok(Sealed::Forward(req, Box::new(Pending::Nothing)));
         }
         let (mut parts, body) = req.into_parts();
         let bytes = self.collect_request(body).await?;
@@ -129,8 +133,13 @@ impl Proxy {
             Some(rewritten) => Bytes::from(rewritten),
             None => bytes,
         };
-        parts.headers.insert(header::CONTENT_LENGTH, body.len().into());
-        Ok(Sealed::Forward(Request::from_parts(parts, full(body)), Pending::Nothing))
+        parts
+            .headers
+            .insert(header::CONTENT_LENGTH, body.len().into());
+        Ok(Sealed::Forward(
+            Request::from_parts(parts, full(body)),
+            Box::new(Pending::Nothing),
+        ))
     }
 
     /// Create, update, conditional update: one resource in the body.
@@ -144,7 +153,10 @@ impl Proxy {
         let (mut parts, body) = req.into_parts();
         let bytes = self.collect_request(body).await?;
         let mut value = parse_body(&parts.headers, &bytes)?;
-        let found = value.get("resourceType").and_then(Value::as_str).unwrap_or("");
+        let found = value
+            .get("resourceType")
+            .and_then(Value::as_str)
+            .unwrap_or("");
         if found != resource_type {
             return Err(ProxyError::Invalid(format!(
                 "the body is a {found} but the URL names {resource_type}"
@@ -196,11 +208,11 @@ impl Proxy {
         let request = json_request(parts, &value)?;
         Ok(Sealed::Forward(
             request,
-            Pending::One {
+            Box::new(Pending::One {
                 prepared,
                 create,
                 patch: false,
-            },
+            }),
         ))
     }
 
@@ -226,12 +238,14 @@ impl Proxy {
             .to_ascii_lowercase();
         if content_type != "application/json-patch+json" {
             let sealing = &self.shared.sealing;
-            if content_type == "application/xml-patch+xml" || sealing.profile().is_person(resource_type) {
+            if content_type == "application/xml-patch+xml"
+                || sealing.profile().is_person(resource_type)
+            {
                 return Err(ProxyError::NotSupported(format!(
                     "only JSON Patch (application/json-patch+json) can change a {resource_type} through fhirseal"
                 )));
             }
-            return Ok(Sealed::Forward(req, Pending::Nothing));
+            return Ok(Sealed::Forward(req, Box::new(Pending::Nothing)));
         }
         if !principal.sees_identity {
             return Err(ProxyError::Forbidden(
@@ -251,8 +265,8 @@ impl Proxy {
             return Ok(Sealed::Respond(response));
         }
         let bytes = collect_limited(response.into_body(), MAX_UNSEAL_RESPONSE).await?;
-        let mut value: Value = serde_json::from_slice(&bytes)
-            .map_err(|e| ProxyError::UpstreamBody(e.to_string()))?;
+        let mut value: Value =
+            serde_json::from_slice(&bytes).map_err(|e| ProxyError::UpstreamBody(e.to_string()))?;
         let version = value
             .get("meta")
             .and_then(|m| m.get("versionId"))
@@ -288,11 +302,11 @@ impl Proxy {
         let request = json_request(parts, &value)?;
         Ok(Sealed::Forward(
             request,
-            Pending::One {
+            Box::new(Pending::One {
                 prepared,
                 create: false,
                 patch: true,
-            },
+            }),
         ))
     }
 
@@ -316,7 +330,9 @@ impl Proxy {
         for entry in value["entry"].as_array().into_iter().flatten() {
             if let (Some(url), Some(ty)) = (
                 entry.get("fullUrl").and_then(Value::as_str),
-                entry.pointer("/resource/resourceType").and_then(Value::as_str),
+                entry
+                    .pointer("/resource/resourceType")
+                    .and_then(Value::as_str),
             ) {
                 urn_types.insert(url.to_owned(), ty.to_owned());
             }
@@ -331,7 +347,10 @@ impl Proxy {
             return Err(error);
         }
         let request = json_request(parts, &value)?;
-        Ok(Sealed::Forward(request, Pending::Bundle(prepared)))
+        Ok(Sealed::Forward(
+            request,
+            Box::new(Pending::Bundle(prepared)),
+        ))
     }
 
     fn seal_entries(
@@ -462,7 +481,8 @@ impl Proxy {
                             .map(str::to_owned);
                         let (Some(id), Some(version)) = (id, version) else {
                             return Err(ProxyError::UpstreamBody(
-                                "the upstream accepted a write without naming its id and version".to_owned(),
+                                "the upstream accepted a write without naming its id and version"
+                                    .to_owned(),
                             ));
                         };
                         (Response::from_parts(parts, full(bytes)), id, version)
@@ -542,7 +562,9 @@ impl Proxy {
         })
         .await
         .map_err(|e| ProxyError::Internal(e.to_string()))??;
-        parts.headers.insert(header::CONTENT_LENGTH, out.len().into());
+        parts
+            .headers
+            .insert(header::CONTENT_LENGTH, out.len().into());
         Ok(Response::from_parts(parts, full(out)))
     }
 
@@ -576,7 +598,13 @@ fn no_match_condition(rewritten: &str, surrogate: Option<&str>) -> Option<String
     Some(
         rewritten
             .split('&')
-            .map(|p| if p == missing { by_surrogate.as_str() } else { p })
+            .map(|p| {
+                if p == missing {
+                    by_surrogate.as_str()
+                } else {
+                    p
+                }
+            })
             .collect::<Vec<_>>()
             .join("&"),
     )
@@ -594,19 +622,26 @@ fn parse_body(headers: &http::HeaderMap, bytes: &[u8]) -> Result<Value, ProxyErr
         )
     })?;
     fhir::parse_strict(bytes, format).map_err(|e| match e {
-        fhir::ParseError::XmlTooLarge { limit } => ProxyError::BodyTooLarge { limit: limit as u64 },
+        fhir::ParseError::XmlTooLarge { limit } => ProxyError::BodyTooLarge {
+            limit: limit as u64,
+        },
         other => ProxyError::Invalid(other.to_string()),
     })
 }
 
 /// The clinical part as the request the upstream receives (always JSON).
-fn json_request(mut parts: http::request::Parts, value: &Value) -> Result<Request<ProxyBody>, ProxyError> {
+fn json_request(
+    mut parts: http::request::Parts,
+    value: &Value,
+) -> Result<Request<ProxyBody>, ProxyError> {
     let body = serde_json::to_vec(value).map_err(|e| ProxyError::Internal(e.to_string()))?;
     parts.headers.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/fhir+json;charset=utf-8"),
     );
-    parts.headers.insert(header::CONTENT_LENGTH, body.len().into());
+    parts
+        .headers
+        .insert(header::CONTENT_LENGTH, body.len().into());
     parts.headers.remove(header::TRANSFER_ENCODING);
     Ok(Request::from_parts(parts, full(body)))
 }

@@ -9,10 +9,13 @@
 //! - [`vault`] — the sled vault: records, indexes and blind index, one transaction per write.
 //! - [`chain_store`] — the ledger's typed sled stores: blocks by height, hash, transaction and
 //!   anchor indexes, one transaction and a flush per block (bytes given by `consensus`).
+//! - [`raft_store`] — the replicated log's typed sled stores: opaque entries by position, named
+//!   slots for the log and the state machine, flushed when `consensus` asks.
 
 pub mod chain_store;
 pub mod error;
 pub mod keys;
+pub mod raft_store;
 pub mod seal;
 pub mod vault;
 

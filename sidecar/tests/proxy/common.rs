@@ -112,7 +112,18 @@ pub async fn start(config: Config) -> TestSidecar {
 
 /// Starts a sidecar on `config.data_dir` as it is (for restarts).
 pub async fn start_with_data(config: Config, data: Option<Arc<tempfile::TempDir>>) -> TestSidecar {
-    let sidecar = Sidecar::bind(&config).await.unwrap();
+    // After a stop, the old sidecar's last tasks may hold the vault's lock for a moment.
+    let mut attempts = 0;
+    let sidecar = loop {
+        match Sidecar::bind(&config).await {
+            Ok(sidecar) => break sidecar,
+            Err(e) if attempts < 50 && e.to_string().contains("lock") => {
+                attempts += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("sidecar did not start: {e}"),
+        }
+    };
     let addr = sidecar.local_addr();
     let sealing = sidecar.sealing();
     let scheme = if sidecar.is_tls() { "https" } else { "http" };
@@ -189,9 +200,9 @@ pub async fn send(
     headers: &[(&str, &str)],
     body: impl Into<Bytes>,
 ) -> Reply {
-    let credentials = headers
-        .iter()
-        .any(|(n, _)| n.eq_ignore_ascii_case("x-api-key") || n.eq_ignore_ascii_case("authorization"));
+    let credentials = headers.iter().any(|(n, _)| {
+        n.eq_ignore_ascii_case("x-api-key") || n.eq_ignore_ascii_case("authorization")
+    });
     let mut all: Vec<(&str, &str)> = headers.to_vec();
     if !credentials {
         all.push(("x-api-key", CLINICIAN_KEY));

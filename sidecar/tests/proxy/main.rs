@@ -10,3 +10,4 @@ mod common;
 mod t10_transparency;
 mod t20_bad_input;
 mod t30_transport;
+mod t40_sealing;

@@ -9,7 +9,13 @@ use crate::common::*;
 
 /// Asserts that two answers to the same request, one through the sidecar and one direct, match.
 fn assert_same(through: &Reply, sidecar_base: &str, direct: &Reply, hapi_base: &str) {
-    assert_same_headers(through, sidecar_base, direct, hapi_base, &["content-type", "etag"]);
+    assert_same_headers(
+        through,
+        sidecar_base,
+        direct,
+        hapi_base,
+        &["content-type", "etag"],
+    );
 }
 
 fn assert_same_headers(
@@ -322,7 +328,13 @@ async fn xml_is_relayed_and_negotiated() {
     let id = created.json()["id"].as_str().unwrap().to_owned();
     let through = get(&format!("{}/Patient/{id}?_format=xml", sidecar.base)).await;
     assert_eq!(through.status, StatusCode::OK);
-    assert!(through.text().contains(&format!("<family value=\"{family}\"/>")), "{}", through.text());
+    assert!(
+        through
+            .text()
+            .contains(&format!("<family value=\"{family}\"/>")),
+        "{}",
+        through.text()
+    );
     let direct = get(&format!("{hapi}/Patient/{id}?_format=xml")).await;
     assert!(!direct.text().contains("<family"), "{}", direct.text());
     let xml = r#"<Patient xmlns="http://hl7.org/fhir"><gender value="female"/></Patient>"#;
@@ -388,7 +400,14 @@ async fn synthea_transaction_bundle_commits_through_the_sidecar() {
         .find(|r| r["resourceType"] == "Patient")
         .unwrap();
     let read = through.json();
-    for element in ["name", "identifier", "telecom", "address", "birthDate", "extension"] {
+    for element in [
+        "name",
+        "identifier",
+        "telecom",
+        "address",
+        "birthDate",
+        "extension",
+    ] {
         assert_eq!(read[element], posted[element], "{element}");
     }
 }

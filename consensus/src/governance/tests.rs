@@ -1,0 +1,867 @@
+//! The authorization rules, one by one.
+
+use ed25519_dalek::{Signature, SigningKey};
+
+use super::*;
+use crate::codec::{DecodeError, Wire as _};
+use crate::keys::{DelegateSet, PublicKey};
+use crate::tx::Timestamp;
+
+const CONSORTIUM: &str = "test-consortium";
+const REGULATOR: &str = "regulator";
+
+/// A member's secret signing key and its admission, made from a one-byte seed.
+struct Party {
+    key: SigningKey,
+    admission: Admission,
+}
+
+fn keys_from(seed: u8, key: &SigningKey) -> MemberKeys {
+    MemberKeys {
+        tls_certificate: [seed; 32],
+        signing_key: PublicKey::of(key),
+        wrapping_key: vec![seed; 300],
+        vote_key: [seed.wrapping_add(100); 32],
+    }
+}
+
+fn party(id: &str, seed: u8, kind: MemberKind, role: RaftRole) -> Party {
+    let key = SigningKey::from_bytes(&[seed; 32]);
+    let admission = Admission {
+        id: id.to_owned(),
+        name: format!("{id} (name)"),
+        kind,
+        node_id: u64::from(seed),
+        address: format!("10.0.0.{seed}:7000"),
+        raft_role: role,
+        keys: keys_from(seed, &key),
+        stake: 100,
+        reputation: 50,
+    };
+    Party { key, admission }
+}
+
+fn regulator() -> Party {
+    party(REGULATOR, 1, MemberKind::Regulator, RaftRole::Voter)
+}
+
+fn hospital(id: &str, seed: u8) -> Party {
+    party(id, seed, MemberKind::Hospital, RaftRole::Learner)
+}
+
+fn at(ms: u64) -> Timestamp {
+    Timestamp(ms)
+}
+
+fn sign(signer: &str, sequence: u64, command: Command, key: &SigningKey) -> SignedCommand {
+    SignedCommand::sign(CONSORTIUM, signer, sequence, command, key)
+}
+
+fn genesis(state: &mut GovernanceState, regulator: &Party) {
+    let command = sign(
+        REGULATOR,
+        1,
+        Command::Genesis {
+            regulator: regulator.admission.clone(),
+        },
+        &regulator.key,
+    );
+    assert_eq!(state.apply(&command, at(1)), Outcome::Accepted);
+}
+
+fn admit_command(new: &Party) -> Command {
+    Command::Admit {
+        member: new.admission.clone(),
+        possession: new
+            .admission
+            .keys
+            .prove_possession(CONSORTIUM, &new.admission.id, &new.key),
+    }
+}
+
+/// A consortium with its regulator and hospital "h1" admitted (regulator's sequence 2 used).
+fn founded() -> (GovernanceState, Party, Party) {
+    let mut state = GovernanceState::new();
+    let regulator = regulator();
+    genesis(&mut state, &regulator);
+    let h1 = hospital("h1", 11);
+    let admit = sign(REGULATOR, 2, admit_command(&h1), &regulator.key);
+    assert_eq!(state.apply(&admit, at(2)), Outcome::Accepted);
+    (state, regulator, h1)
+}
+
+fn last_refusal(state: &GovernanceState) -> &RefusalRecord {
+    state.refusals().last().expect("a refusal was recorded")
+}
+
+#[test]
+fn genesis_founds_the_consortium_once() {
+    let mut state = GovernanceState::new();
+    assert_eq!(state.consortium(), None);
+    let regulator = regulator();
+    genesis(&mut state, &regulator);
+    assert_eq!(state.consortium(), Some(CONSORTIUM));
+    assert_eq!(
+        state.regulator_key(),
+        Some(regulator.admission.keys.signing_key)
+    );
+    assert!(state.is_active(REGULATOR));
+    assert_eq!(state.current_epoch(), 0);
+
+    let again = sign(
+        REGULATOR,
+        5,
+        Command::Genesis {
+            regulator: regulator.admission.clone(),
+        },
+        &regulator.key,
+    );
+    assert_eq!(
+        state.apply(&again, at(3)),
+        Outcome::Refused(Refusal::AlreadyGenesis)
+    );
+    assert_eq!(state.refusals_total(), 1);
+}
+
+#[test]
+fn genesis_must_be_a_voting_regulator_signing_for_itself() {
+    let regulator = regulator();
+    let impostor = SigningKey::from_bytes(&[99; 32]);
+    let mut state = GovernanceState::new();
+    let forged = sign(
+        REGULATOR,
+        1,
+        Command::Genesis {
+            regulator: regulator.admission.clone(),
+        },
+        &impostor,
+    );
+    assert_eq!(
+        state.apply(&forged, at(1)),
+        Outcome::Refused(Refusal::BadSignature)
+    );
+    let h = hospital("h", 5);
+    let not_regulator = sign(
+        "h",
+        1,
+        Command::Genesis {
+            regulator: h.admission.clone(),
+        },
+        &h.key,
+    );
+    assert_eq!(
+        state.apply(&not_regulator, at(1)),
+        Outcome::Refused(Refusal::BadGenesis)
+    );
+    assert_eq!(state.consortium(), None);
+    assert_eq!(state.refusals_total(), 2);
+}
+
+#[test]
+fn nothing_but_genesis_before_genesis() {
+    let mut state = GovernanceState::new();
+    let regulator = regulator();
+    let admit = sign(
+        REGULATOR,
+        2,
+        admit_command(&hospital("h1", 11)),
+        &regulator.key,
+    );
+    assert_eq!(
+        state.apply(&admit, at(1)),
+        Outcome::Refused(Refusal::NoGenesis)
+    );
+}
+
+#[test]
+fn an_admission_signed_by_the_regulator_is_accepted() {
+    let (state, _, h1) = founded();
+    let member = state.member("h1").expect("admitted");
+    assert_eq!(member.status, MemberStatus::Active);
+    assert_eq!(member.profile, h1.admission);
+    assert_eq!(member.admitted_at, at(2));
+    assert!(state.cert_allowed(&[11; 32]));
+    assert_eq!(state.refusals_total(), 0);
+}
+
+#[test]
+fn an_admission_signed_by_another_member_is_refused_and_recorded() {
+    let (mut state, _, h1) = founded();
+    let h2 = hospital("h2", 12);
+    let by_member = sign("h1", 1, admit_command(&h2), &h1.key);
+    assert_eq!(
+        state.apply(&by_member, at(3)),
+        Outcome::Refused(Refusal::NotRegulator)
+    );
+    assert!(state.member("h2").is_none());
+    let record = last_refusal(&state);
+    assert_eq!(record.signer, "h1");
+    assert_eq!(record.command, CommandKind::Admit);
+    assert_eq!(record.reason, Refusal::NotRegulator);
+    assert_eq!(record.at, at(3));
+}
+
+#[test]
+fn an_admission_claiming_the_regulator_without_its_key_is_refused_and_recorded() {
+    let (mut state, _, h1) = founded();
+    let h2 = hospital("h2", 12);
+    // Signed by h1's key but naming the regulator as signer.
+    let forged = sign(REGULATOR, 3, admit_command(&h2), &h1.key);
+    assert_eq!(
+        state.apply(&forged, at(3)),
+        Outcome::Refused(Refusal::BadSignature)
+    );
+    // Not signed at all.
+    let mut unsigned = sign(REGULATOR, 4, admit_command(&h2), &h1.key);
+    unsigned.signature = Signature::from_bytes(&[0; 64]);
+    assert_eq!(
+        state.apply(&unsigned, at(4)),
+        Outcome::Refused(Refusal::BadSignature)
+    );
+    // From someone who is not a member.
+    let stranger = SigningKey::from_bytes(&[77; 32]);
+    let outsider = sign("stranger", 1, admit_command(&h2), &stranger);
+    assert_eq!(
+        state.apply(&outsider, at(5)),
+        Outcome::Refused(Refusal::UnknownSigner)
+    );
+    assert!(state.member("h2").is_none());
+    assert_eq!(state.refusals_total(), 3);
+    let reasons: Vec<_> = state.refusals().map(|r| r.reason).collect();
+    assert_eq!(
+        reasons,
+        [
+            Refusal::BadSignature,
+            Refusal::BadSignature,
+            Refusal::UnknownSigner
+        ]
+    );
+    // A forged command does not use up the regulator's sequence numbers.
+    let genuine = sign(REGULATOR, 3, admit_command(&h2), &regulator().key);
+    assert_eq!(state.apply(&genuine, at(6)), Outcome::Accepted);
+}
+
+#[test]
+fn a_replayed_command_is_refused() {
+    let (mut state, regulator, _) = founded();
+    let stake = sign(
+        REGULATOR,
+        3,
+        Command::SetStake {
+            member: "h1".into(),
+            stake: 500,
+        },
+        &regulator.key,
+    );
+    assert_eq!(state.apply(&stake, at(3)), Outcome::Accepted);
+    assert_eq!(
+        state.apply(&stake, at(4)),
+        Outcome::Refused(Refusal::Replayed)
+    );
+    let older = sign(
+        REGULATOR,
+        2,
+        Command::SetStake {
+            member: "h1".into(),
+            stake: 1,
+        },
+        &regulator.key,
+    );
+    assert_eq!(
+        state.apply(&older, at(5)),
+        Outcome::Refused(Refusal::Replayed)
+    );
+    assert_eq!(state.member("h1").unwrap().profile.stake, 500);
+    assert_eq!(last_refusal(&state).reason, Refusal::Replayed);
+}
+
+#[test]
+fn a_refused_authentic_command_cannot_be_replayed_once_it_would_pass() {
+    let (mut state, regulator, _) = founded();
+    let h2 = hospital("h2", 12);
+    let mut clash = h2.admission.clone();
+    clash.node_id = 11; // h1's
+    let possession = clash.keys.prove_possession(CONSORTIUM, "h2", &h2.key);
+    let refused = sign(
+        REGULATOR,
+        3,
+        Command::Admit {
+            member: clash,
+            possession,
+        },
+        &regulator.key,
+    );
+    assert_eq!(
+        state.apply(&refused, at(3)),
+        Outcome::Refused(Refusal::NodeIdTaken)
+    );
+    // The same signed bytes, played again, are a replay whatever the state has become.
+    assert_eq!(
+        state.apply(&refused, at(4)),
+        Outcome::Refused(Refusal::Replayed)
+    );
+}
+
+#[test]
+fn the_wrong_consortium_is_refused() {
+    let (mut state, regulator, _) = founded();
+    let other = SignedCommand::sign(
+        "other-consortium",
+        REGULATOR,
+        3,
+        Command::BeginEpoch { epoch: 1 },
+        &regulator.key,
+    );
+    assert_eq!(
+        state.apply(&other, at(3)),
+        Outcome::Refused(Refusal::WrongConsortium)
+    );
+    assert_eq!(state.current_epoch(), 0);
+}
+
+#[test]
+fn suspension_and_reinstatement_are_the_regulators() {
+    let (mut state, regulator, h1) = founded();
+    let suspend = |seq| {
+        sign(
+            REGULATOR,
+            seq,
+            Command::Suspend {
+                member: "h1".into(),
+                reason: "audit".into(),
+            },
+            &regulator.key,
+        )
+    };
+    let by_self = sign(
+        "h1",
+        1,
+        Command::Reinstate {
+            member: "h1".into(),
+        },
+        &h1.key,
+    );
+    assert_eq!(state.apply(&suspend(3), at(3)), Outcome::Accepted);
+    assert!(!state.is_active("h1"));
+    assert!(!state.cert_allowed(&[11; 32]));
+    assert_eq!(
+        state.apply(&suspend(4), at(4)),
+        Outcome::Refused(Refusal::NotActive)
+    );
+    assert_eq!(
+        state.apply(&by_self, at(5)),
+        Outcome::Refused(Refusal::NotRegulator)
+    );
+    let reinstate = sign(
+        REGULATOR,
+        5,
+        Command::Reinstate {
+            member: "h1".into(),
+        },
+        &regulator.key,
+    );
+    assert_eq!(state.apply(&reinstate, at(6)), Outcome::Accepted);
+    assert!(state.is_active("h1"));
+    assert_eq!(state.member("h1").unwrap().status_since, at(6));
+    let suspend_regulator = sign(
+        REGULATOR,
+        6,
+        Command::Suspend {
+            member: REGULATOR.into(),
+            reason: "".into(),
+        },
+        &regulator.key,
+    );
+    assert_eq!(
+        state.apply(&suspend_regulator, at(7)),
+        Outcome::Refused(Refusal::TargetIsRegulator)
+    );
+}
+
+#[test]
+fn revocation_is_final_and_revokes_the_certificate() {
+    let (mut state, regulator, h1) = founded();
+    let revoke = sign(
+        REGULATOR,
+        3,
+        Command::Revoke {
+            member: "h1".into(),
+            reason: "breach".into(),
+        },
+        &regulator.key,
+    );
+    assert_eq!(state.apply(&revoke, at(3)), Outcome::Accepted);
+    assert_eq!(state.member("h1").unwrap().status, MemberStatus::Revoked);
+    assert!(!state.cert_allowed(&[11; 32]));
+    let entry = &state.revoked_certificates()[&[11; 32]];
+    assert_eq!(
+        (entry.member.as_str(), entry.reason.as_str()),
+        ("h1", "breach")
+    );
+
+    // It cannot be reinstated…
+    let reinstate = sign(
+        REGULATOR,
+        4,
+        Command::Reinstate {
+            member: "h1".into(),
+        },
+        &regulator.key,
+    );
+    assert_eq!(
+        state.apply(&reinstate, at(4)),
+        Outcome::Refused(Refusal::AlreadyRevoked)
+    );
+    // …nor rotate its keys…
+    let fresh = SigningKey::from_bytes(&[21; 32]);
+    let keys = keys_from(21, &fresh);
+    let rotate = sign(
+        "h1",
+        1,
+        Command::RotateKeys {
+            member: "h1".into(),
+            possession: keys.prove_possession(CONSORTIUM, "h1", &fresh),
+            keys,
+        },
+        &h1.key,
+    );
+    assert_eq!(
+        state.apply(&rotate, at(5)),
+        Outcome::Refused(Refusal::SignerRevoked)
+    );
+    // …nor come back under its id, nor reuse its certificate under another.
+    let again = sign(REGULATOR, 5, admit_command(&h1), &regulator.key);
+    assert_eq!(
+        state.apply(&again, at(6)),
+        Outcome::Refused(Refusal::MemberExists)
+    );
+    let mut copycat = hospital("h9", 19);
+    copycat.admission.keys.tls_certificate = [11; 32];
+    let copy = sign(REGULATOR, 6, admit_command(&copycat), &regulator.key);
+    assert_eq!(
+        state.apply(&copy, at(7)),
+        Outcome::Refused(Refusal::CertificateRevoked)
+    );
+}
+
+#[test]
+fn keys_are_rotated_by_the_member_itself_only() {
+    let (mut state, regulator, h1) = founded();
+    let fresh = SigningKey::from_bytes(&[21; 32]);
+    let keys = keys_from(21, &fresh);
+    let command = Command::RotateKeys {
+        member: "h1".into(),
+        keys: keys.clone(),
+        possession: keys.prove_possession(CONSORTIUM, "h1", &fresh),
+    };
+    // The regulator cannot rotate another member's keys.
+    let by_regulator = sign(REGULATOR, 3, command.clone(), &regulator.key);
+    assert_eq!(
+        state.apply(&by_regulator, at(3)),
+        Outcome::Refused(Refusal::NotSelf)
+    );
+    // Signing with the new key instead of the current one is refused.
+    let with_new_key = sign("h1", 1, command.clone(), &fresh);
+    assert_eq!(
+        state.apply(&with_new_key, at(4)),
+        Outcome::Refused(Refusal::BadSignature)
+    );
+    // A proof of possession by another key is refused.
+    let mut bad_proof = command.clone();
+    if let Command::RotateKeys { possession, .. } = &mut bad_proof {
+        *possession = keys.prove_possession(CONSORTIUM, "h1", &h1.key);
+    }
+    let bad = sign("h1", 1, bad_proof, &h1.key);
+    assert_eq!(
+        state.apply(&bad, at(5)),
+        Outcome::Refused(Refusal::BadKeyProof)
+    );
+
+    let by_self = sign("h1", 2, command, &h1.key);
+    assert_eq!(state.apply(&by_self, at(6)), Outcome::Accepted);
+    assert_eq!(state.member("h1").unwrap().keys(), &keys);
+    assert!(state.cert_allowed(&[21; 32]));
+    assert!(!state.cert_allowed(&[11; 32]));
+    assert!(state.revoked_certificates().contains_key(&[11; 32]));
+
+    // From now on only the new key signs for h1.
+    let stale = sign("h1", 3, Command::BeginEpoch { epoch: 1 }, &h1.key);
+    assert_eq!(
+        state.apply(&stale, at(7)),
+        Outcome::Refused(Refusal::BadSignature)
+    );
+}
+
+#[test]
+fn keys_cannot_be_taken_from_another_member() {
+    let (mut state, regulator, h1) = founded();
+    let mut thief = hospital("h2", 12);
+    thief.admission.keys.vote_key = h1.admission.keys.vote_key;
+    let admit = sign(REGULATOR, 3, admit_command(&thief), &regulator.key);
+    assert_eq!(
+        state.apply(&admit, at(3)),
+        Outcome::Refused(Refusal::VoteKeyInUse)
+    );
+    // Declaring another member's signing key fails twice over: it is in use, and the
+    // admitted party cannot prove possession of it.
+    let mut thief = hospital("h2", 12);
+    thief.admission.keys.signing_key = h1.admission.keys.signing_key;
+    let admit = sign(REGULATOR, 4, admit_command(&thief), &regulator.key);
+    assert_eq!(
+        state.apply(&admit, at(4)),
+        Outcome::Refused(Refusal::SigningKeyInUse)
+    );
+    let second_regulator = party("r2", 13, MemberKind::Regulator, RaftRole::Voter);
+    let admit = sign(
+        REGULATOR,
+        5,
+        admit_command(&second_regulator),
+        &regulator.key,
+    );
+    assert_eq!(
+        state.apply(&admit, at(5)),
+        Outcome::Refused(Refusal::SecondRegulator)
+    );
+    // A proof of possession made for another member id does not transfer.
+    let h3 = hospital("h3", 14);
+    let admit = sign(
+        REGULATOR,
+        6,
+        Command::Admit {
+            member: h3.admission.clone(),
+            possession: h3
+                .admission
+                .keys
+                .prove_possession(CONSORTIUM, "h4", &h3.key),
+        },
+        &regulator.key,
+    );
+    assert_eq!(
+        state.apply(&admit, at(6)),
+        Outcome::Refused(Refusal::BadKeyProof)
+    );
+}
+
+#[test]
+fn stake_is_set_by_the_regulator_only() {
+    let (mut state, regulator, h1) = founded();
+    let by_member = sign(
+        "h1",
+        1,
+        Command::SetStake {
+            member: "h1".into(),
+            stake: 1_000_000,
+        },
+        &h1.key,
+    );
+    assert_eq!(
+        state.apply(&by_member, at(3)),
+        Outcome::Refused(Refusal::NotRegulator)
+    );
+    let by_regulator = sign(
+        REGULATOR,
+        3,
+        Command::SetStake {
+            member: "h1".into(),
+            stake: 7,
+        },
+        &regulator.key,
+    );
+    assert_eq!(state.apply(&by_regulator, at(4)), Outcome::Accepted);
+    assert_eq!(state.member("h1").unwrap().profile.stake, 7);
+    let unknown = sign(
+        REGULATOR,
+        4,
+        Command::SetStake {
+            member: "nobody".into(),
+            stake: 7,
+        },
+        &regulator.key,
+    );
+    assert_eq!(
+        state.apply(&unknown, at(5)),
+        Outcome::Refused(Refusal::UnknownMember)
+    );
+}
+
+#[test]
+fn link_keys_are_wrapped_for_members_by_the_regulator() {
+    let (mut state, regulator, h1) = founded();
+    let wrap = |seq, version, wrapped: Vec<(MemberId, Vec<u8>)>| {
+        sign(
+            REGULATOR,
+            seq,
+            Command::WrapLinkKey { version, wrapped },
+            &regulator.key,
+        )
+    };
+    let command = wrap(
+        3,
+        1,
+        vec![
+            ("h1".into(), vec![0xaa; 256]),
+            (REGULATOR.into(), vec![0xbb; 256]),
+        ],
+    );
+    assert_eq!(state.apply(&command, at(3)), Outcome::Accepted);
+    assert_eq!(state.link_key_version(), 1);
+    let h1_key = state.wrapped_link_key("h1").unwrap();
+    assert_eq!(h1_key.ciphertext, vec![0xaa; 256]);
+    assert_eq!(h1_key.wrapped_for, h1.admission.keys.wrapping_key_id());
+
+    assert_eq!(
+        state.apply(&wrap(4, 0, vec![("h1".into(), vec![1])]), at(4)),
+        Outcome::Refused(Refusal::StaleLinkKey)
+    );
+    assert_eq!(
+        state.apply(
+            &wrap(5, 2, vec![("h1".into(), vec![1]), ("h1".into(), vec![2])]),
+            at(5)
+        ),
+        Outcome::Refused(Refusal::Malformed)
+    );
+    // Nothing of a refused command is applied, even the entries before the bad one.
+    assert_eq!(
+        state.apply(
+            &wrap(
+                6,
+                2,
+                vec![("h1".into(), vec![1]), ("ghost".into(), vec![2])]
+            ),
+            at(6)
+        ),
+        Outcome::Refused(Refusal::UnknownMember)
+    );
+    assert_eq!(state.wrapped_link_key("h1").unwrap().version, 1);
+    let by_member = sign(
+        "h1",
+        1,
+        Command::WrapLinkKey {
+            version: 9,
+            wrapped: vec![("h1".into(), vec![1])],
+        },
+        &h1.key,
+    );
+    assert_eq!(
+        state.apply(&by_member, at(7)),
+        Outcome::Refused(Refusal::NotRegulator)
+    );
+
+    // Revocation withdraws the member's wrapped key.
+    let revoke = sign(
+        REGULATOR,
+        7,
+        Command::Revoke {
+            member: "h1".into(),
+            reason: "left".into(),
+        },
+        &regulator.key,
+    );
+    assert_eq!(state.apply(&revoke, at(8)), Outcome::Accepted);
+    assert!(state.wrapped_link_key("h1").is_none());
+}
+
+#[test]
+fn epochs_advance_one_at_a_time() {
+    let (mut state, regulator, _) = founded();
+    let begin = |seq, epoch| {
+        sign(
+            REGULATOR,
+            seq,
+            Command::BeginEpoch { epoch },
+            &regulator.key,
+        )
+    };
+    assert_eq!(
+        state.apply(&begin(3, 2), at(3)),
+        Outcome::Refused(Refusal::StaleEpoch)
+    );
+    assert_eq!(state.apply(&begin(4, 1), at(10)), Outcome::Accepted);
+    assert_eq!(state.current_epoch(), 1);
+    assert_eq!(state.epoch(1).unwrap().started_at, at(10));
+    assert_eq!(
+        state.apply(&begin(5, 1), at(11)),
+        Outcome::Refused(Refusal::StaleEpoch)
+    );
+    assert!(state.election(1).is_none());
+}
+
+#[test]
+fn voters_and_learners_follow_roles_and_status() {
+    let (mut state, regulator, _) = founded();
+    let h2 = party("h2", 12, MemberKind::Hospital, RaftRole::Voter);
+    let admit = sign(REGULATOR, 3, admit_command(&h2), &regulator.key);
+    assert_eq!(state.apply(&admit, at(3)), Outcome::Accepted);
+    assert_eq!(state.voters().keys().copied().collect::<Vec<_>>(), [1, 12]);
+    assert_eq!(state.voters()[&12], "10.0.0.12:7000");
+    assert_eq!(state.learners().keys().copied().collect::<Vec<_>>(), [11]);
+    let suspend = sign(
+        REGULATOR,
+        4,
+        Command::Suspend {
+            member: "h2".into(),
+            reason: "".into(),
+        },
+        &regulator.key,
+    );
+    assert_eq!(state.apply(&suspend, at(4)), Outcome::Accepted);
+    assert_eq!(state.voters().keys().copied().collect::<Vec<_>>(), [1]);
+
+    let delegates = DelegateSet::new(vec![regulator.admission.keys.signing_key]).unwrap();
+    let roster = state.roster(delegates);
+    assert!(roster.institution_key("h1").is_some());
+    assert!(roster.institution_key("h2").is_none());
+}
+
+#[test]
+fn the_refusal_log_is_bounded() {
+    let (mut state, _, h1) = founded();
+    let total = limits::MAX_REFUSALS_KEPT as u64 + 10;
+    for seq in 1..=total {
+        let command = sign("h1", seq, Command::BeginEpoch { epoch: 1 }, &h1.key);
+        assert_eq!(
+            state.apply(&command, at(seq)),
+            Outcome::Refused(Refusal::NotRegulator)
+        );
+    }
+    assert_eq!(state.refusals_total(), total);
+    assert_eq!(state.refusals().count(), limits::MAX_REFUSALS_KEPT);
+    assert_eq!(state.refusals().next().unwrap().sequence, 11);
+}
+
+#[test]
+fn a_malformed_command_is_refused_and_recorded_without_its_oversized_signer() {
+    let (mut state, regulator, _) = founded();
+    let long = "x".repeat(limits::MAX_NAME_LEN + 1);
+    let command = sign(
+        &long,
+        3,
+        Command::Reinstate {
+            member: "h1".into(),
+        },
+        &regulator.key,
+    );
+    assert!(!command.is_encodable());
+    assert_eq!(
+        state.apply(&command, at(3)),
+        Outcome::Refused(Refusal::Malformed)
+    );
+    assert_eq!(last_refusal(&state).signer, "");
+    // The state, refusal included, still encodes and decodes.
+    assert_eq!(
+        GovernanceState::from_bytes(&state.to_bytes()).unwrap(),
+        state
+    );
+}
+
+#[test]
+fn commands_round_trip_through_their_encoding() {
+    let regulator = regulator();
+    let h1 = hospital("h1", 11);
+    let commands = [
+        Command::Genesis {
+            regulator: regulator.admission.clone(),
+        },
+        admit_command(&h1),
+        Command::Suspend {
+            member: "h1".into(),
+            reason: "why".into(),
+        },
+        Command::Reinstate {
+            member: "h1".into(),
+        },
+        Command::Revoke {
+            member: "h1".into(),
+            reason: "".into(),
+        },
+        Command::SetStake {
+            member: "h1".into(),
+            stake: u64::MAX,
+        },
+        Command::RotateKeys {
+            member: "h1".into(),
+            keys: h1.admission.keys.clone(),
+            possession: Signature::from_bytes(&[3; 64]),
+        },
+        Command::WrapLinkKey {
+            version: 4,
+            wrapped: vec![("h1".into(), vec![1, 2, 3])],
+        },
+        Command::BeginEpoch { epoch: 9 },
+    ];
+    for (seq, command) in commands.into_iter().enumerate() {
+        let signed = sign(REGULATOR, seq as u64, command, &regulator.key);
+        assert!(signed.is_encodable(), "{signed:?}");
+        let bytes = signed.to_bytes();
+        assert_eq!(SignedCommand::from_bytes(&bytes).unwrap(), signed);
+        assert!(SignedCommand::from_bytes(&bytes[..bytes.len() - 1]).is_err());
+    }
+}
+
+#[test]
+fn the_state_round_trips_and_refuses_other_encodings() {
+    let (mut state, regulator, _) = founded();
+    let h2 = hospital("h2", 12);
+    let admit = sign(REGULATOR, 3, admit_command(&h2), &regulator.key);
+    assert_eq!(state.apply(&admit, at(3)), Outcome::Accepted);
+    let revoke = sign(
+        REGULATOR,
+        4,
+        Command::Revoke {
+            member: "h2".into(),
+            reason: "r".into(),
+        },
+        &regulator.key,
+    );
+    assert_eq!(state.apply(&revoke, at(4)), Outcome::Accepted);
+    let wrap = sign(
+        REGULATOR,
+        5,
+        Command::WrapLinkKey {
+            version: 1,
+            wrapped: vec![("h1".into(), vec![7; 256])],
+        },
+        &regulator.key,
+    );
+    assert_eq!(state.apply(&wrap, at(5)), Outcome::Accepted);
+    let refused = sign(
+        REGULATOR,
+        5,
+        Command::BeginEpoch { epoch: 1 },
+        &regulator.key,
+    );
+    assert_eq!(
+        state.apply(&refused, at(6)),
+        Outcome::Refused(Refusal::Replayed)
+    );
+    state.elections_mut().insert(
+        0,
+        ElectionRecord {
+            candidates: vec!["h1".into()],
+            key_images: vec![[5; 32]],
+            beacon_commits: vec![("h1".into(), [6; 32])],
+            beacon_reveals: vec![],
+            seed: Some([8; 32]),
+            delegates: vec![REGULATOR.into()],
+        },
+    );
+
+    let bytes = state.to_bytes();
+    let decoded = GovernanceState::from_bytes(&bytes).unwrap();
+    assert_eq!(decoded, state);
+    assert_eq!(decoded.to_bytes(), bytes);
+
+    // Members written out of order are another encoding of the same state: refused.
+    let mut w = crate::codec::Writer::default();
+    w.u8(crate::codec::FORMAT_VERSION);
+    w.str(CONSORTIUM);
+    w.u8(0);
+    w.len(2);
+    // "regulator" sorts after "h1".
+    state.member(REGULATOR).unwrap().write(&mut w);
+    state.member("h1").unwrap().write(&mut w);
+    assert_eq!(
+        GovernanceState::from_bytes(w.as_slice()),
+        Err(DecodeError::NotCanonical("members"))
+    );
+}

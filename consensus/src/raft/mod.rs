@@ -1,0 +1,53 @@
+//! The governance layer on openraft 0.9 (`storage-v2`): the type configuration, the sled-backed
+//! log ([`LogStore`]) and state machine ([`StateMachine`]), and a node that starts them
+//! ([`GovernanceNode`]).
+//!
+//! The log carries [`GovernanceRequest`]s: a signed [`crate::governance::SignedCommand`] and the
+//! time the proposing node gave it. The state machine applies each with
+//! [`crate::governance::GovernanceState::apply`] and answers a [`GovernanceResponse`]; its
+//! snapshot is the state's canonical encoding. Storage is `fhirseal-storage`'s
+//! [`fhirseal_storage::raft_store::RaftStore`] (typed sled trees that know nothing of Raft); what
+//! is flushed when, and why, is written in [`log_store`] and [`state_machine`].
+//!
+//! The transport between nodes (HTTP/2 over mTLS, peers checked against the replicated
+//! whitelist) is not here yet: [`GovernanceNode::start`] takes any openraft
+//! [`openraft::RaftNetworkFactory`], and the transport hands peers' RPCs to
+//! [`GovernanceNode::raft`]. A consortium of one needs none: [`SoloNetwork`].
+
+// openraft's traits fix the error type to its `StorageError` (over 200 bytes); boxing it in our
+// helpers would only add a conversion at every trait method. Errors here are rare and fatal.
+#![allow(clippy::result_large_err)]
+
+use std::io::Cursor;
+
+pub(crate) mod codec;
+pub mod log_store;
+mod node;
+mod request;
+mod solo;
+pub mod state_machine;
+
+pub use log_store::LogStore;
+pub use node::{GovernanceNode, NodeError};
+pub use openraft::{BasicNode, Config};
+pub use request::{GovernanceRequest, GovernanceResponse, Unencodable};
+pub use solo::{NoPeer, NoTransport, SoloNetwork};
+pub use state_machine::{GovernanceView, StateMachine};
+
+/// A Raft node's id: the `node_id` of the member that runs it.
+pub type NodeId = u64;
+
+openraft::declare_raft_types!(
+    /// openraft's types for the governance layer.
+    pub TypeConfig:
+        D = GovernanceRequest,
+        R = GovernanceResponse,
+        NodeId = NodeId,
+        Node = BasicNode,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = Cursor<Vec<u8>>,
+        AsyncRuntime = openraft::TokioRuntime,
+);
+
+/// The openraft handle of a governance node.
+pub type Raft = openraft::Raft<TypeConfig>;
