@@ -97,8 +97,27 @@ echo "== conformance: HAPI FHIR direct ($hapi)"
 "$suite" --endpoint "$hapi" --junit "$reports/conformance-hapi.xml" "$@" || status=1
 echo
 echo "== differential: fhirseal ($sidecar) against HAPI FHIR direct ($hapi)"
+# Where fhirseal answers differently from HAPI on purpose, each for a reason it owes the
+# client (ARCHITECTURE.md, "Known differences from the upstream"):
+known_differences=(
+  # an identity string searched with :contains: HAPI no longer holds the names (400, named)
+  search-string-contains
+  # :missing on an identity element the upstream no longer holds (400, named)
+  search-modifiers-not-missing
+  # birth-date ranges finer than the year: the upstream keeps only the year (400, named)
+  search-prefixes
+  search-several-values
+  # an identity search inside a batch, for a person written earlier in the same batch
+  batch-per-entry-outcomes
+  # FHIRPath Patch on a person: only JSON Patch can be applied to the whole resource
+  patch-fhirpath-patch
+  # a resource missing a required element: fhirseal parses writes strictly (400), HAPI stores it
+  error-422-invalid-resource
+)
+skips=()
+for name in "${known_differences[@]}"; do skips+=(--skip "$name"); done
 "$suite" --endpoint "$sidecar" --reference "$hapi" --header "X-Api-Key: $clinician" \
-  --junit "$reports/conformance-differential.xml" "$@" || status=1
+  "${skips[@]}" --junit "$reports/conformance-differential.xml" "$@" || status=1
 echo
 echo "== privacy: fhirseal ($sidecar), written by a clinician, read by a researcher"
 "$suite" --endpoint "$sidecar" --privacy --writer-header "X-Api-Key: $clinician" \

@@ -125,13 +125,70 @@ fn compact_xml(xml: &[u8]) -> Vec<u8> {
         }
         if in_div == 0 && b.is_ascii_whitespace() && out.last() == Some(&b'>') {
             // Whitespace right after a tag: drop it if only whitespace precedes the next tag.
-            let run = rest[i..].iter().take_while(|c| c.is_ascii_whitespace()).count();
+            let run = rest[i..]
+                .iter()
+                .take_while(|c| c.is_ascii_whitespace())
+                .count();
             if rest.get(i + run) == Some(&b'<') || i + run == rest.len() {
                 i += run;
                 continue;
             }
         }
         out.push(b);
+        i += 1;
+    }
+    namespaced_resources(&named_entities(&out))
+}
+
+/// fhirbolt leaves resources nested in `<resource>` and `<contained>` to inherit the FHIR
+/// namespace; FHIR servers declare it on each, as the specification's examples do.
+fn namespaced_resources(xml: &[u8]) -> Vec<u8> {
+    const NS: &[u8] = b" xmlns=\"http://hl7.org/fhir\"";
+    let mut out = Vec::with_capacity(xml.len() + 64);
+    let mut i = 0;
+    while i < xml.len() {
+        out.push(xml[i]);
+        i += 1;
+        let opened = out.ends_with(b"<resource>") || out.ends_with(b"<contained>");
+        if opened && xml.get(i) == Some(&b'<') {
+            let name_len = xml[i + 1..]
+                .iter()
+                .take_while(|b| b.is_ascii_alphanumeric())
+                .count();
+            let after = i + 1 + name_len;
+            let declares = xml[after..].starts_with(b" xmlns=");
+            out.extend_from_slice(&xml[i..after]);
+            i = after;
+            if name_len > 0 && !declares {
+                out.extend_from_slice(NS);
+            }
+        }
+    }
+    out
+}
+
+/// fhirbolt escapes with numeric references (`&#38;`); FHIR servers write the named ones.
+fn named_entities(xml: &[u8]) -> Vec<u8> {
+    const NAMES: [(&[u8], &[u8]); 5] = [
+        (b"&#38;", b"&amp;"),
+        (b"&#60;", b"&lt;"),
+        (b"&#62;", b"&gt;"),
+        (b"&#34;", b"&quot;"),
+        (b"&#39;", b"&apos;"),
+    ];
+    let mut out = Vec::with_capacity(xml.len());
+    let mut i = 0;
+    'scan: while i < xml.len() {
+        if xml[i] == b'&' {
+            for (numeric, named) in NAMES {
+                if xml[i..].starts_with(numeric) {
+                    out.extend_from_slice(named);
+                    i += numeric.len();
+                    continue 'scan;
+                }
+            }
+        }
+        out.push(xml[i]);
         i += 1;
     }
     out
@@ -195,6 +252,9 @@ mod xml_shape {
         );
         // (fhirbolt itself trims text inside the narrative when it writes XML.)
         assert!(xml.contains("<b>b</b>"), "{xml}");
-        assert!(xml.ends_with(r#"<gender value="female"/></Patient>"#), "{xml}");
+        assert!(
+            xml.ends_with(r#"<gender value="female"/></Patient>"#),
+            "{xml}"
+        );
     }
 }

@@ -410,10 +410,13 @@ impl Suite {
     }
 
     /// Keeps the cases of `mode` whose name or area contains one of `filters` (all if empty).
-    pub fn select(&self, mode: Mode, filters: &[String]) -> Vec<Case> {
+    /// The cases of `mode` that match one of `filters` (all when empty) and are not named in
+    /// `skip` (exact case names).
+    pub fn select(&self, mode: Mode, filters: &[String], skip: &[String]) -> Vec<Case> {
         self.cases
             .iter()
             .filter(|c| c.mode == mode)
+            .filter(|c| !skip.contains(&c.name))
             .filter(|c| {
                 filters.is_empty()
                     || filters
@@ -534,11 +537,15 @@ path = "Patient?_id=p-{unique}"
     fn the_builtin_suite_parses() {
         let suite = Suite::builtin().unwrap();
         assert!(suite.cases.len() > 40, "{}", suite.cases.len());
-        assert!(!suite.select(Mode::Privacy, &[]).is_empty());
+        assert!(!suite.select(Mode::Privacy, &[], &[]).is_empty());
         assert!(suite
-            .select(Mode::Conformance, &["search".to_owned()])
+            .select(Mode::Conformance, &["search".to_owned()], &[])
             .iter()
             .all(|c| c.area == "search" || c.name.contains("search")));
+        let all = suite.select(Mode::Conformance, &[], &[]);
+        let skipped = suite.select(Mode::Conformance, &[], &["read".to_owned()]);
+        assert_eq!(skipped.len() + 1, all.len());
+        assert!(skipped.iter().all(|c| c.name != "read"));
     }
 
     #[test]

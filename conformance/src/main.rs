@@ -49,6 +49,9 @@ struct Cli {
     /// Run only the cases whose name contains this, or whose area is this (repeatable).
     #[arg(long = "only", value_name = "TEXT")]
     only: Vec<String>,
+    /// Leave out the case with exactly this name (repeatable); skipped cases are listed.
+    #[arg(long = "skip", value_name = "CASE")]
+    skip: Vec<String>,
     /// Write JUnit XML here.
     #[arg(long, value_name = "FILE")]
     junit: Option<PathBuf>,
@@ -100,7 +103,10 @@ fn run_cli(cli: Cli) -> anyhow::Result<bool> {
     } else {
         Mode::Conformance
     };
-    let cases = suite.select(case_mode, &cli.only);
+    let cases = suite.select(case_mode, &cli.only, &cli.skip);
+    for name in &cli.skip {
+        eprintln!("skipped: {name}");
+    }
     if cases.is_empty() {
         bail!("no case selected");
     }

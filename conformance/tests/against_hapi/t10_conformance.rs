@@ -7,7 +7,9 @@ use crate::common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_whole_suite_passes_against_hapi() {
-    let cases = Suite::builtin().unwrap().select(Mode::Conformance, &[]);
+    let cases = Suite::builtin()
+        .unwrap()
+        .select(Mode::Conformance, &[], &[]);
     let count = cases.len();
     let report = run(
         &client(),

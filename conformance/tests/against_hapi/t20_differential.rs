@@ -7,7 +7,9 @@ use crate::common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hapi_against_itself_shows_no_difference() {
-    let cases = Suite::builtin().unwrap().select(Mode::Conformance, &[]);
+    let cases = Suite::builtin()
+        .unwrap()
+        .select(Mode::Conformance, &[], &[]);
     let mode = RunMode::Differential {
         reference: Endpoint::new(&hapi()),
     };
@@ -26,7 +28,7 @@ async fn a_reference_that_answers_differently_is_reported() {
     .map(str::to_owned);
     let cases = Suite::builtin()
         .unwrap()
-        .select(Mode::Conformance, &filters);
+        .select(Mode::Conformance, &filters, &[]);
     // The same server, but every request to the reference asks for an OperationOutcome instead
     // of the resource: writes answer with another body, reads are unaffected.
     let mut reference = Endpoint::new(&hapi());

@@ -7,7 +7,7 @@ use crate::common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn privacy_mode_catches_identity_that_plain_hapi_shows() {
-    let cases = Suite::builtin().unwrap().select(Mode::Privacy, &[]);
+    let cases = Suite::builtin().unwrap().select(Mode::Privacy, &[], &[]);
     assert!(cases.len() >= 3);
     let report = run(
         &client(),
