@@ -25,14 +25,20 @@ cleanup() {
 trap cleanup EXIT
 
 listen=${FHIRSEAL_LISTEN:-127.0.0.1:8088}
+data_dir=${FHIRSEAL_DATA_DIR:-$root/fhirseal-data}
+keys="$data_dir/keys/api-keys.toml"
 cat <<MSG
 
   fhirseal is starting in front of HAPI FHIR.
-  Send FHIR requests to:   http://$listen/fhir     (e.g. curl http://$listen/fhir/metadata)
-  HAPI FHIR direct:        http://127.0.0.1:$hapi_port/fhir
+  Send FHIR requests to:   http://$listen/fhir
+  API keys:                $keys (made on first start: a clinician, who sees
+                           identity, and a researcher, who does not)
+  Try:                     curl -H "X-Api-Key: \$(grep -m1 '^key' $keys | cut -d'"' -f2)" \\
+                                http://$listen/fhir/metadata
+  HAPI FHIR direct:        http://127.0.0.1:$hapi_port/fhir (holds no identity)
   Health / readiness:      http://$listen/healthz  http://$listen/readyz
   Stop with Ctrl-C.
 
 MSG
-FHIRSEAL_LISTEN=$listen FHIRSEAL_UPSTREAM=${FHIRSEAL_UPSTREAM:-http://127.0.0.1:$hapi_port/fhir} \
+FHIRSEAL_DATA_DIR=$data_dir FHIRSEAL_LISTEN=$listen FHIRSEAL_UPSTREAM=${FHIRSEAL_UPSTREAM:-http://127.0.0.1:$hapi_port/fhir} \
   "$root/target/release/fhirseal" run "$@"
