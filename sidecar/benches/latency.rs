@@ -3,7 +3,8 @@
 //! `FHIRSEAL_TEST_HAPI=http://127.0.0.1:18080/fhir cargo bench -p fhirseal-sidecar --bench latency`
 //! (HAPI started with `deploy/hapi/hapi.sh start 18080`). The sidecar runs in this process on its
 //! own runtime and threads; the client alternates direct and sidecar requests so that drift in
-//! HAPI's speed touches both alike. Reads fetch one Patient; writes create one. Prints median,
+//! HAPI's speed touches both alike. Reads fetch one Patient (re-identified for a clinician
+//! through the sidecar); writes create one (sealed through the sidecar). Prints median,
 //! p99 and their ratios. Bounded: `FHIRSEAL_BENCH_N` requests of each kind per path (default
 //! 400) and at most 120 s.
 
@@ -20,6 +21,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
 type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+const API_KEY: &str = "latency-bench-clinician-key";
 
 fn main() {
     let Ok(hapi) = std::env::var("FHIRSEAL_TEST_HAPI") else {
@@ -129,6 +132,16 @@ fn start_sidecar(hapi: &str) -> String {
     let mut config = fhirseal_sidecar::Config::default();
     config.server.listen = SocketAddr::from(([127, 0, 0, 1], 0));
     config.upstream.url = hapi.to_owned();
+    // A data directory of its own (kept for the process's life) and one clinician key: reads
+    // are re-identified, writes sealed, as in production.
+    let data = std::env::temp_dir().join(format!("fhirseal-latency-{}", std::process::id()));
+    config.data_dir = data;
+    config.auth.api_keys = vec![fhirseal_sidecar::config::ApiKey {
+        key: API_KEY.to_owned(),
+        institution: "local".to_owned(),
+        role: "clinician".to_owned(),
+        name: None,
+    }];
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -157,6 +170,7 @@ async fn request(
         .uri(url)
         .header("content-type", "application/fhir+json")
         .header("accept", "application/fhir+json")
+        .header("x-api-key", API_KEY)
         .body(Full::new(Bytes::from(body.to_owned())))
         .unwrap();
     let response = client.request(request).await.unwrap();
