@@ -24,7 +24,9 @@ mkdir -p "$reports"
 
 cd "$root"
 if [ "${FHIRSEAL_CONFORMANCE_NO_BUILD:-0}" != 1 ]; then
-  cargo build --locked --bin fhirseal --bin fhirseal-conformance
+  # With the test targets selected, dependencies get the same features as under `cargo test`,
+  # so after the test run this builds nothing again.
+  cargo build --locked --workspace --bins --tests
 fi
 fhirseal="$target/debug/fhirseal"
 suite="$target/debug/fhirseal-conformance"
