@@ -15,7 +15,7 @@ use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, CONTRO
 use crate::identity::normalize;
 use crate::profile::Profile;
 
-/// The identity search parameters of person resources.
+/// The identity search parameters of person resources: strings (matched by prefix) …
 const STRING_PARAMS: &[&str] = &[
     "name",
     "family",
@@ -24,13 +24,8 @@ const STRING_PARAMS: &[&str] = &[
     "address-city",
     "address-postalcode",
 ];
-const IDENTITY_PARAMS: &[&str] = &[
-    "name",
-    "family",
-    "given",
-    "address",
-    "address-city",
-    "address-postalcode",
+/// … and the others (tokens, the birth date, phonetic names).
+const OTHER_IDENTITY_PARAMS: &[&str] = &[
     "identifier",
     "telecom",
     "phone",
@@ -38,6 +33,10 @@ const IDENTITY_PARAMS: &[&str] = &[
     "birthdate",
     "phonetic",
 ];
+
+fn is_identity_param(name: &str) -> bool {
+    STRING_PARAMS.contains(&name) || OTHER_IDENTITY_PARAMS.contains(&name)
+}
 
 /// A search parameter the sidecar cannot answer correctly.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -133,7 +132,7 @@ fn classify(
                 return Ok(None);
             };
             let (base, modifier) = split_modifier(single);
-            if !IDENTITY_PARAMS.contains(&base) {
+            if !is_identity_param(base) {
                 return Ok(None);
             }
             Ok(Some(Param {
@@ -145,7 +144,7 @@ fn classify(
         }
         [reference, last] => {
             let (base, modifier) = split_modifier(last);
-            if !IDENTITY_PARAMS.contains(&base) {
+            if !is_identity_param(base) {
                 return Ok(None);
             }
             let (ref_name, ref_type) = split_modifier(reference);
@@ -171,7 +170,7 @@ fn classify(
         }
         longer => {
             let (base, _) = split_modifier(longer.last().copied().unwrap_or(""));
-            if IDENTITY_PARAMS.contains(&base) {
+            if is_identity_param(base) {
                 return Err(unsupported(
                     name,
                     "chains longer than one reference are not supported on identity",

@@ -294,6 +294,23 @@ fn scrub(value: &mut Value) {
     }
 }
 
+/// The Synthea patient bundles of the shared data (`shared/` beside the repository), or of
+/// `FHIRSEAL_SYNTHEA_DIR`, in name order.
+pub fn synthea_files() -> Vec<PathBuf> {
+    let dir = std::env::var_os("FHIRSEAL_SYNTHEA_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/synthea")
+        });
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    files.sort();
+    files
+}
+
 /// A small, valid Patient, tagged with `family` so that HAPI can be asked for it directly
 /// (the tag is clinical data; the name is not).
 pub fn patient(family: &str) -> Value {

@@ -354,11 +354,8 @@ async fn xml_is_relayed_and_negotiated() {
 
 /// The smallest Synthea patient bundle of the shared data.
 fn smallest_synthea_bundle() -> Value {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/synthea");
-    let smallest = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+    let smallest = synthea_files()
+        .into_iter()
         .min_by_key(|p| p.metadata().unwrap().len())
         .unwrap();
     serde_json::from_slice(&std::fs::read(smallest).unwrap()).unwrap()

@@ -19,17 +19,6 @@ fn reference_hapi() -> String {
         .expect("FHIRSEAL_TEST_HAPI_REFERENCE is not set: run the tests with deploy/test.sh")
 }
 
-fn synthea_files() -> Vec<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/synthea");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "json"))
-        .collect();
-    files.sort();
-    files
-}
-
 /// The identity of one Synthea patient, as posted.
 struct Person {
     patient: Value,
