@@ -488,7 +488,12 @@ impl Proxy {
                         (Response::from_parts(parts, full(bytes)), id, version)
                     }
                 };
-                sealing.commit(&prepared, &id, &version)?;
+                // A vault commit is a sled transaction over many keys: keep it off the async
+                // workers, which other requests are waiting for.
+                let committing = self.shared.sealing.clone();
+                tokio::task::spawn_blocking(move || committing.commit(&prepared, &id, &version))
+                    .await
+                    .map_err(|e| ProxyError::Internal(e.to_string()))??;
                 sealing.durable().await?;
                 let mut response = response;
                 if patch {
@@ -507,24 +512,30 @@ impl Proxy {
                 let value = fhir::parse_lenient(&bytes, format)
                     .map_err(|e| ProxyError::UpstreamBody(e.to_string()))?;
                 let results = value["entry"].as_array().cloned().unwrap_or_default();
-                for (index, p) in prepared.iter().enumerate() {
-                    let Some(p) = p else { continue };
-                    let result = results.get(index);
-                    let status = result
-                        .and_then(|r| r.pointer("/response/status"))
-                        .and_then(Value::as_str)
-                        .unwrap_or("");
-                    let location = result
-                        .and_then(|r| r.pointer("/response/location"))
-                        .and_then(Value::as_str)
-                        .and_then(version_location);
-                    match location {
-                        Some((_, id, version)) if status.starts_with('2') => {
-                            sealing.commit(p, &id, &version)?
+                let committing = self.shared.sealing.clone();
+                tokio::task::spawn_blocking(move || {
+                    for (index, p) in prepared.iter().enumerate() {
+                        let Some(p) = p else { continue };
+                        let result = results.get(index);
+                        let status = result
+                            .and_then(|r| r.pointer("/response/status"))
+                            .and_then(Value::as_str)
+                            .unwrap_or("");
+                        let location = result
+                            .and_then(|r| r.pointer("/response/location"))
+                            .and_then(Value::as_str)
+                            .and_then(version_location);
+                        match location {
+                            Some((_, id, version)) if status.starts_with('2') => {
+                                committing.commit(p, &id, &version)?
+                            }
+                            _ => committing.rollback(p),
                         }
-                        _ => sealing.rollback(p),
                     }
-                }
+                    Ok::<(), ProxyError>(())
+                })
+                .await
+                .map_err(|e| ProxyError::Internal(e.to_string()))??;
                 sealing.durable().await?;
                 Ok(Response::from_parts(parts, full(bytes)))
             }
