@@ -3,7 +3,6 @@
 //! the read side (merge identity back for those who may see it) and identity search.
 
 use std::collections::BTreeSet;
-use std::path::Path;
 use std::sync::Arc;
 
 use fhirseal_adapters::profile::{IdentityPart, Profile};
@@ -353,9 +352,4 @@ async fn flusher(vault: Vault, mut requests: mpsc::UnboundedReceiver<FlushReques
             let _ = waiter.send(result.clone());
         }
     }
-}
-
-/// Path helper for tests and tools: the vault directory of a data directory.
-pub fn vault_dir(data_dir: &Path) -> std::path::PathBuf {
-    data_dir.join("vault")
 }
