@@ -10,7 +10,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -19,10 +18,11 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use support::{fmt, percentiles, start_sidecar, API_KEY};
+
+mod support;
 
 type HttpClient = Client<HttpConnector, Full<Bytes>>;
-
-const API_KEY: &str = "latency-bench-clinician-key";
 
 fn main() {
     let Ok(hapi) = std::env::var("FHIRSEAL_TEST_HAPI") else {
@@ -37,7 +37,10 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(400);
 
-    let sidecar_base = start_sidecar(&hapi);
+    // A data directory of its own, kept for the process's life: reads are re-identified and
+    // writes sealed, as in production.
+    let data = std::env::temp_dir().join(format!("fhirseal-latency-{}", std::process::id()));
+    let sidecar_base = start_sidecar(&hapi, &data, "clinician");
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -127,38 +130,6 @@ fn main() {
     });
 }
 
-/// Starts the sidecar on a loopback port, on a runtime of its own with two worker threads.
-fn start_sidecar(hapi: &str) -> String {
-    let mut config = fhirseal_sidecar::Config::default();
-    config.server.listen = SocketAddr::from(([127, 0, 0, 1], 0));
-    config.upstream.url = hapi.to_owned();
-    // A data directory of its own (kept for the process's life) and one clinician key: reads
-    // are re-identified, writes sealed, as in production.
-    let data = std::env::temp_dir().join(format!("fhirseal-latency-{}", std::process::id()));
-    config.data_dir = data;
-    config.auth.api_keys = vec![fhirseal_sidecar::config::ApiKey {
-        key: API_KEY.to_owned(),
-        institution: "local".to_owned(),
-        role: "clinician".to_owned(),
-        name: None,
-    }];
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(async move {
-            let sidecar = fhirseal_sidecar::Sidecar::bind(&config).await.unwrap();
-            tx.send(sidecar.local_addr()).unwrap();
-            sidecar.serve(std::future::pending()).await.unwrap();
-        });
-    });
-    let addr = rx.recv().unwrap();
-    format!("http://{addr}/fhir")
-}
-
 async fn request(
     client: &HttpClient,
     method: Method,
@@ -179,14 +150,4 @@ async fn request(
         status,
         response.into_body().collect().await.unwrap().to_bytes(),
     )
-}
-
-fn percentiles(samples: &mut [Duration]) -> (Duration, Duration) {
-    samples.sort();
-    let at = |q: f64| samples[((samples.len() as f64 - 1.0) * q).round() as usize];
-    (at(0.5), at(0.99))
-}
-
-fn fmt(d: Duration) -> String {
-    format!("{:.3} ms", d.as_secs_f64() * 1e3)
 }

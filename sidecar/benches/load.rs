@@ -52,10 +52,12 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::Value;
+use support::{fmt, percentiles, start_sidecar, API_KEY};
+
+mod support;
 
 type HttpClient = Client<HttpConnector, Full<Bytes>>;
 
-const API_KEY: &str = "bench-load-key-0000000001";
 const BLOCK: usize = 100;
 const PART_A_LIMIT: Duration = Duration::from_secs(180);
 const PART_B_LIMIT: Duration = Duration::from_secs(20);
@@ -193,41 +195,6 @@ fn part_a_writes(patients: &[Value], observations: &[Value], types: &str, n: usi
             }
         })
         .collect()
-}
-
-/// Starts the sidecar in front of `upstream` on a loopback port, on a runtime of its own with
-/// two worker threads; returns its FHIR base. The data directory must outlive the process's use.
-fn start_sidecar(upstream: &str, data_dir: &Path, role: &str) -> String {
-    let mut config = fhirseal_sidecar::Config::default();
-    config.server.listen = SocketAddr::from(([127, 0, 0, 1], 0));
-    config.upstream.url = upstream.to_owned();
-    config.data_dir = data_dir.to_owned();
-    config.seal.rsa_bits = 2048;
-    config.auth.api_keys = vec![fhirseal_sidecar::config::ApiKey {
-        key: API_KEY.to_owned(),
-        institution: config.seal.institution.clone(),
-        role: role.to_owned(),
-        name: Some("bench".to_owned()),
-    }];
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::Builder::new()
-        .name("fs-sidecar-main".to_owned())
-        .spawn(move || {
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .thread_name("fs-sidecar")
-                .enable_all()
-                .build()
-                .unwrap();
-            runtime.block_on(async move {
-                let sidecar = fhirseal_sidecar::Sidecar::bind(&config).await.unwrap();
-                tx.send(sidecar.local_addr()).unwrap();
-                sidecar.serve(std::future::pending()).await.unwrap();
-            });
-        })
-        .unwrap();
-    let addr = rx.recv().unwrap();
-    format!("http://{addr}/fhir")
 }
 
 /// A minimal upstream on a loopback port and a thread of its own: every request's body is read
@@ -676,19 +643,6 @@ fn fmt_rate(rate: f64) -> String {
     } else {
         format!("{rate:.0}")
     }
-}
-
-fn percentiles(samples: &mut [Duration]) -> (Duration, Duration) {
-    if samples.is_empty() {
-        return (Duration::ZERO, Duration::ZERO);
-    }
-    samples.sort();
-    let at = |q: f64| samples[((samples.len() as f64 - 1.0) * q).round() as usize];
-    (at(0.5), at(0.99))
-}
-
-fn fmt(d: Duration) -> String {
-    format!("{:.3} ms", d.as_secs_f64() * 1e3)
 }
 
 /// CPU time of this process's threads (by name, digits dropped) and of the whole machine.

@@ -294,6 +294,16 @@ fn scrub(value: &mut Value) {
     }
 }
 
+/// The elements of a Synthea Patient that carry identity (compared after a read-back).
+pub const IDENTITY_ELEMENTS: [&str; 6] = [
+    "name",
+    "identifier",
+    "telecom",
+    "address",
+    "birthDate",
+    "extension",
+];
+
 /// The Synthea patient bundles of the shared data (`shared/` beside the repository), or of
 /// `FHIRSEAL_SYNTHEA_DIR`, in name order.
 pub fn synthea_files() -> Vec<PathBuf> {

@@ -397,14 +397,7 @@ async fn synthea_transaction_bundle_commits_through_the_sidecar() {
         .find(|r| r["resourceType"] == "Patient")
         .unwrap();
     let read = through.json();
-    for element in [
-        "name",
-        "identifier",
-        "telecom",
-        "address",
-        "birthDate",
-        "extension",
-    ] {
+    for element in IDENTITY_ELEMENTS {
         assert_eq!(read[element], posted[element], "{element}");
     }
 }

@@ -1,0 +1,60 @@
+//! What the sidecar's benches share: a sidecar on a runtime of its own, and percentiles.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+/// The API key the benches send (configured on the sidecar they start).
+pub(crate) const API_KEY: &str = "bench-api-key-0000000001";
+
+/// Starts the sidecar in front of `upstream` on a loopback port, on a runtime of its own with
+/// two worker threads, with one API key of `role`; returns its FHIR base. The data directory
+/// must outlive the process's use of the sidecar. RSA keys are 2048 bits (made faster; the
+/// private-key operation happens once per epoch key, so it does not weigh on steady state).
+pub(crate) fn start_sidecar(upstream: &str, data_dir: &Path, role: &str) -> String {
+    let mut config = fhirseal_sidecar::Config::default();
+    config.server.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+    config.upstream.url = upstream.to_owned();
+    config.data_dir = data_dir.to_owned();
+    config.seal.rsa_bits = 2048;
+    config.auth.api_keys = vec![fhirseal_sidecar::config::ApiKey {
+        key: API_KEY.to_owned(),
+        institution: config.seal.institution.clone(),
+        role: role.to_owned(),
+        name: Some("bench".to_owned()),
+    }];
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("fs-sidecar-main".to_owned())
+        .spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .thread_name("fs-sidecar")
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let sidecar = fhirseal_sidecar::Sidecar::bind(&config).await.unwrap();
+                tx.send(sidecar.local_addr()).unwrap();
+                sidecar.serve(std::future::pending()).await.unwrap();
+            });
+        })
+        .unwrap();
+    let addr = rx.recv().unwrap();
+    format!("http://{addr}/fhir")
+}
+
+/// Median and 99th percentile (zero for no samples).
+pub(crate) fn percentiles(samples: &mut [Duration]) -> (Duration, Duration) {
+    if samples.is_empty() {
+        return (Duration::ZERO, Duration::ZERO);
+    }
+    samples.sort();
+    let at = |q: f64| samples[((samples.len() as f64 - 1.0) * q).round() as usize];
+    (at(0.5), at(0.99))
+}
+
+/// A duration in milliseconds, for tables.
+pub(crate) fn fmt(d: Duration) -> String {
+    format!("{:.3} ms", d.as_secs_f64() * 1e3)
+}
