@@ -546,14 +546,37 @@ fn elements_param(query: Option<&str>) -> Option<std::collections::BTreeSet<Stri
     found
 }
 
+/// Which side a body being read whole comes from: it decides who is blamed when it fails.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum BodyFrom {
+    Client,
+    Upstream,
+}
+
 /// Reads a whole upstream body, refusing one over `limit` bytes.
-pub(crate) async fn collect_limited(mut body: ProxyBody, limit: u64) -> Result<Bytes, ProxyError> {
+pub(crate) async fn collect_limited(body: ProxyBody, limit: u64) -> Result<Bytes, ProxyError> {
+    collect_body(body, limit, BodyFrom::Upstream).await
+}
+
+/// Reads a whole body, refusing one over `limit` bytes (413 for a client's, 502 for the
+/// upstream's).
+pub(crate) async fn collect_body(
+    mut body: ProxyBody,
+    limit: u64,
+    from: BodyFrom,
+) -> Result<Bytes, ProxyError> {
     let mut buf = bytes::BytesMut::new();
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| ProxyError::UpstreamBody(e.to_string()))?;
+        let frame = frame.map_err(|e| match from {
+            BodyFrom::Client => ProxyError::BodyRead(e.to_string()),
+            BodyFrom::Upstream => ProxyError::UpstreamBody(e.to_string()),
+        })?;
         if let Ok(data) = frame.into_data() {
             if (buf.len() + data.len()) as u64 > limit {
-                return Err(ProxyError::UpstreamTooLarge { limit });
+                return Err(match from {
+                    BodyFrom::Client => ProxyError::BodyTooLarge { limit },
+                    BodyFrom::Upstream => ProxyError::UpstreamTooLarge { limit },
+                });
             }
             buf.extend_from_slice(&data);
         }

@@ -18,12 +18,11 @@ use fhirseal_adapters::search::NO_MATCH;
 use fhirseal_adapters::{fhir, patch, Format, Interaction};
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::BodyExt;
 use serde_json::Value;
 
 use crate::body::{empty, full, ProxyBody};
 use crate::error::ProxyError;
-use crate::proxy::{collect_limited, Admitted, Proxy};
+use crate::proxy::{collect_body, collect_limited, Admitted, BodyFrom, Proxy};
 use crate::sealing::{Prepared, SearchQueryError};
 
 /// What a write left to do once the upstream answers.
@@ -580,19 +579,8 @@ impl Proxy {
     }
 
     /// Reads a client's body whole, under the body limit.
-    async fn collect_request(&self, mut body: ProxyBody) -> Result<Bytes, ProxyError> {
-        let limit = self.shared.max_body;
-        let mut buf = bytes::BytesMut::new();
-        while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|e| ProxyError::BodyRead(e.to_string()))?;
-            if let Ok(data) = frame.into_data() {
-                if (buf.len() + data.len()) as u64 > limit {
-                    return Err(ProxyError::BodyTooLarge { limit });
-                }
-                buf.extend_from_slice(&data);
-            }
-        }
-        Ok(buf.freeze())
+    async fn collect_request(&self, body: ProxyBody) -> Result<Bytes, ProxyError> {
+        collect_body(body, self.shared.max_body, BodyFrom::Client).await
     }
 }
 

@@ -25,6 +25,8 @@ pub enum SealError {
     Identity(String),
     #[error("the vault's flusher has stopped")]
     Flusher,
+    #[error("the vault could not be flushed to disk: {0}")]
+    Flush(String),
 }
 
 /// A resource split for the upstream, waiting to learn its id and version.
@@ -212,7 +214,7 @@ impl Sealing {
                 self.flusher.send(tx).map_err(|_| SealError::Flusher)?;
                 rx.await
                     .map_err(|_| SealError::Flusher)?
-                    .map_err(|e| SealError::Storage(fhirseal_storage::StorageError::Corrupt(e)))
+                    .map_err(SealError::Flush)
             }
         }
     }
