@@ -287,6 +287,15 @@ impl Chain {
     /// [`Chain::verify_chain`] over a store that [`Chain::open`] refuses (its last block does not
     /// decode), so that the damage can still be located.
     pub fn verify_store<R: Rosters>(store: &ChainStore, rosters: &R) -> Result<ChainCheck> {
+        Self::verify_store_with(store, rosters, |_| {})
+    }
+
+    /// [`Chain::verify_store`], calling `progress` with each height once it verifies.
+    pub fn verify_store_with<R: Rosters>(
+        store: &ChainStore,
+        rosters: &R,
+        mut progress: impl FnMut(u64),
+    ) -> Result<ChainCheck> {
         let mut previous: Option<BlockHeader> = None;
         let mut expected = 0u64;
         for item in store.blocks_from(0) {
@@ -301,7 +310,10 @@ impl Chain {
                 return Ok(broken(expected, Error::MissingBlock(expected)));
             }
             match verify_stored(store, height, &bytes, previous.as_ref(), rosters) {
-                Ok(header) => previous = Some(header),
+                Ok(header) => {
+                    previous = Some(header);
+                    progress(height);
+                }
                 Err(fault) if fault.is_retryable() => return Err(fault),
                 Err(fault) => return Ok(broken(height, fault)),
             }

@@ -16,6 +16,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::config::Config;
 use crate::error::ProxyError;
+use crate::ledger::NodeLedger;
 use crate::proxy::{ClientAddr, Proxy};
 use crate::sealing::Sealing;
 use crate::tls::{self, TlsError};
@@ -43,6 +44,8 @@ pub enum ServerError {
     Auth(#[from] crate::auth::AuthSetupError),
     #[error("sealing: {0}")]
     Seal(#[from] crate::sealing::SealError),
+    #[error("ledger: {0}")]
+    Ledger(#[from] crate::ledger::LedgerError),
     #[error("start-up failed: {0}")]
     Start(String),
 }
@@ -84,7 +87,20 @@ impl Sidecar {
         let sealing = tokio::task::spawn_blocking(move || Sealing::open(&for_sealing))
             .await
             .map_err(|e| ServerError::Start(e.to_string()))??;
-        let proxy = Proxy::new(config, tls.is_some(), Arc::new(sealing), auth)?;
+        let sealing = Arc::new(sealing);
+        let (for_ledger, for_config) = (sealing.clone(), config.clone());
+        let opened = tokio::task::spawn_blocking(move || {
+            NodeLedger::open(
+                &for_config,
+                for_ledger.keys(),
+                for_ledger.vault().outbox().clone(),
+            )
+        })
+        .await
+        .map_err(|e| ServerError::Start(e.to_string()))??;
+        // What the outbox holds from before a restart is anchored by the first rounds.
+        tokio::spawn(opened.anchorer.run());
+        let proxy = Proxy::new(config, tls.is_some(), sealing, opened.ledger, auth)?;
         Ok(Sidecar {
             listener,
             proxy,
@@ -104,6 +120,11 @@ impl Sidecar {
     /// The node's sealing and vault (for tools and tests that look inside).
     pub fn sealing(&self) -> Arc<Sealing> {
         self.proxy.shared.sealing.clone()
+    }
+
+    /// The node's ledger (for tools and tests that look inside).
+    pub fn ledger(&self) -> Arc<NodeLedger> {
+        self.proxy.shared.ledger.clone()
     }
 
     /// Whether clients must speak TLS.
