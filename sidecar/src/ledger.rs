@@ -304,13 +304,20 @@ struct InFlight {
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 impl Anchorer {
-    /// Runs rounds until the process ends. Failures are logged, shown in the status, and
-    /// retried with backoff; nothing leaves the outbox before its block is final.
-    pub async fn run(mut self) {
+    /// Runs rounds until `stop` says so, then runs one last round, so that a clean shutdown
+    /// leaves nothing it could anchor in the outbox. Failures are logged, shown in the status,
+    /// and retried with backoff; nothing leaves the outbox before its block is final.
+    pub async fn run(mut self, mut stop: watch::Receiver<bool>) {
         let mut in_flight: Option<InFlight> = None;
         let mut backoff = self.policy.interval;
         loop {
-            match self.round(&mut in_flight).await {
+            if *stop.borrow() {
+                if let Err(error) = self.round(&mut in_flight).await {
+                    tracing::warn!(%error, "the last anchoring round failed; the outbox keeps what it holds");
+                }
+                return;
+            }
+            let pause = match self.round(&mut in_flight).await {
                 Ok(round) => {
                     if let Ok(mut e) = self.last_error.lock() {
                         *e = None;
@@ -324,18 +331,25 @@ impl Anchorer {
                             "block finalized"
                         );
                     }
-                    if !round.full {
-                        tokio::time::sleep(self.policy.interval).await;
+                    if round.full {
+                        continue;
                     }
+                    self.policy.interval
                 }
                 Err(error) => {
                     tracing::error!(%error, "anchoring round failed; retrying");
                     if let Ok(mut e) = self.last_error.lock() {
                         *e = Some(error.to_string());
                     }
-                    tokio::time::sleep(backoff).await;
+                    let pause = backoff;
                     backoff = (backoff * 2).min(MAX_BACKOFF);
+                    pause
                 }
+            };
+            tokio::select! {
+                () = tokio::time::sleep(pause) => {}
+                // A stop (or a dropped sender) ends the pause; the loop's head sees it.
+                _ = stop.changed() => {}
             }
         }
     }

@@ -12,6 +12,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::Config;
@@ -54,6 +56,9 @@ pub enum ServerError {
 pub struct Sidecar {
     listener: TcpListener,
     proxy: Proxy,
+    /// The anchoring task and its stop signal: stopped after the last request, so that what
+    /// those requests wrote is anchored before `serve` returns.
+    anchorer: Option<(JoinHandle<()>, watch::Sender<bool>)>,
     tls: Option<TlsAcceptor>,
     header_read_timeout: Duration,
 }
@@ -99,11 +104,13 @@ impl Sidecar {
         .await
         .map_err(|e| ServerError::Start(e.to_string()))??;
         // What the outbox holds from before a restart is anchored by the first rounds.
-        tokio::spawn(opened.anchorer.run());
+        let (stop, stopped) = watch::channel(false);
+        let anchorer = tokio::spawn(opened.anchorer.run(stopped));
         let proxy = Proxy::new(config, tls.is_some(), sealing, opened.ledger, auth)?;
         Ok(Sidecar {
             listener,
             proxy,
+            anchorer: Some((anchorer, stop)),
             tls,
             header_read_timeout: Duration::from_secs(config.server.header_read_timeout_secs),
         })
@@ -208,6 +215,12 @@ impl Sidecar {
             .is_err()
         {
             tracing::warn!("open connections did not finish in time and were dropped");
+        }
+        if let Some((anchorer, stop)) = self.anchorer {
+            stop.send_replace(true);
+            if tokio::time::timeout(DRAIN_TIMEOUT, anchorer).await.is_err() {
+                tracing::warn!("the last anchoring round did not finish in time; the outbox keeps what it holds");
+            }
         }
         Ok(())
     }
