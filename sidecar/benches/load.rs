@@ -21,8 +21,8 @@
 //!   that alternate between HAPI direct and the sidecar, so that drift in HAPI's speed (its
 //!   database grows) touches both alike; at most 180 s. Prints writes/s and p50/p99 per path,
 //!   overall and per resource type, and the sidecar's ratios.
-//! - Part B: an in-process hyper server answering every POST with 201, an empty body and
-//!   `Location: …/fhir/Patient/<n>/_history/1`. Sealed Patient creates (every one a new person)
+//! - Part B: an in-process hyper server answering every POST with 201, the resource back with
+//!   a new id and version 1 (as HAPI does by default), and `Location: …/<type>/<n>/_history/1`. Sealed Patient creates (every one a new person)
 //!   with `FHIRSEAL_BENCH_B_C` in flight (default 32), `FHIRSEAL_BENCH_B_N` requests (default
 //!   20,000) or 20 s, against the fast upstream directly (the baseline) and through the sidecar;
 //!   then, for reference, Observation creates through the sidecar (nothing in them to seal).
@@ -36,24 +36,23 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
 use std::collections::BTreeMap;
-use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{Request, Response, StatusCode};
+use fast_upstream::start_fast_upstream;
+use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
-use hyper::service::service_fn;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 use support::{fmt, percentiles, start_sidecar, API_KEY};
 
+#[path = "support/fast_upstream.rs"]
+mod fast_upstream;
 mod support;
 
 type HttpClient = Client<HttpConnector, Full<Bytes>>;
@@ -195,68 +194,6 @@ fn part_a_writes(patients: &[Value], observations: &[Value], types: &str, n: usi
             }
         })
         .collect()
-}
-
-/// A minimal upstream on a loopback port and a thread of its own: every request's body is read
-/// and answered 201 with an empty body and a `Location` naming a new id. Returns its FHIR base
-/// and the count of connections it accepted.
-fn start_fast_upstream() -> (String, Arc<AtomicU64>) {
-    let connections = Arc::new(AtomicU64::new(0));
-    let accepted = connections.clone();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::Builder::new()
-        .name("fs-upstream".to_owned())
-        .spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            runtime.block_on(async move {
-                let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
-                    .await
-                    .unwrap();
-                let addr = listener.local_addr().unwrap();
-                tx.send(addr).unwrap();
-                let next_id = Arc::new(AtomicU64::new(1));
-                loop {
-                    let (stream, _) = listener.accept().await.unwrap();
-                    stream.set_nodelay(true).unwrap();
-                    accepted.fetch_add(1, Ordering::Relaxed);
-                    let next_id = next_id.clone();
-                    tokio::spawn(async move {
-                        let service = service_fn(move |req: Request<Incoming>| {
-                            let next_id = next_id.clone();
-                            async move {
-                                let ty = req
-                                    .uri()
-                                    .path()
-                                    .rsplit('/')
-                                    .next()
-                                    .unwrap_or("Patient")
-                                    .to_owned();
-                                let _ = req.into_body().collect().await;
-                                let n = next_id.fetch_add(1, Ordering::Relaxed);
-                                let response = Response::builder()
-                                    .status(StatusCode::CREATED)
-                                    .header(
-                                        "location",
-                                        format!("http://{addr}/fhir/{ty}/{n}/_history/1"),
-                                    )
-                                    .body(Full::new(Bytes::new()))
-                                    .unwrap();
-                                Ok::<_, Infallible>(response)
-                            }
-                        });
-                        let _ = hyper::server::conn::http1::Builder::new()
-                            .serve_connection(TokioIo::new(stream), service)
-                            .await;
-                    });
-                }
-            });
-        })
-        .unwrap();
-    let addr: SocketAddr = rx.recv().unwrap();
-    (format!("http://{addr}/fhir"), connections)
 }
 
 /// Posts `writes[range]` to `base` with `concurrency` requests in flight, until the range is
