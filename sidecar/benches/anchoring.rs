@@ -17,7 +17,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -31,7 +30,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::json;
 use sha2::{Digest as _, Sha256};
-use support::{fmt, percentiles, API_KEY};
+use support::{fmt, percentiles, start_sidecar, API_KEY};
 
 #[path = "support/fast_upstream.rs"]
 mod fast_upstream;
@@ -151,24 +150,7 @@ fn finality(
     concurrency: usize,
 ) {
     let dir = tempfile::tempdir().unwrap();
-    let mut config = fhirseal_sidecar::Config::default();
-    config.server.listen = SocketAddr::from(([127, 0, 0, 1], 0));
-    config.upstream.url = upstream.to_owned();
-    config.data_dir = dir.path().to_owned();
-    config.seal.rsa_bits = 2048;
-    config.auth.api_keys = vec![fhirseal_sidecar::config::ApiKey {
-        key: API_KEY.to_owned(),
-        institution: config.seal.institution.clone(),
-        role: "clinician".to_owned(),
-        name: Some("bench".to_owned()),
-    }];
-    let (base, ledger) = runtime.block_on(async {
-        let sidecar = fhirseal_sidecar::Sidecar::bind(&config).await.unwrap();
-        let base = format!("http://{}/fhir", sidecar.local_addr());
-        let ledger = sidecar.ledger();
-        tokio::spawn(sidecar.serve(std::future::pending()));
-        (base, ledger)
-    });
+    let (base, ledger) = start_sidecar(upstream, dir.path(), "clinician");
     let started = Instant::now();
     let (mut writes, mut finals, failures) = runtime.block_on(drive(&base, ledger, n, concurrency));
     let elapsed = started.elapsed();

@@ -40,7 +40,7 @@ fn main() {
     // A data directory of its own, kept for the process's life: reads are re-identified and
     // writes sealed, as in production.
     let data = std::env::temp_dir().join(format!("fhirseal-latency-{}", std::process::id()));
-    let sidecar_base = start_sidecar(&hapi, &data, "clinician");
+    let (sidecar_base, _) = start_sidecar(&hapi, &data, "clinician");
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -287,7 +287,7 @@ fn part_a(
     let concurrency = env_usize("FHIRSEAL_BENCH_A_C", 4);
     let warmup = 200;
     let data = tempfile::tempdir().unwrap();
-    let sidecar = start_sidecar(hapi, data.path(), role);
+    let (sidecar, _) = start_sidecar(hapi, data.path(), role);
     let types = std::env::var("FHIRSEAL_BENCH_A_TYPES").unwrap_or_else(|_| "mixed".to_owned());
     let described = if types == "mixed" {
         "Patient / Observation alternating".to_owned()
@@ -423,7 +423,7 @@ fn part_b(rt: &tokio::runtime::Runtime, role: &str, patients: &[Value], observat
     let warmup = 1_000;
     let (upstream, connections) = start_fast_upstream();
     let data = tempfile::tempdir().unwrap();
-    let sidecar = start_sidecar(&upstream, data.path(), role);
+    let (sidecar, _) = start_sidecar(&upstream, data.path(), role);
     // Distinct persons for the warm-ups and for both runs, so that every sealed write is new.
     let patients = Arc::new(patient_writes(patients, 2 * warmup + 2 * n));
     let observations = Arc::new(

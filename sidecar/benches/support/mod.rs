@@ -2,16 +2,23 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
+
+use fhirseal_sidecar::ledger::NodeLedger;
 
 /// The API key the benches send (configured on the sidecar they start).
 pub(crate) const API_KEY: &str = "bench-api-key-0000000001";
 
 /// Starts the sidecar in front of `upstream` on a loopback port, on a runtime of its own with
-/// two worker threads, with one API key of `role`; returns its FHIR base. The data directory
+/// two worker threads, with one API key of `role`; returns its FHIR base and its ledger. The data directory
 /// must outlive the process's use of the sidecar. RSA keys are 2048 bits (made faster; the
 /// private-key operation happens once per epoch key, so it does not weigh on steady state).
-pub(crate) fn start_sidecar(upstream: &str, data_dir: &Path, role: &str) -> String {
+pub(crate) fn start_sidecar(
+    upstream: &str,
+    data_dir: &Path,
+    role: &str,
+) -> (String, Arc<NodeLedger>) {
     let mut config = fhirseal_sidecar::Config::default();
     config.server.listen = SocketAddr::from(([127, 0, 0, 1], 0));
     config.upstream.url = upstream.to_owned();
@@ -35,13 +42,13 @@ pub(crate) fn start_sidecar(upstream: &str, data_dir: &Path, role: &str) -> Stri
                 .unwrap();
             runtime.block_on(async move {
                 let sidecar = fhirseal_sidecar::Sidecar::bind(&config).await.unwrap();
-                tx.send(sidecar.local_addr()).unwrap();
+                tx.send((sidecar.local_addr(), sidecar.ledger())).unwrap();
                 sidecar.serve(std::future::pending()).await.unwrap();
             });
         })
         .unwrap();
-    let addr = rx.recv().unwrap();
-    format!("http://{addr}/fhir")
+    let (addr, ledger) = rx.recv().unwrap();
+    (format!("http://{addr}/fhir"), ledger)
 }
 
 /// Median and 99th percentile (zero for no samples).

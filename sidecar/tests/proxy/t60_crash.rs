@@ -224,7 +224,8 @@ async fn kill_9_while_writing_loses_no_acknowledged_write() {
     for round in 0..rounds {
         let node = Node::start(&mut config, dir.path()).await;
         // What earlier rounds acknowledged survived the kill: persons are still re-identified.
-        for version in acked.lock().unwrap().clone() {
+        let earlier = acked.lock().unwrap().clone();
+        for version in earlier {
             if version.starts_with("Patient/") {
                 let reply = try_get(&format!("{}/{version}", node.base)).await.unwrap();
                 assert_eq!(reply.status, 200, "{version}: {}", reply.text());
