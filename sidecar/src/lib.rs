@@ -10,6 +10,7 @@
 pub mod auth;
 pub mod body;
 pub mod config;
+pub mod consortium;
 pub mod error;
 pub mod proxy;
 mod seal_phase;
