@@ -12,3 +12,4 @@
 mod support;
 mod t10_cli;
 mod t20_consortium;
+mod t30_script;
