@@ -13,7 +13,7 @@ fn free_base() -> u16 {
         let probe = TcpListener::bind("127.0.0.1:0").unwrap();
         let base = probe.local_addr().unwrap().port().saturating_sub(1);
         drop(probe);
-        if base < 1024 || base > 65_000 {
+        if !(1024..=65_000).contains(&base) {
             continue;
         }
         let ports = [base + 1, base + 2, base + 3, base + 100];
