@@ -56,6 +56,8 @@ const MAX_REQUEST_BYTES: usize = 1 << 20;
 const MAX_PENDING_JOINS: usize = 1024;
 /// How often the leader's duties and the key watcher run.
 const DUTY_INTERVAL: Duration = Duration::from_millis(200);
+/// How long one round of membership changes may wait for a new learner to catch up.
+const MEMBERSHIP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Marks a submission a follower forwarded, so that it is never forwarded twice.
 const FORWARDED: &str = "x-fhirseal-forwarded";
 
@@ -611,37 +613,60 @@ fn join(shared: &Shared, body: &[u8]) -> Response<Body> {
     json(StatusCode::ACCEPTED, &JoinAnswer { consortium, trust })
 }
 
-/// What every node does in the background: the regulator's genesis, the leader's membership
-/// changes, forgetting admitted joins, swapping in rotated keys, taking the link key.
+/// What every node does in the background: the regulator's genesis and the leader's membership
+/// changes; forgetting admitted joins, swapping in rotated keys, taking the link key. Two loops,
+/// so that a membership change waiting for a slow learner never holds up the others.
 async fn duties(shared: Arc<Shared>) {
+    let leader_duties = {
+        let shared = Arc::clone(&shared);
+        async move {
+            let mut ticker = interval();
+            loop {
+                ticker.tick().await;
+                let leads = shared.node.raft().metrics().borrow().current_leader
+                    == Some(shared.config.node_id);
+                if !leads {
+                    continue;
+                }
+                if let Err(e) = genesis(&shared).await {
+                    tracing::warn!(error = %e, "genesis not submitted yet");
+                }
+                // Adding a learner waits until it has caught up; a node that is not running would
+                // hold this loop for ever. It is added all the same and tried again next time.
+                match tokio::time::timeout(MEMBERSHIP_TIMEOUT, shared.node.sync_membership()).await
+                {
+                    Ok(Ok(true)) => tracing::info!("raft membership follows the governance state"),
+                    Ok(Ok(false)) => {}
+                    Ok(Err(e)) if e.is_retryable() => {
+                        tracing::debug!(error = %e, "membership change deferred");
+                    }
+                    Ok(Err(e)) => tracing::warn!(error = %e, "membership change failed"),
+                    Err(_) => tracing::warn!("a new member's node is slow to catch up"),
+                }
+            }
+        }
+    };
+    let node_duties = async move {
+        let mut ticker = interval();
+        let mut last_link: Option<Vec<u8>> = None;
+        loop {
+            ticker.tick().await;
+            forget_admitted_joins(&shared);
+            if let Err(e) = follow_own_keys(&shared) {
+                tracing::warn!(error = %e, "rotated keys not swapped in");
+            }
+            if let Err(e) = take_link_key(&shared, &mut last_link).await {
+                tracing::warn!(error = %e, "link key not taken");
+            }
+        }
+    };
+    tokio::join!(leader_duties, node_duties);
+}
+
+fn interval() -> tokio::time::Interval {
     let mut ticker = tokio::time::interval(DUTY_INTERVAL);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last_link: Option<Vec<u8>> = None;
-    loop {
-        ticker.tick().await;
-        let leads =
-            shared.node.raft().metrics().borrow().current_leader == Some(shared.config.node_id);
-        if leads {
-            if let Err(e) = genesis(&shared).await {
-                tracing::warn!(error = %e, "genesis not submitted yet");
-            }
-            match shared.node.sync_membership().await {
-                Ok(true) => tracing::info!("raft membership follows the governance state"),
-                Ok(false) => {}
-                Err(e) if e.is_retryable() => {
-                    tracing::debug!(error = %e, "membership change deferred")
-                }
-                Err(e) => tracing::warn!(error = %e, "membership change failed"),
-            }
-        }
-        forget_admitted_joins(&shared);
-        if let Err(e) = follow_own_keys(&shared) {
-            tracing::warn!(error = %e, "rotated keys not swapped in");
-        }
-        if let Err(e) = take_link_key(&shared, &mut last_link).await {
-            tracing::warn!(error = %e, "link key not taken");
-        }
-    }
+    ticker
 }
 
 /// Submits the regulator's genesis commands that the state has not applied yet.
