@@ -17,6 +17,33 @@ fn the_cli_refuses_what_it_cannot_do_and_changes_nothing() {
     let listen = free_port().to_string();
     let desk = cluster.desk.to_string();
 
+    // Malformed requests to the API: a clear 4xx, and the state does not move.
+    let before = cluster.nodes[0].status();
+    for (method, path, body, status) in [
+        (
+            http::Method::POST,
+            "/consortium/submit",
+            b"not a command".to_vec(),
+            400,
+        ),
+        (http::Method::POST, "/consortium/submit", Vec::new(), 400),
+        (http::Method::GET, "/consortium/submit", Vec::new(), 405),
+        (http::Method::GET, "/nothing-here", Vec::new(), 404),
+        (http::Method::POST, "/raft/vote", b"{".to_vec(), 400),
+    ] {
+        let answer = call_as(
+            cluster.nodes[0].secrets(),
+            &before,
+            method.clone(),
+            path,
+            body,
+        );
+        assert_eq!(answer, Err(status), "{method} {path}");
+    }
+    let after = cluster.nodes[0].status();
+    assert_eq!(after.raft.last_log_index, before.raft.last_log_index);
+    assert_eq!(after.refusals_total, 0);
+
     // A second genesis in the same directory.
     let err = fails(&[
         "init",
@@ -175,6 +202,38 @@ fn the_cli_refuses_what_it_cannot_do_and_changes_nothing() {
     let out = cli(&["status", "--dir", cluster.nodes[i].dir()]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach"));
+}
+
+/// Sends one request to the node whose status is `node`, presenting `secrets`' certificate;
+/// the HTTP status of a refusal.
+fn call_as(
+    secrets: MemberSecrets,
+    node: &fhirseal_sidecar::consortium::api::Status,
+    method: http::Method,
+    path: &str,
+    body: Vec<u8>,
+) -> Result<(), u16> {
+    let fp =
+        fhirseal_sidecar::consortium::files::parse_fingerprint(&node.node.certificate).unwrap();
+    let own = Peer {
+        member: node.node.member.clone(),
+        node_id: node.node.node_id,
+    };
+    let trust = Trust::pinned(own, BTreeSet::from([fp]));
+    let identity = Identity::new(secrets.certified_key().unwrap());
+    runtime().block_on(async {
+        let mut channel = Channel::new(&node.node.address, &trust, &identity, None).unwrap();
+        match channel
+            .request(method, path, body, Duration::from_secs(5))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(fhirseal_sidecar::consortium::ConsortiumError::Refused { status, .. }) => {
+                Err(status)
+            }
+            Err(e) => panic!("{e}"),
+        }
+    })
 }
 
 /// Opens a mutual-TLS connection to the node at `addr` (whose certificate is `cert`, node
