@@ -4,12 +4,15 @@
 //! - [`route`] parses a FHIR REST URL and method into an [`route::Interaction`];
 //! - [`format`] negotiates JSON or XML from `_format` and `Accept`;
 //! - [`outcome`] builds the `OperationOutcome` that every error of the sidecar is answered with;
-//! - [`rebase`] rewrites links that point at the upstream so that they point at the sidecar.
-//!
-//! Parsing of resources through fhirbolt will live here too, behind plain non-generic functions,
-//! so that no other crate pays fhirbolt's compile cost.
+//! - [`rebase`] rewrites links that point at the upstream so that they point at the sidecar;
+//! - [`canonical`] gives a stored resource its canonical form (RFC 8785) and the hash the ledger
+//!   anchors;
+//! - [`fhir`] parses and writes resources through fhirbolt, behind plain non-generic functions,
+//!   so that no other crate pays fhirbolt's compile cost; [`profile`], [`identity`] and
+//!   [`search`] split identity from clinical data, key it and plan identity searches.
 
 pub mod auth;
+pub mod canonical;
 pub mod fhir;
 pub mod format;
 pub mod identity;

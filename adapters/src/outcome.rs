@@ -38,6 +38,8 @@ pub enum IssueType {
     TooCostly,
     Transient,
     Timeout,
+    Incomplete,
+    Deleted,
     Exception,
 }
 
@@ -57,6 +59,8 @@ impl IssueType {
             IssueType::TooCostly => "too-costly",
             IssueType::Transient => "transient",
             IssueType::Timeout => "timeout",
+            IssueType::Incomplete => "incomplete",
+            IssueType::Deleted => "deleted",
             IssueType::Exception => "exception",
         }
     }

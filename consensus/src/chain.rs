@@ -46,83 +46,40 @@ pub enum ChainCheck {
 /// The node's copy of the chain.
 #[derive(Debug)]
 pub struct Chain {
-    store: ChainStore,
+    reader: ChainReader,
     // The last stored block's header, so that appending does not read it back.
     tip: Option<BlockHeader>,
 }
 
-impl Chain {
-    /// Opens the chain kept in `store`, reading its tip. Use [`Chain::verify_chain`] to check what
-    /// is stored.
-    pub fn open(store: ChainStore) -> Result<Self> {
-        let tip = match store.last_block()? {
-            Some((height, bytes)) => Some(decode_block(height, &bytes)?.block.header),
-            None => None,
-        };
-        Ok(Self { store, tip })
+/// Reads of a stored chain that needs no tip: indexes, blocks, proofs. Cheap to clone; what
+/// another handle appends is visible at once.
+#[derive(Debug, Clone)]
+pub struct ChainReader {
+    store: ChainStore,
+}
+
+impl ChainReader {
+    /// Reads over `store`.
+    pub fn new(store: ChainStore) -> Self {
+        Self { store }
     }
 
-    /// The last block's header.
-    pub fn tip(&self) -> Option<&BlockHeader> {
-        self.tip.as_ref()
+    /// The store, for [`Chain::verify_store`].
+    pub fn store(&self) -> &ChainStore {
+        &self.store
     }
 
-    /// The height the next block must have.
-    pub fn next_height(&self) -> u64 {
-        self.tip.as_ref().map_or(0, |t| t.height + 1)
+    /// The height of the last stored block, if any.
+    pub fn tip_height(&self) -> Result<Option<u64>> {
+        Ok(self.store.last_block()?.map(|(height, _)| height))
     }
 
-    /// Validates `block` against the tip and the roster of its epoch (see
-    /// [`validate_finalized_block`]), then stores it with its indexes in one transaction and
-    /// flushes before returning. Refused, with nothing written: an invalid block, a transaction
-    /// already in the chain (submission is idempotent on it: see [`Chain::locate_transaction`]),
-    /// a resource version already anchored.
-    pub async fn append<R: Rosters + Sync>(
-        &mut self,
-        block: &FinalizedBlock,
-        rosters: &R,
-    ) -> Result<BlockReceipt> {
-        let header = block.header();
-        let roster = rosters
-            .roster(header.epoch)
-            .ok_or(Error::UnknownEpoch(header.epoch))?;
-        let hash = validate_finalized_block(self.tip.as_ref(), block, roster)?;
-
-        let bytes = block.to_bytes();
-        let transactions: Vec<Vec<u8>> = block
-            .block
-            .transactions
-            .iter()
-            .map(Transaction::key)
-            .collect();
-        let anchors = anchor_writes(&block.block);
-        let write = BlockWrite {
-            height: header.height,
-            hash: hash.0,
-            bytes: &bytes,
-            transactions: &transactions,
-            anchors: &anchors,
-        };
-        match self.store.append(&write).await {
-            Ok(()) => {}
-            Err(e @ ChainStoreError::NotFlushed(_)) => {
-                // Written though not yet durable: the tip has moved all the same.
-                self.tip = Some(header.clone());
-                return Err(e.into());
-            }
-            Err(e) => return Err(e.into()),
+    /// The last stored block, decoded.
+    pub fn tip(&self) -> Result<Option<FinalizedBlock>> {
+        match self.store.last_block()? {
+            Some((height, bytes)) => Ok(Some(decode_block(height, &bytes)?)),
+            None => Ok(None),
         }
-        self.tip = Some(header.clone());
-        Ok(BlockReceipt {
-            height: header.height,
-            hash,
-            transactions: block
-                .block
-                .transactions
-                .iter()
-                .map(Transaction::id)
-                .collect(),
-        })
     }
 
     /// Where the transaction with this key (see [`Transaction::key`], [`TxId::key`]) is, if it
@@ -141,11 +98,6 @@ impl Chain {
     ) -> Result<Option<EntryLocation>> {
         let key = anchor_key(institution, resource_type, logical_id, version_id);
         Ok(self.store.anchor(&key)?)
-    }
-
-    /// The anchor with this key (see [`crate::anchor_key`]), if any.
-    pub(crate) fn anchor_by_key(&self, key: &[u8]) -> Result<Option<EntryLocation>> {
-        Ok(self.store.anchor(key)?)
     }
 
     /// The block at `height`.
@@ -197,17 +149,153 @@ impl Chain {
         }))
     }
 
-    /// Re-verifies every stored block from genesis: it decodes, it is stored at its own height
-    /// with no gap, it follows its predecessor, its transactions and certificate verify against
-    /// the roster of its epoch, and the hash, transaction and anchor indexes point at it.
-    /// Stops at the first block that fails and names its height; I/O failures are errors.
+    /// Re-verifies every stored block from genesis: see [`Chain::verify_store`].
+    pub fn verify<R: Rosters>(&self, rosters: &R) -> Result<ChainCheck> {
+        Chain::verify_store(&self.store, rosters)
+    }
+}
+
+impl Chain {
+    /// Opens the chain kept in `store`, reading its tip. Use [`Chain::verify_chain`] to check what
+    /// is stored.
+    pub fn open(store: ChainStore) -> Result<Self> {
+        let tip = match store.last_block()? {
+            Some((height, bytes)) => Some(decode_block(height, &bytes)?.block.header),
+            None => None,
+        };
+        Ok(Self {
+            reader: ChainReader::new(store),
+            tip,
+        })
+    }
+
+    /// The last block's header.
+    pub fn tip(&self) -> Option<&BlockHeader> {
+        self.tip.as_ref()
+    }
+
+    /// The height the next block must have.
+    pub fn next_height(&self) -> u64 {
+        self.tip.as_ref().map_or(0, |t| t.height + 1)
+    }
+
+    /// Validates `block` against the tip and the roster of its epoch (see
+    /// [`validate_finalized_block`]), then stores it with its indexes in one transaction and
+    /// flushes before returning. Refused, with nothing written: an invalid block, a transaction
+    /// already in the chain (submission is idempotent on it: see [`Chain::locate_transaction`]),
+    /// a resource version already anchored.
+    pub async fn append<R: Rosters + Sync>(
+        &mut self,
+        block: &FinalizedBlock,
+        rosters: &R,
+    ) -> Result<BlockReceipt> {
+        let header = block.header();
+        let roster = rosters
+            .roster(header.epoch)
+            .ok_or(Error::UnknownEpoch(header.epoch))?;
+        let hash = validate_finalized_block(self.tip.as_ref(), block, roster)?;
+
+        let bytes = block.to_bytes();
+        let transactions: Vec<Vec<u8>> = block
+            .block
+            .transactions
+            .iter()
+            .map(Transaction::key)
+            .collect();
+        let anchors = anchor_writes(&block.block);
+        let write = BlockWrite {
+            height: header.height,
+            hash: hash.0,
+            bytes: &bytes,
+            transactions: &transactions,
+            anchors: &anchors,
+        };
+        match self.reader.store.append(&write).await {
+            Ok(()) => {}
+            Err(e @ ChainStoreError::NotFlushed(_)) => {
+                // Written though not yet durable: the tip has moved all the same.
+                self.tip = Some(header.clone());
+                return Err(e.into());
+            }
+            Err(e) => return Err(e.into()),
+        }
+        self.tip = Some(header.clone());
+        Ok(BlockReceipt {
+            height: header.height,
+            hash,
+            transactions: block
+                .block
+                .transactions
+                .iter()
+                .map(Transaction::id)
+                .collect(),
+        })
+    }
+
+    /// Read access to this chain for other tasks (proofs, blocks, verification) while this
+    /// handle appends.
+    pub fn reader(&self) -> ChainReader {
+        self.reader.clone()
+    }
+
+    /// Where the transaction with this key (see [`Transaction::key`], [`TxId::key`]) is, if it
+    /// is in the chain.
+    pub fn locate_transaction(&self, key: &[u8]) -> Result<Option<TxLocation>> {
+        self.reader.locate_transaction(key)
+    }
+
+    /// Where a resource version of `institution` is anchored, if it is.
+    pub fn locate_anchor(
+        &self,
+        institution: &str,
+        resource_type: &str,
+        logical_id: &str,
+        version_id: &str,
+    ) -> Result<Option<EntryLocation>> {
+        self.reader
+            .locate_anchor(institution, resource_type, logical_id, version_id)
+    }
+
+    /// The anchor with this key (see [`crate::anchor_key`]), if any.
+    pub(crate) fn anchor_by_key(&self, key: &[u8]) -> Result<Option<EntryLocation>> {
+        Ok(self.reader.store.anchor(key)?)
+    }
+
+    /// The block at `height`.
+    pub fn block(&self, height: u64) -> Result<Option<FinalizedBlock>> {
+        self.reader.block(height)
+    }
+
+    /// The proof that a resource version of `institution` was anchored: see
+    /// [`ChainReader::proof`].
+    pub fn proof(
+        &self,
+        institution: &str,
+        resource_type: &str,
+        logical_id: &str,
+        version_id: &str,
+    ) -> Result<Option<AnchorProof>> {
+        self.reader
+            .proof(institution, resource_type, logical_id, version_id)
+    }
+
+    /// Re-verifies every stored block from genesis: see [`Chain::verify_store`].
     pub fn verify_chain<R: Rosters>(&self, rosters: &R) -> Result<ChainCheck> {
-        Self::verify_store(&self.store, rosters)
+        Self::verify_store(&self.reader.store, rosters)
     }
 
     /// [`Chain::verify_chain`] over a store that [`Chain::open`] refuses (its last block does not
     /// decode), so that the damage can still be located.
     pub fn verify_store<R: Rosters>(store: &ChainStore, rosters: &R) -> Result<ChainCheck> {
+        Self::verify_store_with(store, rosters, |_| {})
+    }
+
+    /// [`Chain::verify_store`], calling `progress` with each height once it verifies.
+    pub fn verify_store_with<R: Rosters>(
+        store: &ChainStore,
+        rosters: &R,
+        mut progress: impl FnMut(u64),
+    ) -> Result<ChainCheck> {
         let mut previous: Option<BlockHeader> = None;
         let mut expected = 0u64;
         for item in store.blocks_from(0) {
@@ -222,7 +310,10 @@ impl Chain {
                 return Ok(broken(expected, Error::MissingBlock(expected)));
             }
             match verify_stored(store, height, &bytes, previous.as_ref(), rosters) {
-                Ok(header) => previous = Some(header),
+                Ok(header) => {
+                    previous = Some(header);
+                    progress(height);
+                }
                 Err(fault) if fault.is_retryable() => return Err(fault),
                 Err(fault) => return Ok(broken(height, fault)),
             }

@@ -42,7 +42,7 @@ pub mod tx;
 pub mod validate;
 
 pub use block::{Block, BlockHeader, DelegateSignature, FinalityCertificate, FinalizedBlock};
-pub use chain::{BlockReceipt, Chain, ChainCheck};
+pub use chain::{BlockReceipt, Chain, ChainCheck, ChainReader};
 pub use codec::DecodeError;
 pub use ed25519_dalek::{Signature, SigningKey};
 pub use error::{Error, Result};

@@ -36,6 +36,8 @@ pub struct Config {
     pub log: LogConfig,
     pub seal: SealConfig,
     pub auth: AuthConfig,
+    pub ledger: LedgerConfig,
+    pub audit: AuditConfig,
     /// Where the node keeps its keys, vault and ledger.
     pub data_dir: PathBuf,
 }
@@ -48,6 +50,8 @@ impl Default for Config {
             log: LogConfig::default(),
             seal: SealConfig::default(),
             auth: AuthConfig::default(),
+            ledger: LedgerConfig::default(),
+            audit: AuditConfig::default(),
             data_dir: PathBuf::from("./fhirseal-data"),
         }
     }
@@ -227,6 +231,49 @@ impl Default for AuthConfig {
     }
 }
 
+/// Anchoring: how the outbox is batched onto the ledger, and when the client hears back.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LedgerConfig {
+    /// Time between anchoring rounds, in milliseconds, while less than a full batch waits.
+    pub batch_interval_ms: u64,
+    /// Most anchors (and, separately, access events) in one signed batch.
+    pub max_batch: usize,
+    /// `async`: a write is acknowledged once it is durable in the vault and the outbox, and
+    /// anchored within a round or two; `sync`: only once its block is final.
+    pub anchor: AnchorMode,
+    /// With `anchor = "sync"`, how long a write waits for its block before the client gets 504
+    /// (the write stays durable and is anchored later).
+    pub sync_timeout_ms: u64,
+}
+
+impl Default for LedgerConfig {
+    fn default() -> Self {
+        LedgerConfig {
+            batch_interval_ms: 100,
+            max_batch: 4096,
+            anchor: AnchorMode::Async,
+            sync_timeout_ms: 10_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum AnchorMode {
+    Async,
+    Sync,
+}
+
+/// The audit trail of reads.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuditConfig {
+    /// Also send a FHIR `AuditEvent` to the upstream for every read (besides the access event
+    /// on the ledger, which is always recorded).
+    pub upstream_audit_events: bool,
+}
+
 /// One API key and the principal it stands for.
 #[derive(Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
@@ -276,6 +323,9 @@ pub const ENV_VARS: &[&str] = &[
     "FHIRSEAL_DATA_DIR",
     "FHIRSEAL_INSTITUTION",
     "FHIRSEAL_DURABILITY",
+    "FHIRSEAL_ANCHOR",
+    "FHIRSEAL_ANCHOR_INTERVAL_MS",
+    "FHIRSEAL_AUDIT_UPSTREAM",
 ];
 
 impl Config {
@@ -382,6 +432,24 @@ impl Config {
                 }
             };
         }
+        if let Some(v) = env("FHIRSEAL_ANCHOR") {
+            self.ledger.anchor = match v.as_str() {
+                "async" => AnchorMode::Async,
+                "sync" => AnchorMode::Sync,
+                _ => {
+                    return Err(ConfigError::Env {
+                        name: "FHIRSEAL_ANCHOR",
+                        reason: format!("'{v}': expected async or sync"),
+                    })
+                }
+            };
+        }
+        if let Some(v) = env("FHIRSEAL_ANCHOR_INTERVAL_MS") {
+            self.ledger.batch_interval_ms = parse("FHIRSEAL_ANCHOR_INTERVAL_MS", &v)?;
+        }
+        if let Some(v) = env("FHIRSEAL_AUDIT_UPSTREAM") {
+            self.audit.upstream_audit_events = parse("FHIRSEAL_AUDIT_UPSTREAM", &v)?;
+        }
         Ok(())
     }
 
@@ -414,6 +482,12 @@ impl Config {
         if self.seal.institution.is_empty() {
             return Err(invalid("seal.institution", "must not be empty"));
         }
+        if self.seal.institution.len() > MAX_LEDGER_NAME {
+            return Err(invalid(
+                "seal.institution",
+                "must be at most 256 bytes (it is named on the ledger)",
+            ));
+        }
         for key in &self.auth.api_keys {
             if key.key.len() < 16 {
                 return Err(invalid(
@@ -421,10 +495,33 @@ impl Config {
                     "each key needs at least 16 characters",
                 ));
             }
+            if key.name.as_deref().unwrap_or(&key.role).len() > MAX_LEDGER_NAME {
+                return Err(invalid(
+                    "auth.api_keys",
+                    "a key's name (or role) must be at most 256 bytes (it is named on the ledger)",
+                ));
+            }
+        }
+        if !(1..=60_000).contains(&self.ledger.batch_interval_ms) {
+            return Err(invalid(
+                "ledger.batch_interval_ms",
+                "must be between 1 and 60000",
+            ));
+        }
+        if !(1..=MAX_BATCH).contains(&self.ledger.max_batch) {
+            return Err(invalid("ledger.max_batch", "must be between 1 and 65536"));
+        }
+        if self.ledger.sync_timeout_ms == 0 {
+            return Err(invalid("ledger.sync_timeout_ms", "must be above 0"));
         }
         Ok(())
     }
 }
+
+/// Longest name the ledger records (institution, principal).
+const MAX_LEDGER_NAME: usize = 256;
+/// Most items in one ledger batch.
+const MAX_BATCH: usize = 1 << 16;
 
 /// An `http` or `https` URL with a host and no query or fragment.
 pub(crate) fn absolute_http_url(url: &str) -> Result<Uri, String> {

@@ -42,6 +42,10 @@ pub enum ProxyError {
     NotSupported(String),
     #[error("{0}")]
     Unprocessable(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Gone(String),
     #[error("sealing: {0}")]
     Seal(#[from] crate::sealing::SealError),
     #[error("the upstream FHIR server cannot be reached: {0}")]
@@ -52,6 +56,14 @@ pub enum ProxyError {
     UpstreamBody(String),
     #[error("the upstream FHIR server's response is over the limit of {limit} bytes")]
     UpstreamTooLarge { limit: u64 },
+    #[error("ledger: {0}")]
+    Ledger(#[from] crate::ledger::LedgerError),
+    #[error(
+        "the upstream stored the write and its identity is sealed, but it is not anchored: {0}"
+    )]
+    NotAnchored(String),
+    #[error("the write is stored and durable, but its block was not final within {0} ms; it will be anchored")]
+    AnchorTimeout(u64),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -70,12 +82,18 @@ impl ProxyError {
             | ProxyError::Invalid(_)
             | ProxyError::Search(_)
             | ProxyError::NotSupported(_)
-            | ProxyError::Unprocessable(_) => Side::Downstream,
+            | ProxyError::Unprocessable(_)
+            | ProxyError::NotFound(_)
+            | ProxyError::Gone(_) => Side::Downstream,
             ProxyError::UpstreamUnavailable(_)
             | ProxyError::UpstreamTimeout(_)
             | ProxyError::UpstreamBody(_)
-            | ProxyError::UpstreamTooLarge { .. } => Side::Upstream,
-            ProxyError::Internal(_) | ProxyError::Seal(_) => Side::Internal,
+            | ProxyError::UpstreamTooLarge { .. }
+            | ProxyError::NotAnchored(_) => Side::Upstream,
+            ProxyError::Internal(_)
+            | ProxyError::Seal(_)
+            | ProxyError::Ledger(_)
+            | ProxyError::AnchorTimeout(_) => Side::Internal,
         }
     }
 
@@ -91,14 +109,20 @@ impl ProxyError {
             ProxyError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ProxyError::Forbidden(_) => StatusCode::FORBIDDEN,
             ProxyError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            ProxyError::OutsideBase(..) => StatusCode::NOT_FOUND,
+            ProxyError::OutsideBase(..) | ProxyError::NotFound(_) => StatusCode::NOT_FOUND,
+            ProxyError::Gone(_) => StatusCode::GONE,
             ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ProxyError::UpstreamUnavailable(_)
             | ProxyError::UpstreamBody(_)
-            | ProxyError::UpstreamTooLarge { .. } => StatusCode::BAD_GATEWAY,
-            ProxyError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
-            ProxyError::Internal(_) | ProxyError::Seal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            | ProxyError::UpstreamTooLarge { .. }
+            | ProxyError::NotAnchored(_) => StatusCode::BAD_GATEWAY,
+            ProxyError::UpstreamTimeout(_) | ProxyError::AnchorTimeout(_) => {
+                StatusCode::GATEWAY_TIMEOUT
+            }
+            ProxyError::Internal(_) | ProxyError::Seal(_) | ProxyError::Ledger(_) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
         }
     }
 
@@ -113,7 +137,8 @@ impl ProxyError {
             ProxyError::Search(_) | ProxyError::NotSupported(_) => IssueType::NotSupported,
             ProxyError::Unprocessable(_) => IssueType::Processing,
             ProxyError::BodyRead(_) => IssueType::Structure,
-            ProxyError::OutsideBase(..) => IssueType::NotFound,
+            ProxyError::OutsideBase(..) | ProxyError::NotFound(_) => IssueType::NotFound,
+            ProxyError::Gone(_) => IssueType::Deleted,
             ProxyError::BodyTooLarge { .. } | ProxyError::UpstreamTooLarge { .. } => {
                 IssueType::TooCostly
             }
@@ -121,16 +146,23 @@ impl ProxyError {
             ProxyError::UpstreamUnavailable(_) | ProxyError::UpstreamBody(_) => {
                 IssueType::Transient
             }
-            ProxyError::UpstreamTimeout(_) => IssueType::Timeout,
-            ProxyError::Internal(_) | ProxyError::Seal(_) => IssueType::Exception,
+            ProxyError::UpstreamTimeout(_) | ProxyError::AnchorTimeout(_) => IssueType::Timeout,
+            ProxyError::NotAnchored(_) => IssueType::Incomplete,
+            ProxyError::Internal(_) | ProxyError::Seal(_) | ProxyError::Ledger(_) => {
+                IssueType::Exception
+            }
         }
     }
 
     /// The `OperationOutcome` for this error. Internal errors carry no detail to the client
     /// (the log has it, under the request id), so no secret can leak through a message.
     pub fn outcome(&self) -> OperationOutcome {
-        let diagnostics = match self.side() {
-            Side::Internal => "fhirseal failed to process the request; see its log".to_owned(),
+        let diagnostics = match self {
+            // Says what happened to the write, and carries no detail of ours.
+            ProxyError::AnchorTimeout(_) => self.to_string(),
+            _ if self.side() == Side::Internal => {
+                "fhirseal failed to process the request; see its log".to_owned()
+            }
             _ => self.to_string(),
         };
         OperationOutcome::error(self.issue_type(), diagnostics)

@@ -7,17 +7,20 @@
 //! It owns no FHIR knowledge (that is `fhirseal-adapters`), no storage (`fhirseal-storage`) and
 //! no ledger (`fhirseal-consensus`): it composes them.
 
+pub mod audit;
 pub mod auth;
 pub mod body;
 pub mod config;
 pub mod consortium;
 pub mod error;
+pub mod ledger;
 pub mod proxy;
 mod seal_phase;
 pub mod sealing;
 pub mod server;
 pub mod telemetry;
 pub mod tls;
+pub mod verify;
 
 pub use config::Config;
 pub use error::ProxyError;

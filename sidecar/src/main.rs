@@ -5,8 +5,13 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+use std::process::ExitCode;
+
+use fhirseal_consensus::ChainCheck;
 use fhirseal_sidecar::config::{Config, LogFormat, TlsConfig};
-use fhirseal_sidecar::{telemetry, Sidecar};
+use fhirseal_sidecar::verify::{self, LedgerTool};
+use fhirseal_sidecar::{audit, telemetry, Sidecar};
+use indicatif::{ProgressBar, ProgressStyle};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -28,6 +33,58 @@ enum Command {
     /// Found, join, run and govern a consortium (see `fhirseal consortium --help`).
     #[command(subcommand)]
     Consortium(fhirseal_sidecar::consortium::ConsortiumCommand),
+    /// Read and verify the node's ledger (with the node stopped: it holds the database).
+    Ledger(LedgerArgs),
+}
+
+#[derive(Debug, Args)]
+struct LedgerArgs {
+    #[command(subcommand)]
+    command: LedgerCommand,
+    /// TOML configuration file of the node.
+    #[arg(long, short, env = "FHIRSEAL_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    /// The node's data directory.
+    #[arg(long, global = true)]
+    data_dir: Option<PathBuf>,
+    /// The upstream FHIR base URL to check against (default: the node's configuration).
+    #[arg(long, global = true)]
+    upstream_url: Option<String>,
+}
+
+impl LedgerArgs {
+    fn load(&self) -> anyhow::Result<Config> {
+        RunArgs {
+            config: self.config.clone(),
+            listen: None,
+            upstream: self.upstream_url.clone(),
+            public_base: None,
+            max_body_bytes: None,
+            tls_cert: None,
+            tls_key: None,
+            data_dir: self.data_dir.clone(),
+            log_format: None,
+        }
+        .load()
+    }
+}
+
+#[derive(Debug, Subcommand)]
+enum LedgerCommand {
+    /// Blocks, tip, what waits in the outbox, the delegates.
+    Status,
+    /// One block as JSON: header, certificate, transactions with their entries.
+    Show {
+        /// The block's height.
+        height: u64,
+    },
+    /// Re-verify the whole chain from genesis; with --upstream, also every anchored version
+    /// against the upstream FHIR server. Exits with 1 when anything does not verify.
+    Verify {
+        /// Also compare every anchored resource version with the upstream's copy.
+        #[arg(long)]
+        upstream: bool,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -102,22 +159,130 @@ impl RunArgs {
     }
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Run(args) => run(args.load()?),
+        Command::Run(args) => run(args.load()?).map(|()| ExitCode::SUCCESS),
         Command::Config(args) => {
             let config = args.load()?;
             #[allow(clippy::print_stdout)] // the command's output is the configuration
             {
                 println!("{config:#?}");
             }
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
-        Command::Consortium(command) => consortium(command),
+        Command::Consortium(command) => consortium(command).map(|()| ExitCode::SUCCESS),
+        Command::Ledger(args) => ledger(args.load()?, args.command),
     }
 }
 
+/// `fhirseal ledger …`: what it prints is the command's output.
+#[allow(clippy::print_stdout)]
+fn ledger(config: Config, command: LedgerCommand) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async {
+        let tool = LedgerTool::open(&config).await?;
+        let ledger = tool.ledger();
+        match command {
+            LedgerCommand::Status => {
+                let status = ledger.status()?;
+                println!("institution      {}", status.institution);
+                println!("blocks           {}", status.blocks);
+                if let (Some(hash), Some(time)) = (&status.tip_hash, status.tip_time_ms) {
+                    println!("tip              height {} hash {hash}", status.blocks - 1);
+                    println!("tip time         {}", audit::instant(time));
+                }
+                println!("pending anchors  {}", status.pending_anchors);
+                println!("pending access   {}", status.pending_access_events);
+                for delegate in &status.delegates {
+                    println!("delegate         {delegate}");
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+            LedgerCommand::Show { height } => match ledger.block(height)? {
+                Some(block) => {
+                    println!("{:#}", verify::block_json(&block));
+                    Ok(ExitCode::SUCCESS)
+                }
+                None => anyhow::bail!("no block at height {height}"),
+            },
+            LedgerCommand::Verify { upstream } => {
+                let blocks = ledger.status()?.blocks;
+                let bar = progress(blocks, "blocks");
+                let check = tool.verify_chain(|height| bar.set_position(height + 1))?;
+                bar.finish_and_clear();
+                let mut sound = match check {
+                    ChainCheck::Valid { blocks } => {
+                        println!("chain: {blocks} blocks verify from genesis");
+                        true
+                    }
+                    ChainCheck::Broken { height, fault } => {
+                        println!("chain: BROKEN at height {height}: {fault}");
+                        false
+                    }
+                };
+                if upstream {
+                    let versions = tool.anchored_versions()?;
+                    let bar = progress(versions.len() as u64, "versions");
+                    let checks = tool
+                        .check_upstream(&versions, |done| bar.set_position(done as u64))
+                        .await?;
+                    bar.finish_and_clear();
+                    let mut problems: Vec<String> =
+                        checks.iter().filter_map(|c| c.problem()).collect();
+                    println!(
+                        "upstream: {} of {} anchored versions match {}",
+                        checks.len() - problems.len(),
+                        checks.len(),
+                        config.upstream.url
+                    );
+                    let mut resources: Vec<(String, String)> =
+                        versions.into_iter().map(|(t, i, _)| (t, i)).collect();
+                    resources.sort();
+                    resources.dedup();
+                    let bar = progress(resources.len() as u64, "resources");
+                    let current = tool
+                        .check_current(&resources, |done| bar.set_position(done as u64))
+                        .await?;
+                    bar.finish_and_clear();
+                    let unanchored: Vec<String> =
+                        current.iter().filter_map(|c| c.problem()).collect();
+                    println!(
+                        "upstream: {} of {} resources have an anchored current version",
+                        current.len() - unanchored.len(),
+                        current.len()
+                    );
+                    problems.extend(unanchored);
+                    for problem in &problems {
+                        println!("  {problem}");
+                    }
+                    sound &= problems.is_empty();
+                }
+                Ok(if sound {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                })
+            }
+        }
+    })
+}
+
+/// A progress bar on standard error (drawn only on a terminal).
+fn progress(len: u64, unit: &'static str) -> ProgressBar {
+    let bar = ProgressBar::new(len);
+    if let Ok(style) =
+        ProgressStyle::with_template(&format!("{{bar:40}} {{pos}}/{{len}} {unit} ({{eta}})"))
+    {
+        bar.set_style(style);
+    }
+    bar
+}
+
+/// `fhirseal consortium …`: the library runs it; what it returns is the command's output.
 fn consortium(command: fhirseal_sidecar::consortium::ConsortiumCommand) -> anyhow::Result<()> {
     if matches!(
         command,

@@ -32,13 +32,19 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tracing::Instrument;
 
+use crate::audit;
 use crate::body::{empty, full, BoxError, ProxyBody};
-use crate::config::{absolute_http_url, Config};
+use crate::config::{absolute_http_url, AnchorMode, Config};
 use crate::error::ProxyError;
+use crate::ledger::{now_ms, NodeLedger};
 use crate::seal_phase::Sealed;
+use crate::sealing::SealError;
 use crate::sealing::Sealing;
 use crate::tls;
+use crate::verify::VERIFY;
 use fhirseal_adapters::auth::ApiKeyTable;
+use fhirseal_storage::PendingAccess;
+use tokio::task::JoinHandle;
 
 /// The request id header, taken from the client when it sends a sane one and passed upstream.
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -87,7 +93,13 @@ pub(crate) struct Shared {
     pub(crate) client: Client<HttpsConnector<HttpConnector>, ProxyBody>,
     pub(crate) upstream: Upstream,
     pub(crate) sealing: Arc<Sealing>,
+    pub(crate) ledger: Arc<NodeLedger>,
     pub(crate) auth: ApiKeyTable,
+    /// `anchor = "sync"`: writes are acknowledged once their block is final.
+    pub(crate) anchor_sync: bool,
+    pub(crate) sync_timeout: Duration,
+    /// Whether reads also send a FHIR `AuditEvent` upstream.
+    pub(crate) audit_upstream: bool,
     /// Our own FHIR base path, without a trailing slash (empty for `/`).
     base_path: String,
     /// The configured public base, if the sidecar sits behind another proxy.
@@ -114,6 +126,7 @@ impl Proxy {
         config: &Config,
         listener_tls: bool,
         sealing: Arc<Sealing>,
+        ledger: Arc<NodeLedger>,
         auth: ApiKeyTable,
     ) -> Result<Proxy, ProxyError> {
         let uri = absolute_http_url(&config.upstream.url).map_err(ProxyError::Internal)?;
@@ -147,7 +160,11 @@ impl Proxy {
                 client,
                 upstream,
                 sealing,
+                ledger,
                 auth,
+                anchor_sync: config.ledger.anchor == AnchorMode::Sync,
+                sync_timeout: Duration::from_millis(config.ledger.sync_timeout_ms),
+                audit_upstream: config.audit.upstream_audit_events,
                 base_path: config.server.base_path.trim_end_matches('/').to_owned(),
                 public_base: config
                     .server
@@ -209,6 +226,14 @@ impl Proxy {
         match req.uri().path() {
             "/healthz" => return (Some("healthz"), Ok(healthz())),
             "/readyz" => return (Some("readyz"), Ok(self.readyz().await)),
+            path if path == "/ledger" || path.starts_with("/ledger/") => {
+                // Any caller with a key may read the ledger: it holds no identity.
+                let result = match self.shared.auth.authenticate(req.headers()) {
+                    Ok(_) => self.ledger_api(&req).await,
+                    Err(error) => Err(ProxyError::Unauthorized(error)),
+                };
+                return (Some("ledger"), result);
+            }
             _ => {}
         }
         let mut admitted = match self.request_filter(&req) {
@@ -221,10 +246,29 @@ impl Proxy {
             Err(error) => return (Some(name), Err(ProxyError::Unauthorized(error))),
         };
         tracing::debug!(principal = %principal.name, institution = %principal.institution, "authenticated");
+        // A read is recorded before it is forwarded; the record's flush runs beside the
+        // upstream exchange and is awaited before the answer leaves.
+        let access = match self.record_access(&admitted.interaction, &principal, req.headers()) {
+            Ok(access) => access,
+            Err(error) => return (Some(name), Err(error)),
+        };
         let public_base = self.public_base(&req);
         let elements = elements_param(req.uri().query());
         let head = req.method() == Method::HEAD;
         let result = async {
+            if let Some((resource_type, id, version)) = verify_target(&admitted.interaction) {
+                let format = Format::negotiate(req.uri().query(), req.headers());
+                return self
+                    .verify_operation(
+                        req.method(),
+                        req.uri().query(),
+                        resource_type,
+                        id,
+                        version,
+                        format,
+                    )
+                    .await;
+            }
             let (req, pending) = match self.seal_request(req, &mut admitted, &principal).await? {
                 Sealed::Forward(req, pending) => (req, pending),
                 Sealed::Respond(response) => return Ok(response),
@@ -242,7 +286,63 @@ impl Proxy {
             }
         }
         .await;
+        let result = match access {
+            Some((event, flushed)) => {
+                let result = match flushed.await {
+                    Ok(Ok(())) => result,
+                    Ok(Err(error)) => Err(ProxyError::Seal(error)),
+                    Err(error) => Err(ProxyError::Internal(error.to_string())),
+                };
+                if self.shared.audit_upstream {
+                    let status = match &result {
+                        Ok(response) => response.status(),
+                        Err(error) => error.status(),
+                    };
+                    self.send_audit_event(event, admitted.interaction.clone(), status);
+                }
+                result
+            }
+            None => result,
+        };
         (Some(name), result)
+    }
+
+    /// Queues the access event of a read and starts making it durable.
+    fn record_access(
+        &self,
+        interaction: &Interaction,
+        principal: &fhirseal_adapters::auth::Principal,
+        headers: &HeaderMap,
+    ) -> Result<Option<RecordedAccess>, ProxyError> {
+        let Some(event) = audit::access_event(interaction, principal, headers, now_ms())? else {
+            return Ok(None);
+        };
+        self.shared.sealing.record_access(&event)?;
+        let sealing = self.shared.sealing.clone();
+        let flushed = tokio::spawn(async move { sealing.durable().await });
+        Ok(Some((event, flushed)))
+    }
+
+    /// Sends the FHIR `AuditEvent` of a read upstream, in the background; a failure is logged.
+    fn send_audit_event(&self, event: PendingAccess, interaction: Interaction, status: StatusCode) {
+        let proxy = self.clone();
+        tokio::spawn(async move {
+            let body = audit::audit_event(
+                &event,
+                &interaction,
+                proxy.shared.ledger.institution(),
+                status,
+                &audit::instant(event.time_ms),
+            );
+            let url = format!("{}/AuditEvent", proxy.shared.upstream.base);
+            match proxy.upstream_json(Method::POST, &url, Some(&body)).await {
+                Ok((status, _)) if status.is_success() => {}
+                Ok((status, _)) => {
+                    tracing::warn!(%status, "the upstream refused an AuditEvent");
+                }
+                Err(error) => tracing::warn!(%error, "an AuditEvent could not be sent upstream"),
+            }
+        });
     }
 
     /// Phase 1: refuse what is not a well-formed FHIR request within our limits.
@@ -517,6 +617,27 @@ where
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let response = self.handle(req);
         Box::pin(async move { Ok(response.await) })
+    }
+}
+
+/// A read's access event, and the task making it durable.
+type RecordedAccess = (PendingAccess, JoinHandle<Result<(), SealError>>);
+
+/// The (type, id, version) a `$verify` names.
+fn verify_target(interaction: &Interaction) -> Option<(&str, &str, Option<&str>)> {
+    match interaction {
+        Interaction::OperationInstance {
+            resource_type,
+            id,
+            name,
+        } if name == VERIFY => Some((resource_type, id, None)),
+        Interaction::OperationVersion {
+            resource_type,
+            id,
+            version,
+            name,
+        } if name == VERIFY => Some((resource_type, id, Some(version))),
+        _ => None,
     }
 }
 

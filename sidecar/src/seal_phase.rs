@@ -15,7 +15,7 @@ use std::collections::{BTreeSet, HashMap};
 use bytes::Bytes;
 use fhirseal_adapters::auth::Principal;
 use fhirseal_adapters::search::NO_MATCH;
-use fhirseal_adapters::{fhir, patch, Format, Interaction};
+use fhirseal_adapters::{canonical, fhir, patch, Format, Interaction};
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use serde_json::Value;
@@ -39,6 +39,31 @@ pub(crate) enum Pending {
     },
     /// A transaction or batch: the prepared entries, by position.
     Bundle(Vec<Option<Prepared>>),
+}
+
+/// A version the upstream accepted, on its way into the vault and the outbox.
+struct Written {
+    prepared: Prepared,
+    id: String,
+    version: String,
+    /// The stored resource, when the upstream returned it.
+    returned: Option<Value>,
+}
+
+/// Whether `value` is a resource (of `resource_type`, when given) with this id and version;
+/// with an empty id, whether it is a resource with an id and a version at all.
+fn is_version(value: &Value, resource_type: Option<&str>, id: &str, version: &str) -> bool {
+    let field = |pointer: &str| value.pointer(pointer).and_then(Value::as_str);
+    let (Some(ty), Some(found_id), Some(found_version)) = (
+        field("/resourceType"),
+        field("/id"),
+        field("/meta/versionId"),
+    ) else {
+        return false;
+    };
+    resource_type.is_none_or(|t| t == ty)
+        && ty != "OperationOutcome"
+        && (id.is_empty() || (found_id == id && found_version == version))
 }
 
 /// The outcome of `seal_request`.
@@ -244,7 +269,16 @@ impl Proxy {
                     "only JSON Patch (application/json-patch+json) can change a {resource_type} through fhirseal"
                 )));
             }
-            return Ok(Sealed::Forward(req, Box::new(Pending::Nothing)));
+            // FHIRPath Patch of a resource that is no person: the upstream applies it, and the
+            // version it makes is anchored.
+            return Ok(Sealed::Forward(
+                req,
+                Box::new(Pending::One {
+                    prepared: Prepared::clinical_only(resource_type),
+                    create: false,
+                    patch: false,
+                }),
+            ));
         }
         if !principal.sees_identity {
             return Err(ProxyError::Forbidden(
@@ -440,7 +474,7 @@ impl Proxy {
         Ok(())
     }
 
-    /// Seals what the upstream accepted; rolls back what it refused.
+    /// Seals and anchors what the upstream accepted; rolls back what it refused.
     pub(crate) async fn commit_seal(
         &self,
         response: Response<ProxyBody>,
@@ -464,37 +498,34 @@ impl Proxy {
                     sealing.rollback(&prepared);
                     return Ok(response);
                 }
-                let (response, id, version) = match version_from_headers(response.headers()) {
-                    Some((id, version)) => (response, id, version),
-                    None => {
-                        // No Location: read id and version from the returned resource.
-                        let (parts, body) = response.into_parts();
-                        let bytes = collect_limited(body, MAX_UNSEAL_RESPONSE).await?;
-                        let format = response_format(&parts.headers).unwrap_or(Format::Json);
-                        let value = fhir::parse_lenient(&bytes, format)
-                            .map_err(|e| ProxyError::UpstreamBody(e.to_string()))?;
-                        let id = value.get("id").and_then(Value::as_str).map(str::to_owned);
-                        let version = value
-                            .pointer("/meta/versionId")
-                            .and_then(Value::as_str)
-                            .map(str::to_owned);
-                        let (Some(id), Some(version)) = (id, version) else {
-                            return Err(ProxyError::UpstreamBody(
-                                "the upstream accepted a write without naming its id and version"
-                                    .to_owned(),
-                            ));
-                        };
-                        (Response::from_parts(parts, full(bytes)), id, version)
-                    }
+                // The body is read whole: it is usually the stored resource, which is hashed
+                // for the anchor.
+                let (parts, body) = response.into_parts();
+                let bytes = collect_limited(body, MAX_UNSEAL_RESPONSE).await?;
+                let returned = response_format(&parts.headers)
+                    .filter(|f| *f == Format::Json)
+                    .and_then(|_| serde_json::from_slice::<Value>(&bytes).ok());
+                let named = version_from_headers(&parts.headers).or_else(|| {
+                    let value = returned.as_ref()?;
+                    let id = value.get("id").and_then(Value::as_str)?;
+                    let version = value.pointer("/meta/versionId").and_then(Value::as_str)?;
+                    Some((id.to_owned(), version.to_owned()))
+                });
+                let Some((id, version)) = named else {
+                    sealing.rollback(&prepared);
+                    return Err(ProxyError::UpstreamBody(
+                        "the upstream accepted a write without naming its id and version"
+                            .to_owned(),
+                    ));
                 };
-                // A vault commit is a sled transaction over many keys: keep it off the async
-                // workers, which other requests are waiting for.
-                let committing = self.shared.sealing.clone();
-                tokio::task::spawn_blocking(move || committing.commit(&prepared, &id, &version))
-                    .await
-                    .map_err(|e| ProxyError::Internal(e.to_string()))??;
-                sealing.durable().await?;
-                let mut response = response;
+                let written = Written {
+                    prepared,
+                    id,
+                    version,
+                    returned: returned.filter(|v| is_version(v, None, "", "")),
+                };
+                self.commit_written(vec![written]).await?;
+                let mut response = Response::from_parts(parts, full(bytes));
                 if patch {
                     response.headers_mut().remove(header::ETAG);
                 }
@@ -511,34 +542,232 @@ impl Proxy {
                 let value = fhir::parse_lenient(&bytes, format)
                     .map_err(|e| ProxyError::UpstreamBody(e.to_string()))?;
                 let results = value["entry"].as_array().cloned().unwrap_or_default();
-                let committing = self.shared.sealing.clone();
-                tokio::task::spawn_blocking(move || {
-                    for (index, p) in prepared.iter().enumerate() {
-                        let Some(p) = p else { continue };
-                        let result = results.get(index);
-                        let status = result
-                            .and_then(|r| r.pointer("/response/status"))
-                            .and_then(Value::as_str)
-                            .unwrap_or("");
-                        let location = result
-                            .and_then(|r| r.pointer("/response/location"))
-                            .and_then(Value::as_str)
-                            .and_then(version_location);
-                        match location {
-                            Some((_, id, version)) if status.starts_with('2') => {
-                                committing.commit(p, &id, &version)?
-                            }
-                            _ => committing.rollback(p),
+                let mut written = Vec::new();
+                for (index, p) in prepared.into_iter().enumerate() {
+                    let Some(p) = p else { continue };
+                    let result = results.get(index);
+                    let status = result
+                        .and_then(|r| r.pointer("/response/status"))
+                        .and_then(Value::as_str)
+                        .unwrap_or("");
+                    let location = result
+                        .and_then(|r| r.pointer("/response/location"))
+                        .and_then(Value::as_str)
+                        .and_then(version_location);
+                    match location {
+                        Some((_, id, version)) if status.starts_with('2') => {
+                            written.push(Written {
+                                prepared: p,
+                                id,
+                                version,
+                                returned: None,
+                            })
                         }
+                        _ => sealing.rollback(&p),
                     }
-                    Ok::<(), ProxyError>(())
-                })
-                .await
-                .map_err(|e| ProxyError::Internal(e.to_string()))??;
-                sealing.durable().await?;
+                }
+                self.commit_written(written).await?;
                 Ok(Response::from_parts(parts, full(bytes)))
             }
         }
+    }
+
+    /// Hashes each written version as the upstream stores it, seals its identity and queues its
+    /// anchor (one vault transaction each), makes all of it durable, and with `anchor = "sync"`
+    /// waits for the block. When the upstream's copies cannot be read back, the identity is
+    /// still kept (so nothing written is lost) and the client hears that anchoring failed.
+    async fn commit_written(&self, mut written: Vec<Written>) -> Result<(), ProxyError> {
+        if written.is_empty() {
+            return Ok(());
+        }
+        let hashed: Result<Vec<[u8; 32]>, ProxyError> =
+            self.stored_versions(&mut written).await.and_then(|values| {
+                values
+                    .iter()
+                    .map(|v| {
+                        canonical::clinical_hash(v).map_err(|e| {
+                            ProxyError::UpstreamBody(format!("a stored resource: {e}"))
+                        })
+                    })
+                    .collect()
+            });
+        let hashes: Vec<Option<[u8; 32]>> = match &hashed {
+            Ok(hashes) => hashes.iter().copied().map(Some).collect(),
+            Err(_) => vec![None; written.len()],
+        };
+        let versions: Vec<(String, String, String)> = written
+            .iter()
+            .map(|w| {
+                (
+                    w.prepared.resource_type.clone(),
+                    w.id.clone(),
+                    w.version.clone(),
+                )
+            })
+            .collect();
+        // A vault commit is a sled transaction over many keys: keep it off the async workers,
+        // which other requests are waiting for.
+        let sealing = self.shared.sealing.clone();
+        tokio::task::spawn_blocking(move || {
+            for (w, hash) in written.iter().zip(hashes) {
+                sealing.commit(&w.prepared, &w.id, &w.version, hash)?;
+            }
+            Ok::<(), ProxyError>(())
+        })
+        .await
+        .map_err(|e| ProxyError::Internal(e.to_string()))??;
+        self.shared.sealing.durable().await?;
+        hashed.map_err(|e| ProxyError::NotAnchored(e.to_string()))?;
+        if self.shared.anchor_sync {
+            let timeout = self.shared.sync_timeout;
+            if !self.shared.ledger.wait_anchored(&versions, timeout).await? {
+                return Err(ProxyError::AnchorTimeout(timeout.as_millis() as u64));
+            }
+        }
+        Ok(())
+    }
+
+    /// The written versions as the upstream stores them, in JSON: what it returned when that is
+    /// the version itself, else read back (one vread, or one batch of them).
+    async fn stored_versions(&self, written: &mut [Written]) -> Result<Vec<Value>, ProxyError> {
+        let missing: Vec<usize> = written
+            .iter()
+            .enumerate()
+            .filter(|(_, w)| {
+                !w.returned.as_ref().is_some_and(|v| {
+                    is_version(v, Some(&w.prepared.resource_type), &w.id, &w.version)
+                })
+            })
+            .map(|(i, _)| i)
+            .collect();
+        let urls: Vec<String> = missing
+            .iter()
+            .map(|&i| {
+                let w = &written[i];
+                format!(
+                    "{}/{}/_history/{}",
+                    w.prepared.resource_type, w.id, w.version
+                )
+            })
+            .collect();
+        let fetched = self.read_versions(&urls).await?;
+        for ((i, url), (status, value)) in missing.into_iter().zip(&urls).zip(fetched) {
+            let w = &mut written[i];
+            match value {
+                Some(value)
+                    if is_version(&value, Some(&w.prepared.resource_type), &w.id, &w.version) =>
+                {
+                    w.returned = Some(value);
+                }
+                _ => {
+                    return Err(ProxyError::UpstreamBody(format!(
+                        "reading back {url} answered {status}"
+                    )))
+                }
+            }
+        }
+        Ok(written
+            .iter_mut()
+            .filter_map(|w| w.returned.take())
+            .collect())
+    }
+
+    /// Reads `urls` (relative to the upstream base) from the upstream as JSON: one GET for
+    /// one, a batch Bundle of GETs for several. Each answer comes with its status; the resource
+    /// only with a 200.
+    pub(crate) async fn read_versions(
+        &self,
+        urls: &[String],
+    ) -> Result<Vec<(StatusCode, Option<Value>)>, ProxyError> {
+        let base = &self.shared.upstream.base;
+        match urls {
+            [] => Ok(Vec::new()),
+            [url] => {
+                let (status, value) = self
+                    .upstream_json(Method::GET, &format!("{base}/{url}"), None)
+                    .await?;
+                Ok(vec![(status, (status == StatusCode::OK).then_some(value))])
+            }
+            _ => {
+                let entries: Vec<Value> = urls
+                    .iter()
+                    .map(|url| serde_json::json!({"request": {"method": "GET", "url": url}}))
+                    .collect();
+                let bundle = serde_json::json!({
+                    "resourceType": "Bundle",
+                    "type": "batch",
+                    "entry": entries,
+                });
+                let (status, value) = self
+                    .upstream_json(Method::POST, base, Some(&bundle))
+                    .await?;
+                if status != StatusCode::OK {
+                    return Err(ProxyError::UpstreamBody(format!(
+                        "a batch reading {} versions answered {status}",
+                        urls.len()
+                    )));
+                }
+                let entries = value
+                    .get("entry")
+                    .and_then(Value::as_array)
+                    .filter(|e| e.len() == urls.len())
+                    .ok_or_else(|| {
+                        ProxyError::UpstreamBody(
+                            "a batch reading versions answered with the wrong number of entries"
+                                .to_owned(),
+                        )
+                    })?;
+                Ok(entries
+                    .iter()
+                    .map(|entry| {
+                        let status = entry
+                            .pointer("/response/status")
+                            .and_then(Value::as_str)
+                            .and_then(|s| s.get(..3))
+                            .and_then(|s| s.parse::<u16>().ok())
+                            .and_then(|s| StatusCode::from_u16(s).ok())
+                            .unwrap_or(StatusCode::BAD_GATEWAY);
+                        let resource = entry
+                            .get("resource")
+                            .filter(|_| status == StatusCode::OK)
+                            .cloned();
+                        (status, resource)
+                    })
+                    .collect())
+            }
+        }
+    }
+
+    /// One JSON exchange with the upstream, outside any client's request.
+    pub(crate) async fn upstream_json(
+        &self,
+        method: Method,
+        url: &str,
+        body: Option<&Value>,
+    ) -> Result<(StatusCode, Value), ProxyError> {
+        let mut builder = Request::builder()
+            .method(method)
+            .uri(url)
+            .header(header::ACCEPT, Format::Json.mime());
+        let body = match body {
+            Some(value) => {
+                builder = builder.header(header::CONTENT_TYPE, Format::Json.mime());
+                full(serde_json::to_vec(value).map_err(|e| ProxyError::Internal(e.to_string()))?)
+            }
+            None => empty(),
+        };
+        let request = builder
+            .body(body)
+            .map_err(|e| ProxyError::Internal(e.to_string()))?;
+        let response = self.send(request).await?;
+        let status = response.status();
+        let bytes = collect_limited(response.into_body(), MAX_UNSEAL_RESPONSE).await?;
+        if bytes.is_empty() {
+            return Ok((status, Value::Null));
+        }
+        let value = serde_json::from_slice(&bytes)
+            .map_err(|e| ProxyError::UpstreamBody(format!("not JSON: {e}")))?;
+        Ok((status, value))
     }
 
     /// Phase `unseal_response`: identity merged back into every resource of the response.

@@ -8,7 +8,10 @@ use std::sync::Arc;
 use fhirseal_adapters::profile::{IdentityPart, Profile};
 use fhirseal_adapters::search::{self, SearchError};
 use fhirseal_adapters::{identity, profile};
-use fhirseal_storage::{blind_token, Fingerprint, NodeKeys, RecordMeta, Sealer, Vault, VaultWrite};
+use fhirseal_storage::{
+    blind_token, Fingerprint, NodeKeys, PendingAccess, PendingAnchor, RecordMeta, Sealer, Vault,
+    VaultWrite,
+};
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
@@ -46,6 +49,19 @@ impl Prepared {
     /// Whether anything was taken out (nothing to seal otherwise).
     pub fn has_identity(&self) -> bool {
         !self.identity.is_empty()
+    }
+
+    /// A write whose body the sidecar does not see whole (a FHIRPath Patch of a resource that
+    /// is no person): nothing to seal, but the version the upstream makes is anchored.
+    pub fn clinical_only(resource_type: &str) -> Prepared {
+        Prepared {
+            resource_type: resource_type.to_owned(),
+            fingerprint: Fingerprint([0; 32]),
+            identity: IdentityPart::default(),
+            tokens: Vec::new(),
+            new_surrogate: None,
+            surrogate: None,
+        }
     }
 }
 
@@ -139,11 +155,8 @@ impl Sealing {
             });
         }
         let identity = self.profile.split(resource, None, context);
-        let fingerprint = if identity.is_empty() {
-            Fingerprint([0; 32])
-        } else {
-            self.person_of(resource)?.unwrap_or(Fingerprint([0; 32]))
-        };
+        // The person it is about, for the anchor (and the sealed record, if any).
+        let fingerprint = self.person_of(resource)?.unwrap_or(Fingerprint([0; 32]));
         Ok(Prepared {
             resource_type,
             fingerprint,
@@ -172,10 +185,29 @@ impl Sealing {
         Ok(None)
     }
 
-    /// Seals the identity of a version the upstream accepted and stores it with its indexes.
-    /// Not yet durable: await [`Sealing::durable`] before acknowledging.
-    pub fn commit(&self, prepared: &Prepared, id: &str, version: &str) -> Result<(), SealError> {
+    /// Seals the identity of a version the upstream accepted and stores it with its indexes,
+    /// and queues the version for anchoring with `clinical_hash` (the hash of the resource as
+    /// the upstream stores it) in the same transaction; `None` stores the identity alone (the
+    /// upstream's copy could not be read back to hash). Not yet durable: await
+    /// [`Sealing::durable`] before acknowledging.
+    pub fn commit(
+        &self,
+        prepared: &Prepared,
+        id: &str,
+        version: &str,
+        clinical_hash: Option<[u8; 32]>,
+    ) -> Result<(), SealError> {
         if !prepared.has_identity() {
+            if let Some(clinical_hash) = clinical_hash {
+                self.vault.outbox().push_anchor(&PendingAnchor {
+                    resource_type: prepared.resource_type.clone(),
+                    id: id.to_owned(),
+                    version: version.to_owned(),
+                    fingerprint: prepared.fingerprint.0,
+                    sealed_address: [0; 32],
+                    clinical_hash,
+                })?;
+            }
             return Ok(());
         }
         let meta = RecordMeta {
@@ -189,8 +221,21 @@ impl Sealing {
             record,
             new_epoch_key,
             tokens: prepared.tokens.clone(),
+            clinical_hash,
         })?;
         Ok(())
+    }
+
+    /// Queues an access event for the ledger's audit trail. Not yet durable: await
+    /// [`Sealing::durable`] before answering.
+    pub fn record_access(&self, event: &PendingAccess) -> Result<(), SealError> {
+        self.vault.outbox().push_access(event)?;
+        Ok(())
+    }
+
+    /// The node's keys.
+    pub fn keys(&self) -> &NodeKeys {
+        &self.keys
     }
 
     /// Undoes what [`Sealing::prepare`] stored, for a write the upstream refused.

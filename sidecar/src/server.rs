@@ -12,10 +12,13 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::Config;
 use crate::error::ProxyError;
+use crate::ledger::NodeLedger;
 use crate::proxy::{ClientAddr, Proxy};
 use crate::sealing::Sealing;
 use crate::tls::{self, TlsError};
@@ -43,6 +46,8 @@ pub enum ServerError {
     Auth(#[from] crate::auth::AuthSetupError),
     #[error("sealing: {0}")]
     Seal(#[from] crate::sealing::SealError),
+    #[error("ledger: {0}")]
+    Ledger(#[from] crate::ledger::LedgerError),
     #[error("start-up failed: {0}")]
     Start(String),
 }
@@ -51,6 +56,9 @@ pub enum ServerError {
 pub struct Sidecar {
     listener: TcpListener,
     proxy: Proxy,
+    /// The anchoring task and its stop signal: stopped after the last request, so that what
+    /// those requests wrote is anchored before `serve` returns.
+    anchorer: Option<(JoinHandle<()>, watch::Sender<bool>)>,
     tls: Option<TlsAcceptor>,
     header_read_timeout: Duration,
 }
@@ -84,10 +92,25 @@ impl Sidecar {
         let sealing = tokio::task::spawn_blocking(move || Sealing::open(&for_sealing))
             .await
             .map_err(|e| ServerError::Start(e.to_string()))??;
-        let proxy = Proxy::new(config, tls.is_some(), Arc::new(sealing), auth)?;
+        let sealing = Arc::new(sealing);
+        let (for_ledger, for_config) = (sealing.clone(), config.clone());
+        let opened = tokio::task::spawn_blocking(move || {
+            NodeLedger::open(
+                &for_config,
+                for_ledger.keys(),
+                for_ledger.vault().outbox().clone(),
+            )
+        })
+        .await
+        .map_err(|e| ServerError::Start(e.to_string()))??;
+        // What the outbox holds from before a restart is anchored by the first rounds.
+        let (stop, stopped) = watch::channel(false);
+        let anchorer = tokio::spawn(opened.anchorer.run(stopped));
+        let proxy = Proxy::new(config, tls.is_some(), sealing, opened.ledger, auth)?;
         Ok(Sidecar {
             listener,
             proxy,
+            anchorer: Some((anchorer, stop)),
             tls,
             header_read_timeout: Duration::from_secs(config.server.header_read_timeout_secs),
         })
@@ -104,6 +127,11 @@ impl Sidecar {
     /// The node's sealing and vault (for tools and tests that look inside).
     pub fn sealing(&self) -> Arc<Sealing> {
         self.proxy.shared.sealing.clone()
+    }
+
+    /// The node's ledger (for tools and tests that look inside).
+    pub fn ledger(&self) -> Arc<NodeLedger> {
+        self.proxy.shared.ledger.clone()
     }
 
     /// Whether clients must speak TLS.
@@ -187,6 +215,12 @@ impl Sidecar {
             .is_err()
         {
             tracing::warn!("open connections did not finish in time and were dropped");
+        }
+        if let Some((anchorer, stop)) = self.anchorer {
+            stop.send_replace(true);
+            if tokio::time::timeout(DRAIN_TIMEOUT, anchorer).await.is_err() {
+                tracing::warn!("the last anchoring round did not finish in time; the outbox keeps what it holds");
+            }
         }
         Ok(())
     }

@@ -78,6 +78,17 @@ pub enum ChainStoreError {
         /// Where the key is already recorded.
         existing: EntryLocation,
     },
+    /// The database directory is held by another process (sled locks it).
+    #[error("the ledger database {0} is in use by another process (is fhirseal running?)")]
+    Locked(String),
+    /// The database belongs to another owner than the one opening it.
+    #[error("the ledger database belongs to '{found}', not to '{expected}'")]
+    Owner {
+        /// The owner recorded at creation.
+        found: String,
+        /// The owner asked for.
+        expected: String,
+    },
     /// A stored key or value does not have the shape this module writes: the database was
     /// changed by something else.
     #[error("corrupt entry in {tree}: {what}")]
@@ -247,7 +258,40 @@ pub struct ChainStore {
     anchors: Tree,
 }
 
+/// Name of the tree holding the database's owner.
+pub const META_TREE: &str = "chain.meta";
+
 impl ChainStore {
+    /// Opens (or creates) a database of its own in the directory `path` for the chain of
+    /// `owner` (an opaque name, recorded at creation): refused when another process holds the
+    /// directory, or when it was created for another owner.
+    pub fn open_dir(path: &std::path::Path, owner: &str) -> Result<Self> {
+        let db = sled::Config::new()
+            .path(path)
+            .open()
+            .map_err(|e| match &e {
+                sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock => {
+                    ChainStoreError::Locked(path.display().to_string())
+                }
+                _ => ChainStoreError::Sled(e),
+            })?;
+        let meta = db.open_tree(META_TREE)?;
+        match meta.get("owner")? {
+            Some(found) if found.as_ref() != owner.as_bytes() => {
+                return Err(ChainStoreError::Owner {
+                    found: String::from_utf8_lossy(&found).into_owned(),
+                    expected: owner.to_owned(),
+                });
+            }
+            Some(_) => {}
+            None => {
+                meta.insert("owner", owner.as_bytes())?;
+                db.flush()?;
+            }
+        }
+        Self::open(&db)
+    }
+
     /// Opens (or creates) the chain trees in `db`, which may hold other trees too.
     pub fn open(db: &sled::Db) -> Result<Self> {
         Ok(Self {

@@ -19,6 +19,14 @@ pub enum StorageError {
     Corrupt(String),
 }
 
+impl StorageError {
+    /// Whether the same call may succeed later (an I/O failure), as opposed to a refusal or
+    /// corruption that will repeat.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, StorageError::Sled(sled::Error::Io(_)))
+    }
+}
+
 /// A `Result` with [`StorageError`].
 pub type Result<T, E = StorageError> = std::result::Result<T, E>;
 

@@ -3,7 +3,10 @@
 //! - `link.key` — the consortium link key `K_link` (32 bytes) keying identity fingerprints; on the
 //!   embedded default the node makes it, in a consortium the governance layer distributes it;
 //! - `index.key` — this node's blind-index key (32 bytes), never shared: blind tokens are local;
-//! - `institution-rsa.pem` — the institution's RSA private key (PKCS#8) that wraps data keys.
+//! - `institution-rsa.pem` — the institution's RSA private key (PKCS#8) that wraps data keys;
+//! - `institution.ed25519` — the seed (32 bytes) of the Ed25519 key the institution signs its
+//!   ledger batches with;
+//! - `delegate.ed25519` — the seed of the Ed25519 key this node signs blocks with as a delegate.
 //!
 //! No key material appears in `Debug` output or errors.
 
@@ -50,6 +53,10 @@ pub struct NodeKeys {
     pub rsa_public: PublicKey,
     /// SHA-256 of the public key's DER (SubjectPublicKeyInfo): names the key in sealed records.
     pub rsa_key_id: [u8; 32],
+    /// Seed of the institution's Ed25519 batch-signing key.
+    pub institution_signing: SecretKey,
+    /// Seed of this node's Ed25519 delegate key.
+    pub delegate_signing: SecretKey,
 }
 
 impl std::fmt::Debug for NodeKeys {
@@ -69,6 +76,8 @@ impl NodeKeys {
         let mut created = false;
         let link_key = secret_file(&dir.join("link.key"), &mut created)?;
         let index_key = secret_file(&dir.join("index.key"), &mut created)?;
+        let institution_signing = secret_file(&dir.join("institution.ed25519"), &mut created)?;
+        let delegate_signing = secret_file(&dir.join("delegate.ed25519"), &mut created)?;
         let rsa_path = dir.join("institution-rsa.pem");
         let rsa = if rsa_path.exists() {
             let pem =
@@ -106,6 +115,8 @@ impl NodeKeys {
                 rsa,
                 rsa_public,
                 rsa_key_id,
+                institution_signing,
+                delegate_signing,
             },
             created,
         ))

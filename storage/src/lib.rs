@@ -6,7 +6,9 @@
 //!
 //! - [`keys`] — the node's secret keys, made on first start with owner-only permissions;
 //! - [`seal`] — fingerprints, blind tokens, AES-256-GCM records with RSA-OAEP-wrapped keys;
-//! - [`vault`] — the sled vault: records, indexes and blind index, one transaction per write.
+//! - [`vault`] — the sled vault: records, indexes and blind index, one transaction per write;
+//! - [`outbox`] — anchors and access events waiting for a final block, in the vault's database
+//!   (an anchor is queued in the same transaction as its vault write);
 //! - [`chain_store`] — the ledger's typed sled stores: blocks by height, hash, transaction and
 //!   anchor indexes, one transaction and a flush per block (bytes given by `consensus`).
 //! - [`raft_store`] — the replicated log's typed sled stores: opaque entries by position, named
@@ -15,11 +17,13 @@
 pub mod chain_store;
 pub mod error;
 pub mod keys;
+pub mod outbox;
 pub mod raft_store;
 pub mod seal;
 pub mod vault;
 
 pub use error::{Result, StorageError};
 pub use keys::{NodeKeys, SecretKey};
+pub use outbox::{Outbox, PendingAccess, PendingAnchor};
 pub use seal::{blind_token, Fingerprint, NewEpochKey, RecordMeta, SealedRecord, Sealer};
 pub use vault::{Durability, Vault, VaultWrite};

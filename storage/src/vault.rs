@@ -7,13 +7,15 @@
 //! - `surrogates`: fingerprint → surrogate; `surrogate_fp`: surrogate → fingerprint;
 //! - `blind`: token ‖ `type \0 id` → fingerprint; `blind_of`: `type \0 id` → its tokens, so that
 //!   an update replaces the tokens of the version it supersedes;
-//! - `epoch_keys`: epoch key id → RSA-wrapped epoch key.
+//! - `epoch_keys`: epoch key id → RSA-wrapped epoch key;
+//! - the [`Outbox`]'s trees: anchors and access events waiting for a final block.
 //!
-//! One write is one sled transaction over all of them. sled writes reach the disk only on flush:
+//! One write is one sled transaction over all of them, its outbox entry included. sled writes reach the disk only on flush:
 //! callers flush ([`Vault::flush_async`]) before they acknowledge a write.
 
 use crate::error::{random, Result, StorageError};
 use crate::keys::hex;
+use crate::outbox::{Outbox, PendingAnchor};
 use crate::seal::{Fingerprint, NewEpochKey, SealedRecord};
 use sled::transaction::TransactionError;
 use sled::Transactional;
@@ -35,6 +37,9 @@ pub struct VaultWrite {
     pub new_epoch_key: Option<NewEpochKey>,
     /// Blind-index tokens of this version; they replace those of the resource's earlier version.
     pub tokens: Vec<[u8; 32]>,
+    /// Hash of the clinical resource as the upstream stores it: when given, the version is
+    /// queued for anchoring in the same transaction (see [`Vault::commit`]).
+    pub clinical_hash: Option<[u8; 32]>,
 }
 
 /// The sled-backed vault.
@@ -49,6 +54,7 @@ pub struct Vault {
     blind: sled::Tree,
     blind_of: sled::Tree,
     epoch_keys: sled::Tree,
+    outbox: Outbox,
 }
 
 fn resource_key(resource_type: &str, id: &str) -> Vec<u8> {
@@ -105,6 +111,7 @@ impl Vault {
             blind: db.open_tree("blind")?,
             blind_of: db.open_tree("blind_of")?,
             epoch_keys: db.open_tree("epoch_keys")?,
+            outbox: Outbox::open(&db)?,
             db,
         })
     }
@@ -158,8 +165,19 @@ impl Vault {
             .transpose()
     }
 
-    /// Stores one sealed resource version and its indexes in one transaction; returns the
-    /// record's content address. Not yet durable: flush before acknowledging.
+    /// The outbox kept in this vault's database.
+    pub fn outbox(&self) -> &Outbox {
+        &self.outbox
+    }
+
+    /// Stores one sealed resource version and its indexes in one transaction, with its outbox
+    /// entry when the write carries a clinical hash; returns the record's content address. Not
+    /// yet durable: flush before acknowledging.
+    ///
+    /// The same version stored again (an upstream that keeps the version of an update that
+    /// changed nothing it stores, such as one that changed identity only) replaces the record,
+    /// so that readers get the identity last written, but queues no second anchor: the version
+    /// is anchored once, with the record it had first.
     pub fn commit(&self, write: &VaultWrite) -> Result<[u8; 32]> {
         let encoded = write.record.encode();
         let address = SealedRecord::address(&encoded);
@@ -168,6 +186,21 @@ impl Vault {
         let ver_key = version_key(&meta.resource_type, &meta.id, &meta.version);
         let fp = meta.fingerprint.0;
         let token_bytes: Vec<u8> = write.tokens.iter().flatten().copied().collect();
+        let anchor = match write.clinical_hash {
+            Some(clinical_hash) => Some((
+                self.outbox.next_seq()?.to_be_bytes(),
+                PendingAnchor {
+                    resource_type: meta.resource_type.clone(),
+                    id: meta.id.clone(),
+                    version: meta.version.clone(),
+                    fingerprint: fp,
+                    sealed_address: address,
+                    clinical_hash,
+                }
+                .encode(),
+            )),
+            None => None,
+        };
         (
             &self.records,
             &self.resources,
@@ -175,25 +208,31 @@ impl Vault {
             &self.blind,
             &self.blind_of,
             &self.epoch_keys,
+            &self.outbox.anchors,
         )
-            .transaction(|(records, resources, by_fp, blind, blind_of, epoch_keys)| {
-                if let Some(key) = &write.new_epoch_key {
-                    epoch_keys.insert(&key.id, key.wrapped.as_slice())?;
-                }
-                records.insert(&address, encoded.as_slice())?;
-                resources.insert(ver_key.as_slice(), &address)?;
-                by_fp.insert(concat(&fp, &res_key), &[])?;
-                if let Some(old) = blind_of.get(&res_key)? {
-                    for token in old.chunks_exact(32) {
-                        blind.remove(concat(token, &res_key))?;
+            .transaction(
+                |(records, resources, by_fp, blind, blind_of, epoch_keys, outbox)| {
+                    if let Some(key) = &write.new_epoch_key {
+                        epoch_keys.insert(&key.id, key.wrapped.as_slice())?;
                     }
-                }
-                for token in &write.tokens {
-                    blind.insert(concat(token, &res_key), &fp)?;
-                }
-                blind_of.insert(res_key.as_slice(), token_bytes.as_slice())?;
-                Ok(())
-            })
+                    records.insert(&address, encoded.as_slice())?;
+                    let earlier = resources.insert(ver_key.as_slice(), &address)?;
+                    if let (None, Some((seq, entry))) = (&earlier, &anchor) {
+                        outbox.insert(seq, entry.as_slice())?;
+                    }
+                    by_fp.insert(concat(&fp, &res_key), &[])?;
+                    if let Some(old) = blind_of.get(&res_key)? {
+                        for token in old.chunks_exact(32) {
+                            blind.remove(concat(token, &res_key))?;
+                        }
+                    }
+                    for token in &write.tokens {
+                        blind.insert(concat(token, &res_key), &fp)?;
+                    }
+                    blind_of.insert(res_key.as_slice(), token_bytes.as_slice())?;
+                    Ok(())
+                },
+            )
             .map_err(tx_error::<()>)?;
         Ok(address)
     }
@@ -314,7 +353,7 @@ mod tests {
 
         let token_old = blind_token(&keys.index_key, "family", "lovelace");
         let token_new = blind_token(&keys.index_key, "family", "byron");
-        let mut version = 0;
+        let mut version = 0u8;
         for token in [token_old, token_new] {
             version += 1;
             let meta = RecordMeta {
@@ -329,10 +368,33 @@ mod tests {
                     record,
                     new_epoch_key: new_key,
                     tokens: vec![token],
+                    clinical_hash: Some([version; 32]),
                 })
                 .unwrap();
         }
+        // The same version stored again replaces its record but is not queued twice.
+        let meta = RecordMeta {
+            fingerprint: fp,
+            resource_type: "Patient".into(),
+            id: "p1".into(),
+            version: "2".into(),
+        };
+        let (record, new_epoch_key) = sealer.seal(meta, b"{\"family\":\"y\"}").unwrap();
+        let replaced = vault
+            .commit(&VaultWrite {
+                record,
+                new_epoch_key,
+                tokens: vec![token_new],
+                clinical_hash: Some([2; 32]),
+            })
+            .unwrap();
         vault.flush().unwrap();
+        let queued = vault.outbox().anchors(10).unwrap();
+        assert_eq!(queued.len(), 2);
+        assert_eq!(queued[0].1.version, "1");
+        assert_eq!(queued[1].1.version, "2");
+        assert_eq!(queued[1].1.clinical_hash, [2; 32]);
+        assert_ne!(queued[1].1.sealed_address, replaced);
         // The update replaced the old version's tokens.
         assert!(vault.search(&token_old).unwrap().is_empty());
         assert_eq!(

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
 use fhirseal_sidecar::config::ApiKey;
+use fhirseal_sidecar::ledger::NodeLedger;
 use fhirseal_sidecar::sealing::Sealing;
 use fhirseal_sidecar::{Config, Sidecar};
 use http::{HeaderMap, HeaderValue, Method, Request, StatusCode};
@@ -48,6 +49,7 @@ pub struct TestSidecar {
     /// `http://127.0.0.1:PORT/fhir`
     pub base: String,
     pub sealing: Arc<Sealing>,
+    pub ledger: Arc<NodeLedger>,
     pub config: Config,
     shutdown: Option<oneshot::Sender<()>>,
     done: Option<tokio::task::JoinHandle<()>>,
@@ -126,6 +128,7 @@ pub async fn start_with_data(config: Config, data: Option<Arc<tempfile::TempDir>
     };
     let addr = sidecar.local_addr();
     let sealing = sidecar.sealing();
+    let ledger = sidecar.ledger();
     let scheme = if sidecar.is_tls() { "https" } else { "http" };
     let (tx, rx) = oneshot::channel();
     let done = tokio::spawn(async move {
@@ -140,6 +143,7 @@ pub async fn start_with_data(config: Config, data: Option<Arc<tempfile::TempDir>
         addr,
         base: format!("{scheme}://{addr}{}", config.server.base_path),
         sealing,
+        ledger,
         config,
         shutdown: Some(tx),
         done: Some(done),
@@ -332,4 +336,68 @@ pub fn patient(family: &str) -> Value {
         "gender": "female",
         "birthDate": "1970-01-02"
     })
+}
+
+/// A TOML file for the `fhirseal` binary with what `config` sets that tests rely on: data
+/// directory, keys, upstream, listener, API keys, anchoring.
+pub fn config_file(config: &Config, dir: &std::path::Path) -> PathBuf {
+    let keys = config.keys_dir();
+    let mut text = format!(
+        "data_dir = {:?}\n[server]\nlisten = \"{}\"\n[upstream]\nurl = {:?}\n[seal]\nkeys_dir = {:?}\nrsa_bits = {}\n[ledger]\nbatch_interval_ms = {}\n",
+        config.data_dir.display().to_string(),
+        config.server.listen,
+        config.upstream.url,
+        keys.display().to_string(),
+        config.seal.rsa_bits,
+        config.ledger.batch_interval_ms,
+    );
+    for key in &config.auth.api_keys {
+        text.push_str(&format!(
+            "[[auth.api_keys]]\nkey = {:?}\ninstitution = {:?}\nrole = {:?}\n",
+            key.key, key.institution, key.role
+        ));
+    }
+    let path = dir.join("fhirseal.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Runs `fhirseal` with `args`; returns its exit code and what it printed. A sidecar stopped
+/// a moment ago may still hold its databases while its last tasks end: the run is retried then.
+pub async fn fhirseal(args: &[&str]) -> (i32, String) {
+    let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+    for _ in 0..50 {
+        let args = args.clone();
+        let (code, printed) = tokio::task::spawn_blocking(move || {
+            let output = std::process::Command::new(env!("CARGO_BIN_EXE_fhirseal"))
+                .args(&args)
+                .env_remove("FHIRSEAL_CONFIG")
+                .output()
+                .unwrap();
+            let printed = format!(
+                "{}{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            );
+            (output.status.code().unwrap_or(-1), printed)
+        })
+        .await
+        .unwrap();
+        if !printed.contains("could not acquire lock") {
+            return (code, printed);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("fhirseal {args:?}: the data directory stayed locked");
+}
+
+/// Waits until the sidecar's outbox is empty (everything written so far is anchored).
+pub async fn anchored(ledger: &NodeLedger) {
+    for _ in 0..200 {
+        if ledger.outbox().is_empty() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the outbox did not drain: {:?}", ledger.status());
 }

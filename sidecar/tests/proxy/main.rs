@@ -11,3 +11,5 @@ mod t10_transparency;
 mod t20_bad_input;
 mod t30_transport;
 mod t40_sealing;
+mod t50_ledger;
+mod t60_crash;

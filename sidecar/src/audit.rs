@@ -1,0 +1,288 @@
+//! The audit trail of reads: every read through the sidecar becomes an access event (principal,
+//! institution, resource, purpose of use, time) that the anchorer batches onto the ledger, and,
+//! when `audit.upstream_audit_events` is set, a FHIR `AuditEvent` sent to the upstream too.
+//!
+//! An event names what the request names (a resource, a version, or a type for a search),
+//! never the query: identity searches carry names and birth dates, which must not reach the
+//! ledger or the upstream.
+
+use fhirseal_adapters::auth::Principal;
+use fhirseal_adapters::Interaction;
+use fhirseal_storage::PendingAccess;
+use http::{HeaderMap, StatusCode};
+use serde_json::{json, Value};
+
+use crate::error::ProxyError;
+
+/// The header a caller states its purpose of use in (an HL7 v3 PurposeOfUse code such as
+/// `TREAT`, `ETREAT`, `HPAYMT`).
+pub const PURPOSE_OF_USE: &str = "x-purpose-of-use";
+
+/// What system-level interactions name as their resource type.
+const SYSTEM: &str = "*";
+
+/// The access event of a request, or `None` for what is no read (writes, deletes,
+/// capabilities). A purpose-of-use header that is no code is refused.
+pub(crate) fn access_event(
+    interaction: &Interaction,
+    principal: &Principal,
+    headers: &HeaderMap,
+    time_ms: u64,
+) -> Result<Option<PendingAccess>, ProxyError> {
+    let Some((resource_type, id, version)) = accessed(interaction) else {
+        return Ok(None);
+    };
+    Ok(Some(PendingAccess {
+        principal: principal.name.clone(),
+        resource_type: resource_type.to_owned(),
+        id: id.to_owned(),
+        version: version.to_owned(),
+        purpose_of_use: purpose_of_use(headers)?,
+        time_ms,
+    }))
+}
+
+/// (type, id, version) that a read names; empty id or version where it names none.
+fn accessed(interaction: &Interaction) -> Option<(&str, &str, &str)> {
+    use Interaction as I;
+    Some(match interaction {
+        I::Read { resource_type, id }
+        | I::HistoryInstance { resource_type, id }
+        | I::OperationInstance {
+            resource_type, id, ..
+        } => (resource_type, id, ""),
+        I::VRead {
+            resource_type,
+            id,
+            version,
+        }
+        | I::OperationVersion {
+            resource_type,
+            id,
+            version,
+            ..
+        } => (resource_type, id, version),
+        I::SearchType { resource_type }
+        | I::HistoryType { resource_type }
+        | I::OperationType { resource_type, .. } => (resource_type, "", ""),
+        // `Patient/123/Observation` reads Patient 123's record.
+        I::SearchCompartment {
+            compartment, id, ..
+        } => (compartment, id, ""),
+        I::SearchSystem | I::HistorySystem | I::OperationSystem { .. } => (SYSTEM, "", ""),
+        I::Capabilities
+        | I::Bundle
+        | I::Create { .. }
+        | I::ConditionalUpdate { .. }
+        | I::ConditionalPatch { .. }
+        | I::ConditionalDelete { .. }
+        | I::Update { .. }
+        | I::Patch { .. }
+        | I::Delete { .. } => return None,
+    })
+}
+
+/// The stated purpose of use: empty when not stated; a code of 1 to 64 letters, digits, `-`,
+/// `.` or `_` otherwise.
+fn purpose_of_use(headers: &HeaderMap) -> Result<String, ProxyError> {
+    let Some(value) = headers.get(PURPOSE_OF_USE) else {
+        return Ok(String::new());
+    };
+    let code = value.to_str().unwrap_or("").trim();
+    let valid = (1..=64).contains(&code.len())
+        && code
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'));
+    if !valid {
+        return Err(ProxyError::BadHeader(
+            "X-Purpose-Of-Use must be a purpose-of-use code such as TREAT (1 to 64 letters, digits, '-', '.', '_')".to_owned(),
+        ));
+    }
+    Ok(code.to_owned())
+}
+
+/// The FHIR R4 `AuditEvent` of one read, as sent upstream.
+pub(crate) fn audit_event(
+    event: &PendingAccess,
+    interaction: &Interaction,
+    institution: &str,
+    status: StatusCode,
+    recorded: &str,
+) -> Value {
+    let outcome = if status.is_success() {
+        "0"
+    } else if status.is_client_error() {
+        "4"
+    } else {
+        "8"
+    };
+    let subtype = match interaction {
+        Interaction::Read { .. } => "read",
+        Interaction::VRead { .. } => "vread",
+        Interaction::HistoryInstance { .. }
+        | Interaction::HistoryType { .. }
+        | Interaction::HistorySystem => "history",
+        Interaction::OperationInstance { .. }
+        | Interaction::OperationVersion { .. }
+        | Interaction::OperationType { .. }
+        | Interaction::OperationSystem { .. } => "operation",
+        _ => "search",
+    };
+    let mut agent = json!({
+        "who": {"display": event.principal},
+        "requestor": true,
+    });
+    if !event.purpose_of_use.is_empty() {
+        agent["purposeOfUse"] = json!([{
+            "coding": [{
+                "system": "http://terminology.hl7.org/CodeSystem/v3-ActReason",
+                "code": event.purpose_of_use,
+            }]
+        }]);
+    }
+    let what = match (event.id.as_str(), event.version.as_str()) {
+        ("", _) => json!({"display": event.resource_type}),
+        (id, "") => json!({"reference": format!("{}/{id}", event.resource_type)}),
+        (id, version) => {
+            json!({"reference": format!("{}/{id}/_history/{version}", event.resource_type)})
+        }
+    };
+    json!({
+        "resourceType": "AuditEvent",
+        "type": {
+            "system": "http://terminology.hl7.org/CodeSystem/audit-event-type",
+            "code": "rest",
+            "display": "RESTful Operation",
+        },
+        "subtype": [{"system": "http://hl7.org/fhir/restful-interaction", "code": subtype}],
+        "action": if subtype == "operation" { "E" } else { "R" },
+        "recorded": recorded,
+        "outcome": outcome,
+        "agent": [agent],
+        "source": {"observer": {"display": format!("fhirseal at {institution}")}},
+        "entity": [{"what": what}],
+    })
+}
+
+/// `time_ms` as a FHIR instant (UTC, milliseconds).
+pub fn instant(time_ms: u64) -> String {
+    let secs = time_ms / 1000;
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (year, month, day) = civil_from_days(days as i64);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60,
+        time_ms % 1000
+    )
+}
+
+/// Days since 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's `civil_from_days`),
+/// written out because no crate of the tree formats dates and this is the only one needed.
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn principal() -> Principal {
+        Principal {
+            institution: "local".into(),
+            role: "clinician".into(),
+            name: "dr-grey".into(),
+            sees_identity: true,
+        }
+    }
+
+    #[test]
+    fn reads_are_events_and_writes_are_not() {
+        let headers = HeaderMap::new();
+        let read = Interaction::VRead {
+            resource_type: "Patient".into(),
+            id: "p1".into(),
+            version: "2".into(),
+        };
+        let event = access_event(&read, &principal(), &headers, 5)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (
+                event.resource_type.as_str(),
+                event.id.as_str(),
+                event.version.as_str()
+            ),
+            ("Patient", "p1", "2")
+        );
+        assert_eq!(event.principal, "dr-grey");
+        let search = Interaction::SearchSystem;
+        let event = access_event(&search, &principal(), &headers, 5)
+            .unwrap()
+            .unwrap();
+        assert_eq!(event.resource_type, "*");
+        let create = Interaction::Create {
+            resource_type: "Patient".into(),
+        };
+        assert!(access_event(&create, &principal(), &headers, 5)
+            .unwrap()
+            .is_none());
+    }
+
+    #[test]
+    fn purpose_of_use_is_a_code_or_refused() {
+        let read = Interaction::Read {
+            resource_type: "Patient".into(),
+            id: "p1".into(),
+        };
+        let mut headers = HeaderMap::new();
+        headers.insert(PURPOSE_OF_USE, "ETREAT".parse().unwrap());
+        let event = access_event(&read, &principal(), &headers, 0)
+            .unwrap()
+            .unwrap();
+        assert_eq!(event.purpose_of_use, "ETREAT");
+        headers.insert(PURPOSE_OF_USE, "treat; drop table".parse().unwrap());
+        let err = access_event(&read, &principal(), &headers, 0).unwrap_err();
+        assert_eq!(err.status(), StatusCode::BAD_REQUEST);
+    }
+
+    #[test]
+    fn instants_are_utc_with_milliseconds() {
+        assert_eq!(instant(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(instant(951_782_400_123), "2000-02-29T00:00:00.123Z");
+        assert_eq!(instant(1_796_083_199_999), "2026-11-30T23:59:59.999Z");
+    }
+
+    #[test]
+    fn the_audit_event_names_the_resource_not_the_query() {
+        let event = PendingAccess {
+            principal: "dr-grey".into(),
+            resource_type: "Patient".into(),
+            id: String::new(),
+            version: String::new(),
+            purpose_of_use: "TREAT".into(),
+            time_ms: 0,
+        };
+        let search = Interaction::SearchType {
+            resource_type: "Patient".into(),
+        };
+        let value = audit_event(&event, &search, "local", StatusCode::OK, &instant(0));
+        assert_eq!(value["entity"][0]["what"]["display"], "Patient");
+        assert_eq!(value["subtype"][0]["code"], "search");
+        assert_eq!(value["outcome"], "0");
+        assert_eq!(
+            value["agent"][0]["purposeOfUse"][0]["coding"][0]["code"],
+            "TREAT"
+        );
+    }
+}

@@ -1,0 +1,321 @@
+//! Crashes: the real `fhirseal` binary is killed with SIGKILL while it writes Synthea bundles
+//! and single resources through to HAPI, at seeded random points, and restarted on the same
+//! data directory. After each restart every write it acknowledged is still re-identifiable, and
+//! in the end every acknowledged version is anchored exactly once and the chain verifies.
+//!
+//! `FHIRSEAL_CRASH_SEED` and `FHIRSEAL_CRASH_ROUNDS` replay or lengthen a run.
+
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use http::Method;
+use serde_json::{json, Value};
+
+use crate::common::*;
+
+/// xorshift64*: enough to place kills reproducibly from a seed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn between(&mut self, low: u64, high: u64) -> u64 {
+        low + self.next() % (high - low)
+    }
+}
+
+fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The `fhirseal` process of one round.
+struct Node {
+    child: Child,
+    base: String,
+}
+
+impl Node {
+    async fn start(config: &mut fhirseal_sidecar::Config, dir: &std::path::Path) -> Node {
+        let port = free_port();
+        config.server.listen = ([127, 0, 0, 1], port).into();
+        let file = config_file(config, dir);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("fhirseal.log"))
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_fhirseal"))
+            .args(["run", "--config", file.to_str().unwrap()])
+            .env_remove("FHIRSEAL_CONFIG")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .unwrap();
+        let node = Node {
+            child,
+            base: format!("http://127.0.0.1:{port}/fhir"),
+        };
+        let health = format!("http://127.0.0.1:{port}/healthz");
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(60) {
+            if try_get(&health).await.is_some() {
+                return node;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!(
+            "fhirseal did not start: {}",
+            std::fs::read_to_string(dir.join("fhirseal.log")).unwrap_or_default()
+        );
+    }
+
+    fn kill(mut self) {
+        // SIGKILL: no shutdown, no last anchoring round, no flush.
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    fn ledger(&self, path: &str) -> String {
+        self.base.replace("/fhir", &format!("/ledger/{path}"))
+    }
+}
+
+/// A GET that may fail (the process may be down).
+async fn try_get(url: &str) -> Option<Reply> {
+    let client: hyper_util::client::legacy::Client<_, http_body_util::Full<bytes::Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build_http();
+    let request = http::Request::get(url)
+        .header("x-api-key", CLINICIAN_KEY)
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    let response = tokio::time::timeout(Duration::from_secs(5), client.request(request))
+        .await
+        .ok()?
+        .ok()?;
+    let (parts, body) = response.into_parts();
+    use http_body_util::BodyExt as _;
+    Some(Reply {
+        status: parts.status,
+        headers: parts.headers,
+        body: body.collect().await.ok()?.to_bytes(),
+    })
+}
+
+/// A write that may be cut off by the kill: `None` when no answer came back.
+async fn try_write(url: &str, body: &Value) -> Option<Reply> {
+    let client: hyper_util::client::legacy::Client<_, http_body_util::Full<bytes::Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build_http();
+    let request = http::Request::builder()
+        .method(Method::POST)
+        .uri(url)
+        .header("x-api-key", CLINICIAN_KEY)
+        .header("content-type", "application/fhir+json")
+        .body(http_body_util::Full::new(bytes::Bytes::from(
+            body.to_string(),
+        )))
+        .unwrap();
+    let response = tokio::time::timeout(Duration::from_secs(120), client.request(request))
+        .await
+        .ok()?
+        .ok()?;
+    let (parts, body) = response.into_parts();
+    use http_body_util::BodyExt as _;
+    // A body cut off by the kill is no acknowledgement.
+    let body = body.collect().await.ok()?.to_bytes();
+    Some(Reply {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    })
+}
+
+/// `Type/id/_history/v` out of a location URL.
+fn version_of(location: &str) -> String {
+    let parts: Vec<&str> = location.rsplit('/').take(4).collect();
+    format!("{}/{}/_history/{}", parts[3], parts[2], parts[0])
+}
+
+type Acked = Arc<Mutex<Vec<String>>>;
+
+/// Posts the bundle again and again until the node stops answering; records what it acked.
+async fn bundle_writer(base: String, bundle: Arc<Value>, acked: Acked) {
+    while let Some(reply) = try_write(&base, &bundle).await {
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        let entries = reply.json()["entry"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let mut acked = acked.lock().unwrap();
+        for entry in entries {
+            if let Some(location) = entry["response"]["location"].as_str() {
+                acked.push(version_of(location));
+            }
+        }
+    }
+}
+
+/// Posts Patients and Observations one at a time until the node stops answering.
+async fn single_writer(base: String, acked: Acked, family: String) {
+    for n in 0u64.. {
+        let (url, body) = if n % 2 == 0 {
+            (format!("{base}/Patient"), patient(&format!("{family}{n}")))
+        } else {
+            (
+                format!("{base}/Observation"),
+                json!({
+                    "resourceType": "Observation",
+                    "status": "final",
+                    "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]},
+                    "valueQuantity": {"value": n, "unit": "/min"}
+                }),
+            )
+        };
+        let Some(reply) = try_write(&url, &body).await else {
+            return;
+        };
+        assert_eq!(reply.status, 201, "{}", reply.text());
+        let location = reply.header("location").unwrap();
+        acked.lock().unwrap().push(version_of(&location));
+    }
+}
+
+/// The smallest Synthea bundle: it keeps a round to a second or two of HAPI's time.
+fn small_bundle() -> Value {
+    let file = synthea_files()
+        .into_iter()
+        .min_by_key(|f| std::fs::metadata(f).unwrap().len())
+        .unwrap();
+    serde_json::from_slice(&std::fs::read(file).unwrap()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_while_writing_loses_no_acknowledged_write() {
+    let seed = env_or("FHIRSEAL_CRASH_SEED", 20_261_201);
+    let rounds = env_or("FHIRSEAL_CRASH_ROUNDS", 8);
+    let mut rng = Rng(seed | 1);
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(&hapi());
+    config.data_dir = dir.path().join("data");
+    let bundle = Arc::new(small_bundle());
+    let acked: Acked = Arc::new(Mutex::new(Vec::new()));
+
+    for round in 0..rounds {
+        let node = Node::start(&mut config, dir.path()).await;
+        // What earlier rounds acknowledged survived the kill: persons are still re-identified.
+        for version in acked.lock().unwrap().clone() {
+            if version.starts_with("Patient/") {
+                let reply = try_get(&format!("{}/{version}", node.base)).await.unwrap();
+                assert_eq!(reply.status, 200, "{version}: {}", reply.text());
+                assert!(
+                    reply.json()["name"].is_array(),
+                    "{version} lost its identity"
+                );
+            }
+        }
+        let writers = vec![
+            tokio::spawn(bundle_writer(
+                node.base.clone(),
+                bundle.clone(),
+                acked.clone(),
+            )),
+            tokio::spawn(single_writer(
+                node.base.clone(),
+                acked.clone(),
+                unique("Crash"),
+            )),
+            tokio::spawn(single_writer(
+                node.base.clone(),
+                acked.clone(),
+                unique("Crash"),
+            )),
+        ];
+        let delay = rng.between(300, 2500);
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+        node.kill();
+        for writer in writers {
+            writer.await.unwrap();
+        }
+        eprintln!(
+            "crash round {round} (seed {seed}): killed after {delay} ms, {} writes acknowledged so far",
+            acked.lock().unwrap().len()
+        );
+    }
+
+    let node = Node::start(&mut config, dir.path()).await;
+    let acked = acked.lock().unwrap().clone();
+    assert!(
+        !acked.is_empty(),
+        "nothing was acknowledged: the kills came too early"
+    );
+    let started = Instant::now();
+    loop {
+        let status = try_get(&node.ledger("status")).await.unwrap().json();
+        if status["pending_anchors"] == 0 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the outbox did not drain: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Every version in the chain, counted.
+    let status = try_get(&node.ledger("status")).await.unwrap().json();
+    let mut anchored = BTreeMap::<String, u32>::new();
+    for height in 0..status["blocks"].as_u64().unwrap() {
+        let block = try_get(&node.ledger(&format!("blocks/{height}")))
+            .await
+            .unwrap()
+            .json();
+        for tx in block["transactions"].as_array().unwrap() {
+            for entry in tx["entries"].as_array().into_iter().flatten() {
+                *anchored
+                    .entry(entry["resource"].as_str().unwrap().to_owned())
+                    .or_default() += 1;
+            }
+        }
+    }
+    for version in &acked {
+        assert_eq!(anchored.get(version), Some(&1), "{version}");
+    }
+    assert!(
+        anchored.values().all(|n| *n == 1),
+        "a version anchored twice"
+    );
+    let chain = try_get(&node.ledger("verify")).await.unwrap().json();
+    assert_eq!(chain["valid"], true, "{chain}");
+    eprintln!(
+        "crash test: {} acknowledged writes over {rounds} kills, {} versions anchored, {} blocks",
+        acked.len(),
+        anchored.len(),
+        status["blocks"]
+    );
+    node.kill();
+
+    // And once more offline, after the last kill.
+    let file = config_file(&config, dir.path());
+    let (code, output) = fhirseal(&["ledger", "verify", "--config", file.to_str().unwrap()]).await;
+    assert_eq!(code, 0, "{output}");
+}

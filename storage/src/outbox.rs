@@ -1,0 +1,320 @@
+//! The outbox: what the ledger still has to record, kept in the vault's sled database so that a
+//! sealed write and its anchor-to-be are one transaction.
+//!
+//! | tree | key | value |
+//! |---|---|---|
+//! | `outbox.anchors` | sequence number, u64 big-endian | a [`PendingAnchor`] |
+//! | `outbox.access` | sequence number, u64 big-endian | a [`PendingAccess`] |
+//!
+//! Sequence numbers come from sled's id generator, which only grows, across restarts too, so a
+//! scan returns entries roughly in the order they were written. An entry leaves the outbox only
+//! when the caller says its block is final ([`Outbox::clear_anchors`]); after a crash whatever
+//! is still here is submitted again, and the ledger's index of anchored versions is what makes
+//! that resubmission harmless.
+//!
+//! Values are lists of fields, each preceded by its length (see [`composite_key`]): this module
+//! stores them, the ledger gives them meaning.
+
+use sled::Tree;
+
+use crate::chain_store::composite_key;
+use crate::error::{Result, StorageError};
+
+/// Name of the tree of anchors waiting for a final block.
+pub const ANCHORS_TREE: &str = "outbox.anchors";
+/// Name of the tree of access events waiting for a final block.
+pub const ACCESS_TREE: &str = "outbox.access";
+
+/// A resource version the upstream accepted, to be anchored. The institution is the node's own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingAnchor {
+    /// Resource type, opaque here.
+    pub resource_type: String,
+    /// Logical id the upstream assigned.
+    pub id: String,
+    /// Version id the upstream assigned.
+    pub version: String,
+    /// Fingerprint of the person the resource is about; zeros when none is known.
+    pub fingerprint: [u8; 32],
+    /// Content address of the sealed identity record; zeros when nothing was sealed.
+    pub sealed_address: [u8; 32],
+    /// Hash of the clinical resource as the upstream stores it (computed by the caller).
+    pub clinical_hash: [u8; 32],
+}
+
+impl PendingAnchor {
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        composite_key(&[
+            self.resource_type.as_bytes(),
+            self.id.as_bytes(),
+            self.version.as_bytes(),
+            &self.fingerprint,
+            &self.sealed_address,
+            &self.clinical_hash,
+        ])
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Self> {
+        let parts = split_fields::<6>(bytes, ANCHORS_TREE)?;
+        Ok(Self {
+            resource_type: text(parts[0], ANCHORS_TREE)?,
+            id: text(parts[1], ANCHORS_TREE)?,
+            version: text(parts[2], ANCHORS_TREE)?,
+            fingerprint: hash(parts[3], ANCHORS_TREE)?,
+            sealed_address: hash(parts[4], ANCHORS_TREE)?,
+            clinical_hash: hash(parts[5], ANCHORS_TREE)?,
+        })
+    }
+}
+
+/// One access to record on the ledger's audit trail. The institution is the node's own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingAccess {
+    /// Who accessed, as the auth adapter names them (never a credential).
+    pub principal: String,
+    /// Resource type; opaque here.
+    pub resource_type: String,
+    /// Logical id; empty for a search or history over a type.
+    pub id: String,
+    /// Version id; empty when the current version was asked for.
+    pub version: String,
+    /// Purpose of use as the caller stated it; may be empty.
+    pub purpose_of_use: String,
+    /// When, in milliseconds since the Unix epoch.
+    pub time_ms: u64,
+}
+
+impl PendingAccess {
+    fn encode(&self) -> Vec<u8> {
+        composite_key(&[
+            self.principal.as_bytes(),
+            self.resource_type.as_bytes(),
+            self.id.as_bytes(),
+            self.version.as_bytes(),
+            self.purpose_of_use.as_bytes(),
+            &self.time_ms.to_be_bytes(),
+        ])
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Self> {
+        let parts = split_fields::<6>(bytes, ACCESS_TREE)?;
+        let time: [u8; 8] = parts[5]
+            .try_into()
+            .map_err(|_| corrupt(ACCESS_TREE, "time is not 8 bytes"))?;
+        Ok(Self {
+            principal: text(parts[0], ACCESS_TREE)?,
+            resource_type: text(parts[1], ACCESS_TREE)?,
+            id: text(parts[2], ACCESS_TREE)?,
+            version: text(parts[3], ACCESS_TREE)?,
+            purpose_of_use: text(parts[4], ACCESS_TREE)?,
+            time_ms: u64::from_be_bytes(time),
+        })
+    }
+}
+
+/// The outbox's trees in the vault's database. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Outbox {
+    db: sled::Db,
+    pub(crate) anchors: Tree,
+    access: Tree,
+}
+
+impl Outbox {
+    pub(crate) fn open(db: &sled::Db) -> Result<Self> {
+        Ok(Self {
+            db: db.clone(),
+            anchors: db.open_tree(ANCHORS_TREE)?,
+            access: db.open_tree(ACCESS_TREE)?,
+        })
+    }
+
+    /// A fresh sequence number.
+    pub(crate) fn next_seq(&self) -> Result<u64> {
+        Ok(self.db.generate_id()?)
+    }
+
+    /// Queues an anchor on its own (a write with nothing to seal). Not yet durable: the vault's
+    /// flush makes it so.
+    pub fn push_anchor(&self, anchor: &PendingAnchor) -> Result<u64> {
+        let seq = self.next_seq()?;
+        self.anchors.insert(seq.to_be_bytes(), anchor.encode())?;
+        Ok(seq)
+    }
+
+    /// Queues an access event. Not yet durable: the vault's flush makes it so.
+    pub fn push_access(&self, event: &PendingAccess) -> Result<u64> {
+        let seq = self.next_seq()?;
+        self.access.insert(seq.to_be_bytes(), event.encode())?;
+        Ok(seq)
+    }
+
+    /// Up to `max` waiting anchors, oldest first.
+    pub fn anchors(&self, max: usize) -> Result<Vec<(u64, PendingAnchor)>> {
+        read(&self.anchors, max, ANCHORS_TREE, PendingAnchor::decode)
+    }
+
+    /// Up to `max` waiting access events, oldest first.
+    pub fn access_events(&self, max: usize) -> Result<Vec<(u64, PendingAccess)>> {
+        read(&self.access, max, ACCESS_TREE, PendingAccess::decode)
+    }
+
+    /// How many anchors and access events wait (walks the trees: for status, not hot paths).
+    pub fn pending(&self) -> (usize, usize) {
+        (self.anchors.len(), self.access.len())
+    }
+
+    /// Whether nothing waits.
+    pub fn is_empty(&self) -> bool {
+        self.anchors.is_empty() && self.access.is_empty()
+    }
+
+    /// Forgets anchors whose block is final (or that were found anchored already).
+    pub fn clear_anchors(&self, seqs: &[u64]) -> Result<()> {
+        clear(&self.anchors, seqs)
+    }
+
+    /// Forgets access events whose block is final.
+    pub fn clear_access(&self, seqs: &[u64]) -> Result<()> {
+        clear(&self.access, seqs)
+    }
+
+    /// Writes everything so far to disk (the whole vault database), off the async threads.
+    pub async fn flush_async(&self) -> Result<()> {
+        self.db.flush_async().await?;
+        Ok(())
+    }
+}
+
+fn read<T>(
+    tree: &Tree,
+    max: usize,
+    name: &'static str,
+    decode: fn(&[u8]) -> Result<T>,
+) -> Result<Vec<(u64, T)>> {
+    tree.iter()
+        .take(max)
+        .map(|item| {
+            let (key, value) = item?;
+            let seq: [u8; 8] = key
+                .as_ref()
+                .try_into()
+                .map_err(|_| corrupt(name, "key is not 8 bytes"))?;
+            Ok((u64::from_be_bytes(seq), decode(&value)?))
+        })
+        .collect()
+}
+
+fn clear(tree: &Tree, seqs: &[u64]) -> Result<()> {
+    let mut batch = sled::Batch::default();
+    for seq in seqs {
+        batch.remove(&seq.to_be_bytes());
+    }
+    tree.apply_batch(batch)?;
+    Ok(())
+}
+
+/// The `N` length-prefixed fields of a value written by [`composite_key`].
+fn split_fields<'a, const N: usize>(
+    mut bytes: &'a [u8],
+    tree: &'static str,
+) -> Result<[&'a [u8]; N]> {
+    let mut out = [&[][..]; N];
+    for slot in &mut out {
+        if bytes.len() < 4 {
+            return Err(corrupt(tree, "truncated field length"));
+        }
+        let (len, rest) = bytes.split_at(4);
+        let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
+        if rest.len() < len {
+            return Err(corrupt(tree, "truncated field"));
+        }
+        let (field, rest) = rest.split_at(len);
+        *slot = field;
+        bytes = rest;
+    }
+    if !bytes.is_empty() {
+        return Err(corrupt(tree, "trailing bytes"));
+    }
+    Ok(out)
+}
+
+fn text(bytes: &[u8], tree: &'static str) -> Result<String> {
+    String::from_utf8(bytes.to_vec()).map_err(|_| corrupt(tree, "a text field is not UTF-8"))
+}
+
+fn hash(bytes: &[u8], tree: &'static str) -> Result<[u8; 32]> {
+    bytes
+        .try_into()
+        .map_err(|_| corrupt(tree, "a hash field is not 32 bytes"))
+}
+
+fn corrupt(tree: &'static str, what: &str) -> StorageError {
+    StorageError::Corrupt(format!("{tree}: {what}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn anchor(version: &str) -> PendingAnchor {
+        PendingAnchor {
+            resource_type: "Observation".into(),
+            id: "o1".into(),
+            version: version.into(),
+            fingerprint: [1; 32],
+            sealed_address: [0; 32],
+            clinical_hash: [7; 32],
+        }
+    }
+
+    #[test]
+    fn entries_survive_a_reopen_in_order_until_cleared() {
+        let dir = tempfile::tempdir().unwrap();
+        let seqs = {
+            let db = sled::open(dir.path()).unwrap();
+            let outbox = Outbox::open(&db).unwrap();
+            let a = outbox.push_anchor(&anchor("1")).unwrap();
+            let b = outbox.push_anchor(&anchor("2")).unwrap();
+            let event = PendingAccess {
+                principal: "dr-who".into(),
+                resource_type: "Patient".into(),
+                id: String::new(),
+                version: String::new(),
+                purpose_of_use: "TREAT".into(),
+                time_ms: 1_700_000_000_000,
+            };
+            outbox.push_access(&event).unwrap();
+            db.flush().unwrap();
+            assert!(a < b);
+            vec![a, b]
+        };
+        let db = sled::open(dir.path()).unwrap();
+        let outbox = Outbox::open(&db).unwrap();
+        let anchors = outbox.anchors(10).unwrap();
+        assert_eq!(anchors.len(), 2);
+        assert_eq!(anchors[0], (seqs[0], anchor("1")));
+        assert_eq!(anchors[1], (seqs[1], anchor("2")));
+        assert_eq!(outbox.anchors(1).unwrap().len(), 1);
+        let events = outbox.access_events(10).unwrap();
+        assert_eq!(events[0].1.purpose_of_use, "TREAT");
+        assert_eq!(outbox.pending(), (2, 1));
+        outbox.clear_anchors(&seqs[..1]).unwrap();
+        assert_eq!(outbox.anchors(10).unwrap(), vec![(seqs[1], anchor("2"))]);
+        outbox.clear_anchors(&seqs[1..]).unwrap();
+        outbox
+            .clear_access(&[events[0].0])
+            .expect("clearing access events");
+        assert!(outbox.is_empty());
+    }
+
+    #[test]
+    fn malformed_values_are_corruption_not_panics() {
+        let bytes = anchor("1").encode();
+        assert!(PendingAnchor::decode(&bytes[..bytes.len() - 1]).is_err());
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(PendingAnchor::decode(&longer).is_err());
+        assert!(PendingAccess::decode(&bytes).is_err());
+    }
+}
