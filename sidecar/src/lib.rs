@@ -11,6 +11,7 @@ pub mod audit;
 pub mod auth;
 pub mod body;
 pub mod config;
+pub mod consortium;
 pub mod error;
 pub mod ledger;
 pub mod proxy;

@@ -30,6 +30,9 @@ enum Command {
     Run(RunArgs),
     /// Print the effective configuration (defaults, file, environment, flags) and check it.
     Config(RunArgs),
+    /// Found, join, run and govern a consortium (see `fhirseal consortium --help`).
+    #[command(subcommand)]
+    Consortium(fhirseal_sidecar::consortium::ConsortiumCommand),
     /// Read and verify the node's ledger (with the node stopped: it holds the database).
     Ledger(LedgerArgs),
 }
@@ -168,6 +171,7 @@ fn main() -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Consortium(command) => consortium(command).map(|()| ExitCode::SUCCESS),
         Command::Ledger(args) => ledger(args.load()?, args.command),
     }
 }
@@ -276,6 +280,34 @@ fn progress(len: u64, unit: &'static str) -> ProgressBar {
         bar.set_style(style);
     }
     bar
+}
+
+/// `fhirseal consortium …`: the library runs it; what it returns is the command's output.
+fn consortium(command: fhirseal_sidecar::consortium::ConsortiumCommand) -> anyhow::Result<()> {
+    if matches!(
+        command,
+        fhirseal_sidecar::consortium::ConsortiumCommand::Node(_)
+    ) {
+        // openraft reports every election and vote at info.
+        let log = fhirseal_sidecar::config::LogConfig {
+            filter: "info,openraft=warn".to_owned(),
+            ..Default::default()
+        };
+        telemetry::init(&log).map_err(anyhow::Error::msg)?;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let output = runtime.block_on(fhirseal_sidecar::consortium::execute(
+        command,
+        shutdown_signal(),
+    ))?;
+    #[allow(clippy::print_stdout)] // the command's output
+    {
+        print!("{output}");
+    }
+    Ok(())
 }
 
 fn run(config: Config) -> anyhow::Result<()> {

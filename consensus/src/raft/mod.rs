@@ -9,10 +9,11 @@
 //! [`fhirseal_storage::raft_store::RaftStore`] (typed sled trees that know nothing of Raft); what
 //! is flushed when, and why, is written in [`log_store`] and [`state_machine`].
 //!
-//! The transport between nodes (HTTP/2 over mTLS, peers checked against the replicated
-//! whitelist) is not here yet: [`GovernanceNode::start`] takes any openraft
+//! The transport between nodes is not here: [`GovernanceNode::start`] takes any openraft
 //! [`openraft::RaftNetworkFactory`], and the transport hands peers' RPCs to
-//! [`GovernanceNode::raft`]. A consortium of one needs none: [`SoloNetwork`].
+//! [`GovernanceNode::raft`]. The sidecar's consortium node provides it (HTTP/2 over mutual TLS,
+//! peers checked against [`GovernanceView`]; `consensus/GOVERNANCE.md` says why it lives there).
+//! A consortium of one needs none: [`SoloNetwork`].
 
 // openraft's traits fix the error type to its `StorageError` (over 200 bytes); boxing it in our
 // helpers would only add a conversion at every trait method. Errors here are rare and fatal.

@@ -1,0 +1,777 @@
+//! A running consortium node: openraft over the sled store, the mutual-TLS listener (Raft RPCs
+//! and the API), the regulator's join desk, and the leader's duties.
+//!
+//! Routes of the mutual-TLS listener (every request's peer certificate checked again against the
+//! replicated state):
+//!
+//! | route | body | answer |
+//! |---|---|---|
+//! | `POST /raft/append`, `/raft/vote`, `/raft/snapshot` | openraft's request, JSON | `Result<response, RaftError>`, JSON |
+//! | `POST /consortium/submit` | a signed command, canonical bytes | [`SubmitAnswer`]: 200 accepted, 403 refused (and recorded), 400 malformed, 503 no leader |
+//! | `GET /consortium/status` | — | [`crate::consortium::api::Status`] |
+//! | `GET /consortium/joins`, `/consortium/joins/{id}` | — | pending join requests (the list, JSON; one, its bytes) |
+//!
+//! The join desk (`join_listen`, server-authenticated TLS only: applicants are not members yet):
+//! `GET /join` ([`DeskInfo`]) and `POST /join` with the applicant's signed admission request
+//! ([`JoinAnswer`], 202).
+//!
+//! A follower forwards a submission to the leader over the same transport; the leader proposes
+//! it with its clock's time. Every node runs the leader's duties when it leads: it brings the
+//! Raft membership in line with the governance state ([`GovernanceNode::sync_membership`]:
+//! admitted members' nodes join as learners, voters through openraft's joint consensus, revoked
+//! and suspended ones leave).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::path::Path;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use fhirseal_consensus::governance::{Command, SignedCommand};
+use fhirseal_consensus::raft::{GovernanceNode, NodeError, NodeId};
+use fhirseal_consensus::Timestamp;
+use fhirseal_storage::raft_store::RaftStore;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
+
+use crate::consortium::api::{self, DeskInfo, JoinAnswer, NodeStatus, PendingJoin, SubmitAnswer};
+use crate::consortium::error::{ConsortiumError, Result};
+use crate::consortium::files::{
+    certificate_in, fingerprint, hex, kind_name, read_link_key, store_link_key, Layout,
+    MemberSecrets, NodeConfig, TrustFile, TrustedPeer,
+};
+use crate::consortium::transport::{Channel, HttpNetwork, MAX_ANSWER_BYTES};
+use crate::consortium::trust::{server_config, Identity, Peer, Trust};
+
+/// Largest API or join request body.
+const MAX_REQUEST_BYTES: usize = 1 << 20;
+/// Most join requests kept pending at once.
+const MAX_PENDING_JOINS: usize = 1024;
+/// How often the leader's duties and the key watcher run.
+const DUTY_INTERVAL: Duration = Duration::from_millis(200);
+/// How long one round of membership changes may wait for a new learner to catch up.
+const MEMBERSHIP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Marks a submission a follower forwarded, so that it is never forwarded twice.
+const FORWARDED: &str = "x-fhirseal-forwarded";
+
+type Body = Full<Bytes>;
+
+struct Shared {
+    config: NodeConfig,
+    layout: Layout,
+    node: GovernanceNode,
+    trust: Trust,
+    identity: Identity,
+    joins: sled::Tree,
+    // Channels to leaders, for forwarded submissions.
+    leaders: tokio::sync::Mutex<BTreeMap<NodeId, Channel>>,
+    link_key_version: Mutex<Option<u32>>,
+}
+
+/// Runs the node of `dir` until `shutdown` resolves.
+pub async fn run(dir: &Path, shutdown: impl Future<Output = ()>) -> Result<()> {
+    let layout = Layout::new(dir);
+    let config = NodeConfig::load(&layout)?;
+    let secrets = current_secrets(&layout)?;
+    let identity = Identity::new(secrets.certified_key()?);
+    let bootstrap = TrustFile::load(&layout)?.peers()?;
+    let own = Peer {
+        member: config.member.clone(),
+        node_id: config.node_id,
+    };
+    let trust = Trust::node(own, bootstrap, own_certificates(&layout, &identity));
+
+    let db = sled::open(layout.raft())?;
+    let store = RaftStore::open(&db)?;
+    let joins = db.open_tree("consortium.joins")?;
+    let network = HttpNetwork::new(trust.clone(), identity.clone());
+    let raft_config = config.raft.raft_config(&config.consortium);
+    let node = GovernanceNode::start(config.node_id, raft_config, store, network).await?;
+    trust.attach(node.state().clone());
+
+    let shared = Arc::new(Shared {
+        config: config.clone(),
+        layout: layout.clone(),
+        node: node.clone(),
+        trust: trust.clone(),
+        identity: identity.clone(),
+        joins,
+        leaders: tokio::sync::Mutex::new(BTreeMap::new()),
+        link_key_version: Mutex::new(None),
+    });
+
+    let mut tasks = JoinSet::new();
+    let listener = TcpListener::bind(config.listen).await?;
+    let acceptor = TlsAcceptor::from(Arc::new(server_config(&trust, &identity)?));
+    tasks.spawn(serve(listener, acceptor, Arc::clone(&shared), true));
+    if let Some(desk) = config.join_listen {
+        let listener = TcpListener::bind(desk).await?;
+        let desk_config = desk_server_config(&identity)?;
+        tasks.spawn(serve(
+            listener,
+            TlsAcceptor::from(Arc::new(desk_config)),
+            Arc::clone(&shared),
+            false,
+        ));
+        tracing::info!(%desk, "join desk listening");
+    }
+    if config.member_kind() == fhirseal_consensus::governance::MemberKind::Regulator {
+        node.initialize(config.listen.to_string()).await?;
+    }
+    tasks.spawn(duties(Arc::clone(&shared)));
+    tracing::info!(
+        member = %config.member,
+        node_id = config.node_id,
+        listen = %config.listen,
+        certificate = %hex(&identity.fingerprint()),
+        "consortium node running"
+    );
+
+    tokio::select! {
+        () = shutdown => tracing::info!("stopping"),
+        Some(ended) = tasks.join_next() => {
+            tracing::error!(?ended, "a node task ended");
+        }
+    }
+    tasks.abort_all();
+    node.shutdown().await?;
+    db.flush_async().await?;
+    tracing::info!("consortium node stopped");
+    Ok(())
+}
+
+/// The keys whose certificate the state names as this member's: the current ones, or the ones
+/// a rotation left in `keys/next` if the rotation was committed before they were moved.
+fn current_secrets(layout: &Layout) -> Result<MemberSecrets> {
+    MemberSecrets::load(&layout.keys(), &layout.keys())
+}
+
+/// The certificates the CLI on this directory may present: the current and the next.
+fn own_certificates(layout: &Layout, identity: &Identity) -> BTreeSet<[u8; 32]> {
+    let mut pinned = BTreeSet::from([identity.fingerprint()]);
+    for dir in [layout.keys(), layout.next_keys()] {
+        if let Some(cert) = certificate_in(&dir) {
+            pinned.insert(fingerprint(&cert));
+        }
+    }
+    pinned
+}
+
+fn desk_server_config(identity: &Identity) -> Result<rustls::ServerConfig> {
+    let mut config = rustls::ServerConfig::builder_with_provider(crate::tls::provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(identity.clone()));
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(config)
+}
+
+fn now() -> Timestamp {
+    let ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    Timestamp(ms)
+}
+
+async fn serve(listener: TcpListener, acceptor: TlsAcceptor, shared: Arc<Shared>, mutual: bool) {
+    loop {
+        let (tcp, remote) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                tracing::warn!(%error, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let acceptor = acceptor.clone();
+        let shared = Arc::clone(&shared);
+        tokio::spawn(async move {
+            let tls = match tokio::time::timeout(Duration::from_secs(5), acceptor.accept(tcp)).await
+            {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(error)) => {
+                    // An unknown or revoked certificate ends here.
+                    tracing::info!(%remote, %error, "connection refused");
+                    return;
+                }
+                Err(_) => return,
+            };
+            let peer_fp = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .map(fingerprint);
+            let service = hyper::service::service_fn(move |req| {
+                let shared = Arc::clone(&shared);
+                async move {
+                    let response = if mutual {
+                        api_request(&shared, peer_fp, req).await
+                    } else {
+                        desk_request(&shared, req).await
+                    };
+                    Ok::<_, std::convert::Infallible>(response)
+                }
+            });
+            let served = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(tls), service)
+                .await;
+            if let Err(error) = served {
+                tracing::debug!(%remote, %error, "connection ended");
+            }
+        });
+    }
+}
+
+fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<Body> {
+    let body = serde_json::to_vec(value).unwrap_or_default();
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response<Body> {
+    json(status, &serde_json::json!({ "error": message.into() }))
+}
+
+async fn read_body(
+    req: Request<Incoming>,
+    limit: usize,
+) -> std::result::Result<Bytes, Response<Body>> {
+    match Limited::new(req.into_body(), limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) => Err(error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body: {e}"),
+        )),
+    }
+}
+
+async fn api_request(
+    shared: &Shared,
+    peer_fp: Option<[u8; 32]>,
+    req: Request<Incoming>,
+) -> Response<Body> {
+    // The handshake checked the certificate; a revocation since then must cut the peer off.
+    let Some(_peer) = peer_fp.and_then(|fp| shared.trust.peer(&fp)) else {
+        return error(
+            StatusCode::FORBIDDEN,
+            "the certificate is not an active member's",
+        );
+    };
+    let path = req.uri().path().to_owned();
+    let method = req.method().clone();
+    match (method, path.as_str()) {
+        (Method::POST, "/raft/append") => {
+            let raft = shared.node.raft().clone();
+            raft_rpc(req, "append entries", |rpc| async move {
+                raft.append_entries(rpc).await
+            })
+            .await
+        }
+        (Method::POST, "/raft/vote") => {
+            let raft = shared.node.raft().clone();
+            raft_rpc(req, "vote", |rpc| async move { raft.vote(rpc).await }).await
+        }
+        (Method::POST, "/raft/snapshot") => {
+            let raft = shared.node.raft().clone();
+            raft_rpc(req, "install snapshot", |rpc| async move {
+                raft.install_snapshot(rpc).await
+            })
+            .await
+        }
+        (Method::POST, "/consortium/submit") => {
+            let forwarded = req.headers().contains_key(FORWARDED);
+            let body = match read_body(req, MAX_REQUEST_BYTES).await {
+                Ok(b) => b,
+                Err(r) => return r,
+            };
+            submit(shared, body, forwarded).await
+        }
+        (Method::GET, "/consortium/status") => json(StatusCode::OK, &node_status(shared)),
+        (Method::GET, "/consortium/joins") => {
+            let pending: Vec<PendingJoin> = shared
+                .joins
+                .iter()
+                .values()
+                .filter_map(|v| v.ok())
+                .filter_map(|v| SignedCommand::from_bytes(&v).ok())
+                .filter_map(|c| match c.command {
+                    Command::Admit { member, .. } => Some(PendingJoin {
+                        id: member.id,
+                        name: member.name,
+                        kind: kind_name(member.kind).to_owned(),
+                        node_id: member.node_id,
+                        address: member.address,
+                    }),
+                    _ => None,
+                })
+                .collect();
+            json(StatusCode::OK, &pending)
+        }
+        (Method::GET, p) if p.starts_with("/consortium/joins/") => {
+            let id = &p["/consortium/joins/".len()..];
+            match shared.joins.get(id.as_bytes()) {
+                Ok(Some(bytes)) => {
+                    let mut response = Response::new(Full::new(Bytes::from(bytes.to_vec())));
+                    response.headers_mut().insert(
+                        http::header::CONTENT_TYPE,
+                        http::HeaderValue::from_static("application/octet-stream"),
+                    );
+                    response
+                }
+                Ok(None) => error(
+                    StatusCode::NOT_FOUND,
+                    format!("no pending join request from {id:?}"),
+                ),
+                Err(e) => error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("pending joins: {e}"),
+                ),
+            }
+        }
+        (
+            _,
+            "/raft/append" | "/raft/vote" | "/raft/snapshot" | "/consortium/submit"
+            | "/consortium/status" | "/consortium/joins",
+        ) => error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
+        _ => error(StatusCode::NOT_FOUND, format!("no route {path}")),
+    }
+}
+
+/// One Raft RPC: the JSON request in, openraft's JSON answer out.
+async fn raft_rpc<Req, Resp, F, Fut>(req: Request<Incoming>, what: &str, call: F) -> Response<Body>
+where
+    Req: serde::de::DeserializeOwned,
+    Resp: Serialize,
+    F: FnOnce(Req) -> Fut,
+    Fut: Future<Output = Resp>,
+{
+    let body = match read_body(req, MAX_ANSWER_BYTES).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    match serde_json::from_slice(&body) {
+        Ok(rpc) => json(StatusCode::OK, &call(rpc).await),
+        Err(e) => error(StatusCode::BAD_REQUEST, format!("{what}: {e}")),
+    }
+}
+
+fn node_status(shared: &Shared) -> api::Status {
+    let own = NodeStatus {
+        member: shared.config.member.clone(),
+        node_id: shared.config.node_id,
+        address: shared.config.listen.to_string(),
+        certificate: hex(&shared.identity.fingerprint()),
+        link_key_version: *shared
+            .link_key_version
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner),
+    };
+    api::status(&shared.node, own)
+}
+
+async fn submit(shared: &Shared, body: Bytes, forwarded: bool) -> Response<Body> {
+    let command = match SignedCommand::from_bytes(&body) {
+        Ok(c) => c,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("not a signed governance command: {e}"),
+            )
+        }
+    };
+    match shared.node.submit(command, now()).await {
+        Ok(outcome) => {
+            let answer = SubmitAnswer::of(outcome);
+            let status = if answer.code.is_some() {
+                StatusCode::FORBIDDEN
+            } else {
+                StatusCode::OK
+            };
+            json(status, &answer)
+        }
+        Err(NodeError::Unencodable(e)) => error(StatusCode::BAD_REQUEST, e.to_string()),
+        Err(NodeError::ForwardToLeader {
+            leader_id: Some(leader),
+            leader_address: Some(address),
+        }) if !forwarded && leader != shared.config.node_id => {
+            forward(shared, leader, address, body).await
+        }
+        Err(e @ NodeError::ForwardToLeader { .. }) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("no leader to take the command now ({e}); retry"),
+        ),
+        Err(e) if e.is_retryable() => error(StatusCode::SERVICE_UNAVAILABLE, format!("{e}; retry")),
+        Err(e) => {
+            tracing::error!(error = %e, "submission failed");
+            error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the node failed to replicate the command",
+            )
+        }
+    }
+}
+
+async fn forward(shared: &Shared, leader: NodeId, address: String, body: Bytes) -> Response<Body> {
+    let mut leaders = shared.leaders.lock().await;
+    if leaders.get(&leader).is_none_or(|c| c.addr() != address) {
+        match Channel::new(
+            address.clone(),
+            &shared.trust,
+            &shared.identity,
+            Some(leader),
+        ) {
+            Ok(channel) => {
+                leaders.insert(leader, channel);
+            }
+            Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        }
+    }
+    let Some(channel) = leaders.get_mut(&leader) else {
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "no channel to the leader",
+        );
+    };
+    // The leader knows the request came through a member; it marks nothing but the hop.
+    let result = channel
+        .call_marked(
+            Method::POST,
+            "/consortium/submit",
+            body.to_vec(),
+            Some(FORWARDED),
+            Duration::from_secs(10),
+        )
+        .await;
+    match result {
+        Ok((status, bytes)) => {
+            let mut response = Response::new(Full::new(bytes));
+            *response.status_mut() = status;
+            response.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/json"),
+            );
+            response
+        }
+        Err(e) => error(
+            StatusCode::BAD_GATEWAY,
+            format!("forwarding to the leader: {e}"),
+        ),
+    }
+}
+
+async fn desk_request(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
+    let path = req.uri().path().to_owned();
+    match (req.method().clone(), path.as_str()) {
+        (Method::GET, "/join") => match shared
+            .node
+            .state()
+            .read(|s| s.consortium().map(str::to_owned))
+        {
+            Some(consortium) => json(StatusCode::OK, &DeskInfo { consortium }),
+            None => error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the consortium has no genesis yet; retry",
+            ),
+        },
+        (Method::POST, "/join") => {
+            let body = match read_body(req, MAX_REQUEST_BYTES).await {
+                Ok(b) => b,
+                Err(r) => return r,
+            };
+            join(shared, &body)
+        }
+        (_, "/join") => error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
+        _ => error(StatusCode::NOT_FOUND, format!("no route {path}")),
+    }
+}
+
+/// Checks an applicant's signed admission request and keeps it for the regulator.
+fn join(shared: &Shared, body: &[u8]) -> Response<Body> {
+    let request = match SignedCommand::from_bytes(body) {
+        Ok(c) => c,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("not a signed join request: {e}"),
+            )
+        }
+    };
+    let (member, possession) = match &request.command {
+        Command::Admit { member, possession } => (member, possession),
+        _ => return error(StatusCode::BAD_REQUEST, "a join request is an admission"),
+    };
+    if !request.is_encodable() {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "a field of the request is empty or over its bound",
+        );
+    }
+    let checked = shared.node.state().read(|state| {
+        let Some(consortium) = state.consortium() else {
+            return Err((
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the consortium has no genesis yet; retry",
+            ));
+        };
+        if request.consortium != consortium {
+            return Err((
+                StatusCode::BAD_REQUEST,
+                "the request is for another consortium",
+            ));
+        }
+        if request.signer != member.id || !request.is_signed_by(&member.keys.signing_key) {
+            return Err((
+                StatusCode::BAD_REQUEST,
+                "the request is not signed by the applicant's own key",
+            ));
+        }
+        if !member
+            .keys
+            .verify_possession(consortium, &member.id, possession)
+        {
+            return Err((
+                StatusCode::BAD_REQUEST,
+                "the proof of possession does not verify",
+            ));
+        }
+        if member.kind == fhirseal_consensus::governance::MemberKind::Regulator {
+            return Err((StatusCode::BAD_REQUEST, "there is one regulator"));
+        }
+        if state.member(&member.id).is_some() {
+            return Err((StatusCode::CONFLICT, "the member id is taken"));
+        }
+        if state.members().any(|m| m.profile.node_id == member.node_id) {
+            return Err((StatusCode::CONFLICT, "the node id is taken"));
+        }
+        if state
+            .revoked_certificates()
+            .contains_key(&member.keys.tls_certificate)
+            || state
+                .members()
+                .any(|m| m.keys().tls_certificate == member.keys.tls_certificate)
+        {
+            return Err((StatusCode::CONFLICT, "the certificate is revoked or in use"));
+        }
+        let trust = state
+            .members()
+            .filter(|m| m.is_active())
+            .map(|m| TrustedPeer {
+                member: m.id().to_owned(),
+                node_id: m.profile.node_id,
+                certificate: hex(&m.keys().tls_certificate),
+            })
+            .collect::<Vec<_>>();
+        Ok((consortium.to_owned(), trust))
+    });
+    let (consortium, trust) = match checked {
+        Ok(ok) => ok,
+        Err((status, message)) => return error(status, message),
+    };
+    match shared.joins.get(member.id.as_bytes()) {
+        Ok(Some(existing)) if existing.as_ref() != body => {
+            return error(
+                StatusCode::CONFLICT,
+                "another join request with this member id is pending",
+            );
+        }
+        Ok(Some(_)) => {}
+        Ok(None) if shared.joins.len() >= MAX_PENDING_JOINS => {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too many pending join requests",
+            );
+        }
+        Ok(None) => {
+            if let Err(e) = shared
+                .joins
+                .insert(member.id.as_bytes(), body)
+                .and_then(|_| shared.joins.flush())
+            {
+                tracing::error!(error = %e, "cannot keep a join request");
+                return error(StatusCode::INTERNAL_SERVER_ERROR, "cannot keep the request");
+            }
+            tracing::info!(member = %member.id, node_id = member.node_id, "join request pending");
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read pending joins");
+            return error(StatusCode::INTERNAL_SERVER_ERROR, "cannot keep the request");
+        }
+    }
+    json(StatusCode::ACCEPTED, &JoinAnswer { consortium, trust })
+}
+
+/// What every node does in the background: the regulator's genesis and the leader's membership
+/// changes; forgetting admitted joins, swapping in rotated keys, taking the link key. Two loops,
+/// so that a membership change waiting for a slow learner never holds up the others.
+async fn duties(shared: Arc<Shared>) {
+    let leader_duties = {
+        let shared = Arc::clone(&shared);
+        async move {
+            let mut ticker = interval();
+            loop {
+                ticker.tick().await;
+                let leads = shared.node.raft().metrics().borrow().current_leader
+                    == Some(shared.config.node_id);
+                if !leads {
+                    continue;
+                }
+                if let Err(e) = genesis(&shared).await {
+                    tracing::warn!(error = %e, "genesis not submitted yet");
+                }
+                // Adding a learner waits until it has caught up; a node that is not running would
+                // hold this loop for ever. It is added all the same and tried again next time.
+                match tokio::time::timeout(MEMBERSHIP_TIMEOUT, shared.node.sync_membership()).await
+                {
+                    Ok(Ok(true)) => tracing::info!("raft membership follows the governance state"),
+                    Ok(Ok(false)) => {}
+                    Ok(Err(e)) if e.is_retryable() => {
+                        tracing::debug!(error = %e, "membership change deferred");
+                    }
+                    Ok(Err(e)) => tracing::warn!(error = %e, "membership change failed"),
+                    Err(_) => tracing::warn!("a new member's node is slow to catch up"),
+                }
+            }
+        }
+    };
+    let node_duties = async move {
+        let mut ticker = interval();
+        let mut last_link: Option<Vec<u8>> = None;
+        loop {
+            ticker.tick().await;
+            forget_admitted_joins(&shared);
+            if let Err(e) = follow_own_keys(&shared) {
+                tracing::warn!(error = %e, "rotated keys not swapped in");
+            }
+            if let Err(e) = take_link_key(&shared, &mut last_link).await {
+                tracing::warn!(error = %e, "link key not taken");
+            }
+        }
+    };
+    tokio::join!(leader_duties, node_duties);
+}
+
+fn interval() -> tokio::time::Interval {
+    let mut ticker = tokio::time::interval(DUTY_INTERVAL);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticker
+}
+
+/// Submits the regulator's genesis commands that the state has not applied yet.
+async fn genesis(shared: &Shared) -> Result<()> {
+    let dir = shared.layout.genesis();
+    if !dir.exists() {
+        return Ok(());
+    }
+    let applied = shared
+        .node
+        .state()
+        .read(|s| s.member(&shared.config.member).map(|m| m.last_sequence));
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .map_err(|e| ConsortiumError::file(&dir, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "cmd"))
+        .collect();
+    files.sort();
+    for path in files {
+        let bytes = std::fs::read(&path).map_err(|e| ConsortiumError::file(&path, e))?;
+        let command =
+            SignedCommand::from_bytes(&bytes).map_err(|e| ConsortiumError::file(&path, e))?;
+        if applied.is_some_and(|last| command.sequence <= last) {
+            continue;
+        }
+        let outcome = shared.node.submit(command, now()).await?;
+        tracing::info!(file = %path.display(), ?outcome, "genesis command");
+    }
+    Ok(())
+}
+
+fn forget_admitted_joins(shared: &Shared) {
+    let admitted: Vec<sled::IVec> = shared
+        .joins
+        .iter()
+        .keys()
+        .filter_map(|k| k.ok())
+        .filter(|k| {
+            let id = String::from_utf8_lossy(k);
+            shared.node.state().read(|s| s.member(&id).is_some())
+        })
+        .collect();
+    for key in admitted {
+        if let Err(e) = shared.joins.remove(key) {
+            tracing::warn!(error = %e, "cannot forget an admitted join request");
+        }
+    }
+}
+
+/// After a rotation the state names a new certificate for this member: present it from the next
+/// handshake on, from whichever key directory holds it.
+fn follow_own_keys(shared: &Shared) -> Result<()> {
+    let wanted = shared.node.state().read(|s| {
+        s.member(&shared.config.member)
+            .map(|m| m.keys().tls_certificate)
+    });
+    if let Some(wanted) = wanted {
+        if wanted != shared.identity.fingerprint() {
+            for dir in [shared.layout.next_keys(), shared.layout.keys()] {
+                if certificate_in(&dir).is_some_and(|c| fingerprint(&c) == wanted) {
+                    let secrets = MemberSecrets::load(&dir, &shared.layout.keys())?;
+                    shared.identity.replace(secrets.certified_key()?);
+                    tracing::info!(certificate = %hex(&wanted), "presenting the rotated certificate");
+                    break;
+                }
+            }
+        }
+    }
+    shared
+        .trust
+        .set_pinned(own_certificates(&shared.layout, &shared.identity));
+    Ok(())
+}
+
+/// Unwraps the link key the regulator wrapped for this member, when it changes, and keeps it.
+async fn take_link_key(shared: &Shared, last: &mut Option<Vec<u8>>) -> Result<()> {
+    let wrapped = shared
+        .node
+        .state()
+        .read(|s| s.wrapped_link_key(&shared.config.member).cloned());
+    let Some(wrapped) = wrapped else {
+        return Ok(());
+    };
+    if last.as_deref() == Some(wrapped.ciphertext.as_slice()) {
+        return Ok(());
+    }
+    // Tried once per wrapping: a key that does not open is reported, not retried every tick.
+    *last = Some(wrapped.ciphertext.clone());
+    let layout = shared.layout.clone();
+    let ciphertext = wrapped.ciphertext;
+    // An RSA private-key operation: off the async workers.
+    tokio::task::spawn_blocking(move || -> Result<()> {
+        let secrets = MemberSecrets::load(&layout.keys(), &layout.keys())?;
+        let key = secrets.unwrap_link_key(&ciphertext)?;
+        if read_link_key(&layout)?.as_deref() != Some(&*key) {
+            store_link_key(&layout, &key)?;
+        }
+        Ok(())
+    })
+    .await
+    .map_err(|e| ConsortiumError::Keys(format!("link key task: {e}")))??;
+    *shared
+        .link_key_version
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner) = Some(wrapped.version);
+    tracing::info!(version = wrapped.version, "link key taken");
+    Ok(())
+}

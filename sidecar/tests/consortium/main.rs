@@ -1,0 +1,15 @@
+//! The consortium as real processes: `fhirseal consortium node` per member on loopback ports,
+//! each with its own directory and keys, talking HTTP/2 over mutual TLS; founded, joined and
+//! governed through the CLI. By area: the CLI and its refusals with one node, then whole
+//! consortia of 3 and 5 nodes (admission, refusal of unsigned admissions, key rotation, a
+//! leader killed, revocation, a restart of every node), which also print the figures (commit
+//! latency, time to a new leader).
+//!
+//! The clusters run one at a time (`support::serial`): the CI machine has two cores.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub, dead_code)]
+
+mod support;
+mod t10_cli;
+mod t20_consortium;
+mod t30_script;

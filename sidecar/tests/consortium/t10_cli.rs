@@ -1,0 +1,269 @@
+//! The CLI with one regulator node: what it refuses, and that only admitted members connect.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use fhirseal_sidecar::consortium::files::{Layout, MemberSecrets};
+use fhirseal_sidecar::consortium::transport::Channel;
+use fhirseal_sidecar::consortium::trust::{Identity, Peer, Trust};
+
+use crate::support::{cli, fails, free_port, ok, runtime, serial, Cluster};
+
+#[test]
+fn the_cli_refuses_what_it_cannot_do_and_changes_nothing() {
+    let _serial = serial();
+    let mut cluster = Cluster::found(1, 1);
+    let reg = cluster.nodes[0].dir().to_owned();
+    let listen = free_port().to_string();
+    let desk = cluster.desk.to_string();
+
+    // Malformed requests to the API: a clear 4xx, and the state does not move.
+    let before = cluster.nodes[0].status();
+    for (method, path, body, status) in [
+        (
+            http::Method::POST,
+            "/consortium/submit",
+            b"not a command".to_vec(),
+            400,
+        ),
+        (http::Method::POST, "/consortium/submit", Vec::new(), 400),
+        (http::Method::GET, "/consortium/submit", Vec::new(), 405),
+        (http::Method::GET, "/nothing-here", Vec::new(), 404),
+        (http::Method::POST, "/raft/vote", b"{".to_vec(), 400),
+    ] {
+        let answer = call_as(
+            cluster.nodes[0].secrets(),
+            &before,
+            method.clone(),
+            path,
+            body,
+        );
+        assert_eq!(answer, Err(status), "{method} {path}");
+    }
+    let after = cluster.nodes[0].status();
+    assert_eq!(after.raft.last_log_index, before.raft.last_log_index);
+    assert_eq!(after.refusals_total, 0);
+
+    // A second genesis in the same directory.
+    let err = fails(&[
+        "init",
+        "--dir",
+        &reg,
+        "--consortium",
+        "again",
+        "--listen",
+        &listen,
+        "--join-listen",
+        &desk,
+    ]);
+    assert!(err.contains("already holds a node"), "{err}");
+
+    // A join desk whose certificate is not the pinned one: nothing is written.
+    let root = tempfile::tempdir().unwrap();
+    let wrong = root.path().join("wrong-pin");
+    let err = fails(&[
+        "join",
+        &format!("https://{desk}"),
+        "--pin",
+        &"ab".repeat(32),
+        "--dir",
+        wrong.to_str().unwrap(),
+        "--member",
+        "h9",
+        "--listen",
+        &listen,
+        "--rsa-bits",
+        "2048",
+    ]);
+    assert!(err.contains("cannot reach") || err.contains("TLS"), "{err}");
+    assert!(!wrong.join("node.toml").exists());
+    assert!(!wrong.join("keys").exists());
+
+    for (url, pin, why) in [
+        (
+            format!("http://{desk}"),
+            cluster.pin.clone(),
+            "expected https://host:port",
+        ),
+        (format!("https://{desk}"), "xyz".to_owned(), "64 hex digits"),
+    ] {
+        let dir = root.path().join("bad");
+        let err = fails(&[
+            "join",
+            &url,
+            "--pin",
+            &pin,
+            "--dir",
+            dir.to_str().unwrap(),
+            "--member",
+            "h9",
+            "--listen",
+            &listen,
+        ]);
+        assert!(err.contains(why), "{err}");
+    }
+    let dir = root.path().join("bad-kind");
+    let err = fails(&[
+        "join",
+        &format!("https://{desk}"),
+        "--pin",
+        &cluster.pin,
+        "--dir",
+        dir.to_str().unwrap(),
+        "--member",
+        "h9",
+        "--kind",
+        "regulator",
+        "--listen",
+        &listen,
+    ]);
+    assert!(err.contains("one regulator"), "{err}");
+
+    // Nothing pending under that name.
+    let err = fails(&["admit", "nobody", "--dir", &reg]);
+    assert!(
+        err.contains("404") && err.contains("no pending join request"),
+        "{err}"
+    );
+
+    // An applicant whose request is pending is not a member: its node cannot connect.
+    let i = cluster.join(2);
+    let err = fails(&[
+        "join",
+        &format!("https://{desk}"),
+        "--pin",
+        &cluster.pin,
+        "--dir",
+        root.path().join("twin").to_str().unwrap(),
+        "--member",
+        "h2",
+        "--node-id",
+        "7",
+        "--listen",
+        &listen,
+        "--rsa-bits",
+        "2048",
+    ]);
+    assert!(
+        err.contains("409") && err.contains("another join request"),
+        "{err}"
+    );
+    let applicant = &cluster.nodes[i];
+    let pending = ok(&["joins", "--dir", &reg]);
+    assert!(pending.contains("h2 (h2, hospital) node 2"), "{pending}");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let keys = Layout::new(&applicant.dir).keys();
+        for name in ["signing.key", "vote.key", "tls.key.pem", "wrapping-rsa.pem"] {
+            let mode = std::fs::metadata(keys.join(name))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600, "{name}");
+        }
+    }
+    let regulator = cluster.nodes[0].status();
+    let refused = connect_as(
+        applicant.secrets(),
+        &regulator.node.address,
+        &regulator.node.certificate,
+        1,
+    );
+    assert!(refused.is_err(), "a non-member connected: {refused:?}");
+    assert!(
+        cluster.nodes[0].node_log().contains("connection refused"),
+        "the regulator's node logged no refusal"
+    );
+
+    // Admitted, it is in; a second admission of the same request is refused by the state.
+    ok(&["admit", "h2", "--dir", &reg, "--voter"]);
+    cluster.wait(&[0, i], "h2's admission", |s| s.raft.voters.len() == 2);
+    let request = Layout::new(&cluster.nodes[i].dir).join_request();
+    let err = fails(&[
+        "admit",
+        "h2",
+        "--dir",
+        &reg,
+        "--request",
+        request.to_str().unwrap(),
+    ]);
+    assert!(err.contains("MemberExists"), "{err}");
+    let member = connect_as(
+        cluster.nodes[i].secrets(),
+        &regulator.node.address,
+        &regulator.node.certificate,
+        1,
+    );
+    assert!(member.is_ok(), "an admitted member was refused: {member:?}");
+
+    // A node that is not running: a clear error.
+    cluster.nodes[i].stop();
+    let out = cli(&["status", "--dir", cluster.nodes[i].dir()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach"));
+}
+
+/// Sends one request to the node whose status is `node`, presenting `secrets`' certificate;
+/// the HTTP status of a refusal.
+fn call_as(
+    secrets: MemberSecrets,
+    node: &fhirseal_sidecar::consortium::api::Status,
+    method: http::Method,
+    path: &str,
+    body: Vec<u8>,
+) -> Result<(), u16> {
+    let fp =
+        fhirseal_sidecar::consortium::files::parse_fingerprint(&node.node.certificate).unwrap();
+    let own = Peer {
+        member: node.node.member.clone(),
+        node_id: node.node.node_id,
+    };
+    let trust = Trust::pinned(own, BTreeSet::from([fp]));
+    let identity = Identity::new(secrets.certified_key().unwrap());
+    runtime().block_on(async {
+        let mut channel = Channel::new(&node.node.address, &trust, &identity, None).unwrap();
+        match channel
+            .request(method, path, body, Duration::from_secs(5))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(fhirseal_sidecar::consortium::ConsortiumError::Refused { status, .. }) => {
+                Err(status)
+            }
+            Err(e) => panic!("{e}"),
+        }
+    })
+}
+
+/// Opens a mutual-TLS connection to the node at `addr` (whose certificate is `cert`, node
+/// `node_id`) presenting `secrets`' certificate, and asks its status.
+pub fn connect_as(
+    secrets: MemberSecrets,
+    addr: &str,
+    cert: &str,
+    node_id: u64,
+) -> Result<(), String> {
+    let fp = fhirseal_sidecar::consortium::files::parse_fingerprint(cert).unwrap();
+    let trust = Trust::pinned(
+        Peer {
+            member: "peer".into(),
+            node_id,
+        },
+        BTreeSet::from([fp]),
+    );
+    let identity = Identity::new(secrets.certified_key().unwrap());
+    runtime().block_on(async {
+        let mut channel = Channel::new(addr, &trust, &identity, Some(node_id)).unwrap();
+        channel
+            .request(
+                http::Method::GET,
+                "/consortium/status",
+                Vec::new(),
+                Duration::from_secs(5),
+            )
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    })
+}
