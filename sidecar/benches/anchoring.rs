@@ -30,18 +30,11 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::json;
 use sha2::{Digest as _, Sha256};
-use support::{fmt, percentiles, start_sidecar, API_KEY};
+use support::{env_usize, fmt, percentiles, start_sidecar, API_KEY};
 
 #[path = "support/fast_upstream.rs"]
 mod fast_upstream;
 mod support;
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread()

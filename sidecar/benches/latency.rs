@@ -18,7 +18,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use support::{fmt, percentiles, start_sidecar, API_KEY};
+use support::{env_usize, fmt, percentiles, start_sidecar, API_KEY};
 
 mod support;
 
@@ -32,10 +32,7 @@ fn main() {
         std::process::exit(2);
     };
     let hapi = hapi.trim_end_matches('/').to_owned();
-    let n: usize = std::env::var("FHIRSEAL_BENCH_N")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(400);
+    let n = env_usize("FHIRSEAL_BENCH_N", 400);
 
     // A data directory of its own, kept for the process's life: reads are re-identified and
     // writes sealed, as in production.

@@ -49,7 +49,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
-use support::{fmt, percentiles, start_sidecar, API_KEY};
+use support::{env_usize, fmt, percentiles, start_sidecar, API_KEY};
 
 #[path = "support/fast_upstream.rs"]
 mod fast_upstream;
@@ -74,13 +74,6 @@ struct Run {
     elapsed: Duration,
     failures: usize,
     first_failure: Option<String>,
-}
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
 }
 
 fn main() {

@@ -18,7 +18,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::config::Config;
 use crate::error::ProxyError;
-use crate::ledger::NodeLedger;
+use crate::ledger::{NodeLedger, Opened};
 use crate::proxy::{ClientAddr, Proxy};
 use crate::sealing::Sealing;
 use crate::tls::{self, TlsError};
@@ -87,22 +87,7 @@ impl Sidecar {
             .await
             .map_err(|source| ServerError::Bind { addr, source })?;
         let auth = crate::auth::load(config)?;
-        let for_sealing = config.clone();
-        // Key generation and sled's recovery block: keep them off the async threads.
-        let sealing = tokio::task::spawn_blocking(move || Sealing::open(&for_sealing))
-            .await
-            .map_err(|e| ServerError::Start(e.to_string()))??;
-        let sealing = Arc::new(sealing);
-        let (for_ledger, for_config) = (sealing.clone(), config.clone());
-        let opened = tokio::task::spawn_blocking(move || {
-            NodeLedger::open(
-                &for_config,
-                for_ledger.keys(),
-                for_ledger.vault().outbox().clone(),
-            )
-        })
-        .await
-        .map_err(|e| ServerError::Start(e.to_string()))??;
+        let (sealing, opened) = open_node(config).await?;
         // What the outbox holds from before a restart is anchored by the first rounds.
         let (stop, stopped) = watch::channel(false);
         let anchorer = tokio::spawn(opened.anchorer.run(stopped));
@@ -224,6 +209,27 @@ impl Sidecar {
         }
         Ok(())
     }
+}
+
+/// Opens the node's keys, vault and ledger. Key generation and sled's recovery block: they run
+/// off the async threads.
+pub(crate) async fn open_node(config: &Config) -> Result<(Arc<Sealing>, Opened), ServerError> {
+    let for_sealing = config.clone();
+    let sealing = tokio::task::spawn_blocking(move || Sealing::open(&for_sealing))
+        .await
+        .map_err(|e| ServerError::Start(e.to_string()))??;
+    let sealing = Arc::new(sealing);
+    let (for_ledger, for_config) = (sealing.clone(), config.clone());
+    let opened = tokio::task::spawn_blocking(move || {
+        NodeLedger::open(
+            &for_config,
+            for_ledger.keys(),
+            for_ledger.vault().outbox().clone(),
+        )
+    })
+    .await
+    .map_err(|e| ServerError::Start(e.to_string()))??;
+    Ok((sealing, opened))
 }
 
 fn is_transient(error: &std::io::Error) -> bool {

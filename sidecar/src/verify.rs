@@ -17,8 +17,6 @@ use fhirseal_storage::keys::hex;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use serde_json::{json, Value};
 
-use std::sync::Arc;
-
 use fhirseal_adapters::auth::ApiKeyTable;
 use fhirseal_consensus::Chain;
 
@@ -27,8 +25,7 @@ use crate::config::Config;
 use crate::error::ProxyError;
 use crate::ledger::{ledger_dir, LedgerError, NodeLedger};
 use crate::proxy::Proxy;
-use crate::sealing::Sealing;
-use crate::server::ServerError;
+use crate::server::{open_node, ServerError};
 
 /// The name of the operation.
 pub(crate) const VERIFY: &str = "verify";
@@ -545,21 +542,7 @@ impl LedgerTool {
                 dir.display()
             )));
         }
-        let for_sealing = config.clone();
-        let sealing = tokio::task::spawn_blocking(move || Sealing::open(&for_sealing))
-            .await
-            .map_err(|e| ServerError::Start(e.to_string()))??;
-        let sealing = Arc::new(sealing);
-        let (for_ledger, for_config) = (sealing.clone(), config.clone());
-        let opened = tokio::task::spawn_blocking(move || {
-            NodeLedger::open(
-                &for_config,
-                for_ledger.keys(),
-                for_ledger.vault().outbox().clone(),
-            )
-        })
-        .await
-        .map_err(|e| ServerError::Start(e.to_string()))??;
+        let (sealing, opened) = open_node(config).await?;
         // The anchorer is not run: these commands read, they do not anchor.
         drop(opened.anchorer);
         let proxy = Proxy::new(

@@ -51,6 +51,14 @@ pub(crate) fn start_sidecar(
     (format!("http://{addr}/fhir"), ledger)
 }
 
+/// A count from the environment, or `default`.
+pub(crate) fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 /// Median and 99th percentile (zero for no samples).
 pub(crate) fn percentiles(samples: &mut [Duration]) -> (Duration, Duration) {
     if samples.is_empty() {

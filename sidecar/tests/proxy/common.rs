@@ -401,3 +401,28 @@ pub async fn anchored(ledger: &NodeLedger) {
     }
     panic!("the outbox did not drain: {:?}", ledger.status());
 }
+
+/// Every item of one kind in the chain, block after block, read through the ledger API at
+/// `ledger` (`http://…/ledger`): `"entries"` for anchors, `"events"` for access events.
+pub async fn chain_items(ledger: &str, kind: &str) -> Vec<Value> {
+    let status = get(&format!("{ledger}/status")).await.json();
+    let mut items = Vec::new();
+    for height in 0..status["blocks"].as_u64().unwrap() {
+        let block = get(&format!("{ledger}/blocks/{height}")).await.json();
+        for tx in block["transactions"].as_array().unwrap() {
+            items.extend(tx[kind].as_array().into_iter().flatten().cloned());
+        }
+    }
+    items
+}
+
+/// How many times each resource version is anchored in the chain at `ledger`.
+pub async fn anchor_counts(ledger: &str) -> std::collections::BTreeMap<String, u32> {
+    let mut counts = std::collections::BTreeMap::new();
+    for entry in chain_items(ledger, "entries").await {
+        *counts
+            .entry(entry["resource"].as_str().unwrap().to_owned())
+            .or_default() += 1;
+    }
+    counts
+}

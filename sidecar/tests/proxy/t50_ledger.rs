@@ -152,31 +152,12 @@ async fn every_kind_of_write_is_anchored_once_and_verifies() {
     assert_eq!(current["verified"], true);
 
     // Each version is in exactly one block entry; the chain verifies.
-    let status = get(&sidecar.base.replace("/fhir", "/ledger/status"))
-        .await
-        .json();
-    let blocks = status["blocks"].as_u64().unwrap();
-    let mut seen = std::collections::BTreeMap::<String, u32>::new();
-    for height in 0..blocks {
-        let block = get(&sidecar
-            .base
-            .replace("/fhir", &format!("/ledger/blocks/{height}")))
-        .await
-        .json();
-        for tx in block["transactions"].as_array().unwrap() {
-            for entry in tx["entries"].as_array().into_iter().flatten() {
-                *seen
-                    .entry(entry["resource"].as_str().unwrap().to_owned())
-                    .or_default() += 1;
-            }
-        }
-    }
+    let ledger = sidecar.base.replace("/fhir", "/ledger");
+    let seen = anchor_counts(&ledger).await;
     for version in &versions {
         assert_eq!(seen.get(version), Some(&1), "{version} in {seen:?}");
     }
-    let chain = get(&sidecar.base.replace("/fhir", "/ledger/verify"))
-        .await
-        .json();
+    let chain = get(&format!("{ledger}/verify")).await.json();
     assert_eq!(chain["valid"], true, "{chain}");
 }
 
@@ -296,18 +277,7 @@ async fn reads_leave_access_events_and_optionally_audit_events_upstream() {
     assert_eq!(search.status, 200);
     common::anchored(&sidecar.ledger).await;
 
-    let blocks = sidecar.ledger.status().unwrap().blocks;
-    let mut events = Vec::new();
-    for height in 0..blocks {
-        let block = get(&sidecar
-            .base
-            .replace("/fhir", &format!("/ledger/blocks/{height}")))
-        .await
-        .json();
-        for tx in block["transactions"].as_array().unwrap() {
-            events.extend(tx["events"].as_array().into_iter().flatten().cloned());
-        }
-    }
+    let events = chain_items(&sidecar.base.replace("/fhir", "/ledger"), "events").await;
     let read_event = events
         .iter()
         .find(|e| e["id"] == pid.as_str())

@@ -5,7 +5,6 @@
 //!
 //! `FHIRSEAL_CRASH_SEED` and `FHIRSEAL_CRASH_ROUNDS` replay or lengthen a run.
 
-use std::collections::BTreeMap;
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -284,20 +283,7 @@ async fn kill_9_while_writing_loses_no_acknowledged_write() {
     }
     // Every version in the chain, counted.
     let status = try_get(&node.ledger("status")).await.unwrap().json();
-    let mut anchored = BTreeMap::<String, u32>::new();
-    for height in 0..status["blocks"].as_u64().unwrap() {
-        let block = try_get(&node.ledger(&format!("blocks/{height}")))
-            .await
-            .unwrap()
-            .json();
-        for tx in block["transactions"].as_array().unwrap() {
-            for entry in tx["entries"].as_array().into_iter().flatten() {
-                *anchored
-                    .entry(entry["resource"].as_str().unwrap().to_owned())
-                    .or_default() += 1;
-            }
-        }
-    }
+    let anchored = anchor_counts(&node.base.replace("/fhir", "/ledger")).await;
     for version in &acked {
         assert_eq!(anchored.get(version), Some(&1), "{version}");
     }
