@@ -247,6 +247,7 @@ impl NodeLedger {
 
 /// A summary of the chain and the outbox.
 #[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct LedgerStatus {
     pub institution: String,
     pub blocks: u64,

@@ -272,7 +272,7 @@ async fn kill_9_while_writing_loses_no_acknowledged_write() {
     let started = Instant::now();
     loop {
         let status = try_get(&node.ledger("status")).await.unwrap().json();
-        if status["pending_anchors"] == 0 {
+        if status["pendingAnchors"] == 0 {
             break;
         }
         assert!(
