@@ -9,9 +9,9 @@
 //! cuts nothing while the trunk is up) and then split the switch in one step by taking the trunk
 //! down, leaving each side able to talk within itself.
 //!
-//! Everything is created inside these namespaces (`ip -n NS link add … peer … netns NS2`), never
-//! in the namespace the test runs in, and everything is removed when [`Namespaces`] is dropped
-//! (after the cluster's nodes are killed), test failure or not. A test process killed outright
+//! Everything is created inside these namespaces (`ip -n NS link add … peer … netns NS2`),
+//! never in the namespace the test runs in, and everything is removed when [`Namespaces`] is
+//! dropped (after the cluster's nodes are killed), test failure or not. A test process killed outright
 //! leaves its `fhs{pid}…` namespaces behind; `ip netns del` removes them.
 
 use std::io::ErrorKind;
