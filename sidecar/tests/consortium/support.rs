@@ -1,10 +1,12 @@
-//! A consortium of real `fhirseal consortium node` processes on loopback ports, founded and
-//! joined through the CLI, each node in its own directory with its own keys.
+//! A consortium of real `fhirseal consortium node` processes, founded and joined through the
+//! CLI, each node in its own directory with its own keys: on loopback ports of this network
+//! namespace ([`Loopback`]), or each in a network namespace of its own
+//! ([`crate::netns::Namespaces`]).
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use fhirseal_consensus::governance::{Command as GovCommand, SignedCommand};
@@ -37,19 +39,71 @@ pub fn free_port() -> SocketAddr {
         .unwrap()
 }
 
-/// Runs `fhirseal consortium ARGS`.
-pub fn cli(args: &[&str]) -> Output {
-    Command::new(bin())
+/// Where a node runs: in the network namespace `netns` (this process's if `None`), listening on
+/// `listen`.
+#[derive(Debug, Clone)]
+pub struct Place {
+    pub netns: Option<String>,
+    pub listen: SocketAddr,
+}
+
+/// Where the nodes of a cluster run.
+pub trait Placement: Send + Sync {
+    /// The place of node `id` (the regulator's is 1, `h{id}`'s is `id`).
+    fn node(&self, id: u64) -> Place;
+    /// Where the regulator's join desk listens (in node 1's namespace).
+    fn desk(&self) -> SocketAddr;
+}
+
+/// Free loopback ports in this process's network namespace.
+#[derive(Debug)]
+pub struct Loopback;
+
+impl Placement for Loopback {
+    fn node(&self, _id: u64) -> Place {
+        Place {
+            netns: None,
+            listen: free_port(),
+        }
+    }
+
+    fn desk(&self) -> SocketAddr {
+        free_port()
+    }
+}
+
+/// `fhirseal`, run in the network namespace `netns` through `ip netns exec` (which execs it,
+/// so the child is the `fhirseal` process itself), or here.
+fn fhirseal(netns: Option<&str>) -> Command {
+    let mut command = match netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns, bin()]);
+            c
+        }
+        None => Command::new(bin()),
+    };
+    command.env("RUST_BACKTRACE", "0");
+    command
+}
+
+/// Runs `fhirseal consortium ARGS` in `netns`.
+pub fn cli_in(netns: Option<&str>, args: &[&str]) -> Output {
+    fhirseal(netns)
         .arg("consortium")
         .args(args)
-        .env("RUST_BACKTRACE", "0")
         .output()
         .unwrap()
 }
 
-/// Runs `fhirseal consortium ARGS` and expects success; returns its output.
-pub fn ok(args: &[&str]) -> String {
-    let out = cli(args);
+/// Runs `fhirseal consortium ARGS`.
+pub fn cli(args: &[&str]) -> Output {
+    cli_in(None, args)
+}
+
+/// Runs `fhirseal consortium ARGS` in `netns` and expects success; returns its output.
+pub fn ok_in(netns: Option<&str>, args: &[&str]) -> String {
+    let out = cli_in(netns, args);
     assert!(
         out.status.success(),
         "fhirseal consortium {args:?} failed: {}{}",
@@ -59,9 +113,14 @@ pub fn ok(args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-/// [`ok`] with the flags every test node is made with: small RSA keys (fast to make), the test
-/// election timeout, frequent snapshots (so that catching up installs one).
-fn ok_with(args: &[&str]) -> String {
+/// Runs `fhirseal consortium ARGS` and expects success; returns its output.
+pub fn ok(args: &[&str]) -> String {
+    ok_in(None, args)
+}
+
+/// [`ok_in`] with the flags every test node is made with: small RSA keys (fast to make), the
+/// test election timeout, frequent snapshots (so that catching up installs one).
+fn ok_with(netns: Option<&str>, args: &[&str]) -> String {
     let timeout = ELECTION_TIMEOUT_MS.to_string();
     let mut all = args.to_vec();
     all.extend([
@@ -72,7 +131,7 @@ fn ok_with(args: &[&str]) -> String {
         "--snapshot-every",
         "20",
     ]);
-    ok(&all)
+    ok_in(netns, &all)
 }
 
 /// Runs `fhirseal consortium ARGS`, expects failure, and returns stderr.
@@ -90,6 +149,8 @@ pub struct Node {
     pub member: String,
     pub node_id: u64,
     pub dir: PathBuf,
+    /// The network namespace it and its CLI run in (`None`: this process's).
+    pub netns: Option<String>,
     child: Option<Child>,
 }
 
@@ -105,7 +166,7 @@ impl Node {
             .append(true)
             .open(self.dir.join("node.log"))
             .unwrap();
-        let child = Command::new(bin())
+        let child = fhirseal(self.netns.as_deref())
             .args(["consortium", "node", "--dir", self.dir()])
             .stdout(Stdio::null())
             .stderr(log)
@@ -140,14 +201,24 @@ impl Node {
         self.child.is_some()
     }
 
+    /// Runs `fhirseal consortium ARGS` in the node's namespace.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        cli_in(self.netns.as_deref(), args)
+    }
+
+    /// [`Node::cli`], expecting success; returns its output.
+    pub fn ok(&self, args: &[&str]) -> String {
+        ok_in(self.netns.as_deref(), args)
+    }
+
     /// The node's status, through the CLI's JSON.
     pub fn status(&self) -> Status {
-        serde_json::from_str(&ok(&["status", "--dir", self.dir(), "--json"])).unwrap()
+        serde_json::from_str(&self.ok(&["status", "--dir", self.dir(), "--json"])).unwrap()
     }
 
     /// The status, or `None` while the node does not answer.
     pub fn try_status(&self) -> Option<Status> {
-        let out = cli(&["status", "--dir", self.dir(), "--json"]);
+        let out = self.cli(&["status", "--dir", self.dir(), "--json"]);
         out.status
             .success()
             .then(|| serde_json::from_slice(&out.stdout).unwrap())
@@ -169,6 +240,7 @@ pub struct Cluster {
     pub pin: String,
     pub desk: SocketAddr,
     root: PathBuf,
+    placement: Arc<dyn Placement>,
 }
 
 impl Drop for Cluster {
@@ -180,26 +252,35 @@ impl Drop for Cluster {
 }
 
 impl Cluster {
-    /// Founds a consortium of `n` nodes: the regulator (node 1) and `n - 1` institutions
-    /// (`h2`, `h3`, …), of which the first `voters - 1` vote; waits until every node has
-    /// applied every admission.
+    /// Founds a consortium of `n` nodes on loopback ports: the regulator (node 1) and `n - 1`
+    /// institutions (`h2`, `h3`, …), of which the first `voters - 1` vote; waits until every
+    /// node has applied every admission.
     pub fn found(n: u64, voters: u64) -> Self {
+        Self::found_on(n, voters, Arc::new(Loopback))
+    }
+
+    /// [`Cluster::found`], with each node where `placement` puts it.
+    pub fn found_on(n: u64, voters: u64, placement: Arc<dyn Placement>) -> Self {
         let root = tempfile::tempdir().unwrap();
         let path = root.path().to_owned();
         let reg_dir = path.join("regulator");
-        let listen = free_port().to_string();
-        let desk = free_port();
-        let out = ok_with(&[
-            "init",
-            "--dir",
-            reg_dir.to_str().unwrap(),
-            "--consortium",
-            CONSORTIUM,
-            "--listen",
-            &listen,
-            "--join-listen",
-            &desk.to_string(),
-        ]);
+        let place = placement.node(1);
+        let listen = place.listen.to_string();
+        let desk = placement.desk();
+        let out = ok_with(
+            place.netns.as_deref(),
+            &[
+                "init",
+                "--dir",
+                reg_dir.to_str().unwrap(),
+                "--consortium",
+                CONSORTIUM,
+                "--listen",
+                &listen,
+                "--join-listen",
+                &desk.to_string(),
+            ],
+        );
         let pin = out
             .split("--pin ")
             .nth(1)
@@ -212,11 +293,13 @@ impl Cluster {
                 member: "regulator".into(),
                 node_id: 1,
                 dir: reg_dir,
+                netns: place.netns,
                 child: None,
             }],
             pin,
             desk,
             root: path,
+            placement,
         };
         cluster.nodes[0].start();
         cluster.wait(&[0], "genesis", |s| s.consortium.is_some());
@@ -233,7 +316,7 @@ impl Cluster {
             }
             let admit: Vec<String> = admit.iter().map(|s| (*s).to_owned()).collect();
             let admit: Vec<&str> = admit.iter().map(String::as_str).collect();
-            ok(&admit);
+            cluster.nodes[0].ok(&admit);
         }
         let all: Vec<usize> = (0..cluster.nodes.len()).collect();
         let members = cluster.nodes.len();
@@ -249,25 +332,30 @@ impl Cluster {
     pub fn join(&mut self, id: u64) -> usize {
         let member = format!("h{id}");
         let dir = self.root.join(&member);
-        let listen = free_port().to_string();
-        ok_with(&[
-            "join",
-            &format!("https://{}", self.desk),
-            "--pin",
-            &self.pin,
-            "--dir",
-            dir.to_str().unwrap(),
-            "--member",
-            &member,
-            "--node-id",
-            &id.to_string(),
-            "--listen",
-            &listen,
-        ]);
+        let place = self.placement.node(id);
+        let listen = place.listen.to_string();
+        ok_with(
+            place.netns.as_deref(),
+            &[
+                "join",
+                &format!("https://{}", self.desk),
+                "--pin",
+                &self.pin,
+                "--dir",
+                dir.to_str().unwrap(),
+                "--member",
+                &member,
+                "--node-id",
+                &id.to_string(),
+                "--listen",
+                &listen,
+            ],
+        );
         let mut node = Node {
             member,
             node_id: id,
             dir,
+            netns: place.netns,
             child: None,
         };
         node.start();
@@ -295,12 +383,39 @@ impl Cluster {
 
     /// Polls the nodes `which` until `done` holds for each (30 s at most).
     pub fn wait(&self, which: &[usize], what: &str, done: impl Fn(&Status) -> bool) -> Vec<Status> {
+        self.wait_all(which, what, |all| all.iter().all(&done))
+    }
+
+    /// Polls the nodes `which` until they agree: the same leader, the same last applied index
+    /// and the same [`replicated`] state (30 s at most).
+    pub fn agree(&self, which: &[usize], what: &str) -> Vec<Status> {
+        self.wait_all(which, what, |all| {
+            all.iter().all(|s| {
+                s.raft.leader.is_some()
+                    && s.raft.leader == all[0].raft.leader
+                    && s.raft.last_applied == all[0].raft.last_applied
+                    && replicated(s) == replicated(&all[0])
+            })
+        })
+    }
+
+    /// Polls the nodes `which` until every one answers and `done` holds for their statuses
+    /// together (30 s at most).
+    pub fn wait_all(
+        &self,
+        which: &[usize],
+        what: &str,
+        done: impl Fn(&[Status]) -> bool,
+    ) -> Vec<Status> {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let statuses: Vec<Option<Status>> =
                 which.iter().map(|i| self.nodes[*i].try_status()).collect();
-            if statuses.iter().all(|s| s.as_ref().is_some_and(&done)) {
-                return statuses.into_iter().map(Option::unwrap).collect();
+            if statuses.iter().all(Option::is_some) {
+                let statuses: Vec<Status> = statuses.iter().flatten().cloned().collect();
+                if done(&statuses) {
+                    return statuses;
+                }
             }
             if Instant::now() > deadline {
                 for (i, s) in which.iter().zip(&statuses) {
@@ -341,6 +456,16 @@ impl Cluster {
             &node.secrets().signing,
         )
     }
+}
+
+/// What must be the same on every node: members, revocation list, refusals, link key.
+pub fn replicated(s: &Status) -> (String, String, String, u32) {
+    (
+        format!("{:?}", s.members),
+        format!("{:?}", s.revoked_certificates),
+        format!("{:?}", s.refusals),
+        s.link_key_version,
+    )
 }
 
 fn tail(text: &str, lines: usize) -> String {

@@ -9,7 +9,8 @@ use fhirseal_sidecar::consortium::api::Status;
 use fhirseal_sidecar::consortium::files::{hex, Layout, MemberSecrets};
 
 use crate::support::{
-    fails, measure_commit_latency, ok, serial, submit, Cluster, CONSORTIUM, ELECTION_TIMEOUT_MS,
+    fails, measure_commit_latency, ok, replicated, serial, submit, Cluster, CONSORTIUM,
+    ELECTION_TIMEOUT_MS,
 };
 use crate::t10_cli::connect_as;
 
@@ -23,16 +24,6 @@ fn three_voters() {
 fn five_nodes_three_voters_two_learners() {
     let _serial = serial();
     governance_round_trip(5, 3);
-}
-
-/// What must be the same on every node: members, revocation list, refusals, link key.
-fn replicated(s: &Status) -> (String, String, String, u32) {
-    (
-        format!("{:?}", s.members),
-        format!("{:?}", s.revoked_certificates),
-        format!("{:?}", s.refusals),
-        s.link_key_version,
-    )
 }
 
 fn governance_round_trip(n: u64, voters: u64) {
