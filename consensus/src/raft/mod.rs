@@ -12,7 +12,8 @@
 //! The transport between nodes is not here: [`GovernanceNode::start`] takes any openraft
 //! [`openraft::RaftNetworkFactory`], and the transport hands peers' RPCs to
 //! [`GovernanceNode::raft`]. The sidecar's consortium node provides it (HTTP/2 over mutual TLS,
-//! peers checked against [`GovernanceView`]; `consensus/GOVERNANCE.md` says why it lives there).
+//! peers checked against [`GovernanceView`]; ARCHITECTURE.md, "Governance nodes", says why it
+//! lives there).
 //! A consortium of one needs none: [`SoloNetwork`].
 
 // openraft's traits fix the error type to its `StorageError` (over 200 bytes); boxing it in our

@@ -12,7 +12,7 @@
 //! - [`cli`] — `init`, `join`, `node`, `admit`, `suspend`, `reinstate`, `revoke`, `stake`,
 //!   `rotate`, `joins`, `status`.
 //!
-//! `consensus/GOVERNANCE.md` says why the transport lives here rather than in
+//! ARCHITECTURE.md, "Governance nodes", says why the transport lives here rather than in
 //! `fhirseal-consensus`.
 
 pub mod api;
