@@ -18,7 +18,8 @@ use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use serde_json::{json, Value};
 
 use fhirseal_adapters::auth::ApiKeyTable;
-use fhirseal_consensus::Chain;
+use fhirseal_consensus::{Chain, ChainStore};
+use fhirseal_storage::chain_store::ChainStoreError;
 
 use crate::body::{full, ProxyBody};
 use crate::config::Config;
@@ -541,6 +542,17 @@ impl LedgerTool {
                 "there is no ledger in {}: has fhirseal run with this data directory?",
                 dir.display()
             )));
+        }
+        // A running node holds its databases: say so, and what to use while it runs.
+        if let Err(e) = ChainStore::open_dir(&dir, &config.seal.institution) {
+            return Err(match e {
+                ChainStoreError::Locked(_) => ServerError::Start(format!(
+                    "{} is in use by a running fhirseal: stop it first (while it runs, GET \
+                     /ledger/status, /ledger/verify and [type]/[id]/$verify answer)",
+                    config.data_dir.display()
+                )),
+                other => LedgerError::from(other).into(),
+            });
         }
         let (sealing, opened) = open_node(config).await?;
         // The anchorer is not run: these commands read, they do not anchor.

@@ -270,7 +270,12 @@ impl ChainStore {
             .path(path)
             .open()
             .map_err(|e| match &e {
-                sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock => {
+                // sled reports the lock another process holds as an I/O error of its own
+                // wording, whatever the kind of the underlying one.
+                sled::Error::Io(io)
+                    if io.kind() == std::io::ErrorKind::WouldBlock
+                        || io.to_string().contains("could not acquire lock") =>
+                {
                     ChainStoreError::Locked(path.display().to_string())
                 }
                 _ => ChainStoreError::Sled(e),

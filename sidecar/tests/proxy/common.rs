@@ -362,28 +362,33 @@ pub fn config_file(config: &Config, dir: &std::path::Path) -> PathBuf {
     path
 }
 
-/// Runs `fhirseal` with `args`; returns its exit code and what it printed. A sidecar stopped
-/// a moment ago may still hold its databases while its last tasks end: the run is retried then.
-pub async fn fhirseal(args: &[&str]) -> (i32, String) {
+/// Runs `fhirseal` with `args` once; returns its exit code and what it printed.
+pub async fn fhirseal_once(args: &[&str]) -> (i32, String) {
     let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+    tokio::task::spawn_blocking(move || {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_fhirseal"))
+            .args(&args)
+            .env_remove("FHIRSEAL_CONFIG")
+            .env("RUST_BACKTRACE", "0")
+            .output()
+            .unwrap();
+        let printed = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        (output.status.code().unwrap_or(-1), printed)
+    })
+    .await
+    .unwrap()
+}
+
+/// [`fhirseal_once`], for a node stopped a moment ago: while its last tasks end it may still
+/// hold its databases, and the run is retried then.
+pub async fn fhirseal(args: &[&str]) -> (i32, String) {
     for _ in 0..50 {
-        let args = args.clone();
-        let (code, printed) = tokio::task::spawn_blocking(move || {
-            let output = std::process::Command::new(env!("CARGO_BIN_EXE_fhirseal"))
-                .args(&args)
-                .env_remove("FHIRSEAL_CONFIG")
-                .output()
-                .unwrap();
-            let printed = format!(
-                "{}{}",
-                String::from_utf8_lossy(&output.stdout),
-                String::from_utf8_lossy(&output.stderr)
-            );
-            (output.status.code().unwrap_or(-1), printed)
-        })
-        .await
-        .unwrap();
-        if !printed.contains("could not acquire lock") {
+        let (code, printed) = fhirseal_once(args).await;
+        if !printed.contains("in use by a running fhirseal") && !printed.contains("acquire lock") {
             return (code, printed);
         }
         tokio::time::sleep(Duration::from_millis(100)).await;

@@ -229,6 +229,12 @@ async fn a_corrupted_block_is_found_at_its_height() {
         common::anchored(&sidecar.ledger).await;
     }
     assert!(sidecar.ledger.status().unwrap().blocks >= 3);
+    // While the node runs, the command says so and changes nothing.
+    let running = config_file(&sidecar.config, &sidecar.config.data_dir);
+    let (code, output) =
+        fhirseal_once(&["ledger", "verify", "--config", running.to_str().unwrap()]).await;
+    assert_eq!(code, 1, "{output}");
+    assert!(output.contains("in use by a running fhirseal"), "{output}");
     let (config, data) = sidecar.stop().await;
     let dir = data.unwrap();
     let file = config_file(&config, dir.path());
