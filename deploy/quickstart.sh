@@ -32,11 +32,13 @@ cat <<MSG
   fhirseal is starting in front of HAPI FHIR.
   Send FHIR requests to:   http://$listen/fhir
   API keys:                $keys (made on first start: a clinician, who sees
-                           identity, and a researcher, who does not)
+                           identity, a researcher, who does not, and an auditor,
+                           who reads the access trail at /ledger/blocks/N)
   Try:                     curl -H "X-Api-Key: \$(grep -m1 '^key' $keys | cut -d'"' -f2)" \\
                                 http://$listen/fhir/metadata
   HAPI FHIR direct:        http://127.0.0.1:$hapi_port/fhir (holds no identity)
   Health / readiness:      http://$listen/healthz  http://$listen/readyz
+  Ledger:                  http://$listen/ledger/status, and GET [type]/[id]/\$verify
   Stop with Ctrl-C.
 
 MSG

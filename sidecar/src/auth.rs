@@ -1,5 +1,6 @@
 //! The API-key table: from the configuration, or from `api-keys.toml` in the keys directory,
-//! which is made on first start with one key per role so that the embedded default is usable.
+//! which is made on first start with one key per role (clinician, researcher, auditor) so that
+//! the embedded default is usable.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -76,9 +77,10 @@ fn make_key_file(path: &Path, institution: &str) -> Result<(), AuthSetupError> {
     }
     let mut text = String::from(
         "# API keys of this fhirseal node, made on first start. Send one as `X-Api-Key: <key>`\n\
-         # or `Authorization: Bearer <key>`. Roles in auth.identity_roles see identity.\n",
+         # or `Authorization: Bearer <key>`. Roles in auth.identity_roles see identity; roles\n\
+         # in auth.audit_roles read the access events on the ledger.\n",
     );
-    for role in ["clinician", "researcher"] {
+    for role in ["clinician", "researcher", "auditor"] {
         let mut raw = [0u8; 24];
         getrandom::fill(&mut raw).map_err(|e| err(e.to_string()))?;
         let key: String = raw.iter().map(|b| format!("{b:02x}")).collect();
@@ -111,10 +113,10 @@ mod tests {
             ..Config::default()
         };
         let table = load(&config).unwrap();
-        assert_eq!(table.len(), 2);
+        assert_eq!(table.len(), 3);
         let text = std::fs::read_to_string(key_file(&config)).unwrap();
         let again = load(&config).unwrap();
-        assert_eq!(again.len(), 2);
+        assert_eq!(again.len(), 3);
         assert_eq!(std::fs::read_to_string(key_file(&config)).unwrap(), text);
         #[cfg(unix)]
         {

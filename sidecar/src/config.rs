@@ -215,11 +215,14 @@ pub enum DurabilityMode {
 #[serde(default, deny_unknown_fields)]
 pub struct AuthConfig {
     /// API keys (`X-Api-Key: …` or `Authorization: Bearer …`). When empty, keys are read from
-    /// `data_dir/keys/api-keys.toml`, which is made on first start with a `clinician` key and a
-    /// `researcher` key.
+    /// `data_dir/keys/api-keys.toml`, which is made on first start with a `clinician`, a
+    /// `researcher` and an `auditor` key.
     pub api_keys: Vec<ApiKey>,
     /// Roles whose holders see identity (of their own institution's data).
     pub identity_roles: Vec<String>,
+    /// Roles whose holders read the access events on the ledger (who read what, and why);
+    /// everyone else reads blocks without them.
+    pub audit_roles: Vec<String>,
 }
 
 impl Default for AuthConfig {
@@ -227,6 +230,7 @@ impl Default for AuthConfig {
         AuthConfig {
             api_keys: Vec::new(),
             identity_roles: vec!["clinician".to_owned(), "admin".to_owned()],
+            audit_roles: vec!["auditor".to_owned(), "admin".to_owned()],
         }
     }
 }

@@ -100,6 +100,8 @@ pub(crate) struct Shared {
     pub(crate) sync_timeout: Duration,
     /// Whether reads also send a FHIR `AuditEvent` upstream.
     pub(crate) audit_upstream: bool,
+    /// Roles that read access events on the ledger.
+    pub(crate) audit_roles: Vec<String>,
     /// Our own FHIR base path, without a trailing slash (empty for `/`).
     base_path: String,
     /// The configured public base, if the sidecar sits behind another proxy.
@@ -165,6 +167,7 @@ impl Proxy {
                 anchor_sync: config.ledger.anchor == AnchorMode::Sync,
                 sync_timeout: Duration::from_millis(config.ledger.sync_timeout_ms),
                 audit_upstream: config.audit.upstream_audit_events,
+                audit_roles: config.auth.audit_roles.clone(),
                 base_path: config.server.base_path.trim_end_matches('/').to_owned(),
                 public_base: config
                     .server
@@ -227,9 +230,14 @@ impl Proxy {
             "/healthz" => return (Some("healthz"), Ok(healthz())),
             "/readyz" => return (Some("readyz"), Ok(self.readyz().await)),
             path if path == "/ledger" || path.starts_with("/ledger/") => {
-                // Any caller with a key may read the ledger: it holds no identity.
+                // Any caller with a key may read the ledger, which holds no identity; who read
+                // what is for the audit roles of this institution.
                 let result = match self.shared.auth.authenticate(req.headers()) {
-                    Ok(_) => self.ledger_api(&req).await,
+                    Ok(principal) => {
+                        let auditor = principal.institution == self.shared.ledger.institution()
+                            && self.shared.audit_roles.contains(&principal.role);
+                        self.ledger_api(&req, auditor).await
+                    }
                     Err(error) => Err(ProxyError::Unauthorized(error)),
                 };
                 return (Some("ledger"), result);

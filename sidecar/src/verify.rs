@@ -227,9 +227,11 @@ impl Proxy {
     }
 
     /// `/ledger/…`: `status`, `blocks/{height}`, `proofs/{type}/{id}/{version}`, `verify`.
+    /// Blocks show their access events to an `auditor` only.
     pub(crate) async fn ledger_api(
         &self,
         req: &Request<ProxyBody>,
+        auditor: bool,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         if req.method() != Method::GET {
             return Err(ProxyError::Route(RouteError::Method {
@@ -253,7 +255,7 @@ impl Proxy {
                     ProxyError::Invalid(format!("'{height}' is not a block height"))
                 })?;
                 match blocking(move || ledger.block(height)).await? {
-                    Some(block) => block_json(&block),
+                    Some(block) => block_json(&block, auditor),
                     None => return Err(ProxyError::NotFound(format!("no block at height {height}"))),
                 }
             }
@@ -425,8 +427,9 @@ pub fn parameters(check: &VersionCheck, institution: &str) -> Value {
     json!({"resourceType": "Parameters", "parameter": out})
 }
 
-/// A block as JSON: header, certificate, and every transaction with its items.
-pub fn block_json(block: &FinalizedBlock) -> Value {
+/// A block as JSON: header, certificate, and every transaction with its items; access events
+/// only `with_events` (else their batch says `eventsWithheld`).
+pub fn block_json(block: &FinalizedBlock, with_events: bool) -> Value {
     let header = block.header();
     let transactions: Vec<Value> = block
         .block
@@ -457,6 +460,9 @@ pub fn block_json(block: &FinalizedBlock) -> Value {
                             })
                         })
                         .collect();
+                }
+                Transaction::Access(_) if !with_events => {
+                    out["eventsWithheld"] = json!(true);
                 }
                 Transaction::Access(batch) => {
                     out["events"] = batch

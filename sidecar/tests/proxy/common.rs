@@ -31,6 +31,8 @@ pub fn hapi() -> String {
 /// The API key of a principal who sees identity, and of one who does not.
 pub const CLINICIAN_KEY: &str = "test-clinician-key-0001";
 pub const RESEARCHER_KEY: &str = "test-researcher-key-0001";
+/// The API key of a principal who reads the access events on the ledger.
+pub const AUDITOR_KEY: &str = "test-auditor-key-0001";
 
 /// One set of node keys for the whole test binary: RSA key generation is slow.
 fn keys_dir() -> PathBuf {
@@ -92,6 +94,7 @@ pub fn config(upstream: &str) -> Config {
     config.auth.api_keys = vec![
         api_key(CLINICIAN_KEY, "clinician"),
         api_key(RESEARCHER_KEY, "researcher"),
+        api_key(AUDITOR_KEY, "auditor"),
     ];
     config
 }
@@ -408,12 +411,23 @@ pub async fn anchored(ledger: &NodeLedger) {
 }
 
 /// Every item of one kind in the chain, block after block, read through the ledger API at
-/// `ledger` (`http://…/ledger`): `"entries"` for anchors, `"events"` for access events.
+/// `ledger` (`http://…/ledger`) as the auditor: `"entries"` for anchors, `"events"` for access
+/// events.
 pub async fn chain_items(ledger: &str, kind: &str) -> Vec<Value> {
-    let status = get(&format!("{ledger}/status")).await.json();
+    let auditor = [("x-api-key", AUDITOR_KEY)];
+    let status = send(Method::GET, &format!("{ledger}/status"), &auditor, "")
+        .await
+        .json();
     let mut items = Vec::new();
     for height in 0..status["blocks"].as_u64().unwrap() {
-        let block = get(&format!("{ledger}/blocks/{height}")).await.json();
+        let block = send(
+            Method::GET,
+            &format!("{ledger}/blocks/{height}"),
+            &auditor,
+            "",
+        )
+        .await
+        .json();
         for tx in block["transactions"].as_array().unwrap() {
             items.extend(tx[kind].as_array().into_iter().flatten().cloned());
         }

@@ -297,6 +297,26 @@ async fn reads_leave_access_events_and_optionally_audit_events_upstream() {
         .any(|e| e["resourceType"] == "Patient" && e["id"] == "" && e["principal"] == "clinician"));
     let recorded = serde_json::to_string(&events).unwrap();
     assert!(!recorded.contains("Nobody"), "{recorded}");
+    // Who read what is for auditors: the researcher reads the blocks without the events.
+    let ledger = sidecar.base.replace("/fhir", "/ledger");
+    let tip = sidecar.ledger.status().unwrap().blocks - 1;
+    let as_researcher = send(
+        Method::GET,
+        &format!("{ledger}/blocks/{tip}"),
+        &[("x-api-key", RESEARCHER_KEY)],
+        "",
+    )
+    .await
+    .json();
+    let batches = as_researcher["transactions"].as_array().unwrap();
+    assert!(
+        batches.iter().any(|tx| tx["kind"] == "access"),
+        "{as_researcher}"
+    );
+    for tx in batches.iter().filter(|tx| tx["kind"] == "access") {
+        assert!(tx.get("events").is_none(), "{tx}");
+        assert_eq!(tx["eventsWithheld"], true);
+    }
 
     // The AuditEvent reaches HAPI in the background.
     let hapi = hapi();
