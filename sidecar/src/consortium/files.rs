@@ -493,6 +493,24 @@ pub fn certificate_in(dir: &Path) -> Option<CertificateDer<'static>> {
     CertificateDer::from_pem_file(dir.join(TLS_CERT)).ok()
 }
 
+/// The TLS certificate and key in `dir`, as rustls presents them; an error if they are missing
+/// or do not match.
+pub fn certified_key_in(dir: &Path) -> Result<Arc<CertifiedKey>> {
+    let cert_path = dir.join(TLS_CERT);
+    let cert = CertificateDer::from_pem_file(&cert_path)
+        .map_err(|e| ConsortiumError::file(&cert_path, e))?;
+    let key_path = dir.join(TLS_KEY);
+    let key_pem = read_secret(&key_path)?;
+    let key = match PrivateKeyDer::from_pem_slice(&key_pem) {
+        Ok(key @ PrivateKeyDer::Pkcs8(_)) => key,
+        Ok(_) => return Err(ConsortiumError::file(&key_path, "not a PKCS#8 key")),
+        Err(e) => return Err(ConsortiumError::file(&key_path, e)),
+    };
+    let certified = CertifiedKey::from_der(vec![cert], key, &crate::tls::provider())
+        .map_err(|e| ConsortiumError::file(&key_path, e))?;
+    Ok(Arc::new(certified))
+}
+
 /// A new random link key.
 pub fn new_link_key() -> Result<Zeroizing<[u8; 32]>> {
     let mut key = Zeroizing::new([0u8; 32]);

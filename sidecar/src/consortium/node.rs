@@ -25,7 +25,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use fhirseal_consensus::governance::{Command, SignedCommand};
@@ -44,11 +44,11 @@ use tokio_rustls::TlsAcceptor;
 use crate::consortium::api::{self, DeskInfo, JoinAnswer, NodeStatus, PendingJoin, SubmitAnswer};
 use crate::consortium::error::{ConsortiumError, Result};
 use crate::consortium::files::{
-    certificate_in, fingerprint, hex, kind_name, read_link_key, store_link_key, Layout,
-    MemberSecrets, NodeConfig, TrustFile, TrustedPeer,
+    certificate_in, certified_key_in, fingerprint, hex, kind_name, read_link_key, store_link_key,
+    Layout, MemberSecrets, NodeConfig, TrustFile, TrustedPeer,
 };
-use crate::consortium::transport::{Channel, HttpNetwork, MAX_ANSWER_BYTES};
-use crate::consortium::trust::{server_config, Identity, Peer, Trust};
+use crate::consortium::transport::{Channel, HttpNetwork, CERTIFICATE_REFUSED, MAX_ANSWER_BYTES};
+use crate::consortium::trust::{key_fingerprint, server_config, Identity, Peer, Trust};
 
 /// Largest API or join request body.
 const MAX_REQUEST_BYTES: usize = 1 << 20;
@@ -56,6 +56,12 @@ const MAX_REQUEST_BYTES: usize = 1 << 20;
 const MAX_PENDING_JOINS: usize = 1024;
 /// How often the leader's duties and the key watcher run.
 const DUTY_INTERVAL: Duration = Duration::from_millis(200);
+/// How long a node keeps the certificate and key a rotation replaced, to present to peers that
+/// have not applied the rotation yet and refuse the new certificate (a node that was cut off or
+/// stopped while the rotation committed, above all when the rotated member leads and no other
+/// node can bring it the rotation). Peers that applied the rotation refuse the old certificate
+/// at once whatever this says; the key is kept in memory only, so a restart ends the hold.
+pub const PREVIOUS_CERTIFICATE_HOLD: Duration = Duration::from_secs(10 * 60);
 /// How long one round of membership changes may wait for a new learner to catch up.
 const MEMBERSHIP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Marks a submission a follower forwarded, so that it is never forwarded twice.
@@ -265,10 +271,16 @@ async fn api_request(
 ) -> Response<Body> {
     // The handshake checked the certificate; a revocation since then must cut the peer off.
     let Some(_peer) = peer_fp.and_then(|fp| shared.trust.peer(&fp)) else {
-        return error(
+        // Marked, so that the client knows nothing was done and may send the request again
+        // over a new connection presenting another of its certificates.
+        let mut refused = error(
             StatusCode::FORBIDDEN,
             "the certificate is not an active member's",
         );
+        refused
+            .headers_mut()
+            .insert(CERTIFICATE_REFUSED, http::HeaderValue::from_static("1"));
+        return refused;
     };
     let path = req.uri().path().to_owned();
     let method = req.method().clone();
@@ -652,7 +664,7 @@ async fn duties(shared: Arc<Shared>) {
         loop {
             ticker.tick().await;
             forget_admitted_joins(&shared);
-            if let Err(e) = follow_own_keys(&shared) {
+            if let Err(e) = follow_own_keys(&shared, Instant::now()) {
                 tracing::warn!(error = %e, "rotated keys not swapped in");
             }
             if let Err(e) = take_link_key(&shared, &mut last_link).await {
@@ -716,29 +728,73 @@ fn forget_admitted_joins(shared: &Shared) {
     }
 }
 
-/// After a rotation the state names a new certificate for this member: present it from the next
-/// handshake on, from whichever key directory holds it.
-fn follow_own_keys(shared: &Shared) -> Result<()> {
-    let wanted = shared.node.state().read(|s| {
-        s.member(&shared.config.member)
-            .map(|m| m.keys().tls_certificate)
+/// Keeps the certificates this node presents ([`Identity`]) in line with its state and its key
+/// directories: first the certificate the state names for its member, as soon as a key
+/// directory holds its key (`keys/next` during a rotation, `keys/` after); to a peer that
+/// refuses it, the keys on disk that the state has not revoked (one being rotated in is
+/// accepted by a peer that applied the rotation before this node did); and, for
+/// [`PREVIOUS_CERTIFICATE_HOLD`] after it swaps, the certificate it replaced (accepted only by
+/// peers that have not applied the rotation yet).
+fn follow_own_keys(shared: &Shared, now: Instant) -> Result<()> {
+    let mut on_disk = Vec::new();
+    let mut unreadable = Vec::new();
+    for dir in [shared.layout.next_keys(), shared.layout.keys()] {
+        let Some(cert) = certificate_in(&dir) else {
+            continue;
+        };
+        // Each key is read once. While the CLI moves rotated keys into place a directory can
+        // hold a certificate and a key that do not match; it is read again next time.
+        let fp = fingerprint(&cert);
+        match shared.identity.find(&fp) {
+            Some(key) => on_disk.push(key),
+            None => match certified_key_in(&dir) {
+                Ok(key) => on_disk.push(key),
+                Err(e) => unreadable.push((fp, e)),
+            },
+        }
+    }
+    let (wanted, revoked) = shared.node.state().read(|s| {
+        let wanted = s
+            .member(&shared.config.member)
+            .map(|m| m.keys().tls_certificate);
+        let revoked: Vec<bool> = on_disk
+            .iter()
+            .map(|k| s.revoked_certificates().contains_key(&key_fingerprint(k)))
+            .collect();
+        (wanted, revoked)
     });
+    let mut result = Ok(());
     if let Some(wanted) = wanted {
         if wanted != shared.identity.fingerprint() {
-            for dir in [shared.layout.next_keys(), shared.layout.keys()] {
-                if certificate_in(&dir).is_some_and(|c| fingerprint(&c) == wanted) {
-                    let secrets = MemberSecrets::load(&dir, &shared.layout.keys())?;
-                    shared.identity.replace(secrets.certified_key()?);
-                    tracing::info!(certificate = %hex(&wanted), "presenting the rotated certificate");
-                    break;
-                }
+            if let Some((_, e)) = unreadable.into_iter().find(|(fp, _)| *fp == wanted) {
+                result = Err(e);
+            } else if let Some(key) = on_disk.iter().find(|k| key_fingerprint(k) == wanted) {
+                shared
+                    .identity
+                    .rotate_to(Arc::clone(key), now + PREVIOUS_CERTIFICATE_HOLD);
+                tracing::info!(
+                    certificate = %hex(&wanted),
+                    hold_s = PREVIOUS_CERTIFICATE_HOLD.as_secs(),
+                    "presenting the rotated certificate; the previous one only to peers that refuse it, for the hold"
+                );
             }
         }
+    }
+    let spares = on_disk
+        .into_iter()
+        .zip(revoked)
+        .filter_map(|(key, revoked)| (!revoked).then_some(key))
+        .collect();
+    shared.identity.set_spares(spares);
+    let held = shared.identity.previous_fingerprint();
+    shared.identity.expire(now);
+    if let (Some(fp), None) = (held, shared.identity.previous_fingerprint()) {
+        tracing::info!(certificate = %hex(&fp), "the previous certificate is no longer held");
     }
     shared
         .trust
         .set_pinned(own_certificates(&shared.layout, &shared.identity));
-    Ok(())
+    result
 }
 
 /// Unwraps the link key the regulator wrapped for this member, when it changes, and keeps it.

@@ -16,9 +16,15 @@
 //! The handshake refuses any other certificate ([`PeerVerifier`], for both sides), and because a
 //! revocation must cut off connections already open, the server checks the peer again on every
 //! request and the client before every request.
+//!
+//! There is no grace on this side: a certificate this node's state has revoked, by a `Revoke`
+//! or by a rotation, is refused from the moment the state applies it. What a rotation needs
+//! (peers that applied it and peers that have not, at once) is on the presenting side:
+//! [`Identity`] holds the node's certificates, and the peer's trust picks.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, OnceLock, PoisonError, RwLock};
+use std::time::Instant;
 
 use fhirseal_consensus::raft::{GovernanceView, NodeId};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -126,6 +132,32 @@ impl Trust {
                 member: member.clone(),
                 node_id: *node_id,
             })
+        })
+    }
+
+    /// The certificate node `node_id` presents, by what [`Trust::peer`] accepts: its active
+    /// member's current certificate, or before this node's admission the bootstrap list's;
+    /// `None` if this trust knows none (a CLI's, or a node whose state is not attached yet).
+    pub fn certificate_of(&self, node_id: NodeId) -> Option<[u8; 32]> {
+        let view = self.inner.view.get()?;
+        view.read(|state| {
+            let member = state
+                .members()
+                .find(|m| m.is_active() && m.profile.node_id == node_id);
+            if let Some(member) = member {
+                let fp = member.keys().tls_certificate;
+                return state.member_by_certificate(&fp).map(|_| fp);
+            }
+            if state.member(&self.inner.own.member).is_some() {
+                return None;
+            }
+            self.inner
+                .bootstrap
+                .iter()
+                .find(|(fp, (_, id))| {
+                    *id == node_id && !state.revoked_certificates().contains_key(*fp)
+                })
+                .map(|(fp, _)| *fp)
         })
     }
 
@@ -258,10 +290,34 @@ impl ClientCertVerifier for PeerVerifier {
     }
 }
 
-/// The certificate a node presents, swapped in place when its keys are rotated.
+/// The certificates a node may present, and which one it presents to whom.
+///
+/// A rotation is applied at different moments on different nodes: until a peer applies it, the
+/// peer accepts only the member's old certificate, and from then on only the new one. So a node
+/// holds, beside its current certificate (the one its own state names), the others a peer may
+/// be waiting for:
+///
+/// - *spares*: keys on disk that its state has not revoked, chiefly one being rotated in
+///   (`keys/next`), which a peer accepts as soon as it applies the rotation, perhaps before this
+///   node does;
+/// - the *previous* certificate, the one the last rotation replaced, until a deadline set when
+///   it was replaced ([`Identity::rotate_to`]) and dropped by [`Identity::expire`]: peers that
+///   have not applied the rotation accept it, and no other does (every peer that applied the
+///   rotation holds it revoked).
+///
+/// As a server it presents the certificate the client asks for by name ([`server_name`]) if it
+/// holds it, else the current one; as a client, [`crate::consortium::transport::Channel`]
+/// presents the current one and, when the peer refuses it, tries the others in turn
+/// ([`Identity::candidates`]). Either way the peer's own state decides whether it accepts.
 #[derive(Clone)]
 pub struct Identity {
-    current: Arc<RwLock<Arc<CertifiedKey>>>,
+    keys: Arc<RwLock<Keys>>,
+}
+
+struct Keys {
+    current: Arc<CertifiedKey>,
+    spares: Vec<Arc<CertifiedKey>>,
+    previous: Option<(Arc<CertifiedKey>, Instant)>,
 }
 
 impl std::fmt::Debug for Identity {
@@ -271,51 +327,157 @@ impl std::fmt::Debug for Identity {
                 "certificate",
                 &crate::consortium::files::hex(&self.fingerprint()),
             )
-            .finish()
+            .finish_non_exhaustive()
     }
+}
+
+/// SHA-256 of a key's certificate.
+pub fn key_fingerprint(key: &CertifiedKey) -> [u8; 32] {
+    key.cert.first().map(fingerprint).unwrap_or_default()
 }
 
 impl Identity {
-    /// Presents `key`.
+    /// Presents `key`, and nothing else.
     pub fn new(key: Arc<CertifiedKey>) -> Self {
         Self {
-            current: Arc::new(RwLock::new(key)),
+            keys: Arc::new(RwLock::new(Keys {
+                current: key,
+                spares: Vec::new(),
+                previous: None,
+            })),
         }
     }
 
-    /// What it presents now.
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Keys> {
+        self.keys.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Keys> {
+        self.keys.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The certificate it presents first.
     pub fn current(&self) -> Arc<CertifiedKey> {
-        Arc::clone(&self.current.read().unwrap_or_else(PoisonError::into_inner))
+        Arc::clone(&self.read().current)
     }
 
-    /// Presents `key` from the next handshake on.
-    pub fn replace(&self, key: Arc<CertifiedKey>) {
-        *self.current.write().unwrap_or_else(PoisonError::into_inner) = key;
-    }
-
-    /// SHA-256 of the certificate presented now.
+    /// SHA-256 of the certificate it presents first.
     pub fn fingerprint(&self) -> [u8; 32] {
-        self.current()
-            .cert
-            .first()
-            .map(fingerprint)
-            .unwrap_or_default()
+        key_fingerprint(&self.read().current)
     }
+
+    /// Every key it may present, each once: the current one, then the spares, then the
+    /// previous one while it is held.
+    pub fn candidates(&self) -> Vec<Arc<CertifiedKey>> {
+        let keys = self.read();
+        let mut all: Vec<Arc<CertifiedKey>> = Vec::with_capacity(2 + keys.spares.len());
+        let held = keys.previous.as_ref().map(|(key, _)| key);
+        for key in std::iter::once(&keys.current)
+            .chain(&keys.spares)
+            .chain(held)
+        {
+            let fp = key_fingerprint(key);
+            if !all.iter().any(|k| key_fingerprint(k) == fp) {
+                all.push(Arc::clone(key));
+            }
+        }
+        all
+    }
+
+    /// The candidate whose certificate has SHA-256 `fp`.
+    pub fn find(&self, fp: &[u8; 32]) -> Option<Arc<CertifiedKey>> {
+        self.candidates()
+            .into_iter()
+            .find(|k| key_fingerprint(k) == *fp)
+    }
+
+    /// Replaces the spares (keys on disk that the state has not revoked).
+    pub fn set_spares(&self, spares: Vec<Arc<CertifiedKey>>) {
+        self.write().spares = spares;
+    }
+
+    /// Presents `key` first from the next handshake on, and holds the certificate it replaces
+    /// until `hold_until` (the one held before, if any, is dropped).
+    pub fn rotate_to(&self, key: Arc<CertifiedKey>, hold_until: Instant) {
+        let mut keys = self.write();
+        let replaced = std::mem::replace(&mut keys.current, key);
+        keys.previous = Some((replaced, hold_until));
+    }
+
+    /// Drops the previous certificate once `now` reaches its deadline. Nothing brings it back:
+    /// only [`Identity::rotate_to`] sets a previous certificate, and only the current one.
+    pub fn expire(&self, now: Instant) {
+        let mut keys = self.write();
+        if keys
+            .previous
+            .as_ref()
+            .is_some_and(|(_, until)| now >= *until)
+        {
+            keys.previous = None;
+        }
+    }
+
+    /// SHA-256 of the previous certificate while it is held.
+    pub fn previous_fingerprint(&self) -> Option<[u8; 32]> {
+        self.read()
+            .previous
+            .as_ref()
+            .map(|(key, _)| key_fingerprint(key))
+    }
+}
+
+/// The suffix of every server name a node's client sends.
+const SERVER_NAME: &str = "fhirseal-node";
+
+/// The server name a client sends (SNI): the certificate it expects the node to present, when
+/// it knows one (`{first 32 hex digits}.{last 32}.fhirseal-node`), else `fhirseal-node`. It
+/// chooses which of the node's own certificates the node presents, never whether the client
+/// accepts it: the client's verifier decides that from its own state. The name crosses in the
+/// clear, like the address; fingerprints are no secret (the state and the join desk list them).
+pub fn server_name(
+    expected: Option<[u8; 32]>,
+) -> Result<ServerName<'static>, rustls::pki_types::InvalidDnsNameError> {
+    let name = match expected {
+        Some(fp) => {
+            let digits = crate::consortium::files::hex(&fp);
+            format!("{}.{}.{SERVER_NAME}", &digits[..32], &digits[32..])
+        }
+        None => SERVER_NAME.to_owned(),
+    };
+    ServerName::try_from(name)
+}
+
+/// The certificate a server name of [`server_name`] asks for.
+pub fn expected_in(name: &str) -> Option<[u8; 32]> {
+    let digits = name.strip_suffix(SERVER_NAME)?.strip_suffix('.')?;
+    let (first, last) = digits.split_once('.')?;
+    if first.len() != 32 || last.len() != 32 {
+        return None;
+    }
+    crate::consortium::files::parse_fingerprint(&format!("{first}{last}"))
 }
 
 impl rustls::server::ResolvesServerCert for Identity {
-    fn resolve(&self, _hello: rustls::server::ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.current())
+    fn resolve(&self, hello: rustls::server::ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let asked = hello
+            .server_name()
+            .and_then(expected_in)
+            .and_then(|fp| self.find(&fp));
+        Some(asked.unwrap_or_else(|| self.current()))
     }
 }
 
-impl rustls::client::ResolvesClientCert for Identity {
+/// A client presenting one key.
+#[derive(Debug)]
+struct Presenting(Arc<CertifiedKey>);
+
+impl rustls::client::ResolvesClientCert for Presenting {
     fn resolve(
         &self,
         _root_hint_subjects: &[&[u8]],
         _sigschemes: &[SignatureScheme],
     ) -> Option<Arc<CertifiedKey>> {
-        Some(self.current())
+        Some(Arc::clone(&self.0))
     }
 
     fn has_certs(&self) -> bool {
@@ -334,21 +496,54 @@ pub fn server_config(
         .with_client_cert_verifier(PeerVerifier::new(trust.clone(), None))
         .with_cert_resolver(Arc::new(identity.clone()));
     config.alpn_protocols = vec![b"h2".to_vec()];
+    // No session tickets: a resumed session would skip the client certificate's check.
+    config.send_tls13_tickets = 0;
     Ok(config)
 }
 
-/// A client config for reaching node `expect` (any trusted peer if `None`), presenting
-/// `identity`.
+/// A client config for reaching node `expect` (any trusted peer if `None`), presenting `key`.
+/// Sessions are never resumed: a resumed session skips the certificate checks, and identity is
+/// checked in every handshake.
 pub fn client_config(
     trust: &Trust,
-    identity: &Identity,
+    key: Arc<CertifiedKey>,
     expect: Option<NodeId>,
 ) -> Result<rustls::ClientConfig, rustls::Error> {
     let mut config = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()
         .with_custom_certificate_verifier(PeerVerifier::new(trust.clone(), expect))
-        .with_client_cert_resolver(Arc::new(identity.clone()));
+        .with_client_cert_resolver(Arc::new(Presenting(key)));
     config.alpn_protocols = vec![b"h2".to_vec()];
+    config.resumption = rustls::client::Resumption::disabled();
     Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_names_carry_the_expected_certificate() {
+        let fp = [0x5a; 32];
+        let name = server_name(Some(fp)).unwrap();
+        let ServerName::DnsName(dns) = &name else {
+            panic!("{name:?}");
+        };
+        assert_eq!(expected_in(dns.as_ref()), Some(fp));
+        let plain = server_name(None).unwrap();
+        let ServerName::DnsName(dns) = &plain else {
+            panic!("{plain:?}");
+        };
+        assert_eq!(expected_in(dns.as_ref()), None);
+        for junk in [
+            "fhirseal-node",
+            "x.fhirseal-node",
+            "5a5a.5a5a.fhirseal-node",
+            "zz5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a.5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a.fhirseal-node",
+            "5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a.5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a.example",
+        ] {
+            assert_eq!(expected_in(junk), None, "{junk}");
+        }
+    }
 }

@@ -3,8 +3,9 @@
 //! governed through the CLI. By area: the CLI and its refusals with one node, then whole
 //! consortia of 3 and 5 nodes (admission, refusal of unsigned admissions, key rotation, a
 //! leader killed, revocation, a restart of every node), which also print the figures (commit
-//! latency, time to a new leader), the local-consortium script, and a partition of 5 voters,
-//! each node in a network namespace of its own (root and iproute2 needed, else skipped).
+//! latency, time to a new leader), the local-consortium script, a partition of 5 voters, each
+//! node in a network namespace of its own (root and iproute2 needed, else skipped), and the
+//! leader rotating its keys while a node is away.
 //!
 //! The clusters run one at a time (`support::serial`): the CI machine has two cores.
 
@@ -16,3 +17,4 @@ mod t10_cli;
 mod t20_consortium;
 mod t30_script;
 mod t40_partition;
+mod t50_rotation;

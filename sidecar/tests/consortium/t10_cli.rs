@@ -165,7 +165,7 @@ fn the_cli_refuses_what_it_cannot_do_and_changes_nothing() {
     }
     let regulator = cluster.nodes[0].status();
     let refused = connect_as(
-        applicant.secrets(),
+        &applicant.secrets(),
         &regulator.node.address,
         &regulator.node.certificate,
         1,
@@ -190,7 +190,7 @@ fn the_cli_refuses_what_it_cannot_do_and_changes_nothing() {
     ]);
     assert!(err.contains("MemberExists"), "{err}");
     let member = connect_as(
-        cluster.nodes[i].secrets(),
+        &cluster.nodes[i].secrets(),
         &regulator.node.address,
         &regulator.node.certificate,
         1,
@@ -239,7 +239,7 @@ fn call_as(
 /// Opens a mutual-TLS connection to the node at `addr` (whose certificate is `cert`, node
 /// `node_id`) presenting `secrets`' certificate, and asks its status.
 pub fn connect_as(
-    secrets: MemberSecrets,
+    secrets: &MemberSecrets,
     addr: &str,
     cert: &str,
     node_id: u64,

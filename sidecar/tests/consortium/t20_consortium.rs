@@ -266,7 +266,7 @@ fn governance_round_trip(n: u64, voters: u64) {
     for i in &others {
         let s = cluster.nodes[*i].status();
         let refused = connect_as(
-            cluster.nodes[victim].secrets(),
+            &cluster.nodes[victim].secrets(),
             &s.node.address,
             &s.node.certificate,
             s.node.node_id,
