@@ -107,7 +107,6 @@ pub(crate) fn audit_event(
     interaction: &Interaction,
     institution: &str,
     status: StatusCode,
-    recorded: &str,
 ) -> Value {
     let outcome = if status.is_success() {
         "0"
@@ -156,7 +155,7 @@ pub(crate) fn audit_event(
         },
         "subtype": [{"system": "http://hl7.org/fhir/restful-interaction", "code": subtype}],
         "action": if subtype == "operation" { "E" } else { "R" },
-        "recorded": recorded,
+        "recorded": instant(event.time_ms),
         "outcome": outcome,
         "agent": [agent],
         "source": {"observer": {"display": format!("fhirseal at {institution}")}},
@@ -166,31 +165,14 @@ pub(crate) fn audit_event(
 
 /// `time_ms` as a FHIR instant (UTC, milliseconds).
 pub fn instant(time_ms: u64) -> String {
-    let secs = time_ms / 1000;
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    let (year, month, day) = civil_from_days(days as i64);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        (rem % 3600) / 60,
-        rem % 60,
-        time_ms % 1000
-    )
-}
-
-/// Days since 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's `civil_from_days`),
-/// written out because no crate of the tree formats dates and this is the only one needed.
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (if m <= 2 { y + 1 } else { y }, m, d)
+    // Milliseconds since 1970 fit an i64 until the year 292 million; chrono's range ends sooner
+    // (year 262143), and nothing this node writes comes near either.
+    i64::try_from(time_ms)
+        .ok()
+        .and_then(chrono::DateTime::from_timestamp_millis)
+        .unwrap_or(chrono::DateTime::<chrono::Utc>::MAX_UTC)
+        .format("%Y-%m-%dT%H:%M:%S%.3fZ")
+        .to_string()
 }
 
 #[cfg(test)]
@@ -276,7 +258,7 @@ mod tests {
         let search = Interaction::SearchType {
             resource_type: "Patient".into(),
         };
-        let value = audit_event(&event, &search, "local", StatusCode::OK, &instant(0));
+        let value = audit_event(&event, &search, "local", StatusCode::OK);
         assert_eq!(value["entity"][0]["what"]["display"], "Patient");
         assert_eq!(value["subtype"][0]["code"], "search");
         assert_eq!(value["outcome"], "0");

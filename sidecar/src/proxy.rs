@@ -340,7 +340,6 @@ impl Proxy {
                 &interaction,
                 proxy.shared.ledger.institution(),
                 status,
-                &audit::instant(event.time_ms),
             );
             let url = format!("{}/AuditEvent", proxy.shared.upstream.base);
             match proxy.upstream_json(Method::POST, &url, Some(&body)).await {
