@@ -595,16 +595,21 @@ impl Proxy {
             Ok(hashes) => hashes.iter().copied().map(Some).collect(),
             Err(_) => vec![None; written.len()],
         };
-        let versions: Vec<(String, String, String)> = written
-            .iter()
-            .map(|w| {
-                (
-                    w.prepared.resource_type.clone(),
-                    w.id.clone(),
-                    w.version.clone(),
-                )
-            })
-            .collect();
+        // What `anchor = "sync"` waits for; nothing to keep otherwise.
+        let versions: Vec<(String, String, String)> = if self.shared.anchor_sync {
+            written
+                .iter()
+                .map(|w| {
+                    (
+                        w.prepared.resource_type.clone(),
+                        w.id.clone(),
+                        w.version.clone(),
+                    )
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         // A vault commit is a sled transaction over many keys: keep it off the async workers,
         // which other requests are waiting for.
         let sealing = self.shared.sealing.clone();

@@ -9,17 +9,15 @@
 
 use base64::Engine as _;
 use bytes::Bytes;
+use fhirseal_adapters::auth::ApiKeyTable;
 use fhirseal_adapters::{canonical, fhir, Format, RouteError};
 use fhirseal_consensus::{
-    AnchorProof, ChainCheck, FinalizedBlock, Hash256, MerkleProof, Transaction,
+    AnchorProof, Chain, ChainCheck, ChainStore, FinalizedBlock, Hash256, MerkleProof, Transaction,
 };
+use fhirseal_storage::chain_store::ChainStoreError;
 use fhirseal_storage::keys::hex;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use serde_json::{json, Value};
-
-use fhirseal_adapters::auth::ApiKeyTable;
-use fhirseal_consensus::{Chain, ChainStore};
-use fhirseal_storage::chain_store::ChainStoreError;
 
 use crate::body::{full, ProxyBody};
 use crate::config::Config;
