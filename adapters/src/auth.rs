@@ -1,10 +1,12 @@
 //! Auth adapters: who is calling. For now an API-key table; the principal says which
-//! institution and role the caller acts for, and whether it may see identity.
+//! institution and role the caller acts for, and what that role may do ([`crate::policy`]).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use http::header::{HeaderMap, AUTHORIZATION};
 use sha2::{Digest, Sha256};
+
+use crate::policy::{Permission, Role};
 
 /// The caller of one request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -13,8 +15,14 @@ pub struct Principal {
     pub role: String,
     /// A name for logs and audit, never the credential.
     pub name: String,
-    /// Whether identity is merged back into what this caller reads.
+    /// What the role may do.
+    pub rights: Role,
+    /// Whether identity is merged back into what this caller reads: its role may see identity
+    /// and it belongs to the institution whose vault this is.
     pub sees_identity: bool,
+    /// Whether this caller reads the audit trail (access events, fingerprints): its role may,
+    /// and it belongs to this institution.
+    pub audits: bool,
 }
 
 /// Why a request has no principal.
@@ -26,6 +34,14 @@ pub enum AuthError {
     Missing,
     #[error("the API key is not known")]
     Unknown,
+}
+
+/// Why an API-key table cannot be built.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the API key named '{name}' has the role '{role}', which no [auth.roles] entry defines")]
+pub struct UnknownRole {
+    pub name: String,
+    pub role: String,
 }
 
 /// API keys, held as SHA-256 digests so that a lookup does not compare secrets byte by byte.
@@ -43,27 +59,41 @@ impl std::fmt::Debug for ApiKeyTable {
 }
 
 impl ApiKeyTable {
-    /// A table of `(key, institution, role, name)`; a principal sees identity when its role is
-    /// one of `identity_roles` and it belongs to `own_institution` (whose vault this is).
+    /// A table of `(key, institution, role, name)`, each role taken from `roles`; a principal
+    /// sees identity (and reads the audit trail) only when its role may and it belongs to
+    /// `own_institution`, whose vault and ledger these are.
     pub fn new<'a>(
         entries: impl IntoIterator<Item = (&'a str, &'a str, &'a str, Option<&'a str>)>,
-        identity_roles: &[String],
+        roles: &BTreeMap<String, Role>,
         own_institution: &str,
-    ) -> ApiKeyTable {
+    ) -> Result<ApiKeyTable, UnknownRole> {
         let keys = entries
             .into_iter()
             .map(|(key, institution, role, name)| {
+                let name = name.unwrap_or(role).to_owned();
+                let mut rights = roles.get(role).cloned().ok_or_else(|| UnknownRole {
+                    name: name.clone(),
+                    role: role.to_owned(),
+                })?;
+                let own = institution == own_institution;
+                if !own {
+                    // Another institution's staff see neither this institution's identities
+                    // nor its audit trail, whatever their role.
+                    rights.permissions.remove(&Permission::SeeIdentity);
+                    rights.permissions.remove(&Permission::Audit);
+                }
                 let principal = Principal {
                     institution: institution.to_owned(),
                     role: role.to_owned(),
-                    name: name.unwrap_or(role).to_owned(),
-                    sees_identity: institution == own_institution
-                        && identity_roles.iter().any(|r| r == role),
+                    name,
+                    sees_identity: rights.may(Permission::SeeIdentity),
+                    audits: rights.may(Permission::Audit),
+                    rights,
                 };
-                (digest(key), principal)
+                Ok((digest(key), principal))
             })
-            .collect();
-        ApiKeyTable { keys }
+            .collect::<Result<_, UnknownRole>>()?;
+        Ok(ApiKeyTable { keys })
     }
 
     pub fn len(&self) -> usize {
@@ -109,7 +139,7 @@ mod tests {
 
     #[test]
     fn keys_map_to_principals() {
-        let roles = vec!["clinician".to_owned()];
+        let roles = crate::policy::default_roles();
         let table = ApiKeyTable::new(
             [
                 ("k-clinician-0123456789", "local", "clinician", None),
@@ -123,7 +153,8 @@ mod tests {
             ],
             &roles,
             "local",
-        );
+        )
+        .unwrap();
         let mut headers = HeaderMap::new();
         assert_eq!(table.authenticate(&headers), Err(AuthError::Missing));
         headers.insert("x-api-key", HeaderValue::from_static("nope"));
@@ -146,5 +177,7 @@ mod tests {
             HeaderValue::from_static("Bearer k-other-01234567890"),
         );
         assert!(!table.authenticate(&headers).unwrap().sees_identity);
+        let unknown = ApiKeyTable::new([("k-x-012345678901234", "local", "janitor", None)], &roles, "local");
+        assert_eq!(unknown.unwrap_err().role, "janitor");
     }
 }

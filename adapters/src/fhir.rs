@@ -19,6 +19,8 @@ pub enum ParseError {
     Xml(String),
     #[error("an XML body is over the limit of {limit} bytes")]
     XmlTooLarge { limit: usize },
+    #[error("the body nests elements more than {limit} deep")]
+    TooDeep { limit: usize },
     #[error("the resource could not be written as {0}")]
     Serialize(String),
 }
@@ -26,6 +28,112 @@ pub enum ParseError {
 /// XML goes through quick-xml 0.25, which has open denial-of-service advisories: XML bodies
 /// are held to this size whatever the general body limit is.
 pub const MAX_XML_BYTES: usize = 4 * 1024 * 1024;
+
+/// Deepest nesting of objects and arrays (JSON) or elements (XML) a body may have. Parsers and
+/// the walks over a parsed resource recurse once per level: without a bound, a few megabytes
+/// of nested brackets overflow a thread's stack and abort the process. FHIR R4 resources,
+/// narrative and stored Bundles included, stay far below it.
+pub const MAX_DEPTH: usize = 128;
+
+/// Refuses a body nested deeper than [`MAX_DEPTH`], before any parser sees it. A linear scan
+/// that keeps no stack of its own.
+pub fn check_depth(body: &[u8], format: Format) -> Result<(), ParseError> {
+    let deepest = match format {
+        Format::Json => json_depth(body, MAX_DEPTH),
+        Format::Xml => xml_depth(body, MAX_DEPTH),
+    };
+    if deepest > MAX_DEPTH {
+        return Err(ParseError::TooDeep { limit: MAX_DEPTH });
+    }
+    Ok(())
+}
+
+/// The nesting depth of JSON text, counting brackets outside strings; stops above `limit`.
+fn json_depth(body: &[u8], limit: usize) -> usize {
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    let (mut in_string, mut escaped) = (false, false);
+    for &b in body {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'{' | b'[' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+                if deepest > limit {
+                    return deepest;
+                }
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
+}
+
+/// The element depth of XML text: start tags open, end tags and `/>` close; comments,
+/// declarations, processing instructions and quoted attribute values are skipped.
+fn xml_depth(body: &[u8], limit: usize) -> usize {
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    let mut i = 0;
+    while i < body.len() {
+        if body[i] != b'<' {
+            i += 1;
+            continue;
+        }
+        let rest = &body[i..];
+        if rest.starts_with(b"<!--") {
+            i += find(rest, b"-->").map_or(rest.len(), |end| end + 3);
+            continue;
+        }
+        if rest.starts_with(b"<![CDATA[") {
+            i += find(rest, b"]]>").map_or(rest.len(), |end| end + 3);
+            continue;
+        }
+        if rest.starts_with(b"<?") || rest.starts_with(b"<!") {
+            i += find(rest, b">").map_or(rest.len(), |end| end + 1);
+            continue;
+        }
+        let closing = rest.get(1) == Some(&b'/');
+        // To the end of the tag, past quoted attribute values.
+        let mut j = 1;
+        let mut quote = None;
+        while j < rest.len() {
+            let c = rest[j];
+            match quote {
+                Some(q) if c == q => quote = None,
+                Some(_) => {}
+                None if c == b'"' || c == b'\'' => quote = Some(c),
+                None if c == b'>' => break,
+                None => {}
+            }
+            j += 1;
+        }
+        let self_closing = j > 1 && rest.get(j - 1) == Some(&b'/');
+        if closing {
+            depth = depth.saturating_sub(1);
+        } else if !self_closing {
+            depth += 1;
+            deepest = deepest.max(depth);
+            if deepest > limit {
+                return deepest;
+            }
+        }
+        i += j + 1;
+    }
+    deepest
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
 
 fn strict() -> Option<DeserializationConfig> {
     Some(DeserializationConfig {
@@ -48,7 +156,10 @@ pub fn parse_strict(body: &[u8], format: Format) -> Result<Value, ParseError> {
 pub fn parse_lenient(body: &[u8], format: Format) -> Result<Value, ParseError> {
     match format {
         // JSON from the upstream needs no model: keep it exactly as it came.
-        Format::Json => serde_json::from_slice(body).map_err(|e| ParseError::Json(e.to_string())),
+        Format::Json => {
+            check_depth(body, format)?;
+            serde_json::from_slice(body).map_err(|e| ParseError::Json(e.to_string()))
+        }
         Format::Xml => parse(body, format, lax()),
     }
 }
@@ -58,16 +169,17 @@ fn parse(
     format: Format,
     config: Option<DeserializationConfig>,
 ) -> Result<Value, ParseError> {
+    if format == Format::Xml && body.len() > MAX_XML_BYTES {
+        return Err(ParseError::XmlTooLarge {
+            limit: MAX_XML_BYTES,
+        });
+    }
+    check_depth(body, format)?;
     let resource: Resource = match format {
         Format::Json => {
             fhirbolt::json::from_slice(body, config).map_err(|e| ParseError::Json(e.to_string()))?
         }
         Format::Xml => {
-            if body.len() > MAX_XML_BYTES {
-                return Err(ParseError::XmlTooLarge {
-                    limit: MAX_XML_BYTES,
-                });
-            }
             fhirbolt::xml::from_slice(body, config).map_err(|e| ParseError::Xml(e.to_string()))?
         }
     };
@@ -226,6 +338,34 @@ mod tests {
         assert!(parse_lenient(body, Format::Json).is_ok());
         assert!(parse_strict(b"{not json", Format::Json).is_err());
         assert!(parse_strict(b"<Patient", Format::Xml).is_err());
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_before_parsing() {
+        let deep_json = format!(
+            "{{\"resourceType\":\"Basic\",\"x\":{}{}}}",
+            "[".repeat(100_000),
+            "]".repeat(100_000)
+        );
+        assert_eq!(
+            parse_strict(deep_json.as_bytes(), Format::Json),
+            Err(ParseError::TooDeep { limit: MAX_DEPTH })
+        );
+        assert!(parse_lenient(deep_json.as_bytes(), Format::Json).is_err());
+        let deep_xml = format!(
+            "<Patient xmlns=\"http://hl7.org/fhir\">{}{}</Patient>",
+            "<a>".repeat(300_000),
+            "</a>".repeat(300_000)
+        );
+        assert_eq!(
+            parse_strict(deep_xml.as_bytes(), Format::Xml),
+            Err(ParseError::TooDeep { limit: MAX_DEPTH })
+        );
+        // Brackets in strings, comments and attribute values do not count.
+        let text = format!("{{\"a\":\"{}\"}}", "[".repeat(1000));
+        assert_eq!(json_depth(text.as_bytes(), MAX_DEPTH), 1);
+        let xml = format!("<a><!-- {} --><b c=\"<<<>\"/></a>", "<x>".repeat(1000));
+        assert_eq!(xml_depth(xml.as_bytes(), MAX_DEPTH), 1);
     }
 
     #[test]

@@ -67,7 +67,7 @@ pub fn normalize(text: &str) -> String {
     out
 }
 
-fn fold(c: char) -> char {
+pub(crate) fn fold(c: char) -> char {
     match c {
         'à' | 'á' | 'â' | 'ã' | 'ä' | 'å' | 'ā' => 'a',
         'ç' | 'ć' | 'č' => 'c',

@@ -8,8 +8,10 @@
 //! - [`canonical`] gives a stored resource its canonical form (RFC 8785) and the hash the ledger
 //!   anchors;
 //! - [`fhir`] parses and writes resources through fhirbolt, behind plain non-generic functions,
-//!   so that no other crate pays fhirbolt's compile cost; [`profile`], [`identity`] and
-//!   [`search`] split identity from clinical data, key it and plan identity searches.
+//!   so that no other crate pays fhirbolt's compile cost; [`profile`], [`identity`],
+//!   [`scrub`] and [`search`] split identity from clinical data, key it, take it out of free
+//!   text and plan identity searches;
+//! - [`auth`] says who calls and [`policy`] what their role may do.
 
 pub mod auth;
 pub mod canonical;
@@ -18,9 +20,11 @@ pub mod format;
 pub mod identity;
 pub mod outcome;
 pub mod patch;
+pub mod policy;
 pub mod profile;
 pub mod rebase;
 pub mod route;
+pub mod scrub;
 pub mod search;
 
 pub use format::Format;

@@ -17,6 +17,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
+use crate::scrub::{self, Terms};
+
 /// The identifier system of the surrogate the upstream receives instead of identity.
 pub const PSEUDONYM_SYSTEM: &str = "urn:fhirseal:pseudonym";
 
@@ -78,7 +80,7 @@ impl Default for Profile {
     fn default() -> Self {
         let person = TypeRules {
             remove: PERSON_ELEMENTS.iter().map(|s| s.to_string()).collect(),
-            year: ["birthDate".to_owned()].into(),
+            year: ["birthDate".to_owned(), "deceasedDateTime".to_owned()].into(),
             extensions: [
                 "http://hl7.org/fhir/StructureDefinition/patient-mothersMaidenName",
                 "http://hl7.org/fhir/StructureDefinition/patient-birthPlace",
@@ -147,14 +149,57 @@ impl Profile {
         self.person_types.contains(resource_type)
     }
 
+    /// The identity terms of a resource as written (a person's names, identifiers, telecom,
+    /// address parts, full dates), for scrubbing the free text of other resources that refer
+    /// to it.
+    pub fn terms_of(&self, resource: &Value) -> Terms {
+        let mut copy = resource.clone();
+        self.split(&mut copy, None, &|_| None).terms()
+    }
+
+    /// The persons `resource` refers to by literal reference (`Patient/123`), as (type, id),
+    /// each once, in order.
+    pub fn referenced_persons(&self, resource: &Value) -> Vec<(String, String)> {
+        let mut found = Vec::new();
+        collect_person_references(resource, self, &mut found);
+        found
+    }
+
     /// Splits `resource` in place into its clinical part, returning the identity part. `person`
     /// tells the type of a reference target that is not `Type/id` (a bundle's `urn:uuid:`).
-    /// A person type gets `surrogate` as its only identifier.
+    /// A person type gets `surrogate` as its only identifier. Free text is scrubbed of the
+    /// identity this split takes out; [`Profile::split_with`] adds the identity of other persons.
     pub fn split(
         &self,
         resource: &mut Value,
         surrogate: Option<&str>,
         person: &dyn Fn(&str) -> Option<String>,
+    ) -> IdentityPart {
+        let terms = Terms::new();
+        self.split_with(
+            resource,
+            surrogate,
+            &SplitContext {
+                reference_type: person,
+                terms: &terms,
+            },
+        )
+    }
+
+    /// Splits `resource` in place into its clinical part, returning the identity part:
+    ///
+    /// 1. the profile's rules of its type, and of the type of each contained resource and, in
+    ///    a Bundle stored as a resource, of each entry's resource (recursively);
+    /// 2. the `display` and `identifier` of every reference whose target is a person or cannot
+    ///    be told (a logical reference, a target outside the request);
+    /// 3. a person type gets `surrogate` as its only identifier;
+    /// 4. every string left is scrubbed of the terms of the persons it may name: those of
+    ///    `context` and those of every identity element taken in 1 and 2.
+    pub fn split_with(
+        &self,
+        resource: &mut Value,
+        surrogate: Option<&str>,
+        context: &SplitContext<'_>,
     ) -> IdentityPart {
         let mut part = IdentityPart::default();
         let Some(resource_type) = resource
@@ -164,27 +209,16 @@ impl Profile {
         else {
             return part;
         };
-        let rule_sets: Vec<&TypeRules> = [self.types.get("*"), self.types.get(&resource_type)]
-            .into_iter()
-            .flatten()
-            .collect();
-        // Extensions first (their indices are recorded before anything else moves).
-        for rules in &rule_sets {
-            if !rules.extensions.is_empty() {
-                take_extensions(resource, &rules.extensions, &mut part);
-            }
-        }
-        for rules in &rule_sets {
-            for path in &rules.remove {
-                let steps: Vec<&str> = path.split('.').collect();
-                take_path(resource, &steps, String::new(), &mut part, Take::Remove);
-            }
-            for path in &rules.year {
-                let steps: Vec<&str> = path.split('.').collect();
-                take_path(resource, &steps, String::new(), &mut part, Take::Year);
-            }
-        }
-        take_person_displays(resource, String::new(), self, person, &mut part);
+        let mut local = BTreeMap::new();
+        local_targets(resource, &mut local);
+        let target_type = |reference: &str| {
+            local
+                .get(reference)
+                .cloned()
+                .or_else(|| (context.reference_type)(reference))
+        };
+        self.split_rules(resource, "", &mut part);
+        take_reference_identity(resource, String::new(), self, &target_type, &mut part);
         if self.is_person(&resource_type) {
             if let (Some(surrogate), Value::Object(map)) = (surrogate, &mut *resource) {
                 if !part.entries.iter().any(|(p, _)| p == "/identifier") {
@@ -197,7 +231,126 @@ impl Profile {
                 );
             }
         }
+        let mut terms = context.terms.clone();
+        terms.extend(&part.terms());
+        for (pointer, original) in scrub::scrub_value(resource, "", &terms) {
+            part.entries.push((format!("{SCRUBBED}{pointer}"), original));
+        }
         part
+    }
+
+    /// The profile's rules for one resource at `prefix`, then for what it holds: contained
+    /// resources, and a stored Bundle's entries.
+    fn split_rules(&self, resource: &mut Value, prefix: &str, part: &mut IdentityPart) {
+        let Some(resource_type) = resource
+            .get("resourceType")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+        else {
+            return;
+        };
+        let rule_sets: Vec<&TypeRules> = [self.types.get("*"), self.types.get(&resource_type)]
+            .into_iter()
+            .flatten()
+            .collect();
+        // Extensions first (their indices are recorded before anything else moves).
+        for rules in &rule_sets {
+            if !rules.extensions.is_empty() {
+                take_extensions(resource, prefix, &rules.extensions, part);
+            }
+        }
+        for rules in &rule_sets {
+            for path in &rules.remove {
+                let steps: Vec<&str> = path.split('.').collect();
+                take_path(resource, &steps, prefix.to_owned(), part, Take::Remove);
+            }
+            for path in &rules.year {
+                let steps: Vec<&str> = path.split('.').collect();
+                take_path(resource, &steps, prefix.to_owned(), part, Take::Year);
+            }
+        }
+        if let Some(Value::Array(contained)) = resource.get_mut("contained") {
+            for (i, inner) in contained.iter_mut().enumerate() {
+                self.split_rules(inner, &format!("{prefix}/contained/{i}"), part);
+            }
+        }
+        if resource_type == "Bundle" {
+            if let Some(Value::Array(entries)) = resource.get_mut("entry") {
+                for (i, entry) in entries.iter_mut().enumerate() {
+                    if let Some(inner) = entry.get_mut("resource") {
+                        self.split_rules(inner, &format!("{prefix}/entry/{i}/resource"), part);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// What a split needs to know beyond the resource itself.
+pub struct SplitContext<'a> {
+    /// The type of a reference target that is not `Type/id` (a bundle's `urn:uuid:`).
+    pub reference_type: &'a dyn Fn(&str) -> Option<String>,
+    /// The identity terms of the persons the resource refers to, known from the same request
+    /// or from the vault.
+    pub terms: &'a Terms,
+}
+
+impl std::fmt::Debug for SplitContext<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SplitContext")
+            .field("terms", &self.terms.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Marks an identity entry holding a scrubbed string's original: merged before the others,
+/// because its pointer names a place in the clinical part as it was sent.
+const SCRUBBED: char = '!';
+
+/// The unescaped last step of a JSON pointer (`+/extension/1` → `1`, `/address/0/line` →
+/// `line`).
+fn last_step(pointer: &str) -> String {
+    pointer
+        .rsplit('/')
+        .next()
+        .unwrap_or("")
+        .replace("~1", "/")
+        .replace("~0", "~")
+}
+
+/// The targets a resource holds itself: contained resources (`#id`) and, in a Bundle, its
+/// entries (`fullUrl`), recursively.
+fn local_targets(resource: &Value, out: &mut BTreeMap<String, String>) {
+    for inner in resource
+        .get("contained")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        if let (Some(id), Some(ty)) = (
+            inner.get("id").and_then(Value::as_str),
+            inner.get("resourceType").and_then(Value::as_str),
+        ) {
+            out.insert(format!("#{id}"), ty.to_owned());
+        }
+        local_targets(inner, out);
+    }
+    for entry in resource
+        .get("entry")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let Some(inner) = entry.get("resource") else {
+            continue;
+        };
+        if let (Some(url), Some(ty)) = (
+            entry.get("fullUrl").and_then(Value::as_str),
+            inner.get("resourceType").and_then(Value::as_str),
+        ) {
+            out.insert(url.to_owned(), ty.to_owned());
+        }
+        local_targets(inner, out);
     }
 }
 
@@ -237,11 +390,41 @@ impl IdentityPart {
         Ok(IdentityPart { entries })
     }
 
-    /// Puts the identity back into `resource` (the clinical part as the upstream returns it).
+    /// Puts the identity back into `resource` (the clinical part as the upstream returns it):
+    /// first the originals of scrubbed strings, whose pointers name places in the clinical part
+    /// as it was sent, then every element taken out, in the order it was taken.
     pub fn merge_into(&self, resource: &mut Value) {
         for (pointer, value) in &self.entries {
-            set_pointer(resource, pointer, value.clone());
+            if let Some(pointer) = pointer.strip_prefix(SCRUBBED) {
+                set_pointer(resource, pointer, value.clone());
+            }
         }
+        for (pointer, value) in &self.entries {
+            if !pointer.starts_with(SCRUBBED) {
+                set_pointer(resource, pointer, value.clone());
+            }
+        }
+    }
+
+    /// The identity terms this part holds (the originals of scrubbed strings aside: they are
+    /// free text, not identity elements).
+    pub fn terms(&self) -> Terms {
+        let mut terms = Terms::new();
+        for (pointer, value) in &self.entries {
+            if !pointer.starts_with(SCRUBBED) {
+                terms.add_element(&last_step(pointer), value);
+            }
+        }
+        terms
+    }
+
+    /// The top-level element an entry belongs to (`name` for `/name/0/family`), for `_elements`.
+    pub fn top_element(pointer: &str) -> &str {
+        pointer
+            .trim_start_matches(['+', SCRUBBED])
+            .split('/')
+            .nth(1)
+            .unwrap_or("")
     }
 }
 
@@ -288,10 +471,16 @@ fn take_path(
                     }
                     Take::Year => {
                         if let Some(Value::String(date)) = map.get_mut(*first) {
-                            if date.len() > 4 {
+                            if date.len() > 4 && date.is_char_boundary(4) {
                                 let full = std::mem::replace(date, date[..4].to_owned());
                                 part.entries.push((here, Value::String(full)));
                             }
+                        }
+                        // Its extensions (a birth time, for one) are identity too.
+                        let shadow = format!("_{first}");
+                        if let Some(v) = map.shift_remove(&shadow) {
+                            part.entries
+                                .push((format!("{pointer}/{}", escape(&shadow)), v));
                         }
                     }
                 }
@@ -303,7 +492,12 @@ fn take_path(
     }
 }
 
-fn take_extensions(resource: &mut Value, urls: &BTreeSet<String>, part: &mut IdentityPart) {
+fn take_extensions(
+    resource: &mut Value,
+    prefix: &str,
+    urls: &BTreeSet<String>,
+    part: &mut IdentityPart,
+) {
     let Some(Value::Array(extensions)) = resource.get_mut("extension") else {
         return;
     };
@@ -315,7 +509,7 @@ fn take_extensions(resource: &mut Value, urls: &BTreeSet<String>, part: &mut Ide
             .and_then(Value::as_str)
             .is_some_and(|u| urls.contains(u));
         if identity {
-            taken.push((format!("/extension/{i}"), ext));
+            taken.push((format!("{prefix}/extension/{i}"), ext));
         } else {
             kept.push(ext);
         }
@@ -336,36 +530,68 @@ fn take_extensions(resource: &mut Value, urls: &BTreeSet<String>, part: &mut Ide
         .extend(taken.into_iter().map(|(p, v)| (format!("+{p}"), v)));
 }
 
-/// Removes `display` from references whose target is a person.
-fn take_person_displays(
+/// The elements a Reference may have.
+const REFERENCE_KEYS: &[&str] = &[
+    "id",
+    "extension",
+    "reference",
+    "_reference",
+    "type",
+    "_type",
+    "identifier",
+    "display",
+    "_display",
+];
+
+/// Whether `map` is a Reference: a literal one (`reference`), or a logical one (nothing but
+/// Reference elements, with an `identifier` or a `display`).
+fn is_reference(map: &Map<String, Value>) -> bool {
+    if map.contains_key("resourceType") {
+        return false;
+    }
+    if map.get("reference").is_some_and(Value::is_string) {
+        return true;
+    }
+    map.keys().all(|k| REFERENCE_KEYS.contains(&k.as_str()))
+        && (map.get("identifier").is_some_and(Value::is_object)
+            || map.get("display").is_some_and(Value::is_string))
+}
+
+/// Takes `display` and `identifier` from every reference whose target is a person or cannot be
+/// told: a person's name and MRN stay out of the clinical part even when they only label the
+/// reference.
+fn take_reference_identity(
     value: &mut Value,
     pointer: String,
     profile: &Profile,
-    person: &dyn Fn(&str) -> Option<String>,
+    target_type: &dyn Fn(&str) -> Option<String>,
     part: &mut IdentityPart,
 ) {
     match value {
         Value::Object(map) => {
-            let target = map
-                .get("reference")
-                .and_then(Value::as_str)
-                .and_then(|r| reference_type(r).or_else(|| person(r)));
-            let typed = map.get("type").and_then(Value::as_str).map(str::to_owned);
-            let is_person = target.or(typed).is_some_and(|t| profile.is_person(&t));
-            if is_person {
-                if let Some(display) = map.shift_remove("display") {
-                    part.entries.push((format!("{pointer}/display"), display));
+            if is_reference(map) {
+                let target = map
+                    .get("reference")
+                    .and_then(Value::as_str)
+                    .and_then(|r| reference_type(r).or_else(|| target_type(r)))
+                    .or_else(|| map.get("type").and_then(Value::as_str).map(str::to_owned));
+                if target.is_none_or(|t| profile.is_person(&t)) {
+                    for key in ["display", "_display", "identifier"] {
+                        if let Some(taken) = map.shift_remove(key) {
+                            part.entries.push((format!("{pointer}/{key}"), taken));
+                        }
+                    }
                 }
             }
             let keys: Vec<String> = map.keys().cloned().collect();
             for key in keys {
                 // Contained resources and nested elements alike.
                 if let Some(child) = map.get_mut(&key) {
-                    take_person_displays(
+                    take_reference_identity(
                         child,
                         format!("{pointer}/{}", escape(&key)),
                         profile,
-                        person,
+                        target_type,
                         part,
                     );
                 }
@@ -373,11 +599,48 @@ fn take_person_displays(
         }
         Value::Array(items) => {
             for (i, item) in items.iter_mut().enumerate() {
-                take_person_displays(item, format!("{pointer}/{i}"), profile, person, part);
+                take_reference_identity(item, format!("{pointer}/{i}"), profile, target_type, part);
             }
         }
         _ => {}
     }
+}
+
+fn collect_person_references(value: &Value, profile: &Profile, found: &mut Vec<(String, String)>) {
+    match value {
+        Value::Object(map) => {
+            if let Some(target) = map
+                .get("reference")
+                .and_then(Value::as_str)
+                .and_then(reference_target)
+                .filter(|(ty, _)| profile.is_person(ty))
+            {
+                if !found.contains(&target) {
+                    found.push(target);
+                }
+            }
+            map.values()
+                .for_each(|v| collect_person_references(v, profile, found));
+        }
+        Value::Array(items) => items
+            .iter()
+            .for_each(|v| collect_person_references(v, profile, found)),
+        _ => {}
+    }
+}
+
+/// The (type, id) of a literal reference `Type/id`, `…/Type/id` or `…/Type/id/_history/v`.
+pub fn reference_target(reference: &str) -> Option<(String, String)> {
+    let ty = reference_type(reference)?;
+    let path = reference.split(['?', '#']).next().unwrap_or(reference);
+    let segments: Vec<&str> = path.trim_end_matches('/').split('/').collect();
+    let n = segments.len();
+    let id = if n >= 4 && segments[n - 2] == "_history" {
+        segments[n - 3]
+    } else {
+        segments[n - 1]
+    };
+    Some((ty, id.to_owned()))
 }
 
 /// The type of a literal reference `Type/id`, `…/Type/id` or `…/Type/id/_history/v`.
@@ -574,6 +837,100 @@ mod tests {
         assert!(resource.get("extension").is_none());
         part.merge_into(&mut resource);
         assert_eq!(resource, original);
+    }
+
+    #[test]
+    fn every_route_identity_takes_is_split_and_merges_back() {
+        let profile = Profile::default();
+        let original = json!({
+            "resourceType": "Observation",
+            "status": "final",
+            "contained": [{
+                "resourceType": "Patient", "id": "p",
+                "name": [{"family": "Quill", "given": ["Orla"]}],
+                "birthDate": "1961-07-23",
+                "_birthDate": {"extension": [{"url": "http://hl7.org/fhir/StructureDefinition/patient-birthTime", "valueDateTime": "1961-07-23T04:05:06Z"}]}
+            }],
+            "code": {"text": "pulse"},
+            "subject": {"reference": "#p", "display": "Orla Quill"},
+            "performer": [{"identifier": {"system": "http://hl7.org/fhir/sid/us-ssn", "value": "999-11-2222"}, "display": "Orla Q."}],
+            "note": [{"text": "Orla Quill (999-11-2222) was calm"}],
+            "valueString": "quill"
+        });
+        let mut clinical = original.clone();
+        let part = profile.split(&mut clinical, None, &no_context);
+        let text = clinical.to_string();
+        for secret in ["Quill", "Orla", "07-23", "999-11-2222", "04:05"] {
+            assert!(!text.to_lowercase().contains(&secret.to_lowercase()), "{secret} in {text}");
+        }
+        assert_eq!(clinical["contained"][0]["birthDate"], "1961");
+        assert_eq!(clinical["subject"]["reference"], "#p");
+        assert_eq!(clinical["note"][0]["text"], "[redacted] ([redacted]) was calm");
+        assert_eq!(clinical["code"]["text"], "pulse");
+        let restored = IdentityPart::from_bytes(&part.to_bytes()).unwrap();
+        let mut merged = clinical.clone();
+        restored.merge_into(&mut merged);
+        assert_eq!(merged, original);
+    }
+
+    #[test]
+    fn a_stored_bundle_is_split_entry_by_entry() {
+        let profile = Profile::default();
+        let original = json!({
+            "resourceType": "Bundle", "type": "collection",
+            "entry": [
+                {"fullUrl": "urn:uuid:a", "resource": {"resourceType": "Patient", "name": [{"family": "Vane"}], "deceasedDateTime": "2001-02-03T04:05:06Z",
+                 "telecom": [{"system": "phone", "value": "555-0100"}]}},
+                {"fullUrl": "urn:uuid:b", "resource": {"resourceType": "Bundle", "type": "collection", "entry": [
+                    {"resource": {"resourceType": "Observation", "status": "final", "code": {"text": "x"},
+                     "subject": {"reference": "urn:uuid:a", "display": "Mr Vane"}, "valueString": "call 555-0100"}}]}}
+            ]
+        });
+        let mut clinical = original.clone();
+        let part = profile.split(&mut clinical, None, &no_context);
+        let text = clinical.to_string();
+        assert!(!text.contains("Vane") && !text.contains("555-0100"), "{text}");
+        assert_eq!(clinical["entry"][0]["resource"]["deceasedDateTime"], "2001");
+        let mut merged = clinical.clone();
+        part.merge_into(&mut merged);
+        assert_eq!(merged, original);
+    }
+
+    #[test]
+    fn references_to_other_types_keep_their_labels() {
+        let profile = Profile::default();
+        let mut obs = json!({
+            "resourceType": "Observation",
+            "performer": [{"reference": "Practitioner/1", "display": "Dr X"}, {"type": "Organization", "identifier": {"value": "org-1"}, "display": "General"}],
+            "code": {"coding": [{"system": "urn:x", "code": "1", "display": "Pulse"}]}
+        });
+        let original = obs.clone();
+        let part = profile.split(&mut obs, None, &no_context);
+        assert!(part.is_empty(), "{part:?}");
+        assert_eq!(obs, original);
+    }
+
+    #[test]
+    fn terms_of_other_persons_scrub_free_text() {
+        let profile = Profile::default();
+        let mut terms = Terms::new();
+        terms.add("Reinger");
+        let context = SplitContext { reference_type: &no_context, terms: &terms };
+        let mut obs = json!({"resourceType": "Observation", "subject": {"reference": "Patient/1"}, "valueString": "Mrs. Reinger"});
+        let part = profile.split_with(&mut obs, None, &context);
+        assert_eq!(obs["valueString"], "Mrs. [redacted]");
+        assert_eq!(part.entries, vec![("!/valueString".to_owned(), json!("Mrs. Reinger"))]);
+    }
+
+    #[test]
+    fn persons_referred_to_are_found_once() {
+        let profile = Profile::default();
+        let obs = json!({"subject": {"reference": "Patient/1"}, "performer": [
+            {"reference": "Patient/1/_history/2"}, {"reference": "Practitioner/2"}, {"reference": "RelatedPerson/3"}]});
+        assert_eq!(
+            profile.referenced_persons(&obs),
+            vec![("Patient".to_owned(), "1".to_owned()), ("RelatedPerson".to_owned(), "3".to_owned())]
+        );
     }
 
     #[test]

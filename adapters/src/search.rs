@@ -111,28 +111,65 @@ struct Param {
     target: String,
 }
 
+/// Parameters that search free text or take expressions: the blind index cannot answer them,
+/// and their values (which may be a name) would reach the upstream's logs.
+const FREE_TEXT_PARAMS: &[&str] = &["_filter", "_content", "_text", "_typeFilter", "_query"];
+
 fn classify(
     resource_type: Option<&str>,
     name: &str,
     profile: &Profile,
 ) -> Result<Option<Param>, SearchError> {
-    if name == "_filter" || name == "_content" || name == "_text" {
-        if resource_type.is_some_and(|t| profile.is_person(t)) {
-            return Err(unsupported(
-                name,
-                "free-text and filter searches would read identity the upstream does not hold",
-            ));
+    if FREE_TEXT_PARAMS.contains(&name) {
+        return Err(unsupported(
+            name,
+            "free-text and filter searches would send identity to the upstream, which does not hold it",
+        ));
+    }
+    if let Some(rest) = name.strip_prefix("_has:") {
+        // `_has:Type:reference:param`: a person's identity through a reverse chain.
+        let steps: Vec<&str> = rest.split(':').collect();
+        if let [ty, _, param, ..] = steps.as_slice() {
+            if profile.is_person(ty) && is_identity_param(split_modifier(param).0) {
+                return Err(unsupported(
+                    name,
+                    "reverse chains onto a person's identity are not supported",
+                ));
+            }
         }
         return Ok(None);
     }
     let parts: Vec<&str> = name.split('.').collect();
+    for part in &parts {
+        match split_modifier(part).1 {
+            Some("text") => {
+                return Err(unsupported(
+                    name,
+                    "the :text modifier searches display text, which may name a person",
+                ))
+            }
+            Some("identifier") => {
+                return Err(unsupported(
+                    name,
+                    "the :identifier modifier searches references by a logical identifier, which fhirseal seals; chain instead, e.g. subject:Patient.identifier",
+                ))
+            }
+            _ => {}
+        }
+    }
     match parts.as_slice() {
         [single] => {
-            let Some(ty) = resource_type.filter(|t| profile.is_person(t)) else {
-                return Ok(None);
-            };
             let (base, modifier) = split_modifier(single);
             if !is_identity_param(base) {
+                return Ok(None);
+            }
+            let Some(ty) = resource_type else {
+                return Err(unsupported(
+                    name,
+                    "identity searches across all types are not supported: name the type, e.g. Patient?name=",
+                ));
+            };
+            if !profile.is_person(ty) {
                 return Ok(None);
             }
             Ok(Some(Param {
@@ -161,6 +198,12 @@ fn classify(
             if !profile.is_person(&target_type) {
                 return Ok(None);
             }
+            if resource_type.is_none() {
+                return Err(unsupported(
+                    name,
+                    "identity searches across all types are not supported: name the type",
+                ));
+            }
             Ok(Some(Param {
                 base: base.to_owned(),
                 modifier: modifier.map(str::to_owned),
@@ -179,6 +222,16 @@ fn classify(
             Ok(None)
         }
     }
+}
+
+/// Whether a query (or form body) names identity, which only principals allowed to search by
+/// identity may do. Queries the blind index cannot answer are the caller's error.
+pub fn names_identity(
+    resource_type: Option<&str>,
+    query: &str,
+    profile: &Profile,
+) -> Result<bool, SearchError> {
+    Ok(plan(resource_type, query, profile)?.is_some())
 }
 
 fn split_modifier(name: &str) -> (&str, Option<&str>) {
@@ -471,6 +524,28 @@ mod tests {
         }
         let err = p("Observation", "subject.organization.name=x").unwrap_err();
         assert_eq!(err.param, "subject.organization.name");
+    }
+
+    #[test]
+    fn free_text_and_unanswerable_modifiers_are_refused_everywhere() {
+        let profile = Profile::default();
+        for (ty, query, param) in [
+            (Some("Observation"), "_content=smith", "_content"),
+            (Some("Observation"), "_text=smith", "_text"),
+            (Some("Observation"), "_filter=x eq y", "_filter"),
+            (None, "_typeFilter=Patient?name=x", "_typeFilter"),
+            (Some("Observation"), "code:text=smith", "code:text"),
+            (Some("Observation"), "subject:identifier=urn:x|1", "subject:identifier"),
+            (None, "name=smith", "name"),
+            (None, "subject:Patient.name=smith", "subject:Patient.name"),
+            (Some("Patient"), "_has:RelatedPerson:patient:name=x", "_has:RelatedPerson:patient:name"),
+        ] {
+            let err = plan(ty, query, &profile).unwrap_err();
+            assert_eq!(err.param, param, "{query}");
+        }
+        assert!(!names_identity(Some("Patient"), "_has:Observation:patient:code=1", &profile).unwrap());
+        assert!(names_identity(Some("Patient"), "family=x", &profile).unwrap());
+        assert!(!names_identity(None, "_id=1", &profile).unwrap());
     }
 
     #[test]

@@ -153,6 +153,15 @@ impl ChainReader {
     pub fn verify<R: Rosters>(&self, rosters: &R) -> Result<ChainCheck> {
         Chain::verify_store(&self.store, rosters)
     }
+
+    /// Verifies the blocks after `since`: see [`Chain::verify_store_since`].
+    pub fn verify_since<R: Rosters>(
+        &self,
+        rosters: &R,
+        since: Option<BlockHeader>,
+    ) -> Result<(ChainCheck, Option<BlockHeader>)> {
+        Chain::verify_store_since(&self.store, rosters, since, |_| {})
+    }
 }
 
 impl Chain {
@@ -294,20 +303,32 @@ impl Chain {
     pub fn verify_store_with<R: Rosters>(
         store: &ChainStore,
         rosters: &R,
-        mut progress: impl FnMut(u64),
+        progress: impl FnMut(u64),
     ) -> Result<ChainCheck> {
-        let mut previous: Option<BlockHeader> = None;
-        let mut expected = 0u64;
-        for item in store.blocks_from(0) {
+        Ok(Self::verify_store_since(store, rosters, None, progress)?.0)
+    }
+
+    /// Verifies the blocks after `since` (a header verified before: what it was verified
+    /// against is trusted), or from genesis; returns the check of the whole chain on that trust
+    /// and the last header that verifies, the checkpoint for the next call.
+    pub fn verify_store_since<R: Rosters>(
+        store: &ChainStore,
+        rosters: &R,
+        since: Option<BlockHeader>,
+        mut progress: impl FnMut(u64),
+    ) -> Result<(ChainCheck, Option<BlockHeader>)> {
+        let mut expected = since.as_ref().map_or(0, |h| h.height + 1);
+        let mut previous: Option<BlockHeader> = since;
+        for item in store.blocks_from(expected) {
             let (height, bytes) = match item {
                 Ok(found) => found,
                 Err(e @ ChainStoreError::Corrupt { .. }) => {
-                    return Ok(broken(expected, Error::Store(e)));
+                    return Ok((broken(expected, Error::Store(e)), previous));
                 }
                 Err(e) => return Err(e.into()),
             };
             if height != expected {
-                return Ok(broken(expected, Error::MissingBlock(expected)));
+                return Ok((broken(expected, Error::MissingBlock(expected)), previous));
             }
             match verify_stored(store, height, &bytes, previous.as_ref(), rosters) {
                 Ok(header) => {
@@ -315,11 +336,11 @@ impl Chain {
                     progress(height);
                 }
                 Err(fault) if fault.is_retryable() => return Err(fault),
-                Err(fault) => return Ok(broken(height, fault)),
+                Err(fault) => return Ok((broken(height, fault), previous)),
             }
             expected += 1;
         }
-        Ok(ChainCheck::Valid { blocks: expected })
+        Ok((ChainCheck::Valid { blocks: expected }, previous))
     }
 }
 

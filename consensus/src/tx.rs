@@ -130,12 +130,15 @@ pub struct AccessEvent {
     pub purpose_of_use: String,
     /// When.
     pub time: Timestamp,
+    /// `false`: the request itself (a read, a search, named by what it named); `true`: one
+    /// resource version shown with the person's identity merged back.
+    pub reidentified: bool,
 }
 
 top_level_encoding!(AccessEvent);
 
 impl Wire for AccessEvent {
-    const MIN_LEN: usize = 6 * 4 + 8;
+    const MIN_LEN: usize = 6 * 4 + 8 + 1;
 
     fn write(&self, w: &mut Writer) {
         w.str(&self.principal);
@@ -145,6 +148,7 @@ impl Wire for AccessEvent {
         w.str(&self.version_id);
         w.str(&self.purpose_of_use);
         w.u64(self.time.0);
+        w.u8(u8::from(self.reidentified));
     }
 
     fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
@@ -156,6 +160,16 @@ impl Wire for AccessEvent {
             version_id: r.string("event version id", limits::MAX_NAME_LEN)?,
             purpose_of_use: r.string("event purpose of use", limits::MAX_NAME_LEN)?,
             time: Timestamp(r.u64("event time")?),
+            reidentified: match r.u8("event re-identified flag")? {
+                0 => false,
+                1 => true,
+                tag => {
+                    return Err(DecodeError::UnknownTag {
+                        field: "event re-identified flag",
+                        tag,
+                    })
+                }
+            },
         })
     }
 }

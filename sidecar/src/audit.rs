@@ -21,25 +21,58 @@ pub const PURPOSE_OF_USE: &str = "x-purpose-of-use";
 /// What system-level interactions name as their resource type.
 const SYSTEM: &str = "*";
 
-/// The access event of a request, or `None` for what is no read (writes, deletes,
-/// capabilities). A purpose-of-use header that is no code is refused.
-pub(crate) fn access_event(
-    interaction: &Interaction,
+/// Who accesses, why and when: what every access event of one request shares.
+#[derive(Debug, Clone)]
+pub(crate) struct Accessor {
+    principal: String,
+    purpose_of_use: String,
+    time_ms: u64,
+}
+
+/// The accessor of a request. A purpose-of-use header that is no code is refused.
+pub(crate) fn accessor(
     principal: &Principal,
     headers: &HeaderMap,
     time_ms: u64,
-) -> Result<Option<PendingAccess>, ProxyError> {
-    let Some((resource_type, id, version)) = accessed(interaction) else {
-        return Ok(None);
-    };
-    Ok(Some(PendingAccess {
+) -> Result<Accessor, ProxyError> {
+    Ok(Accessor {
         principal: principal.name.clone(),
-        resource_type: resource_type.to_owned(),
-        id: id.to_owned(),
-        version: version.to_owned(),
         purpose_of_use: purpose_of_use(headers)?,
         time_ms,
-    }))
+    })
+}
+
+impl Accessor {
+    fn event(&self, resource_type: &str, id: &str, version: &str, reidentified: bool) -> PendingAccess {
+        PendingAccess {
+            principal: self.principal.clone(),
+            resource_type: resource_type.to_owned(),
+            id: id.to_owned(),
+            version: version.to_owned(),
+            purpose_of_use: self.purpose_of_use.clone(),
+            time_ms: self.time_ms,
+            reidentified,
+        }
+    }
+}
+
+/// The access event of a request, or `None` for what is no read (writes, deletes,
+/// capabilities).
+pub(crate) fn access_event(interaction: &Interaction, accessor: &Accessor) -> Option<PendingAccess> {
+    let (resource_type, id, version) = accessed(interaction)?;
+    Some(accessor.event(resource_type, id, version, false))
+}
+
+/// The access events of the resources an answer showed with identity merged back: one per
+/// resource version, naming it (never the query that found it).
+pub(crate) fn reidentified_events(
+    accessor: &Accessor,
+    shown: &[(String, String, String)],
+) -> Vec<PendingAccess> {
+    shown
+        .iter()
+        .map(|(resource_type, id, version)| accessor.event(resource_type, id, version, true))
+        .collect()
 }
 
 /// (type, id, version) that a read names; empty id or version where it names none.
@@ -179,13 +212,16 @@ pub fn instant(time_ms: u64) -> String {
 mod tests {
     use super::*;
 
-    fn principal() -> Principal {
-        Principal {
+    fn accessor_of(headers: &HeaderMap, time_ms: u64) -> Result<Accessor, ProxyError> {
+        let principal = Principal {
             institution: "local".into(),
             role: "clinician".into(),
             name: "dr-grey".into(),
+            rights: Default::default(),
             sees_identity: true,
-        }
+            audits: false,
+        };
+        accessor(&principal, headers, time_ms)
     }
 
     #[test]
@@ -196,9 +232,8 @@ mod tests {
             id: "p1".into(),
             version: "2".into(),
         };
-        let event = access_event(&read, &principal(), &headers, 5)
-            .unwrap()
-            .unwrap();
+        let who = accessor_of(&headers, 5).unwrap();
+        let event = access_event(&read, &who).unwrap();
         assert_eq!(
             (
                 event.resource_type.as_str(),
@@ -209,16 +244,17 @@ mod tests {
         );
         assert_eq!(event.principal, "dr-grey");
         let search = Interaction::SearchSystem;
-        let event = access_event(&search, &principal(), &headers, 5)
-            .unwrap()
-            .unwrap();
+        let event = access_event(&search, &who).unwrap();
         assert_eq!(event.resource_type, "*");
         let create = Interaction::Create {
             resource_type: "Patient".into(),
         };
-        assert!(access_event(&create, &principal(), &headers, 5)
-            .unwrap()
-            .is_none());
+        assert!(access_event(&create, &who).is_none());
+        let shown = [("Patient".to_owned(), "p1".to_owned(), "3".to_owned())];
+        let events = reidentified_events(&who, &shown);
+        assert_eq!(events.len(), 1);
+        assert!(events[0].reidentified && !event.reidentified);
+        assert_eq!((events[0].id.as_str(), events[0].version.as_str()), ("p1", "3"));
     }
 
     #[test]
@@ -229,12 +265,10 @@ mod tests {
         };
         let mut headers = HeaderMap::new();
         headers.insert(PURPOSE_OF_USE, "ETREAT".parse().unwrap());
-        let event = access_event(&read, &principal(), &headers, 0)
-            .unwrap()
-            .unwrap();
+        let event = access_event(&read, &accessor_of(&headers, 0).unwrap()).unwrap();
         assert_eq!(event.purpose_of_use, "ETREAT");
         headers.insert(PURPOSE_OF_USE, "treat; drop table".parse().unwrap());
-        let err = access_event(&read, &principal(), &headers, 0).unwrap_err();
+        let err = accessor_of(&headers, 0).unwrap_err();
         assert_eq!(err.status(), StatusCode::BAD_REQUEST);
     }
 
@@ -254,6 +288,7 @@ mod tests {
             version: String::new(),
             purpose_of_use: "TREAT".into(),
             time_ms: 0,
+            reidentified: false,
         };
         let search = Interaction::SearchType {
             resource_type: "Patient".into(),

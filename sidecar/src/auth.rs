@@ -15,6 +15,8 @@ use crate::config::{ApiKey, Config};
 pub enum AuthSetupError {
     #[error("API key file {path}: {reason}")]
     File { path: PathBuf, reason: String },
+    #[error(transparent)]
+    Role(#[from] fhirseal_adapters::auth::UnknownRole),
 }
 
 #[derive(Deserialize)]
@@ -40,7 +42,7 @@ pub fn load(config: &Config) -> Result<ApiKeyTable, AuthSetupError> {
     } else {
         config.auth.api_keys.clone()
     };
-    Ok(ApiKeyTable::new(
+    ApiKeyTable::new(
         keys.iter().map(|k| {
             (
                 k.key.as_str(),
@@ -49,9 +51,10 @@ pub fn load(config: &Config) -> Result<ApiKeyTable, AuthSetupError> {
                 k.name.as_deref(),
             )
         }),
-        &config.auth.identity_roles,
+        &config.auth.roles(),
         &config.seal.institution,
-    ))
+    )
+    .map_err(AuthSetupError::from)
 }
 
 fn read_key_file(path: &Path) -> Result<Vec<ApiKey>, AuthSetupError> {
@@ -77,8 +80,9 @@ fn make_key_file(path: &Path, institution: &str) -> Result<(), AuthSetupError> {
     }
     let mut text = String::from(
         "# API keys of this fhirseal node, made on first start. Send one as `X-Api-Key: <key>`\n\
-         # or `Authorization: Bearer <key>`. Roles in auth.identity_roles see identity; roles\n\
-         # in auth.audit_roles read the access events on the ledger.\n",
+         # or `Authorization: Bearer <key>`. What each role may do is in [auth.roles] (the\n\
+         # defaults: a clinician reads, writes and sees identity; a researcher reads and\n\
+         # searches pseudonymized data; an auditor reads the ledger).\n",
     );
     for role in ["clinician", "researcher", "auditor"] {
         let mut raw = [0u8; 24];

@@ -1,10 +1,12 @@
 //! Typed configuration: defaults for the embedded single node, then a TOML file, then the
 //! environment, then CLI flags, then [`Config::validate`].
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use fhirseal_adapters::policy::{self, Role};
 use http::Uri;
 use serde::Deserialize;
 
@@ -72,6 +74,20 @@ pub struct ServerConfig {
     pub max_body_bytes: u64,
     /// Closes client connections idle for this long, in seconds (HTTP/1 header read timeout).
     pub header_read_timeout_secs: u64,
+    /// A client has this long, in seconds, to send a whole request body the sidecar reads
+    /// (writes, `_search` forms); then 408.
+    pub body_read_timeout_secs: u64,
+    /// Most client connections open at once; more wait in the listen queue.
+    pub max_connections: usize,
+    /// Most requests handled at once; more are answered 503 at once.
+    pub max_concurrent_requests: usize,
+    /// Most HTTP/2 streams one client connection may have open.
+    pub max_http2_streams: u32,
+    /// Largest request head (request line and headers), in bytes.
+    pub max_header_bytes: usize,
+    /// Largest upstream answer the sidecar reads whole to merge identity back into it, in
+    /// bytes; a larger one is 502 (ask for smaller pages with `_count`).
+    pub max_reidentify_bytes: u64,
     /// TLS on the listener (rustls); plain HTTP when absent.
     pub tls: Option<TlsConfig>,
 }
@@ -84,8 +100,20 @@ impl Default for ServerConfig {
             public_base: None,
             max_body_bytes: 16 * 1024 * 1024,
             header_read_timeout_secs: 30,
+            body_read_timeout_secs: 60,
+            max_connections: 1024,
+            max_concurrent_requests: 256,
+            max_http2_streams: 100,
+            max_header_bytes: 64 * 1024,
+            max_reidentify_bytes: 8 * 1024 * 1024,
             tls: None,
         }
+    }
+}
+
+impl ServerConfig {
+    pub fn body_read_timeout(&self) -> Duration {
+        Duration::from_secs(self.body_read_timeout_secs)
     }
 }
 
@@ -114,6 +142,11 @@ pub struct UpstreamConfig {
     /// Whether the upstream builds its links from `X-Forwarded-*` headers (HAPI does). When it
     /// does not, the sidecar buffers FHIR response bodies and rewrites the links itself.
     pub honours_forwarded_headers: bool,
+    /// PEM file of certificate authorities trusted for an `https` upstream, besides the
+    /// platform's.
+    pub ca_file: Option<PathBuf>,
+    /// The sidecar's own credential for the upstream (client credentials never go upstream).
+    pub auth: UpstreamAuthConfig,
 }
 
 impl Default for UpstreamConfig {
@@ -125,8 +158,26 @@ impl Default for UpstreamConfig {
             pool_idle_timeout_secs: 90,
             pool_max_idle: 64,
             honours_forwarded_headers: true,
+            ca_file: None,
+            auth: UpstreamAuthConfig::default(),
         }
     }
+}
+
+/// How the sidecar authenticates to the upstream: none (the default), a static bearer token, a
+/// user and password (HTTP basic), and/or a TLS client certificate. Secrets are read from
+/// files, so that they stay out of the configuration and the environment.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct UpstreamAuthConfig {
+    /// A file holding the bearer token (`Authorization: Bearer <token>`).
+    pub bearer_token_file: Option<PathBuf>,
+    /// The user of HTTP basic authentication; its password is in `basic_password_file`.
+    pub basic_user: Option<String>,
+    pub basic_password_file: Option<PathBuf>,
+    /// PEM certificate chain and key presented to an `https` upstream.
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
 }
 
 impl UpstreamConfig {
@@ -210,7 +261,7 @@ pub enum DurabilityMode {
     EveryWrite,
 }
 
-/// Who may call the sidecar, and who may see identity.
+/// Who may call the sidecar, and what each role may do.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuthConfig {
@@ -218,20 +269,33 @@ pub struct AuthConfig {
     /// `data_dir/keys/api-keys.toml`, which is made on first start with a `clinician`, a
     /// `researcher` and an `auditor` key.
     pub api_keys: Vec<ApiKey>,
-    /// Roles whose holders see identity (of their own institution's data).
-    pub identity_roles: Vec<String>,
-    /// Roles whose holders read the access events on the ledger (who read what, and why);
-    /// everyone else reads blocks without them.
-    pub audit_roles: Vec<String>,
+    /// Roles added to the defaults (`clinician`, `researcher`, `auditor`, `admin`), or
+    /// replacing a default of the same name: `[auth.roles.nurse] permissions = ["read",
+    /// "search", "see-identity"]`, `operations = ["$everything"]`.
+    pub roles: BTreeMap<String, Role>,
+    /// Identity searches one principal may make per minute, on average …
+    pub identity_searches_per_minute: u32,
+    /// … and at once, after a pause.
+    pub identity_search_burst: u32,
 }
 
 impl Default for AuthConfig {
     fn default() -> Self {
         AuthConfig {
             api_keys: Vec::new(),
-            identity_roles: vec!["clinician".to_owned(), "admin".to_owned()],
-            audit_roles: vec!["auditor".to_owned(), "admin".to_owned()],
+            roles: BTreeMap::new(),
+            identity_searches_per_minute: 600,
+            identity_search_burst: 120,
         }
+    }
+}
+
+impl AuthConfig {
+    /// The default roles with the configured ones laid over them.
+    pub fn roles(&self) -> BTreeMap<String, Role> {
+        let mut roles = policy::default_roles();
+        roles.extend(self.roles.clone());
+        roles
     }
 }
 
@@ -505,6 +569,60 @@ impl Config {
                     "a key's name (or role) must be at most 256 bytes (it is named on the ledger)",
                 ));
             }
+        }
+        let roles = self.auth.roles();
+        for key in &self.auth.api_keys {
+            if !roles.contains_key(&key.role) {
+                return Err(ConfigError::Invalid {
+                    field: "auth.api_keys",
+                    reason: format!(
+                        "the role '{}' is not defined (defined: {}); add [auth.roles.{}]",
+                        key.role,
+                        roles.keys().cloned().collect::<Vec<_>>().join(", "),
+                        key.role
+                    ),
+                });
+            }
+        }
+        if self.auth.identity_searches_per_minute == 0 || self.auth.identity_search_burst == 0 {
+            return Err(invalid(
+                "auth.identity_searches_per_minute",
+                "the rate and the burst of identity searches must be above 0",
+            ));
+        }
+        let server = &self.server;
+        if server.max_connections == 0
+            || server.max_concurrent_requests == 0
+            || server.max_http2_streams == 0
+            || server.body_read_timeout_secs == 0
+            || server.max_reidentify_bytes == 0
+        {
+            return Err(invalid(
+                "server",
+                "connection, request and stream limits and the body read timeout must be above 0",
+            ));
+        }
+        if server.max_header_bytes < 8192 {
+            return Err(invalid("server.max_header_bytes", "must be at least 8192"));
+        }
+        let auth = &self.upstream.auth;
+        if auth.bearer_token_file.is_some() && auth.basic_user.is_some() {
+            return Err(invalid(
+                "upstream.auth",
+                "a bearer token or a basic user, not both",
+            ));
+        }
+        if auth.basic_user.is_some() != auth.basic_password_file.is_some() {
+            return Err(invalid(
+                "upstream.auth",
+                "basic_user and basic_password_file go together",
+            ));
+        }
+        if auth.client_cert.is_some() != auth.client_key.is_some() {
+            return Err(invalid(
+                "upstream.auth",
+                "client_cert and client_key go together",
+            ));
         }
         if !(1..=60_000).contains(&self.ledger.batch_interval_ms) {
             return Err(invalid(

@@ -35,6 +35,16 @@ pub enum ProxyError {
     #[error("{0}")]
     Forbidden(String),
     #[error("{0}")]
+    Denied(#[from] fhirseal_adapters::policy::Denied),
+    #[error("the request body did not arrive within {0} s")]
+    BodyTimeout(u64),
+    #[error("too many identity searches by this principal: try again in {retry_after} s")]
+    Throttled { retry_after: u64 },
+    #[error("fhirseal is handling its limit of {0} requests at once: try again shortly")]
+    Overloaded(usize),
+    #[error("the answer is over {limit} bytes, too large to merge identity into: ask for fewer resources at once (_count)")]
+    TooLargeToReidentify { limit: u64 },
+    #[error("{0}")]
     Invalid(String),
     #[error(transparent)]
     Search(#[from] fhirseal_adapters::search::SearchError),
@@ -79,6 +89,11 @@ impl ProxyError {
             | ProxyError::BadHeader(_)
             | ProxyError::Unauthorized(_)
             | ProxyError::Forbidden(_)
+            | ProxyError::Denied(_)
+            | ProxyError::BodyTimeout(_)
+            | ProxyError::Throttled { .. }
+            | ProxyError::Overloaded(_)
+            | ProxyError::TooLargeToReidentify { .. }
             | ProxyError::Invalid(_)
             | ProxyError::Search(_)
             | ProxyError::NotSupported(_)
@@ -107,7 +122,11 @@ impl ProxyError {
             | ProxyError::Search(_)
             | ProxyError::NotSupported(_) => StatusCode::BAD_REQUEST,
             ProxyError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            ProxyError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ProxyError::Forbidden(_) | ProxyError::Denied(_) => StatusCode::FORBIDDEN,
+            ProxyError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            ProxyError::Throttled { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ProxyError::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::TooLargeToReidentify { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ProxyError::OutsideBase(..) | ProxyError::NotFound(_) => StatusCode::NOT_FOUND,
             ProxyError::Gone(_) => StatusCode::GONE,
@@ -133,7 +152,11 @@ impl ProxyError {
                 IssueType::Invalid
             }
             ProxyError::Unauthorized(_) => IssueType::Login,
-            ProxyError::Forbidden(_) => IssueType::Forbidden,
+            ProxyError::Forbidden(_) | ProxyError::Denied(_) => IssueType::Forbidden,
+            ProxyError::BodyTimeout(_) => IssueType::Timeout,
+            ProxyError::Throttled { .. } => IssueType::Throttled,
+            ProxyError::Overloaded(_) => IssueType::Transient,
+            ProxyError::TooLargeToReidentify { .. } => IssueType::TooCostly,
             ProxyError::Search(_) | ProxyError::NotSupported(_) => IssueType::NotSupported,
             ProxyError::Unprocessable(_) => IssueType::Processing,
             ProxyError::BodyRead(_) => IssueType::Structure,
@@ -178,7 +201,24 @@ impl ProxyError {
                 HeaderValue::from_static("Bearer realm=\"fhirseal\""),
             );
         }
+        let retry_after = match &self {
+            ProxyError::Throttled { retry_after } => Some(*retry_after),
+            ProxyError::Overloaded(_) => Some(1),
+            _ => None,
+        };
+        if let Some(seconds) = retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
         response
+    }
+
+    /// The error as a log line may show it: what the client sent is quoted in messages (a
+    /// parser's complaint about a value, a date that is no date), and a value may be a name or
+    /// a birth date, so every quoted stretch is left out.
+    pub fn log_text(&self) -> String {
+        redact_quoted(&self.to_string())
     }
 }
 
@@ -197,9 +237,51 @@ pub fn outcome_response(
     response
 }
 
+/// `text` with what stands between quotes (`'…'`, `"…"`, `` `…` ``) replaced by `…`.
+fn redact_quoted(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut open: Option<char> = None;
+    for c in text.chars() {
+        match open {
+            Some(q) if c == q => {
+                out.push(c);
+                open = None;
+            }
+            Some(_) => {}
+            None => {
+                out.push(c);
+                // An apostrophe inside a word ("isn't") opens nothing.
+                let word_apostrophe =
+                    c == '\'' && out[..out.len() - 1].chars().last().is_some_and(char::is_alphanumeric);
+                if matches!(c, '\'' | '"' | '`') && !word_apostrophe {
+                    out.push('…');
+                    open = Some(c);
+                }
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn log_text_leaves_out_what_the_client_quoted() {
+        let error = ProxyError::Invalid(
+            "the body is not a valid FHIR R4 JSON resource: invalid type: string \"Reinger\", expected a boolean".to_owned(),
+        );
+        let text = error.log_text();
+        assert!(!text.contains("Reinger"), "{text}");
+        assert!(text.contains("invalid type"), "{text}");
+        let search = ProxyError::Search(fhirseal_adapters::search::SearchError {
+            param: "birthdate".into(),
+            reason: "'1970-13-45' is not YYYY, YYYY-MM or YYYY-MM-DD".into(),
+        });
+        assert!(!search.log_text().contains("1970-13-45"));
+        assert_eq!(redact_quoted("isn't 'x'"), "isn't '…'");
+    }
 
     #[test]
     fn each_side_maps_to_its_status_class() {

@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fhirseal_consensus::{
     anchor_key, AccessBatch, AccessEvent, AnchorBatch, AnchorEntry, AnchorProof, BatchId,
-    BlockProducer, Chain, ChainCheck, ChainReader, ChainStore, FinalizedBlock, Ledger, PublicKey,
+    BlockHeader, BlockProducer, Chain, ChainCheck, ChainReader, ChainStore, FinalizedBlock, Ledger, PublicKey,
     Roster, SigningKey, SoloLedger, Timestamp, Transaction,
 };
 use fhirseal_storage::{NodeKeys, Outbox, PendingAccess, PendingAnchor};
@@ -30,6 +30,8 @@ pub enum LedgerError {
     Chain(#[from] fhirseal_consensus::Error),
     #[error("outbox: {0}")]
     Storage(#[from] fhirseal_storage::StorageError),
+    #[error("a lock on {0} is poisoned")]
+    Poisoned(&'static str),
 }
 
 impl From<fhirseal_storage::chain_store::ChainStoreError> for LedgerError {
@@ -44,6 +46,7 @@ impl LedgerError {
         match self {
             LedgerError::Chain(e) => e.is_retryable(),
             LedgerError::Storage(e) => e.is_retryable(),
+            LedgerError::Poisoned(_) => false,
         }
     }
 }
@@ -68,6 +71,8 @@ pub struct NodeLedger {
     blocks: watch::Receiver<u64>,
     /// The last failure of a round, cleared by the next round that finalizes.
     last_error: Arc<Mutex<Option<String>>>,
+    /// The last block `verify_chain` verified: later calls verify only what came after it.
+    verified: Mutex<Option<BlockHeader>>,
 }
 
 /// Everything `open` makes: the shared reads, and the task that anchors.
@@ -119,6 +124,7 @@ impl NodeLedger {
                 outbox: outbox.clone(),
                 blocks: blocks_rx,
                 last_error: last_error.clone(),
+                verified: Mutex::new(None),
             }),
             anchorer: Anchorer {
                 ledger,
@@ -184,9 +190,19 @@ impl NodeLedger {
         Ok(self.reader.block(height)?)
     }
 
-    /// Re-verifies the whole chain from genesis.
+    /// Verifies the chain: from genesis on the first call, then only the blocks stored since
+    /// the last call that found it valid. (`fhirseal ledger verify` re-verifies everything.)
     pub fn verify_chain(&self) -> Result<ChainCheck, LedgerError> {
-        Ok(self.reader.verify(&self.roster)?)
+        // Held across the check, so that concurrent callers do not verify the same blocks twice.
+        let mut verified = self
+            .verified
+            .lock()
+            .map_err(|_| LedgerError::Poisoned("the verified checkpoint"))?;
+        let (check, last) = self.reader.verify_since(&self.roster, verified.clone())?;
+        if matches!(check, ChainCheck::Valid { .. }) {
+            *verified = last;
+        }
+        Ok(check)
     }
 
     /// What the status endpoint and `fhirseal ledger status` show.
@@ -496,6 +512,7 @@ impl Anchorer {
             version_id: pending.version,
             purpose_of_use: pending.purpose_of_use,
             time: Timestamp(pending.time_ms),
+            reidentified: pending.reidentified,
         }
     }
 }
@@ -565,6 +582,7 @@ mod tests {
                 version: String::new(),
                 purpose_of_use: "TREAT".into(),
                 time_ms: 1,
+                reidentified: false,
             })
             .unwrap();
         let mut flight = None;

@@ -14,12 +14,15 @@ pub mod config;
 pub mod consortium;
 pub mod error;
 pub mod ledger;
+mod limits;
+mod plan;
 pub mod proxy;
 mod seal_phase;
 pub mod sealing;
 pub mod server;
 pub mod telemetry;
 pub mod tls;
+pub mod upstream;
 pub mod verify;
 
 pub use config::Config;

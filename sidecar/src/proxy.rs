@@ -2,15 +2,22 @@
 //! proxy phases):
 //!
 //! 1. `request_filter` — health endpoints, base path, FHIR routing, media type, body size;
-//! 2. `upstream_request` — the request as the upstream sees it: its URI, hop-by-hop headers
+//!    then the principal is authenticated and a permit of the concurrent-request limit taken;
+//! 2. `plan` (`crate::plan`) — the body read and parsed where the sidecar needs it, and what
+//!    the request needs worked out; `authorize` — the one permission check;
+//! 3. `record_access` — a read's access event queued;
+//! 4. `seal_request` (`crate::seal_phase`) — writes split and sealed, identity criteria
+//!    answered from the blind index;
+//! 5. `upstream_request` — the request as the upstream sees it: its URI, hop-by-hop headers
 //!    stripped, `X-Forwarded-*` and `X-Request-Id` added, the body streamed under a limit;
-//! 3. `send` — through the pooled client, under the upstream timeout;
-//! 4. `response_filter` — hop-by-hop headers stripped, links rewritten to the sidecar's base;
-//! 5. `fail_to_proxy` — any error becomes an `OperationOutcome` (see [`crate::error`]);
-//! 6. `logging` — one structured line per request, under its request id.
-//!
-//! Sealing and unsealing slot in between `request_filter` and `upstream_request`, and after
-//! `response_filter`, once they exist.
+//! 6. `send` — through the pooled client, under the upstream timeout, with the client's
+//!    credentials dropped and the sidecar's own added ([`crate::upstream`]);
+//! 7. `commit_seal`, `response_filter` — what the upstream accepted sealed and anchored;
+//!    hop-by-hop headers stripped, links rewritten to the sidecar's base;
+//! 8. `unseal_response` — identity merged back for principals who may see it, each resource
+//!    shown so an access event of its own;
+//! 9. `fail_to_proxy` — any error becomes an `OperationOutcome` (see [`crate::error`]);
+//! 10. `logging` — one structured line per request, under its request id.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -21,30 +28,29 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use fhirseal_adapters::auth::{ApiKeyTable, Principal};
+use fhirseal_adapters::policy::{self, Needs, Permission};
 use fhirseal_adapters::{route, Format, Interaction, Rebase};
+use fhirseal_storage::PendingAccess;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinHandle;
 use tracing::Instrument;
 
-use crate::audit;
+use crate::audit::{self, Accessor};
 use crate::body::{empty, full, BoxError, ProxyBody};
-use crate::config::{absolute_http_url, AnchorMode, Config};
+use crate::config::{AnchorMode, Config};
 use crate::error::ProxyError;
 use crate::ledger::{now_ms, NodeLedger};
+use crate::limits::RateLimiter;
 use crate::seal_phase::Sealed;
 use crate::sealing::SealError;
 use crate::sealing::Sealing;
-use crate::tls;
+use crate::upstream::Upstream;
 use crate::verify::VERIFY;
-use fhirseal_adapters::auth::ApiKeyTable;
-use fhirseal_storage::PendingAccess;
-use tokio::task::JoinHandle;
 
 /// The request id header, taken from the client when it sends a sane one and passed upstream.
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -71,17 +77,6 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::TRANSFER_ENCODING,
 ];
 
-/// The parsed upstream base.
-#[derive(Debug, Clone)]
-pub(crate) struct Upstream {
-    /// `http://localhost:8080/fhir`, without a trailing slash.
-    pub(crate) base: String,
-    /// `/fhir`, or empty when the base is the server root.
-    path: String,
-    scheme: http::uri::Scheme,
-    authority: http::uri::Authority,
-}
-
 /// The reverse proxy. Cheap to clone: clones share one connection pool.
 #[derive(Debug, Clone)]
 pub struct Proxy {
@@ -90,7 +85,6 @@ pub struct Proxy {
 
 #[derive(Debug)]
 pub(crate) struct Shared {
-    pub(crate) client: Client<HttpsConnector<HttpConnector>, ProxyBody>,
     pub(crate) upstream: Upstream,
     pub(crate) sealing: Arc<Sealing>,
     pub(crate) ledger: Arc<NodeLedger>,
@@ -100,8 +94,11 @@ pub(crate) struct Shared {
     pub(crate) sync_timeout: Duration,
     /// Whether reads also send a FHIR `AuditEvent` upstream.
     pub(crate) audit_upstream: bool,
-    /// Roles that read access events on the ledger.
-    pub(crate) audit_roles: Vec<String>,
+    pub(crate) limits: Limits,
+    /// Identity searches per principal.
+    identity_searches: std::sync::Mutex<RateLimiter>,
+    /// One permit per request being handled.
+    requests: Arc<Semaphore>,
     /// Our own FHIR base path, without a trailing slash (empty for `/`).
     base_path: String,
     /// The configured public base, if the sidecar sits behind another proxy.
@@ -113,13 +110,35 @@ pub(crate) struct Shared {
     forwarded: bool,
 }
 
+/// Bounds on what one request may take.
+#[derive(Debug, Clone)]
+pub(crate) struct Limits {
+    /// A client's body must arrive within this.
+    pub(crate) body_read_timeout: Duration,
+    /// Largest answer read whole to merge identity back into.
+    pub(crate) max_reidentify: u64,
+    /// Requests handled at once.
+    pub(crate) max_concurrent: usize,
+}
+
 /// A request that passed `request_filter`.
 pub(crate) struct Admitted {
     pub(crate) interaction: Interaction,
     /// The path below our base, as the client encoded it (`/Patient/1`).
     pub(crate) rel_path: String,
-    /// The query to send upstream instead of the client's (identity search rewritten).
-    pub(crate) query: Option<String>,
+    /// The query the upstream receives.
+    pub(crate) query: UpstreamQuery,
+}
+
+/// The query string the upstream receives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum UpstreamQuery {
+    /// The client's, as it came.
+    Client,
+    /// Rewritten (identity criteria answered from the blind index).
+    Rewritten(String),
+    /// None at all (a conditional update that became a plain create or update).
+    Dropped,
 }
 
 impl Proxy {
@@ -131,35 +150,11 @@ impl Proxy {
         ledger: Arc<NodeLedger>,
         auth: ApiKeyTable,
     ) -> Result<Proxy, ProxyError> {
-        let uri = absolute_http_url(&config.upstream.url).map_err(ProxyError::Internal)?;
-        let base = config.upstream.url.trim_end_matches('/').to_owned();
-        let upstream = Upstream {
-            path: uri.path().trim_end_matches('/').to_owned(),
-            scheme: uri.scheme().cloned().unwrap_or(http::uri::Scheme::HTTP),
-            authority: uri
-                .authority()
-                .cloned()
-                .ok_or_else(|| ProxyError::Internal("upstream URL has no host".to_owned()))?,
-            base,
-        };
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(config.upstream.connect_timeout()));
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(
-                tls::upstream_client_config().map_err(|e| ProxyError::Internal(e.to_string()))?,
-            )
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(config.upstream.pool_idle_timeout_secs))
-            .pool_max_idle_per_host(config.upstream.pool_max_idle)
-            .build(connector);
+        let upstream =
+            Upstream::new(&config.upstream).map_err(|e| ProxyError::Internal(e.to_string()))?;
+        let server = &config.server;
         Ok(Proxy {
             shared: Arc::new(Shared {
-                client,
                 upstream,
                 sealing,
                 ledger,
@@ -167,15 +162,23 @@ impl Proxy {
                 anchor_sync: config.ledger.anchor == AnchorMode::Sync,
                 sync_timeout: Duration::from_millis(config.ledger.sync_timeout_ms),
                 audit_upstream: config.audit.upstream_audit_events,
-                audit_roles: config.auth.audit_roles.clone(),
-                base_path: config.server.base_path.trim_end_matches('/').to_owned(),
-                public_base: config
-                    .server
+                limits: Limits {
+                    body_read_timeout: server.body_read_timeout(),
+                    max_reidentify: server.max_reidentify_bytes,
+                    max_concurrent: server.max_concurrent_requests,
+                },
+                identity_searches: std::sync::Mutex::new(RateLimiter::new(
+                    config.auth.identity_searches_per_minute,
+                    config.auth.identity_search_burst,
+                )),
+                requests: Arc::new(Semaphore::new(server.max_concurrent_requests)),
+                base_path: server.base_path.trim_end_matches('/').to_owned(),
+                public_base: server
                     .public_base
                     .as_ref()
                     .map(|b| b.trim_end_matches('/').to_owned()),
                 tls: listener_tls,
-                max_body: config.server.max_body_bytes,
+                max_body: server.max_body_bytes,
                 timeout: config.upstream.timeout(),
                 forwarded: config.upstream.honours_forwarded_headers,
             }),
@@ -230,42 +233,45 @@ impl Proxy {
             "/healthz" => return (Some("healthz"), Ok(healthz())),
             "/readyz" => return (Some("readyz"), Ok(self.readyz().await)),
             path if path == "/ledger" || path.starts_with("/ledger/") => {
-                // Any caller with a key may read the ledger, which holds no identity; who read
-                // what is for the audit roles of this institution.
                 let result = match self.shared.auth.authenticate(req.headers()) {
-                    Ok(principal) => {
-                        let auditor = principal.institution == self.shared.ledger.institution()
-                            && self.shared.audit_roles.contains(&principal.role);
-                        self.ledger_api(&req, auditor).await
-                    }
+                    Ok(principal) => self.ledger_api(&req, &principal).await,
                     Err(error) => Err(ProxyError::Unauthorized(error)),
                 };
                 return (Some("ledger"), result);
             }
             _ => {}
         }
-        let mut admitted = match self.request_filter(&req) {
+        let admitted = match self.request_filter(&req) {
             Ok(admitted) => admitted,
             Err(error) => return (None, Err(error)),
         };
         let name = admitted.interaction.name();
-        let principal = match self.shared.auth.authenticate(req.headers()) {
-            Ok(principal) => principal,
-            Err(error) => return (Some(name), Err(ProxyError::Unauthorized(error))),
-        };
+        (Some(name), self.proxy_admitted(req, admitted, request_id).await)
+    }
+
+    /// The phases after `request_filter`: authenticate, plan, authorize, record the access,
+    /// seal, forward, commit, filter and unseal the answer.
+    async fn proxy_admitted(
+        &self,
+        req: Request<ProxyBody>,
+        mut admitted: Admitted,
+        request_id: &str,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let principal = self.shared.auth.authenticate(req.headers())?;
         tracing::debug!(principal = %principal.name, institution = %principal.institution, "authenticated");
+        let _permit = self.take_permit()?;
+        let accessor = audit::accessor(&principal, req.headers(), now_ms())?;
+        let (req, planned) = self.plan(req, &admitted).await?;
+        self.authorize(&principal, &planned.needs)?;
         // A read is recorded before it is forwarded; the record's flush runs beside the
         // upstream exchange and is awaited before the answer leaves.
-        let access = match self.record_access(&admitted.interaction, &principal, req.headers()) {
-            Ok(access) => access,
-            Err(error) => return (Some(name), Err(error)),
-        };
+        let access = self.record_access(&admitted.interaction, &accessor)?;
         let public_base = self.public_base(&req);
         let elements = elements_param(req.uri().query());
         let head = req.method() == Method::HEAD;
+        let format = Format::negotiate(req.uri().query(), req.headers());
         let result = async {
             if let Some((resource_type, id, version)) = verify_target(&admitted.interaction) {
-                let format = Format::negotiate(req.uri().query(), req.headers());
                 return self
                     .verify_operation(
                         req.method(),
@@ -274,10 +280,14 @@ impl Proxy {
                         id,
                         version,
                         format,
+                        principal.audits,
                     )
                     .await;
             }
-            let (req, pending) = match self.seal_request(req, &mut admitted, &principal).await? {
+            let (req, pending) = match self
+                .seal_request(req, planned.body, &mut admitted)
+                .await?
+            {
                 Sealed::Forward(req, pending) => (req, pending),
                 Sealed::Respond(response) => return Ok(response),
             };
@@ -288,13 +298,13 @@ impl Proxy {
                 .response_filter(response, &admitted.interaction, &public_base)
                 .await?;
             if principal.sees_identity && !head {
-                self.unseal_response(response, elements).await
+                self.unseal_response(response, elements, &accessor).await
             } else {
                 Ok(response)
             }
         }
         .await;
-        let result = match access {
+        match access {
             Some((event, flushed)) => {
                 let result = match flushed.await {
                     Ok(Ok(())) => result,
@@ -311,18 +321,44 @@ impl Proxy {
                 result
             }
             None => result,
-        };
-        (Some(name), result)
+        }
+    }
+
+    /// One permit of the concurrent-request limit, or 503 at once.
+    fn take_permit(&self) -> Result<OwnedSemaphorePermit, ProxyError> {
+        self.shared
+            .requests
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| ProxyError::Overloaded(self.shared.limits.max_concurrent))
+    }
+
+    /// The one permission check of a request, after authentication and before anything is
+    /// stored, forwarded or recorded: the principal's role must cover what the request needs.
+    /// Identity searches are also held to the principal's rate.
+    fn authorize(&self, principal: &Principal, needs: &Needs) -> Result<(), ProxyError> {
+        policy::authorize(&principal.role, &principal.rights, needs)?;
+        if needs.permissions.contains(&Permission::IdentitySearch) {
+            let key = format!("{}\0{}", principal.institution, principal.name);
+            let mut limiter = self
+                .shared
+                .identity_searches
+                .lock()
+                .map_err(|_| ProxyError::Internal("the rate limiter's lock is poisoned".to_owned()))?;
+            limiter
+                .take(&key, now_ms())
+                .map_err(|retry_after| ProxyError::Throttled { retry_after })?;
+        }
+        Ok(())
     }
 
     /// Queues the access event of a read and starts making it durable.
     fn record_access(
         &self,
         interaction: &Interaction,
-        principal: &fhirseal_adapters::auth::Principal,
-        headers: &HeaderMap,
+        accessor: &Accessor,
     ) -> Result<Option<RecordedAccess>, ProxyError> {
-        let Some(event) = audit::access_event(interaction, principal, headers, now_ms())? else {
+        let Some(event) = audit::access_event(interaction, accessor) else {
             return Ok(None);
         };
         self.shared.sealing.record_access(&event)?;
@@ -377,7 +413,7 @@ impl Proxy {
         Ok(Admitted {
             interaction,
             rel_path,
-            query: None,
+            query: UpstreamQuery::Client,
         })
     }
 
@@ -392,11 +428,10 @@ impl Proxy {
         let up = &self.shared.upstream;
         let (mut parts, body) = req.into_parts();
         let client = parts.extensions.get::<ClientAddr>().copied();
-        // `Some("")`: the request goes without the client's query (see `seal_phase`).
-        let query = match admitted.query.as_deref() {
-            Some("") => None,
-            Some(rewritten) => Some(rewritten),
-            None => parts.uri.query(),
+        let query = match &admitted.query {
+            UpstreamQuery::Client => parts.uri.query(),
+            UpstreamQuery::Rewritten(rewritten) => Some(rewritten.as_str()),
+            UpstreamQuery::Dropped => None,
         };
         let path_and_query = match query {
             Some(query) => format!("{}{}?{}", up.path, admitted.rel_path, query),
@@ -427,10 +462,11 @@ impl Proxy {
     /// Phase 3: the exchange with the upstream, under its timeout.
     pub(crate) async fn send(
         &self,
-        req: Request<ProxyBody>,
+        mut req: Request<ProxyBody>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
+        self.shared.upstream.outgoing(req.headers_mut());
         let timeout = self.shared.timeout;
-        let response = tokio::time::timeout(timeout, self.shared.client.request(req))
+        let response = tokio::time::timeout(timeout, self.shared.upstream.client.request(req))
             .await
             .map_err(|_| ProxyError::UpstreamTimeout(timeout.as_millis() as u64))?
             .map_err(|e| self.classify_client_error(e))?;
@@ -529,9 +565,15 @@ impl Proxy {
     /// Phase 5: an error as the client sees it.
     fn fail_to_proxy(&self, error: ProxyError, format: Format) -> Response<ProxyBody> {
         match error.side() {
-            crate::error::Side::Internal => tracing::error!(%error, "request failed"),
-            crate::error::Side::Upstream => tracing::warn!(%error, "upstream failed"),
-            crate::error::Side::Downstream => tracing::info!(%error, "request refused"),
+            crate::error::Side::Internal => {
+                tracing::error!(error = %error.log_text(), "request failed")
+            }
+            crate::error::Side::Upstream => {
+                tracing::warn!(error = %error.log_text(), "upstream failed")
+            }
+            crate::error::Side::Downstream => {
+                tracing::info!(error = %error.log_text(), "request refused")
+            }
         }
         error.into_response(format)
     }
@@ -544,7 +586,10 @@ impl Proxy {
             .header(header::ACCEPT, Format::Json.mime())
             .body(empty());
         let result = match req {
-            Ok(req) => tokio::time::timeout(READY_TIMEOUT, self.shared.client.request(req)).await,
+            Ok(mut req) => {
+                up.outgoing(req.headers_mut());
+                tokio::time::timeout(READY_TIMEOUT, up.client.request(req)).await
+            }
             Err(e) => {
                 return ProxyError::Internal(e.to_string()).into_response(Format::Json);
             }

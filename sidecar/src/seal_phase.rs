@@ -13,17 +13,19 @@
 use std::collections::{BTreeSet, HashMap};
 
 use bytes::Bytes;
-use fhirseal_adapters::auth::Principal;
+use fhirseal_adapters::scrub::Terms;
 use fhirseal_adapters::search::NO_MATCH;
 use fhirseal_adapters::{canonical, fhir, patch, Format, Interaction};
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use serde_json::Value;
 
+use crate::audit::{self, Accessor};
 use crate::body::{empty, full, ProxyBody};
 use crate::error::ProxyError;
-use crate::proxy::{collect_body, collect_limited, Admitted, BodyFrom, Proxy};
-use crate::sealing::{Prepared, SearchQueryError};
+use crate::plan::RequestBody;
+use crate::proxy::{collect_limited, Admitted, Proxy, UpstreamQuery};
+use crate::sealing::{Prepared, SealError, SearchQueryError, Sealing};
 
 /// What a write left to do once the upstream answers.
 pub(crate) enum Pending {
@@ -77,50 +79,77 @@ pub(crate) enum Sealed {
 const MAX_UNSEAL_RESPONSE: u64 = 256 * 1024 * 1024;
 
 impl Proxy {
+    /// Phase `seal_request`: the request as the upstream will see it, and what is left to do
+    /// once it answers. `body` is what `plan` read of the request.
     pub(crate) async fn seal_request(
         &self,
         req: Request<ProxyBody>,
+        body: RequestBody,
         admitted: &mut Admitted,
-        principal: &Principal,
     ) -> Result<Sealed, ProxyError> {
         let interaction = admitted.interaction.clone();
-        match interaction {
-            Interaction::SearchType { resource_type }
-            | Interaction::SearchCompartment { resource_type, .. } => {
-                self.seal_search(req, admitted, Some(&resource_type)).await
+        let forward = |req| Ok(Sealed::Forward(req, Box::new(Pending::Nothing)));
+        match (interaction, body) {
+            (
+                Interaction::SearchType { resource_type }
+                | Interaction::SearchCompartment { resource_type, .. },
+                body,
+            ) => {
+                let resource_type = (resource_type != "*").then_some(resource_type);
+                self.seal_search(req, body, admitted, resource_type.as_deref())
             }
-            Interaction::SearchSystem => self.seal_search(req, admitted, None).await,
-            Interaction::ConditionalDelete { resource_type } => {
+            (Interaction::SearchSystem, body) => self.seal_search(req, body, admitted, None),
+            (Interaction::ConditionalDelete { resource_type }, _) => {
                 if let Some(query) = req.uri().query() {
                     admitted.query = self.rewrite(Some(&resource_type), query)?;
                 }
-                Ok(Sealed::Forward(req, Box::new(Pending::Nothing)))
+                forward(req)
             }
-            Interaction::Create { resource_type } => {
-                self.seal_one(req, admitted, &resource_type, true).await
-            }
-            Interaction::Update { resource_type, .. } => {
-                self.seal_one(req, admitted, &resource_type, false).await
-            }
-            Interaction::ConditionalUpdate { resource_type } => {
-                if let Some(query) = req.uri().query() {
-                    admitted.query = self.rewrite(Some(&resource_type), query)?;
-                }
-                self.seal_one(req, admitted, &resource_type, false).await
-            }
-            Interaction::Patch { resource_type, id } => {
-                self.seal_patch(req, admitted, principal, &resource_type, &id)
+            (Interaction::Create { resource_type }, RequestBody::Resource(value)) => {
+                self.seal_one(req, value, admitted, &resource_type, true)
                     .await
             }
-            Interaction::ConditionalPatch { .. } => Err(ProxyError::NotSupported(
-                "conditional PATCH is not supported through fhirseal: read the resource, then PATCH it by id".to_owned(),
-            )),
-            Interaction::Bundle => self.seal_bundle(req).await,
-            _ => Ok(Sealed::Forward(req, Box::new(Pending::Nothing))),
+            (Interaction::Update { resource_type, .. }, RequestBody::Resource(value)) => {
+                self.seal_one(req, value, admitted, &resource_type, false)
+                    .await
+            }
+            (Interaction::ConditionalUpdate { resource_type }, RequestBody::Resource(value)) => {
+                if let Some(query) = req.uri().query() {
+                    admitted.query = self.rewrite(Some(&resource_type), query)?;
+                }
+                self.seal_one(req, value, admitted, &resource_type, false)
+                    .await
+            }
+            (Interaction::Patch { resource_type, id }, RequestBody::JsonPatch(patch)) => {
+                self.seal_patch(req, patch, admitted, &resource_type, &id)
+                    .await
+            }
+            (Interaction::Bundle, RequestBody::Resource(value)) => {
+                self.seal_bundle(req, value).await
+            }
+            (interaction, RequestBody::Streamed) if !interaction.is_write() => forward(req),
+            (interaction, _) => Err(ProxyError::Internal(format!(
+                "the plan read no body a {} can be sealed from",
+                interaction.name()
+            ))),
         }
     }
 
+    /// The query the upstream receives: identity criteria answered from the blind index.
     fn rewrite(
+        &self,
+        resource_type: Option<&str>,
+        query: &str,
+    ) -> Result<UpstreamQuery, ProxyError> {
+        Ok(match self.rewritten(resource_type, query)? {
+            Some(rewritten) => UpstreamQuery::Rewritten(rewritten),
+            None => UpstreamQuery::Client,
+        })
+    }
+
+    /// `query` with its identity criteria answered from the blind index; `None` when it has
+    /// none.
+    fn rewritten(
         &self,
         resource_type: Option<&str>,
         query: &str,
@@ -132,31 +161,21 @@ impl Proxy {
         }
     }
 
-    async fn seal_search(
+    fn seal_search(
         &self,
         req: Request<ProxyBody>,
+        body: RequestBody,
         admitted: &mut Admitted,
         resource_type: Option<&str>,
     ) -> Result<Sealed, ProxyError> {
         if let Some(query) = req.uri().query() {
             admitted.query = self.rewrite(resource_type, query)?;
         }
-        let form = req
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
-        if req.method() != Method::POST || !form {
+        let RequestBody::Form(form) = body else {
             return Ok(Sealed::Forward(req, Box::new(Pending::Nothing)));
-        }
-        let (mut parts, body) = req.into_parts();
-        let bytes = self.collect_request(body).await?;
-        let text = std::str::from_utf8(&bytes)
-            .map_err(|_| ProxyError::Invalid("the _search form is not UTF-8".to_owned()))?;
-        let body = match self.rewrite(resource_type, text)? {
-            Some(rewritten) => Bytes::from(rewritten),
-            None => bytes,
         };
+        let (mut parts, _) = req.into_parts();
+        let body = Bytes::from(self.rewritten(resource_type, &form)?.unwrap_or(form));
         parts
             .headers
             .insert(header::CONTENT_LENGTH, body.len().into());
@@ -166,17 +185,34 @@ impl Proxy {
         ))
     }
 
+    /// Splits one resource off the async workers (its split may unseal the identity of the
+    /// persons it refers to).
+    async fn prepare(
+        &self,
+        mut value: Value,
+        context: HashMap<String, String>,
+        terms: Terms,
+    ) -> Result<(Value, Prepared), ProxyError> {
+        let sealing = self.shared.sealing.clone();
+        tokio::task::spawn_blocking(move || {
+            let prepared = sealing.prepare(&mut value, &|r| context.get(r).cloned(), &terms)?;
+            Ok::<_, SealError>((value, prepared))
+        })
+        .await
+        .map_err(|e| ProxyError::Internal(e.to_string()))?
+        .map_err(prepare_error)
+    }
+
     /// Create, update, conditional update: one resource in the body.
     async fn seal_one(
         &self,
         req: Request<ProxyBody>,
+        value: Value,
         admitted: &mut Admitted,
         resource_type: &str,
         create: bool,
     ) -> Result<Sealed, ProxyError> {
-        let (mut parts, body) = req.into_parts();
-        let bytes = self.collect_request(body).await?;
-        let mut value = parse_body(&parts.headers, &bytes)?;
+        let (mut parts, _) = req.into_parts();
         let found = value
             .get("resourceType")
             .and_then(Value::as_str)
@@ -186,8 +222,12 @@ impl Proxy {
                 "the body is a {found} but the URL names {resource_type}"
             )));
         }
-        let prepared = self.shared.sealing.prepare(&mut value, &|_| None)?;
-        let surrogate = prepared.surrogate.clone();
+        let (value, prepared) = self
+            .prepare(value, HashMap::new(), Terms::new())
+            .await?;
+        // From here a surrogate made for this write is forgotten if any step fails.
+        let guard = Rollback::new(&self.shared.sealing, prepared);
+        let surrogate = guard.prepared().surrogate.clone();
         if create {
             if let Some(condition) = parts.headers.get("if-none-exist") {
                 let condition = condition
@@ -195,7 +235,7 @@ impl Proxy {
                     .map_err(|_| ProxyError::BadHeader("If-None-Exist is not ASCII".to_owned()))?
                     .to_owned();
                 let condition = condition.strip_prefix('?').unwrap_or(&condition);
-                if let Some(rewritten) = self.rewrite(Some(resource_type), condition)? {
+                if let Some(rewritten) = self.rewritten(Some(resource_type), condition)? {
                     match no_match_condition(&rewritten, surrogate.as_deref()) {
                         // No person matches the identity criteria and the resource is no
                         // person: nothing can match, and HAPI checks that what it creates
@@ -212,9 +252,9 @@ impl Proxy {
                 }
             }
         }
-        if let Some(query) = admitted.query.clone() {
+        if let UpstreamQuery::Rewritten(query) = admitted.query.clone() {
             match no_match_condition(&query, surrogate.as_deref()) {
-                Some(condition) => admitted.query = Some(condition),
+                Some(condition) => admitted.query = UpstreamQuery::Rewritten(condition),
                 None => {
                     // A conditional update whose identity criteria match no one creates the
                     // resource; HAPI would refuse criteria the new resource does not satisfy.
@@ -225,7 +265,7 @@ impl Proxy {
                             admitted.rel_path = format!("/{resource_type}");
                         }
                     }
-                    admitted.query = Some(String::new());
+                    admitted.query = UpstreamQuery::Dropped;
                 }
             }
         }
@@ -233,7 +273,7 @@ impl Proxy {
         Ok(Sealed::Forward(
             request,
             Box::new(Pending::One {
-                prepared,
+                prepared: guard.keep(),
                 create,
                 patch: false,
             }),
@@ -241,52 +281,16 @@ impl Proxy {
     }
 
     /// JSON Patch meets the whole resource here, then goes upstream as an update pinned to the
-    /// version it was applied to. FHIRPath Patch passes only where no identity can be touched.
+    /// version it was applied to. (Other patch formats are refused by `plan`.)
     async fn seal_patch(
         &self,
         req: Request<ProxyBody>,
+        patch_bytes: Bytes,
         admitted: &mut Admitted,
-        principal: &Principal,
         resource_type: &str,
         id: &str,
     ) -> Result<Sealed, ProxyError> {
-        let content_type = req
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .split(';')
-            .next()
-            .unwrap_or("")
-            .trim()
-            .to_ascii_lowercase();
-        if content_type != "application/json-patch+json" {
-            let sealing = &self.shared.sealing;
-            if content_type == "application/xml-patch+xml"
-                || sealing.profile().is_person(resource_type)
-            {
-                return Err(ProxyError::NotSupported(format!(
-                    "only JSON Patch (application/json-patch+json) can change a {resource_type} through fhirseal"
-                )));
-            }
-            // FHIRPath Patch of a resource that is no person: the upstream applies it, and the
-            // version it makes is anchored.
-            return Ok(Sealed::Forward(
-                req,
-                Box::new(Pending::One {
-                    prepared: Prepared::clinical_only(resource_type),
-                    create: false,
-                    patch: false,
-                }),
-            ));
-        }
-        if !principal.sees_identity {
-            return Err(ProxyError::Forbidden(
-                "JSON Patch is applied to the whole resource, identity included: this principal may not see identity".to_owned(),
-            ));
-        }
-        let (mut parts, body) = req.into_parts();
-        let patch_bytes = self.collect_request(body).await?;
+        let (mut parts, _) = req.into_parts();
         // The current version, as the upstream holds it.
         let url = format!("{}/{resource_type}/{id}", self.shared.upstream.base);
         let current = Request::get(url)
@@ -316,10 +320,15 @@ impl Proxy {
             // HAPI answers a patch whose test fails with 400; so does the sidecar.
             patch::PatchError::Failed(_) => ProxyError::Invalid(e.to_string()),
         })?;
+        fhir::check_depth(&serde_json::to_vec(&value).unwrap_or_default(), Format::Json)
+            .map_err(|e| ProxyError::Invalid(format!("the patched resource: {e}")))?;
         fhir::validate(&value).map_err(|e| {
             ProxyError::Unprocessable(format!("the patched resource is not valid: {e}"))
         })?;
-        let prepared = self.shared.sealing.prepare(&mut value, &|_| None)?;
+        let (value, prepared) = self
+            .prepare(value, HashMap::new(), Terms::new())
+            .await?;
+        let guard = Rollback::new(&self.shared.sealing, prepared);
         parts.method = Method::PUT;
         if !parts.headers.contains_key(header::IF_MATCH) {
             if let Some(version) = version {
@@ -336,7 +345,7 @@ impl Proxy {
         Ok(Sealed::Forward(
             request,
             Box::new(Pending::One {
-                prepared,
+                prepared: guard.keep(),
                 create: false,
                 patch: true,
             }),
@@ -344,10 +353,8 @@ impl Proxy {
     }
 
     /// A transaction or batch: every entry's resource is split; criteria are rewritten.
-    async fn seal_bundle(&self, req: Request<ProxyBody>) -> Result<Sealed, ProxyError> {
-        let (parts, body) = req.into_parts();
-        let bytes = self.collect_request(body).await?;
-        let mut value = parse_body(&parts.headers, &bytes)?;
+    async fn seal_bundle(&self, req: Request<ProxyBody>, value: Value) -> Result<Sealed, ProxyError> {
+        let (parts, _) = req.into_parts();
         if value.get("resourceType").and_then(Value::as_str) != Some("Bundle") {
             return Err(ProxyError::Invalid(
                 "a POST to the base must carry a transaction or batch Bundle".to_owned(),
@@ -359,43 +366,70 @@ impl Proxy {
                 "a Bundle of type '{kind}' cannot be processed: expected transaction or batch"
             )));
         }
-        let mut urn_types = HashMap::new();
-        for entry in value["entry"].as_array().into_iter().flatten() {
-            if let (Some(url), Some(ty)) = (
-                entry.get("fullUrl").and_then(Value::as_str),
-                entry
+        let sealing = self.shared.sealing.clone();
+        let (value, prepared) = tokio::task::spawn_blocking(move || {
+            let mut value = value;
+            let mut urn_types = HashMap::new();
+            // The persons the bundle writes: free text anywhere in it must not name them.
+            let mut terms = Terms::new();
+            for entry in value["entry"].as_array().into_iter().flatten() {
+                let Some(ty) = entry
                     .pointer("/resource/resourceType")
-                    .and_then(Value::as_str),
-            ) {
-                urn_types.insert(url.to_owned(), ty.to_owned());
+                    .and_then(Value::as_str)
+                else {
+                    continue;
+                };
+                if let Some(url) = entry.get("fullUrl").and_then(Value::as_str) {
+                    urn_types.insert(url.to_owned(), ty.to_owned());
+                }
+                if sealing.profile().is_person(ty) {
+                    terms.extend(&sealing.profile().terms_of(&entry["resource"]));
+                }
             }
-        }
-        let context = |reference: &str| urn_types.get(reference).cloned();
-        let mut prepared: Vec<Option<Prepared>> = Vec::new();
-        let result = self.seal_entries(&mut value, &context, &mut prepared);
-        if let Err(error) = result {
-            for p in prepared.iter().flatten() {
-                self.shared.sealing.rollback(p);
+            let context = |reference: &str| urn_types.get(reference).cloned();
+            let mut prepared = Vec::new();
+            let result = prepare_entries(&sealing, &mut value, &context, &terms, &mut prepared);
+            if let Err(error) = result {
+                for p in prepared.iter().flatten() {
+                    sealing.rollback(p);
+                }
+                return Err(error);
             }
-            return Err(error);
-        }
+            Ok((value, prepared))
+        })
+        .await
+        .map_err(|e| ProxyError::Internal(e.to_string()))??;
+        let guards: Vec<Option<Rollback<'_>>> = prepared
+            .into_iter()
+            .map(|p| p.map(|p| Rollback::new(&self.shared.sealing, p)))
+            .collect();
+        let mut value = value;
+        let surrogates: Vec<Option<String>> = guards
+            .iter()
+            .map(|g| g.as_ref().and_then(|g| g.prepared().surrogate.clone()))
+            .collect();
+        self.rewrite_entries(&mut value, &surrogates)?;
         let request = json_request(parts, &value)?;
         Ok(Sealed::Forward(
             request,
-            Box::new(Pending::Bundle(prepared)),
+            Box::new(Pending::Bundle(
+                guards.into_iter().map(|g| g.map(Rollback::keep)).collect(),
+            )),
         ))
     }
 
-    fn seal_entries(
+    /// The criteria of a batch's or transaction's entries (their URLs' queries and
+    /// `ifNoneExist`) answered from the blind index. `surrogates[i]` is the surrogate of entry
+    /// `i`'s person, when it writes one.
+    fn rewrite_entries(
         &self,
         bundle: &mut Value,
-        context: &dyn Fn(&str) -> Option<String>,
-        prepared: &mut Vec<Option<Prepared>>,
+        surrogates: &[Option<String>],
     ) -> Result<(), ProxyError> {
         let Some(entries) = bundle.get_mut("entry").and_then(Value::as_array_mut) else {
             return Ok(());
         };
-        for (index, entry) in entries.iter_mut().enumerate() {
+        for (entry, surrogate) in entries.iter_mut().zip(surrogates) {
             let method = entry
                 .pointer("/request/method")
                 .and_then(Value::as_str)
@@ -415,22 +449,8 @@ impl Proxy {
                 .pointer("/resource/id")
                 .and_then(Value::as_str)
                 .map(str::to_owned);
-            let this = match method.as_str() {
-                "POST" | "PUT" => match entry.get_mut("resource") {
-                    Some(resource) => Some(self.shared.sealing.prepare(resource, context)?),
-                    None => None,
-                },
-                "PATCH" => {
-                    return Err(ProxyError::NotSupported(format!(
-                        "Bundle entry {index}: PATCH entries are not supported through fhirseal; send the resource with PUT"
-                    )))
-                }
-                _ => None,
-            };
-            let surrogate = this.as_ref().and_then(|p| p.surrogate.clone());
-            prepared.push(this);
             if let Some(query) = query {
-                if let Some(rewritten) = self.rewrite(Some(&url_type), &query)? {
+                if let Some(rewritten) = self.rewritten(Some(&url_type), &query)? {
                     match no_match_condition(&rewritten, surrogate.as_deref()) {
                         Some(condition) => {
                             entry["request"]["url"] = Value::String(format!("{path}?{condition}"))
@@ -457,7 +477,7 @@ impl Proxy {
                 .map(str::to_owned)
             {
                 let condition = condition.strip_prefix('?').unwrap_or(&condition).to_owned();
-                if let Some(rewritten) = self.rewrite(Some(&url_type), &condition)? {
+                if let Some(rewritten) = self.rewritten(Some(&url_type), &condition)? {
                     match no_match_condition(&rewritten, surrogate.as_deref()) {
                         Some(condition) => {
                             entry["request"]["ifNoneExist"] = Value::String(condition);
@@ -775,11 +795,14 @@ impl Proxy {
         Ok((status, value))
     }
 
-    /// Phase `unseal_response`: identity merged back into every resource of the response.
+    /// Phase `unseal_response`: identity merged back into every resource of the response, and
+    /// each resource shown with identity recorded as an access event of its own, durable before
+    /// the answer leaves.
     pub(crate) async fn unseal_response(
         &self,
         response: Response<ProxyBody>,
         elements: Option<BTreeSet<String>>,
+        accessor: &Accessor,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let Some(format) = response_format(response.headers()) else {
             return Ok(response);
@@ -788,33 +811,127 @@ impl Proxy {
             return Ok(response);
         }
         let (mut parts, body) = response.into_parts();
-        let bytes = collect_limited(body, MAX_UNSEAL_RESPONSE).await?;
+        let limit = self.shared.limits.max_reidentify;
+        let bytes = collect_limited(body, limit).await.map_err(|e| match e {
+            ProxyError::UpstreamTooLarge { limit } => ProxyError::TooLargeToReidentify { limit },
+            other => other,
+        })?;
         if bytes.is_empty() || !contains(&bytes, b"versionId") {
             return Ok(Response::from_parts(parts, full(bytes)));
         }
         let sealing = self.shared.sealing.clone();
-        let out = tokio::task::spawn_blocking(move || -> Result<Bytes, ProxyError> {
+        let accessor = accessor.clone();
+        let (out, recorded) = tokio::task::spawn_blocking(move || -> Result<_, ProxyError> {
             let mut value = fhir::parse_lenient(&bytes, format)
                 .map_err(|e| ProxyError::UpstreamBody(e.to_string()))?;
-            if !sealing.reidentify(&mut value, elements.as_ref())? {
+            let shown = sealing.reidentify(&mut value, elements.as_ref())?;
+            if shown.is_empty() {
                 // Nothing of this response is in the vault: the upstream's bytes stand.
-                return Ok(bytes);
+                return Ok((bytes, false));
             }
-            fhir::serialize(&value, format)
+            for event in audit::reidentified_events(&accessor, &shown) {
+                sealing.record_access(&event)?;
+            }
+            let out = fhir::serialize(&value, format)
                 .map(Bytes::from)
-                .map_err(|e| ProxyError::Internal(e.to_string()))
+                .map_err(|e| ProxyError::Internal(e.to_string()))?;
+            Ok((out, true))
         })
         .await
         .map_err(|e| ProxyError::Internal(e.to_string()))??;
+        if recorded {
+            self.shared.sealing.durable().await?;
+        }
         parts
             .headers
             .insert(header::CONTENT_LENGTH, out.len().into());
         Ok(Response::from_parts(parts, full(out)))
     }
+}
 
-    /// Reads a client's body whole, under the body limit.
-    async fn collect_request(&self, body: ProxyBody) -> Result<Bytes, ProxyError> {
-        collect_body(body, self.shared.max_body, BodyFrom::Client).await
+/// Splits every entry's resource of a batch or transaction (PATCH entries are refused: the
+/// sidecar cannot see the whole resource they change). Blocking: splits may unseal.
+fn prepare_entries(
+    sealing: &Sealing,
+    bundle: &mut Value,
+    context: &dyn Fn(&str) -> Option<String>,
+    terms: &Terms,
+    prepared: &mut Vec<Option<Prepared>>,
+) -> Result<(), ProxyError> {
+    let Some(entries) = bundle.get_mut("entry").and_then(Value::as_array_mut) else {
+        return Ok(());
+    };
+    for (index, entry) in entries.iter_mut().enumerate() {
+        let method = entry
+            .pointer("/request/method")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned();
+        let this = match method.as_str() {
+            "POST" | "PUT" => match entry.get_mut("resource") {
+                Some(resource) => Some(
+                    sealing
+                        .prepare(resource, context, terms)
+                        .map_err(prepare_error)?,
+                ),
+                None => None,
+            },
+            "PATCH" => {
+                return Err(ProxyError::NotSupported(format!(
+                    "Bundle entry {index}: PATCH entries are not supported through fhirseal; send the resource with PUT"
+                )))
+            }
+            _ => None,
+        };
+        prepared.push(this);
+    }
+    Ok(())
+}
+
+/// A split that failed: the client's fault when its resource refers to too many persons.
+fn prepare_error(error: SealError) -> ProxyError {
+    match error {
+        SealError::TooManyPersons(_) => ProxyError::Unprocessable(error.to_string()),
+        other => ProxyError::Seal(other),
+    }
+}
+
+/// Undo by guard: what `prepare` stored for a write (a surrogate made for its person) is
+/// forgotten when the guard drops, unless the write goes ahead ([`Rollback::keep`]), so that
+/// every early exit between the split and the upstream's answer is covered.
+struct Rollback<'a> {
+    sealing: &'a Sealing,
+    prepared: Option<Prepared>,
+}
+
+impl<'a> Rollback<'a> {
+    fn new(sealing: &'a Sealing, prepared: Prepared) -> Rollback<'a> {
+        Rollback {
+            sealing,
+            prepared: Some(prepared),
+        }
+    }
+
+    fn prepared(&self) -> &Prepared {
+        // Set in `new`, taken only by `keep` and `drop`, which consume the guard.
+        self.prepared
+            .as_ref()
+            .unwrap_or_else(|| unreachable!("a rollback guard holds its write until kept"))
+    }
+
+    /// The write goes ahead: its pending part is the caller's to commit or roll back.
+    fn keep(mut self) -> Prepared {
+        self.prepared
+            .take()
+            .unwrap_or_else(|| unreachable!("a rollback guard holds its write until kept"))
+    }
+}
+
+impl Drop for Rollback<'_> {
+    fn drop(&mut self) {
+        if let Some(prepared) = self.prepared.take() {
+            self.sealing.rollback(&prepared);
+        }
     }
 }
 
@@ -841,25 +958,6 @@ fn no_match_condition(rewritten: &str, surrogate: Option<&str>) -> Option<String
             .collect::<Vec<_>>()
             .join("&"),
     )
-}
-
-/// A client's FHIR body, parsed strictly (unknown elements refused).
-fn parse_body(headers: &http::HeaderMap, bytes: &[u8]) -> Result<Value, ProxyError> {
-    let format = Format::of_body(headers).ok_or_else(|| {
-        ProxyError::UnsupportedMediaType(
-            headers
-                .get(header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("(none)")
-                .to_owned(),
-        )
-    })?;
-    fhir::parse_strict(bytes, format).map_err(|e| match e {
-        fhir::ParseError::XmlTooLarge { limit } => ProxyError::BodyTooLarge {
-            limit: limit as u64,
-        },
-        other => ProxyError::Invalid(other.to_string()),
-    })
 }
 
 /// The clinical part as the request the upstream receives (always JSON).

@@ -5,7 +5,8 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use fhirseal_adapters::profile::{IdentityPart, Profile};
+use fhirseal_adapters::profile::{IdentityPart, Profile, SplitContext};
+use fhirseal_adapters::scrub::Terms;
 use fhirseal_adapters::search::{self, SearchError};
 use fhirseal_adapters::{identity, profile};
 use fhirseal_storage::{
@@ -30,7 +31,16 @@ pub enum SealError {
     Flusher,
     #[error("the vault could not be flushed to disk: {0}")]
     Flush(String),
+    #[error("the resource refers to more than {0} persons: fhirseal cannot check its free text for all of their identities")]
+    TooManyPersons(usize),
 }
+
+/// Most persons one written resource may refer to: each is a vault read and an unseal, to learn
+/// the identity its free text must not hold.
+pub const MAX_REFERENCED_PERSONS: usize = 1024;
+
+/// A resource the upstream showed, with identity merged back: (type, id, version).
+pub type Shown = (String, String, String);
 
 /// A resource split for the upstream, waiting to learn its id and version.
 #[derive(Debug)]
@@ -122,17 +132,26 @@ impl Sealing {
     }
 
     /// Splits `resource` in place into its clinical part. `context` names the resource type
-    /// behind a `urn:uuid:` reference of the same bundle.
+    /// behind a `urn:uuid:` reference of the same bundle; `terms` are the identities of persons
+    /// written in the same request, which free text must not name. The identities of the
+    /// persons it refers to by literal reference come from the vault. Unsealing those may need
+    /// an RSA private-key operation: call from a blocking thread.
     pub fn prepare(
         &self,
         resource: &mut Value,
         context: &dyn Fn(&str) -> Option<String>,
+        terms: &Terms,
     ) -> Result<Prepared, SealError> {
         let resource_type = resource
             .get("resourceType")
             .and_then(Value::as_str)
             .unwrap_or_default()
             .to_owned();
+        let terms = self.terms_of_referenced(resource, terms)?;
+        let context = SplitContext {
+            reference_type: context,
+            terms: &terms,
+        };
         if self.profile.is_person(&resource_type) {
             let fingerprint = match identity::identity_key(resource, &self.identity_systems) {
                 Some(key) => Fingerprint::of(&self.keys.link_key, &key),
@@ -144,7 +163,9 @@ impl Sealing {
                 .map(|(k, v)| blind_token(&self.keys.index_key, k, v))
                 .collect();
             let (surrogate, made) = self.vault.surrogate(&fingerprint)?;
-            let identity = self.profile.split(resource, Some(&surrogate), context);
+            let identity = self
+                .profile
+                .split_with(resource, Some(&surrogate), &context);
             return Ok(Prepared {
                 resource_type,
                 fingerprint,
@@ -154,7 +175,7 @@ impl Sealing {
                 surrogate: Some(surrogate),
             });
         }
-        let identity = self.profile.split(resource, None, context);
+        let identity = self.profile.split_with(resource, None, &context);
         // The person it is about, for the anchor (and the sealed record, if any).
         let fingerprint = self.person_of(resource)?.unwrap_or(Fingerprint([0; 32]));
         Ok(Prepared {
@@ -165,6 +186,27 @@ impl Sealing {
             new_surrogate: None,
             surrogate: None,
         })
+    }
+
+    /// `terms` and the identity terms of every person `resource` refers to by literal
+    /// reference, from the identity of their latest sealed version.
+    fn terms_of_referenced(&self, resource: &Value, terms: &Terms) -> Result<Terms, SealError> {
+        let persons = self.profile.referenced_persons(resource);
+        if persons.len() > MAX_REFERENCED_PERSONS {
+            return Err(SealError::TooManyPersons(MAX_REFERENCED_PERSONS));
+        }
+        let mut all = terms.clone();
+        for (resource_type, id) in persons {
+            let Some(record) = self.vault.latest_record(&resource_type, &id)? else {
+                continue;
+            };
+            let plain = self
+                .sealer
+                .unseal(&record, |key_id| self.vault.wrapped_key(key_id))?;
+            let part = IdentityPart::from_bytes(&plain).map_err(SealError::Identity)?;
+            all.extend(&part.terms());
+        }
+        Ok(all)
     }
 
     /// The fingerprint of the person a clinical resource is about (its `subject` or `patient`).
@@ -264,36 +306,52 @@ impl Sealing {
         }
     }
 
-    /// Merges identity back into a resource or into every resource of a Bundle; returns whether
-    /// anything was merged. Unsealing may need an RSA private-key operation: call from a
-    /// blocking thread.
+    /// Merges identity back into a resource, or into every resource of a Bundle (and of the
+    /// Bundles a batch answer holds); returns the resources it merged identity into. Unsealing
+    /// may need an RSA private-key operation: call from a blocking thread.
     pub fn reidentify(
         &self,
         value: &mut Value,
         elements: Option<&BTreeSet<String>>,
-    ) -> Result<bool, SealError> {
+    ) -> Result<Vec<Shown>, SealError> {
+        let mut shown = Vec::new();
+        self.reidentify_into(value, elements, &mut shown)?;
+        Ok(shown)
+    }
+
+    fn reidentify_into(
+        &self,
+        value: &mut Value,
+        elements: Option<&BTreeSet<String>>,
+        shown: &mut Vec<Shown>,
+    ) -> Result<(), SealError> {
         if value.get("resourceType").and_then(Value::as_str) == Some("Bundle") {
-            let mut changed = false;
+            // A Bundle stored as a resource has a sealed record of its own.
+            if let Some(one) = self.reidentify_one(value, elements)? {
+                shown.push(one);
+                return Ok(());
+            }
             if let Some(entries) = value.get_mut("entry").and_then(Value::as_array_mut) {
                 for entry in entries {
                     if let Some(resource) = entry.get_mut("resource") {
-                        changed |= self.reidentify_one(resource, elements)?;
+                        self.reidentify_into(resource, elements, shown)?;
                     }
                 }
             }
-            return Ok(changed);
+            return Ok(());
         }
-        self.reidentify_one(value, elements)
+        shown.extend(self.reidentify_one(value, elements)?);
+        Ok(())
     }
 
     fn reidentify_one(
         &self,
         resource: &mut Value,
         elements: Option<&BTreeSet<String>>,
-    ) -> Result<bool, SealError> {
+    ) -> Result<Option<Shown>, SealError> {
         let text = |key: &str| resource.get(key).and_then(Value::as_str).map(str::to_owned);
         let (Some(resource_type), Some(id)) = (text("resourceType"), text("id")) else {
-            return Ok(false);
+            return Ok(None);
         };
         let Some(version) = resource
             .get("meta")
@@ -301,10 +359,10 @@ impl Sealing {
             .and_then(Value::as_str)
             .map(str::to_owned)
         else {
-            return Ok(false);
+            return Ok(None);
         };
         let Some(part) = self.identity(&resource_type, &id, &version)? else {
-            return Ok(false);
+            return Ok(None);
         };
         match elements {
             None => part.merge_into(resource),
@@ -313,20 +371,13 @@ impl Sealing {
                     entries: part
                         .entries
                         .into_iter()
-                        .filter(|(pointer, _)| {
-                            let top = pointer
-                                .trim_start_matches('+')
-                                .split('/')
-                                .nth(1)
-                                .unwrap_or("");
-                            wanted.contains(top)
-                        })
+                        .filter(|(pointer, _)| wanted.contains(IdentityPart::top_element(pointer)))
                         .collect(),
                 };
                 kept.merge_into(resource);
             }
         }
-        Ok(true)
+        Ok(Some((resource_type, id, version)))
     }
 
     /// The identity part of one stored version, if it has one.

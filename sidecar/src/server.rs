@@ -25,6 +25,9 @@ use crate::tls::{self, TlsError};
 
 /// A client has this long to finish the TLS handshake.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// HTTP/2 connections are pinged when idle this long, and closed when a ping goes unanswered
+/// as long.
+const HTTP2_KEEP_ALIVE: Duration = Duration::from_secs(30);
 /// Open requests get this long to finish once shutdown begins.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -61,6 +64,10 @@ pub struct Sidecar {
     anchorer: Option<(JoinHandle<()>, watch::Sender<bool>)>,
     tls: Option<TlsAcceptor>,
     header_read_timeout: Duration,
+    /// One permit per open client connection.
+    connections: Arc<tokio::sync::Semaphore>,
+    max_http2_streams: u32,
+    max_header_bytes: usize,
 }
 
 impl std::fmt::Debug for Sidecar {
@@ -98,6 +105,9 @@ impl Sidecar {
             anchorer: Some((anchorer, stop)),
             tls,
             header_read_timeout: Duration::from_secs(config.server.header_read_timeout_secs),
+            connections: Arc::new(tokio::sync::Semaphore::new(config.server.max_connections)),
+            max_http2_streams: config.server.max_http2_streams,
+            max_header_bytes: config.server.max_header_bytes,
         })
     }
 
@@ -129,6 +139,15 @@ impl Sidecar {
         let graceful = GracefulShutdown::new();
         tokio::pin!(shutdown);
         loop {
+            // At the connection limit, accepting waits: further clients queue in the kernel's
+            // listen backlog instead of each costing a task.
+            let permit = tokio::select! {
+                permit = self.connections.clone().acquire_owned() => match permit {
+                    Ok(permit) => permit,
+                    Err(_) => break,
+                },
+                () = &mut shutdown => break,
+            };
             let (stream, peer) = tokio::select! {
                 accepted = self.listener.accept() => match accepted {
                     Ok(pair) => pair,
@@ -149,8 +168,10 @@ impl Sidecar {
             let proxy = self.proxy.clone();
             let tls = self.tls.clone();
             let header_read_timeout = self.header_read_timeout;
+            let (max_streams, max_header) = (self.max_http2_streams, self.max_header_bytes);
             let watcher = graceful.watcher();
             tokio::spawn(async move {
+                let _permit = permit;
                 let service = service_fn(move |mut req: hyper::Request<Incoming>| {
                     req.extensions_mut().insert(ClientAddr(peer));
                     let response = proxy.handle(req);
@@ -160,7 +181,15 @@ impl Sidecar {
                 builder
                     .http1()
                     .timer(TokioTimer::new())
-                    .header_read_timeout(header_read_timeout);
+                    .header_read_timeout(header_read_timeout)
+                    .max_buf_size(max_header);
+                builder
+                    .http2()
+                    .timer(TokioTimer::new())
+                    .max_concurrent_streams(max_streams)
+                    .max_header_list_size(u32::try_from(max_header).unwrap_or(u32::MAX))
+                    .keep_alive_interval(Some(HTTP2_KEEP_ALIVE))
+                    .keep_alive_timeout(HTTP2_KEEP_ALIVE);
                 let result = match tls {
                     Some(acceptor) => {
                         match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream))

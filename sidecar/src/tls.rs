@@ -22,9 +22,8 @@ pub(crate) fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// The listener's server config: the PEM chain at `cert`, the PEM key at `key`, ALPN for
-/// HTTP/2 and HTTP/1.1. The key's contents never appear in an error.
-pub fn server_config(cert: &Path, key: &Path) -> Result<rustls::ServerConfig, TlsError> {
+/// A PEM certificate chain; the error names the file.
+fn read_chain(cert: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
         .and_then(|iter| iter.collect::<Result<_, _>>())
         .map_err(|e| TlsError::Cert {
@@ -37,13 +36,24 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<rustls::ServerConfig, Tl
             reason: "no certificate in the file".to_owned(),
         });
     }
-    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| TlsError::Key {
+    Ok(chain)
+}
+
+/// A PEM private key; the error names the file, never its contents.
+fn read_key(key: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    PrivateKeyDer::from_pem_file(key).map_err(|e| TlsError::Key {
         path: key.display().to_string(),
         reason: match e {
             rustls::pki_types::pem::Error::NoItemsFound => "no private key in the file".to_owned(),
             other => other.to_string(),
         },
-    })?;
+    })
+}
+
+/// The listener's server config: the PEM chain at `cert`, the PEM key at `key`, ALPN for
+/// HTTP/2 and HTTP/1.1. The key's contents never appear in an error.
+pub fn server_config(cert: &Path, key: &Path) -> Result<rustls::ServerConfig, TlsError> {
+    let (chain, key) = (read_chain(cert)?, read_key(key)?);
     let mut config = rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
@@ -52,10 +62,14 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<rustls::ServerConfig, Tl
     Ok(config)
 }
 
-/// The client config for HTTPS upstreams: the platform's trusted roots. A machine without any
-/// can still proxy to plain-HTTP upstreams; HTTPS ones then fail with an unknown-issuer error
-/// that names the cause.
-pub fn upstream_client_config() -> Result<rustls::ClientConfig, TlsError> {
+/// The client config for HTTPS upstreams: the platform's trusted roots and those of `ca_file`,
+/// and the client certificate and key of `client`, when given. A machine without any roots can
+/// still proxy to plain-HTTP upstreams; HTTPS ones then fail with an unknown-issuer error that
+/// names the cause.
+pub fn upstream_client_config(
+    ca_file: Option<&Path>,
+    client: Option<(&Path, &Path)>,
+) -> Result<rustls::ClientConfig, TlsError> {
     let mut roots = rustls::RootCertStore::empty();
     let native = rustls_native_certs::load_native_certs();
     for error in &native.errors {
@@ -63,8 +77,20 @@ pub fn upstream_client_config() -> Result<rustls::ClientConfig, TlsError> {
     }
     let (added, ignored) = roots.add_parsable_certificates(native.certs);
     tracing::debug!(added, ignored, "platform roots for HTTPS upstreams");
-    Ok(rustls::ClientConfig::builder_with_provider(provider())
+    if let Some(ca_file) = ca_file {
+        let (added, _) = roots.add_parsable_certificates(read_chain(ca_file)?);
+        if added == 0 {
+            return Err(TlsError::Cert {
+                path: ca_file.display().to_string(),
+                reason: "no usable CA certificate in the file".to_owned(),
+            });
+        }
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth())
+        .with_root_certificates(roots);
+    Ok(match client {
+        Some((cert, key)) => builder.with_client_auth_cert(read_chain(cert)?, read_key(key)?)?,
+        None => builder.with_no_client_auth(),
+    })
 }

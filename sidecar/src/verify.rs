@@ -9,7 +9,8 @@
 
 use base64::Engine as _;
 use bytes::Bytes;
-use fhirseal_adapters::auth::ApiKeyTable;
+use fhirseal_adapters::auth::{ApiKeyTable, Principal};
+use fhirseal_adapters::policy::{Denied, Permission};
 use fhirseal_adapters::{canonical, fhir, Format, RouteError};
 use fhirseal_consensus::{
     AnchorProof, Chain, ChainCheck, ChainStore, FinalizedBlock, Hash256, MerkleProof, Transaction,
@@ -172,6 +173,7 @@ impl Proxy {
         id: &str,
         version: Option<&str>,
         format: Format,
+        audit: bool,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         if method != Method::GET {
             return Err(ProxyError::Route(RouteError::Method {
@@ -218,19 +220,21 @@ impl Proxy {
         if check.proof.is_none() && !check.pending && check.upstream_hash.is_none() {
             return Err(absent(resource_type, id, Some(&version), status));
         }
-        let parameters = parameters(&check, self.shared.ledger.institution());
+        let parameters = parameters(&check, self.shared.ledger.institution(), audit);
         let body = fhir::serialize(&parameters, format)
             .map_err(|e| ProxyError::Internal(e.to_string()))?;
         Ok(fhir_response(StatusCode::OK, body, format))
     }
 
     /// `/ledger/…`: `status`, `blocks/{height}`, `proofs/{type}/{id}/{version}`, `verify`.
-    /// Blocks show their access events to an `auditor` only.
+    /// Access events and fingerprints are shown to principals who audit only; `verify` is theirs
+    /// alone.
     pub(crate) async fn ledger_api(
         &self,
         req: &Request<ProxyBody>,
-        auditor: bool,
+        principal: &Principal,
     ) -> Result<Response<ProxyBody>, ProxyError> {
+        let auditor = principal.audits;
         if req.method() != Method::GET {
             return Err(ProxyError::Route(RouteError::Method {
                 method: req.method().clone(),
@@ -268,7 +272,7 @@ impl Proxy {
                 })
                 .await?;
                 match found {
-                    Some((proof, fault)) => proof_json(&proof, fault.as_deref()),
+                    Some((proof, fault)) => proof_json(&proof, fault.as_deref(), auditor),
                     None => {
                         return Err(ProxyError::NotFound(format!(
                             "{ty}/{id}/_history/{version} is not anchored"
@@ -277,6 +281,12 @@ impl Proxy {
                 }
             }
             ["verify"] => {
+                if !auditor {
+                    return Err(ProxyError::Denied(Denied::Permission {
+                        role: principal.role.clone(),
+                        permission: Permission::Audit,
+                    }));
+                }
                 let check = blocking(move || ledger.verify_chain()).await?;
                 match check {
                     ChainCheck::Valid { blocks } => json!({"valid": true, "blocks": blocks}),
@@ -366,8 +376,9 @@ fn path_part(name: &str, path: &MerkleProof) -> Value {
     json!({"name": name, "part": parts})
 }
 
-/// The `Parameters` answer of `$verify`.
-pub fn parameters(check: &VersionCheck, institution: &str) -> Value {
+/// The `Parameters` answer of `$verify`. The fingerprint (and the encoded proof, which holds
+/// it) only for those who audit: it links a person's records.
+pub fn parameters(check: &VersionCheck, institution: &str, audit: bool) -> Value {
     let mut out = vec![
         string("resource", check.resource()),
         string("institution", institution),
@@ -386,7 +397,9 @@ pub fn parameters(check: &VersionCheck, institution: &str) -> Value {
     if let Some(proof) = &check.proof {
         let header = &proof.header;
         out.push(string("anchoredHash", hex(&proof.entry.clinical_hash)));
-        out.push(string("fingerprint", hex(&proof.entry.fingerprint)));
+        if audit {
+            out.push(string("fingerprint", hex(&proof.entry.fingerprint)));
+        }
         out.push(string("sealedAddress", hex(&proof.entry.sealed_address)));
         out.push(boolean("proofValid", check.proof_fault.is_none()));
         out.push(unsigned("blockHeight", header.height));
@@ -414,10 +427,12 @@ pub fn parameters(check: &VersionCheck, institution: &str) -> Value {
             })
             .collect();
         out.push(json!({"name": "finalityCertificate", "part": signatures}));
-        out.push(json!({
-            "name": "proof",
-            "valueBase64Binary": base64::engine::general_purpose::STANDARD.encode(proof.to_bytes()),
-        }));
+        if audit {
+            out.push(json!({
+                "name": "proof",
+                "valueBase64Binary": base64::engine::general_purpose::STANDARD.encode(proof.to_bytes()),
+            }));
+        }
     }
     if let Some(problem) = check.problem() {
         out.push(string("issue", problem));
@@ -426,7 +441,8 @@ pub fn parameters(check: &VersionCheck, institution: &str) -> Value {
 }
 
 /// A block as JSON: header, certificate, and every transaction with its items; access events
-/// only `with_events` (else their batch says `eventsWithheld`).
+/// and fingerprints only `with_events` (for those who audit; else an access batch says
+/// `eventsWithheld` and anchors show no fingerprint).
 pub fn block_json(block: &FinalizedBlock, with_events: bool) -> Value {
     let header = block.header();
     let transactions: Vec<Value> = block
@@ -450,12 +466,15 @@ pub fn block_json(block: &FinalizedBlock, with_events: bool) -> Value {
                         .entries
                         .iter()
                         .map(|e| {
-                            json!({
+                            let mut entry = json!({
                                 "resource": e.resource(),
-                                "fingerprint": hex(&e.fingerprint),
                                 "sealedAddress": hex(&e.sealed_address),
                                 "clinicalHash": hex(&e.clinical_hash),
-                            })
+                            });
+                            if with_events {
+                                entry["fingerprint"] = json!(hex(&e.fingerprint));
+                            }
+                            entry
                         })
                         .collect();
                 }
@@ -474,6 +493,7 @@ pub fn block_json(block: &FinalizedBlock, with_events: bool) -> Value {
                                 "version": e.version_id,
                                 "purposeOfUse": e.purpose_of_use,
                                 "time": crate::audit::instant(e.time.0),
+                                "reidentified": e.reidentified,
                             })
                         })
                         .collect();
@@ -501,8 +521,9 @@ pub fn block_json(block: &FinalizedBlock, with_events: bool) -> Value {
     })
 }
 
-/// An anchor proof as JSON, with its encoding for offline checks.
-pub fn proof_json(proof: &AnchorProof, fault: Option<&str>) -> Value {
+/// An anchor proof as JSON, with its encoding for offline checks; the fingerprint and the
+/// encoding (which holds it) only for those who `audit`.
+pub fn proof_json(proof: &AnchorProof, fault: Option<&str>, audit: bool) -> Value {
     let path = |p: &MerkleProof| {
         json!({
             "index": p.index,
@@ -510,11 +531,10 @@ pub fn proof_json(proof: &AnchorProof, fault: Option<&str>) -> Value {
             "siblings": p.siblings.iter().map(Hash256::to_hex).collect::<Vec<_>>(),
         })
     };
-    json!({
+    let mut out = json!({
         "resource": proof.entry.resource(),
         "institution": proof.entry.institution,
         "clinicalHash": hex(&proof.entry.clinical_hash),
-        "fingerprint": hex(&proof.entry.fingerprint),
         "sealedAddress": hex(&proof.entry.sealed_address),
         "batch": hex(&proof.batch.id.0),
         "entryPath": path(&proof.entry_path),
@@ -523,8 +543,12 @@ pub fn proof_json(proof: &AnchorProof, fault: Option<&str>) -> Value {
         "blockHash": proof.header.hash().to_hex(),
         "valid": fault.is_none(),
         "fault": fault,
-        "encoded": base64::engine::general_purpose::STANDARD.encode(proof.to_bytes()),
-    })
+    });
+    if audit {
+        out["fingerprint"] = json!(hex(&proof.entry.fingerprint));
+        out["encoded"] = json!(base64::engine::general_purpose::STANDARD.encode(proof.to_bytes()));
+    }
+    out
 }
 
 /// What the `fhirseal ledger` commands work on: a stopped node's ledger and vault (sled lets one

@@ -82,6 +82,9 @@ pub struct PendingAccess {
     pub purpose_of_use: String,
     /// When, in milliseconds since the Unix epoch.
     pub time_ms: u64,
+    /// `false`: the request (a read, a search); `true`: one resource shown with its identity
+    /// merged back.
+    pub reidentified: bool,
 }
 
 impl PendingAccess {
@@ -93,14 +96,20 @@ impl PendingAccess {
             self.version.as_bytes(),
             self.purpose_of_use.as_bytes(),
             &self.time_ms.to_be_bytes(),
+            &[u8::from(self.reidentified)],
         ])
     }
 
     fn decode(bytes: &[u8]) -> Result<Self> {
-        let parts = split_fields::<6>(bytes, ACCESS_TREE)?;
+        let parts = split_fields::<7>(bytes, ACCESS_TREE)?;
         let time: [u8; 8] = parts[5]
             .try_into()
             .map_err(|_| corrupt(ACCESS_TREE, "time is not 8 bytes"))?;
+        let reidentified = match parts[6] {
+            [0] => false,
+            [1] => true,
+            _ => return Err(corrupt(ACCESS_TREE, "the re-identified flag is not 0 or 1")),
+        };
         Ok(Self {
             principal: text(parts[0], ACCESS_TREE)?,
             resource_type: text(parts[1], ACCESS_TREE)?,
@@ -108,6 +117,7 @@ impl PendingAccess {
             version: text(parts[3], ACCESS_TREE)?,
             purpose_of_use: text(parts[4], ACCESS_TREE)?,
             time_ms: u64::from_be_bytes(time),
+            reidentified,
         })
     }
 }
@@ -283,6 +293,7 @@ mod tests {
                 version: String::new(),
                 purpose_of_use: "TREAT".into(),
                 time_ms: 1_700_000_000_000,
+                reidentified: true,
             };
             outbox.push_access(&event).unwrap();
             db.flush().unwrap();

@@ -256,6 +256,31 @@ impl Vault {
         SealedRecord::decode(&bytes).map(Some)
     }
 
+    /// The sealed record of a resource's latest version that has one (versions compared as
+    /// numbers when they are, as FHIR servers number them).
+    pub fn latest_record(&self, resource_type: &str, id: &str) -> Result<Option<SealedRecord>> {
+        let mut prefix = resource_key(resource_type, id);
+        prefix.push(0);
+        let mut latest: Option<(Vec<u8>, sled::IVec)> = None;
+        for entry in self.resources.scan_prefix(&prefix) {
+            let (key, address) = entry?;
+            let version = key[prefix.len()..].to_vec();
+            let newer = latest.as_ref().is_none_or(|(best, _)| {
+                (version.len(), &version) > (best.len(), best)
+            });
+            if newer {
+                latest = Some((version, address));
+            }
+        }
+        let Some((_, address)) = latest else {
+            return Ok(None);
+        };
+        let bytes = self.records.get(&address)?.ok_or_else(|| {
+            StorageError::Corrupt(format!("record {} is indexed but absent", hex(&address)))
+        })?;
+        SealedRecord::decode(&bytes).map(Some)
+    }
+
     /// The fingerprint of the person a stored resource belongs to (from any of its versions).
     pub fn fingerprint_of_resource(
         &self,

@@ -72,6 +72,7 @@ fn sample_block() -> FinalizedBlock {
             version_id: String::new(),
             purpose_of_use: "TREAT".into(),
             time: Timestamp(1_700_000_000_000),
+            reidentified: true,
         }],
         &institution_key(),
     )

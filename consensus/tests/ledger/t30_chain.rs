@@ -179,6 +179,7 @@ async fn access_batches_are_anchored_too() {
             version_id: "3".into(),
             purpose_of_use: "TREAT".into(),
             time: Timestamp(77),
+            reidentified: false,
         }],
         &institution_key(),
     )

@@ -1,0 +1,276 @@
+//! The plan phase, between `request_filter` and `seal_request`: what the request carries is
+//! read and parsed (under the body limit and the body read time, refused when nested too deep,
+//! parsed off the async workers), and what it needs — the permissions the policy checks in
+//! `Proxy::authorize` — is worked out from the interaction, its query and conditions, and for a
+//! batch or transaction from every entry. Nothing is stored or forwarded before that check.
+
+use bytes::Bytes;
+use fhirseal_adapters::policy::{self, EntryError, Needs, Permission};
+use fhirseal_adapters::search;
+use fhirseal_adapters::{fhir, Format, Interaction};
+use http::header::{self, HeaderMap};
+use http::{Method, Request};
+use http_body::Body as _;
+use serde_json::Value;
+
+use crate::body::{empty, ProxyBody};
+use crate::error::ProxyError;
+use crate::proxy::{collect_body, Admitted, BodyFrom, Proxy};
+
+/// What the sidecar read of a request's body.
+#[derive(Debug)]
+pub(crate) enum RequestBody {
+    /// Nothing: there is none, or it streams through unread (a server-administration
+    /// operation's parameters).
+    Streamed,
+    /// A FHIR resource or Bundle, parsed strictly, as JSON.
+    Resource(Value),
+    /// A JSON Patch document, as sent.
+    JsonPatch(Bytes),
+    /// A `_search` form (`application/x-www-form-urlencoded`).
+    Form(String),
+}
+
+/// A request read and understood: its body, and what it needs.
+#[derive(Debug)]
+pub(crate) struct Planned {
+    pub(crate) body: RequestBody,
+    pub(crate) needs: Needs,
+}
+
+/// What kind of body an interaction carries.
+enum Carries {
+    Nothing,
+    Resource,
+    JsonPatch,
+    Form,
+    /// Passed through unread: only server-administration operations may send one.
+    Parameters,
+}
+
+impl Proxy {
+    /// Reads and parses the request's body where the sidecar needs it, and works out what the
+    /// request needs. The request comes back without the body it read.
+    pub(crate) async fn plan(
+        &self,
+        req: Request<ProxyBody>,
+        admitted: &Admitted,
+    ) -> Result<(Request<ProxyBody>, Planned), ProxyError> {
+        let interaction = &admitted.interaction;
+        let has_body = !req.body().is_end_stream() && req.body().size_hint().exact() != Some(0);
+        let carries = carries(interaction, req.method(), req.headers(), has_body)?;
+        let (parts, body) = req.into_parts();
+        let (body, read) = match carries {
+            Carries::Nothing | Carries::Parameters => {
+                if has_body && matches!(carries, Carries::Nothing) {
+                    return Err(ProxyError::Invalid(format!(
+                        "a {} request carries no body: fhirseal does not forward one",
+                        interaction.name()
+                    )));
+                }
+                if has_body {
+                    if let Some(name) = operation_name(interaction) {
+                        if !policy::is_admin_operation(name) {
+                            return Err(ProxyError::NotSupported(format!(
+                                "${name} is forwarded only without a body (use GET): parameters sent in a body would reach the upstream unsealed"
+                            )));
+                        }
+                    }
+                }
+                (body, RequestBody::Streamed)
+            }
+            Carries::Resource => {
+                let bytes = self.read_body(body).await?;
+                let format = write_format(&parts.headers)?;
+                let value = tokio::task::spawn_blocking(move || parse_body(&bytes, format))
+                    .await
+                    .map_err(|e| ProxyError::Internal(e.to_string()))??;
+                (empty(), RequestBody::Resource(value))
+            }
+            Carries::JsonPatch => {
+                let bytes = self.read_body(body).await?;
+                fhir::check_depth(&bytes, Format::Json).map_err(parse_error)?;
+                (empty(), RequestBody::JsonPatch(bytes))
+            }
+            Carries::Form => {
+                let bytes = self.read_body(body).await?;
+                let text = String::from_utf8(bytes.to_vec())
+                    .map_err(|_| ProxyError::Invalid("the _search form is not UTF-8".to_owned()))?;
+                (empty(), RequestBody::Form(text))
+            }
+        };
+        let needs = self.needs(admitted, &parts.headers, parts.uri.query(), &read)?;
+        Ok((Request::from_parts(parts, body), Planned { body: read, needs }))
+    }
+
+    /// What the request needs: its interaction's permission, identity search when its criteria
+    /// name identity, the entries' needs for a batch or transaction.
+    fn needs(
+        &self,
+        admitted: &Admitted,
+        headers: &HeaderMap,
+        query: Option<&str>,
+        body: &RequestBody,
+    ) -> Result<Needs, ProxyError> {
+        let interaction = &admitted.interaction;
+        let profile = self.shared.sealing.profile();
+        let resource_type = policy::interaction_type(interaction);
+        let names_identity = |criteria: &str| -> Result<bool, ProxyError> {
+            Ok(search::names_identity(resource_type, criteria, profile)?)
+        };
+        let mut identity = false;
+        let criteria = match interaction {
+            Interaction::SearchType { .. }
+            | Interaction::SearchSystem
+            | Interaction::SearchCompartment { .. }
+            | Interaction::ConditionalUpdate { .. }
+            | Interaction::ConditionalDelete { .. } => true,
+            _ => false,
+        };
+        if let Some(query) = query {
+            let named = names_identity(query)?;
+            if named && !criteria {
+                return Err(ProxyError::NotSupported(format!(
+                    "a {} takes no identity parameters: they would reach the upstream, which does not hold identity",
+                    interaction.name()
+                )));
+            }
+            identity |= named;
+        }
+        if let RequestBody::Form(form) = body {
+            identity |= names_identity(form)?;
+        }
+        if matches!(interaction, Interaction::Create { .. }) {
+            if let Some(condition) = headers.get("if-none-exist") {
+                let condition = condition
+                    .to_str()
+                    .map_err(|_| ProxyError::BadHeader("If-None-Exist is not ASCII".to_owned()))?;
+                identity |= names_identity(condition.strip_prefix('?').unwrap_or(condition))?;
+            }
+        }
+        let mut needs = Needs::of(interaction, identity);
+        if matches!(interaction, Interaction::Patch { .. }) {
+            // A JSON Patch is applied here to the whole resource, identity included.
+            needs.permissions.insert(Permission::SeeIdentity);
+        }
+        if let (Interaction::Bundle, RequestBody::Resource(bundle)) = (interaction, body) {
+            needs.add(
+                policy::bundle_needs(bundle, profile).map_err(|e| match e {
+                    EntryError::Route { .. } => ProxyError::Invalid(e.to_string()),
+                    EntryError::Search { source, .. } => ProxyError::Search(source),
+                })?,
+            );
+        }
+        Ok(needs)
+    }
+
+    /// Reads a client's body whole, under the body limit and the body read time.
+    pub(crate) async fn read_body(&self, body: ProxyBody) -> Result<Bytes, ProxyError> {
+        let limits = &self.shared.limits;
+        tokio::time::timeout(
+            limits.body_read_timeout,
+            collect_body(body, self.shared.max_body, BodyFrom::Client),
+        )
+        .await
+        .map_err(|_| ProxyError::BodyTimeout(limits.body_read_timeout.as_secs()))?
+    }
+}
+
+/// What kind of body `interaction` carries; FHIRPath and XML patches are refused here.
+fn carries(
+    interaction: &Interaction,
+    method: &Method,
+    headers: &HeaderMap,
+    has_body: bool,
+) -> Result<Carries, ProxyError> {
+    Ok(match interaction {
+        Interaction::Create { .. }
+        | Interaction::Update { .. }
+        | Interaction::ConditionalUpdate { .. }
+        | Interaction::Bundle => Carries::Resource,
+        Interaction::Patch { .. } => {
+            if content_type(headers) != "application/json-patch+json" {
+                return Err(ProxyError::NotSupported(
+                    "only JSON Patch (application/json-patch+json) is applied through fhirseal: a FHIRPath or XML Patch would change the resource where fhirseal cannot seal what it adds".to_owned(),
+                ));
+            }
+            Carries::JsonPatch
+        }
+        Interaction::ConditionalPatch { .. } => {
+            return Err(ProxyError::NotSupported(
+                "conditional PATCH is not supported through fhirseal: read the resource, then PATCH it by id".to_owned(),
+            ))
+        }
+        Interaction::SearchType { .. } | Interaction::SearchSystem
+            if method == Method::POST && has_body =>
+        {
+            if content_type(headers) != "application/x-www-form-urlencoded" {
+                return Err(ProxyError::UnsupportedMediaType(format!(
+                    "{} (a POST _search carries application/x-www-form-urlencoded)",
+                    content_type(headers)
+                )));
+            }
+            Carries::Form
+        }
+        Interaction::OperationSystem { .. }
+        | Interaction::OperationType { .. }
+        | Interaction::OperationInstance { .. }
+        | Interaction::OperationVersion { .. }
+            if method == Method::POST =>
+        {
+            Carries::Parameters
+        }
+        _ => Carries::Nothing,
+    })
+}
+
+fn operation_name(interaction: &Interaction) -> Option<&str> {
+    match interaction {
+        Interaction::OperationSystem { name }
+        | Interaction::OperationType { name, .. }
+        | Interaction::OperationInstance { name, .. }
+        | Interaction::OperationVersion { name, .. } => Some(name),
+        _ => None,
+    }
+}
+
+/// The media type of the body, lower case, without parameters.
+fn content_type(headers: &HeaderMap) -> String {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase()
+}
+
+/// The FHIR format of a write's body.
+fn write_format(headers: &HeaderMap) -> Result<Format, ProxyError> {
+    Format::of_body(headers).ok_or_else(|| {
+        ProxyError::UnsupportedMediaType(
+            headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("(none)")
+                .to_owned(),
+        )
+    })
+}
+
+/// A client's FHIR body, parsed strictly (unknown elements refused). Blocking: call off the
+/// async workers.
+fn parse_body(bytes: &[u8], format: Format) -> Result<Value, ProxyError> {
+    fhir::parse_strict(bytes, format).map_err(parse_error)
+}
+
+fn parse_error(error: fhir::ParseError) -> ProxyError {
+    match error {
+        fhir::ParseError::XmlTooLarge { limit } => ProxyError::BodyTooLarge {
+            limit: limit as u64,
+        },
+        other => ProxyError::Invalid(other.to_string()),
+    }
+}
