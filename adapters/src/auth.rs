@@ -177,7 +177,11 @@ mod tests {
             HeaderValue::from_static("Bearer k-other-01234567890"),
         );
         assert!(!table.authenticate(&headers).unwrap().sees_identity);
-        let unknown = ApiKeyTable::new([("k-x-012345678901234", "local", "janitor", None)], &roles, "local");
+        let unknown = ApiKeyTable::new(
+            [("k-x-012345678901234", "local", "janitor", None)],
+            &roles,
+            "local",
+        );
         assert_eq!(unknown.unwrap_err().role, "janitor");
     }
 }

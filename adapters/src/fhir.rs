@@ -175,14 +175,13 @@ fn parse(
         });
     }
     check_depth(body, format)?;
-    let resource: Resource = match format {
-        Format::Json => {
-            fhirbolt::json::from_slice(body, config).map_err(|e| ParseError::Json(e.to_string()))?
-        }
-        Format::Xml => {
-            fhirbolt::xml::from_slice(body, config).map_err(|e| ParseError::Xml(e.to_string()))?
-        }
-    };
+    let resource: Resource =
+        match format {
+            Format::Json => fhirbolt::json::from_slice(body, config)
+                .map_err(|e| ParseError::Json(e.to_string()))?,
+            Format::Xml => fhirbolt::xml::from_slice(body, config)
+                .map_err(|e| ParseError::Xml(e.to_string()))?,
+        };
     fhirbolt::json::to_json_value(resource, None).map_err(|e| ParseError::Json(e.to_string()))
 }
 

@@ -248,7 +248,10 @@ impl Needs {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Denied {
     #[error("the role '{role}' does not have the '{}' permission that this request needs", permission.name())]
-    Permission { role: String, permission: Permission },
+    Permission {
+        role: String,
+        permission: Permission,
+    },
     #[error("the role '{role}' may not call the operation {operation}")]
     Operation { role: String, operation: String },
 }
@@ -289,12 +292,11 @@ pub fn bundle_needs(bundle: &Value, profile: &Profile) -> Result<Needs, EntryErr
             continue;
         };
         let text = |key: &str| request.get(key).and_then(Value::as_str).unwrap_or("");
-        let method = http::Method::from_bytes(text("method").as_bytes()).map_err(|_| {
-            EntryError::Route {
+        let method =
+            http::Method::from_bytes(text("method").as_bytes()).map_err(|_| EntryError::Route {
                 index,
                 reason: format!("'{}' is not an HTTP method", text("method")),
-            }
-        })?;
+            })?;
         let url = text("url");
         let (path, query) = match url.split_once('?') {
             Some((path, query)) => (path, Some(query)),
@@ -453,7 +455,8 @@ mod tests {
             bundle_needs(&bad, &profile),
             Err(EntryError::Route { index: 0, .. })
         ));
-        let refused = json!({"entry": [{"request": {"method": "GET", "url": "Observation?_content=x"}}]});
+        let refused =
+            json!({"entry": [{"request": {"method": "GET", "url": "Observation?_content=x"}}]});
         assert!(matches!(
             bundle_needs(&refused, &profile),
             Err(EntryError::Search { index: 0, .. })

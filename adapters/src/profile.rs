@@ -234,7 +234,8 @@ impl Profile {
         let mut terms = context.terms.clone();
         terms.extend(&part.terms());
         for (pointer, original) in scrub::scrub_value(resource, "", &terms) {
-            part.entries.push((format!("{SCRUBBED}{pointer}"), original));
+            part.entries
+                .push((format!("{SCRUBBED}{pointer}"), original));
         }
         part
     }
@@ -557,9 +558,42 @@ fn is_reference(map: &Map<String, Value>) -> bool {
             || map.get("display").is_some_and(Value::is_string))
 }
 
+/// Whether the identity labels of reference `map` are taken: its target is a person, or
+/// cannot be told.
+fn labels_are_identity(
+    map: &Map<String, Value>,
+    profile: &Profile,
+    target_type: &dyn Fn(&str) -> Option<String>,
+) -> bool {
+    let target = map
+        .get("reference")
+        .and_then(Value::as_str)
+        .and_then(|r| reference_type(r).or_else(|| target_type(r)))
+        .or_else(|| map.get("type").and_then(Value::as_str).map(str::to_owned));
+    target.is_none_or(|t| profile.is_person(&t))
+}
+
+/// The identity labels of a reference.
+const LABELS: [&str; 3] = ["display", "_display", "identifier"];
+
+/// Whether `value` is a reference that holds nothing but identity labels: taking them would
+/// leave an empty element, which FHIR does not allow, so it is taken whole.
+fn only_identity_labels(
+    value: &Value,
+    profile: &Profile,
+    target_type: &dyn Fn(&str) -> Option<String>,
+) -> bool {
+    value.as_object().is_some_and(|map| {
+        is_reference(map)
+            && map.keys().all(|k| LABELS.contains(&k.as_str()))
+            && labels_are_identity(map, profile, target_type)
+    })
+}
+
 /// Takes `display` and `identifier` from every reference whose target is a person or cannot be
 /// told: a person's name and MRN stay out of the clinical part even when they only label the
-/// reference.
+/// reference. A reference that holds nothing else is taken whole (from an array, by its index,
+/// so that merging inserts it back there).
 fn take_reference_identity(
     value: &mut Value,
     pointer: String,
@@ -569,37 +603,56 @@ fn take_reference_identity(
 ) {
     match value {
         Value::Object(map) => {
-            if is_reference(map) {
-                let target = map
-                    .get("reference")
-                    .and_then(Value::as_str)
-                    .and_then(|r| reference_type(r).or_else(|| target_type(r)))
-                    .or_else(|| map.get("type").and_then(Value::as_str).map(str::to_owned));
-                if target.is_none_or(|t| profile.is_person(&t)) {
-                    for key in ["display", "_display", "identifier"] {
-                        if let Some(taken) = map.shift_remove(key) {
-                            part.entries.push((format!("{pointer}/{key}"), taken));
-                        }
+            if is_reference(map) && labels_are_identity(map, profile, target_type) {
+                for key in LABELS {
+                    if let Some(taken) = map.shift_remove(key) {
+                        part.entries.push((format!("{pointer}/{key}"), taken));
                     }
                 }
             }
             let keys: Vec<String> = map.keys().cloned().collect();
             for key in keys {
+                let here = format!("{pointer}/{}", escape(&key));
+                let whole = map
+                    .get(&key)
+                    .is_some_and(|child| only_identity_labels(child, profile, target_type));
+                if whole {
+                    if let Some(taken) = map.shift_remove(&key) {
+                        part.entries.push((here, taken));
+                    }
+                    continue;
+                }
                 // Contained resources and nested elements alike.
                 if let Some(child) = map.get_mut(&key) {
-                    take_reference_identity(
-                        child,
-                        format!("{pointer}/{}", escape(&key)),
-                        profile,
-                        target_type,
-                        part,
-                    );
+                    take_reference_identity(child, here, profile, target_type, part);
+                    // An array all of whose items were taken goes too; merging makes it again.
+                    if child.as_array().is_some_and(Vec::is_empty) {
+                        map.shift_remove(&key);
+                    }
                 }
             }
         }
         Value::Array(items) => {
-            for (i, item) in items.iter_mut().enumerate() {
-                take_reference_identity(item, format!("{pointer}/{i}"), profile, target_type, part);
+            let mut kept = Vec::with_capacity(items.len());
+            for (i, item) in std::mem::take(items).into_iter().enumerate() {
+                if only_identity_labels(&item, profile, target_type) {
+                    // Taken at ascending original indices: merging inserts them back in order.
+                    part.entries.push((format!("+{pointer}/{i}"), item));
+                } else {
+                    kept.push((i, item));
+                }
+            }
+            for (i, mut item) in kept {
+                // Entries inside a kept item name its original index: they are merged after
+                // the insertions above have put the array back as it was.
+                take_reference_identity(
+                    &mut item,
+                    format!("{pointer}/{i}"),
+                    profile,
+                    target_type,
+                    part,
+                );
+                items.push(item);
             }
         }
         _ => {}
@@ -861,11 +914,17 @@ mod tests {
         let part = profile.split(&mut clinical, None, &no_context);
         let text = clinical.to_string();
         for secret in ["Quill", "Orla", "07-23", "999-11-2222", "04:05"] {
-            assert!(!text.to_lowercase().contains(&secret.to_lowercase()), "{secret} in {text}");
+            assert!(
+                !text.to_lowercase().contains(&secret.to_lowercase()),
+                "{secret} in {text}"
+            );
         }
         assert_eq!(clinical["contained"][0]["birthDate"], "1961");
         assert_eq!(clinical["subject"]["reference"], "#p");
-        assert_eq!(clinical["note"][0]["text"], "[redacted] ([redacted]) was calm");
+        assert_eq!(
+            clinical["note"][0]["text"],
+            "[redacted] ([redacted]) was calm"
+        );
         assert_eq!(clinical["code"]["text"], "pulse");
         let restored = IdentityPart::from_bytes(&part.to_bytes()).unwrap();
         let mut merged = clinical.clone();
@@ -889,7 +948,10 @@ mod tests {
         let mut clinical = original.clone();
         let part = profile.split(&mut clinical, None, &no_context);
         let text = clinical.to_string();
-        assert!(!text.contains("Vane") && !text.contains("555-0100"), "{text}");
+        assert!(
+            !text.contains("Vane") && !text.contains("555-0100"),
+            "{text}"
+        );
         assert_eq!(clinical["entry"][0]["resource"]["deceasedDateTime"], "2001");
         let mut merged = clinical.clone();
         part.merge_into(&mut merged);
@@ -911,15 +973,47 @@ mod tests {
     }
 
     #[test]
+    fn references_holding_only_identity_leave_no_empty_element() {
+        let profile = Profile::default();
+        let original = json!({
+            "resourceType": "Observation",
+            "subject": {"display": "Ann Lee"},
+            "performer": [
+                {"display": "Ann Lee"},
+                {"reference": "Practitioner/1", "display": "Dr X"},
+                {"identifier": {"value": "mrn-9"}, "extension": [{"url": "urn:x", "valueString": "kept"}]},
+                {"identifier": {"value": "mrn-8"}}
+            ],
+            "focus": [{"display": "Ann Lee"}]
+        });
+        let mut clinical = original.clone();
+        let part = profile.split(&mut clinical, None, &no_context);
+        assert_eq!(
+            clinical,
+            json!({"resourceType": "Observation", "performer": [
+                {"reference": "Practitioner/1", "display": "Dr X"},
+                {"extension": [{"url": "urn:x", "valueString": "kept"}]}]})
+        );
+        part.merge_into(&mut clinical);
+        assert_eq!(clinical, original);
+    }
+
+    #[test]
     fn terms_of_other_persons_scrub_free_text() {
         let profile = Profile::default();
         let mut terms = Terms::new();
         terms.add("Reinger");
-        let context = SplitContext { reference_type: &no_context, terms: &terms };
+        let context = SplitContext {
+            reference_type: &no_context,
+            terms: &terms,
+        };
         let mut obs = json!({"resourceType": "Observation", "subject": {"reference": "Patient/1"}, "valueString": "Mrs. Reinger"});
         let part = profile.split_with(&mut obs, None, &context);
         assert_eq!(obs["valueString"], "Mrs. [redacted]");
-        assert_eq!(part.entries, vec![("!/valueString".to_owned(), json!("Mrs. Reinger"))]);
+        assert_eq!(
+            part.entries,
+            vec![("!/valueString".to_owned(), json!("Mrs. Reinger"))]
+        );
     }
 
     #[test]
@@ -929,7 +1023,10 @@ mod tests {
             {"reference": "Patient/1/_history/2"}, {"reference": "Practitioner/2"}, {"reference": "RelatedPerson/3"}]});
         assert_eq!(
             profile.referenced_persons(&obs),
-            vec![("Patient".to_owned(), "1".to_owned()), ("RelatedPerson".to_owned(), "3".to_owned())]
+            vec![
+                ("Patient".to_owned(), "1".to_owned()),
+                ("RelatedPerson".to_owned(), "3".to_owned())
+            ]
         );
     }
 

@@ -195,8 +195,7 @@ fn walk(
     match value {
         Value::String(text) => {
             let key = key.unwrap_or("");
-            if NOT_SCRUBBED.contains(&key) || (looks_like_date(text) && !TEXT_KEYS.contains(&key))
-            {
+            if NOT_SCRUBBED.contains(&key) || (looks_like_date(text) && !TEXT_KEYS.contains(&key)) {
                 return;
             }
             if let Some(scrubbed) = terms.scrub(text) {
@@ -257,7 +256,8 @@ mod tests {
     fn whole_words_are_replaced_ignoring_case_and_accents() {
         let t = terms(&["Reinger", "Bill", "999-43-7348"]);
         assert_eq!(
-            t.scrub("BILL Rëinger (SSN 999-43-7348) reports pain").as_deref(),
+            t.scrub("BILL Rëinger (SSN 999-43-7348) reports pain")
+                .as_deref(),
             Some("[redacted] [redacted] (SSN [redacted]) reports pain")
         );
         assert_eq!(t.scrub("billing of Reingers"), None);
@@ -267,7 +267,10 @@ mod tests {
     #[test]
     fn longer_terms_win() {
         let t = terms(&["Ann", "Ann Marie"]);
-        assert_eq!(t.scrub("ann marie and ann").as_deref(), Some("[redacted] and [redacted]"));
+        assert_eq!(
+            t.scrub("ann marie and ann").as_deref(),
+            Some("[redacted] and [redacted]")
+        );
     }
 
     #[test]
@@ -277,9 +280,15 @@ mod tests {
             "name",
             &json!([{"use": "official", "family": "Smith", "given": ["Jo"], "prefix": ["Mr."]}]),
         );
-        t.add_element("identifier", &json!([{"system": "urn:x", "value": "MRN-1"}]));
+        t.add_element(
+            "identifier",
+            &json!([{"system": "urn:x", "value": "MRN-1"}]),
+        );
         t.add_element("birthDate", &json!("1970-01-02"));
-        t.add_element("text", &json!({"status": "generated", "div": "<div>Smith</div>"}));
+        t.add_element(
+            "text",
+            &json!({"status": "generated", "div": "<div>Smith</div>"}),
+        );
         assert_eq!(t.len(), 4);
         assert!(t.scrub("official").is_none() && t.scrub("Mr.").is_none());
         assert!(t.scrub("born 1970-01-02").is_some());

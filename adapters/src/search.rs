@@ -224,6 +224,30 @@ fn classify(
     }
 }
 
+/// The first parameter of `query` named like an identity search parameter (`name`,
+/// `subject.family`, `birthdate:missing`, …), whatever the type: for queries that are no search
+/// (an operation's parameters), where the blind index cannot answer and the value would go
+/// upstream as it is.
+pub fn identity_named_param(query: &str) -> Option<String> {
+    query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|pair| decode(pair.split_once('=').map_or(pair, |(name, _)| name)))
+        .find(|name| {
+            let last = name.rsplit('.').next().unwrap_or(name);
+            is_identity_param(split_modifier(last).0) || FREE_TEXT_PARAMS.contains(&name.as_str())
+        })
+}
+
+/// The names of a query's parameters, decoded.
+pub fn param_names(query: &str) -> Vec<String> {
+    query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|pair| decode(pair.split_once('=').map_or(pair, |(name, _)| name)))
+        .collect()
+}
+
 /// Whether a query (or form body) names identity, which only principals allowed to search by
 /// identity may do. Queries the blind index cannot answer are the caller's error.
 pub fn names_identity(
@@ -535,15 +559,25 @@ mod tests {
             (Some("Observation"), "_filter=x eq y", "_filter"),
             (None, "_typeFilter=Patient?name=x", "_typeFilter"),
             (Some("Observation"), "code:text=smith", "code:text"),
-            (Some("Observation"), "subject:identifier=urn:x|1", "subject:identifier"),
+            (
+                Some("Observation"),
+                "subject:identifier=urn:x|1",
+                "subject:identifier",
+            ),
             (None, "name=smith", "name"),
             (None, "subject:Patient.name=smith", "subject:Patient.name"),
-            (Some("Patient"), "_has:RelatedPerson:patient:name=x", "_has:RelatedPerson:patient:name"),
+            (
+                Some("Patient"),
+                "_has:RelatedPerson:patient:name=x",
+                "_has:RelatedPerson:patient:name",
+            ),
         ] {
             let err = plan(ty, query, &profile).unwrap_err();
             assert_eq!(err.param, param, "{query}");
         }
-        assert!(!names_identity(Some("Patient"), "_has:Observation:patient:code=1", &profile).unwrap());
+        assert!(
+            !names_identity(Some("Patient"), "_has:Observation:patient:code=1", &profile).unwrap()
+        );
         assert!(names_identity(Some("Patient"), "family=x", &profile).unwrap());
         assert!(!names_identity(None, "_id=1", &profile).unwrap());
     }

@@ -43,7 +43,13 @@ pub(crate) fn accessor(
 }
 
 impl Accessor {
-    fn event(&self, resource_type: &str, id: &str, version: &str, reidentified: bool) -> PendingAccess {
+    fn event(
+        &self,
+        resource_type: &str,
+        id: &str,
+        version: &str,
+        reidentified: bool,
+    ) -> PendingAccess {
         PendingAccess {
             principal: self.principal.clone(),
             resource_type: resource_type.to_owned(),
@@ -58,7 +64,10 @@ impl Accessor {
 
 /// The access event of a request, or `None` for what is no read (writes, deletes,
 /// capabilities).
-pub(crate) fn access_event(interaction: &Interaction, accessor: &Accessor) -> Option<PendingAccess> {
+pub(crate) fn access_event(
+    interaction: &Interaction,
+    accessor: &Accessor,
+) -> Option<PendingAccess> {
     let (resource_type, id, version) = accessed(interaction)?;
     Some(accessor.event(resource_type, id, version, false))
 }
@@ -254,7 +263,10 @@ mod tests {
         let events = reidentified_events(&who, &shown);
         assert_eq!(events.len(), 1);
         assert!(events[0].reidentified && !event.reidentified);
-        assert_eq!((events[0].id.as_str(), events[0].version.as_str()), ("p1", "3"));
+        assert_eq!(
+            (events[0].id.as_str(), events[0].version.as_str()),
+            ("p1", "3")
+        );
     }
 
     #[test]

@@ -251,8 +251,11 @@ fn redact_quoted(text: &str) -> String {
             None => {
                 out.push(c);
                 // An apostrophe inside a word ("isn't") opens nothing.
-                let word_apostrophe =
-                    c == '\'' && out[..out.len() - 1].chars().last().is_some_and(char::is_alphanumeric);
+                let word_apostrophe = c == '\''
+                    && out[..out.len() - 1]
+                        .chars()
+                        .last()
+                        .is_some_and(char::is_alphanumeric);
                 if matches!(c, '\'' | '"' | '`') && !word_apostrophe {
                     out.push('…');
                     open = Some(c);

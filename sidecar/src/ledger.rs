@@ -15,8 +15,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fhirseal_consensus::{
     anchor_key, AccessBatch, AccessEvent, AnchorBatch, AnchorEntry, AnchorProof, BatchId,
-    BlockHeader, BlockProducer, Chain, ChainCheck, ChainReader, ChainStore, FinalizedBlock, Ledger, PublicKey,
-    Roster, SigningKey, SoloLedger, Timestamp, Transaction,
+    BlockHeader, BlockProducer, Chain, ChainCheck, ChainReader, ChainStore, FinalizedBlock, Ledger,
+    PublicKey, Roster, SigningKey, SoloLedger, Timestamp, Transaction,
 };
 use fhirseal_storage::{NodeKeys, Outbox, PendingAccess, PendingAnchor};
 use tokio::sync::watch;

@@ -16,6 +16,7 @@ use serde_json::Value;
 use crate::body::{empty, ProxyBody};
 use crate::error::ProxyError;
 use crate::proxy::{collect_body, Admitted, BodyFrom, Proxy};
+use crate::verify::VERIFY;
 
 /// What the sidecar read of a request's body.
 #[derive(Debug)]
@@ -37,6 +38,21 @@ pub(crate) struct Planned {
     pub(crate) body: RequestBody,
     pub(crate) needs: Needs,
 }
+
+/// The parameters an interaction that is no search or operation may carry (FHIR's general
+/// parameters, history's, and HAPI's delete options); anything else would be forwarded to the
+/// upstream unread.
+const GENERAL_PARAMS: &[&str] = &[
+    "_format",
+    "_pretty",
+    "_summary",
+    "_elements",
+    "_count",
+    "_since",
+    "_at",
+    "_cascade",
+    "_expunge",
+];
 
 /// What kind of body an interaction carries.
 enum Carries {
@@ -70,7 +86,8 @@ impl Proxy {
                 }
                 if has_body {
                     if let Some(name) = operation_name(interaction) {
-                        if !policy::is_admin_operation(name) {
+                        // `$verify` is the sidecar's own, never forwarded (and GET only).
+                        if name != VERIFY && !policy::is_admin_operation(&format!("${name}")) {
                             return Err(ProxyError::NotSupported(format!(
                                 "${name} is forwarded only without a body (use GET): parameters sent in a body would reach the upstream unsealed"
                             )));
@@ -100,7 +117,10 @@ impl Proxy {
             }
         };
         let needs = self.needs(admitted, &parts.headers, parts.uri.query(), &read)?;
-        Ok((Request::from_parts(parts, body), Planned { body: read, needs }))
+        Ok((
+            Request::from_parts(parts, body),
+            Planned { body: read, needs },
+        ))
     }
 
     /// What the request needs: its interaction's permission, identity search when its criteria
@@ -119,23 +139,38 @@ impl Proxy {
             Ok(search::names_identity(resource_type, criteria, profile)?)
         };
         let mut identity = false;
-        let criteria = match interaction {
+        let criteria = matches!(
+            interaction,
             Interaction::SearchType { .. }
-            | Interaction::SearchSystem
-            | Interaction::SearchCompartment { .. }
-            | Interaction::ConditionalUpdate { .. }
-            | Interaction::ConditionalDelete { .. } => true,
-            _ => false,
-        };
+                | Interaction::SearchSystem
+                | Interaction::SearchCompartment { .. }
+                | Interaction::ConditionalUpdate { .. }
+                | Interaction::ConditionalDelete { .. }
+        );
+        let mut administer = false;
         if let Some(query) = query {
-            let named = names_identity(query)?;
-            if named && !criteria {
-                return Err(ProxyError::NotSupported(format!(
-                    "a {} takes no identity parameters: they would reach the upstream, which does not hold identity",
-                    interaction.name()
-                )));
+            if criteria {
+                identity |= names_identity(query)?;
+            } else {
+                if let Some(param) = search::identity_named_param(query) {
+                    return Err(ProxyError::NotSupported(format!(
+                        "a {} takes no parameter '{param}': its value would reach the upstream, which holds no identity",
+                        interaction.name()
+                    )));
+                }
+                if operation_name(interaction).is_none() {
+                    for name in search::param_names(query) {
+                        if !GENERAL_PARAMS.contains(&name.as_str()) {
+                            return Err(ProxyError::Invalid(format!(
+                                "a {} takes no parameter '{name}'",
+                                interaction.name()
+                            )));
+                        }
+                        // HAPI's delete-and-expunge removes history for good.
+                        administer |= name == "_expunge";
+                    }
+                }
             }
-            identity |= named;
         }
         if let RequestBody::Form(form) = body {
             identity |= names_identity(form)?;
@@ -149,17 +184,18 @@ impl Proxy {
             }
         }
         let mut needs = Needs::of(interaction, identity);
+        if administer {
+            needs.permissions.insert(Permission::Administer);
+        }
         if matches!(interaction, Interaction::Patch { .. }) {
             // A JSON Patch is applied here to the whole resource, identity included.
             needs.permissions.insert(Permission::SeeIdentity);
         }
         if let (Interaction::Bundle, RequestBody::Resource(bundle)) = (interaction, body) {
-            needs.add(
-                policy::bundle_needs(bundle, profile).map_err(|e| match e {
-                    EntryError::Route { .. } => ProxyError::Invalid(e.to_string()),
-                    EntryError::Search { source, .. } => ProxyError::Search(source),
-                })?,
-            );
+            needs.add(policy::bundle_needs(bundle, profile).map_err(|e| match e {
+                EntryError::Route { .. } => ProxyError::Invalid(e.to_string()),
+                EntryError::Search { source, .. } => ProxyError::Search(source),
+            })?);
         }
         Ok(needs)
     }

@@ -246,7 +246,10 @@ impl Proxy {
             Err(error) => return (None, Err(error)),
         };
         let name = admitted.interaction.name();
-        (Some(name), self.proxy_admitted(req, admitted, request_id).await)
+        (
+            Some(name),
+            self.proxy_admitted(req, admitted, request_id).await,
+        )
     }
 
     /// The phases after `request_filter`: authenticate, plan, authorize, record the access,
@@ -269,25 +272,11 @@ impl Proxy {
         let public_base = self.public_base(&req);
         let elements = elements_param(req.uri().query());
         let head = req.method() == Method::HEAD;
-        let format = Format::negotiate(req.uri().query(), req.headers());
         let result = async {
-            if let Some((resource_type, id, version)) = verify_target(&admitted.interaction) {
-                return self
-                    .verify_operation(
-                        req.method(),
-                        req.uri().query(),
-                        resource_type,
-                        id,
-                        version,
-                        format,
-                        principal.audits,
-                    )
-                    .await;
+            if let Some(target) = verify_target(&admitted.interaction) {
+                return self.verify_operation(&req, target, principal.audits).await;
             }
-            let (req, pending) = match self
-                .seal_request(req, planned.body, &mut admitted)
-                .await?
-            {
+            let (req, pending) = match self.seal_request(req, planned.body, &mut admitted).await? {
                 Sealed::Forward(req, pending) => (req, pending),
                 Sealed::Respond(response) => return Ok(response),
             };
@@ -340,11 +329,9 @@ impl Proxy {
         policy::authorize(&principal.role, &principal.rights, needs)?;
         if needs.permissions.contains(&Permission::IdentitySearch) {
             let key = format!("{}\0{}", principal.institution, principal.name);
-            let mut limiter = self
-                .shared
-                .identity_searches
-                .lock()
-                .map_err(|_| ProxyError::Internal("the rate limiter's lock is poisoned".to_owned()))?;
+            let mut limiter = self.shared.identity_searches.lock().map_err(|_| {
+                ProxyError::Internal("the rate limiter's lock is poisoned".to_owned())
+            })?;
             limiter
                 .take(&key, now_ms())
                 .map_err(|retry_after| ProxyError::Throttled { retry_after })?;

@@ -25,7 +25,7 @@ use crate::body::{empty, full, ProxyBody};
 use crate::error::ProxyError;
 use crate::plan::RequestBody;
 use crate::proxy::{collect_limited, Admitted, Proxy, UpstreamQuery};
-use crate::sealing::{Prepared, SealError, SearchQueryError, Sealing};
+use crate::sealing::{Prepared, SealError, Sealing, SearchQueryError};
 
 /// What a write left to do once the upstream answers.
 pub(crate) enum Pending {
@@ -222,9 +222,7 @@ impl Proxy {
                 "the body is a {found} but the URL names {resource_type}"
             )));
         }
-        let (value, prepared) = self
-            .prepare(value, HashMap::new(), Terms::new())
-            .await?;
+        let (value, prepared) = self.prepare(value, HashMap::new(), Terms::new()).await?;
         // From here a surrogate made for this write is forgotten if any step fails.
         let guard = Rollback::new(&self.shared.sealing, prepared);
         let surrogate = guard.prepared().surrogate.clone();
@@ -320,14 +318,15 @@ impl Proxy {
             // HAPI answers a patch whose test fails with 400; so does the sidecar.
             patch::PatchError::Failed(_) => ProxyError::Invalid(e.to_string()),
         })?;
-        fhir::check_depth(&serde_json::to_vec(&value).unwrap_or_default(), Format::Json)
-            .map_err(|e| ProxyError::Invalid(format!("the patched resource: {e}")))?;
+        fhir::check_depth(
+            &serde_json::to_vec(&value).unwrap_or_default(),
+            Format::Json,
+        )
+        .map_err(|e| ProxyError::Invalid(format!("the patched resource: {e}")))?;
         fhir::validate(&value).map_err(|e| {
             ProxyError::Unprocessable(format!("the patched resource is not valid: {e}"))
         })?;
-        let (value, prepared) = self
-            .prepare(value, HashMap::new(), Terms::new())
-            .await?;
+        let (value, prepared) = self.prepare(value, HashMap::new(), Terms::new()).await?;
         let guard = Rollback::new(&self.shared.sealing, prepared);
         parts.method = Method::PUT;
         if !parts.headers.contains_key(header::IF_MATCH) {
@@ -353,7 +352,11 @@ impl Proxy {
     }
 
     /// A transaction or batch: every entry's resource is split; criteria are rewritten.
-    async fn seal_bundle(&self, req: Request<ProxyBody>, value: Value) -> Result<Sealed, ProxyError> {
+    async fn seal_bundle(
+        &self,
+        req: Request<ProxyBody>,
+        value: Value,
+    ) -> Result<Sealed, ProxyError> {
         let (parts, _) = req.into_parts();
         if value.get("resourceType").and_then(Value::as_str) != Some("Bundle") {
             return Err(ProxyError::Invalid(

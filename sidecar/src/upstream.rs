@@ -160,12 +160,13 @@ fn credential(auth: &UpstreamAuthConfig) -> Result<Option<HeaderValue>, Upstream
 /// A secret from a file, without its trailing newline; the error names the file, never its
 /// contents.
 fn read_secret(path: &Path) -> Result<Zeroizing<String>, UpstreamError> {
-    let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|e| {
-        UpstreamError::Secret {
-            path: path.display().to_string(),
-            reason: e.to_string(),
-        }
-    })?);
+    let text =
+        Zeroizing::new(
+            std::fs::read_to_string(path).map_err(|e| UpstreamError::Secret {
+                path: path.display().to_string(),
+                reason: e.to_string(),
+            })?,
+        );
     let secret = Zeroizing::new(text.trim_end_matches(['\r', '\n']).to_owned());
     if secret.is_empty() {
         return Err(UpstreamError::Secret {
@@ -198,7 +199,10 @@ mod tests {
         for name in CLIENT_ONLY {
             headers.insert(name, HeaderValue::from_static("client"));
         }
-        headers.insert(header::ACCEPT, HeaderValue::from_static("application/fhir+json"));
+        headers.insert(
+            header::ACCEPT,
+            HeaderValue::from_static("application/fhir+json"),
+        );
         strip_client_only(&mut headers);
         assert_eq!(headers.len(), 1);
         let missing = UpstreamAuthConfig {

@@ -167,14 +167,12 @@ impl Proxy {
     /// `$verify` on a resource (its current version) or on one version.
     pub(crate) async fn verify_operation(
         &self,
-        method: &Method,
-        query: Option<&str>,
-        resource_type: &str,
-        id: &str,
-        version: Option<&str>,
-        format: Format,
+        req: &Request<ProxyBody>,
+        (resource_type, id, version): (&str, &str, Option<&str>),
         audit: bool,
     ) -> Result<Response<ProxyBody>, ProxyError> {
+        let (method, query) = (req.method(), req.uri().query());
+        let format = Format::negotiate(query, req.headers());
         if method != Method::GET {
             return Err(ProxyError::Route(RouteError::Method {
                 method: method.clone(),

@@ -265,9 +265,9 @@ impl Vault {
         for entry in self.resources.scan_prefix(&prefix) {
             let (key, address) = entry?;
             let version = key[prefix.len()..].to_vec();
-            let newer = latest.as_ref().is_none_or(|(best, _)| {
-                (version.len(), &version) > (best.len(), best)
-            });
+            let newer = latest
+                .as_ref()
+                .is_none_or(|(best, _)| (version.len(), &version) > (best.len(), best));
             if newer {
                 latest = Some((version, address));
             }

@@ -13,3 +13,4 @@ mod t30_transport;
 mod t40_sealing;
 mod t50_ledger;
 mod t60_crash;
+mod t70_hostile;

@@ -101,11 +101,16 @@ impl Node {
 
 /// A GET that may fail (the process may be down).
 async fn try_get(url: &str) -> Option<Reply> {
+    try_get_as(url, CLINICIAN_KEY).await
+}
+
+/// [`try_get`] with the API key `key`.
+async fn try_get_as(url: &str, key: &str) -> Option<Reply> {
     let client: hyper_util::client::legacy::Client<_, http_body_util::Full<bytes::Bytes>> =
         hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
             .build_http();
     let request = http::Request::get(url)
-        .header("x-api-key", CLINICIAN_KEY)
+        .header("x-api-key", key)
         .body(http_body_util::Full::new(bytes::Bytes::new()))
         .unwrap();
     let response = tokio::time::timeout(Duration::from_secs(5), client.request(request))
@@ -291,7 +296,10 @@ async fn kill_9_while_writing_loses_no_acknowledged_write() {
         anchored.values().all(|n| *n == 1),
         "a version anchored twice"
     );
-    let chain = try_get(&node.ledger("verify")).await.unwrap().json();
+    let chain = try_get_as(&node.ledger("verify"), AUDITOR_KEY)
+        .await
+        .unwrap()
+        .json();
     assert_eq!(chain["valid"], true, "{chain}");
     eprintln!(
         "crash test: {} acknowledged writes over {rounds} kills, {} versions anchored, {} blocks",
