@@ -111,7 +111,7 @@ known_differences=(
   search-several-values
   # an identity search inside a batch, for a person written earlier in the same batch
   batch-per-entry-outcomes
-  # FHIRPath Patch on a person: only JSON Patch can be applied to the whole resource
+  # FHIRPath Patch: only JSON Patch is applied, in the sidecar, where what it adds can be sealed
   patch-fhirpath-patch
   # a resource missing a required element: fhirseal parses writes strictly (400), HAPI stores it
   error-422-invalid-resource

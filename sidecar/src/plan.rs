@@ -40,8 +40,8 @@ pub(crate) struct Planned {
 }
 
 /// The parameters an interaction that is no search or operation may carry (FHIR's general
-/// parameters, history's, and HAPI's delete options); anything else would be forwarded to the
-/// upstream unread.
+/// parameters, history's and its paging, and HAPI's delete options); anything else would be
+/// forwarded to the upstream unread.
 const GENERAL_PARAMS: &[&str] = &[
     "_format",
     "_pretty",
@@ -50,6 +50,10 @@ const GENERAL_PARAMS: &[&str] = &[
     "_count",
     "_since",
     "_at",
+    "_offset",
+    "_getpages",
+    "_getpagesoffset",
+    "_bundletype",
     "_cascade",
     "_expunge",
 ];
