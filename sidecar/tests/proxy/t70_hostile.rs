@@ -816,3 +816,182 @@ async fn a_body_that_does_not_arrive_is_408_and_stores_nothing() {
     assert!(text.contains("OperationOutcome"), "{text}");
     assert_eq!(stores(&sidecar).await, before);
 }
+
+#[tokio::test]
+async fn no_identity_reaches_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut config = config(&hapi());
+    config.data_dir = dir.path().join("data");
+    config.server.listen = ([127, 0, 0, 1], port).into();
+    let file = config_file(&config, dir.path());
+    let log_path = dir.path().join("fhirseal.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_fhirseal"))
+        .args(["run", "--config", file.to_str().unwrap()])
+        .env_remove("FHIRSEAL_CONFIG")
+        .env("RUST_LOG", "fhirseal_sidecar=debug,fhirseal=debug,info")
+        .stdout(std::process::Stdio::from(log.try_clone().unwrap()))
+        .stderr(std::process::Stdio::from(log))
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}/fhir");
+    let mut up = false;
+    for _ in 0..600 {
+        let ready = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok();
+        if ready {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        up,
+        "{}",
+        std::fs::read_to_string(&log_path).unwrap_or_default()
+    );
+    let family = unique("Logfamily");
+    let ssn = ssn();
+    // What a client sends in the normal course: a write, searches, reads.
+    let pid = id_of(&post_json(&format!("{base}/Patient"), &person(&family, &ssn)).await);
+    for url in [
+        format!("{base}/Patient?family={family}"),
+        format!("{base}/Patient?identifier=http://hl7.org/fhir/sid/us-ssn|{ssn}"),
+        format!("{base}/Patient/{pid}"),
+    ] {
+        assert_eq!(get(&url).await.status, StatusCode::OK);
+    }
+    // And what a parser or the search planner refuses, quoting what it was sent.
+    let bad_body = json!({"resourceType": "Patient", "active": family});
+    post_json(&format!("{base}/Patient"), &bad_body)
+        .await
+        .assert_outcome(400);
+    get(&format!("{base}/Patient?birthdate={family}"))
+        .await
+        .assert_outcome(400);
+    get(&format!("{base}/Patient?name:contains={family}"))
+        .await
+        .assert_outcome(400);
+    let reply = send(
+        Method::GET,
+        &format!("{base}/Patient?family={family}"),
+        &as_researcher(),
+        "",
+    )
+    .await;
+    reply.assert_outcome(403);
+    // SIGTERM: the node drains and stops.
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = tokio::task::spawn_blocking(move || child.wait()).await;
+    let logged = std::fs::read_to_string(&log_path).unwrap();
+    assert!(logged.contains("request refused"), "{logged}");
+    for secret in [family.as_str(), ssn.as_str(), "555-", "1961-07-23"] {
+        assert!(
+            !logged.contains(secret),
+            "the log holds '{secret}':\n{logged}"
+        );
+    }
+}
+
+/// A TLS FHIR server on loopback that requires a client certificate issued by its own CA.
+/// Returns its base URL, and the PEM of that CA, of a client certificate and of its key.
+async fn mutual_tls_upstream() -> (String, String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_key = KeyPair::generate().unwrap();
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let server_key = KeyPair::generate().unwrap();
+    let server_cert = CertificateParams::new(vec!["localhost".to_owned()])
+        .unwrap()
+        .signed_by(&server_key, &issuer)
+        .unwrap();
+    let client_key = KeyPair::generate().unwrap();
+    let client_cert = CertificateParams::new(vec!["fhirseal-sidecar".to_owned()])
+        .unwrap()
+        .signed_by(&client_key, &issuer)
+        .unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca_cert.der().clone()).unwrap();
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .unwrap();
+    let server = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(
+            vec![server_cert.der().clone()],
+            rustls::pki_types::PrivateKeyDer::try_from(server_key.serialize_der()).unwrap(),
+        )
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(socket).await else {
+                    return;
+                };
+                let service = service_fn(|_req: Request<Incoming>| async {
+                    let body = json!({"resourceType": "Bundle", "type": "searchset", "total": 0});
+                    Ok::<_, std::convert::Infallible>(
+                        Response::builder()
+                            .header("content-type", "application/fhir+json")
+                            .body(Full::new(Bytes::from(body.to_string())))
+                            .unwrap(),
+                    )
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tls), service)
+                    .await;
+            });
+        }
+    });
+    (
+        format!("https://localhost:{port}/fhir"),
+        ca_cert.pem(),
+        client_cert.pem(),
+        client_key.serialize_pem(),
+    )
+}
+
+#[tokio::test]
+async fn an_upstream_behind_mutual_tls_gets_the_sidecars_certificate() {
+    let (upstream, ca, cert, key) = mutual_tls_upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    for (name, pem) in [("ca.pem", &ca), ("client.pem", &cert), ("client.key", &key)] {
+        std::fs::write(dir.path().join(name), pem).unwrap();
+    }
+    // Without a client certificate the upstream refuses the handshake: 502.
+    let mut without = config(&upstream);
+    without.upstream.ca_file = Some(dir.path().join("ca.pem"));
+    let sidecar = start(without).await;
+    get(&format!("{}/Patient?gender=female", sidecar.base))
+        .await
+        .assert_outcome(502);
+    // With it, the search goes through.
+    let mut with = config(&upstream);
+    with.upstream.ca_file = Some(dir.path().join("ca.pem"));
+    with.upstream.auth.client_cert = Some(dir.path().join("client.pem"));
+    with.upstream.auth.client_key = Some(dir.path().join("client.key"));
+    let sidecar = start(with).await;
+    let reply = get(&format!("{}/Patient?gender=female", sidecar.base)).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    assert_eq!(reply.json()["type"], "searchset");
+}
