@@ -195,6 +195,15 @@ impl Proxy {
             // A JSON Patch is applied here to the whole resource, identity included.
             needs.permissions.insert(Permission::SeeIdentity);
         }
+        if let RequestBody::Resource(resource) = body {
+            // A conditional reference (`Patient?identifier=…`) is a search the upstream would
+            // run with what it names: by identity, the blind index cannot answer it there.
+            if let Some(reference) = identity_conditional_reference(resource, profile)? {
+                return Err(ProxyError::NotSupported(format!(
+                    "the conditional reference '{reference}' names identity: refer to the resource by its id (search for it through fhirseal first)"
+                )));
+            }
+        }
         if let (Interaction::Bundle, RequestBody::Resource(bundle)) = (interaction, body) {
             needs.add(policy::bundle_needs(bundle, profile).map_err(|e| match e {
                 EntryError::Route { .. } => ProxyError::Invalid(e.to_string()),
@@ -213,6 +222,42 @@ impl Proxy {
         )
         .await
         .map_err(|_| ProxyError::BodyTimeout(limits.body_read_timeout.as_secs()))?
+    }
+}
+
+/// The first conditional reference (`Type?criteria`) in `value` whose criteria name identity.
+fn identity_conditional_reference(
+    value: &Value,
+    profile: &fhirseal_adapters::profile::Profile,
+) -> Result<Option<String>, ProxyError> {
+    match value {
+        Value::Object(map) => {
+            if let Some((ty, criteria)) = map
+                .get("reference")
+                .and_then(Value::as_str)
+                .and_then(|r| r.split_once('?'))
+            {
+                let ty = ty.rsplit('/').next().unwrap_or(ty);
+                if search::names_identity(Some(ty), criteria, profile)? {
+                    return Ok(Some(format!("{ty}?…")));
+                }
+            }
+            for child in map.values() {
+                if let Some(found) = identity_conditional_reference(child, profile)? {
+                    return Ok(Some(found));
+                }
+            }
+            Ok(None)
+        }
+        Value::Array(items) => {
+            for item in items {
+                if let Some(found) = identity_conditional_reference(item, profile)? {
+                    return Ok(Some(found));
+                }
+            }
+            Ok(None)
+        }
+        _ => Ok(None),
     }
 }
 

@@ -650,6 +650,13 @@ async fn what_cannot_be_sealed_is_refused_everywhere() {
     )
     .await;
     assert!(reply.assert_outcome(400).contains("without a body"));
+    // A conditional reference by identity, which HAPI would resolve with what it names.
+    let transaction = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"request": {"method": "POST", "url": "Observation"}, "resource": {
+            "resourceType": "Observation", "status": "final", "code": {"text": "x"},
+            "subject": {"reference": format!("Patient?family={probe}")}}}]});
+    let text = post_json(&base, &transaction).await.assert_outcome(400);
+    assert!(text.contains("conditional reference"), "{text}");
     assert_eq!(stores(&sidecar).await, before);
     assert_upstream_never_saw(since.as_deref(), &[&probe]).await;
 }
@@ -791,6 +798,47 @@ async fn identity_searches_are_held_to_a_rate() {
     // Searches that name no identity are not held.
     let reply = get(&format!("{base}/Patient?gender=female&_count=1")).await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+}
+
+#[tokio::test]
+async fn requests_over_the_concurrency_limit_get_503_at_once() {
+    // An upstream that answers after a second.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            let service = service_fn(|_req: Request<Incoming>| async {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                Ok::<_, std::convert::Infallible>(
+                    Response::builder()
+                        .header("content-type", "application/fhir+json")
+                        .body(Full::new(Bytes::from_static(
+                            br#"{"resourceType":"Bundle","type":"searchset","total":0}"#,
+                        )))
+                        .unwrap(),
+                )
+            });
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(socket), service),
+            );
+        }
+    });
+    let mut config = config(&format!("http://{addr}/fhir"));
+    config.server.max_concurrent_requests = 1;
+    let sidecar = start(config).await;
+    let url = format!("{}/Observation?code=1", sidecar.base);
+    let first = tokio::spawn({
+        let url = url.clone();
+        async move { get(&url).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let second = get(&url).await;
+    second.assert_outcome(503);
+    assert_eq!(second.header("retry-after").as_deref(), Some("1"));
+    assert_eq!(first.await.unwrap().status, StatusCode::OK);
+    // The permit is back.
+    assert_eq!(get(&url).await.status, StatusCode::OK);
 }
 
 #[tokio::test]
