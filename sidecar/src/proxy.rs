@@ -233,10 +233,12 @@ impl Proxy {
             "/healthz" => return (Some("healthz"), Ok(healthz())),
             "/readyz" => return (Some("readyz"), Ok(self.readyz().await)),
             path if path == "/ledger" || path.starts_with("/ledger/") => {
-                let result = match self.shared.auth.authenticate(req.headers()) {
-                    Ok(principal) => self.ledger_api(&req, &principal).await,
-                    Err(error) => Err(ProxyError::Unauthorized(error)),
-                };
+                let result = async {
+                    let principal = self.shared.auth.authenticate(req.headers())?;
+                    self.authorize(&principal, &ledger_needs(path))?;
+                    self.ledger_api(&req, &principal).await
+                }
+                .await;
                 return (Some("ledger"), result);
             }
             _ => {}
@@ -657,6 +659,16 @@ where
         let response = self.handle(req);
         Box::pin(async move { Ok(response.await) })
     }
+}
+
+/// What a `/ledger/…` request needs: re-verifying the chain is for those who audit; the rest
+/// is open to every principal (what they see of it depends on `audit`).
+fn ledger_needs(path: &str) -> Needs {
+    let mut needs = Needs::default();
+    if path.trim_end_matches('/') == "/ledger/verify" {
+        needs.permissions.insert(Permission::Audit);
+    }
+    needs
 }
 
 /// A read's access event, and the task making it durable.

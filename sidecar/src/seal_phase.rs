@@ -562,8 +562,12 @@ impl Proxy {
                 let (parts, body) = response.into_parts();
                 let bytes = collect_limited(body, MAX_UNSEAL_RESPONSE).await?;
                 let format = response_format(&parts.headers).unwrap_or(Format::Json);
-                let value = fhir::parse_lenient(&bytes, format)
-                    .map_err(|e| ProxyError::UpstreamBody(e.to_string()))?;
+                let parsed = bytes.clone();
+                let value =
+                    tokio::task::spawn_blocking(move || fhir::parse_lenient(&parsed, format))
+                        .await
+                        .map_err(|e| ProxyError::Internal(e.to_string()))?
+                        .map_err(|e| ProxyError::UpstreamBody(e.to_string()))?;
                 let results = value["entry"].as_array().cloned().unwrap_or_default();
                 let mut written = Vec::new();
                 for (index, p) in prepared.into_iter().enumerate() {
