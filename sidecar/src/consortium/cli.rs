@@ -5,10 +5,13 @@ use std::collections::BTreeSet;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::{Args, Subcommand};
-use fhirseal_consensus::governance::{Admission, Command, MemberKind, RaftRole, SignedCommand};
+use fhirseal_consensus::governance::{
+    Admission, Command, MemberKind, RaftRole, SignedCommand, Validity,
+};
+use fhirseal_consensus::Timestamp;
 use http::Method;
 
 use crate::consortium::api::{DeskInfo, JoinAnswer, PendingJoin, Status, SubmitAnswer};
@@ -23,6 +26,34 @@ use crate::consortium::trust::{Identity, Peer, PeerVerifier, Trust};
 
 /// How long the CLI waits for its node.
 const CLI_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long before its signing a command may be applied: room for a leader whose clock is
+/// behind the signer's.
+pub const WINDOW_BEFORE: Duration = Duration::from_secs(60);
+/// How long after its signing a command may still be applied: room for the CLI's wait, a
+/// forwarding and a change of leader, and no more, so that a command held back is refused.
+pub const WINDOW_AFTER: Duration = Duration::from_secs(10 * 60);
+/// How long the genesis commands `init` signs stay valid: the node submits them when it first
+/// leads, which may be a while after `init`.
+pub const GENESIS_VALIDITY: Duration = Duration::from_secs(30 * 24 * 60 * 60);
+
+/// The wall clock, in the ledger's milliseconds.
+pub fn wall_clock() -> Timestamp {
+    let ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    Timestamp(ms)
+}
+
+/// The window of a command signed at `now` and submitted at once: [`WINDOW_BEFORE`] before it
+/// to [`WINDOW_AFTER`] after.
+pub fn command_window(now: Timestamp) -> Validity {
+    window(now, WINDOW_BEFORE, WINDOW_AFTER)
+}
+
+fn window(now: Timestamp, before: Duration, after: Duration) -> Validity {
+    let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    Validity::around(now, ms(before), ms(after))
+}
 
 /// `fhirseal consortium`.
 #[derive(Debug, Subcommand)]
@@ -357,10 +388,12 @@ fn init(args: InitArgs) -> Result<String> {
         stake: 0,
         reputation: 0,
     };
+    let genesis_window = window(wall_clock(), WINDOW_BEFORE, GENESIS_VALIDITY);
     let genesis = SignedCommand::sign(
         &args.consortium,
         &args.member,
         1,
+        genesis_window,
         Command::Genesis { regulator },
         &secrets.signing,
     );
@@ -368,6 +401,7 @@ fn init(args: InitArgs) -> Result<String> {
         &args.consortium,
         &args.member,
         2,
+        genesis_window,
         Command::WrapLinkKey {
             version: 1,
             wrapped: vec![(
@@ -488,6 +522,7 @@ async fn join(args: JoinArgs) -> Result<String> {
         &info.consortium,
         &args.member,
         0,
+        command_window(wall_clock()),
         Command::Admit {
             member: admission,
             possession,
@@ -726,6 +761,7 @@ impl Client {
             &self.config.consortium,
             &self.config.member,
             last + 1,
+            command_window(wall_clock()),
             command,
             &self.secrets.signing,
         );

@@ -25,12 +25,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use fhirseal_consensus::governance::{Command, SignedCommand};
 use fhirseal_consensus::raft::{GovernanceNode, NodeError, NodeId};
-use fhirseal_consensus::Timestamp;
 use fhirseal_storage::raft_store::RaftStore;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
@@ -42,6 +41,7 @@ use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
 use crate::consortium::api::{self, DeskInfo, JoinAnswer, NodeStatus, PendingJoin, SubmitAnswer};
+use crate::consortium::cli::wall_clock;
 use crate::consortium::error::{ConsortiumError, Result};
 use crate::consortium::files::{
     certificate_in, certified_key_in, fingerprint, hex, kind_name, read_link_key, store_link_key,
@@ -177,13 +177,6 @@ fn desk_server_config(identity: &Identity) -> Result<rustls::ServerConfig> {
         .with_cert_resolver(Arc::new(identity.clone()));
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(config)
-}
-
-fn now() -> Timestamp {
-    let ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-    Timestamp(ms)
 }
 
 async fn serve(listener: TcpListener, acceptor: TlsAcceptor, shared: Arc<Shared>, mutual: bool) {
@@ -404,7 +397,7 @@ async fn submit(shared: &Shared, body: Bytes, forwarded: bool) -> Response<Body>
             )
         }
     };
-    match shared.node.submit(command, now()).await {
+    match shared.node.submit(command, wall_clock()).await {
         Ok(outcome) => {
             let answer = SubmitAnswer::of(outcome);
             let status = if answer.code.is_some() {
@@ -704,7 +697,7 @@ async fn genesis(shared: &Shared) -> Result<()> {
         if applied.is_some_and(|last| command.sequence <= last) {
             continue;
         }
-        let outcome = shared.node.submit(command, now()).await?;
+        let outcome = shared.node.submit(command, wall_clock()).await?;
         tracing::info!(file = %path.display(), ?outcome, "genesis command");
     }
     Ok(())

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use fhirseal_consensus::governance::{Command as GovCommand, SignedCommand};
 use fhirseal_sidecar::consortium::api::{Status, SubmitAnswer};
+use fhirseal_sidecar::consortium::cli::{command_window, wall_clock};
 use fhirseal_sidecar::consortium::files::{Layout, MemberSecrets};
 use fhirseal_sidecar::consortium::Client;
 
@@ -452,6 +453,7 @@ impl Cluster {
             CONSORTIUM,
             signer,
             last + 1,
+            command_window(wall_clock()),
             command,
             &node.secrets().signing,
         )
@@ -508,6 +510,7 @@ pub fn measure_commit_latency(cluster: &Cluster, rounds: u64, label: &str) {
                 CONSORTIUM,
                 "regulator",
                 first + i,
+                command_window(wall_clock()),
                 GovCommand::SetStake {
                     member: "h2".into(),
                     stake: 10_000 + i,

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use fhirseal_consensus::governance::Command;
 use fhirseal_sidecar::consortium::api::Status;
+use fhirseal_sidecar::consortium::cli::{command_window, wall_clock};
 use fhirseal_sidecar::consortium::files::{hex, Layout, MemberSecrets};
 
 use crate::support::{
@@ -188,6 +189,7 @@ fn governance_round_trip(n: u64, voters: u64) {
         CONSORTIUM,
         "regulator",
         before.member("regulator").unwrap().last_sequence + 1,
+        command_window(wall_clock()),
         Command::SetStake {
             member: "h2".into(),
             stake: 7,
