@@ -38,7 +38,7 @@ pub use node::{GovernanceNode, NodeError};
 pub use openraft::{BasicNode, Config};
 pub use request::{GovernanceRequest, GovernanceResponse, Unencodable};
 pub use rpc_rules::{authorize, RaftRpc, Receiver, RpcRefusal};
-pub use snapshot::{History, SnapshotData, SnapshotRefusal};
+pub use snapshot::{History, SnapshotData, SnapshotRefusal, Verified};
 pub use solo::{NoPeer, NoTransport, SoloNetwork};
 pub use state_machine::{GovernanceView, StateMachine};
 

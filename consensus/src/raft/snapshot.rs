@@ -15,7 +15,9 @@
 //!    are the first ones of the snapshot's, in the same order and with the same times. Signed
 //!    commands alone do not stop a sender from leaving one out (a revocation, say) or from
 //!    founding a consortium of its own with a genesis it signed; a committed log is never
-//!    rewritten, so a genuine snapshot always extends what the receiver applied.
+//!    rewritten, so a genuine snapshot always extends what the receiver applied, or, if it was
+//!    taken before the receiver got as far, is a part of it ([`Verified::Behind`]: nothing to
+//!    install, as openraft itself ignores a snapshot older than what it committed).
 //!
 //! The history grows with every command ever replicated (hundreds of bytes each; a consortium
 //! issues few). Compacting it would need a checkpoint the regulator signs; not done.
@@ -50,6 +52,15 @@ pub enum SnapshotRefusal {
         /// How many the snapshot carries.
         carried: usize,
     },
+}
+
+/// What [`SnapshotData::verify`] found a snapshot to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verified {
+    /// Its history continues (or is) the receiver's and builds its state: it may be installed.
+    Continues,
+    /// Its history is a part of the receiver's, which has applied more: nothing to install.
+    Behind,
 }
 
 /// A governance snapshot's data: the state and the requests that built it.
@@ -93,8 +104,15 @@ impl SnapshotData {
     }
 
     /// Whether a node that has applied `applied_here` may take this snapshot: its history
-    /// continues `applied_here`, and builds its state (see the module's documentation).
-    pub fn verify(&self, applied_here: &[Arc<GovernanceRequest>]) -> Result<(), SnapshotRefusal> {
+    /// continues `applied_here` and builds its state, or is a part of `applied_here` (see the
+    /// module's documentation).
+    pub fn verify(
+        &self,
+        applied_here: &[Arc<GovernanceRequest>],
+    ) -> Result<Verified, SnapshotRefusal> {
+        if self.history.len() < applied_here.len() && applied_here.starts_with(&self.history) {
+            return Ok(Verified::Behind);
+        }
         if !self.history.starts_with(applied_here) {
             return Err(SnapshotRefusal::DoesNotExtend {
                 applied: applied_here.len(),
@@ -104,7 +122,7 @@ impl SnapshotData {
         if Self::replay(self.history.iter().map(Arc::as_ref)) != self.state {
             return Err(SnapshotRefusal::DoesNotVerify);
         }
-        Ok(())
+        Ok(Verified::Continues)
     }
 }
 
@@ -222,11 +240,32 @@ mod tests {
         let snapshot = snapshot_of(&history);
         assert!(snapshot.state().member("h1").is_some());
         for applied in 0..=history.len() {
-            assert_eq!(snapshot.verify(&history[..applied]), Ok(()), "{applied}");
+            assert_eq!(
+                snapshot.verify(&history[..applied]),
+                Ok(Verified::Continues),
+                "{applied}"
+            );
         }
         let back = SnapshotData::from_bytes(&snapshot.to_bytes()).unwrap();
         assert_eq!(back, snapshot);
-        assert_eq!(back.verify(&history), Ok(()));
+        assert_eq!(back.verify(&history), Ok(Verified::Continues));
+    }
+
+    #[test]
+    fn a_snapshot_older_than_what_this_node_applied_is_behind() {
+        let (history, _, _) = genuine();
+        for taken in 0..history.len() {
+            let older = snapshot_of(&history[..taken].to_vec());
+            assert_eq!(older.verify(&history), Ok(Verified::Behind), "{taken}");
+        }
+        // Behind means nothing is installed, so its state is not even looked at; but a history
+        // that is not a part of ours is refused.
+        let mut other = history[..2].to_vec();
+        other[1] = Arc::clone(&history[2]);
+        assert!(matches!(
+            snapshot_of(&other).verify(&history),
+            Err(SnapshotRefusal::DoesNotExtend { .. })
+        ));
     }
 
     #[test]
@@ -243,17 +282,29 @@ mod tests {
 
     #[test]
     fn a_history_that_leaves_out_what_this_node_applied_is_refused() {
-        let (history, _, _) = genuine();
-        // Without the revocation this node applied: h1 would be a member again. The history
-        // is signed throughout and builds the state it carries, but does not continue ours.
-        let without_revocation: History = history[..2].to_vec();
+        let (history, reg_key, _) = genuine();
+        // Without the revocation this node applied, and with another signed regulator command
+        // in its place: h1 would be a member again. The history is signed throughout and
+        // builds the state it carries, but does not continue ours.
+        let mut without_revocation: History = history[..2].to_vec();
+        without_revocation.push(request(
+            "regulator",
+            4,
+            Command::SetStake {
+                member: "h1".into(),
+                stake: 5,
+            },
+            &reg_key,
+            30,
+        ));
         let snapshot = snapshot_of(&without_revocation);
-        assert_eq!(snapshot.verify(&without_revocation), Ok(()));
+        assert!(snapshot.state().is_active("h1"));
+        assert_eq!(snapshot.verify(&history[..2]), Ok(Verified::Continues));
         assert_eq!(
             snapshot.verify(&history),
             Err(SnapshotRefusal::DoesNotExtend {
                 applied: 3,
-                carried: 2
+                carried: 3
             })
         );
     }

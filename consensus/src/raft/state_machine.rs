@@ -32,7 +32,7 @@ use openraft::{
 use crate::governance::GovernanceState;
 use crate::raft::codec;
 use crate::raft::request::{GovernanceRequest, GovernanceResponse};
-use crate::raft::snapshot::{History, SnapshotData, SnapshotRefusal};
+use crate::raft::snapshot::{History, SnapshotData, SnapshotRefusal, Verified};
 use crate::raft::{NodeId, TypeConfig};
 
 const APPLIED: &str = "applied";
@@ -100,7 +100,7 @@ impl GovernanceView {
     /// Whether this node may install the snapshot whose data is `bytes`: it decodes, and
     /// [`SnapshotData::verify`] accepts it against what this node has applied. The replay runs
     /// outside the lock, on a copy of the history.
-    pub fn check_snapshot(&self, bytes: &[u8]) -> Result<(), SnapshotRefusal> {
+    pub fn check_snapshot(&self, bytes: &[u8]) -> Result<Verified, SnapshotRefusal> {
         let snapshot = SnapshotData::from_bytes(bytes)?;
         snapshot.verify(&self.history())
     }

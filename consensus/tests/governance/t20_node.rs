@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use fhirseal_consensus::governance::{
     Command, MemberKind, MemberStatus, Outcome, RaftRole, Refusal,
 };
-use fhirseal_consensus::raft::{GovernanceNode, NodeError, SnapshotData, SoloNetwork};
+use fhirseal_consensus::raft::{GovernanceNode, NodeError, SnapshotData, SoloNetwork, Verified};
 use fhirseal_consensus::Timestamp;
 
 use crate::support::{applied, config, open_store, Party, REGULATOR};
@@ -93,7 +93,7 @@ async fn admissions_and_a_revocation_survive_a_restart() {
         // The snapshot carries what built it: a node that applied nothing may take it.
         let snapshot = node.raft().get_snapshot().await.unwrap().unwrap();
         let data = SnapshotData::from_bytes(snapshot.snapshot.get_ref()).unwrap();
-        assert_eq!(data.verify(&[]), Ok(()));
+        assert_eq!(data.verify(&[]), Ok(Verified::Continues));
         assert!(
             data.history().len() < history.len(),
             "commands followed the snapshot"
@@ -122,7 +122,7 @@ async fn admissions_and_a_revocation_survive_a_restart() {
     assert_eq!(history.len(), 25);
     assert_eq!(
         SnapshotData::new(after.clone(), history).verify(&[]),
-        Ok(())
+        Ok(Verified::Continues)
     );
     assert_eq!(after.member("h2").unwrap().profile.stake, 1_019);
     assert!(!after.cert_allowed(&[3; 32]));

@@ -152,6 +152,8 @@ pub struct Node {
     pub dir: PathBuf,
     /// The network namespace it and its CLI run in (`None`: this process's).
     pub netns: Option<String>,
+    /// SHA-256 of the certificate it was made with (hex), as `init` or `join` printed it.
+    pub certificate: String,
     child: Option<Child>,
 }
 
@@ -295,6 +297,7 @@ impl Cluster {
                 node_id: 1,
                 dir: reg_dir,
                 netns: place.netns,
+                certificate: pin.clone(),
                 child: None,
             }],
             pin,
@@ -306,18 +309,7 @@ impl Cluster {
         cluster.wait(&[0], "genesis", |s| s.consortium.is_some());
         for id in 2..=n {
             let i = cluster.join(id);
-            let mut admit = vec![
-                "admit",
-                &cluster.nodes[i].member,
-                "--dir",
-                cluster.nodes[0].dir(),
-            ];
-            if id <= voters {
-                admit.push("--voter");
-            }
-            let admit: Vec<String> = admit.iter().map(|s| (*s).to_owned()).collect();
-            let admit: Vec<&str> = admit.iter().map(String::as_str).collect();
-            cluster.nodes[0].ok(&admit);
+            cluster.admit(i, id <= voters);
         }
         let all: Vec<usize> = (0..cluster.nodes.len()).collect();
         let members = cluster.nodes.len();
@@ -329,19 +321,48 @@ impl Cluster {
         cluster
     }
 
-    /// An institution `h{id}` asks to join and starts its node; returns its index.
+    /// The regulator invites `member`; returns the one-time token.
+    pub fn invite(&self, member: &str) -> String {
+        let regulator = &self.nodes[0];
+        token_in(&regulator.ok(&["invite", member, "--dir", regulator.dir()]))
+    }
+
+    /// The regulator admits the applicant `nodes[i]`, naming the certificate the applicant's
+    /// `join` printed.
+    pub fn admit(&self, i: usize, voter: bool) {
+        let node = &self.nodes[i];
+        let fingerprint = node.certificate.clone();
+        let mut admit = vec![
+            "admit",
+            &node.member,
+            "--dir",
+            self.nodes[0].dir(),
+            "--fingerprint",
+            &fingerprint,
+        ];
+        if voter {
+            admit.push("--voter");
+        }
+        self.nodes[0].ok(&admit);
+    }
+
+    /// An institution `h{id}`, invited by the regulator, asks to join and starts its node;
+    /// returns its index.
     pub fn join(&mut self, id: u64) -> usize {
         let member = format!("h{id}");
+        let token = self.invite(&member);
         let dir = self.root.join(&member);
         let place = self.placement.node(id);
         let listen = place.listen.to_string();
-        ok_with(
+        let out = ok_with(
             place.netns.as_deref(),
             &[
                 "join",
                 &format!("https://{}", self.desk),
                 "--pin",
                 &self.pin,
+                "--invite",
+                &token,
                 "--dir",
                 dir.to_str().unwrap(),
                 "--member",
@@ -352,11 +373,13 @@ impl Cluster {
                 &listen,
             ],
         );
+        let certificate = fingerprint_in(&out);
         let mut node = Node {
             member,
             node_id: id,
             dir,
             netns: place.netns,
+            certificate,
             child: None,
         };
         node.start();
@@ -468,6 +491,24 @@ pub fn replicated(s: &Status) -> (String, String, String, u32) {
         format!("{:?}", s.refusals),
         s.link_key_version,
     )
+}
+
+/// The invite token in `invite`'s output: the line of 64 hex digits.
+pub fn token_in(out: &str) -> String {
+    out.lines()
+        .map(str::trim)
+        .find(|l| l.len() == 64 && l.bytes().all(|b| b.is_ascii_hexdigit()))
+        .unwrap_or_else(|| panic!("no token in {out}"))
+        .to_owned()
+}
+
+/// The certificate fingerprint in `join`'s output (after `--fingerprint `).
+pub fn fingerprint_in(out: &str) -> String {
+    out.split("--fingerprint ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no fingerprint in {out}"))
+        .to_owned()
 }
 
 fn tail(text: &str, lines: usize) -> String {

@@ -120,19 +120,24 @@ fn the_cli_refuses_what_it_cannot_do_and_changes_nothing() {
     assert!(err.contains("one regulator"), "{err}");
 
     // Nothing pending under that name.
-    let err = fails(&["admit", "nobody", "--dir", &reg]);
+    let any = "ab".repeat(32);
+    let err = fails(&["admit", "nobody", "--dir", &reg, "--fingerprint", &any]);
     assert!(
         err.contains("404") && err.contains("no pending join request"),
         "{err}"
     );
 
-    // An applicant whose request is pending is not a member: its node cannot connect.
+    // An applicant whose request is pending is not a member: its node cannot connect. A second
+    // request under its name, invited too, is refused while the first is pending.
     let i = cluster.join(2);
+    let token = cluster.invite("h2");
     let err = fails(&[
         "join",
         &format!("https://{desk}"),
         "--pin",
         &cluster.pin,
+        "--invite",
+        &token,
         "--dir",
         root.path().join("twin").to_str().unwrap(),
         "--member",
@@ -150,7 +155,14 @@ fn the_cli_refuses_what_it_cannot_do_and_changes_nothing() {
     );
     let applicant = &cluster.nodes[i];
     let pending = ok(&["joins", "--dir", &reg]);
-    assert!(pending.contains("h2 (h2, hospital) node 2"), "{pending}");
+    assert!(
+        pending.contains("h2 (h2, hospital) node 2 at "),
+        "{pending}"
+    );
+    assert!(
+        pending.contains(&format!(", certificate {}\n", cluster.nodes[i].certificate)),
+        "{pending}"
+    );
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
@@ -177,7 +189,7 @@ fn the_cli_refuses_what_it_cannot_do_and_changes_nothing() {
     );
 
     // Admitted, it is in; a second admission of the same request is refused by the state.
-    ok(&["admit", "h2", "--dir", &reg, "--voter"]);
+    cluster.admit(i, true);
     cluster.wait(&[0, i], "h2's admission", |s| s.raft.voters.len() == 2);
     let request = Layout::new(&cluster.nodes[i].dir).join_request();
     let err = fails(&[
@@ -187,6 +199,8 @@ fn the_cli_refuses_what_it_cannot_do_and_changes_nothing() {
         &reg,
         "--request",
         request.to_str().unwrap(),
+        "--fingerprint",
+        &cluster.nodes[i].certificate,
     ]);
     assert!(err.contains("MemberExists"), "{err}");
     let member = connect_as(

@@ -82,6 +82,8 @@ fn governance_round_trip(n: u64, voters: u64) {
         cluster.node("h2").dir(),
         "--request",
         "/dev/null",
+        "--fingerprint",
+        &"ab".repeat(32),
     ]);
     assert!(err.contains("not a join request"), "{err}");
     let statuses = cluster.wait(&all, "the refusals everywhere", |s| s.refusals_total == 2);
