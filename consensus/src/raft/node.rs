@@ -232,8 +232,15 @@ impl GovernanceNode {
     /// What this node knows for [`crate::raft::authorize`]: `voters` (as the transport's trust
     /// knows them) and its vote as openraft last reported it.
     pub fn receiver(&self, voters: BTreeSet<NodeId>) -> Receiver {
-        let vote = self.raft.metrics().borrow().vote;
-        Receiver { voters, vote }
+        Receiver {
+            voters,
+            vote: self.vote(),
+        }
+    }
+
+    /// Its vote, as openraft last reported it.
+    pub fn vote(&self) -> openraft::Vote<NodeId> {
+        self.raft.metrics().borrow().vote
     }
 
     /// The openraft handle: the transport delivers peers' RPCs to it, after the checks of

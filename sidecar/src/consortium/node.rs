@@ -450,25 +450,31 @@ async fn install_snapshot(shared: &Shared, peer: &Peer, req: Request<Incoming>) 
     let data = match checked {
         Ok(Ok((Verified::Continues, data))) => data,
         Ok(Ok((Verified::Behind, _))) => {
-            let vote = shared.node.receiver(Default::default()).vote;
-            let answer: std::result::Result<_, Fatal<NodeId>> = Ok(SnapshotResponse::new(vote));
+            let answer: std::result::Result<_, Fatal<NodeId>> =
+                Ok(SnapshotResponse::new(shared.node.vote()));
             return json(StatusCode::OK, &answer);
         }
         Ok(Err(refusal)) => return refused(peer, &refusal),
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     };
+    let last_log_id = rpc.meta.last_log_id;
     let snapshot = Snapshot {
         meta: rpc.meta,
         snapshot: Box::new(Cursor::new(data)),
     };
-    json(
-        StatusCode::OK,
-        &shared
-            .node
-            .raft()
-            .install_full_snapshot(rpc.vote, snapshot)
-            .await,
-    )
+    let installed = shared
+        .node
+        .raft()
+        .install_full_snapshot(rpc.vote, snapshot)
+        .await;
+    if installed.is_ok() {
+        tracing::info!(
+            leader = peer.node_id,
+            ?last_log_id,
+            "snapshot verified and handed to raft"
+        );
+    }
+    json(StatusCode::OK, &installed)
 }
 
 /// Keeps an invite for the regulator's CLI (its node runs the join desk).

@@ -124,7 +124,7 @@ fn forged_snapshot(
 fn raft_rpcs_a_member_may_not_send_are_refused_and_change_nothing() {
     let _serial = serial();
     // Three voters (the regulator, h2, h3) and a learner (h4).
-    let cluster = Cluster::found(4, 3);
+    let mut cluster = Cluster::found(4, 3);
     let all: Vec<usize> = (0..cluster.nodes.len()).collect();
     let before = cluster.agree(&all, "every node to agree before the forgeries");
     let term = before[0].raft.term;
@@ -315,6 +315,38 @@ fn raft_rpcs_a_member_may_not_send_are_refused_and_change_nothing() {
     cluster.wait(&all, "a command after the refusal", |s| {
         s.member("h2").is_some_and(|m| m.stake == 78)
     });
+
+    // A genuine snapshot still goes through: the learner is stopped while the log grows past
+    // a snapshot (every 20 entries) and is purged behind it, then started again; the leader
+    // brings it up to date with a snapshot, which it checks and installs.
+    cluster.nodes[learner].stop();
+    let up: Vec<usize> = all.iter().copied().filter(|i| *i != learner).collect();
+    runtime().block_on(async {
+        let mut client = fhirseal_sidecar::consortium::Client::open(&cluster.nodes[0].dir).unwrap();
+        for stake in 100..130 {
+            client
+                .sign_and_submit(Command::SetStake {
+                    member: "h2".into(),
+                    stake,
+                })
+                .await
+                .unwrap();
+        }
+    });
+    cluster.wait(&up, "the stakes on every running node", |s| {
+        s.member("h2").is_some_and(|m| m.stake == 129)
+    });
+    cluster.start(learner);
+    cluster.wait(&[learner], "the learner to catch up", |s| {
+        s.member("h2").is_some_and(|m| m.stake == 129)
+    });
+    cluster.agree(&all, "every node to agree after the catch-up");
+    let log = cluster.nodes[learner].node_log();
+    assert!(
+        log.contains("snapshot verified and handed to raft"),
+        "the learner caught up without a snapshot"
+    );
+    assert!(!log.contains("snapshot refused"), "{log}");
 }
 
 #[test]
