@@ -1,4 +1,5 @@
-//! The authorization rules, one by one.
+//! The authorization rules, one by one; the fixtures (parties, signing, times) serve the Raft
+//! layer's unit tests too.
 
 use ed25519_dalek::{Signature, SigningKey};
 
@@ -7,13 +8,13 @@ use crate::codec::{DecodeError, Wire as _};
 use crate::keys::{DelegateSet, PublicKey};
 use crate::tx::Timestamp;
 
-const CONSORTIUM: &str = "test-consortium";
-const REGULATOR: &str = "regulator";
+pub(crate) const CONSORTIUM: &str = "test-consortium";
+pub(crate) const REGULATOR: &str = "regulator";
 
 /// A member's secret signing key and its admission, made from a one-byte seed.
-struct Party {
-    key: SigningKey,
-    admission: Admission,
+pub(crate) struct Party {
+    pub(crate) key: SigningKey,
+    pub(crate) admission: Admission,
 }
 
 fn keys_from(seed: u8, key: &SigningKey) -> MemberKeys {
@@ -25,7 +26,7 @@ fn keys_from(seed: u8, key: &SigningKey) -> MemberKeys {
     }
 }
 
-fn party(id: &str, seed: u8, kind: MemberKind, role: RaftRole) -> Party {
+pub(crate) fn party(id: &str, seed: u8, kind: MemberKind, role: RaftRole) -> Party {
     let key = SigningKey::from_bytes(&[seed; 32]);
     let admission = Admission {
         id: id.to_owned(),
@@ -41,27 +42,32 @@ fn party(id: &str, seed: u8, kind: MemberKind, role: RaftRole) -> Party {
     Party { key, admission }
 }
 
-fn regulator() -> Party {
+pub(crate) fn regulator() -> Party {
     party(REGULATOR, 1, MemberKind::Regulator, RaftRole::Voter)
 }
 
-fn hospital(id: &str, seed: u8) -> Party {
+pub(crate) fn hospital(id: &str, seed: u8) -> Party {
     party(id, seed, MemberKind::Hospital, RaftRole::Learner)
 }
 
-fn at(ms: u64) -> Timestamp {
+pub(crate) fn at(ms: u64) -> Timestamp {
     Timestamp(ms)
 }
 
 /// A window that holds every time these tests apply commands at.
-fn window() -> Validity {
+pub(crate) fn window() -> Validity {
     Validity {
         not_before: at(0),
         not_after: at(limits::MAX_VALIDITY_MS),
     }
 }
 
-fn sign(signer: &str, sequence: u64, command: Command, key: &SigningKey) -> SignedCommand {
+pub(crate) fn sign(
+    signer: &str,
+    sequence: u64,
+    command: Command,
+    key: &SigningKey,
+) -> SignedCommand {
     SignedCommand::sign(CONSORTIUM, signer, sequence, window(), command, key)
 }
 
@@ -77,7 +83,7 @@ fn genesis(state: &mut GovernanceState, regulator: &Party) {
     assert_eq!(state.apply(&command, at(1)), Outcome::Accepted);
 }
 
-fn admit_command(new: &Party) -> Command {
+pub(crate) fn admit_command(new: &Party) -> Command {
     Command::Admit {
         member: new.admission.clone(),
         possession: new

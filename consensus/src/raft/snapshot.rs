@@ -150,81 +150,35 @@ impl Wire for SnapshotData {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::governance::{
-        Admission, Command, MemberKeys, MemberKind, RaftRole, SignedCommand, Validity,
+    use crate::governance::tests::{
+        admit_command, at, hospital, party, regulator, sign, REGULATOR,
     };
-    use crate::keys::PublicKey;
+    use crate::governance::{Command, MemberKind, RaftRole};
     use crate::tx::Timestamp;
     use crate::SigningKey;
 
-    const CONSORTIUM: &str = "c";
-
-    fn admission(id: &str, seed: u8, kind: MemberKind) -> (SigningKey, Admission) {
-        let key = SigningKey::from_bytes(&[seed; 32]);
-        let admission = Admission {
-            id: id.to_owned(),
-            name: id.to_owned(),
-            kind,
-            node_id: u64::from(seed),
-            address: format!("10.0.0.{seed}:7000"),
-            raft_role: if kind == MemberKind::Regulator {
-                RaftRole::Voter
-            } else {
-                RaftRole::Learner
-            },
-            keys: MemberKeys {
-                tls_certificate: [seed; 32],
-                signing_key: PublicKey::of(&key),
-                wrapping_key: vec![seed; 300],
-                vote_key: [seed.wrapping_add(100); 32],
-            },
-            stake: 0,
-            reputation: 0,
-        };
-        (key, admission)
-    }
-
-    fn request(
-        signer: &str,
-        sequence: u64,
-        command: Command,
-        key: &SigningKey,
-        at: u64,
-    ) -> Arc<GovernanceRequest> {
-        let window = Validity::around(Timestamp(at), 1_000, 1_000);
-        let command = SignedCommand::sign(CONSORTIUM, signer, sequence, window, command, key);
-        Arc::new(GovernanceRequest::new(command, Timestamp(at)).unwrap())
+    /// `signed`, applied at `ms`.
+    fn request(signed: crate::governance::SignedCommand, ms: u64) -> Arc<GovernanceRequest> {
+        Arc::new(GovernanceRequest::new(signed, at(ms)).unwrap())
     }
 
     /// A regulator's genesis, an admission of "h1", and a revocation of it.
     fn genuine() -> (History, SigningKey, SigningKey) {
-        let (reg_key, regulator) = admission("regulator", 1, MemberKind::Regulator);
-        let (h1_key, h1) = admission("h1", 2, MemberKind::Hospital);
-        let possession = h1.keys.prove_possession(CONSORTIUM, "h1", &h1_key);
+        let regulator = regulator();
+        let h1 = hospital("h1", 2);
+        let genesis = Command::Genesis {
+            regulator: regulator.admission.clone(),
+        };
+        let revoke = Command::Revoke {
+            member: "h1".into(),
+            reason: "breach".into(),
+        };
         let history = vec![
-            request("regulator", 1, Command::Genesis { regulator }, &reg_key, 10),
-            request(
-                "regulator",
-                2,
-                Command::Admit {
-                    member: h1,
-                    possession,
-                },
-                &reg_key,
-                20,
-            ),
-            request(
-                "regulator",
-                3,
-                Command::Revoke {
-                    member: "h1".into(),
-                    reason: "breach".into(),
-                },
-                &reg_key,
-                30,
-            ),
+            request(sign(REGULATOR, 1, genesis, &regulator.key), 10),
+            request(sign(REGULATOR, 2, admit_command(&h1), &regulator.key), 20),
+            request(sign(REGULATOR, 3, revoke, &regulator.key), 30),
         ];
-        (history, reg_key, h1_key)
+        (history, regulator.key, h1.key)
     }
 
     fn snapshot_of(history: &History) -> SnapshotData {
@@ -287,16 +241,11 @@ mod tests {
         // in its place: h1 would be a member again. The history is signed throughout and
         // builds the state it carries, but does not continue ours.
         let mut without_revocation: History = history[..2].to_vec();
-        without_revocation.push(request(
-            "regulator",
-            4,
-            Command::SetStake {
-                member: "h1".into(),
-                stake: 5,
-            },
-            &reg_key,
-            30,
-        ));
+        let stake = Command::SetStake {
+            member: "h1".into(),
+            stake: 5,
+        };
+        without_revocation.push(request(sign(REGULATOR, 4, stake, &reg_key), 30));
         let snapshot = snapshot_of(&without_revocation);
         assert!(snapshot.state().is_active("h1"));
         assert_eq!(snapshot.verify(&history[..2]), Ok(Verified::Continues));
@@ -311,18 +260,15 @@ mod tests {
 
     #[test]
     fn a_consortium_founded_by_the_sender_is_refused() {
-        let (history, _, h1_key) = genuine();
+        let (history, _, _) = genuine();
         // h1 founds a consortium of its own, naming itself regulator, with a genesis it signs:
         // a history that builds its state, but not the one this node applied.
-        let (_, mut h1) = admission("h1", 2, MemberKind::Regulator);
-        h1.keys.signing_key = PublicKey::of(&h1_key);
-        let forged: History = vec![request(
-            "h1",
-            1,
-            Command::Genesis { regulator: h1 },
-            &h1_key,
-            40,
-        )];
+        // (The key h1 was admitted with: the same seed.)
+        let h1 = party("h1", 2, MemberKind::Regulator, RaftRole::Voter);
+        let genesis = Command::Genesis {
+            regulator: h1.admission,
+        };
+        let forged: History = vec![request(sign("h1", 1, genesis, &h1.key), 40)];
         let snapshot = snapshot_of(&forged);
         assert_eq!(snapshot.state().regulator().unwrap().id(), "h1");
         assert!(matches!(

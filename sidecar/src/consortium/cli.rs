@@ -604,8 +604,8 @@ async fn join(args: JoinArgs) -> Result<String> {
         .iter()
         .map(|token| (INVITE_HEADER, token.trim().to_owned()))
         .collect();
-    let (_, body) = channel
-        .request_with(
+    let answer = channel
+        .call_with(
             Method::POST,
             "/join",
             request.to_bytes(),
@@ -613,6 +613,7 @@ async fn join(args: JoinArgs) -> Result<String> {
             CLI_TIMEOUT,
         )
         .await?;
+    let (_, body) = channel.answer(answer)?;
     let answer: JoinAnswer = serde_json::from_slice(&body).map_err(|e| protocol(&desk, e))?;
 
     secrets.write(&layout.keys())?;

@@ -395,6 +395,17 @@ fn refused(peer: &Peer, refusal: &dyn std::fmt::Display) -> Response<Body> {
     error(StatusCode::FORBIDDEN, format!("refused: {refusal}"))
 }
 
+/// A Raft RPC's JSON body (up to [`MAX_ANSWER_BYTES`]: a snapshot is the largest), or the
+/// 4xx to answer.
+async fn read_json<T: serde::de::DeserializeOwned>(
+    req: Request<Incoming>,
+    what: RaftRpc,
+) -> std::result::Result<T, Response<Body>> {
+    let body = read_body(req, MAX_ANSWER_BYTES).await?;
+    serde_json::from_slice(&body)
+        .map_err(|e| error(StatusCode::BAD_REQUEST, format!("{what}: {e}")))
+}
+
 /// One Raft RPC: the JSON request in, checked ([`authorize_rpc`]), openraft's JSON answer out.
 async fn raft_rpc<Req, Resp, F, Fut>(
     shared: &Shared,
@@ -410,13 +421,9 @@ where
     F: FnOnce(Req) -> Fut,
     Fut: Future<Output = Resp>,
 {
-    let body = match read_body(req, MAX_ANSWER_BYTES).await {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
-    let request: Req = match serde_json::from_slice(&body) {
+    let request: Req = match read_json(req, rpc).await {
         Ok(request) => request,
-        Err(e) => return error(StatusCode::BAD_REQUEST, format!("{rpc}: {e}")),
+        Err(r) => return r,
     };
     if let Err(refusal) = authorize_rpc(shared, peer, rpc, &vote(&request)) {
         return refused(peer, &refusal);
@@ -429,13 +436,9 @@ where
 /// than what this node applied is answered as openraft answers one: with this node's vote,
 /// nothing installed.
 async fn install_snapshot(shared: &Shared, peer: &Peer, req: Request<Incoming>) -> Response<Body> {
-    let body = match read_body(req, MAX_ANSWER_BYTES).await {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
-    let rpc: SnapshotRpc = match serde_json::from_slice(&body) {
+    let rpc: SnapshotRpc = match read_json(req, RaftRpc::Snapshot).await {
         Ok(rpc) => rpc,
-        Err(e) => return error(StatusCode::BAD_REQUEST, format!("snapshot: {e}")),
+        Err(r) => return r,
     };
     if let Err(refusal) = authorize_rpc(shared, peer, RaftRpc::Snapshot, &rpc.vote) {
         return refused(peer, &refusal);

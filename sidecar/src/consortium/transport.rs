@@ -375,19 +375,12 @@ impl Channel {
         body: Vec<u8>,
         timeout: Duration,
     ) -> Result<(StatusCode, Bytes)> {
-        self.request_with(method, path, body, &[], timeout).await
+        let answer = self.call(method, path, body, timeout).await?;
+        self.answer(answer)
     }
 
-    /// [`Channel::request`] with `headers`.
-    pub async fn request_with(
-        &mut self,
-        method: Method,
-        path: &str,
-        body: Vec<u8>,
-        headers: &[(&'static str, String)],
-        timeout: Duration,
-    ) -> Result<(StatusCode, Bytes)> {
-        let (status, bytes) = self.call_with(method, path, body, headers, timeout).await?;
+    /// An answer of this channel's peer as an API answer: a 2xx body, or the error it gave.
+    pub fn answer(&self, (status, bytes): (StatusCode, Bytes)) -> Result<(StatusCode, Bytes)> {
         if status.is_success() {
             return Ok((status, bytes));
         }

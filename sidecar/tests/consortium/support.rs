@@ -3,6 +3,7 @@
 //! namespace ([`Loopback`]), or each in a network namespace of its own
 //! ([`crate::netns::Namespaces`]).
 
+use std::collections::BTreeSet;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -12,7 +13,9 @@ use std::time::{Duration, Instant};
 use fhirseal_consensus::governance::{Command as GovCommand, SignedCommand};
 use fhirseal_sidecar::consortium::api::{Status, SubmitAnswer};
 use fhirseal_sidecar::consortium::cli::{command_window, wall_clock};
-use fhirseal_sidecar::consortium::files::{Layout, MemberSecrets};
+use fhirseal_sidecar::consortium::files::{parse_fingerprint, Layout, MemberSecrets};
+use fhirseal_sidecar::consortium::transport::Channel;
+use fhirseal_sidecar::consortium::trust::{Identity, Peer, Trust};
 use fhirseal_sidecar::consortium::Client;
 
 pub const CONSORTIUM: &str = "test-consortium";
@@ -514,6 +517,33 @@ pub fn fingerprint_in(out: &str) -> String {
 fn tail(text: &str, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Sends `body` to `path` at the node whose status is `to`, over mutual TLS, presenting
+/// `secrets`' certificate; the HTTP status and the answer.
+pub fn call_as(
+    secrets: &MemberSecrets,
+    to: &Status,
+    method: http::Method,
+    path: &str,
+    body: Vec<u8>,
+) -> (u16, String) {
+    let fp = parse_fingerprint(&to.node.certificate).unwrap();
+    let peer = Peer {
+        member: to.node.member.clone(),
+        node_id: to.node.node_id,
+    };
+    let trust = Trust::pinned(peer, BTreeSet::from([fp]));
+    let identity = Identity::new(secrets.certified_key().unwrap());
+    runtime().block_on(async {
+        let mut channel =
+            Channel::new(&to.node.address, &trust, &identity, Some(to.node.node_id)).unwrap();
+        let (status, body) = channel
+            .call(method, path, body, Duration::from_secs(10))
+            .await
+            .unwrap();
+        (status.as_u16(), String::from_utf8_lossy(&body).into_owned())
+    })
 }
 
 /// Submits `command` through the node of `dir` (any member's node relays any signed command).

@@ -7,7 +7,7 @@ use fhirseal_sidecar::consortium::files::{Layout, MemberSecrets};
 use fhirseal_sidecar::consortium::transport::Channel;
 use fhirseal_sidecar::consortium::trust::{Identity, Peer, Trust};
 
-use crate::support::{cli, fails, free_port, ok, runtime, serial, Cluster};
+use crate::support::{call_as, cli, fails, free_port, ok, runtime, serial, Cluster};
 
 #[test]
 fn the_cli_refuses_what_it_cannot_do_and_changes_nothing() {
@@ -31,14 +31,14 @@ fn the_cli_refuses_what_it_cannot_do_and_changes_nothing() {
         (http::Method::GET, "/nothing-here", Vec::new(), 404),
         (http::Method::POST, "/raft/vote", b"{".to_vec(), 400),
     ] {
-        let answer = call_as(
-            cluster.nodes[0].secrets(),
+        let (answer, body) = call_as(
+            &cluster.nodes[0].secrets(),
             &before,
             method.clone(),
             path,
             body,
         );
-        assert_eq!(answer, Err(status), "{method} {path}");
+        assert_eq!(answer, status, "{method} {path}: {body}");
     }
     let after = cluster.nodes[0].status();
     assert_eq!(after.raft.last_log_index, before.raft.last_log_index);
@@ -216,38 +216,6 @@ fn the_cli_refuses_what_it_cannot_do_and_changes_nothing() {
     let out = cli(&["status", "--dir", cluster.nodes[i].dir()]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach"));
-}
-
-/// Sends one request to the node whose status is `node`, presenting `secrets`' certificate;
-/// the HTTP status of a refusal.
-fn call_as(
-    secrets: MemberSecrets,
-    node: &fhirseal_sidecar::consortium::api::Status,
-    method: http::Method,
-    path: &str,
-    body: Vec<u8>,
-) -> Result<(), u16> {
-    let fp =
-        fhirseal_sidecar::consortium::files::parse_fingerprint(&node.node.certificate).unwrap();
-    let own = Peer {
-        member: node.node.member.clone(),
-        node_id: node.node.node_id,
-    };
-    let trust = Trust::pinned(own, BTreeSet::from([fp]));
-    let identity = Identity::new(secrets.certified_key().unwrap());
-    runtime().block_on(async {
-        let mut channel = Channel::new(&node.node.address, &trust, &identity, None).unwrap();
-        match channel
-            .request(method, path, body, Duration::from_secs(5))
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(fhirseal_sidecar::consortium::ConsortiumError::Refused { status, .. }) => {
-                Err(status)
-            }
-            Err(e) => panic!("{e}"),
-        }
-    })
 }
 
 /// Opens a mutual-TLS connection to the node at `addr` (whose certificate is `cert`, node

@@ -4,7 +4,6 @@
 //! and changes nothing on any node.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::Duration;
 
 use fhirseal_consensus::governance::{
     Admission, Command, MemberKind, RaftRole, SignedCommand, Validity,
@@ -13,15 +12,14 @@ use fhirseal_consensus::raft::{BasicNode, GovernanceRequest, SnapshotData, TypeC
 use fhirseal_consensus::Timestamp;
 use fhirseal_sidecar::consortium::api::Status;
 use fhirseal_sidecar::consortium::cli::wall_clock;
-use fhirseal_sidecar::consortium::files::{hex, parse_fingerprint, Layout, MemberSecrets};
-use fhirseal_sidecar::consortium::transport::{Channel, SnapshotRpc};
-use fhirseal_sidecar::consortium::trust::{Identity, Peer, Trust};
+use fhirseal_sidecar::consortium::files::{hex, Layout, MemberSecrets};
+use fhirseal_sidecar::consortium::transport::SnapshotRpc;
 use openraft::raft::{AppendEntriesRequest, VoteRequest};
 use openraft::{
     CommittedLeaderId, Entry, EntryPayload, LogId, Membership, SnapshotMeta, StoredMembership, Vote,
 };
 
-use crate::support::{fails, ok, runtime, serial, submit, Cluster, CONSORTIUM};
+use crate::support::{call_as, fails, ok, runtime, serial, submit, Cluster, CONSORTIUM};
 
 /// What a refused RPC must leave as it was on every node.
 fn standing(s: &Status) -> (String, Option<String>, u64, Option<u64>, u64) {
@@ -34,35 +32,24 @@ fn standing(s: &Status) -> (String, Option<String>, u64, Option<u64>, u64) {
     )
 }
 
-/// Sends `body` to `path` at the node whose status is `to`, over mutual TLS, presenting
-/// `secrets`' certificate; the HTTP status and the answer.
-fn call_as(
+/// Posts `body` to `path` at each node of `targets` with `secrets`' certificate, and checks
+/// that each refuses it (403) for `reason`.
+fn refused_by<'a>(
     secrets: &MemberSecrets,
-    to: &Status,
-    method: http::Method,
+    targets: impl IntoIterator<Item = &'a Status>,
     path: &str,
-    body: Vec<u8>,
-) -> (u16, String) {
-    let fp = parse_fingerprint(&to.node.certificate).unwrap();
-    let peer = Peer {
-        member: to.node.member.clone(),
-        node_id: to.node.node_id,
-    };
-    let trust = Trust::pinned(peer, BTreeSet::from([fp]));
-    let identity = Identity::new(secrets.certified_key().unwrap());
-    runtime().block_on(async {
-        let mut channel =
-            Channel::new(&to.node.address, &trust, &identity, Some(to.node.node_id)).unwrap();
-        let (status, body) = channel
-            .call(method, path, body, Duration::from_secs(10))
-            .await
-            .unwrap();
-        (status.as_u16(), String::from_utf8_lossy(&body).into_owned())
-    })
-}
-
-fn post_as(secrets: &MemberSecrets, to: &Status, path: &str, body: Vec<u8>) -> (u16, String) {
-    call_as(secrets, to, http::Method::POST, path, body)
+    body: &[u8],
+    reason: &str,
+) {
+    for target in targets {
+        let (status, answer) = call_as(secrets, target, http::Method::POST, path, body.to_vec());
+        assert_eq!(status, 403, "{path} to {}: {answer}", target.node.member);
+        assert!(
+            answer.contains(reason),
+            "{path} to {}: {answer}",
+            target.node.member
+        );
+    }
 }
 
 fn log_id(term: u64, node: u64, index: u64) -> LogId<u64> {
@@ -164,19 +151,16 @@ fn raft_rpcs_a_member_may_not_send_are_refused_and_change_nothing() {
         ),
         ("/raft/vote", serde_json::to_vec(&vote).unwrap()),
     ];
-    for target in all.iter().filter(|i| **i != learner) {
-        for (path, body) in &forgeries {
-            let (status, answer) = post_as(&learner_secrets, &before[*target], path, body.clone());
-            assert_eq!(
-                status, 403,
-                "{path} to {}: {answer}",
-                before[*target].node.member
-            );
-            assert!(
-                answer.contains(&format!("node {learner_id} is not a voter")),
-                "{path}: {answer}"
-            );
-        }
+    let others = |me: usize| {
+        before
+            .iter()
+            .enumerate()
+            .filter(move |(i, _)| *i != me)
+            .map(|(_, s)| s)
+    };
+    for (path, body) in &forgeries {
+        let reason = format!("node {learner_id} is not a voter");
+        refused_by(&learner_secrets, others(learner), path, body, &reason);
     }
     // Nor may it speak for the leader.
     let as_leader = AppendEntriesRequest::<TypeConfig> {
@@ -185,18 +169,12 @@ fn raft_rpcs_a_member_may_not_send_are_refused_and_change_nothing() {
         entries: Vec::new(),
         leader_commit: None,
     };
-    let (status, answer) = post_as(
+    refused_by(
         &learner_secrets,
-        &before[0],
+        &before[..1],
         "/raft/append",
-        serde_json::to_vec(&as_leader).unwrap(),
-    );
-    assert_eq!(status, 403, "{answer}");
-    assert!(
-        answer.contains(&format!(
-            "names node {leader}, but the peer's certificate is node {learner_id}'s"
-        )),
-        "{answer}"
+        &serde_json::to_vec(&as_leader).unwrap(),
+        &format!("names node {leader}, but the peer's certificate is node {learner_id}'s"),
     );
 
     // A voter that is not the leader sends a snapshot, under its own vote in the current
@@ -214,21 +192,14 @@ fn raft_rpcs_a_member_may_not_send_are_refused_and_change_nothing() {
     ] {
         let member = cluster.nodes[voter].member.clone();
         let body = forged_snapshot(vote, &member, voter_id, &voter_secrets);
-        for target in all.iter().filter(|i| **i != voter) {
-            let (status, answer) = post_as(
-                &voter_secrets,
-                &before[*target],
-                "/raft/snapshot",
-                body.clone(),
-            );
-            assert_eq!(status, 403, "{answer}");
-            assert!(
-                answer.contains(&format!(
-                    "node {voter_id} is not the leader this node follows (node {leader})"
-                )),
-                "{answer}"
-            );
-        }
+        let reason = format!("node {voter_id} is not the leader this node follows (node {leader})");
+        refused_by(
+            &voter_secrets,
+            others(voter),
+            "/raft/snapshot",
+            &body,
+            &reason,
+        );
     }
 
     // Even the leader's own certificate cannot install a state whose history does not
@@ -246,16 +217,8 @@ fn raft_rpcs_a_member_may_not_send_are_refused_and_change_nothing() {
         leader,
         &leader_secrets,
     );
-    for target in all.iter().filter(|i| **i != li) {
-        let (status, answer) = post_as(
-            &leader_secrets,
-            &before[*target],
-            "/raft/snapshot",
-            body.clone(),
-        );
-        assert_eq!(status, 403, "{answer}");
-        assert!(answer.contains("does not continue this node's"), "{answer}");
-    }
+    let reason = "does not continue this node's";
+    refused_by(&leader_secrets, others(li), "/raft/snapshot", &body, reason);
 
     // Nothing moved on any node.
     let after: Vec<Status> = all.iter().map(|i| cluster.nodes[*i].status()).collect();
