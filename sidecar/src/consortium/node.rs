@@ -32,11 +32,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
+use std::io::Cursor;
 use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
-
-use std::io::Cursor;
 
 use bytes::Bytes;
 use fhirseal_consensus::governance::SignedCommand;
@@ -482,7 +481,14 @@ async fn install_snapshot(shared: &Shared, peer: &Peer, req: Request<Incoming>) 
 
 /// Keeps an invite for the regulator's CLI (its node runs the join desk).
 fn invite(shared: &Shared, own: bool, body: &[u8]) -> Response<Body> {
-    if !own || shared.config.join_listen.is_none() {
+    let regulator = shared
+        .node
+        .state()
+        .read(|s| s.regulator().map(|m| m.id().to_owned()));
+    if !own
+        || shared.config.join_listen.is_none()
+        || regulator != Some(shared.config.member.clone())
+    {
         return error(
             StatusCode::FORBIDDEN,
             "only the regulator's own CLI issues invites, at the node that runs the join desk",
@@ -509,14 +515,14 @@ fn invite(shared: &Shared, own: bool, body: &[u8]) -> Response<Body> {
         Ok(()) => {
             // The token is not logged (the node never had it); its hash names the invite.
             tracing::info!(member = %invite.member, expires_at = invite.expires_at, "invite kept");
-            json(StatusCode::CREATED, &request_echo(&invite))
+            let kept = serde_json::json!({
+                "member": invite.member,
+                "expires_at": invite.expires_at,
+            });
+            json(StatusCode::CREATED, &kept)
         }
         Err(e) => error(e.status(), e.to_string()),
     }
-}
-
-fn request_echo(invite: &Invite) -> serde_json::Value {
-    serde_json::json!({ "member": invite.member, "expires_at": invite.expires_at })
 }
 
 fn node_status(shared: &Shared) -> api::Status {
