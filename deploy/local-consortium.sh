@@ -85,13 +85,18 @@ case "$action" in
         start_node "$dir/node1"
         wait_for "$dir/node1" "consortium local:"
         for i in $(seq 2 "$n"); do
-            fhirseal join "https://127.0.0.1:$((port + 100))" --pin "$pin" --dir "$dir/node$i" \
-                --member "h$i" --node-id "$i" --listen "127.0.0.1:$((port + i))" >/dev/null
+            # The regulator issues a one-time invite; the institution joins with it and tells
+            # the regulator its certificate, which the regulator names when it admits it.
+            token=$(fhirseal invite "h$i" --dir "$dir/node1" | grep -E '^[0-9a-f]{64}$')
+            join_out=$(fhirseal join "https://127.0.0.1:$((port + 100))" --pin "$pin" \
+                --invite "$token" --dir "$dir/node$i" \
+                --member "h$i" --node-id "$i" --listen "127.0.0.1:$((port + i))")
+            fp=$(grep -o -- '--fingerprint [0-9a-f]*' <<<"$join_out" | cut -d' ' -f2)
             start_node "$dir/node$i"
             if (( i <= voters )); then
-                fhirseal admit "h$i" --dir "$dir/node1" --voter
+                fhirseal admit "h$i" --dir "$dir/node1" --fingerprint "$fp" --voter
             else
-                fhirseal admit "h$i" --dir "$dir/node1"
+                fhirseal admit "h$i" --dir "$dir/node1" --fingerprint "$fp"
             fi
         done
         if (( n > 1 )); then

@@ -2,9 +2,11 @@
 //!
 //! Every command is signed by one member with its current Ed25519 key, over a domain-separated
 //! message (tag 0x30, format version, the consortium's name, the signer, a sequence number, the
-//! command). The consortium's name keeps a command signed for one consortium from being played
-//! in another; the sequence number, which must exceed the signer's last one, keeps a command from
-//! being played twice in the same one.
+//! validity window, the command). The consortium's name keeps a command signed for one
+//! consortium from being played in another; the sequence number, which must exceed the signer's
+//! last one, keeps a command from being played twice in the same one; the validity window keeps
+//! a command signed now from being played much later (a command held back, or signed before its
+//! key leaked).
 
 use ed25519_dalek::{Signature, Signer as _, SigningKey};
 
@@ -13,6 +15,7 @@ use crate::governance::limits;
 use crate::governance::member::{name_ok, Admission, MemberId, MemberKeys};
 use crate::hash::tag;
 use crate::keys::PublicKey;
+use crate::tx::Timestamp;
 
 /// What a member asks the consortium to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -276,7 +279,44 @@ impl Wire for Command {
     }
 }
 
-/// A command with its signer, sequence number and signature: what is replicated.
+/// When a signed command may be applied: from `not_before` to `not_after`, both included, in
+/// the time of the log entry that carries it (the proposing leader's clock). Inside the signed
+/// bytes, so that no one but the signer sets it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Validity {
+    /// The first instant it may be applied.
+    pub not_before: Timestamp,
+    /// The last instant it may be applied.
+    pub not_after: Timestamp,
+}
+
+impl Validity {
+    /// From `now - before_ms` to `now + after_ms` (saturating): what a signer that submits at
+    /// once gives its command, the margin before `now` covering a leader whose clock is behind.
+    pub fn around(now: Timestamp, before_ms: u64, after_ms: u64) -> Self {
+        Self {
+            not_before: Timestamp(now.0.saturating_sub(before_ms)),
+            not_after: Timestamp(now.0.saturating_add(after_ms)),
+        }
+    }
+
+    /// Whether `at` is inside the window.
+    pub fn contains(&self, at: Timestamp) -> bool {
+        self.not_before <= at && at <= self.not_after
+    }
+
+    /// Whether it is a window a command may carry: not inverted, and no longer than
+    /// [`limits::MAX_VALIDITY_MS`].
+    pub fn is_well_formed(&self) -> bool {
+        self.not_after
+            .0
+            .checked_sub(self.not_before.0)
+            .is_some_and(|len| len <= limits::MAX_VALIDITY_MS)
+    }
+}
+
+/// A command with its signer, sequence number, validity window and signature: what is
+/// replicated.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SignedCommand {
     /// The consortium it is meant for.
@@ -285,6 +325,8 @@ pub struct SignedCommand {
     pub signer: MemberId,
     /// Above the signer's last used sequence number.
     pub sequence: u64,
+    /// When it may be applied.
+    pub validity: Validity,
     /// What it asks.
     pub command: Command,
     /// Ed25519 signature of [`SignedCommand::signing_message`].
@@ -294,11 +336,12 @@ pub struct SignedCommand {
 top_level_encoding!(SignedCommand);
 
 impl SignedCommand {
-    /// Signs `command` as `signer` with `key`.
+    /// Signs `command` as `signer` with `key`, to be applied within `validity`.
     pub fn sign(
         consortium: impl Into<String>,
         signer: impl Into<MemberId>,
         sequence: u64,
+        validity: Validity,
         command: Command,
         key: &SigningKey,
     ) -> Self {
@@ -306,6 +349,7 @@ impl SignedCommand {
             consortium: consortium.into(),
             signer: signer.into(),
             sequence,
+            validity,
             command,
             signature: Signature::from_bytes(&[0; 64]),
         };
@@ -313,7 +357,8 @@ impl SignedCommand {
         signed
     }
 
-    /// What the signer signs: tag 0x30, format version, then every field but the signature.
+    /// What the signer signs: tag 0x30, format version, then every field but the signature
+    /// (the validity window included).
     pub fn signing_message(&self) -> Vec<u8> {
         let mut w = Writer::with_capacity(256);
         w.u8(tag::GOVERNANCE_COMMAND);
@@ -346,12 +391,28 @@ impl SignedCommand {
         w.str(&self.consortium);
         w.str(&self.signer);
         w.u64(self.sequence);
+        w.u64(self.validity.not_before.0);
+        w.u64(self.validity.not_after.0);
         self.command.write(w);
+    }
+
+    /// If this is a join request — an admission signed by the applicant itself, with its own
+    /// new key — the admission and its proof of possession. The join desk takes only these,
+    /// and the regulator admits only these.
+    pub fn join_request(&self) -> Option<(&Admission, &Signature)> {
+        match &self.command {
+            Command::Admit { member, possession }
+                if self.signer == member.id && self.is_signed_by(&member.keys.signing_key) =>
+            {
+                Some((member, possession))
+            }
+            _ => None,
+        }
     }
 }
 
 impl Wire for SignedCommand {
-    const MIN_LEN: usize = 4 + 4 + 8 + Command::MIN_LEN + 64;
+    const MIN_LEN: usize = 4 + 4 + 8 + 8 + 8 + Command::MIN_LEN + 64;
 
     fn write(&self, w: &mut Writer) {
         self.write_unsigned(w);
@@ -363,6 +424,10 @@ impl Wire for SignedCommand {
             consortium: r.string("consortium", limits::MAX_NAME_LEN)?,
             signer: r.string("signer", limits::MAX_NAME_LEN)?,
             sequence: r.u64("sequence")?,
+            validity: Validity {
+                not_before: Timestamp(r.u64("not before")?),
+                not_after: Timestamp(r.u64("not after")?),
+            },
             command: Command::read(r)?,
             signature: Signature::from_bytes(&r.array("command signature")?),
         })

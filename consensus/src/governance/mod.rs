@@ -10,7 +10,9 @@
 //! link-key wrapping and epochs need the regulator's signature; a key rotation needs the member's
 //! own (with its current key, and a proof of possession of the new one); anything else is refused
 //! and the refusal recorded. Each command carries a per-signer sequence number that must grow,
-//! so a signed command is applied at most once.
+//! so a signed command is applied at most once, and a validity window (inside the signed
+//! bytes) outside which it is refused, so a signed command is applied only around the time it
+//! was signed for.
 //!
 //! It knows nothing of Raft, sockets, disks or clocks: [`crate::raft`] replicates the commands
 //! and calls `apply` with the log entry's time, identical on every node, so every node reaches
@@ -21,9 +23,9 @@ mod member;
 mod state;
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
-pub use command::{Command, CommandKind, SignedCommand};
+pub use command::{Command, CommandKind, SignedCommand, Validity};
 pub use member::{Admission, Member, MemberId, MemberKeys, MemberKind, MemberStatus, RaftRole};
 pub use state::{
     ElectionRecord, Epoch, GovernanceState, Outcome, Refusal, RefusalRecord, RevokedCertificate,
@@ -47,4 +49,7 @@ pub mod limits {
     pub const MAX_REVOKED_CERTIFICATES: usize = 1 << 20;
     /// Refusals kept in the state (the count of all of them is kept too).
     pub const MAX_REFUSALS_KEPT: usize = 256;
+    /// Longest validity window a signed command may carry: 31 days, room for the regulator's
+    /// genesis commands, which `init` signs and the node submits when it first leads.
+    pub const MAX_VALIDITY_MS: u64 = 31 * 24 * 60 * 60 * 1000;
 }

@@ -112,6 +112,12 @@ pub enum Refusal {
     /// The member list or the revocation list is at its bound.
     #[error("the consortium is full")]
     Full,
+    /// The command's validity window ended before the time it is applied at.
+    #[error("the command's validity window has passed")]
+    Expired,
+    /// The command's validity window begins after the time it is applied at.
+    #[error("the command's validity window has not begun")]
+    NotYetValid,
 }
 
 impl Refusal {
@@ -144,6 +150,8 @@ impl Refusal {
             Self::StaleEpoch => 25,
             Self::StaleLinkKey => 26,
             Self::Full => 27,
+            Self::Expired => 28,
+            Self::NotYetValid => 29,
         }
     }
 
@@ -176,6 +184,8 @@ impl Refusal {
             25 => Self::StaleEpoch,
             26 => Self::StaleLinkKey,
             27 => Self::Full,
+            28 => Self::Expired,
+            29 => Self::NotYetValid,
             tag => {
                 return Err(DecodeError::UnknownTag {
                     field: "refusal",
@@ -394,6 +404,7 @@ impl GovernanceState {
         if !name_ok(&signed.consortium)
             || !name_ok(&signed.signer)
             || !signed.command.is_well_formed()
+            || !signed.validity.is_well_formed()
         {
             return Err(Refusal::Malformed);
         }
@@ -420,9 +431,10 @@ impl GovernanceState {
             return Err(Refusal::Replayed);
         }
         // From here the command is authentic and fresh. It uses its sequence number up whatever
-        // follows: a command refused now (say, an admission whose node id is taken) must not be
-        // replayable later, when it would pass.
+        // follows: a command refused now (say, an admission whose node id is taken, or one whose
+        // window has not begun) must not be replayable later, when it would pass.
         signer.last_sequence = signed.sequence;
+        within_window(signed, now)?;
         let by_regulator = self.regulator.as_deref() == Some(signed.signer.as_str());
 
         match &signed.command {
@@ -524,6 +536,7 @@ impl GovernanceState {
         if !signed.is_signed_by(&regulator.keys.signing_key) {
             return Err(Refusal::BadSignature);
         }
+        within_window(signed, now)?;
         self.consortium = signed.consortium.clone();
         self.regulator = Some(regulator.id.clone());
         self.members.insert(
@@ -540,12 +553,20 @@ impl GovernanceState {
         Ok(())
     }
 
-    fn admit(
-        &mut self,
+    /// Whether the regulator may admit `member`, proven by `possession`, in this state: the
+    /// checks [`Command::Admit`] makes before it changes anything. The join desk calls it on an
+    /// applicant's request, so that what it keeps pending is what the state would admit now.
+    pub fn check_admission(
+        &self,
         member: &Admission,
         possession: &Signature,
-        now: Timestamp,
     ) -> Result<(), Refusal> {
+        if self.regulator.is_none() {
+            return Err(Refusal::NoGenesis);
+        }
+        if !member.is_well_formed() {
+            return Err(Refusal::Malformed);
+        }
         if member.kind == MemberKind::Regulator {
             return Err(Refusal::SecondRegulator);
         }
@@ -569,6 +590,16 @@ impl GovernanceState {
         {
             return Err(Refusal::BadKeyProof);
         }
+        Ok(())
+    }
+
+    fn admit(
+        &mut self,
+        member: &Admission,
+        possession: &Signature,
+        now: Timestamp,
+    ) -> Result<(), Refusal> {
+        self.check_admission(member, possession)?;
         self.members.insert(
             member.id.clone(),
             Member {
@@ -968,6 +999,17 @@ impl Wire for GovernanceState {
             refusals,
             refusals_total,
         })
+    }
+}
+
+/// Refuses a command applied outside its validity window.
+fn within_window(signed: &SignedCommand, now: Timestamp) -> Result<(), Refusal> {
+    if now < signed.validity.not_before {
+        Err(Refusal::NotYetValid)
+    } else if now > signed.validity.not_after {
+        Err(Refusal::Expired)
+    } else {
+        Ok(())
     }
 }
 

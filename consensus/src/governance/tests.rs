@@ -1,4 +1,5 @@
-//! The authorization rules, one by one.
+//! The authorization rules, one by one; the fixtures (parties, signing, times) serve the Raft
+//! layer's unit tests too.
 
 use ed25519_dalek::{Signature, SigningKey};
 
@@ -7,13 +8,13 @@ use crate::codec::{DecodeError, Wire as _};
 use crate::keys::{DelegateSet, PublicKey};
 use crate::tx::Timestamp;
 
-const CONSORTIUM: &str = "test-consortium";
-const REGULATOR: &str = "regulator";
+pub(crate) const CONSORTIUM: &str = "test-consortium";
+pub(crate) const REGULATOR: &str = "regulator";
 
 /// A member's secret signing key and its admission, made from a one-byte seed.
-struct Party {
-    key: SigningKey,
-    admission: Admission,
+pub(crate) struct Party {
+    pub(crate) key: SigningKey,
+    pub(crate) admission: Admission,
 }
 
 fn keys_from(seed: u8, key: &SigningKey) -> MemberKeys {
@@ -25,7 +26,7 @@ fn keys_from(seed: u8, key: &SigningKey) -> MemberKeys {
     }
 }
 
-fn party(id: &str, seed: u8, kind: MemberKind, role: RaftRole) -> Party {
+pub(crate) fn party(id: &str, seed: u8, kind: MemberKind, role: RaftRole) -> Party {
     let key = SigningKey::from_bytes(&[seed; 32]);
     let admission = Admission {
         id: id.to_owned(),
@@ -41,20 +42,33 @@ fn party(id: &str, seed: u8, kind: MemberKind, role: RaftRole) -> Party {
     Party { key, admission }
 }
 
-fn regulator() -> Party {
+pub(crate) fn regulator() -> Party {
     party(REGULATOR, 1, MemberKind::Regulator, RaftRole::Voter)
 }
 
-fn hospital(id: &str, seed: u8) -> Party {
+pub(crate) fn hospital(id: &str, seed: u8) -> Party {
     party(id, seed, MemberKind::Hospital, RaftRole::Learner)
 }
 
-fn at(ms: u64) -> Timestamp {
+pub(crate) fn at(ms: u64) -> Timestamp {
     Timestamp(ms)
 }
 
-fn sign(signer: &str, sequence: u64, command: Command, key: &SigningKey) -> SignedCommand {
-    SignedCommand::sign(CONSORTIUM, signer, sequence, command, key)
+/// A window that holds every time these tests apply commands at.
+pub(crate) fn window() -> Validity {
+    Validity {
+        not_before: at(0),
+        not_after: at(limits::MAX_VALIDITY_MS),
+    }
+}
+
+pub(crate) fn sign(
+    signer: &str,
+    sequence: u64,
+    command: Command,
+    key: &SigningKey,
+) -> SignedCommand {
+    SignedCommand::sign(CONSORTIUM, signer, sequence, window(), command, key)
 }
 
 fn genesis(state: &mut GovernanceState, regulator: &Party) {
@@ -69,7 +83,7 @@ fn genesis(state: &mut GovernanceState, regulator: &Party) {
     assert_eq!(state.apply(&command, at(1)), Outcome::Accepted);
 }
 
-fn admit_command(new: &Party) -> Command {
+pub(crate) fn admit_command(new: &Party) -> Command {
     Command::Admit {
         member: new.admission.clone(),
         possession: new
@@ -309,6 +323,7 @@ fn the_wrong_consortium_is_refused() {
         "other-consortium",
         REGULATOR,
         3,
+        window(),
         Command::BeginEpoch { epoch: 1 },
         &regulator.key,
     );
@@ -864,4 +879,206 @@ fn the_state_round_trips_and_refuses_other_encodings() {
         GovernanceState::from_bytes(w.as_slice()),
         Err(DecodeError::NotCanonical("members"))
     );
+}
+
+#[test]
+fn a_command_is_applied_only_inside_its_validity_window() {
+    let (mut state, regulator, _) = founded();
+    let stake = |sequence, not_before, not_after| {
+        SignedCommand::sign(
+            CONSORTIUM,
+            REGULATOR,
+            sequence,
+            Validity {
+                not_before: at(not_before),
+                not_after: at(not_after),
+            },
+            Command::SetStake {
+                member: "h1".into(),
+                stake: sequence,
+            },
+            &regulator.key,
+        )
+    };
+    let early = stake(3, 1_000, 2_000);
+    assert_eq!(
+        state.apply(&early, at(999)),
+        Outcome::Refused(Refusal::NotYetValid)
+    );
+    // Refused once, refused for good: its sequence number is used up.
+    assert_eq!(
+        state.apply(&early, at(1_500)),
+        Outcome::Refused(Refusal::Replayed)
+    );
+    let late = stake(4, 1_000, 2_000);
+    assert_eq!(
+        state.apply(&late, at(2_001)),
+        Outcome::Refused(Refusal::Expired)
+    );
+    let refusal = last_refusal(&state);
+    assert_eq!(
+        (refusal.sequence, refusal.reason, refusal.at),
+        (4, Refusal::Expired, at(2_001))
+    );
+    assert_eq!(state.member("h1").unwrap().profile.stake, 100);
+    // Both ends are inside.
+    assert_eq!(
+        state.apply(&stake(5, 1_000, 2_000), at(1_000)),
+        Outcome::Accepted
+    );
+    assert_eq!(
+        state.apply(&stake(6, 1_000, 2_000), at(2_000)),
+        Outcome::Accepted
+    );
+    assert_eq!(state.member("h1").unwrap().profile.stake, 6);
+}
+
+#[test]
+fn the_validity_window_is_signed() {
+    let (mut state, regulator, _) = founded();
+    let mut stretched = SignedCommand::sign(
+        CONSORTIUM,
+        REGULATOR,
+        3,
+        Validity::around(at(1_000), 10, 10),
+        Command::BeginEpoch { epoch: 1 },
+        &regulator.key,
+    );
+    stretched.validity.not_after = at(5_000);
+    assert_eq!(
+        state.apply(&stretched, at(2_000)),
+        Outcome::Refused(Refusal::BadSignature)
+    );
+    assert_eq!(state.current_epoch(), 0);
+}
+
+#[test]
+fn an_inverted_or_overlong_window_is_malformed() {
+    let (mut state, regulator, _) = founded();
+    for (sequence, validity) in [
+        (
+            3,
+            Validity {
+                not_before: at(10),
+                not_after: at(9),
+            },
+        ),
+        (
+            4,
+            Validity {
+                not_before: at(0),
+                not_after: at(limits::MAX_VALIDITY_MS + 1),
+            },
+        ),
+    ] {
+        assert!(!validity.is_well_formed());
+        let command = SignedCommand::sign(
+            CONSORTIUM,
+            REGULATOR,
+            sequence,
+            validity,
+            Command::BeginEpoch { epoch: 1 },
+            &regulator.key,
+        );
+        assert_eq!(
+            state.apply(&command, at(9)),
+            Outcome::Refused(Refusal::Malformed)
+        );
+    }
+    assert_eq!(state.current_epoch(), 0);
+    assert_eq!(
+        Validity::around(at(5), 10, u64::MAX),
+        Validity {
+            not_before: at(0),
+            not_after: at(u64::MAX)
+        }
+    );
+}
+
+#[test]
+fn a_genesis_outside_its_window_founds_nothing() {
+    let regulator = regulator();
+    let genesis = SignedCommand::sign(
+        CONSORTIUM,
+        REGULATOR,
+        1,
+        Validity::around(at(10_000), 0, 100),
+        Command::Genesis {
+            regulator: regulator.admission.clone(),
+        },
+        &regulator.key,
+    );
+    let mut state = GovernanceState::new();
+    assert_eq!(
+        state.apply(&genesis, at(10_101)),
+        Outcome::Refused(Refusal::Expired)
+    );
+    assert_eq!(state.consortium(), None);
+    assert_eq!(
+        state.apply(&genesis, at(9_999)),
+        Outcome::Refused(Refusal::NotYetValid)
+    );
+    assert_eq!(state.apply(&genesis, at(10_050)), Outcome::Accepted);
+}
+
+#[test]
+fn the_admission_check_is_the_one_admit_makes() {
+    let (mut state, regulator, h1) = founded();
+    let h2 = hospital("h2", 12);
+    let Command::Admit { member, possession } = admit_command(&h2) else {
+        unreachable!()
+    };
+    assert_eq!(state.check_admission(&member, &possession), Ok(()));
+
+    // What the check refuses, admitting refuses with the same reason.
+    let mut copycat = member.clone();
+    copycat.keys.signing_key = h1.admission.keys.signing_key;
+    let mut taken_node = member.clone();
+    taken_node.node_id = h1.admission.node_id;
+    let mut regulator_kind = member.clone();
+    regulator_kind.kind = MemberKind::Regulator;
+    let cases = [
+        (h1.admission.clone(), possession, Refusal::MemberExists),
+        (copycat, possession, Refusal::SigningKeyInUse),
+        (taken_node, possession, Refusal::NodeIdTaken),
+        (regulator_kind, possession, Refusal::SecondRegulator),
+        (
+            member.clone(),
+            Signature::from_bytes(&[7; 64]),
+            Refusal::BadKeyProof,
+        ),
+    ];
+    for (sequence, (admission, proof, reason)) in (3..).zip(cases) {
+        assert_eq!(state.check_admission(&admission, &proof), Err(reason));
+        let command = sign(
+            REGULATOR,
+            sequence,
+            Command::Admit {
+                member: admission,
+                possession: proof,
+            },
+            &regulator.key,
+        );
+        assert_eq!(state.apply(&command, at(3)), Outcome::Refused(reason));
+    }
+    assert_eq!(
+        GovernanceState::new().check_admission(&member, &possession),
+        Err(Refusal::NoGenesis)
+    );
+}
+
+#[test]
+fn a_join_request_is_an_admission_signed_by_the_applicant() {
+    let (_, regulator, _) = founded();
+    let h2 = hospital("h2", 12);
+    let own = SignedCommand::sign(CONSORTIUM, "h2", 0, window(), admit_command(&h2), &h2.key);
+    let (member, _) = own.join_request().expect("a join request");
+    assert_eq!(member.id, "h2");
+    let by_regulator = sign(REGULATOR, 3, admit_command(&h2), &regulator.key);
+    assert!(by_regulator.join_request().is_none());
+    let under_another_name =
+        SignedCommand::sign(CONSORTIUM, "h3", 0, window(), admit_command(&h2), &h2.key);
+    assert!(under_another_name.join_request().is_none());
+    let not_an_admission = sign("h2", 1, Command::BeginEpoch { epoch: 1 }, &h2.key);
+    assert!(not_an_admission.join_request().is_none());
 }

@@ -194,7 +194,7 @@ pub(crate) fn entry_from_bytes(bytes: &[u8]) -> Result<Entry<TypeConfig>, Decode
 }
 
 /// Version byte, last log id, last membership, snapshot id, then the snapshot's data (its own
-/// bytes, a [`crate::governance::GovernanceState`] encoding).
+/// bytes, a [`crate::raft::SnapshotData`] encoding).
 pub(crate) fn snapshot_to_bytes(meta: &SnapshotMeta<NodeId, BasicNode>, data: &[u8]) -> Vec<u8> {
     let mut w = Writer::with_capacity(128 + data.len());
     w.u8(codec::FORMAT_VERSION);
@@ -219,26 +219,30 @@ pub(crate) fn snapshot_from_bytes(
     })
 }
 
-/// Version byte, last applied log id, last membership, then the governance state's body.
+/// Version byte, last applied log id, last membership, the governance state's body, then how
+/// many governance requests were applied (the history, kept in slots of its own).
 pub(crate) fn applied_to_bytes(
     last_applied: &Option<LogId<NodeId>>,
     membership: &StoredMembership<NodeId, BasicNode>,
     state: &[u8],
+    history_len: u64,
 ) -> Vec<u8> {
-    let mut w = Writer::with_capacity(128 + state.len());
+    let mut w = Writer::with_capacity(136 + state.len());
     w.u8(codec::FORMAT_VERSION);
     write_option_log_id(&mut w, last_applied);
     write_stored_membership(&mut w, membership);
     w.bytes(state);
+    w.u64(history_len);
     w.into_bytes()
 }
 
 /// The inverse of [`applied_to_bytes`]: the last applied log id, the membership, the state's
-/// bytes.
+/// bytes, the history's length.
 pub(crate) type AppliedParts = (
     Option<LogId<NodeId>>,
     StoredMembership<NodeId, BasicNode>,
     Vec<u8>,
+    u64,
 );
 
 pub(crate) fn applied_from_bytes(bytes: &[u8]) -> Result<AppliedParts, DecodeError> {
@@ -247,6 +251,7 @@ pub(crate) fn applied_from_bytes(bytes: &[u8]) -> Result<AppliedParts, DecodeErr
             read_option_log_id(r)?,
             read_stored_membership(r)?,
             r.bytes("governance state", usize::MAX)?,
+            r.u64("history length")?,
         ))
     })
 }

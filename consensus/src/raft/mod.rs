@@ -5,7 +5,8 @@
 //! The log carries [`GovernanceRequest`]s: a signed [`crate::governance::SignedCommand`] and the
 //! time the proposing node gave it. The state machine applies each with
 //! [`crate::governance::GovernanceState::apply`] and answers a [`GovernanceResponse`]; its
-//! snapshot is the state's canonical encoding. Storage is `fhirseal-storage`'s
+//! snapshot is the state with the requests that built it ([`SnapshotData`]), which a receiver
+//! replays before taking it. Storage is `fhirseal-storage`'s
 //! [`fhirseal_storage::raft_store::RaftStore`] (typed sled trees that know nothing of Raft); what
 //! is flushed when, and why, is written in [`log_store`] and [`state_machine`].
 //!
@@ -13,7 +14,8 @@
 //! [`openraft::RaftNetworkFactory`], and the transport hands peers' RPCs to
 //! [`GovernanceNode::raft`]. The sidecar's consortium node provides it (HTTP/2 over mutual TLS,
 //! peers checked against [`GovernanceView`]; ARCHITECTURE.md, "Governance nodes", says why it
-//! lives there).
+//! lives there), and applies the pure rules of [`rpc_rules`] (who may send which RPC) and
+//! [`SnapshotData::verify`] before an RPC reaches openraft.
 //! A consortium of one needs none: [`SoloNetwork`].
 
 // openraft's traits fix the error type to its `StorageError` (over 200 bytes); boxing it in our
@@ -26,6 +28,8 @@ pub(crate) mod codec;
 pub mod log_store;
 mod node;
 mod request;
+pub mod rpc_rules;
+mod snapshot;
 mod solo;
 pub mod state_machine;
 
@@ -33,6 +37,8 @@ pub use log_store::LogStore;
 pub use node::{GovernanceNode, NodeError};
 pub use openraft::{BasicNode, Config};
 pub use request::{GovernanceRequest, GovernanceResponse, Unencodable};
+pub use rpc_rules::{authorize, RaftRpc, Receiver, RpcRefusal};
+pub use snapshot::{History, SnapshotData, SnapshotRefusal, Verified};
 pub use solo::{NoPeer, NoTransport, SoloNetwork};
 pub use state_machine::{GovernanceView, StateMachine};
 

@@ -13,6 +13,7 @@ use openraft::{BasicNode, ChangeMembers, Config, RaftNetworkFactory, StorageErro
 use crate::governance::{Outcome, SignedCommand};
 use crate::raft::log_store::LogStore;
 use crate::raft::request::{GovernanceRequest, GovernanceResponse, Unencodable};
+use crate::raft::rpc_rules::Receiver;
 use crate::raft::state_machine::{GovernanceView, StateMachine};
 use crate::raft::{NodeId, Raft, TypeConfig};
 use crate::tx::Timestamp;
@@ -228,8 +229,22 @@ impl GovernanceNode {
         &self.view
     }
 
-    /// The openraft handle: the transport delivers peers' RPCs to it, and tests watch its
-    /// metrics.
+    /// What this node knows for [`crate::raft::authorize`]: `voters` (as the transport's trust
+    /// knows them) and its vote as openraft last reported it.
+    pub fn receiver(&self, voters: BTreeSet<NodeId>) -> Receiver {
+        Receiver {
+            voters,
+            vote: self.vote(),
+        }
+    }
+
+    /// Its vote, as openraft last reported it.
+    pub fn vote(&self) -> openraft::Vote<NodeId> {
+        self.raft.metrics().borrow().vote
+    }
+
+    /// The openraft handle: the transport delivers peers' RPCs to it, after the checks of
+    /// [`crate::raft::rpc_rules`]; tests watch its metrics.
     pub fn raft(&self) -> &Raft {
         &self.raft
     }

@@ -3,9 +3,14 @@
 //!
 //! Applying a batch of entries works on a copy of the state: each governance command goes
 //! through [`GovernanceState::apply`] with the time its proposer gave it, the copy is written
-//! whole to the `applied` slot (last applied log id, membership, state), and only then does it
-//! replace the state readers see. So readers never see a state that is not on its way to disk,
-//! and a failed write leaves the old state in place.
+//! whole to the `applied` slot (last applied log id, membership, state, length of the history),
+//! and only then does it replace the state readers see. So readers never see a state that is
+//! not on its way to disk, and a failed write leaves the old state in place.
+//!
+//! Beside the state it keeps the history, every governance request applied, in log order (see
+//! [`super::snapshot`]: a snapshot carries it so that its receiver can check it). Each request
+//! is kept in a slot of its own, `history/{position}`, written in the same batch as the
+//! `applied` slot that counts it.
 //!
 //! The `applied` slot is not flushed on every apply: the log is (see [`super::log_store`]), and
 //! on restart openraft re-applies committed entries after the last applied one, which are
@@ -26,23 +31,36 @@ use openraft::{
 
 use crate::governance::GovernanceState;
 use crate::raft::codec;
-use crate::raft::request::GovernanceResponse;
+use crate::raft::request::{GovernanceRequest, GovernanceResponse};
+use crate::raft::snapshot::{History, SnapshotData, SnapshotRefusal, Verified};
 use crate::raft::{NodeId, TypeConfig};
 
 const APPLIED: &str = "applied";
 const SNAPSHOT: &str = "snapshot";
 
-/// What the state machine holds: the governance state and where in the log it stands.
+/// The slot of the history's request at `position`.
+fn history_slot(position: usize) -> String {
+    format!("history/{position:016x}")
+}
+
+/// What the state machine holds: the governance state, the requests that built it, and where
+/// in the log it stands.
 #[derive(Debug, Clone, Default)]
 struct Applied {
     last_applied: Option<LogId<NodeId>>,
     membership: StoredMembership<NodeId, BasicNode>,
     state: GovernanceState,
+    history: History,
 }
 
 impl Applied {
     fn to_bytes(&self) -> Vec<u8> {
-        codec::applied_to_bytes(&self.last_applied, &self.membership, &self.state.to_bytes())
+        codec::applied_to_bytes(
+            &self.last_applied,
+            &self.membership,
+            &self.state.to_bytes(),
+            self.history.len() as u64,
+        )
     }
 }
 
@@ -72,6 +90,20 @@ impl GovernanceView {
         let applied = self.shared.read().unwrap_or_else(PoisonError::into_inner);
         applied.last_applied.map(|id| id.index)
     }
+
+    /// The governance requests applied so far, in log order.
+    pub fn history(&self) -> History {
+        let applied = self.shared.read().unwrap_or_else(PoisonError::into_inner);
+        applied.history.clone()
+    }
+
+    /// Whether this node may install the snapshot whose data is `bytes`: it decodes, and
+    /// [`SnapshotData::verify`] accepts it against what this node has applied. The replay runs
+    /// outside the lock, on a copy of the history.
+    pub fn check_snapshot(&self, bytes: &[u8]) -> Result<Verified, SnapshotRefusal> {
+        let snapshot = SnapshotData::from_bytes(bytes)?;
+        snapshot.verify(&self.history())
+    }
 }
 
 /// The sled-backed governance state machine. Cloning shares it (the snapshot builder is a
@@ -90,15 +122,17 @@ impl StateMachine {
             .machine_value(APPLIED)
             .map_err(|e| StorageIOError::read_state_machine(AnyError::new(&e)))?
         {
-            Some(bytes) => decode_applied(&bytes)?,
+            Some(bytes) => decode_applied(&store, &bytes)?,
             None => Applied::default(),
         };
         if let Some((meta, data)) = read_snapshot(&store)? {
             if meta.last_log_id > applied.last_applied {
+                let (state, history) = decode_snapshot_data(&data)?.into_parts();
                 applied = Applied {
                     last_applied: meta.last_log_id,
                     membership: meta.last_membership,
-                    state: decode_state(&data)?,
+                    state,
+                    history,
                 };
             }
         }
@@ -130,7 +164,7 @@ impl StateMachine {
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
         let applied = self.current();
-        let data = applied.state.to_bytes();
+        let data = SnapshotData::new(applied.state, applied.history).to_bytes();
         // Two snapshots at one log id hold the same state (applying is deterministic), so the
         // log id names a snapshot well enough.
         let snapshot_id = match &applied.last_applied {
@@ -181,14 +215,17 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I::IntoIter: OptionalSend,
     {
         let mut next = self.current();
+        let first_new = next.history.len();
         let mut responses = Vec::new();
         for entry in entries {
             next.last_applied = Some(entry.log_id);
             let response = match entry.payload {
                 EntryPayload::Blank => GovernanceResponse::Raft,
-                EntryPayload::Normal(request) => GovernanceResponse::Command(
-                    next.state.apply(request.command(), request.proposed_at()),
-                ),
+                EntryPayload::Normal(request) => {
+                    let outcome = next.state.apply(request.command(), request.proposed_at());
+                    next.history.push(Arc::new(request));
+                    GovernanceResponse::Command(outcome)
+                }
                 EntryPayload::Membership(membership) => {
                     next.membership = StoredMembership::new(Some(entry.log_id), membership);
                     GovernanceResponse::Raft
@@ -196,8 +233,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             };
             responses.push(response);
         }
+        let mut slots = vec![(APPLIED.to_owned(), next.to_bytes())];
+        slots.extend(history_slots(&next.history, first_new));
         self.store
-            .set_machine_values(&[(APPLIED, &next.to_bytes())])
+            .set_machine_values(&borrowed(&slots))
             .map_err(|e| StorageIOError::write_state_machine(AnyError::new(&e)))?;
         self.replace(next);
         Ok(responses)
@@ -219,19 +258,27 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError<NodeId>> {
         let data = snapshot.into_inner();
-        // A snapshot that does not decode is refused before anything is replaced.
-        let state = GovernanceState::from_bytes(&data).map_err(|e| {
-            StorageIOError::read_snapshot(Some(meta.signature()), AnyError::new(&e))
-        })?;
+        // A snapshot that does not decode is refused before anything is replaced. Whether it
+        // may be installed at all (its history builds its state and continues ours) is the
+        // transport's to check before it reaches openraft, which stops the node on any error
+        // returned here.
+        let (state, history) = SnapshotData::from_bytes(&data)
+            .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), AnyError::new(&e)))?
+            .into_parts();
         let next = Applied {
             last_applied: meta.last_log_id,
             membership: meta.last_membership.clone(),
             state,
+            history,
         };
-        let snapshot = codec::snapshot_to_bytes(meta, &data);
         let signature = Some(meta.signature());
+        let mut slots = vec![
+            (APPLIED.to_owned(), next.to_bytes()),
+            (SNAPSHOT.to_owned(), codec::snapshot_to_bytes(meta, &data)),
+        ];
+        slots.extend(history_slots(&next.history, 0));
         self.store
-            .set_machine_values(&[(APPLIED, &next.to_bytes()), (SNAPSHOT, &snapshot)])
+            .set_machine_values(&borrowed(&slots))
             .map_err(|e| StorageIOError::write_snapshot(signature.clone(), AnyError::new(&e)))?;
         self.store
             .flush()
@@ -264,17 +311,52 @@ fn read_snapshot(store: &RaftStore) -> Result<Option<StoredSnapshot>, StorageErr
         .map_err(|e| StorageIOError::read_snapshot(None, AnyError::new(&e)).into())
 }
 
-fn decode_applied(bytes: &[u8]) -> Result<Applied, StorageError<NodeId>> {
-    let (last_applied, membership, state) = codec::applied_from_bytes(bytes)
-        .map_err(|e| StorageIOError::read_state_machine(AnyError::new(&e)))?;
+/// The slots of the history's requests from `from` on.
+fn history_slots(history: &History, from: usize) -> impl Iterator<Item = (String, Vec<u8>)> + '_ {
+    history
+        .iter()
+        .enumerate()
+        .skip(from)
+        .map(|(position, request)| (history_slot(position), request.to_bytes()))
+}
+
+fn borrowed(slots: &[(String, Vec<u8>)]) -> Vec<(&str, &[u8])> {
+    slots
+        .iter()
+        .map(|(slot, value)| (slot.as_str(), value.as_slice()))
+        .collect()
+}
+
+fn decode_applied(store: &RaftStore, bytes: &[u8]) -> Result<Applied, StorageError<NodeId>> {
+    let read_error = |e: &dyn std::fmt::Display| {
+        StorageError::from(StorageIOError::read_state_machine(AnyError::error(
+            e.to_string(),
+        )))
+    };
+    let (last_applied, membership, state, history_len) =
+        codec::applied_from_bytes(bytes).map_err(|e| read_error(&e))?;
+    let state = GovernanceState::from_bytes(&state).map_err(|e| read_error(&e))?;
+    let history_len = usize::try_from(history_len).map_err(|e| read_error(&e))?;
+    let mut history = Vec::with_capacity(history_len.min(1 << 16));
+    for position in 0..history_len {
+        let slot = history_slot(position);
+        let bytes = store
+            .machine_value(&slot)
+            .map_err(|e| read_error(&e))?
+            .ok_or_else(|| read_error(&format!("{slot} is missing")))?;
+        history.push(Arc::new(
+            GovernanceRequest::from_bytes(&bytes).map_err(|e| read_error(&e))?,
+        ));
+    }
     Ok(Applied {
         last_applied,
         membership,
-        state: decode_state(&state)?,
+        state,
+        history,
     })
 }
 
-fn decode_state(bytes: &[u8]) -> Result<GovernanceState, StorageError<NodeId>> {
-    GovernanceState::from_bytes(bytes)
+fn decode_snapshot_data(bytes: &[u8]) -> Result<SnapshotData, StorageError<NodeId>> {
+    SnapshotData::from_bytes(bytes)
         .map_err(|e| StorageIOError::read_state_machine(AnyError::new(&e)).into())
 }

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use fhirseal_consensus::governance::{
-    Admission, Command, MemberKeys, MemberKind, RaftRole, SignedCommand,
+    limits, Admission, Command, MemberKeys, MemberKind, RaftRole, SignedCommand, Validity,
 };
 use fhirseal_consensus::raft::{BasicNode, Config, GovernanceNode, NodeId, Raft, TypeConfig};
 use fhirseal_consensus::{PublicKey, SigningKey};
@@ -74,7 +74,13 @@ impl Party {
     pub(crate) fn sign(&mut self, command: Command) -> SignedCommand {
         let sequence = self.next_sequence;
         self.next_sequence += 1;
-        SignedCommand::sign(CONSORTIUM, self.id(), sequence, command, &self.key)
+        // A window as long as a command may carry, from time 0: these tests submit at times
+        // of a few seconds.
+        let window = Validity {
+            not_before: fhirseal_consensus::Timestamp(0),
+            not_after: fhirseal_consensus::Timestamp(limits::MAX_VALIDITY_MS),
+        };
+        SignedCommand::sign(CONSORTIUM, self.id(), sequence, window, command, &self.key)
     }
 
     pub(crate) fn genesis(&mut self) -> SignedCommand {

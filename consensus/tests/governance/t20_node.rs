@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use fhirseal_consensus::governance::{
     Command, MemberKind, MemberStatus, Outcome, RaftRole, Refusal,
 };
-use fhirseal_consensus::raft::{GovernanceNode, NodeError, SoloNetwork};
+use fhirseal_consensus::raft::{GovernanceNode, NodeError, SnapshotData, SoloNetwork, Verified};
 use fhirseal_consensus::Timestamp;
 
 use crate::support::{applied, config, open_store, Party, REGULATOR};
@@ -89,11 +89,22 @@ async fn admissions_and_a_revocation_survive_a_restart() {
         assert!(metrics.snapshot.is_some(), "a snapshot was built");
         assert!(metrics.purged.is_some(), "the log was purged behind it");
         let state = node.state().state();
+        let history = node.state().history();
+        // The snapshot carries what built it: a node that applied nothing may take it.
+        let snapshot = node.raft().get_snapshot().await.unwrap().unwrap();
+        let data = SnapshotData::from_bytes(snapshot.snapshot.get_ref()).unwrap();
+        assert_eq!(data.verify(&[]), Ok(Verified::Continues));
+        assert!(
+            data.history().len() < history.len(),
+            "commands followed the snapshot"
+        );
+        assert_eq!(data.history()[..], history[..data.history().len()]);
         node.shutdown().await.unwrap();
         drop(node);
         drop(db);
-        state
+        (state, history)
     };
+    let (before, history) = before;
     assert!(before.is_active("h2"));
     assert_eq!(before.member("h3").unwrap().status, MemberStatus::Revoked);
 
@@ -105,6 +116,14 @@ async fn admissions_and_a_revocation_survive_a_restart() {
     applied(&node, last).await;
     let after = node.state().state();
     assert_eq!(after, before);
+    // The history came back too (from the snapshot and the slots after it), and builds the
+    // state.
+    assert_eq!(node.state().history(), history);
+    assert_eq!(history.len(), 25);
+    assert_eq!(
+        SnapshotData::new(after.clone(), history).verify(&[]),
+        Ok(Verified::Continues)
+    );
     assert_eq!(after.member("h2").unwrap().profile.stake, 1_019);
     assert!(!after.cert_allowed(&[3; 32]));
     assert_eq!(after.refusals_total(), 1);

@@ -181,6 +181,21 @@ pub struct PendingJoin {
     pub node_id: u64,
     /// Its node's address.
     pub address: String,
+    /// SHA-256 of the TLS certificate the request names (hex): what the applicant tells the
+    /// regulator apart, and `admit --fingerprint` must repeat.
+    pub certificate: String,
+}
+
+/// `POST /consortium/invites`: an invite for the regulator's node to keep. The token itself
+/// never reaches the node: the CLI made it and shows it once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InviteRequest {
+    /// The member id it lets in.
+    pub member: String,
+    /// SHA-256 of the token, hex.
+    pub token_sha256: String,
+    /// When it expires (milliseconds since the Unix epoch).
+    pub expires_at: u64,
 }
 
 /// The status of `node` as it stands now.

@@ -5,13 +5,19 @@ use std::collections::BTreeSet;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::{Args, Subcommand};
-use fhirseal_consensus::governance::{Admission, Command, MemberKind, RaftRole, SignedCommand};
+use fhirseal_consensus::governance::{
+    Admission, Command, MemberKind, RaftRole, SignedCommand, Validity,
+};
+use fhirseal_consensus::Timestamp;
 use http::Method;
 
-use crate::consortium::api::{DeskInfo, JoinAnswer, PendingJoin, Status, SubmitAnswer};
+use crate::consortium::api::{
+    DeskInfo, InviteRequest, JoinAnswer, PendingJoin, Status, SubmitAnswer,
+};
+use crate::consortium::desk::{token_hash, INVITE_HEADER};
 use crate::consortium::error::{ConsortiumError, Result};
 use crate::consortium::files::{
     certificate_in, fingerprint, hex, new_link_key, parse_fingerprint, parse_kind,
@@ -23,6 +29,34 @@ use crate::consortium::trust::{Identity, Peer, PeerVerifier, Trust};
 
 /// How long the CLI waits for its node.
 const CLI_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long before its signing a command may be applied: room for a leader whose clock is
+/// behind the signer's.
+pub const WINDOW_BEFORE: Duration = Duration::from_secs(60);
+/// How long after its signing a command may still be applied: room for the CLI's wait, a
+/// forwarding and a change of leader, and no more, so that a command held back is refused.
+pub const WINDOW_AFTER: Duration = Duration::from_secs(10 * 60);
+/// How long the genesis commands `init` signs stay valid: the node submits them when it first
+/// leads, which may be a while after `init`.
+pub const GENESIS_VALIDITY: Duration = Duration::from_secs(30 * 24 * 60 * 60);
+
+/// The wall clock, in the ledger's milliseconds.
+pub fn wall_clock() -> Timestamp {
+    let ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    Timestamp(ms)
+}
+
+/// The window of a command signed at `now` and submitted at once: [`WINDOW_BEFORE`] before it
+/// to [`WINDOW_AFTER`] after.
+pub fn command_window(now: Timestamp) -> Validity {
+    window(now, WINDOW_BEFORE, WINDOW_AFTER)
+}
+
+fn window(now: Timestamp, before: Duration, after: Duration) -> Validity {
+    let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    Validity::around(now, ms(before), ms(after))
+}
 
 /// `fhirseal consortium`.
 #[derive(Debug, Subcommand)]
@@ -30,14 +64,19 @@ pub enum ConsortiumCommand {
     /// The regulator founds a consortium: makes its keys and certificate, the link key, and the
     /// signed genesis in DIR. Start the node with `fhirseal consortium node --dir DIR`.
     Init(InitArgs),
+    /// (regulator) Issues a one-time invite for a member id: prints a token the institution
+    /// passes to `join --invite`. Only its hash is kept, at the regulator's node.
+    Invite(InviteArgs),
     /// An institution makes its keys in DIR and sends a signed join request to the regulator's
-    /// join desk at URL (https://host:port), whose certificate is pinned by --pin.
+    /// join desk at URL (https://host:port), whose certificate is pinned by --pin, with the
+    /// invite the regulator gave it.
     Join(JoinArgs),
     /// Runs the node of DIR (Raft, the mutual-TLS API, the join desk if configured) until
     /// Ctrl-C or SIGTERM.
     Node(DirArg),
     /// (regulator) Admits a member whose join request is pending at this node (or given by
-    /// --request) and wraps the link key for it.
+    /// --request), if the request names the certificate --fingerprint says, and wraps the
+    /// link key for it.
     Admit(AdmitArgs),
     /// (regulator) Suspends a member: its node is cut off until reinstated.
     Suspend(ReasonArgs),
@@ -120,6 +159,19 @@ pub struct InitArgs {
     pub timing: TimingArgs,
 }
 
+/// `invite`.
+#[derive(Debug, Args)]
+pub struct InviteArgs {
+    /// The member id the invite lets in.
+    pub member: String,
+    /// The regulator node's directory.
+    #[arg(long)]
+    pub dir: PathBuf,
+    /// How long the invite stays valid, in hours (at most 720).
+    #[arg(long, default_value_t = 24)]
+    pub valid_hours: u64,
+}
+
 /// `join`.
 #[derive(Debug, Args)]
 pub struct JoinArgs {
@@ -128,6 +180,10 @@ pub struct JoinArgs {
     /// SHA-256 (hex) of the regulator node's certificate, as `init` printed it.
     #[arg(long)]
     pub pin: String,
+    /// The one-time invite token the regulator gave this institution (`consortium invite`);
+    /// the desk refuses a request without a valid one.
+    #[arg(long)]
+    pub invite: Option<String>,
     /// The node's directory.
     #[arg(long)]
     pub dir: PathBuf,
@@ -162,6 +218,11 @@ pub struct AdmitArgs {
     /// The regulator node's directory.
     #[arg(long)]
     pub dir: PathBuf,
+    /// SHA-256 (hex) of the applicant's certificate, as `join` printed it to the applicant and
+    /// `joins` lists it: told by the institution out of band, so that the request admitted is
+    /// the institution's and not another one posted under its name.
+    #[arg(long)]
+    pub fingerprint: String,
     /// Its node votes in Raft (else it is a learner).
     #[arg(long)]
     pub voter: bool,
@@ -230,6 +291,7 @@ pub async fn execute(
 ) -> Result<String> {
     match command {
         ConsortiumCommand::Init(args) => init(args),
+        ConsortiumCommand::Invite(args) => invite(args).await,
         ConsortiumCommand::Join(args) => join(args).await,
         ConsortiumCommand::Node(args) => {
             crate::consortium::node::run(&args.dir, shutdown).await?;
@@ -288,8 +350,8 @@ pub async fn execute(
             let mut out = String::new();
             for p in pending {
                 out.push_str(&format!(
-                    "{} ({}, {}) node {} at {}\n",
-                    p.id, p.name, p.kind, p.node_id, p.address
+                    "{} ({}, {}) node {} at {}, certificate {}\n",
+                    p.id, p.name, p.kind, p.node_id, p.address, p.certificate
                 ));
             }
             Ok(out)
@@ -357,10 +419,12 @@ fn init(args: InitArgs) -> Result<String> {
         stake: 0,
         reputation: 0,
     };
+    let genesis_window = window(wall_clock(), WINDOW_BEFORE, GENESIS_VALIDITY);
     let genesis = SignedCommand::sign(
         &args.consortium,
         &args.member,
         1,
+        genesis_window,
         Command::Genesis { regulator },
         &secrets.signing,
     );
@@ -368,6 +432,7 @@ fn init(args: InitArgs) -> Result<String> {
         &args.consortium,
         &args.member,
         2,
+        genesis_window,
         Command::WrapLinkKey {
             version: 1,
             wrapped: vec![(
@@ -417,6 +482,40 @@ fn init(args: InitArgs) -> Result<String> {
         args.node_id,
         args.dir.display(),
         args.join_listen,
+    ))
+}
+
+async fn invite(args: InviteArgs) -> Result<String> {
+    const MAX_HOURS: u64 = 30 * 24;
+    if args.valid_hours == 0 || args.valid_hours > MAX_HOURS {
+        return Err(ConsortiumError::Usage(format!(
+            "--valid-hours: from 1 to {MAX_HOURS}"
+        )));
+    }
+    let mut client = Client::open(&args.dir)?;
+    let mut secret = zeroize::Zeroizing::new([0u8; 32]);
+    getrandom::fill(secret.as_mut()).map_err(|e| ConsortiumError::Keys(e.to_string()))?;
+    let token = zeroize::Zeroizing::new(hex(secret.as_ref()));
+    let expires_at = wall_clock()
+        .0
+        .saturating_add(args.valid_hours * 60 * 60 * 1000);
+    let request = InviteRequest {
+        member: args.member.clone(),
+        token_sha256: hex(&token_hash(&token)),
+        expires_at,
+    };
+    let body = serde_json::to_vec(&request).map_err(|e| ConsortiumError::Usage(e.to_string()))?;
+    client
+        .channel
+        .request(Method::POST, "/consortium/invites", body, CLI_TIMEOUT)
+        .await?;
+    Ok(format!(
+        "one-time invite for {} (valid {} h; the node keeps only its hash):\n{}\n\
+         the institution joins with: fhirseal consortium join https://DESK --pin PIN --invite TOKEN --member {} ...\n",
+        args.member,
+        args.valid_hours,
+        token.as_str(),
+        args.member,
     ))
 }
 
@@ -488,6 +587,7 @@ async fn join(args: JoinArgs) -> Result<String> {
         &info.consortium,
         &args.member,
         0,
+        command_window(wall_clock()),
         Command::Admit {
             member: admission,
             possession,
@@ -499,9 +599,21 @@ async fn join(args: JoinArgs) -> Result<String> {
             "a name, id or address is empty or longer than 256 bytes".into(),
         ));
     }
-    let (_, body) = channel
-        .request(Method::POST, "/join", request.to_bytes(), CLI_TIMEOUT)
+    let headers: Vec<(&'static str, String)> = args
+        .invite
+        .iter()
+        .map(|token| (INVITE_HEADER, token.trim().to_owned()))
+        .collect();
+    let answer = channel
+        .call_with(
+            Method::POST,
+            "/join",
+            request.to_bytes(),
+            &headers,
+            CLI_TIMEOUT,
+        )
         .await?;
+    let (_, body) = channel.answer(answer)?;
     let answer: JoinAnswer = serde_json::from_slice(&body).map_err(|e| protocol(&desk, e))?;
 
     secrets.write(&layout.keys())?;
@@ -517,10 +629,12 @@ async fn join(args: JoinArgs) -> Result<String> {
         raft: timing,
     }
     .create(&layout)?;
+    let certificate = hex(&secrets.certificate_fingerprint());
     Ok(format!(
         "join request of {} (node {node_id}) is pending at {desk} for consortium {}\n\
+         its certificate: {certificate} (tell the regulator, not through the desk)\n\
          start its node:  fhirseal consortium node --dir {}\n\
-         the regulator admits it: fhirseal consortium admit {} --dir REGULATOR_DIR [--voter]\n",
+         the regulator admits it: fhirseal consortium admit {} --dir REGULATOR_DIR --fingerprint {certificate} [--voter]\n",
         args.member,
         answer.consortium,
         args.dir.display(),
@@ -529,6 +643,11 @@ async fn join(args: JoinArgs) -> Result<String> {
 }
 
 async fn admit(args: AdmitArgs) -> Result<String> {
+    let expected = parse_fingerprint(&args.fingerprint).ok_or_else(|| {
+        ConsortiumError::Usage(
+            "--fingerprint: expected 64 hex digits (the SHA-256 `join` printed)".into(),
+        )
+    })?;
     let mut client = Client::open(&args.dir)?;
     let bytes = match &args.request {
         Some(path) => std::fs::read(path).map_err(|e| ConsortiumError::file(path, e))?,
@@ -544,22 +663,24 @@ async fn admit(args: AdmitArgs) -> Result<String> {
     };
     let request = SignedCommand::from_bytes(&bytes)
         .map_err(|e| ConsortiumError::Usage(format!("not a join request: {e}")))?;
-    let Command::Admit {
-        mut member,
-        possession,
-    } = request.command.clone()
-    else {
+    let Some((member, possession)) = request.join_request() else {
         return Err(ConsortiumError::Usage(
-            "the request is not an admission".into(),
+            "the request is not an admission signed with the applicant's own key".into(),
         ));
     };
-    if member.id != args.member
-        || request.signer != member.id
-        || !request.is_signed_by(&member.keys.signing_key)
-    {
+    let (mut member, possession) = (member.clone(), *possession);
+    if member.id != args.member {
         return Err(ConsortiumError::Usage(format!(
-            "the request is not {}'s, signed with its own key",
-            args.member
+            "the request is {}'s, not {}'s",
+            member.id, args.member
+        )));
+    }
+    if member.keys.tls_certificate != expected {
+        return Err(ConsortiumError::Usage(format!(
+            "the request of {} names the certificate {}, not {}: not admitted",
+            args.member,
+            hex(&member.keys.tls_certificate),
+            hex(&expected)
         )));
     }
     member.raft_role = if args.voter {
@@ -726,6 +847,7 @@ impl Client {
             &self.config.consortium,
             &self.config.member,
             last + 1,
+            command_window(wall_clock()),
             command,
             &self.secrets.signing,
         );

@@ -63,6 +63,9 @@ pub enum ConsortiumError {
     /// A socket could not be bound or accepted on.
     #[error("I/O: {0}")]
     Io(#[from] std::io::Error),
+    /// The join desk's store failed.
+    #[error(transparent)]
+    Desk(#[from] crate::consortium::desk::DeskError),
 }
 
 impl From<NodeError> for ConsortiumError {

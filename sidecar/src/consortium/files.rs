@@ -39,6 +39,7 @@ use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
 use crate::consortium::error::{ConsortiumError, Result};
+use crate::consortium::trust::BootstrapPeer;
 
 /// The paths of a node's directory.
 #[derive(Debug, Clone)]
@@ -98,6 +99,9 @@ impl Layout {
     }
 }
 
+/// How long sending a snapshot, and its receiver's checks and installation, may take.
+const SNAPSHOT_TIMEOUT_MS: u64 = 20_000;
+
 /// Raft timing of a node, in milliseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -132,6 +136,10 @@ impl RaftTiming {
             election_timeout_max: self.election_timeout_ms * 2,
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(self.snapshot_every),
             max_in_snapshot_log_to_keep: 0,
+            // A snapshot crosses whole, in one request, and its receiver replays its history
+            // before installing it (see `transport::PeerConnection::full_snapshot`): more than
+            // openraft's 200 ms for one chunk.
+            install_snapshot_timeout: SNAPSHOT_TIMEOUT_MS,
             ..Default::default()
         }
     }
@@ -222,6 +230,9 @@ pub struct TrustedPeer {
     pub node_id: u64,
     /// SHA-256 of its certificate, hex.
     pub certificate: String,
+    /// Whether its node votes.
+    #[serde(default)]
+    pub voter: bool,
 }
 
 /// `trust.toml`: the members an institution's node trusts until its replicated state holds its
@@ -252,8 +263,8 @@ impl TrustFile {
         fs::write(&path, text).map_err(|e| ConsortiumError::file(&path, e))
     }
 
-    /// Certificate fingerprint → (member, node id).
-    pub fn peers(&self) -> Result<BTreeMap<[u8; 32], (String, u64)>> {
+    /// Certificate fingerprint → the member that presents it.
+    pub fn peers(&self) -> Result<BTreeMap<[u8; 32], BootstrapPeer>> {
         self.peer
             .iter()
             .map(|p| {
@@ -263,7 +274,12 @@ impl TrustFile {
                         p.member
                     ))
                 })?;
-                Ok((fp, (p.member.clone(), p.node_id)))
+                let peer = BootstrapPeer {
+                    member: p.member.clone(),
+                    node_id: p.node_id,
+                    voter: p.voter,
+                };
+                Ok((fp, peer))
             })
             .collect()
     }

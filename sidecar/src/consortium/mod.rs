@@ -8,15 +8,18 @@
 //! - [`transport`] — HTTP/2 channels over mutual TLS, and openraft's network over them.
 //! - [`node`] — a running node: openraft, the API and Raft listener, the regulator's join desk,
 //!   the leader's duties (membership follows the governance state).
+//! - [`desk`] — the regulator's join desk: one-time invites (kept hashed) and the join requests
+//!   they let in.
 //! - [`api`] — what the API answers (status, submission outcomes, join answers), in JSON.
-//! - [`cli`] — `init`, `join`, `node`, `admit`, `suspend`, `reinstate`, `revoke`, `stake`,
-//!   `rotate`, `joins`, `status`.
+//! - [`cli`] — `init`, `invite`, `join`, `node`, `admit`, `suspend`, `reinstate`, `revoke`,
+//!   `stake`, `rotate`, `joins`, `status`.
 //!
 //! ARCHITECTURE.md, "Governance nodes", says why the transport lives here rather than in
 //! `fhirseal-consensus`.
 
 pub mod api;
 pub mod cli;
+pub mod desk;
 mod error;
 pub mod files;
 pub mod node;

@@ -6,14 +6,23 @@
 //!
 //! | route | body | answer |
 //! |---|---|---|
-//! | `POST /raft/append`, `/raft/vote`, `/raft/snapshot` | openraft's request, JSON | `Result<response, RaftError>`, JSON |
+//! | `POST /raft/append`, `/raft/vote` | openraft's request, JSON | `Result<response, RaftError>`, JSON |
+//! | `POST /raft/snapshot` | a whole snapshot ([`SnapshotRpc`]), JSON | `Result<SnapshotResponse, Fatal>`, JSON |
 //! | `POST /consortium/submit` | a signed command, canonical bytes | [`SubmitAnswer`]: 200 accepted, 403 refused (and recorded), 400 malformed, 503 no leader |
 //! | `GET /consortium/status` | — | [`crate::consortium::api::Status`] |
-//! | `GET /consortium/joins`, `/consortium/joins/{id}` | — | pending join requests (the list, JSON; one, its bytes) |
+//! | `GET /consortium/joins`, `/consortium/joins/{id}` | — | this member's own CLI only: pending join requests (the list, JSON; one, its bytes) |
+//! | `POST /consortium/invites` | [`InviteRequest`], JSON | the regulator's own CLI only: an invite kept (201) |
+//!
+//! A Raft RPC reaches openraft only if [`authorize`] lets the peer send it (the leader or
+//! candidate it names is the peer's own node, and a voter; a snapshot comes from the leader this
+//! node follows) and, for a snapshot, if its history continues this node's and builds its state
+//! ([`fhirseal_consensus::raft::SnapshotData::verify`]); else it is answered 403 and nothing
+//! changes.
 //!
 //! The join desk (`join_listen`, server-authenticated TLS only: applicants are not members yet):
-//! `GET /join` ([`DeskInfo`]) and `POST /join` with the applicant's signed admission request
-//! ([`JoinAnswer`], 202).
+//! `GET /join` ([`DeskInfo`]) and `POST /join` with the applicant's signed admission request and
+//! its invite token in the [`INVITE_HEADER`] header ([`JoinAnswer`], 202; see
+//! [`crate::consortium::desk`]).
 //!
 //! A follower forwards a submission to the leader over the same transport; the leader proposes
 //! it with its clock's time. Every node runs the leader's duties when it leads: it brings the
@@ -23,37 +32,44 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
+use std::io::Cursor;
 use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use fhirseal_consensus::governance::{Command, SignedCommand};
-use fhirseal_consensus::raft::{GovernanceNode, NodeError, NodeId};
-use fhirseal_consensus::Timestamp;
+use fhirseal_consensus::governance::SignedCommand;
+use fhirseal_consensus::raft::{
+    authorize, GovernanceNode, NodeError, NodeId, RaftRpc, RpcRefusal, TypeConfig, Verified,
+};
 use fhirseal_storage::raft_store::RaftStore;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use openraft::error::Fatal;
+use openraft::raft::{AppendEntriesRequest, SnapshotResponse, VoteRequest};
+use openraft::{Snapshot, Vote};
 use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
-use crate::consortium::api::{self, DeskInfo, JoinAnswer, NodeStatus, PendingJoin, SubmitAnswer};
+use crate::consortium::api::{self, DeskInfo, InviteRequest, NodeStatus, SubmitAnswer};
+use crate::consortium::cli::wall_clock;
+use crate::consortium::desk::{Desk, Invite, INVITE_HEADER};
 use crate::consortium::error::{ConsortiumError, Result};
 use crate::consortium::files::{
-    certificate_in, certified_key_in, fingerprint, hex, kind_name, read_link_key, store_link_key,
-    Layout, MemberSecrets, NodeConfig, TrustFile, TrustedPeer,
+    certificate_in, certified_key_in, fingerprint, hex, parse_fingerprint, read_link_key,
+    store_link_key, Layout, MemberSecrets, NodeConfig, TrustFile,
 };
-use crate::consortium::transport::{Channel, HttpNetwork, CERTIFICATE_REFUSED, MAX_ANSWER_BYTES};
+use crate::consortium::transport::{
+    Channel, HttpNetwork, SnapshotRpc, CERTIFICATE_REFUSED, MAX_ANSWER_BYTES,
+};
 use crate::consortium::trust::{key_fingerprint, server_config, Identity, Peer, Trust};
 
 /// Largest API or join request body.
 const MAX_REQUEST_BYTES: usize = 1 << 20;
-/// Most join requests kept pending at once.
-const MAX_PENDING_JOINS: usize = 1024;
 /// How often the leader's duties and the key watcher run.
 const DUTY_INTERVAL: Duration = Duration::from_millis(200);
 /// How long a node keeps the certificate and key a rotation replaced, to present to peers that
@@ -75,7 +91,7 @@ struct Shared {
     node: GovernanceNode,
     trust: Trust,
     identity: Identity,
-    joins: sled::Tree,
+    desk: Desk,
     // Channels to leaders, for forwarded submissions.
     leaders: tokio::sync::Mutex<BTreeMap<NodeId, Channel>>,
     link_key_version: Mutex<Option<u32>>,
@@ -96,7 +112,7 @@ pub async fn run(dir: &Path, shutdown: impl Future<Output = ()>) -> Result<()> {
 
     let db = sled::open(layout.raft())?;
     let store = RaftStore::open(&db)?;
-    let joins = db.open_tree("consortium.joins")?;
+    let desk = Desk::open(&db)?;
     let network = HttpNetwork::new(trust.clone(), identity.clone());
     let raft_config = config.raft.raft_config(&config.consortium);
     let node = GovernanceNode::start(config.node_id, raft_config, store, network).await?;
@@ -108,7 +124,7 @@ pub async fn run(dir: &Path, shutdown: impl Future<Output = ()>) -> Result<()> {
         node: node.clone(),
         trust: trust.clone(),
         identity: identity.clone(),
-        joins,
+        desk,
         leaders: tokio::sync::Mutex::new(BTreeMap::new()),
         link_key_version: Mutex::new(None),
     });
@@ -177,13 +193,6 @@ fn desk_server_config(identity: &Identity) -> Result<rustls::ServerConfig> {
         .with_cert_resolver(Arc::new(identity.clone()));
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(config)
-}
-
-fn now() -> Timestamp {
-    let ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-    Timestamp(ms)
 }
 
 async fn serve(listener: TcpListener, acceptor: TlsAcceptor, shared: Arc<Shared>, mutual: bool) {
@@ -270,7 +279,7 @@ async fn api_request(
     req: Request<Incoming>,
 ) -> Response<Body> {
     // The handshake checked the certificate; a revocation since then must cut the peer off.
-    let Some(_peer) = peer_fp.and_then(|fp| shared.trust.peer(&fp)) else {
+    let Some(peer) = peer_fp.and_then(|fp| shared.trust.peer(&fp)) else {
         // Marked, so that the client knows nothing was done and may send the request again
         // over a new connection presenting another of its certificates.
         let mut refused = error(
@@ -284,25 +293,33 @@ async fn api_request(
     };
     let path = req.uri().path().to_owned();
     let method = req.method().clone();
+    // What only this member's own CLI may ask (the peer presents this node's member's
+    // certificate): the regulator's pending joins and invites are not other members' to read
+    // or make.
+    let own = peer.member == shared.config.member;
     match (method, path.as_str()) {
         (Method::POST, "/raft/append") => {
             let raft = shared.node.raft().clone();
-            raft_rpc(req, "append entries", |rpc| async move {
-                raft.append_entries(rpc).await
-            })
+            let vote = |rpc: &AppendEntriesRequest<TypeConfig>| rpc.vote;
+            raft_rpc(
+                shared,
+                &peer,
+                req,
+                RaftRpc::Append,
+                vote,
+                |rpc| async move { raft.append_entries(rpc).await },
+            )
             .await
         }
         (Method::POST, "/raft/vote") => {
             let raft = shared.node.raft().clone();
-            raft_rpc(req, "vote", |rpc| async move { raft.vote(rpc).await }).await
-        }
-        (Method::POST, "/raft/snapshot") => {
-            let raft = shared.node.raft().clone();
-            raft_rpc(req, "install snapshot", |rpc| async move {
-                raft.install_snapshot(rpc).await
+            let vote = |rpc: &VoteRequest<NodeId>| rpc.vote;
+            raft_rpc(shared, &peer, req, RaftRpc::Vote, vote, |rpc| async move {
+                raft.vote(rpc).await
             })
             .await
         }
+        (Method::POST, "/raft/snapshot") => install_snapshot(shared, &peer, req).await,
         (Method::POST, "/consortium/submit") => {
             let forwarded = req.headers().contains_key(FORWARDED);
             let body = match read_body(req, MAX_REQUEST_BYTES).await {
@@ -312,31 +329,19 @@ async fn api_request(
             submit(shared, body, forwarded).await
         }
         (Method::GET, "/consortium/status") => json(StatusCode::OK, &node_status(shared)),
-        (Method::GET, "/consortium/joins") => {
-            let pending: Vec<PendingJoin> = shared
-                .joins
-                .iter()
-                .values()
-                .filter_map(|v| v.ok())
-                .filter_map(|v| SignedCommand::from_bytes(&v).ok())
-                .filter_map(|c| match c.command {
-                    Command::Admit { member, .. } => Some(PendingJoin {
-                        id: member.id,
-                        name: member.name,
-                        kind: kind_name(member.kind).to_owned(),
-                        node_id: member.node_id,
-                        address: member.address,
-                    }),
-                    _ => None,
-                })
-                .collect();
-            json(StatusCode::OK, &pending)
-        }
+        (Method::GET, p) if p.starts_with("/consortium/joins") && !own => error(
+            StatusCode::FORBIDDEN,
+            "only this node's own member reads its pending join requests",
+        ),
+        (Method::GET, "/consortium/joins") => match shared.desk.pending() {
+            Ok(pending) => json(StatusCode::OK, &pending),
+            Err(e) => error(e.status(), e.to_string()),
+        },
         (Method::GET, p) if p.starts_with("/consortium/joins/") => {
             let id = &p["/consortium/joins/".len()..];
-            match shared.joins.get(id.as_bytes()) {
+            match shared.desk.request(id) {
                 Ok(Some(bytes)) => {
-                    let mut response = Response::new(Full::new(Bytes::from(bytes.to_vec())));
+                    let mut response = Response::new(Full::new(Bytes::from(bytes)));
                     response.headers_mut().insert(
                         http::header::CONTENT_TYPE,
                         http::HeaderValue::from_static("application/octet-stream"),
@@ -347,36 +352,176 @@ async fn api_request(
                     StatusCode::NOT_FOUND,
                     format!("no pending join request from {id:?}"),
                 ),
-                Err(e) => error(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    format!("pending joins: {e}"),
-                ),
+                Err(e) => error(e.status(), e.to_string()),
             }
+        }
+        (Method::POST, "/consortium/invites") => {
+            let body = match read_body(req, MAX_REQUEST_BYTES).await {
+                Ok(b) => b,
+                Err(r) => return r,
+            };
+            invite(shared, own, &body)
         }
         (
             _,
-            "/raft/append" | "/raft/vote" | "/raft/snapshot" | "/consortium/submit"
-            | "/consortium/status" | "/consortium/joins",
+            "/raft/append"
+            | "/raft/vote"
+            | "/raft/snapshot"
+            | "/consortium/submit"
+            | "/consortium/status"
+            | "/consortium/joins"
+            | "/consortium/invites",
         ) => error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
         _ => error(StatusCode::NOT_FOUND, format!("no route {path}")),
     }
 }
 
-/// One Raft RPC: the JSON request in, openraft's JSON answer out.
-async fn raft_rpc<Req, Resp, F, Fut>(req: Request<Incoming>, what: &str, call: F) -> Response<Body>
+/// Whether `peer` may send `rpc` under `vote` to this node ([`authorize`], over the voters
+/// its trust knows and its own vote).
+fn authorize_rpc(
+    shared: &Shared,
+    peer: &Peer,
+    rpc: RaftRpc,
+    vote: &Vote<NodeId>,
+) -> std::result::Result<(), RpcRefusal> {
+    let receiver = shared.node.receiver(shared.trust.voters());
+    authorize(rpc, vote, peer.node_id, &receiver)
+}
+
+/// The 403 of a Raft RPC refused before it reached openraft: nothing was done.
+fn refused(peer: &Peer, refusal: &dyn std::fmt::Display) -> Response<Body> {
+    tracing::warn!(peer = %peer.member, node = peer.node_id, %refusal, "raft rpc refused");
+    error(StatusCode::FORBIDDEN, format!("refused: {refusal}"))
+}
+
+/// A Raft RPC's JSON body (up to [`MAX_ANSWER_BYTES`]: a snapshot is the largest), or the
+/// 4xx to answer.
+async fn read_json<T: serde::de::DeserializeOwned>(
+    req: Request<Incoming>,
+    what: RaftRpc,
+) -> std::result::Result<T, Response<Body>> {
+    let body = read_body(req, MAX_ANSWER_BYTES).await?;
+    serde_json::from_slice(&body)
+        .map_err(|e| error(StatusCode::BAD_REQUEST, format!("{what}: {e}")))
+}
+
+/// One Raft RPC: the JSON request in, checked ([`authorize_rpc`]), openraft's JSON answer out.
+async fn raft_rpc<Req, Resp, F, Fut>(
+    shared: &Shared,
+    peer: &Peer,
+    req: Request<Incoming>,
+    rpc: RaftRpc,
+    vote: impl FnOnce(&Req) -> Vote<NodeId>,
+    call: F,
+) -> Response<Body>
 where
     Req: serde::de::DeserializeOwned,
     Resp: Serialize,
     F: FnOnce(Req) -> Fut,
     Fut: Future<Output = Resp>,
 {
-    let body = match read_body(req, MAX_ANSWER_BYTES).await {
-        Ok(b) => b,
+    let request: Req = match read_json(req, rpc).await {
+        Ok(request) => request,
         Err(r) => return r,
     };
-    match serde_json::from_slice(&body) {
-        Ok(rpc) => json(StatusCode::OK, &call(rpc).await),
-        Err(e) => error(StatusCode::BAD_REQUEST, format!("{what}: {e}")),
+    if let Err(refusal) = authorize_rpc(shared, peer, rpc, &vote(&request)) {
+        return refused(peer, &refusal);
+    }
+    json(StatusCode::OK, &call(request).await)
+}
+
+/// A whole snapshot: checked ([`authorize_rpc`], then its history against this node's, off the
+/// async workers since it replays every command), then installed by openraft. A snapshot older
+/// than what this node applied is answered as openraft answers one: with this node's vote,
+/// nothing installed.
+async fn install_snapshot(shared: &Shared, peer: &Peer, req: Request<Incoming>) -> Response<Body> {
+    let rpc: SnapshotRpc = match read_json(req, RaftRpc::Snapshot).await {
+        Ok(rpc) => rpc,
+        Err(r) => return r,
+    };
+    if let Err(refusal) = authorize_rpc(shared, peer, RaftRpc::Snapshot, &rpc.vote) {
+        return refused(peer, &refusal);
+    }
+    let data = match rpc.data() {
+        Ok(data) => data,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("snapshot data: {e}")),
+    };
+    let view = shared.node.state().clone();
+    let checked =
+        tokio::task::spawn_blocking(move || view.check_snapshot(&data).map(|v| (v, data))).await;
+    let data = match checked {
+        Ok(Ok((Verified::Continues, data))) => data,
+        Ok(Ok((Verified::Behind, _))) => {
+            let answer: std::result::Result<_, Fatal<NodeId>> =
+                Ok(SnapshotResponse::new(shared.node.vote()));
+            return json(StatusCode::OK, &answer);
+        }
+        Ok(Err(refusal)) => return refused(peer, &refusal),
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
+    let last_log_id = rpc.meta.last_log_id;
+    let snapshot = Snapshot {
+        meta: rpc.meta,
+        snapshot: Box::new(Cursor::new(data)),
+    };
+    let installed = shared
+        .node
+        .raft()
+        .install_full_snapshot(rpc.vote, snapshot)
+        .await;
+    if installed.is_ok() {
+        tracing::info!(
+            leader = peer.node_id,
+            ?last_log_id,
+            "snapshot verified and handed to raft"
+        );
+    }
+    json(StatusCode::OK, &installed)
+}
+
+/// Keeps an invite for the regulator's CLI (its node runs the join desk).
+fn invite(shared: &Shared, own: bool, body: &[u8]) -> Response<Body> {
+    let regulator = shared
+        .node
+        .state()
+        .read(|s| s.regulator().map(|m| m.id().to_owned()));
+    if !own
+        || shared.config.join_listen.is_none()
+        || regulator != Some(shared.config.member.clone())
+    {
+        return error(
+            StatusCode::FORBIDDEN,
+            "only the regulator's own CLI issues invites, at the node that runs the join desk",
+        );
+    }
+    let request: InviteRequest = match serde_json::from_slice(body) {
+        Ok(r) => r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("invite: {e}")),
+    };
+    let Some(hash) = parse_fingerprint(&request.token_sha256) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "invite: token_sha256 is not 64 hex digits",
+        );
+    };
+    let invite = Invite {
+        member: request.member,
+        expires_at: request.expires_at,
+    };
+    match shared
+        .desk
+        .invite(shared.node.state(), hash, &invite, wall_clock())
+    {
+        Ok(()) => {
+            // The token is not logged (the node never had it); its hash names the invite.
+            tracing::info!(member = %invite.member, expires_at = invite.expires_at, "invite kept");
+            let kept = serde_json::json!({
+                "member": invite.member,
+                "expires_at": invite.expires_at,
+            });
+            json(StatusCode::CREATED, &kept)
+        }
+        Err(e) => error(e.status(), e.to_string()),
     }
 }
 
@@ -404,7 +549,7 @@ async fn submit(shared: &Shared, body: Bytes, forwarded: bool) -> Response<Body>
             )
         }
     };
-    match shared.node.submit(command, now()).await {
+    match shared.node.submit(command, wall_clock()).await {
         Ok(outcome) => {
             let answer = SubmitAnswer::of(outcome);
             let status = if answer.code.is_some() {
@@ -499,130 +644,30 @@ async fn desk_request(shared: &Shared, req: Request<Incoming>) -> Response<Body>
             ),
         },
         (Method::POST, "/join") => {
+            let token = req
+                .headers()
+                .get(INVITE_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
             let body = match read_body(req, MAX_REQUEST_BYTES).await {
                 Ok(b) => b,
                 Err(r) => return r,
             };
-            join(shared, &body)
+            let received =
+                shared
+                    .desk
+                    .receive(shared.node.state(), &body, token.as_deref(), wall_clock());
+            match received {
+                Ok(answer) => json(StatusCode::ACCEPTED, &answer),
+                Err(e) => {
+                    tracing::info!(error = %e, "join request refused");
+                    error(e.status(), e.to_string())
+                }
+            }
         }
         (_, "/join") => error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
         _ => error(StatusCode::NOT_FOUND, format!("no route {path}")),
     }
-}
-
-/// Checks an applicant's signed admission request and keeps it for the regulator.
-fn join(shared: &Shared, body: &[u8]) -> Response<Body> {
-    let request = match SignedCommand::from_bytes(body) {
-        Ok(c) => c,
-        Err(e) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                format!("not a signed join request: {e}"),
-            )
-        }
-    };
-    let (member, possession) = match &request.command {
-        Command::Admit { member, possession } => (member, possession),
-        _ => return error(StatusCode::BAD_REQUEST, "a join request is an admission"),
-    };
-    if !request.is_encodable() {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "a field of the request is empty or over its bound",
-        );
-    }
-    let checked = shared.node.state().read(|state| {
-        let Some(consortium) = state.consortium() else {
-            return Err((
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the consortium has no genesis yet; retry",
-            ));
-        };
-        if request.consortium != consortium {
-            return Err((
-                StatusCode::BAD_REQUEST,
-                "the request is for another consortium",
-            ));
-        }
-        if request.signer != member.id || !request.is_signed_by(&member.keys.signing_key) {
-            return Err((
-                StatusCode::BAD_REQUEST,
-                "the request is not signed by the applicant's own key",
-            ));
-        }
-        if !member
-            .keys
-            .verify_possession(consortium, &member.id, possession)
-        {
-            return Err((
-                StatusCode::BAD_REQUEST,
-                "the proof of possession does not verify",
-            ));
-        }
-        if member.kind == fhirseal_consensus::governance::MemberKind::Regulator {
-            return Err((StatusCode::BAD_REQUEST, "there is one regulator"));
-        }
-        if state.member(&member.id).is_some() {
-            return Err((StatusCode::CONFLICT, "the member id is taken"));
-        }
-        if state.members().any(|m| m.profile.node_id == member.node_id) {
-            return Err((StatusCode::CONFLICT, "the node id is taken"));
-        }
-        if state
-            .revoked_certificates()
-            .contains_key(&member.keys.tls_certificate)
-            || state
-                .members()
-                .any(|m| m.keys().tls_certificate == member.keys.tls_certificate)
-        {
-            return Err((StatusCode::CONFLICT, "the certificate is revoked or in use"));
-        }
-        let trust = state
-            .members()
-            .filter(|m| m.is_active())
-            .map(|m| TrustedPeer {
-                member: m.id().to_owned(),
-                node_id: m.profile.node_id,
-                certificate: hex(&m.keys().tls_certificate),
-            })
-            .collect::<Vec<_>>();
-        Ok((consortium.to_owned(), trust))
-    });
-    let (consortium, trust) = match checked {
-        Ok(ok) => ok,
-        Err((status, message)) => return error(status, message),
-    };
-    match shared.joins.get(member.id.as_bytes()) {
-        Ok(Some(existing)) if existing.as_ref() != body => {
-            return error(
-                StatusCode::CONFLICT,
-                "another join request with this member id is pending",
-            );
-        }
-        Ok(Some(_)) => {}
-        Ok(None) if shared.joins.len() >= MAX_PENDING_JOINS => {
-            return error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "too many pending join requests",
-            );
-        }
-        Ok(None) => {
-            if let Err(e) = shared
-                .joins
-                .insert(member.id.as_bytes(), body)
-                .and_then(|_| shared.joins.flush())
-            {
-                tracing::error!(error = %e, "cannot keep a join request");
-                return error(StatusCode::INTERNAL_SERVER_ERROR, "cannot keep the request");
-            }
-            tracing::info!(member = %member.id, node_id = member.node_id, "join request pending");
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "cannot read pending joins");
-            return error(StatusCode::INTERNAL_SERVER_ERROR, "cannot keep the request");
-        }
-    }
-    json(StatusCode::ACCEPTED, &JoinAnswer { consortium, trust })
 }
 
 /// What every node does in the background: the regulator's genesis and the leader's membership
@@ -663,7 +708,9 @@ async fn duties(shared: Arc<Shared>) {
         let mut last_link: Option<Vec<u8>> = None;
         loop {
             ticker.tick().await;
-            forget_admitted_joins(&shared);
+            if let Err(e) = shared.desk.forget_admitted(shared.node.state()) {
+                tracing::warn!(error = %e, "cannot forget admitted join requests");
+            }
             if let Err(e) = follow_own_keys(&shared, Instant::now()) {
                 tracing::warn!(error = %e, "rotated keys not swapped in");
             }
@@ -704,28 +751,10 @@ async fn genesis(shared: &Shared) -> Result<()> {
         if applied.is_some_and(|last| command.sequence <= last) {
             continue;
         }
-        let outcome = shared.node.submit(command, now()).await?;
+        let outcome = shared.node.submit(command, wall_clock()).await?;
         tracing::info!(file = %path.display(), ?outcome, "genesis command");
     }
     Ok(())
-}
-
-fn forget_admitted_joins(shared: &Shared) {
-    let admitted: Vec<sled::IVec> = shared
-        .joins
-        .iter()
-        .keys()
-        .filter_map(|k| k.ok())
-        .filter(|k| {
-            let id = String::from_utf8_lossy(k);
-            shared.node.state().read(|s| s.member(&id).is_some())
-        })
-        .collect();
-    for key in admitted {
-        if let Err(e) = shared.joins.remove(key) {
-            tracing::warn!(error = %e, "cannot forget an admitted join request");
-        }
-    }
 }
 
 /// Keeps the certificates this node presents ([`Identity`]) in line with its state and its key

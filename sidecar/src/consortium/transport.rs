@@ -8,16 +8,20 @@
 //! handshake, or answers a request 403 marked [`CERTIFICATE_REFUSED`]) is offered the node's
 //! other certificates in turn (see [`crate::consortium::trust::Identity`]: a key rotation is
 //! applied at different moments on different nodes). [`HttpNetwork`] is
-//! openraft's network over channels: each RPC is a `POST /raft/{append,vote,snapshot}` whose
-//! body is the request in JSON and whose answer is `Result<response, RaftError>` in JSON
-//! (openraft's types with its `serde` feature; the governance request crosses as its canonical
-//! bytes).
+//! openraft's network over channels: each RPC is a `POST /raft/{append,vote}` whose body is the
+//! request in JSON and whose answer is `Result<response, RaftError>` in JSON (openraft's types
+//! with its `serde` feature; the governance request crosses as its canonical bytes). A snapshot
+//! crosses whole, in one `POST /raft/snapshot` ([`SnapshotRpc`], answered
+//! `Result<SnapshotResponse, Fatal>`), because its receiver checks it whole (its sender is the
+//! leader it follows, its history builds its state) before openraft sees any of it.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use base64::Engine as _;
 use bytes::Bytes;
 use fhirseal_consensus::raft::{BasicNode, NodeId, TypeConfig};
 use http::{Method, Request, StatusCode};
@@ -25,16 +29,18 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use openraft::error::{
-    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+    Fatal, InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, ReplicationClosed,
+    StreamingError, Unreachable,
 };
 use openraft::network::RPCOption;
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
-    VoteRequest, VoteResponse,
+    SnapshotResponse, VoteRequest, VoteResponse,
 };
-use openraft::{RaftNetwork, RaftNetworkFactory};
+use openraft::{OptionalSend, RaftNetwork, RaftNetworkFactory, Snapshot, SnapshotMeta, Vote};
 use rustls::pki_types::ServerName;
 use serde::de::DeserializeOwned;
+use serde::Deserialize;
 use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
@@ -266,7 +272,22 @@ impl Channel {
         mark: Option<&'static str>,
         timeout: Duration,
     ) -> Result<(StatusCode, Bytes), TransportError> {
-        let result = tokio::time::timeout(timeout, self.call_inner(method, path, body, mark)).await;
+        let headers: Vec<(&'static str, String)> =
+            mark.map(|m| (m, "1".to_owned())).into_iter().collect();
+        self.call_with(method, path, body, &headers, timeout).await
+    }
+
+    /// [`Channel::call`] with `headers`.
+    pub async fn call_with(
+        &mut self,
+        method: Method,
+        path: &str,
+        body: Vec<u8>,
+        headers: &[(&'static str, String)],
+        timeout: Duration,
+    ) -> Result<(StatusCode, Bytes), TransportError> {
+        let result =
+            tokio::time::timeout(timeout, self.call_inner(method, path, body, headers)).await;
         let result = match result {
             Ok(r) => r,
             Err(_) => Err(TransportError::Failed {
@@ -288,12 +309,12 @@ impl Channel {
         method: Method,
         path: &str,
         body: Vec<u8>,
-        mark: Option<&'static str>,
+        headers: &[(&'static str, String)],
     ) -> Result<(StatusCode, Bytes), TransportError> {
         let body = Bytes::from(body);
         let mut refused_once = false;
         loop {
-            let (status, refused, answer) = self.send(&method, path, body.clone(), mark).await?;
+            let (status, refused, answer) = self.send(&method, path, body.clone(), headers).await?;
             if refused && !refused_once {
                 // The peer no longer trusts the certificate this connection presented (it
                 // applied a rotation or a revocation since the handshake) and did nothing with
@@ -314,7 +335,7 @@ impl Channel {
         method: &Method,
         path: &str,
         body: Bytes,
-        mark: Option<&'static str>,
+        headers: &[(&'static str, String)],
     ) -> Result<(StatusCode, bool, Bytes), TransportError> {
         let mut sender = self.connect().await?;
         let failed = |reason: String| TransportError::Failed {
@@ -325,8 +346,8 @@ impl Channel {
             .method(method.clone())
             .uri(format!("https://{}{path}", self.addr))
             .header(http::header::CONTENT_TYPE, "application/octet-stream");
-        if let Some(mark) = mark {
-            request = request.header(mark, "1");
+        for (name, value) in headers {
+            request = request.header(*name, value.as_str());
         }
         let request = request
             .body(Full::new(body))
@@ -354,7 +375,12 @@ impl Channel {
         body: Vec<u8>,
         timeout: Duration,
     ) -> Result<(StatusCode, Bytes)> {
-        let (status, bytes) = self.call(method, path, body, timeout).await?;
+        let answer = self.call(method, path, body, timeout).await?;
+        self.answer(answer)
+    }
+
+    /// An answer of this channel's peer as an API answer: a 2xx body, or the error it gave.
+    pub fn answer(&self, (status, bytes): (StatusCode, Bytes)) -> Result<(StatusCode, Bytes)> {
         if status.is_success() {
             return Ok((status, bytes));
         }
@@ -516,7 +542,71 @@ pub struct PeerConnection {
 #[error("{0}")]
 struct Why(String);
 
+/// `POST /raft/snapshot`: a whole snapshot, sent under the leader's vote.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SnapshotRpc {
+    /// The sending leader's vote.
+    pub vote: Vote<NodeId>,
+    /// Where in the log the snapshot stands, and the membership there.
+    pub meta: SnapshotMeta<NodeId, BasicNode>,
+    /// The snapshot's data ([`fhirseal_consensus::raft::SnapshotData`]), base64.
+    pub data: String,
+}
+
+impl SnapshotRpc {
+    /// The request for `snapshot`, sent under `vote`.
+    pub fn new(vote: Vote<NodeId>, meta: SnapshotMeta<NodeId, BasicNode>, data: &[u8]) -> Self {
+        Self {
+            vote,
+            meta,
+            data: base64::engine::general_purpose::STANDARD.encode(data),
+        }
+    }
+
+    /// The snapshot's data.
+    pub fn data(&self) -> std::result::Result<Vec<u8>, base64::DecodeError> {
+        base64::engine::general_purpose::STANDARD.decode(&self.data)
+    }
+}
+
+/// Why a call to a peer failed, as openraft's errors tell it.
+enum CallError {
+    Unreachable(Unreachable),
+    Network(NetworkError),
+}
+
 impl PeerConnection {
+    /// Posts `body` to `path` and reads a 2xx answer. A peer that refuses (our certificate is
+    /// not trusted there, or the RPC is not ours to send) is backed off from as from a dead
+    /// node.
+    async fn post(
+        &mut self,
+        path: &str,
+        body: Vec<u8>,
+        timeout: Duration,
+    ) -> std::result::Result<Bytes, CallError> {
+        let channel = match &mut self.channel {
+            Ok(c) => c,
+            Err(e) => return Err(CallError::Unreachable(Unreachable::new(&Why(e.clone())))),
+        };
+        let (status, bytes) = channel
+            .call(Method::POST, path, body, timeout)
+            .await
+            .map_err(|e| match e {
+                TransportError::Unreachable { .. } => CallError::Unreachable(Unreachable::new(&e)),
+                TransportError::Failed { .. } => CallError::Network(NetworkError::new(&e)),
+            })?;
+        if !status.is_success() {
+            let why = Why(format!(
+                "{} answered {status}: {}",
+                channel.addr(),
+                String::from_utf8_lossy(&bytes)
+            ));
+            return Err(CallError::Unreachable(Unreachable::new(&why)));
+        }
+        Ok(bytes)
+    }
+
     async fn rpc<Req, Resp, E>(
         &mut self,
         path: &str,
@@ -528,27 +618,14 @@ impl PeerConnection {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
-        let channel = match &mut self.channel {
-            Ok(c) => c,
-            Err(e) => return Err(RPCError::Unreachable(Unreachable::new(&Why(e.clone())))),
-        };
         let body = serde_json::to_vec(rpc).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        let (status, bytes) = channel
-            .call(Method::POST, path, body, option.hard_ttl())
+        let bytes = self
+            .post(path, body, option.hard_ttl())
             .await
             .map_err(|e| match e {
-                TransportError::Unreachable { .. } => RPCError::Unreachable(Unreachable::new(&e)),
-                TransportError::Failed { .. } => RPCError::Network(NetworkError::new(&e)),
+                CallError::Unreachable(e) => RPCError::Unreachable(e),
+                CallError::Network(e) => RPCError::Network(e),
             })?;
-        if !status.is_success() {
-            let why = Why(format!(
-                "{} answered {status}: {}",
-                channel.addr(),
-                String::from_utf8_lossy(&bytes)
-            ));
-            // Refused (our certificate is not trusted there): back off as from a dead node.
-            return Err(RPCError::Unreachable(Unreachable::new(&why)));
-        }
         let answer: std::result::Result<Resp, RaftError<NodeId, E>> =
             serde_json::from_slice(&bytes).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         answer.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
@@ -567,15 +644,18 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         self.rpc("/raft/append", &rpc, &option).await
     }
 
+    /// Never called: [`PeerConnection::full_snapshot`] sends snapshots whole, and no node
+    /// takes them in chunks.
     async fn install_snapshot(
         &mut self,
-        rpc: InstallSnapshotRequest<TypeConfig>,
-        option: RPCOption,
+        _rpc: InstallSnapshotRequest<TypeConfig>,
+        _option: RPCOption,
     ) -> std::result::Result<
         InstallSnapshotResponse<NodeId>,
         RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>,
     > {
-        self.rpc("/raft/snapshot", &rpc, &option).await
+        let why = Why("snapshots are sent whole, not in chunks".into());
+        Err(RPCError::Unreachable(Unreachable::new(&why)))
     }
 
     async fn vote(
@@ -585,6 +665,31 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
     ) -> std::result::Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>>
     {
         self.rpc("/raft/vote", &rpc, &option).await
+    }
+
+    /// Sends `snapshot` whole, in one request: its receiver checks all of it before openraft
+    /// installs it (a snapshot of a few thousand governance commands is a few megabytes).
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote<NodeId>,
+        snapshot: Snapshot<TypeConfig>,
+        cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
+        option: RPCOption,
+    ) -> std::result::Result<SnapshotResponse<NodeId>, StreamingError<TypeConfig, Fatal<NodeId>>>
+    {
+        let rpc = SnapshotRpc::new(vote, snapshot.meta, snapshot.snapshot.get_ref());
+        let body = serde_json::to_vec(&rpc).map_err(|e| NetworkError::new(&e))?;
+        let bytes = tokio::select! {
+            closed = cancel => return Err(closed.into()),
+            posted = self.post("/raft/snapshot", body, option.hard_ttl()) => posted,
+        };
+        let bytes = bytes.map_err(|e| match e {
+            CallError::Unreachable(e) => StreamingError::Unreachable(e),
+            CallError::Network(e) => StreamingError::Network(e),
+        })?;
+        let answer: std::result::Result<SnapshotResponse<NodeId>, Fatal<NodeId>> =
+            serde_json::from_slice(&bytes).map_err(|e| NetworkError::new(&e))?;
+        answer.map_err(|e| RemoteError::new(self.target, e).into())
     }
 }
 

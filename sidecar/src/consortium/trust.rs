@@ -9,7 +9,8 @@
 //! - until this node's state holds its own admission, a member named in `trust.toml` (the list
 //!   the regulator's join desk gave it), unless the state already revoked that certificate:
 //!   before its admission reaches it a new node's state is empty or behind, and would refuse the
-//!   leader that brings it up to date;
+//!   leader that brings it up to date (the list also says which of them vote, for
+//!   [`Trust::voters`]);
 //! - the node's own certificates, pinned: the CLI run on the same directory speaks to its node
 //!   with the member's certificate, even after a revocation, so that `status` still answers.
 //!
@@ -45,6 +46,17 @@ pub struct Peer {
     pub node_id: NodeId,
 }
 
+/// A member of the bootstrap list (`trust.toml`: what the join desk answered).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BootstrapPeer {
+    /// Its member id.
+    pub member: String,
+    /// Its node's Raft id.
+    pub node_id: NodeId,
+    /// Whether its node votes: only a voter may lead this node before its state can tell.
+    pub voter: bool,
+}
+
 /// The certificates a node or a CLI accepts. Cloning shares it.
 #[derive(Clone)]
 pub struct Trust {
@@ -54,7 +66,7 @@ pub struct Trust {
 struct Inner {
     view: OnceLock<GovernanceView>,
     own: Peer,
-    bootstrap: BTreeMap<[u8; 32], (String, NodeId)>,
+    bootstrap: BTreeMap<[u8; 32], BootstrapPeer>,
     pinned: RwLock<BTreeSet<[u8; 32]>>,
 }
 
@@ -72,7 +84,7 @@ impl Trust {
     /// which needs the network, which needs this).
     pub fn node(
         own: Peer,
-        bootstrap: BTreeMap<[u8; 32], (String, NodeId)>,
+        bootstrap: BTreeMap<[u8; 32], BootstrapPeer>,
         pinned: BTreeSet<[u8; 32]>,
     ) -> Self {
         Self {
@@ -128,10 +140,35 @@ impl Trust {
             if caught_up || state.revoked_certificates().contains_key(fp) {
                 return None;
             }
-            self.inner.bootstrap.get(fp).map(|(member, node_id)| Peer {
-                member: member.clone(),
-                node_id: *node_id,
+            self.inner.bootstrap.get(fp).map(|peer| Peer {
+                member: peer.member.clone(),
+                node_id: peer.node_id,
             })
+        })
+    }
+
+    /// The nodes that vote, as far as this node knows: the voters of its state (active members
+    /// whose role is voter) and, until its own admission reaches its state, the bootstrap list's
+    /// voters whose certificates the state has not revoked (the same rule as [`Trust::peer`]).
+    /// What [`fhirseal_consensus::raft::authorize`] checks a Raft RPC's sender against.
+    pub fn voters(&self) -> BTreeSet<NodeId> {
+        let Some(view) = self.inner.view.get() else {
+            return BTreeSet::new();
+        };
+        view.read(|state| {
+            let mut voters: BTreeSet<NodeId> = state.voters().into_keys().collect();
+            if state.member(&self.inner.own.member).is_none() {
+                voters.extend(
+                    self.inner
+                        .bootstrap
+                        .iter()
+                        .filter(|(fp, peer)| {
+                            peer.voter && !state.revoked_certificates().contains_key(*fp)
+                        })
+                        .map(|(_, peer)| peer.node_id),
+                );
+            }
+            voters
         })
     }
 
@@ -154,8 +191,8 @@ impl Trust {
             self.inner
                 .bootstrap
                 .iter()
-                .find(|(fp, (_, id))| {
-                    *id == node_id && !state.revoked_certificates().contains_key(*fp)
+                .find(|(fp, peer)| {
+                    peer.node_id == node_id && !state.revoked_certificates().contains_key(*fp)
                 })
                 .map(|(fp, _)| *fp)
         })

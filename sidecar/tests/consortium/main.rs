@@ -4,8 +4,10 @@
 //! consortia of 3 and 5 nodes (admission, refusal of unsigned admissions, key rotation, a
 //! leader killed, revocation, a restart of every node), which also print the figures (commit
 //! latency, time to a new leader), the local-consortium script, a partition of 5 voters, each
-//! node in a network namespace of its own (root and iproute2 needed, else skipped), and the
-//! leader rotating its keys while a node is away.
+//! node in a network namespace of its own (root and iproute2 needed, else skipped), the
+//! leader rotating its keys while a node is away, and least privilege (Raft RPCs a member may
+//! not send, snapshots that do not verify, the invite-only join desk, admission by
+//! certificate fingerprint, commands outside their validity window).
 //!
 //! The clusters run one at a time (`support::serial`): the CI machine has two cores.
 
@@ -18,3 +20,4 @@ mod t20_consortium;
 mod t30_script;
 mod t40_partition;
 mod t50_rotation;
+mod t60_least_privilege;

@@ -3,6 +3,7 @@
 //! namespace ([`Loopback`]), or each in a network namespace of its own
 //! ([`crate::netns::Namespaces`]).
 
+use std::collections::BTreeSet;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -11,7 +12,10 @@ use std::time::{Duration, Instant};
 
 use fhirseal_consensus::governance::{Command as GovCommand, SignedCommand};
 use fhirseal_sidecar::consortium::api::{Status, SubmitAnswer};
-use fhirseal_sidecar::consortium::files::{Layout, MemberSecrets};
+use fhirseal_sidecar::consortium::cli::{command_window, wall_clock};
+use fhirseal_sidecar::consortium::files::{parse_fingerprint, Layout, MemberSecrets};
+use fhirseal_sidecar::consortium::transport::Channel;
+use fhirseal_sidecar::consortium::trust::{Identity, Peer, Trust};
 use fhirseal_sidecar::consortium::Client;
 
 pub const CONSORTIUM: &str = "test-consortium";
@@ -151,6 +155,8 @@ pub struct Node {
     pub dir: PathBuf,
     /// The network namespace it and its CLI run in (`None`: this process's).
     pub netns: Option<String>,
+    /// SHA-256 of the certificate it was made with (hex), as `init` or `join` printed it.
+    pub certificate: String,
     child: Option<Child>,
 }
 
@@ -294,6 +300,7 @@ impl Cluster {
                 node_id: 1,
                 dir: reg_dir,
                 netns: place.netns,
+                certificate: pin.clone(),
                 child: None,
             }],
             pin,
@@ -305,18 +312,7 @@ impl Cluster {
         cluster.wait(&[0], "genesis", |s| s.consortium.is_some());
         for id in 2..=n {
             let i = cluster.join(id);
-            let mut admit = vec![
-                "admit",
-                &cluster.nodes[i].member,
-                "--dir",
-                cluster.nodes[0].dir(),
-            ];
-            if id <= voters {
-                admit.push("--voter");
-            }
-            let admit: Vec<String> = admit.iter().map(|s| (*s).to_owned()).collect();
-            let admit: Vec<&str> = admit.iter().map(String::as_str).collect();
-            cluster.nodes[0].ok(&admit);
+            cluster.admit(i, id <= voters);
         }
         let all: Vec<usize> = (0..cluster.nodes.len()).collect();
         let members = cluster.nodes.len();
@@ -328,19 +324,48 @@ impl Cluster {
         cluster
     }
 
-    /// An institution `h{id}` asks to join and starts its node; returns its index.
+    /// The regulator invites `member`; returns the one-time token.
+    pub fn invite(&self, member: &str) -> String {
+        let regulator = &self.nodes[0];
+        token_in(&regulator.ok(&["invite", member, "--dir", regulator.dir()]))
+    }
+
+    /// The regulator admits the applicant `nodes[i]`, naming the certificate the applicant's
+    /// `join` printed.
+    pub fn admit(&self, i: usize, voter: bool) {
+        let node = &self.nodes[i];
+        let fingerprint = node.certificate.clone();
+        let mut admit = vec![
+            "admit",
+            &node.member,
+            "--dir",
+            self.nodes[0].dir(),
+            "--fingerprint",
+            &fingerprint,
+        ];
+        if voter {
+            admit.push("--voter");
+        }
+        self.nodes[0].ok(&admit);
+    }
+
+    /// An institution `h{id}`, invited by the regulator, asks to join and starts its node;
+    /// returns its index.
     pub fn join(&mut self, id: u64) -> usize {
         let member = format!("h{id}");
+        let token = self.invite(&member);
         let dir = self.root.join(&member);
         let place = self.placement.node(id);
         let listen = place.listen.to_string();
-        ok_with(
+        let out = ok_with(
             place.netns.as_deref(),
             &[
                 "join",
                 &format!("https://{}", self.desk),
                 "--pin",
                 &self.pin,
+                "--invite",
+                &token,
                 "--dir",
                 dir.to_str().unwrap(),
                 "--member",
@@ -351,11 +376,13 @@ impl Cluster {
                 &listen,
             ],
         );
+        let certificate = fingerprint_in(&out);
         let mut node = Node {
             member,
             node_id: id,
             dir,
             netns: place.netns,
+            certificate,
             child: None,
         };
         node.start();
@@ -452,6 +479,7 @@ impl Cluster {
             CONSORTIUM,
             signer,
             last + 1,
+            command_window(wall_clock()),
             command,
             &node.secrets().signing,
         )
@@ -468,9 +496,54 @@ pub fn replicated(s: &Status) -> (String, String, String, u32) {
     )
 }
 
+/// The invite token in `invite`'s output: the line of 64 hex digits.
+pub fn token_in(out: &str) -> String {
+    out.lines()
+        .map(str::trim)
+        .find(|l| l.len() == 64 && l.bytes().all(|b| b.is_ascii_hexdigit()))
+        .unwrap_or_else(|| panic!("no token in {out}"))
+        .to_owned()
+}
+
+/// The certificate fingerprint in `join`'s output (after `--fingerprint `).
+pub fn fingerprint_in(out: &str) -> String {
+    out.split("--fingerprint ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no fingerprint in {out}"))
+        .to_owned()
+}
+
 fn tail(text: &str, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Sends `body` to `path` at the node whose status is `to`, over mutual TLS, presenting
+/// `secrets`' certificate; the HTTP status and the answer.
+pub fn call_as(
+    secrets: &MemberSecrets,
+    to: &Status,
+    method: http::Method,
+    path: &str,
+    body: Vec<u8>,
+) -> (u16, String) {
+    let fp = parse_fingerprint(&to.node.certificate).unwrap();
+    let peer = Peer {
+        member: to.node.member.clone(),
+        node_id: to.node.node_id,
+    };
+    let trust = Trust::pinned(peer, BTreeSet::from([fp]));
+    let identity = Identity::new(secrets.certified_key().unwrap());
+    runtime().block_on(async {
+        let mut channel =
+            Channel::new(&to.node.address, &trust, &identity, Some(to.node.node_id)).unwrap();
+        let (status, body) = channel
+            .call(method, path, body, Duration::from_secs(10))
+            .await
+            .unwrap();
+        (status.as_u16(), String::from_utf8_lossy(&body).into_owned())
+    })
 }
 
 /// Submits `command` through the node of `dir` (any member's node relays any signed command).
@@ -508,6 +581,7 @@ pub fn measure_commit_latency(cluster: &Cluster, rounds: u64, label: &str) {
                 CONSORTIUM,
                 "regulator",
                 first + i,
+                command_window(wall_clock()),
                 GovCommand::SetStake {
                     member: "h2".into(),
                     stake: 10_000 + i,

@@ -7,7 +7,7 @@ use fhirseal_sidecar::consortium::files::{Layout, MemberSecrets};
 use fhirseal_sidecar::consortium::transport::Channel;
 use fhirseal_sidecar::consortium::trust::{Identity, Peer, Trust};
 
-use crate::support::{cli, fails, free_port, ok, runtime, serial, Cluster};
+use crate::support::{call_as, cli, fails, free_port, ok, runtime, serial, Cluster};
 
 #[test]
 fn the_cli_refuses_what_it_cannot_do_and_changes_nothing() {
@@ -31,14 +31,14 @@ fn the_cli_refuses_what_it_cannot_do_and_changes_nothing() {
         (http::Method::GET, "/nothing-here", Vec::new(), 404),
         (http::Method::POST, "/raft/vote", b"{".to_vec(), 400),
     ] {
-        let answer = call_as(
-            cluster.nodes[0].secrets(),
+        let (answer, body) = call_as(
+            &cluster.nodes[0].secrets(),
             &before,
             method.clone(),
             path,
             body,
         );
-        assert_eq!(answer, Err(status), "{method} {path}");
+        assert_eq!(answer, status, "{method} {path}: {body}");
     }
     let after = cluster.nodes[0].status();
     assert_eq!(after.raft.last_log_index, before.raft.last_log_index);
@@ -120,19 +120,24 @@ fn the_cli_refuses_what_it_cannot_do_and_changes_nothing() {
     assert!(err.contains("one regulator"), "{err}");
 
     // Nothing pending under that name.
-    let err = fails(&["admit", "nobody", "--dir", &reg]);
+    let any = "ab".repeat(32);
+    let err = fails(&["admit", "nobody", "--dir", &reg, "--fingerprint", &any]);
     assert!(
         err.contains("404") && err.contains("no pending join request"),
         "{err}"
     );
 
-    // An applicant whose request is pending is not a member: its node cannot connect.
+    // An applicant whose request is pending is not a member: its node cannot connect. A second
+    // request under its name, invited too, is refused while the first is pending.
     let i = cluster.join(2);
+    let token = cluster.invite("h2");
     let err = fails(&[
         "join",
         &format!("https://{desk}"),
         "--pin",
         &cluster.pin,
+        "--invite",
+        &token,
         "--dir",
         root.path().join("twin").to_str().unwrap(),
         "--member",
@@ -150,7 +155,14 @@ fn the_cli_refuses_what_it_cannot_do_and_changes_nothing() {
     );
     let applicant = &cluster.nodes[i];
     let pending = ok(&["joins", "--dir", &reg]);
-    assert!(pending.contains("h2 (h2, hospital) node 2"), "{pending}");
+    assert!(
+        pending.contains("h2 (h2, hospital) node 2 at "),
+        "{pending}"
+    );
+    assert!(
+        pending.contains(&format!(", certificate {}\n", cluster.nodes[i].certificate)),
+        "{pending}"
+    );
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
@@ -177,7 +189,7 @@ fn the_cli_refuses_what_it_cannot_do_and_changes_nothing() {
     );
 
     // Admitted, it is in; a second admission of the same request is refused by the state.
-    ok(&["admit", "h2", "--dir", &reg, "--voter"]);
+    cluster.admit(i, true);
     cluster.wait(&[0, i], "h2's admission", |s| s.raft.voters.len() == 2);
     let request = Layout::new(&cluster.nodes[i].dir).join_request();
     let err = fails(&[
@@ -187,6 +199,8 @@ fn the_cli_refuses_what_it_cannot_do_and_changes_nothing() {
         &reg,
         "--request",
         request.to_str().unwrap(),
+        "--fingerprint",
+        &cluster.nodes[i].certificate,
     ]);
     assert!(err.contains("MemberExists"), "{err}");
     let member = connect_as(
@@ -202,38 +216,6 @@ fn the_cli_refuses_what_it_cannot_do_and_changes_nothing() {
     let out = cli(&["status", "--dir", cluster.nodes[i].dir()]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach"));
-}
-
-/// Sends one request to the node whose status is `node`, presenting `secrets`' certificate;
-/// the HTTP status of a refusal.
-fn call_as(
-    secrets: MemberSecrets,
-    node: &fhirseal_sidecar::consortium::api::Status,
-    method: http::Method,
-    path: &str,
-    body: Vec<u8>,
-) -> Result<(), u16> {
-    let fp =
-        fhirseal_sidecar::consortium::files::parse_fingerprint(&node.node.certificate).unwrap();
-    let own = Peer {
-        member: node.node.member.clone(),
-        node_id: node.node.node_id,
-    };
-    let trust = Trust::pinned(own, BTreeSet::from([fp]));
-    let identity = Identity::new(secrets.certified_key().unwrap());
-    runtime().block_on(async {
-        let mut channel = Channel::new(&node.node.address, &trust, &identity, None).unwrap();
-        match channel
-            .request(method, path, body, Duration::from_secs(5))
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(fhirseal_sidecar::consortium::ConsortiumError::Refused { status, .. }) => {
-                Err(status)
-            }
-            Err(e) => panic!("{e}"),
-        }
-    })
 }
 
 /// Opens a mutual-TLS connection to the node at `addr` (whose certificate is `cert`, node

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use fhirseal_consensus::governance::Command;
 use fhirseal_sidecar::consortium::api::Status;
+use fhirseal_sidecar::consortium::cli::{command_window, wall_clock};
 use fhirseal_sidecar::consortium::files::{hex, Layout, MemberSecrets};
 
 use crate::support::{
@@ -81,6 +82,8 @@ fn governance_round_trip(n: u64, voters: u64) {
         cluster.node("h2").dir(),
         "--request",
         "/dev/null",
+        "--fingerprint",
+        &"ab".repeat(32),
     ]);
     assert!(err.contains("not a join request"), "{err}");
     let statuses = cluster.wait(&all, "the refusals everywhere", |s| s.refusals_total == 2);
@@ -188,6 +191,7 @@ fn governance_round_trip(n: u64, voters: u64) {
         CONSORTIUM,
         "regulator",
         before.member("regulator").unwrap().last_sequence + 1,
+        command_window(wall_clock()),
         Command::SetStake {
             member: "h2".into(),
             stake: 7,
