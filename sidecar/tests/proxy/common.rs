@@ -445,3 +445,26 @@ pub async fn anchor_counts(ledger: &str) -> std::collections::BTreeMap<String, u
     }
     counts
 }
+
+/// The text of every page of a Bundle answer, from `first` through its `next` links.
+pub async fn all_pages(first: &str) -> String {
+    let mut all = String::new();
+    let mut url = first.to_owned();
+    loop {
+        let reply = get(&url).await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+        let page = reply.json();
+        all.push_str(&reply.text());
+        let next = page["link"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|l| l["relation"] == "next")
+            .and_then(|l| l["url"].as_str())
+            .map(str::to_owned);
+        match next {
+            Some(next) => url = next,
+            None => return all,
+        }
+    }
+}

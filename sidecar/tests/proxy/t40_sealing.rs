@@ -108,26 +108,7 @@ async fn post_bundle(base: &str, bundle: &Value) -> String {
 
 /// Every version of every resource HAPI holds under `path` (`_history`, `Patient/_history`).
 async fn everything_in(base: &str, path: &str) -> String {
-    let mut all = String::new();
-    let mut url = format!("{base}/{path}?_count=1000");
-    loop {
-        let reply = get(&url).await;
-        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
-        let page = reply.json();
-        all.push_str(&reply.text());
-        let next = page["link"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|l| l["relation"] == "next")
-            .and_then(|l| l["url"].as_str())
-            .map(str::to_owned);
-        match next {
-            Some(next) => url = next,
-            None => break,
-        }
-    }
-    all
+    all_pages(&format!("{base}/{path}?_count=1000")).await
 }
 
 fn files_under(dir: &Path, out: &mut Vec<PathBuf>) {

@@ -46,7 +46,7 @@ async fn hapi_now() -> Option<String> {
 
 /// Everything HAPI stored since `since`, as text, every page.
 async fn hapi_since(since: Option<&str>) -> String {
-    let mut url = match since {
+    let url = match since {
         Some(since) => format!(
             "{}/_history?_count=500&_since={}",
             hapi(),
@@ -54,25 +54,7 @@ async fn hapi_since(since: Option<&str>) -> String {
         ),
         None => format!("{}/_history?_count=500", hapi()),
     };
-    let mut all = String::new();
-    for _ in 0..200 {
-        let reply = get(&url).await;
-        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
-        all.push_str(&reply.text());
-        let page = reply.json();
-        let next = page["link"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|l| l["relation"] == "next")
-            .and_then(|l| l["url"].as_str())
-            .map(str::to_owned);
-        match next {
-            Some(next) => url = next,
-            None => break,
-        }
-    }
-    all
+    all_pages(&url).await
 }
 
 /// HAPI's log, when it is where `deploy/hapi/hapi.sh` writes it.
