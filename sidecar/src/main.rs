@@ -9,7 +9,8 @@ use std::process::ExitCode;
 
 use fhirseal_consensus::ChainCheck;
 use fhirseal_sidecar::config::{Config, LogFormat, TlsConfig};
-use fhirseal_sidecar::verify::{self, LedgerTool};
+use fhirseal_sidecar::ledger_tool::LedgerTool;
+use fhirseal_sidecar::verify;
 use fhirseal_sidecar::{audit, telemetry, Sidecar};
 use indicatif::{ProgressBar, ProgressStyle};
 

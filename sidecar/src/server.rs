@@ -121,12 +121,12 @@ impl Sidecar {
 
     /// The node's sealing and vault (for tools and tests that look inside).
     pub fn sealing(&self) -> Arc<Sealing> {
-        self.proxy.shared.sealing.clone()
+        self.proxy.sealing()
     }
 
     /// The node's ledger (for tools and tests that look inside).
     pub fn ledger(&self) -> Arc<NodeLedger> {
-        self.proxy.shared.ledger.clone()
+        self.proxy.ledger()
     }
 
     /// Whether clients must speak TLS.

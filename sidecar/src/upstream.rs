@@ -11,15 +11,21 @@ use std::path::Path;
 use std::time::Duration;
 
 use base64::Engine;
+use fhirseal_adapters::Format;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, LengthLimitError};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use serde_json::Value;
 use zeroize::Zeroizing;
 
-use crate::body::ProxyBody;
+use crate::body::{empty, full, BoxError, ProxyBody};
 use crate::config::{absolute_http_url, UpstreamAuthConfig, UpstreamConfig};
+use crate::error::ProxyError;
+use crate::http_util::{collect_limited, root_cause};
 use crate::tls::{self, TlsError};
 
 /// Headers that carry a client's credentials or state, or that the sidecar reads itself:
@@ -49,7 +55,7 @@ pub enum UpstreamError {
 }
 
 /// The upstream: where it is, how to reach it, and how to authenticate to it.
-pub(crate) struct Upstream {
+pub struct UpstreamClient {
     /// `http://localhost:8080/fhir`, without a trailing slash.
     pub(crate) base: String,
     /// `/fhir`, or empty when the base is the server root.
@@ -60,19 +66,28 @@ pub(crate) struct Upstream {
     /// The `Authorization` value the sidecar sends, if any; marked sensitive so that no debug
     /// output shows it.
     credential: Option<HeaderValue>,
+    /// How long the upstream has to answer with a status line.
+    timeout: Duration,
+    /// Largest body forwarded (a streamed body over it is cut and answered 413).
+    pub(crate) max_body: u64,
 }
 
-impl std::fmt::Debug for Upstream {
+/// Largest upstream answer read whole that is no answer to a client (read-backs of written
+/// versions, the current version a patch applies to).
+pub(crate) const MAX_READ_BACK: u64 = 64 * 1024 * 1024;
+
+impl std::fmt::Debug for UpstreamClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Upstream")
+        f.debug_struct("UpstreamClient")
             .field("base", &self.base)
             .field("credential", &self.credential.is_some())
             .finish_non_exhaustive()
     }
 }
 
-impl Upstream {
-    pub(crate) fn new(config: &UpstreamConfig) -> Result<Upstream, UpstreamError> {
+impl UpstreamClient {
+    /// The client of `config`'s upstream; `max_body` bounds the bodies it forwards.
+    pub fn new(config: &UpstreamConfig, max_body: u64) -> Result<UpstreamClient, UpstreamError> {
         let uri = absolute_http_url(&config.url).map_err(UpstreamError::Url)?;
         let mut http = HttpConnector::new();
         http.enforce_http(false);
@@ -95,7 +110,7 @@ impl Upstream {
             .pool_idle_timeout(Duration::from_secs(config.pool_idle_timeout_secs))
             .pool_max_idle_per_host(config.pool_max_idle)
             .build(connector);
-        Ok(Upstream {
+        Ok(UpstreamClient {
             base: config.url.trim_end_matches('/').to_owned(),
             path: uri.path().trim_end_matches('/').to_owned(),
             scheme: uri.scheme().cloned().unwrap_or(http::uri::Scheme::HTTP),
@@ -105,7 +120,150 @@ impl Upstream {
                 .ok_or_else(|| UpstreamError::Url("the URL has no host".to_owned()))?,
             client,
             credential: credential(&config.auth)?,
+            timeout: config.timeout(),
+            max_body,
         })
+    }
+
+    /// One exchange with the upstream, under its timeout: the client's credentials dropped and
+    /// the sidecar's own added ([`UpstreamClient::outgoing`]).
+    pub(crate) async fn send(
+        &self,
+        mut req: Request<ProxyBody>,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        self.outgoing(req.headers_mut());
+        let timeout = self.timeout;
+        let response = tokio::time::timeout(timeout, self.client.request(req))
+            .await
+            .map_err(|_| ProxyError::UpstreamTimeout(timeout.as_millis() as u64))?
+            .map_err(|e| self.classify(e))?;
+        Ok(response.map(|b| b.map_err(BoxError::from).boxed()))
+    }
+
+    /// Which side failed when the pooled client returns an error.
+    pub(crate) fn classify(&self, error: hyper_util::client::legacy::Error) -> ProxyError {
+        let chain = || {
+            std::iter::successors(Some(&error as &(dyn std::error::Error + 'static)), |e| {
+                e.source()
+            })
+        };
+        if chain().any(|e| e.is::<LengthLimitError>()) {
+            return ProxyError::BodyTooLarge {
+                limit: self.max_body,
+            };
+        }
+        // A body error from our side of the exchange is the client's body failing to arrive.
+        if let Some(user) = chain()
+            .filter_map(|e| e.downcast_ref::<hyper::Error>())
+            .find(|e| e.is_user())
+        {
+            return ProxyError::BodyRead(format!("{user}: {}", root_cause(&error)));
+        }
+        if error.is_connect() {
+            return ProxyError::UpstreamUnavailable(format!(
+                "{} ({})",
+                self.base,
+                root_cause(&error)
+            ));
+        }
+        ProxyError::UpstreamUnavailable(root_cause(&error))
+    }
+
+    /// Reads `urls` (relative to the upstream base) from the upstream as JSON: one GET for
+    /// one, a batch Bundle of GETs for several. Each answer comes with its status; the resource
+    /// only with a 200.
+    pub(crate) async fn read_versions(
+        &self,
+        urls: &[String],
+    ) -> Result<Vec<(StatusCode, Option<Value>)>, ProxyError> {
+        let base = &self.base;
+        match urls {
+            [] => Ok(Vec::new()),
+            [url] => {
+                let (status, value) = self
+                    .json(Method::GET, &format!("{base}/{url}"), None)
+                    .await?;
+                Ok(vec![(status, (status == StatusCode::OK).then_some(value))])
+            }
+            _ => {
+                let entries: Vec<Value> = urls
+                    .iter()
+                    .map(|url| serde_json::json!({"request": {"method": "GET", "url": url}}))
+                    .collect();
+                let bundle = serde_json::json!({
+                    "resourceType": "Bundle",
+                    "type": "batch",
+                    "entry": entries,
+                });
+                let (status, value) = self.json(Method::POST, base, Some(&bundle)).await?;
+                if status != StatusCode::OK {
+                    return Err(ProxyError::UpstreamBody(format!(
+                        "a batch reading {} versions answered {status}",
+                        urls.len()
+                    )));
+                }
+                let entries = value
+                    .get("entry")
+                    .and_then(Value::as_array)
+                    .filter(|e| e.len() == urls.len())
+                    .ok_or_else(|| {
+                        ProxyError::UpstreamBody(
+                            "a batch reading versions answered with the wrong number of entries"
+                                .to_owned(),
+                        )
+                    })?;
+                Ok(entries
+                    .iter()
+                    .map(|entry| {
+                        let status = entry
+                            .pointer("/response/status")
+                            .and_then(Value::as_str)
+                            .and_then(|s| s.get(..3))
+                            .and_then(|s| s.parse::<u16>().ok())
+                            .and_then(|s| StatusCode::from_u16(s).ok())
+                            .unwrap_or(StatusCode::BAD_GATEWAY);
+                        let resource = entry
+                            .get("resource")
+                            .filter(|_| status == StatusCode::OK)
+                            .cloned();
+                        (status, resource)
+                    })
+                    .collect())
+            }
+        }
+    }
+
+    /// One JSON exchange with the upstream, outside any client's request (read-backs, patches,
+    /// audit events, the offline tools).
+    pub(crate) async fn json(
+        &self,
+        method: Method,
+        url: &str,
+        body: Option<&Value>,
+    ) -> Result<(StatusCode, Value), ProxyError> {
+        let mut builder = Request::builder()
+            .method(method)
+            .uri(url)
+            .header(header::ACCEPT, Format::Json.mime());
+        let body = match body {
+            Some(value) => {
+                builder = builder.header(header::CONTENT_TYPE, Format::Json.mime());
+                full(serde_json::to_vec(value).map_err(|e| ProxyError::Internal(e.to_string()))?)
+            }
+            None => empty(),
+        };
+        let request = builder
+            .body(body)
+            .map_err(|e| ProxyError::Internal(e.to_string()))?;
+        let response = self.send(request).await?;
+        let status = response.status();
+        let bytes = collect_limited(response.into_body(), MAX_READ_BACK).await?;
+        if bytes.is_empty() {
+            return Ok((status, Value::Null));
+        }
+        let value = serde_json::from_slice(&bytes)
+            .map_err(|e| ProxyError::UpstreamBody(format!("not JSON: {e}")))?;
+        Ok((status, value))
     }
 
     /// The headers of a request about to go upstream: the client's credentials and the

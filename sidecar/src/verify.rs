@@ -1,6 +1,7 @@
-//! Verification against the ledger: `GET [type]/[id]/$verify` and
-//! `GET [type]/[id]/_history/[vid]/$verify` answer FHIR `Parameters`, and `/ledger/…` answers
-//! JSON for other tools.
+//! Verification against the ledger: what checking one version finds ([`VersionCheck`]), and
+//! how `$verify` (FHIR `Parameters`) and the `/ledger/…` API (JSON) render checks, blocks and
+//! proofs. The proxy answers those requests (`proxy::ledger_api`); `fhirseal ledger` reads
+//! through the ledger tool (`ledger_tool.rs`).
 //!
 //! A version is *verified* when it is anchored, its proof checks against the roster (entry →
 //! batch root → signed batch → block transaction root → finality certificate), and the
@@ -9,25 +10,15 @@
 
 use base64::Engine as _;
 use bytes::Bytes;
-use fhirseal_adapters::auth::{ApiKeyTable, Principal};
-use fhirseal_adapters::{canonical, fhir, Format, RouteError};
-use fhirseal_consensus::{
-    AnchorProof, Chain, ChainCheck, ChainStore, FinalizedBlock, Hash256, MerkleProof, Transaction,
-};
-use fhirseal_storage::chain_store::ChainStoreError;
+use fhirseal_adapters::{canonical, Format};
+use fhirseal_consensus::{AnchorProof, FinalizedBlock, Hash256, MerkleProof, Transaction};
 use fhirseal_storage::keys::hex;
-use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http::{header, HeaderValue, Response, StatusCode};
 use serde_json::{json, Value};
 
 use crate::body::{full, ProxyBody};
-use crate::config::Config;
 use crate::error::ProxyError;
-use crate::ledger::{ledger_dir, LedgerError, NodeLedger};
-use crate::proxy::Proxy;
-use crate::server::{open_node, ServerError};
-
-/// The name of the operation.
-pub(crate) const VERIFY: &str = "verify";
+use crate::ledger::NodeLedger;
 
 /// What verifying one version found.
 #[derive(Debug, Clone)]
@@ -162,159 +153,13 @@ pub fn ledger_check(
     })
 }
 
-impl Proxy {
-    /// `$verify` on a resource (its current version) or on one version.
-    pub(crate) async fn verify_operation(
-        &self,
-        req: &Request<ProxyBody>,
-        (resource_type, id, version): (&str, &str, Option<&str>),
-        audit: bool,
-    ) -> Result<Response<ProxyBody>, ProxyError> {
-        let (method, query) = (req.method(), req.uri().query());
-        let format = Format::negotiate(query, req.headers());
-        if method != Method::GET {
-            return Err(ProxyError::Route(RouteError::Method {
-                method: method.clone(),
-                path: format!("{resource_type}/{id}/$verify (read-only: use GET)"),
-            }));
-        }
-        for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-            let name = pair.split('=').next().unwrap_or("");
-            if !matches!(name, "_format" | "_pretty") {
-                return Err(ProxyError::Invalid(format!(
-                    "$verify takes no parameter '{name}'"
-                )));
-            }
-        }
-        let base = &self.shared.upstream.base;
-        let url = match version {
-            Some(v) => format!("{base}/{resource_type}/{id}/_history/{v}"),
-            None => format!("{base}/{resource_type}/{id}"),
-        };
-        let (status, current) = self.upstream_json(Method::GET, &url, None).await?;
-        let stored = (status == StatusCode::OK).then_some(&current);
-        let version = match (version, stored) {
-            (Some(v), _) => v.to_owned(),
-            (None, Some(value)) => value
-                .pointer("/meta/versionId")
-                .and_then(Value::as_str)
-                .ok_or_else(|| {
-                    ProxyError::UpstreamBody(format!(
-                        "{resource_type}/{id} has no meta.versionId upstream"
-                    ))
-                })?
-                .to_owned(),
-            (None, None) => return Err(absent(resource_type, id, None, status)),
-        };
-        let ledger = self.shared.ledger.clone();
-        let (ty, id_owned, v) = (resource_type.to_owned(), id.to_owned(), version.clone());
-        let stored = stored.cloned();
-        let check = tokio::task::spawn_blocking(move || {
-            ledger_check(&ledger, &ty, &id_owned, &v, stored.as_ref(), status)
-        })
-        .await
-        .map_err(|e| ProxyError::Internal(e.to_string()))??;
-        if check.proof.is_none() && !check.pending && check.upstream_hash.is_none() {
-            return Err(absent(resource_type, id, Some(&version), status));
-        }
-        let parameters = parameters(&check, self.shared.ledger.institution(), audit);
-        let body = fhir::serialize(&parameters, format)
-            .map_err(|e| ProxyError::Internal(e.to_string()))?;
-        Ok(fhir_response(StatusCode::OK, body, format))
-    }
-
-    /// `/ledger/…`: `status`, `blocks/{height}`, `proofs/{type}/{id}/{version}`, `verify`.
-    /// Access events and fingerprints are shown to principals who audit only; `verify` is theirs
-    /// alone.
-    pub(crate) async fn ledger_api(
-        &self,
-        req: &Request<ProxyBody>,
-        principal: &Principal,
-    ) -> Result<Response<ProxyBody>, ProxyError> {
-        let auditor = principal.audits;
-        if req.method() != Method::GET {
-            return Err(ProxyError::Route(RouteError::Method {
-                method: req.method().clone(),
-                path: format!(
-                    "{} (the ledger API is read-only: use GET)",
-                    req.uri().path()
-                ),
-            }));
-        }
-        let path = req.uri().path().trim_end_matches('/');
-        let segments: Vec<&str> = path.split('/').skip(2).collect();
-        let ledger = self.shared.ledger.clone();
-        let answer = match segments.as_slice() {
-            ["status"] => {
-                let status = blocking(move || ledger.status()).await?;
-                serde_json::to_value(status).map_err(|e| ProxyError::Internal(e.to_string()))?
-            }
-            ["blocks", height] => {
-                let height: u64 = height.parse().map_err(|_| {
-                    ProxyError::Invalid(format!("'{height}' is not a block height"))
-                })?;
-                match blocking(move || ledger.block(height)).await? {
-                    Some(block) => block_json(&block, auditor),
-                    None => return Err(ProxyError::NotFound(format!("no block at height {height}"))),
-                }
-            }
-            ["proofs", ty, id, version] => {
-                let (t, i, v) = (ty.to_string(), id.to_string(), version.to_string());
-                let found = blocking(move || {
-                    let proof = ledger.proof(&t, &i, &v)?;
-                    Ok::<_, ProxyError>(proof.map(|p| {
-                        let fault = p.verify(ledger.roster()).err().map(|e| e.to_string());
-                        (p, fault)
-                    }))
-                })
-                .await?;
-                match found {
-                    Some((proof, fault)) => proof_json(&proof, fault.as_deref(), auditor),
-                    None => {
-                        return Err(ProxyError::NotFound(format!(
-                            "{ty}/{id}/_history/{version} is not anchored"
-                        )))
-                    }
-                }
-            }
-            ["verify"] => {
-                // `Proxy::authorize` let only those who audit this far.
-                let check = blocking(move || ledger.verify_chain()).await?;
-                match check {
-                    ChainCheck::Valid { blocks } => json!({"valid": true, "blocks": blocks}),
-                    ChainCheck::Broken { height, fault } => {
-                        json!({"valid": false, "height": height, "fault": fault.to_string()})
-                    }
-                }
-            }
-            _ => {
-                return Err(ProxyError::NotFound(format!(
-                    "no ledger endpoint {path}: try /ledger/status, /ledger/blocks/{{height}}, /ledger/proofs/{{type}}/{{id}}/{{version}}, /ledger/verify"
-                )))
-            }
-        };
-        let body =
-            serde_json::to_vec_pretty(&answer).map_err(|e| ProxyError::Internal(e.to_string()))?;
-        let mut response = Response::new(full(Bytes::from(body)));
-        response.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        Ok(response)
-    }
-}
-
-async fn blocking<T: Send + 'static, E: Into<ProxyError> + Send + 'static>(
-    f: impl FnOnce() -> Result<T, E> + Send + 'static,
-) -> Result<T, ProxyError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| ProxyError::Internal(e.to_string()))?
-        .map_err(Into::into)
-}
-
 /// The error for a resource or version that neither the upstream nor the ledger knows.
-fn absent(resource_type: &str, id: &str, version: Option<&str>, status: StatusCode) -> ProxyError {
+pub(crate) fn absent(
+    resource_type: &str,
+    id: &str,
+    version: Option<&str>,
+    status: StatusCode,
+) -> ProxyError {
     let resource = match version {
         Some(v) => format!("{resource_type}/{id}/_history/{v}"),
         None => format!("{resource_type}/{id}"),
@@ -332,7 +177,11 @@ fn absent(resource_type: &str, id: &str, version: Option<&str>, status: StatusCo
     }
 }
 
-fn fhir_response(status: StatusCode, body: Vec<u8>, format: Format) -> Response<ProxyBody> {
+pub(crate) fn fhir_response(
+    status: StatusCode,
+    body: Vec<u8>,
+    format: Format,
+) -> Response<ProxyBody> {
     let mut response = Response::new(full(Bytes::from(body)));
     *response.status_mut() = status;
     response.headers_mut().insert(
@@ -541,152 +390,4 @@ pub fn proof_json(proof: &AnchorProof, fault: Option<&str>, audit: bool) -> Valu
         out["encoded"] = json!(base64::engine::general_purpose::STANDARD.encode(proof.to_bytes()));
     }
     out
-}
-
-/// What the `fhirseal ledger` commands work on: a stopped node's ledger and vault (sled lets one
-/// process hold a database), and the upstream to check the anchors against.
-#[derive(Debug)]
-pub struct LedgerTool {
-    proxy: Proxy,
-}
-
-/// How many versions one batch read asks the upstream for.
-const CHECK_BATCH: usize = 64;
-
-impl LedgerTool {
-    /// Opens the node's data directory; refused when it holds no ledger or when the node runs.
-    pub async fn open(config: &Config) -> Result<LedgerTool, ServerError> {
-        let dir = ledger_dir(config);
-        if !dir.exists() {
-            return Err(ServerError::Start(format!(
-                "there is no ledger in {}: has fhirseal run with this data directory?",
-                dir.display()
-            )));
-        }
-        // A running node holds its databases: say so, and what to use while it runs.
-        if let Err(e) = ChainStore::open_dir(&dir, &config.seal.institution) {
-            return Err(match e {
-                ChainStoreError::Locked(_) => ServerError::Start(format!(
-                    "{} is in use by a running fhirseal: stop it first (while it runs, GET \
-                     /ledger/status, /ledger/verify and [type]/[id]/$verify answer)",
-                    config.data_dir.display()
-                )),
-                other => LedgerError::from(other).into(),
-            });
-        }
-        let (sealing, opened) = open_node(config).await?;
-        // The anchorer is not run: these commands read, they do not anchor.
-        drop(opened.anchorer);
-        let proxy = Proxy::new(
-            config,
-            false,
-            sealing,
-            opened.ledger,
-            ApiKeyTable::default(),
-        )?;
-        Ok(LedgerTool { proxy })
-    }
-
-    /// The ledger.
-    pub fn ledger(&self) -> &NodeLedger {
-        &self.proxy.shared.ledger
-    }
-
-    /// Re-verifies the chain from genesis, calling `progress` with each verified height.
-    pub fn verify_chain(&self, progress: impl FnMut(u64)) -> Result<ChainCheck, LedgerError> {
-        let ledger = self.ledger();
-        Ok(Chain::verify_store_with(
-            ledger.reader().store(),
-            ledger.roster(),
-            progress,
-        )?)
-    }
-
-    /// Every version this institution anchored, in chain order.
-    pub fn anchored_versions(&self) -> Result<Vec<(String, String, String)>, LedgerError> {
-        let ledger = self.ledger();
-        let blocks = ledger.reader().tip_height()?.map_or(0, |h| h + 1);
-        let mut out = Vec::new();
-        for height in 0..blocks {
-            let Some(block) = ledger.block(height)? else {
-                continue;
-            };
-            for tx in block.block.transactions {
-                if let Transaction::Anchor(batch) = tx {
-                    out.extend(
-                        batch
-                            .entries
-                            .into_iter()
-                            .filter(|e| e.institution == ledger.institution())
-                            .map(|e| (e.resource_type, e.logical_id, e.version_id)),
-                    );
-                }
-            }
-        }
-        Ok(out)
-    }
-
-    /// Checks that the upstream's current version of each resource is anchored (a version
-    /// written behind fhirseal's back is not), calling `progress` with how many are done.
-    pub async fn check_current(
-        &self,
-        resources: &[(String, String)],
-        mut progress: impl FnMut(usize),
-    ) -> Result<Vec<CurrentCheck>, ProxyError> {
-        let ledger = self.ledger();
-        let mut out = Vec::with_capacity(resources.len());
-        for chunk in resources.chunks(CHECK_BATCH) {
-            let urls: Vec<String> = chunk.iter().map(|(t, i)| format!("{t}/{i}")).collect();
-            let stored = self.proxy.read_versions(&urls).await?;
-            for ((t, i), (status, value)) in chunk.iter().zip(stored) {
-                let current_version = value
-                    .as_ref()
-                    .and_then(|v| v.pointer("/meta/versionId"))
-                    .and_then(Value::as_str)
-                    .map(str::to_owned);
-                let anchored = match &current_version {
-                    Some(v) => ledger.proof(t, i, v)?.is_some() || ledger.is_pending(t, i, v)?,
-                    None => false,
-                };
-                out.push(CurrentCheck {
-                    resource_type: t.clone(),
-                    id: i.clone(),
-                    upstream_status: status,
-                    current_version,
-                    anchored,
-                });
-            }
-            progress(out.len());
-        }
-        Ok(out)
-    }
-
-    /// Checks each version against the upstream's copy (batches of reads), calling `progress`
-    /// with how many are done.
-    pub async fn check_upstream(
-        &self,
-        versions: &[(String, String, String)],
-        mut progress: impl FnMut(usize),
-    ) -> Result<Vec<VersionCheck>, ProxyError> {
-        let mut out = Vec::with_capacity(versions.len());
-        for chunk in versions.chunks(CHECK_BATCH) {
-            let urls: Vec<String> = chunk
-                .iter()
-                .map(|(t, i, v)| format!("{t}/{i}/_history/{v}"))
-                .collect();
-            let stored = self.proxy.read_versions(&urls).await?;
-            for ((t, i, v), (status, value)) in chunk.iter().zip(stored) {
-                out.push(ledger_check(
-                    self.ledger(),
-                    t,
-                    i,
-                    v,
-                    value.as_ref(),
-                    status,
-                )?);
-            }
-            progress(out.len());
-        }
-        Ok(out)
-    }
 }

@@ -1,0 +1,161 @@
+//! The `fhirseal ledger` commands' view of a stopped node: its ledger, and the upstream its
+//! anchors are checked against (through the same [`UpstreamClient`] the proxy uses).
+
+use fhirseal_consensus::{Chain, ChainCheck, ChainStore, Transaction};
+use fhirseal_storage::chain_store::ChainStoreError;
+use serde_json::Value;
+
+use crate::config::Config;
+use crate::error::ProxyError;
+use crate::ledger::{ledger_dir, LedgerError, NodeLedger};
+use crate::server::{open_node, ServerError};
+use crate::upstream::UpstreamClient;
+use crate::verify::{ledger_check, CurrentCheck, VersionCheck};
+
+/// What the `fhirseal ledger` commands work on: a stopped node's ledger and vault (sled lets one
+/// process hold a database), and the upstream to check the anchors against.
+#[derive(Debug)]
+pub struct LedgerTool {
+    ledger: std::sync::Arc<NodeLedger>,
+    upstream: UpstreamClient,
+}
+
+/// How many versions one batch read asks the upstream for.
+const CHECK_BATCH: usize = 64;
+
+impl LedgerTool {
+    /// Opens the node's data directory; refused when it holds no ledger or when the node runs.
+    pub async fn open(config: &Config) -> Result<LedgerTool, ServerError> {
+        let dir = ledger_dir(config);
+        if !dir.exists() {
+            return Err(ServerError::Start(format!(
+                "there is no ledger in {}: has fhirseal run with this data directory?",
+                dir.display()
+            )));
+        }
+        // A running node holds its databases: say so, and what to use while it runs.
+        if let Err(e) = ChainStore::open_dir(&dir, &config.seal.institution) {
+            return Err(match e {
+                ChainStoreError::Locked(_) => ServerError::Start(format!(
+                    "{} is in use by a running fhirseal: stop it first (while it runs, GET \
+                     /ledger/status, /ledger/verify and [type]/[id]/$verify answer)",
+                    config.data_dir.display()
+                )),
+                other => LedgerError::from(other).into(),
+            });
+        }
+        let (sealing, opened) = open_node(config).await?;
+        // The anchorer is not run: these commands read, they do not anchor.
+        drop(opened.anchorer);
+        let upstream = UpstreamClient::new(&config.upstream, config.server.max_body_bytes)
+            .map_err(|e| ServerError::Start(e.to_string()))?;
+        drop(sealing);
+        Ok(LedgerTool {
+            ledger: opened.ledger,
+            upstream,
+        })
+    }
+
+    /// The ledger.
+    pub fn ledger(&self) -> &NodeLedger {
+        &self.ledger
+    }
+
+    /// Re-verifies the chain from genesis, calling `progress` with each verified height.
+    pub fn verify_chain(&self, progress: impl FnMut(u64)) -> Result<ChainCheck, LedgerError> {
+        let ledger = self.ledger();
+        Ok(Chain::verify_store_with(
+            ledger.reader().store(),
+            ledger.roster(),
+            progress,
+        )?)
+    }
+
+    /// Every version this institution anchored, in chain order.
+    pub fn anchored_versions(&self) -> Result<Vec<(String, String, String)>, LedgerError> {
+        let ledger = self.ledger();
+        let blocks = ledger.reader().tip_height()?.map_or(0, |h| h + 1);
+        let mut out = Vec::new();
+        for height in 0..blocks {
+            let Some(block) = ledger.block(height)? else {
+                continue;
+            };
+            for tx in block.block.transactions {
+                if let Transaction::Anchor(batch) = tx {
+                    out.extend(
+                        batch
+                            .entries
+                            .into_iter()
+                            .filter(|e| e.institution == ledger.institution())
+                            .map(|e| (e.resource_type, e.logical_id, e.version_id)),
+                    );
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Checks that the upstream's current version of each resource is anchored (a version
+    /// written behind fhirseal's back is not), calling `progress` with how many are done.
+    pub async fn check_current(
+        &self,
+        resources: &[(String, String)],
+        mut progress: impl FnMut(usize),
+    ) -> Result<Vec<CurrentCheck>, ProxyError> {
+        let ledger = self.ledger();
+        let mut out = Vec::with_capacity(resources.len());
+        for chunk in resources.chunks(CHECK_BATCH) {
+            let urls: Vec<String> = chunk.iter().map(|(t, i)| format!("{t}/{i}")).collect();
+            let stored = self.upstream.read_versions(&urls).await?;
+            for ((t, i), (status, value)) in chunk.iter().zip(stored) {
+                let current_version = value
+                    .as_ref()
+                    .and_then(|v| v.pointer("/meta/versionId"))
+                    .and_then(Value::as_str)
+                    .map(str::to_owned);
+                let anchored = match &current_version {
+                    Some(v) => ledger.proof(t, i, v)?.is_some() || ledger.is_pending(t, i, v)?,
+                    None => false,
+                };
+                out.push(CurrentCheck {
+                    resource_type: t.clone(),
+                    id: i.clone(),
+                    upstream_status: status,
+                    current_version,
+                    anchored,
+                });
+            }
+            progress(out.len());
+        }
+        Ok(out)
+    }
+
+    /// Checks each version against the upstream's copy (batches of reads), calling `progress`
+    /// with how many are done.
+    pub async fn check_upstream(
+        &self,
+        versions: &[(String, String, String)],
+        mut progress: impl FnMut(usize),
+    ) -> Result<Vec<VersionCheck>, ProxyError> {
+        let mut out = Vec::with_capacity(versions.len());
+        for chunk in versions.chunks(CHECK_BATCH) {
+            let urls: Vec<String> = chunk
+                .iter()
+                .map(|(t, i, v)| format!("{t}/{i}/_history/{v}"))
+                .collect();
+            let stored = self.upstream.read_versions(&urls).await?;
+            for ((t, i, v), (status, value)) in chunk.iter().zip(stored) {
+                out.push(ledger_check(
+                    self.ledger(),
+                    t,
+                    i,
+                    v,
+                    value.as_ref(),
+                    status,
+                )?);
+            }
+            progress(out.len());
+        }
+        Ok(out)
+    }
+}

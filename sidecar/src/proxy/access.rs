@@ -1,0 +1,55 @@
+//! The `record_access` phase: a read is an access event queued before it is forwarded, made
+//! durable beside the upstream exchange; and, when configured, a FHIR `AuditEvent` sent upstream
+//! once the answer is known.
+
+use std::sync::Arc;
+
+use fhirseal_adapters::Interaction;
+use fhirseal_storage::PendingAccess;
+use http::{Method, StatusCode};
+use tokio::task::JoinHandle;
+
+use super::deps::Deps;
+use crate::audit::{self, Accessor};
+use crate::error::ProxyError;
+use crate::sealing::SealError;
+
+/// A read's access event, and the task making it durable.
+pub(super) type RecordedAccess = (PendingAccess, JoinHandle<Result<(), SealError>>);
+
+/// Queues the access event of a read and starts making it durable.
+pub(super) fn record_access(
+    deps: &Deps,
+    interaction: &Interaction,
+    accessor: &Accessor,
+) -> Result<Option<RecordedAccess>, ProxyError> {
+    let Some(event) = audit::access_event(interaction, accessor) else {
+        return Ok(None);
+    };
+    deps.sealing.record_access(&event)?;
+    let sealing = deps.sealing.clone();
+    let flushed = tokio::spawn(async move { sealing.durable().await });
+    Ok(Some((event, flushed)))
+}
+
+/// Sends the FHIR `AuditEvent` of a read upstream, in the background; a failure is logged.
+pub(super) fn send_audit_event(
+    deps: Arc<Deps>,
+    event: PendingAccess,
+    interaction: Interaction,
+    status: StatusCode,
+) {
+    tokio::spawn(async move {
+        let body = audit::audit_event(&event, &interaction, deps.ledger.institution(), status);
+        let url = format!("{}/AuditEvent", deps.upstream.base);
+        match deps.upstream.json(Method::POST, &url, Some(&body)).await {
+            Ok((status, _)) if status.is_success() => {}
+            Ok((status, _)) => {
+                tracing::warn!(%status, "the upstream refused an AuditEvent");
+            }
+            Err(error) => {
+                tracing::warn!(error = %error.log_text(), "an AuditEvent could not be sent upstream")
+            }
+        }
+    });
+}

@@ -1,0 +1,267 @@
+//! The `commit_seal` phase: once the upstream has accepted a write and named its id and
+//! version, the identity is sealed under them and queued for anchoring (one vault transaction
+//! each), and made durable before the client hears back; what it refused is rolled back.
+
+use fhirseal_adapters::{canonical, fhir, Format};
+use http::header;
+use http::{Response, StatusCode};
+use serde_json::Value;
+
+use super::deps::Deps;
+use super::seal::Pending;
+use crate::body::{full, ProxyBody};
+use crate::error::ProxyError;
+use crate::http_util::{collect_limited, response_format};
+use crate::sealing::Prepared;
+use crate::upstream::MAX_READ_BACK;
+
+/// A version the upstream accepted, on its way into the vault and the outbox.
+struct Written {
+    prepared: Prepared,
+    id: String,
+    version: String,
+    /// The stored resource, when the upstream returned it.
+    returned: Option<Value>,
+}
+
+/// Whether `value` is a resource (of `resource_type`, when given) with this id and version;
+/// with an empty id, whether it is a resource with an id and a version at all.
+fn is_version(value: &Value, resource_type: Option<&str>, id: &str, version: &str) -> bool {
+    let field = |pointer: &str| value.pointer(pointer).and_then(Value::as_str);
+    let (Some(ty), Some(found_id), Some(found_version)) = (
+        field("/resourceType"),
+        field("/id"),
+        field("/meta/versionId"),
+    ) else {
+        return false;
+    };
+    resource_type.is_none_or(|t| t == ty)
+        && ty != "OperationOutcome"
+        && (id.is_empty() || (found_id == id && found_version == version))
+}
+
+/// Seals and anchors what the upstream accepted; rolls back what it refused.
+pub(super) async fn commit_seal(
+    deps: &Deps,
+    response: Response<ProxyBody>,
+    pending: Pending,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let sealing = &deps.sealing;
+    match pending {
+        Pending::Nothing => Ok(response),
+        Pending::One {
+            prepared,
+            create,
+            patch,
+        } => {
+            let status = response.status();
+            let accepted = if create {
+                status == StatusCode::CREATED
+            } else {
+                status.is_success()
+            };
+            if !accepted {
+                sealing.rollback(&prepared);
+                return Ok(response);
+            }
+            // The body is read whole: it is usually the stored resource, which is hashed
+            // for the anchor.
+            let (parts, body) = response.into_parts();
+            let bytes = collect_limited(body, MAX_READ_BACK).await?;
+            let returned = response_format(&parts.headers)
+                .filter(|f| *f == Format::Json)
+                .and_then(|_| serde_json::from_slice::<Value>(&bytes).ok());
+            let named = version_from_headers(&parts.headers).or_else(|| {
+                let value = returned.as_ref()?;
+                let id = value.get("id").and_then(Value::as_str)?;
+                let version = value.pointer("/meta/versionId").and_then(Value::as_str)?;
+                Some((id.to_owned(), version.to_owned()))
+            });
+            let Some((id, version)) = named else {
+                sealing.rollback(&prepared);
+                return Err(ProxyError::UpstreamBody(
+                    "the upstream accepted a write without naming its id and version".to_owned(),
+                ));
+            };
+            let written = Written {
+                prepared,
+                id,
+                version,
+                returned: returned.filter(|v| is_version(v, None, "", "")),
+            };
+            commit_written(deps, vec![written]).await?;
+            let mut response = Response::from_parts(parts, full(bytes));
+            if patch {
+                response.headers_mut().remove(header::ETAG);
+            }
+            Ok(response)
+        }
+        Pending::Bundle(prepared) => {
+            if !response.status().is_success() {
+                prepared.iter().flatten().for_each(|p| sealing.rollback(p));
+                return Ok(response);
+            }
+            let (parts, body) = response.into_parts();
+            let bytes = collect_limited(body, MAX_READ_BACK).await?;
+            let format = response_format(&parts.headers).unwrap_or(Format::Json);
+            let parsed = bytes.clone();
+            let value = tokio::task::spawn_blocking(move || fhir::parse_lenient(&parsed, format))
+                .await
+                .map_err(|e| ProxyError::Internal(e.to_string()))?
+                .map_err(|e| ProxyError::UpstreamBody(e.to_string()))?;
+            let results = value["entry"].as_array().cloned().unwrap_or_default();
+            let mut written = Vec::new();
+            for (index, p) in prepared.into_iter().enumerate() {
+                let Some(p) = p else { continue };
+                let result = results.get(index);
+                let status = result
+                    .and_then(|r| r.pointer("/response/status"))
+                    .and_then(Value::as_str)
+                    .unwrap_or("");
+                let location = result
+                    .and_then(|r| r.pointer("/response/location"))
+                    .and_then(Value::as_str)
+                    .and_then(version_location);
+                match location {
+                    Some((_, id, version)) if status.starts_with('2') => written.push(Written {
+                        prepared: p,
+                        id,
+                        version,
+                        returned: None,
+                    }),
+                    _ => sealing.rollback(&p),
+                }
+            }
+            commit_written(deps, written).await?;
+            Ok(Response::from_parts(parts, full(bytes)))
+        }
+    }
+}
+
+/// Hashes each written version as the upstream stores it, seals its identity and queues its
+/// anchor (one vault transaction each), makes all of it durable, and with `anchor = "sync"`
+/// waits for the block. When the upstream's copies cannot be read back, the identity is
+/// still kept (so nothing written is lost) and the client hears that anchoring failed.
+async fn commit_written(deps: &Deps, mut written: Vec<Written>) -> Result<(), ProxyError> {
+    if written.is_empty() {
+        return Ok(());
+    }
+    let hashed: Result<Vec<[u8; 32]>, ProxyError> = stored_versions(deps, &mut written)
+        .await
+        .and_then(|values| {
+            values
+                .iter()
+                .map(|v| {
+                    canonical::clinical_hash(v)
+                        .map_err(|e| ProxyError::UpstreamBody(format!("a stored resource: {e}")))
+                })
+                .collect()
+        });
+    let hashes: Vec<Option<[u8; 32]>> = match &hashed {
+        Ok(hashes) => hashes.iter().copied().map(Some).collect(),
+        Err(_) => vec![None; written.len()],
+    };
+    // What `anchor = "sync"` waits for; nothing to keep otherwise.
+    let versions: Vec<(String, String, String)> = if deps.anchor_sync {
+        written
+            .iter()
+            .map(|w| {
+                (
+                    w.prepared.resource_type.clone(),
+                    w.id.clone(),
+                    w.version.clone(),
+                )
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    // A vault commit is a sled transaction over many keys: keep it off the async workers,
+    // which other requests are waiting for.
+    let sealing = deps.sealing.clone();
+    tokio::task::spawn_blocking(move || {
+        for (w, hash) in written.iter().zip(hashes) {
+            sealing.commit(&w.prepared, &w.id, &w.version, hash)?;
+        }
+        Ok::<(), ProxyError>(())
+    })
+    .await
+    .map_err(|e| ProxyError::Internal(e.to_string()))??;
+    deps.sealing.durable().await?;
+    hashed.map_err(|e| ProxyError::NotAnchored(e.to_string()))?;
+    if deps.anchor_sync {
+        let timeout = deps.sync_timeout;
+        if !deps.ledger.wait_anchored(&versions, timeout).await? {
+            return Err(ProxyError::AnchorTimeout(timeout.as_millis() as u64));
+        }
+    }
+    Ok(())
+}
+
+/// The written versions as the upstream stores them, in JSON: what it returned when that is
+/// the version itself, else read back (one vread, or one batch of them).
+async fn stored_versions(deps: &Deps, written: &mut [Written]) -> Result<Vec<Value>, ProxyError> {
+    let missing: Vec<usize> = written
+        .iter()
+        .enumerate()
+        .filter(|(_, w)| {
+            !w.returned
+                .as_ref()
+                .is_some_and(|v| is_version(v, Some(&w.prepared.resource_type), &w.id, &w.version))
+        })
+        .map(|(i, _)| i)
+        .collect();
+    let urls: Vec<String> = missing
+        .iter()
+        .map(|&i| {
+            let w = &written[i];
+            format!(
+                "{}/{}/_history/{}",
+                w.prepared.resource_type, w.id, w.version
+            )
+        })
+        .collect();
+    let fetched = deps.upstream.read_versions(&urls).await?;
+    for ((i, url), (status, value)) in missing.into_iter().zip(&urls).zip(fetched) {
+        let w = &mut written[i];
+        match value {
+            Some(value)
+                if is_version(&value, Some(&w.prepared.resource_type), &w.id, &w.version) =>
+            {
+                w.returned = Some(value);
+            }
+            _ => {
+                return Err(ProxyError::UpstreamBody(format!(
+                    "reading back {url} answered {status}"
+                )))
+            }
+        }
+    }
+    Ok(written
+        .iter_mut()
+        .filter_map(|w| w.returned.take())
+        .collect())
+}
+
+/// Id and version from `Location` or `Content-Location` (`…/Type/id/_history/v`).
+fn version_from_headers(headers: &http::HeaderMap) -> Option<(String, String)> {
+    [header::LOCATION, header::CONTENT_LOCATION]
+        .iter()
+        .filter_map(|name| headers.get(name).and_then(|v| v.to_str().ok()))
+        .find_map(version_location)
+        .map(|(_, id, version)| (id, version))
+}
+
+/// `(type, id, version)` of a `…Type/id/_history/version` URL.
+fn version_location(url: &str) -> Option<(String, String, String)> {
+    let path = url.split(['?', '#']).next().unwrap_or(url);
+    let segments: Vec<&str> = path.trim_end_matches('/').split('/').collect();
+    let n = segments.len();
+    (n >= 4 && segments[n - 2] == "_history").then(|| {
+        (
+            segments[n - 4].to_owned(),
+            segments[n - 3].to_owned(),
+            segments[n - 1].to_owned(),
+        )
+    })
+}

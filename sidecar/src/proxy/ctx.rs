@@ -1,0 +1,57 @@
+//! The per-request context the phases pass along (pingora's `CTX`): what `request_filter`
+//! routed, who asks, and what the upstream is to receive. Each phase takes it by reference and
+//! says in its signature what it may change.
+
+use std::collections::BTreeSet;
+
+use fhirseal_adapters::auth::Principal;
+use fhirseal_adapters::Interaction;
+
+use crate::audit::Accessor;
+
+/// One request, from routing to the answer.
+#[derive(Debug)]
+pub(crate) struct RequestCtx {
+    /// The client's request id, or a fresh one; sent upstream and answered.
+    pub(crate) request_id: String,
+    /// What the request asks for. `seal_request` turns a JSON Patch into the update it sends.
+    pub(crate) interaction: Interaction,
+    /// The path below our base, as the client encoded it (`/Patient/1`); a conditional update
+    /// that matched no one goes to the resource's own path instead.
+    pub(crate) rel_path: String,
+    /// The query the upstream receives.
+    pub(crate) query: UpstreamQuery,
+    /// Who asks.
+    pub(crate) principal: Principal,
+    /// Who, why and when, for the access events of this request.
+    pub(crate) accessor: Accessor,
+    /// How the client reaches the sidecar.
+    pub(crate) public_base: PublicBase,
+    /// The elements a `_elements` parameter limited the answer to.
+    pub(crate) elements: Option<BTreeSet<String>>,
+    /// A HEAD request: no body is merged.
+    pub(crate) head: bool,
+}
+
+/// The query string the upstream receives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum UpstreamQuery {
+    /// The client's, as it came.
+    Client,
+    /// Rewritten (identity criteria answered from the blind index).
+    Rewritten(String),
+    /// None at all (a conditional update that became a plain create or update).
+    Dropped,
+}
+
+/// How clients reach the sidecar, for one request.
+#[derive(Debug, Clone)]
+pub(crate) struct PublicBase {
+    /// `https://seal.example:8443/fhir`
+    pub(crate) url: String,
+    pub(crate) scheme: String,
+    /// `seal.example:8443`
+    pub(crate) host: String,
+    /// `/fhir`
+    pub(crate) prefix: String,
+}

@@ -1,0 +1,317 @@
+//! The reverse proxy as a tower `Service`, its life told in named phases (after pingora's
+//! proxy phases), each a function of the shared [`deps::Deps`] and the per-request
+//! [`ctx::RequestCtx`]:
+//!
+//! 1. `request_filter` ([`filter`]) — base path, FHIR routing, media type, body size; then the
+//!    principal is authenticated and a permit of the concurrent-request limit taken;
+//! 2. `plan` and `authorize` ([`plan`]) — the body read and parsed where the sidecar needs it,
+//!    what the request needs worked out, and the one permission check;
+//! 3. `record_access` ([`access`]) — a read's access event queued;
+//! 4. `seal_request` ([`seal`]) — writes split and sealed, identity criteria answered from the
+//!    blind index;
+//! 5. `upstream_request` ([`filter`]) — the request as the upstream sees it;
+//! 6. `send` (`crate::upstream::UpstreamClient`) — under the upstream timeout, with the client's
+//!    credentials dropped and the sidecar's own added;
+//! 7. `commit_seal` ([`commit`]) — what the upstream accepted sealed and anchored;
+//! 8. `response_filter` ([`filter`]) — hop-by-hop headers stripped, links rewritten;
+//! 9. `unseal_response` ([`unseal`]) — identity merged back for principals who may see it, each
+//!    resource shown an access event of its own;
+//! 10. `fail_to_proxy` — any error becomes an `OperationOutcome` (see [`crate::error`]);
+//! 11. `logging` — one structured line per request, under its request id.
+//!
+//! `$verify` and the `/ledger/…` API are answered by the sidecar itself ([`ledger_api`]).
+//! Dependencies run one way: this file calls the phases; the phases use `deps`, `ctx`, the
+//! sealing, the upstream client and the HTTP utilities, and never this file.
+
+mod access;
+mod commit;
+mod ctx;
+mod deps;
+mod filter;
+mod ledger_api;
+mod plan;
+mod seal;
+mod unseal;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use fhirseal_adapters::auth::ApiKeyTable;
+use fhirseal_adapters::{Format, IssueType, OperationOutcome};
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body::Body;
+use http_body_util::BodyExt;
+use tokio::sync::OwnedSemaphorePermit;
+use tracing::Instrument;
+
+use crate::audit;
+use crate::body::{empty, BoxError, ProxyBody};
+use crate::config::Config;
+use crate::error::{outcome_response, ProxyError, Side};
+use crate::http_util::json_response;
+use crate::ledger::{now_ms, NodeLedger};
+use crate::sealing::Sealing;
+use ctx::{RequestCtx, UpstreamQuery};
+use deps::Deps;
+use seal::Sealed;
+
+pub use filter::{ClientAddr, REQUEST_ID};
+
+/// How long `/readyz` waits for the upstream's `/metadata`.
+const READY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The reverse proxy. Cheap to clone: clones share one connection pool.
+#[derive(Debug, Clone)]
+pub struct Proxy {
+    deps: Arc<Deps>,
+}
+
+impl Proxy {
+    /// A proxy for `config`; the connection pool is created here, connections lazily.
+    pub fn new(
+        config: &Config,
+        listener_tls: bool,
+        sealing: Arc<Sealing>,
+        ledger: Arc<NodeLedger>,
+        auth: ApiKeyTable,
+    ) -> Result<Proxy, ProxyError> {
+        Ok(Proxy {
+            deps: Arc::new(Deps::new(config, listener_tls, sealing, ledger, auth)?),
+        })
+    }
+
+    /// The node's sealing (for tools and tests that look inside).
+    pub fn sealing(&self) -> Arc<Sealing> {
+        self.deps.sealing.clone()
+    }
+
+    /// The node's ledger (for tools and tests that look inside).
+    pub fn ledger(&self) -> Arc<NodeLedger> {
+        self.deps.ledger.clone()
+    }
+
+    /// Handles one request; never fails: every error is an `OperationOutcome` response.
+    /// The future owns what it needs, so it can be spawned.
+    pub fn handle<B>(
+        &self,
+        req: Request<B>,
+    ) -> impl Future<Output = Response<ProxyBody>> + Send + 'static
+    where
+        B: Body<Data = Bytes> + Send + Sync + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let started = Instant::now();
+        let request_id = filter::request_id(req.headers());
+        let format = Format::negotiate(req.uri().query(), req.headers());
+        let span = tracing::info_span!(
+            "request",
+            id = %request_id,
+            method = %req.method(),
+            path = %req.uri().path()
+        );
+        let req = req.map(|body| body.map_err(Into::into).boxed());
+        let deps = self.deps.clone();
+        async move {
+            let (interaction, result) = proxy(&deps, req, request_id.clone()).await;
+            let mut response = match result {
+                Ok(response) => response,
+                Err(error) => fail_to_proxy(error, format),
+            };
+            if let Ok(value) = HeaderValue::from_str(&request_id) {
+                response.headers_mut().insert(REQUEST_ID, value);
+            }
+            logging(interaction, response.status(), started.elapsed());
+            response
+        }
+        .instrument(span)
+    }
+}
+
+/// The request's life, from the health endpoints to the answer.
+async fn proxy(
+    deps: &Arc<Deps>,
+    req: Request<ProxyBody>,
+    request_id: String,
+) -> (
+    Option<&'static str>,
+    Result<Response<ProxyBody>, ProxyError>,
+) {
+    match req.uri().path() {
+        "/healthz" => return (Some("healthz"), Ok(healthz())),
+        "/readyz" => return (Some("readyz"), Ok(readyz(deps).await)),
+        path if path == "/ledger" || path.starts_with("/ledger/") => {
+            let result = async {
+                let principal = deps.auth.authenticate(req.headers())?;
+                plan::authorize(deps, &principal, &ledger_api::ledger_needs(path))?;
+                ledger_api::ledger_api(deps, &req, &principal).await
+            }
+            .await;
+            return (Some("ledger"), result);
+        }
+        _ => {}
+    }
+    let routed = match filter::request_filter(deps, &req) {
+        Ok(routed) => routed,
+        Err(error) => return (None, Err(error)),
+    };
+    let name = routed.interaction.name();
+    (
+        Some(name),
+        proxy_routed(deps, req, routed, request_id).await,
+    )
+}
+
+/// The phases after `request_filter`: authenticate, plan, authorize, record the access, seal,
+/// forward, commit, filter and unseal the answer.
+async fn proxy_routed(
+    deps: &Arc<Deps>,
+    req: Request<ProxyBody>,
+    routed: filter::Routed,
+    request_id: String,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let principal = deps.auth.authenticate(req.headers())?;
+    tracing::debug!(principal = %principal.name, institution = %principal.institution, "authenticated");
+    let _permit = take_permit(deps)?;
+    let mut ctx = RequestCtx {
+        accessor: audit::accessor(&principal, req.headers(), now_ms())?,
+        public_base: filter::public_base(deps, &req),
+        elements: filter::elements_param(req.uri().query()),
+        head: req.method() == Method::HEAD,
+        request_id,
+        interaction: routed.interaction,
+        rel_path: routed.rel_path,
+        query: UpstreamQuery::Client,
+        principal,
+    };
+    let (req, planned) = plan::plan(deps, req, &ctx).await?;
+    plan::authorize(deps, &ctx.principal, &planned.needs)?;
+    // A read is recorded before it is forwarded; the record's flush runs beside the upstream
+    // exchange and is awaited before the answer leaves.
+    let access = access::record_access(deps, &ctx.interaction, &ctx.accessor)?;
+    let result = async {
+        if let Some(target) = ledger_api::verify_target(&ctx.interaction) {
+            return ledger_api::verify_operation(deps, &req, target, ctx.principal.audits).await;
+        }
+        let (req, pending) = match seal::seal_request(deps, req, planned.body, &mut ctx).await? {
+            Sealed::Forward(req, pending) => (req, pending),
+            Sealed::Respond(response) => return Ok(response),
+        };
+        let upstream_req = filter::upstream_request(deps, &ctx, req)?;
+        let response = deps.upstream.send(upstream_req).await?;
+        let response = commit::commit_seal(deps, response, *pending).await?;
+        let response = filter::response_filter(deps, &ctx, response).await?;
+        if ctx.principal.sees_identity && !ctx.head {
+            unseal::unseal_response(deps, response, ctx.elements.clone(), &ctx.accessor).await
+        } else {
+            Ok(response)
+        }
+    }
+    .await;
+    match access {
+        Some((event, flushed)) => {
+            let result = match flushed.await {
+                Ok(Ok(())) => result,
+                Ok(Err(error)) => Err(ProxyError::Seal(error)),
+                Err(error) => Err(ProxyError::Internal(error.to_string())),
+            };
+            if deps.audit_upstream {
+                let status = match &result {
+                    Ok(response) => response.status(),
+                    Err(error) => error.status(),
+                };
+                access::send_audit_event(deps.clone(), event, ctx.interaction.clone(), status);
+            }
+            result
+        }
+        None => result,
+    }
+}
+
+/// One permit of the concurrent-request limit, or 503 at once.
+fn take_permit(deps: &Deps) -> Result<OwnedSemaphorePermit, ProxyError> {
+    deps.requests
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| ProxyError::Overloaded(deps.limits.max_concurrent))
+}
+
+/// Phase `fail_to_proxy`: an error as the client sees it, and as the log says it (without
+/// anything the client quoted).
+fn fail_to_proxy(error: ProxyError, format: Format) -> Response<ProxyBody> {
+    match error.side() {
+        Side::Internal => tracing::error!(error = %error.log_text(), "request failed"),
+        Side::Upstream => tracing::warn!(error = %error.log_text(), "upstream failed"),
+        Side::Downstream => tracing::info!(error = %error.log_text(), "request refused"),
+    }
+    error.into_response(format)
+}
+
+/// `/readyz`: ready when the upstream answers `/metadata` with a success.
+async fn readyz(deps: &Deps) -> Response<ProxyBody> {
+    let uri = format!("{}/metadata", deps.upstream.base);
+    let req = match Request::get(uri)
+        .header(header::ACCEPT, Format::Json.mime())
+        .body(empty())
+    {
+        Ok(req) => req,
+        Err(e) => return ProxyError::Internal(e.to_string()).into_response(Format::Json),
+    };
+    match tokio::time::timeout(READY_TIMEOUT, deps.upstream.send(req)).await {
+        Ok(Ok(response)) if response.status().is_success() => {
+            json_response(StatusCode::OK, r#"{"status":"ready"}"#)
+        }
+        Ok(Ok(response)) => {
+            let outcome = OperationOutcome::error(
+                IssueType::Transient,
+                format!("upstream /metadata answered {}", response.status()),
+            );
+            outcome_response(StatusCode::SERVICE_UNAVAILABLE, &outcome, Format::Json)
+        }
+        Ok(Err(error)) => outcome_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &error.outcome(),
+            Format::Json,
+        ),
+        Err(_) => ProxyError::UpstreamTimeout(READY_TIMEOUT.as_millis() as u64)
+            .into_response(Format::Json),
+    }
+}
+
+impl<B> tower::Service<Request<B>> for Proxy
+where
+    B: Body<Data = Bytes> + Send + Sync + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response<ProxyBody>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let response = self.handle(req);
+        Box::pin(async move { Ok(response.await) })
+    }
+}
+
+/// Phase `logging`: one line per request.
+fn logging(interaction: Option<&'static str>, status: StatusCode, elapsed: Duration) {
+    tracing::info!(
+        interaction = interaction.unwrap_or("-"),
+        status = status.as_u16(),
+        micros = elapsed.as_micros() as u64,
+        "done"
+    );
+}
+
+fn healthz() -> Response<ProxyBody> {
+    json_response(StatusCode::OK, r#"{"status":"up"}"#)
+}
