@@ -1,7 +1,7 @@
-//! fhirseal's consortium ledger. Today: the ledger core that anchors every sealed write once and
-//! proves it, and the governance layer that keeps the consortium on openraft; to come with their
-//! own issues: the improved-DPoS election, beacon and ring-signature votes, and the node
-//! transport.
+//! fhirseal's consortium ledger: the ledger core that anchors every sealed write once and
+//! proves it, the governance layer that keeps the consortium on openraft, and the improved
+//! DPoS's pure rules (beacon, ring-signature ballots, election); the node transport is the
+//! sidecar's.
 //!
 //! - Types: institution-signed batches of anchor entries and access events ([`tx`]), blocks
 //!   with finality certificates ([`block`]), in a hand-written canonical encoding ([`codec`]),
@@ -18,6 +18,8 @@
 //!   epochs and election records, changed only by signed commands that the state machine itself
 //!   authorizes (regulator-signed admissions, suspensions, revocations, stake; self-signed key
 //!   rotations), as pure code with time passed in.
+//! - The election's rules ([`election`]): the VRF beacon, linkable ring signatures over the
+//!   epoch's voters, weighted election with rotation and the proposer order.
 //! - Its replication ([`raft`]): openraft 0.9 over a sled log and state machine kept in
 //!   `fhirseal-storage`'s typed trees, snapshots, and a node the sidecar starts and submits to.
 //!
@@ -29,6 +31,7 @@
 pub mod block;
 pub mod chain;
 pub mod codec;
+pub mod election;
 mod error;
 pub mod governance;
 pub mod hash;
