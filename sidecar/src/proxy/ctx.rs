@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 
 use fhirseal_adapters::auth::Principal;
-use fhirseal_adapters::Interaction;
+use fhirseal_adapters::{Format, Interaction};
 
 use crate::audit::Accessor;
 
@@ -31,6 +31,8 @@ pub(crate) struct RequestCtx {
     pub(crate) elements: Option<BTreeSet<String>>,
     /// A HEAD request: no body is merged.
     pub(crate) head: bool,
+    /// The format the client asked for (`_format`, `Accept`), for answers the sidecar writes.
+    pub(crate) format: Format,
 }
 
 /// The query string the upstream receives.

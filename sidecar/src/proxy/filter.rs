@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::net::SocketAddr;
 
 use bytes::Bytes;
-use fhirseal_adapters::{route, Format, Interaction, Rebase};
+use fhirseal_adapters::{route, Format, Interaction, IssueType, OperationOutcome, Rebase};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, Uri, Version};
 use http_body_util::{BodyExt, Limited};
@@ -14,7 +14,7 @@ use http_body_util::{BodyExt, Limited};
 use super::ctx::{PublicBase, RequestCtx, UpstreamQuery};
 use super::deps::Deps;
 use crate::body::{full, ProxyBody};
-use crate::error::ProxyError;
+use crate::error::{outcome_response, ProxyError};
 use crate::http_util::collect_limited;
 
 /// What `request_filter` routed.
@@ -160,6 +160,33 @@ pub(super) async fn response_filter(
         .and_then(|v| v.to_str().ok())
         .and_then(Format::from_mime)
         .is_some();
+    if parts.status.is_client_error() || parts.status.is_server_error() {
+        // An error page that is no FHIR (Tomcat's HTML for a URL too long, a gateway's text)
+        // reaches the client as an OperationOutcome with the upstream's status. Its text stays
+        // out of the answer and of the log: it may quote the request.
+        let has_body = parts.headers.contains_key(header::CONTENT_TYPE);
+        if has_body && !is_fhir {
+            let kind = parts
+                .headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_owned();
+            let outcome = OperationOutcome::error(
+                IssueType::Exception,
+                format!(
+                    "the upstream FHIR server answered {} with a {kind} page instead of FHIR; its log says why",
+                    parts.status
+                ),
+            );
+            tracing::warn!(status = parts.status.as_u16(), content_type = %kind, "the upstream answered an error that is no FHIR");
+            return Ok(outcome_response(parts.status, &outcome, ctx.format));
+        }
+    }
     // HAPI caches its CapabilityStatement with the base of whoever asked first, whatever
     // the forwarded headers of later requests say, so that one is always rewritten.
     let rewrite = !deps.forwarded || matches!(interaction, Interaction::Capabilities);

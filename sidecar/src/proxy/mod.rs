@@ -183,6 +183,7 @@ async fn proxy_routed(
         public_base: filter::public_base(deps, &req),
         elements: filter::elements_param(req.uri().query()),
         head: req.method() == Method::HEAD,
+        format: Format::negotiate(req.uri().query(), req.headers()),
         request_id,
         interaction: routed.interaction,
         rel_path: routed.rel_path,

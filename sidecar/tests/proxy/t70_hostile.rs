@@ -1025,3 +1025,47 @@ async fn an_upstream_behind_mutual_tls_gets_the_sidecars_certificate() {
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
     assert_eq!(reply.json()["type"], "searchset");
 }
+
+#[tokio::test]
+async fn an_error_page_that_is_no_fhir_reaches_the_client_as_an_outcome() {
+    // An upstream whose servlet container answers an HTML page (a URL too long, say).
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            let service = service_fn(|_req: Request<Incoming>| async {
+                Ok::<_, std::convert::Infallible>(
+                    Response::builder()
+                        .status(StatusCode::BAD_REQUEST)
+                        .header("content-type", "text/html;charset=utf-8")
+                        .body(Full::new(Bytes::from_static(
+                            b"<html><body><h1>HTTP Status 400 - Bad Request</h1>Request header is too large</body></html>",
+                        )))
+                        .unwrap(),
+                )
+            });
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(socket), service),
+            );
+        }
+    });
+    let sidecar = start(config(&format!("http://{addr}/fhir"))).await;
+    let reply = get(&format!("{}/Observation?code=1", sidecar.base)).await;
+    let text = reply.assert_outcome(400);
+    assert!(text.contains("text/html"), "{text}");
+    assert!(!reply.text().contains("<html>"), "{}", reply.text());
+    let xml = send(
+        Method::GET,
+        &format!("{}/Observation?code=1", sidecar.base),
+        &[("accept", "application/fhir+xml")],
+        "",
+    )
+    .await;
+    assert_eq!(xml.status, StatusCode::BAD_REQUEST);
+    assert!(
+        xml.text().starts_with("<OperationOutcome"),
+        "{}",
+        xml.text()
+    );
+}
