@@ -142,6 +142,9 @@ pub struct UpstreamConfig {
     /// Whether the upstream builds its links from `X-Forwarded-*` headers (HAPI does). When it
     /// does not, the sidecar buffers FHIR response bodies and rewrites the links itself.
     pub honours_forwarded_headers: bool,
+    /// Longest query string sent in a URL, in bytes; a longer search (an identity search
+    /// rewritten to many ids) is sent as `POST _search` with the query in the body.
+    pub max_query_bytes: usize,
     /// PEM file of certificate authorities trusted for an `https` upstream, besides the
     /// platform's.
     pub ca_file: Option<PathBuf>,
@@ -158,6 +161,7 @@ impl Default for UpstreamConfig {
             pool_idle_timeout_secs: 90,
             pool_max_idle: 64,
             honours_forwarded_headers: true,
+            max_query_bytes: 4096,
             ca_file: None,
             auth: UpstreamAuthConfig::default(),
         }

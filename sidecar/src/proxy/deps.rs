@@ -52,6 +52,8 @@ pub(crate) struct Limits {
     pub(crate) max_reidentify: u64,
     /// Requests handled at once.
     pub(crate) max_concurrent: usize,
+    /// Longest query sent in a URL; a longer search goes as `POST _search`.
+    pub(crate) max_query_bytes: usize,
 }
 
 impl Deps {
@@ -79,6 +81,7 @@ impl Deps {
                 body_read_timeout: server.body_read_timeout(),
                 max_reidentify: server.max_reidentify_bytes,
                 max_concurrent: server.max_concurrent_requests,
+                max_query_bytes: config.upstream.max_query_bytes,
             },
             identity_searches: Mutex::new(RateLimiter::new(
                 config.auth.identity_searches_per_minute,

@@ -88,10 +88,42 @@ pub(super) fn upstream_request(
         UpstreamQuery::Client => parts.uri.query(),
         UpstreamQuery::Rewritten(rewritten) => Some(rewritten.as_str()),
         UpstreamQuery::Dropped => None,
-    };
-    let path_and_query = match query {
-        Some(query) => format!("{}{}?{}", up.path, ctx.rel_path, query),
-        None => format!("{}{}", up.path, ctx.rel_path),
+    }
+    .map(str::to_owned);
+    // A search whose query outgrows what the upstream's URL may hold (an identity search
+    // rewritten to thousands of ids) goes as `POST _search` with the query in a form body,
+    // which FHIR servers read the same; its pages come back by the server's own paging links.
+    let as_form = query.as_ref().filter(|q| {
+        q.len() > deps.limits.max_query_bytes
+            && parts.method == http::Method::GET
+            && matches!(
+                ctx.interaction,
+                Interaction::SearchType { .. } | Interaction::SearchSystem
+            )
+    });
+    let (path_and_query, body) = match (as_form, &query) {
+        (Some(form), _) => {
+            let path = ctx.rel_path.trim_end_matches('/');
+            let path = if path.ends_with("/_search") {
+                path.to_owned()
+            } else {
+                format!("{path}/_search")
+            };
+            parts.method = http::Method::POST;
+            parts.headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/x-www-form-urlencoded"),
+            );
+            parts
+                .headers
+                .insert(header::CONTENT_LENGTH, form.len().into());
+            (
+                format!("{}{}", up.path, path),
+                full(Bytes::from(form.clone())),
+            )
+        }
+        (None, Some(query)) => (format!("{}{}?{}", up.path, ctx.rel_path, query), body),
+        (None, None) => (format!("{}{}", up.path, ctx.rel_path), body),
     };
     parts.uri = Uri::builder()
         .scheme(up.scheme.clone())

@@ -1069,3 +1069,49 @@ async fn an_error_page_that_is_no_fhir_reaches_the_client_as_an_outcome() {
         xml.text()
     );
 }
+
+#[tokio::test]
+async fn identity_searches_matching_many_go_as_post_and_page() {
+    let mut config = config(&hapi());
+    // Six ids are over this: the search must go as POST _search.
+    config.upstream.max_query_bytes = 120;
+    let sidecar = start(config).await;
+    let base = sidecar.base.clone();
+    let family = unique("Manymatch");
+    let mut ids = std::collections::BTreeSet::new();
+    for _ in 0..6 {
+        ids.insert(id_of(
+            &post_json(&format!("{base}/Patient"), &person(&family, &ssn())).await,
+        ));
+    }
+    let mut url = format!("{base}/Patient?family={family}&_count=2");
+    let mut seen = std::collections::BTreeSet::new();
+    let mut pages = 0;
+    loop {
+        let reply = get(&url).await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+        let page = reply.json();
+        pages += 1;
+        for entry in page["entry"].as_array().into_iter().flatten() {
+            assert_eq!(entry["resource"]["name"][0]["family"], family.as_str());
+            seen.insert(entry["resource"]["id"].as_str().unwrap().to_owned());
+        }
+        let next = page["link"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|l| l["relation"] == "next")
+            .and_then(|l| l["url"].as_str())
+            .map(str::to_owned);
+        match next {
+            Some(next) => {
+                assert!(next.starts_with(&base), "{next}");
+                url = next;
+            }
+            None => break,
+        }
+        assert!(pages < 10);
+    }
+    assert_eq!(seen, ids);
+    assert_eq!(pages, 3);
+}
