@@ -184,6 +184,25 @@ struct MVote {
     extension: Option<mt::SignedExtension<Ctx>>,
 }
 
+impl MVote {
+    fn new(
+        kind: mt::VoteType,
+        height: Height,
+        round: mt::Round,
+        block: NilOrVal<Hash256>,
+        delegate: PublicKey,
+    ) -> Self {
+        Self {
+            kind,
+            height,
+            round,
+            block,
+            delegate,
+            extension: None,
+        }
+    }
+}
+
 impl mt::Vote<Ctx> for MVote {
     fn height(&self) -> Height {
         self.height
@@ -365,14 +384,7 @@ impl mt::Context for Ctx {
         block: NilOrVal<Hash256>,
         delegate: PublicKey,
     ) -> MVote {
-        MVote {
-            kind: mt::VoteType::Prevote,
-            height,
-            round,
-            block,
-            delegate,
-            extension: None,
-        }
+        MVote::new(mt::VoteType::Prevote, height, round, block, delegate)
     }
 
     fn new_precommit(
@@ -382,14 +394,7 @@ impl mt::Context for Ctx {
         block: NilOrVal<Hash256>,
         delegate: PublicKey,
     ) -> MVote {
-        MVote {
-            kind: mt::VoteType::Precommit,
-            height,
-            round,
-            block,
-            delegate,
-            extension: None,
-        }
+        MVote::new(mt::VoteType::Precommit, height, round, block, delegate)
     }
 }
 
@@ -437,15 +442,13 @@ fn our_kind(kind: mt::VoteType) -> VoteKind {
 }
 
 fn m_vote(vote: &Vote) -> mt::SignedVote<Ctx> {
+    let (height, round, block) = (
+        Height(vote.height),
+        m_round(vote.round),
+        m_value(vote.block),
+    );
     SignedMessage::new(
-        MVote {
-            kind: m_kind(vote.kind),
-            height: Height(vote.height),
-            round: m_round(vote.round),
-            block: m_value(vote.block),
-            delegate: vote.delegate,
-            extension: None,
-        },
+        MVote::new(m_kind(vote.kind), height, round, block, vote.delegate),
         Sig::of(&vote.signature),
     )
 }
@@ -654,148 +657,136 @@ fn start_input(height: u64, validators: Validators) -> mc::Input<Ctx> {
 
 // ---- certificate checks the core asks for ----
 
-fn certificate_error(
-    fault: TallyFault,
-    signature_error: impl FnOnce(&PublicKey) -> Option<mt::CertificateError<Ctx>>,
-) -> mt::CertificateError<Ctx> {
-    match fault {
-        TallyFault::Repeated(a) => mt::CertificateError::DuplicateVote(a),
-        TallyFault::Unknown(a) => mt::CertificateError::UnknownValidator(a),
-        TallyFault::BadSignature(a) => {
-            signature_error(&a).unwrap_or(mt::CertificateError::VerificationError(None))
-        }
-    }
+/// A signature in one of the core's certificates, and the error that names it when it fails.
+trait CertSig: Clone {
+    fn address(&self) -> &PublicKey;
+    fn signature(&self) -> Signature;
+    fn invalid(self) -> mt::CertificateError<Ctx>;
 }
 
-fn meets(
-    threshold: mt::ThresholdParam,
-    signed: usize,
+/// The three signature types have the same two fields; only the error that names them differs.
+macro_rules! cert_sig {
+    ($signature:ident, $invalid:ident) => {
+        impl CertSig for mt::$signature<Ctx> {
+            fn address(&self) -> &PublicKey {
+                &self.address
+            }
+
+            fn signature(&self) -> Signature {
+                self.signature.signature()
+            }
+
+            fn invalid(self) -> mt::CertificateError<Ctx> {
+                mt::CertificateError::$invalid(self)
+            }
+        }
+    };
+}
+
+cert_sig!(CommitSignature, InvalidCommitSignature);
+cert_sig!(PolkaSignature, InvalidPolkaSignature);
+cert_sig!(RoundSignature, InvalidRoundSignature);
+
+/// Counts a certificate's votes with [`tally`] (the rule of `CommitCertificate::verify`) and
+/// asks `needed` of the delegates' power (each weighs 1). `vote` gives each signature's kind and
+/// value; height and round are the certificate's.
+fn check_certificate<'a, S: CertSig>(
+    chain: &Hash256,
+    (height, round): (Height, mt::Round),
+    signatures: &'a [S],
+    vote: impl Fn(&'a S) -> (VoteKind, Option<&'a Hash256>),
     validators: &Validators,
+    needed: mt::ThresholdParam,
 ) -> Result<(), mt::CertificateError<Ctx>> {
-    let signed = signed as u64;
+    let round = round
+        .as_u32()
+        .map(Round)
+        .ok_or(mt::CertificateError::VerificationError(None))?;
+    let votes = signatures.iter().map(|s| {
+        let (kind, value) = vote(s);
+        (kind, value, s.address(), s.signature())
+    });
+    let key_of = |k: &PublicKey| validators.get_by_address(k).map(|v| v.key);
+    let signed = tally(chain, height.0, round, votes, key_of).map_err(|fault| match fault {
+        TallyFault::Repeated(a) => mt::CertificateError::DuplicateVote(a),
+        TallyFault::Unknown(a) => mt::CertificateError::UnknownValidator(a),
+        TallyFault::BadSignature(a) => signatures
+            .iter()
+            .find(|s| s.address() == &a)
+            .map_or(mt::CertificateError::VerificationError(None), |s| {
+                s.clone().invalid()
+            }),
+    })? as u64;
     let total = validators.total_voting_power();
-    if threshold.is_met(signed, total) {
+    if needed.is_met(signed, total) {
         Ok(())
     } else {
         Err(mt::CertificateError::NotEnoughVotingPower {
             signed,
             total,
-            expected: threshold.min_expected(total),
+            expected: needed.min_expected(total),
         })
     }
 }
 
-fn cert_round(round: mt::Round) -> Result<Round, mt::CertificateError<Ctx>> {
-    round
-        .as_u32()
-        .map(Round)
-        .ok_or(mt::CertificateError::VerificationError(None))
-}
-
+/// 2f + 1 precommits for the value: the check the core makes on the certificate it decides by,
+/// and panics if it fails.
 fn verify_commit(
     chain: &Hash256,
     cert: &mt::CommitCertificate<Ctx>,
     validators: &Validators,
     threshold: mt::ThresholdParams,
 ) -> Result<(), mt::CertificateError<Ctx>> {
-    let round = cert_round(cert.round)?;
-    let votes = cert.commit_signatures.iter().map(|s| {
-        (
-            VoteKind::Precommit,
-            Some(&cert.value_id),
-            &s.address,
-            s.signature.signature(),
-        )
-    });
-    let signed = tally(chain, cert.height.0, round, votes, |k| {
-        validators.get_by_address(k).map(|v| v.key)
-    })
-    .map_err(|fault| {
-        certificate_error(fault, |a| {
-            cert.commit_signatures
-                .iter()
-                .find(|s| &s.address == a)
-                .cloned()
-                .map(mt::CertificateError::InvalidCommitSignature)
-        })
-    })?;
-    meets(threshold.quorum, signed, validators)
+    let vote = |_: &_| (VoteKind::Precommit, Some(&cert.value_id));
+    let at = (cert.height, cert.round);
+    check_certificate(
+        chain,
+        at,
+        &cert.commit_signatures,
+        vote,
+        validators,
+        threshold.quorum,
+    )
 }
 
-fn verify_polka(
-    chain: &Hash256,
-    cert: &mt::PolkaCertificate<Ctx>,
-    validators: &Validators,
-    threshold: mt::ThresholdParams,
-) -> Result<(), mt::CertificateError<Ctx>> {
-    let round = cert_round(cert.round)?;
-    let votes = cert.polka_signatures.iter().map(|s| {
-        (
-            VoteKind::Prevote,
-            Some(&cert.value_id),
-            &s.address,
-            s.signature.signature(),
-        )
-    });
-    let signed = tally(chain, cert.height.0, round, votes, |k| {
-        validators.get_by_address(k).map(|v| v.key)
-    })
-    .map_err(|fault| {
-        certificate_error(fault, |a| {
-            cert.polka_signatures
-                .iter()
-                .find(|s| &s.address == a)
-                .cloned()
-                .map(mt::CertificateError::InvalidPolkaSignature)
-        })
-    })?;
-    meets(threshold.quorum, signed, validators)
-}
-
+/// Skip: f + 1 votes of any kind; precommit: 2f + 1 precommits of any value.
 fn verify_round(
     chain: &Hash256,
     cert: &mt::RoundCertificate<Ctx>,
     validators: &Validators,
     threshold: mt::ThresholdParams,
 ) -> Result<(), mt::CertificateError<Ctx>> {
-    let round = cert_round(cert.round)?;
-    if cert.cert_type == mt::RoundCertificateType::Precommit {
-        if let Some(s) = cert
-            .round_signatures
-            .iter()
-            .find(|s| s.vote_type == mt::VoteType::Prevote)
-        {
-            return Err(mt::CertificateError::InvalidVoteType(s.address));
-        }
-    }
-    let votes = cert.round_signatures.iter().map(|s| {
-        (
-            our_kind(s.vote_type),
-            match &s.value_id {
-                NilOrVal::Nil => None,
-                NilOrVal::Val(h) => Some(h),
-            },
-            &s.address,
-            s.signature.signature(),
-        )
-    });
-    let signed = tally(chain, cert.height.0, round, votes, |k| {
-        validators.get_by_address(k).map(|v| v.key)
-    })
-    .map_err(|fault| {
-        certificate_error(fault, |a| {
-            cert.round_signatures
-                .iter()
-                .find(|s| &s.address == a)
-                .cloned()
-                .map(mt::CertificateError::InvalidRoundSignature)
-        })
-    })?;
     let needed = match cert.cert_type {
-        mt::RoundCertificateType::Precommit => threshold.quorum,
+        mt::RoundCertificateType::Precommit => {
+            let signatures = cert.round_signatures.iter();
+            if let Some(s) = signatures
+                .clone()
+                .find(|s| s.vote_type == mt::VoteType::Prevote)
+            {
+                return Err(mt::CertificateError::InvalidVoteType(s.address));
+            }
+            threshold.quorum
+        }
         mt::RoundCertificateType::Skip => threshold.honest,
     };
-    meets(needed, signed, validators)
+    let at = (cert.height, cert.round);
+    check_certificate(
+        chain,
+        at,
+        &cert.round_signatures,
+        round_vote,
+        validators,
+        needed,
+    )
+}
+
+/// A round certificate's signature carries its own kind and value.
+fn round_vote(signature: &mt::RoundSignature<Ctx>) -> (VoteKind, Option<&Hash256>) {
+    let value = match &signature.value_id {
+        NilOrVal::Nil => None,
+        NilOrVal::Val(h) => Some(h),
+    };
+    (our_kind(signature.vote_type), value)
 }
 
 // ---- the engine ----
@@ -1137,10 +1128,6 @@ impl Performer<'_> {
         ))
     }
 
-    fn emit(&mut self, effect: EngineEffect) {
-        self.effects.push(effect);
-    }
-
     /// Answers one effect. Never fails: an error handed back to the core is only logged, and the
     /// effect waiting for an answer would then fail in the core.
     fn perform(
@@ -1148,17 +1135,19 @@ impl Performer<'_> {
         effect: mc::Effect<Ctx>,
     ) -> Result<mc::Resume<Ctx>, std::convert::Infallible> {
         use mc::Effect as E;
-        Ok(match effect {
-            // -- answered here --
+        let broadcast = |m: Result<ConsensusMessage, EngineError>| m.map(EngineEffect::Broadcast);
+        // Effects answered here return at once; the others become an effect for the runtime
+        // (or nothing), and the core continues.
+        let (ours, r) = match effect {
             E::SignVote(vote, r) => {
                 let bytes = self.vote_bytes(&vote);
                 let signature = self.sign(bytes);
-                r.resume_with(SignedMessage::new(vote, signature))
+                return Ok(r.resume_with(SignedMessage::new(vote, signature)));
             }
             E::SignProposal(proposal, r) => {
                 let bytes = self.proposal_bytes(&proposal);
                 let signature = self.sign(bytes);
-                r.resume_with(SignedMessage::new(proposal, signature))
+                return Ok(r.resume_with(SignedMessage::new(proposal, signature)));
             }
             E::VerifySignature(message, key, r) => {
                 let bytes = match &message.message {
@@ -1169,155 +1158,125 @@ impl Performer<'_> {
                 let valid = bytes
                     .map(|b| verifies(&key, &b, &message.signature.signature()))
                     .unwrap_or(false);
-                r.resume_with(valid)
+                return Ok(r.resume_with(valid));
             }
+            // The threshold is the core's own (the default 2/3, which a unit test holds equal
+            // to `DelegateSet::quorum`): counted the way the core counted.
             E::VerifyCommitCertificate(cert, validators, threshold, r) => {
-                r.resume_with(verify_commit(self.chain, &cert, &validators, threshold))
+                return Ok(r.resume_with(verify_commit(self.chain, &cert, &validators, threshold)));
             }
             E::VerifyPolkaCertificate(cert, validators, threshold, r) => {
-                r.resume_with(verify_polka(self.chain, &cert, &validators, threshold))
+                let vote = |_: &_| (VoteKind::Prevote, Some(&cert.value_id));
+                let (at, signatures) = ((cert.height, cert.round), &cert.polka_signatures);
+                let needed = threshold.quorum;
+                let checked =
+                    check_certificate(self.chain, at, signatures, vote, &validators, needed);
+                return Ok(r.resume_with(checked));
             }
             E::VerifyRoundCertificate(cert, validators, threshold, r) => {
-                r.resume_with(verify_round(self.chain, &cert, &validators, threshold))
+                return Ok(r.resume_with(verify_round(self.chain, &cert, &validators, threshold)));
             }
             E::VerifyExtendedCommitCertificate(cert, validators, threshold, _policy, r) => {
                 // Only on the sync path, which we never feed; answered all the same.
                 let plain = cert.trim_vote_extensions();
-                r.resume_with(verify_commit(self.chain, &plain, &validators, threshold))
+                return Ok(r.resume_with(verify_commit(
+                    self.chain,
+                    &plain,
+                    &validators,
+                    threshold,
+                )));
             }
             // Never emitted with extensions disabled; refused if they ever were.
-            E::ExtendVote(.., r) => r.resume_with(None),
+            E::ExtendVote(.., r) => return Ok(r.resume_with(None)),
             E::VerifyVoteExtension(.., r) => {
-                r.resume_with(Err(mc::VoteExtensionError::InvalidVoteExtension))
+                return Ok(r.resume_with(Err(mc::VoteExtensionError::InvalidVoteExtension)));
             }
 
-            // -- handed to the runtime, in order --
-            E::WalAppend(_height, input, r) => {
-                let entry = wal_entry(&input);
-                if let Some(Some(entry)) = self.take(entry) {
-                    if !self.replayed.contains(&entry) {
-                        self.emit(EngineEffect::Persist(entry));
-                    }
+            E::WalAppend(_height, input, r) => match wal_entry(&input) {
+                // An entry already in the log being replayed is not appended twice.
+                Ok(Some(entry)) if !self.replayed.contains(&entry) => {
+                    (Ok(EngineEffect::Persist(entry)), r)
                 }
-                r.resume_with(())
+                Ok(_) => return Ok(r.resume_with(())),
+                Err(e) => (Err(e), r),
+            },
+            E::PublishConsensusMsg(mc::SignedConsensusMsg::Vote(v), r)
+            | E::PublishLivenessMsg(mc::LivenessMsg::Vote(v), r)
+            | E::RepublishVote(v, r) => (broadcast(our_vote(&v).map(ConsensusMessage::Vote)), r),
+            E::PublishConsensusMsg(mc::SignedConsensusMsg::Proposal(p), r) => {
+                let message = our_proposal(&p).map(ConsensusMessage::Proposal);
+                (broadcast(message), r)
             }
-            E::PublishConsensusMsg(message, r) => {
-                let message = match message {
-                    mc::SignedConsensusMsg::Vote(v) => our_vote(&v).map(ConsensusMessage::Vote),
-                    mc::SignedConsensusMsg::Proposal(p) => {
-                        our_proposal(&p).map(ConsensusMessage::Proposal)
-                    }
-                };
-                if let Some(message) = self.take(message) {
-                    self.emit(EngineEffect::Broadcast(message));
-                }
-                r.resume_with(())
+            E::PublishLivenessMsg(mc::LivenessMsg::PolkaCertificate(c), r) => {
+                (broadcast(our_polka(&c).map(ConsensusMessage::Polka)), r)
             }
-            E::PublishLivenessMsg(message, r) => {
-                let message = match message {
-                    mc::LivenessMsg::Vote(v) => our_vote(&v).map(ConsensusMessage::Vote),
-                    mc::LivenessMsg::PolkaCertificate(c) => {
-                        our_polka(&c).map(ConsensusMessage::Polka)
-                    }
-                    mc::LivenessMsg::SkipRoundCertificate(c) => {
-                        our_round_cert(&c).map(ConsensusMessage::RoundCert)
-                    }
-                };
-                if let Some(message) = self.take(message) {
-                    self.emit(EngineEffect::Broadcast(message));
-                }
-                r.resume_with(())
-            }
-            E::RepublishVote(vote, r) => {
-                if let Some(vote) = self.take(our_vote(&vote)) {
-                    self.emit(EngineEffect::Broadcast(ConsensusMessage::Vote(vote)));
-                }
-                r.resume_with(())
-            }
-            E::RepublishRoundCertificate(cert, r) => {
-                if let Some(cert) = self.take(our_round_cert(&cert)) {
-                    self.emit(EngineEffect::Broadcast(ConsensusMessage::RoundCert(cert)));
-                }
-                r.resume_with(())
-            }
+            E::PublishLivenessMsg(mc::LivenessMsg::SkipRoundCertificate(c), r)
+            | E::RepublishRoundCertificate(c, r) => (
+                broadcast(our_round_cert(&c).map(ConsensusMessage::RoundCert)),
+                r,
+            ),
             E::ScheduleTimeout(timeout, r) => {
                 let at = self.deadline(timeout);
-                if let Some(timer) = self.take(our_timer(timeout)) {
-                    self.emit(EngineEffect::Schedule { timer, at });
-                }
-                r.resume_with(())
+                (
+                    our_timer(timeout).map(|timer| EngineEffect::Schedule { timer, at }),
+                    r,
+                )
             }
-            E::CancelTimeout(timeout, r) => {
-                if let Some(timer) = self.take(our_timer(timeout)) {
-                    self.emit(EngineEffect::Cancel(timer));
-                }
-                r.resume_with(())
-            }
-            E::CancelAllTimeouts(r) => {
-                self.emit(EngineEffect::CancelAll);
-                r.resume_with(())
-            }
+            E::CancelTimeout(timeout, r) => (our_timer(timeout).map(EngineEffect::Cancel), r),
+            E::CancelAllTimeouts(r) => (Ok(EngineEffect::CancelAll), r),
             E::StartRound(height, round, proposer, _role, r) => {
-                if let Some(round) = self.take(defined(round)) {
-                    self.emit(EngineEffect::RoundStarted {
-                        height: height.0,
-                        round,
-                        proposer,
-                    });
-                }
-                r.resume_with(())
+                let started = defined(round).map(|round| EngineEffect::RoundStarted {
+                    height: height.0,
+                    round,
+                    proposer,
+                });
+                (started, r)
             }
             E::GetValue(height, round, timeout, r) => {
                 let deadline = self.deadline(timeout);
-                if let Some(round) = self.take(defined(round)) {
-                    self.emit(EngineEffect::BuildBlock {
-                        height: height.0,
-                        round,
-                        deadline,
-                    });
-                }
-                r.resume_with(())
+                let build = defined(round).map(|round| EngineEffect::BuildBlock {
+                    height: height.0,
+                    round,
+                    deadline,
+                });
+                (build, r)
             }
             E::RestreamProposal(height, round, _valid_round, _proposer, block, r) => {
-                if let Some(round) = self.take(defined(round)) {
-                    self.emit(EngineEffect::Restream {
-                        height: height.0,
-                        round,
-                        block,
-                    });
-                }
-                r.resume_with(())
+                let restream = defined(round).map(|round| EngineEffect::Restream {
+                    height: height.0,
+                    round,
+                    block,
+                });
+                (restream, r)
             }
             E::Decide(cert, _extensions, r) => {
-                if let Some(certificate) = self.take(our_certificate(&cert)) {
-                    self.emit(EngineEffect::Decided {
-                        height: cert.height.0,
-                        block: cert.value_id,
-                        certificate,
-                    });
-                }
-                r.resume_with(())
+                let decided = our_certificate(&cert).map(|certificate| EngineEffect::Decided {
+                    height: cert.height.0,
+                    block: cert.value_id,
+                    certificate,
+                });
+                (decided, r)
             }
             E::Finalize(cert, _extensions, misbehavior, r) => {
-                let certificate = our_certificate(&cert);
-                let evidence = evidence_of(&misbehavior);
-                if let (Some(certificate), Some(evidence)) =
-                    (self.take(certificate), self.take(evidence))
-                {
-                    self.emit(EngineEffect::Finalized {
+                let finalized = our_certificate(&cert).and_then(|certificate| {
+                    Ok(EngineEffect::Finalized {
                         height: cert.height.0,
                         block: cert.value_id,
                         certificate,
-                        evidence,
-                    });
-                }
-                r.resume_with(())
+                        evidence: evidence_of(&misbehavior)?,
+                    })
+                });
+                (finalized, r)
             }
-            E::CertVerifiedSyncValue(.., r) | E::CertRejectedSyncValue(.., r) => {
-                self.fail(EngineError::Unsupported("Malachite's sync protocol"));
-                r.resume_with(())
-            }
-        })
+            E::CertVerifiedSyncValue(.., r) | E::CertRejectedSyncValue(.., r) => (
+                Err(EngineError::Unsupported("Malachite's sync protocol")),
+                r,
+            ),
+        };
+        if let Some(effect) = self.take(ours) {
+            self.effects.push(effect);
+        }
+        Ok(r.resume_with(()))
     }
 }
 

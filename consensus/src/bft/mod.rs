@@ -26,7 +26,7 @@ use ed25519_dalek::{Signature, Signer as _, SigningKey, VerifyingKey};
 use crate::codec::{self, limits, top_level_encoding, DecodeError, Reader, Wire, Writer};
 use crate::error::{Error, Result};
 use crate::hash::{tag, Hash256};
-use crate::keys::{DelegateSet, PublicKey};
+use crate::keys::{ascending_distinct, DelegateSet, PublicKey};
 
 /// Milliseconds on the runtime's clock (monotonic; its origin is the runtime's choice). The
 /// engine only adds timeout durations to the `now` it is given.
@@ -356,11 +356,7 @@ impl CommitCertificate {
     /// This is the count the engine itself decides by (a unit test holds the two equal for every
     /// size of delegate set), so a certificate the engine emits always passes.
     pub fn verify(&self, chain: &Hash256, delegates: &DelegateSet) -> Result<usize> {
-        if self
-            .signatures
-            .windows(2)
-            .any(|w| w[0].delegate >= w[1].delegate)
-        {
+        if !ascending_distinct(self.signatures.iter().map(|s| &s.delegate)) {
             return Err(Error::InvalidCertificate(
                 "signatures not in ascending delegate order, or repeated",
             ));
@@ -917,6 +913,16 @@ pub trait BftEngine {
 
 // ---- encodings (see `crate::codec` for the conventions) ----
 
+/// An enum variant: its tag, then its body.
+fn write_variant(w: &mut Writer, tag: u8, body: &impl Wire) {
+    w.u8(tag);
+    body.write(w);
+}
+
+fn unknown<T>(field: &'static str, tag: u8) -> Result<T, DecodeError> {
+    Err(DecodeError::UnknownTag { field, tag })
+}
+
 fn write_round_opt(w: &mut Writer, round: Option<Round>) {
     match round {
         None => w.u8(0),
@@ -931,7 +937,7 @@ fn read_round_opt(r: &mut Reader<'_>, field: &'static str) -> Result<Option<Roun
     match r.u8(field)? {
         0 => Ok(None),
         1 => Ok(Some(Round(r.u32(field)?))),
-        tag => Err(DecodeError::UnknownTag { field, tag }),
+        tag => unknown(field, tag),
     }
 }
 
@@ -949,7 +955,7 @@ fn read_block_opt(r: &mut Reader<'_>, field: &'static str) -> Result<Option<Hash
     match r.u8(field)? {
         0 => Ok(None),
         1 => Ok(Some(Hash256(r.array(field)?))),
-        tag => Err(DecodeError::UnknownTag { field, tag }),
+        tag => unknown(field, tag),
     }
 }
 
@@ -964,10 +970,7 @@ fn read_kind(r: &mut Reader<'_>) -> Result<VoteKind, DecodeError> {
     match r.u8("vote kind")? {
         0 => Ok(VoteKind::Prevote),
         1 => Ok(VoteKind::Precommit),
-        tag => Err(DecodeError::UnknownTag {
-            field: "vote kind",
-            tag,
-        }),
+        tag => unknown("vote kind", tag),
     }
 }
 
@@ -1071,22 +1074,67 @@ fn read_list<T: Wire>(r: &mut Reader<'_>, field: &'static str) -> Result<Vec<T>,
     (0..n).map(|_| T::read(r)).collect()
 }
 
+/// Height, round, block, then the signatures: the layout of polka and commit certificates.
+type BlockSignatures = (u64, Round, Hash256, Vec<CertSignature>);
+
+fn write_block_signatures(
+    w: &mut Writer,
+    height: u64,
+    round: Round,
+    block: &Hash256,
+    signatures: &[CertSignature],
+) {
+    w.u64(height);
+    w.u32(round.0);
+    w.raw(&block.0);
+    write_list(w, signatures);
+}
+
+fn read_block_signatures(r: &mut Reader<'_>) -> Result<BlockSignatures, DecodeError> {
+    Ok((
+        r.u64("certificate height")?,
+        Round(r.u32("certificate round")?),
+        Hash256(r.array("certificate block")?),
+        read_list(r, "certificate signatures")?,
+    ))
+}
+
 impl Wire for PolkaCert {
     const MIN_LEN: usize = 8 + 4 + 32 + 4;
 
     fn write(&self, w: &mut Writer) {
-        w.u64(self.height);
-        w.u32(self.round.0);
-        w.raw(&self.block.0);
-        write_list(w, &self.signatures);
+        write_block_signatures(w, self.height, self.round, &self.block, &self.signatures);
     }
 
     fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        let (height, round, block, signatures) = read_block_signatures(r)?;
         Ok(Self {
-            height: r.u64("polka height")?,
-            round: Round(r.u32("polka round")?),
-            block: Hash256(r.array("polka block")?),
-            signatures: read_list(r, "polka signatures")?,
+            height,
+            round,
+            block,
+            signatures,
+        })
+    }
+}
+
+impl Wire for CommitCertificate {
+    const MIN_LEN: usize = <PolkaCert as Wire>::MIN_LEN;
+
+    fn write(&self, w: &mut Writer) {
+        write_block_signatures(w, self.height, self.round, &self.block, &self.signatures);
+    }
+
+    fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        let (height, round, block, signatures) = read_block_signatures(r)?;
+        // One certificate, one encoding: what `new` produces and nothing else.
+        if !ascending_distinct(signatures.iter().map(|s| &s.delegate)) {
+            return Err(DecodeError::NotCanonical("certificate signatures"));
+        }
+        Ok(Self {
+            height,
+            round,
+            block,
+            signatures,
         })
     }
 }
@@ -1110,48 +1158,13 @@ impl Wire for RoundCert {
         let kind = match r.u8("round certificate kind")? {
             0 => RoundCertKind::Skip,
             1 => RoundCertKind::Precommit,
-            tag => {
-                return Err(DecodeError::UnknownTag {
-                    field: "round certificate kind",
-                    tag,
-                })
-            }
+            tag => return unknown("round certificate kind", tag),
         };
+        let signatures = read_list(r, "round certificate signatures")?;
         Ok(Self {
             height,
             round,
             kind,
-            signatures: read_list(r, "round certificate signatures")?,
-        })
-    }
-}
-
-impl Wire for CommitCertificate {
-    const MIN_LEN: usize = 8 + 4 + 32 + 4;
-
-    fn write(&self, w: &mut Writer) {
-        w.u64(self.height);
-        w.u32(self.round.0);
-        w.raw(&self.block.0);
-        write_list(w, &self.signatures);
-    }
-
-    fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
-        let height = r.u64("certificate height")?;
-        let round = Round(r.u32("certificate round")?);
-        let block = Hash256(r.array("certificate block")?);
-        let signatures: Vec<CertSignature> = read_list(r, "certificate signatures")?;
-        // One certificate, one encoding: what `new` produces and nothing else.
-        if signatures
-            .windows(2)
-            .any(|w| w[0].delegate >= w[1].delegate)
-        {
-            return Err(DecodeError::NotCanonical("certificate signatures"));
-        }
-        Ok(Self {
-            height,
-            round,
-            block,
             signatures,
         })
     }
@@ -1162,35 +1175,20 @@ impl Wire for ConsensusMessage {
 
     fn write(&self, w: &mut Writer) {
         match self {
-            Self::Vote(v) => {
-                w.u8(0);
-                v.write(w);
-            }
-            Self::Proposal(p) => {
-                w.u8(1);
-                p.write(w);
-            }
-            Self::Polka(c) => {
-                w.u8(2);
-                c.write(w);
-            }
-            Self::RoundCert(c) => {
-                w.u8(3);
-                c.write(w);
-            }
+            Self::Vote(v) => write_variant(w, 0, v),
+            Self::Proposal(p) => write_variant(w, 1, p),
+            Self::Polka(c) => write_variant(w, 2, c),
+            Self::RoundCert(c) => write_variant(w, 3, c),
         }
     }
 
     fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
         match r.u8("consensus message kind")? {
-            0 => Ok(Self::Vote(Vote::read(r)?)),
-            1 => Ok(Self::Proposal(Proposal::read(r)?)),
-            2 => Ok(Self::Polka(PolkaCert::read(r)?)),
-            3 => Ok(Self::RoundCert(RoundCert::read(r)?)),
-            tag => Err(DecodeError::UnknownTag {
-                field: "consensus message kind",
-                tag,
-            }),
+            0 => Vote::read(r).map(Self::Vote),
+            1 => Proposal::read(r).map(Self::Proposal),
+            2 => PolkaCert::read(r).map(Self::Polka),
+            3 => RoundCert::read(r).map(Self::RoundCert),
+            tag => unknown("consensus message kind", tag),
         }
     }
 }
@@ -1217,10 +1215,7 @@ impl Wire for Timer {
             1 => Ok(Self::Prevote(round)),
             2 => Ok(Self::Precommit(round)),
             3 => Ok(Self::Rebroadcast(round)),
-            tag => Err(DecodeError::UnknownTag {
-                field: "timer kind",
-                tag,
-            }),
+            tag => unknown("timer kind", tag),
         }
     }
 }
@@ -1238,22 +1233,23 @@ impl Wire for ProposedBlock {
     }
 
     fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        let height = r.u64("proposed block height")?;
+        let round = Round(r.u32("proposed block round")?);
+        let valid_round = read_round_opt(r, "proposed block valid round")?;
+        let proposer = PublicKey(r.array("proposed block proposer")?);
+        let block = Hash256(r.array("proposed block hash")?);
+        let valid = match r.u8("proposed block verdict")? {
+            0 => false,
+            1 => true,
+            tag => return unknown("proposed block verdict", tag),
+        };
         Ok(Self {
-            height: r.u64("proposed block height")?,
-            round: Round(r.u32("proposed block round")?),
-            valid_round: read_round_opt(r, "proposed block valid round")?,
-            proposer: PublicKey(r.array("proposed block proposer")?),
-            block: Hash256(r.array("proposed block hash")?),
-            valid: match r.u8("proposed block verdict")? {
-                0 => false,
-                1 => true,
-                tag => {
-                    return Err(DecodeError::UnknownTag {
-                        field: "proposed block verdict",
-                        tag,
-                    })
-                }
-            },
+            height,
+            round,
+            valid_round,
+            proposer,
+            block,
+            valid,
         })
     }
 }
@@ -1263,40 +1259,22 @@ impl Wire for WalEntry {
 
     fn write(&self, w: &mut Writer) {
         match self {
-            Self::Vote(v) => {
-                w.u8(0);
-                v.write(w);
-            }
-            Self::Proposal(p) => {
-                w.u8(1);
-                p.write(w);
-            }
-            Self::ProposedBlock(b) => {
-                w.u8(2);
-                b.write(w);
-            }
-            Self::Polka(c) => {
-                w.u8(3);
-                c.write(w);
-            }
-            Self::Timeout(t) => {
-                w.u8(4);
-                t.write(w);
-            }
+            Self::Vote(v) => write_variant(w, 0, v),
+            Self::Proposal(p) => write_variant(w, 1, p),
+            Self::ProposedBlock(b) => write_variant(w, 2, b),
+            Self::Polka(c) => write_variant(w, 3, c),
+            Self::Timeout(t) => write_variant(w, 4, t),
         }
     }
 
     fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
         match r.u8("log entry kind")? {
-            0 => Ok(Self::Vote(Vote::read(r)?)),
-            1 => Ok(Self::Proposal(Proposal::read(r)?)),
-            2 => Ok(Self::ProposedBlock(ProposedBlock::read(r)?)),
-            3 => Ok(Self::Polka(PolkaCert::read(r)?)),
-            4 => Ok(Self::Timeout(Timer::read(r)?)),
-            tag => Err(DecodeError::UnknownTag {
-                field: "log entry kind",
-                tag,
-            }),
+            0 => Vote::read(r).map(Self::Vote),
+            1 => Proposal::read(r).map(Self::Proposal),
+            2 => ProposedBlock::read(r).map(Self::ProposedBlock),
+            3 => PolkaCert::read(r).map(Self::Polka),
+            4 => Timer::read(r).map(Self::Timeout),
+            tag => unknown("log entry kind", tag),
         }
     }
 }
@@ -1307,13 +1285,11 @@ impl Wire for Evidence {
     fn write(&self, w: &mut Writer) {
         match self {
             Self::DoubleVote(a, b) => {
-                w.u8(0);
-                a.write(w);
+                write_variant(w, 0, a);
                 b.write(w);
             }
             Self::DoubleProposal(a, b) => {
-                w.u8(1);
-                a.write(w);
+                write_variant(w, 1, a);
                 b.write(w);
             }
         }
@@ -1323,10 +1299,7 @@ impl Wire for Evidence {
         match r.u8("evidence kind")? {
             0 => Ok(Self::DoubleVote(Vote::read(r)?, Vote::read(r)?)),
             1 => Ok(Self::DoubleProposal(Proposal::read(r)?, Proposal::read(r)?)),
-            tag => Err(DecodeError::UnknownTag {
-                field: "evidence kind",
-                tag,
-            }),
+            tag => unknown("evidence kind", tag),
         }
     }
 }
