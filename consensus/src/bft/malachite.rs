@@ -876,7 +876,10 @@ impl MalachiteEngine {
             }
             Some(state) => {
                 let current = state.height().0;
-                let next = self.finalized.filter(|f| *f == current).map(|f| f + 1);
+                let next = self
+                    .finalized
+                    .filter(|f| *f == current)
+                    .and_then(|f| f.checked_add(1));
                 if next == Some(height) {
                     Ok(())
                 } else {

@@ -805,8 +805,10 @@ pub enum EngineError {
 }
 
 impl EngineError {
-    /// Whether the engine is unusable from now on (its state may be half-updated). The others
-    /// refuse one input and change nothing.
+    /// Whether the engine is unusable from now on (its state may be half-updated). The effects
+    /// of the failed call are not returned, so nothing of it was logged or sent; the runtime
+    /// drops the engine and restarts from the write-ahead log. The other errors refuse one input
+    /// and change nothing.
     pub fn is_fatal(&self) -> bool {
         matches!(
             self,
