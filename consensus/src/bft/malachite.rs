@@ -25,6 +25,7 @@
 // the core's `Error`: their size is the core's choice, not ours to box.
 #![allow(clippy::result_large_err)]
 
+use std::collections::BTreeSet;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::Duration;
 
@@ -38,7 +39,7 @@ use super::{
     proposal_bytes, tally, verifies, vote_bytes, BftEngine, CertSignature, CommitCertificate,
     ConsensusMessage, EngineConfig, EngineEffect, EngineError, EngineInput, Evidence, Millis,
     PolkaCert, Proposal, ProposedBlock, Round, RoundCert, RoundCertKind, RoundSignature,
-    TallyFault, Timer, Vote, VoteKind, WalEntry,
+    TallyFault, Timer, Vote, VoteKind, WalEntry, MAX_ROUND,
 };
 use crate::hash::Hash256;
 use crate::keys::{DelegateSet, PublicKey};
@@ -804,6 +805,10 @@ pub struct MalachiteEngine {
     state: Option<mc::State<Ctx>>,
     /// The last height this engine emitted `Finalized` for.
     finalized: Option<u64>,
+    /// Timers scheduled and neither cancelled nor fired: a timer that fires after its
+    /// cancellation (a race any runtime has) or that was never scheduled is ignored, never fed
+    /// to the core, which trusts a timeout's round (one at `u32::MAX` overflows in it).
+    timers: BTreeSet<Timer>,
     /// Set by a fatal error: the core's state may be half-updated.
     stopped: bool,
 }
@@ -845,6 +850,7 @@ impl MalachiteEngine {
             key,
             state: None,
             finalized: None,
+            timers: BTreeSet::new(),
             stopped: false,
         }
     }
@@ -942,11 +948,36 @@ impl MalachiteEngine {
         }
         let effects = performer.effects;
         for effect in &effects {
-            if let EngineEffect::Finalized { height, .. } = effect {
-                self.finalized = Some(*height);
+            match effect {
+                EngineEffect::Finalized { height, .. } => self.finalized = Some(*height),
+                EngineEffect::Schedule { timer, .. } => {
+                    self.timers.insert(*timer);
+                }
+                EngineEffect::Cancel(timer) => {
+                    self.timers.remove(timer);
+                }
+                EngineEffect::CancelAll => self.timers.clear(),
+                _ => {}
             }
         }
         Ok(effects)
+    }
+}
+
+/// The highest round an input names.
+fn highest_round(input: &EngineInput) -> Option<Round> {
+    match input {
+        EngineInput::StartHeight { .. } => None,
+        EngineInput::Vote(v) => Some(v.round),
+        EngineInput::Proposal(p) => Some(p.round.max(p.pol_round.unwrap_or_default())),
+        EngineInput::Polka(c) => Some(c.round),
+        EngineInput::RoundCert(c) => Some(c.round),
+        EngineInput::Propose { round, .. } | EngineInput::BlockReceived { round, .. } => {
+            Some(*round)
+        }
+        EngineInput::TimerFired(
+            Timer::Propose(r) | Timer::Prevote(r) | Timer::Precommit(r) | Timer::Rebroadcast(r),
+        ) => Some(*r),
     }
 }
 
@@ -966,6 +997,9 @@ impl BftEngine for MalachiteEngine {
     ) -> Result<Vec<EngineEffect>, EngineError> {
         if self.stopped {
             return Err(EngineError::Stopped);
+        }
+        if let Some(round) = highest_round(&input).filter(|r| r.0 > MAX_ROUND) {
+            return Err(EngineError::RoundOutOfRange(round.0));
         }
         let input = match input {
             EngineInput::StartHeight { height, delegates } => {
@@ -1003,7 +1037,12 @@ impl BftEngine for MalachiteEngine {
                 },
                 mt::ValueOrigin::Consensus,
             ),
-            EngineInput::TimerFired(t) => mc::Input::TimeoutElapsed(m_timeout(t)),
+            EngineInput::TimerFired(t) => {
+                if self.state.is_some() && !self.timers.remove(&t) {
+                    return Ok(Vec::new());
+                }
+                mc::Input::TimeoutElapsed(m_timeout(t))
+            }
         };
         // Before the first start `run` refuses, whatever the input.
         self.run(input, now, &[])

@@ -32,6 +32,12 @@ use crate::keys::{ascending_distinct, DelegateSet, PublicKey};
 /// engine only adds timeout durations to the `now` it is given.
 pub type Millis = u64;
 
+/// The highest round an input may name. Rounds grow by one per failed round, each at least a
+/// propose timeout long, so no honest delegate gets near this; a message past it is refused before
+/// it reaches the core, whose round arithmetic overflows at `u32::MAX` (found by
+/// `no_input_stops_the_engine`).
+pub const MAX_ROUND: u32 = 1 << 30;
+
 /// A round of one height: 0, then one more each time a round fails to decide.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Round(pub u32);
@@ -799,6 +805,9 @@ pub enum EngineError {
     /// The core asked for something this engine does not provide.
     #[error("consensus core asked for {0}, which this engine does not support")]
     Unsupported(&'static str),
+    /// A message names a round beyond [`MAX_ROUND`]: no honest delegate ever gets there.
+    #[error("round {0} is beyond the highest round the engine takes")]
+    RoundOutOfRange(u32),
     /// A fatal error happened before; the engine takes no more input.
     #[error("the engine stopped after a fatal error")]
     Stopped,
