@@ -5,7 +5,7 @@ use ed25519_dalek::Signature;
 use crate::codec::{self, limits, top_level_encoding, DecodeError, Reader, Wire, Writer};
 use crate::error::{Error, Result};
 use crate::hash::{tag, tagged, Hash256};
-use crate::keys::{DelegateSet, PublicKey};
+use crate::keys::{ascending_distinct, DelegateSet, PublicKey};
 use crate::merkle;
 use crate::tx::{Timestamp, Transaction};
 
@@ -152,11 +152,7 @@ impl FinalityCertificate {
         if threshold == 0 {
             return Err(Error::InvalidCertificate("threshold is zero"));
         }
-        if self
-            .signatures
-            .windows(2)
-            .any(|w| w[0].delegate >= w[1].delegate)
-        {
+        if !ascending_distinct(self.signatures.iter().map(|s| &s.delegate)) {
             return Err(Error::InvalidCertificate(
                 "signatures not in ascending delegate order, or repeated",
             ));

@@ -80,6 +80,9 @@ pub enum Error {
     /// A delegate set is malformed.
     #[error("invalid delegate set: {0}")]
     InvalidDelegates(&'static str),
+    /// Evidence of double signing does not prove it.
+    #[error("invalid evidence: {0}")]
+    InvalidEvidence(&'static str),
     /// A resource version is already anchored, by another batch or earlier in the same one.
     #[error("{resource} is already anchored")]
     AlreadyAnchored {

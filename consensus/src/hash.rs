@@ -26,6 +26,12 @@ pub mod tag {
     pub const GOVERNANCE_COMMAND: u8 = 0x30;
     /// First byte of the message a new Ed25519 key signs to prove that its owner holds it.
     pub const KEY_POSSESSION: u8 = 0x31;
+    /// First byte of a BFT proposal a delegate signs (see [`crate::bft`]).
+    pub const BFT_PROPOSAL: u8 = 0x40;
+    /// First byte of a BFT prevote.
+    pub const BFT_PREVOTE: u8 = 0x41;
+    /// First byte of a BFT precommit: the votes a commit certificate is made of.
+    pub const BFT_PRECOMMIT: u8 = 0x42;
 }
 
 /// A SHA-256 output.

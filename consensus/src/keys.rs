@@ -49,6 +49,19 @@ impl std::fmt::Display for PublicKey {
     }
 }
 
+/// Whether `keys` are in strictly ascending order, so each appears once: how certificates keep
+/// one signature per delegate and one encoding.
+pub(crate) fn ascending_distinct<'a>(keys: impl IntoIterator<Item = &'a PublicKey>) -> bool {
+    let mut previous: Option<&PublicKey> = None;
+    for key in keys {
+        if previous.is_some_and(|p| p >= key) {
+            return false;
+        }
+        previous = Some(key);
+    }
+    true
+}
+
 /// Signatures needed to finalize a block among `delegates` delegates: `⌊2K/3⌋ + 1`, which is
 /// `2f + 1` for `K = 3f + 1` (and 1 for a single delegate). Any two sets of that size share more
 /// than `f` delegates, so two conflicting blocks cannot both be finalized unless more than `f`

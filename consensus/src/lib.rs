@@ -14,6 +14,10 @@
 //!   sled stores, idempotent per batch, anchor proofs ([`proof`]), re-verification from genesis.
 //! - The seam the sidecar drives ([`ledger`]): submit a transaction, produce a block; the
 //!   single-node consortium implements it now, the DPoS will.
+//! - The BFT engine that finalizes the shared chain among the delegates ([`bft`]): our
+//!   `BftEngine` trait with its votes, proposals, commit certificates, write-ahead log entries
+//!   and evidence, implemented over Malachite's pure consensus core (`bft/malachite.rs` is the
+//!   only file that names it); it emits effects, the runtime performs them.
 //! - Governance ([`governance`]): members, the certificate revocation list, wrapped link keys,
 //!   epochs and election records, changed only by signed commands that the state machine itself
 //!   authorizes (regulator-signed admissions, suspensions, revocations, stake; self-signed key
@@ -28,6 +32,7 @@
 //! in). Of our crates it depends only on `fhirseal-storage`, to which it hands encoded bytes and
 //! keys.
 
+pub mod bft;
 pub mod block;
 pub mod chain;
 pub mod codec;
