@@ -13,6 +13,7 @@ pub mod body;
 pub mod config;
 pub mod consortium;
 pub mod error;
+pub mod keystore;
 pub mod ledger;
 mod limits;
 mod plan;

@@ -141,7 +141,7 @@ pub fn ledger_check(
     let proof = ledger.proof(resource_type, id, version)?;
     let proof_fault = proof
         .as_ref()
-        .and_then(|p| p.verify(ledger.roster()).err().map(|e| e.to_string()));
+        .and_then(|p| p.verify(&ledger.roster()).err().map(|e| e.to_string()));
     let pending = proof.is_none() && ledger.is_pending(resource_type, id, version)?;
     let upstream_hash = match upstream {
         Some(value) => Some(
@@ -263,7 +263,7 @@ impl Proxy {
                 let found = blocking(move || {
                     let proof = ledger.proof(&t, &i, &v)?;
                     Ok::<_, ProxyError>(proof.map(|p| {
-                        let fault = p.verify(ledger.roster()).err().map(|e| e.to_string());
+                        let fault = p.verify(&ledger.roster()).err().map(|e| e.to_string());
                         (p, fault)
                     }))
                 })
@@ -597,7 +597,7 @@ impl LedgerTool {
         let ledger = self.ledger();
         Ok(Chain::verify_store_with(
             ledger.reader().store(),
-            ledger.roster(),
+            &*ledger.roster(),
             progress,
         )?)
     }

@@ -76,7 +76,7 @@ fn the_cli_refuses_what_it_cannot_do_and_changes_nothing() {
         "2048",
     ]);
     assert!(err.contains("cannot reach") || err.contains("TLS"), "{err}");
-    assert!(!wrong.join("node.toml").exists());
+    assert!(!wrong.join("consortium/membership.toml").exists());
     assert!(!wrong.join("keys").exists());
 
     for (url, pin, why) in [
@@ -167,7 +167,12 @@ fn the_cli_refuses_what_it_cannot_do_and_changes_nothing() {
     {
         use std::os::unix::fs::PermissionsExt;
         let keys = Layout::new(&applicant.dir).keys();
-        for name in ["signing.key", "vote.key", "tls.key.pem", "wrapping-rsa.pem"] {
+        for name in [
+            "signing.key",
+            "vote.key",
+            "tls.key.pem",
+            "institution-rsa.pem",
+        ] {
             let mode = std::fs::metadata(keys.join(name))
                 .unwrap()
                 .permissions()

@@ -151,7 +151,7 @@ fn governance_round_trip(n: u64, voters: u64) {
     let new_leader = crate::support::runtime().block_on(async {
         let mut clients: Vec<_> = dirs
             .iter()
-            .map(|d| fhirseal_sidecar::consortium::Client::open(d).unwrap())
+            .map(|d| fhirseal_sidecar::consortium::Client::open_dir(d).unwrap())
             .collect();
         let deadline = killed_at + Duration::from_secs(20);
         loop {
@@ -204,7 +204,7 @@ fn governance_round_trip(n: u64, voters: u64) {
         // answer is final.
         let answer = crate::support::runtime().block_on(async {
             let mut client =
-                fhirseal_sidecar::consortium::Client::open(&cluster.nodes[relay].dir).unwrap();
+                fhirseal_sidecar::consortium::Client::open_dir(&cluster.nodes[relay].dir).unwrap();
             client.submit(&stake).await
         });
         match answer {

@@ -34,12 +34,14 @@ pub const RESEARCHER_KEY: &str = "test-researcher-key-0001";
 /// The API key of a principal who reads the access events on the ledger.
 pub const AUDITOR_KEY: &str = "test-auditor-key-0001";
 
-/// One set of node keys for the whole test binary: RSA key generation is slow.
+/// One keystore for the whole test binary: RSA key generation is slow. Made whole before any
+/// sidecar starts, so that the sidecars that share it only read it.
 fn keys_dir() -> PathBuf {
     static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
     let dir = DIR.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap();
-        fhirseal_storage::NodeKeys::load_or_create(&dir.path().join("keys"), 2048).unwrap();
+        fhirseal_sidecar::keystore::Keystore::open_or_create(&dir.path().join("keys"), 2048)
+            .unwrap();
         dir
     });
     dir.path().join("keys")
