@@ -759,6 +759,73 @@ mod tests {
         ));
     }
 
+    #[tokio::test]
+    async fn the_ledger_follows_its_view_standing_rotation_and_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let (config, keys, vault) = setup(dir.path());
+        let institution = config.seal.institution.clone();
+        let delegate = delegate_key(&keys);
+        let first = SigningKey::from_bytes(&[5; 32]);
+        let mut view =
+            LedgerView::single_node(&institution, first.clone(), PublicKey::of(&delegate));
+        view.not_taking_part = Some("revoked");
+        let (publish, follow) = watch::channel(view.clone());
+        let opened =
+            NodeLedger::open(&config, delegate.clone(), vault.outbox().clone(), follow).unwrap();
+        let (ledger, mut anchorer) = (opened.ledger, opened.anchorer);
+        let mut flight = None;
+
+        // Not taking part: nothing is anchored, the outbox keeps it.
+        vault.outbox().push_anchor(&anchor("a", "1")).unwrap();
+        let err = anchorer.round(&mut flight).await.unwrap_err();
+        assert!(
+            matches!(err, LedgerError::NotTakingPart("revoked")),
+            "{err}"
+        );
+        assert!(!vault.outbox().is_empty());
+        assert!(ledger.block(0).unwrap().is_none());
+
+        // Taking part again: anchored with the member's key.
+        view.not_taking_part = None;
+        publish.send_replace(view);
+        assert_eq!(anchorer.round(&mut flight).await.unwrap().anchored, 1);
+
+        // The member rotates its signing key: new batches are signed with the new key, and the
+        // chain verifies against both.
+        let second = SigningKey::from_bytes(&[6; 32]);
+        let delegates =
+            fhirseal_consensus::DelegateSet::new(vec![PublicKey::of(&delegate)]).unwrap();
+        let current = Roster::new(
+            delegates.clone(),
+            [(institution.clone(), PublicKey::of(&second))],
+        );
+        let verifying = Roster::new(
+            delegates,
+            [
+                (institution.clone(), PublicKey::of(&first)),
+                (institution.clone(), PublicKey::of(&second)),
+            ],
+        );
+        publish.send_replace(LedgerView {
+            not_taking_part: None,
+            current: Arc::new(current.clone()),
+            verifying: Arc::new(verifying),
+            signer: Some(second.clone()),
+        });
+        vault.outbox().push_anchor(&anchor("a", "2")).unwrap();
+        assert_eq!(anchorer.round(&mut flight).await.unwrap().anchored, 1);
+        let proof = ledger.proof("Observation", "a", "2").unwrap().unwrap();
+        assert_eq!(proof.batch.signer, PublicKey::of(&second));
+        assert!(matches!(
+            ledger.verify_chain().unwrap(),
+            ChainCheck::Valid { blocks: 2 }
+        ));
+        // Without the key it rotated away from, the first block would not verify.
+        let old = ledger.proof("Observation", "a", "1").unwrap().unwrap();
+        assert!(old.verify(&ledger.roster()).is_ok());
+        assert!(old.verify(&current).is_err());
+    }
+
     #[test]
     fn a_ledger_of_another_institution_is_refused() {
         let dir = tempfile::tempdir().unwrap();

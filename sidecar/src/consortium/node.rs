@@ -337,8 +337,12 @@ impl RunningNode {
 /// voter elects itself at once) and submits it.
 async fn found(shared: &Shared) -> Result<()> {
     let member = &shared.membership.member;
-    if shared.node.state().read(|s| s.member(member).is_some()) || !shared.layout.genesis().exists()
-    {
+    // Applied whole: the regulator admitted, and the link key wrapped for it.
+    let founded = shared
+        .node
+        .state()
+        .read(|s| s.member(member).is_some() && s.wrapped_link_key(member).is_some());
+    if founded || !shared.layout.genesis().exists() {
         return Ok(());
     }
     let deadline = Instant::now() + FOUNDING_TIMEOUT;
@@ -1064,13 +1068,21 @@ async fn ask_voters(shared: Arc<Shared>) {
     loop {
         ticker.tick().await;
         let own = shared.membership.node_id;
-        let voters: Vec<(NodeId, String)> = shared
-            .node
-            .state()
-            .read(|s| s.voters())
-            .into_iter()
-            .filter(|(id, _)| *id != own)
-            .collect();
+        let (active, voters) = shared.node.state().read(|s| {
+            let voters: Vec<(NodeId, String)> = s
+                .voters()
+                .into_iter()
+                .filter(|(id, _)| *id != own)
+                .collect();
+            (s.is_active(&shared.membership.member), voters)
+        });
+        if !active {
+            // Not a member yet (or no longer, by its own state): nothing to ask. The others
+            // refuse a node that is not admitted yet; that says nothing once it is.
+            shared.participation().set_verdict(Verdict::Unasked);
+            channels.clear();
+            continue;
+        }
         channels.retain(|id, c| voters.iter().any(|(v, a)| v == id && a == c.addr()));
         let mut asked = JoinSet::new();
         for (id, address) in &voters {

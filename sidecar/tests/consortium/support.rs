@@ -242,6 +242,30 @@ impl Node {
     pub fn node_log(&self) -> String {
         std::fs::read_to_string(self.dir.join("node.log")).unwrap_or_default()
     }
+
+    /// The FHIR base its node serves, as its log says (it listens on a free port).
+    pub fn fhir_base(&self) -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let log = self.node_log();
+            // The last start's line (a node started again appends to its log).
+            if let Some(line) = log
+                .lines()
+                .filter(|l| l.contains("fhirseal is listening"))
+                .last()
+            {
+                let start = line.find("http://").unwrap();
+                let end = start + line[start..].find("/fhir").unwrap();
+                return format!("{}/fhir", &line[start..end]);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} does not listen: {log}",
+                self.member
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
 }
 
 pub struct Cluster {
