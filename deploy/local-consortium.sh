@@ -11,8 +11,9 @@
 #       127.0.0.1:P+200. With --hapi each member stands in front of its own HAPI FHIR JPA
 #       server on 127.0.0.1:P+300+I (deploy/hapi/hapi.sh; ~30 s and ~700 MB each); without
 #       it, in front of the --upstream URLs given (member I takes the I-th, or the last), or of
-#       http://127.0.0.1:8080/fhir. The first K members' nodes vote in Raft (default 3), the
-#       others are learners.
+#       http://127.0.0.1:8080/fhir. The first K members' nodes vote in Raft (default 3, or 1
+#       when N is 2: a voter is removed by a joint consensus of the old voters and the new,
+#       so one of two voters revoked would hold up the governance), the others are learners.
 #   deploy/local-consortium.sh status          every member: its process and its node's view
 #   deploy/local-consortium.sh stop            stops every node (SIGTERM) and the HAPIs started
 #   deploy/local-consortium.sh kill NAME       SIGKILL one member's node (a crash)
@@ -149,8 +150,34 @@ key_of() { # member, role
     ' "$(config_of "$1")"
 }
 
+# One member's entry of consortium.json.
+member_json() {
+    local name="$1" port="$2" hapi="$3" i fhir kind=hospital
+    i=$(index_of "$name")
+    fhir="http://127.0.0.1:$(( port + i ))"
+    [[ "$name" == h1 ]] && kind=regulator
+    echo "    {"
+    echo "      \"name\": \"$name\","
+    echo "      \"kind\": \"$kind\","
+    echo "      \"fhir_base\": \"$fhir/fhir\","
+    if [[ "$hapi" == 1 ]]; then
+        echo "      \"hapi_base\": \"http://127.0.0.1:$(hapi_port "$name")/fhir\","
+    fi
+    echo "      \"upstream\": \"$(sed -n 's/^url = "\(.*\)"$/\1/p' "$(config_of "$name")")\","
+    echo "      \"ledger_api\": \"$fhir/ledger\","
+    echo "      \"consortium_address\": \"127.0.0.1:$(( port + 100 + i ))\","
+    echo "      \"config\": \"$(config_of "$name")\","
+    echo "      \"data_dir\": \"$dir/$name/data\","
+    echo "      \"api_keys\": {"
+    echo "        \"clinician\": \"$(key_of "$name" clinician)\","
+    echo "        \"researcher\": \"$(key_of "$name" researcher)\","
+    echo "        \"auditor\": \"$(key_of "$name" auditor)\""
+    echo "      }"
+    printf '    }'
+}
+
 write_json() {
-    local port hapi first=1
+    local port hapi separator=""
     port=$(setting port)
     hapi=$(setting hapi)
     {
@@ -159,41 +186,18 @@ write_json() {
         echo "  \"regulator\": \"h1\","
         echo "  \"members\": ["
         for name in $(members); do
-            local i fhir
-            i=$(index_of "$name")
-            fhir="http://127.0.0.1:$(( port + i ))"
-            [[ $first == 1 ]] || echo "    ,"
-            first=0
-            echo "    {"
-            echo "      \"name\": \"$name\","
-            if [[ "$name" == h1 ]]; then
-                echo "      \"kind\": \"regulator\","
-            else
-                echo "      \"kind\": \"hospital\","
-            fi
-            echo "      \"fhir_base\": \"$fhir/fhir\","
-            if [[ "$hapi" == 1 ]]; then
-                echo "      \"hapi_base\": \"http://127.0.0.1:$(hapi_port "$name")/fhir\","
-            fi
-            echo "      \"upstream\": \"$(sed -n 's/^url = "\(.*\)"$/\1/p' "$(config_of "$name")")\","
-            echo "      \"ledger_api\": \"$fhir/ledger\","
-            echo "      \"consortium_address\": \"127.0.0.1:$(( port + 100 + i ))\","
-            echo "      \"config\": \"$(config_of "$name")\","
-            echo "      \"data_dir\": \"$dir/$name/data\","
-            echo "      \"api_keys\": {"
-            echo "        \"clinician\": \"$(key_of "$name" clinician)\","
-            echo "        \"researcher\": \"$(key_of "$name" researcher)\","
-            echo "        \"auditor\": \"$(key_of "$name" auditor)\""
-            echo "      }"
-            echo "    }"
+            printf '%s' "$separator"
+            member_json "$name" "$port" "$hapi"
+            separator=$',\n'
         done
+        echo
         echo "  ]"
         echo "}"
     } >"$dir/consortium.json"
 }
 
 cmd_start() {
-    local n=3 voters=3 port=7100 hapi=0
+    local n=3 voters="" port=7100 hapi=0
     local upstreams=()
     if [[ $# -gt 0 && "$1" =~ ^[0-9]+$ ]]; then
         n="$1"
@@ -216,6 +220,9 @@ cmd_start() {
         for name in $(members); do wait_for "$name" "^node "; done
         status_of h1
         return 0
+    fi
+    if [[ -z "$voters" ]]; then
+        voters=$(( n == 2 ? 1 : 3 ))
     fi
     (( n >= 1 && voters >= 1 )) || die "N and --voters must be at least 1"
     [[ $hapi == 1 && ${#upstreams[@]} -gt 0 ]] && die "--hapi and --upstream exclude each other"

@@ -656,6 +656,16 @@ mod tests {
         (config, keys, vault)
     }
 
+    /// The ledger of `config`, as the consortium of one sees it ([`view`]).
+    fn open(config: &Config, keys: &NodeKeys, vault: &Vault) -> Result<Opened, LedgerError> {
+        NodeLedger::open(
+            config,
+            delegate_key(keys),
+            vault.outbox().clone(),
+            view(config, keys),
+        )
+    }
+
     /// The consortium of one's view: the node takes part, signs with a fixed key.
     fn view(config: &Config, keys: &NodeKeys) -> watch::Receiver<LedgerView> {
         let signing = SigningKey::from_bytes(&[5; 32]);
@@ -672,13 +682,7 @@ mod tests {
     async fn rounds_anchor_each_version_once_and_clear_the_outbox() {
         let dir = tempfile::tempdir().unwrap();
         let (config, keys, vault) = setup(dir.path());
-        let opened = NodeLedger::open(
-            &config,
-            delegate_key(&keys),
-            vault.outbox().clone(),
-            view(&config, &keys),
-        )
-        .unwrap();
+        let opened = open(&config, &keys, &vault).unwrap();
         let (ledger, mut anchorer) = (opened.ledger, opened.anchorer);
         let outbox = vault.outbox();
         outbox.push_anchor(&anchor("a", "1")).unwrap();
@@ -725,13 +729,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (config, keys, vault) = setup(dir.path());
         {
-            let opened = NodeLedger::open(
-                &config,
-                delegate_key(&keys),
-                vault.outbox().clone(),
-                view(&config, &keys),
-            )
-            .unwrap();
+            let opened = open(&config, &keys, &vault).unwrap();
             let mut anchorer = opened.anchorer;
             vault.outbox().push_anchor(&anchor("a", "1")).unwrap();
             let mut flight = None;
@@ -740,13 +738,7 @@ mod tests {
         // As if the process died after the block and before the outbox was cleared.
         vault.outbox().push_anchor(&anchor("a", "1")).unwrap();
         vault.outbox().push_anchor(&anchor("a", "2")).unwrap();
-        let opened = NodeLedger::open(
-            &config,
-            delegate_key(&keys),
-            vault.outbox().clone(),
-            view(&config, &keys),
-        )
-        .unwrap();
+        let opened = open(&config, &keys, &vault).unwrap();
         let (ledger, mut anchorer) = (opened.ledger, opened.anchorer);
         let mut flight = None;
         let round = anchorer.round(&mut flight).await.unwrap();
@@ -830,23 +822,9 @@ mod tests {
     fn a_ledger_of_another_institution_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let (mut config, keys, vault) = setup(dir.path());
-        drop(
-            NodeLedger::open(
-                &config,
-                delegate_key(&keys),
-                vault.outbox().clone(),
-                view(&config, &keys),
-            )
-            .unwrap(),
-        );
+        drop(open(&config, &keys, &vault).unwrap());
         config.seal.institution = "elsewhere".into();
-        let err = NodeLedger::open(
-            &config,
-            delegate_key(&keys),
-            vault.outbox().clone(),
-            view(&config, &keys),
-        )
-        .unwrap_err();
+        let err = open(&config, &keys, &vault).unwrap_err();
         assert!(err.to_string().contains("elsewhere"), "{err}");
     }
 }

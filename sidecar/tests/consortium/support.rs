@@ -251,8 +251,8 @@ impl Node {
             // The last start's line (a node started again appends to its log).
             if let Some(line) = log
                 .lines()
-                .filter(|l| l.contains("fhirseal is listening"))
-                .last()
+                .rev()
+                .find(|l| l.contains("fhirseal is listening"))
             {
                 let start = line.find("http://").unwrap();
                 let end = start + line[start..].find("/fhir").unwrap();

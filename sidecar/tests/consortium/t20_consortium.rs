@@ -298,6 +298,10 @@ fn governance_round_trip(n: u64, voters: u64) {
         cut_off.member("h2").is_some_and(|m| m.stake != 8),
         "the revoked node still receives the log"
     );
+    // It knows it takes no part any more (by its state if the revocation reached it, else by
+    // the other voters' refusal of its certificate).
+    let no_part = |s: &Status| s.node.standing == "revoked" || s.node.standing == "cut-off";
+    cluster.wait(&[victim], "the revoked node to stand aside", no_part);
     assert!(h2_status.refusals_total >= 2);
 
     // Stop every node and start them again: the state is what it was.
@@ -314,6 +318,7 @@ fn governance_round_trip(n: u64, voters: u64) {
     for (b, a) in before.iter().zip(&after) {
         assert_eq!(replicated(a), replicated(b), "{}", a.node.member);
     }
+    cluster.wait(&[victim], "the revoked node to stand aside again", no_part);
     ok(&["stake", "h2", "9", "--dir", cluster.nodes[0].dir()]);
     cluster.wait(&others, "a command after the restart", |s| {
         s.member("h2").is_some_and(|m| m.stake == 9)

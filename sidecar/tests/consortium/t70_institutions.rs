@@ -19,7 +19,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::{json, Value};
 
-use crate::support::{bin, runtime, serial};
+use crate::support::{ok, runtime, serial};
 use crate::t30_script::{consortium_json, free_base, script, StopOnDrop};
 
 /// One member of `consortium.json`.
@@ -98,6 +98,18 @@ async fn write(member: &Member, person: &Value) -> String {
     body["id"].as_str().unwrap().to_owned()
 }
 
+/// The family name `member`'s clinician reads in `Patient/id` (identity merged back from the
+/// vault).
+async fn family_of(member: &Member, id: &str) -> String {
+    let url = format!("{}/Patient/{id}", member.fhir);
+    let (status, body) = send(Method::GET, &url, &member.clinician, None).await;
+    assert_eq!(status, StatusCode::OK, "{url}: {body}");
+    body["name"][0]["family"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
 /// The fingerprint `$verify` shows the auditor of `member` for `Patient/id`, once anchored and
 /// verified.
 async fn fingerprint(member: &Member, id: &str) -> String {
@@ -140,22 +152,6 @@ async fn refuses_writes(member: &Member, person: &Value, why: &str) {
         assert!(Instant::now() < deadline, "{url}: still {status} {body}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-}
-
-fn cli(args: &[&str]) -> String {
-    let out = std::process::Command::new(bin())
-        .arg("consortium")
-        .args(args)
-        .env_remove("FHIRSEAL_CONFIG")
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "fhirseal consortium {args:?}: {text}");
-    text
 }
 
 /// The line of `member` in a `consortium status` table.
@@ -227,7 +223,7 @@ fn two_institutions_link_one_person_and_a_revoked_one_stops_writing() {
     });
 
     // The regulator revokes h2: its node can no longer take part, and refuses writes.
-    cli(&["revoke", "h2", "--config", &h1.config, "--reason", "test"]);
+    ok(&["revoke", "h2", "--config", &h1.config, "--reason", "test"]);
     let revoked_at = Instant::now();
     runtime().block_on(async {
         refuses_writes(&h2, &person(&family, &ssn), "revoked").await;
@@ -236,38 +232,22 @@ fn two_institutions_link_one_person_and_a_revoked_one_stops_writing() {
             revoked_at.elapsed()
         );
         // What it holds it still serves to its own clinicians; h1 writes on.
-        let (status, body) = send(
-            Method::GET,
-            &format!("{}/Patient/{id_2}", h2.fhir),
-            &h2.clinician,
-            None,
-        )
-        .await;
-        assert_eq!(status, StatusCode::OK, "{body}");
-        assert_eq!(body["name"][0]["family"], family.as_str());
+        assert_eq!(family_of(&h2, &id_2).await, family);
         write(&h1, &person(&unique("Afterrevocation"), &format!("{ssn}8"))).await;
     });
-    let before = cli(&["status", "--config", &h1.config]);
+    let before = ok(&["status", "--config", &h1.config]);
     assert!(line_of(&before, "h2").contains("revoked"), "{before}");
 
     // Every node stopped and started again: membership, keys and vault are what they were.
     script(&dir, &["stop"]);
     script(&dir, &["start"]);
-    let after = cli(&["status", "--config", &h1.config]);
+    let after = ok(&["status", "--config", &h1.config]);
     for member in ["h1", "h2"] {
         assert_eq!(line_of(&after, member), line_of(&before, member), "{after}");
     }
     runtime().block_on(async {
         for (member, id) in [(&h1, &id_1), (&h2, &id_2)] {
-            let (status, body) = send(
-                Method::GET,
-                &format!("{}/Patient/{id}", member.fhir),
-                &member.clinician,
-                None,
-            )
-            .await;
-            assert_eq!(status, StatusCode::OK, "{body}");
-            assert_eq!(body["name"][0]["family"], family.as_str(), "{body}");
+            assert_eq!(family_of(member, id).await, family);
         }
         assert_eq!(fingerprint(&h1, &id_1).await, fingerprint(&h2, &id_2).await);
         assert!(!fingerprint(&h2, &other).await.is_empty());
