@@ -216,7 +216,7 @@ pub fn parse_kind(kind: &str) -> std::result::Result<MemberKind, String> {
     }
 }
 
-/// The name of a member kind, as `node.toml` and `status` write it.
+/// The name of a member kind, as `membership.toml` and `status` write it.
 pub fn kind_name(kind: MemberKind) -> &'static str {
     match kind {
         MemberKind::Regulator => "regulator",
@@ -494,17 +494,25 @@ impl MemberSecrets {
 
     /// Unwraps a link key wrapped (RSA-OAEP-SHA-256) for this member.
     pub fn unwrap_link_key(&self, ciphertext: &[u8]) -> Result<fhirseal_storage::SecretKey> {
-        let plain = Zeroizing::new(
-            self.wrapping
-                .oaep_decrypt::<rsa::sha2::Sha256>(ciphertext)
-                .map_err(|_| ConsortiumError::Keys("the wrapped link key does not open".into()))?,
-        );
-        let key: [u8; 32] = plain
-            .as_slice()
-            .try_into()
-            .map_err(|_| ConsortiumError::Keys("the link key is not 32 bytes".into()))?;
-        Ok(fhirseal_storage::SecretKey::from_bytes(key))
+        unwrap_link_key(&self.wrapping, ciphertext)
     }
+}
+
+/// Unwraps a link key wrapped (RSA-OAEP-SHA-256) for the RSA key `wrapping`.
+pub fn unwrap_link_key(
+    wrapping: &rsa::PrivateKey,
+    ciphertext: &[u8],
+) -> Result<fhirseal_storage::SecretKey> {
+    let plain = Zeroizing::new(
+        wrapping
+            .oaep_decrypt::<rsa::sha2::Sha256>(ciphertext)
+            .map_err(|_| ConsortiumError::Keys("the wrapped link key does not open".into()))?,
+    );
+    let key: [u8; 32] = plain
+        .as_slice()
+        .try_into()
+        .map_err(|_| ConsortiumError::Keys("the link key is not 32 bytes".into()))?;
+    Ok(fhirseal_storage::SecretKey::from_bytes(key))
 }
 
 /// Wraps `link_key` (RSA-OAEP-SHA-256) for the RSA public key `wrapping_key` (SPKI DER).

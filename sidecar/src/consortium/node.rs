@@ -66,8 +66,8 @@ use crate::consortium::api::{self, DeskInfo, InviteRequest, NodeStatus, SubmitAn
 use crate::consortium::desk::{Desk, Invite, INVITE_HEADER};
 use crate::consortium::error::{ConsortiumError, Result};
 use crate::consortium::files::{
-    certificate_in, certified_key_in, fingerprint, hex, parse_fingerprint, Layout, MemberSecrets,
-    Membership, TrustFile, SIGNING,
+    certificate_in, certified_key_in, fingerprint, hex, parse_fingerprint, unwrap_link_key, Layout,
+    MemberSecrets, Membership, TrustFile, SIGNING,
 };
 use crate::consortium::participation::{Followers, Participation};
 use crate::consortium::standing::{verdict, Verdict};
@@ -117,6 +117,8 @@ struct Shared {
     leaders: tokio::sync::Mutex<BTreeMap<NodeId, Channel>>,
     /// The wrapped link key last taken (or tried).
     link_wrapping: Mutex<Option<Vec<u8>>>,
+    /// The institution's RSA key, for which the link key is wrapped.
+    wrapping: Arc<rsa::PrivateKey>,
     participation: Mutex<Participation>,
 }
 
@@ -251,6 +253,7 @@ impl RunningNode {
             desk: join_desk,
             leaders: tokio::sync::Mutex::new(BTreeMap::new()),
             link_wrapping: Mutex::new(None),
+            wrapping: Arc::new(secrets.wrapping.clone()),
             participation: Mutex::new(participation),
         });
 
@@ -1043,10 +1046,11 @@ async fn take_link_key(shared: &Shared) -> Result<()> {
     }
     let layout = shared.layout.clone();
     let ciphertext = wrapped.ciphertext;
+    // The RSA key is never rotated: the one read at start opens every wrapping for the member.
+    let wrapping = shared.wrapping.clone();
     // An RSA private-key operation: off the async workers.
     let key = tokio::task::spawn_blocking(move || -> Result<SecretKey> {
-        let secrets = MemberSecrets::load(&layout.keys(), &layout.keys())?;
-        let key = secrets.unwrap_link_key(&ciphertext)?;
+        let key = unwrap_link_key(&wrapping, &ciphertext)?;
         if read_link_key(&layout.keys())?.as_ref() != Some(&key) {
             store_link_key(&layout.keys(), &key)?;
         }

@@ -129,6 +129,10 @@ impl Standing {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use fhirseal_consensus::governance::{
+        Admission, Command, MemberKeys, MemberKind, Outcome, RaftRole, SignedCommand, Validity,
+    };
+    use fhirseal_consensus::{PublicKey, SigningKey, Timestamp};
 
     #[test]
     fn a_majority_of_the_other_voters_decides() {
@@ -141,6 +145,107 @@ mod tests {
         // ...and unreachable voters count for nothing either way.
         assert_eq!(verdict(5, 2), Verdict::NotRefused);
         assert_eq!(verdict(5, 3), Verdict::Refused);
+    }
+
+    /// A consortium founded by `regulator` with `h2` admitted (the regulator's last sequence
+    /// number is 2).
+    fn founded() -> (GovernanceState, SigningKey) {
+        let regulator = SigningKey::from_bytes(&[1; 32]);
+        let h2 = SigningKey::from_bytes(&[2; 32]);
+        let admission = |id: &str, key: &SigningKey, seed: u8, kind| Admission {
+            id: id.to_owned(),
+            name: id.to_owned(),
+            kind,
+            node_id: u64::from(seed),
+            address: format!("127.0.0.1:{}", 7100 + u16::from(seed)),
+            raft_role: RaftRole::Voter,
+            keys: MemberKeys {
+                tls_certificate: [seed; 32],
+                signing_key: PublicKey::of(key),
+                wrapping_key: vec![seed; 300],
+                vote_key: [seed + 100; 32],
+            },
+            stake: 0,
+            reputation: 0,
+        };
+        let sign = |sequence, command| {
+            SignedCommand::sign("c", "regulator", sequence, window(), command, &regulator)
+        };
+        let h2_admission = admission("h2", &h2, 2, MemberKind::Hospital);
+        let possession = h2_admission.keys.prove_possession("c", "h2", &h2);
+        let mut state = GovernanceState::new();
+        for (sequence, command) in [
+            (
+                1,
+                Command::Genesis {
+                    regulator: admission("regulator", &regulator, 1, MemberKind::Regulator),
+                },
+            ),
+            (
+                2,
+                Command::Admit {
+                    member: h2_admission,
+                    possession,
+                },
+            ),
+        ] {
+            assert_eq!(
+                state.apply(&sign(sequence, command), Timestamp(10)),
+                Outcome::Accepted
+            );
+        }
+        (state, regulator)
+    }
+
+    fn window() -> Validity {
+        Validity::around(Timestamp(10), 10, 1000)
+    }
+
+    #[test]
+    fn an_active_member_takes_part_with_the_link_key_unless_the_voters_refuse_it() {
+        let (mut state, regulator) = founded();
+        assert_eq!(
+            standing(&state, "h2", true, Verdict::NotRefused),
+            Standing::Active
+        );
+        assert_eq!(
+            standing(&state, "h2", true, Verdict::Alone),
+            Standing::Active
+        );
+        // Admitted, the link key not here yet: still joining.
+        assert_eq!(
+            standing(&state, "h2", false, Verdict::NotRefused),
+            Standing::Joining
+        );
+        assert_eq!(
+            standing(&state, "h2", true, Verdict::Unasked),
+            Standing::Checking
+        );
+        // Its state says active, the voters say otherwise: the voters win.
+        assert_eq!(
+            standing(&state, "h2", true, Verdict::Refused),
+            Standing::CutOff
+        );
+        let suspend = Command::Suspend {
+            member: "h2".into(),
+            reason: String::new(),
+        };
+        let signed = SignedCommand::sign("c", "regulator", 3, window(), suspend, &regulator);
+        assert_eq!(state.apply(&signed, Timestamp(11)), Outcome::Accepted);
+        assert_eq!(
+            standing(&state, "h2", true, Verdict::NotRefused),
+            Standing::Suspended
+        );
+        let revoke = Command::Revoke {
+            member: "h2".into(),
+            reason: String::new(),
+        };
+        let signed = SignedCommand::sign("c", "regulator", 4, window(), revoke, &regulator);
+        assert_eq!(state.apply(&signed, Timestamp(12)), Outcome::Accepted);
+        let revoked = standing(&state, "h2", true, Verdict::NotRefused);
+        assert_eq!(revoked, Standing::Revoked);
+        assert!(revoked.refusal().unwrap().contains("revoked"));
+        assert!(!revoked.takes_part());
     }
 
     #[test]
