@@ -39,6 +39,8 @@ cat <<MSG
   HAPI FHIR direct:        http://127.0.0.1:$hapi_port/fhir (holds no identity)
   Health / readiness:      http://$listen/healthz  http://$listen/readyz
   Ledger:                  http://$listen/ledger/status, and GET [type]/[id]/\$verify
+  Consortium:              a consortium of one (this node is regulator and only member):
+                           target/release/fhirseal consortium status --data-dir $data_dir
   Stop with Ctrl-C.
 
 MSG

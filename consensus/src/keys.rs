@@ -116,26 +116,36 @@ impl DelegateSet {
     }
 }
 
-/// Who may sign at one epoch: the delegates, and each institution's batch-signing key.
+/// Who may sign at one epoch: the delegates, and each institution's batch-signing keys.
 ///
-/// The governance layer will keep this replicated and change it per epoch; the embedded
-/// single-node consortium has one institution and one delegate ([`Roster::single_node`]).
+/// An institution may have several keys: the one it signs with now (the last given) and those
+/// it rotated away from, under which its earlier batches were signed. A roster for checking
+/// what is submitted now names current keys only; one for verifying a chain from genesis names
+/// every key each institution has held. The embedded single-node consortium has one institution
+/// and one delegate ([`Roster::single_node`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Roster {
     delegates: DelegateSet,
-    institutions: BTreeMap<String, PublicKey>,
+    institutions: BTreeMap<String, Vec<PublicKey>>,
 }
 
 impl Roster {
-    /// A roster from its delegates and `(institution id, key)` pairs.
+    /// A roster from its delegates and `(institution id, key)` pairs; an institution named more
+    /// than once has each of its keys, the last one given being its current key.
     pub fn new(
         delegates: DelegateSet,
         institutions: impl IntoIterator<Item = (String, PublicKey)>,
     ) -> Self {
-        Self {
+        let mut roster = Self {
             delegates,
-            institutions: institutions.into_iter().collect(),
+            institutions: BTreeMap::new(),
+        };
+        for (institution, key) in institutions {
+            let keys = roster.institutions.entry(institution).or_default();
+            keys.retain(|k| *k != key);
+            keys.push(key);
         }
+        roster
     }
 
     /// The consortium of one: `institution` signs batches with `institution_key`, and the node's
@@ -149,7 +159,7 @@ impl Roster {
             delegates: DelegateSet {
                 keys: vec![delegate],
             },
-            institutions: [(institution.into(), institution_key)].into(),
+            institutions: [(institution.into(), vec![institution_key])].into(),
         }
     }
 
@@ -158,9 +168,25 @@ impl Roster {
         &self.delegates
     }
 
-    /// The key `institution` signs batches with.
+    /// The key `institution` signs batches with now.
     pub fn institution_key(&self, institution: &str) -> Option<&PublicKey> {
-        self.institutions.get(institution)
+        self.institutions.get(institution).and_then(|k| k.last())
+    }
+
+    /// Every key of `institution` this roster accepts, oldest first.
+    pub fn institution_keys(&self, institution: &str) -> Option<&[PublicKey]> {
+        self.institutions.get(institution).map(Vec::as_slice)
+    }
+
+    /// Checks that `signer` is one of `institution`'s keys.
+    pub fn check_signer(&self, institution: &str, signer: &PublicKey) -> Result<()> {
+        let keys = self
+            .institution_keys(institution)
+            .ok_or_else(|| Error::UnknownInstitution(institution.to_owned()))?;
+        if !keys.contains(signer) {
+            return Err(Error::WrongSigner(institution.to_owned()));
+        }
+        Ok(())
     }
 }
 
@@ -199,6 +225,24 @@ mod tests {
         assert!(DelegateSet::new(vec![]).is_err());
         assert!(DelegateSet::new(vec![a, a]).is_err());
         assert_eq!(DelegateSet::new(vec![a]).unwrap().quorum(), 1);
+    }
+
+    #[test]
+    fn an_institution_keeps_the_keys_it_rotated_away_from() {
+        let (old, new, other) = (PublicKey([1; 32]), PublicKey([2; 32]), PublicKey([3; 32]));
+        let delegates = DelegateSet::new(vec![PublicKey([9; 32])]).unwrap();
+        let roster = Roster::new(delegates, [("h1".to_owned(), old), ("h1".to_owned(), new)]);
+        assert_eq!(roster.institution_key("h1"), Some(&new));
+        assert!(roster.check_signer("h1", &old).is_ok());
+        assert!(roster.check_signer("h1", &new).is_ok());
+        assert!(matches!(
+            roster.check_signer("h1", &other),
+            Err(Error::WrongSigner(_))
+        ));
+        assert!(matches!(
+            roster.check_signer("h2", &new),
+            Err(Error::UnknownInstitution(_))
+        ));
     }
 
     #[test]

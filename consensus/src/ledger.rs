@@ -72,6 +72,19 @@ impl SoloLedger {
         })
     }
 
+    /// Replaces the roster (an institution admitted or revoked, a key rotated), keeping the
+    /// producer, which must stay its only delegate. What waits was checked against the old
+    /// roster; a transaction the new one refuses is refused when its block is appended.
+    pub fn set_roster(&mut self, roster: Roster) -> Result<()> {
+        if roster.delegates().keys() != [self.producer.public_key()] {
+            return Err(Error::InvalidDelegates(
+                "a single-node ledger's producer must be the only delegate",
+            ));
+        }
+        self.roster = roster;
+        Ok(())
+    }
+
     /// The same, with other block limits.
     pub fn with_limits(mut self, limits: BlockLimits) -> Self {
         self.limits = limits.clamped();

@@ -33,7 +33,7 @@ impl AnchorProof {
     /// Checks the whole chain of commitments and returns the block hash:
     ///
     /// 1. the batch is an anchor batch of the entry's institution, signed (strictly) with that
-    ///    institution's key in `roster`;
+    ///    institution's keys in `roster`;
     /// 2. the entry's path leads to the batch root, with the batch's entry count;
     /// 3. the batch's path leads to the header's transaction root, with its transaction count;
     /// 4. a quorum of `roster`'s delegates signed the header's hash.
@@ -47,12 +47,7 @@ impl AnchorProof {
         if self.entry.institution != self.batch.institution {
             return Err(Error::InvalidBatch("the entry names another institution"));
         }
-        let key = roster
-            .institution_key(&self.batch.institution)
-            .ok_or_else(|| Error::UnknownInstitution(self.batch.institution.clone()))?;
-        if *key != self.batch.signer {
-            return Err(Error::WrongSigner(self.batch.institution.clone()));
-        }
+        roster.check_signer(&self.batch.institution, &self.batch.signer)?;
         self.batch.verify_signature()?;
 
         if self.entry_path.count != self.batch.count

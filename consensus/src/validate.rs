@@ -11,16 +11,12 @@ use crate::keys::Roster;
 use crate::merkle;
 use crate::tx::Transaction;
 
-/// Checks a transaction on its own: its signer is its institution's key in `roster`, and the
-/// batch is well formed, its root matches its items and its signature verifies (strictly).
+/// Checks a transaction on its own: its signer is one of its institution's keys in `roster`,
+/// and the batch is well formed, its root matches its items and its signature verifies
+/// (strictly).
 pub fn validate_transaction(tx: &Transaction, roster: &Roster) -> Result<()> {
     let header = tx.header();
-    let key = roster
-        .institution_key(&header.institution)
-        .ok_or_else(|| Error::UnknownInstitution(header.institution.clone()))?;
-    if *key != header.signer {
-        return Err(Error::WrongSigner(header.institution.clone()));
-    }
+    roster.check_signer(&header.institution, &header.signer)?;
     tx.verify()
 }
 

@@ -100,7 +100,15 @@ fn throughput(runtime: &tokio::runtime::Runtime, n: usize) {
     let floor = started.elapsed();
     std::hint::black_box(sink);
 
-    let opened = NodeLedger::open(&config, &keys, vault.outbox().clone()).unwrap();
+    // The consortium of one: the node signs its batches and blocks alone.
+    let delegate = fhirseal_sidecar::ledger::delegate_key(&keys);
+    let view = fhirseal_sidecar::ledger::LedgerView::single_node(
+        &config.seal.institution,
+        fhirseal_consensus::SigningKey::from_bytes(&[5; 32]),
+        fhirseal_consensus::PublicKey::of(&delegate),
+    );
+    let (_view, view) = tokio::sync::watch::channel(view);
+    let opened = NodeLedger::open(&config, delegate, vault.outbox().clone(), view).unwrap();
     let (ledger, anchorer) = (opened.ledger, opened.anchorer);
     let started = Instant::now();
     let elapsed = runtime.block_on(async {

@@ -58,6 +58,8 @@ struct Input {
 struct Fixture {
     _dir: tempfile::TempDir,
     keys: Arc<NodeKeys>,
+    /// The consortium's link key (the governance state hands it to a node).
+    link_key: fhirseal_storage::SecretKey,
     profile: Profile,
     systems: Vec<String>,
     sealer: Sealer,
@@ -80,6 +82,7 @@ fn main() {
             fhirseal_storage::seal::DEFAULT_CACHE_KEYS,
         ),
         keys,
+        link_key: fhirseal_storage::SecretKey::random().unwrap(),
         profile: Profile::default(),
         systems: vec![SSN.to_owned()],
         floor_key: [7; 32],
@@ -174,7 +177,7 @@ fn meta() -> RecordMeta {
 
 fn fingerprint(fixture: &Fixture, resource: &Value) -> Fingerprint {
     let key = identity::identity_key(resource, &fixture.systems).unwrap();
-    Fingerprint::of(&fixture.keys.link_key, &key)
+    Fingerprint::of(&fixture.link_key, &key)
 }
 
 fn blind_index(fixture: &Fixture, resource: &Value) -> Vec<[u8; 32]> {

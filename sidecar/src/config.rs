@@ -40,7 +40,8 @@ pub struct Config {
     pub auth: AuthConfig,
     pub ledger: LedgerConfig,
     pub audit: AuditConfig,
-    /// Where the node keeps its keys, vault and ledger.
+    pub consortium: ConsortiumConfig,
+    /// Where the node keeps its keys, vault, ledger and governance state.
     pub data_dir: PathBuf,
 }
 
@@ -54,6 +55,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             ledger: LedgerConfig::default(),
             audit: AuditConfig::default(),
+            consortium: ConsortiumConfig::default(),
             data_dir: PathBuf::from("./fhirseal-data"),
         }
     }
@@ -207,7 +209,8 @@ impl Default for LogConfig {
     fn default() -> Self {
         LogConfig {
             format: LogFormat::Text,
-            filter: "info".to_owned(),
+            // openraft reports every election and vote at info.
+            filter: "info,openraft=warn".to_owned(),
         }
     }
 }
@@ -346,6 +349,50 @@ pub struct AuditConfig {
     pub upstream_audit_events: bool,
 }
 
+/// The node as a consortium member: where its governance listener (HTTP/2 over mutual TLS, for
+/// the other members' nodes and its own `fhirseal consortium` commands) and, at the regulator,
+/// the join desk listen, and its Raft timing. Who the node is (consortium, member id, Raft node
+/// id) is not configuration: `consortium init`, `consortium join` or the first start write it
+/// into the data directory.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConsortiumConfig {
+    /// Where the governance listener binds. Unset: the address the member was admitted with
+    /// (its genesis or join request), and on the embedded default's first start a free
+    /// loopback port, which its genesis then records. Port 0 binds a free port at every start.
+    /// The address bound is logged and written to `data_dir/consortium/address`.
+    pub listen: Option<SocketAddr>,
+    /// Where the regulator's join desk (server-authenticated TLS, for applicants) listens.
+    /// Unset: where `consortium init --join-listen` put it, or nowhere.
+    pub join_listen: Option<SocketAddr>,
+    /// Raft timing.
+    pub raft: RaftTiming,
+}
+
+/// Raft timing of a node, in milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RaftTiming {
+    /// Leader heartbeat.
+    pub heartbeat_ms: u64,
+    /// A follower that hears no leader for a random time in [min, 2·min] stands for election.
+    pub election_timeout_ms: u64,
+    /// A snapshot is built every this many log entries.
+    pub snapshot_every: u64,
+}
+
+impl Default for RaftTiming {
+    fn default() -> Self {
+        // Several heartbeats fit in an election timeout even on a loaded two-core machine, where
+        // an fsync can take tens of milliseconds.
+        Self {
+            heartbeat_ms: 100,
+            election_timeout_ms: 500,
+            snapshot_every: 1000,
+        }
+    }
+}
+
 /// One API key and the principal it stands for.
 #[derive(Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
@@ -398,9 +445,28 @@ pub const ENV_VARS: &[&str] = &[
     "FHIRSEAL_ANCHOR",
     "FHIRSEAL_ANCHOR_INTERVAL_MS",
     "FHIRSEAL_AUDIT_UPSTREAM",
+    "FHIRSEAL_CONSORTIUM_LISTEN",
+    "FHIRSEAL_JOIN_LISTEN",
+    "FHIRSEAL_RAFT_HEARTBEAT_MS",
+    "FHIRSEAL_RAFT_ELECTION_TIMEOUT_MS",
+    "FHIRSEAL_RAFT_SNAPSHOT_EVERY",
 ];
 
 impl Config {
+    /// The defaults, then the TOML file `file` (when given), then the environment read through
+    /// `env`; the caller lays its flags over that and calls [`Config::validate`].
+    pub fn layered(
+        file: Option<&Path>,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let mut config = match file {
+            Some(path) => Config::from_file(path)?,
+            None => Config::default(),
+        };
+        config.apply_env(env)?;
+        Ok(config)
+    }
+
     /// Defaults overlaid with the TOML file at `path`.
     pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
@@ -522,6 +588,22 @@ impl Config {
         if let Some(v) = env("FHIRSEAL_AUDIT_UPSTREAM") {
             self.audit.upstream_audit_events = parse("FHIRSEAL_AUDIT_UPSTREAM", &v)?;
         }
+        if let Some(v) = env("FHIRSEAL_CONSORTIUM_LISTEN") {
+            self.consortium.listen = Some(parse("FHIRSEAL_CONSORTIUM_LISTEN", &v)?);
+        }
+        if let Some(v) = env("FHIRSEAL_JOIN_LISTEN") {
+            self.consortium.join_listen = Some(parse("FHIRSEAL_JOIN_LISTEN", &v)?);
+        }
+        let raft = &mut self.consortium.raft;
+        if let Some(v) = env("FHIRSEAL_RAFT_HEARTBEAT_MS") {
+            raft.heartbeat_ms = parse("FHIRSEAL_RAFT_HEARTBEAT_MS", &v)?;
+        }
+        if let Some(v) = env("FHIRSEAL_RAFT_ELECTION_TIMEOUT_MS") {
+            raft.election_timeout_ms = parse("FHIRSEAL_RAFT_ELECTION_TIMEOUT_MS", &v)?;
+        }
+        if let Some(v) = env("FHIRSEAL_RAFT_SNAPSHOT_EVERY") {
+            raft.snapshot_every = parse("FHIRSEAL_RAFT_SNAPSHOT_EVERY", &v)?;
+        }
         Ok(())
     }
 
@@ -640,6 +722,16 @@ impl Config {
         if self.ledger.sync_timeout_ms == 0 {
             return Err(invalid("ledger.sync_timeout_ms", "must be above 0"));
         }
+        let raft = &self.consortium.raft;
+        if raft.heartbeat_ms == 0
+            || raft.election_timeout_ms <= raft.heartbeat_ms
+            || raft.snapshot_every == 0
+        {
+            return Err(invalid(
+                "consortium.raft",
+                "heartbeat_ms must be above 0 and below election_timeout_ms, snapshot_every above 0",
+            ));
+        }
         Ok(())
     }
 }
@@ -712,6 +804,39 @@ mod tests {
         assert_eq!(config.server.max_body_bytes, 2048);
         assert_eq!(config.log.format, LogFormat::Json);
         config.validate().unwrap();
+    }
+
+    #[test]
+    fn the_consortium_section_from_file_and_environment() {
+        let config = Config::from_toml(
+            "[consortium]\nlisten = \"127.0.0.1:7101\"\n[consortium.raft]\nheartbeat_ms = 50\n",
+        )
+        .unwrap();
+        assert_eq!(
+            config.consortium.listen,
+            Some(SocketAddr::from(([127, 0, 0, 1], 7101)))
+        );
+        assert_eq!(config.consortium.raft.heartbeat_ms, 50);
+        assert_eq!(config.consortium.join_listen, None);
+        let env: HashMap<&str, &str> = HashMap::from([
+            ("FHIRSEAL_CONSORTIUM_LISTEN", "127.0.0.1:0"),
+            ("FHIRSEAL_JOIN_LISTEN", "127.0.0.1:7300"),
+            ("FHIRSEAL_RAFT_ELECTION_TIMEOUT_MS", "40"),
+        ]);
+        let mut config = config;
+        config
+            .apply_env(|k| env.get(k).map(|v| v.to_string()))
+            .unwrap();
+        assert_eq!(config.consortium.listen.map(|a| a.port()), Some(0));
+        assert_eq!(config.consortium.join_listen.map(|a| a.port()), Some(7300));
+        // An election timeout below the heartbeat is refused.
+        assert!(matches!(
+            config.validate(),
+            Err(ConfigError::Invalid {
+                field: "consortium.raft",
+                ..
+            })
+        ));
     }
 
     #[test]

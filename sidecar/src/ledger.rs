@@ -2,12 +2,17 @@
 //! outbox into finalized blocks, and the reads that `$verify`, `/ledger/` and the
 //! `fhirseal ledger` commands make.
 //!
-//! On the embedded default the node is the consortium's only institution and only delegate
-//! ([`SoloLedger`]): each round the anchorer signs one batch of waiting anchors and one of
-//! waiting access events with the institution's key, submits them, finalizes a block alone, and
-//! only then clears those outbox entries. An entry whose version the chain already holds (a
-//! crash between a block and the clearing of its entries) is cleared without being submitted
-//! again, so every acknowledged write is anchored exactly once.
+//! Each node's chain is its own for now ([`SoloLedger`]: the node is its only delegate, with its
+//! keystore's delegate key); who signs batches comes from the governance state, which the
+//! consortium node publishes as a [`LedgerView`]: the institution's key is its member's current
+//! signing key, and the chain verifies against every key each member has held. Each round the
+//! anchorer signs one batch of waiting anchors and one of waiting access events with the
+//! member's signing key, submits them, finalizes a block alone, and only then clears those
+//! outbox entries. An entry whose version the chain already holds (a crash between a block and
+//! the clearing of its entries) is cleared without being submitted again, so every
+//! acknowledged write is anchored exactly once. While the node does not take part in its
+//! consortium (joining, suspended, revoked) the anchorer anchors nothing and the outbox keeps
+//! what waits.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -32,6 +37,10 @@ pub enum LedgerError {
     Storage(#[from] fhirseal_storage::StorageError),
     #[error("a lock on {0} is poisoned")]
     Poisoned(&'static str),
+    /// The node does not take part in its consortium now: nothing is anchored, the outbox
+    /// keeps what waits.
+    #[error("not anchoring: {0}")]
+    NotTakingPart(&'static str),
 }
 
 impl From<fhirseal_storage::chain_store::ChainStoreError> for LedgerError {
@@ -46,7 +55,7 @@ impl LedgerError {
         match self {
             LedgerError::Chain(e) => e.is_retryable(),
             LedgerError::Storage(e) => e.is_retryable(),
-            LedgerError::Poisoned(_) => false,
+            LedgerError::Poisoned(_) | LedgerError::NotTakingPart(_) => false,
         }
     }
 }
@@ -60,11 +69,56 @@ pub struct AnchorPolicy {
     pub max_batch: usize,
 }
 
+/// What the governance state says about the node's ledger, as the consortium node publishes it
+/// (again whenever the state, the node's standing or its keys change).
+#[derive(Clone)]
+pub struct LedgerView {
+    /// Why the node may not anchor now; `None` when it takes part in its consortium.
+    pub not_taking_part: Option<&'static str>,
+    /// What batches and blocks are checked against as they are made: the active members'
+    /// current signing keys, and the node's delegate key.
+    pub current: Arc<Roster>,
+    /// What the chain and its proofs are verified against: every signing key each member has
+    /// held (what a member signed before it rotated its keys, or before it was revoked, stays
+    /// valid), and the node's delegate key.
+    pub verifying: Arc<Roster>,
+    /// The key the institution signs its batches with: its member's current signing key, if
+    /// the keystore holds it.
+    pub signer: Option<SigningKey>,
+}
+
+impl std::fmt::Debug for LedgerView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LedgerView")
+            .field("not_taking_part", &self.not_taking_part)
+            .field("current", &self.current)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LedgerView {
+    /// A consortium of one that takes part: `institution` signs with `signing`, and `delegate`
+    /// is the only delegate (tests, and tools that have no governance state to read).
+    pub fn single_node(institution: &str, signing: SigningKey, delegate: PublicKey) -> Self {
+        let roster = Arc::new(Roster::single_node(
+            institution,
+            PublicKey::of(&signing),
+            delegate,
+        ));
+        LedgerView {
+            not_taking_part: None,
+            current: roster.clone(),
+            verifying: roster,
+            signer: Some(signing),
+        }
+    }
+}
+
 /// The ledger as the rest of the sidecar sees it. Cheap to share behind an `Arc`.
 #[derive(Debug)]
 pub struct NodeLedger {
     institution: String,
-    roster: Roster,
+    view: watch::Receiver<LedgerView>,
     reader: ChainReader,
     outbox: Outbox,
     /// Blocks stored so far; the anchorer bumps it after each block.
@@ -82,16 +136,9 @@ pub struct Opened {
     pub anchorer: Anchorer,
 }
 
-/// The roster of the embedded consortium of one, from the node's keys.
-pub fn single_node_roster(institution: &str, keys: &NodeKeys) -> (Roster, SigningKey, SigningKey) {
-    let signing = SigningKey::from_bytes(keys.institution_signing.expose());
-    let delegate = SigningKey::from_bytes(keys.delegate_signing.expose());
-    let roster = Roster::single_node(
-        institution,
-        PublicKey::of(&signing),
-        PublicKey::of(&delegate),
-    );
-    (roster, signing, delegate)
+/// The node's delegate key, from its keystore.
+pub fn delegate_key(keys: &NodeKeys) -> SigningKey {
+    SigningKey::from_bytes(keys.delegate_signing.expose())
 }
 
 /// The ledger directory of a configuration.
@@ -100,16 +147,22 @@ pub fn ledger_dir(config: &Config) -> std::path::PathBuf {
 }
 
 impl NodeLedger {
-    /// Opens the chain beside the vault whose outbox it drains. Blocking (sled recovery): call
-    /// from a blocking context or at start-up. Spawn [`Anchorer::run`] to anchor.
-    pub fn open(config: &Config, keys: &NodeKeys, outbox: Outbox) -> Result<Opened, LedgerError> {
+    /// Opens the chain beside the vault whose outbox it drains, producing blocks with the node's
+    /// `delegate` key, with the rosters and signing key `view` publishes. Blocking (sled recovery): call from a blocking context or at start-up.
+    /// Spawn [`Anchorer::run`] to anchor.
+    pub fn open(
+        config: &Config,
+        delegate: SigningKey,
+        outbox: Outbox,
+        view: watch::Receiver<LedgerView>,
+    ) -> Result<Opened, LedgerError> {
         let institution = config.seal.institution.clone();
         let store = ChainStore::open_dir(&ledger_dir(config), &institution)?;
-        let (roster, signing, delegate) = single_node_roster(&institution, keys);
         let chain = Chain::open(store)?;
         let reader = chain.reader();
         let blocks = chain.next_height();
-        let ledger = SoloLedger::new(chain, BlockProducer::new(delegate), roster.clone())?;
+        let current = view.borrow().current.clone();
+        let ledger = SoloLedger::new(chain, BlockProducer::new(delegate), Roster::clone(&current))?;
         let (blocks_tx, blocks_rx) = watch::channel(blocks);
         let last_error = Arc::new(Mutex::new(None));
         let policy = AnchorPolicy {
@@ -119,7 +172,7 @@ impl NodeLedger {
         Ok(Opened {
             ledger: Arc::new(NodeLedger {
                 institution: institution.clone(),
-                roster,
+                view: view.clone(),
                 reader,
                 outbox: outbox.clone(),
                 blocks: blocks_rx,
@@ -130,7 +183,8 @@ impl NodeLedger {
                 ledger,
                 outbox,
                 institution,
-                signing,
+                view,
+                roster: current,
                 policy,
                 blocks: blocks_tx,
                 last_error,
@@ -143,9 +197,10 @@ impl NodeLedger {
         &self.institution
     }
 
-    /// Who signs what in this consortium.
-    pub fn roster(&self) -> &Roster {
-        &self.roster
+    /// What the chain and its proofs verify against: every key each member has held, from
+    /// the governance state as it stands now.
+    pub fn roster(&self) -> Arc<Roster> {
+        self.view.borrow().verifying.clone()
     }
 
     /// Reads of the chain.
@@ -198,7 +253,8 @@ impl NodeLedger {
             .verified
             .lock()
             .map_err(|_| LedgerError::Poisoned("the verified checkpoint"))?;
-        let (check, last) = self.reader.verify_since(&self.roster, verified.clone())?;
+        let roster = self.roster();
+        let (check, last) = self.reader.verify_since(&*roster, verified.clone())?;
         if matches!(check, ChainCheck::Valid { .. }) {
             *verified = last;
         }
@@ -217,7 +273,7 @@ impl NodeLedger {
             pending_anchors: anchors,
             pending_access_events: access,
             delegates: self
-                .roster
+                .roster()
                 .delegates()
                 .keys()
                 .iter()
@@ -280,7 +336,9 @@ pub struct Anchorer {
     ledger: SoloLedger,
     outbox: Outbox,
     institution: String,
-    signing: SigningKey,
+    view: watch::Receiver<LedgerView>,
+    /// The roster the ledger checks against now (replaced when the view's changes).
+    roster: Arc<Roster>,
     policy: AnchorPolicy,
     blocks: watch::Sender<u64>,
     last_error: Arc<Mutex<Option<String>>>,
@@ -327,15 +385,35 @@ impl Anchorer {
     pub async fn run(mut self, mut stop: watch::Receiver<bool>) {
         let mut in_flight: Option<InFlight> = None;
         let mut backoff = self.policy.interval;
+        let mut paused: Option<&'static str> = None;
         loop {
             if *stop.borrow() {
-                if let Err(error) = self.round(&mut in_flight).await {
-                    tracing::warn!(%error, "the last anchoring round failed; the outbox keeps what it holds");
+                match self.round(&mut in_flight).await {
+                    Ok(_) | Err(LedgerError::NotTakingPart(_)) => {}
+                    Err(error) => {
+                        tracing::warn!(%error, "the last anchoring round failed; the outbox keeps what it holds");
+                    }
                 }
                 return;
             }
             let pause = match self.round(&mut in_flight).await {
+                Err(LedgerError::NotTakingPart(why)) => {
+                    if paused != Some(why) {
+                        tracing::warn!(
+                            reason = why,
+                            "anchoring paused; the outbox keeps what waits"
+                        );
+                        paused = Some(why);
+                    }
+                    if let Ok(mut e) = self.last_error.lock() {
+                        *e = Some(LedgerError::NotTakingPart(why).to_string());
+                    }
+                    self.policy.interval
+                }
                 Ok(round) => {
+                    if paused.take().is_some() {
+                        tracing::info!("anchoring resumed");
+                    }
                     if let Ok(mut e) = self.last_error.lock() {
                         *e = None;
                     }
@@ -374,8 +452,23 @@ impl Anchorer {
     /// One round: (re)builds the in-flight batches from the outbox, submits them, finalizes the
     /// block(s) holding them, clears their outbox entries.
     async fn round(&mut self, in_flight: &mut Option<InFlight>) -> Result<Round, LedgerError> {
+        let view = self.view.borrow().clone();
+        if let Some(why) = view.not_taking_part {
+            return Err(LedgerError::NotTakingPart(why));
+        }
+        let Some(signing) = view.signer else {
+            return Err(LedgerError::NotTakingPart(
+                "the keystore does not hold the signing key the consortium names for this member",
+            ));
+        };
+        if !Arc::ptr_eq(&view.current, &self.roster) {
+            // A member admitted, revoked or rotated: batches signed under the old roster that
+            // the new one refuses are rebuilt (the refusal below drops the round).
+            self.ledger.set_roster(Roster::clone(&view.current))?;
+            self.roster = view.current;
+        }
         if in_flight.is_none() {
-            *in_flight = self.prepare()?;
+            *in_flight = self.prepare(&signing)?;
         }
         let Some(flight) = in_flight.as_ref() else {
             return Ok(Round::default());
@@ -417,7 +510,7 @@ impl Anchorer {
 
     /// The next round's transactions from the outbox; `None` when nothing waits. Anchors the
     /// chain already holds, and repeats of a version within the round, are cleared here.
-    fn prepare(&self) -> Result<Option<InFlight>, LedgerError> {
+    fn prepare(&self, signing: &SigningKey) -> Result<Option<InFlight>, LedgerError> {
         let max = self.policy.max_batch.max(1);
         let waiting = self.outbox.anchors(max)?;
         let events = self.outbox.access_events(max)?;
@@ -466,7 +559,7 @@ impl Anchorer {
                 batch_id()?,
                 self.institution.clone(),
                 entries,
-                &self.signing,
+                signing,
             )?));
         }
         let access: Vec<u64> = events.iter().map(|(seq, _)| *seq).collect();
@@ -477,7 +570,7 @@ impl Anchorer {
                 batch_id()?,
                 self.institution.clone(),
                 events,
-                &self.signing,
+                signing,
             )?));
         }
         if transactions.is_empty() {
@@ -563,11 +656,33 @@ mod tests {
         (config, keys, vault)
     }
 
+    /// The ledger of `config`, as the consortium of one sees it ([`view`]).
+    fn open(config: &Config, keys: &NodeKeys, vault: &Vault) -> Result<Opened, LedgerError> {
+        NodeLedger::open(
+            config,
+            delegate_key(keys),
+            vault.outbox().clone(),
+            view(config, keys),
+        )
+    }
+
+    /// The consortium of one's view: the node takes part, signs with a fixed key.
+    fn view(config: &Config, keys: &NodeKeys) -> watch::Receiver<LedgerView> {
+        let signing = SigningKey::from_bytes(&[5; 32]);
+        let delegate = PublicKey::of(&delegate_key(keys));
+        watch::channel(LedgerView::single_node(
+            &config.seal.institution,
+            signing,
+            delegate,
+        ))
+        .1
+    }
+
     #[tokio::test]
     async fn rounds_anchor_each_version_once_and_clear_the_outbox() {
         let dir = tempfile::tempdir().unwrap();
         let (config, keys, vault) = setup(dir.path());
-        let opened = NodeLedger::open(&config, &keys, vault.outbox().clone()).unwrap();
+        let opened = open(&config, &keys, &vault).unwrap();
         let (ledger, mut anchorer) = (opened.ledger, opened.anchorer);
         let outbox = vault.outbox();
         outbox.push_anchor(&anchor("a", "1")).unwrap();
@@ -614,7 +729,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (config, keys, vault) = setup(dir.path());
         {
-            let opened = NodeLedger::open(&config, &keys, vault.outbox().clone()).unwrap();
+            let opened = open(&config, &keys, &vault).unwrap();
             let mut anchorer = opened.anchorer;
             vault.outbox().push_anchor(&anchor("a", "1")).unwrap();
             let mut flight = None;
@@ -623,7 +738,7 @@ mod tests {
         // As if the process died after the block and before the outbox was cleared.
         vault.outbox().push_anchor(&anchor("a", "1")).unwrap();
         vault.outbox().push_anchor(&anchor("a", "2")).unwrap();
-        let opened = NodeLedger::open(&config, &keys, vault.outbox().clone()).unwrap();
+        let opened = open(&config, &keys, &vault).unwrap();
         let (ledger, mut anchorer) = (opened.ledger, opened.anchorer);
         let mut flight = None;
         let round = anchorer.round(&mut flight).await.unwrap();
@@ -636,13 +751,80 @@ mod tests {
         ));
     }
 
+    #[tokio::test]
+    async fn the_ledger_follows_its_view_standing_rotation_and_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let (config, keys, vault) = setup(dir.path());
+        let institution = config.seal.institution.clone();
+        let delegate = delegate_key(&keys);
+        let first = SigningKey::from_bytes(&[5; 32]);
+        let mut view =
+            LedgerView::single_node(&institution, first.clone(), PublicKey::of(&delegate));
+        view.not_taking_part = Some("revoked");
+        let (publish, follow) = watch::channel(view.clone());
+        let opened =
+            NodeLedger::open(&config, delegate.clone(), vault.outbox().clone(), follow).unwrap();
+        let (ledger, mut anchorer) = (opened.ledger, opened.anchorer);
+        let mut flight = None;
+
+        // Not taking part: nothing is anchored, the outbox keeps it.
+        vault.outbox().push_anchor(&anchor("a", "1")).unwrap();
+        let err = anchorer.round(&mut flight).await.unwrap_err();
+        assert!(
+            matches!(err, LedgerError::NotTakingPart("revoked")),
+            "{err}"
+        );
+        assert!(!vault.outbox().is_empty());
+        assert!(ledger.block(0).unwrap().is_none());
+
+        // Taking part again: anchored with the member's key.
+        view.not_taking_part = None;
+        publish.send_replace(view);
+        assert_eq!(anchorer.round(&mut flight).await.unwrap().anchored, 1);
+
+        // The member rotates its signing key: new batches are signed with the new key, and the
+        // chain verifies against both.
+        let second = SigningKey::from_bytes(&[6; 32]);
+        let delegates =
+            fhirseal_consensus::DelegateSet::new(vec![PublicKey::of(&delegate)]).unwrap();
+        let current = Roster::new(
+            delegates.clone(),
+            [(institution.clone(), PublicKey::of(&second))],
+        );
+        let verifying = Roster::new(
+            delegates,
+            [
+                (institution.clone(), PublicKey::of(&first)),
+                (institution.clone(), PublicKey::of(&second)),
+            ],
+        );
+        publish.send_replace(LedgerView {
+            not_taking_part: None,
+            current: Arc::new(current.clone()),
+            verifying: Arc::new(verifying),
+            signer: Some(second.clone()),
+        });
+        vault.outbox().push_anchor(&anchor("a", "2")).unwrap();
+        assert_eq!(anchorer.round(&mut flight).await.unwrap().anchored, 1);
+        let proof = ledger.proof("Observation", "a", "2").unwrap().unwrap();
+        assert_eq!(proof.batch.signer, PublicKey::of(&second));
+        assert!(matches!(
+            ledger.verify_chain().unwrap(),
+            ChainCheck::Valid { blocks: 2 }
+        ));
+        // Without the key it rotated away from, the first block would not verify.
+        let old = ledger.proof("Observation", "a", "1").unwrap().unwrap();
+        assert!(old.verify(&ledger.roster()).is_ok());
+        assert!(old.verify(&current).is_err());
+    }
+
     #[test]
     fn a_ledger_of_another_institution_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let (mut config, keys, vault) = setup(dir.path());
-        drop(NodeLedger::open(&config, &keys, vault.outbox().clone()).unwrap());
+        drop(open(&config, &keys, &vault).unwrap());
         config.seal.institution = "elsewhere".into();
-        let err = NodeLedger::open(&config, &keys, vault.outbox().clone()).unwrap_err();
+        let err = open(&config, &keys, &vault).unwrap_err();
         assert!(err.to_string().contains("elsewhere"), "{err}");
     }
 }

@@ -66,7 +66,7 @@ impl LedgerTool {
         let ledger = self.ledger();
         Ok(Chain::verify_store_with(
             ledger.reader().store(),
-            ledger.roster(),
+            &*ledger.roster(),
             progress,
         )?)
     }

@@ -14,6 +14,7 @@ pub mod config;
 pub mod consortium;
 pub mod error;
 mod http_util;
+pub mod keystore;
 pub mod ledger;
 pub mod ledger_tool;
 mod limits;

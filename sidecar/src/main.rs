@@ -27,11 +27,12 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the sidecar in front of the upstream FHIR server.
+    /// Run the node: the proxy in front of the upstream FHIR server, its vault, its ledger,
+    /// and its consortium membership (on the embedded default, a consortium of one).
     Run(RunArgs),
     /// Print the effective configuration (defaults, file, environment, flags) and check it.
     Config(RunArgs),
-    /// Found, join, run and govern a consortium (see `fhirseal consortium --help`).
+    /// Found, join and govern the node's consortium (see `fhirseal consortium --help`).
     #[command(subcommand)]
     Consortium(fhirseal_sidecar::consortium::ConsortiumCommand),
     /// Read and verify the node's ledger (with the node stopped: it holds the database).
@@ -284,27 +285,15 @@ fn progress(len: u64, unit: &'static str) -> ProgressBar {
     bar
 }
 
-/// `fhirseal consortium …`: the library runs it; what it returns is the command's output.
+/// `fhirseal consortium …`: the library runs it on the node the configuration names; what it
+/// returns is the command's output.
 fn consortium(command: fhirseal_sidecar::consortium::ConsortiumCommand) -> anyhow::Result<()> {
-    if matches!(
-        command,
-        fhirseal_sidecar::consortium::ConsortiumCommand::Node(_)
-    ) {
-        // openraft reports every election and vote at info.
-        let log = fhirseal_sidecar::config::LogConfig {
-            filter: "info,openraft=warn".to_owned(),
-            ..Default::default()
-        };
-        telemetry::init(&log).map_err(anyhow::Error::msg)?;
-    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    let output = runtime.block_on(fhirseal_sidecar::consortium::execute(
-        command,
-        shutdown_signal(),
-    ))?;
+    let env = |name: &str| std::env::var(name).ok();
+    let output = runtime.block_on(fhirseal_sidecar::consortium::execute(command, &env))?;
     #[allow(clippy::print_stdout)] // the command's output
     {
         print!("{output}");
@@ -324,6 +313,8 @@ fn run(config: Config) -> anyhow::Result<()> {
         tracing::info!(
             base = %format!("{scheme}://{}{}", sidecar.local_addr(), config.server.base_path),
             upstream = %config.upstream.url,
+            consortium = %sidecar.consortium_addr(),
+            standing = sidecar.standing().name(),
             "fhirseal is listening"
         );
         sidecar.serve(shutdown_signal()).await?;

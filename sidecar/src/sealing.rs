@@ -10,11 +10,11 @@ use fhirseal_adapters::scrub::Terms;
 use fhirseal_adapters::search::{self, SearchError};
 use fhirseal_adapters::{identity, profile};
 use fhirseal_storage::{
-    blind_token, Fingerprint, NodeKeys, PendingAccess, PendingAnchor, RecordMeta, Sealer, Vault,
-    VaultWrite,
+    blind_token, Fingerprint, NodeKeys, PendingAccess, PendingAnchor, RecordMeta, Sealer,
+    SecretKey, Vault, VaultWrite,
 };
 use serde_json::Value;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::config::{Config, DurabilityMode};
 
@@ -33,7 +33,13 @@ pub enum SealError {
     Flush(String),
     #[error("the resource refers to more than {0} persons: fhirseal cannot check its free text for all of their identities")]
     TooManyPersons(usize),
+    #[error("the consortium's link key has not reached this node yet")]
+    NoLinkKey,
 }
+
+/// The consortium's link key as the node holds it now: `None` until the governance state hands
+/// it over (a joining node), replaced if the consortium wraps a new one.
+pub type LinkKey = watch::Receiver<Option<SecretKey>>;
 
 /// Most persons one written resource may refer to: each is a vault read and an unseal, to learn
 /// the identity its free text must not hold.
@@ -83,6 +89,8 @@ pub struct Sealing {
     sealer: Sealer,
     vault: Vault,
     keys: Arc<NodeKeys>,
+    /// The consortium's link key, which fingerprints are keyed with.
+    link_key: LinkKey,
     identity_systems: Vec<String>,
     durability: DurabilityMode,
     flusher: mpsc::UnboundedSender<FlushRequest>,
@@ -97,13 +105,10 @@ impl std::fmt::Debug for Sealing {
 }
 
 impl Sealing {
-    /// Loads (or makes) the keys, opens the vault and starts the group-commit flusher. Key
-    /// generation and sled's recovery block: call from a blocking context or at start-up.
-    pub fn open(config: &Config) -> Result<Sealing, SealError> {
-        let (keys, created) = NodeKeys::load_or_create(&config.keys_dir(), config.seal.rsa_bits)?;
-        if created {
-            tracing::info!(dir = %config.keys_dir().display(), "made new node keys");
-        }
+    /// Opens the vault with the node's `keys`, fingerprinting with the consortium's `link_key`,
+    /// and starts the group-commit flusher. sled's recovery blocks: call from a blocking
+    /// context or at start-up.
+    pub fn open(config: &Config, keys: NodeKeys, link_key: LinkKey) -> Result<Sealing, SealError> {
         let keys = Arc::new(keys);
         let profile = match &config.seal.profile {
             Some(path) => Profile::from_file(path)?,
@@ -117,6 +122,7 @@ impl Sealing {
             profile,
             vault,
             keys,
+            link_key,
             identity_systems: config.seal.identity_systems.clone(),
             durability: config.seal.durability,
             flusher: tx,
@@ -154,7 +160,10 @@ impl Sealing {
         };
         if self.profile.is_person(&resource_type) {
             let fingerprint = match identity::identity_key(resource, &self.identity_systems) {
-                Some(key) => Fingerprint::of(&self.keys.link_key, &key),
+                Some(key) => {
+                    let link_key = self.link_key.borrow().clone().ok_or(SealError::NoLinkKey)?;
+                    Fingerprint::of(&link_key, &key)
+                }
                 // Nothing identifies this person: a fingerprint of its own, linking nothing.
                 None => Fingerprint(fhirseal_storage::SecretKey::random()?.expose().to_owned()),
             };

@@ -1,11 +1,29 @@
-//! The listener: accepts TCP (and TLS) connections and serves HTTP/1.1 and HTTP/2 on them with
-//! the proxy, until told to shut down; then it stops accepting and lets open requests finish.
+//! The node's startup, and the FHIR listener.
+//!
+//! [`Sidecar::bind`] opens one node from one configuration and data directory: the keystore
+//! ([`crate::keystore`]), its consortium membership (on the embedded default's first start it
+//! founds a consortium of one: the node is regulator, only member and only delegate), the
+//! governance node on its mutual-TLS listener ([`crate::consortium::RunningNode`]), the vault
+//! (sealing with the link key the governance state hands over), the ledger (with the rosters
+//! and signing key the state names), the API keys and the proxy. [`Sidecar::serve`] accepts
+//! TCP (and TLS) connections and serves HTTP/1.1 and HTTP/2 on them with the proxy until told
+//! to shut down; then it stops accepting, lets open requests finish, anchors what they wrote,
+//! and stops the governance node.
+//!
+//! Before the proxy, the node's standing decides over writes: a node that does not take part
+//! in its consortium (joining and without the link key yet, suspended, revoked) answers every
+//! write 503 with an `OperationOutcome` saying why, since it could not anchor it (reads are
+//! served: the data is the institution's own).
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use fhirseal_adapters::outcome::{IssueType, OperationOutcome};
+use fhirseal_adapters::{route, Format};
+use http::header::{self, HeaderValue};
+use http::StatusCode;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -16,12 +34,20 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
+use crate::body::ProxyBody;
 use crate::config::Config;
-use crate::error::ProxyError;
-use crate::ledger::{NodeLedger, Opened};
-use crate::proxy::{ClientAddr, Proxy};
+use crate::consortium::files::{Layout, Membership};
+use crate::consortium::founding::{found, Founding};
+use crate::consortium::participation::{Followers, Participation};
+use crate::consortium::standing::{Standing, Verdict};
+use crate::consortium::{ConsortiumError, NodeStart, RunningNode};
+use crate::error::{outcome_response, ProxyError};
+use crate::keystore::Keystore;
+use crate::ledger::{delegate_key, NodeLedger, Opened};
+use crate::proxy::{ClientAddr, Proxy, REQUEST_ID};
 use crate::sealing::Sealing;
 use crate::tls::{self, TlsError};
+use fhirseal_storage::NodeKeys;
 
 /// A client has this long to finish the TLS handshake.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -51,14 +77,20 @@ pub enum ServerError {
     Seal(#[from] crate::sealing::SealError),
     #[error("ledger: {0}")]
     Ledger(#[from] crate::ledger::LedgerError),
+    #[error("consortium: {0}")]
+    Consortium(#[from] ConsortiumError),
     #[error("start-up failed: {0}")]
     Start(String),
 }
 
-/// A bound, not yet serving, sidecar.
+/// A bound, not yet serving, node.
 pub struct Sidecar {
     listener: TcpListener,
     proxy: Proxy,
+    /// The governance node: stopped last, after the anchorer.
+    consortium: RunningNode,
+    /// Whether writes are taken.
+    gate: Gate,
     /// The anchoring task and its stop signal: stopped after the last request, so that what
     /// those requests wrote is anchored before `serve` returns.
     anchorer: Option<(JoinHandle<()>, watch::Sender<bool>)>,
@@ -81,7 +113,8 @@ impl std::fmt::Debug for Sidecar {
 }
 
 impl Sidecar {
-    /// Binds the listener and builds the proxy; nothing is served until [`Sidecar::serve`].
+    /// Opens the node of `config` (see the module's documentation), binds its listeners and
+    /// builds the proxy; no FHIR request is served until [`Sidecar::serve`].
     pub async fn bind(config: &Config) -> Result<Sidecar, ServerError> {
         let tls = match &config.server.tls {
             Some(t) => Some(TlsAcceptor::from(Arc::new(tls::server_config(
@@ -93,8 +126,11 @@ impl Sidecar {
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|source| ServerError::Bind { addr, source })?;
+        let (keys, membership, consortium) = start_member(config).await?;
+        let config = &member_config(config, &membership)?;
         let auth = crate::auth::load(config)?;
-        let (sealing, opened) = open_node(config).await?;
+        let followers = consortium.followers().clone();
+        let (sealing, opened) = open_parts(config, keys, &followers).await?;
         // What the outbox holds from before a restart is anchored by the first rounds.
         let (stop, stopped) = watch::channel(false);
         let anchorer = tokio::spawn(opened.anchorer.run(stopped));
@@ -102,6 +138,11 @@ impl Sidecar {
         Ok(Sidecar {
             listener,
             proxy,
+            consortium,
+            gate: Gate {
+                standing: followers.standing,
+                base_path: config.server.base_path.trim_end_matches('/').to_owned(),
+            },
             anchorer: Some((anchorer, stop)),
             tls,
             header_read_timeout: Duration::from_secs(config.server.header_read_timeout_secs),
@@ -132,6 +173,16 @@ impl Sidecar {
     /// Whether clients must speak TLS.
     pub fn is_tls(&self) -> bool {
         self.tls.is_some()
+    }
+
+    /// Where the node's governance listener (mutual TLS) is bound.
+    pub fn consortium_addr(&self) -> SocketAddr {
+        self.consortium.local_addr()
+    }
+
+    /// Where the node stands in its consortium now.
+    pub fn standing(&self) -> Standing {
+        *self.gate.standing.borrow()
     }
 
     /// Serves until `shutdown` resolves, then drains open connections.
@@ -166,6 +217,7 @@ impl Sidecar {
                 tracing::debug!(%peer, %error, "TCP_NODELAY not set");
             }
             let proxy = self.proxy.clone();
+            let gate = self.gate.clone();
             let tls = self.tls.clone();
             let header_read_timeout = self.header_read_timeout;
             let (max_streams, max_header) = (self.max_http2_streams, self.max_header_bytes);
@@ -174,8 +226,15 @@ impl Sidecar {
                 let _permit = permit;
                 let service = service_fn(move |mut req: hyper::Request<Incoming>| {
                     req.extensions_mut().insert(ClientAddr(peer));
+                    let refused = gate.refuse(&req);
                     let response = proxy.handle(req);
-                    async move { Ok::<_, std::convert::Infallible>(response.await) }
+                    async move {
+                        let response = match refused {
+                            Some(refused) => refused,
+                            None => response.await,
+                        };
+                        Ok::<_, std::convert::Infallible>(response)
+                    }
                 });
                 let mut builder = auto::Builder::new(TokioExecutor::new());
                 builder
@@ -236,29 +295,206 @@ impl Sidecar {
                 tracing::warn!("the last anchoring round did not finish in time; the outbox keeps what it holds");
             }
         }
+        self.consortium.stop().await?;
         Ok(())
     }
 }
 
-/// Opens the node's keys, vault and ledger. Key generation and sled's recovery block: they run
-/// off the async threads.
-pub(crate) async fn open_node(config: &Config) -> Result<(Arc<Sealing>, Opened), ServerError> {
-    let for_sealing = config.clone();
-    let sealing = tokio::task::spawn_blocking(move || Sealing::open(&for_sealing))
+/// The write gate: a node that does not take part in its consortium refuses writes, which it
+/// could not anchor, with a 503 `OperationOutcome` saying why. Everything else goes on to the
+/// proxy.
+#[derive(Debug, Clone)]
+struct Gate {
+    standing: watch::Receiver<Standing>,
+    /// The FHIR base path, without a trailing slash.
+    base_path: String,
+}
+
+impl Gate {
+    /// The answer to `req` when the node refuses it.
+    fn refuse<B>(&self, req: &hyper::Request<B>) -> Option<hyper::Response<ProxyBody>> {
+        let standing = *self.standing.borrow();
+        let why = standing.refusal()?;
+        let rel = req.uri().path().strip_prefix(self.base_path.as_str())?;
+        if !(rel.is_empty() || rel.starts_with('/')) {
+            return None;
+        }
+        let interaction = route::route(req.method(), rel, req.uri().query().is_some()).ok()?;
+        if !interaction.is_write() {
+            return None;
+        }
+        tracing::info!(
+            standing = standing.name(),
+            method = %req.method(),
+            path = %req.uri().path(),
+            "write refused: the node does not take part in its consortium"
+        );
+        let format = Format::negotiate(req.uri().query(), req.headers());
+        let outcome = OperationOutcome::error(IssueType::Transient, why);
+        let mut response = outcome_response(StatusCode::SERVICE_UNAVAILABLE, &outcome, format);
+        let headers = response.headers_mut();
+        if matches!(standing, Standing::Joining | Standing::Checking) {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(5));
+        }
+        let id = req
+            .headers()
+            .get(REQUEST_ID)
+            .filter(|v| {
+                (1..=128).contains(&v.len()) && v.as_bytes().iter().all(u8::is_ascii_graphic)
+            })
+            .cloned()
+            .or_else(|| HeaderValue::from_str(&uuid::Uuid::new_v4().to_string()).ok());
+        if let Some(id) = id {
+            headers.insert(REQUEST_ID, id);
+        }
+        Some(response)
+    }
+}
+
+/// The keystore, the membership (founding a consortium of one on the embedded default's first
+/// start) and the running governance node of `config`'s data directory.
+async fn start_member(config: &Config) -> Result<(NodeKeys, Membership, RunningNode), ServerError> {
+    let layout = Layout::of(config);
+    let (keys, bits) = (layout.keys(), config.seal.rsa_bits);
+    let keystore = tokio::task::spawn_blocking(move || Keystore::open_or_create(&keys, bits))
         .await
         .map_err(|e| ServerError::Start(e.to_string()))??;
-    let sealing = Arc::new(sealing);
-    let (for_ledger, for_config) = (sealing.clone(), config.clone());
-    let opened = tokio::task::spawn_blocking(move || {
-        NodeLedger::open(
+    if keystore.created {
+        tracing::info!(dir = %layout.keys().display(), "made the node's keys");
+    }
+    let (membership, listener) = match Membership::load(&layout)? {
+        Some(membership) => {
+            let addr = config.consortium.listen.unwrap_or(membership.address);
+            (membership, bind(addr).await?)
+        }
+        None => {
+            // The embedded default: a consortium of one, founded at its first start, whose
+            // genesis records the address bound now.
+            let addr = config
+                .consortium
+                .listen
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
+            let listener = bind(addr).await?;
+            let mut address = listener
+                .local_addr()
+                .map_err(|e| ServerError::Start(e.to_string()))?;
+            if address.ip().is_unspecified() {
+                address.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+            }
+            let institution = &config.seal.institution;
+            let founding = Founding {
+                consortium: institution.clone(),
+                member: institution.clone(),
+                name: institution.clone(),
+                node_id: 1,
+                address,
+                join_listen: None,
+            };
+            std::fs::create_dir_all(layout.dir())
+                .map_err(|e| ConsortiumError::file(layout.dir(), e))?;
+            found(&layout, &keystore.member, &founding)?;
+            tracing::info!(consortium = %institution, "founding a consortium of one");
+            (Membership::require(&layout)?, listener)
+        }
+    };
+    if membership.address != listener.local_addr().unwrap_or(membership.address) {
+        tracing::warn!(
+            admitted = %membership.address,
+            "the governance listener is not bound where the other members reach this node"
+        );
+    }
+    let desk = match config.consortium.join_listen.or(membership.join_listen) {
+        Some(addr) => Some(bind(addr).await?),
+        None => None,
+    };
+    let Keystore { node, member, .. } = keystore;
+    let running = RunningNode::start(NodeStart {
+        layout,
+        membership: membership.clone(),
+        listener,
+        desk,
+        raft: config.consortium.raft,
+        secrets: member,
+        delegate: fhirseal_consensus::PublicKey::of(&delegate_key(&node)),
+    })
+    .await?;
+    Ok((node, membership, running))
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, ServerError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServerError::Bind { addr, source })
+}
+
+/// `config` for the node of `membership`: its institution is its member id. A configuration
+/// that names another institution is refused (its API keys would be another institution's).
+fn member_config(config: &Config, membership: &Membership) -> Result<Config, ServerError> {
+    let configured = &config.seal.institution;
+    if *configured != membership.member && *configured != Config::default().seal.institution {
+        return Err(ServerError::Start(format!(
+            "seal.institution is {configured}, but this data directory is member {} of consortium \
+             {}: set seal.institution = \"{}\" (or leave it unset)",
+            membership.member, membership.consortium, membership.member
+        )));
+    }
+    let mut config = config.clone();
+    config.seal.institution = membership.member.clone();
+    Ok(config)
+}
+
+/// Opens the vault (sealing with `followers`' link key) and the ledger (with their rosters
+/// and signing key). sled's recovery blocks: it runs off the async threads.
+async fn open_parts(
+    config: &Config,
+    keys: NodeKeys,
+    followers: &Followers,
+) -> Result<(Arc<Sealing>, Opened), ServerError> {
+    let for_config = config.clone();
+    let link_key = followers.link_key.clone();
+    let view = followers.ledger.clone();
+    tokio::task::spawn_blocking(move || -> Result<_, ServerError> {
+        let delegate = delegate_key(&keys);
+        let sealing = Arc::new(Sealing::open(&for_config, keys, link_key)?);
+        let opened = NodeLedger::open(
             &for_config,
-            for_ledger.keys(),
-            for_ledger.vault().outbox().clone(),
-        )
+            delegate,
+            sealing.vault().outbox().clone(),
+            view,
+        )?;
+        Ok((sealing, opened))
+    })
+    .await
+    .map_err(|e| ServerError::Start(e.to_string()))?
+}
+
+/// Opens a stopped node's vault and ledger for the offline tools: the ledger verifies against
+/// the rosters its governance state names, read from its Raft store (the node is not started,
+/// nothing is anchored or sealed).
+pub(crate) async fn open_node(config: &Config) -> Result<(Arc<Sealing>, Opened), ServerError> {
+    let layout = Layout::of(config);
+    let membership = Membership::require(&layout)?;
+    let config = member_config(config, &membership)?;
+    let (keys, bits) = (layout.keys(), config.seal.rsa_bits);
+    let keystore = tokio::task::spawn_blocking(move || Keystore::open_or_create(&keys, bits))
+        .await
+        .map_err(|e| ServerError::Start(e.to_string()))??;
+    let delegate = fhirseal_consensus::PublicKey::of(&delegate_key(&keystore.node));
+    let raft = layout.raft();
+    let view = tokio::task::spawn_blocking(move || -> Result<_, ConsortiumError> {
+        let db = sled::open(raft)?;
+        let store = fhirseal_storage::raft_store::RaftStore::open(&db)?;
+        let machine = fhirseal_consensus::raft::StateMachine::open(store)
+            .map_err(|e| ConsortiumError::Usage(format!("the governance state: {e}")))?;
+        Ok(machine.view())
     })
     .await
     .map_err(|e| ServerError::Start(e.to_string()))??;
-    Ok((sealing, opened))
+    let (mut participation, followers) =
+        Participation::new(&membership.member, delegate, Verdict::Alone)
+            .map_err(ConsortiumError::from)?;
+    participation.refresh(&view);
+    open_parts(&config, keystore.node, &followers).await
 }
 
 fn is_transient(error: &std::io::Error) -> bool {

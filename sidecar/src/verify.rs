@@ -132,7 +132,7 @@ pub fn ledger_check(
     let proof = ledger.proof(resource_type, id, version)?;
     let proof_fault = proof
         .as_ref()
-        .and_then(|p| p.verify(ledger.roster()).err().map(|e| e.to_string()));
+        .and_then(|p| p.verify(&ledger.roster()).err().map(|e| e.to_string()));
     let pending = proof.is_none() && ledger.is_pending(resource_type, id, version)?;
     let upstream_hash = match upstream {
         Some(value) => Some(

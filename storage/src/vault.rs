@@ -370,7 +370,8 @@ mod tests {
         let keys = Arc::new(keys);
         let sealer = Sealer::new(keys.clone(), 100, 8);
         let vault = Vault::open(&dir.path().join("vault")).unwrap();
-        let fp = Fingerprint::of(&keys.link_key, b"ada|1970-01-02");
+        let link_key = crate::keys::SecretKey::random().unwrap();
+        let fp = Fingerprint::of(&link_key, b"ada|1970-01-02");
         let (surrogate, made) = vault.surrogate(&fp).unwrap();
         assert!(made);
         assert_eq!(vault.surrogate(&fp).unwrap(), (surrogate.clone(), false));

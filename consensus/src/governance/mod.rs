@@ -19,6 +19,7 @@
 //! the same state and the same refusals.
 
 mod command;
+mod key_history;
 mod member;
 mod state;
 
@@ -26,6 +27,7 @@ mod state;
 pub(crate) mod tests;
 
 pub use command::{Command, CommandKind, SignedCommand, Validity};
+pub use key_history::KeyHistory;
 pub use member::{Admission, Member, MemberId, MemberKeys, MemberKind, MemberStatus, RaftRole};
 pub use state::{
     ElectionRecord, Epoch, GovernanceState, Outcome, Refusal, RefusalRecord, RevokedCertificate,

@@ -1082,3 +1082,59 @@ fn a_join_request_is_an_admission_signed_by_the_applicant() {
     let not_an_admission = sign("h2", 1, Command::BeginEpoch { epoch: 1 }, &h2.key);
     assert!(not_an_admission.join_request().is_none());
 }
+
+#[test]
+fn the_key_history_keeps_every_accepted_signing_key_and_no_refused_one() {
+    let regulator = regulator();
+    let h1 = hospital("h1", 11);
+    let fresh = SigningKey::from_bytes(&[21; 32]);
+    let keys = keys_from(21, &fresh);
+    let rotate = Command::RotateKeys {
+        member: "h1".into(),
+        keys: keys.clone(),
+        possession: keys.prove_possession(CONSORTIUM, "h1", &fresh),
+    };
+    // A rotation the regulator signs for h1 is refused: its key must not count.
+    let mallory = SigningKey::from_bytes(&[31; 32]);
+    let forged_keys = keys_from(31, &mallory);
+    let forged = Command::RotateKeys {
+        member: "h1".into(),
+        keys: forged_keys.clone(),
+        possession: forged_keys.prove_possession(CONSORTIUM, "h1", &mallory),
+    };
+    let history = [
+        sign(
+            REGULATOR,
+            1,
+            Command::Genesis {
+                regulator: regulator.admission.clone(),
+            },
+            &regulator.key,
+        ),
+        sign(REGULATOR, 2, admit_command(&h1), &regulator.key),
+        sign(REGULATOR, 3, forged, &regulator.key),
+        sign("h1", 1, rotate, &h1.key),
+        sign(
+            REGULATOR,
+            4,
+            Command::Revoke {
+                member: "h1".into(),
+                reason: "test".into(),
+            },
+            &regulator.key,
+        ),
+    ];
+    let mut held = KeyHistory::new();
+    for (i, command) in history.iter().enumerate() {
+        held.apply_next(command, at(i as u64 + 1));
+    }
+    assert_eq!(held.seen(), history.len());
+    let h1_keys = [PublicKey::of(&h1.key), PublicKey::of(&fresh)];
+    assert_eq!(held.held("h1"), h1_keys);
+    assert_eq!(held.held(REGULATOR), [PublicKey::of(&regulator.key)]);
+    // The verifying roster keeps the revoked member's keys: what it signed stays valid.
+    let roster = held.roster(DelegateSet::new(vec![PublicKey([9; 32])]).unwrap());
+    assert!(roster.check_signer("h1", &h1_keys[0]).is_ok());
+    assert!(roster.check_signer("h1", &h1_keys[1]).is_ok());
+    assert!(roster.check_signer("h1", &PublicKey::of(&mallory)).is_err());
+}

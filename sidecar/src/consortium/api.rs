@@ -47,6 +47,9 @@ pub struct NodeStatus {
     pub certificate: String,
     /// The version of the link key it holds, if any.
     pub link_key_version: Option<u32>,
+    /// Where it stands: `active` (it writes and anchors), `joining`, `checking`, `suspended`,
+    /// `revoked` or `cut-off` (see [`crate::consortium::standing::Standing`]).
+    pub standing: String,
 }
 
 /// The node's Raft view.
@@ -297,9 +300,10 @@ impl Status {
             .map_or_else(|| "unknown".to_owned(), |l| l.to_string());
         let _ = writeln!(
             out,
-            "node {} ({}) at {}: {}, leader {leader}, term {}, last log {}, applied {}",
+            "node {} ({}, {}) at {}: {}, leader {leader}, term {}, last log {}, applied {}",
             self.node.node_id,
             self.node.member,
+            self.node.standing,
             self.node.address,
             self.raft.state,
             self.raft.term,

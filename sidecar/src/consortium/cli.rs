@@ -1,79 +1,54 @@
-//! `fhirseal consortium …`: found a consortium, ask to join it, run a node, and the regulator's
-//! and members' commands, each signed here with the member's key and sent to its own node.
+//! `fhirseal consortium …`: found a consortium, ask to join one, and the regulator's and
+//! members' commands, each signed here with the member's key and sent to its own running node
+//! (`fhirseal run` with the same configuration and data directory).
 
 use std::collections::BTreeSet;
-use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use clap::{Args, Subcommand};
-use fhirseal_consensus::governance::{
-    Admission, Command, MemberKind, RaftRole, SignedCommand, Validity,
-};
-use fhirseal_consensus::Timestamp;
+use fhirseal_consensus::governance::{Admission, Command, MemberKind, RaftRole, SignedCommand};
+use fhirseal_storage::keys::read_link_key;
 use http::Method;
 
+use crate::config::Config;
 use crate::consortium::api::{
     DeskInfo, InviteRequest, JoinAnswer, PendingJoin, Status, SubmitAnswer,
 };
 use crate::consortium::desk::{token_hash, INVITE_HEADER};
 use crate::consortium::error::{ConsortiumError, Result};
 use crate::consortium::files::{
-    certificate_in, fingerprint, hex, new_link_key, parse_fingerprint, parse_kind,
-    promote_rotation, read_link_key, store_link_key, wrap_link_key, write_new, Layout,
-    MemberSecrets, NodeConfig, RaftTiming, TrustFile,
+    certificate_in, fingerprint, hex, parse_fingerprint, parse_kind, promote_rotation,
+    wrap_link_key, write_new, Layout, MemberSecrets, Membership, TrustFile,
 };
+use crate::consortium::founding::{found, Founding};
 use crate::consortium::transport::Channel;
 use crate::consortium::trust::{Identity, Peer, PeerVerifier, Trust};
+pub use crate::consortium::window::{
+    command_window, wall_clock, window, GENESIS_VALIDITY, WINDOW_AFTER, WINDOW_BEFORE,
+};
+use crate::keystore::Keystore;
 
 /// How long the CLI waits for its node.
 const CLI_TIMEOUT: Duration = Duration::from_secs(15);
-/// How long before its signing a command may be applied: room for a leader whose clock is
-/// behind the signer's.
-pub const WINDOW_BEFORE: Duration = Duration::from_secs(60);
-/// How long after its signing a command may still be applied: room for the CLI's wait, a
-/// forwarding and a change of leader, and no more, so that a command held back is refused.
-pub const WINDOW_AFTER: Duration = Duration::from_secs(10 * 60);
-/// How long the genesis commands `init` signs stay valid: the node submits them when it first
-/// leads, which may be a while after `init`.
-pub const GENESIS_VALIDITY: Duration = Duration::from_secs(30 * 24 * 60 * 60);
-
-/// The wall clock, in the ledger's milliseconds.
-pub fn wall_clock() -> Timestamp {
-    let ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-    Timestamp(ms)
-}
-
-/// The window of a command signed at `now` and submitted at once: [`WINDOW_BEFORE`] before it
-/// to [`WINDOW_AFTER`] after.
-pub fn command_window(now: Timestamp) -> Validity {
-    window(now, WINDOW_BEFORE, WINDOW_AFTER)
-}
-
-fn window(now: Timestamp, before: Duration, after: Duration) -> Validity {
-    let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
-    Validity::around(now, ms(before), ms(after))
-}
 
 /// `fhirseal consortium`.
 #[derive(Debug, Subcommand)]
 pub enum ConsortiumCommand {
-    /// The regulator founds a consortium: makes its keys and certificate, the link key, and the
-    /// signed genesis in DIR. Start the node with `fhirseal consortium node --dir DIR`.
+    /// The regulator founds a consortium: makes the node's keys (if it has none yet), the link
+    /// key, and the signed genesis in its data directory. Then start the node: `fhirseal run`.
+    /// (On the embedded default the first `fhirseal run` founds a consortium of one itself.)
     Init(InitArgs),
     /// (regulator) Issues a one-time invite for a member id: prints a token the institution
     /// passes to `join --invite`. Only its hash is kept, at the regulator's node.
     Invite(InviteArgs),
-    /// An institution makes its keys in DIR and sends a signed join request to the regulator's
-    /// join desk at URL (https://host:port), whose certificate is pinned by --pin, with the
-    /// invite the regulator gave it.
+    /// An institution makes its node's keys and sends a signed join request to the
+    /// regulator's join desk at URL (https://host:port), whose certificate is pinned by --pin,
+    /// with the invite the regulator gave it. Run before the node's first start: a node that
+    /// ran alone founded a consortium of its own. Then start the node (`fhirseal run`): it
+    /// answers writes 503 until it is admitted and the link key has reached it.
     Join(JoinArgs),
-    /// Runs the node of DIR (Raft, the mutual-TLS API, the join desk if configured) until
-    /// Ctrl-C or SIGTERM.
-    Node(DirArg),
     /// (regulator) Admits a member whose join request is pending at this node (or given by
     /// --request), if the request names the certificate --fingerprint says, and wraps the
     /// link key for it.
@@ -88,55 +63,47 @@ pub enum ConsortiumCommand {
     /// (regulator) Sets a member's stake.
     Stake(StakeArgs),
     /// Rotates this member's signing, vote and TLS keys (the old certificate is revoked).
-    Rotate(DirArg),
+    Rotate(NodeArgs),
     /// Lists pending join requests at this node.
-    Joins(DirArg),
+    Joins(NodeArgs),
     /// Shows the consortium as this node sees it: members, voters, leader, term.
     Status(StatusArgs),
 }
 
-/// The node's directory.
-#[derive(Debug, Args)]
-pub struct DirArg {
-    /// The node's directory.
-    #[arg(long)]
-    pub dir: PathBuf,
+/// Which node: its configuration (as `fhirseal run` takes it) and data directory.
+#[derive(Debug, Clone, Args)]
+pub struct NodeArgs {
+    /// The node's TOML configuration file.
+    #[arg(long, short, env = "FHIRSEAL_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// The node's data directory (default: the configuration's `data_dir`).
+    #[arg(long, visible_alias = "dir")]
+    pub data_dir: Option<PathBuf>,
 }
 
-/// Raft timing flags.
-#[derive(Debug, Args)]
-pub struct TimingArgs {
-    /// Leader heartbeat, in milliseconds.
-    #[arg(long, default_value_t = RaftTiming::default().heartbeat_ms)]
-    pub heartbeat_ms: u64,
-    /// Election timeout (lower bound; the upper is twice it), in milliseconds.
-    #[arg(long, default_value_t = RaftTiming::default().election_timeout_ms)]
-    pub election_timeout_ms: u64,
-    /// Build a snapshot every this many log entries.
-    #[arg(long, default_value_t = RaftTiming::default().snapshot_every)]
-    pub snapshot_every: u64,
-}
-
-impl TimingArgs {
-    fn timing(&self) -> RaftTiming {
-        RaftTiming {
-            heartbeat_ms: self.heartbeat_ms,
-            election_timeout_ms: self.election_timeout_ms,
-            snapshot_every: self.snapshot_every,
+impl NodeArgs {
+    /// The node's configuration: defaults, the file, the environment read through `env`, then
+    /// `--data-dir`; checked.
+    pub fn load(&self, env: &dyn Fn(&str) -> Option<String>) -> Result<Config> {
+        let mut config = Config::layered(self.config.as_deref(), env)?;
+        if let Some(dir) = &self.data_dir {
+            config.data_dir = dir.clone();
         }
+        config.validate()?;
+        Ok(config)
     }
 }
 
 /// `init`.
 #[derive(Debug, Args)]
 pub struct InitArgs {
-    /// The node's directory (must not hold a node yet).
-    #[arg(long)]
-    pub dir: PathBuf,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub node: NodeArgs,
     /// The consortium's name.
     #[arg(long)]
     pub consortium: String,
-    /// The regulator's member id.
+    /// The regulator's member id (its institution on the ledger).
     #[arg(long, default_value = "regulator")]
     pub member: String,
     /// Its display name.
@@ -145,18 +112,16 @@ pub struct InitArgs {
     /// The regulator node's Raft id.
     #[arg(long, default_value_t = 1)]
     pub node_id: u64,
-    /// Where the node listens for members (Raft and the API, mutual TLS).
+    /// Where the other members reach the node (Raft and the API, mutual TLS); it listens there
+    /// unless `consortium.listen` says otherwise.
     #[arg(long)]
     pub listen: SocketAddr,
-    /// Where the join desk listens for applicants.
+    /// Where the join desk listens for applicants (`consortium.join_listen` overrides it).
     #[arg(long)]
-    pub join_listen: SocketAddr,
-    /// Bits of the RSA key the link key is wrapped for.
-    #[arg(long, default_value_t = 3072)]
-    pub rsa_bits: usize,
-    #[command(flatten)]
-    #[allow(missing_docs)]
-    pub timing: TimingArgs,
+    pub join_listen: Option<SocketAddr>,
+    /// Bits of the RSA key, if the node has none yet (default: `seal.rsa_bits`).
+    #[arg(long)]
+    pub rsa_bits: Option<usize>,
 }
 
 /// `invite`.
@@ -164,9 +129,9 @@ pub struct InitArgs {
 pub struct InviteArgs {
     /// The member id the invite lets in.
     pub member: String,
-    /// The regulator node's directory.
-    #[arg(long)]
-    pub dir: PathBuf,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub node: NodeArgs,
     /// How long the invite stays valid, in hours (at most 720).
     #[arg(long, default_value_t = 24)]
     pub valid_hours: u64,
@@ -184,10 +149,10 @@ pub struct JoinArgs {
     /// the desk refuses a request without a valid one.
     #[arg(long)]
     pub invite: Option<String>,
-    /// The node's directory.
-    #[arg(long)]
-    pub dir: PathBuf,
-    /// This institution's member id.
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub node: NodeArgs,
+    /// This institution's member id (its institution on the ledger).
     #[arg(long)]
     pub member: String,
     /// Its display name.
@@ -199,15 +164,13 @@ pub struct JoinArgs {
     /// The Raft id its node asks for (random if not given).
     #[arg(long)]
     pub node_id: Option<u64>,
-    /// Where its node listens for members.
+    /// Where the other members reach its node; it listens there unless `consortium.listen`
+    /// says otherwise.
     #[arg(long)]
     pub listen: SocketAddr,
-    /// Bits of its RSA key.
-    #[arg(long, default_value_t = 3072)]
-    pub rsa_bits: usize,
-    #[command(flatten)]
-    #[allow(missing_docs)]
-    pub timing: TimingArgs,
+    /// Bits of its RSA key, if the node has none yet (default: `seal.rsa_bits`).
+    #[arg(long)]
+    pub rsa_bits: Option<usize>,
 }
 
 /// `admit`.
@@ -215,9 +178,9 @@ pub struct JoinArgs {
 pub struct AdmitArgs {
     /// The member to admit.
     pub member: String,
-    /// The regulator node's directory.
-    #[arg(long)]
-    pub dir: PathBuf,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub node: NodeArgs,
     /// SHA-256 (hex) of the applicant's certificate, as `join` printed it to the applicant and
     /// `joins` lists it: told by the institution out of band, so that the request admitted is
     /// the institution's and not another one posted under its name.
@@ -243,9 +206,9 @@ pub struct AdmitArgs {
 pub struct MemberArgs {
     /// The member.
     pub member: String,
-    /// The node's directory.
-    #[arg(long)]
-    pub dir: PathBuf,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub node: NodeArgs,
 }
 
 /// A command on one member, with a reason.
@@ -253,9 +216,9 @@ pub struct MemberArgs {
 pub struct ReasonArgs {
     /// The member.
     pub member: String,
-    /// The node's directory.
-    #[arg(long)]
-    pub dir: PathBuf,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub node: NodeArgs,
     /// Why, for the record.
     #[arg(long, default_value = "")]
     pub reason: String,
@@ -268,38 +231,35 @@ pub struct StakeArgs {
     pub member: String,
     /// The new stake.
     pub stake: u64,
-    /// The node's directory.
-    #[arg(long)]
-    pub dir: PathBuf,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub node: NodeArgs,
 }
 
 /// `status`.
 #[derive(Debug, Args)]
 pub struct StatusArgs {
-    /// The node's directory.
-    #[arg(long)]
-    pub dir: PathBuf,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub node: NodeArgs,
     /// JSON instead of a table.
     #[arg(long)]
     pub json: bool,
 }
 
-/// Runs `command`; returns what to print. `shutdown` stops a node.
+/// Runs `command` on the node its arguments name, whose configuration is read with `env` (the
+/// process environment, or a map in tests); returns what to print.
 pub async fn execute(
     command: ConsortiumCommand,
-    shutdown: impl Future<Output = ()>,
+    env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<String> {
     match command {
-        ConsortiumCommand::Init(args) => init(args),
-        ConsortiumCommand::Invite(args) => invite(args).await,
-        ConsortiumCommand::Join(args) => join(args).await,
-        ConsortiumCommand::Node(args) => {
-            crate::consortium::node::run(&args.dir, shutdown).await?;
-            Ok(String::new())
-        }
-        ConsortiumCommand::Admit(args) => admit(args).await,
+        ConsortiumCommand::Init(args) => init(args, env),
+        ConsortiumCommand::Invite(args) => invite(args, env).await,
+        ConsortiumCommand::Join(args) => join(args, env).await,
+        ConsortiumCommand::Admit(args) => admit(args, env).await,
         ConsortiumCommand::Suspend(a) => {
-            let mut client = Client::open(&a.dir)?;
+            let mut client = Client::open(&a.node.load(env)?)?;
             let command = Command::Suspend {
                 member: a.member.clone(),
                 reason: a.reason,
@@ -308,7 +268,7 @@ pub async fn execute(
             Ok(format!("{} suspended\n", a.member))
         }
         ConsortiumCommand::Reinstate(a) => {
-            let mut client = Client::open(&a.dir)?;
+            let mut client = Client::open(&a.node.load(env)?)?;
             client
                 .sign_and_submit(Command::Reinstate {
                     member: a.member.clone(),
@@ -317,7 +277,7 @@ pub async fn execute(
             Ok(format!("{} reinstated\n", a.member))
         }
         ConsortiumCommand::Revoke(a) => {
-            let mut client = Client::open(&a.dir)?;
+            let mut client = Client::open(&a.node.load(env)?)?;
             let command = Command::Revoke {
                 member: a.member.clone(),
                 reason: a.reason,
@@ -329,7 +289,7 @@ pub async fn execute(
             ))
         }
         ConsortiumCommand::Stake(a) => {
-            let mut client = Client::open(&a.dir)?;
+            let mut client = Client::open(&a.node.load(env)?)?;
             client
                 .sign_and_submit(Command::SetStake {
                     member: a.member.clone(),
@@ -338,9 +298,9 @@ pub async fn execute(
                 .await?;
             Ok(format!("{} has stake {}\n", a.member, a.stake))
         }
-        ConsortiumCommand::Rotate(a) => rotate(&a.dir).await,
+        ConsortiumCommand::Rotate(a) => rotate(&a.load(env)?).await,
         ConsortiumCommand::Joins(a) => {
-            let mut client = Client::open(&a.dir)?;
+            let mut client = Client::open(&a.load(env)?)?;
             let (_, body) = client
                 .channel
                 .request(Method::GET, "/consortium/joins", Vec::new(), CLI_TIMEOUT)
@@ -357,7 +317,7 @@ pub async fn execute(
             Ok(out)
         }
         ConsortiumCommand::Status(a) => {
-            let status = Client::open(&a.dir)?.status().await?;
+            let status = Client::open(&a.node.load(env)?)?.status().await?;
             if a.json {
                 serde_json::to_string_pretty(&status)
                     .map(|s| s + "\n")
@@ -369,130 +329,68 @@ pub async fn execute(
     }
 }
 
-fn fresh_dir(layout: &Layout) -> Result<()> {
-    if layout.config().exists() {
+/// Refuses a node that already belongs to a consortium; makes its data directory (0700).
+fn fresh_node(layout: &Layout, config: &Config) -> Result<()> {
+    if Membership::load(layout)?.is_some() {
         return Err(ConsortiumError::Usage(format!(
-            "{} already holds a node",
-            layout.dir().display()
+            "{} already holds a node of a consortium",
+            config.data_dir.display()
         )));
     }
-    std::fs::create_dir_all(layout.dir()).map_err(|e| ConsortiumError::file(layout.dir(), e))?;
+    let dir = &config.data_dir;
+    std::fs::create_dir_all(dir).map_err(|e| ConsortiumError::file(dir, e))?;
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(layout.dir(), std::fs::Permissions::from_mode(0o700))
-            .map_err(|e| ConsortiumError::file(layout.dir(), e))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| ConsortiumError::file(dir, e))?;
     }
-    Ok(())
+    std::fs::create_dir_all(layout.dir()).map_err(|e| ConsortiumError::file(layout.dir(), e))
 }
 
-fn check_timing(timing: &RaftTiming) -> Result<()> {
-    if timing.heartbeat_ms == 0
-        || timing.election_timeout_ms <= timing.heartbeat_ms
-        || timing.snapshot_every == 0
-    {
-        return Err(ConsortiumError::Usage(
-            "--heartbeat-ms must be above 0 and below --election-timeout-ms; --snapshot-every above 0".into(),
-        ));
-    }
-    Ok(())
-}
-
-fn init(args: InitArgs) -> Result<String> {
-    let layout = Layout::new(&args.dir);
-    let timing = args.timing.timing();
-    check_timing(&timing)?;
-    fresh_dir(&layout)?;
-    let secrets = MemberSecrets::generate(args.rsa_bits)?;
-    secrets.write(&layout.keys())?;
-    let link_key = new_link_key()?;
-    store_link_key(&layout, &link_key)?;
-    let keys = secrets.member_keys()?;
-    let regulator = Admission {
-        id: args.member.clone(),
-        name: args.name.clone().unwrap_or_else(|| args.member.clone()),
-        kind: MemberKind::Regulator,
-        node_id: args.node_id,
-        address: args.listen.to_string(),
-        raft_role: RaftRole::Voter,
-        keys: keys.clone(),
-        stake: 0,
-        reputation: 0,
-    };
-    let genesis_window = window(wall_clock(), WINDOW_BEFORE, GENESIS_VALIDITY);
-    let genesis = SignedCommand::sign(
-        &args.consortium,
-        &args.member,
-        1,
-        genesis_window,
-        Command::Genesis { regulator },
-        &secrets.signing,
-    );
-    let wrap = SignedCommand::sign(
-        &args.consortium,
-        &args.member,
-        2,
-        genesis_window,
-        Command::WrapLinkKey {
-            version: 1,
-            wrapped: vec![(
-                args.member.clone(),
-                wrap_link_key(&link_key, &keys.wrapping_key)?,
-            )],
+fn init(args: InitArgs, env: &dyn Fn(&str) -> Option<String>) -> Result<String> {
+    let config = args.node.load(env)?;
+    let layout = Layout::of(&config);
+    fresh_node(&layout, &config)?;
+    let bits = args.rsa_bits.unwrap_or(config.seal.rsa_bits);
+    let keystore = Keystore::open_or_create(&layout.keys(), bits)?;
+    found(
+        &layout,
+        &keystore.member,
+        &Founding {
+            consortium: args.consortium.clone(),
+            member: args.member.clone(),
+            name: args.name.clone().unwrap_or_else(|| args.member.clone()),
+            node_id: args.node_id,
+            address: args.listen,
+            join_listen: args.join_listen,
         },
-        &secrets.signing,
+    )?;
+    let pin = hex(&keystore.member.certificate_fingerprint());
+    let desk = args.join_listen.map_or_else(
+        || "DESK (set consortium.join_listen)".to_owned(),
+        |d| d.to_string(),
     );
-    for command in [&genesis, &wrap] {
-        if !command.is_encodable() {
-            return Err(ConsortiumError::Usage(
-                "a name, id or address is empty or longer than 256 bytes".into(),
-            ));
-        }
-    }
-    let genesis_dir = layout.genesis();
-    std::fs::create_dir_all(&genesis_dir).map_err(|e| ConsortiumError::file(&genesis_dir, e))?;
-    write_new(
-        &genesis_dir.join("001-genesis.cmd"),
-        &genesis.to_bytes(),
-        false,
-    )?;
-    write_new(
-        &genesis_dir.join("002-link-key.cmd"),
-        &wrap.to_bytes(),
-        false,
-    )?;
-    NodeConfig {
-        consortium: args.consortium.clone(),
-        member: args.member.clone(),
-        kind: "regulator".into(),
-        node_id: args.node_id,
-        listen: args.listen,
-        join_listen: Some(args.join_listen),
-        raft: timing,
-    }
-    .create(&layout)?;
-    let pin = hex(&secrets.certificate_fingerprint());
     Ok(format!(
         "consortium {} founded in {} (regulator {}, node {})\n\
-         start its node:   fhirseal consortium node --dir {}\n\
-         institutions join: fhirseal consortium join https://{} --pin {pin} --dir DIR --member ID --listen HOST:PORT\n",
+         start its node:    fhirseal run --data-dir {}\n\
+         institutions join: fhirseal consortium join https://{desk} --pin {pin} --data-dir DIR --member ID --listen HOST:PORT\n",
         args.consortium,
-        args.dir.display(),
+        config.data_dir.display(),
         args.member,
         args.node_id,
-        args.dir.display(),
-        args.join_listen,
+        config.data_dir.display(),
     ))
 }
 
-async fn invite(args: InviteArgs) -> Result<String> {
+async fn invite(args: InviteArgs, env: &dyn Fn(&str) -> Option<String>) -> Result<String> {
     const MAX_HOURS: u64 = 30 * 24;
     if args.valid_hours == 0 || args.valid_hours > MAX_HOURS {
         return Err(ConsortiumError::Usage(format!(
             "--valid-hours: from 1 to {MAX_HOURS}"
         )));
     }
-    let mut client = Client::open(&args.dir)?;
+    let mut client = Client::open(&args.node.load(env)?)?;
     let mut secret = zeroize::Zeroizing::new([0u8; 32]);
     getrandom::fill(secret.as_mut()).map_err(|e| ConsortiumError::Keys(e.to_string()))?;
     let token = zeroize::Zeroizing::new(hex(secret.as_ref()));
@@ -519,10 +417,9 @@ async fn invite(args: InviteArgs) -> Result<String> {
     ))
 }
 
-async fn join(args: JoinArgs) -> Result<String> {
-    let layout = Layout::new(&args.dir);
-    let timing = args.timing.timing();
-    check_timing(&timing)?;
+async fn join(args: JoinArgs, env: &dyn Fn(&str) -> Option<String>) -> Result<String> {
+    let config = args.node.load(env)?;
+    let layout = Layout::of(&config);
     let kind = parse_kind(&args.kind).map_err(ConsortiumError::Usage)?;
     if kind == MemberKind::Regulator {
         return Err(ConsortiumError::Usage(
@@ -549,27 +446,28 @@ async fn join(args: JoinArgs) -> Result<String> {
             u64::from_le_bytes(bytes) >> 11
         }
     };
-    fresh_dir(&layout)?;
+    fresh_node(&layout, &config)?;
 
     let regulator = Peer {
         member: "regulator".into(),
         node_id: 0,
     };
     let desk_trust = Trust::pinned(regulator, BTreeSet::from([pin]));
-    let config = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+    let mut tls = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()
         .with_custom_certificate_verifier(PeerVerifier::new(desk_trust.clone(), None))
         .with_no_client_auth();
-    let mut config = config;
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    let mut channel = Channel::with_config(desk.clone(), &desk_trust, config);
+    tls.alpn_protocols = vec![b"h2".to_vec()];
+    let mut channel = Channel::with_config(desk.clone(), &desk_trust, tls);
     let (_, body) = channel
         .request(Method::GET, "/join", Vec::new(), CLI_TIMEOUT)
         .await?;
     let info: DeskInfo = serde_json::from_slice(&body).map_err(|e| protocol(&desk, e))?;
 
-    let secrets = MemberSecrets::generate(args.rsa_bits)?;
+    // The node's keystore (made now if it has none): the request names its keys.
+    let bits = args.rsa_bits.unwrap_or(config.seal.rsa_bits);
+    let secrets = Keystore::open_or_create(&layout.keys(), bits)?.member;
     let keys = secrets.member_keys()?;
     let possession = keys.prove_possession(&info.consortium, &args.member, &secrets.signing);
     let admission = Admission {
@@ -616,39 +514,42 @@ async fn join(args: JoinArgs) -> Result<String> {
     let (_, body) = channel.answer(answer)?;
     let answer: JoinAnswer = serde_json::from_slice(&body).map_err(|e| protocol(&desk, e))?;
 
-    secrets.write(&layout.keys())?;
-    write_new(&layout.join_request(), &request.to_bytes(), false)?;
+    let join_request = layout.join_request();
+    if join_request.exists() {
+        // A request made before, never admitted (no membership was written): replaced.
+        std::fs::remove_file(&join_request).map_err(|e| ConsortiumError::file(&join_request, e))?;
+    }
+    write_new(&join_request, &request.to_bytes(), false)?;
     TrustFile { peer: answer.trust }.store(&layout)?;
-    NodeConfig {
+    Membership {
         consortium: info.consortium.clone(),
         member: args.member.clone(),
         kind: args.kind.clone(),
         node_id,
-        listen: args.listen,
+        address: args.listen,
         join_listen: None,
-        raft: timing,
     }
     .create(&layout)?;
     let certificate = hex(&secrets.certificate_fingerprint());
     Ok(format!(
         "join request of {} (node {node_id}) is pending at {desk} for consortium {}\n\
          its certificate: {certificate} (tell the regulator, not through the desk)\n\
-         start its node:  fhirseal consortium node --dir {}\n\
-         the regulator admits it: fhirseal consortium admit {} --dir REGULATOR_DIR --fingerprint {certificate} [--voter]\n",
+         start its node:  fhirseal run --data-dir {} (writes wait for the admission and the link key)\n\
+         the regulator admits it: fhirseal consortium admit {} --data-dir REGULATOR_DIR --fingerprint {certificate} [--voter]\n",
         args.member,
         answer.consortium,
-        args.dir.display(),
+        config.data_dir.display(),
         args.member,
     ))
 }
 
-async fn admit(args: AdmitArgs) -> Result<String> {
+async fn admit(args: AdmitArgs, env: &dyn Fn(&str) -> Option<String>) -> Result<String> {
     let expected = parse_fingerprint(&args.fingerprint).ok_or_else(|| {
         ConsortiumError::Usage(
             "--fingerprint: expected 64 hex digits (the SHA-256 `join` printed)".into(),
         )
     })?;
-    let mut client = Client::open(&args.dir)?;
+    let mut client = Client::open(&args.node.load(env)?)?;
     let bytes = match &args.request {
         Some(path) => std::fs::read(path).map_err(|e| ConsortiumError::file(path, e))?,
         None => {
@@ -699,7 +600,7 @@ async fn admit(args: AdmitArgs) -> Result<String> {
         args.member,
         if args.voter { "voter" } else { "learner" }
     );
-    if let Some(link_key) = read_link_key(&client.layout)? {
+    if let Some(link_key) = read_link_key(&client.layout.keys())? {
         let version = client.status().await?.link_key_version.max(1);
         let wrapped = wrap_link_key(&link_key, &wrapping_key)?;
         client
@@ -716,15 +617,15 @@ async fn admit(args: AdmitArgs) -> Result<String> {
     Ok(out)
 }
 
-async fn rotate(dir: &std::path::Path) -> Result<String> {
-    let mut client = Client::open(dir)?;
+async fn rotate(config: &Config) -> Result<String> {
+    let mut client = Client::open(config)?;
     let layout = client.layout.clone();
     if layout.next_keys().exists() {
         // A rotation was interrupted: finish it if the state took the new keys, else start over.
         let next = MemberSecrets::load(&layout.next_keys(), &layout.keys())?;
         let status = client.status().await?;
         let taken = status
-            .member(&client.config.member)
+            .member(&client.membership.member)
             .is_some_and(|m| m.certificate == hex(&next.certificate_fingerprint()));
         if taken {
             promote_rotation(&layout)?;
@@ -737,12 +638,12 @@ async fn rotate(dir: &std::path::Path) -> Result<String> {
     next.write(&layout.next_keys())?;
     let keys = next.member_keys()?;
     let possession = keys.prove_possession(
-        &client.config.consortium,
-        &client.config.member,
+        &client.membership.consortium,
+        &client.membership.member,
         &next.signing,
     );
     let command = Command::RotateKeys {
-        member: client.config.member.clone(),
+        member: client.membership.member.clone(),
         keys,
         possession,
     };
@@ -750,7 +651,7 @@ async fn rotate(dir: &std::path::Path) -> Result<String> {
     promote_rotation(&layout)?;
     Ok(format!(
         "keys of {} rotated; certificate {}\n",
-        client.config.member,
+        client.membership.member,
         hex(&next.certificate_fingerprint())
     ))
 }
@@ -766,38 +667,51 @@ fn protocol(addr: &str, e: impl std::fmt::Display) -> ConsortiumError {
 #[derive(Debug)]
 pub struct Client {
     layout: Layout,
-    config: NodeConfig,
+    membership: Membership,
     secrets: MemberSecrets,
     channel: Channel,
 }
 
 impl Client {
-    /// Opens the node directory `dir`: its configuration and keys, and a channel to its node
-    /// that trusts only the node's own certificates.
-    pub fn open(dir: &std::path::Path) -> Result<Self> {
-        let layout = Layout::new(dir);
-        let config = NodeConfig::load(&layout)?;
+    /// Opens the node of `config`: its membership and keys, and a channel to its running node
+    /// (at the address the node wrote down, else the configured or admitted one) that trusts
+    /// only the node's own certificates.
+    pub fn open(config: &Config) -> Result<Self> {
+        let layout = Layout::of(config);
+        let membership = Membership::require(&layout)?;
         let secrets = MemberSecrets::load(&layout.keys(), &layout.keys())?;
         let mut pinned = BTreeSet::from([secrets.certificate_fingerprint()]);
         if let Some(cert) = certificate_in(&layout.next_keys()) {
             pinned.insert(fingerprint(&cert));
         }
         let own = Peer {
-            member: config.member.clone(),
-            node_id: config.node_id,
+            member: membership.member.clone(),
+            node_id: membership.node_id,
         };
         let trust = Trust::pinned(own, pinned);
         let identity = Identity::new(secrets.certified_key()?);
-        let mut addr = config.listen;
+        let mut addr = layout
+            .running_address()
+            .or(config.consortium.listen.filter(|a| a.port() != 0))
+            .unwrap_or(membership.address);
         if addr.ip().is_unspecified() {
             addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
         }
         let channel = Channel::new(addr.to_string(), &trust, &identity, None)?;
         Ok(Self {
             layout,
-            config,
+            membership,
             secrets,
             channel,
+        })
+    }
+
+    /// [`Client::open`] for the data directory `data_dir` with its keystore in
+    /// `data_dir/keys`, configured otherwise by default.
+    pub fn open_dir(data_dir: &std::path::Path) -> Result<Self> {
+        Self::open(&Config {
+            data_dir: data_dir.to_owned(),
+            ..Config::default()
         })
     }
 
@@ -841,11 +755,11 @@ impl Client {
         let last = self
             .status()
             .await?
-            .member(&self.config.member)
+            .member(&self.membership.member)
             .map_or(0, |m| m.last_sequence);
         let signed = SignedCommand::sign(
-            &self.config.consortium,
-            &self.config.member,
+            &self.membership.consortium,
+            &self.membership.member,
             last + 1,
             command_window(wall_clock()),
             command,
@@ -867,8 +781,8 @@ impl Client {
         &self.secrets
     }
 
-    /// This node's configuration.
-    pub fn config(&self) -> &NodeConfig {
-        &self.config
+    /// This node's membership.
+    pub fn membership(&self) -> &Membership {
+        &self.membership
     }
 }

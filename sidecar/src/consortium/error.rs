@@ -63,6 +63,12 @@ pub enum ConsortiumError {
     /// A socket could not be bound or accepted on.
     #[error("I/O: {0}")]
     Io(#[from] std::io::Error),
+    /// The ledger's keys or rosters are refused.
+    #[error("ledger: {0}")]
+    Ledger(#[from] fhirseal_consensus::Error),
+    /// The node's configuration cannot be used.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
     /// The join desk's store failed.
     #[error(transparent)]
     Desk(#[from] crate::consortium::desk::DeskError),
@@ -71,6 +77,15 @@ pub enum ConsortiumError {
 impl From<NodeError> for ConsortiumError {
     fn from(e: NodeError) -> Self {
         Self::Node(Box::new(e))
+    }
+}
+
+impl From<fhirseal_storage::StorageError> for ConsortiumError {
+    fn from(e: fhirseal_storage::StorageError) -> Self {
+        match e {
+            fhirseal_storage::StorageError::KeyFile { path, reason } => Self::File { path, reason },
+            other => Self::Keys(other.to_string()),
+        }
     }
 }
 

@@ -1,26 +1,32 @@
-//! A consortium node's directory: its configuration, its member's keys, its Raft store.
+//! A node's consortium files: its membership, its bootstrap trust, its Raft store, and the
+//! member's keys in the node's keystore.
 //!
 //! ```text
-//! DIR/node.toml              consortium, member, node id, addresses, Raft timing
-//! DIR/keys/signing.key       Ed25519 secret (32 bytes)             0600
-//! DIR/keys/vote.key          Ristretto255 scalar (32 bytes)        0600
-//! DIR/keys/tls.key.pem       the node's TLS key (PKCS#8)           0600
-//! DIR/keys/tls.cert.pem      its self-signed certificate (identity is its SHA-256)
-//! DIR/keys/wrapping-rsa.pem  RSA key the link key is wrapped for   0600
-//! DIR/keys/link.key          the consortium link key, once known   0600
-//! DIR/keys/next/             keys being rotated in (see `rotate`)
-//! DIR/genesis/*.cmd          the regulator's first commands, signed by `init`
-//! DIR/join-request.cmd       an institution's signed join request
-//! DIR/trust.toml             who the node trusts until its own admission reaches it
-//! DIR/raft/                  the sled database (log, state machine, pending joins)
+//! DATA/consortium/membership.toml   consortium, member, kind, node id, the address it was
+//!                                   admitted with, the regulator's join desk
+//! DATA/consortium/address           where the running node's governance listener is bound
+//! DATA/consortium/genesis/*.cmd     the regulator's first commands, signed by `init` (or the
+//!                                   embedded default's first start)
+//! DATA/consortium/join-request.cmd  an institution's signed join request
+//! DATA/consortium/trust.toml        who the node trusts until its own admission reaches it
+//! DATA/consortium/raft/             the sled database (log, state machine, pending joins)
+//! KEYS/signing.key                  Ed25519 secret (32 bytes): governance commands and the
+//!                                   institution's ledger batches                       0600
+//! KEYS/vote.key                     Ristretto255 scalar (32 bytes)                     0600
+//! KEYS/tls.key.pem, tls.cert.pem    the node's TLS key (PKCS#8, 0600) and self-signed
+//!                                   certificate (identity is its SHA-256)
+//! KEYS/institution-rsa.pem          the RSA key data keys and the link key are wrapped for
+//! KEYS/link.key                     the consortium link key, once the state hands it over
+//! KEYS/next/                        keys being rotated in (see `rotate`)
 //! ```
 //!
-//! Secrets are written with mode 0600 into a 0700 directory, synced, and never overwritten in
-//! place; a secret file that others can read is refused rather than used.
+//! KEYS is the node's keystore (`data_dir/keys`, or `seal.keys_dir`), which
+//! [`crate::keystore`] opens whole. Secrets are written with mode 0600 into a 0700 directory,
+//! whole or not at all, and never overwritten in place; a secret file that others can read is
+//! refused rather than used.
 
 use std::collections::BTreeMap;
-use std::fs::{self, OpenOptions};
-use std::io::Write as _;
+use std::fs;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -30,7 +36,8 @@ use curve25519_dalek::Scalar;
 use ed25519_dalek::SigningKey;
 use fhirseal_consensus::governance::{MemberKeys, MemberKind};
 use fhirseal_consensus::PublicKey;
-use rsa::pkcs8::{DecodePrivateKey, EncodePrivateKey, EncodePublicKey, LineEnding};
+use fhirseal_storage::keys::{read_rsa, read_secret, read_secret_32, restrict_dir, sync_dir};
+use rsa::pkcs8::{EncodePrivateKey, EncodePublicKey, LineEnding};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::sign::CertifiedKey;
@@ -38,39 +45,58 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
+use crate::config::Config;
 use crate::consortium::error::{ConsortiumError, Result};
 use crate::consortium::trust::BootstrapPeer;
 
-/// The paths of a node's directory.
+/// The paths of a node's consortium files and keystore.
 #[derive(Debug, Clone)]
 pub struct Layout {
     dir: PathBuf,
+    keys: PathBuf,
 }
 
 impl Layout {
-    /// The directory `dir`.
-    pub fn new(dir: impl Into<PathBuf>) -> Self {
-        Self { dir: dir.into() }
+    /// The data directory `data_dir`, with its keystore in `data_dir/keys`.
+    pub fn new(data_dir: impl AsRef<Path>) -> Self {
+        let data_dir = data_dir.as_ref();
+        Self {
+            dir: data_dir.join("consortium"),
+            keys: data_dir.join("keys"),
+        }
     }
 
-    /// The directory itself.
+    /// The data directory and keystore of `config`.
+    pub fn of(config: &Config) -> Self {
+        Self {
+            dir: config.data_dir.join("consortium"),
+            keys: config.keys_dir(),
+        }
+    }
+
+    /// The consortium directory (`data_dir/consortium`).
     pub fn dir(&self) -> &Path {
         &self.dir
     }
 
-    /// `node.toml`.
-    pub fn config(&self) -> PathBuf {
-        self.dir.join("node.toml")
+    /// `membership.toml`.
+    pub fn membership(&self) -> PathBuf {
+        self.dir.join("membership.toml")
     }
 
-    /// The member's current keys.
+    /// Where the running node says its governance listener is bound.
+    pub fn address(&self) -> PathBuf {
+        self.dir.join("address")
+    }
+
+    /// The keystore: the member's current keys among the node's.
     pub fn keys(&self) -> PathBuf {
-        self.dir.join("keys")
+        self.keys.clone()
     }
 
     /// Keys being rotated in.
     pub fn next_keys(&self) -> PathBuf {
-        self.keys().join("next")
+        self.keys.join("next")
     }
 
     /// The sled database.
@@ -95,102 +121,81 @@ impl Layout {
 
     /// The link key.
     pub fn link_key(&self) -> PathBuf {
-        self.keys().join("link.key")
+        self.keys.join(fhirseal_storage::keys::LINK_KEY_FILE)
+    }
+
+    /// The address the running node wrote, if it runs (or ran) here.
+    pub fn running_address(&self) -> Option<SocketAddr> {
+        fs::read_to_string(self.address())
+            .ok()
+            .and_then(|text| text.trim().parse().ok())
+    }
+
+    /// Records where the node's governance listener is bound.
+    pub fn write_address(&self, addr: SocketAddr) -> Result<()> {
+        let path = self.address();
+        fs::write(&path, format!("{addr}\n")).map_err(|e| ConsortiumError::file(&path, e))
     }
 }
 
-/// How long sending a snapshot, and its receiver's checks and installation, may take.
-const SNAPSHOT_TIMEOUT_MS: u64 = 20_000;
-
-/// Raft timing of a node, in milliseconds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct RaftTiming {
-    /// Leader heartbeat.
-    pub heartbeat_ms: u64,
-    /// A follower that hears no leader for a random time in [min, 2·min] stands for election.
-    pub election_timeout_ms: u64,
-    /// A snapshot is built every this many log entries.
-    pub snapshot_every: u64,
-}
-
-impl Default for RaftTiming {
-    fn default() -> Self {
-        // Several heartbeats fit in an election timeout even on a loaded two-core machine, where
-        // an fsync can take tens of milliseconds.
-        Self {
-            heartbeat_ms: 100,
-            election_timeout_ms: 500,
-            snapshot_every: 1000,
-        }
-    }
-}
-
-impl RaftTiming {
-    /// openraft's configuration for this timing.
-    pub fn raft_config(&self, consortium: &str) -> fhirseal_consensus::raft::Config {
-        fhirseal_consensus::raft::Config {
-            cluster_name: consortium.to_owned(),
-            heartbeat_interval: self.heartbeat_ms,
-            election_timeout_min: self.election_timeout_ms,
-            election_timeout_max: self.election_timeout_ms * 2,
-            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(self.snapshot_every),
-            max_in_snapshot_log_to_keep: 0,
-            // A snapshot crosses whole, in one request, and its receiver replays its history
-            // before installing it (see `transport::PeerConnection::full_snapshot`): more than
-            // openraft's 200 ms for one chunk.
-            install_snapshot_timeout: SNAPSHOT_TIMEOUT_MS,
-            ..Default::default()
-        }
-    }
-}
-
-/// `node.toml`: who this node is and where it listens.
+/// `membership.toml`: who this node is in its consortium, written once by `consortium init`,
+/// `consortium join` or the embedded default's first start.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct NodeConfig {
+pub struct Membership {
     /// The consortium's name (commands are signed for it).
     pub consortium: String,
-    /// This node's member id.
+    /// This node's member id, which is also its institution on the ledger.
     pub member: String,
     /// Whether the member is the regulator (`regulator`), a `hospital` or a `provider`.
     pub kind: String,
     /// The Raft node id.
     pub node_id: u64,
-    /// Where the node listens for Raft RPCs and the mutual-TLS API; also the address members
-    /// reach it at.
-    pub listen: SocketAddr,
-    /// Where the join desk listens (server-authenticated TLS only), if this node has one.
+    /// The address the member was admitted with: where the other members' nodes reach this
+    /// one, and where it listens unless `consortium.listen` says otherwise.
+    pub address: SocketAddr,
+    /// Where the regulator's join desk listens (server-authenticated TLS only), if this node
+    /// has one (`consortium.join_listen` overrides it).
     #[serde(default)]
     pub join_listen: Option<SocketAddr>,
-    /// Raft timing.
-    #[serde(default)]
-    pub raft: RaftTiming,
 }
 
-impl NodeConfig {
-    /// Reads and checks `node.toml`.
-    pub fn load(layout: &Layout) -> Result<Self> {
-        let path = layout.config();
-        let text = fs::read_to_string(&path).map_err(|e| ConsortiumError::file(&path, e))?;
-        let config: Self = toml::from_str(&text).map_err(|e| ConsortiumError::file(&path, e))?;
-        parse_kind(&config.kind).map_err(|e| ConsortiumError::file(&path, e))?;
-        if config.raft.heartbeat_ms == 0
-            || config.raft.election_timeout_ms <= config.raft.heartbeat_ms
-            || config.raft.snapshot_every == 0
-        {
-            return Err(ConsortiumError::file(
-                &path,
-                "raft: heartbeat_ms must be above 0 and below election_timeout_ms, snapshot_every above 0",
-            ));
-        }
-        Ok(config)
+impl Membership {
+    /// Reads and checks `membership.toml`; `None` when the node belongs to no consortium yet.
+    pub fn load(layout: &Layout) -> Result<Option<Self>> {
+        let path = layout.membership();
+        let text = match fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(ConsortiumError::file(&path, e)),
+        };
+        let membership: Self =
+            toml::from_str(&text).map_err(|e| ConsortiumError::file(&path, e))?;
+        parse_kind(&membership.kind).map_err(|e| ConsortiumError::file(&path, e))?;
+        Ok(Some(membership))
     }
 
-    /// Writes `node.toml`, refusing to replace one.
+    /// [`Membership::load`], or an error naming what to do when there is none.
+    pub fn require(layout: &Layout) -> Result<Self> {
+        Self::load(layout)?.ok_or_else(|| {
+            ConsortiumError::Usage(format!(
+                "{} belongs to no consortium yet: start the node (fhirseal run), or found one \
+                 (fhirseal consortium init) or join one (fhirseal consortium join)",
+                layout.dir().display()
+            ))
+        })
+    }
+
+    /// Writes `membership.toml`, refusing to replace one.
     pub fn create(&self, layout: &Layout) -> Result<()> {
         let text = toml::to_string(self).map_err(|e| ConsortiumError::Usage(e.to_string()))?;
-        write_new(&layout.config(), text.as_bytes(), false)
+        if !write_new(&layout.membership(), text.as_bytes(), false)? {
+            return Err(ConsortiumError::Usage(format!(
+                "{} already belongs to a consortium",
+                layout.dir().display()
+            )));
+        }
+        Ok(())
     }
 
     /// The member kind.
@@ -211,7 +216,7 @@ pub fn parse_kind(kind: &str) -> std::result::Result<MemberKind, String> {
     }
 }
 
-/// The name of a member kind, as `node.toml` and `status` write it.
+/// The name of a member kind, as `membership.toml` and `status` write it.
 pub fn kind_name(kind: MemberKind) -> &'static str {
     match kind {
         MemberKind::Regulator => "regulator",
@@ -310,7 +315,7 @@ pub fn parse_fingerprint(text: &str) -> Option<[u8; 32]> {
 
 /// A member's secret keys.
 pub struct MemberSecrets {
-    /// Signs governance commands (and, later, ledger batches).
+    /// Signs governance commands and the institution's ledger batches.
     pub signing: SigningKey,
     vote: Zeroizing<[u8; 32]>,
     tls_key: Zeroizing<Vec<u8>>,
@@ -318,7 +323,7 @@ pub struct MemberSecrets {
     /// The node's certificate.
     pub tls_cert: CertificateDer<'static>,
     tls_cert_pem: String,
-    /// The RSA key the link key is wrapped for.
+    /// The institution's RSA key: the link key is wrapped for it.
     pub wrapping: rsa::PrivateKey,
 }
 
@@ -330,12 +335,14 @@ impl std::fmt::Debug for MemberSecrets {
     }
 }
 
-const SIGNING: &str = "signing.key";
+/// The member's signing key.
+pub const SIGNING: &str = "signing.key";
 const VOTE: &str = "vote.key";
 const TLS_KEY: &str = "tls.key.pem";
 const TLS_CERT: &str = "tls.cert.pem";
-const WRAPPING: &str = "wrapping-rsa.pem";
-/// The files a rotation replaces (the RSA wrapping key stays: the link key is wrapped for it).
+const WRAPPING: &str = fhirseal_storage::keys::RSA_KEY_FILE;
+/// The files a rotation replaces (the RSA key stays: data keys and the link key are wrapped
+/// for it).
 const ROTATED: [&str; 4] = [SIGNING, VOTE, TLS_KEY, TLS_CERT];
 
 impl MemberSecrets {
@@ -343,13 +350,19 @@ impl MemberSecrets {
     pub fn generate(rsa_bits: usize) -> Result<Self> {
         let wrapping = rsa::PrivateKey::new(&mut getrandom::SysRng, rsa_bits)
             .map_err(|e| ConsortiumError::Keys(format!("RSA key: {e}")))?;
-        Self::generate_with(wrapping)
+        Self::generate_with(wrapping, None)
     }
 
-    /// New signing, vote and TLS keys beside the RSA key `wrapping`.
-    fn generate_with(wrapping: rsa::PrivateKey) -> Result<Self> {
-        let mut seed = Zeroizing::new([0u8; 32]);
-        random(seed.as_mut())?;
+    /// New signing (unless `seed` gives it), vote and TLS keys beside the RSA key `wrapping`.
+    pub fn generate_with(wrapping: rsa::PrivateKey, seed: Option<[u8; 32]>) -> Result<Self> {
+        let seed = match seed {
+            Some(seed) => Zeroizing::new(seed),
+            None => {
+                let mut seed = Zeroizing::new([0u8; 32]);
+                random(seed.as_mut())?;
+                seed
+            }
+        };
         let signing = SigningKey::from_bytes(&seed);
         let mut wide = Zeroizing::new([0u8; 64]);
         random(wide.as_mut())?;
@@ -369,17 +382,31 @@ impl MemberSecrets {
 
     /// New signing, vote and TLS keys for a rotation, keeping the RSA key.
     pub fn rotated(&self) -> Result<Self> {
-        Self::generate_with(self.wrapping.clone())
+        Self::generate_with(self.wrapping.clone(), None)
+    }
+
+    /// Whether `dir` holds a member's keys (its signing key).
+    pub fn present_in(dir: &Path) -> bool {
+        dir.join(SIGNING).exists()
     }
 
     /// Writes the keys into `dir` (made 0700), refusing to replace any file.
     pub fn write(&self, dir: &Path) -> Result<()> {
         fs::create_dir_all(dir).map_err(|e| ConsortiumError::file(dir, e))?;
         restrict_dir(dir)?;
-        write_new(&dir.join(SIGNING), self.signing.as_bytes(), true)?;
-        write_new(&dir.join(VOTE), self.vote.as_ref(), true)?;
-        write_new(&dir.join(TLS_KEY), self.tls_key_pem.as_bytes(), true)?;
-        write_new(&dir.join(TLS_CERT), self.tls_cert_pem.as_bytes(), false)?;
+        let refuse = |name: &str| {
+            ConsortiumError::file(&dir.join(name), "already there; keys are never replaced")
+        };
+        for (name, bytes, secret) in [
+            (SIGNING, self.signing.as_bytes().as_slice(), true),
+            (VOTE, self.vote.as_slice(), true),
+            (TLS_KEY, self.tls_key_pem.as_bytes(), true),
+            (TLS_CERT, self.tls_cert_pem.as_bytes(), false),
+        ] {
+            if !write_new(&dir.join(name), bytes, secret)? {
+                return Err(refuse(name));
+            }
+        }
         if !dir.join(WRAPPING).exists() {
             let rsa_pem = self
                 .wrapping
@@ -392,9 +419,14 @@ impl MemberSecrets {
 
     /// Reads the keys in `dir`; the RSA key is read from `rsa_dir` (a rotation keeps it).
     pub fn load(dir: &Path, rsa_dir: &Path) -> Result<Self> {
-        let signing: [u8; 32] = read_secret_array(&dir.join(SIGNING))?;
+        Self::load_with(dir, read_rsa(&rsa_dir.join(WRAPPING))?)
+    }
+
+    /// Reads the keys in `dir` beside the RSA key `wrapping`, already read.
+    pub fn load_with(dir: &Path, wrapping: rsa::PrivateKey) -> Result<Self> {
+        let signing = Zeroizing::new(read_secret_32(&dir.join(SIGNING))?);
         let signing = SigningKey::from_bytes(&signing);
-        let vote = Zeroizing::new(read_secret_array(&dir.join(VOTE))?);
+        let vote = Zeroizing::new(read_secret_32(&dir.join(VOTE))?);
         let key_path = dir.join(TLS_KEY);
         let key_pem = read_secret(&key_path)?;
         let tls_key = match PrivateKeyDer::from_pem_slice(&key_pem) {
@@ -410,12 +442,6 @@ impl MemberSecrets {
             fs::read_to_string(&cert_path).map_err(|e| ConsortiumError::file(&cert_path, e))?;
         let tls_cert = CertificateDer::from_pem_slice(tls_cert_pem.as_bytes())
             .map_err(|e| ConsortiumError::file(&cert_path, e))?;
-        let rsa_path = rsa_dir.join(WRAPPING);
-        let rsa_pem = read_secret(&rsa_path)?;
-        let rsa_text =
-            std::str::from_utf8(&rsa_pem).map_err(|e| ConsortiumError::file(&rsa_path, e))?;
-        let wrapping = rsa::PrivateKey::from_pkcs8_pem(rsa_text)
-            .map_err(|e| ConsortiumError::file(&rsa_path, format!("not a PKCS#8 RSA key: {e}")))?;
         Ok(Self {
             signing,
             vote,
@@ -467,27 +493,38 @@ impl MemberSecrets {
     }
 
     /// Unwraps a link key wrapped (RSA-OAEP-SHA-256) for this member.
-    pub fn unwrap_link_key(&self, ciphertext: &[u8]) -> Result<Zeroizing<[u8; 32]>> {
-        let plain = Zeroizing::new(
-            self.wrapping
-                .oaep_decrypt::<rsa::sha2::Sha256>(ciphertext)
-                .map_err(|_| ConsortiumError::Keys("the wrapped link key does not open".into()))?,
-        );
-        let key: [u8; 32] = plain
-            .as_slice()
-            .try_into()
-            .map_err(|_| ConsortiumError::Keys("the link key is not 32 bytes".into()))?;
-        Ok(Zeroizing::new(key))
+    pub fn unwrap_link_key(&self, ciphertext: &[u8]) -> Result<fhirseal_storage::SecretKey> {
+        unwrap_link_key(&self.wrapping, ciphertext)
     }
 }
 
+/// Unwraps a link key wrapped (RSA-OAEP-SHA-256) for the RSA key `wrapping`.
+pub fn unwrap_link_key(
+    wrapping: &rsa::PrivateKey,
+    ciphertext: &[u8],
+) -> Result<fhirseal_storage::SecretKey> {
+    let plain = Zeroizing::new(
+        wrapping
+            .oaep_decrypt::<rsa::sha2::Sha256>(ciphertext)
+            .map_err(|_| ConsortiumError::Keys("the wrapped link key does not open".into()))?,
+    );
+    let key: [u8; 32] = plain
+        .as_slice()
+        .try_into()
+        .map_err(|_| ConsortiumError::Keys("the link key is not 32 bytes".into()))?;
+    Ok(fhirseal_storage::SecretKey::from_bytes(key))
+}
+
 /// Wraps `link_key` (RSA-OAEP-SHA-256) for the RSA public key `wrapping_key` (SPKI DER).
-pub fn wrap_link_key(link_key: &[u8; 32], wrapping_key: &[u8]) -> Result<Vec<u8>> {
+pub fn wrap_link_key(
+    link_key: &fhirseal_storage::SecretKey,
+    wrapping_key: &[u8],
+) -> Result<Vec<u8>> {
     use rsa::pkcs8::DecodePublicKey;
     let public = rsa::PublicKey::from_public_key_der(wrapping_key)
         .map_err(|e| ConsortiumError::Keys(format!("the member's RSA key: {e}")))?;
     public
-        .oaep_encrypt::<rsa::sha2::Sha256>(link_key)
+        .oaep_encrypt::<rsa::sha2::Sha256>(link_key.expose())
         .map_err(|e| ConsortiumError::Keys(format!("wrapping the link key: {e}")))
 }
 
@@ -527,99 +564,14 @@ pub fn certified_key_in(dir: &Path) -> Result<Arc<CertifiedKey>> {
     Ok(Arc::new(certified))
 }
 
-/// A new random link key.
-pub fn new_link_key() -> Result<Zeroizing<[u8; 32]>> {
-    let mut key = Zeroizing::new([0u8; 32]);
-    random(key.as_mut())?;
-    Ok(key)
-}
-
-/// Reads the link key, if this node has one.
-pub fn read_link_key(layout: &Layout) -> Result<Option<Zeroizing<[u8; 32]>>> {
-    let path = layout.link_key();
-    if !path.exists() {
-        return Ok(None);
-    }
-    Ok(Some(Zeroizing::new(read_secret_array(&path)?)))
-}
-
-/// Writes the link key, replacing the old one atomically.
-pub fn store_link_key(layout: &Layout, key: &[u8; 32]) -> Result<()> {
-    let path = layout.link_key();
-    let tmp = layout.keys().join("link.key.new");
-    if tmp.exists() {
-        fs::remove_file(&tmp).map_err(|e| ConsortiumError::file(&tmp, e))?;
-    }
-    write_new(&tmp, key, true)?;
-    fs::rename(&tmp, &path).map_err(|e| ConsortiumError::file(&path, e))?;
-    sync_dir(&layout.keys())
-}
-
 fn random(buf: &mut [u8]) -> Result<()> {
     getrandom::fill(buf).map_err(|e| ConsortiumError::Keys(format!("no randomness: {e}")))
 }
 
-/// Writes a new file (mode 0600 when `secret`), refusing to replace one, and syncs it.
-pub(crate) fn write_new(path: &Path, bytes: &[u8], secret: bool) -> Result<()> {
-    let mut options = OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(if secret { 0o600 } else { 0o644 });
-    }
-    let mut file = options
-        .open(path)
-        .map_err(|e| ConsortiumError::file(path, e))?;
-    file.write_all(bytes)
-        .and_then(|()| file.sync_all())
-        .map_err(|e| ConsortiumError::file(path, e))
-}
-
-fn read_secret(path: &Path) -> Result<Zeroizing<Vec<u8>>> {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let mode = fs::metadata(path)
-            .map_err(|e| ConsortiumError::file(path, e))?
-            .permissions()
-            .mode();
-        if mode & 0o077 != 0 {
-            return Err(ConsortiumError::file(
-                path,
-                format!(
-                    "permissions {:o} let others read it; chmod 600 it",
-                    mode & 0o777
-                ),
-            ));
-        }
-    }
-    Ok(Zeroizing::new(
-        fs::read(path).map_err(|e| ConsortiumError::file(path, e))?,
-    ))
-}
-
-fn read_secret_array(path: &Path) -> Result<[u8; 32]> {
-    let bytes = read_secret(path)?;
-    bytes.as_slice().try_into().map_err(|_| {
-        ConsortiumError::file(path, format!("expected 32 bytes, found {}", bytes.len()))
-    })
-}
-
-fn restrict_dir(dir: &Path) -> Result<()> {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
-            .map_err(|e| ConsortiumError::file(dir, e))?;
-    }
-    Ok(())
-}
-
-fn sync_dir(dir: &Path) -> Result<()> {
-    fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| ConsortiumError::file(dir, e))
+/// Writes a new file (mode 0600 when `secret`) whole or not at all; `false` when one was
+/// already there ([`fhirseal_storage::keys::write_new`]).
+pub(crate) fn write_new(path: &Path, bytes: &[u8], secret: bool) -> Result<bool> {
+    Ok(fhirseal_storage::keys::write_new(path, bytes, secret)?)
 }
 
 #[cfg(test)]
@@ -656,9 +608,39 @@ mod tests {
         assert_ne!(a.signing_key, b.signing_key);
         assert_ne!(a.tls_certificate, b.tls_certificate);
         assert_ne!(a.vote_key, b.vote_key);
-        let link = new_link_key().unwrap();
+        let link = fhirseal_storage::SecretKey::random().unwrap();
         let wrapped = wrap_link_key(&link, &a.wrapping_key).unwrap();
-        assert_eq!(*next.unwrap_link_key(&wrapped).unwrap(), *link);
+        assert_eq!(next.unwrap_link_key(&wrapped).unwrap(), link);
+    }
+
+    #[test]
+    fn membership_is_written_once_and_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::new(dir.path());
+        assert_eq!(Membership::load(&layout).unwrap(), None);
+        assert!(Membership::require(&layout)
+            .unwrap_err()
+            .to_string()
+            .contains("belongs to no consortium"));
+        std::fs::create_dir_all(layout.dir()).unwrap();
+        let membership = Membership {
+            consortium: "c".into(),
+            member: "h1".into(),
+            kind: "hospital".into(),
+            node_id: 7,
+            address: "127.0.0.1:7101".parse().unwrap(),
+            join_listen: None,
+        };
+        membership.create(&layout).unwrap();
+        assert!(membership.create(&layout).is_err());
+        assert_eq!(Membership::load(&layout).unwrap(), Some(membership));
+        layout
+            .write_address("127.0.0.1:7102".parse().unwrap())
+            .unwrap();
+        assert_eq!(
+            layout.running_address(),
+            Some("127.0.0.1:7102".parse().unwrap())
+        );
     }
 
     #[test]

@@ -1,5 +1,7 @@
-//! A running consortium node: openraft over the sled store, the mutual-TLS listener (Raft RPCs
-//! and the API), the regulator's join desk, and the leader's duties.
+//! The governance part of a fhirseal node: openraft over the sled store, the mutual-TLS listener
+//! (Raft RPCs and the API), the regulator's join desk, the leader's duties, and what the rest of
+//! the node follows of the state ([`crate::consortium::participation`]). The node's startup
+//! ([`crate::server`]) starts it ([`RunningNode::start`]) beside the proxy.
 //!
 //! Routes of the mutual-TLS listener (every request's peer certificate checked again against the
 //! replicated state):
@@ -10,6 +12,7 @@
 //! | `POST /raft/snapshot` | a whole snapshot ([`SnapshotRpc`]), JSON | `Result<SnapshotResponse, Fatal>`, JSON |
 //! | `POST /consortium/submit` | a signed command, canonical bytes | [`SubmitAnswer`]: 200 accepted, 403 refused (and recorded), 400 malformed, 503 no leader |
 //! | `GET /consortium/status` | — | [`crate::consortium::api::Status`] |
+//! | `GET /consortium/ping` | — | `{}`: another member's node asks whether its certificate is still taken |
 //! | `GET /consortium/joins`, `/consortium/joins/{id}` | — | this member's own CLI only: pending join requests (the list, JSON; one, its bytes) |
 //! | `POST /consortium/invites` | [`InviteRequest`], JSON | the regulator's own CLI only: an invite kept (201) |
 //!
@@ -33,7 +36,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::io::Cursor;
-use std::path::Path;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -42,7 +45,10 @@ use fhirseal_consensus::governance::SignedCommand;
 use fhirseal_consensus::raft::{
     authorize, GovernanceNode, NodeError, NodeId, RaftRpc, RpcRefusal, TypeConfig, Verified,
 };
+use fhirseal_consensus::SigningKey;
+use fhirseal_storage::keys::{read_link_key, read_secret_32, store_link_key};
 use fhirseal_storage::raft_store::RaftStore;
+use fhirseal_storage::SecretKey;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
@@ -55,18 +61,21 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
+use crate::config::RaftTiming;
 use crate::consortium::api::{self, DeskInfo, InviteRequest, NodeStatus, SubmitAnswer};
-use crate::consortium::cli::wall_clock;
 use crate::consortium::desk::{Desk, Invite, INVITE_HEADER};
 use crate::consortium::error::{ConsortiumError, Result};
 use crate::consortium::files::{
-    certificate_in, certified_key_in, fingerprint, hex, parse_fingerprint, read_link_key,
-    store_link_key, Layout, MemberSecrets, NodeConfig, TrustFile,
+    certificate_in, certified_key_in, fingerprint, hex, parse_fingerprint, unwrap_link_key, Layout,
+    MemberSecrets, Membership, TrustFile, SIGNING,
 };
+use crate::consortium::participation::{Followers, Participation};
+use crate::consortium::standing::{verdict, Verdict};
 use crate::consortium::transport::{
-    Channel, HttpNetwork, SnapshotRpc, CERTIFICATE_REFUSED, MAX_ANSWER_BYTES,
+    Channel, HttpNetwork, SnapshotRpc, TransportError, CERTIFICATE_REFUSED, MAX_ANSWER_BYTES,
 };
 use crate::consortium::trust::{key_fingerprint, server_config, Identity, Peer, Trust};
+use crate::consortium::window::wall_clock;
 
 /// Largest API or join request body.
 const MAX_REQUEST_BYTES: usize = 1 << 20;
@@ -83,99 +92,282 @@ const MEMBERSHIP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Marks a submission a follower forwarded, so that it is never forwarded twice.
 const FORWARDED: &str = "x-fhirseal-forwarded";
 
+/// How often a node of a consortium with other voters asks them whether they accept its
+/// certificate ([`crate::consortium::standing`]).
+const ASK_INTERVAL: Duration = Duration::from_secs(2);
+/// How long asking one voter may take.
+const ASK_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a founding node waits to lead its consortium of one before it submits its genesis.
+const FOUNDING_TIMEOUT: Duration = Duration::from_secs(10);
+
 type Body = Full<Bytes>;
 
 struct Shared {
-    config: NodeConfig,
+    membership: Membership,
     layout: Layout,
+    /// Where the governance listener is bound.
+    address: SocketAddr,
+    /// Whether this node runs the join desk.
+    runs_desk: bool,
     node: GovernanceNode,
     trust: Trust,
     identity: Identity,
     desk: Desk,
     // Channels to leaders, for forwarded submissions.
     leaders: tokio::sync::Mutex<BTreeMap<NodeId, Channel>>,
-    link_key_version: Mutex<Option<u32>>,
+    /// The wrapped link key last taken (or tried).
+    link_wrapping: Mutex<Option<Vec<u8>>>,
+    /// The institution's RSA key, for which the link key is wrapped.
+    wrapping: Arc<rsa::PrivateKey>,
+    participation: Mutex<Participation>,
 }
 
-/// Runs the node of `dir` until `shutdown` resolves.
-pub async fn run(dir: &Path, shutdown: impl Future<Output = ()>) -> Result<()> {
-    let layout = Layout::new(dir);
-    let config = NodeConfig::load(&layout)?;
-    let secrets = current_secrets(&layout)?;
-    let identity = Identity::new(secrets.certified_key()?);
-    let bootstrap = TrustFile::load(&layout)?.peers()?;
-    let own = Peer {
-        member: config.member.clone(),
-        node_id: config.node_id,
-    };
-    let trust = Trust::node(own, bootstrap, own_certificates(&layout, &identity));
-
-    let db = sled::open(layout.raft())?;
-    let store = RaftStore::open(&db)?;
-    let desk = Desk::open(&db)?;
-    let network = HttpNetwork::new(trust.clone(), identity.clone());
-    let raft_config = config.raft.raft_config(&config.consortium);
-    let node = GovernanceNode::start(config.node_id, raft_config, store, network).await?;
-    trust.attach(node.state().clone());
-
-    let shared = Arc::new(Shared {
-        config: config.clone(),
-        layout: layout.clone(),
-        node: node.clone(),
-        trust: trust.clone(),
-        identity: identity.clone(),
-        desk,
-        leaders: tokio::sync::Mutex::new(BTreeMap::new()),
-        link_key_version: Mutex::new(None),
-    });
-
-    let mut tasks = JoinSet::new();
-    let listener = TcpListener::bind(config.listen).await?;
-    let acceptor = TlsAcceptor::from(Arc::new(server_config(&trust, &identity)?));
-    tasks.spawn(serve(listener, acceptor, Arc::clone(&shared), true));
-    if let Some(desk) = config.join_listen {
-        let listener = TcpListener::bind(desk).await?;
-        let desk_config = desk_server_config(&identity)?;
-        tasks.spawn(serve(
-            listener,
-            TlsAcceptor::from(Arc::new(desk_config)),
-            Arc::clone(&shared),
-            false,
-        ));
-        tracing::info!(%desk, "join desk listening");
+impl Shared {
+    fn participation(&self) -> std::sync::MutexGuard<'_, Participation> {
+        self.participation
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
-    if config.member_kind() == fhirseal_consensus::governance::MemberKind::Regulator {
-        node.initialize(config.listen.to_string()).await?;
-    }
-    tasks.spawn(duties(Arc::clone(&shared)));
-    tracing::info!(
-        member = %config.member,
-        node_id = config.node_id,
-        listen = %config.listen,
-        certificate = %hex(&identity.fingerprint()),
-        "consortium node running"
-    );
 
-    tokio::select! {
-        () = shutdown => tracing::info!("stopping"),
-        Some(ended) = tasks.join_next() => {
-            tracing::error!(?ended, "a node task ended");
+    /// Recomputes what the node's parts follow; logs a change of standing.
+    fn refresh(&self) {
+        if let Some(standing) = self.participation().refresh(self.node.state()) {
+            match standing.refusal() {
+                None => tracing::info!(
+                    standing = standing.name(),
+                    "this node takes part in its consortium"
+                ),
+                Some(why) => tracing::warn!(standing = standing.name(), "{why}"),
+            }
         }
     }
-    tasks.abort_all();
-    node.shutdown().await?;
-    db.flush_async().await?;
-    tracing::info!("consortium node stopped");
+}
+
+/// What a node needs to start: its files, its listeners (bound by the caller, so that port 0
+/// works and the caller knows the address), its timing, its member's keys, and its chain's
+/// delegate key.
+#[derive(Debug)]
+pub struct NodeStart {
+    /// The node's files.
+    pub layout: Layout,
+    /// Who it is.
+    pub membership: Membership,
+    /// The governance listener (mutual TLS).
+    pub listener: TcpListener,
+    /// The join desk's listener, at the regulator's node if it has one.
+    pub desk: Option<TcpListener>,
+    /// Raft timing.
+    pub raft: RaftTiming,
+    /// The member's keys, as the keystore holds them.
+    pub secrets: MemberSecrets,
+    /// The node's delegate key: its chain's only delegate.
+    pub delegate: fhirseal_consensus::PublicKey,
+}
+
+/// A running governance node: openraft, the governance listener and join desk, the leader's
+/// duties, and what the rest of the node follows of the state.
+pub struct RunningNode {
+    shared: Arc<Shared>,
+    followers: Followers,
+    tasks: JoinSet<()>,
+    db: sled::Db,
+}
+
+impl std::fmt::Debug for RunningNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunningNode")
+            .field("member", &self.shared.membership.member)
+            .field("address", &self.shared.address)
+            .finish_non_exhaustive()
+    }
+}
+
+/// openraft's configuration for `timing`.
+pub fn raft_config(timing: &RaftTiming, consortium: &str) -> fhirseal_consensus::raft::Config {
+    fhirseal_consensus::raft::Config {
+        cluster_name: consortium.to_owned(),
+        heartbeat_interval: timing.heartbeat_ms,
+        election_timeout_min: timing.election_timeout_ms,
+        election_timeout_max: timing.election_timeout_ms * 2,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(timing.snapshot_every),
+        max_in_snapshot_log_to_keep: 0,
+        // A snapshot crosses whole, in one request, and its receiver replays its history
+        // before installing it (see `transport::PeerConnection::full_snapshot`): more than
+        // openraft's 200 ms for one chunk.
+        install_snapshot_timeout: SNAPSHOT_TIMEOUT_MS,
+        ..Default::default()
+    }
+}
+
+/// How long sending a snapshot, and its receiver's checks and installation, may take.
+const SNAPSHOT_TIMEOUT_MS: u64 = 20_000;
+
+impl RunningNode {
+    /// Starts the node: openraft over the Raft store, the listeners, the duties. A regulator's
+    /// node that has not applied its genesis yet (the embedded default's first start, or the
+    /// first start after `consortium init`) leads at once and applies it before this returns,
+    /// so that the link key is there before the node's first write.
+    pub async fn start(start: NodeStart) -> Result<RunningNode> {
+        let NodeStart {
+            layout,
+            membership,
+            listener,
+            desk,
+            raft,
+            secrets,
+            delegate,
+        } = start;
+        let address = listener.local_addr()?;
+        let identity = Identity::new(secrets.certified_key()?);
+        let bootstrap = TrustFile::load(&layout)?.peers()?;
+        let own = Peer {
+            member: membership.member.clone(),
+            node_id: membership.node_id,
+        };
+        let trust = Trust::node(own, bootstrap, own_certificates(&layout, &identity));
+
+        let db = sled::open(layout.raft())?;
+        let store = RaftStore::open(&db)?;
+        let join_desk = Desk::open(&db)?;
+        let network = HttpNetwork::new(trust.clone(), identity.clone());
+        let node = GovernanceNode::start(
+            membership.node_id,
+            raft_config(&raft, &membership.consortium),
+            store,
+            network,
+        )
+        .await?;
+        trust.attach(node.state().clone());
+        let (mut participation, followers) =
+            Participation::new(&membership.member, delegate, Verdict::Unasked)?;
+        participation.set_signer(Some(secrets.signing.clone()));
+
+        let shared = Arc::new(Shared {
+            membership: membership.clone(),
+            layout: layout.clone(),
+            address,
+            runs_desk: desk.is_some(),
+            node: node.clone(),
+            trust: trust.clone(),
+            identity: identity.clone(),
+            desk: join_desk,
+            leaders: tokio::sync::Mutex::new(BTreeMap::new()),
+            link_wrapping: Mutex::new(None),
+            wrapping: Arc::new(secrets.wrapping.clone()),
+            participation: Mutex::new(participation),
+        });
+
+        let mut tasks = JoinSet::new();
+        let acceptor = TlsAcceptor::from(Arc::new(server_config(&trust, &identity)?));
+        tasks.spawn(serve(listener, acceptor, Arc::clone(&shared), true));
+        if let Some(desk) = desk {
+            let desk_addr = desk.local_addr()?;
+            let desk_config = desk_server_config(&identity)?;
+            tasks.spawn(serve(
+                desk,
+                TlsAcceptor::from(Arc::new(desk_config)),
+                Arc::clone(&shared),
+                false,
+            ));
+            tracing::info!(desk = %desk_addr, "join desk listening");
+        }
+        if membership.member_kind() == fhirseal_consensus::governance::MemberKind::Regulator {
+            node.initialize(membership.address.to_string()).await?;
+            found(&shared).await?;
+        }
+        if let Err(e) = take_link_key(&shared).await {
+            tracing::warn!(error = %e, "link key not taken");
+        }
+        let alone = node
+            .state()
+            .read(|s| s.voters().keys().all(|id| *id == membership.node_id));
+        if alone {
+            // No other voter to ask (a consortium of one, above all): nothing to wait for.
+            shared.participation().set_verdict(Verdict::Alone);
+        }
+        shared.refresh();
+        tasks.spawn(duties(Arc::clone(&shared)));
+        tasks.spawn(ask_voters(Arc::clone(&shared)));
+        if let Err(e) = layout.write_address(address) {
+            tracing::warn!(error = %e, "the governance listener's address is not written down");
+        }
+        tracing::info!(
+            consortium = %membership.consortium,
+            member = %membership.member,
+            node_id = membership.node_id,
+            listen = %address,
+            certificate = %hex(&identity.fingerprint()),
+            "consortium node running"
+        );
+        Ok(RunningNode {
+            shared,
+            followers,
+            tasks,
+            db,
+        })
+    }
+
+    /// Where the governance listener is bound.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.shared.address
+    }
+
+    /// What the rest of the node follows of the state.
+    pub fn followers(&self) -> &Followers {
+        &self.followers
+    }
+
+    /// The governance node (for tests and tools that look inside).
+    pub fn governance(&self) -> &GovernanceNode {
+        &self.shared.node
+    }
+
+    /// Stops the listeners and duties, then Raft, and flushes the store.
+    pub async fn stop(mut self) -> Result<()> {
+        self.tasks.abort_all();
+        while self.tasks.join_next().await.is_some() {}
+        self.shared.node.shutdown().await?;
+        self.db.flush_async().await?;
+        if let Err(e) = std::fs::remove_file(self.shared.layout.address()) {
+            tracing::debug!(error = %e, "the address file was not removed");
+        }
+        tracing::info!("consortium node stopped");
+        Ok(())
+    }
+}
+
+/// A regulator's node that has not applied its genesis: waits until it leads (a cluster of one
+/// voter elects itself at once) and submits it.
+async fn found(shared: &Shared) -> Result<()> {
+    let member = &shared.membership.member;
+    // Applied whole: the regulator admitted, and the link key wrapped for it.
+    let founded = shared
+        .node
+        .state()
+        .read(|s| s.member(member).is_some() && s.wrapped_link_key(member).is_some());
+    if founded || !shared.layout.genesis().exists() {
+        return Ok(());
+    }
+    let deadline = Instant::now() + FOUNDING_TIMEOUT;
+    let mut metrics = shared.node.raft().metrics();
+    while metrics.borrow().current_leader != Some(shared.membership.node_id) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(ConsortiumError::Usage(
+                "the regulator's node did not come to lead its consortium; its genesis waits"
+                    .into(),
+            ));
+        }
+        // A timeout only ends this wait; the loop's head decides.
+        let _changed = tokio::time::timeout(left, metrics.changed()).await;
+    }
+    genesis(shared).await?;
+    tracing::info!(consortium = %shared.membership.consortium, "consortium founded");
     Ok(())
 }
 
 /// The keys whose certificate the state names as this member's: the current ones, or the ones
 /// a rotation left in `keys/next` if the rotation was committed before they were moved.
-fn current_secrets(layout: &Layout) -> Result<MemberSecrets> {
-    MemberSecrets::load(&layout.keys(), &layout.keys())
-}
-
-/// The certificates the CLI on this directory may present: the current and the next.
 fn own_certificates(layout: &Layout, identity: &Identity) -> BTreeSet<[u8; 32]> {
     let mut pinned = BTreeSet::from([identity.fingerprint()]);
     for dir in [layout.keys(), layout.next_keys()] {
@@ -296,7 +488,7 @@ async fn api_request(
     // What only this member's own CLI may ask (the peer presents this node's member's
     // certificate): the regulator's pending joins and invites are not other members' to read
     // or make.
-    let own = peer.member == shared.config.member;
+    let own = peer.member == shared.membership.member;
     match (method, path.as_str()) {
         (Method::POST, "/raft/append") => {
             let raft = shared.node.raft().clone();
@@ -329,6 +521,9 @@ async fn api_request(
             submit(shared, body, forwarded).await
         }
         (Method::GET, "/consortium/status") => json(StatusCode::OK, &node_status(shared)),
+        // A member's node asks whether its certificate is still taken (the handshake and the
+        // check above answered that already).
+        (Method::GET, "/consortium/ping") => json(StatusCode::OK, &serde_json::json!({})),
         (Method::GET, p) if p.starts_with("/consortium/joins") && !own => error(
             StatusCode::FORBIDDEN,
             "only this node's own member reads its pending join requests",
@@ -369,6 +564,7 @@ async fn api_request(
             | "/raft/snapshot"
             | "/consortium/submit"
             | "/consortium/status"
+            | "/consortium/ping"
             | "/consortium/joins"
             | "/consortium/invites",
         ) => error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
@@ -485,10 +681,7 @@ fn invite(shared: &Shared, own: bool, body: &[u8]) -> Response<Body> {
         .node
         .state()
         .read(|s| s.regulator().map(|m| m.id().to_owned()));
-    if !own
-        || shared.config.join_listen.is_none()
-        || regulator != Some(shared.config.member.clone())
-    {
+    if !own || !shared.runs_desk || regulator != Some(shared.membership.member.clone()) {
         return error(
             StatusCode::FORBIDDEN,
             "only the regulator's own CLI issues invites, at the node that runs the join desk",
@@ -526,15 +719,17 @@ fn invite(shared: &Shared, own: bool, body: &[u8]) -> Response<Body> {
 }
 
 fn node_status(shared: &Shared) -> api::Status {
+    let (link_key_version, standing) = {
+        let participation = shared.participation();
+        (participation.link_key_version(), participation.standing())
+    };
     let own = NodeStatus {
-        member: shared.config.member.clone(),
-        node_id: shared.config.node_id,
-        address: shared.config.listen.to_string(),
+        member: shared.membership.member.clone(),
+        node_id: shared.membership.node_id,
+        address: shared.address.to_string(),
         certificate: hex(&shared.identity.fingerprint()),
-        link_key_version: *shared
-            .link_key_version
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner),
+        link_key_version,
+        standing: standing.name().to_owned(),
     };
     api::status(&shared.node, own)
 }
@@ -563,7 +758,7 @@ async fn submit(shared: &Shared, body: Bytes, forwarded: bool) -> Response<Body>
         Err(NodeError::ForwardToLeader {
             leader_id: Some(leader),
             leader_address: Some(address),
-        }) if !forwarded && leader != shared.config.node_id => {
+        }) if !forwarded && leader != shared.membership.node_id => {
             forward(shared, leader, address, body).await
         }
         Err(e @ NodeError::ForwardToLeader { .. }) => error(
@@ -681,7 +876,7 @@ async fn duties(shared: Arc<Shared>) {
             loop {
                 ticker.tick().await;
                 let leads = shared.node.raft().metrics().borrow().current_leader
-                    == Some(shared.config.node_id);
+                    == Some(shared.membership.node_id);
                 if !leads {
                     continue;
                 }
@@ -705,7 +900,6 @@ async fn duties(shared: Arc<Shared>) {
     };
     let node_duties = async move {
         let mut ticker = interval();
-        let mut last_link: Option<Vec<u8>> = None;
         loop {
             ticker.tick().await;
             if let Err(e) = shared.desk.forget_admitted(shared.node.state()) {
@@ -714,9 +908,11 @@ async fn duties(shared: Arc<Shared>) {
             if let Err(e) = follow_own_keys(&shared, Instant::now()) {
                 tracing::warn!(error = %e, "rotated keys not swapped in");
             }
-            if let Err(e) = take_link_key(&shared, &mut last_link).await {
+            if let Err(e) = take_link_key(&shared).await {
                 tracing::warn!(error = %e, "link key not taken");
             }
+            follow_own_signer(&shared);
+            shared.refresh();
         }
     };
     tokio::join!(leader_duties, node_duties);
@@ -737,7 +933,7 @@ async fn genesis(shared: &Shared) -> Result<()> {
     let applied = shared
         .node
         .state()
-        .read(|s| s.member(&shared.config.member).map(|m| m.last_sequence));
+        .read(|s| s.member(&shared.membership.member).map(|m| m.last_sequence));
     let mut files: Vec<_> = std::fs::read_dir(&dir)
         .map_err(|e| ConsortiumError::file(&dir, e))?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -784,7 +980,7 @@ fn follow_own_keys(shared: &Shared, now: Instant) -> Result<()> {
     }
     let (wanted, revoked) = shared.node.state().read(|s| {
         let wanted = s
-            .member(&shared.config.member)
+            .member(&shared.membership.member)
             .map(|m| m.keys().tls_certificate);
         let revoked: Vec<bool> = on_disk
             .iter()
@@ -826,37 +1022,154 @@ fn follow_own_keys(shared: &Shared, now: Instant) -> Result<()> {
     result
 }
 
-/// Unwraps the link key the regulator wrapped for this member, when it changes, and keeps it.
-async fn take_link_key(shared: &Shared, last: &mut Option<Vec<u8>>) -> Result<()> {
+/// Unwraps the link key the regulator wrapped for this member, when it changes, hands it to
+/// the node's parts and keeps it in the keystore.
+async fn take_link_key(shared: &Shared) -> Result<()> {
     let wrapped = shared
         .node
         .state()
-        .read(|s| s.wrapped_link_key(&shared.config.member).cloned());
+        .read(|s| s.wrapped_link_key(&shared.membership.member).cloned());
     let Some(wrapped) = wrapped else {
         return Ok(());
     };
-    if last.as_deref() == Some(wrapped.ciphertext.as_slice()) {
-        return Ok(());
+    {
+        let mut last = shared
+            .link_wrapping
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if last.as_deref() == Some(wrapped.ciphertext.as_slice()) {
+            return Ok(());
+        }
+        // Tried once per wrapping: a key that does not open is reported, not retried every
+        // tick.
+        *last = Some(wrapped.ciphertext.clone());
     }
-    // Tried once per wrapping: a key that does not open is reported, not retried every tick.
-    *last = Some(wrapped.ciphertext.clone());
     let layout = shared.layout.clone();
     let ciphertext = wrapped.ciphertext;
+    // The RSA key is never rotated: the one read at start opens every wrapping for the member.
+    let wrapping = shared.wrapping.clone();
     // An RSA private-key operation: off the async workers.
-    tokio::task::spawn_blocking(move || -> Result<()> {
-        let secrets = MemberSecrets::load(&layout.keys(), &layout.keys())?;
-        let key = secrets.unwrap_link_key(&ciphertext)?;
-        if read_link_key(&layout)?.as_deref() != Some(&*key) {
-            store_link_key(&layout, &key)?;
+    let key = tokio::task::spawn_blocking(move || -> Result<SecretKey> {
+        let key = unwrap_link_key(&wrapping, &ciphertext)?;
+        if read_link_key(&layout.keys())?.as_ref() != Some(&key) {
+            store_link_key(&layout.keys(), &key)?;
         }
-        Ok(())
+        Ok(key)
     })
     .await
     .map_err(|e| ConsortiumError::Keys(format!("link key task: {e}")))??;
-    *shared
-        .link_key_version
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner) = Some(wrapped.version);
+    shared.participation().set_link_key(key, wrapped.version);
     tracing::info!(version = wrapped.version, "link key taken");
     Ok(())
+}
+
+/// Asks the other voters, every [`ASK_INTERVAL`], whether they accept this node's certificate
+/// (see [`crate::consortium::standing`]), over channels kept open between rounds.
+async fn ask_voters(shared: Arc<Shared>) {
+    let mut channels: BTreeMap<NodeId, Channel> = BTreeMap::new();
+    let mut ticker = tokio::time::interval(ASK_INTERVAL);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let own = shared.membership.node_id;
+        let (active, voters) = shared.node.state().read(|s| {
+            let voters: Vec<(NodeId, String)> = s
+                .voters()
+                .into_iter()
+                .filter(|(id, _)| *id != own)
+                .collect();
+            (s.is_active(&shared.membership.member), voters)
+        });
+        if !active {
+            // Not a member yet (or no longer, by its own state): nothing to ask. The others
+            // refuse a node that is not admitted yet; that says nothing once it is.
+            shared.participation().set_verdict(Verdict::Unasked);
+            channels.clear();
+            continue;
+        }
+        channels.retain(|id, c| voters.iter().any(|(v, a)| v == id && a == c.addr()));
+        let mut asked = JoinSet::new();
+        for (id, address) in &voters {
+            let channel = match channels.remove(id) {
+                Some(channel) => channel,
+                None => {
+                    match Channel::new(address.clone(), &shared.trust, &shared.identity, Some(*id))
+                    {
+                        Ok(channel) => channel,
+                        Err(e) => {
+                            tracing::warn!(node = id, error = %e, "cannot ask a voter");
+                            continue;
+                        }
+                    }
+                }
+            };
+            asked.spawn(ask(*id, channel));
+        }
+        let mut refused = 0;
+        while let Some(answer) = asked.join_next().await {
+            let Ok((id, channel, answer)) = answer else {
+                continue;
+            };
+            channels.insert(id, channel);
+            match answer {
+                Answer::Accepted | Answer::Unreachable => {}
+                Answer::Refused => refused += 1,
+            }
+        }
+        shared
+            .participation()
+            .set_verdict(verdict(voters.len(), refused));
+        shared.refresh();
+    }
+}
+
+/// What one voter answered.
+enum Answer {
+    Accepted,
+    Refused,
+    Unreachable,
+}
+
+async fn ask(id: NodeId, mut channel: Channel) -> (NodeId, Channel, Answer) {
+    let answer = match channel
+        .call(Method::GET, "/consortium/ping", Vec::new(), ASK_TIMEOUT)
+        .await
+    {
+        Ok((status, _)) if status.is_success() => Answer::Accepted,
+        Ok((StatusCode::FORBIDDEN, _)) | Err(TransportError::Refused { .. }) => Answer::Refused,
+        Ok(_) | Err(_) => Answer::Unreachable,
+    };
+    (id, channel, answer)
+}
+
+/// Reads this member's current signing key from the keystore (or from the keys a rotation is
+/// moving in), the one whose public key is `wanted`.
+fn signer_on_disk(layout: &Layout, wanted: &fhirseal_consensus::PublicKey) -> Option<SigningKey> {
+    [layout.keys(), layout.next_keys()]
+        .iter()
+        .filter_map(|dir| read_secret_32(&dir.join(SIGNING)).ok())
+        .map(|seed| SigningKey::from_bytes(&seed))
+        .find(|key| fhirseal_consensus::PublicKey::of(key) == *wanted)
+}
+
+/// Keeps the ledger's signing key the one the state names for this member.
+fn follow_own_signer(shared: &Shared) {
+    let wanted = shared.node.state().read(|s| {
+        s.member(&shared.membership.member)
+            .map(|m| m.keys().signing_key)
+    });
+    let Some(wanted) = wanted else {
+        return;
+    };
+    let held = shared
+        .participation()
+        .signer()
+        .map(fhirseal_consensus::PublicKey::of);
+    if held != Some(wanted) {
+        let found = signer_on_disk(&shared.layout, &wanted);
+        if found.is_some() {
+            tracing::info!("signing with the member's rotated key");
+        }
+        shared.participation().set_signer(found);
+    }
 }

@@ -70,6 +70,15 @@ pub enum TransportError {
         /// Why.
         reason: String,
     },
+    /// The peer took the TLS handshake and then refused every certificate this node offered
+    /// (it is no active member's there: revoked, suspended, or not admitted yet).
+    #[error("cannot connect to {addr}: {reason}")]
+    Refused {
+        /// Where.
+        addr: String,
+        /// Why.
+        reason: String,
+    },
     /// The connection broke, or the request timed out.
     #[error("request to {addr} failed: {reason}")]
     Failed {
@@ -84,6 +93,7 @@ impl From<TransportError> for ConsortiumError {
     fn from(e: TransportError) -> Self {
         match e {
             TransportError::Unreachable { addr, reason }
+            | TransportError::Refused { addr, reason }
             | TransportError::Failed { addr, reason } => {
                 ConsortiumError::Unreachable { addr, reason }
             }
@@ -245,10 +255,10 @@ impl Channel {
                 Err(_) => return Err(unreachable("timed out".into())),
             }
         }
-        Err(unreachable(format!(
-            "the peer refused our certificate ({})",
-            refusals.join("; ")
-        )))
+        Err(TransportError::Refused {
+            addr: self.addr.clone(),
+            reason: format!("the peer refused our certificate ({})", refusals.join("; ")),
+        })
     }
 
     /// Sends `body` to `path` and reads the answer (at most `limit` bytes) within `timeout`.
@@ -593,7 +603,9 @@ impl PeerConnection {
             .call(Method::POST, path, body, timeout)
             .await
             .map_err(|e| match e {
-                TransportError::Unreachable { .. } => CallError::Unreachable(Unreachable::new(&e)),
+                TransportError::Unreachable { .. } | TransportError::Refused { .. } => {
+                    CallError::Unreachable(Unreachable::new(&e))
+                }
                 TransportError::Failed { .. } => CallError::Network(NetworkError::new(&e)),
             })?;
         if !status.is_success() {

@@ -117,7 +117,7 @@ pub(super) async fn ledger_api(
             let found = blocking(move || {
                 let proof = ledger.proof(&t, &i, &v)?;
                 Ok::<_, ProxyError>(proof.map(|p| {
-                    let fault = p.verify(ledger.roster()).err().map(|e| e.to_string());
+                    let fault = p.verify(&ledger.roster()).err().map(|e| e.to_string());
                     (p, fault)
                 }))
             })

@@ -1,13 +1,16 @@
-//! The consortium as real processes: `fhirseal consortium node` per member on loopback ports,
-//! each with its own directory and keys, talking HTTP/2 over mutual TLS; founded, joined and
+//! The consortium as real processes: one `fhirseal run` node per member on loopback ports, each
+//! with its own data directory and keystore, talking HTTP/2 over mutual TLS; founded, joined and
 //! governed through the CLI. By area: the CLI and its refusals with one node, then whole
 //! consortia of 3 and 5 nodes (admission, refusal of unsigned admissions, key rotation, a
 //! leader killed, revocation, a restart of every node), which also print the figures (commit
 //! latency, time to a new leader), the local-consortium script, a partition of 5 voters, each
 //! node in a network namespace of its own (root and iproute2 needed, else skipped), the
-//! leader rotating its keys while a node is away, and least privilege (Raft RPCs a member may
+//! leader rotating its keys while a node is away, least privilege (Raft RPCs a member may
 //! not send, snapshots that do not verify, the invite-only join desk, admission by
-//! certificate fingerprint, commands outside their validity window).
+//! certificate fingerprint, commands outside their validity window), and two institutions in
+//! front of HAPI FHIR (one person, one fingerprint at both; a revoked member's node refuses
+//! writes; a restart of every node; the HAPI servers of `deploy/test.sh` needed, else
+//! skipped).
 //!
 //! The clusters run one at a time (`support::serial`): the CI machine has two cores.
 
@@ -21,3 +24,4 @@ mod t30_script;
 mod t40_partition;
 mod t50_rotation;
 mod t60_least_privilege;
+mod t70_institutions;

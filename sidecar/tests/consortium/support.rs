@@ -1,7 +1,7 @@
-//! A consortium of real `fhirseal consortium node` processes, founded and joined through the
-//! CLI, each node in its own directory with its own keys: on loopback ports of this network
-//! namespace ([`Loopback`]), or each in a network namespace of its own
-//! ([`crate::netns::Namespaces`]).
+//! A consortium of real `fhirseal run` nodes (no FHIR server behind them: their governance is
+//! what these tests look at), founded and joined through the CLI, each node in its own data
+//! directory with its own keystore: on loopback ports of this network namespace
+//! ([`Loopback`]), or each in a network namespace of its own ([`crate::netns::Namespaces`]).
 
 use std::collections::BTreeSet;
 use std::net::{SocketAddr, TcpListener};
@@ -87,7 +87,9 @@ fn fhirseal(netns: Option<&str>) -> Command {
         }
         None => Command::new(bin()),
     };
-    command.env("RUST_BACKTRACE", "0");
+    command
+        .env("RUST_BACKTRACE", "0")
+        .env_remove("FHIRSEAL_CONFIG");
     command
 }
 
@@ -122,19 +124,11 @@ pub fn ok(args: &[&str]) -> String {
     ok_in(None, args)
 }
 
-/// [`ok_in`] with the flags every test node is made with: small RSA keys (fast to make), the
-/// test election timeout, frequent snapshots (so that catching up installs one).
+/// [`ok_in`] with the flag every test node is made with: small RSA keys (fast to make). (The
+/// nodes' Raft timing is set when they start: [`Node::start`].)
 fn ok_with(netns: Option<&str>, args: &[&str]) -> String {
-    let timeout = ELECTION_TIMEOUT_MS.to_string();
     let mut all = args.to_vec();
-    all.extend([
-        "--rsa-bits",
-        "2048",
-        "--election-timeout-ms",
-        &timeout,
-        "--snapshot-every",
-        "20",
-    ]);
+    all.extend(["--rsa-bits", "2048"]);
     ok_in(netns, &all)
 }
 
@@ -157,6 +151,9 @@ pub struct Node {
     pub netns: Option<String>,
     /// SHA-256 of the certificate it was made with (hex), as `init` or `join` printed it.
     pub certificate: String,
+    /// Where its governance listener is (its FHIR listener takes a free port on the same
+    /// address).
+    pub listen: SocketAddr,
     child: Option<Child>,
 }
 
@@ -172,8 +169,15 @@ impl Node {
             .append(true)
             .open(self.dir.join("node.log"))
             .unwrap();
+        let fhir = SocketAddr::new(self.listen.ip(), 0).to_string();
         let child = fhirseal(self.netns.as_deref())
-            .args(["consortium", "node", "--dir", self.dir()])
+            .args(["run", "--data-dir", self.dir(), "--listen", &fhir])
+            .env(
+                "FHIRSEAL_RAFT_ELECTION_TIMEOUT_MS",
+                ELECTION_TIMEOUT_MS.to_string(),
+            )
+            // Frequent snapshots, so that catching up installs one.
+            .env("FHIRSEAL_RAFT_SNAPSHOT_EVERY", "20")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -238,6 +242,30 @@ impl Node {
     pub fn node_log(&self) -> String {
         std::fs::read_to_string(self.dir.join("node.log")).unwrap_or_default()
     }
+
+    /// The FHIR base its node serves, as its log says (it listens on a free port).
+    pub fn fhir_base(&self) -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let log = self.node_log();
+            // The last start's line (a node started again appends to its log).
+            if let Some(line) = log
+                .lines()
+                .rev()
+                .find(|l| l.contains("fhirseal is listening"))
+            {
+                let start = line.find("http://").unwrap();
+                let end = start + line[start..].find("/fhir").unwrap();
+                return format!("{}/fhir", &line[start..end]);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} does not listen: {log}",
+                self.member
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
 }
 
 pub struct Cluster {
@@ -301,6 +329,7 @@ impl Cluster {
                 dir: reg_dir,
                 netns: place.netns,
                 certificate: pin.clone(),
+                listen: place.listen,
                 child: None,
             }],
             pin,
@@ -383,6 +412,7 @@ impl Cluster {
             dir,
             netns: place.netns,
             certificate,
+            listen: place.listen,
             child: None,
         };
         node.start();
@@ -549,7 +579,7 @@ pub fn call_as(
 /// Submits `command` through the node of `dir` (any member's node relays any signed command).
 pub fn submit(dir: &Path, command: &SignedCommand) -> SubmitAnswer {
     runtime().block_on(async {
-        let mut client = Client::open(dir).unwrap();
+        let mut client = Client::open_dir(dir).unwrap();
         client.submit(command).await.unwrap()
     })
 }
@@ -574,7 +604,7 @@ pub fn measure_commit_latency(cluster: &Cluster, rounds: u64, label: &str) {
     let key = reg.secrets().signing;
     let first = reg.status().member("regulator").unwrap().last_sequence + 1;
     let mut samples = runtime().block_on(async {
-        let mut client = Client::open(&reg.dir).unwrap();
+        let mut client = Client::open_dir(&reg.dir).unwrap();
         let mut samples = Vec::new();
         for i in 0..rounds {
             let command = SignedCommand::sign(

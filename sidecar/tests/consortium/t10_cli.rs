@@ -76,7 +76,7 @@ fn the_cli_refuses_what_it_cannot_do_and_changes_nothing() {
         "2048",
     ]);
     assert!(err.contains("cannot reach") || err.contains("TLS"), "{err}");
-    assert!(!wrong.join("node.toml").exists());
+    assert!(!wrong.join("consortium/membership.toml").exists());
     assert!(!wrong.join("keys").exists());
 
     for (url, pin, why) in [
@@ -167,7 +167,12 @@ fn the_cli_refuses_what_it_cannot_do_and_changes_nothing() {
     {
         use std::os::unix::fs::PermissionsExt;
         let keys = Layout::new(&applicant.dir).keys();
-        for name in ["signing.key", "vote.key", "tls.key.pem", "wrapping-rsa.pem"] {
+        for name in [
+            "signing.key",
+            "vote.key",
+            "tls.key.pem",
+            "institution-rsa.pem",
+        ] {
             let mode = std::fs::metadata(keys.join(name))
                 .unwrap()
                 .permissions()
@@ -187,10 +192,24 @@ fn the_cli_refuses_what_it_cannot_do_and_changes_nothing() {
         cluster.nodes[0].node_log().contains("connection refused"),
         "the regulator's node logged no refusal"
     );
+    // Not admitted, without the link key: its node takes no write (it would fingerprint it
+    // under no consortium's key), and says why.
+    let joining = cluster.wait(&[i], "the applicant's node", |s| {
+        s.node.standing == "joining"
+    });
+    assert_eq!(joining[0].node.link_key_version, None);
+    let (status, outcome) = write_patient(&applicant.fhir_base());
+    assert_eq!(status, 503, "{outcome}");
+    assert!(outcome.contains("OperationOutcome"), "{outcome}");
+    assert!(outcome.contains("joining the consortium"), "{outcome}");
 
     // Admitted, it is in; a second admission of the same request is refused by the state.
     cluster.admit(i, true);
     cluster.wait(&[0, i], "h2's admission", |s| s.raft.voters.len() == 2);
+    // Admitted, with the link key: it takes part.
+    cluster.wait(&[i], "h2 to take part", |s| {
+        s.node.standing == "active" && s.node.link_key_version == Some(1)
+    });
     let request = Layout::new(&cluster.nodes[i].dir).join_request();
     let err = fails(&[
         "admit",
@@ -216,6 +235,29 @@ fn the_cli_refuses_what_it_cannot_do_and_changes_nothing() {
     let out = cli(&["status", "--dir", cluster.nodes[i].dir()]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach"));
+}
+
+/// POSTs a Patient to the FHIR base `base` (no credentials: a node that takes no writes says
+/// so before it asks who is writing); the status and the body.
+fn write_patient(base: &str) -> (u16, String) {
+    runtime().block_on(async {
+        let client: hyper_util::client::legacy::Client<_, http_body_util::Full<bytes::Bytes>> =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http();
+        let request = http::Request::post(format!("{base}/Patient"))
+            .header("content-type", "application/fhir+json")
+            .body(http_body_util::Full::new(bytes::Bytes::from_static(
+                br#"{"resourceType":"Patient","name":[{"family":"Nobody"}]}"#,
+            )))
+            .unwrap();
+        let response = client.request(request).await.unwrap();
+        let status = response.status().as_u16();
+        let body = http_body_util::BodyExt::collect(response.into_body())
+            .await
+            .unwrap()
+            .to_bytes();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    })
 }
 
 /// Opens a mutual-TLS connection to the node at `addr` (whose certificate is `cert`, node

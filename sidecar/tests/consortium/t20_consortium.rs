@@ -151,7 +151,7 @@ fn governance_round_trip(n: u64, voters: u64) {
     let new_leader = crate::support::runtime().block_on(async {
         let mut clients: Vec<_> = dirs
             .iter()
-            .map(|d| fhirseal_sidecar::consortium::Client::open(d).unwrap())
+            .map(|d| fhirseal_sidecar::consortium::Client::open_dir(d).unwrap())
             .collect();
         let deadline = killed_at + Duration::from_secs(20);
         loop {
@@ -204,7 +204,7 @@ fn governance_round_trip(n: u64, voters: u64) {
         // answer is final.
         let answer = crate::support::runtime().block_on(async {
             let mut client =
-                fhirseal_sidecar::consortium::Client::open(&cluster.nodes[relay].dir).unwrap();
+                fhirseal_sidecar::consortium::Client::open_dir(&cluster.nodes[relay].dir).unwrap();
             client.submit(&stake).await
         });
         match answer {
@@ -298,6 +298,10 @@ fn governance_round_trip(n: u64, voters: u64) {
         cut_off.member("h2").is_some_and(|m| m.stake != 8),
         "the revoked node still receives the log"
     );
+    // It knows it takes no part any more (by its state if the revocation reached it, else by
+    // the other voters' refusal of its certificate).
+    let no_part = |s: &Status| s.node.standing == "revoked" || s.node.standing == "cut-off";
+    cluster.wait(&[victim], "the revoked node to stand aside", no_part);
     assert!(h2_status.refusals_total >= 2);
 
     // Stop every node and start them again: the state is what it was.
@@ -314,6 +318,7 @@ fn governance_round_trip(n: u64, voters: u64) {
     for (b, a) in before.iter().zip(&after) {
         assert_eq!(replicated(a), replicated(b), "{}", a.node.member);
     }
+    cluster.wait(&[victim], "the revoked node to stand aside again", no_part);
     ok(&["stake", "h2", "9", "--dir", cluster.nodes[0].dir()]);
     cluster.wait(&others, "a command after the restart", |s| {
         s.member("h2").is_some_and(|m| m.stake == 9)

@@ -285,7 +285,8 @@ fn raft_rpcs_a_member_may_not_send_are_refused_and_change_nothing() {
     cluster.nodes[learner].stop();
     let up: Vec<usize> = all.iter().copied().filter(|i| *i != learner).collect();
     runtime().block_on(async {
-        let mut client = fhirseal_sidecar::consortium::Client::open(&cluster.nodes[0].dir).unwrap();
+        let mut client =
+            fhirseal_sidecar::consortium::Client::open_dir(&cluster.nodes[0].dir).unwrap();
         for stake in 100..130 {
             client
                 .sign_and_submit(Command::SetStake {
@@ -361,7 +362,10 @@ fn joining_takes_an_invite_and_admitting_the_right_certificate() {
         "{}",
         stderr(&out)
     );
-    assert!(!root.path().join("uninvited/node.toml").exists());
+    assert!(!root
+        .path()
+        .join("uninvited/consortium/membership.toml")
+        .exists());
     assert_eq!(ok(&["joins", "--dir", &reg]), "");
 
     // An invite is for one member id, and for one request.

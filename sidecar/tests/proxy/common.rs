@@ -34,12 +34,14 @@ pub const RESEARCHER_KEY: &str = "test-researcher-key-0001";
 /// The API key of a principal who reads the access events on the ledger.
 pub const AUDITOR_KEY: &str = "test-auditor-key-0001";
 
-/// One set of node keys for the whole test binary: RSA key generation is slow.
+/// One keystore for the whole test binary: RSA key generation is slow. Made whole before any
+/// sidecar starts, so that the sidecars that share it only read it.
 fn keys_dir() -> PathBuf {
     static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
     let dir = DIR.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap();
-        fhirseal_storage::NodeKeys::load_or_create(&dir.path().join("keys"), 2048).unwrap();
+        fhirseal_sidecar::keystore::Keystore::open_or_create(&dir.path().join("keys"), 2048)
+            .unwrap();
         dir
     });
     dir.path().join("keys")
@@ -88,6 +90,9 @@ impl TestSidecar {
 pub fn config(upstream: &str) -> Config {
     let mut config = Config::default();
     config.server.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+    // Each start takes a free port (a restart in particular: the one a consortium of one was
+    // founded on may be another test's by then).
+    config.consortium.listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
     config.upstream.url = upstream.to_owned();
     config.seal.keys_dir = Some(keys_dir());
     config.seal.rsa_bits = 2048;
@@ -346,7 +351,7 @@ pub fn patient(family: &str) -> Value {
 pub fn config_file(config: &Config, dir: &std::path::Path) -> PathBuf {
     let keys = config.keys_dir();
     let mut text = format!(
-        "data_dir = {:?}\n[server]\nlisten = \"{}\"\n[upstream]\nurl = {:?}\n[seal]\nkeys_dir = {:?}\nrsa_bits = {}\n[ledger]\nbatch_interval_ms = {}\n",
+        "data_dir = {:?}\n[server]\nlisten = \"{}\"\n[upstream]\nurl = {:?}\n[seal]\nkeys_dir = {:?}\nrsa_bits = {}\n[ledger]\nbatch_interval_ms = {}\n[consortium]\nlisten = \"127.0.0.1:0\"\n",
         config.data_dir.display().to_string(),
         config.server.listen,
         config.upstream.url,

@@ -1,0 +1,176 @@
+//! What the governance state tells the rest of the node, published on watch channels and
+//! refreshed whenever the state, the node's keys or its standing change:
+//!
+//! - the consortium's link key, unwrapped from what the regulator wrapped for this member
+//!   (sealing fingerprints with it);
+//! - where the node stands ([`Standing`]: the proxy refuses writes, and the anchorer anchors
+//!   nothing, unless it takes part);
+//! - the ledger's rosters and signing key ([`LedgerView`]: the institution's key is the
+//!   member's current signing key; the chain verifies against every key each member has held).
+
+use std::sync::Arc;
+
+use fhirseal_consensus::governance::KeyHistory;
+use fhirseal_consensus::raft::GovernanceView;
+use fhirseal_consensus::{DelegateSet, PublicKey, Roster, SigningKey};
+use fhirseal_storage::SecretKey;
+use tokio::sync::watch;
+
+use crate::consortium::standing::{standing, Standing, Verdict};
+use crate::ledger::LedgerView;
+
+/// The receiving ends, for the parts of the node that follow the state.
+#[derive(Debug, Clone)]
+pub struct Followers {
+    /// The link key (sealing).
+    pub link_key: watch::Receiver<Option<SecretKey>>,
+    /// The node's standing (the proxy's writes).
+    pub standing: watch::Receiver<Standing>,
+    /// The ledger's rosters and key (the anchorer, `$verify`).
+    pub ledger: watch::Receiver<LedgerView>,
+}
+
+/// The sending ends, and what they are computed from.
+pub struct Participation {
+    member: String,
+    delegates: DelegateSet,
+    link_key: watch::Sender<Option<SecretKey>>,
+    link_key_version: Option<u32>,
+    standing: watch::Sender<Standing>,
+    ledger: watch::Sender<LedgerView>,
+    keys: KeyHistory,
+    signer: Option<SigningKey>,
+    verdict: Verdict,
+}
+
+impl std::fmt::Debug for Participation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Participation")
+            .field("member", &self.member)
+            .field("standing", &*self.standing.borrow())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Participation {
+    /// Nothing known yet about `member`, whose node's chain has `delegate` as its only
+    /// delegate; `verdict` is what the other voters are taken to think until asked.
+    pub fn new(
+        member: &str,
+        delegate: PublicKey,
+        verdict: Verdict,
+    ) -> Result<(Self, Followers), fhirseal_consensus::Error> {
+        let delegates = DelegateSet::new(vec![delegate])?;
+        let empty = Arc::new(Roster::new(delegates.clone(), []));
+        let view = LedgerView {
+            not_taking_part: Standing::Joining.refusal(),
+            current: empty.clone(),
+            verifying: empty,
+            signer: None,
+        };
+        let (link_key, link_rx) = watch::channel(None);
+        let (standing, standing_rx) = watch::channel(Standing::Joining);
+        let (ledger, ledger_rx) = watch::channel(view);
+        Ok((
+            Self {
+                member: member.to_owned(),
+                delegates,
+                link_key,
+                link_key_version: None,
+                standing,
+                ledger,
+                keys: KeyHistory::new(),
+                signer: None,
+                verdict,
+            },
+            Followers {
+                link_key: link_rx,
+                standing: standing_rx,
+                ledger: ledger_rx,
+            },
+        ))
+    }
+
+    /// The link key's version this node holds, if any.
+    pub fn link_key_version(&self) -> Option<u32> {
+        self.link_key_version
+    }
+
+    /// Where the node stands now.
+    pub fn standing(&self) -> Standing {
+        *self.standing.borrow()
+    }
+
+    /// Takes the link key of `version`.
+    pub fn set_link_key(&mut self, key: SecretKey, version: u32) {
+        self.link_key_version = Some(version);
+        self.link_key.send_if_modified(|held| {
+            let changed = held.as_ref() != Some(&key);
+            *held = Some(key);
+            changed
+        });
+    }
+
+    /// Takes the member's current signing key, as found in the keystore.
+    pub fn set_signer(&mut self, signer: Option<SigningKey>) {
+        self.signer = signer;
+    }
+
+    /// The signing key the node holds for its member now.
+    pub fn signer(&self) -> Option<&SigningKey> {
+        self.signer.as_ref()
+    }
+
+    /// Takes what the other voters made of this node's certificate.
+    pub fn set_verdict(&mut self, verdict: Verdict) {
+        self.verdict = verdict;
+    }
+
+    /// Recomputes the standing and the ledger's view from `view`'s state and history, and
+    /// publishes what changed. Returns the standing when it changed.
+    pub fn refresh(&mut self, view: &GovernanceView) -> Option<Standing> {
+        let history = view.history();
+        if history.len() < self.keys.seen() {
+            // Another history (a snapshot replaced it): read it from the start.
+            self.keys = KeyHistory::new();
+        }
+        for request in history.iter().skip(self.keys.seen()) {
+            self.keys
+                .apply_next(request.command(), request.proposed_at());
+        }
+        let has_link_key = self.link_key.borrow().is_some();
+        let (standing, current) = view.read(|state| {
+            (
+                standing(state, &self.member, has_link_key, self.verdict),
+                state.roster(self.delegates.clone()),
+            )
+        });
+        let verifying = self.keys.roster(self.delegates.clone());
+        let signer = self.signer.clone();
+        self.ledger.send_if_modified(|held| {
+            let changed = held.not_taking_part != standing.refusal()
+                || *held.current != current
+                || *held.verifying != verifying
+                || held.signer.as_ref().map(PublicKey::of) != signer.as_ref().map(PublicKey::of);
+            if changed {
+                *held = LedgerView {
+                    not_taking_part: standing.refusal(),
+                    current: Arc::new(current),
+                    verifying: Arc::new(verifying),
+                    signer,
+                };
+            }
+            changed
+        });
+        let mut changed = None;
+        self.standing.send_if_modified(|held| {
+            if *held == standing {
+                return false;
+            }
+            *held = standing;
+            changed = Some(standing);
+            true
+        });
+        changed
+    }
+}

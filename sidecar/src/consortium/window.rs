@@ -1,0 +1,36 @@
+//! The validity windows the CLI and founding sign commands for, and the clock they read.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fhirseal_consensus::governance::Validity;
+use fhirseal_consensus::Timestamp;
+
+/// How long before its signing a command may be applied: room for a leader whose clock is
+/// behind the signer's.
+pub const WINDOW_BEFORE: Duration = Duration::from_secs(60);
+/// How long after its signing a command may still be applied: room for the CLI's wait, a
+/// forwarding and a change of leader, and no more, so that a command held back is refused.
+pub const WINDOW_AFTER: Duration = Duration::from_secs(10 * 60);
+/// How long the genesis commands of a founding stay valid: the node submits them when it first
+/// leads, which may be a while after `init`.
+pub const GENESIS_VALIDITY: Duration = Duration::from_secs(30 * 24 * 60 * 60);
+
+/// The wall clock, in the ledger's milliseconds.
+pub fn wall_clock() -> Timestamp {
+    let ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    Timestamp(ms)
+}
+
+/// The window of a command signed at `now` and submitted at once: [`WINDOW_BEFORE`] before it
+/// to [`WINDOW_AFTER`] after.
+pub fn command_window(now: Timestamp) -> Validity {
+    window(now, WINDOW_BEFORE, WINDOW_AFTER)
+}
+
+/// `before` `now` to `after` it.
+pub fn window(now: Timestamp, before: Duration, after: Duration) -> Validity {
+    let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    Validity::around(now, ms(before), ms(after))
+}
