@@ -23,8 +23,8 @@ use std::path::Path;
 use fhirseal_storage::keys::read_secret_32;
 use fhirseal_storage::NodeKeys;
 
+use crate::consortium::error::Result;
 use crate::consortium::files::MemberSecrets;
-use crate::consortium::Result;
 
 /// The ledger batch key of data directories made before the node was a consortium member.
 const LEGACY_SIGNING: &str = "institution.ed25519";

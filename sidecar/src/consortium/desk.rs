@@ -15,15 +15,15 @@
 
 use std::fmt;
 
-use fhirseal_consensus::governance::{limits, GovernanceState, Refusal, SignedCommand};
+use fhirseal_consensus::governance::{limits, GovernanceState, SignedCommand};
 use fhirseal_consensus::raft::GovernanceView;
 use fhirseal_consensus::Timestamp;
-use http::StatusCode;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional as _};
 
 use crate::consortium::api::{JoinAnswer, PendingJoin};
+pub use crate::consortium::error::{DeskError, InviteRefusal};
 use crate::consortium::files::{hex, kind_name, TrustedPeer};
 
 /// The header a join request's invite token crosses in.
@@ -49,23 +49,6 @@ pub fn token_hash(token: &str) -> [u8; 32] {
     Sha256::digest(token.trim().as_bytes()).into()
 }
 
-/// Why a join request's invite does not let it in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum InviteRefusal {
-    /// The request carries no invite.
-    #[error("a join request needs an invite from the regulator (fhirseal consortium invite)")]
-    Missing,
-    /// No invite has this token: never issued, or already used.
-    #[error("the invite is unknown or already used")]
-    Unknown,
-    /// The invite was issued for another member id.
-    #[error("the invite is for another member id")]
-    OtherMember,
-    /// The invite expired.
-    #[error("the invite has expired")]
-    Expired,
-}
-
 /// Whether `invite` (the one the request's token names, if any) lets in a request for
 /// `member` at `now`.
 pub fn check_invite(
@@ -81,59 +64,6 @@ pub fn check_invite(
         return Err(InviteRefusal::Expired);
     }
     Ok(())
-}
-
-/// Why the desk refuses a join request or an invite.
-#[derive(Debug, thiserror::Error)]
-pub enum DeskError {
-    /// The body is not a join request the desk can read.
-    #[error("{0}")]
-    BadRequest(String),
-    /// The consortium has no genesis yet.
-    #[error("the consortium has no genesis yet; retry")]
-    NoGenesis,
-    /// The state would not admit it now.
-    #[error("the consortium would refuse this admission: {0}")]
-    Inadmissible(Refusal),
-    /// The request's invite does not let it in.
-    #[error(transparent)]
-    Invite(#[from] InviteRefusal),
-    /// Another request for this member id is pending.
-    #[error("another join request with this member id is pending")]
-    Pending,
-    /// The member id is already a member's.
-    #[error("{0} is already a member")]
-    AlreadyMember(String),
-    /// Too many requests or invites kept.
-    #[error("too many pending {0}")]
-    Full(&'static str),
-    /// The database failed.
-    #[error("the desk's store failed: {0}")]
-    Store(#[from] sled::Error),
-}
-
-impl DeskError {
-    /// The HTTP status it is answered with.
-    pub fn status(&self) -> StatusCode {
-        match self {
-            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
-            Self::NoGenesis | Self::Full(_) => StatusCode::SERVICE_UNAVAILABLE,
-            Self::Invite(_) => StatusCode::FORBIDDEN,
-            Self::Inadmissible(
-                Refusal::MemberExists
-                | Refusal::NodeIdTaken
-                | Refusal::CertificateRevoked
-                | Refusal::CertificateInUse
-                | Refusal::SigningKeyInUse
-                | Refusal::VoteKeyInUse,
-            )
-            | Self::Pending
-            | Self::AlreadyMember(_) => StatusCode::CONFLICT,
-            Self::Inadmissible(Refusal::Full) => StatusCode::SERVICE_UNAVAILABLE,
-            Self::Inadmissible(_) => StatusCode::BAD_REQUEST,
-            Self::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        }
-    }
 }
 
 /// The desk's trees.
@@ -336,6 +266,7 @@ fn trusted_peers(state: &GovernanceState) -> Vec<TrustedPeer> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use fhirseal_consensus::governance::Refusal;
 
     fn invite(member: &str, expires_at: u64) -> Invite {
         Invite {

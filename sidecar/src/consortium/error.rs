@@ -1,7 +1,9 @@
 //! The consortium node's and CLI's errors.
 
+use fhirseal_consensus::governance::Refusal;
 use fhirseal_consensus::raft::NodeError;
 use fhirseal_storage::raft_store::RaftStoreError;
+use http::StatusCode;
 
 /// What can go wrong running a consortium node or one of its commands. No variant ever carries
 /// key material: paths and reasons only.
@@ -71,7 +73,7 @@ pub enum ConsortiumError {
     Config(#[from] crate::config::ConfigError),
     /// The join desk's store failed.
     #[error(transparent)]
-    Desk(#[from] crate::consortium::desk::DeskError),
+    Desk(#[from] DeskError),
 }
 
 impl From<NodeError> for ConsortiumError {
@@ -100,3 +102,73 @@ impl ConsortiumError {
 
 /// Result of the consortium node and CLI.
 pub type Result<T, E = ConsortiumError> = std::result::Result<T, E>;
+
+/// Why a join request's invite does not let it in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum InviteRefusal {
+    /// The request carries no invite.
+    #[error("a join request needs an invite from the regulator (fhirseal consortium invite)")]
+    Missing,
+    /// No invite has this token: never issued, or already used.
+    #[error("the invite is unknown or already used")]
+    Unknown,
+    /// The invite was issued for another member id.
+    #[error("the invite is for another member id")]
+    OtherMember,
+    /// The invite expired.
+    #[error("the invite has expired")]
+    Expired,
+}
+
+/// Why the desk refuses a join request or an invite.
+#[derive(Debug, thiserror::Error)]
+pub enum DeskError {
+    /// The body is not a join request the desk can read.
+    #[error("{0}")]
+    BadRequest(String),
+    /// The consortium has no genesis yet.
+    #[error("the consortium has no genesis yet; retry")]
+    NoGenesis,
+    /// The state would not admit it now.
+    #[error("the consortium would refuse this admission: {0}")]
+    Inadmissible(Refusal),
+    /// The request's invite does not let it in.
+    #[error(transparent)]
+    Invite(#[from] InviteRefusal),
+    /// Another request for this member id is pending.
+    #[error("another join request with this member id is pending")]
+    Pending,
+    /// The member id is already a member's.
+    #[error("{0} is already a member")]
+    AlreadyMember(String),
+    /// Too many requests or invites kept.
+    #[error("too many pending {0}")]
+    Full(&'static str),
+    /// The database failed.
+    #[error("the desk's store failed: {0}")]
+    Store(#[from] sled::Error),
+}
+
+impl DeskError {
+    /// The HTTP status it is answered with.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::NoGenesis | Self::Full(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Invite(_) => StatusCode::FORBIDDEN,
+            Self::Inadmissible(
+                Refusal::MemberExists
+                | Refusal::NodeIdTaken
+                | Refusal::CertificateRevoked
+                | Refusal::CertificateInUse
+                | Refusal::SigningKeyInUse
+                | Refusal::VoteKeyInUse,
+            )
+            | Self::Pending
+            | Self::AlreadyMember(_) => StatusCode::CONFLICT,
+            Self::Inadmissible(Refusal::Full) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Inadmissible(_) => StatusCode::BAD_REQUEST,
+            Self::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}

@@ -47,7 +47,6 @@ use zeroize::Zeroizing;
 
 use crate::config::Config;
 use crate::consortium::error::{ConsortiumError, Result};
-use crate::consortium::trust::BootstrapPeer;
 
 /// The paths of a node's consortium files and keystore.
 #[derive(Debug, Clone)]
@@ -572,6 +571,17 @@ fn random(buf: &mut [u8]) -> Result<()> {
 /// already there ([`fhirseal_storage::keys::write_new`]).
 pub(crate) fn write_new(path: &Path, bytes: &[u8], secret: bool) -> Result<bool> {
     Ok(fhirseal_storage::keys::write_new(path, bytes, secret)?)
+}
+
+/// A member of the bootstrap list (`trust.toml`: what the join desk answered).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BootstrapPeer {
+    /// Its member id.
+    pub member: String,
+    /// Its node's Raft id.
+    pub node_id: fhirseal_consensus::raft::NodeId,
+    /// Whether its node votes: only a voter may lead this node before its state can tell.
+    pub voter: bool,
 }
 
 #[cfg(test)]

@@ -29,7 +29,7 @@
 pub mod api;
 pub mod cli;
 pub mod desk;
-mod error;
+pub(crate) mod error;
 pub mod files;
 pub mod founding;
 pub mod node;

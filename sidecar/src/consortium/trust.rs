@@ -36,6 +36,7 @@ use rustls::sign::CertifiedKey;
 use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 
 use crate::consortium::files::fingerprint;
+pub use crate::consortium::files::BootstrapPeer;
 
 /// A peer the trust accepts.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,17 +45,6 @@ pub struct Peer {
     pub member: String,
     /// Its node's Raft id.
     pub node_id: NodeId,
-}
-
-/// A member of the bootstrap list (`trust.toml`: what the join desk answered).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BootstrapPeer {
-    /// Its member id.
-    pub member: String,
-    /// Its node's Raft id.
-    pub node_id: NodeId,
-    /// Whether its node votes: only a voter may lead this node before its state can tell.
-    pub voter: bool,
 }
 
 /// The certificates a node or a CLI accepts. Cloning shares it.
