@@ -384,3 +384,91 @@ fn parse_error(error: fhir::ParseError) -> ProxyError {
         other => ProxyError::Invalid(other.to_string()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fhirseal_adapters::profile::Profile;
+    use http::HeaderValue;
+    use serde_json::json;
+
+    fn headers(content_type: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_str(content_type).unwrap(),
+        );
+        h
+    }
+
+    #[test]
+    fn what_each_interaction_carries() {
+        let create = Interaction::Create {
+            resource_type: "Patient".into(),
+        };
+        let patch = Interaction::Patch {
+            resource_type: "Observation".into(),
+            id: "1".into(),
+        };
+        let search = Interaction::SearchType {
+            resource_type: "Patient".into(),
+        };
+        let json = headers("application/fhir+json");
+        assert!(matches!(
+            carries(&create, &Method::POST, &json, true),
+            Ok(Carries::Resource)
+        ));
+        assert!(matches!(
+            carries(
+                &patch,
+                &Method::PATCH,
+                &headers("application/json-patch+json"),
+                true
+            ),
+            Ok(Carries::JsonPatch)
+        ));
+        // FHIRPath and XML patches, on any type.
+        for kind in ["application/fhir+json", "application/xml-patch+xml"] {
+            assert!(matches!(
+                carries(&patch, &Method::PATCH, &headers(kind), true),
+                Err(ProxyError::NotSupported(_))
+            ));
+        }
+        let form = headers("application/x-www-form-urlencoded");
+        assert!(matches!(
+            carries(&search, &Method::POST, &form, true),
+            Ok(Carries::Form)
+        ));
+        // A POST _search without a body carries nothing; with another body, 415.
+        assert!(matches!(
+            carries(&search, &Method::POST, &HeaderMap::new(), false),
+            Ok(Carries::Nothing)
+        ));
+        assert!(matches!(
+            carries(&search, &Method::POST, &json, true),
+            Err(ProxyError::UnsupportedMediaType(_))
+        ));
+    }
+
+    #[test]
+    fn conditional_references_by_identity_are_found() {
+        let profile = Profile::default();
+        let by_name = json!({"resourceType": "Bundle", "entry": [{"resource": {
+            "resourceType": "Observation",
+            "subject": {"reference": "Patient?family=smith"}}}]});
+        assert_eq!(
+            identity_conditional_reference(&by_name, &profile)
+                .unwrap()
+                .as_deref(),
+            Some("Patient?…")
+        );
+        let by_npi = json!({"resourceType": "Encounter",
+            "participant": [{"individual": {"reference": "Practitioner?identifier=npi|1"}}]});
+        assert_eq!(
+            identity_conditional_reference(&by_npi, &profile).unwrap(),
+            None
+        );
+        let refused = json!({"subject": {"reference": "Patient?_content=x"}});
+        assert!(identity_conditional_reference(&refused, &profile).is_err());
+    }
+}

@@ -565,3 +565,92 @@ fn no_match_condition(rewritten: &str, surrogate: Option<&str>) -> Option<String
             .join("&"),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fhirseal_storage::{NodeKeys, SecretKey};
+    use serde_json::json;
+
+    /// A node's sealing in a fresh directory, with a link key.
+    fn sealing(dir: &std::path::Path) -> Sealing {
+        let config = crate::config::Config {
+            data_dir: dir.to_owned(),
+            ..crate::config::Config::default()
+        };
+        let (keys, _) = NodeKeys::load_or_create(&dir.join("keys"), 2048).unwrap();
+        let (_link, link_key) = tokio::sync::watch::channel(Some(SecretKey::random().unwrap()));
+        Sealing::open(&config, keys, link_key).unwrap()
+    }
+
+    fn patient(family: &str) -> Value {
+        json!({"resourceType": "Patient", "name": [{"family": family}],
+            "identifier": [{"system": "http://hl7.org/fhir/sid/us-ssn", "value": family}]})
+    }
+
+    #[tokio::test]
+    async fn a_surrogate_made_for_a_write_is_forgotten_unless_the_write_goes_ahead() {
+        let dir = tempfile::tempdir().unwrap();
+        let sealing = sealing(dir.path());
+        let no_context = |_: &str| None;
+        // Every early exit drops the guard: the surrogate made for the write goes.
+        let mut dropped = patient("Dropped");
+        let prepared = sealing
+            .prepare(&mut dropped, &no_context, &Terms::new())
+            .unwrap();
+        let surrogate = prepared.surrogate.clone().unwrap();
+        assert!(sealing
+            .vault()
+            .fingerprint_of(&surrogate)
+            .unwrap()
+            .is_some());
+        drop(Rollback::new(&sealing, prepared));
+        assert!(sealing
+            .vault()
+            .fingerprint_of(&surrogate)
+            .unwrap()
+            .is_none());
+        // Kept, it stays for the commit (or the commit phase's own rollback).
+        let mut kept = patient("Kept");
+        let prepared = sealing
+            .prepare(&mut kept, &no_context, &Terms::new())
+            .unwrap();
+        let surrogate = prepared.surrogate.clone().unwrap();
+        let pending = Rollback::new(&sealing, prepared).keep();
+        assert!(sealing
+            .vault()
+            .fingerprint_of(&surrogate)
+            .unwrap()
+            .is_some());
+        // A person seen before keeps the surrogate it has: dropping a later write's guard
+        // forgets nothing of it.
+        let mut again = patient("Kept");
+        let prepared = sealing
+            .prepare(&mut again, &no_context, &Terms::new())
+            .unwrap();
+        assert_eq!(prepared.surrogate.as_deref(), Some(surrogate.as_str()));
+        drop(Rollback::new(&sealing, prepared));
+        assert!(sealing
+            .vault()
+            .fingerprint_of(&surrogate)
+            .unwrap()
+            .is_some());
+        sealing.rollback(&pending);
+    }
+
+    #[test]
+    fn conditions_that_matched_no_one_become_the_new_persons_surrogate() {
+        let missing = format!("gender=female&_id={NO_MATCH}");
+        assert_eq!(
+            no_match_condition(&missing, Some("s-1")).as_deref(),
+            Some("gender=female&identifier=urn%3Afhirseal%3Apseudonym%7Cs-1")
+        );
+        // Not a person: nothing can match, the condition is dropped.
+        assert_eq!(no_match_condition(&missing, None), None);
+        // A condition that matched someone passes as it is.
+        assert_eq!(
+            no_match_condition("_id=a,b", Some("s-1")).as_deref(),
+            Some("_id=a,b")
+        );
+    }
+}
