@@ -159,3 +159,60 @@ impl LedgerTool {
         Ok(out)
     }
 }
+
+impl LedgerTool {
+    /// The resources of `types` the upstream holds and this institution never anchored (no
+    /// version of theirs is on the chain or waiting for it): written behind fhirseal's back, or
+    /// left by a crash that nothing resolved. Pages through each type's search, newest first;
+    /// `progress` is called with how many resources were looked at.
+    pub async fn orphans(
+        &self,
+        types: &[String],
+        anchored: &std::collections::BTreeSet<(String, String)>,
+        mut progress: impl FnMut(usize),
+    ) -> Result<Vec<(String, String)>, ProxyError> {
+        let pending: std::collections::BTreeSet<(String, String)> = self
+            .ledger
+            .outbox()
+            .anchors(usize::MAX)
+            .map_err(crate::ledger::LedgerError::from)?
+            .into_iter()
+            .map(|(_, a)| (a.resource_type, a.id))
+            .collect();
+        let mut orphans = Vec::new();
+        let mut seen = 0;
+        for resource_type in types {
+            let mut url = Some(format!(
+                "{}/{resource_type}?_count=500&_elements=id&_sort=-_lastUpdated",
+                self.upstream.base
+            ));
+            while let Some(next) = url.take() {
+                let (status, page) = self.upstream.json(http::Method::GET, &next, None).await?;
+                if status != http::StatusCode::OK {
+                    return Err(ProxyError::UpstreamBody(format!(
+                        "listing {resource_type} answered {status}"
+                    )));
+                }
+                for entry in page["entry"].as_array().into_iter().flatten() {
+                    let Some(id) = entry.pointer("/resource/id").and_then(Value::as_str) else {
+                        continue;
+                    };
+                    seen += 1;
+                    let key = (resource_type.clone(), id.to_owned());
+                    if !anchored.contains(&key) && !pending.contains(&key) {
+                        orphans.push(key);
+                    }
+                }
+                progress(seen);
+                url = page["link"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .find(|l| l["relation"] == "next")
+                    .and_then(|l| l["url"].as_str())
+                    .map(str::to_owned);
+            }
+        }
+        Ok(orphans)
+    }
+}

@@ -259,6 +259,38 @@ fn ledger(config: Config, command: LedgerCommand) -> anyhow::Result<ExitCode> {
                         current.len()
                     );
                     problems.extend(unanchored);
+                    // Resources of the same types that no version of is anchored.
+                    let types: Vec<String> = resources
+                        .iter()
+                        .map(|(t, _)| t.clone())
+                        .collect::<std::collections::BTreeSet<_>>()
+                        .into_iter()
+                        .collect();
+                    let anchored: std::collections::BTreeSet<(String, String)> =
+                        resources.iter().cloned().collect();
+                    let spinner = ProgressBar::new_spinner();
+                    let orphans = tool
+                        .orphans(&types, &anchored, |seen| spinner.set_position(seen as u64))
+                        .await?;
+                    spinner.finish_and_clear();
+                    println!(
+                        "upstream: {} resources of {} never anchored (orphans)",
+                        orphans.len(),
+                        if types.is_empty() {
+                            "no anchored type".to_owned()
+                        } else {
+                            types.join(", ")
+                        }
+                    );
+                    const SHOWN: usize = 20;
+                    problems.extend(
+                        orphans.iter().take(SHOWN).map(|(t, i)| {
+                            format!("{t}/{i} is held upstream and was never anchored")
+                        }),
+                    );
+                    if orphans.len() > SHOWN {
+                        problems.push(format!("… and {} more orphans", orphans.len() - SHOWN));
+                    }
                     for problem in &problems {
                         println!("  {problem}");
                     }

@@ -66,19 +66,6 @@ impl Prepared {
     pub fn has_identity(&self) -> bool {
         !self.identity.is_empty()
     }
-
-    /// A write whose body the sidecar does not see whole (a FHIRPath Patch of a resource that
-    /// is no person): nothing to seal, but the version the upstream makes is anchored.
-    pub fn clinical_only(resource_type: &str) -> Prepared {
-        Prepared {
-            resource_type: resource_type.to_owned(),
-            fingerprint: Fingerprint([0; 32]),
-            identity: IdentityPart::default(),
-            tokens: Vec::new(),
-            new_surrogate: None,
-            surrogate: None,
-        }
-    }
 }
 
 type FlushRequest = oneshot::Sender<Result<(), String>>;
@@ -277,6 +264,119 @@ impl Sealing {
         Ok(())
     }
 
+    /// Keeps, before a write is forwarded, what it sealed: each prepared resource's identity
+    /// sealed under a provisional name (the request id and its position), its fingerprint, its
+    /// blind-index tokens and surrogate, and the id the write names when it names one. Not yet
+    /// durable: await [`Sealing::durable`] before forwarding. A crash between the upstream's
+    /// commit and the vault's then loses nothing: on restart the intents are resolved against
+    /// the upstream (the proxy's `recover` phase).
+    pub fn intend(
+        &self,
+        write_id: &str,
+        writes: &[(u32, &Prepared, Option<&str>)],
+        now_ms: u64,
+    ) -> Result<(), SealError> {
+        let mut encoded = Vec::with_capacity(writes.len());
+        let mut new_keys = Vec::new();
+        for (position, prepared, id) in writes {
+            let record = if prepared.has_identity() {
+                let meta = intent_meta(prepared, write_id, *position);
+                let (record, new_key) = self.sealer.seal(meta, &prepared.identity.to_bytes())?;
+                new_keys.extend(new_key);
+                Some(record.encode())
+            } else {
+                None
+            };
+            let file = IntentFile {
+                position: *position,
+                resource_type: prepared.resource_type.clone(),
+                id: id.map(str::to_owned),
+                fingerprint: storage_hex(&prepared.fingerprint.0),
+                tokens: prepared.tokens.iter().map(|t| storage_hex(t)).collect(),
+                surrogate: prepared.surrogate.clone(),
+                new_surrogate: prepared.new_surrogate.is_some(),
+                created_ms: now_ms,
+            };
+            encoded.push(encode_intent(&file, record.as_deref())?);
+        }
+        self.vault.put_intents(write_id, &encoded, &new_keys)?;
+        Ok(())
+    }
+
+    /// Forgets a write's intents: its outcome is known and kept (or nothing was written).
+    pub fn settle(&self, write_id: &str) -> Result<(), SealError> {
+        Ok(self.vault.remove_intents(write_id)?)
+    }
+
+    /// The intents kept, in request order.
+    pub fn intents(&self) -> Result<Vec<Intent>, SealError> {
+        self.vault
+            .intents()?
+            .into_iter()
+            .map(|(write_id, _, bytes)| {
+                let (file, record) = decode_intent(&bytes)?;
+                Ok(Intent {
+                    write_id,
+                    file,
+                    record,
+                })
+            })
+            .collect()
+    }
+
+    /// The prepared write an intent kept, its identity unsealed again (this may need an RSA
+    /// private-key operation: call from a blocking thread).
+    pub fn resume(&self, intent: &Intent) -> Result<Prepared, SealError> {
+        let file = &intent.file;
+        let fingerprint = Fingerprint(parse_hex32(&file.fingerprint)?);
+        let tokens = file
+            .tokens
+            .iter()
+            .map(|t| parse_hex32(t))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut prepared = Prepared {
+            resource_type: file.resource_type.clone(),
+            fingerprint,
+            identity: IdentityPart::default(),
+            tokens,
+            new_surrogate: file.new_surrogate.then(|| file.surrogate.clone()).flatten(),
+            surrogate: file.surrogate.clone(),
+        };
+        if let Some(bytes) = &intent.record {
+            let record = fhirseal_storage::SealedRecord::decode(bytes)?;
+            let expected = intent_meta(&prepared, &intent.write_id, intent.file.position);
+            if record.meta != expected {
+                return Err(SealError::Identity(
+                    "an intent's record names another write".to_owned(),
+                ));
+            }
+            let plain = self
+                .sealer
+                .unseal(&record, |key_id| self.vault.wrapped_key(key_id))?;
+            prepared.identity = IdentityPart::from_bytes(&plain).map_err(SealError::Identity)?;
+        }
+        Ok(prepared)
+    }
+
+    /// Queues for anchoring a version whose identity the vault holds already but whose anchor
+    /// was never queued (its stored copy could not be read back to hash when it was written).
+    pub fn anchor_existing(
+        &self,
+        record: &fhirseal_storage::SealedRecord,
+        clinical_hash: [u8; 32],
+    ) -> Result<(), SealError> {
+        let meta = &record.meta;
+        self.vault.outbox().push_anchor(&PendingAnchor {
+            resource_type: meta.resource_type.clone(),
+            id: meta.id.clone(),
+            version: meta.version.clone(),
+            fingerprint: meta.fingerprint.0,
+            sealed_address: fhirseal_storage::SealedRecord::address(&record.encode()),
+            clinical_hash,
+        })?;
+        Ok(())
+    }
+
     /// Queues an access event for the ledger's audit trail. Not yet durable: await
     /// [`Sealing::durable`] before answering.
     pub fn record_access(&self, event: &PendingAccess) -> Result<(), SealError> {
@@ -432,6 +532,111 @@ impl Sealing {
         }
         Ok(Some(search::render(&plan, &matches)))
     }
+}
+
+/// What a write kept before it was forwarded ([`Sealing::intend`]).
+#[derive(Debug, Clone)]
+pub struct Intent {
+    /// The write it belongs to (`RequestCtx::write_id`).
+    pub write_id: String,
+    file: IntentFile,
+    /// The identity sealed under the provisional name; none when nothing was taken.
+    record: Option<Vec<u8>>,
+}
+
+impl Intent {
+    /// Its position in the write (0, or the entry of a batch or transaction).
+    pub fn position(&self) -> u32 {
+        self.file.position
+    }
+
+    pub fn resource_type(&self) -> &str {
+        &self.file.resource_type
+    }
+
+    /// The id the write named (an update), when it named one.
+    pub fn id(&self) -> Option<&str> {
+        self.file.id.as_deref()
+    }
+
+    /// The person's surrogate, for a person resource.
+    pub fn surrogate(&self) -> Option<&str> {
+        self.file.surrogate.as_deref()
+    }
+
+    /// When it was kept, in milliseconds since the Unix epoch.
+    pub fn created_ms(&self) -> u64 {
+        self.file.created_ms
+    }
+}
+
+/// An intent's description as the vault keeps it: JSON, followed by the sealed record's bytes
+/// as they are (no text encoding of ciphertext, which could spell anything).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct IntentFile {
+    position: u32,
+    resource_type: String,
+    id: Option<String>,
+    fingerprint: String,
+    tokens: Vec<String>,
+    surrogate: Option<String>,
+    new_surrogate: bool,
+    created_ms: u64,
+}
+
+/// `u32` length of the JSON description (big-endian), the description, the sealed record.
+fn encode_intent(file: &IntentFile, record: Option<&[u8]>) -> Result<Vec<u8>, SealError> {
+    let json = serde_json::to_vec(file).map_err(|e| SealError::Identity(e.to_string()))?;
+    let length = u32::try_from(json.len())
+        .map_err(|_| SealError::Identity("an intent's description is too long".to_owned()))?;
+    let mut bytes = Vec::with_capacity(4 + json.len() + record.map_or(0, <[u8]>::len));
+    bytes.extend_from_slice(&length.to_be_bytes());
+    bytes.extend_from_slice(&json);
+    bytes.extend_from_slice(record.unwrap_or_default());
+    Ok(bytes)
+}
+
+fn decode_intent(bytes: &[u8]) -> Result<(IntentFile, Option<Vec<u8>>), SealError> {
+    let corrupt = |what: &str| SealError::Identity(format!("an intent: {what}"));
+    let (length, rest) = bytes
+        .split_first_chunk::<4>()
+        .ok_or_else(|| corrupt("shorter than its length"))?;
+    let length = u32::from_be_bytes(*length) as usize;
+    if rest.len() < length {
+        return Err(corrupt("shorter than its description"));
+    }
+    let (json, record) = rest.split_at(length);
+    let file = serde_json::from_slice(json).map_err(|e| corrupt(&e.to_string()))?;
+    Ok((file, (!record.is_empty()).then(|| record.to_vec())))
+}
+
+/// The provisional name an intent's identity is sealed under: the record's associated data
+/// binds it to this write and position, so it cannot pass for a stored version.
+fn intent_meta(prepared: &Prepared, write_id: &str, position: u32) -> RecordMeta {
+    RecordMeta {
+        fingerprint: prepared.fingerprint,
+        resource_type: prepared.resource_type.clone(),
+        id: String::new(),
+        version: format!("intent:{write_id}:{position}"),
+    }
+}
+
+fn storage_hex(bytes: &[u8]) -> String {
+    fhirseal_storage::keys::hex(bytes)
+}
+
+fn parse_hex32(text: &str) -> Result<[u8; 32], SealError> {
+    let bytes: Vec<u8> = (0..text.len())
+        .step_by(2)
+        .map(|i| {
+            text.get(i..i + 2)
+                .and_then(|b| u8::from_str_radix(b, 16).ok())
+        })
+        .collect::<Option<Vec<u8>>>()
+        .ok_or_else(|| SealError::Identity("an intent's hex field is malformed".to_owned()))?;
+    bytes
+        .try_into()
+        .map_err(|_| SealError::Identity("an intent's hex field is not 32 bytes".to_owned()))
 }
 
 /// A search that could not be rewritten: the client's (400) or ours (500).

@@ -96,6 +96,8 @@ pub struct Sidecar {
     anchorer: Option<(JoinHandle<()>, watch::Sender<bool>)>,
     tls: Option<TlsAcceptor>,
     header_read_timeout: Duration,
+    /// The upstream's answer time: unsettled writes older than twice it are resolved.
+    upstream_timeout: Duration,
     /// One permit per open client connection.
     connections: Arc<tokio::sync::Semaphore>,
     max_http2_streams: u32,
@@ -146,6 +148,7 @@ impl Sidecar {
             anchorer: Some((anchorer, stop)),
             tls,
             header_read_timeout: Duration::from_secs(config.server.header_read_timeout_secs),
+            upstream_timeout: config.upstream.timeout(),
             connections: Arc::new(tokio::sync::Semaphore::new(config.server.max_connections)),
             max_http2_streams: config.server.max_http2_streams,
             max_header_bytes: config.server.max_header_bytes,
@@ -189,6 +192,7 @@ impl Sidecar {
     pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
         let graceful = GracefulShutdown::new();
         tokio::pin!(shutdown);
+        let resolver = tokio::spawn(resolve_intents(self.proxy.clone(), self.upstream_timeout));
         loop {
             // At the connection limit, accepting waits: further clients queue in the kernel's
             // listen backlog instead of each costing a task.
@@ -283,6 +287,7 @@ impl Sidecar {
             });
         }
         drop(self.listener);
+        resolver.abort();
         if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
             .await
             .is_err()
@@ -496,6 +501,24 @@ pub(crate) async fn open_node(config: &Config) -> Result<(Arc<Sealing>, Opened),
     participation.refresh(&view);
     open_parts(&config, keystore.node, &followers).await
 }
+
+/// Resolves the writes a crash left unsettled: those kept before this start, then, every
+/// minute, those older than twice the upstream's timeout (an exchange that failed without an
+/// answer). A write in flight is never touched.
+async fn resolve_intents(proxy: Proxy, upstream_timeout: Duration) {
+    let mut cutoff = crate::ledger::now_ms();
+    loop {
+        if let Err(error) = proxy.resolve_intents(cutoff).await {
+            tracing::warn!(error = %error.log_text(), "unsettled writes not resolved yet; retrying");
+        }
+        tokio::time::sleep(INTENT_ROUND).await;
+        let margin = u64::try_from((upstream_timeout * 2).as_millis()).unwrap_or(u64::MAX);
+        cutoff = crate::ledger::now_ms().saturating_sub(margin);
+    }
+}
+
+/// How often unsettled writes are looked at again.
+const INTENT_ROUND: Duration = Duration::from_secs(60);
 
 fn is_transient(error: &std::io::Error) -> bool {
     use std::io::ErrorKind::*;

@@ -8,6 +8,9 @@
 //! - `blind`: token ‖ `type \0 id` → fingerprint; `blind_of`: `type \0 id` → its tokens, so that
 //!   an update replaces the tokens of the version it supersedes;
 //! - `epoch_keys`: epoch key id → RSA-wrapped epoch key;
+//! - `intents`: request id ‖ `\0` ‖ position (u32) → an intent (opaque here): what a write
+//!   sealed before it was forwarded, kept until its outcome is known, so that a crash between
+//!   the upstream's commit and the vault's loses nothing;
 //! - the [`Outbox`]'s trees: anchors and access events waiting for a final block.
 //!
 //! One write is one sled transaction over all of them, its outbox entry included. sled writes reach the disk only on flush:
@@ -54,6 +57,7 @@ pub struct Vault {
     blind: sled::Tree,
     blind_of: sled::Tree,
     epoch_keys: sled::Tree,
+    intents: sled::Tree,
     outbox: Outbox,
 }
 
@@ -69,6 +73,14 @@ fn version_key(resource_type: &str, id: &str, version: &str) -> Vec<u8> {
     let mut key = resource_key(resource_type, id);
     key.push(0);
     key.extend_from_slice(version.as_bytes());
+    key
+}
+
+fn intent_key(request: &str, position: u32) -> Vec<u8> {
+    let mut key = Vec::with_capacity(request.len() + 5);
+    key.extend_from_slice(request.as_bytes());
+    key.push(0);
+    key.extend_from_slice(&position.to_be_bytes());
     key
 }
 
@@ -111,6 +123,7 @@ impl Vault {
             blind: db.open_tree("blind")?,
             blind_of: db.open_tree("blind_of")?,
             epoch_keys: db.open_tree("epoch_keys")?,
+            intents: db.open_tree("intents")?,
             outbox: Outbox::open(&db)?,
             db,
         })
@@ -235,6 +248,66 @@ impl Vault {
             )
             .map_err(tx_error::<()>)?;
         Ok(address)
+    }
+
+    /// Keeps the intents of one request (`bytes` by position, opaque here), with the epoch keys
+    /// that sealed what they hold, in one transaction. Not yet durable: flush before
+    /// forwarding the request.
+    pub fn put_intents(
+        &self,
+        request: &str,
+        intents: &[Vec<u8>],
+        new_epoch_keys: &[NewEpochKey],
+    ) -> Result<()> {
+        (&self.intents, &self.epoch_keys)
+            .transaction(|(kept, epoch_keys)| {
+                for key in new_epoch_keys {
+                    epoch_keys.insert(&key.id, key.wrapped.as_slice())?;
+                }
+                for (position, bytes) in intents.iter().enumerate() {
+                    kept.insert(intent_key(request, position as u32), bytes.as_slice())?;
+                }
+                Ok(())
+            })
+            .map_err(tx_error::<()>)?;
+        Ok(())
+    }
+
+    /// Every intent kept, as (request id, position, bytes), in key order.
+    pub fn intents(&self) -> Result<Vec<(String, u32, Vec<u8>)>> {
+        self.intents
+            .iter()
+            .map(|entry| {
+                let (key, value) = entry?;
+                let split = key
+                    .len()
+                    .checked_sub(5)
+                    .filter(|at| key[*at] == 0)
+                    .ok_or_else(|| {
+                        StorageError::Corrupt("an intent key without its separator".to_owned())
+                    })?;
+                let request = String::from_utf8(key[..split].to_vec())
+                    .map_err(|_| StorageError::Corrupt("an intent key is not UTF-8".to_owned()))?;
+                let mut position = [0u8; 4];
+                position.copy_from_slice(&key[split + 1..]);
+                Ok((request, u32::from_be_bytes(position), value.to_vec()))
+            })
+            .collect()
+    }
+
+    /// Forgets the intents of one request (its outcome is known and kept).
+    pub fn remove_intents(&self, request: &str) -> Result<()> {
+        let mut prefix = request.as_bytes().to_vec();
+        prefix.push(0);
+        let mut batch = sled::Batch::default();
+        for entry in self.intents.scan_prefix(&prefix) {
+            let (key, _) = entry?;
+            if key.len() == prefix.len() + 4 {
+                batch.remove(key);
+            }
+        }
+        self.intents.apply_batch(batch)?;
+        Ok(())
     }
 
     /// The sealed record of one resource version, if that version has identity in the vault.
@@ -362,6 +435,31 @@ mod tests {
     use crate::keys::NodeKeys;
     use crate::seal::{blind_token, RecordMeta, Sealer};
     use std::sync::Arc;
+
+    #[test]
+    fn intents_are_kept_by_request_until_forgotten() {
+        let dir = tempfile::tempdir().unwrap();
+        let vault = Vault::open(dir.path()).unwrap();
+        vault
+            .put_intents("req-1", &[b"a".to_vec(), b"b".to_vec()], &[])
+            .unwrap();
+        vault.put_intents("req-10", &[b"c".to_vec()], &[]).unwrap();
+        let kept = vault.intents().unwrap();
+        assert_eq!(
+            kept,
+            vec![
+                ("req-1".to_owned(), 0, b"a".to_vec()),
+                ("req-1".to_owned(), 1, b"b".to_vec()),
+                ("req-10".to_owned(), 0, b"c".to_vec()),
+            ]
+        );
+        // Forgetting one request leaves the one whose id it prefixes.
+        vault.remove_intents("req-1").unwrap();
+        assert_eq!(
+            vault.intents().unwrap(),
+            vec![("req-10".to_owned(), 0, b"c".to_vec())]
+        );
+    }
 
     #[test]
     fn commit_index_search_and_reopen() {

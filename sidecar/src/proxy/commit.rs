@@ -7,11 +7,15 @@ use http::header;
 use http::{Response, StatusCode};
 use serde_json::Value;
 
+use fhirseal_adapters::Interaction;
+
+use super::ctx::RequestCtx;
 use super::deps::Deps;
 use super::seal::Pending;
 use crate::body::{full, ProxyBody};
 use crate::error::ProxyError;
 use crate::http_util::{collect_limited, response_format};
+use crate::ledger::now_ms;
 use crate::sealing::Prepared;
 use crate::upstream::MAX_READ_BACK;
 
@@ -264,4 +268,33 @@ fn version_location(url: &str) -> Option<(String, String, String)> {
             segments[n - 1].to_owned(),
         )
     })
+}
+
+/// Before the request is forwarded: what its writes prepared is kept as intents, durable, so
+/// that a crash after the upstream's commit and before the vault's loses nothing (`recover`
+/// resolves them). Returns whether anything was kept.
+pub(super) async fn intend(
+    deps: &Deps,
+    ctx: &RequestCtx,
+    pending: &Pending,
+) -> Result<bool, ProxyError> {
+    let updated = match &ctx.interaction {
+        Interaction::Update { id, .. } => Some(id.as_str()),
+        _ => None,
+    };
+    let writes: Vec<(u32, &Prepared, Option<&str>)> = match pending {
+        Pending::Nothing => Vec::new(),
+        Pending::One { prepared, .. } => vec![(0, prepared, updated)],
+        Pending::Bundle(entries) => entries
+            .iter()
+            .enumerate()
+            .filter_map(|(i, p)| p.as_ref().map(|p| (i as u32, p, None)))
+            .collect(),
+    };
+    if writes.is_empty() {
+        return Ok(false);
+    }
+    deps.sealing.intend(&ctx.write_id, &writes, now_ms())?;
+    deps.sealing.durable().await?;
+    Ok(true)
 }

@@ -14,6 +14,9 @@ use crate::audit::Accessor;
 pub(crate) struct RequestCtx {
     /// The client's request id, or a fresh one; sent upstream and answered.
     pub(crate) request_id: String,
+    /// This request's own id for what it writes (a fresh UUID: a client's request id need not
+    /// be unique): the written resources' `meta.source` and the vault's intents carry it.
+    pub(crate) write_id: String,
     /// What the request asks for. `seal_request` turns a JSON Patch into the update it sends.
     pub(crate) interaction: Interaction,
     /// The path below our base, as the client encoded it (`/Patient/1`); a conditional update

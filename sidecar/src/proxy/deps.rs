@@ -41,6 +41,25 @@ pub(crate) struct Deps {
     pub(crate) max_body: u64,
     /// Whether the upstream builds its links from `X-Forwarded-*`.
     pub(crate) forwarded: bool,
+    /// Where the process aborts on purpose, for the crash tests only.
+    crash_at: Option<CrashPoint>,
+}
+
+/// Points of a request where the crash tests make the process abort
+/// (`FHIRSEAL_TEST_CRASH_AT`), to show that no point loses what the client was told is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CrashPoint {
+    /// The upstream has stored a write; the vault has not yet sealed it.
+    AfterUpstream,
+}
+
+impl CrashPoint {
+    fn from_env() -> Option<CrashPoint> {
+        match std::env::var("FHIRSEAL_TEST_CRASH_AT").ok()?.as_str() {
+            "after-upstream" => Some(CrashPoint::AfterUpstream),
+            _ => None,
+        }
+    }
 }
 
 /// Bounds on what one request may take.
@@ -96,6 +115,15 @@ impl Deps {
             tls: listener_tls,
             max_body: server.max_body_bytes,
             forwarded: config.upstream.honours_forwarded_headers,
+            crash_at: CrashPoint::from_env(),
         })
+    }
+
+    /// Aborts the process at `point` when the crash tests asked for it there.
+    pub(crate) fn crash_point(&self, point: CrashPoint) {
+        if self.crash_at == Some(point) {
+            tracing::error!(?point, "FHIRSEAL_TEST_CRASH_AT: aborting on purpose");
+            std::process::abort();
+        }
     }
 }

@@ -30,6 +30,7 @@ mod deps;
 mod filter;
 mod ledger_api;
 mod plan;
+mod recover;
 mod seal;
 mod unseal;
 
@@ -58,10 +59,11 @@ use crate::http_util::json_response;
 use crate::ledger::{now_ms, NodeLedger};
 use crate::sealing::Sealing;
 use ctx::{RequestCtx, UpstreamQuery};
-use deps::Deps;
+use deps::{CrashPoint, Deps};
 use seal::Sealed;
 
 pub use filter::{ClientAddr, REQUEST_ID};
+pub use recover::Resolved;
 
 /// How long `/readyz` waits for the upstream's `/metadata`.
 const READY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -94,6 +96,13 @@ impl Proxy {
     /// The node's ledger (for tools and tests that look inside).
     pub fn ledger(&self) -> Arc<NodeLedger> {
         self.deps.ledger.clone()
+    }
+
+    /// Resolves the writes that a crash or a failed exchange left unsettled, whose intents were
+    /// kept before `cutoff_ms` (milliseconds since the Unix epoch; see the `recover` phase):
+    /// at start, the start time; later, a time no exchange still in flight can be older than.
+    pub async fn resolve_intents(&self, cutoff_ms: u64) -> Result<recover::Resolved, ProxyError> {
+        recover::resolve(&self.deps, cutoff_ms).await
     }
 
     /// Handles one request; never fails: every error is an `OperationOutcome` response.
@@ -184,6 +193,7 @@ async fn proxy_routed(
         elements: filter::elements_param(req.uri().query()),
         head: req.method() == Method::HEAD,
         format: Format::negotiate(req.uri().query(), req.headers()),
+        write_id: uuid::Uuid::new_v4().to_string(),
         request_id,
         interaction: routed.interaction,
         rel_path: routed.rel_path,
@@ -203,9 +213,16 @@ async fn proxy_routed(
             Sealed::Forward(req, pending) => (req, pending),
             Sealed::Respond(response) => return Ok(response),
         };
+        // What the writes prepared is durable before the upstream sees them; forgotten once
+        // their outcome is kept. An exchange that fails leaves it for `recover`.
+        let intended = commit::intend(deps, &ctx, &pending).await?;
         let upstream_req = filter::upstream_request(deps, &ctx, req)?;
         let response = deps.upstream.send(upstream_req).await?;
+        deps.crash_point(CrashPoint::AfterUpstream);
         let response = commit::commit_seal(deps, response, *pending).await?;
+        if intended {
+            deps.sealing.settle(&ctx.write_id)?;
+        }
         let response = filter::response_filter(deps, &ctx, response).await?;
         if ctx.principal.sees_identity && !ctx.head {
             unseal::unseal_response(deps, response, ctx.elements.clone(), &ctx.accessor).await

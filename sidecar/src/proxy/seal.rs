@@ -87,7 +87,9 @@ pub(super) async fn seal_request(
         (Interaction::Patch { resource_type, id }, RequestBody::JsonPatch(patch)) => {
             seal_patch(deps, req, patch, ctx, &resource_type, &id).await
         }
-        (Interaction::Bundle, RequestBody::Resource(value)) => seal_bundle(deps, req, value).await,
+        (Interaction::Bundle, RequestBody::Resource(value)) => {
+            seal_bundle(deps, req, value, ctx.write_id.clone()).await
+        }
         (interaction, RequestBody::Streamed) if !interaction.is_write() => forward(req),
         (interaction, _) => Err(ProxyError::Internal(format!(
             "the plan read no body a {} can be sealed from",
@@ -183,7 +185,8 @@ async fn seal_one(
             "the body is a {found} but the URL names {resource_type}"
         )));
     }
-    let (value, prepared) = prepare(deps, value, HashMap::new(), Terms::new()).await?;
+    let (mut value, prepared) = prepare(deps, value, HashMap::new(), Terms::new()).await?;
+    mark_source(&mut value, &ctx.write_id, 0);
     // From here a surrogate made for this write is forgotten if any step fails.
     let guard = Rollback::new(&deps.sealing, prepared);
     let surrogate = guard.prepared().surrogate.clone();
@@ -286,7 +289,8 @@ async fn seal_patch(
     fhir::validate(&value).map_err(|e| {
         ProxyError::Unprocessable(format!("the patched resource is not valid: {e}"))
     })?;
-    let (value, prepared) = prepare(deps, value, HashMap::new(), Terms::new()).await?;
+    let (mut value, prepared) = prepare(deps, value, HashMap::new(), Terms::new()).await?;
+    mark_source(&mut value, &ctx.write_id, 0);
     let guard = Rollback::new(&deps.sealing, prepared);
     parts.method = Method::PUT;
     if !parts.headers.contains_key(header::IF_MATCH) {
@@ -316,6 +320,7 @@ async fn seal_bundle(
     deps: &Deps,
     req: Request<ProxyBody>,
     value: Value,
+    write_id: String,
 ) -> Result<Sealed, ProxyError> {
     let (parts, _) = req.into_parts();
     if value.get("resourceType").and_then(Value::as_str) != Some("Bundle") {
@@ -351,7 +356,14 @@ async fn seal_bundle(
         }
         let context = |reference: &str| urn_types.get(reference).cloned();
         let mut prepared = Vec::new();
-        let result = prepare_entries(&sealing, &mut value, &context, &terms, &mut prepared);
+        let result = prepare_entries(
+            &sealing,
+            &write_id,
+            &mut value,
+            &context,
+            &terms,
+            &mut prepared,
+        );
         if let Err(error) = result {
             for p in prepared.iter().flatten() {
                 sealing.rollback(p);
@@ -459,6 +471,7 @@ fn rewrite_entries(
 /// sidecar cannot see the whole resource they change). Blocking: splits may unseal.
 fn prepare_entries(
     sealing: &Sealing,
+    write_id: &str,
     bundle: &mut Value,
     context: &dyn Fn(&str) -> Option<String>,
     terms: &Terms,
@@ -475,11 +488,13 @@ fn prepare_entries(
             .to_owned();
         let this = match method.as_str() {
             "POST" | "PUT" => match entry.get_mut("resource") {
-                Some(resource) => Some(
-                    sealing
+                Some(resource) => {
+                    let prepared = sealing
                         .prepare(resource, context, terms)
-                        .map_err(prepare_error)?,
-                ),
+                        .map_err(prepare_error)?;
+                    mark_source(resource, write_id, index as u32);
+                    Some(prepared)
+                }
                 None => None,
             },
             "PATCH" => {
@@ -492,6 +507,32 @@ fn prepare_entries(
         prepared.push(this);
     }
     Ok(())
+}
+
+/// The source a written resource carries to the upstream: `urn:fhirseal:write:<write id>:<position>`
+/// (HAPI appends `#<request id>`), so that after a crash the version this write made is found
+/// again by `_source` (see `recover`). It replaces a source the client set: the upstream keeps
+/// one source per version, and this one is what makes the write recoverable.
+pub(super) const WRITE_SOURCE: &str = "urn:fhirseal:write:";
+
+/// The source of position `position` of write `write_id`.
+pub(super) fn write_source(write_id: &str, position: u32) -> String {
+    format!("{WRITE_SOURCE}{write_id}:{position}")
+}
+
+fn mark_source(resource: &mut Value, write_id: &str, position: u32) {
+    let Some(map) = resource.as_object_mut() else {
+        return;
+    };
+    let meta = map
+        .entry("meta")
+        .or_insert_with(|| Value::Object(serde_json::Map::new()));
+    if let Some(meta) = meta.as_object_mut() {
+        meta.insert(
+            "source".to_owned(),
+            Value::String(write_source(write_id, position)),
+        );
+    }
 }
 
 /// A split that failed: the client's fault when its resource refers to too many persons.

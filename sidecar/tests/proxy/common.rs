@@ -1,7 +1,8 @@
 //! Helpers: a sidecar on port 0 in front of an upstream, and a small HTTP client.
 
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use std::path::PathBuf;
@@ -472,4 +473,117 @@ pub async fn all_pages(first: &str) -> String {
             None => return all,
         }
     }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The `fhirseal` process of one round.
+pub struct Node {
+    pub child: Child,
+    pub base: String,
+}
+
+impl Node {
+    /// Starts the binary on `config` (a fresh port each time), with the crash point `crash_at`
+    /// (`FHIRSEAL_TEST_CRASH_AT`) if given, and waits until it answers.
+    pub async fn start(
+        config: &mut fhirseal_sidecar::Config,
+        dir: &std::path::Path,
+        crash_at: Option<&str>,
+    ) -> Node {
+        let port = free_port();
+        config.server.listen = ([127, 0, 0, 1], port).into();
+        let file = config_file(config, dir);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("fhirseal.log"))
+            .unwrap();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_fhirseal"));
+        command
+            .args(["run", "--config", file.to_str().unwrap()])
+            .env_remove("FHIRSEAL_CONFIG")
+            .env_remove("FHIRSEAL_TEST_CRASH_AT")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log));
+        if let Some(point) = crash_at {
+            command.env("FHIRSEAL_TEST_CRASH_AT", point);
+        }
+        let child = command.spawn().unwrap();
+        let mut node = Node {
+            child,
+            base: format!("http://127.0.0.1:{port}/fhir"),
+        };
+        let health = format!("http://127.0.0.1:{port}/healthz");
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(60) {
+            if try_get(&health).await.is_some() {
+                return node;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let _ = node.child.kill();
+        let _ = node.child.wait();
+        panic!(
+            "fhirseal did not start: {}",
+            std::fs::read_to_string(dir.join("fhirseal.log")).unwrap_or_default()
+        );
+    }
+
+    /// Waits for the process to end by itself (a crash point reached).
+    pub fn wait(mut self) {
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, and waits: a clean shutdown.
+    pub fn stop(mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+
+    pub fn kill(mut self) {
+        // SIGKILL: no shutdown, no last anchoring round, no flush.
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    pub fn ledger(&self, path: &str) -> String {
+        self.base.replace("/fhir", &format!("/ledger/{path}"))
+    }
+}
+
+/// A GET that may fail (the process may be down).
+pub async fn try_get(url: &str) -> Option<Reply> {
+    try_get_as(url, CLINICIAN_KEY).await
+}
+
+/// [`try_get`] with the API key `key`.
+pub async fn try_get_as(url: &str, key: &str) -> Option<Reply> {
+    let client: hyper_util::client::legacy::Client<_, http_body_util::Full<bytes::Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build_http();
+    let request = http::Request::get(url)
+        .header("x-api-key", key)
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    let response = tokio::time::timeout(Duration::from_secs(5), client.request(request))
+        .await
+        .ok()?
+        .ok()?;
+    let (parts, body) = response.into_parts();
+    use http_body_util::BodyExt as _;
+    Some(Reply {
+        status: parts.status,
+        headers: parts.headers,
+        body: body.collect().await.ok()?.to_bytes(),
+    })
 }

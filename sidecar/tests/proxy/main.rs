@@ -14,3 +14,4 @@ mod t40_sealing;
 mod t50_ledger;
 mod t60_crash;
 mod t70_hostile;
+mod t80_crash_window;

@@ -5,8 +5,6 @@
 //!
 //! `FHIRSEAL_CRASH_SEED` and `FHIRSEAL_CRASH_ROUNDS` replay or lengthen a run.
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -36,94 +34,6 @@ fn env_or(name: &str, default: u64) -> u64 {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// The `fhirseal` process of one round.
-struct Node {
-    child: Child,
-    base: String,
-}
-
-impl Node {
-    async fn start(config: &mut fhirseal_sidecar::Config, dir: &std::path::Path) -> Node {
-        let port = free_port();
-        config.server.listen = ([127, 0, 0, 1], port).into();
-        let file = config_file(config, dir);
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.join("fhirseal.log"))
-            .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_fhirseal"))
-            .args(["run", "--config", file.to_str().unwrap()])
-            .env_remove("FHIRSEAL_CONFIG")
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::from(log.try_clone().unwrap()))
-            .stderr(Stdio::from(log))
-            .spawn()
-            .unwrap();
-        let node = Node {
-            child,
-            base: format!("http://127.0.0.1:{port}/fhir"),
-        };
-        let health = format!("http://127.0.0.1:{port}/healthz");
-        let started = Instant::now();
-        while started.elapsed() < Duration::from_secs(60) {
-            if try_get(&health).await.is_some() {
-                return node;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!(
-            "fhirseal did not start: {}",
-            std::fs::read_to_string(dir.join("fhirseal.log")).unwrap_or_default()
-        );
-    }
-
-    fn kill(mut self) {
-        // SIGKILL: no shutdown, no last anchoring round, no flush.
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-
-    fn ledger(&self, path: &str) -> String {
-        self.base.replace("/fhir", &format!("/ledger/{path}"))
-    }
-}
-
-/// A GET that may fail (the process may be down).
-async fn try_get(url: &str) -> Option<Reply> {
-    try_get_as(url, CLINICIAN_KEY).await
-}
-
-/// [`try_get`] with the API key `key`.
-async fn try_get_as(url: &str, key: &str) -> Option<Reply> {
-    let client: hyper_util::client::legacy::Client<_, http_body_util::Full<bytes::Bytes>> =
-        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-            .build_http();
-    let request = http::Request::get(url)
-        .header("x-api-key", key)
-        .body(http_body_util::Full::new(bytes::Bytes::new()))
-        .unwrap();
-    let response = tokio::time::timeout(Duration::from_secs(5), client.request(request))
-        .await
-        .ok()?
-        .ok()?;
-    let (parts, body) = response.into_parts();
-    use http_body_util::BodyExt as _;
-    Some(Reply {
-        status: parts.status,
-        headers: parts.headers,
-        body: body.collect().await.ok()?.to_bytes(),
-    })
 }
 
 /// A write that may be cut off by the kill: `None` when no answer came back.
@@ -226,7 +136,7 @@ async fn kill_9_while_writing_loses_no_acknowledged_write() {
     let acked: Acked = Arc::new(Mutex::new(Vec::new()));
 
     for round in 0..rounds {
-        let node = Node::start(&mut config, dir.path()).await;
+        let node = Node::start(&mut config, dir.path(), None).await;
         // What earlier rounds acknowledged survived the kill: persons are still re-identified.
         let earlier = acked.lock().unwrap().clone();
         for version in earlier {
@@ -268,7 +178,7 @@ async fn kill_9_while_writing_loses_no_acknowledged_write() {
         );
     }
 
-    let node = Node::start(&mut config, dir.path()).await;
+    let node = Node::start(&mut config, dir.path(), None).await;
     let acked = acked.lock().unwrap().clone();
     assert!(
         !acked.is_empty(),

@@ -1,0 +1,162 @@
+//! The `recover` phase, outside any request: the intents that writes kept before they were
+//! forwarded, and that no outcome settled (the process died between the upstream's commit and
+//! the vault's, or the exchange failed without an answer), resolved against the upstream. Each
+//! written resource carries `meta.source = urn:fhirseal:write:<write id>:<position>`: found
+//! upstream, its identity is sealed under the id and version the upstream gave it and anchored
+//! (unless the vault and the ledger have it already); not found, nothing was written, and a
+//! surrogate made for it is forgotten.
+
+use fhirseal_adapters::canonical;
+use http::{Method, StatusCode};
+use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
+use serde_json::Value;
+
+use super::deps::Deps;
+use super::seal::write_source;
+use crate::error::ProxyError;
+use crate::sealing::Intent;
+
+/// What one round of resolution did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Resolved {
+    /// Writes whose versions the upstream holds, now sealed and anchored.
+    pub kept: usize,
+    /// Writes the upstream never stored, forgotten.
+    pub forgotten: usize,
+    /// Writes left for a later round (the upstream did not answer, or kept after the cutoff).
+    pub left: usize,
+}
+
+/// Resolves every write whose intents were all kept before `cutoff_ms` (a write still in
+/// flight is never touched: its intents are newer).
+pub(super) async fn resolve(deps: &Deps, cutoff_ms: u64) -> Result<Resolved, ProxyError> {
+    let sealing = deps.sealing.clone();
+    let intents = tokio::task::spawn_blocking(move || sealing.intents())
+        .await
+        .map_err(|e| ProxyError::Internal(e.to_string()))??;
+    let mut resolved = Resolved::default();
+    let mut groups: Vec<Vec<Intent>> = Vec::new();
+    for intent in intents {
+        match groups.last_mut() {
+            Some(group) if group[0].write_id == intent.write_id => group.push(intent),
+            _ => groups.push(vec![intent]),
+        }
+    }
+    for group in groups {
+        let newest = group.iter().map(Intent::created_ms).max().unwrap_or(0);
+        if newest >= cutoff_ms {
+            resolved.left += 1;
+            continue;
+        }
+        let mut settled = true;
+        let mut stored = false;
+        for intent in &group {
+            match resolve_one(deps, intent).await {
+                Ok(found) => stored |= found,
+                Err(error) => {
+                    tracing::warn!(write = %intent.write_id, error = %error.log_text(), "an intent could not be resolved yet");
+                    settled = false;
+                }
+            }
+        }
+        if settled {
+            deps.sealing.durable().await?;
+            deps.sealing.settle(&group[0].write_id)?;
+            if stored {
+                resolved.kept += 1;
+            } else {
+                resolved.forgotten += 1;
+            }
+        } else {
+            resolved.left += 1;
+        }
+    }
+    if resolved.kept + resolved.forgotten > 0 {
+        deps.sealing.durable().await?;
+        tracing::info!(
+            kept = resolved.kept,
+            forgotten = resolved.forgotten,
+            left = resolved.left,
+            "writes left unsettled by a crash or a failed exchange resolved"
+        );
+    }
+    Ok(resolved)
+}
+
+/// Resolves one intent; whether the upstream holds what it wrote.
+async fn resolve_one(deps: &Deps, intent: &Intent) -> Result<bool, ProxyError> {
+    let source = write_source(&intent.write_id, intent.position());
+    let url = format!(
+        "{}/{}?_source={}&_count=2",
+        deps.upstream.base,
+        intent.resource_type(),
+        utf8_percent_encode(&source, NON_ALPHANUMERIC)
+    );
+    let (status, bundle) = deps.upstream.json(Method::GET, &url, None).await?;
+    if status != StatusCode::OK {
+        return Err(ProxyError::UpstreamBody(format!(
+            "searching the upstream by _source answered {status}"
+        )));
+    }
+    let found: Vec<&Value> = bundle
+        .get("entry")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.get("resource"))
+        .collect();
+    let sealing = deps.sealing.clone();
+    let intent = intent.clone();
+    let ledger = deps.ledger.clone();
+    match found.as_slice() {
+        [] => tokio::task::spawn_blocking(move || {
+            let prepared = sealing.resume(&intent)?;
+            sealing.rollback(&prepared);
+            Ok::<_, ProxyError>(false)
+        })
+        .await
+        .map_err(|e| ProxyError::Internal(e.to_string()))?,
+        [resource] => {
+            let text = |pointer: &str| {
+                resource
+                    .pointer(pointer)
+                    .and_then(Value::as_str)
+                    .map(str::to_owned)
+            };
+            let (Some(id), Some(version)) = (text("/id"), text("/meta/versionId")) else {
+                return Err(ProxyError::UpstreamBody(
+                    "a resource found by _source has no id or version".to_owned(),
+                ));
+            };
+            let hash = canonical::clinical_hash(resource)
+                .map_err(|e| ProxyError::UpstreamBody(format!("a stored resource: {e}")))?;
+            tokio::task::spawn_blocking(move || {
+                let ty = intent.resource_type().to_owned();
+                let prepared = sealing.resume(&intent)?;
+                let record = sealing
+                    .vault()
+                    .record(&ty, &id, &version)
+                    .map_err(crate::sealing::SealError::from)?;
+                let anchored = ledger.proof(&ty, &id, &version)?.is_some()
+                    || ledger.is_pending(&ty, &id, &version)?;
+                match record {
+                    // The crash came after the vault's commit: kept already, and anchored
+                    // unless the stored copy could not be read back then.
+                    Some(record) if !anchored => {
+                        sealing.anchor_existing(&record, hash)?;
+                    }
+                    Some(_) => {}
+                    None if !prepared.has_identity() && anchored => {}
+                    None => sealing.commit(&prepared, &id, &version, Some(hash))?,
+                }
+                Ok::<_, ProxyError>(true)
+            })
+            .await
+            .map_err(|e| ProxyError::Internal(e.to_string()))?
+        }
+        _ => Err(ProxyError::UpstreamBody(format!(
+            "{} resources carry the source {source}",
+            found.len()
+        ))),
+    }
+}
