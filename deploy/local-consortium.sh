@@ -4,7 +4,7 @@
 # one data directory); the first, h1, is the regulator, the others (h2 … hN) are invited,
 # join and are admitted by the regulator.
 #
-#   deploy/local-consortium.sh start N [--hapi] [--voters K] [--port P] [--upstream URL]...
+#   deploy/local-consortium.sh start N [--hapi] [--voters K] [--delegates D] [--port P] [--upstream URL]...
 #       founds the consortium and starts its nodes; a second `start` starts the nodes already
 #       there again. Member hI serves FHIR on 127.0.0.1:P+I (P defaults to 7100), its
 #       governance listener (mutual TLS) is 127.0.0.1:P+100+I, the regulator's join desk
@@ -14,6 +14,9 @@
 #       http://127.0.0.1:8080/fhir. The first K members' nodes vote in Raft (default 3, or 1
 #       when N is 2: a voter is removed by a joint consensus of the old voters and the new,
 #       so one of two voters revoked would hold up the governance), the others are learners.
+#       The shared ledger's delegates are the D members with the highest stake (all stakes
+#       are equal here: the first D by name; default every member up to 4): its chain is
+#       finalized by 2f+1 of them, and every member holds it.
 #   deploy/local-consortium.sh status          every member: its process and its node's view
 #   deploy/local-consortium.sh stop            stops every node (SIGTERM) and the HAPIs started
 #   deploy/local-consortium.sh kill NAME       SIGKILL one member's node (a crash)
@@ -38,7 +41,7 @@ shift || true
 bin="${FHIRSEAL_BIN:-$root/target/debug/fhirseal}"
 hapi_sh="$root/deploy/hapi/hapi.sh"
 
-usage() { sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '2,32p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 die() { echo "local-consortium.sh: $*" >&2; exit 1; }
 
 ensure_bin() {
@@ -197,7 +200,7 @@ write_json() {
 }
 
 cmd_start() {
-    local n=3 voters="" port=7100 hapi=0
+    local n=3 voters="" port=7100 hapi=0 delegates=4
     local upstreams=()
     if [[ $# -gt 0 && "$1" =~ ^[0-9]+$ ]]; then
         n="$1"
@@ -207,6 +210,7 @@ cmd_start() {
         case "$1" in
             --hapi) hapi=1; shift ;;
             --voters) voters="$2"; shift 2 ;;
+            --delegates) delegates="$2"; shift 2 ;;
             --port) port="$2"; shift 2 ;;
             --upstream) upstreams+=("$2"); shift 2 ;;
             *) die "unknown argument: $1" ;;
@@ -224,7 +228,7 @@ cmd_start() {
     if [[ -z "$voters" ]]; then
         voters=$(( n == 2 ? 1 : 3 ))
     fi
-    (( n >= 1 && voters >= 1 )) || die "N and --voters must be at least 1"
+    (( n >= 1 && voters >= 1 && delegates >= 1 )) || die "N, --voters and --delegates must be at least 1"
     [[ $hapi == 1 && ${#upstreams[@]} -gt 0 ]] && die "--hapi and --upstream exclude each other"
     mkdir -p "$dir"
     printf 'port=%s\nhapi=%s\n' "$port" "$hapi" >"$dir/settings"
@@ -259,7 +263,7 @@ cmd_start() {
     # The regulator founds the consortium, with its join desk.
     local init_out pin
     init_out=$(consortium init --config "$(config_of h1)" --consortium local --member h1 \
-        --listen "127.0.0.1:$(( port + 101 ))")
+        --listen "127.0.0.1:$(( port + 101 ))" --delegates "$delegates")
     pin=$(grep -o -- '--pin [0-9a-f]*' <<<"$init_out" | cut -d' ' -f2)
     echo h1 >"$dir/members"
     start_node h1

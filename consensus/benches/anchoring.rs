@@ -1,19 +1,25 @@
 //! Anchored entries per second on the single node, against a baseline of bare SHA-256 over the
 //! same entries' encoded bytes, measured in the same process.
 //!
-//! One anchoring round is what the outbox will do: the institution signs batches of entries,
-//! submits them, and the node produces a block from them (validation, Merkle roots, the finality
-//! vote, one sled transaction for the block and its indexes, `flush_async`) in a sled database on
-//! disk. Making the entries is outside the timing; everything else is inside.
+//! One anchoring round is what the outbox does: the institution signs batches of entries,
+//! submits them, and the node's driver finalizes a block from them with its one delegate
+//! (validation, Merkle roots, the BFT engine's proposal, votes and commit certificate, one sled
+//! transaction for the block and its indexes, `flush_async`) in a sled database on disk. The
+//! write-ahead log is not written (the sidecar's runtime does that). Making the entries is outside
+//! the timing; everything else is inside.
 //!
 //! Run: `cargo bench -p fhirseal-consensus --bench anchoring`.
 
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput};
+use std::sync::Arc;
+
+use fhirseal_consensus::bft::{EngineConfig, MalachiteEngine};
+use fhirseal_consensus::ledger::{Effect, FixedContext};
 use fhirseal_consensus::{
-    AnchorBatch, AnchorEntry, BatchId, BlockLimits, BlockProducer, Chain, ChainStore, Ledger,
-    PublicKey, Roster, SigningKey, SoloLedger, Timestamp, Transaction,
+    chain_id, AnchorBatch, AnchorEntry, BatchId, BlockLimits, Chain, ChainStore, Driver,
+    DriverConfig, PublicKey, Roster, SigningKey, Timestamp, Transaction,
 };
 use sha2::{Digest as _, Sha256};
 
@@ -22,11 +28,16 @@ const INSTITUTION: &str = "hospital-a";
 /// Block shapes measured: (entries per batch, batches per block).
 const SHAPES: [(usize, usize); 2] = [(512, 8), (64, 4)];
 
+type OneDriver = Driver<MalachiteEngine, fn(EngineConfig, SigningKey) -> MalachiteEngine>;
+
 struct Fixture {
     // Kept so the database directory lives as long as the ledger.
     _dir: tempfile::TempDir,
     runtime: tokio::runtime::Runtime,
-    ledger: SoloLedger,
+    chain: Chain,
+    driver: OneDriver,
+    context: FixedContext,
+    roster: Roster,
     institution: SigningKey,
     next_entry: u64,
     next_batch: u64,
@@ -44,20 +55,36 @@ impl Fixture {
             PublicKey::of(&institution),
             PublicKey::of(&delegate),
         );
-        let chain = Chain::open(ChainStore::open(&db).expect("store")).expect("chain");
-        let ledger = SoloLedger::new(chain, BlockProducer::new(delegate), roster)
-            .expect("ledger")
-            .with_limits(BlockLimits {
-                max_transactions: 1024,
-                max_items: 1 << 16,
-            });
+        let chain_key = chain_id("bench");
+        let chain = Chain::open(ChainStore::open(&db).expect("store"), chain_key).expect("chain");
+        let mut config = DriverConfig::new(EngineConfig::new(chain_key));
+        config.limits = BlockLimits {
+            max_transactions: 1024,
+            max_items: 1 << 16,
+        };
+        let driver: OneDriver = Driver::new(
+            config,
+            "delegate".into(),
+            MalachiteEngine::new,
+            chain.tip().cloned(),
+        );
+        let context = FixedContext {
+            reader: chain.reader(),
+            roster: Arc::new(roster.clone()),
+            members: vec!["delegate".into()],
+            keys: vec![delegate],
+            holding: true,
+        };
         let runtime = tokio::runtime::Builder::new_current_thread()
             .build()
             .expect("runtime");
         Self {
             _dir: dir,
             runtime,
-            ledger,
+            chain,
+            driver,
+            context,
+            roster,
             institution,
             next_entry: 0,
             next_batch: 0,
@@ -92,26 +119,35 @@ impl Fixture {
         let prepared: Vec<Vec<AnchorEntry>> =
             (0..batches).map(|_| self.entries(per_batch)).collect();
         let start = Instant::now();
+        let mut transactions = Vec::with_capacity(batches);
         for entries in prepared {
             self.next_batch += 1;
             let mut id = [0; 16];
             id[8..].copy_from_slice(&self.next_batch.to_be_bytes());
             let batch = AnchorBatch::sign(BatchId(id), INSTITUTION, entries, &self.institution)
                 .expect("sign");
-            self.ledger
-                .submit(Transaction::Anchor(batch))
-                .expect("submit");
+            transactions.push(Transaction::Anchor(batch));
         }
         self.time += 1;
         let time = Timestamp(self.time);
         let produce = Instant::now();
-        let receipt = self
-            .runtime
-            .block_on(self.ledger.produce(time))
-            .expect("produce")
-            .expect("a block");
+        let (answers, effects) = self
+            .driver
+            .submit(transactions, self.time, time, &self.context)
+            .expect("submit");
+        assert!(answers.iter().all(Result::is_ok));
+        let mut stored = 0;
+        for effect in effects {
+            if let Effect::Append(block) = effect {
+                let receipt = self
+                    .runtime
+                    .block_on(self.chain.append(&block, &self.roster))
+                    .expect("append");
+                stored += receipt.transactions.len();
+            }
+        }
         let (elapsed, producing) = (start.elapsed(), produce.elapsed());
-        assert_eq!(receipt.transactions.len(), batches);
+        assert_eq!(stored, batches);
         (elapsed, producing)
     }
 }

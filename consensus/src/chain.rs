@@ -1,5 +1,6 @@
 //! The chain on disk: finalized blocks appended through the typed sled stores, proofs read back,
-//! and the whole chain re-verified from genesis.
+//! and the whole chain re-verified from genesis. Every member holds the same chain, each in its
+//! own database; a block is appended only with a commit certificate of its epoch's delegates.
 
 use fhirseal_storage::chain_store::{
     AnchorWrite, BlockWrite, ChainStore, ChainStoreError, EntryLocation, TxLocation,
@@ -8,11 +9,16 @@ use fhirseal_storage::chain_store::{
 use crate::block::{Block, BlockHeader, FinalizedBlock};
 use crate::error::{Error, Result};
 use crate::hash::Hash256;
-use crate::keys::Rosters;
+use crate::keys::{DelegateSet, Rosters};
 use crate::merkle;
 use crate::proof::AnchorProof;
 use crate::tx::{anchor_key, Transaction, TxId};
 use crate::validate::validate_finalized_block;
+
+/// The format of the blocks a chain database holds, recorded in it ([`ChainStore::open_dir`]):
+/// 2 since blocks carry BFT commit certificates and name the epoch of their successor (format
+/// 1, the single-node chain's, is not read).
+pub const CHAIN_FORMAT: u8 = 2;
 
 /// What appending a block did: where it is, and which transactions it holds (a transaction's
 /// position is its index here).
@@ -56,12 +62,36 @@ pub struct Chain {
 #[derive(Debug, Clone)]
 pub struct ChainReader {
     store: ChainStore,
+    chain: Hash256,
 }
 
 impl ChainReader {
-    /// Reads over `store`.
-    pub fn new(store: ChainStore) -> Self {
-        Self { store }
+    /// Reads over `store`, the chain with id `chain` (see [`crate::block::chain_id`]).
+    pub fn new(store: ChainStore, chain: Hash256) -> Self {
+        Self { store, chain }
+    }
+
+    /// The chain's id.
+    pub fn chain_id(&self) -> &Hash256 {
+        &self.chain
+    }
+
+    /// The epoch of the stored block at `height` (whose delegates certified it).
+    pub fn epoch_of(&self, height: u64) -> Result<Option<u64>> {
+        Ok(self.block(height)?.map(|b| b.block.header.epoch))
+    }
+
+    /// Up to `limit` stored blocks from `height` on, in height order (catch-up for a peer).
+    pub fn blocks_from(&self, height: u64, limit: usize) -> Result<Vec<FinalizedBlock>> {
+        let mut out = Vec::new();
+        for item in self.store.blocks_from(height).take(limit) {
+            let (h, bytes) = item?;
+            if h != height + out.len() as u64 {
+                break;
+            }
+            out.push(decode_block(h, &bytes)?);
+        }
+        Ok(out)
     }
 
     /// The store, for [`Chain::verify_store`].
@@ -151,7 +181,7 @@ impl ChainReader {
 
     /// Re-verifies every stored block from genesis: see [`Chain::verify_store`].
     pub fn verify<R: Rosters>(&self, rosters: &R) -> Result<ChainCheck> {
-        Chain::verify_store(&self.store, rosters)
+        Chain::verify_store(&self.store, &self.chain, rosters)
     }
 
     /// Verifies the blocks after `since`: see [`Chain::verify_store_since`].
@@ -160,22 +190,77 @@ impl ChainReader {
         rosters: &R,
         since: Option<BlockHeader>,
     ) -> Result<(ChainCheck, Option<BlockHeader>)> {
-        Chain::verify_store_since(&self.store, rosters, since, |_| {})
+        Chain::verify_store_since(&self.store, &self.chain, rosters, since, |_| {})
+    }
+
+    /// Checks each evidence item of `transactions`, in a block at `height`, against the
+    /// delegates of its offence's height: that height is stored (an offence is reported after its
+    /// height is final) and below `height`, and the pair convicts one of its delegates on this
+    /// chain.
+    pub fn check_evidence<R: Rosters>(
+        &self,
+        height: u64,
+        transactions: &[Transaction],
+        rosters: &R,
+    ) -> Result<()> {
+        check_evidence(&self.store, &self.chain, height, transactions, rosters)
+    }
+
+    /// Where the anchor with this key (see [`crate::anchor_key`]) is, if it is in the chain.
+    pub fn anchor(&self, key: &[u8]) -> Result<Option<EntryLocation>> {
+        Ok(self.store.anchor(key)?)
     }
 }
 
+fn check_evidence<R: Rosters>(
+    store: &ChainStore,
+    chain: &Hash256,
+    in_height: u64,
+    transactions: &[Transaction],
+    rosters: &R,
+) -> Result<()> {
+    for tx in transactions {
+        let Transaction::Evidence(batch) = tx else {
+            continue;
+        };
+        for evidence in &batch.items {
+            let height = evidence.height();
+            if height >= in_height {
+                return Err(Error::InvalidEvidence(
+                    "the offence is not in a final height",
+                ));
+            }
+            let bytes = store
+                .block(height)?
+                .ok_or(Error::InvalidEvidence("the offence's height is not stored"))?;
+            let epoch = decode_block(height, &bytes)?.block.header.epoch;
+            let delegates: &DelegateSet = rosters
+                .roster(epoch)
+                .ok_or(Error::UnknownEpoch(epoch))?
+                .delegates();
+            evidence.verify(chain, delegates)?;
+        }
+    }
+    Ok(())
+}
+
 impl Chain {
-    /// Opens the chain kept in `store`, reading its tip. Use [`Chain::verify_chain`] to check what
-    /// is stored.
-    pub fn open(store: ChainStore) -> Result<Self> {
+    /// Opens the chain with id `chain` kept in `store`, reading its tip. Use
+    /// [`Chain::verify_chain`] to check what is stored.
+    pub fn open(store: ChainStore, chain: Hash256) -> Result<Self> {
         let tip = match store.last_block()? {
             Some((height, bytes)) => Some(decode_block(height, &bytes)?.block.header),
             None => None,
         };
         Ok(Self {
-            reader: ChainReader::new(store),
+            reader: ChainReader::new(store, chain),
             tip,
         })
+    }
+
+    /// The chain's id.
+    pub fn chain_id(&self) -> &Hash256 {
+        self.reader.chain_id()
     }
 
     /// The last block's header.
@@ -189,7 +274,8 @@ impl Chain {
     }
 
     /// Validates `block` against the tip and the roster of its epoch (see
-    /// [`validate_finalized_block`]), then stores it with its indexes in one transaction and
+    /// [`validate_finalized_block`]: its commit certificate among them) and its evidence (see
+    /// [`ChainReader::check_evidence`]), then stores it with its indexes in one transaction and
     /// flushes before returning. Refused, with nothing written: an invalid block, a transaction
     /// already in the chain (submission is idempotent on it: see [`Chain::locate_transaction`]),
     /// a resource version already anchored.
@@ -202,7 +288,9 @@ impl Chain {
         let roster = rosters
             .roster(header.epoch)
             .ok_or(Error::UnknownEpoch(header.epoch))?;
-        let hash = validate_finalized_block(self.tip.as_ref(), block, roster)?;
+        let hash = validate_finalized_block(self.chain_id(), self.tip.as_ref(), block, roster)?;
+        self.reader
+            .check_evidence(header.height, &block.block.transactions, rosters)?;
 
         let bytes = block.to_bytes();
         let transactions: Vec<Vec<u8>> = block
@@ -265,11 +353,6 @@ impl Chain {
             .locate_anchor(institution, resource_type, logical_id, version_id)
     }
 
-    /// The anchor with this key (see [`crate::anchor_key`]), if any.
-    pub(crate) fn anchor_by_key(&self, key: &[u8]) -> Result<Option<EntryLocation>> {
-        Ok(self.reader.store.anchor(key)?)
-    }
-
     /// The block at `height`.
     pub fn block(&self, height: u64) -> Result<Option<FinalizedBlock>> {
         self.reader.block(height)
@@ -290,22 +373,27 @@ impl Chain {
 
     /// Re-verifies every stored block from genesis: see [`Chain::verify_store`].
     pub fn verify_chain<R: Rosters>(&self, rosters: &R) -> Result<ChainCheck> {
-        Self::verify_store(&self.reader.store, rosters)
+        Self::verify_store(&self.reader.store, self.chain_id(), rosters)
     }
 
     /// [`Chain::verify_chain`] over a store that [`Chain::open`] refuses (its last block does not
     /// decode), so that the damage can still be located.
-    pub fn verify_store<R: Rosters>(store: &ChainStore, rosters: &R) -> Result<ChainCheck> {
-        Self::verify_store_with(store, rosters, |_| {})
+    pub fn verify_store<R: Rosters>(
+        store: &ChainStore,
+        chain: &Hash256,
+        rosters: &R,
+    ) -> Result<ChainCheck> {
+        Self::verify_store_with(store, chain, rosters, |_| {})
     }
 
     /// [`Chain::verify_store`], calling `progress` with each height once it verifies.
     pub fn verify_store_with<R: Rosters>(
         store: &ChainStore,
+        chain: &Hash256,
         rosters: &R,
         progress: impl FnMut(u64),
     ) -> Result<ChainCheck> {
-        Ok(Self::verify_store_since(store, rosters, None, progress)?.0)
+        Ok(Self::verify_store_since(store, chain, rosters, None, progress)?.0)
     }
 
     /// Verifies the blocks after `since` (a header verified before: what it was verified
@@ -313,6 +401,7 @@ impl Chain {
     /// and the last header that verifies, the checkpoint for the next call.
     pub fn verify_store_since<R: Rosters>(
         store: &ChainStore,
+        chain: &Hash256,
         rosters: &R,
         since: Option<BlockHeader>,
         mut progress: impl FnMut(u64),
@@ -330,7 +419,7 @@ impl Chain {
             if height != expected {
                 return Ok((broken(expected, Error::MissingBlock(expected)), previous));
             }
-            match verify_stored(store, height, &bytes, previous.as_ref(), rosters) {
+            match verify_stored(store, chain, height, &bytes, previous.as_ref(), rosters) {
                 Ok(header) => {
                     previous = Some(header);
                     progress(height);
@@ -346,6 +435,7 @@ impl Chain {
 
 fn verify_stored<R: Rosters>(
     store: &ChainStore,
+    chain: &Hash256,
     height: u64,
     bytes: &[u8],
     previous: Option<&BlockHeader>,
@@ -359,7 +449,8 @@ fn verify_stored<R: Rosters>(
     let roster = rosters
         .roster(header.epoch)
         .ok_or(Error::UnknownEpoch(header.epoch))?;
-    let hash = validate_finalized_block(previous, &block, roster)?;
+    let hash = validate_finalized_block(chain, previous, &block, roster)?;
+    check_evidence(store, chain, height, &block.block.transactions, rosters)?;
 
     if store.height_of(&hash.0)? != Some(height) {
         return Err(Error::IndexMismatch("block hash"));

@@ -18,9 +18,12 @@ pub mod tag {
     pub const BLOCK_HEADER: u8 = 0x10;
     /// A transaction: `SHA-256(0x11 ‖ encoded transaction commitment)`.
     pub const TRANSACTION: u8 = 0x11;
+    /// A chain's identity: `SHA-256(0x12 ‖ consortium name)` (see [`crate::block::chain_id`]).
+    pub const CHAIN_ID: u8 = 0x12;
     /// First byte of the message an institution signs for a batch.
     pub const BATCH_SIGNATURE: u8 = 0x20;
-    /// First byte of the message a delegate signs to finalize a block.
+    /// First byte of the message the single-node chain's delegate signed to finalize a block,
+    /// before blocks carried BFT commit certificates; retired, never to be reused.
     pub const FINALITY_VOTE: u8 = 0x21;
     /// First byte of the message a member signs for a governance command.
     pub const GOVERNANCE_COMMAND: u8 = 0x30;

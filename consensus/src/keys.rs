@@ -2,6 +2,7 @@
 //! institutions' keys.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use ed25519_dalek::{Signature, SigningKey, VerifyingKey};
 
@@ -90,6 +91,11 @@ impl DelegateSet {
         Ok(Self { keys })
     }
 
+    /// A set of one delegate.
+    pub fn from_one(key: PublicKey) -> Self {
+        Self { keys: vec![key] }
+    }
+
     /// The keys, in schedule order.
     pub fn keys(&self) -> &[PublicKey] {
         &self.keys
@@ -126,7 +132,8 @@ impl DelegateSet {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Roster {
     delegates: DelegateSet,
-    institutions: BTreeMap<String, Vec<PublicKey>>,
+    // Shared: one set of institution keys serves the rosters of every epoch.
+    institutions: Arc<BTreeMap<String, Vec<PublicKey>>>,
 }
 
 impl Roster {
@@ -136,16 +143,24 @@ impl Roster {
         delegates: DelegateSet,
         institutions: impl IntoIterator<Item = (String, PublicKey)>,
     ) -> Self {
-        let mut roster = Self {
-            delegates,
-            institutions: BTreeMap::new(),
-        };
+        let mut map: BTreeMap<String, Vec<PublicKey>> = BTreeMap::new();
         for (institution, key) in institutions {
-            let keys = roster.institutions.entry(institution).or_default();
+            let keys = map.entry(institution).or_default();
             keys.retain(|k| *k != key);
             keys.push(key);
         }
-        roster
+        Self {
+            delegates,
+            institutions: Arc::new(map),
+        }
+    }
+
+    /// The same institutions' keys with other delegates (those of another epoch); cheap.
+    pub fn with_delegates(&self, delegates: DelegateSet) -> Self {
+        Self {
+            delegates,
+            institutions: Arc::clone(&self.institutions),
+        }
     }
 
     /// The consortium of one: `institution` signs batches with `institution_key`, and the node's
@@ -159,7 +174,7 @@ impl Roster {
             delegates: DelegateSet {
                 keys: vec![delegate],
             },
-            institutions: [(institution.into(), vec![institution_key])].into(),
+            institutions: Arc::new([(institution.into(), vec![institution_key])].into()),
         }
     }
 
@@ -191,7 +206,8 @@ impl Roster {
 }
 
 /// The roster in force at each epoch: what chain verification asks when it walks epochs.
-/// A single [`Roster`] answers for every epoch; the DPoS will answer from its election records.
+/// A single [`Roster`] answers for every epoch; [`EpochRosters`] answers from the delegates the
+/// governance state recorded for each epoch.
 pub trait Rosters {
     /// The roster of `epoch`, if known.
     fn roster(&self, epoch: u64) -> Option<&Roster>;
@@ -200,6 +216,38 @@ pub trait Rosters {
 impl Rosters for Roster {
     fn roster(&self, _epoch: u64) -> Option<&Roster> {
         Some(self)
+    }
+}
+
+/// One roster per epoch: each epoch's delegates with the same institutions' keys.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EpochRosters {
+    by_epoch: BTreeMap<u64, Roster>,
+}
+
+impl EpochRosters {
+    /// The rosters of `institutions`' keys with each epoch's delegates.
+    pub fn new(
+        institutions: &Roster,
+        epochs: impl IntoIterator<Item = (u64, DelegateSet)>,
+    ) -> Self {
+        Self {
+            by_epoch: epochs
+                .into_iter()
+                .map(|(epoch, delegates)| (epoch, institutions.with_delegates(delegates)))
+                .collect(),
+        }
+    }
+
+    /// The newest epoch, if any.
+    pub fn latest(&self) -> Option<(u64, &Roster)> {
+        self.by_epoch.iter().next_back().map(|(e, r)| (*e, r))
+    }
+}
+
+impl Rosters for EpochRosters {
+    fn roster(&self, epoch: u64) -> Option<&Roster> {
+        self.by_epoch.get(&epoch)
     }
 }
 

@@ -3,17 +3,21 @@
 //! DPoS's pure rules (beacon, ring-signature ballots, election); the node transport is the
 //! sidecar's.
 //!
-//! - Types: institution-signed batches of anchor entries and access events ([`tx`]), blocks
-//!   with finality certificates ([`block`]), in a hand-written canonical encoding ([`codec`]),
+//! - Types: institution-signed batches of anchor entries, access events and evidence ([`tx`]),
+//!   blocks with the BFT commit certificates that finalize them ([`block`]), in a hand-written
+//!   canonical encoding ([`codec`]),
 //!   hashed with SHA-256 under domain-separation tags ([`hash`]), committed by Merkle trees with
 //!   inclusion proofs ([`merkle`]).
 //! - Rules, as plain functions over data with time passed in: transaction and block validity
 //!   ([`validate`]), who may sign ([`keys`]: delegates, quorum `2f + 1` of `3f + 1`, the roster),
-//!   block production and finality votes ([`producer`]).
+//!   the pending pool and block proposals ([`producer`]).
 //! - The chain on disk ([`chain`]): finalized blocks appended through `fhirseal-storage`'s typed
 //!   sled stores, idempotent per batch, anchor proofs ([`proof`]), re-verification from genesis.
-//! - The seam the sidecar drives ([`ledger`]): submit a transaction, produce a block; the
-//!   single-node consortium implements it now, the DPoS will.
+//! - One node's part of the shared chain as a pure state machine ([`ledger`]): the [`Driver`]
+//!   takes submitted transactions, runs the BFT engine while the node is a delegate, builds and
+//!   judges proposals, follows the blocks others finalize, and returns the effects (write-ahead
+//!   log, network, timers, appends) for the sidecar's runtime to perform. The embedded
+//!   consortium of one is the same driver with one delegate.
 //! - The BFT engine that finalizes the shared chain among the delegates ([`bft`]): our
 //!   `BftEngine` trait with its votes, proposals, commit certificates, write-ahead log entries
 //!   and evidence, implemented over Malachite's pure consensus core (`bft/malachite.rs` is the
@@ -49,20 +53,23 @@ pub mod raft;
 pub mod tx;
 pub mod validate;
 
-pub use block::{Block, BlockHeader, DelegateSignature, FinalityCertificate, FinalizedBlock};
-pub use chain::{BlockReceipt, Chain, ChainCheck, ChainReader};
+pub use bft::CommitCertificate;
+pub use block::{chain_id, Block, BlockHeader, FinalizedBlock};
+pub use chain::{BlockReceipt, Chain, ChainCheck, ChainReader, CHAIN_FORMAT};
 pub use codec::DecodeError;
 pub use ed25519_dalek::{Signature, SigningKey};
 pub use error::{Error, Result};
 pub use fhirseal_storage::chain_store::{ChainStore, EntryLocation, TxLocation};
 pub use hash::Hash256;
-pub use keys::{quorum, DelegateSet, PublicKey, Roster, Rosters};
-pub use ledger::{Ledger, SoloLedger, Submitted};
+pub use keys::{quorum, DelegateSet, EpochRosters, PublicKey, Roster, Rosters};
+pub use ledger::{Driver, DriverConfig, LedgerContext, RosterUse, Submitted};
 pub use merkle::MerkleProof;
 pub use producer::{BlockLimits, BlockProducer, Mempool};
 pub use proof::AnchorProof;
 pub use tx::{
-    anchor_key, AccessBatch, AccessEvent, AnchorBatch, AnchorEntry, BatchHeader, BatchId,
-    Timestamp, Transaction, TxId, TxKind,
+    anchor_key, AccessBatch, AccessEvent, AnchorBatch, AnchorEntry, Batch, BatchHeader, BatchId,
+    EvidenceBatch, Timestamp, Transaction, TxId, TxKind,
 };
-pub use validate::{validate_block, validate_finalized_block, validate_transaction};
+pub use validate::{
+    check_certificate, validate_block, validate_finalized_block, validate_transaction,
+};

@@ -1,14 +1,9 @@
-//! Block production as pure code: the pending pool, proposing a block, voting on one, and
-//! finalizing alone when the producer is the only delegate.
+//! Block production as pure code: the pending pool and proposing a block. Blocks are finalized
+//! by the delegates' BFT engine ([`crate::bft`]), driven by [`crate::ledger::Driver`].
 
 use std::collections::{HashSet, VecDeque};
 
-use ed25519_dalek::{Signer as _, SigningKey};
-
-use crate::block::{
-    transaction_leaves, vote_message, Block, BlockHeader, DelegateSignature, FinalityCertificate,
-    FinalizedBlock,
-};
+use crate::block::{transaction_leaves, Block, BlockHeader};
 use crate::codec::limits;
 use crate::hash::Hash256;
 use crate::keys::PublicKey;
@@ -117,8 +112,26 @@ impl Mempool {
         taken
     }
 
+    /// Drops every waiting transaction `keep` refuses (one a finalized block now holds, or
+    /// whose anchors it holds); returns how many went.
+    pub fn retain(&mut self, mut keep: impl FnMut(&Transaction) -> bool) -> usize {
+        let before = self.queue.len();
+        let mut dropped = Vec::new();
+        self.queue.retain(|tx| {
+            let kept = keep(tx);
+            if !kept {
+                dropped.push(tx.clone());
+            }
+            kept
+        });
+        for tx in &dropped {
+            self.forget(tx);
+        }
+        before - self.queue.len()
+    }
+
     /// Puts transactions taken by [`Mempool::take`] back at the front, in their order, after a
-    /// block holding them could not be stored.
+    /// block holding them was not finalized.
     pub fn restore(&mut self, transactions: Vec<Transaction>) {
         for tx in transactions.into_iter().rev() {
             if self.tx_keys.insert(tx.key()) {
@@ -141,26 +154,16 @@ impl Mempool {
     }
 }
 
-/// A delegate's block-making side: proposes blocks and signs finality votes.
+/// A delegate's block-making side: proposes blocks on the chain's tip.
+#[derive(Debug, Clone, Copy)]
 pub struct BlockProducer {
-    key: SigningKey,
     public: PublicKey,
 }
 
-impl std::fmt::Debug for BlockProducer {
-    // The signing key stays out of logs.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BlockProducer")
-            .field("public", &self.public)
-            .finish_non_exhaustive()
-    }
-}
-
 impl BlockProducer {
-    /// A producer signing with the delegate key `key`.
-    pub fn new(key: SigningKey) -> Self {
-        let public = PublicKey::of(&key);
-        Self { key, public }
+    /// A producer whose blocks name `public` (the proposing delegate's key).
+    pub fn new(public: PublicKey) -> Self {
+        Self { public }
     }
 
     /// The delegate's public key.
@@ -168,22 +171,23 @@ impl BlockProducer {
         self.public
     }
 
-    /// The block that follows `previous` (`None` for genesis) with `transactions`, at `(epoch,
-    /// slot)` and `time`. The time is raised to the previous block's if the clock went back, so
-    /// that block times never decrease.
+    /// The block that follows `previous` (`None` for genesis) with `transactions`, certified by
+    /// the epoch `previous` named next (0 for genesis) and naming `next_epoch` (raised to the
+    /// block's own epoch if lower) for its successor, at `time`. The time is raised to the
+    /// previous block's if the clock went back, so that block times never decrease.
     pub fn propose(
         &self,
         previous: Option<&BlockHeader>,
         transactions: Vec<Transaction>,
-        epoch: u64,
-        slot: u64,
+        next_epoch: u64,
         time: Timestamp,
     ) -> Block {
+        let epoch = previous.map_or(0, |p| p.next_epoch);
         let header = BlockHeader {
             height: previous.map_or(0, |p| p.height + 1),
             previous: previous.map_or(Hash256::ZERO, BlockHeader::hash),
             epoch,
-            slot,
+            next_epoch: next_epoch.max(epoch),
             producer: self.public,
             tx_root: merkle::root(&transaction_leaves(&transactions)),
             // Over the limits, the count saturates and the block fails validation: the caller
@@ -196,33 +200,6 @@ impl BlockProducer {
             transactions,
         }
     }
-
-    /// This delegate's finality vote for the block with hash `block_hash`. The caller signs at
-    /// most one block per height (a second one is double-signing evidence against it).
-    pub fn vote(&self, block_hash: &Hash256) -> DelegateSignature {
-        DelegateSignature {
-            delegate: self.public,
-            signature: self.key.sign(&vote_message(block_hash)),
-        }
-    }
-
-    /// Proposes and signs alone: the certificate holds this producer's vote only, which finalizes
-    /// the block when it is the only delegate (the embedded consortium of one).
-    pub fn produce_alone(
-        &self,
-        previous: Option<&BlockHeader>,
-        transactions: Vec<Transaction>,
-        epoch: u64,
-        slot: u64,
-        time: Timestamp,
-    ) -> FinalizedBlock {
-        let block = self.propose(previous, transactions, epoch, slot, time);
-        let vote = self.vote(&block.header.hash());
-        FinalizedBlock {
-            block,
-            certificate: FinalityCertificate::from_votes(vec![vote]),
-        }
-    }
 }
 
 #[cfg(test)]
@@ -231,7 +208,7 @@ mod tests {
     use crate::tx::{AnchorBatch, AnchorEntry, BatchId};
 
     fn batch(n: u8, entries: usize) -> Transaction {
-        let key = SigningKey::from_bytes(&[1; 32]);
+        let key = ed25519_dalek::SigningKey::from_bytes(&[1; 32]);
         let entries = (0..entries)
             .map(|i| AnchorEntry {
                 institution: "h".into(),
@@ -299,7 +276,7 @@ mod tests {
         });
         let anchor = match &taken[0] {
             Transaction::Anchor(b) => b.entries[0].key(),
-            Transaction::Access(_) => unreachable!(),
+            _ => unreachable!(),
         };
         assert!(!pool.contains_anchor(&anchor));
         pool.restore(taken);
@@ -309,15 +286,30 @@ mod tests {
 
     #[test]
     fn the_producer_links_blocks_and_never_goes_back_in_time() {
-        let producer = BlockProducer::new(SigningKey::from_bytes(&[2; 32]));
-        let genesis = producer.propose(None, vec![batch(1, 1)], 0, 0, Timestamp(50));
+        let producer = BlockProducer::new(PublicKey([2; 32]));
+        let genesis = producer.propose(None, vec![batch(1, 1)], 3, Timestamp(50));
         assert_eq!(genesis.header.height, 0);
         assert_eq!(genesis.header.previous, Hash256::ZERO);
         assert_eq!(genesis.header.tx_count, 1);
-        let next = producer.propose(Some(&genesis.header), vec![], 0, 1, Timestamp(10));
+        assert_eq!((genesis.header.epoch, genesis.header.next_epoch), (0, 3));
+        let next = producer.propose(Some(&genesis.header), vec![], 1, Timestamp(10));
         assert_eq!(next.header.height, 1);
         assert_eq!(next.header.previous, genesis.header.hash());
         assert_eq!(next.header.time, Timestamp(50));
         assert_eq!(next.header.tx_root, merkle::empty_root());
+        // The epoch named next never goes back either.
+        assert_eq!((next.header.epoch, next.header.next_epoch), (3, 3));
+    }
+
+    #[test]
+    fn retain_drops_what_a_block_made_final() {
+        let mut pool = Mempool::new();
+        for n in 1..=3 {
+            pool.push(batch(n, 1));
+        }
+        let gone = batch(2, 1).key();
+        assert_eq!(pool.retain(|tx| tx.key() != gone), 1);
+        assert!(!pool.contains(&gone));
+        assert_eq!(ids(&pool.take(BlockLimits::default())), [1, 3]);
     }
 }

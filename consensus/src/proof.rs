@@ -1,16 +1,18 @@
 //! An anchor's proof: everything a consortium member needs to check, with nothing but the
 //! roster, that a resource version was anchored in a finalized block.
 
-use crate::block::{BlockHeader, FinalityCertificate};
+use crate::bft::CommitCertificate;
+use crate::block::BlockHeader;
 use crate::codec::{top_level_encoding, DecodeError, Reader, Wire, Writer};
 use crate::error::{Error, Result};
 use crate::hash::Hash256;
 use crate::keys::Roster;
 use crate::merkle::{self, MerkleProof};
 use crate::tx::{AnchorEntry, BatchHeader, TxKind};
+use crate::validate::check_certificate;
 
 /// The entry, its path in its batch, the batch header, the batch's path in the block, the block
-/// header and its finality certificate.
+/// header and its commit certificate.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AnchorProof {
     /// What was anchored.
@@ -23,8 +25,8 @@ pub struct AnchorProof {
     pub transaction_path: MerkleProof,
     /// The block's header.
     pub header: BlockHeader,
-    /// The delegates' signatures over the block hash.
-    pub certificate: FinalityCertificate,
+    /// The delegates' precommits for the block hash.
+    pub certificate: CommitCertificate,
 }
 
 top_level_encoding!(AnchorProof);
@@ -36,11 +38,12 @@ impl AnchorProof {
     ///    institution's keys in `roster`;
     /// 2. the entry's path leads to the batch root, with the batch's entry count;
     /// 3. the batch's path leads to the header's transaction root, with its transaction count;
-    /// 4. a quorum of `roster`'s delegates signed the header's hash.
+    /// 4. a quorum of `roster`'s delegates precommitted the header's hash on chain `chain` (use
+    ///    the roster of the block's epoch, [`BlockHeader::epoch`]).
     ///
     /// Whether the upstream's current content still matches is the caller's comparison of its
     /// hash with [`AnchorEntry::clinical_hash`].
-    pub fn verify(&self, roster: &Roster) -> Result<Hash256> {
+    pub fn verify(&self, chain: &Hash256, roster: &Roster) -> Result<Hash256> {
         if self.batch.kind != TxKind::Anchor {
             return Err(Error::InvalidBatch("not an anchor batch"));
         }
@@ -62,11 +65,7 @@ impl AnchorProof {
             return Err(Error::RootMismatch("block transaction"));
         }
 
-        let hash = self.header.hash();
-        let delegates = roster.delegates();
-        self.certificate
-            .verify(&hash, delegates, delegates.quorum())?;
-        Ok(hash)
+        check_certificate(chain, &self.certificate, &self.header, roster)
     }
 }
 
@@ -75,7 +74,7 @@ impl Wire for AnchorProof {
         + 2 * <MerkleProof as Wire>::MIN_LEN
         + <BatchHeader as Wire>::MIN_LEN
         + <BlockHeader as Wire>::MIN_LEN
-        + <FinalityCertificate as Wire>::MIN_LEN;
+        + <CommitCertificate as Wire>::MIN_LEN;
 
     fn write(&self, w: &mut Writer) {
         self.entry.write(w);
@@ -93,7 +92,7 @@ impl Wire for AnchorProof {
             batch: BatchHeader::read(r)?,
             transaction_path: MerkleProof::read(r)?,
             header: BlockHeader::read(r)?,
-            certificate: FinalityCertificate::read(r)?,
+            certificate: CommitCertificate::read(r)?,
         })
     }
 }

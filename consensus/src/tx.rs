@@ -1,4 +1,5 @@
-//! Transactions: institution-signed batches of anchor entries and of access events.
+//! Transactions: institution-signed batches of anchor entries, of access events, and of evidence
+//! of double signing by delegates.
 //!
 //! A batch is a [`BatchHeader`] (kind, batch id, institution, signer, item count, Merkle root of
 //! the items, signature) followed by its items. The header alone is the transaction's
@@ -12,6 +13,7 @@ use std::collections::HashSet;
 use ed25519_dalek::{Signature, Signer as _, SigningKey};
 use fhirseal_storage::chain_store::composite_key;
 
+use crate::bft::Evidence;
 use crate::codec::{self, limits, top_level_encoding, DecodeError, Reader, Wire, Writer};
 use crate::error::{Error, Result};
 use crate::hash::{hex, tag, tagged, Hash256};
@@ -187,8 +189,8 @@ impl std::fmt::Debug for BatchId {
 
 /// The kind of a transaction; its tag byte in the encoding.
 ///
-/// Tags 3 (grant), 4 (revocation) and 5 (penalty evidence) are reserved for the governance
-/// transactions to come; the decoder refuses them until then.
+/// Tags 3 (grant) and 4 (revocation) are reserved for the governance transactions to come; the
+/// decoder refuses them until then.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum TxKind {
@@ -196,6 +198,9 @@ pub enum TxKind {
     Anchor,
     /// An [`AccessBatch`].
     Access,
+    /// An [`EvidenceBatch`]: double signing a member's node saw (the penalties come with the
+    /// election).
+    Evidence,
 }
 
 impl TxKind {
@@ -203,6 +208,7 @@ impl TxKind {
         match self {
             Self::Anchor => 1,
             Self::Access => 2,
+            Self::Evidence => 5,
         }
     }
 
@@ -210,6 +216,7 @@ impl TxKind {
         match tag {
             1 => Ok(Self::Anchor),
             2 => Ok(Self::Access),
+            5 => Ok(Self::Evidence),
             tag => Err(DecodeError::UnknownTag {
                 field: "transaction kind",
                 tag,
@@ -300,10 +307,13 @@ impl Wire for BatchHeader {
 }
 
 /// What batches of any kind have in common, for the generic code below.
-trait Item: Wire {
+pub(crate) trait Item: Wire {
+    /// The kind of batch that carries it.
     const KIND: TxKind;
 
-    fn institution(&self) -> &str;
+    /// The institution the item names, which must be its batch's; `None` for items that name
+    /// none (evidence convicts a delegate, whoever reports it).
+    fn institution(&self) -> Option<&str>;
 
     /// Field checks, so that nothing accepted is refused by the decoder.
     fn check(&self) -> Result<()>;
@@ -322,8 +332,8 @@ fn check_name(value: &str, required: bool, what: &'static str) -> Result<()> {
 impl Item for AnchorEntry {
     const KIND: TxKind = TxKind::Anchor;
 
-    fn institution(&self) -> &str {
-        &self.institution
+    fn institution(&self) -> Option<&str> {
+        Some(&self.institution)
     }
 
     fn check(&self) -> Result<()> {
@@ -345,8 +355,8 @@ impl Item for AnchorEntry {
 impl Item for AccessEvent {
     const KIND: TxKind = TxKind::Access;
 
-    fn institution(&self) -> &str {
-        &self.institution
+    fn institution(&self) -> Option<&str> {
+        Some(&self.institution)
     }
 
     fn check(&self) -> Result<()> {
@@ -411,7 +421,7 @@ fn check_items<T: Item>(institution: &str, items: &[T]) -> Result<()> {
     }
     for item in items {
         item.check()?;
-        if item.institution() != institution {
+        if item.institution().is_some_and(|i| i != institution) {
             return Err(Error::InvalidBatch("an item names another institution"));
         }
     }
@@ -530,10 +540,74 @@ impl AccessBatch {
     }
 }
 
+impl Item for Evidence {
+    const KIND: TxKind = TxKind::Evidence;
+
+    fn institution(&self) -> Option<&str> {
+        None
+    }
+
+    /// Whether it proves anything is judged against the delegates of its height, which the chain
+    /// knows (see `Chain::check_evidence`); here, only that it holds one pair for one slot.
+    fn check(&self) -> Result<()> {
+        let same_slot = match self {
+            Self::DoubleVote(a, b) => {
+                a.delegate == b.delegate
+                    && a.kind == b.kind
+                    && a.height == b.height
+                    && a.round == b.round
+            }
+            Self::DoubleProposal(a, b) => {
+                a.proposer == b.proposer && a.height == b.height && a.round == b.round
+            }
+        };
+        if !same_slot {
+            return Err(Error::InvalidEvidence("the pair is not of one slot"));
+        }
+        Ok(())
+    }
+}
+
+/// A signed batch of items of one kind: the shape every transaction kind after anchors and
+/// access events takes (those two keep their named fields).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Batch<T> {
+    /// The signed commitment.
+    pub header: BatchHeader,
+    /// The items, in leaf order.
+    pub items: Vec<T>,
+}
+
+impl Batch<Evidence> {
+    /// Builds and signs a batch of `items` for `institution`.
+    pub fn sign(
+        id: BatchId,
+        institution: impl Into<String>,
+        items: Vec<Evidence>,
+        key: &SigningKey,
+    ) -> Result<Self> {
+        let header = sign_batch(id, institution.into(), &items, key)?;
+        Ok(Self { header, items })
+    }
+
+    /// Checks everything that needs no roster.
+    pub fn verify(&self) -> Result<()> {
+        verify_batch(&self.header, &self.items)
+    }
+
+    /// The Merkle leaves of the items.
+    pub fn leaves(&self) -> Vec<Hash256> {
+        leaves(&self.items)
+    }
+}
+
+/// A member's report of delegates' double signing.
+pub type EvidenceBatch = Batch<Evidence>;
+
 /// A ledger transaction.
 ///
-/// Grants and revocations (with expiry) and penalty evidence will be further variants, with the
-/// tags reserved in [`TxKind`].
+/// Grants and revocations (with expiry) will be further variants, with the tags reserved in
+/// [`TxKind`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Transaction {
@@ -541,6 +615,8 @@ pub enum Transaction {
     Anchor(AnchorBatch),
     /// Access events for the audit trail.
     Access(AccessBatch),
+    /// Evidence of double signing.
+    Evidence(EvidenceBatch),
 }
 
 top_level_encoding!(Transaction);
@@ -551,6 +627,7 @@ impl Transaction {
         match self {
             Self::Anchor(b) => &b.header,
             Self::Access(b) => &b.header,
+            Self::Evidence(b) => &b.header,
         }
     }
 
@@ -579,6 +656,7 @@ impl Transaction {
         match self {
             Self::Anchor(b) => b.entries.len(),
             Self::Access(b) => b.events.len(),
+            Self::Evidence(b) => b.items.len(),
         }
     }
 
@@ -587,6 +665,7 @@ impl Transaction {
         match self {
             Self::Anchor(b) => b.verify(),
             Self::Access(b) => b.verify(),
+            Self::Evidence(b) => b.verify(),
         }
     }
 }
@@ -604,6 +683,10 @@ impl Wire for Transaction {
                 b.header.write(w);
                 b.events.iter().for_each(|e| e.write(w));
             }
+            Self::Evidence(b) => {
+                b.header.write(w);
+                b.items.iter().for_each(|e| e.write(w));
+            }
         }
     }
 
@@ -617,6 +700,10 @@ impl Wire for Transaction {
             TxKind::Access => {
                 let events = read_items(r, &header)?;
                 Self::Access(AccessBatch { header, events })
+            }
+            TxKind::Evidence => {
+                let items = read_items(r, &header)?;
+                Self::Evidence(EvidenceBatch { header, items })
             }
         })
     }

@@ -3,6 +3,7 @@
 
 use std::collections::HashSet;
 
+use crate::bft::CommitCertificate;
 use crate::block::{transaction_leaves, Block, BlockHeader, FinalizedBlock};
 use crate::codec::limits;
 use crate::error::{Error, Result};
@@ -20,10 +21,12 @@ pub fn validate_transaction(tx: &Transaction, roster: &Roster) -> Result<()> {
     tx.verify()
 }
 
-/// Checks a proposed block against its predecessor (`None` for genesis) and `roster`: height,
-/// link to the previous hash, (epoch, slot) and time order, producer among the delegates,
-/// transaction count and Merkle root, every transaction (see [`validate_transaction`]), and no
-/// transaction or resource version twice in the block. Returns the block hash.
+/// Checks a proposed block against its predecessor (`None` for genesis) and `roster` (its epoch's
+/// delegates, the institutions' keys): height, link to the previous hash, epochs (the block's is
+/// its predecessor's `next_epoch`, 0 for genesis; its own `next_epoch` is not earlier), time
+/// order, producer among the delegates, transaction count and Merkle root, every transaction
+/// (see [`validate_transaction`]), and no transaction or resource version twice in the block.
+/// Returns the block hash.
 ///
 /// Whether a transaction or a resource version is already in the chain is the chain's state, not
 /// the block's: [`crate::Chain::append`] checks that.
@@ -40,12 +43,20 @@ pub fn validate_block(
             found: header.height,
         });
     }
+    if header.next_epoch < header.epoch {
+        return Err(Error::InvalidBlock(
+            "the next epoch is earlier than the block's",
+        ));
+    }
     match previous {
         None => {
             if header.previous != Hash256::ZERO {
                 return Err(Error::InvalidBlock(
                     "genesis must have a zero previous hash",
                 ));
+            }
+            if header.epoch != 0 {
+                return Err(Error::InvalidBlock("genesis is certified by epoch 0"));
             }
         }
         Some(p) => {
@@ -54,9 +65,9 @@ pub fn validate_block(
                     "previous hash is not the previous block's",
                 ));
             }
-            if (header.epoch, header.slot) <= (p.epoch, p.slot) {
+            if header.epoch != p.next_epoch {
                 return Err(Error::InvalidBlock(
-                    "(epoch, slot) does not come after the previous block's",
+                    "the epoch is not the one the previous block named next",
                 ));
             }
             if header.time < p.time {
@@ -100,16 +111,31 @@ pub fn validate_block(
     Ok(header.hash())
 }
 
-/// [`validate_block`], then the certificate: a quorum of the roster's delegates signed the hash.
+/// [`validate_block`], then the certificate: see [`check_certificate`].
 pub fn validate_finalized_block(
+    chain: &Hash256,
     previous: Option<&BlockHeader>,
     block: &FinalizedBlock,
     roster: &Roster,
 ) -> Result<Hash256> {
     let hash = validate_block(previous, &block.block, roster)?;
-    let delegates = roster.delegates();
-    block
-        .certificate
-        .verify(&hash, delegates, delegates.quorum())?;
+    check_certificate(chain, &block.certificate, block.header(), roster)?;
+    Ok(hash)
+}
+
+/// Checks that `certificate` finalizes the block of `header` on chain `chain`: it names the
+/// block's height and hash, and a quorum of `roster`'s delegates precommitted it (see
+/// [`CommitCertificate::verify`]). Returns the block hash.
+pub fn check_certificate(
+    chain: &Hash256,
+    certificate: &CommitCertificate,
+    header: &BlockHeader,
+    roster: &Roster,
+) -> Result<Hash256> {
+    let hash = header.hash();
+    if certificate.height != header.height || certificate.block != hash {
+        return Err(Error::InvalidCertificate("it certifies another block"));
+    }
+    certificate.verify(chain, roster.delegates())?;
     Ok(hash)
 }

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use fast_upstream::start_fast_upstream;
 use fhirseal_sidecar::ledger::NodeLedger;
-use fhirseal_storage::{NodeKeys, PendingAnchor, Vault};
+use fhirseal_storage::{PendingAnchor, Vault};
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
@@ -75,7 +75,6 @@ fn throughput(runtime: &tokio::runtime::Runtime, n: usize) {
         data_dir: dir.path().to_owned(),
         ..fhirseal_sidecar::Config::default()
     };
-    let (keys, _) = NodeKeys::load_or_create(&dir.path().join("keys"), 2048).unwrap();
     let vault = Vault::open(&dir.path().join("vault")).unwrap();
     let entries: Vec<PendingAnchor> = (0..n).map(entry).collect();
     for e in &entries {
@@ -100,19 +99,26 @@ fn throughput(runtime: &tokio::runtime::Runtime, n: usize) {
     let floor = started.elapsed();
     std::hint::black_box(sink);
 
-    // The consortium of one: the node signs its batches and blocks alone.
-    let delegate = fhirseal_sidecar::ledger::delegate_key(&keys);
+    // The consortium of one: the node signs its batches and finalizes its blocks alone (the
+    // same driver and engine as K delegates, with one).
     let view = fhirseal_sidecar::ledger::LedgerView::single_node(
         &config.seal.institution,
         fhirseal_consensus::SigningKey::from_bytes(&[5; 32]),
-        fhirseal_consensus::PublicKey::of(&delegate),
     );
     let (_view, view) = tokio::sync::watch::channel(view);
-    let opened = NodeLedger::open(&config, delegate, vault.outbox().clone(), view).unwrap();
-    let (ledger, anchorer) = (opened.ledger, opened.anchorer);
+    let opened = NodeLedger::open(
+        &config,
+        &config.seal.institution,
+        vault.outbox().clone(),
+        view,
+        None,
+    )
+    .unwrap();
+    let (ledger, anchorer, ledger_task) = (opened.ledger, opened.anchorer, opened.runtime);
     let started = Instant::now();
     let elapsed = runtime.block_on(async {
         let (stop, stopped) = tokio::sync::watch::channel(false);
+        let node = tokio::spawn(ledger_task.run(stopped.clone()));
         let task = tokio::spawn(anchorer.run(stopped));
         while !ledger.outbox().is_empty() {
             tokio::time::sleep(Duration::from_millis(1)).await;
@@ -120,6 +126,7 @@ fn throughput(runtime: &tokio::runtime::Runtime, n: usize) {
         let elapsed = started.elapsed();
         stop.send_replace(true);
         task.await.unwrap();
+        node.await.unwrap();
         elapsed
     });
     let status = ledger.status().unwrap();

@@ -320,6 +320,11 @@ pub struct LedgerConfig {
     /// With `anchor = "sync"`, how long a write waits for its block before the client gets 504
     /// (the write stays durable and is anchored later).
     pub sync_timeout_ms: u64,
+    /// How many delegates (K) finalize the shared chain: the K active members with the highest
+    /// stake, snapshotted each time the governance state begins an epoch. Read when the node
+    /// founds a consortium (the embedded default's first start, `consortium init`), which
+    /// records it in the genesis; every member then takes it from the governance state.
+    pub delegates: u32,
 }
 
 impl Default for LedgerConfig {
@@ -329,6 +334,7 @@ impl Default for LedgerConfig {
             max_batch: 4096,
             anchor: AnchorMode::Async,
             sync_timeout_ms: 10_000,
+            delegates: 4,
         }
     }
 }
@@ -444,6 +450,7 @@ pub const ENV_VARS: &[&str] = &[
     "FHIRSEAL_DURABILITY",
     "FHIRSEAL_ANCHOR",
     "FHIRSEAL_ANCHOR_INTERVAL_MS",
+    "FHIRSEAL_DELEGATES",
     "FHIRSEAL_AUDIT_UPSTREAM",
     "FHIRSEAL_CONSORTIUM_LISTEN",
     "FHIRSEAL_JOIN_LISTEN",
@@ -585,6 +592,9 @@ impl Config {
         if let Some(v) = env("FHIRSEAL_ANCHOR_INTERVAL_MS") {
             self.ledger.batch_interval_ms = parse("FHIRSEAL_ANCHOR_INTERVAL_MS", &v)?;
         }
+        if let Some(v) = env("FHIRSEAL_DELEGATES") {
+            self.ledger.delegates = parse("FHIRSEAL_DELEGATES", &v)?;
+        }
         if let Some(v) = env("FHIRSEAL_AUDIT_UPSTREAM") {
             self.audit.upstream_audit_events = parse("FHIRSEAL_AUDIT_UPSTREAM", &v)?;
         }
@@ -721,6 +731,9 @@ impl Config {
         }
         if self.ledger.sync_timeout_ms == 0 {
             return Err(invalid("ledger.sync_timeout_ms", "must be above 0"));
+        }
+        if !(1..=256).contains(&self.ledger.delegates) {
+            return Err(invalid("ledger.delegates", "must be between 1 and 256"));
         }
         let raft = &self.consortium.raft;
         if raft.heartbeat_ms == 0

@@ -1,7 +1,7 @@
 //! The `fhirseal ledger` commands' view of a stopped node: its ledger, and the upstream its
 //! anchors are checked against (through the same [`UpstreamClient`] the proxy uses).
 
-use fhirseal_consensus::{Chain, ChainCheck, ChainStore, Transaction};
+use fhirseal_consensus::{Chain, ChainCheck, ChainStore, Transaction, CHAIN_FORMAT};
 use fhirseal_storage::chain_store::ChainStoreError;
 use serde_json::Value;
 
@@ -34,7 +34,7 @@ impl LedgerTool {
             )));
         }
         // A running node holds its databases: say so, and what to use while it runs.
-        if let Err(e) = ChainStore::open_dir(&dir, &config.seal.institution) {
+        if let Err(e) = ChainStore::open_dir(&dir, &config.seal.institution, CHAIN_FORMAT) {
             return Err(match e {
                 ChainStoreError::Locked(_) => ServerError::Start(format!(
                     "{} is in use by a running fhirseal: stop it first (while it runs, GET \
@@ -45,8 +45,10 @@ impl LedgerTool {
             });
         }
         let (sealing, opened) = open_node(config).await?;
-        // The anchorer is not run: these commands read, they do not anchor.
+        // Neither the ledger's task nor the anchorer runs: these commands read, they do not
+        // anchor.
         drop(opened.anchorer);
+        drop(opened.runtime);
         let upstream = UpstreamClient::new(&config.upstream, config.server.max_body_bytes)
             .map_err(|e| ServerError::Start(e.to_string()))?;
         drop(sealing);
@@ -66,7 +68,8 @@ impl LedgerTool {
         let ledger = self.ledger();
         Ok(Chain::verify_store_with(
             ledger.reader().store(),
-            &*ledger.roster(),
+            ledger.chain_id(),
+            &ledger.rosters(),
             progress,
         )?)
     }

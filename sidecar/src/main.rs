@@ -206,8 +206,12 @@ fn ledger(config: Config, command: LedgerCommand) -> anyhow::Result<ExitCode> {
             }
             LedgerCommand::Show { height } => match ledger.block(height)? {
                 Some(block) => {
-                    // Whoever runs this holds the node's data directory: everything is theirs.
-                    println!("{:#}", verify::block_json(&block, true));
+                    // Whoever runs this holds the node's data directory: its institution's audit
+                    // trail is theirs (other members' access events are withheld, as at the API).
+                    println!(
+                        "{:#}",
+                        verify::block_json(&block, Some(ledger.institution()))
+                    );
                     Ok(ExitCode::SUCCESS)
                 }
                 None => anyhow::bail!("no block at height {height}"),

@@ -4,11 +4,12 @@
 //! ([`crate::keystore`]), its consortium membership (on the embedded default's first start it
 //! founds a consortium of one: the node is regulator, only member and only delegate), the
 //! governance node on its mutual-TLS listener ([`crate::consortium::RunningNode`]), the vault
-//! (sealing with the link key the governance state hands over), the ledger (with the rosters
-//! and signing key the state names), the API keys and the proxy. [`Sidecar::serve`] accepts
+//! (sealing with the link key the governance state hands over), the node's part of the shared
+//! ledger (its task, on the governance listener's transport, with the rosters, delegates and
+//! signing key the state names), the API keys and the proxy. [`Sidecar::serve`] accepts
 //! TCP (and TLS) connections and serves HTTP/1.1 and HTTP/2 on them with the proxy until told
 //! to shut down; then it stops accepting, lets open requests finish, anchors what they wrote,
-//! and stops the governance node.
+//! and stops the ledger and the governance node.
 //!
 //! Before the proxy, the node's standing decides over writes: a node that does not take part
 //! in its consortium (joining and without the link key yet, suspended, revoked) answers every
@@ -43,7 +44,7 @@ use crate::consortium::standing::{Standing, Verdict};
 use crate::consortium::{ConsortiumError, NodeStart, RunningNode};
 use crate::error::{outcome_response, ProxyError};
 use crate::keystore::Keystore;
-use crate::ledger::{delegate_key, NodeLedger, Opened};
+use crate::ledger::{NodeLedger, Opened};
 use crate::proxy::{ClientAddr, Proxy, REQUEST_ID};
 use crate::sealing::Sealing;
 use crate::tls::{self, TlsError};
@@ -94,6 +95,8 @@ pub struct Sidecar {
     /// The anchoring task and its stop signal: stopped after the last request, so that what
     /// those requests wrote is anchored before `serve` returns.
     anchorer: Option<(JoinHandle<()>, watch::Sender<bool>)>,
+    /// The ledger's task and its stop signal: stopped after the anchorer's last round.
+    ledger: Option<(JoinHandle<()>, watch::Sender<bool>)>,
     tls: Option<TlsAcceptor>,
     header_read_timeout: Duration,
     /// The upstream's answer time: unsettled writes older than twice it are resolved.
@@ -132,7 +135,17 @@ impl Sidecar {
         let config = &member_config(config, &membership)?;
         let auth = crate::auth::load(config)?;
         let followers = consortium.followers().clone();
-        let (sealing, opened) = open_parts(config, keys, &followers).await?;
+        let (sealing, opened) = open_parts(
+            config,
+            &membership.consortium,
+            keys,
+            &followers,
+            Some(consortium.network()),
+        )
+        .await?;
+        consortium.attach_ledger(opened.port.clone());
+        let (stop_ledger, ledger_stopped) = watch::channel(false);
+        let ledger = tokio::spawn(opened.runtime.run(ledger_stopped));
         // What the outbox holds from before a restart is anchored by the first rounds.
         let (stop, stopped) = watch::channel(false);
         let anchorer = tokio::spawn(opened.anchorer.run(stopped));
@@ -146,6 +159,7 @@ impl Sidecar {
                 base_path: config.server.base_path.trim_end_matches('/').to_owned(),
             },
             anchorer: Some((anchorer, stop)),
+            ledger: Some((ledger, stop_ledger)),
             tls,
             header_read_timeout: Duration::from_secs(config.server.header_read_timeout_secs),
             upstream_timeout: config.upstream.timeout(),
@@ -300,6 +314,12 @@ impl Sidecar {
                 tracing::warn!("the last anchoring round did not finish in time; the outbox keeps what it holds");
             }
         }
+        if let Some((ledger, stop)) = self.ledger {
+            stop.send_replace(true);
+            if tokio::time::timeout(DRAIN_TIMEOUT, ledger).await.is_err() {
+                tracing::warn!("the ledger's task did not stop in time");
+            }
+        }
         self.consortium.stop().await?;
         Ok(())
     }
@@ -394,6 +414,7 @@ async fn start_member(config: &Config) -> Result<(NodeKeys, Membership, RunningN
                 node_id: 1,
                 address,
                 join_listen: None,
+                delegates: config.ledger.delegates,
             };
             std::fs::create_dir_all(layout.dir())
                 .map_err(|e| ConsortiumError::file(layout.dir(), e))?;
@@ -420,7 +441,6 @@ async fn start_member(config: &Config) -> Result<(NodeKeys, Membership, RunningN
         desk,
         raft: config.consortium.raft,
         secrets: member,
-        delegate: fhirseal_consensus::PublicKey::of(&delegate_key(&node)),
     })
     .await?;
     Ok((node, membership, running))
@@ -448,24 +468,28 @@ fn member_config(config: &Config, membership: &Membership) -> Result<Config, Ser
     Ok(config)
 }
 
-/// Opens the vault (sealing with `followers`' link key) and the ledger (with their rosters
-/// and signing key). sled's recovery blocks: it runs off the async threads.
+/// Opens the vault (sealing with `followers`' link key) and the ledger of consortium
+/// `consortium` (with their rosters, delegates and signing key, over `network`). sled's recovery
+/// blocks: it runs off the async threads.
 async fn open_parts(
     config: &Config,
+    consortium: &str,
     keys: NodeKeys,
     followers: &Followers,
+    network: Option<crate::consortium::transport::HttpNetwork>,
 ) -> Result<(Arc<Sealing>, Opened), ServerError> {
     let for_config = config.clone();
+    let consortium = consortium.to_owned();
     let link_key = followers.link_key.clone();
     let view = followers.ledger.clone();
     tokio::task::spawn_blocking(move || -> Result<_, ServerError> {
-        let delegate = delegate_key(&keys);
         let sealing = Arc::new(Sealing::open(&for_config, keys, link_key)?);
         let opened = NodeLedger::open(
             &for_config,
-            delegate,
+            &consortium,
             sealing.vault().outbox().clone(),
             view,
+            network,
         )?;
         Ok((sealing, opened))
     })
@@ -484,7 +508,6 @@ pub(crate) async fn open_node(config: &Config) -> Result<(Arc<Sealing>, Opened),
     let keystore = tokio::task::spawn_blocking(move || Keystore::open_or_create(&keys, bits))
         .await
         .map_err(|e| ServerError::Start(e.to_string()))??;
-    let delegate = fhirseal_consensus::PublicKey::of(&delegate_key(&keystore.node));
     let raft = layout.raft();
     let view = tokio::task::spawn_blocking(move || -> Result<_, ConsortiumError> {
         let db = sled::open(raft)?;
@@ -495,11 +518,16 @@ pub(crate) async fn open_node(config: &Config) -> Result<(Arc<Sealing>, Opened),
     })
     .await
     .map_err(|e| ServerError::Start(e.to_string()))??;
-    let (mut participation, followers) =
-        Participation::new(&membership.member, delegate, Verdict::Alone)
-            .map_err(ConsortiumError::from)?;
+    let (mut participation, followers) = Participation::new(&membership.member, Verdict::Alone);
     participation.refresh(&view);
-    open_parts(&config, keystore.node, &followers).await
+    open_parts(
+        &config,
+        &membership.consortium,
+        keystore.node,
+        &followers,
+        None,
+    )
+    .await
 }
 
 /// Resolves the writes a crash left unsettled: those kept before this start, then, every

@@ -132,7 +132,7 @@ pub fn ledger_check(
     let proof = ledger.proof(resource_type, id, version)?;
     let proof_fault = proof
         .as_ref()
-        .and_then(|p| p.verify(&ledger.roster()).err().map(|e| e.to_string()));
+        .and_then(|p| ledger.check_proof(p).err().map(|e| e.to_string()));
     let pending = proof.is_none() && ledger.is_pending(resource_type, id, version)?;
     let upstream_hash = match upstream {
         Some(value) => Some(
@@ -256,18 +256,16 @@ pub fn parameters(check: &VersionCheck, institution: &str, audit: bool) -> Value
         ]}));
         out.push(path_part("entryPath", &proof.entry_path));
         out.push(path_part("transactionPath", &proof.transaction_path));
-        let signatures: Vec<Value> = proof
-            .certificate
-            .signatures()
-            .iter()
-            .map(|s| {
-                json!({"name": "signature", "part": [
-                    string("delegate", s.delegate.to_string()),
-                    string("value", hex(&s.signature.to_bytes())),
-                ]})
-            })
-            .collect();
-        out.push(json!({"name": "finalityCertificate", "part": signatures}));
+        // The commit certificate: the round the block was decided in, and each delegate's
+        // precommit of (chain, height, round, block hash).
+        let mut certificate = vec![unsigned("round", proof.certificate.round.0.into())];
+        certificate.extend(proof.certificate.signatures().iter().map(|s| {
+            json!({"name": "signature", "part": [
+                string("delegate", s.delegate.to_string()),
+                string("value", hex(&s.signature.to_bytes())),
+            ]})
+        }));
+        out.push(json!({"name": "finalityCertificate", "part": certificate}));
         if audit {
             out.push(json!({
                 "name": "proof",
@@ -281,10 +279,11 @@ pub fn parameters(check: &VersionCheck, institution: &str, audit: bool) -> Value
     json!({"resourceType": "Parameters", "parameter": out})
 }
 
-/// A block as JSON: header, certificate, and every transaction with its items; access events
-/// and fingerprints only `with_events` (for those who audit; else an access batch says
-/// `eventsWithheld` and anchors show no fingerprint).
-pub fn block_json(block: &FinalizedBlock, with_events: bool) -> Value {
+/// A block as JSON: header, certificate, and every transaction with its items. Access events
+/// and fingerprints only of the institution `audited_by` names (those who audit see their own
+/// institution's; else an access batch says `eventsWithheld` and anchors show no fingerprint):
+/// the chain is the consortium's, and another member's audit trail is not this one's to show.
+pub fn block_json(block: &FinalizedBlock, audited_by: Option<&str>) -> Value {
     let header = block.header();
     let transactions: Vec<Value> = block
         .block
@@ -292,8 +291,13 @@ pub fn block_json(block: &FinalizedBlock, with_events: bool) -> Value {
         .iter()
         .map(|tx| {
             let h = tx.header();
+            let with_events = audited_by == Some(h.institution.as_str());
             let mut out = json!({
-                "kind": match tx { Transaction::Anchor(_) => "anchor", _ => "access" },
+                "kind": match tx {
+                    Transaction::Anchor(_) => "anchor",
+                    Transaction::Access(_) => "access",
+                    _ => "evidence",
+                },
                 "hash": tx.hash().to_hex(),
                 "batch": hex(&h.id.0),
                 "institution": h.institution,
@@ -339,6 +343,23 @@ pub fn block_json(block: &FinalizedBlock, with_events: bool) -> Value {
                         })
                         .collect();
                 }
+                Transaction::Evidence(batch) => {
+                    out["evidence"] = batch
+                        .items
+                        .iter()
+                        .map(|e| {
+                            json!({
+                                "offender": e.offender().to_string(),
+                                "height": e.height(),
+                                "kind": match e {
+                                    fhirseal_consensus::bft::Evidence::DoubleVote(..) => "double vote",
+                                    fhirseal_consensus::bft::Evidence::DoubleProposal(..) => "double proposal",
+                                },
+                                "encoded": base64::engine::general_purpose::STANDARD.encode(e.to_bytes()),
+                            })
+                        })
+                        .collect();
+                }
                 _ => {}
             }
             out
@@ -349,16 +370,26 @@ pub fn block_json(block: &FinalizedBlock, with_events: bool) -> Value {
         "hash": header.hash().to_hex(),
         "previous": header.previous.to_hex(),
         "epoch": header.epoch,
-        "slot": header.slot,
+        "nextEpoch": header.next_epoch,
         "producer": header.producer.to_string(),
         "time": crate::audit::instant(header.time.0),
         "transactionRoot": header.tx_root.to_hex(),
         "transactionCount": header.tx_count,
-        "certificate": block.certificate.signatures().iter().map(|s| json!({
+        "certificate": certificate_json(&block.certificate),
+        "transactions": transactions,
+    })
+}
+
+/// A commit certificate as JSON: the round it was decided in and each delegate's precommit.
+fn certificate_json(certificate: &fhirseal_consensus::CommitCertificate) -> Value {
+    json!({
+        "height": certificate.height,
+        "round": certificate.round.0,
+        "block": certificate.block.to_hex(),
+        "precommits": certificate.signatures().iter().map(|s| json!({
             "delegate": s.delegate.to_string(),
             "signature": hex(&s.signature.to_bytes()),
         })).collect::<Vec<_>>(),
-        "transactions": transactions,
     })
 }
 

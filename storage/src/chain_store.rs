@@ -89,6 +89,18 @@ pub enum ChainStoreError {
         /// The owner asked for.
         expected: String,
     },
+    /// The database holds blocks of another format than the one its opener reads (made by an
+    /// earlier or a later version).
+    #[error(
+        "the ledger database holds blocks of format {found}, this version reads format {expected}: \
+         move it aside to start a new chain"
+    )]
+    Format {
+        /// The format recorded (1 for databases made before formats were recorded).
+        found: u8,
+        /// The format asked for.
+        expected: u8,
+    },
     /// A stored key or value does not have the shape this module writes: the database was
     /// changed by something else.
     #[error("corrupt entry in {tree}: {what}")]
@@ -263,9 +275,12 @@ pub const META_TREE: &str = "chain.meta";
 
 impl ChainStore {
     /// Opens (or creates) a database of its own in the directory `path` for the chain of
-    /// `owner` (an opaque name, recorded at creation): refused when another process holds the
-    /// directory, or when it was created for another owner.
-    pub fn open_dir(path: &std::path::Path, owner: &str) -> Result<Self> {
+    /// `owner` (an opaque name, recorded at creation) whose blocks are encoded in `format` (an
+    /// opaque number, recorded when the first database of that format is made): refused when
+    /// another process holds the directory, when it was created for another owner, or when it
+    /// holds blocks of another format (a database with blocks and no format recorded is of
+    /// format 1).
+    pub fn open_dir(path: &std::path::Path, owner: &str, format: u8) -> Result<Self> {
         let db = sled::Config::new()
             .path(path)
             .open()
@@ -294,7 +309,27 @@ impl ChainStore {
                 db.flush()?;
             }
         }
-        Self::open(&db)
+        let store = Self::open(&db)?;
+        match meta.get("format")? {
+            Some(found) if found.as_ref() != [format] => {
+                return Err(ChainStoreError::Format {
+                    found: found.first().copied().unwrap_or(0),
+                    expected: format,
+                });
+            }
+            Some(_) => {}
+            None if !store.blocks.is_empty() => {
+                return Err(ChainStoreError::Format {
+                    found: 1,
+                    expected: format,
+                });
+            }
+            None => {
+                meta.insert("format", &[format])?;
+                db.flush()?;
+            }
+        }
+        Ok(store)
     }
 
     /// Opens (or creates) the chain trees in `db`, which may hold other trees too.

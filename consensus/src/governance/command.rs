@@ -78,10 +78,15 @@ pub enum Command {
         /// For each member, the link key wrapped for its current wrapping key.
         wrapped: Vec<(MemberId, Vec<u8>)>,
     },
-    /// Opens the next epoch. Regulator only until the DPoS election drives epochs.
+    /// Opens the next epoch, whose delegates are the `delegates` active members with the highest
+    /// stake at that moment (ties by member id), recorded with it, and makes K = `delegates` for
+    /// the epochs the state begins by itself after it. Regulator only until the DPoS election
+    /// drives epochs.
     BeginEpoch {
         /// The new epoch: the current one plus one.
         epoch: u64,
+        /// How many delegates (K), at least 1 and at most [`limits::MAX_DELEGATES`].
+        delegates: u32,
     },
 }
 
@@ -183,7 +188,9 @@ impl Command {
                             && key.len() <= limits::MAX_WRAPPED_KEY_LEN
                     })
             }
-            Self::BeginEpoch { .. } => true,
+            Self::BeginEpoch { delegates, .. } => {
+                (1..=limits::MAX_DELEGATES).contains(&(*delegates as usize))
+            }
         }
     }
 }
@@ -226,7 +233,10 @@ impl Wire for Command {
                     w.bytes(key);
                 }
             }
-            Self::BeginEpoch { epoch } => w.u64(*epoch),
+            Self::BeginEpoch { epoch, delegates } => {
+                w.u64(*epoch);
+                w.u32(*delegates);
+            }
         }
     }
 
@@ -274,6 +284,7 @@ impl Wire for Command {
             }
             CommandKind::BeginEpoch => Self::BeginEpoch {
                 epoch: r.u64("epoch")?,
+                delegates: r.u32("delegates")?,
             },
         })
     }

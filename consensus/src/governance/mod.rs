@@ -47,6 +47,11 @@ pub mod limits {
     pub const MAX_WRAPPED_KEY_LEN: usize = 1024;
     /// Most members, and most entries in one link-key command.
     pub const MAX_MEMBERS: usize = 4096;
+    /// Most delegates of an epoch (K); a quorum certificate's signatures are bounded above it.
+    pub const MAX_DELEGATES: usize = 256;
+    /// K from genesis until the regulator sets another: every member, up to 4 (one fault
+    /// tolerated once there are four).
+    pub const DEFAULT_DELEGATES: u32 = 4;
     /// Most certificates on the revocation list.
     pub const MAX_REVOKED_CERTIFICATES: usize = 1 << 20;
     /// Refusals kept in the state (the count of all of them is kept too).

@@ -257,10 +257,22 @@ pub struct WrappedLinkKey {
 }
 
 /// One epoch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Epoch {
     /// When it began (the log entry's time).
     pub started_at: Timestamp,
+    /// Its delegates in schedule order, each with the signing key it had when the epoch began
+    /// (the key its votes are checked against for the whole epoch): the K active members with
+    /// the highest stake then, ties by member id. Genesis opens epoch 0 with the regulator alone.
+    pub delegates: Vec<(MemberId, PublicKey)>,
+}
+
+impl Epoch {
+    /// The delegates as a [`DelegateSet`] (their keys, in schedule order); `None` when two
+    /// delegates share a key, which admissions and rotations refuse.
+    pub fn delegate_set(&self) -> Option<DelegateSet> {
+        DelegateSet::new(self.delegates.iter().map(|(_, key)| *key).collect()).ok()
+    }
 }
 
 /// What the DPoS election records for one epoch. Empty for now: the election's own commands
@@ -372,6 +384,8 @@ pub struct GovernanceState {
     link_key_version: u32,
     link_keys: BTreeMap<MemberId, WrappedLinkKey>,
     epochs: BTreeMap<u64, Epoch>,
+    // K: how many delegates an epoch has.
+    delegates_k: u32,
     elections: BTreeMap<u64, ElectionRecord>,
     // The last `MAX_REFUSALS_KEPT` refusals: kept bounded because any member can make the
     // regulator's node record a refusal, and the state is copied whole into every snapshot.
@@ -390,9 +404,22 @@ impl GovernanceState {
     /// Applies `command` at time `now` (the log entry's time, the same on every node): checks
     /// that it is well formed, for this consortium, signed by a member with its current key,
     /// fresh, and authorized, then applies it. A refusal is recorded in the refusal log.
+    ///
+    /// A command that changes the delegates an epoch would have now (an admission, a
+    /// suspension, a reinstatement, a revocation, a stake, a key rotation) also begins the next
+    /// epoch, with those delegates: the shared ledger's delegates follow the state at once, and
+    /// every node, applying the same commands, begins the same epochs.
     pub fn apply(&mut self, command: &SignedCommand, now: Timestamp) -> Outcome {
         match self.try_apply(command, now) {
-            Ok(()) => Outcome::Accepted,
+            Ok(()) => {
+                if !matches!(
+                    command.command,
+                    Command::Genesis { .. } | Command::BeginEpoch { .. }
+                ) {
+                    self.follow_delegates(now);
+                }
+                Outcome::Accepted
+            }
             Err(reason) => {
                 self.record_refusal(command, now, reason);
                 Outcome::Refused(reason)
@@ -504,12 +531,20 @@ impl GovernanceState {
                 Ok(())
             }
             Command::WrapLinkKey { version, wrapped } => self.wrap_link_key(*version, wrapped),
-            Command::BeginEpoch { epoch } => {
+            Command::BeginEpoch { epoch, delegates } => {
                 let current = self.current_epoch();
                 if current.checked_add(1) != Some(*epoch) {
                     return Err(Refusal::StaleEpoch);
                 }
-                self.epochs.insert(*epoch, Epoch { started_at: now });
+                self.delegates_k = *delegates;
+                let delegates = self.choose_delegates(*delegates as usize);
+                self.epochs.insert(
+                    *epoch,
+                    Epoch {
+                        started_at: now,
+                        delegates,
+                    },
+                );
                 Ok(())
             }
             // Handled above, before the signer was looked up.
@@ -549,7 +584,15 @@ impl GovernanceState {
                 status_since: now,
             },
         );
-        self.epochs.insert(0, Epoch { started_at: now });
+        let delegates = vec![(regulator.id.clone(), regulator.keys.signing_key)];
+        self.delegates_k = limits::DEFAULT_DELEGATES;
+        self.epochs.insert(
+            0,
+            Epoch {
+                started_at: now,
+                delegates,
+            },
+        );
         Ok(())
     }
 
@@ -843,6 +886,56 @@ impl GovernanceState {
         self.refusals_total
     }
 
+    /// Begins the next epoch if the delegates one would have now differ from the current
+    /// epoch's.
+    fn follow_delegates(&mut self, now: Timestamp) {
+        let wanted = self.choose_delegates(self.delegates_k as usize);
+        if wanted.is_empty() || wanted == self.current_delegates() {
+            return;
+        }
+        let epoch = self.current_epoch().saturating_add(1);
+        self.epochs.insert(
+            epoch,
+            Epoch {
+                started_at: now,
+                delegates: wanted,
+            },
+        );
+    }
+
+    /// How many delegates (K) each epoch has: [`limits::DEFAULT_DELEGATES`] from genesis, then
+    /// what the regulator's last [`Command::BeginEpoch`] said.
+    pub fn delegates_k(&self) -> u32 {
+        self.delegates_k
+    }
+
+    /// The `k` active members with the highest stake, ties by member id, with their current
+    /// signing keys: the delegates an epoch begun now would have (at least the regulator, which
+    /// is never suspended nor revoked).
+    pub fn choose_delegates(&self, k: usize) -> Vec<(MemberId, PublicKey)> {
+        let mut active: Vec<&Member> = self.members.values().filter(|m| m.is_active()).collect();
+        // `members` iterates by id, and the sort is stable: equal stakes stay in id order.
+        active.sort_by_key(|m| std::cmp::Reverse(m.profile.stake));
+        active
+            .into_iter()
+            .take(k)
+            .map(|m| (m.id().to_owned(), m.keys().signing_key))
+            .collect()
+    }
+
+    /// The current epoch's delegates.
+    pub fn current_delegates(&self) -> &[(MemberId, PublicKey)] {
+        self.epochs
+            .values()
+            .next_back()
+            .map_or(&[], |e| e.delegates.as_slice())
+    }
+
+    /// Every epoch, oldest first.
+    pub fn epochs(&self) -> impl Iterator<Item = (u64, &Epoch)> {
+        self.epochs.iter().map(|(e, r)| (*e, r))
+    }
+
     /// The ledger roster these members make with `delegates`: every active member's signing key
     /// under its id, which is its institution id on the ledger.
     pub fn roster(&self, delegates: DelegateSet) -> Roster {
@@ -857,7 +950,7 @@ impl GovernanceState {
 }
 
 impl Wire for GovernanceState {
-    const MIN_LEN: usize = 4 + 1 + 4 + 4 + 4 + 4 + 4 + 4 + 4 + 8;
+    const MIN_LEN: usize = 4 + 1 + 4 + 4 + 4 + 4 + 4 + 4 + 4 + 4 + 8;
 
     fn write(&self, w: &mut Writer) {
         w.str(&self.consortium);
@@ -891,7 +984,13 @@ impl Wire for GovernanceState {
         for (epoch, record) in &self.epochs {
             w.u64(*epoch);
             w.u64(record.started_at.0);
+            w.len(record.delegates.len());
+            for (member, key) in &record.delegates {
+                w.str(member);
+                w.raw(&key.0);
+            }
         }
+        w.u32(self.delegates_k);
         w.len(self.elections.len());
         for (epoch, record) in &self.elections {
             w.u64(*epoch);
@@ -960,14 +1059,26 @@ impl Wire for GovernanceState {
         }
 
         let mut epochs = BTreeMap::new();
-        let n = r.count("epochs", usize::MAX, 16)?;
+        let n = r.count("epochs", usize::MAX, 20)?;
         for _ in 0..n {
             let epoch = r.u64("epoch")?;
+            let started_at = Timestamp(r.u64("epoch start")?);
+            let k = r.count("epoch delegates", limits::MAX_DELEGATES, 4 + 32)?;
+            let delegates = (0..k)
+                .map(|_| {
+                    Ok((
+                        r.string("epoch delegate", limits::MAX_NAME_LEN)?,
+                        PublicKey(r.array("epoch delegate key")?),
+                    ))
+                })
+                .collect::<Result<_, DecodeError>>()?;
             let record = Epoch {
-                started_at: Timestamp(r.u64("epoch start")?),
+                started_at,
+                delegates,
             };
             insert_in_order(&mut epochs, epoch, record, "epochs")?;
         }
+        let delegates_k = r.u32("delegates per epoch")?;
 
         let mut elections = BTreeMap::new();
         let n = r.count("elections", usize::MAX, 8 + ElectionRecord::MIN_LEN)?;
@@ -995,6 +1106,7 @@ impl Wire for GovernanceState {
             link_key_version,
             link_keys,
             epochs,
+            delegates_k,
             elections,
             refusals,
             refusals_total,

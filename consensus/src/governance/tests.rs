@@ -324,14 +324,17 @@ fn the_wrong_consortium_is_refused() {
         REGULATOR,
         3,
         window(),
-        Command::BeginEpoch { epoch: 1 },
+        Command::BeginEpoch {
+            epoch: 1,
+            delegates: 4,
+        },
         &regulator.key,
     );
     assert_eq!(
         state.apply(&other, at(3)),
         Outcome::Refused(Refusal::WrongConsortium)
     );
-    assert_eq!(state.current_epoch(), 0);
+    assert_eq!(state.current_epoch(), 1);
 }
 
 #[test]
@@ -500,7 +503,15 @@ fn keys_are_rotated_by_the_member_itself_only() {
     assert!(state.revoked_certificates().contains_key(&[11; 32]));
 
     // From now on only the new key signs for h1.
-    let stale = sign("h1", 3, Command::BeginEpoch { epoch: 1 }, &h1.key);
+    let stale = sign(
+        "h1",
+        3,
+        Command::BeginEpoch {
+            epoch: 1,
+            delegates: 4,
+        },
+        &h1.key,
+    );
     assert_eq!(
         state.apply(&stale, at(7)),
         Outcome::Refused(Refusal::BadSignature)
@@ -683,22 +694,118 @@ fn epochs_advance_one_at_a_time() {
         sign(
             REGULATOR,
             seq,
-            Command::BeginEpoch { epoch },
+            Command::BeginEpoch {
+                epoch,
+                delegates: 4,
+            },
             &regulator.key,
         )
     };
-    assert_eq!(
-        state.apply(&begin(3, 2), at(3)),
-        Outcome::Refused(Refusal::StaleEpoch)
-    );
-    assert_eq!(state.apply(&begin(4, 1), at(10)), Outcome::Accepted);
+    // h1's admission began epoch 1 (see below).
     assert_eq!(state.current_epoch(), 1);
-    assert_eq!(state.epoch(1).unwrap().started_at, at(10));
     assert_eq!(
-        state.apply(&begin(5, 1), at(11)),
+        state.apply(&begin(3, 3), at(3)),
         Outcome::Refused(Refusal::StaleEpoch)
     );
-    assert!(state.election(1).is_none());
+    assert_eq!(state.apply(&begin(4, 2), at(10)), Outcome::Accepted);
+    assert_eq!(state.current_epoch(), 2);
+    assert_eq!(state.epoch(2).unwrap().started_at, at(10));
+    assert_eq!(
+        state.apply(&begin(5, 2), at(11)),
+        Outcome::Refused(Refusal::StaleEpoch)
+    );
+    assert!(state.election(2).is_none());
+}
+
+#[test]
+fn epochs_follow_the_k_active_members_with_the_highest_stake() {
+    let mut state = GovernanceState::new();
+    let regulator = regulator();
+    genesis(&mut state, &regulator);
+    let names = |d: &[(String, PublicKey)]| d.iter().map(|(m, _)| m.clone()).collect::<Vec<_>>();
+    // Genesis: the regulator alone, K = 4.
+    assert_eq!(state.delegates_k(), 4);
+    assert_eq!(
+        state.epoch(0).unwrap().delegates,
+        vec![(REGULATOR.to_owned(), PublicKey::of(&regulator.key))]
+    );
+    // Each admission changes who the delegates would be: the state begins an epoch by itself.
+    let (h1, h2) = (hospital("h1", 11), hospital("h2", 12));
+    let admit = sign(REGULATOR, 2, admit_command(&h1), &regulator.key);
+    assert_eq!(state.apply(&admit, at(2)), Outcome::Accepted);
+    assert_eq!(state.current_epoch(), 1);
+    assert_eq!(state.epoch(1).unwrap().started_at, at(2));
+    assert_eq!(names(state.current_delegates()), ["h1", REGULATOR]);
+    let admit = sign(REGULATOR, 3, admit_command(&h2), &regulator.key);
+    assert_eq!(state.apply(&admit, at(3)), Outcome::Accepted);
+    assert_eq!(state.current_epoch(), 2);
+    assert_eq!(names(state.current_delegates()), ["h1", "h2", REGULATOR]);
+    // Equal stakes go by member id; a higher stake first.
+    let stake = |seq, member: &str, stake| {
+        sign(
+            REGULATOR,
+            seq,
+            Command::SetStake {
+                member: member.into(),
+                stake,
+            },
+            &regulator.key,
+        )
+    };
+    assert_eq!(state.apply(&stake(4, "h2", 500), at(4)), Outcome::Accepted);
+    assert_eq!(state.current_epoch(), 3);
+    assert_eq!(names(state.current_delegates()), ["h2", "h1", REGULATOR]);
+    // A stake that changes nobody's place begins nothing.
+    assert_eq!(state.apply(&stake(5, "h2", 600), at(5)), Outcome::Accepted);
+    assert_eq!(state.current_epoch(), 3);
+    // The regulator sets K = 2 with an epoch of its own.
+    let begin = sign(
+        REGULATOR,
+        6,
+        Command::BeginEpoch {
+            epoch: 4,
+            delegates: 2,
+        },
+        &regulator.key,
+    );
+    assert_eq!(state.apply(&begin, at(6)), Outcome::Accepted);
+    assert_eq!(state.delegates_k(), 2);
+    let epoch = state.epoch(4).unwrap().clone();
+    assert_eq!(names(&epoch.delegates), ["h2", "h1"]);
+    assert_eq!(epoch.delegates[1].1, PublicKey::of(&h1.key));
+    assert_eq!(epoch.delegate_set().unwrap().len(), 2);
+    // A suspension begins the next, without the suspended member; the old ones are kept.
+    let suspend = sign(
+        REGULATOR,
+        7,
+        Command::Suspend {
+            member: "h2".into(),
+            reason: "audit".into(),
+        },
+        &regulator.key,
+    );
+    assert_eq!(state.apply(&suspend, at(7)), Outcome::Accepted);
+    assert_eq!(names(&state.epoch(4).unwrap().delegates), ["h2", "h1"]);
+    assert_eq!(state.current_epoch(), 5);
+    assert_eq!(names(state.current_delegates()), ["h1", REGULATOR]);
+    // A refused command begins nothing; no delegates at all is malformed.
+    let none = sign(
+        REGULATOR,
+        8,
+        Command::BeginEpoch {
+            epoch: 6,
+            delegates: 0,
+        },
+        &regulator.key,
+    );
+    assert_eq!(
+        state.apply(&none, at(8)),
+        Outcome::Refused(Refusal::Malformed)
+    );
+    assert_eq!(state.current_epoch(), 5);
+    // The epochs survive the state's encoding.
+    let decoded = GovernanceState::from_bytes(&state.to_bytes()).unwrap();
+    assert_eq!(decoded, state);
 }
 
 #[test]
@@ -733,7 +840,15 @@ fn the_refusal_log_is_bounded() {
     let (mut state, _, h1) = founded();
     let total = limits::MAX_REFUSALS_KEPT as u64 + 10;
     for seq in 1..=total {
-        let command = sign("h1", seq, Command::BeginEpoch { epoch: 1 }, &h1.key);
+        let command = sign(
+            "h1",
+            seq,
+            Command::BeginEpoch {
+                epoch: 1,
+                delegates: 4,
+            },
+            &h1.key,
+        );
         assert_eq!(
             state.apply(&command, at(seq)),
             Outcome::Refused(Refusal::NotRegulator)
@@ -802,7 +917,10 @@ fn commands_round_trip_through_their_encoding() {
             version: 4,
             wrapped: vec![("h1".into(), vec![1, 2, 3])],
         },
-        Command::BeginEpoch { epoch: 9 },
+        Command::BeginEpoch {
+            epoch: 9,
+            delegates: 4,
+        },
     ];
     for (seq, command) in commands.into_iter().enumerate() {
         let signed = sign(REGULATOR, seq as u64, command, &regulator.key);
@@ -842,7 +960,10 @@ fn the_state_round_trips_and_refuses_other_encodings() {
     let refused = sign(
         REGULATOR,
         5,
-        Command::BeginEpoch { epoch: 1 },
+        Command::BeginEpoch {
+            epoch: 1,
+            delegates: 4,
+        },
         &regulator.key,
     );
     assert_eq!(
@@ -941,7 +1062,10 @@ fn the_validity_window_is_signed() {
         REGULATOR,
         3,
         Validity::around(at(1_000), 10, 10),
-        Command::BeginEpoch { epoch: 1 },
+        Command::BeginEpoch {
+            epoch: 1,
+            delegates: 4,
+        },
         &regulator.key,
     );
     stretched.validity.not_after = at(5_000);
@@ -949,7 +1073,7 @@ fn the_validity_window_is_signed() {
         state.apply(&stretched, at(2_000)),
         Outcome::Refused(Refusal::BadSignature)
     );
-    assert_eq!(state.current_epoch(), 0);
+    assert_eq!(state.current_epoch(), 1);
 }
 
 #[test]
@@ -977,7 +1101,10 @@ fn an_inverted_or_overlong_window_is_malformed() {
             REGULATOR,
             sequence,
             validity,
-            Command::BeginEpoch { epoch: 1 },
+            Command::BeginEpoch {
+                epoch: 1,
+                delegates: 4,
+            },
             &regulator.key,
         );
         assert_eq!(
@@ -985,7 +1112,7 @@ fn an_inverted_or_overlong_window_is_malformed() {
             Outcome::Refused(Refusal::Malformed)
         );
     }
-    assert_eq!(state.current_epoch(), 0);
+    assert_eq!(state.current_epoch(), 1);
     assert_eq!(
         Validity::around(at(5), 10, u64::MAX),
         Validity {
@@ -1079,7 +1206,15 @@ fn a_join_request_is_an_admission_signed_by_the_applicant() {
     let under_another_name =
         SignedCommand::sign(CONSORTIUM, "h3", 0, window(), admit_command(&h2), &h2.key);
     assert!(under_another_name.join_request().is_none());
-    let not_an_admission = sign("h2", 1, Command::BeginEpoch { epoch: 1 }, &h2.key);
+    let not_an_admission = sign(
+        "h2",
+        1,
+        Command::BeginEpoch {
+            epoch: 1,
+            delegates: 4,
+        },
+        &h2.key,
+    );
     assert!(not_an_admission.join_request().is_none());
 }
 

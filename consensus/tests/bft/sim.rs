@@ -817,14 +817,14 @@ impl Sim {
     }
 
     fn build(&mut self, i: usize, height: u64, round: Round) {
-        let producer = BlockProducer::new(self.nodes[i].key.clone());
+        let producer = BlockProducer::new(PublicKey::of(&self.nodes[i].key));
         let mut block = producer.propose(
             self.nodes[i].tip().map(|b| &b.header),
             Vec::new(),
             0,
-            height,
             Timestamp(self.now),
         );
+        debug_assert_eq!(block.header.height, height);
         if self.cfg.bad_proposer == Some(i) {
             // Not linked to the chain: every validator refuses it.
             block.header.previous = Hash256([0xba; 32]);

@@ -79,9 +79,9 @@ fn beyond_f_the_agreement_checker_fires_and_the_certificates_convict() {
     cfg.silent = vec![0, 1];
     cfg.time_limit = 5_000;
     let mut sim = Sim::new(cfg);
-    let producer = BlockProducer::new(key(0));
+    let producer = BlockProducer::new(PublicKey::of(&key(0)));
     for (victim, time) in [(2, 1), (3, 2)] {
-        let block = producer.propose(None, Vec::new(), 0, 0, Timestamp(time));
+        let block = producer.propose(None, Vec::new(), 0, Timestamp(time));
         let hash = block.header.hash();
         let proposal = Proposal::sign(0, Round(0), None, hash, &CHAIN, &key(0));
         sim.inject_body(1, victim, block, Round(0));

@@ -1,12 +1,23 @@
-//! Keys, entries and ledgers for the tests.
+//! Keys, entries, certified blocks and a one-delegate ledger for the tests.
 
-use fhirseal_consensus::BlockProducer;
+use std::sync::Arc;
+
+use fhirseal_consensus::bft::{
+    CertSignature, EngineConfig, MalachiteEngine, Round, Vote, VoteKind,
+};
+use fhirseal_consensus::ledger::{Effect, FixedContext};
 use fhirseal_consensus::{
-    AnchorBatch, AnchorEntry, BatchId, Chain, ChainStore, PublicKey, Roster, SigningKey,
-    SoloLedger, Transaction,
+    chain_id, AnchorBatch, AnchorEntry, BatchId, Block, BlockHeader, BlockProducer, BlockReceipt,
+    Chain, ChainStore, CommitCertificate, Driver, DriverConfig, FinalizedBlock, Hash256, PublicKey,
+    Roster, SigningKey, Submitted, Timestamp, Transaction,
 };
 
 pub(crate) const INSTITUTION: &str = "hospital-a";
+
+/// The chain every test block is certified for.
+pub(crate) fn chain_key() -> Hash256 {
+    chain_id("test consortium")
+}
 
 pub(crate) fn institution_key() -> SigningKey {
     SigningKey::from_bytes(&[1; 32])
@@ -57,6 +68,54 @@ pub(crate) fn fresh_batch(n: u64, prefix: &str, count: usize) -> Transaction {
     anchor_batch(n, entries)
 }
 
+/// `block` with a certificate of round 0 precommits by `keys`.
+pub(crate) fn certify(block: Block, keys: &[SigningKey]) -> FinalizedBlock {
+    let hash = block.header.hash();
+    let height = block.header.height;
+    let signatures = keys
+        .iter()
+        .map(|key| {
+            let vote = Vote::sign(
+                VoteKind::Precommit,
+                height,
+                Round(0),
+                Some(hash),
+                &chain_key(),
+                key,
+            );
+            CertSignature {
+                delegate: vote.delegate,
+                signature: vote.signature,
+            }
+        })
+        .collect();
+    FinalizedBlock {
+        block,
+        certificate: CommitCertificate::new(height, Round(0), hash, signatures),
+    }
+}
+
+/// The block after `previous` with `transactions`, proposed and certified by `key` alone.
+pub(crate) fn certified_by(
+    key: &SigningKey,
+    previous: Option<&BlockHeader>,
+    transactions: Vec<Transaction>,
+    time: u64,
+) -> FinalizedBlock {
+    let block =
+        BlockProducer::new(PublicKey::of(key)).propose(previous, transactions, 0, Timestamp(time));
+    certify(block, std::slice::from_ref(key))
+}
+
+/// The same, by the test delegate.
+pub(crate) fn certified(
+    previous: Option<&BlockHeader>,
+    transactions: Vec<Transaction>,
+    time: u64,
+) -> FinalizedBlock {
+    certified_by(&delegate_key(), previous, transactions, time)
+}
+
 /// A sled database on disk in its own directory (kept alive by the returned guard).
 pub(crate) fn db() -> (tempfile::TempDir, sled::Db) {
     let dir = tempfile::tempdir().unwrap();
@@ -65,9 +124,83 @@ pub(crate) fn db() -> (tempfile::TempDir, sled::Db) {
 }
 
 pub(crate) fn chain(db: &sled::Db) -> Chain {
-    Chain::open(ChainStore::open(db).unwrap()).unwrap()
+    Chain::open(ChainStore::open(db).unwrap(), chain_key()).unwrap()
 }
 
-pub(crate) fn ledger(db: &sled::Db) -> SoloLedger {
-    SoloLedger::new(chain(db), BlockProducer::new(delegate_key()), roster()).unwrap()
+type TestDriver = Driver<MalachiteEngine, fn(EngineConfig, SigningKey) -> MalachiteEngine>;
+
+/// The embedded consortium of one, as the sidecar runs it: the real driver with one delegate
+/// and its engine, its effects performed on a sled chain (no log: nothing here crashes).
+/// Transactions wait until [`TestLedger::produce`] lets the delegate propose.
+pub(crate) struct TestLedger {
+    chain: Chain,
+    driver: TestDriver,
+    context: FixedContext,
+}
+
+impl TestLedger {
+    pub(crate) fn new(chain: Chain) -> Self {
+        let config = DriverConfig::new(EngineConfig::new(chain_key()));
+        let driver: TestDriver = Driver::new(
+            config,
+            "delegate".to_owned(),
+            MalachiteEngine::new,
+            chain.tip().cloned(),
+        );
+        let context = FixedContext {
+            reader: chain.reader(),
+            roster: Arc::new(roster()),
+            members: vec!["delegate".to_owned()],
+            keys: vec![delegate_key()],
+            holding: false,
+        };
+        Self {
+            chain,
+            driver,
+            context,
+        }
+    }
+
+    pub(crate) fn submit(&mut self, tx: Transaction) -> fhirseal_consensus::Result<Submitted> {
+        let (mut answers, effects) = self
+            .driver
+            .submit(vec![tx], 0, Timestamp(0), &self.context)
+            .unwrap();
+        assert!(effects.is_empty(), "nothing happens before produce");
+        answers.pop().unwrap()
+    }
+
+    /// Lets the delegate propose what waits, at `time`; the block it finalized, if any.
+    pub(crate) async fn produce(&mut self, time: Timestamp) -> Option<BlockReceipt> {
+        self.context.holding = true;
+        let effects = self
+            .driver
+            .handle(
+                fhirseal_consensus::ledger::Input::Tick,
+                0,
+                time,
+                &self.context,
+            )
+            .unwrap();
+        self.context.holding = false;
+        let mut receipt = None;
+        for effect in effects {
+            if let Effect::Append(block) = effect {
+                receipt = Some(self.chain.append(&block, &roster()).await.unwrap());
+            }
+        }
+        receipt
+    }
+
+    pub(crate) fn chain(&self) -> &Chain {
+        &self.chain
+    }
+
+    pub(crate) fn pending(&self) -> usize {
+        self.driver.status(&self.context).pending
+    }
+}
+
+pub(crate) fn ledger(db: &sled::Db) -> TestLedger {
+    TestLedger::new(chain(db))
 }

@@ -2,8 +2,8 @@
 
 use fhirseal_consensus::codec::{limits, FORMAT_VERSION};
 use fhirseal_consensus::{
-    AccessBatch, AccessEvent, BlockHeader, BlockProducer, DecodeError, FinalizedBlock, Hash256,
-    PublicKey, Timestamp, Transaction,
+    AccessBatch, AccessEvent, BlockHeader, DecodeError, FinalizedBlock, Hash256, PublicKey,
+    Timestamp, Transaction,
 };
 use sha2::{Digest, Sha256};
 
@@ -15,7 +15,7 @@ fn a_header_encodes_to_the_documented_bytes_and_hashes_under_its_tag() {
         height: 0x0102,
         previous: Hash256([0xaa; 32]),
         epoch: 3,
-        slot: 4,
+        next_epoch: 4,
         producer: PublicKey([0xbb; 32]),
         tx_root: Hash256([0xcc; 32]),
         tx_count: 5,
@@ -82,7 +82,7 @@ fn sample_block() -> FinalizedBlock {
         Transaction::Access(access),
         fresh_batch(2, "b", 1),
     ];
-    BlockProducer::new(delegate_key()).produce_alone(None, txs, 0, 0, Timestamp(42))
+    certified(None, txs, 42)
 }
 
 #[test]

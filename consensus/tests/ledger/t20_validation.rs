@@ -1,10 +1,8 @@
-//! Validity rules: batches, blocks, certificates.
+//! Validity rules: batches, blocks, epochs, certificates.
 
-use ed25519_dalek::Signer as _;
 use fhirseal_consensus::{
     validate_block, validate_finalized_block, validate_transaction, AnchorBatch, BlockProducer,
-    DelegateSet, Error, FinalityCertificate, Hash256, PublicKey, Roster, SigningKey, Timestamp,
-    Transaction,
+    DelegateSet, Error, Hash256, PublicKey, Roster, SigningKey, Timestamp, Transaction,
 };
 
 use crate::support::*;
@@ -82,46 +80,43 @@ fn malformed_batches_cannot_be_signed() {
 }
 
 fn producer() -> BlockProducer {
-    BlockProducer::new(delegate_key())
+    BlockProducer::new(PublicKey::of(&delegate_key()))
 }
 
 fn genesis() -> fhirseal_consensus::FinalizedBlock {
-    producer().produce_alone(None, vec![fresh_batch(1, "g", 2)], 0, 0, Timestamp(100))
+    certified(None, vec![fresh_batch(1, "g", 2)], 100)
 }
 
 #[test]
 fn a_produced_chain_validates() {
     let g = genesis();
-    let hash = validate_finalized_block(None, &g, &roster()).unwrap();
+    let hash = validate_finalized_block(&chain_key(), None, &g, &roster()).unwrap();
     assert_eq!(hash, g.header().hash());
-    let next = producer().produce_alone(
+    let next = certified(
         Some(g.header()),
         vec![fresh_batch(2, "n", 3), fresh_batch(3, "m", 1)],
-        0,
-        1,
-        Timestamp(200),
+        200,
     );
     assert_eq!(next.header().height, 1);
     assert_eq!(next.header().previous, hash);
-    validate_finalized_block(Some(g.header()), &next, &roster()).unwrap();
+    validate_finalized_block(&chain_key(), Some(g.header()), &next, &roster()).unwrap();
 }
 
 #[test]
 fn a_block_must_follow_its_predecessor() {
     let g = genesis();
     let p = producer();
-    let next = |slot, time| {
+    let next = |time| {
         p.propose(
             Some(g.header()),
             vec![fresh_batch(2, "n", 1)],
             0,
-            slot,
             Timestamp(time),
         )
     };
     let roster = roster();
 
-    let mut b = next(1, 200);
+    let mut b = next(200);
     b.header.height = 2;
     assert!(matches!(
         validate_block(Some(g.header()), &b, &roster),
@@ -131,22 +126,16 @@ fn a_block_must_follow_its_predecessor() {
         })
     ));
 
-    let mut b = next(1, 200);
+    let mut b = next(200);
     b.header.previous = Hash256([7; 32]);
     assert!(matches!(
         validate_block(Some(g.header()), &b, &roster),
         Err(Error::InvalidBlock(_))
     ));
 
-    // Same slot as genesis.
-    assert!(matches!(
-        validate_block(Some(g.header()), &next(0, 200), &roster),
-        Err(Error::InvalidBlock(_))
-    ));
-
     // The producer raises a clock that went back; a header that goes back anyway is refused.
-    assert_eq!(next(1, 50).header.time, Timestamp(100));
-    let mut b = next(1, 200);
+    assert_eq!(next(50).header.time, Timestamp(100));
+    let mut b = next(200);
     b.header.time = Timestamp(99);
     assert!(matches!(
         validate_block(Some(g.header()), &b, &roster),
@@ -159,13 +148,46 @@ fn a_block_must_follow_its_predecessor() {
 }
 
 #[test]
+fn each_block_is_certified_by_the_epoch_its_predecessor_named() {
+    let p = producer();
+    let roster = roster();
+    // Genesis is epoch 0's, and names epoch 2 for its successor.
+    let g = p.propose(None, vec![fresh_batch(1, "g", 1)], 2, Timestamp(1));
+    assert_eq!((g.header.epoch, g.header.next_epoch), (0, 2));
+    validate_block(None, &g, &roster).unwrap();
+    let mut not_zero = g.clone();
+    not_zero.header.epoch = 1;
+    assert!(matches!(
+        validate_block(None, &not_zero, &roster),
+        Err(Error::InvalidBlock(_))
+    ));
+
+    let next = p.propose(Some(&g.header), vec![], 2, Timestamp(2));
+    assert_eq!(next.header.epoch, 2);
+    validate_block(Some(&g.header), &next, &roster).unwrap();
+    // Not the epoch the predecessor named, or a next epoch going back: refused.
+    let mut other_epoch = next.clone();
+    other_epoch.header.epoch = 1;
+    assert!(validate_block(Some(&g.header), &other_epoch, &roster).is_err());
+    let mut back = next.clone();
+    back.header.next_epoch = 1;
+    assert!(validate_block(Some(&g.header), &back, &roster).is_err());
+    // The producer never names an earlier epoch than its block's.
+    assert_eq!(
+        p.propose(Some(&g.header), vec![], 0, Timestamp(2))
+            .header
+            .next_epoch,
+        2
+    );
+}
+
+#[test]
 fn a_block_commits_to_its_transactions() {
     let p = producer();
     let roster = roster();
     let block = p.propose(
         None,
         vec![fresh_batch(1, "a", 2), fresh_batch(2, "b", 2)],
-        0,
         0,
         Timestamp(1),
     );
@@ -198,7 +220,6 @@ fn a_block_holds_a_transaction_and_a_resource_version_once() {
         None,
         vec![fresh_batch(1, "a", 1), fresh_batch(1, "a", 1)],
         0,
-        0,
         Timestamp(1),
     );
     assert!(matches!(
@@ -208,7 +229,6 @@ fn a_block_holds_a_transaction_and_a_resource_version_once() {
     let same_entry = p.propose(
         None,
         vec![fresh_batch(1, "a", 1), fresh_batch(2, "a", 1)],
-        0,
         0,
         Timestamp(1),
     );
@@ -220,87 +240,74 @@ fn a_block_holds_a_transaction_and_a_resource_version_once() {
 
 #[test]
 fn only_a_delegate_may_produce() {
-    let stranger = BlockProducer::new(SigningKey::from_bytes(&[9; 32]));
-    let block = stranger.produce_alone(None, vec![fresh_batch(1, "a", 1)], 0, 0, Timestamp(1));
+    let stranger = SigningKey::from_bytes(&[9; 32]);
+    let block = certified_by(&stranger, None, vec![fresh_batch(1, "a", 1)], 1);
     assert!(matches!(
-        validate_finalized_block(None, &block, &roster()),
+        validate_finalized_block(&chain_key(), None, &block, &roster()),
         Err(Error::UnknownProducer)
     ));
 }
 
-fn delegates(n: u8) -> (Vec<BlockProducer>, DelegateSet) {
-    let producers: Vec<_> = (0..n)
-        .map(|i| BlockProducer::new(SigningKey::from_bytes(&[100 + i; 32])))
+fn delegates(n: u8) -> (Vec<SigningKey>, Roster) {
+    let keys: Vec<_> = (0..n)
+        .map(|i| SigningKey::from_bytes(&[100 + i; 32]))
         .collect();
-    let set = DelegateSet::new(producers.iter().map(BlockProducer::public_key).collect()).unwrap();
-    (producers, set)
+    let set = DelegateSet::new(keys.iter().map(PublicKey::of).collect()).unwrap();
+    (keys, roster().with_delegates(set))
 }
 
 #[test]
-fn one_delegate_finalizes_with_one_signature() {
-    let (ps, set) = delegates(1);
-    let hash = Hash256([3; 32]);
-    let cert = FinalityCertificate::from_votes(vec![ps[0].vote(&hash)]);
-    cert.verify(&hash, &set, set.quorum()).unwrap();
-    assert!(FinalityCertificate::default()
-        .verify(&hash, &set, set.quorum())
-        .is_err());
-}
-
-#[test]
-fn four_delegates_need_three_signatures() {
-    let (ps, set) = delegates(4);
-    assert_eq!(set.quorum(), 3);
-    let hash = Hash256([3; 32]);
-    let votes =
-        |n: usize| FinalityCertificate::from_votes(ps[..n].iter().map(|p| p.vote(&hash)).collect());
+fn one_delegate_finalizes_with_one_precommit() {
+    let (keys, roster) = delegates(1);
+    let block = certified_by(&keys[0], None, vec![fresh_batch(1, "a", 1)], 1);
+    validate_finalized_block(&chain_key(), None, &block, &roster).unwrap();
+    let mut unsigned = block.clone();
+    unsigned.certificate = fhirseal_consensus::CommitCertificate::new(
+        0,
+        fhirseal_consensus::bft::Round(0),
+        block.header().hash(),
+        vec![],
+    );
     assert!(matches!(
-        votes(2).verify(&hash, &set, set.quorum()),
+        validate_finalized_block(&chain_key(), None, &unsigned, &roster),
+        Err(Error::NotEnoughSignatures { have: 0, need: 1 })
+    ));
+}
+
+#[test]
+fn four_delegates_need_three_precommits_for_this_block_on_this_chain() {
+    let (keys, roster) = delegates(4);
+    assert_eq!(roster.delegates().quorum(), 3);
+    let block = BlockProducer::new(PublicKey::of(&keys[0])).propose(
+        None,
+        vec![fresh_batch(1, "a", 1)],
+        0,
+        Timestamp(1),
+    );
+    let by = |n: usize| certify(block.clone(), &keys[..n]);
+    assert!(matches!(
+        validate_finalized_block(&chain_key(), None, &by(2), &roster),
         Err(Error::NotEnoughSignatures { have: 2, need: 3 })
     ));
-    votes(3).verify(&hash, &set, set.quorum()).unwrap();
-    votes(4).verify(&hash, &set, set.quorum()).unwrap();
+    validate_finalized_block(&chain_key(), None, &by(3), &roster).unwrap();
+    validate_finalized_block(&chain_key(), None, &by(4), &roster).unwrap();
 
-    // A repeated vote does not count twice.
-    let repeated = FinalityCertificate::from_votes(vec![
-        ps[0].vote(&hash),
-        ps[0].vote(&hash),
-        ps[1].vote(&hash),
-    ]);
-    assert_eq!(repeated.signatures().len(), 2);
-    assert!(repeated.verify(&hash, &set, set.quorum()).is_err());
-
-    // Votes for another block, or by a non-delegate, spoil the certificate.
-    let other = Hash256([4; 32]);
-    let mut mixed: Vec<_> = ps[..2].iter().map(|p| p.vote(&hash)).collect();
-    mixed.push(ps[2].vote(&other));
+    // Precommits for another chain, or a certificate of another block, do not finalize it.
+    let other_chain = fhirseal_consensus::chain_id("another consortium");
+    assert!(validate_finalized_block(&other_chain, None, &by(4), &roster).is_err());
+    let mut other_block = by(4);
+    other_block.block.header.time = Timestamp(2);
     assert!(matches!(
-        FinalityCertificate::from_votes(mixed).verify(&hash, &set, set.quorum()),
-        Err(Error::BadSignature(_))
-    ));
-    let stranger = BlockProducer::new(SigningKey::from_bytes(&[9; 32]));
-    let mut foreign: Vec<_> = ps[..3].iter().map(|p| p.vote(&hash)).collect();
-    foreign.push(stranger.vote(&hash));
-    assert!(matches!(
-        FinalityCertificate::from_votes(foreign).verify(&hash, &set, set.quorum()),
+        validate_finalized_block(&chain_key(), None, &other_block, &roster),
         Err(Error::InvalidCertificate(_))
     ));
-}
-
-#[test]
-fn a_vote_is_not_a_signature_of_the_bare_hash() {
-    // Domain separation: a delegate's signature over the raw 32 bytes (as some other protocol
-    // might ask for) is not a finality vote.
-    let key = delegate_key();
-    let hash = Hash256([5; 32]);
-    let bare = fhirseal_consensus::DelegateSignature {
-        delegate: PublicKey::of(&key),
-        signature: key.sign(&hash.0),
-    };
-    let set = DelegateSet::new(vec![PublicKey::of(&key)]).unwrap();
-    assert!(FinalityCertificate::from_votes(vec![bare])
-        .verify(&hash, &set, 1)
-        .is_err());
+    // A non-delegate's precommit spoils the certificate.
+    let mut with_stranger = keys[..3].to_vec();
+    with_stranger.push(SigningKey::from_bytes(&[9; 32]));
+    assert!(matches!(
+        validate_finalized_block(&chain_key(), None, &certify(block, &with_stranger), &roster),
+        Err(Error::InvalidCertificate(_))
+    ));
 }
 
 #[test]
@@ -311,5 +318,5 @@ fn a_roster_for_another_consortium_refuses_the_block() {
         PublicKey::of(&institution_key()),
         PublicKey([0x42; 32]),
     );
-    assert!(validate_finalized_block(None, &g, &other).is_err());
+    assert!(validate_finalized_block(&chain_key(), None, &g, &other).is_err());
 }

@@ -1,10 +1,7 @@
-//! The chain on sled: anchoring through the single-node ledger, idempotence, restarts, and
-//! verification from genesis that names the first bad height.
+//! The chain on sled: anchoring through the one-delegate driver (the embedded default), idempotence,
+//! restarts, and verification from genesis that names the first bad height.
 
-use fhirseal_consensus::{
-    BlockProducer, Chain, ChainCheck, ChainStore, Error, Ledger, SoloLedger, Submitted, Timestamp,
-    Transaction,
-};
+use fhirseal_consensus::{Chain, ChainCheck, ChainStore, Error, Submitted, Timestamp, Transaction};
 use fhirseal_storage::chain_store::{
     ChainStoreError, ANCHORS_TREE, BLOCKS_TREE, TRANSACTIONS_TREE,
 };
@@ -12,18 +9,14 @@ use fhirseal_storage::chain_store::{
 use crate::support::*;
 
 /// Anchors `blocks` blocks of two batches of three entries each.
-async fn anchor_blocks(ledger: &mut SoloLedger, blocks: u64) {
+async fn anchor_blocks(ledger: &mut TestLedger, blocks: u64) {
     for b in 0..blocks {
         for t in 0..2 {
             let n = b * 2 + t;
             let tx = fresh_batch(n, &format!("r{n}"), 3);
             assert_eq!(ledger.submit(tx).unwrap(), Submitted::Queued);
         }
-        let receipt = ledger
-            .produce(Timestamp(1_000 + b))
-            .await
-            .unwrap()
-            .expect("a block");
+        let receipt = ledger.produce(Timestamp(1_000 + b)).await.expect("a block");
         assert_eq!(receipt.height, b);
         assert_eq!(receipt.transactions.len(), 2);
     }
@@ -33,7 +26,7 @@ async fn anchor_blocks(ledger: &mut SoloLedger, blocks: u64) {
 async fn the_single_node_anchors_and_the_chain_verifies() {
     let (_dir, db) = db();
     let mut ledger = ledger(&db);
-    assert_eq!(ledger.produce(Timestamp(1)).await.unwrap(), None);
+    assert_eq!(ledger.produce(Timestamp(1)).await, None);
     anchor_blocks(&mut ledger, 4).await;
     assert_eq!(ledger.pending(), 0);
     let chain = ledger.chain();
@@ -62,7 +55,7 @@ async fn a_batch_is_anchored_once_however_often_it_is_submitted() {
         ledger.submit(tx.clone()).unwrap(),
         Submitted::AlreadyPending
     );
-    let receipt = ledger.produce(Timestamp(5)).await.unwrap().unwrap();
+    let receipt = ledger.produce(Timestamp(5)).await.unwrap();
     assert_eq!(receipt.transactions, vec![tx.id()]);
     match ledger.submit(tx.clone()).unwrap() {
         Submitted::AlreadyAnchored(location) => {
@@ -70,7 +63,7 @@ async fn a_batch_is_anchored_once_however_often_it_is_submitted() {
         }
         other => panic!("{other:?}"),
     }
-    assert_eq!(ledger.produce(Timestamp(6)).await.unwrap(), None);
+    assert_eq!(ledger.produce(Timestamp(6)).await, None);
 
     // Re-batched differently (another signature over other entries) under the same id: still
     // the same transaction key, so still the first receipt.
@@ -93,7 +86,7 @@ async fn a_resource_version_is_anchored_once() {
         ledger.submit(anchor_batch(2, vec![entry("b", "1"), entry("a", "1")])),
         Err(Error::AlreadyAnchored { location: None, .. })
     ));
-    ledger.produce(Timestamp(1)).await.unwrap().unwrap();
+    ledger.produce(Timestamp(1)).await.unwrap();
     // Already in a block.
     assert!(matches!(
         ledger.submit(anchor_batch(3, vec![entry("a", "1")])),
@@ -115,11 +108,10 @@ async fn a_resource_version_is_anchored_once() {
 async fn the_chain_refuses_a_block_with_an_anchored_batch() {
     let (_dir, db) = db();
     let mut chain = chain(&db);
-    let producer = BlockProducer::new(delegate_key());
     let tx = fresh_batch(1, "a", 1);
-    let first = producer.produce_alone(None, vec![tx.clone()], 0, 0, Timestamp(1));
+    let first = certified(None, vec![tx.clone()], 1);
     chain.append(&first, &roster()).await.unwrap();
-    let again = producer.produce_alone(chain.tip(), vec![tx], 0, 1, Timestamp(2));
+    let again = certified(chain.tip(), vec![tx], 2);
     assert!(matches!(
         chain.append(&again, &roster()).await,
         Err(Error::Store(ChainStoreError::DuplicateTransaction { .. }))
@@ -132,8 +124,7 @@ async fn the_chain_refuses_a_block_with_an_anchored_batch() {
 async fn the_chain_refuses_an_invalid_block() {
     let (_dir, db) = db();
     let mut chain = chain(&db);
-    let producer = BlockProducer::new(delegate_key());
-    let mut block = producer.produce_alone(None, vec![fresh_batch(1, "a", 1)], 0, 0, Timestamp(1));
+    let mut block = certified(None, vec![fresh_batch(1, "a", 1)], 1);
     block.block.header.time = Timestamp(2);
     assert!(chain.append(&block, &roster()).await.is_err());
     assert!(chain.tip().is_none());
@@ -156,7 +147,7 @@ async fn the_chain_survives_a_restart() {
         Submitted::AlreadyAnchored(_)
     ));
     ledger.submit(fresh_batch(100, "later", 1)).unwrap();
-    let receipt = ledger.produce(Timestamp(10)).await.unwrap().unwrap();
+    let receipt = ledger.produce(Timestamp(10)).await.unwrap();
     assert_eq!(receipt.height, 2);
     assert!(matches!(
         ledger.chain().verify_chain(&roster()).unwrap(),
@@ -186,7 +177,7 @@ async fn access_batches_are_anchored_too() {
     .unwrap();
     let tx = Transaction::Access(access);
     ledger.submit(tx.clone()).unwrap();
-    ledger.produce(Timestamp(78)).await.unwrap().unwrap();
+    ledger.produce(Timestamp(78)).await.unwrap();
     assert!(ledger
         .chain()
         .locate_transaction(&tx.key())
@@ -225,9 +216,10 @@ async fn a_corrupted_block_is_found_and_its_height_named() {
     let key = 2u64.to_be_bytes();
     let original = blocks.get(key).unwrap().unwrap().to_vec();
     // One byte at a time, at places that hit the header, an entry's clinical hash (the last 32
-    // bytes of the last entry sit before the certificate), and the certificate.
+    // bytes of the last entry sit before the certificate), and the certificate (height, round,
+    // block hash, one signature).
     let len = original.len();
-    let cert_len = 4 + 96;
+    let cert_len = 8 + 4 + 32 + 4 + 96;
     for at in [10, 140, len - cert_len - 1, len - 5] {
         let mut corrupted = original.clone();
         corrupted[at] ^= 0x01;
@@ -245,12 +237,10 @@ async fn a_replaced_block_is_found() {
     let (_dir, db) = four_blocks().await;
     let blocks = db.open_tree(BLOCKS_TREE).unwrap();
     let block0 = chain(&db).block(0).unwrap().unwrap();
-    let forged = BlockProducer::new(delegate_key()).produce_alone(
+    let forged = certified(
         Some(block0.header()),
         vec![fresh_batch(999, "forged", 2)],
-        0,
-        1,
-        Timestamp(2_000),
+        2_000,
     );
     blocks
         .insert(1u64.to_be_bytes(), forged.to_bytes())
@@ -295,11 +285,11 @@ async fn a_corrupted_tip_stops_the_chain_from_opening_but_is_still_located() {
     blocks.insert(3u64.to_be_bytes(), bytes).unwrap();
     let store = ChainStore::open(&db).unwrap();
     assert!(matches!(
-        Chain::open(store.clone()),
+        Chain::open(store.clone(), chain_key()),
         Err(Error::CorruptBlock { height: 3, .. })
     ));
     assert_eq!(
-        broken_height(Chain::verify_store(&store, &roster()).unwrap()),
+        broken_height(Chain::verify_store(&store, &chain_key(), &roster()).unwrap()),
         3
     );
 }

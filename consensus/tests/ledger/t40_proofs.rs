@@ -1,12 +1,10 @@
 //! Anchor proofs: produced by the chain, checked with nothing but the roster.
 
-use fhirseal_consensus::{
-    AnchorProof, BlockProducer, Error, Ledger, PublicKey, Roster, SigningKey, Timestamp,
-};
+use fhirseal_consensus::{AnchorProof, Error, PublicKey, Roster, SigningKey, Timestamp};
 
 use crate::support::*;
 
-async fn anchored() -> (tempfile::TempDir, sled::Db, fhirseal_consensus::SoloLedger) {
+async fn anchored() -> (tempfile::TempDir, sled::Db, TestLedger) {
     let (dir, db) = db();
     let mut ledger = ledger(&db);
     // Three blocks of batches of 1, 3 and 5 entries so that paths have promoted levels.
@@ -18,11 +16,7 @@ async fn anchored() -> (tempfile::TempDir, sled::Db, fhirseal_consensus::SoloLed
                 .submit(fresh_batch(n, &format!("b{block}-s{size}"), size))
                 .unwrap();
         }
-        ledger
-            .produce(Timestamp(10 * block))
-            .await
-            .unwrap()
-            .unwrap();
+        ledger.produce(Timestamp(10 * block)).await.unwrap();
     }
     (dir, db, ledger)
 }
@@ -40,13 +34,13 @@ async fn every_anchored_entry_has_a_proof_that_verifies() {
                     .unwrap()
                     .expect("anchored");
                 assert_eq!(proof.entry, entry(&id, "1"));
-                let hash = proof.verify(&roster()).unwrap();
+                let hash = proof.verify(&chain_key(), &roster()).unwrap();
                 assert_eq!(hash, chain.block(block).unwrap().unwrap().header().hash());
                 assert_eq!(proof.header.height, block);
                 // The proof travels as bytes.
                 let decoded = AnchorProof::from_bytes(&proof.to_bytes()).unwrap();
                 assert_eq!(decoded, proof);
-                decoded.verify(&roster()).unwrap();
+                decoded.verify(&chain_key(), &roster()).unwrap();
             }
         }
     }
@@ -69,47 +63,65 @@ async fn a_proof_fails_when_anything_in_it_changes() {
         .unwrap()
         .unwrap();
     let roster = roster();
-    proof.verify(&roster).unwrap();
+    proof.verify(&chain_key(), &roster).unwrap();
 
     // The upstream's content changed: another clinical hash is not what was anchored.
     let mut p = proof.clone();
     p.entry.clinical_hash[0] ^= 1;
     assert!(matches!(
-        p.verify(&roster),
+        p.verify(&chain_key(), &roster),
         Err(Error::RootMismatch("batch"))
     ));
 
     let mut p = proof.clone();
     p.entry.version_id = "2".into();
-    assert!(p.verify(&roster).is_err());
+    assert!(p.verify(&chain_key(), &roster).is_err());
 
     let mut p = proof.clone();
     p.entry_path.index ^= 1;
-    assert!(p.verify(&roster).is_err());
+    assert!(p.verify(&chain_key(), &roster).is_err());
 
     let mut p = proof.clone();
     p.entry_path.count += 1;
-    assert!(p.verify(&roster).is_err());
+    assert!(p.verify(&chain_key(), &roster).is_err());
 
     let mut p = proof.clone();
     p.batch.root.0[0] ^= 1;
-    assert!(matches!(p.verify(&roster), Err(Error::BadSignature(_))));
+    assert!(matches!(
+        p.verify(&chain_key(), &roster),
+        Err(Error::BadSignature(_))
+    ));
 
     let mut p = proof.clone();
     p.transaction_path.siblings[0].0[0] ^= 1;
     assert!(matches!(
-        p.verify(&roster),
+        p.verify(&chain_key(), &roster),
         Err(Error::RootMismatch("block transaction"))
     ));
 
     let mut p = proof.clone();
     p.header.time = Timestamp(p.header.time.0 + 1);
-    assert!(matches!(p.verify(&roster), Err(Error::BadSignature(_))));
+    assert!(matches!(
+        p.verify(&chain_key(), &roster),
+        Err(Error::InvalidCertificate(_))
+    ));
+
+    // Checked against another consortium's chain, the precommits do not verify.
+    let other = fhirseal_consensus::chain_id("another consortium");
+    assert!(matches!(
+        proof.verify(&other, &roster),
+        Err(Error::BadSignature(_))
+    ));
 
     let mut p = proof.clone();
-    p.certificate = fhirseal_consensus::FinalityCertificate::default();
+    p.certificate = fhirseal_consensus::CommitCertificate::new(
+        p.header.height,
+        p.certificate.round,
+        p.header.hash(),
+        vec![],
+    );
     assert!(matches!(
-        p.verify(&roster),
+        p.verify(&chain_key(), &roster),
         Err(Error::NotEnoughSignatures { .. })
     ));
 }
@@ -127,14 +139,14 @@ async fn a_proof_is_only_as_good_as_the_roster_it_is_checked_against() {
         PublicKey::of(&institution_key()),
         PublicKey::of(&SigningKey::from_bytes(&[8; 32])),
     );
-    assert!(proof.verify(&other_delegate).is_err());
+    assert!(proof.verify(&chain_key(), &other_delegate).is_err());
     let other_institution_key = Roster::single_node(
         INSTITUTION,
         PublicKey::of(&SigningKey::from_bytes(&[8; 32])),
         PublicKey::of(&delegate_key()),
     );
     assert!(matches!(
-        proof.verify(&other_institution_key),
+        proof.verify(&chain_key(), &other_institution_key),
         Err(Error::WrongSigner(_))
     ));
 }
@@ -143,13 +155,7 @@ async fn a_proof_is_only_as_good_as_the_roster_it_is_checked_against() {
 fn a_proof_can_be_built_without_a_store() {
     // The pure path, as the DPoS and light clients will use it: batch → block → proof parts.
     let tx = fresh_batch(1, "x", 3);
-    let block = BlockProducer::new(delegate_key()).produce_alone(
-        None,
-        vec![fresh_batch(2, "y", 2), tx.clone()],
-        0,
-        0,
-        Timestamp(1),
-    );
+    let block = certified(None, vec![fresh_batch(2, "y", 2), tx.clone()], 1);
     let fhirseal_consensus::Transaction::Anchor(batch) = &tx else {
         unreachable!()
     };
@@ -161,5 +167,5 @@ fn a_proof_can_be_built_without_a_store() {
         header: block.block.header.clone(),
         certificate: block.certificate.clone(),
     };
-    proof.verify(&roster()).unwrap();
+    proof.verify(&chain_key(), &roster()).unwrap();
 }

@@ -122,6 +122,10 @@ pub struct InitArgs {
     /// Bits of the RSA key, if the node has none yet (default: `seal.rsa_bits`).
     #[arg(long)]
     pub rsa_bits: Option<usize>,
+    /// K: how many delegates finalize the shared ledger, the active members with the highest
+    /// stake (default: `ledger.delegates`, 4).
+    #[arg(long)]
+    pub delegates: Option<u32>,
 }
 
 /// `invite`.
@@ -364,6 +368,7 @@ fn init(args: InitArgs, env: &dyn Fn(&str) -> Option<String>) -> Result<String> 
             node_id: args.node_id,
             address: args.listen,
             join_listen: args.join_listen,
+            delegates: args.delegates.unwrap_or(config.ledger.delegates),
         },
     )?;
     let pin = hex(&keystore.member.certificate_fingerprint());
@@ -750,29 +755,38 @@ impl Client {
     }
 
     /// Signs `command` as this member with the next sequence number and submits it; a refusal
-    /// is an error.
+    /// is an error. A command refused as `Replayed` (its sequence number taken meanwhile by
+    /// another command of this member: the regulator's node begins epochs on its own) was not
+    /// applied, and is signed again with the next number, a few times.
     pub async fn sign_and_submit(&mut self, command: Command) -> Result<()> {
-        let last = self
-            .status()
-            .await?
-            .member(&self.membership.member)
-            .map_or(0, |m| m.last_sequence);
-        let signed = SignedCommand::sign(
-            &self.membership.consortium,
-            &self.membership.member,
-            last + 1,
-            command_window(wall_clock()),
-            command,
-            &self.secrets.signing,
-        );
-        let answer = self.submit(&signed).await?;
-        match answer.code {
-            None => Ok(()),
-            Some(code) => Err(ConsortiumError::Refused {
-                addr: self.channel.addr().to_owned(),
-                status: 403,
-                message: format!("refused ({code}): {}", answer.error.unwrap_or_default()),
-            }),
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let last = self
+                .status()
+                .await?
+                .member(&self.membership.member)
+                .map_or(0, |m| m.last_sequence);
+            let signed = SignedCommand::sign(
+                &self.membership.consortium,
+                &self.membership.member,
+                last + 1,
+                command_window(wall_clock()),
+                command.clone(),
+                &self.secrets.signing,
+            );
+            let answer = self.submit(&signed).await?;
+            match answer.code {
+                None => return Ok(()),
+                Some(code) if code == "Replayed" && attempts < 4 => continue,
+                Some(code) => {
+                    return Err(ConsortiumError::Refused {
+                        addr: self.channel.addr().to_owned(),
+                        status: 403,
+                        message: format!("refused ({code}): {}", answer.error.unwrap_or_default()),
+                    })
+                }
+            }
         }
     }
 

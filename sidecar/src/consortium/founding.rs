@@ -4,7 +4,9 @@
 
 use std::net::SocketAddr;
 
-use fhirseal_consensus::governance::{Admission, Command, MemberKind, RaftRole, SignedCommand};
+use fhirseal_consensus::governance::{
+    limits, Admission, Command, MemberKind, RaftRole, SignedCommand,
+};
 use fhirseal_storage::keys::make_link_key;
 
 use crate::consortium::error::{ConsortiumError, Result};
@@ -28,6 +30,9 @@ pub struct Founding {
     pub address: SocketAddr,
     /// Where its join desk listens, if it has one.
     pub join_listen: Option<SocketAddr>,
+    /// K: how many delegates finalize the shared ledger (the governance state's default when it
+    /// is [`limits::DEFAULT_DELEGATES`]; else a third genesis command sets it).
+    pub delegates: u32,
 }
 
 /// Writes the founding of `founding` into `layout`: the link key (the keystore's, if it holds
@@ -78,6 +83,17 @@ pub fn found(layout: &Layout, secrets: &MemberSecrets, founding: &Founding) -> R
         },
         &secrets.signing,
     );
+    let epoch = SignedCommand::sign(
+        &founding.consortium,
+        &founding.member,
+        3,
+        genesis_window,
+        Command::BeginEpoch {
+            epoch: 1,
+            delegates: founding.delegates,
+        },
+        &secrets.signing,
+    );
     for command in [&genesis, &wrap] {
         if !command.is_encodable() {
             return Err(ConsortiumError::Usage(
@@ -102,6 +118,13 @@ pub fn found(layout: &Layout, secrets: &MemberSecrets, founding: &Founding) -> R
         &wrap.to_bytes(),
         false,
     )?;
+    if founding.delegates != limits::DEFAULT_DELEGATES {
+        write_new(
+            &genesis_dir.join("003-delegates.cmd"),
+            &epoch.to_bytes(),
+            false,
+        )?;
+    }
     Membership {
         consortium: founding.consortium.clone(),
         member: founding.member.clone(),

@@ -15,6 +15,7 @@
 //! | `GET /consortium/ping` | — | `{}`: another member's node asks whether its certificate is still taken |
 //! | `GET /consortium/joins`, `/consortium/joins/{id}` | — | this member's own CLI only: pending join requests (the list, JSON; one, its bytes) |
 //! | `POST /consortium/invites` | [`InviteRequest`], JSON | the regulator's own CLI only: an invite kept (201) |
+//! | `POST /bft/messages`, `/bft/block`, `/ledger/block`, `/ledger/submit`, `GET /ledger/sync` | the shared ledger's traffic ([`crate::ledger::wire`]) | answered by the ledger ([`LedgerPort`]); 503 until it runs |
 //!
 //! A Raft RPC reaches openraft only if [`authorize`] lets the peer send it (the leader or
 //! candidate it names is the peer's own node, and a voter; a snapshot comes from the leader this
@@ -37,7 +38,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::io::Cursor;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -76,6 +77,7 @@ use crate::consortium::transport::{
 };
 use crate::consortium::trust::{key_fingerprint, server_config, Identity, Peer, Trust};
 use crate::consortium::window::wall_clock;
+use crate::ledger::routes::{is_ledger_route, LedgerPort};
 
 /// Largest API or join request body.
 const MAX_REQUEST_BYTES: usize = 1 << 20;
@@ -120,6 +122,8 @@ struct Shared {
     /// The institution's RSA key, for which the link key is wrapped.
     wrapping: Arc<rsa::PrivateKey>,
     participation: Mutex<Participation>,
+    /// The shared ledger's routes, once the ledger is open.
+    ledger: OnceLock<LedgerPort>,
 }
 
 impl Shared {
@@ -144,8 +148,7 @@ impl Shared {
 }
 
 /// What a node needs to start: its files, its listeners (bound by the caller, so that port 0
-/// works and the caller knows the address), its timing, its member's keys, and its chain's
-/// delegate key.
+/// works and the caller knows the address), its timing, and its member's keys.
 #[derive(Debug)]
 pub struct NodeStart {
     /// The node's files.
@@ -160,8 +163,6 @@ pub struct NodeStart {
     pub raft: RaftTiming,
     /// The member's keys, as the keystore holds them.
     pub secrets: MemberSecrets,
-    /// The node's delegate key: its chain's only delegate.
-    pub delegate: fhirseal_consensus::PublicKey,
 }
 
 /// A running governance node: openraft, the governance listener and join desk, the leader's
@@ -215,7 +216,6 @@ impl RunningNode {
             desk,
             raft,
             secrets,
-            delegate,
         } = start;
         let address = listener.local_addr()?;
         let identity = Identity::new(secrets.certified_key()?);
@@ -239,7 +239,7 @@ impl RunningNode {
         .await?;
         trust.attach(node.state().clone());
         let (mut participation, followers) =
-            Participation::new(&membership.member, delegate, Verdict::Unasked)?;
+            Participation::new(&membership.member, Verdict::Unasked);
         participation.set_signer(Some(secrets.signing.clone()));
 
         let shared = Arc::new(Shared {
@@ -255,6 +255,7 @@ impl RunningNode {
             link_wrapping: Mutex::new(None),
             wrapping: Arc::new(secrets.wrapping.clone()),
             participation: Mutex::new(participation),
+            ledger: OnceLock::new(),
         });
 
         let mut tasks = JoinSet::new();
@@ -320,6 +321,17 @@ impl RunningNode {
     /// The governance node (for tests and tools that look inside).
     pub fn governance(&self) -> &GovernanceNode {
         &self.shared.node
+    }
+
+    /// Channels to other members' nodes, over this node's trust and certificates.
+    pub fn network(&self) -> HttpNetwork {
+        HttpNetwork::new(self.shared.trust.clone(), self.shared.identity.clone())
+    }
+
+    /// Hands the ledger's routes to the listener (once; until then they answer 503).
+    pub fn attach_ledger(&self, port: LedgerPort) {
+        // Attached once at start-up; a second call changes nothing.
+        let _already = self.shared.ledger.set(port);
     }
 
     /// Stops the listeners and duties, then Raft, and flushes the store.
@@ -556,6 +568,34 @@ async fn api_request(
                 Err(r) => return r,
             };
             invite(shared, own, &body)
+        }
+        (method, p) if is_ledger_route(p) => {
+            let Some(port) = shared.ledger.get() else {
+                return error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the ledger is not open yet",
+                );
+            };
+            let query = req.uri().query().map(str::to_owned);
+            let body = match read_body(req, MAX_ANSWER_BYTES).await {
+                Ok(b) => b,
+                Err(r) => return r,
+            };
+            let answer = port
+                .answer(&peer.member, &method, p, query.as_deref(), body)
+                .await;
+            let mut response = Response::new(Full::new(answer.body));
+            *response.status_mut() = answer.status;
+            let kind = if answer.json {
+                "application/json"
+            } else {
+                "application/octet-stream"
+            };
+            response.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static(kind),
+            );
+            response
         }
         (
             _,

@@ -5,9 +5,12 @@
 //!   (sealing fingerprints with it);
 //! - where the node stands ([`Standing`]: the proxy refuses writes, and the anchorer anchors
 //!   nothing, unless it takes part);
-//! - the ledger's rosters and signing key ([`LedgerView`]: the institution's key is the
-//!   member's current signing key; the chain verifies against every key each member has held).
+//! - the ledger's view ([`LedgerView`]: the institutions' keys are the members' current signing
+//!   keys, and the chain verifies against every key each member has held; each epoch's delegates
+//!   with the keys they vote with; where the active members' nodes listen; the member's signing
+//!   key, for its batches and its votes).
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use fhirseal_consensus::governance::KeyHistory;
@@ -17,7 +20,7 @@ use fhirseal_storage::SecretKey;
 use tokio::sync::watch;
 
 use crate::consortium::standing::{standing, Standing, Verdict};
-use crate::ledger::LedgerView;
+use crate::ledger::view::{LedgerView, MemberNode};
 
 /// The receiving ends, for the parts of the node that follow the state.
 #[derive(Debug, Clone)]
@@ -33,7 +36,6 @@ pub struct Followers {
 /// The sending ends, and what they are computed from.
 pub struct Participation {
     member: String,
-    delegates: DelegateSet,
     link_key: watch::Sender<Option<SecretKey>>,
     link_key_version: Option<u32>,
     standing: watch::Sender<Standing>,
@@ -53,28 +55,24 @@ impl std::fmt::Debug for Participation {
 }
 
 impl Participation {
-    /// Nothing known yet about `member`, whose node's chain has `delegate` as its only
-    /// delegate; `verdict` is what the other voters are taken to think until asked.
-    pub fn new(
-        member: &str,
-        delegate: PublicKey,
-        verdict: Verdict,
-    ) -> Result<(Self, Followers), fhirseal_consensus::Error> {
-        let delegates = DelegateSet::new(vec![delegate])?;
-        let empty = Arc::new(Roster::new(delegates.clone(), []));
+    /// Nothing known yet about `member`; `verdict` is what the other voters are taken to think
+    /// until asked.
+    pub fn new(member: &str, verdict: Verdict) -> (Self, Followers) {
+        let empty = Arc::new(Roster::new(no_delegates(), []));
         let view = LedgerView {
             not_taking_part: Standing::Joining.refusal(),
             current: empty.clone(),
             verifying: empty,
+            epochs: Arc::new(BTreeMap::new()),
+            members: Arc::new(BTreeMap::new()),
             signer: None,
         };
         let (link_key, link_rx) = watch::channel(None);
         let (standing, standing_rx) = watch::channel(Standing::Joining);
         let (ledger, ledger_rx) = watch::channel(view);
-        Ok((
+        (
             Self {
                 member: member.to_owned(),
-                delegates,
                 link_key,
                 link_key_version: None,
                 standing,
@@ -88,7 +86,7 @@ impl Participation {
                 standing: standing_rx,
                 ledger: ledger_rx,
             },
-        ))
+        )
     }
 
     /// The link key's version this node holds, if any.
@@ -139,24 +137,46 @@ impl Participation {
                 .apply_next(request.command(), request.proposed_at());
         }
         let has_link_key = self.link_key.borrow().is_some();
-        let (standing, current) = view.read(|state| {
+        let (standing, epochs, members, current) = view.read(|state| {
+            let epochs: BTreeMap<u64, Vec<(String, PublicKey)>> = state
+                .epochs()
+                .map(|(epoch, record)| (epoch, record.delegates.clone()))
+                .collect();
+            let members: BTreeMap<String, MemberNode> = state
+                .members()
+                .filter(|m| m.is_active())
+                .map(|m| {
+                    let node = MemberNode {
+                        node_id: m.profile.node_id,
+                        address: m.profile.address.clone(),
+                    };
+                    (m.id().to_owned(), node)
+                })
+                .collect();
             (
                 standing(state, &self.member, has_link_key, self.verdict),
-                state.roster(self.delegates.clone()),
+                epochs,
+                members,
+                state.roster(latest_delegates(state)),
             )
         });
-        let verifying = self.keys.roster(self.delegates.clone());
+        let delegates = current.delegates().clone();
+        let verifying = self.keys.roster(delegates);
         let signer = self.signer.clone();
         self.ledger.send_if_modified(|held| {
             let changed = held.not_taking_part != standing.refusal()
                 || *held.current != current
                 || *held.verifying != verifying
+                || *held.epochs != epochs
+                || *held.members != members
                 || held.signer.as_ref().map(PublicKey::of) != signer.as_ref().map(PublicKey::of);
             if changed {
                 *held = LedgerView {
                     not_taking_part: standing.refusal(),
                     current: Arc::new(current),
                     verifying: Arc::new(verifying),
+                    epochs: Arc::new(epochs),
+                    members: Arc::new(members),
                     signer,
                 };
             }
@@ -173,4 +193,19 @@ impl Participation {
         });
         changed
     }
+}
+
+/// The delegates a roster names before any epoch is known: a placeholder key no one holds (a
+/// roster needs at least one; nothing is ever certified under it).
+fn no_delegates() -> DelegateSet {
+    DelegateSet::from_one(PublicKey([0; 32]))
+}
+
+/// The newest epoch's delegates, or the placeholder.
+fn latest_delegates(state: &fhirseal_consensus::governance::GovernanceState) -> DelegateSet {
+    state
+        .epochs()
+        .last()
+        .and_then(|(_, e)| e.delegate_set())
+        .unwrap_or_else(no_delegates)
 }

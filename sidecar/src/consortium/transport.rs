@@ -526,6 +526,12 @@ impl HttpNetwork {
     pub fn new(trust: Trust, identity: Identity) -> Self {
         Self { trust, identity }
     }
+
+    /// A channel to node `node` at `addr` over this network's trust and certificates (the
+    /// ledger's traffic uses it beside openraft's).
+    pub fn channel(&self, addr: &str, node: NodeId) -> Result<Channel> {
+        Channel::new(addr.to_owned(), &self.trust, &self.identity, Some(node))
+    }
 }
 
 impl RaftNetworkFactory<TypeConfig> for HttpNetwork {

@@ -107,8 +107,9 @@ pub(super) async fn ledger_api(
             let height: u64 = height.parse().map_err(|_| {
                 ProxyError::Invalid(format!("'{height}' is not a block height"))
             })?;
-            match blocking(move || ledger.block(height)).await? {
-                Some(block) => block_json(&block, auditor),
+            let reader = ledger.clone();
+            match blocking(move || reader.block(height)).await? {
+                Some(block) => block_json(&block, auditor.then_some(ledger.institution())),
                 None => return Err(ProxyError::NotFound(format!("no block at height {height}"))),
             }
         }
@@ -117,7 +118,7 @@ pub(super) async fn ledger_api(
             let found = blocking(move || {
                 let proof = ledger.proof(&t, &i, &v)?;
                 Ok::<_, ProxyError>(proof.map(|p| {
-                    let fault = p.verify(&ledger.roster()).err().map(|e| e.to_string());
+                    let fault = ledger.check_proof(&p).err().map(|e| e.to_string());
                     (p, fault)
                 }))
             })

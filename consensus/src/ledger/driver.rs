@@ -1,0 +1,1049 @@
+//! One node's part of the shared chain, as a pure state machine: see [`Driver`].
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use crate::bft::{
+    BftEngine, ConsensusMessage, EngineConfig, EngineEffect, EngineError, EngineInput, Evidence,
+    Millis, Round, Timer, WalEntry,
+};
+use crate::block::{Block, BlockHeader, FinalizedBlock};
+use crate::error::{Error, Result};
+use crate::hash::Hash256;
+use crate::keys::{DelegateSet, PublicKey};
+use crate::ledger::wal::{Log, LogRecord};
+use crate::ledger::{LedgerContext, RosterUse, Submitted};
+use crate::producer::{BlockLimits, BlockProducer, Mempool};
+use crate::tx::{Timestamp, Transaction};
+use crate::validate::{validate_block, validate_finalized_block, validate_transaction};
+use crate::SigningKey;
+
+/// Each submitted transaction's answer.
+pub type Answers = Vec<Result<Submitted>>;
+
+/// How far ahead of the receiver's clock a proposed block's time may be.
+const MAX_CLOCK_DRIFT_MS: u64 = 30_000;
+/// Most consensus messages kept for the current height before it starts here.
+const MAX_EARLY_MESSAGES: usize = 4096;
+/// Most block bodies kept for heights that have not started here.
+const MAX_LATER_BODIES: usize = 32;
+
+/// How a driver runs.
+#[derive(Debug, Clone)]
+pub struct DriverConfig {
+    /// The engine's configuration (the chain's id, the timeouts).
+    pub engine: EngineConfig,
+    /// How much goes into one block.
+    pub limits: BlockLimits,
+    /// A node that runs no engine asks a peer for the blocks it lacks this often.
+    pub poll_interval: Millis,
+    /// A delegate whose height has not been final for this long asks a peer too (it may have
+    /// missed the decision).
+    pub stall_interval: Millis,
+}
+
+impl DriverConfig {
+    /// The defaults for the chain `engine` names.
+    pub fn new(engine: EngineConfig) -> Self {
+        Self {
+            engine,
+            limits: BlockLimits::default(),
+            poll_interval: 1_000,
+            stall_interval: 2_000,
+        }
+    }
+}
+
+/// What the runtime tells the driver.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Input {
+    /// The runtime's clock moved (every few tens of milliseconds): start a height that is due,
+    /// ask a peer for blocks when behind or stalled.
+    Tick,
+    /// A consensus message from member `from`'s node (the transport checked its certificate).
+    Message {
+        /// The sending member.
+        from: String,
+        /// What it sent.
+        message: ConsensusMessage,
+    },
+    /// A proposed block's body, from member `from`'s node.
+    Body {
+        /// The sending member.
+        from: String,
+        /// The body.
+        block: Block,
+        /// The round it is proposed in.
+        round: Round,
+    },
+    /// Finalized blocks, in height order: a peer's answer to [`Effect::Sync`], or a block a
+    /// delegate announced.
+    Blocks {
+        /// The member whose node sent them, if known.
+        from: Option<String>,
+        /// The blocks.
+        blocks: Vec<FinalizedBlock>,
+    },
+    /// A timer scheduled by [`Effect::Schedule`] fired.
+    Timer(Timer),
+}
+
+/// What crosses to other members' nodes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outbound {
+    /// A vote, proposal or certificate, for the height's delegates.
+    Message(ConsensusMessage),
+    /// A proposed block's body, for the height's delegates.
+    Body(Block, Round),
+    /// A finalized block, announced to members that were not its delegates.
+    Block(FinalizedBlock),
+}
+
+/// Who a message is for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recipients {
+    /// These members' nodes.
+    Members(Vec<String>),
+    /// Every active member's node but these (and this node's own).
+    AllExcept(Vec<String>),
+}
+
+/// What the driver asks the runtime to do, in order. The write-ahead log rule: records appended
+/// with [`Effect::Log`] are durable once an [`Effect::Flush`] is performed, and every effect after
+/// a `Flush` waits for it; `Append` is durable before what follows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effect {
+    /// Start a new log for `height`, dropping the one before (its height is final and stored).
+    NewLog {
+        /// The height the log is for.
+        height: u64,
+    },
+    /// Append a record to the log.
+    Log(LogRecord),
+    /// Make the log durable before performing what follows.
+    Flush,
+    /// Send to other members' nodes (fire and forget: votes are re-sent on a timer).
+    Send {
+        /// To whom.
+        to: Recipients,
+        /// What.
+        message: Outbound,
+    },
+    /// Fire `timer` at `at` (replacing a pending one).
+    Schedule {
+        /// Which timer.
+        timer: Timer,
+        /// When, on the runtime's clock.
+        at: Millis,
+    },
+    /// Forget a pending timer.
+    Cancel(Timer),
+    /// Forget every pending timer.
+    CancelAll,
+    /// Store a finalized block durably before performing what follows. A failure leaves the
+    /// driver ahead of the chain: the runtime drops it and starts again from the disk.
+    Append(FinalizedBlock),
+    /// Ask a member's node (`None`: any) for finalized blocks from `height`.
+    Sync {
+        /// Whom to ask.
+        from: Option<String>,
+        /// The first height wanted.
+        height: u64,
+    },
+    /// Double signing the engine saw during a height: to report on the chain.
+    Evidence(Vec<Evidence>),
+}
+
+/// Why the driver stopped. The runtime drops it and starts a new one from the chain and the log.
+#[derive(Debug, thiserror::Error)]
+pub enum DriverError {
+    /// The engine failed for good.
+    #[error("BFT engine: {0}")]
+    Engine(#[from] EngineError),
+    /// The engine finalized a block whose body this node does not hold.
+    #[error("height {height} was finalized without its body here")]
+    MissingBody {
+        /// The height.
+        height: u64,
+    },
+    /// Reading the chain or the governance state failed.
+    #[error(transparent)]
+    Ledger(#[from] Error),
+}
+
+/// What part the node plays at the current height.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The delegates of the height are not known here yet (the governance state is behind).
+    Waiting,
+    /// Not a delegate: follows the chain.
+    Follower,
+    /// A delegate whose height has not started (nothing to propose yet).
+    Idle,
+    /// A delegate running the height.
+    Running,
+}
+
+impl Role {
+    /// Its name in the status.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Waiting => "waiting",
+            Self::Follower => "follower",
+            Self::Idle => "delegate (idle)",
+            Self::Running => "delegate",
+        }
+    }
+}
+
+/// Where the driver stands, for the status page.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DriverStatus {
+    /// The height being decided (the tip's + 1).
+    pub height: u64,
+    /// Its epoch.
+    pub epoch: u64,
+    /// The round, when running.
+    pub round: Option<u32>,
+    /// The node's part.
+    pub role: Role,
+    /// The height's delegates, by member.
+    pub delegates: Vec<String>,
+    /// Transactions waiting.
+    pub pending: usize,
+}
+
+/// One node's part of the shared chain.
+///
+/// Every member runs one: it follows the chain (blocks its delegates announce, blocks it asks
+/// peers for, each checked against its epoch's delegates before it is stored) and, at each
+/// height whose delegates name a key the node holds, runs the BFT engine `E` (made by
+/// `new_engine` with that key): it builds blocks from the transactions submitted to it when it
+/// proposes, judges the blocks others propose with the chain's rules, and stores the block the
+/// engine finalizes. A height starts at a delegate when there is something to decide: waiting
+/// transactions, a message or body of that height from another delegate, or a new governance
+/// epoch for a block to name. Nothing is read from a clock: `now` (the runtime's monotonic ms)
+/// and `wall` (ms since the Unix epoch, for block times) are passed in.
+pub struct Driver<E, F> {
+    config: DriverConfig,
+    member: String,
+    new_engine: F,
+    tip: Option<BlockHeader>,
+    engine: Option<Running<E>>,
+    /// Whether the engine runs `height()`.
+    running: bool,
+    mempool: Mempool,
+    /// Bodies of the current height, judged valid and logged (ours included).
+    bodies: BTreeMap<Hash256, Block>,
+    /// Bodies fed to the engine at this height, valid or not.
+    judged: BTreeSet<Hash256>,
+    /// Bodies of later heights, or of this one before it starts here.
+    later: VecDeque<(String, Block, Round)>,
+    /// Messages of this height from before it started here.
+    early: VecDeque<ConsensusMessage>,
+    /// Transactions taken into our own proposals at this height, put back if another block is
+    /// finalized.
+    built: Vec<Vec<Transaction>>,
+    round: Option<u32>,
+    last_progress: Millis,
+    last_poll: Option<Millis>,
+}
+
+struct Running<E> {
+    engine: E,
+    key: PublicKey,
+    /// The last height it finalized (it starts the next one only).
+    finalized: Option<u64>,
+}
+
+impl<E, F> std::fmt::Debug for Driver<E, F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Driver")
+            .field("member", &self.member)
+            .field("tip", &self.tip.as_ref().map(|t| t.height))
+            .field("running", &self.running)
+            .field("pending", &self.mempool.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Effects collected during one call, with the engine inputs still to feed.
+struct Work {
+    effects: Vec<Effect>,
+    inputs: VecDeque<EngineInput>,
+}
+
+impl<E, F> Driver<E, F>
+where
+    E: BftEngine,
+    F: Fn(EngineConfig, SigningKey) -> E,
+{
+    /// The driver of member `member`'s node on a chain whose last stored block is `tip`.
+    pub fn new(
+        config: DriverConfig,
+        member: String,
+        new_engine: F,
+        tip: Option<BlockHeader>,
+    ) -> Self {
+        Self {
+            config,
+            member,
+            new_engine,
+            tip,
+            engine: None,
+            running: false,
+            mempool: Mempool::new(),
+            bodies: BTreeMap::new(),
+            judged: BTreeSet::new(),
+            later: VecDeque::new(),
+            early: VecDeque::new(),
+            built: Vec::new(),
+            round: None,
+            last_progress: 0,
+            last_poll: None,
+        }
+    }
+
+    /// The height being decided: the stored tip's + 1.
+    pub fn height(&self) -> u64 {
+        self.tip.as_ref().map_or(0, |t| t.height + 1)
+    }
+
+    /// The epoch of [`Driver::height`]: the one the tip named next.
+    pub fn epoch(&self) -> u64 {
+        self.tip.as_ref().map_or(0, |t| t.next_epoch)
+    }
+
+    /// The last stored block's header.
+    pub fn tip(&self) -> Option<&BlockHeader> {
+        self.tip.as_ref()
+    }
+
+    /// The chain's id.
+    pub fn chain_id(&self) -> &Hash256 {
+        &self.config.engine.chain_id
+    }
+
+    /// Where the driver stands.
+    pub fn status(&self, ctx: &impl LedgerContext) -> DriverStatus {
+        let delegates = ctx.delegates(self.epoch());
+        let role = match &delegates {
+            None => Role::Waiting,
+            Some(_) if self.running => Role::Running,
+            Some(d) if self.my_key(d, ctx).is_some() => Role::Idle,
+            Some(_) => Role::Follower,
+        };
+        DriverStatus {
+            height: self.height(),
+            epoch: self.epoch(),
+            round: self.round.filter(|_| self.running),
+            role,
+            delegates: delegates
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(m, _)| m)
+                .collect(),
+            pending: self.mempool.len(),
+        }
+    }
+
+    /// Starts the driver after a restart: if `log` is the write-ahead log of the current height
+    /// and the node is one of its delegates, the engine replays it (re-sending what it signed
+    /// before, signing nothing anew); any other log is stale (its height is final) and the next
+    /// start replaces it.
+    pub fn restore(
+        &mut self,
+        log: Option<Log>,
+        now: Millis,
+        wall: Timestamp,
+        ctx: &impl LedgerContext,
+    ) -> std::result::Result<Vec<Effect>, DriverError> {
+        self.last_progress = now;
+        let mut work = Work::new();
+        let Some((height, records)) = log else {
+            return Ok(work.effects);
+        };
+        if height != self.height() || records.is_empty() {
+            return Ok(work.effects);
+        }
+        let Some(delegates) = ctx.delegates(self.epoch()) else {
+            return Ok(work.effects);
+        };
+        let Some((key, signing)) = self.my_key(&delegates, ctx) else {
+            return Ok(work.effects);
+        };
+        let mut entries = Vec::new();
+        for record in records {
+            match record {
+                LogRecord::Engine(entry) => entries.push(entry),
+                LogRecord::Body(block, _) => {
+                    let hash = block.header.hash();
+                    self.judged.insert(hash);
+                    self.bodies.insert(hash, block);
+                }
+            }
+        }
+        for entry in &entries {
+            if let WalEntry::ProposedBlock(b) = entry {
+                self.judged.insert(b.block);
+            }
+        }
+        let set = delegate_set(&delegates)?;
+        let mut engine = (self.new_engine)(self.config.engine.clone(), signing);
+        let effects = engine.replay(height, set, entries, now)?;
+        self.engine = Some(Running {
+            engine,
+            key,
+            finalized: None,
+        });
+        self.running = true;
+        self.perform(effects, &mut work, now, wall, ctx)?;
+        self.settle(&mut work, now, wall, ctx)?;
+        Ok(work.effects)
+    }
+
+    /// Takes transactions for coming blocks, each answered on its own: idempotent on its key
+    /// (kind, institution, batch id); refused, an invalid transaction (its signer is not its
+    /// institution's key, its evidence does not convict) or a resource version already anchored
+    /// or waiting in another transaction. Then starts the height at once if this node is an idle
+    /// delegate (all of them go into one block, limits permitting).
+    pub fn submit(
+        &mut self,
+        transactions: Vec<Transaction>,
+        now: Millis,
+        wall: Timestamp,
+        ctx: &impl LedgerContext,
+    ) -> std::result::Result<(Answers, Vec<Effect>), DriverError> {
+        let answers = transactions
+            .into_iter()
+            .map(|tx| self.take(tx, ctx))
+            .collect();
+        let mut work = Work::new();
+        self.settle(&mut work, now, wall, ctx)?;
+        Ok((answers, work.effects))
+    }
+
+    fn take(&mut self, tx: Transaction, ctx: &impl LedgerContext) -> Result<Submitted> {
+        let key = tx.key();
+        if let Some(location) = ctx.transaction(&key)? {
+            return Ok(Submitted::AlreadyAnchored(location));
+        }
+        if self.mempool.contains(&key) {
+            return Ok(Submitted::AlreadyPending);
+        }
+        let epoch = ctx.latest_epoch().unwrap_or(self.epoch());
+        let roster = ctx
+            .roster(epoch, RosterUse::Propose)
+            .ok_or(Error::UnknownEpoch(epoch))?;
+        validate_transaction(&tx, &roster)?;
+        ctx.check_evidence(self.height(), std::slice::from_ref(&tx))?;
+        if let Transaction::Anchor(batch) = &tx {
+            for entry in &batch.entries {
+                let key = entry.key();
+                let location = ctx.anchor(&key)?;
+                if location.is_some() || self.mempool.contains_anchor(&key) {
+                    return Err(Error::AlreadyAnchored {
+                        resource: entry.resource(),
+                        location,
+                    });
+                }
+            }
+        }
+        self.mempool.push(tx);
+        Ok(Submitted::Queued)
+    }
+
+    /// Handles one input at `now` (the runtime's clock) and `wall` (for block times).
+    pub fn handle(
+        &mut self,
+        input: Input,
+        now: Millis,
+        wall: Timestamp,
+        ctx: &impl LedgerContext,
+    ) -> std::result::Result<Vec<Effect>, DriverError> {
+        let mut work = Work::new();
+        match input {
+            Input::Tick => {
+                self.start_if_due(&mut work, now, wall, ctx)?;
+                self.poll(&mut work, now);
+            }
+            Input::Message { from, message } => self.on_message(from, message, &mut work, now, ctx),
+            Input::Body { from, block, round } => {
+                self.on_body(from, block, round, &mut work, now, wall, ctx)?;
+            }
+            Input::Blocks { from, blocks } => self.on_blocks(from, blocks, &mut work, now, ctx)?,
+            Input::Timer(timer) => {
+                if self.running {
+                    work.inputs.push_back(EngineInput::TimerFired(timer));
+                }
+            }
+        }
+        self.settle(&mut work, now, wall, ctx)?;
+        Ok(work.effects)
+    }
+
+    /// Feeds what is queued, then starts the next height while one is due (a lone delegate
+    /// finalizes a height within the call that starts it, and more may wait).
+    fn settle(
+        &mut self,
+        work: &mut Work,
+        now: Millis,
+        wall: Timestamp,
+        ctx: &impl LedgerContext,
+    ) -> std::result::Result<(), DriverError> {
+        loop {
+            self.drain(work, now, wall, ctx)?;
+            if self.running {
+                return Ok(());
+            }
+            let before = self.height();
+            self.start_if_due(work, now, wall, ctx)?;
+            self.drain(work, now, wall, ctx)?;
+            // Not started, or started and still running: done. Started and already final
+            // (alone): the next may be due.
+            if self.running || self.height() == before {
+                return Ok(());
+            }
+        }
+    }
+
+    // ---- inputs ----
+
+    fn on_message(
+        &mut self,
+        from: String,
+        message: ConsensusMessage,
+        work: &mut Work,
+        now: Millis,
+        ctx: &impl LedgerContext,
+    ) {
+        let height = message.height();
+        let here = self.height();
+        if height < here {
+            return;
+        }
+        // Only a delegate sends consensus messages, and a vote or proposal only under its own
+        // key. The delegates of a later height are not known yet: the newest epoch's stand in.
+        let epoch = if height == here {
+            Some(self.epoch())
+        } else {
+            ctx.latest_epoch()
+        };
+        let Some(delegates) = epoch.and_then(|e| ctx.delegates(e)) else {
+            return;
+        };
+        let sender_delegates = delegates.iter().any(|(m, _)| *m == from);
+        let signer_is_sender = message
+            .signer()
+            .is_none_or(|s| delegates.iter().any(|(m, k)| k == s && *m == from));
+        if !sender_delegates || !signer_is_sender {
+            return;
+        }
+        if height > here {
+            // A delegate is past a height this node has not stored: it was finalized there.
+            self.ask(work, Some(from), now);
+            return;
+        }
+        if self.running {
+            work.inputs.push_back(message.into_input());
+        } else if self.early.len() < MAX_EARLY_MESSAGES {
+            self.early.push_back(message);
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn on_body(
+        &mut self,
+        from: String,
+        block: Block,
+        round: Round,
+        work: &mut Work,
+        now: Millis,
+        wall: Timestamp,
+        ctx: &impl LedgerContext,
+    ) -> std::result::Result<(), DriverError> {
+        let height = block.header.height;
+        let here = self.height();
+        if height < here {
+            return Ok(());
+        }
+        if height > here || !self.running {
+            if self.later.len() >= MAX_LATER_BODIES {
+                self.later.pop_front();
+            }
+            self.later.push_back((from, block, round));
+            if height > here + 1 {
+                self.ask(work, None, now);
+            }
+            return Ok(());
+        }
+        self.judge(&from, block, round, work, wall, ctx)
+    }
+
+    /// A body of the running height: checked, logged if valid, and the verdict fed.
+    fn judge(
+        &mut self,
+        from: &str,
+        block: Block,
+        round: Round,
+        work: &mut Work,
+        wall: Timestamp,
+        ctx: &impl LedgerContext,
+    ) -> std::result::Result<(), DriverError> {
+        let Some(delegates) = ctx.delegates(self.epoch()) else {
+            return Ok(());
+        };
+        // Bodies come from the height's delegates (the proposer, or one restreaming it).
+        if !delegates.iter().any(|(m, _)| m == from) {
+            return Ok(());
+        }
+        let hash = block.header.hash();
+        if !self.judged.insert(hash) {
+            return Ok(());
+        }
+        let valid = self.check_proposal(&block, wall, ctx)?;
+        let proposer = block.header.producer;
+        if valid {
+            work.effects
+                .push(Effect::Log(LogRecord::Body(block.clone(), round)));
+            self.bodies.insert(hash, block);
+        }
+        work.inputs.push_back(EngineInput::BlockReceived {
+            height: self.height(),
+            round,
+            proposer,
+            block: hash,
+            valid,
+        });
+        Ok(())
+    }
+
+    /// Whether a proposed block may be finalized on this node's chain: the chain's rules against
+    /// the tip and the epoch's roster, a next epoch this node's governance state knows, a time
+    /// not far ahead of this node's clock, nothing already in the chain, evidence that convicts.
+    /// Reading failures are errors; everything else is a verdict.
+    fn check_proposal(
+        &self,
+        block: &Block,
+        wall: Timestamp,
+        ctx: &impl LedgerContext,
+    ) -> std::result::Result<bool, DriverError> {
+        let Some(roster) = ctx.roster(self.epoch(), RosterUse::Propose) else {
+            return Ok(false);
+        };
+        if validate_block(self.tip.as_ref(), block, &roster).is_err()
+            || ctx.delegates(block.header.next_epoch).is_none()
+            || block.header.time.0 > wall.0.saturating_add(MAX_CLOCK_DRIFT_MS)
+        {
+            return Ok(false);
+        }
+        for tx in &block.transactions {
+            if ctx.transaction(&tx.key())?.is_some() {
+                return Ok(false);
+            }
+            if let Transaction::Anchor(batch) = tx {
+                for entry in &batch.entries {
+                    if ctx.anchor(&entry.key())?.is_some() {
+                        return Ok(false);
+                    }
+                }
+            }
+        }
+        match ctx.check_evidence(block.header.height, &block.transactions) {
+            Ok(()) => Ok(true),
+            Err(e) if e.is_retryable() => Err(e.into()),
+            Err(_) => Ok(false),
+        }
+    }
+
+    fn on_blocks(
+        &mut self,
+        from: Option<String>,
+        mut blocks: Vec<FinalizedBlock>,
+        work: &mut Work,
+        now: Millis,
+        ctx: &impl LedgerContext,
+    ) -> std::result::Result<(), DriverError> {
+        blocks.sort_by_key(|b| b.header().height);
+        let mut appended = false;
+        for block in blocks {
+            let height = block.header().height;
+            let here = self.height();
+            if height < here {
+                continue;
+            }
+            if height > here {
+                // A gap: ask the sender for what comes before.
+                self.ask(work, from.clone(), now);
+                break;
+            }
+            let Some(roster) = ctx.roster(self.epoch(), RosterUse::Verify) else {
+                break;
+            };
+            let checked =
+                validate_finalized_block(self.chain_id(), self.tip.as_ref(), &block, &roster)
+                    .and_then(|_| ctx.check_evidence(height, &block.block.transactions));
+            match checked {
+                Ok(()) => {}
+                Err(e) if e.is_retryable() => return Err(e.into()),
+                // Not this chain's next block (a forger, or a sender on another chain).
+                Err(_) => break,
+            }
+            work.effects.push(Effect::Append(block.clone()));
+            self.advance(&block.block, now);
+            appended = true;
+        }
+        if appended {
+            // The height the engine ran is final without it: a new engine starts the next one
+            // (the old one never signs at a height again).
+            if self.running {
+                work.effects.push(Effect::CancelAll);
+            }
+            self.engine = None;
+            self.running = false;
+            self.last_poll = None;
+        }
+        Ok(())
+    }
+
+    // ---- heights ----
+
+    /// Our key among `delegates`, if we hold it.
+    fn my_key(
+        &self,
+        delegates: &[(String, PublicKey)],
+        ctx: &impl LedgerContext,
+    ) -> Option<(PublicKey, SigningKey)> {
+        delegates
+            .iter()
+            .filter(|(m, _)| *m == self.member)
+            .find_map(|(_, k)| ctx.signing_key(k).map(|s| (*k, s)))
+    }
+
+    /// Starts the current height when this node is one of its delegates and there is something
+    /// to decide.
+    fn start_if_due(
+        &mut self,
+        work: &mut Work,
+        now: Millis,
+        wall: Timestamp,
+        ctx: &impl LedgerContext,
+    ) -> std::result::Result<(), DriverError> {
+        if self.running {
+            return Ok(());
+        }
+        let height = self.height();
+        let epoch = self.epoch();
+        let due = !self.mempool.is_empty()
+            || !self.early.is_empty()
+            || self.later.iter().any(|(_, b, _)| b.header.height == height)
+            || self.next_epoch(ctx) > epoch;
+        if !due {
+            return Ok(());
+        }
+        let Some(delegates) = ctx.delegates(epoch) else {
+            return Ok(());
+        };
+        let Some((key, signing)) = self.my_key(&delegates, ctx) else {
+            self.engine = None;
+            return Ok(());
+        };
+        let reuse = self.engine.as_ref().is_some_and(|r| {
+            r.key == key
+                && r.finalized
+                    .is_some_and(|f| f.checked_add(1) == Some(height))
+        });
+        if !reuse {
+            self.engine = Some(Running {
+                engine: (self.new_engine)(self.config.engine.clone(), signing),
+                key,
+                finalized: None,
+            });
+        }
+        self.running = true;
+        self.round = None;
+        self.last_progress = now;
+        work.effects.push(Effect::NewLog { height });
+        work.inputs.push_back(EngineInput::StartHeight {
+            height,
+            delegates: delegate_set(&delegates)?,
+        });
+        // What came before the start: fed after it, bodies first.
+        self.drain(work, now, wall, ctx)?;
+        let (now_bodies, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.later)
+            .into_iter()
+            .partition(|(_, b, _)| b.header.height == height);
+        self.later = keep.into();
+        for (from, block, round) in now_bodies {
+            self.judge(&from, block, round, work, wall, ctx)?;
+        }
+        for message in std::mem::take(&mut self.early) {
+            work.inputs.push_back(message.into_input());
+        }
+        Ok(())
+    }
+
+    /// The block at the current height is stored: move to the next.
+    fn advance(&mut self, block: &Block, now: Millis) {
+        let committed: BTreeSet<Vec<u8>> =
+            block.transactions.iter().map(Transaction::key).collect();
+        let anchors: BTreeSet<Vec<u8>> = block
+            .transactions
+            .iter()
+            .filter_map(|tx| match tx {
+                Transaction::Anchor(b) => Some(b.entries.iter().map(|e| e.key())),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        // What we proposed and was not finalized waits again.
+        for txs in std::mem::take(&mut self.built) {
+            let left: Vec<Transaction> = txs
+                .into_iter()
+                .filter(|tx| !committed.contains(&tx.key()))
+                .collect();
+            self.mempool.restore(left);
+        }
+        self.mempool.retain(|tx| {
+            !committed.contains(&tx.key())
+                && match tx {
+                    Transaction::Anchor(b) => b.entries.iter().all(|e| !anchors.contains(&e.key())),
+                    _ => true,
+                }
+        });
+        self.tip = Some(block.header.clone());
+        self.bodies.clear();
+        self.judged.clear();
+        self.early.clear();
+        let height = self.height();
+        self.later.retain(|(_, b, _)| b.header.height >= height);
+        self.running = false;
+        self.round = None;
+        self.last_progress = now;
+    }
+
+    fn poll(&mut self, work: &mut Work, now: Millis) {
+        let stalled = now.saturating_sub(self.last_progress) >= self.config.stall_interval;
+        if self.running && !stalled {
+            return;
+        }
+        if self
+            .last_poll
+            .is_some_and(|t| now.saturating_sub(t) < self.config.poll_interval)
+        {
+            return;
+        }
+        self.ask(work, None, now);
+    }
+
+    /// Asks a peer for the blocks from the current height, at most once per poll interval.
+    fn ask(&mut self, work: &mut Work, from: Option<String>, now: Millis) {
+        if self
+            .last_poll
+            .is_some_and(|t| now.saturating_sub(t) < self.config.poll_interval / 4)
+        {
+            return;
+        }
+        self.last_poll = Some(now);
+        work.effects.push(Effect::Sync {
+            from,
+            height: self.height(),
+        });
+    }
+
+    // ---- the engine ----
+
+    /// Feeds the queued inputs to the engine and performs what comes back, until none is left.
+    fn drain(
+        &mut self,
+        work: &mut Work,
+        now: Millis,
+        wall: Timestamp,
+        ctx: &impl LedgerContext,
+    ) -> std::result::Result<(), DriverError> {
+        while let Some(input) = work.inputs.pop_front() {
+            let Some(running) = self.engine.as_mut() else {
+                work.inputs.clear();
+                break;
+            };
+            if !self.running && !matches!(input, EngineInput::StartHeight { .. }) {
+                continue;
+            }
+            let effects = match running.engine.handle(input, now) {
+                Ok(effects) => effects,
+                Err(e) if e.is_fatal() => return Err(e.into()),
+                // One input refused (out of order, a round out of range): nothing changed.
+                Err(_) => continue,
+            };
+            self.perform(effects, work, now, wall, ctx)?;
+        }
+        Ok(())
+    }
+
+    /// Turns the engine's effects into the runtime's, in order.
+    fn perform(
+        &mut self,
+        effects: Vec<EngineEffect>,
+        work: &mut Work,
+        now: Millis,
+        wall: Timestamp,
+        ctx: &impl LedgerContext,
+    ) -> std::result::Result<(), DriverError> {
+        for effect in effects {
+            if effect.needs_durable_log() {
+                work.effects.push(Effect::Flush);
+            }
+            match effect {
+                EngineEffect::Persist(entry) => {
+                    work.effects.push(Effect::Log(LogRecord::Engine(entry)))
+                }
+                EngineEffect::Broadcast(message) => {
+                    if let ConsensusMessage::Proposal(p) = &message {
+                        if let Some(body) = self.bodies.get(&p.block) {
+                            let body = Outbound::Body(body.clone(), p.round);
+                            work.effects.push(self.to_delegates(body, ctx));
+                        }
+                    }
+                    work.effects
+                        .push(self.to_delegates(Outbound::Message(message), ctx));
+                }
+                EngineEffect::Schedule { timer, at } => {
+                    work.effects.push(Effect::Schedule { timer, at });
+                }
+                EngineEffect::Cancel(timer) => work.effects.push(Effect::Cancel(timer)),
+                EngineEffect::CancelAll => work.effects.push(Effect::CancelAll),
+                EngineEffect::BuildBlock { height, round, .. } => {
+                    self.build(height, round, work, wall, ctx)?;
+                }
+                EngineEffect::Restream { block, round, .. } => {
+                    if let Some(body) = self.bodies.get(&block) {
+                        let body = Outbound::Body(body.clone(), round);
+                        work.effects.push(self.to_delegates(body, ctx));
+                    }
+                }
+                EngineEffect::Decided { .. } => {}
+                EngineEffect::RoundStarted { round, .. } => self.round = Some(round.0),
+                EngineEffect::Finalized {
+                    height,
+                    block,
+                    certificate,
+                    evidence,
+                } => {
+                    let body = self
+                        .bodies
+                        .remove(&block)
+                        .ok_or(DriverError::MissingBody { height })?;
+                    let finalized = FinalizedBlock {
+                        block: body,
+                        certificate,
+                    };
+                    let delegates = ctx
+                        .delegates(self.epoch())
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|(m, _)| m)
+                        .collect();
+                    work.effects.push(Effect::Append(finalized.clone()));
+                    work.effects.push(Effect::Send {
+                        to: Recipients::AllExcept(delegates),
+                        message: Outbound::Block(finalized.clone()),
+                    });
+                    if !evidence.is_empty() {
+                        work.effects.push(Effect::Evidence(evidence));
+                    }
+                    if let Some(running) = self.engine.as_mut() {
+                        running.finalized = Some(height);
+                    }
+                    // Nothing more of this height reaches the engine.
+                    work.inputs.clear();
+                    self.advance(&finalized.block, now);
+                    self.last_poll = None;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Our proposal: the waiting transactions that are not in the chain yet, on the tip, naming
+    /// the newest epoch the governance state has begun; logged before the engine hears of it.
+    fn build(
+        &mut self,
+        height: u64,
+        round: Round,
+        work: &mut Work,
+        wall: Timestamp,
+        ctx: &impl LedgerContext,
+    ) -> std::result::Result<(), DriverError> {
+        let Some(running) = self.engine.as_ref() else {
+            return Ok(());
+        };
+        let producer = BlockProducer::new(running.key);
+        let mut taken = Vec::new();
+        for tx in self.mempool.take(self.config.limits) {
+            let in_chain = ctx.transaction(&tx.key())?.is_some()
+                || match &tx {
+                    Transaction::Anchor(b) => {
+                        let mut any = false;
+                        for e in &b.entries {
+                            any |= ctx.anchor(&e.key())?.is_some();
+                        }
+                        any
+                    }
+                    _ => false,
+                };
+            if !in_chain {
+                taken.push(tx);
+            }
+        }
+        let next_epoch = self.next_epoch(ctx);
+        let block = producer.propose(self.tip.as_ref(), taken.clone(), next_epoch, wall);
+        let hash = block.header.hash();
+        self.built.push(taken);
+        self.judged.insert(hash);
+        work.effects
+            .push(Effect::Log(LogRecord::Body(block.clone(), round)));
+        self.bodies.insert(hash, block);
+        work.inputs.push_back(EngineInput::Propose {
+            height,
+            round,
+            block: hash,
+        });
+        Ok(())
+    }
+
+    /// The epoch a block proposed now names next: the newest one the governance state has begun
+    /// (and whose delegates it knows), never earlier than the current height's.
+    fn next_epoch(&self, ctx: &impl LedgerContext) -> u64 {
+        let epoch = self.epoch();
+        ctx.latest_epoch()
+            .filter(|e| ctx.delegates(*e).is_some())
+            .unwrap_or(epoch)
+            .max(epoch)
+    }
+
+    fn to_delegates(&self, message: Outbound, ctx: &impl LedgerContext) -> Effect {
+        let members = ctx
+            .delegates(self.epoch())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(m, _)| m)
+            .filter(|m| *m != self.member)
+            .collect();
+        Effect::Send {
+            to: Recipients::Members(members),
+            message,
+        }
+    }
+}
+
+impl Work {
+    fn new() -> Self {
+        Self {
+            effects: Vec::new(),
+            inputs: VecDeque::new(),
+        }
+    }
+}
+
+fn delegate_set(delegates: &[(String, PublicKey)]) -> Result<DelegateSet> {
+    DelegateSet::new(delegates.iter().map(|(_, k)| *k).collect())
+}

@@ -1,0 +1,353 @@
+//! The anchorer: the task that drains the vault's outbox into the shared chain. Each round it
+//! signs one batch of waiting anchors and one of waiting access events with the member's signing
+//! key, submits them to the delegates (its own ledger first, which sends them on), waits until
+//! its own copy of the chain holds them, and only then clears those outbox entries. An entry
+//! whose version the chain already holds (a crash between a block and the clearing of its
+//! entries) is cleared without being submitted again, so every acknowledged write is anchored
+//! exactly once. A round whose block is not final in time ends, and the next submits the very
+//! same transactions again (same batch ids: the chain takes a batch once). While the node does
+//! not take part in its consortium the anchorer anchors nothing and the outbox keeps what waits.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use fhirseal_consensus::{
+    anchor_key, AccessBatch, AccessEvent, AnchorBatch, AnchorEntry, BatchId, ChainReader,
+    SigningKey, Timestamp, Transaction,
+};
+use fhirseal_storage::{Outbox, PendingAccess, PendingAnchor};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::ledger::error::LedgerError;
+use crate::ledger::runtime::Command;
+use crate::ledger::view::LedgerView;
+
+/// How the anchorer batches.
+#[derive(Debug, Clone, Copy)]
+pub struct AnchorPolicy {
+    /// Time between rounds when the outbox holds less than a full batch.
+    pub interval: Duration,
+    /// Most anchors (and, separately, access events) in one batch.
+    pub max_batch: usize,
+    /// How long a round waits for the block holding its batches before the next round submits
+    /// them again.
+    pub finality_wait: Duration,
+}
+
+/// The task that drains the outbox into final blocks.
+pub struct Anchorer {
+    pub(crate) outbox: Outbox,
+    pub(crate) institution: String,
+    pub(crate) view: watch::Receiver<LedgerView>,
+    /// The node's copy of the chain.
+    pub(crate) reader: ChainReader,
+    /// Its height, bumped at each block stored.
+    pub(crate) blocks: watch::Receiver<u64>,
+    /// The ledger's task.
+    pub(crate) commands: mpsc::Sender<Command>,
+    pub(crate) policy: AnchorPolicy,
+    pub(crate) last_error: Arc<Mutex<Option<String>>>,
+}
+
+impl std::fmt::Debug for Anchorer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Anchorer")
+            .field("institution", &self.institution)
+            .field("policy", &self.policy)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What one round did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Round {
+    /// Anchors put in a final block.
+    pub anchored: usize,
+    /// Access events put in a final block.
+    pub audited: usize,
+    /// Outbox anchors found already anchored (cleared without a new submission).
+    pub already: usize,
+    /// Whether a batch was full, so another round should follow at once.
+    pub full: bool,
+}
+
+/// A round's transactions, kept until their block is final so that a retry submits the very
+/// same transactions (same batch ids) again.
+pub(crate) struct InFlight {
+    transactions: Vec<Transaction>,
+    anchors: Vec<u64>,
+    access: Vec<u64>,
+    round: Round,
+}
+
+/// Longest pause between attempts after a failure.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+impl Anchorer {
+    /// Runs rounds until `stop` says so, then runs one last round, so that a clean shutdown
+    /// leaves nothing it could anchor in the outbox. Failures are logged, shown in the status,
+    /// and retried with backoff; nothing leaves the outbox before its block is final.
+    pub async fn run(mut self, mut stop: watch::Receiver<bool>) {
+        let mut in_flight: Option<InFlight> = None;
+        let mut backoff = self.policy.interval;
+        let mut paused: Option<&'static str> = None;
+        loop {
+            if *stop.borrow() {
+                match self.round(&mut in_flight).await {
+                    Ok(_) | Err(LedgerError::NotTakingPart(_)) => {}
+                    Err(error) => {
+                        tracing::warn!(%error, "the last anchoring round failed; the outbox keeps what it holds");
+                    }
+                }
+                return;
+            }
+            let pause = match self.round(&mut in_flight).await {
+                Err(LedgerError::NotTakingPart(why)) => {
+                    if paused != Some(why) {
+                        tracing::warn!(
+                            reason = why,
+                            "anchoring paused; the outbox keeps what waits"
+                        );
+                        paused = Some(why);
+                    }
+                    if let Ok(mut e) = self.last_error.lock() {
+                        *e = Some(LedgerError::NotTakingPart(why).to_string());
+                    }
+                    self.policy.interval
+                }
+                Ok(round) => {
+                    if paused.take().is_some() {
+                        tracing::info!("anchoring resumed");
+                    }
+                    if let Ok(mut e) = self.last_error.lock() {
+                        *e = None;
+                    }
+                    backoff = self.policy.interval;
+                    if round.anchored + round.audited > 0 {
+                        tracing::debug!(
+                            anchored = round.anchored,
+                            audited = round.audited,
+                            already = round.already,
+                            "block finalized"
+                        );
+                    }
+                    if round.full {
+                        continue;
+                    }
+                    self.policy.interval
+                }
+                Err(error) => {
+                    tracing::error!(%error, "anchoring round failed; retrying");
+                    if let Ok(mut e) = self.last_error.lock() {
+                        *e = Some(error.to_string());
+                    }
+                    let pause = backoff;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    pause
+                }
+            };
+            tokio::select! {
+                () = tokio::time::sleep(pause) => {}
+                // A stop (or a dropped sender) ends the pause; the loop's head sees it.
+                _ = stop.changed() => {}
+            }
+        }
+    }
+
+    /// One round: (re)builds the in-flight batches from the outbox, submits them, waits for the
+    /// block(s) holding them, clears their outbox entries.
+    pub(crate) async fn round(
+        &mut self,
+        in_flight: &mut Option<InFlight>,
+    ) -> Result<Round, LedgerError> {
+        let view = self.view.borrow().clone();
+        if let Some(why) = view.not_taking_part {
+            return Err(LedgerError::NotTakingPart(why));
+        }
+        let Some(signing) = view.signer else {
+            return Err(LedgerError::NotTakingPart(
+                "the keystore does not hold the signing key the consortium names for this member",
+            ));
+        };
+        if in_flight.is_none() {
+            *in_flight = self.prepare(&signing)?;
+        }
+        let Some(flight) = in_flight.as_ref() else {
+            return Ok(Round::default());
+        };
+        let keys: Vec<Vec<u8>> = flight.transactions.iter().map(Transaction::key).collect();
+        if !self.all_final(&keys)? {
+            let (reply, answer) = oneshot::channel();
+            let command = Command::Submit {
+                transactions: flight.transactions.clone(),
+                forward: true,
+                reply,
+            };
+            self.commands
+                .send(command)
+                .await
+                .map_err(|_| LedgerError::Stopped)?;
+            let answers = answer.await.map_err(|_| LedgerError::Stopped)?;
+            // Refused here for good (a batch the roster no longer takes, a version anchored by
+            // another batch): the round is made again from the outbox.
+            if let Some(refusal) = answers
+                .iter()
+                .filter_map(|a| a.as_ref().err())
+                .find(|r| !r.retryable)
+            {
+                *in_flight = None;
+                return Err(LedgerError::NotFinal(format!(
+                    "a batch was refused: {}",
+                    refusal.message
+                )));
+            }
+            self.wait_final(&keys).await?;
+        }
+        let Some(flight) = in_flight.take() else {
+            return Ok(Round::default());
+        };
+        self.outbox.clear_anchors(&flight.anchors)?;
+        self.outbox.clear_access(&flight.access)?;
+        Ok(flight.round)
+    }
+
+    /// Whether the node's chain holds every transaction with these keys.
+    fn all_final(&self, keys: &[Vec<u8>]) -> Result<bool, LedgerError> {
+        for key in keys {
+            if self.reader.locate_transaction(key)?.is_none() {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Waits until the node's chain holds every transaction with these keys, or the policy's
+    /// wait passes.
+    async fn wait_final(&mut self, keys: &[Vec<u8>]) -> Result<(), LedgerError> {
+        let deadline = tokio::time::Instant::now() + self.policy.finality_wait;
+        loop {
+            if self.all_final(keys)? {
+                return Ok(());
+            }
+            match tokio::time::timeout_at(deadline, self.blocks.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err(LedgerError::Stopped),
+                Err(_) => {
+                    return Err(LedgerError::NotFinal(
+                        "no block holding the round's batches is final yet".into(),
+                    ))
+                }
+            }
+        }
+    }
+
+    /// The next round's transactions from the outbox; `None` when nothing waits. Anchors the
+    /// chain already holds, and repeats of a version within the round, are cleared here.
+    fn prepare(&self, signing: &SigningKey) -> Result<Option<InFlight>, LedgerError> {
+        let max = self.policy.max_batch.max(1);
+        let waiting = self.outbox.anchors(max)?;
+        let events = self.outbox.access_events(max)?;
+        if waiting.is_empty() && events.is_empty() {
+            return Ok(None);
+        }
+        let reader = &self.reader;
+        let mut round = Round {
+            full: waiting.len() == max || events.len() == max,
+            ..Round::default()
+        };
+        let mut anchors = Vec::with_capacity(waiting.len());
+        let mut entries = Vec::with_capacity(waiting.len());
+        let mut seen = HashSet::with_capacity(waiting.len());
+        let mut already = Vec::new();
+        for (seq, pending) in waiting {
+            let key = anchor_key(
+                &self.institution,
+                &pending.resource_type,
+                &pending.id,
+                &pending.version,
+            );
+            let anchored = reader
+                .locate_anchor(
+                    &self.institution,
+                    &pending.resource_type,
+                    &pending.id,
+                    &pending.version,
+                )?
+                .is_some();
+            if anchored || !seen.insert(key) {
+                already.push(seq);
+                continue;
+            }
+            anchors.push(seq);
+            entries.push(self.entry(pending));
+        }
+        if !already.is_empty() {
+            round.already = already.len();
+            self.outbox.clear_anchors(&already)?;
+        }
+        let mut transactions = Vec::with_capacity(2);
+        if !entries.is_empty() {
+            round.anchored = entries.len();
+            transactions.push(Transaction::Anchor(AnchorBatch::sign(
+                batch_id()?,
+                self.institution.clone(),
+                entries,
+                signing,
+            )?));
+        }
+        let access: Vec<u64> = events.iter().map(|(seq, _)| *seq).collect();
+        if !events.is_empty() {
+            round.audited = events.len();
+            let events = events.into_iter().map(|(_, e)| self.event(e)).collect();
+            transactions.push(Transaction::Access(AccessBatch::sign(
+                batch_id()?,
+                self.institution.clone(),
+                events,
+                signing,
+            )?));
+        }
+        if transactions.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(InFlight {
+            transactions,
+            anchors,
+            access,
+            round,
+        }))
+    }
+
+    fn entry(&self, pending: PendingAnchor) -> AnchorEntry {
+        AnchorEntry {
+            institution: self.institution.clone(),
+            resource_type: pending.resource_type,
+            logical_id: pending.id,
+            version_id: pending.version,
+            fingerprint: pending.fingerprint,
+            sealed_address: pending.sealed_address,
+            clinical_hash: pending.clinical_hash,
+        }
+    }
+
+    fn event(&self, pending: PendingAccess) -> AccessEvent {
+        AccessEvent {
+            principal: pending.principal,
+            institution: self.institution.clone(),
+            resource_type: pending.resource_type,
+            logical_id: pending.id,
+            version_id: pending.version,
+            purpose_of_use: pending.purpose_of_use,
+            time: Timestamp(pending.time_ms),
+            reidentified: pending.reidentified,
+        }
+    }
+}
+
+/// A random batch id: batches are told apart by id, and a retry reuses its batch's.
+fn batch_id() -> Result<BatchId, LedgerError> {
+    let mut id = [0u8; 16];
+    getrandom::fill(&mut id)
+        .map_err(|e| LedgerError::Storage(fhirseal_storage::StorageError::Random(e.to_string())))?;
+    Ok(BatchId(id))
+}

@@ -1,0 +1,319 @@
+//! The node's ledger as the rest of the sidecar sees it ([`NodeLedger`]: proofs, blocks, status,
+//! waiting for a version's block), and what opening it makes: the ledger's task, the anchorer,
+//! and the port its routes feed.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use fhirseal_consensus::bft::EngineConfig;
+use fhirseal_consensus::{
+    chain_id, AnchorProof, BlockHeader, Chain, ChainCheck, ChainReader, ChainStore, DriverConfig,
+    FinalizedBlock, Hash256, Rosters, CHAIN_FORMAT,
+};
+use fhirseal_storage::Outbox;
+use tokio::sync::{mpsc, watch};
+
+use crate::config::Config;
+use crate::consortium::transport::HttpNetwork;
+use crate::ledger::anchorer::{AnchorPolicy, Anchorer};
+use crate::ledger::error::LedgerError;
+use crate::ledger::net::Net;
+use crate::ledger::routes::LedgerPort;
+use crate::ledger::runtime::{Parts, Runtime, RuntimeStatus};
+use crate::ledger::view::LedgerView;
+
+/// How many inputs from other nodes wait for the ledger's task.
+const INPUT_QUEUE: usize = 8192;
+
+/// The ledger as the rest of the sidecar sees it. Cheap to share behind an `Arc`.
+#[derive(Debug)]
+pub struct NodeLedger {
+    institution: String,
+    chain_id: Hash256,
+    view: watch::Receiver<LedgerView>,
+    reader: ChainReader,
+    outbox: Outbox,
+    /// Blocks stored so far; the ledger's task bumps it after each block.
+    blocks: watch::Receiver<u64>,
+    /// Where the ledger's task stands.
+    runtime: watch::Receiver<RuntimeStatus>,
+    /// The anchorer's last failure, cleared by its next round that anchors.
+    last_error: Arc<Mutex<Option<String>>>,
+    /// The last block `verify_chain` verified: later calls verify only what came after it.
+    verified: Mutex<Option<BlockHeader>>,
+}
+
+/// Everything `open` makes: the shared reads, the ledger's task, the anchorer, and the port of
+/// the ledger's routes.
+#[derive(Debug)]
+pub struct Opened {
+    pub ledger: Arc<NodeLedger>,
+    pub runtime: Runtime,
+    pub anchorer: Anchorer,
+    pub port: LedgerPort,
+}
+
+/// The ledger directory of a configuration (a sled database of its own).
+pub fn ledger_dir(config: &Config) -> std::path::PathBuf {
+    config.data_dir.join("ledger")
+}
+
+/// The ledger's write-ahead log of a configuration.
+pub fn wal_path(config: &Config) -> std::path::PathBuf {
+    config.data_dir.join("ledger.wal")
+}
+
+impl NodeLedger {
+    /// Opens the node's copy of consortium `consortium`'s chain beside the vault whose outbox
+    /// it drains, with the rosters, delegates and signing key `view` publishes, talking to
+    /// other members' nodes over `network` (none: a node that sends nothing). Blocking (sled
+    /// recovery): call from a blocking context or at start-up. Spawn [`Runtime::run`] and
+    /// [`Anchorer::run`] to take part.
+    pub fn open(
+        config: &Config,
+        consortium: &str,
+        outbox: Outbox,
+        view: watch::Receiver<LedgerView>,
+        network: Option<HttpNetwork>,
+    ) -> Result<Opened, LedgerError> {
+        let institution = config.seal.institution.clone();
+        let chain_id = chain_id(consortium);
+        let store = ChainStore::open_dir(&ledger_dir(config), &institution, CHAIN_FORMAT)?;
+        let chain = Chain::open(store, chain_id)?;
+        let reader = chain.reader();
+        let (blocks_tx, blocks_rx) = watch::channel(chain.next_height());
+        let (status_tx, status_rx) = watch::channel(RuntimeStatus {
+            driver: None,
+            last_error: None,
+        });
+        let (commands_tx, commands_rx) = mpsc::channel(64);
+        let (inputs_tx, inputs_rx) = mpsc::channel(INPUT_QUEUE);
+        let last_error = Arc::new(Mutex::new(None));
+        let policy = AnchorPolicy {
+            interval: Duration::from_millis(config.ledger.batch_interval_ms),
+            max_batch: config.ledger.max_batch,
+            finality_wait: Duration::from_secs(5),
+        };
+        let runtime = Runtime::new(Parts {
+            config: DriverConfig::new(EngineConfig::new(chain_id)),
+            member: institution.clone(),
+            chain,
+            view: view.clone(),
+            wal_path: wal_path(config),
+            net: Net::new(network, institution.clone(), inputs_tx.clone()),
+            commands: commands_rx,
+            inputs: inputs_rx,
+            blocks: blocks_tx,
+            status: status_tx,
+        });
+        Ok(Opened {
+            ledger: Arc::new(NodeLedger {
+                institution: institution.clone(),
+                chain_id,
+                view: view.clone(),
+                reader: reader.clone(),
+                outbox: outbox.clone(),
+                blocks: blocks_rx.clone(),
+                runtime: status_rx,
+                last_error: last_error.clone(),
+                verified: Mutex::new(None),
+            }),
+            runtime,
+            anchorer: Anchorer {
+                outbox,
+                institution,
+                view,
+                reader: reader.clone(),
+                blocks: blocks_rx,
+                commands: commands_tx.clone(),
+                policy,
+                last_error,
+            },
+            port: LedgerPort {
+                commands: commands_tx,
+                inputs: inputs_tx,
+                reader,
+            },
+        })
+    }
+
+    /// This node's institution.
+    pub fn institution(&self) -> &str {
+        &self.institution
+    }
+
+    /// The chain's id.
+    pub fn chain_id(&self) -> &Hash256 {
+        &self.chain_id
+    }
+
+    /// What the chain and its proofs verify against: each epoch's delegates, and every key each
+    /// member has held, from the governance state as it stands now.
+    pub fn rosters(&self) -> fhirseal_consensus::EpochRosters {
+        let view = self.view.borrow();
+        view.rosters(&view.verifying)
+    }
+
+    /// Checks `proof` against the chain's id and the roster of its block's epoch; returns the
+    /// block hash.
+    pub fn check_proof(&self, proof: &AnchorProof) -> Result<Hash256, fhirseal_consensus::Error> {
+        let rosters = self.rosters();
+        let roster = rosters
+            .roster(proof.header.epoch)
+            .ok_or(fhirseal_consensus::Error::UnknownEpoch(proof.header.epoch))?;
+        proof.verify(&self.chain_id, roster)
+    }
+
+    /// Reads of the chain.
+    pub fn reader(&self) -> &ChainReader {
+        &self.reader
+    }
+
+    /// The outbox this ledger drains.
+    pub fn outbox(&self) -> &Outbox {
+        &self.outbox
+    }
+
+    /// The proof that this institution's resource version was anchored, if it was.
+    pub fn proof(
+        &self,
+        resource_type: &str,
+        id: &str,
+        version: &str,
+    ) -> Result<Option<AnchorProof>, LedgerError> {
+        self.proof_of(&self.institution, resource_type, id, version)
+    }
+
+    /// The proof that `institution`'s resource version was anchored, if it was: every member
+    /// holds the whole chain, so this node proves any member's writes.
+    pub fn proof_of(
+        &self,
+        institution: &str,
+        resource_type: &str,
+        id: &str,
+        version: &str,
+    ) -> Result<Option<AnchorProof>, LedgerError> {
+        Ok(self.reader.proof(institution, resource_type, id, version)?)
+    }
+
+    /// Whether a version waits in the outbox (written, not yet in a final block).
+    pub fn is_pending(
+        &self,
+        resource_type: &str,
+        id: &str,
+        version: &str,
+    ) -> Result<bool, LedgerError> {
+        // The outbox is drained every round, so it is short: a scan is cheap.
+        Ok(self
+            .outbox
+            .anchors(usize::MAX)?
+            .iter()
+            .any(|(_, a)| a.resource_type == resource_type && a.id == id && a.version == version))
+    }
+
+    /// The block at `height`.
+    pub fn block(&self, height: u64) -> Result<Option<FinalizedBlock>, LedgerError> {
+        Ok(self.reader.block(height)?)
+    }
+
+    /// Verifies the chain: from genesis on the first call, then only the blocks stored since
+    /// the last call that found it valid. (`fhirseal ledger verify` re-verifies everything.)
+    pub fn verify_chain(&self) -> Result<ChainCheck, LedgerError> {
+        // Held across the check, so that concurrent callers do not verify the same blocks twice.
+        let mut verified = self
+            .verified
+            .lock()
+            .map_err(|_| LedgerError::Poisoned("the verified checkpoint"))?;
+        let rosters = self.rosters();
+        let (check, last) = self.reader.verify_since(&rosters, verified.clone())?;
+        if matches!(check, ChainCheck::Valid { .. }) {
+            *verified = last;
+        }
+        Ok(check)
+    }
+
+    /// What the status endpoint and `fhirseal ledger status` show.
+    pub fn status(&self) -> Result<LedgerStatus, LedgerError> {
+        let tip = self.reader.tip()?;
+        let (anchors, access) = self.outbox.pending();
+        let runtime = self.runtime.borrow().clone();
+        let driver = runtime.driver;
+        let anchorer_error = self.last_error.lock().ok().and_then(|e| e.clone());
+        Ok(LedgerStatus {
+            institution: self.institution.clone(),
+            chain: self.chain_id.to_hex(),
+            blocks: tip.as_ref().map_or(0, |b| b.header().height + 1),
+            tip_hash: tip.as_ref().map(|b| b.header().hash().to_hex()),
+            tip_time_ms: tip.as_ref().map(|b| b.header().time.0),
+            epoch: driver.as_ref().map(|d| d.epoch),
+            round: driver.as_ref().and_then(|d| d.round),
+            role: driver.as_ref().map(|d| d.role.name().to_owned()),
+            delegates: driver
+                .as_ref()
+                .map(|d| d.delegates.clone())
+                .unwrap_or_default(),
+            waiting_transactions: driver.as_ref().map_or(0, |d| d.pending),
+            pending_anchors: anchors,
+            pending_access_events: access,
+            last_error: anchorer_error.or(runtime.last_error),
+        })
+    }
+
+    /// Waits until every one of `versions` (type, id, version) is anchored, or `timeout`
+    /// passes; returns whether they all are.
+    pub async fn wait_anchored(
+        &self,
+        versions: &[(String, String, String)],
+        timeout: Duration,
+    ) -> Result<bool, LedgerError> {
+        let mut blocks = self.blocks.clone();
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut remaining: Vec<&(String, String, String)> = versions.iter().collect();
+        loop {
+            let mut still = Vec::with_capacity(remaining.len());
+            for v in remaining {
+                if self
+                    .reader
+                    .locate_anchor(&self.institution, &v.0, &v.1, &v.2)?
+                    .is_none()
+                {
+                    still.push(v);
+                }
+            }
+            if still.is_empty() {
+                return Ok(true);
+            }
+            remaining = still;
+            match tokio::time::timeout_at(deadline, blocks.changed()).await {
+                Ok(Ok(())) => {}
+                // The ledger stopped, or time is up.
+                Ok(Err(_)) | Err(_) => return Ok(false),
+            }
+        }
+    }
+}
+
+/// A summary of the chain, the node's part in it, and the outbox.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LedgerStatus {
+    pub institution: String,
+    /// The chain's id (hex): the same at every member of the consortium.
+    pub chain: String,
+    pub blocks: u64,
+    pub tip_hash: Option<String>,
+    pub tip_time_ms: Option<u64>,
+    /// The epoch of the height being decided.
+    pub epoch: Option<u64>,
+    /// Its round, while this node runs it.
+    pub round: Option<u32>,
+    /// This node's part: `delegate`, `delegate (idle)`, `follower`, `waiting`.
+    pub role: Option<String>,
+    /// The delegates of the height being decided, by member.
+    pub delegates: Vec<String>,
+    /// Transactions waiting at this node for a block.
+    pub waiting_transactions: usize,
+    pub pending_anchors: usize,
+    pub pending_access_events: usize,
+    pub last_error: Option<String>,
+}

@@ -1,0 +1,474 @@
+//! The ledger's task: one per node. It owns the driver ([`fhirseal_consensus::Driver`], with
+//! the BFT engine inside while the node is a delegate), the chain's appending handle, the
+//! write-ahead log and the timers, and performs the driver's effects in order: the log made
+//! durable (`fdatasync`) at every flush point the driver names — before anything signed leaves
+//! the node, before a decision is stored —, blocks appended to the chain (flushed), messages
+//! handed to the peers' queues ([`crate::ledger::net`]), timers kept. Inputs come from the
+//! anchorer (submissions), from other members' nodes (through the routes of
+//! [`crate::ledger::routes`], and sync answers), from its timers and from a tick.
+//!
+//! A driver failure (the engine stopped, a block that cannot be stored, the log unwritable) ends
+//! that driver: a new one starts from the chain on disk and the log, as after a crash.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use fhirseal_consensus::bft::{EngineConfig, Evidence, MalachiteEngine, Millis, Timer};
+use fhirseal_consensus::ledger::{DriverStatus, Effect, Input};
+use fhirseal_consensus::{
+    BatchId, Chain, Driver, DriverConfig, EvidenceBatch, SigningKey, Submitted, Timestamp,
+    Transaction,
+};
+use sha2::{Digest as _, Sha256};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::ledger::context::NodeContext;
+use crate::ledger::error::LedgerError;
+use crate::ledger::net::Net;
+use crate::ledger::view::LedgerView;
+use crate::ledger::wal::WalFile;
+
+/// How often the driver's clock ticks (starting heights that are due, asking for blocks).
+const TICK: Duration = Duration::from_millis(50);
+/// The pause before a new driver after a failure.
+const RECOVERY_PAUSE: Duration = Duration::from_millis(200);
+
+type NodeDriver = Driver<MalachiteEngine, fn(EngineConfig, SigningKey) -> MalachiteEngine>;
+
+/// Why a transaction was not taken.
+#[derive(Debug, Clone)]
+pub(crate) struct Refusal {
+    /// In words.
+    pub(crate) message: String,
+    /// Whether submitting it again may succeed (the node failed, not the transaction).
+    pub(crate) retryable: bool,
+}
+
+impl From<fhirseal_consensus::Error> for Refusal {
+    fn from(e: fhirseal_consensus::Error) -> Self {
+        Self {
+            retryable: e.is_retryable(),
+            message: e.to_string(),
+        }
+    }
+}
+
+/// Each transaction's answer.
+pub(crate) type Answers = Vec<Result<Submitted, Refusal>>;
+
+/// A request to the ledger's task.
+#[derive(Debug)]
+pub(crate) enum Command {
+    /// Transactions for coming blocks; with `forward`, sent on to the other delegates too.
+    /// Answered per transaction once the effects of taking them are performed.
+    Submit {
+        transactions: Vec<Transaction>,
+        forward: bool,
+        reply: oneshot::Sender<Answers>,
+    },
+}
+
+/// Where the ledger's task stands, for the status page.
+#[derive(Debug, Clone)]
+pub struct RuntimeStatus {
+    /// The driver's.
+    pub driver: Option<DriverStatus>,
+    /// The last failure, until the driver makes progress again.
+    pub last_error: Option<String>,
+}
+
+/// The ledger's task (see the module's documentation).
+pub struct Runtime {
+    config: DriverConfig,
+    member: String,
+    driver: NodeDriver,
+    chain: Chain,
+    context: NodeContext,
+    view: watch::Receiver<LedgerView>,
+    wal_path: PathBuf,
+    wal: Option<WalFile>,
+    timers: std::collections::BTreeMap<Timer, Millis>,
+    net: Net,
+    commands: mpsc::Receiver<Command>,
+    inputs: mpsc::Receiver<Input>,
+    blocks: watch::Sender<u64>,
+    status: watch::Sender<RuntimeStatus>,
+    started: Instant,
+    last_error: Option<String>,
+    /// Evidence transactions made while performing effects, submitted once they are done.
+    reports: Vec<Transaction>,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime")
+            .field("member", &self.member)
+            .field("driver", &self.driver)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What [`Runtime::new`] takes.
+pub(crate) struct Parts {
+    pub(crate) config: DriverConfig,
+    pub(crate) member: String,
+    pub(crate) chain: Chain,
+    pub(crate) view: watch::Receiver<LedgerView>,
+    pub(crate) wal_path: PathBuf,
+    pub(crate) net: Net,
+    pub(crate) commands: mpsc::Receiver<Command>,
+    pub(crate) inputs: mpsc::Receiver<Input>,
+    pub(crate) blocks: watch::Sender<u64>,
+    pub(crate) status: watch::Sender<RuntimeStatus>,
+}
+
+impl Runtime {
+    pub(crate) fn new(parts: Parts) -> Self {
+        let Parts {
+            config,
+            member,
+            chain,
+            view,
+            wal_path,
+            net,
+            commands,
+            inputs,
+            blocks,
+            status,
+        } = parts;
+        let context = NodeContext::new(view.borrow().clone(), chain.reader());
+        let driver = new_driver(&config, &member, &chain);
+        Self {
+            config,
+            member,
+            driver,
+            chain,
+            context,
+            view,
+            wal_path,
+            wal: None,
+            timers: std::collections::BTreeMap::new(),
+            net,
+            commands,
+            inputs,
+            blocks,
+            status,
+            started: Instant::now(),
+            last_error: None,
+            reports: Vec::new(),
+        }
+    }
+
+    /// Runs until `stop` says so (or every sender is gone): restores from the log, then takes
+    /// inputs one at a time.
+    pub async fn run(mut self, mut stop: watch::Receiver<bool>) {
+        if let Err(error) = self.restore().await {
+            self.failed(error).await;
+        }
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            if *stop.borrow() {
+                break;
+            }
+            let deadline = self.next_deadline();
+            tokio::select! {
+                _ = stop.changed() => {}
+                command = self.commands.recv() => match command {
+                    Some(command) => self.command(command).await,
+                    None => break,
+                },
+                Some(input) = self.inputs.recv() => self.step(input).await,
+                () = sleep_until(deadline) => self.fire().await,
+                _ = tick.tick() => self.step(Input::Tick).await,
+            }
+        }
+        if let Some(wal) = self.wal.as_mut() {
+            if let Err(error) = wal.flush().await {
+                tracing::warn!(%error, "the write-ahead log was not flushed at shutdown");
+            }
+        }
+    }
+
+    fn now(&self) -> Millis {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Opens the log and starts the driver from the chain's tip and the log.
+    async fn restore(&mut self) -> Result<(), LedgerError> {
+        self.wal = None;
+        let path = self.wal_path.clone();
+        let (wal, log) = tokio::task::spawn_blocking(move || WalFile::open(&path))
+            .await
+            .map_err(|e| LedgerError::Wal {
+                path: self.wal_path.display().to_string(),
+                source: std::io::Error::other(e.to_string()),
+            })??;
+        self.wal = Some(wal);
+        self.timers.clear();
+        self.driver = new_driver(&self.config, &self.member, &self.chain);
+        self.refresh();
+        if let Some((height, records)) = &log {
+            if *height == self.driver.height() && !records.is_empty() {
+                tracing::info!(
+                    height,
+                    records = records.len(),
+                    "replaying the write-ahead log"
+                );
+            }
+        }
+        let (now, wall) = (self.now(), wall());
+        let effects = self.driver.restore(log, now, wall, &self.context)?;
+        self.perform(effects).await?;
+        self.publish();
+        Ok(())
+    }
+
+    fn refresh(&mut self) {
+        if self.view.has_changed().unwrap_or(false) {
+            let view = self.view.borrow_and_update().clone();
+            self.context.refresh(view);
+        }
+    }
+
+    async fn step(&mut self, input: Input) {
+        self.refresh();
+        let (now, wall) = (self.now(), wall());
+        let result = match self.driver.handle(input, now, wall, &self.context) {
+            Ok(effects) => self.perform(effects).await,
+            Err(e) => Err(e.into()),
+        };
+        match result {
+            Ok(()) => self.publish(),
+            Err(error) => self.failed(error).await,
+        }
+        self.submit_reports().await;
+    }
+
+    /// Submits the evidence transactions the last effects made.
+    async fn submit_reports(&mut self) {
+        let reports = std::mem::take(&mut self.reports);
+        if !reports.is_empty() {
+            for answer in Box::pin(self.submit(reports, true)).await {
+                if let Err(refusal) = answer {
+                    tracing::warn!(error = %refusal.message, "evidence not taken");
+                }
+            }
+        }
+    }
+
+    async fn command(&mut self, command: Command) {
+        match command {
+            Command::Submit {
+                transactions,
+                forward,
+                reply,
+            } => {
+                let answers = self.submit(transactions, forward).await;
+                // The submitter may have given up waiting.
+                let _gone = reply.send(answers);
+            }
+        }
+        self.submit_reports().await;
+    }
+
+    /// Takes `transactions` here and, with `forward`, sends them to the other delegates of the
+    /// current and the newest epoch.
+    async fn submit(&mut self, transactions: Vec<Transaction>, forward: bool) -> Answers {
+        self.refresh();
+        let encoded: Vec<Vec<u8>> = if forward {
+            transactions.iter().map(Transaction::to_bytes).collect()
+        } else {
+            Vec::new()
+        };
+        let (now, wall) = (self.now(), wall());
+        let count = transactions.len();
+        let answers = match self.driver.submit(transactions, now, wall, &self.context) {
+            Ok((answers, effects)) => match self.perform(effects).await {
+                Ok(()) => {
+                    self.publish();
+                    answers
+                        .into_iter()
+                        .map(|a| a.map_err(Refusal::from))
+                        .collect()
+                }
+                Err(error) => {
+                    let message = error.to_string();
+                    self.failed(error).await;
+                    refused(count, &message)
+                }
+            },
+            Err(error) => {
+                let message = error.to_string();
+                self.failed(error.into()).await;
+                refused(count, &message)
+            }
+        };
+        if forward {
+            let view = self.context.view().clone();
+            let mut delegates: Vec<String> = Vec::new();
+            for epoch in [Some(self.driver.epoch()), view.latest_epoch()]
+                .into_iter()
+                .flatten()
+            {
+                for (member, _) in view.delegates(epoch).unwrap_or_default() {
+                    if *member != self.member && !delegates.contains(member) {
+                        delegates.push(member.clone());
+                    }
+                }
+            }
+            self.net.submit(&delegates, &encoded, &view);
+        }
+        answers
+    }
+
+    /// Performs the driver's effects in order.
+    async fn perform(&mut self, effects: Vec<Effect>) -> Result<(), LedgerError> {
+        for effect in effects {
+            match effect {
+                Effect::NewLog { height } => self.wal()?.reset(height).await?,
+                Effect::Log(record) => self.wal()?.append(&record),
+                Effect::Flush => self.wal()?.flush().await?,
+                Effect::Send { to, message } => {
+                    let view = self.context.view().clone();
+                    self.net.send(&to, &message, &view);
+                }
+                Effect::Schedule { timer, at } => {
+                    self.timers.insert(timer, at);
+                }
+                Effect::Cancel(timer) => {
+                    self.timers.remove(&timer);
+                }
+                Effect::CancelAll => self.timers.clear(),
+                Effect::Append(block) => {
+                    let receipt = self.chain.append(&block, self.context.verifying()).await?;
+                    self.blocks.send_replace(receipt.height + 1);
+                    self.last_error = None;
+                    tracing::debug!(
+                        height = receipt.height,
+                        transactions = receipt.transactions.len(),
+                        round = block.certificate.round.0,
+                        "block final"
+                    );
+                }
+                Effect::Sync { from, height } => {
+                    let view = self.context.view().clone();
+                    self.net.sync(from, height, &view);
+                }
+                Effect::Evidence(evidence) => self.report(evidence).await,
+            }
+        }
+        Ok(())
+    }
+
+    fn wal(&mut self) -> Result<&mut WalFile, LedgerError> {
+        self.wal.as_mut().ok_or(LedgerError::Wal {
+            path: self.wal_path.display().to_string(),
+            source: std::io::Error::other("the log is not open"),
+        })
+    }
+
+    /// Double signing the engine saw becomes an evidence transaction signed by this member,
+    /// submitted here and to the delegates like any other. Its batch id is a digest of the
+    /// evidence, so a report made twice is one transaction.
+    async fn report(&mut self, evidence: Vec<Evidence>) {
+        let offenders: Vec<String> = evidence.iter().map(|e| e.offender().to_string()).collect();
+        tracing::warn!(?offenders, "double signing seen; reporting it on the chain");
+        let Some(signer) = self.context.view().signer.clone() else {
+            tracing::warn!("no signing key to report double signing with");
+            return;
+        };
+        let mut digest = Sha256::new();
+        for e in &evidence {
+            digest.update(e.to_bytes());
+        }
+        let mut id = [0; 16];
+        id.copy_from_slice(&digest.finalize()[..16]);
+        let tx = match EvidenceBatch::sign(BatchId(id), self.member.clone(), evidence, &signer) {
+            Ok(batch) => Transaction::Evidence(batch),
+            Err(error) => {
+                tracing::warn!(%error, "the evidence cannot be reported");
+                return;
+            }
+        };
+        // Made while effects are performed: submitted once they are all done.
+        self.reports.push(tx);
+    }
+
+    fn next_deadline(&self) -> Option<tokio::time::Instant> {
+        let at = self.timers.values().min()?;
+        let wait = at.saturating_sub(self.now());
+        Some(tokio::time::Instant::now() + Duration::from_millis(wait))
+    }
+
+    /// Fires every timer that is due, earliest first.
+    async fn fire(&mut self) {
+        let now = self.now();
+        let mut due: Vec<(Millis, Timer)> = self
+            .timers
+            .iter()
+            .filter(|(_, at)| **at <= now)
+            .map(|(t, at)| (*at, *t))
+            .collect();
+        due.sort();
+        for (_, timer) in due {
+            if self.timers.remove(&timer).is_some() {
+                self.step(Input::Timer(timer)).await;
+            }
+        }
+    }
+
+    fn publish(&mut self) {
+        let driver = Some(self.driver.status(&self.context));
+        let last_error = self.last_error.clone();
+        self.status.send_modify(|s| {
+            s.driver = driver;
+            s.last_error = last_error;
+        });
+    }
+
+    /// The driver failed: a new one starts from the disk after a pause.
+    async fn failed(&mut self, error: LedgerError) {
+        tracing::error!(%error, "the ledger's driver failed; starting again from the chain and the log");
+        self.last_error = Some(error.to_string());
+        self.publish();
+        tokio::time::sleep(RECOVERY_PAUSE).await;
+        if let Err(error) = Box::pin(self.restore()).await {
+            tracing::error!(%error, "the ledger could not start again; retrying");
+            self.last_error = Some(error.to_string());
+            self.publish();
+        }
+    }
+}
+
+fn new_driver(config: &DriverConfig, member: &str, chain: &Chain) -> NodeDriver {
+    Driver::new(
+        config.clone(),
+        member.to_owned(),
+        MalachiteEngine::new,
+        chain.tip().cloned(),
+    )
+}
+
+/// The answers when the node failed while taking `count` transactions: try again.
+fn refused(count: usize, message: &str) -> Answers {
+    (0..count)
+        .map(|_| {
+            Err(Refusal {
+                message: message.to_owned(),
+                retryable: true,
+            })
+        })
+        .collect()
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn wall() -> Timestamp {
+    Timestamp(crate::ledger::clock::now_ms())
+}
