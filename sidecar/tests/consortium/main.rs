@@ -25,3 +25,4 @@ mod t40_partition;
 mod t50_rotation;
 mod t60_least_privilege;
 mod t70_institutions;
+mod t80_shared_ledger;

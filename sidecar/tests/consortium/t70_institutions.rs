@@ -23,15 +23,15 @@ use crate::support::{ok, runtime, serial};
 use crate::t30_script::{consortium_json, free_base, script, StopOnDrop};
 
 /// One member of `consortium.json`.
-struct Member {
-    fhir: String,
-    config: String,
-    clinician: String,
-    auditor: String,
+pub struct Member {
+    pub fhir: String,
+    pub config: String,
+    pub clinician: String,
+    pub auditor: String,
 }
 
 impl Member {
-    fn of(json: &Value, name: &str) -> Member {
+    pub fn of(json: &Value, name: &str) -> Member {
         let member = json["members"]
             .as_array()
             .unwrap()
@@ -48,7 +48,12 @@ impl Member {
     }
 }
 
-async fn send(method: Method, url: &str, key: &str, body: Option<&Value>) -> (StatusCode, Value) {
+pub async fn send(
+    method: Method,
+    url: &str,
+    key: &str,
+    body: Option<&Value>,
+) -> (StatusCode, Value) {
     let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
     let mut request = Request::builder()
         .method(method)
@@ -76,7 +81,7 @@ async fn send(method: Method, url: &str, key: &str, body: Option<&Value>) -> (St
 }
 
 /// A person with a US SSN, named after `family`.
-fn person(family: &str, ssn: &str) -> Value {
+pub fn person(family: &str, ssn: &str) -> Value {
     json!({
         "resourceType": "Patient",
         "identifier": [{"system": "http://hl7.org/fhir/sid/us-ssn", "value": ssn}],
@@ -86,7 +91,7 @@ fn person(family: &str, ssn: &str) -> Value {
 }
 
 /// Writes `person` at `member`; its id.
-async fn write(member: &Member, person: &Value) -> String {
+pub async fn write(member: &Member, person: &Value) -> String {
     let (status, body) = send(
         Method::POST,
         &format!("{}/Patient", member.fhir),
@@ -112,7 +117,7 @@ async fn family_of(member: &Member, id: &str) -> String {
 
 /// The fingerprint `$verify` shows the auditor of `member` for `Patient/id`, once anchored and
 /// verified.
-async fn fingerprint(member: &Member, id: &str) -> String {
+pub async fn fingerprint(member: &Member, id: &str) -> String {
     let url = format!("{}/Patient/{id}/$verify", member.fhir);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -162,7 +167,7 @@ fn line_of<'a>(status: &'a str, member: &str) -> &'a str {
         .unwrap_or_else(|| panic!("no {member} in {status}"))
 }
 
-fn unique(prefix: &str) -> String {
+pub fn unique(prefix: &str) -> String {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
