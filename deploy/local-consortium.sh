@@ -21,6 +21,10 @@
 #   deploy/local-consortium.sh stop            stops every node (SIGTERM) and the HAPIs started
 #   deploy/local-consortium.sh kill NAME       SIGKILL one member's node (a crash)
 #   deploy/local-consortium.sh start-member NAME   starts one member's node again
+#   deploy/local-consortium.sh add [--voter] [--upstream URL]
+#       invites, joins and admits one more member, h(N+1) (a learner unless --voter), in
+#       front of URL (default: the last member's upstream, or its own HAPI with --hapi);
+#       its node syncs the shared chain from genesis
 #
 # Everything lives in $FHIRSEAL_CONSORTIUM_DIR (default ./local-consortium): per member hI its
 # configuration (hI/fhirseal.toml), data directory (hI/data), log (hI/fhirseal.log) and pid,
@@ -41,7 +45,7 @@ shift || true
 bin="${FHIRSEAL_BIN:-$root/target/debug/fhirseal}"
 hapi_sh="$root/deploy/hapi/hapi.sh"
 
-usage() { sed -n '2,32p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '2,/^set -euo/p' "$0" | grep '^#' | sed 's/^# \{0,1\}//' >&2; exit 2; }
 die() { echo "local-consortium.sh: $*" >&2; exit 1; }
 
 ensure_bin() {
@@ -265,26 +269,12 @@ cmd_start() {
     init_out=$(consortium init --config "$(config_of h1)" --consortium local --member h1 \
         --listen "127.0.0.1:$(( port + 101 ))" --delegates "$delegates")
     pin=$(grep -o -- '--pin [0-9a-f]*' <<<"$init_out" | cut -d' ' -f2)
+    echo "pin=$pin" >>"$dir/settings"
     echo h1 >"$dir/members"
     start_node h1
     wait_for h1 "(h1, active)"
     for i in $(seq 2 "$n"); do
-        # The regulator issues a one-time invite; the institution joins with it before its
-        # node's first start, and tells the regulator its certificate, which the regulator
-        # names when it admits it.
-        local token join_out fp
-        token=$(consortium invite "h$i" --config "$(config_of h1)" | grep -E '^[0-9a-f]{64}$')
-        join_out=$(consortium join "https://$desk" --pin "$pin" --invite "$token" \
-            --config "$(config_of "h$i")" --member "h$i" --node-id "$i" \
-            --listen "127.0.0.1:$(( port + 100 + i ))")
-        fp=$(grep -o -- '--fingerprint [0-9a-f]*' <<<"$join_out" | cut -d' ' -f2)
-        echo "h$i" >>"$dir/members"
-        start_node "h$i"
-        if (( i <= voters )); then
-            consortium admit "h$i" --config "$(config_of h1)" --fingerprint "$fp" --voter
-        else
-            consortium admit "h$i" --config "$(config_of h1)" --fingerprint "$fp"
-        fi
+        join_member "$i" $(( i <= voters ))
     done
     # Every node has applied the last admission and holds the link key.
     for name in $(members); do
@@ -294,6 +284,61 @@ cmd_start() {
     write_json
     status_of h1
     echo "consortium.json: $dir/consortium.json"
+}
+
+# Member h$1 (its configuration written) joins: the regulator issues a one-time invite; the
+# institution joins with it at the desk before its node's first start and tells the regulator
+# its certificate, which the regulator names when it admits it (as a voter when $2 is 1).
+join_member() {
+    local i="$1" voter="$2" port pin token join_out fp
+    port=$(setting port)
+    pin=$(setting pin)
+    [[ -n "$pin" ]] || die "no join desk pin in $dir/settings"
+    token=$(consortium invite "h$i" --config "$(config_of h1)" | grep -E '^[0-9a-f]{64}$')
+    join_out=$(consortium join "https://127.0.0.1:$(( port + 200 ))" --pin "$pin" \
+        --invite "$token" --config "$(config_of "h$i")" --member "h$i" --node-id "$i" \
+        --listen "127.0.0.1:$(( port + 100 + i ))")
+    fp=$(grep -o -- '--fingerprint [0-9a-f]*' <<<"$join_out" | cut -d' ' -f2)
+    echo "h$i" >>"$dir/members"
+    start_node "h$i"
+    if [[ "$voter" == 1 ]]; then
+        consortium admit "h$i" --config "$(config_of h1)" --fingerprint "$fp" --voter
+    else
+        consortium admit "h$i" --config "$(config_of h1)" --fingerprint "$fp"
+    fi
+}
+
+cmd_add() {
+    local voter=0 upstream=""
+    while [[ $# -gt 0 ]]; do
+        case "$1" in
+            --voter) voter=1; shift ;;
+            --upstream) upstream="$2"; shift 2 ;;
+            *) die "unknown argument: $1" ;;
+        esac
+    done
+    [[ -f "$dir/members" ]] || die "no consortium in $dir: start one first"
+    running h1 || die "the regulator's node (h1) is not running"
+    ensure_bin
+    local port i last
+    port=$(setting port)
+    i=$(( $(members | wc -l) + 1 ))
+    last=$(members | tail -n 1)
+    if [[ "$(setting hapi)" == 1 ]]; then
+        [[ -z "$upstream" ]] || die "--upstream: this consortium's members run their own HAPI"
+        upstream="http://127.0.0.1:$(( port + 300 + i ))/fhir"
+    elif [[ -z "$upstream" ]]; then
+        upstream=$(sed -n 's/^url = "\(.*\)"$/\1/p' "$(config_of "$last")")
+    fi
+    write_config "h$i" "$i" "$port" "$upstream" ""
+    join_member "$i" "$voter"
+    for name in $(members); do
+        running "$name" || continue
+        wait_for "$name" "^h$i .* active"
+    done
+    wait_for "h$i" "(h$i, active)"
+    write_json
+    status_of h1
 }
 
 cmd_status() {
@@ -353,5 +398,6 @@ case "$action" in
     stop) cmd_stop ;;
     kill) cmd_kill "$@" ;;
     start-member) cmd_start_member "$@" ;;
+    add) cmd_add "$@" ;;
     *) usage ;;
 esac

@@ -10,7 +10,9 @@
 //! certificate fingerprint, commands outside their validity window), and two institutions in
 //! front of HAPI FHIR (one person, one fingerprint at both; a revoked member's node refuses
 //! writes; a restart of every node; the HAPI servers of `deploy/test.sh` needed, else
-//! skipped).
+//! skipped), and the shared chain of four delegates (one chain held identically by every
+//! member through one crash, halted below quorum, caught up after restarts; a member joining
+//! later syncs it; a revoked delegate replaced at the next epoch; the same HAPI servers).
 //!
 //! The clusters run one at a time (`support::serial`): the CI machine has two cores.
 

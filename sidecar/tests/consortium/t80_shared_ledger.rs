@@ -4,7 +4,9 @@
 //! institutions are anchored in one chain that all four hold identically; SIGKILL of one
 //! delegate does not stop finality; with a second killed, finality stops (a write is taken but
 //! waits for its block, and no member's chain moves); both started again, they catch up, the
-//! waiting write is anchored and all four hold the same chain again.
+//! waiting write is anchored and all four hold the same chain again. A fifth member admitted
+//! later syncs the chain from genesis and verifies it; once the regulator revokes a delegate,
+//! the next epoch's delegates finalize without it.
 //!
 //! Without `FHIRSEAL_TEST_HAPI` and `FHIRSEAL_TEST_HAPI_REFERENCE` the test prints
 //! `skipped: …` and passes.
@@ -14,7 +16,7 @@ use std::time::{Duration, Instant};
 use http::{Method, StatusCode};
 use serde_json::Value;
 
-use crate::support::{runtime, serial};
+use crate::support::{ok, runtime, serial};
 use crate::t30_script::{consortium_json, free_base, script, StopOnDrop};
 use crate::t70_institutions::{fingerprint, person, send, unique, write, Member};
 
@@ -81,7 +83,7 @@ async fn delegates_are(member: &Member, n: usize) {
 }
 
 #[test]
-fn four_delegates_finalize_one_chain_through_a_crash_and_halt_safely_below_quorum() {
+fn four_delegates_finalize_one_chain_through_crashes_joins_and_a_revocation() {
     let (Ok(hapi_1), Ok(hapi_2)) = (
         std::env::var("FHIRSEAL_TEST_HAPI"),
         std::env::var("FHIRSEAL_TEST_HAPI_REFERENCE"),
@@ -94,7 +96,7 @@ fn four_delegates_finalize_one_chain_through_a_crash_and_halt_safely_below_quoru
     let root = tempfile::tempdir().unwrap();
     let dir = root.path().join("c");
     let _stop = StopOnDrop(dir.clone());
-    let port = free_base(4).to_string();
+    let port = free_base(5).to_string();
     script(
         &dir,
         &[
@@ -208,6 +210,57 @@ fn four_delegates_finalize_one_chain_through_a_crash_and_halt_safely_below_quoru
             chain.len(),
             restarted.elapsed()
         );
+    });
+
+    // A fifth member joins later: its node syncs the chain from genesis and verifies it.
+    let joined = Instant::now();
+    script(&dir, &["add"]);
+    let h5 = Member::of(&consortium_json(&dir), "h5");
+    runtime().block_on(async {
+        let mut five = all.clone();
+        five.push(&h5);
+        let chain = agree(&five, 0, four_from, "the fifth member's chain").await;
+        eprintln!(
+            "FIGURE a member admitted later holds the {} blocks {:?} after it joined",
+            chain.len(),
+            joined.elapsed()
+        );
+        let check = ledger(&h5, "verify").await;
+        assert_eq!(check["valid"], true, "{check}");
+    });
+
+    // The regulator revokes h4, a delegate: from the next epoch on the delegates are h1, h2,
+    // h3 and h5, and their blocks are final without h4.
+    ok(&[
+        "revoke",
+        "h4",
+        "--config",
+        &members[0].config,
+        "--reason",
+        "test",
+    ]);
+    runtime().block_on(async {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            // Blocks are made only when something waits: write until the next epoch is in force.
+            let e = write(h1, &person(&unique("Afterrevoke"), "999-00-0005")).await;
+            fingerprint(h1, &e).await;
+            let status = ledger(h1, "status").await;
+            let delegates: Vec<&str> = status["delegates"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(Value::as_str)
+                .collect();
+            if delegates == ["h1", "h2", "h3", "h5"] {
+                break;
+            }
+            assert!(Instant::now() < deadline, "h4 still a delegate: {status}");
+        }
+        let f = write(h2, &person(&unique("Withoutfour"), "999-00-0006")).await;
+        fingerprint(h2, &f).await;
+        let without_four: Vec<&Member> = vec![h1, h2, &members[2], &h5];
+        agree(&without_four, 0, four_from, "the delegates without h4").await;
     });
     script(&dir, &["stop"]);
     eprintln!("FIGURE the whole test: {:?}", started.elapsed());
