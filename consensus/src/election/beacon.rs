@@ -114,7 +114,9 @@ pub struct Reveal {
 
 impl Reveal {
     /// The commitment a member posts in the commit phase: it binds the member, the epoch and
-    /// the reveal.
+    /// the VRF output. Not the proof: schnorrkel's proofs are randomized, while the output is
+    /// unique for the key and input, so the member can compute it again at reveal time and
+    /// any valid proof of that output opens the commitment.
     pub fn commitment(&self, member: &str, input: &BeaconInput<'_>) -> [u8; 32] {
         let mut h = Sha256::new();
         h.update(COMMIT_DOMAIN);
@@ -122,7 +124,6 @@ impl Reveal {
         h.update((member.len() as u64).to_be_bytes());
         h.update(member.as_bytes());
         h.update(self.output);
-        h.update(self.proof);
         h.finalize().into()
     }
 }
