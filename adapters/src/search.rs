@@ -241,10 +241,18 @@ pub fn identity_named_param(query: &str) -> Option<String> {
 
 /// The names of a query's parameters, decoded.
 pub fn param_names(query: &str) -> Vec<String> {
+    params(query).into_iter().map(|(name, _)| name).collect()
+}
+
+/// A query's `name=value` pairs in order, decoded (a pair without `=` has an empty value).
+pub fn params(query: &str) -> Vec<(String, String)> {
     query
         .split('&')
         .filter(|p| !p.is_empty())
-        .map(|pair| decode(pair.split_once('=').map_or(pair, |(name, _)| name)))
+        .map(|pair| {
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            (decode(name), decode(value))
+        })
         .collect()
 }
 

@@ -12,7 +12,7 @@ use crate::hash::Hash256;
 use crate::keys::{DelegateSet, Rosters};
 use crate::merkle;
 use crate::proof::AnchorProof;
-use crate::tx::{anchor_key, Transaction, TxId};
+use crate::tx::{anchor_key, resource_anchor_prefix, Transaction, TxId};
 use crate::validate::validate_finalized_block;
 
 /// The format of the blocks a chain database holds, recorded in it ([`ChainStore::open_dir`]):
@@ -128,6 +128,27 @@ impl ChainReader {
     ) -> Result<Option<EntryLocation>> {
         let key = anchor_key(institution, resource_type, logical_id, version_id);
         Ok(self.store.anchor(&key)?)
+    }
+
+    /// The anchored versions of `institution`'s resource, each with where it is anchored, in
+    /// the order of their keys (not of their version ids).
+    pub fn anchored_versions(
+        &self,
+        institution: &str,
+        resource_type: &str,
+        logical_id: &str,
+    ) -> Result<Vec<(String, EntryLocation)>> {
+        let prefix = resource_anchor_prefix(institution, resource_type, logical_id);
+        let mut out = Vec::new();
+        for (key, location) in self.store.anchors_under(&prefix)? {
+            // What follows the prefix is the version id's part: its length (4 bytes), its bytes.
+            let version = key
+                .get(prefix.len() + 4..)
+                .and_then(|v| std::str::from_utf8(v).ok())
+                .ok_or(Error::IndexMismatch("anchor"))?;
+            out.push((version.to_owned(), location));
+        }
+        Ok(out)
     }
 
     /// The block at `height`.

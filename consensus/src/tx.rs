@@ -89,6 +89,16 @@ pub fn anchor_key(
     ])
 }
 
+/// The prefix of the anchor keys of every version of one of `institution`'s resources, and of
+/// no other resource's ([`composite_key`] writes each part's length before it).
+pub fn resource_anchor_prefix(institution: &str, resource_type: &str, logical_id: &str) -> Vec<u8> {
+    composite_key(&[
+        institution.as_bytes(),
+        resource_type.as_bytes(),
+        logical_id.as_bytes(),
+    ])
+}
+
 impl Wire for AnchorEntry {
     const MIN_LEN: usize = 4 * 4 + 3 * 32;
 

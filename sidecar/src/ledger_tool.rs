@@ -10,7 +10,7 @@ use crate::error::ProxyError;
 use crate::ledger::{ledger_dir, LedgerError, NodeLedger};
 use crate::server::{open_node, ServerError};
 use crate::upstream::UpstreamClient;
-use crate::verify::{ledger_check, CurrentCheck, VersionCheck};
+use crate::verify::{ledger_check, Compared, CurrentCheck, VersionCheck};
 
 /// What the `fhirseal ledger` commands work on: a stopped node's ledger and vault (sled lets one
 /// process hold a database), and the upstream to check the anchors against.
@@ -148,13 +148,12 @@ impl LedgerTool {
                 .collect();
             let stored = self.upstream.read_versions(&urls).await?;
             for ((t, i, v), (status, value)) in chunk.iter().zip(stored) {
+                let ledger = self.ledger();
                 out.push(ledger_check(
-                    self.ledger(),
-                    t,
-                    i,
-                    v,
-                    value.as_ref(),
-                    status,
+                    ledger,
+                    ledger.institution(),
+                    (t, i, Some(v)),
+                    Compared::upstream(value.as_ref(), status)?,
                 )?);
             }
             progress(out.len());

@@ -3,10 +3,13 @@
 //! proofs. The proxy answers those requests (`proxy::ledger_api`); `fhirseal ledger` reads
 //! through the ledger tool (`ledger_tool.rs`).
 //!
-//! A version is *verified* when it is anchored, its proof checks against the roster (entry →
-//! batch root → signed batch → block transaction root → finality certificate), and the
-//! upstream's copy of it, canonicalized, still hashes to the anchored clinical hash. Anything
-//! else is reported with the reason, so that a database changed behind the sidecar's back shows.
+//! A version is *verified* when it is anchored by the member that wrote it, its proof checks
+//! against the roster (entry → batch root → signed batch → block transaction root → finality
+//! certificate), and the copy it is compared with, canonicalized, still hashes to the anchored
+//! clinical hash ([`Compared`]): this institution's upstream for its own writes, or the copy a
+//! client sent. Another member's write proven from this node's copy of the shared chain alone
+//! is verified without its content compared, and says so. Anything else is reported with the
+//! reason, so that a database changed behind the sidecar's back shows.
 
 use base64::Engine as _;
 use bytes::Bytes;
@@ -20,46 +23,88 @@ use crate::body::{full, ProxyBody};
 use crate::error::ProxyError;
 use crate::ledger::NodeLedger;
 
+/// What the anchored clinical hash is compared with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Compared {
+    /// This institution's upstream's copy: its hash (`None` when the upstream does not return
+    /// it), and how the upstream answered the read.
+    Upstream {
+        hash: Option<[u8; 32]>,
+        status: StatusCode,
+    },
+    /// The copy a client sent (`POST $verify`), canonicalized as its writer canonicalized it.
+    Supplied { hash: [u8; 32] },
+    /// Nothing: another member's write, proven from this node's copy of the chain; that
+    /// member's FHIR server is not this node's to read.
+    Nothing,
+}
+
+impl Compared {
+    /// The upstream's copy (`None` when it does not return the version) and its answer.
+    pub fn upstream(copy: Option<&Value>, status: StatusCode) -> Result<Self, ProxyError> {
+        let hash = copy
+            .map(canonical::clinical_hash)
+            .transpose()
+            .map_err(|e| ProxyError::UpstreamBody(format!("the stored resource: {e}")))?;
+        Ok(Compared::Upstream { hash, status })
+    }
+
+    /// The copy a client sent.
+    pub fn supplied(copy: &Value) -> Result<Self, ProxyError> {
+        let hash = canonical::clinical_hash(copy)
+            .map_err(|e| ProxyError::Invalid(format!("the resource sent: {e}")))?;
+        Ok(Compared::Supplied { hash })
+    }
+}
+
 /// What verifying one version found.
 #[derive(Debug, Clone)]
 pub struct VersionCheck {
+    /// The member whose write it is.
+    pub institution: String,
     pub resource_type: String,
     pub id: String,
-    pub version: String,
+    /// `None` when none was named and the member anchored no version of the resource.
+    pub version: Option<String>,
     /// The proof, when the version is anchored.
     pub proof: Option<AnchorProof>,
     /// Why the proof does not check, when it does not.
     pub proof_fault: Option<String>,
-    /// Whether the version waits in the outbox (written, its block not final yet).
+    /// Whether the version waits in this node's outbox (written here, its block not final yet).
     pub pending: bool,
-    /// The hash of the upstream's copy; `None` when the upstream does not return it.
-    pub upstream_hash: Option<[u8; 32]>,
-    /// How the upstream answered the read of this version.
-    pub upstream_status: StatusCode,
+    /// What the anchored hash is compared with.
+    pub compared: Compared,
 }
 
 impl VersionCheck {
-    /// Whether the upstream's copy matches what was anchored.
-    pub fn upstream_matches(&self) -> Option<bool> {
-        let proof = self.proof.as_ref()?;
-        Some(self.upstream_hash == Some(proof.entry.clinical_hash))
+    /// Whether the copy compared matches what was anchored; `None` when the version is not
+    /// anchored or nothing is compared.
+    pub fn content_matches(&self) -> Option<bool> {
+        let anchored = self.proof.as_ref()?.entry.clinical_hash;
+        match &self.compared {
+            Compared::Upstream { hash, .. } => Some(*hash == Some(anchored)),
+            Compared::Supplied { hash } => Some(*hash == anchored),
+            Compared::Nothing => None,
+        }
     }
 
-    /// Anchored, proven, and unchanged upstream.
+    /// Anchored, proven, and, where a copy is compared, unchanged.
     pub fn verified(&self) -> bool {
-        self.proof.is_some() && self.proof_fault.is_none() && self.upstream_matches() == Some(true)
+        self.proof.is_some() && self.proof_fault.is_none() && self.content_matches() != Some(false)
     }
 
     /// Why it is not verified, in words; `None` when it is.
     pub fn problem(&self) -> Option<String> {
-        let resource = self.resource();
+        let (resource, institution) = (self.resource(), &self.institution);
         if self.proof.is_none() {
-            return Some(if self.pending {
-                format!("{resource} is written and waits for its block")
-            } else {
-                format!(
+            return Some(match &self.compared {
+                _ if self.pending => format!("{resource} is written and waits for its block"),
+                Compared::Upstream { .. } => format!(
                     "{resource} is not anchored on the ledger: it was not written through fhirseal"
-                )
+                ),
+                _ => format!(
+                    "{resource} is not anchored by {institution} on this node's copy of the chain (a write just made waits a moment for its block)"
+                ),
             });
         }
         if let Some(fault) = &self.proof_fault {
@@ -67,24 +112,26 @@ impl VersionCheck {
                 "the ledger's proof for {resource} does not check: {fault}"
             ));
         }
-        match self.upstream_hash {
-            None => Some(format!(
-                "the upstream does not return {resource} (it answered {})",
-                self.upstream_status
+        match (&self.compared, self.content_matches()) {
+            (_, Some(true)) | (Compared::Nothing, _) => None,
+            (Compared::Upstream { hash: None, status }, _) => Some(format!(
+                "the upstream does not return {resource} (it answered {status})"
             )),
-            Some(_) if self.upstream_matches() == Some(false) => Some(format!(
+            (Compared::Upstream { .. }, _) => Some(format!(
                 "the upstream's {resource} differs from what was anchored: it was changed behind fhirseal"
             )),
-            Some(_) => None,
+            (Compared::Supplied { .. }, _) => Some(format!(
+                "the resource sent differs from {resource} as {institution} anchored it: it is not that version as written through fhirseal"
+            )),
         }
     }
 
-    /// `Type/id/_history/version`.
+    /// `Type/id/_history/version`, or `Type/id` when no version is known.
     pub fn resource(&self) -> String {
-        format!(
-            "{}/{}/_history/{}",
-            self.resource_type, self.id, self.version
-        )
+        match &self.version {
+            Some(v) => format!("{}/{}/_history/{v}", self.resource_type, self.id),
+            None => format!("{}/{}", self.resource_type, self.id),
+        }
     }
 }
 
@@ -120,36 +167,37 @@ impl CurrentCheck {
     }
 }
 
-/// The ledger's side of a check: proof (checked) and whether the version is pending.
+/// The ledger's side of a check of `institution`'s version (none: it anchored no version of the
+/// resource): proof (checked), whether it waits in this node's outbox (this node's own writes
+/// only), and what it is `compared` with.
 pub fn ledger_check(
     ledger: &NodeLedger,
-    resource_type: &str,
-    id: &str,
-    version: &str,
-    upstream: Option<&Value>,
-    upstream_status: StatusCode,
+    institution: &str,
+    (resource_type, id, version): (&str, &str, Option<&str>),
+    compared: Compared,
 ) -> Result<VersionCheck, ProxyError> {
-    let proof = ledger.proof(resource_type, id, version)?;
+    let proof = match version {
+        Some(v) => ledger.proof_of(institution, resource_type, id, v)?,
+        None => None,
+    };
     let proof_fault = proof
         .as_ref()
         .and_then(|p| ledger.check_proof(p).err().map(|e| e.to_string()));
-    let pending = proof.is_none() && ledger.is_pending(resource_type, id, version)?;
-    let upstream_hash = match upstream {
-        Some(value) => Some(
-            canonical::clinical_hash(value)
-                .map_err(|e| ProxyError::UpstreamBody(format!("the stored resource: {e}")))?,
-        ),
-        None => None,
+    let pending = match version {
+        Some(v) if proof.is_none() && institution == ledger.institution() => {
+            ledger.is_pending(resource_type, id, v)?
+        }
+        _ => false,
     };
     Ok(VersionCheck {
+        institution: institution.to_owned(),
         resource_type: resource_type.to_owned(),
         id: id.to_owned(),
-        version: version.to_owned(),
+        version: version.map(str::to_owned),
         proof,
         proof_fault,
         pending,
-        upstream_hash,
-        upstream_status,
+        compared,
     })
 }
 
@@ -170,7 +218,7 @@ pub(crate) fn absent(
         ))
     } else if status == StatusCode::NOT_FOUND || status.is_client_error() {
         ProxyError::NotFound(format!(
-            "{resource} is not known upstream nor on the ledger"
+            "{resource} is not known upstream nor anchored by this institution: another member's write is verified with $verify?institution=<member>"
         ))
     } else {
         ProxyError::UpstreamUnavailable(format!("reading {resource} answered {status}"))
@@ -218,22 +266,44 @@ fn path_part(name: &str, path: &MerkleProof) -> Value {
 }
 
 /// The `Parameters` answer of `$verify`. The fingerprint (and the encoded proof, which holds
-/// it) only for those who audit: it links a person's records.
-pub fn parameters(check: &VersionCheck, institution: &str, audit: bool) -> Value {
+/// it) only for those who audit the institution that wrote the version, `audited_by` (as
+/// [`block_json`] shows anchors): it links a person's records, and another member's
+/// fingerprints are not this one's to show.
+pub fn parameters(check: &VersionCheck, audited_by: Option<&str>) -> Value {
+    let audit = audited_by == Some(check.institution.as_str());
     let mut out = vec![
         string("resource", check.resource()),
-        string("institution", institution),
+        string("institution", check.institution.clone()),
         boolean("verified", check.verified()),
         boolean("anchored", check.proof.is_some()),
     ];
     if check.pending {
         out.push(boolean("pending", true));
     }
-    if let Some(matches) = check.upstream_matches() {
-        out.push(boolean("upstreamMatches", matches));
+    let matches = check.content_matches();
+    match &check.compared {
+        Compared::Upstream { hash, .. } => {
+            out.extend(matches.map(|m| boolean("upstreamMatches", m)));
+            out.extend(hash.map(|h| string("upstreamHash", hex(&h))));
+        }
+        Compared::Supplied { hash } => {
+            out.extend(matches.map(|m| boolean("suppliedMatches", m)));
+            out.push(string("suppliedHash", hex(hash)));
+        }
+        Compared::Nothing => {}
     }
-    if let Some(hash) = check.upstream_hash {
-        out.push(string("upstreamHash", hex(&hash)));
+    out.push(boolean(
+        "contentCompared",
+        !matches!(check.compared, Compared::Nothing),
+    ));
+    if check.compared == Compared::Nothing && check.proof.is_some() {
+        out.push(string(
+            "note",
+            format!(
+                "the content was not compared: {} anchored this version, and its FHIR server is not this node's to read; POST the copy it serves to $verify to compare it",
+                check.institution
+            ),
+        ));
     }
     if let Some(proof) = &check.proof {
         let header = &proof.header;

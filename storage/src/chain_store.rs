@@ -399,6 +399,19 @@ impl ChainStore {
             .transpose()
     }
 
+    /// Every anchor whose key starts with `prefix`, in key order. Keys are
+    /// [`composite_key`]s, so the key of a resource's leading parts (institution, type, id)
+    /// is the prefix of its versions' keys and of no other resource's.
+    pub fn anchors_under(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, EntryLocation)>> {
+        self.anchors
+            .scan_prefix(prefix)
+            .map(|item| {
+                let (key, value) = item?;
+                Ok((key.to_vec(), EntryLocation::from_bytes(&value)?))
+            })
+            .collect()
+    }
+
     /// Writes a block and its indexes in one transaction, then flushes, and only then returns.
     ///
     /// Refused, with nothing written: a height already stored or whose predecessor is missing, a

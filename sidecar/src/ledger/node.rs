@@ -196,6 +196,39 @@ impl NodeLedger {
         Ok(self.reader.proof(institution, resource_type, id, version)?)
     }
 
+    /// The latest version of `institution`'s resource anchored on this node's copy of the
+    /// chain, if any: the highest version id (FHIR servers number versions 1, 2, …), and among
+    /// ids that are not numbers the one anchored last.
+    pub fn latest_anchored(
+        &self,
+        institution: &str,
+        resource_type: &str,
+        id: &str,
+    ) -> Result<Option<String>, LedgerError> {
+        let versions = self
+            .reader
+            .anchored_versions(institution, resource_type, id)?;
+        Ok(versions
+            .into_iter()
+            .max_by_key(|(version, at)| {
+                (
+                    version.parse::<u64>().ok(),
+                    (at.height, at.transaction, at.entry),
+                )
+            })
+            .map(|(version, _)| version))
+    }
+
+    /// Whether `institution` is, or was, a member of the consortium: one whose keys the chain
+    /// and its proofs verify against (a revoked member's writes still prove).
+    pub fn knows_member(&self, institution: &str) -> bool {
+        self.view
+            .borrow()
+            .verifying
+            .institution_keys(institution)
+            .is_some()
+    }
+
     /// Whether a version waits in the outbox (written, not yet in a final block).
     pub fn is_pending(
         &self,

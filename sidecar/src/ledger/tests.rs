@@ -149,6 +149,41 @@ async fn rounds_anchor_each_version_once_and_clear_the_outbox() {
 }
 
 #[tokio::test]
+async fn the_latest_anchored_version_is_the_highest_of_that_resource_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, vault) = setup(dir.path());
+    let mut node = Running::start(open(&config, &vault, single(&config)).unwrap());
+    let outbox = vault.outbox();
+    // "10" is anchored before "2" and sorts before it as text: the number decides.
+    for (id, version) in [
+        ("a", "1"),
+        ("a", "10"),
+        ("a", "2"),
+        ("ab", "11"),
+        ("b", "x"),
+    ] {
+        outbox.push_anchor(&anchor(id, version)).unwrap();
+    }
+    node.round(&mut None).await.unwrap();
+    let ledger = node.ledger.clone();
+    let me = config.seal.institution.clone();
+    let latest = |institution: &str, id: &str| {
+        ledger
+            .latest_anchored(institution, "Observation", id)
+            .unwrap()
+    };
+    assert_eq!(latest(&me, "a").as_deref(), Some("10"));
+    // "ab" is not a version of "a", nor "a" of "ab".
+    assert_eq!(latest(&me, "ab").as_deref(), Some("11"));
+    assert_eq!(latest(&me, "b").as_deref(), Some("x"));
+    assert_eq!(latest(&me, "c"), None);
+    assert_eq!(latest("another-member", "a"), None);
+    assert!(ledger.knows_member(&me));
+    assert!(!ledger.knows_member("another-member"));
+    node.stop().await;
+}
+
+#[tokio::test]
 async fn an_entry_anchored_before_a_crash_is_not_anchored_again() {
     let dir = tempfile::tempdir().unwrap();
     let (config, vault) = setup(dir.path());

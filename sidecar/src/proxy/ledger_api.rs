@@ -10,44 +10,118 @@ use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use serde_json::{json, Value};
 
 use super::deps::Deps;
+use super::verify_request::{
+    one_institution, query_institution, VerifyPath, VerifyRequest, VERIFY,
+};
 use crate::body::{full, ProxyBody};
 use crate::error::ProxyError;
-use crate::verify::{absent, block_json, fhir_response, ledger_check, parameters, proof_json};
+use crate::verify::{
+    absent, block_json, fhir_response, ledger_check, parameters, proof_json, Compared, VersionCheck,
+};
 
-/// The name of the operation.
-pub(crate) const VERIFY: &str = "verify";
-
-/// `$verify` on a resource (its current version) or on one version.
+/// `$verify`: whether a member anchored a version, the proof of it from this node's copy of the
+/// shared chain, and whether a copy of it still hashes to what was anchored.
+///
+/// - `GET [type]/[id][/_history/[vid]]/$verify`: this institution's write (no version: the
+///   upstream's current one), compared with the upstream's copy.
+/// - the same with `?institution=M`, M another member: M's write (no version: the latest M
+///   anchored), proven from the chain alone; the content is not compared (M's FHIR server is
+///   not this node's to read) and the answer says so.
+/// - `POST` (on a resource, a version, a type or the system) with a `Parameters` body of
+///   `institution` (default: this one) and `resource`: that copy, canonicalized as its writer
+///   canonicalized it, compared with what the member anchored.
+///
+/// A member the consortium never had is 400; a version the member did not anchor is answered
+/// `anchored: false`, except this institution's own that its upstream does not hold either
+/// (404, as before).
 pub(super) async fn verify_operation(
     deps: &Deps,
     req: &Request<ProxyBody>,
-    (resource_type, id, version): (&str, &str, Option<&str>),
+    path: VerifyPath<'_>,
+    body: Option<VerifyRequest>,
     audit: bool,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let (method, query) = (req.method(), req.uri().query());
     let format = Format::negotiate(query, req.headers());
-    if method != Method::GET {
-        return Err(ProxyError::Route(RouteError::Method {
-            method: method.clone(),
-            path: format!("{resource_type}/{id}/$verify (read-only: use GET)"),
-        }));
-    }
-    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-        let name = pair.split('=').next().unwrap_or("");
-        if !matches!(name, "_format" | "_pretty") {
-            return Err(ProxyError::Invalid(format!(
-                "$verify takes no parameter '{name}'"
-            )));
+    let asked = query_institution(query)?;
+    let supplied = match (method, body) {
+        (&Method::GET, _) => None,
+        (&Method::POST, Some(body)) => Some(body),
+        (&Method::POST, None) => {
+            return Err(ProxyError::Invalid(
+                "a POST $verify carries a Parameters body: 'resource' (the copy to compare) and 'institution' (the member that wrote it)".to_owned(),
+            ))
         }
+        _ => {
+            return Err(ProxyError::Route(RouteError::Method {
+                method: method.clone(),
+                path: "$verify (GET to prove a version, POST to compare a copy)".to_owned(),
+            }))
+        }
+    };
+    let own = deps.ledger.institution();
+    let institution =
+        one_institution(asked, supplied.as_ref().and_then(|s| s.institution.clone()))?
+            .unwrap_or_else(|| own.to_owned());
+    if institution != own && !deps.ledger.knows_member(&institution) {
+        return Err(ProxyError::Invalid(format!(
+            "'{institution}' is not a member of this consortium: institution names the member that wrote the resource"
+        )));
     }
+    let check = match supplied {
+        Some(request) => {
+            let target = request.target(path)?;
+            let compared = blocking(move || Compared::supplied(&request.resource)).await?;
+            let named = (target.resource_type, target.id, target.version);
+            member_write(deps, institution, named, compared).await?
+        }
+        None if institution == own => own_write(deps, resource_of(path)?).await?,
+        None => {
+            let (ty, id, version) = resource_of(path)?;
+            let named = (ty.to_owned(), id.to_owned(), version.map(str::to_owned));
+            member_write(deps, institution, named, Compared::Nothing).await?
+        }
+    };
+    let parameters = parameters(&check, audit.then_some(own));
+    let body =
+        fhir::serialize(&parameters, format).map_err(|e| ProxyError::Internal(e.to_string()))?;
+    Ok(fhir_response(StatusCode::OK, body, format))
+}
+
+/// `institution`'s version (none named: the latest it anchored) checked from this node's copy
+/// of the chain, its anchored hash against `compared`.
+async fn member_write(
+    deps: &Deps,
+    institution: String,
+    (resource_type, id, version): (String, String, Option<String>),
+    compared: Compared,
+) -> Result<VersionCheck, ProxyError> {
+    let ledger = deps.ledger.clone();
+    blocking(move || {
+        let version = match version {
+            Some(v) => Some(v),
+            None => ledger.latest_anchored(&institution, &resource_type, &id)?,
+        };
+        let named = (resource_type.as_str(), id.as_str(), version.as_deref());
+        ledger_check(&ledger, &institution, named, compared)
+    })
+    .await
+}
+
+/// This institution's version (no version: the upstream's current one) checked against the
+/// upstream's copy.
+async fn own_write(
+    deps: &Deps,
+    (resource_type, id, version): (&str, &str, Option<&str>),
+) -> Result<VersionCheck, ProxyError> {
     let base = &deps.upstream.base;
     let url = match version {
         Some(v) => format!("{base}/{resource_type}/{id}/_history/{v}"),
         None => format!("{base}/{resource_type}/{id}"),
     };
     let (status, current) = deps.upstream.json(Method::GET, &url, None).await?;
-    let stored = (status == StatusCode::OK).then_some(&current);
-    let version = match (version, stored) {
+    let stored = (status == StatusCode::OK).then_some(current);
+    let version = match (version, &stored) {
         (Some(v), _) => v.to_owned(),
         (None, Some(value)) => value
             .pointer("/meta/versionId")
@@ -62,19 +136,37 @@ pub(super) async fn verify_operation(
     };
     let ledger = deps.ledger.clone();
     let (ty, id_owned, v) = (resource_type.to_owned(), id.to_owned(), version.clone());
-    let stored = stored.cloned();
-    let check = tokio::task::spawn_blocking(move || {
-        ledger_check(&ledger, &ty, &id_owned, &v, stored.as_ref(), status)
+    let check = blocking(move || {
+        let compared = Compared::upstream(stored.as_ref(), status)?;
+        ledger_check(
+            &ledger,
+            ledger.institution(),
+            (&ty, &id_owned, Some(&v)),
+            compared,
+        )
     })
-    .await
-    .map_err(|e| ProxyError::Internal(e.to_string()))??;
-    if check.proof.is_none() && !check.pending && check.upstream_hash.is_none() {
+    .await?;
+    if check.proof.is_none()
+        && !check.pending
+        && matches!(check.compared, Compared::Upstream { hash: None, .. })
+    {
         return Err(absent(resource_type, id, Some(&version), status));
     }
-    let parameters = parameters(&check, deps.ledger.institution(), audit);
-    let body =
-        fhir::serialize(&parameters, format).map_err(|e| ProxyError::Internal(e.to_string()))?;
-    Ok(fhir_response(StatusCode::OK, body, format))
+    Ok(check)
+}
+
+/// The resource a `GET $verify` names: one on a type or the system names none.
+fn resource_of(path: VerifyPath<'_>) -> Result<(&str, &str, Option<&str>), ProxyError> {
+    match path {
+        VerifyPath {
+            resource_type: Some(resource_type),
+            id: Some(id),
+            version,
+        } => Ok((resource_type, id, version)),
+        _ => Err(ProxyError::Invalid(
+            "a GET $verify names a resource: [type]/[id]/$verify or [type]/[id]/_history/[vid]/$verify (POST a copy to [type]/$verify or $verify)".to_owned(),
+        )),
+    }
 }
 
 /// `/ledger/…`: `status`, `blocks/{height}`, `proofs/{type}/{id}/{version}`, `verify`.
@@ -177,20 +269,47 @@ pub(super) fn ledger_needs(path: &str) -> Needs {
     needs
 }
 
-/// The (type, id, version) a `$verify` names.
-pub(super) fn verify_target(interaction: &Interaction) -> Option<(&str, &str, Option<&str>)> {
-    match interaction {
-        Interaction::OperationInstance {
+/// What a `$verify` names, at any level; `None` for every other interaction.
+pub(super) fn verify_target(interaction: &Interaction) -> Option<VerifyPath<'_>> {
+    use Interaction as I;
+    let (path, name) = match interaction {
+        I::OperationSystem { name } => (VerifyPath::default(), name),
+        I::OperationType {
+            resource_type,
+            name,
+        } => (
+            VerifyPath {
+                resource_type: Some(resource_type),
+                ..VerifyPath::default()
+            },
+            name,
+        ),
+        I::OperationInstance {
             resource_type,
             id,
             name,
-        } if name == VERIFY => Some((resource_type, id, None)),
-        Interaction::OperationVersion {
+        } => (
+            VerifyPath {
+                resource_type: Some(resource_type),
+                id: Some(id),
+                version: None,
+            },
+            name,
+        ),
+        I::OperationVersion {
             resource_type,
             id,
             version,
             name,
-        } if name == VERIFY => Some((resource_type, id, Some(version))),
-        _ => None,
-    }
+        } => (
+            VerifyPath {
+                resource_type: Some(resource_type),
+                id: Some(id),
+                version: Some(version),
+            },
+            name,
+        ),
+        _ => return None,
+    };
+    (name == VERIFY).then_some(path)
 }

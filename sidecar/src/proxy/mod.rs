@@ -33,6 +33,7 @@ mod plan;
 mod recover;
 mod seal;
 mod unseal;
+mod verify_request;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -207,7 +208,12 @@ async fn proxy_routed(
     let access = access::record_access(deps, &ctx.interaction, &ctx.accessor)?;
     let result = async {
         if let Some(target) = ledger_api::verify_target(&ctx.interaction) {
-            return ledger_api::verify_operation(deps, &req, target, ctx.principal.audits).await;
+            let body = match planned.body {
+                plan::RequestBody::Verify(body) => Some(body),
+                _ => None,
+            };
+            let audits = ctx.principal.audits;
+            return ledger_api::verify_operation(deps, &req, target, body, audits).await;
         }
         let (req, pending) = match seal::seal_request(deps, req, planned.body, &mut ctx).await? {
             Sealed::Forward(req, pending) => (req, pending),

@@ -17,7 +17,7 @@ use serde_json::Value;
 
 use super::ctx::RequestCtx;
 use super::deps::Deps;
-use super::ledger_api::VERIFY;
+use super::verify_request::{VerifyRequest, VERIFY};
 use crate::body::{empty, ProxyBody};
 use crate::error::ProxyError;
 use crate::http_util::{collect_body, BodyFrom};
@@ -35,6 +35,8 @@ pub(crate) enum RequestBody {
     JsonPatch(Bytes),
     /// A `_search` form (`application/x-www-form-urlencoded`).
     Form(String),
+    /// A `POST $verify`'s `Parameters`: the member and the copy to compare.
+    Verify(VerifyRequest),
 }
 
 /// A request read and understood: its body, and what it needs.
@@ -71,6 +73,8 @@ enum Carries {
     Form,
     /// Passed through unread: only server-administration operations may send one.
     Parameters,
+    /// `$verify`'s `Parameters`, read whole (the sidecar answers it, nothing is forwarded).
+    Verify,
 }
 
 /// Reads and parses the request's body where the sidecar needs it, and works out what the
@@ -94,8 +98,7 @@ pub(super) async fn plan(
             }
             if has_body {
                 if let Some(name) = operation_name(interaction) {
-                    // `$verify` is the sidecar's own, never forwarded (and GET only).
-                    if name != VERIFY && !policy::is_admin_operation(&format!("${name}")) {
+                    if !policy::is_admin_operation(&format!("${name}")) {
                         return Err(ProxyError::NotSupported(format!(
                             "${name} is forwarded only without a body (use GET): parameters sent in a body would reach the upstream unsealed"
                         )));
@@ -105,12 +108,12 @@ pub(super) async fn plan(
             (body, RequestBody::Streamed)
         }
         Carries::Resource => {
-            let bytes = read_body(deps, body).await?;
-            let format = write_format(&parts.headers)?;
-            let value = tokio::task::spawn_blocking(move || parse_body(&bytes, format))
-                .await
-                .map_err(|e| ProxyError::Internal(e.to_string()))??;
+            let value = read_parsed(deps, body, &parts.headers, parse_body).await?;
             (empty(), RequestBody::Resource(value))
+        }
+        Carries::Verify => {
+            let request = read_parsed(deps, body, &parts.headers, parse_verify).await?;
+            (empty(), RequestBody::Verify(request))
         }
         Carries::JsonPatch => {
             let bytes = read_body(deps, body).await?;
@@ -228,6 +231,21 @@ pub(super) async fn read_body(deps: &Deps, body: ProxyBody) -> Result<Bytes, Pro
     .map_err(|_| ProxyError::BodyTimeout(limits.body_read_timeout.as_secs()))?
 }
 
+/// Reads a FHIR body whole (see [`read_body`]) and parses it with `parse` off the async
+/// workers, in the format its `Content-Type` names.
+async fn read_parsed<T: Send + 'static>(
+    deps: &Deps,
+    body: ProxyBody,
+    headers: &HeaderMap,
+    parse: fn(&[u8], Format) -> Result<T, ProxyError>,
+) -> Result<T, ProxyError> {
+    let bytes = read_body(deps, body).await?;
+    let format = write_format(headers)?;
+    tokio::task::spawn_blocking(move || parse(&bytes, format))
+        .await
+        .map_err(|e| ProxyError::Internal(e.to_string()))?
+}
+
 /// The one permission check of a request, after authentication and before anything is
 /// stored, forwarded or recorded: the principal's role must cover what the request needs.
 /// Identity searches are also held to the principal's rate.
@@ -328,7 +346,12 @@ fn carries(
         | Interaction::OperationVersion { .. }
             if method == Method::POST =>
         {
-            Carries::Parameters
+            // `$verify` is the sidecar's own: what it carries is read here, never forwarded.
+            match operation_name(interaction) {
+                Some(VERIFY) if has_body => Carries::Verify,
+                Some(VERIFY) => Carries::Nothing,
+                _ => Carries::Parameters,
+            }
         }
         _ => Carries::Nothing,
     })
@@ -374,6 +397,18 @@ fn write_format(headers: &HeaderMap) -> Result<Format, ProxyError> {
 /// async workers.
 fn parse_body(bytes: &[u8], format: Format) -> Result<Value, ProxyError> {
     fhir::parse_strict(bytes, format).map_err(parse_error)
+}
+
+/// A `POST $verify`'s body. The copy in a JSON body is kept exactly as sent (it is hashed as
+/// its writer's FHIR server returned it, not rewritten through the model); an XML body goes
+/// through the model to JSON. Blocking: call off the async workers.
+fn parse_verify(bytes: &[u8], format: Format) -> Result<VerifyRequest, ProxyError> {
+    let value = match format {
+        Format::Json => fhir::parse_lenient(bytes, format),
+        Format::Xml => fhir::parse_strict(bytes, format),
+    }
+    .map_err(parse_error)?;
+    Ok(VerifyRequest::from_parameters(value)?)
 }
 
 fn parse_error(error: fhir::ParseError) -> ProxyError {

@@ -1,14 +1,17 @@
 //! Two institutions, each a `fhirseal run` node in front of its own HAPI FHIR server, started
 //! by `deploy/local-consortium.sh`: the same person written at both has the same fingerprint
-//! at both (the consortium's link key keys both), the regulator revokes the second and its
-//! node refuses writes it could not anchor, and a restart of every node keeps membership, keys
-//! and vault.
+//! at both (the consortium's link key keys both); the second proves the first's write from its
+//! own copy of the shared chain (`$verify?institution=h1`) and compares a copy read from the
+//! first's HAPI with what was anchored (`POST $verify`); the regulator revokes the second and
+//! its node refuses writes it could not anchor, and a restart of every node keeps membership,
+//! keys and vault.
 //!
 //! The HAPI servers are the test run's (`FHIRSEAL_TEST_HAPI` for h1,
 //! `FHIRSEAL_TEST_HAPI_REFERENCE` for h2, as `deploy/test.sh` sets them); only pseudonymized
 //! resources with names of their own reach them. Without them the test prints `skipped: …`
 //! and passes.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -25,8 +28,11 @@ use crate::t30_script::{consortium_json, free_base, script, StopOnDrop};
 /// One member of `consortium.json`.
 pub struct Member {
     pub fhir: String,
+    /// The member's own FHIR server, behind its node.
+    pub upstream: String,
     pub config: String,
     pub clinician: String,
+    pub researcher: String,
     pub auditor: String,
 }
 
@@ -41,8 +47,10 @@ impl Member {
         let text = |v: &Value| v.as_str().unwrap().to_owned();
         Member {
             fhir: text(&member["fhir_base"]),
+            upstream: text(&member["upstream"]),
             config: text(&member["config"]),
             clinician: text(&member["api_keys"]["clinician"]),
+            researcher: text(&member["api_keys"]["researcher"]),
             auditor: text(&member["api_keys"]["auditor"]),
         }
     }
@@ -138,6 +146,173 @@ pub async fn fingerprint(member: &Member, id: &str) -> String {
     }
 }
 
+/// `$verify`'s parameters by name (values only, parts left out).
+fn parameters(body: &Value) -> BTreeMap<String, Value> {
+    assert_eq!(body["resourceType"], "Parameters", "{body}");
+    body["parameter"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| {
+            let value = p
+                .as_object()?
+                .iter()
+                .find(|(k, _)| k.starts_with("value"))?
+                .1;
+            Some((p["name"].as_str()?.to_owned(), value.clone()))
+        })
+        .collect()
+}
+
+/// `GET url` as `member`'s auditor, polled until it says anchored; its parameters and text.
+async fn anchored_at(member: &Member, url: &str) -> (BTreeMap<String, Value>, String) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, body) = send(Method::GET, url, &member.auditor, None).await;
+        assert_eq!(status, StatusCode::OK, "{url}: {body}");
+        let found = parameters(&body);
+        if found["anchored"] == true {
+            return (found, body.to_string());
+        }
+        assert!(Instant::now() < deadline, "{url}: never anchored: {body}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// `POST [at]/path` with `copy` as the resource that `institution` wrote; the parameters.
+async fn compare(
+    at: &Member,
+    path: &str,
+    institution: &str,
+    copy: &Value,
+) -> BTreeMap<String, Value> {
+    let body = json!({"resourceType": "Parameters", "parameter": [
+        {"name": "institution", "valueString": institution},
+        {"name": "resource", "resource": copy}
+    ]});
+    let url = format!("{}/{path}", at.fhir);
+    let (status, answer) = send(Method::POST, &url, &at.auditor, Some(&body)).await;
+    assert_eq!(status, StatusCode::OK, "{url}: {answer}");
+    parameters(&answer)
+}
+
+/// h2 proves a Patient written at h1 from its own copy of the chain, and compares a copy read
+/// from h1's HAPI with what h1 anchored; h1's resource is not h2's own.
+async fn proves_across(h1: &Member, h2: &Member, ssn: &str) {
+    // A client-assigned id no other test's resource has at either HAPI.
+    let id = unique("xinst-");
+    let mut patient = person(&unique("Crossperson"), ssn);
+    patient["id"] = json!(id);
+    patient["gender"] = json!("female");
+    let url = format!("{}/Patient/{id}", h1.fhir);
+    let (status, body) = send(Method::PUT, &url, &h1.clinician, Some(&patient)).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+
+    let (at_h2, text) = anchored_at(
+        h2,
+        &format!("{}/Patient/{id}/$verify?institution=h1", h2.fhir),
+    )
+    .await;
+    assert_eq!(at_h2["institution"], "h1", "{text}");
+    assert_eq!(
+        at_h2["resource"],
+        format!("Patient/{id}/_history/1"),
+        "{text}"
+    );
+    assert_eq!(at_h2["verified"], true, "{text}");
+    assert_eq!(at_h2["proofValid"], true, "{text}");
+    assert_eq!(at_h2["contentCompared"], false, "{text}");
+    assert!(
+        at_h2["note"].as_str().unwrap().contains("not compared"),
+        "{text}"
+    );
+    // h1's fingerprints are not h2's to show, even to h2's auditor.
+    assert!(
+        !text.contains("fingerprint") && !text.contains("\"proof\""),
+        "{text}"
+    );
+    // One chain: h1 proves its own write in the same block.
+    let (at_h1, text_1) =
+        anchored_at(h1, &format!("{}/Patient/{id}/_history/1/$verify", h1.fhir)).await;
+    assert_eq!(at_h1["verified"], true, "{text_1}");
+    assert!(text_1.contains("fingerprint"), "{text_1}");
+    for part in ["blockHeight", "blockHash", "anchoredHash"] {
+        assert_eq!(at_h1[part], at_h2[part], "{part}: {text_1} {text}");
+    }
+
+    // The copy h1's HAPI holds (pseudonymized), read directly: h2 finds it is what h1 anchored.
+    let stored = format!("{}/Patient/{id}", h1.upstream);
+    let (status, copy) = send(Method::GET, &stored, "", None).await;
+    assert_eq!(status, StatusCode::OK, "{stored}: {copy}");
+    assert_ne!(
+        copy["identifier"], patient["identifier"],
+        "HAPI holds no identity: {copy}"
+    );
+    let found = compare(h2, &format!("Patient/{id}/_history/1/$verify"), "h1", &copy).await;
+    assert_eq!(found["verified"], true, "{found:?}");
+    assert_eq!(found["suppliedMatches"], true, "{found:?}");
+    assert_eq!(found["anchoredHash"], at_h2["anchoredHash"], "{found:?}");
+    // What h1's node serves a role that does not see identity is that same copy.
+    let url_1 = format!("{}/Patient/{id}", h1.fhir);
+    let (status, served) = send(Method::GET, &url_1, &h1.researcher, None).await;
+    assert_eq!(status, StatusCode::OK, "{url_1}: {served}");
+    let found = compare(h2, "$verify", "h1", &served).await;
+    assert_eq!(found["verified"], true, "{found:?}");
+    // One clinical field changed: not what h1 anchored.
+    let mut changed = copy.clone();
+    changed["gender"] = json!("male");
+    let found = compare(h2, &format!("Patient/{id}/$verify"), "h1", &changed).await;
+    assert_eq!(found["anchored"], true, "{found:?}");
+    assert_eq!(found["verified"], false, "{found:?}");
+    assert_eq!(found["suppliedMatches"], false, "{found:?}");
+    assert!(
+        found["issue"].as_str().unwrap().contains("differs"),
+        "{found:?}"
+    );
+    // Said to be h2's, the copy is not anchored: h1's resource is not h2's.
+    let found = compare(h2, "$verify", "h2", &copy).await;
+    assert_eq!(found["anchored"], false, "{found:?}");
+    assert_eq!(found["verified"], false, "{found:?}");
+
+    // Without institution h2 verifies its own writes: h1's resource is not anchored by h2.
+    let own = format!("{}/Patient/{id}/$verify", h2.fhir);
+    let (status, body) = send(Method::GET, &own, &h2.auditor, None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    let text = body["issue"][0]["diagnostics"].as_str().unwrap_or_default();
+    assert!(text.contains("nor anchored by this institution"), "{body}");
+    // A member the consortium never had.
+    let (status, body) = send(
+        Method::GET,
+        &format!("{own}?institution=h9"),
+        &h2.auditor,
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+
+    // Updated at h1: without a version, h2 proves the latest h1 anchored.
+    patient["gender"] = json!("other");
+    let (status, body) = send(Method::PUT, &url, &h1.clinician, Some(&patient)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let latest = format!("{}/Patient/{id}/$verify?institution=h1", h2.fhir);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while anchored_at(h2, &latest).await.0["resource"] != format!("Patient/{id}/_history/2") {
+        assert!(
+            Instant::now() < deadline,
+            "{latest}: version 2 never anchored"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The first version's copy still verifies as that version (its meta.versionId names it).
+    let found = compare(h2, &format!("Patient/{id}/$verify"), "h1", &copy).await;
+    assert_eq!(
+        found["resource"],
+        format!("Patient/{id}/_history/1"),
+        "{found:?}"
+    );
+    assert_eq!(found["verified"], true, "{found:?}");
+}
+
 /// Polls a write at `member` until it is answered 503 and says `why`.
 async fn refuses_writes(member: &Member, person: &Value, why: &str) {
     let url = format!("{}/Patient", member.fhir);
@@ -224,6 +399,7 @@ fn two_institutions_link_one_person_and_a_revoked_one_stops_writing() {
         // Another person: another fingerprint.
         let other = write(&h2, &person(&unique("Otherperson"), &format!("{ssn}9"))).await;
         assert_ne!(fingerprint(&h2, &other).await, fp_2);
+        proves_across(&h1, &h2, &format!("{ssn}6")).await;
         (id_1, id_2, other)
     });
 

@@ -375,6 +375,82 @@ async fn sync_anchoring_acknowledges_after_the_block() {
     assert!(sidecar.ledger.proof(&ty, &id, &version).unwrap().is_some());
 }
 
+/// `$verify`'s parameters answering a POST of `copy` (as `Parameters.resource`) to `path`.
+async fn verify_copy(
+    base: &str,
+    path: &str,
+    copy: &Value,
+) -> std::collections::BTreeMap<String, Value> {
+    let body = json!({"resourceType": "Parameters", "parameter": [
+        {"name": "institution", "valueString": "local"},
+        {"name": "resource", "resource": copy}
+    ]});
+    let reply = post_json(&format!("{base}/{path}"), &body).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    parameters(&reply)
+}
+
+#[tokio::test]
+async fn verify_compares_a_posted_copy_with_what_was_anchored() {
+    let mut config = config(&hapi());
+    config.server.max_body_bytes = 8192;
+    let sidecar = start(config).await;
+    let base = sidecar.base.clone();
+    let created = post_json(&format!("{base}/Observation"), &observation(None, 64.0)).await;
+    assert_eq!(created.status, 201, "{}", created.text());
+    let (_, id, _) = written(&created);
+    common::anchored(&sidecar.ledger).await;
+    // The copy as HAPI holds it, read behind the sidecar.
+    let copy = get(&format!("{}/Observation/{id}", hapi())).await.json();
+    for path in [
+        format!("Observation/{id}/_history/1/$verify"),
+        format!("Observation/{id}/$verify"),
+        "Observation/$verify".to_owned(),
+        "$verify".to_owned(),
+    ] {
+        let found = verify_copy(&base, &path, &copy).await;
+        assert_eq!(found["verified"], true, "{path}: {found:?}");
+        assert_eq!(found["suppliedMatches"], true, "{path}");
+        assert_eq!(found["contentCompared"], true, "{path}");
+        assert_eq!(found["anchoredHash"], found["suppliedHash"], "{path}");
+        assert_eq!(found["resource"], format!("Observation/{id}/_history/1"));
+    }
+    // One clinical value changed: refused as not what was anchored.
+    let mut changed = copy.clone();
+    changed["valueQuantity"]["value"] = json!(65.0);
+    let found = verify_copy(&base, &format!("Observation/{id}/$verify"), &changed).await;
+    assert_eq!(found["verified"], false, "{found:?}");
+    assert_eq!(found["anchored"], true, "{found:?}");
+    assert_eq!(found["suppliedMatches"], false, "{found:?}");
+    assert_ne!(found["anchoredHash"], found["suppliedHash"]);
+    assert!(
+        found["issue"].as_str().unwrap().contains("differs"),
+        "{found:?}"
+    );
+    // The server's bookkeeping (meta.lastUpdated, meta.source) is not part of the hash.
+    let mut touched = copy.clone();
+    touched["meta"]["lastUpdated"] = json!("2001-01-01T00:00:00Z");
+    let found = verify_copy(&base, &format!("Observation/{id}/$verify"), &touched).await;
+    assert_eq!(found["verified"], true, "{found:?}");
+    // A version that is not anchored: anchored false, the copy's hash shown.
+    let found = verify_copy(&base, &format!("Observation/{id}/_history/7/$verify"), &{
+        let mut later = copy.clone();
+        later["meta"]["versionId"] = json!("7");
+        later
+    })
+    .await;
+    assert_eq!(found["anchored"], false, "{found:?}");
+    assert_eq!(found["verified"], false, "{found:?}");
+    // Bodies are held to the body limit.
+    let mut padded = copy.clone();
+    padded["note"] = json!([{"text": "x".repeat(10_000)}]);
+    let body = json!({"resourceType": "Parameters",
+        "parameter": [{"name": "resource", "resource": padded}]});
+    post_json(&format!("{base}/Observation/{id}/$verify"), &body)
+        .await
+        .assert_outcome(413);
+}
+
 #[tokio::test]
 async fn bad_verify_requests_get_outcomes() {
     let sidecar = start_in_front_of_hapi().await;
@@ -393,14 +469,48 @@ async fn bad_verify_requests_get_outcomes() {
     get(&format!("{base}/Observation/{id}/$verify?depth=3"))
         .await
         .assert_outcome(400);
+    // A POST carries a Parameters body naming the copy to compare.
+    let post = |path: String, body: &'static str| async move {
+        send(Method::POST, &format!("{base}/{path}"), &[FHIR_JSON], body).await
+    };
+    for (body, says) in [
+        ("", "carries a Parameters body"),
+        ("{}", "carries a Parameters resource"),
+        ("not json", "not a valid FHIR R4 JSON"),
+        (r#"{"resourceType":"Parameters"}"#, "has no 'resource'"),
+        (
+            r#"{"resourceType":"Parameters","parameter":[{"name":"depth","valueInteger":3}]}"#,
+            "no parameter 'depth'",
+        ),
+    ] {
+        let text = post(format!("Observation/{id}/$verify"), body)
+            .await
+            .assert_outcome(400);
+        assert!(text.contains(says), "{body}: {text}");
+    }
+    let copy = r#"{"resourceType":"Parameters","parameter":[{"name":"resource","resource":{"resourceType":"Patient","id":"p1"}}]}"#;
+    let text = post(format!("Observation/{id}/$verify"), copy)
+        .await
+        .assert_outcome(400);
+    assert!(text.contains("the type 'Observation'"), "{text}");
     send(
-        Method::POST,
+        Method::DELETE,
         &format!("{base}/Observation/{id}/$verify"),
-        &[FHIR_JSON],
-        "{}",
+        &[],
+        "",
     )
     .await
     .assert_outcome(405);
+    // A member the consortium never had, and a GET that names no resource.
+    let text = get(&format!(
+        "{base}/Observation/{id}/$verify?institution=nobody"
+    ))
+    .await
+    .assert_outcome(400);
+    assert!(text.contains("'nobody' is not a member"), "{text}");
+    get(&format!("{base}/Observation/$verify"))
+        .await
+        .assert_outcome(400);
     let ledger = sidecar.base.replace("/fhir", "/ledger");
     get(&format!("{ledger}/blocks/not-a-height"))
         .await
