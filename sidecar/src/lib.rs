@@ -18,6 +18,7 @@ pub mod keystore;
 pub mod ledger;
 pub mod ledger_tool;
 mod limits;
+pub mod listener;
 pub mod proxy;
 pub mod sealing;
 pub mod server;

@@ -27,9 +27,6 @@ use http::header::{self, HeaderValue};
 use http::StatusCode;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -45,6 +42,7 @@ use crate::consortium::{ConsortiumError, NodeStart, RunningNode};
 use crate::error::{outcome_response, ProxyError};
 use crate::keystore::Keystore;
 use crate::ledger::{NodeLedger, Opened};
+use crate::listener::{self, Connection, ListenerConfig};
 use crate::proxy::{ClientAddr, Proxy, REQUEST_ID};
 use crate::sealing::Sealing;
 use crate::tls::{self, TlsError};
@@ -52,9 +50,6 @@ use fhirseal_storage::NodeKeys;
 
 /// A client has this long to finish the TLS handshake.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// HTTP/2 connections are pinged when idle this long, and closed when a ping goes unanswered
-/// as long.
-const HTTP2_KEEP_ALIVE: Duration = Duration::from_secs(30);
 /// Open requests get this long to finish once shutdown begins.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -97,14 +92,10 @@ pub struct Sidecar {
     anchorer: Option<(JoinHandle<()>, watch::Sender<bool>)>,
     /// The ledger's task and its stop signal: stopped after the anchorer's last round.
     ledger: Option<(JoinHandle<()>, watch::Sender<bool>)>,
-    tls: Option<TlsAcceptor>,
-    header_read_timeout: Duration,
+    /// How the FHIR listener serves its connections.
+    serving: ListenerConfig,
     /// The upstream's answer time: unsettled writes older than twice it are resolved.
     upstream_timeout: Duration,
-    /// One permit per open client connection.
-    connections: Arc<tokio::sync::Semaphore>,
-    max_http2_streams: u32,
-    max_header_bytes: usize,
 }
 
 impl std::fmt::Debug for Sidecar {
@@ -112,7 +103,7 @@ impl std::fmt::Debug for Sidecar {
         f.debug_struct("Sidecar")
             .field("listener", &self.listener)
             .field("proxy", &self.proxy)
-            .field("tls", &self.tls.is_some())
+            .field("tls", &self.serving.tls.is_some())
             .finish()
     }
 }
@@ -150,6 +141,16 @@ impl Sidecar {
         let (stop, stopped) = watch::channel(false);
         let anchorer = tokio::spawn(opened.anchorer.run(stopped));
         let proxy = Proxy::new(config, tls.is_some(), sealing, opened.ledger, auth)?;
+        let serving = ListenerConfig {
+            tls,
+            handshake_timeout: TLS_HANDSHAKE_TIMEOUT,
+            http1: true,
+            max_connections: config.server.max_connections,
+            header_read_timeout: Duration::from_secs(config.server.header_read_timeout_secs),
+            max_http2_streams: config.server.max_http2_streams,
+            max_header_bytes: config.server.max_header_bytes,
+            drain_timeout: DRAIN_TIMEOUT,
+        };
         Ok(Sidecar {
             listener,
             proxy,
@@ -160,12 +161,8 @@ impl Sidecar {
             },
             anchorer: Some((anchorer, stop)),
             ledger: Some((ledger, stop_ledger)),
-            tls,
-            header_read_timeout: Duration::from_secs(config.server.header_read_timeout_secs),
+            serving,
             upstream_timeout: config.upstream.timeout(),
-            connections: Arc::new(tokio::sync::Semaphore::new(config.server.max_connections)),
-            max_http2_streams: config.server.max_http2_streams,
-            max_header_bytes: config.server.max_header_bytes,
         })
     }
 
@@ -189,7 +186,7 @@ impl Sidecar {
 
     /// Whether clients must speak TLS.
     pub fn is_tls(&self) -> bool {
-        self.tls.is_some()
+        self.serving.tls.is_some()
     }
 
     /// Where the node's governance listener (mutual TLS) is bound.
@@ -204,110 +201,26 @@ impl Sidecar {
 
     /// Serves until `shutdown` resolves, then drains open connections.
     pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
-        let graceful = GracefulShutdown::new();
-        tokio::pin!(shutdown);
         let resolver = tokio::spawn(resolve_intents(self.proxy.clone(), self.upstream_timeout));
-        loop {
-            // At the connection limit, accepting waits: further clients queue in the kernel's
-            // listen backlog instead of each costing a task.
-            let permit = tokio::select! {
-                permit = self.connections.clone().acquire_owned() => match permit {
-                    Ok(permit) => permit,
-                    Err(_) => break,
-                },
-                () = &mut shutdown => break,
-            };
-            let (stream, peer) = tokio::select! {
-                accepted = self.listener.accept() => match accepted {
-                    Ok(pair) => pair,
-                    // Per-connection failures (reset before accept, fd pressure) must not stop
-                    // the server; wait a moment so a persistent one does not spin.
-                    Err(error) if is_transient(&error) => {
-                        tracing::warn!(%error, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                    Err(error) => return Err(ServerError::Accept(error)),
-                },
-                () = &mut shutdown => break,
-            };
-            if let Err(error) = stream.set_nodelay(true) {
-                tracing::debug!(%peer, %error, "TCP_NODELAY not set");
-            }
-            let proxy = self.proxy.clone();
-            let gate = self.gate.clone();
-            let tls = self.tls.clone();
-            let header_read_timeout = self.header_read_timeout;
-            let (max_streams, max_header) = (self.max_http2_streams, self.max_header_bytes);
-            let watcher = graceful.watcher();
-            tokio::spawn(async move {
-                let _permit = permit;
-                let service = service_fn(move |mut req: hyper::Request<Incoming>| {
-                    req.extensions_mut().insert(ClientAddr(peer));
-                    let refused = gate.refuse(&req);
-                    let response = proxy.handle(req);
-                    async move {
-                        let response = match refused {
-                            Some(refused) => refused,
-                            None => response.await,
-                        };
-                        Ok::<_, std::convert::Infallible>(response)
-                    }
-                });
-                let mut builder = auto::Builder::new(TokioExecutor::new());
-                builder
-                    .http1()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(header_read_timeout)
-                    .max_buf_size(max_header);
-                builder
-                    .http2()
-                    .timer(TokioTimer::new())
-                    .max_concurrent_streams(max_streams)
-                    .max_header_list_size(u32::try_from(max_header).unwrap_or(u32::MAX))
-                    .keep_alive_interval(Some(HTTP2_KEEP_ALIVE))
-                    .keep_alive_timeout(HTTP2_KEEP_ALIVE);
-                let result = match tls {
-                    Some(acceptor) => {
-                        match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream))
-                            .await
-                        {
-                            Ok(Ok(tls_stream)) => {
-                                let conn = builder
-                                    .serve_connection(TokioIo::new(tls_stream), service)
-                                    .into_owned();
-                                watcher.watch(conn).await
-                            }
-                            Ok(Err(error)) => {
-                                tracing::debug!(%peer, %error, "TLS handshake failed");
-                                return;
-                            }
-                            Err(_) => {
-                                tracing::debug!(%peer, "TLS handshake timed out");
-                                return;
-                            }
-                        }
-                    }
-                    None => {
-                        let conn = builder
-                            .serve_connection(TokioIo::new(stream), service)
-                            .into_owned();
-                        watcher.watch(conn).await
-                    }
-                };
-                if let Err(error) = result {
-                    tracing::debug!(%peer, %error, "connection ended with an error");
+        let (proxy, gate) = (self.proxy.clone(), self.gate.clone());
+        let make = move |connection: &Connection| {
+            let (proxy, gate, peer) = (proxy.clone(), gate.clone(), connection.remote);
+            service_fn(move |mut req: hyper::Request<Incoming>| {
+                req.extensions_mut().insert(ClientAddr(peer));
+                let refused = gate.refuse(&req);
+                let response = proxy.handle(req);
+                async move {
+                    let response = match refused {
+                        Some(refused) => refused,
+                        None => response.await,
+                    };
+                    Ok::<_, std::convert::Infallible>(response)
                 }
-            });
-        }
-        drop(self.listener);
+            })
+        };
+        let served = listener::serve(self.listener, self.serving, make, shutdown).await;
         resolver.abort();
-        if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
-            .await
-            .is_err()
-        {
-            tracing::warn!("open connections did not finish in time and were dropped");
-        }
+        served.map_err(ServerError::Accept)?;
         if let Some((anchorer, stop)) = self.anchorer {
             stop.send_replace(true);
             if tokio::time::timeout(DRAIN_TIMEOUT, anchorer).await.is_err() {
@@ -547,13 +460,3 @@ async fn resolve_intents(proxy: Proxy, upstream_timeout: Duration) {
 
 /// How often unsettled writes are looked at again.
 const INTENT_ROUND: Duration = Duration::from_secs(60);
-
-fn is_transient(error: &std::io::Error) -> bool {
-    use std::io::ErrorKind::*;
-    matches!(
-        error.kind(),
-        ConnectionAborted | ConnectionReset | Interrupted | WouldBlock
-    ) || error
-        .raw_os_error()
-        .is_some_and(|code| code == 24 || code == 23) // EMFILE, ENFILE
-}

@@ -53,7 +53,6 @@ use fhirseal_storage::SecretKey;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use openraft::error::Fatal;
 use openraft::raft::{AppendEntriesRequest, SnapshotResponse, VoteRequest};
 use openraft::{Snapshot, Vote};
@@ -78,9 +77,19 @@ use crate::consortium::transport::{
 use crate::consortium::trust::{key_fingerprint, server_config, Identity, Peer, Trust};
 use crate::consortium::window::wall_clock;
 use crate::ledger::routes::{is_ledger_route, LedgerPort};
+use crate::listener::{self, Connection, ListenerConfig};
 
 /// Largest API or join request body.
 const MAX_REQUEST_BYTES: usize = 1 << 20;
+/// A peer has this long to finish the TLS handshake (and open connections this long to finish
+/// once the listener stops).
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Connections the governance listener (or the join desk) serves at once.
+const MAX_CONNECTIONS: usize = 256;
+/// Streams one peer's HTTP/2 connection may have open at once.
+const MAX_STREAMS: u32 = 256;
+/// The most header bytes a peer's request may carry.
+const MAX_HEADER_BYTES: usize = 64 * 1024;
 /// How often the leader's duties and the key watcher run.
 const DUTY_INTERVAL: Duration = Duration::from_millis(200);
 /// How long a node keeps the certificate and key a rotation replaced, to present to peers that
@@ -399,53 +408,37 @@ fn desk_server_config(identity: &Identity) -> Result<rustls::ServerConfig> {
     Ok(config)
 }
 
+/// Serves the consortium's API (`mutual`: members only, by certificate) or the join desk on
+/// `listener`, through the node's one accept loop ([`crate::listener`]): HTTP/2 over TLS.
 async fn serve(listener: TcpListener, acceptor: TlsAcceptor, shared: Arc<Shared>, mutual: bool) {
-    loop {
-        let (tcp, remote) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(error) => {
-                tracing::warn!(%error, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let acceptor = acceptor.clone();
+    let config = ListenerConfig {
+        tls: Some(acceptor),
+        handshake_timeout: HANDSHAKE_TIMEOUT,
+        http1: false,
+        max_connections: MAX_CONNECTIONS,
+        header_read_timeout: HANDSHAKE_TIMEOUT,
+        max_http2_streams: MAX_STREAMS,
+        max_header_bytes: MAX_HEADER_BYTES,
+        drain_timeout: HANDSHAKE_TIMEOUT,
+    };
+    let make = move |connection: &Connection| {
         let shared = Arc::clone(&shared);
-        tokio::spawn(async move {
-            let tls = match tokio::time::timeout(Duration::from_secs(5), acceptor.accept(tcp)).await
-            {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(error)) => {
-                    // An unknown or revoked certificate ends here.
-                    tracing::info!(%remote, %error, "connection refused");
-                    return;
-                }
-                Err(_) => return,
-            };
-            let peer_fp = tls
-                .get_ref()
-                .1
-                .peer_certificates()
-                .and_then(|c| c.first())
-                .map(fingerprint);
-            let service = hyper::service::service_fn(move |req| {
-                let shared = Arc::clone(&shared);
-                async move {
-                    let response = if mutual {
-                        api_request(&shared, peer_fp, req).await
-                    } else {
-                        desk_request(&shared, req).await
-                    };
-                    Ok::<_, std::convert::Infallible>(response)
-                }
-            });
-            let served = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(tls), service)
-                .await;
-            if let Err(error) = served {
-                tracing::debug!(%remote, %error, "connection ended");
+        let peer_fp = connection.peer_certificate.as_ref().map(fingerprint);
+        hyper::service::service_fn(move |req| {
+            let shared = Arc::clone(&shared);
+            async move {
+                let response = if mutual {
+                    api_request(&shared, peer_fp, req).await
+                } else {
+                    desk_request(&shared, req).await
+                };
+                Ok::<_, std::convert::Infallible>(response)
             }
-        });
+        })
+    };
+    // The task is aborted when the node stops.
+    if let Err(error) = listener::serve(listener, config, make, std::future::pending()).await {
+        tracing::error!(%error, "the consortium listener stopped accepting");
     }
 }
 
