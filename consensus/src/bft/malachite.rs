@@ -35,11 +35,13 @@ use ed25519_dalek::{Signature, Signer as _, SigningKey, VerifyingKey};
 use mc::Resumable as _;
 use mt::{NilOrVal, SignedMessage, ValidatorSet as _};
 
-use super::{
-    proposal_bytes, tally, verifies, vote_bytes, BftEngine, CertSignature, CommitCertificate,
-    ConsensusMessage, EngineConfig, EngineEffect, EngineError, EngineInput, Evidence, Millis,
-    PolkaCert, Proposal, ProposedBlock, Round, RoundCert, RoundCertKind, RoundSignature,
-    TallyFault, Timer, Vote, VoteKind, WalEntry, MAX_ROUND,
+use super::engine::{
+    BftEngine, EngineConfig, EngineEffect, EngineError, EngineInput, Millis, MAX_ROUND,
+};
+use super::messages::{
+    proposal_bytes, tally, verifies, vote_bytes, CertSignature, CommitCertificate,
+    ConsensusMessage, Evidence, PolkaCert, Proposal, ProposedBlock, Round, RoundCert,
+    RoundCertKind, RoundSignature, TallyFault, Timer, Vote, VoteKind, WalEntry,
 };
 use crate::hash::Hash256;
 use crate::keys::{DelegateSet, PublicKey};

@@ -3,10 +3,14 @@
 
 use std::collections::VecDeque;
 
+use ed25519_dalek::{Signature, SigningKey, VerifyingKey};
 use proptest::prelude::*;
 
 use super::*;
-use crate::hash::tagged;
+use crate::codec::{self, DecodeError};
+use crate::error::{Error, Result};
+use crate::hash::{tag, tagged, Hash256};
+use crate::keys::{DelegateSet, PublicKey};
 
 const CHAIN: Hash256 = Hash256([7; 32]);
 

@@ -2,6 +2,8 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
+use ed25519_dalek::SigningKey;
+
 use crate::bft::{
     BftEngine, ConsensusMessage, EngineConfig, EngineEffect, EngineError, EngineInput, Evidence,
     Millis, Round, Timer, WalEntry,
@@ -10,12 +12,11 @@ use crate::block::{Block, BlockHeader, FinalizedBlock};
 use crate::error::{Error, Result};
 use crate::hash::Hash256;
 use crate::keys::{DelegateSet, PublicKey};
+use crate::ledger::context::{LedgerContext, RosterUse, Submitted};
 use crate::ledger::wal::{Log, LogRecord};
-use crate::ledger::{LedgerContext, RosterUse, Submitted};
 use crate::producer::{BlockLimits, BlockProducer, Mempool};
 use crate::tx::{Timestamp, Transaction};
 use crate::validate::{validate_block, validate_finalized_block, validate_transaction};
-use crate::SigningKey;
 
 /// Each submitted transaction's answer.
 pub type Answers = Vec<Result<Submitted>>;

@@ -15,7 +15,7 @@ use openraft::{
 use crate::codec::{self, DecodeError, Reader, Writer};
 use crate::governance::limits;
 use crate::raft::request::GovernanceRequest;
-use crate::raft::{NodeId, TypeConfig};
+use crate::raft::types::{NodeId, TypeConfig};
 
 /// Most voter sets in a membership (two during a joint change) and most nodes in one.
 const MAX_CONFIGS: usize = 2;

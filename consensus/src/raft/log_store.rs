@@ -31,7 +31,7 @@ use openraft::{
 
 use crate::codec::DecodeError;
 use crate::raft::codec;
-use crate::raft::{NodeId, TypeConfig};
+use crate::raft::types::{NodeId, TypeConfig};
 
 const VOTE: &str = "vote";
 const COMMITTED: &str = "committed";

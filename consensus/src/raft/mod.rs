@@ -17,12 +17,23 @@
 //! lives there), and applies the pure rules of [`rpc_rules`] (who may send which RPC) and
 //! [`SnapshotData::verify`] before an RPC reaches openraft.
 //! A consortium of one needs none: [`SoloNetwork`].
+//!
+//! - `types.rs`: openraft's type configuration ([`TypeConfig`]), [`NodeId`] and [`Raft`].
+//! - `request.rs`: what the log carries ([`GovernanceRequest`]) and what applying it answers
+//!   ([`GovernanceResponse`]).
+//! - `codec.rs`: openraft's records (log ids, votes, memberships, entries, snapshot metadata) in
+//!   the ledger's encoding, as kept on disk.
+//! - [`log_store`]: the Raft log on sled ([`LogStore`]).
+//! - `snapshot.rs`: what a snapshot carries ([`SnapshotData`]) and how a receiver checks it.
+//! - [`state_machine`]: the state machine on sled ([`StateMachine`]) and its read view
+//!   ([`GovernanceView`]).
+//! - `node.rs`: one governance node ([`GovernanceNode`]) and the calls the sidecar makes on it.
+//! - [`rpc_rules`]: who may send a node which Raft RPC.
+//! - `solo.rs`: the network of a consortium of one ([`SoloNetwork`]).
 
 // openraft's traits fix the error type to its `StorageError` (over 200 bytes); boxing it in our
 // helpers would only add a conversion at every trait method. Errors here are rare and fatal.
 #![allow(clippy::result_large_err)]
-
-use std::io::Cursor;
 
 pub(crate) mod codec;
 pub mod log_store;
@@ -32,6 +43,7 @@ pub mod rpc_rules;
 mod snapshot;
 mod solo;
 pub mod state_machine;
+mod types;
 
 pub use log_store::LogStore;
 pub use node::{GovernanceNode, NodeError};
@@ -41,21 +53,4 @@ pub use rpc_rules::{authorize, RaftRpc, Receiver, RpcRefusal};
 pub use snapshot::{History, SnapshotData, SnapshotRefusal, Verified};
 pub use solo::{NoPeer, NoTransport, SoloNetwork};
 pub use state_machine::{GovernanceView, StateMachine};
-
-/// A Raft node's id: the `node_id` of the member that runs it.
-pub type NodeId = u64;
-
-openraft::declare_raft_types!(
-    /// openraft's types for the governance layer.
-    pub TypeConfig:
-        D = GovernanceRequest,
-        R = GovernanceResponse,
-        NodeId = NodeId,
-        Node = BasicNode,
-        Entry = openraft::Entry<TypeConfig>,
-        SnapshotData = Cursor<Vec<u8>>,
-        AsyncRuntime = openraft::TokioRuntime,
-);
-
-/// The openraft handle of a governance node.
-pub type Raft = openraft::Raft<TypeConfig>;
+pub use types::{NodeId, Raft, TypeConfig};

@@ -15,7 +15,7 @@ use crate::raft::log_store::LogStore;
 use crate::raft::request::{GovernanceRequest, GovernanceResponse, Unencodable};
 use crate::raft::rpc_rules::Receiver;
 use crate::raft::state_machine::{GovernanceView, StateMachine};
-use crate::raft::{NodeId, Raft, TypeConfig};
+use crate::raft::types::{NodeId, Raft, TypeConfig};
 use crate::tx::Timestamp;
 
 /// What can go wrong running a governance node.

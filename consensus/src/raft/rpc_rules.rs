@@ -22,7 +22,7 @@ use std::collections::BTreeSet;
 
 use openraft::Vote;
 
-use crate::raft::NodeId;
+use crate::raft::types::NodeId;
 
 /// A Raft RPC.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

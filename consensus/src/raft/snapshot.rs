@@ -149,13 +149,14 @@ impl Wire for SnapshotData {
 
 #[cfg(test)]
 mod tests {
+    use ed25519_dalek::SigningKey;
+
     use super::*;
     use crate::governance::tests::{
         admit_command, at, hospital, party, regulator, sign, REGULATOR,
     };
     use crate::governance::{Command, MemberKind, RaftRole};
     use crate::tx::Timestamp;
-    use crate::SigningKey;
 
     /// `signed`, applied at `ms`.
     fn request(signed: crate::governance::SignedCommand, ms: u64) -> Arc<GovernanceRequest> {

@@ -13,7 +13,7 @@ use openraft::raft::{
 };
 use openraft::{BasicNode, RaftNetwork, RaftNetworkFactory};
 
-use crate::raft::{NodeId, TypeConfig};
+use crate::raft::types::{NodeId, TypeConfig};
 
 /// A network with no peers, for a single-node consortium.
 #[derive(Debug, Clone, Copy, Default)]

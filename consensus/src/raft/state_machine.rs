@@ -33,7 +33,7 @@ use crate::governance::GovernanceState;
 use crate::raft::codec;
 use crate::raft::request::{GovernanceRequest, GovernanceResponse};
 use crate::raft::snapshot::{History, SnapshotData, SnapshotRefusal, Verified};
-use crate::raft::{NodeId, TypeConfig};
+use crate::raft::types::{NodeId, TypeConfig};
 
 const APPLIED: &str = "applied";
 const SNAPSHOT: &str = "snapshot";
