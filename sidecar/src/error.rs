@@ -1,5 +1,9 @@
-//! The sidecar's errors, tagged by the side that failed, and the one place where they become
-//! FHIR `OperationOutcome` responses.
+//! The sidecar's errors, tagged by the side that failed, and the one place where errors become
+//! responses: FHIR `OperationOutcome`s on the FHIR listener ([`ProxyError::into_response`],
+//! [`outcome_response`]), and JSON bodies (`{"error": …}`) on the node-to-node APIs — the
+//! consortium's governance API, the ledger's routes and the join desk ([`json_response`],
+//! [`json_error`]). Each error type says its own status (`ProxyError::status`,
+//! `DeskError::status`, …); the bodies are made here only.
 
 use bytes::Bytes;
 use fhirseal_adapters::{Format, IssueType, OperationOutcome, RouteError};
@@ -317,4 +321,29 @@ mod tests {
         let outcome = ProxyError::Internal("secret path /keys/private.pem".into()).outcome();
         assert!(!outcome.diagnostics.contains("private.pem"));
     }
+}
+
+/// The body of the node-to-node APIs' responses.
+pub type JsonBody = http_body_util::Full<Bytes>;
+
+/// A JSON response of the node-to-node APIs.
+pub fn json_response<T: serde::Serialize>(status: StatusCode, value: &T) -> Response<JsonBody> {
+    let body = serde_json::to_vec(value).unwrap_or_default();
+    let mut response = Response::new(http_body_util::Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+/// The body of a node-to-node API's error: `{"error": message}`.
+pub fn json_error_body(message: &str) -> Bytes {
+    Bytes::from(serde_json::json!({ "error": message }).to_string())
+}
+
+/// A node-to-node API's error response.
+pub fn json_error(status: StatusCode, message: impl Into<String>) -> Response<JsonBody> {
+    json_response(status, &serde_json::json!({ "error": message.into() }))
 }

@@ -77,6 +77,7 @@ use crate::consortium::transport::{
 use crate::consortium::trust::{key_fingerprint, server_config, Identity, Peer, Trust};
 use crate::consortium::window::wall_clock;
 use crate::ledger::routes::{is_ledger_route, LedgerPort};
+use crate::error::{json_error, json_response};
 use crate::listener::{self, Connection, ListenerConfig};
 
 /// Largest API or join request body.
@@ -442,28 +443,13 @@ async fn serve(listener: TcpListener, acceptor: TlsAcceptor, shared: Arc<Shared>
     }
 }
 
-fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<Body> {
-    let body = serde_json::to_vec(value).unwrap_or_default();
-    let mut response = Response::new(Full::new(Bytes::from(body)));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("application/json"),
-    );
-    response
-}
-
-fn error(status: StatusCode, message: impl Into<String>) -> Response<Body> {
-    json(status, &serde_json::json!({ "error": message.into() }))
-}
-
 async fn read_body(
     req: Request<Incoming>,
     limit: usize,
 ) -> std::result::Result<Bytes, Response<Body>> {
     match Limited::new(req.into_body(), limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) => Err(error(
+        Err(e) => Err(json_error(
             StatusCode::PAYLOAD_TOO_LARGE,
             format!("request body: {e}"),
         )),
@@ -479,7 +465,7 @@ async fn api_request(
     let Some(peer) = peer_fp.and_then(|fp| shared.trust.peer(&fp)) else {
         // Marked, so that the client knows nothing was done and may send the request again
         // over a new connection presenting another of its certificates.
-        let mut refused = error(
+        let mut refused = json_error(
             StatusCode::FORBIDDEN,
             "the certificate is not an active member's",
         );
@@ -525,17 +511,17 @@ async fn api_request(
             };
             submit(shared, body, forwarded).await
         }
-        (Method::GET, "/consortium/status") => json(StatusCode::OK, &node_status(shared)),
+        (Method::GET, "/consortium/status") => json_response(StatusCode::OK, &node_status(shared)),
         // A member's node asks whether its certificate is still taken (the handshake and the
         // check above answered that already).
-        (Method::GET, "/consortium/ping") => json(StatusCode::OK, &serde_json::json!({})),
-        (Method::GET, p) if p.starts_with("/consortium/joins") && !own => error(
+        (Method::GET, "/consortium/ping") => json_response(StatusCode::OK, &serde_json::json!({})),
+        (Method::GET, p) if p.starts_with("/consortium/joins") && !own => json_error(
             StatusCode::FORBIDDEN,
             "only this node's own member reads its pending join requests",
         ),
         (Method::GET, "/consortium/joins") => match shared.desk.pending() {
-            Ok(pending) => json(StatusCode::OK, &pending),
-            Err(e) => error(e.status(), e.to_string()),
+            Ok(pending) => json_response(StatusCode::OK, &pending),
+            Err(e) => json_error(e.status(), e.to_string()),
         },
         (Method::GET, p) if p.starts_with("/consortium/joins/") => {
             let id = &p["/consortium/joins/".len()..];
@@ -548,11 +534,11 @@ async fn api_request(
                     );
                     response
                 }
-                Ok(None) => error(
+                Ok(None) => json_error(
                     StatusCode::NOT_FOUND,
                     format!("no pending join request from {id:?}"),
                 ),
-                Err(e) => error(e.status(), e.to_string()),
+                Err(e) => json_error(e.status(), e.to_string()),
             }
         }
         (Method::POST, "/consortium/invites") => {
@@ -564,7 +550,7 @@ async fn api_request(
         }
         (method, p) if is_ledger_route(p) => {
             let Some(port) = shared.ledger.get() else {
-                return error(
+                return json_error(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "the ledger is not open yet",
                 );
@@ -600,8 +586,8 @@ async fn api_request(
             | "/consortium/ping"
             | "/consortium/joins"
             | "/consortium/invites",
-        ) => error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
-        _ => error(StatusCode::NOT_FOUND, format!("no route {path}")),
+        ) => json_error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
+        _ => json_error(StatusCode::NOT_FOUND, format!("no route {path}")),
     }
 }
 
@@ -620,7 +606,7 @@ fn authorize_rpc(
 /// The 403 of a Raft RPC refused before it reached openraft: nothing was done.
 fn refused(peer: &Peer, refusal: &dyn std::fmt::Display) -> Response<Body> {
     tracing::warn!(peer = %peer.member, node = peer.node_id, %refusal, "raft rpc refused");
-    error(StatusCode::FORBIDDEN, format!("refused: {refusal}"))
+    json_error(StatusCode::FORBIDDEN, format!("refused: {refusal}"))
 }
 
 /// A Raft RPC's JSON body (up to [`MAX_ANSWER_BYTES`]: a snapshot is the largest), or the
@@ -631,7 +617,7 @@ async fn read_json<T: serde::de::DeserializeOwned>(
 ) -> std::result::Result<T, Response<Body>> {
     let body = read_body(req, MAX_ANSWER_BYTES).await?;
     serde_json::from_slice(&body)
-        .map_err(|e| error(StatusCode::BAD_REQUEST, format!("{what}: {e}")))
+        .map_err(|e| json_error(StatusCode::BAD_REQUEST, format!("{what}: {e}")))
 }
 
 /// One Raft RPC: the JSON request in, checked ([`authorize_rpc`]), openraft's JSON answer out.
@@ -656,7 +642,7 @@ where
     if let Err(refusal) = authorize_rpc(shared, peer, rpc, &vote(&request)) {
         return refused(peer, &refusal);
     }
-    json(StatusCode::OK, &call(request).await)
+    json_response(StatusCode::OK, &call(request).await)
 }
 
 /// A whole snapshot: checked ([`authorize_rpc`], then its history against this node's, off the
@@ -673,7 +659,7 @@ async fn install_snapshot(shared: &Shared, peer: &Peer, req: Request<Incoming>) 
     }
     let data = match rpc.data() {
         Ok(data) => data,
-        Err(e) => return error(StatusCode::BAD_REQUEST, format!("snapshot data: {e}")),
+        Err(e) => return json_error(StatusCode::BAD_REQUEST, format!("snapshot data: {e}")),
     };
     let view = shared.node.state().clone();
     let checked =
@@ -683,10 +669,10 @@ async fn install_snapshot(shared: &Shared, peer: &Peer, req: Request<Incoming>) 
         Ok(Ok((Verified::Behind, _))) => {
             let answer: std::result::Result<_, Fatal<NodeId>> =
                 Ok(SnapshotResponse::new(shared.node.vote()));
-            return json(StatusCode::OK, &answer);
+            return json_response(StatusCode::OK, &answer);
         }
         Ok(Err(refusal)) => return refused(peer, &refusal),
-        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(e) => return json_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     };
     let last_log_id = rpc.meta.last_log_id;
     let snapshot = Snapshot {
@@ -705,7 +691,7 @@ async fn install_snapshot(shared: &Shared, peer: &Peer, req: Request<Incoming>) 
             "snapshot verified and handed to raft"
         );
     }
-    json(StatusCode::OK, &installed)
+    json_response(StatusCode::OK, &installed)
 }
 
 /// Keeps an invite for the regulator's CLI (its node runs the join desk).
@@ -715,17 +701,17 @@ fn invite(shared: &Shared, own: bool, body: &[u8]) -> Response<Body> {
         .state()
         .read(|s| s.regulator().map(|m| m.id().to_owned()));
     if !own || !shared.runs_desk || regulator != Some(shared.membership.member.clone()) {
-        return error(
+        return json_error(
             StatusCode::FORBIDDEN,
             "only the regulator's own CLI issues invites, at the node that runs the join desk",
         );
     }
     let request: InviteRequest = match serde_json::from_slice(body) {
         Ok(r) => r,
-        Err(e) => return error(StatusCode::BAD_REQUEST, format!("invite: {e}")),
+        Err(e) => return json_error(StatusCode::BAD_REQUEST, format!("invite: {e}")),
     };
     let Some(hash) = parse_fingerprint(&request.token_sha256) else {
-        return error(
+        return json_error(
             StatusCode::BAD_REQUEST,
             "invite: token_sha256 is not 64 hex digits",
         );
@@ -745,9 +731,9 @@ fn invite(shared: &Shared, own: bool, body: &[u8]) -> Response<Body> {
                 "member": invite.member,
                 "expires_at": invite.expires_at,
             });
-            json(StatusCode::CREATED, &kept)
+            json_response(StatusCode::CREATED, &kept)
         }
-        Err(e) => error(e.status(), e.to_string()),
+        Err(e) => json_error(e.status(), e.to_string()),
     }
 }
 
@@ -771,7 +757,7 @@ async fn submit(shared: &Shared, body: Bytes, forwarded: bool) -> Response<Body>
     let command = match SignedCommand::from_bytes(&body) {
         Ok(c) => c,
         Err(e) => {
-            return error(
+            return json_error(
                 StatusCode::BAD_REQUEST,
                 format!("not a signed governance command: {e}"),
             )
@@ -785,23 +771,23 @@ async fn submit(shared: &Shared, body: Bytes, forwarded: bool) -> Response<Body>
             } else {
                 StatusCode::OK
             };
-            json(status, &answer)
+            json_response(status, &answer)
         }
-        Err(NodeError::Unencodable(e)) => error(StatusCode::BAD_REQUEST, e.to_string()),
+        Err(NodeError::Unencodable(e)) => json_error(StatusCode::BAD_REQUEST, e.to_string()),
         Err(NodeError::ForwardToLeader {
             leader_id: Some(leader),
             leader_address: Some(address),
         }) if !forwarded && leader != shared.membership.node_id => {
             forward(shared, leader, address, body).await
         }
-        Err(e @ NodeError::ForwardToLeader { .. }) => error(
+        Err(e @ NodeError::ForwardToLeader { .. }) => json_error(
             StatusCode::SERVICE_UNAVAILABLE,
             format!("no leader to take the command now ({e}); retry"),
         ),
-        Err(e) if e.is_retryable() => error(StatusCode::SERVICE_UNAVAILABLE, format!("{e}; retry")),
+        Err(e) if e.is_retryable() => json_error(StatusCode::SERVICE_UNAVAILABLE, format!("{e}; retry")),
         Err(e) => {
             tracing::error!(error = %e, "submission failed");
-            error(
+            json_error(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "the node failed to replicate the command",
             )
@@ -821,11 +807,11 @@ async fn forward(shared: &Shared, leader: NodeId, address: String, body: Bytes) 
             Ok(channel) => {
                 leaders.insert(leader, channel);
             }
-            Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+            Err(e) => return json_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
         }
     }
     let Some(channel) = leaders.get_mut(&leader) else {
-        return error(
+        return json_error(
             StatusCode::INTERNAL_SERVER_ERROR,
             "no channel to the leader",
         );
@@ -850,7 +836,7 @@ async fn forward(shared: &Shared, leader: NodeId, address: String, body: Bytes) 
             );
             response
         }
-        Err(e) => error(
+        Err(e) => json_error(
             StatusCode::BAD_GATEWAY,
             format!("forwarding to the leader: {e}"),
         ),
@@ -865,8 +851,8 @@ async fn desk_request(shared: &Shared, req: Request<Incoming>) -> Response<Body>
             .state()
             .read(|s| s.consortium().map(str::to_owned))
         {
-            Some(consortium) => json(StatusCode::OK, &DeskInfo { consortium }),
-            None => error(
+            Some(consortium) => json_response(StatusCode::OK, &DeskInfo { consortium }),
+            None => json_error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "the consortium has no genesis yet; retry",
             ),
@@ -886,15 +872,15 @@ async fn desk_request(shared: &Shared, req: Request<Incoming>) -> Response<Body>
                     .desk
                     .receive(shared.node.state(), &body, token.as_deref(), wall_clock());
             match received {
-                Ok(answer) => json(StatusCode::ACCEPTED, &answer),
+                Ok(answer) => json_response(StatusCode::ACCEPTED, &answer),
                 Err(e) => {
                     tracing::info!(error = %e, "join request refused");
-                    error(e.status(), e.to_string())
+                    json_error(e.status(), e.to_string())
                 }
             }
         }
-        (_, "/join") => error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
-        _ => error(StatusCode::NOT_FOUND, format!("no route {path}")),
+        (_, "/join") => json_error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
+        _ => json_error(StatusCode::NOT_FOUND, format!("no route {path}")),
     }
 }
 

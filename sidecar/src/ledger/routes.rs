@@ -51,7 +51,7 @@ impl Answer {
         Self {
             status,
             json: true,
-            body: Bytes::from(serde_json::json!({ "error": message }).to_string()),
+            body: crate::error::json_error_body(message),
         }
     }
 }
