@@ -112,6 +112,7 @@ fn throughput(runtime: &tokio::runtime::Runtime, n: usize) {
         vault.outbox().clone(),
         view,
         None,
+        fhirseal_sidecar::clock::system(),
     )
     .unwrap();
     let (ledger, anchorer, ledger_task) = (opened.ledger, opened.anchorer, opened.runtime);

@@ -10,6 +10,7 @@
 pub mod audit;
 pub mod auth;
 pub mod body;
+pub mod clock;
 pub mod config;
 pub mod consortium;
 pub mod error;

@@ -403,6 +403,7 @@ async fn open_parts(
             sealing.vault().outbox().clone(),
             view,
             network,
+            crate::clock::system(),
         )?;
         Ok((sealing, opened))
     })
@@ -447,14 +448,15 @@ pub(crate) async fn open_node(config: &Config) -> Result<(Arc<Sealing>, Opened),
 /// minute, those older than twice the upstream's timeout (an exchange that failed without an
 /// answer). A write in flight is never touched.
 async fn resolve_intents(proxy: Proxy, upstream_timeout: Duration) {
-    let mut cutoff = crate::ledger::now_ms();
+    let clock = proxy.clock();
+    let mut cutoff = clock.now_ms();
     loop {
         if let Err(error) = proxy.resolve_intents(cutoff).await {
             tracing::warn!(error = %error.log_text(), "unsettled writes not resolved yet; retrying");
         }
         tokio::time::sleep(INTENT_ROUND).await;
         let margin = u64::try_from((upstream_timeout * 2).as_millis()).unwrap_or(u64::MAX);
-        cutoff = crate::ledger::now_ms().saturating_sub(margin);
+        cutoff = clock.now_ms().saturating_sub(margin);
     }
 }
 

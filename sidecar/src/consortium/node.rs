@@ -76,8 +76,8 @@ use crate::consortium::transport::{
 };
 use crate::consortium::trust::{key_fingerprint, server_config, Identity, Peer, Trust};
 use crate::consortium::window::wall_clock;
-use crate::ledger::routes::{is_ledger_route, LedgerPort};
 use crate::error::{json_error, json_response};
+use crate::ledger::routes::{is_ledger_route, LedgerPort};
 use crate::listener::{self, Connection, ListenerConfig};
 
 /// Largest API or join request body.
@@ -784,7 +784,9 @@ async fn submit(shared: &Shared, body: Bytes, forwarded: bool) -> Response<Body>
             StatusCode::SERVICE_UNAVAILABLE,
             format!("no leader to take the command now ({e}); retry"),
         ),
-        Err(e) if e.is_retryable() => json_error(StatusCode::SERVICE_UNAVAILABLE, format!("{e}; retry")),
+        Err(e) if e.is_retryable() => {
+            json_error(StatusCode::SERVICE_UNAVAILABLE, format!("{e}; retry"))
+        }
         Err(e) => {
             tracing::error!(error = %e, "submission failed");
             json_error(

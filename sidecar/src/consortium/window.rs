@@ -1,6 +1,6 @@
-//! The validity windows the CLI and founding sign commands for, and the clock they read.
+//! The validity windows the CLI and founding sign commands for, and the time of day they read.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use fhirseal_consensus::governance::Validity;
 use fhirseal_consensus::Timestamp;
@@ -15,12 +15,11 @@ pub const WINDOW_AFTER: Duration = Duration::from_secs(10 * 60);
 /// leads, which may be a while after `init`.
 pub const GENESIS_VALIDITY: Duration = Duration::from_secs(30 * 24 * 60 * 60);
 
-/// The wall clock, in the ledger's milliseconds.
+/// The operating system's time of day, in the ledger's milliseconds: what the CLI signs
+/// commands at and the governance node applies them at ([`crate::clock`]).
 pub fn wall_clock() -> Timestamp {
-    let ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-    Timestamp(ms)
+    use crate::clock::Clock as _;
+    crate::clock::SystemClock.timestamp()
 }
 
 /// The window of a command signed at `now` and submitted at once: [`WINDOW_BEFORE`] before it

@@ -17,10 +17,9 @@
 //! - [`wal`] — the write-ahead log file.
 //! - [`net`] — outbound traffic to other members' nodes, one queue per peer.
 //! - [`routes`] — inbound traffic on the consortium's listener; [`wire`] — its encodings.
-//! - [`error`], [`clock`].
+//! - [`error`].
 
 pub mod anchorer;
-pub mod clock;
 pub(crate) mod context;
 pub mod error;
 pub(crate) mod net;
@@ -32,7 +31,6 @@ pub(crate) mod wal;
 pub(crate) mod wire;
 
 pub use anchorer::{AnchorPolicy, Anchorer, Round};
-pub use clock::now_ms;
 pub use error::LedgerError;
 pub use node::{ledger_dir, wal_path, LedgerStatus, NodeLedger, Opened};
 pub use routes::LedgerPort;

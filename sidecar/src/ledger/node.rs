@@ -13,6 +13,7 @@ use fhirseal_consensus::{
 use fhirseal_storage::Outbox;
 use tokio::sync::{mpsc, watch};
 
+use crate::clock::Clock;
 use crate::config::Config;
 use crate::consortium::transport::HttpNetwork;
 use crate::ledger::anchorer::{AnchorPolicy, Anchorer};
@@ -41,6 +42,8 @@ pub struct NodeLedger {
     last_error: Arc<Mutex<Option<String>>>,
     /// The last block `verify_chain` verified: later calls verify only what came after it.
     verified: Mutex<Option<BlockHeader>>,
+    /// The time of day, for whatever this node stamps.
+    clock: Arc<dyn Clock>,
 }
 
 /// Everything `open` makes: the shared reads, the ledger's task, the anchorer, and the port of
@@ -75,6 +78,7 @@ impl NodeLedger {
         outbox: Outbox,
         view: watch::Receiver<LedgerView>,
         network: Option<HttpNetwork>,
+        clock: Arc<dyn Clock>,
     ) -> Result<Opened, LedgerError> {
         let institution = config.seal.institution.clone();
         let chain_id = chain_id(consortium);
@@ -105,6 +109,7 @@ impl NodeLedger {
             inputs: inputs_rx,
             blocks: blocks_tx,
             status: status_tx,
+            clock: Arc::clone(&clock),
         });
         Ok(Opened {
             ledger: Arc::new(NodeLedger {
@@ -117,6 +122,7 @@ impl NodeLedger {
                 runtime: status_rx,
                 last_error: last_error.clone(),
                 verified: Mutex::new(None),
+                clock,
             }),
             runtime,
             anchorer: Anchorer {
@@ -135,6 +141,11 @@ impl NodeLedger {
                 reader,
             },
         })
+    }
+
+    /// The clock the node reads the time of day from.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
     }
 
     /// This node's institution.

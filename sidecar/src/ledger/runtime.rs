@@ -11,17 +11,18 @@
 //! that driver: a new one starts from the chain on disk and the log, as after a crash.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fhirseal_consensus::bft::{EngineConfig, Evidence, MalachiteEngine, Millis, Timer};
 use fhirseal_consensus::ledger::{DriverStatus, Effect, Input};
 use fhirseal_consensus::{
-    BatchId, Chain, Driver, DriverConfig, EvidenceBatch, SigningKey, Submitted, Timestamp,
-    Transaction,
+    BatchId, Chain, Driver, DriverConfig, EvidenceBatch, SigningKey, Submitted, Transaction,
 };
 use sha2::{Digest as _, Sha256};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::clock::Clock;
 use crate::ledger::context::NodeContext;
 use crate::ledger::error::LedgerError;
 use crate::ledger::net::Net;
@@ -94,6 +95,7 @@ pub struct Runtime {
     blocks: watch::Sender<u64>,
     status: watch::Sender<RuntimeStatus>,
     started: Instant,
+    clock: Arc<dyn Clock>,
     last_error: Option<String>,
     /// Evidence transactions made while performing effects, submitted once they are done.
     reports: Vec<Transaction>,
@@ -120,6 +122,8 @@ pub(crate) struct Parts {
     pub(crate) inputs: mpsc::Receiver<Input>,
     pub(crate) blocks: watch::Sender<u64>,
     pub(crate) status: watch::Sender<RuntimeStatus>,
+    /// The time of day blocks are stamped with.
+    pub(crate) clock: Arc<dyn Clock>,
 }
 
 impl Runtime {
@@ -135,6 +139,7 @@ impl Runtime {
             inputs,
             blocks,
             status,
+            clock,
         } = parts;
         let context = NodeContext::new(view.borrow().clone(), chain.reader());
         let driver = new_driver(&config, &member, &chain);
@@ -154,6 +159,7 @@ impl Runtime {
             blocks,
             status,
             started: Instant::now(),
+            clock,
             last_error: None,
             reports: Vec::new(),
         }
@@ -217,7 +223,7 @@ impl Runtime {
                 );
             }
         }
-        let (now, wall) = (self.now(), wall());
+        let (now, wall) = (self.now(), self.clock.timestamp());
         let effects = self.driver.restore(log, now, wall, &self.context)?;
         self.perform(effects).await?;
         self.publish();
@@ -233,7 +239,7 @@ impl Runtime {
 
     async fn step(&mut self, input: Input) {
         self.refresh();
-        let (now, wall) = (self.now(), wall());
+        let (now, wall) = (self.now(), self.clock.timestamp());
         let result = match self.driver.handle(input, now, wall, &self.context) {
             Ok(effects) => self.perform(effects).await,
             Err(e) => Err(e.into()),
@@ -281,7 +287,7 @@ impl Runtime {
         } else {
             Vec::new()
         };
-        let (now, wall) = (self.now(), wall());
+        let (now, wall) = (self.now(), self.clock.timestamp());
         let count = transactions.len();
         let answers = match self.driver.submit(transactions, now, wall, &self.context) {
             Ok((answers, effects)) => match self.perform(effects).await {
@@ -467,8 +473,4 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
     }
-}
-
-fn wall() -> Timestamp {
-    Timestamp(crate::ledger::clock::now_ms())
 }

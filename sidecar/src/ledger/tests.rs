@@ -47,12 +47,22 @@ fn open(
     vault: &Vault,
     view: watch::Receiver<LedgerView>,
 ) -> Result<Opened, LedgerError> {
+    open_with(config, vault, view, crate::clock::system())
+}
+
+fn open_with(
+    config: &Config,
+    vault: &Vault,
+    view: watch::Receiver<LedgerView>,
+    clock: Arc<dyn crate::clock::Clock>,
+) -> Result<Opened, LedgerError> {
     NodeLedger::open(
         config,
         &config.seal.institution,
         vault.outbox().clone(),
         view,
         None,
+        clock,
     )
 }
 
@@ -297,4 +307,25 @@ async fn a_ledger_of_another_institution_is_refused() {
     config.seal.institution = "elsewhere".into();
     let err = open(&config, &vault, single(&config)).unwrap_err();
     assert!(err.to_string().contains("elsewhere"), "{err}");
+}
+
+#[tokio::test]
+async fn blocks_are_stamped_with_the_nodes_clock() {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, vault) = setup(dir.path());
+    // A time of day that is not now: only the clock handed in can have put it in the blocks.
+    let clock = Arc::new(crate::clock::ManualClock::new(1_600_000_000_000));
+    let opened = open_with(&config, &vault, single(&config), clock.clone()).unwrap();
+    let mut node = Running::start(opened);
+    let mut flight = None;
+    vault.outbox().push_anchor(&anchor("a", "1")).unwrap();
+    node.round(&mut flight).await.unwrap();
+    clock.advance(60_000);
+    vault.outbox().push_anchor(&anchor("b", "1")).unwrap();
+    node.round(&mut flight).await.unwrap();
+    let times: Vec<u64> = (0..2)
+        .map(|h| node.ledger.block(h).unwrap().unwrap().header().time.0)
+        .collect();
+    assert_eq!(times, [1_600_000_000_000, 1_600_000_060_000]);
+    node.stop().await;
 }

@@ -15,7 +15,6 @@ use super::seal::Pending;
 use crate::body::{full, ProxyBody};
 use crate::error::ProxyError;
 use crate::http_util::{collect_limited, response_format};
-use crate::ledger::now_ms;
 use crate::sealing::Prepared;
 use crate::upstream::MAX_READ_BACK;
 
@@ -294,7 +293,8 @@ pub(super) async fn intend(
     if writes.is_empty() {
         return Ok(false);
     }
-    deps.sealing.intend(&ctx.write_id, &writes, now_ms())?;
+    deps.sealing
+        .intend(&ctx.write_id, &writes, deps.clock.now_ms())?;
     deps.sealing.durable().await?;
     Ok(true)
 }

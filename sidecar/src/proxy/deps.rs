@@ -7,6 +7,7 @@ use std::time::Duration;
 use fhirseal_adapters::auth::ApiKeyTable;
 use tokio::sync::Semaphore;
 
+use crate::clock::Clock;
 use crate::config::{AnchorMode, Config};
 use crate::error::ProxyError;
 use crate::ledger::NodeLedger;
@@ -41,6 +42,8 @@ pub(crate) struct Deps {
     pub(crate) max_body: u64,
     /// Whether the upstream builds its links from `X-Forwarded-*`.
     pub(crate) forwarded: bool,
+    /// The time of day (the ledger's clock): access events, intents, the identity-search rate.
+    pub(crate) clock: Arc<dyn Clock>,
     /// Where the process aborts on purpose, for the crash tests only.
     crash_at: Option<CrashPoint>,
 }
@@ -89,6 +92,7 @@ impl Deps {
         let upstream = UpstreamClient::new(&config.upstream, server.max_body_bytes)
             .map_err(|e| ProxyError::Internal(e.to_string()))?;
         Ok(Deps {
+            clock: Arc::clone(ledger.clock()),
             upstream,
             sealing,
             ledger,

@@ -57,7 +57,7 @@ use crate::body::{empty, BoxError, ProxyBody};
 use crate::config::Config;
 use crate::error::{outcome_response, ProxyError, Side};
 use crate::http_util::json_response;
-use crate::ledger::{now_ms, NodeLedger};
+use crate::ledger::NodeLedger;
 use crate::sealing::Sealing;
 use ctx::{RequestCtx, UpstreamQuery};
 use deps::{CrashPoint, Deps};
@@ -97,6 +97,11 @@ impl Proxy {
     /// The node's ledger (for tools and tests that look inside).
     pub fn ledger(&self) -> Arc<NodeLedger> {
         self.deps.ledger.clone()
+    }
+
+    /// The clock the proxy reads the time of day from.
+    pub fn clock(&self) -> Arc<dyn crate::clock::Clock> {
+        Arc::clone(&self.deps.clock)
     }
 
     /// Resolves the writes that a crash or a failed exchange left unsettled, whose intents were
@@ -189,7 +194,7 @@ async fn proxy_routed(
     tracing::debug!(principal = %principal.name, institution = %principal.institution, "authenticated");
     let _permit = take_permit(deps)?;
     let mut ctx = RequestCtx {
-        accessor: audit::accessor(&principal, req.headers(), now_ms())?,
+        accessor: audit::accessor(&principal, req.headers(), deps.clock.now_ms())?,
         public_base: filter::public_base(deps, &req),
         elements: filter::elements_param(req.uri().query()),
         head: req.method() == Method::HEAD,

@@ -21,7 +21,6 @@ use super::verify_request::{VerifyRequest, VERIFY};
 use crate::body::{empty, ProxyBody};
 use crate::error::ProxyError;
 use crate::http_util::{collect_body, BodyFrom};
-use crate::ledger::now_ms;
 
 /// What the sidecar read of a request's body.
 #[derive(Debug)]
@@ -262,7 +261,7 @@ pub(super) fn authorize(
             .lock()
             .map_err(|_| ProxyError::Internal("the rate limiter's lock is poisoned".to_owned()))?;
         limiter
-            .take(&key, now_ms())
+            .take(&key, deps.clock.now_ms())
             .map_err(|retry_after| ProxyError::Throttled { retry_after })?;
     }
     Ok(())
