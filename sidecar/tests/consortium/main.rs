@@ -12,7 +12,10 @@
 //! writes; a restart of every node; the HAPI servers of `deploy/test.sh` needed, else
 //! skipped), and the shared chain of four delegates (one chain held identically by every
 //! member through one crash, halted below quorum, caught up after restarts; a member joining
-//! later syncs it; a revoked delegate replaced at the next epoch; the same HAPI servers).
+//! later syncs it; a revoked delegate replaced at the next epoch; the same HAPI servers), and a
+//! partition of that chain's four delegates in network namespaces (a 2|2 split finalizes
+//! nothing, 3|1 finalizes on the three's side, every member holds one chain after healing; root
+//! and iproute2 needed, else skipped).
 //!
 //! The clusters run one at a time (`support::serial`): the CI machine has two cores.
 
@@ -28,3 +31,4 @@ mod t50_rotation;
 mod t60_least_privilege;
 mod t70_institutions;
 mod t80_shared_ledger;
+mod t90_ledger_partition;

@@ -131,6 +131,14 @@ impl Namespaces {
         }
     }
 
+    /// Moves the ports of `ids` back to `sw0`: with the trunk down, they leave the nodes on `sw1`
+    /// and join those on `sw0`.
+    pub fn move_to_sw0(&self, ids: &[u64]) {
+        for id in ids {
+            self.switch_link(&format!("port{id}"), "master sw0");
+        }
+    }
+
     /// Takes the trunk down: the nodes on `sw0` and those on `sw1` no longer reach each other.
     pub fn split(&self) {
         self.switch_link("trunk0", "down");
@@ -198,6 +206,14 @@ impl Placement for Namespaces {
     fn desk(&self) -> SocketAddr {
         SocketAddr::from((Self::address(1), DESK_PORT))
     }
+}
+
+/// `program`, to be run in the network namespace `ns` through `ip netns exec` (which execs it:
+/// the child is the program itself).
+pub fn exec_in(ns: &str, program: &str) -> Command {
+    let mut command = Command::new("ip");
+    command.args(["netns", "exec", ns, program]);
+    command
 }
 
 /// Runs `ip ARGS`; panics with its error if it fails.

@@ -80,11 +80,7 @@ impl Placement for Loopback {
 /// so the child is the `fhirseal` process itself), or here.
 fn fhirseal(netns: Option<&str>) -> Command {
     let mut command = match netns {
-        Some(ns) => {
-            let mut c = Command::new("ip");
-            c.args(["netns", "exec", ns, bin()]);
-            c
-        }
+        Some(ns) => crate::netns::exec_in(ns, bin()),
         None => Command::new(bin()),
     };
     command
