@@ -270,6 +270,31 @@ fn redact_quoted(text: &str) -> String {
     out
 }
 
+/// The body of the node-to-node APIs' responses.
+pub type JsonBody = http_body_util::Full<Bytes>;
+
+/// A JSON response of the node-to-node APIs.
+pub fn json_response<T: serde::Serialize>(status: StatusCode, value: &T) -> Response<JsonBody> {
+    let body = serde_json::to_vec(value).unwrap_or_default();
+    let mut response = Response::new(http_body_util::Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+/// The body of a node-to-node API's error: `{"error": message}`.
+pub fn json_error_body(message: &str) -> Bytes {
+    Bytes::from(serde_json::json!({ "error": message }).to_string())
+}
+
+/// A node-to-node API's error response.
+pub fn json_error(status: StatusCode, message: impl Into<String>) -> Response<JsonBody> {
+    json_response(status, &serde_json::json!({ "error": message.into() }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -321,29 +346,4 @@ mod tests {
         let outcome = ProxyError::Internal("secret path /keys/private.pem".into()).outcome();
         assert!(!outcome.diagnostics.contains("private.pem"));
     }
-}
-
-/// The body of the node-to-node APIs' responses.
-pub type JsonBody = http_body_util::Full<Bytes>;
-
-/// A JSON response of the node-to-node APIs.
-pub fn json_response<T: serde::Serialize>(status: StatusCode, value: &T) -> Response<JsonBody> {
-    let body = serde_json::to_vec(value).unwrap_or_default();
-    let mut response = Response::new(http_body_util::Full::new(Bytes::from(body)));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    response
-}
-
-/// The body of a node-to-node API's error: `{"error": message}`.
-pub fn json_error_body(message: &str) -> Bytes {
-    Bytes::from(serde_json::json!({ "error": message }).to_string())
-}
-
-/// A node-to-node API's error response.
-pub fn json_error(status: StatusCode, message: impl Into<String>) -> Response<JsonBody> {
-    json_response(status, &serde_json::json!({ "error": message.into() }))
 }
