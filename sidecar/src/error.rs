@@ -71,7 +71,7 @@ pub enum ProxyError {
     #[error("the upstream FHIR server's response is over the limit of {limit} bytes")]
     UpstreamTooLarge { limit: u64 },
     #[error("ledger: {0}")]
-    Ledger(#[from] crate::ledger::LedgerError),
+    Ledger(#[from] crate::ledger::error::LedgerError),
     #[error(
         "the upstream stored the write and its identity is sealed, but it is not anchored: {0}"
     )]
