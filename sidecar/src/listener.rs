@@ -137,7 +137,7 @@ where
                             Ok(Ok(stream)) => stream,
                             Ok(Err(error)) => {
                                 // An unknown or revoked certificate ends here.
-                                tracing::info!(%remote, %error, "TLS handshake refused");
+                                tracing::info!(%remote, %error, "connection refused at the TLS handshake");
                                 return;
                             }
                             Err(_) => {
