@@ -10,147 +10,19 @@
 //!
 //! Run: `cargo bench -p fhirseal-consensus --bench anchoring`.
 
+#[path = "support/single_node.rs"]
+mod single_node;
+
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput};
-use std::sync::Arc;
-
-use fhirseal_consensus::bft::{EngineConfig, MalachiteEngine};
-use fhirseal_consensus::ledger::{Effect, FixedContext};
-use fhirseal_consensus::{
-    chain_id, AnchorBatch, AnchorEntry, BatchId, BlockLimits, Chain, ChainStore, Driver,
-    DriverConfig, PublicKey, Roster, SigningKey, Timestamp, Transaction,
-};
+use fhirseal_consensus::AnchorEntry;
 use sha2::{Digest as _, Sha256};
 
-const INSTITUTION: &str = "hospital-a";
+use single_node::Fixture;
 
 /// Block shapes measured: (entries per batch, batches per block).
 const SHAPES: [(usize, usize); 2] = [(512, 8), (64, 4)];
-
-type OneDriver = Driver<MalachiteEngine, fn(EngineConfig, SigningKey) -> MalachiteEngine>;
-
-struct Fixture {
-    // Kept so the database directory lives as long as the ledger.
-    _dir: tempfile::TempDir,
-    runtime: tokio::runtime::Runtime,
-    chain: Chain,
-    driver: OneDriver,
-    context: FixedContext,
-    roster: Roster,
-    institution: SigningKey,
-    next_entry: u64,
-    next_batch: u64,
-    time: u64,
-}
-
-impl Fixture {
-    fn new() -> Self {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let db = sled::open(dir.path()).expect("sled");
-        let institution = SigningKey::from_bytes(&[1; 32]);
-        let delegate = SigningKey::from_bytes(&[2; 32]);
-        let roster = Roster::single_node(
-            INSTITUTION,
-            PublicKey::of(&institution),
-            PublicKey::of(&delegate),
-        );
-        let chain_key = chain_id("bench");
-        let chain = Chain::open(ChainStore::open(&db).expect("store"), chain_key).expect("chain");
-        let mut config = DriverConfig::new(EngineConfig::new(chain_key));
-        config.limits = BlockLimits {
-            max_transactions: 1024,
-            max_items: 1 << 16,
-        };
-        let driver: OneDriver = Driver::new(
-            config,
-            "delegate".into(),
-            MalachiteEngine::new,
-            chain.tip().cloned(),
-        );
-        let context = FixedContext {
-            reader: chain.reader(),
-            roster: Arc::new(roster.clone()),
-            members: vec!["delegate".into()],
-            keys: vec![delegate],
-            holding: true,
-        };
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .expect("runtime");
-        Self {
-            _dir: dir,
-            runtime,
-            chain,
-            driver,
-            context,
-            roster,
-            institution,
-            next_entry: 0,
-            next_batch: 0,
-            time: 0,
-        }
-    }
-
-    /// `n` entries never anchored before, as the write path would hand them over.
-    fn entries(&mut self, n: usize) -> Vec<AnchorEntry> {
-        (0..n)
-            .map(|_| {
-                self.next_entry += 1;
-                let seed = self.next_entry.to_be_bytes();
-                let mut hash = [0; 32];
-                hash[..8].copy_from_slice(&seed);
-                AnchorEntry {
-                    institution: INSTITUTION.into(),
-                    resource_type: "Observation".into(),
-                    logical_id: format!("obs-{}", self.next_entry),
-                    version_id: "1".into(),
-                    fingerprint: hash,
-                    sealed_address: hash,
-                    clinical_hash: hash,
-                }
-            })
-            .collect()
-    }
-
-    /// One block of `batches` batches of `per_batch` entries; returns the time it took, and the
-    /// part of it spent producing the block (validating, storing, flushing).
-    fn anchor_round(&mut self, per_batch: usize, batches: usize) -> (Duration, Duration) {
-        let prepared: Vec<Vec<AnchorEntry>> =
-            (0..batches).map(|_| self.entries(per_batch)).collect();
-        let start = Instant::now();
-        let mut transactions = Vec::with_capacity(batches);
-        for entries in prepared {
-            self.next_batch += 1;
-            let mut id = [0; 16];
-            id[8..].copy_from_slice(&self.next_batch.to_be_bytes());
-            let batch = AnchorBatch::sign(BatchId(id), INSTITUTION, entries, &self.institution)
-                .expect("sign");
-            transactions.push(Transaction::Anchor(batch));
-        }
-        self.time += 1;
-        let time = Timestamp(self.time);
-        let produce = Instant::now();
-        let (answers, effects) = self
-            .driver
-            .submit(transactions, self.time, time, &self.context)
-            .expect("submit");
-        assert!(answers.iter().all(Result::is_ok));
-        let mut stored = 0;
-        for effect in effects {
-            if let Effect::Append(block) = effect {
-                let receipt = self
-                    .runtime
-                    .block_on(self.chain.append(&block, &self.roster))
-                    .expect("append");
-                stored += receipt.transactions.len();
-            }
-        }
-        let (elapsed, producing) = (start.elapsed(), produce.elapsed());
-        assert_eq!(stored, batches);
-        (elapsed, producing)
-    }
-}
 
 /// Total time and entries of the measured iterations, for the ratio printed at the end.
 #[derive(Default)]

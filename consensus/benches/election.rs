@@ -6,6 +6,9 @@
 //!
 //! Run: `cargo bench -p fhirseal-consensus --bench election`.
 
+#[path = "support/figures.rs"]
+mod figures;
+
 use std::time::{Duration, Instant};
 
 use ed25519_dalek::{Signer as _, SigningKey, Verifier as _};
@@ -122,24 +125,5 @@ fn main() {
         "baseline": baseline.as_secs_f64(), "baseline_name": "64 ed25519 verifications",
         "ratio": tally_time.as_secs_f64() / baseline.as_secs_f64(), "aim": 0.5}),
     );
-    write("election", Value::Array(measures));
-}
-
-/// Writes `figures` to `target/bench/<name>.json`.
-#[allow(clippy::print_stdout)]
-fn write(name: &str, figures: Value) {
-    let dir = std::env::var_os("CARGO_TARGET_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"))
-        .join("bench");
-    let written = std::fs::create_dir_all(&dir).and_then(|()| {
-        std::fs::write(
-            dir.join(format!("{name}.json")),
-            serde_json::to_vec_pretty(&figures).unwrap_or_default(),
-        )
-    });
-    match written {
-        Ok(()) => println!("figures in {}", dir.join(format!("{name}.json")).display()),
-        Err(error) => println!("figures not written to {}: {error}", dir.display()),
-    }
+    figures::write("election", Value::Array(measures));
 }
