@@ -454,7 +454,9 @@ fn leaky_resources(pid: &str, family: &str, given: &str, ssn: &str) -> Leaky {
             "1950-03-04".to_owned(),
             "555-0199".to_owned(),
             "1944-05-06".to_owned(),
-            "07:08:09".to_owned(),
+            // The time of birth as written (`Z`, no fraction): HAPI's own log lines carry the
+            // time of day with milliseconds, which a bare `07:08:09` would match by chance.
+            "T07:08:09Z".to_owned(),
             "2019-10-11".to_owned(),
             "977-66-5544".to_owned(),
             family.to_owned(),
