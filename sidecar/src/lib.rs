@@ -9,7 +9,9 @@
 
 pub mod audit;
 pub mod auth;
+pub mod backup;
 pub mod body;
+pub mod check;
 pub mod config;
 pub mod consortium;
 pub mod error;
@@ -21,6 +23,7 @@ mod limits;
 pub mod proxy;
 pub mod sealing;
 pub mod server;
+pub mod stores;
 pub mod telemetry;
 pub mod tls;
 pub mod upstream;
