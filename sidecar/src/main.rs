@@ -287,7 +287,6 @@ fn check(config: Config) -> anyhow::Result<ExitCode> {
             }
         };
         let report = runtime.block_on(fhirseal_sidecar::check::check(&config, &mut show))?;
-        drop(show);
         if let Some((_, b)) = bar {
             b.finish_and_clear();
         }

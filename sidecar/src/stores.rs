@@ -372,7 +372,9 @@ mod tests {
         assert!(take_seal(dir).unwrap());
         assert!(!seal_path(dir).exists());
 
-        let damage: [(&str, Store, fn(&Path), &str); 5] = [
+        /// A file, its store, what is done to it, and what the refusal says.
+        type Damage = (&'static str, Store, fn(&Path), &'static str);
+        let damage: [Damage; 5] = [
             (
                 "vault/db",
                 Store::Vault,

@@ -12,7 +12,7 @@ use std::path::Path;
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
     /// Another process holds the database (sled locks it).
-    #[error("{path} is in use by another process (is fhirseal running?)")]
+    #[error("{path} is locked: in use by a running fhirseal, or another process")]
     Locked { path: String },
     /// sled found the database damaged, or failed on it while recovering.
     #[error("{path} is damaged: {reason}")]
