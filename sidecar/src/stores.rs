@@ -191,8 +191,14 @@ pub fn hash_file(path: &Path) -> Result<(u64, [u8; 32]), StoreError> {
 }
 
 /// Writes the seal of the stores in `data_dir` as they are now. Call only once every handle on
-/// them is closed (the process's runtime dropped): sled writes until then.
+/// them is closed (the process's runtime dropped): sled writes until then. sled's own threads
+/// may still hold a database for a moment after the last handle goes (a `flush_async` that
+/// has answered but not yet let go), so each store is first opened and closed here, once sled's
+/// lock says nothing else in this process holds it: what is hashed is what sled left.
 pub fn write_seal(data_dir: &Path) -> Result<(), StoreError> {
+    for store in Store::ALL {
+        released(data_dir, store)?;
+    }
     let mut text = format!("{SEAL_HEADER}\n");
     for store in Store::ALL {
         for relative in store_files(data_dir, store)? {
@@ -219,6 +225,33 @@ pub fn write_seal(data_dir: &Path) -> Result<(), StoreError> {
         source: std::io::Error::other(e.to_string()),
     })?;
     Ok(())
+}
+
+/// Waits until nothing holds `store`'s database (sled's lock), opening and closing it once.
+fn released(data_dir: &Path, store: Store) -> Result<(), StoreError> {
+    use fhirseal_storage::open::{open_db, OpenError};
+    let dir = store.dir(data_dir);
+    if !dir.is_dir() {
+        return Ok(());
+    }
+    // A handle of this process goes within moments; one of another process (a node started
+    // meanwhile on the same directory) does not, and then nothing is sealed.
+    for _ in 0..200 {
+        match open_db(&dir) {
+            Ok(db) => {
+                drop(db);
+                return Ok(());
+            }
+            Err(OpenError::Locked { .. }) => {
+                std::thread::sleep(std::time::Duration::from_millis(50))
+            }
+            Err(e) => return Err(StoreError::opened(store, data_dir, &e)),
+        }
+    }
+    Err(StoreError::Seal {
+        path: dir.display().to_string(),
+        what: "the database is still held: not sealed".to_owned(),
+    })
 }
 
 fn read_seal(data_dir: &Path) -> Result<Option<Vec<SealedFile>>, StoreError> {
