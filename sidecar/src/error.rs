@@ -187,6 +187,8 @@ impl ProxyError {
         let diagnostics = match self {
             // Says what happened to the write, and carries no detail of ours.
             ProxyError::AnchorTimeout(_) => self.to_string(),
+            // Says why no identity is shown, and carries no detail of ours either.
+            ProxyError::Seal(e) if e.is_damage() => DAMAGED_IDENTITY.to_owned(),
             _ if self.side() == Side::Internal => {
                 "fhirseal failed to process the request; see its log".to_owned()
             }
@@ -225,6 +227,12 @@ impl ProxyError {
         redact_quoted(&self.to_string())
     }
 }
+
+/// What a client is told when the identity the vault holds for a resource fails its integrity
+/// check: nothing of the record, and nothing that was not verified, is shown.
+pub const DAMAGED_IDENTITY: &str = "the identity fhirseal holds for this resource fails its \
+     integrity check (the vault is damaged): it is withheld rather than shown wrong. The \
+     node's operator finds the damage with `fhirseal check`";
 
 /// A response carrying `outcome` in `format`.
 pub fn outcome_response(

@@ -9,7 +9,9 @@
 
 pub mod audit;
 pub mod auth;
+pub mod backup;
 pub mod body;
+pub mod check;
 pub mod clock;
 pub mod config;
 pub mod consortium;
@@ -23,6 +25,7 @@ pub mod listener;
 pub mod proxy;
 pub mod sealing;
 pub mod server;
+pub mod stores;
 pub mod telemetry;
 pub mod tls;
 pub mod upstream;

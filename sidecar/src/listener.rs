@@ -132,19 +132,20 @@ where
                     watcher.watch(conn.into_owned()).await
                 }
                 Some(acceptor) => {
-                    let stream =
-                        match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
-                            Ok(Ok(stream)) => stream,
-                            Ok(Err(error)) => {
-                                // An unknown or revoked certificate ends here.
-                                tracing::info!(%remote, %error, "connection refused at the TLS handshake");
-                                return;
-                            }
-                            Err(_) => {
-                                tracing::debug!(%remote, "TLS handshake timed out");
-                                return;
-                            }
-                        };
+                    let stream = match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp))
+                        .await
+                    {
+                        Ok(Ok(stream)) => stream,
+                        Ok(Err(error)) => {
+                            // An unknown or revoked certificate ends here.
+                            tracing::info!(%remote, %error, "connection refused at the TLS handshake");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(%remote, "TLS handshake timed out");
+                            return;
+                        }
+                    };
                     let peer_certificate = stream
                         .get_ref()
                         .1

@@ -8,8 +8,10 @@ use clap::{Args, Parser, Subcommand};
 use std::process::ExitCode;
 
 use fhirseal_consensus::ChainCheck;
+use fhirseal_sidecar::check::Stage;
 use fhirseal_sidecar::config::{Config, LogFormat, TlsConfig};
 use fhirseal_sidecar::ledger_tool::LedgerTool;
+use fhirseal_sidecar::stores;
 use fhirseal_sidecar::verify;
 use fhirseal_sidecar::{audit, telemetry, Sidecar};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -37,6 +39,47 @@ enum Command {
     Consortium(fhirseal_sidecar::consortium::ConsortiumCommand),
     /// Read and verify the node's ledger (with the node stopped: it holds the database).
     Ledger(LedgerArgs),
+    /// Verify a stopped node's stores whole: the vault (every record decrypts and matches its
+    /// address, every index points at a record), the chain, the governance store. Exits with 1
+    /// when anything is damaged.
+    Check(NodeArgs),
+    /// Copy the node's vault, chain and governance state into DIR, consistently, while it runs
+    /// (through its control socket) or stopped. Keys only with --with-keys.
+    Backup {
+        /// A new (or empty) directory for the backup.
+        dir: PathBuf,
+        /// Also copy the keystore: the keys that decrypt the vault. Keep such a backup as
+        /// secret as the vault itself.
+        #[arg(long)]
+        with_keys: bool,
+        #[command(flatten)]
+        node: NodeArgs,
+    },
+    /// Bring a node back from a backup into a new data directory; its first start catches the
+    /// chain up from the consortium.
+    Restore {
+        /// The backup's directory.
+        from: PathBuf,
+        #[command(flatten)]
+        node: NodeArgs,
+    },
+}
+
+/// Which node a command works on.
+#[derive(Debug, Args)]
+struct NodeArgs {
+    /// TOML configuration file of the node.
+    #[arg(long, short, env = "FHIRSEAL_CONFIG")]
+    config: Option<PathBuf>,
+    /// The node's data directory.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+impl NodeArgs {
+    fn load(&self) -> anyhow::Result<Config> {
+        RunArgs::of_node(self.config.clone(), self.data_dir.clone(), None).load()
+    }
 }
 
 #[derive(Debug, Args)]
@@ -56,17 +99,11 @@ struct LedgerArgs {
 
 impl LedgerArgs {
     fn load(&self) -> anyhow::Result<Config> {
-        RunArgs {
-            config: self.config.clone(),
-            listen: None,
-            upstream: self.upstream_url.clone(),
-            public_base: None,
-            max_body_bytes: None,
-            tls_cert: None,
-            tls_key: None,
-            data_dir: self.data_dir.clone(),
-            log_format: None,
-        }
+        RunArgs::of_node(
+            self.config.clone(),
+            self.data_dir.clone(),
+            self.upstream_url.clone(),
+        )
         .load()
     }
 }
@@ -121,6 +158,25 @@ struct RunArgs {
 }
 
 impl RunArgs {
+    /// The arguments of a command that works on a node's data directory (no listener flags).
+    fn of_node(
+        config: Option<PathBuf>,
+        data_dir: Option<PathBuf>,
+        upstream: Option<String>,
+    ) -> RunArgs {
+        RunArgs {
+            config,
+            listen: None,
+            upstream,
+            public_base: None,
+            max_body_bytes: None,
+            tls_cert: None,
+            tls_key: None,
+            data_dir,
+            log_format: None,
+        }
+    }
+
     /// Defaults, then the file, then the environment, then these flags; validated.
     fn load(&self) -> anyhow::Result<Config> {
         let mut config = match &self.config {
@@ -174,8 +230,182 @@ fn main() -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Consortium(command) => consortium(command).map(|()| ExitCode::SUCCESS),
-        Command::Ledger(args) => ledger(args.load()?, args.command),
+        Command::Ledger(args) => {
+            let config = args.load()?;
+            offline(&config, || ledger(config.clone(), args.command))
+        }
+        Command::Check(args) => check(args.load()?),
+        Command::Backup {
+            dir,
+            with_keys,
+            node,
+        } => backup(&node.load()?, &dir, with_keys).map(|()| ExitCode::SUCCESS),
+        Command::Restore { from, node } => {
+            restore(&node.load()?, &from).map(|()| ExitCode::SUCCESS)
+        }
     }
+}
+
+/// Runs `command`, which opens a stopped node's stores, between the clean-stop seal's check
+/// and its renewal: sled changes its files when it opens them, and a store found changed is
+/// refused (see `fhirseal_sidecar::stores`).
+fn offline(
+    config: &Config,
+    command: impl FnOnce() -> anyhow::Result<ExitCode>,
+) -> anyhow::Result<ExitCode> {
+    let sealed = stores::take_seal(&config.data_dir)?;
+    let result = command();
+    if sealed {
+        stores::write_seal(&config.data_dir)?;
+    }
+    result
+}
+
+/// `fhirseal check`: the report is the command's output.
+#[allow(clippy::print_stdout)]
+fn check(config: Config) -> anyhow::Result<ExitCode> {
+    let seal = stores::check_seal(&config.data_dir)?;
+    let run = || -> anyhow::Result<fhirseal_sidecar::check::Report> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .context("starting the async runtime")?;
+        let mut bar: Option<(Stage, ProgressBar)> = None;
+        let mut show = |stage: Stage, done: u64, total: u64| {
+            if bar.as_ref().is_none_or(|(s, _)| *s != stage) {
+                if let Some((_, old)) = bar.take() {
+                    old.finish_and_clear();
+                }
+                let unit = match stage {
+                    Stage::Vault => "records",
+                    Stage::Chain => "blocks",
+                };
+                bar = Some((stage, progress(total, unit)));
+            }
+            if let Some((_, b)) = &bar {
+                b.set_position(done);
+            }
+        };
+        let report = runtime.block_on(fhirseal_sidecar::check::check(&config, &mut show))?;
+        if let Some((_, b)) = bar {
+            b.finish_and_clear();
+        }
+        Ok(report)
+    };
+    let report = if seal.differences.is_empty() {
+        let sealed = stores::take_seal(&config.data_dir)?;
+        let report = run();
+        if sealed {
+            stores::write_seal(&config.data_dir)?;
+        }
+        report?
+    } else {
+        // Changed stores are reported without being opened.
+        run()?
+    };
+    for verdict in &report.verdicts {
+        if verdict.problems.is_empty() {
+            println!("{}: sound: {}", verdict.store, verdict.summary);
+        } else {
+            println!("{}: DAMAGED", verdict.store);
+            for problem in &verdict.problems {
+                println!("  {problem}");
+            }
+        }
+    }
+    Ok(if report.is_sound() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// `fhirseal backup DIR`: what it made is the command's output; keys are spoken of loudly.
+#[allow(clippy::print_stdout)]
+fn backup(config: &Config, dir: &std::path::Path, with_keys: bool) -> anyhow::Result<()> {
+    let spinner = ProgressBar::new_spinner();
+    if let Ok(style) = ProgressStyle::with_template("{spinner} {bytes} copied") {
+        spinner.set_style(style);
+    }
+    let report = fhirseal_sidecar::backup::backup(config, dir, with_keys, &mut |bytes| {
+        spinner.set_position(bytes)
+    })?;
+    spinner.finish_and_clear();
+    let m = &report.manifest;
+    println!(
+        "backup of member {} of consortium {} in {} ({}):",
+        m.member,
+        m.consortium,
+        report.dir.display(),
+        if m.online {
+            "copied from the running node, one consistent cut"
+        } else {
+            "the node was stopped"
+        }
+    );
+    for store in &m.stores {
+        println!(
+            "  {:<10} {} entries in {} trees, {} (SHA-256 {})",
+            store.name, store.entries, store.trees, store.file, store.sha256
+        );
+    }
+    match &report.keys {
+        Some(keys) => {
+            println!();
+            println!("WARNING: {} HOLDS THE NODE'S PRIVATE KEYS.", keys.display());
+            println!(
+                "  With them, anyone who has this backup can decrypt every identity in the vault."
+            );
+            println!("  Keep it as secret as the vault itself: encrypted, apart, access logged.");
+        }
+        None => {
+            println!();
+            println!(
+                "KEYS ARE NOT IN THIS BACKUP. The vault is sealed for RSA key {}…;",
+                &m.rsa_key_id[..16.min(m.rsa_key_id.len())]
+            );
+            println!(
+                "  without the keystore {} it cannot be read. Keep a copy of it apart (or back up",
+                report.keys_left.display()
+            );
+            println!("  again with --with-keys).");
+        }
+    }
+    Ok(())
+}
+
+/// `fhirseal restore DIR`: what it did is the command's output.
+#[allow(clippy::print_stdout)]
+fn restore(config: &Config, from: &std::path::Path) -> anyhow::Result<()> {
+    let report = fhirseal_sidecar::backup::restore(config, from, &mut |store| {
+        eprintln!("loading the {store} store");
+    })?;
+    let m = &report.manifest;
+    println!(
+        "restored member {} of consortium {} into {}",
+        m.member,
+        m.consortium,
+        config.data_dir.display()
+    );
+    for store in &m.stores {
+        println!("  {:<10} {} entries", store.name, store.entries);
+    }
+    println!(
+        "  keys       {}",
+        if report.keys_from_backup {
+            format!(
+                "copied from the backup into {}",
+                config.keys_dir().display()
+            )
+        } else {
+            format!("the node's, already in {}", config.keys_dir().display())
+        }
+    );
+    println!(
+        "Start it with `fhirseal run`: it catches its chain up from the consortium's other \
+         members (in a consortium of one, the backup's chain is the chain)."
+    );
+    Ok(())
 }
 
 /// `fhirseal ledger …`: what it prints is the command's output.
@@ -343,7 +573,7 @@ fn run(config: Config) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(async {
+    let served: anyhow::Result<()> = runtime.block_on(async {
         let sidecar = Sidecar::bind(&config).await?;
         let scheme = if sidecar.is_tls() { "https" } else { "http" };
         tracing::info!(
@@ -354,9 +584,15 @@ fn run(config: Config) -> anyhow::Result<()> {
             "fhirseal is listening"
         );
         sidecar.serve(shutdown_signal()).await?;
-        tracing::info!("fhirseal stopped");
         Ok(())
-    })
+    });
+    served?;
+    // Every task, and with them every handle on the stores, ends with the runtime: only then
+    // are sled's files as it leaves them, to be sealed.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(30));
+    stores::write_seal(&config.data_dir)?;
+    tracing::info!("fhirseal stopped; the stores are sealed");
+    Ok(())
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

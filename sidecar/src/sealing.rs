@@ -37,6 +37,20 @@ pub enum SealError {
     NoLinkKey,
 }
 
+impl SealError {
+    /// Whether what the vault holds failed its integrity check (altered or damaged on disk): a
+    /// record that does not match its address, does not decrypt, or is not the resource's.
+    pub fn is_damage(&self) -> bool {
+        use fhirseal_storage::StorageError as S;
+        matches!(
+            self,
+            SealError::Storage(
+                S::Damaged(_) | S::Authentication | S::UnknownDataKey(_) | S::Corrupt(_)
+            ) | SealError::Identity(_)
+        )
+    }
+}
+
 /// The consortium's link key as the node holds it now: `None` until the governance state hands
 /// it over (a joining node), replaced if the consortium wraps a new one.
 pub type LinkKey = watch::Receiver<Option<SecretKey>>;
@@ -382,6 +396,14 @@ impl Sealing {
     pub fn record_access(&self, event: &PendingAccess) -> Result<(), SealError> {
         self.vault.outbox().push_access(event)?;
         Ok(())
+    }
+
+    /// Checks the whole vault with this node's keys: see [`Vault::check`].
+    pub fn check_vault(
+        &self,
+        progress: impl FnMut(u64),
+    ) -> Result<fhirseal_storage::VaultCheck, SealError> {
+        Ok(self.vault.check(&self.sealer, progress)?)
     }
 
     /// The node's keys.

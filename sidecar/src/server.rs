@@ -41,12 +41,16 @@ use crate::consortium::standing::{Standing, Verdict};
 use crate::consortium::{ConsortiumError, NodeStart, RunningNode};
 use crate::error::{outcome_response, ProxyError};
 use crate::keystore::Keystore;
+use crate::ledger::LedgerError;
 use crate::ledger::{NodeLedger, Opened};
 use crate::listener::{self, Connection, ListenerConfig};
 use crate::proxy::{ClientAddr, Proxy, REQUEST_ID};
-use crate::sealing::Sealing;
+use crate::sealing::{SealError, Sealing};
+use crate::stores::{Store, StoreError};
 use crate::tls::{self, TlsError};
+use fhirseal_storage::chain_store::ChainStoreError;
 use fhirseal_storage::NodeKeys;
+use fhirseal_storage::StorageError;
 
 /// A client has this long to finish the TLS handshake.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -75,6 +79,9 @@ pub enum ServerError {
     Ledger(#[from] crate::ledger::LedgerError),
     #[error("consortium: {0}")]
     Consortium(#[from] ConsortiumError),
+    /// A store is damaged (or changed since the clean stop): the node does not start on it.
+    #[error(transparent)]
+    Store(#[from] crate::stores::StoreError),
     #[error("start-up failed: {0}")]
     Start(String),
 }
@@ -82,6 +89,8 @@ pub enum ServerError {
 /// A bound, not yet serving, node.
 pub struct Sidecar {
     listener: TcpListener,
+    /// The local control socket `fhirseal backup` asks (see [`crate::backup`]).
+    control: Option<crate::backup::ControlListener>,
     proxy: Proxy,
     /// The governance node: stopped last, after the anchorer.
     consortium: RunningNode,
@@ -122,6 +131,14 @@ impl Sidecar {
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|source| ServerError::Bind { addr, source })?;
+        // Before sled opens anything: the stores must be as the last clean stop left them.
+        let data_dir = config.data_dir.clone();
+        let sealed = tokio::task::spawn_blocking(move || crate::stores::take_seal(&data_dir))
+            .await
+            .map_err(|e| ServerError::Start(e.to_string()))??;
+        if sealed {
+            tracing::info!("the stores are as the last clean stop left them");
+        }
         let (keys, membership, consortium) = start_member(config).await?;
         let config = &member_config(config, &membership)?;
         let auth = crate::auth::load(config)?;
@@ -140,6 +157,20 @@ impl Sidecar {
         // What the outbox holds from before a restart is anchored by the first rounds.
         let (stop, stopped) = watch::channel(false);
         let anchorer = tokio::spawn(opened.anchorer.run(stopped));
+        let control = crate::backup::Control {
+            vault: sealing.vault().database().clone(),
+            ledger: opened.ledger.reader().store().database().clone(),
+            governance: consortium.database().clone(),
+        };
+        // Without it the node still serves: only a backup of it while it runs is not possible
+        // (a socket path over the system's limit of about 100 bytes, a read-only directory).
+        let control = match crate::backup::ControlListener::bind(&config.data_dir, control) {
+            Ok(listener) => Some(listener),
+            Err(error) => {
+                tracing::warn!(%error, "no control socket: `fhirseal backup` cannot copy this node while it runs");
+                None
+            }
+        };
         let proxy = Proxy::new(config, tls.is_some(), sealing, opened.ledger, auth)?;
         let serving = ListenerConfig {
             tls,
@@ -152,6 +183,7 @@ impl Sidecar {
             drain_timeout: DRAIN_TIMEOUT,
         };
         Ok(Sidecar {
+            control,
             listener,
             proxy,
             consortium,
@@ -202,6 +234,8 @@ impl Sidecar {
     /// Serves until `shutdown` resolves, then drains open connections.
     pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
         let resolver = tokio::spawn(resolve_intents(self.proxy.clone(), self.upstream_timeout));
+        let control = self.control;
+        let control_task = control.as_ref().map(|c| c.serve());
         let (proxy, gate) = (self.proxy.clone(), self.gate.clone());
         let make = move |connection: &Connection| {
             let (proxy, gate, peer) = (proxy.clone(), gate.clone(), connection.remote);
@@ -220,6 +254,10 @@ impl Sidecar {
         };
         let served = listener::serve(self.listener, self.serving, make, shutdown).await;
         resolver.abort();
+        if let Some(task) = control_task {
+            task.abort();
+        }
+        drop(control);
         served.map_err(ServerError::Accept)?;
         if let Some((anchorer, stop)) = self.anchorer {
             stop.send_replace(true);
@@ -293,6 +331,9 @@ impl Gate {
 /// start) and the running governance node of `config`'s data directory.
 async fn start_member(config: &Config) -> Result<(NodeKeys, Membership, RunningNode), ServerError> {
     let layout = Layout::of(config);
+    if Membership::load(&layout)?.is_some() {
+        require_keys(&layout.keys())?;
+    }
     let (keys, bits) = (layout.keys(), config.seal.rsa_bits);
     let keystore = tokio::task::spawn_blocking(move || Keystore::open_or_create(&keys, bits))
         .await
@@ -347,6 +388,7 @@ async fn start_member(config: &Config) -> Result<(NodeKeys, Membership, RunningN
         None => None,
     };
     let Keystore { node, member, .. } = keystore;
+    let data_dir = config.data_dir.clone();
     let running = RunningNode::start(NodeStart {
         layout,
         membership: membership.clone(),
@@ -355,7 +397,13 @@ async fn start_member(config: &Config) -> Result<(NodeKeys, Membership, RunningN
         raft: config.consortium.raft,
         secrets: member,
     })
-    .await?;
+    .await
+    .map_err(|e| match e {
+        ConsortiumError::Open(e) if !is_locked(&e) => {
+            StoreError::opened(Store::Governance, &data_dir, &e).into()
+        }
+        other => ServerError::from(other),
+    })?;
     Ok((node, membership, running))
 }
 
@@ -396,15 +444,28 @@ async fn open_parts(
     let link_key = followers.link_key.clone();
     let view = followers.ledger.clone();
     tokio::task::spawn_blocking(move || -> Result<_, ServerError> {
-        let sealing = Arc::new(Sealing::open(&for_config, keys, link_key)?);
-        let opened = NodeLedger::open(
+        let data_dir = &for_config.data_dir;
+        let sealing = match Sealing::open(&for_config, keys, link_key) {
+            Ok(sealing) => Arc::new(sealing),
+            Err(SealError::Storage(StorageError::Open(e))) if !is_locked(&e) => {
+                return Err(StoreError::opened(Store::Vault, data_dir, &e).into());
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let opened = match NodeLedger::open(
             &for_config,
             &consortium,
             sealing.vault().outbox().clone(),
             view,
             network,
             crate::clock::system(),
-        )?;
+        ) {
+            Ok(opened) => opened,
+            Err(LedgerError::Chain(fhirseal_consensus::Error::Store(ChainStoreError::Open(e)))) => {
+                return Err(StoreError::opened(Store::Ledger, data_dir, &e).into());
+            }
+            Err(e) => return Err(e.into()),
+        };
         Ok((sealing, opened))
     })
     .await
@@ -418,16 +479,27 @@ pub(crate) async fn open_node(config: &Config) -> Result<(Arc<Sealing>, Opened),
     let layout = Layout::of(config);
     let membership = Membership::require(&layout)?;
     let config = member_config(config, &membership)?;
+    require_keys(&layout.keys())?;
     let (keys, bits) = (layout.keys(), config.seal.rsa_bits);
     let keystore = tokio::task::spawn_blocking(move || Keystore::open_or_create(&keys, bits))
         .await
         .map_err(|e| ServerError::Start(e.to_string()))??;
     let raft = layout.raft();
-    let view = tokio::task::spawn_blocking(move || -> Result<_, ConsortiumError> {
-        let db = sled::open(raft)?;
-        let store = fhirseal_storage::raft_store::RaftStore::open(&db)?;
-        let machine = fhirseal_consensus::raft::StateMachine::open(store)
-            .map_err(|e| ConsortiumError::Usage(format!("the governance state: {e}")))?;
+    let data_dir = config.data_dir.clone();
+    let view = tokio::task::spawn_blocking(move || -> Result<_, ServerError> {
+        let db = fhirseal_storage::open::open_db(&raft).map_err(|e| match e {
+            e if is_locked(&e) => ServerError::from(ConsortiumError::Open(e)),
+            e => StoreError::opened(Store::Governance, &data_dir, &e).into(),
+        })?;
+        let store =
+            fhirseal_storage::raft_store::RaftStore::open(&db).map_err(ConsortiumError::from)?;
+        let machine = fhirseal_consensus::raft::StateMachine::open(store).map_err(|e| {
+            StoreError::Damaged {
+                store: Store::Governance,
+                path: Store::Governance.dir(&data_dir).display().to_string(),
+                what: format!("its governance state does not read back: {e}"),
+            }
+        })?;
         Ok(machine.view())
     })
     .await
@@ -442,6 +514,34 @@ pub(crate) async fn open_node(config: &Config) -> Result<(Arc<Sealing>, Opened),
         None,
     )
     .await
+}
+
+/// The key files sealing needs (the RSA key that unwraps every data key, the blind-index key,
+/// the delegate key). Checked before a node that has run before starts: the keystore would
+/// otherwise make new ones, and every identity its vault holds would be unreadable.
+pub fn require_keys(dir: &std::path::Path) -> Result<(), ServerError> {
+    let missing: Vec<&str> = [
+        fhirseal_storage::keys::RSA_KEY_FILE,
+        "index.key",
+        "delegate.ed25519",
+    ]
+    .into_iter()
+    .filter(|file| !dir.join(file).is_file())
+    .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(ServerError::Start(format!(
+        "the keystore {} lacks {}, but this data directory has run before: its vault was sealed \
+         for the keys it had. Copy the node's keys there (a backup made with --with-keys holds \
+         them); new keys would leave every identity in the vault unreadable",
+        dir.display(),
+        missing.join(", ")
+    )))
+}
+
+fn is_locked(error: &fhirseal_storage::open::OpenError) -> bool {
+    matches!(error, fhirseal_storage::open::OpenError::Locked { .. })
 }
 
 /// Resolves the writes a crash left unsettled: those kept before this start, then, every

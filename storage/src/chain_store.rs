@@ -78,6 +78,9 @@ pub enum ChainStoreError {
         /// Where the key is already recorded.
         existing: EntryLocation,
     },
+    /// The database cannot be opened: sled found it damaged, or the system refused.
+    #[error(transparent)]
+    Open(crate::open::OpenError),
     /// The database directory is held by another process (sled locks it).
     #[error("the ledger database {0} is in use by another process (is fhirseal running?)")]
     Locked(String),
@@ -281,20 +284,10 @@ impl ChainStore {
     /// holds blocks of another format (a database with blocks and no format recorded is of
     /// format 1).
     pub fn open_dir(path: &std::path::Path, owner: &str, format: u8) -> Result<Self> {
-        let db = sled::Config::new()
-            .path(path)
-            .open()
-            .map_err(|e| match &e {
-                // sled reports the lock another process holds as an I/O error of its own
-                // wording, whatever the kind of the underlying one.
-                sled::Error::Io(io)
-                    if io.kind() == std::io::ErrorKind::WouldBlock
-                        || io.to_string().contains("could not acquire lock") =>
-                {
-                    ChainStoreError::Locked(path.display().to_string())
-                }
-                _ => ChainStoreError::Sled(e),
-            })?;
+        let db = crate::open::open_db(path).map_err(|e| match e {
+            crate::open::OpenError::Locked { path } => ChainStoreError::Locked(path),
+            other => ChainStoreError::Open(other),
+        })?;
         let meta = db.open_tree(META_TREE)?;
         match meta.get("owner")? {
             Some(found) if found.as_ref() != owner.as_bytes() => {
@@ -428,8 +421,15 @@ impl ChainStore {
         Ok(())
     }
 
+    /// The sled database the store lives in, for [`crate::dump::dump`]: a running node holds
+    /// [`crate::pause::pause`] meanwhile.
+    pub fn database(&self) -> &sled::Db {
+        &self.db
+    }
+
     fn write(&self, write: &BlockWrite<'_>) -> Result<()> {
         let height_key = write.height.to_be_bytes();
+        let _writing = crate::pause::writing();
         let trees = (
             &self.blocks,
             &self.block_hashes,

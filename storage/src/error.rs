@@ -17,6 +17,11 @@ pub enum StorageError {
     UnknownDataKey(String),
     #[error("malformed stored data: {0}")]
     Corrupt(String),
+    /// What the vault holds fails its integrity check (it was altered or damaged on disk).
+    #[error("the vault is damaged: {0}")]
+    Damaged(String),
+    #[error(transparent)]
+    Open(#[from] crate::open::OpenError),
 }
 
 impl StorageError {

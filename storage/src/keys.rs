@@ -130,6 +130,20 @@ impl NodeKeys {
     }
 }
 
+/// The id of the RSA key in the key directory `dir` (the SHA-256 of its public key's DER, as
+/// [`NodeKeys::rsa_key_id`]), or `None` when `dir` holds none. Makes nothing.
+pub fn rsa_key_id_in(dir: &Path) -> Result<Option<[u8; 32]>> {
+    let path = dir.join(RSA_KEY_FILE);
+    if !path.is_file() {
+        return Ok(None);
+    }
+    let der = read_rsa(&path)?
+        .to_public_key()
+        .to_public_key_der()
+        .map_err(|e| StorageError::Rsa(e.to_string()))?;
+    Ok(Some(Sha256::digest(der.as_bytes()).into()))
+}
+
 /// Reads the RSA private key (PKCS#8 PEM) at `path`.
 pub fn read_rsa(path: &Path) -> Result<PrivateKey> {
     let pem = read_secret(path)?;

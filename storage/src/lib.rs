@@ -13,11 +13,17 @@
 //!   anchor indexes, one transaction and a flush per block (bytes given by `consensus`).
 //! - [`raft_store`] — the replicated log's typed sled stores: opaque entries by position, named
 //!   slots for the log and the state machine, flushed when `consensus` asks.
+//! - [`open`] — opening a sled database, damage found by sled said plainly;
+//! - [`pause`] — every store write held while a consistent copy is made;
+//! - [`dump`] — a database copied whole into one self-checking file, and loaded back.
 
 pub mod chain_store;
+pub mod dump;
 pub mod error;
 pub mod keys;
+pub mod open;
 pub mod outbox;
+pub mod pause;
 pub mod raft_store;
 pub mod seal;
 pub mod vault;
@@ -26,4 +32,4 @@ pub use error::{Result, StorageError};
 pub use keys::{NodeKeys, SecretKey};
 pub use outbox::{Outbox, PendingAccess, PendingAnchor};
 pub use seal::{blind_token, Fingerprint, NewEpochKey, RecordMeta, SealedRecord, Sealer};
-pub use vault::{Durability, Vault, VaultWrite};
+pub use vault::{Durability, Vault, VaultCheck, VaultWrite};

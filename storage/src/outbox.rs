@@ -7,7 +7,9 @@
 //! | `outbox.access` | sequence number, u64 big-endian | a [`PendingAccess`] |
 //!
 //! Sequence numbers come from sled's id generator, which only grows, across restarts too, so a
-//! scan returns entries roughly in the order they were written. An entry leaves the outbox only
+//! scan returns entries roughly in the order they were written; never below one past the
+//! highest entry found at open, because a database loaded from a dump (`fhirseal restore`)
+//! starts its generator again at 0 and would otherwise write over what still waits. An entry leaves the outbox only
 //! when the caller says its block is final ([`Outbox::clear_anchors`]); after a crash whatever
 //! is still here is submitted again, and the ledger's index of anchored versions is what makes
 //! that resubmission harmless.
@@ -128,26 +130,45 @@ pub struct Outbox {
     db: sled::Db,
     pub(crate) anchors: Tree,
     access: Tree,
+    /// The lowest sequence number still free (see the module's documentation).
+    floor: std::sync::Arc<std::sync::Mutex<u64>>,
 }
 
 impl Outbox {
     pub(crate) fn open(db: &sled::Db) -> Result<Self> {
+        let anchors = db.open_tree(ANCHORS_TREE)?;
+        let access = db.open_tree(ACCESS_TREE)?;
+        let mut floor = 0u64;
+        for tree in [&anchors, &access] {
+            if let Some((key, _)) = tree.last()? {
+                let seq: [u8; 8] = key
+                    .as_ref()
+                    .try_into()
+                    .map_err(|_| corrupt(ANCHORS_TREE, "key is not 8 bytes"))?;
+                floor = floor.max(u64::from_be_bytes(seq).saturating_add(1));
+            }
+        }
         Ok(Self {
             db: db.clone(),
-            anchors: db.open_tree(ANCHORS_TREE)?,
-            access: db.open_tree(ACCESS_TREE)?,
+            anchors,
+            access,
+            floor: std::sync::Arc::new(std::sync::Mutex::new(floor)),
         })
     }
 
-    /// A fresh sequence number.
+    /// A fresh sequence number, above every entry that waits.
     pub(crate) fn next_seq(&self) -> Result<u64> {
-        Ok(self.db.generate_id()?)
+        let mut floor = self.floor.lock().unwrap_or_else(|p| p.into_inner());
+        let seq = self.db.generate_id()?.max(*floor);
+        *floor = seq.saturating_add(1);
+        Ok(seq)
     }
 
     /// Queues an anchor on its own (a write with nothing to seal). Not yet durable: the vault's
     /// flush makes it so.
     pub fn push_anchor(&self, anchor: &PendingAnchor) -> Result<u64> {
         let seq = self.next_seq()?;
+        let _writing = crate::pause::writing();
         self.anchors.insert(seq.to_be_bytes(), anchor.encode())?;
         Ok(seq)
     }
@@ -155,6 +176,7 @@ impl Outbox {
     /// Queues an access event. Not yet durable: the vault's flush makes it so.
     pub fn push_access(&self, event: &PendingAccess) -> Result<u64> {
         let seq = self.next_seq()?;
+        let _writing = crate::pause::writing();
         self.access.insert(seq.to_be_bytes(), event.encode())?;
         Ok(seq)
     }
@@ -216,6 +238,7 @@ fn read<T>(
 }
 
 fn clear(tree: &Tree, seqs: &[u64]) -> Result<()> {
+    let _writing = crate::pause::writing();
     let mut batch = sled::Batch::default();
     for seq in seqs {
         batch.remove(&seq.to_be_bytes());

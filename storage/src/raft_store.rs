@@ -76,6 +76,7 @@ impl RaftStore {
     /// Writes `entries` (position, bytes) in one atomic batch, replacing any entry already at
     /// one of those positions. Not flushed: see [`RaftStore::flush`].
     pub fn append(&self, entries: impl IntoIterator<Item = (u64, Vec<u8>)>) -> Result<()> {
+        let _writing = crate::pause::writing();
         let mut batch = Batch::default();
         for (position, bytes) in entries {
             batch.insert(&position.to_be_bytes(), bytes);
@@ -126,6 +127,7 @@ impl RaftStore {
             .range(..=position.to_be_bytes())
             .keys()
             .collect::<Result<Vec<_>, sled::Error>>()?;
+        let _writing = crate::pause::writing();
         let outcome =
             sled::Transactional::transaction(&(&self.log, &self.log_meta), |(log, meta)| {
                 // sled may run this more than once on conflict: it only touches the view.
@@ -150,6 +152,7 @@ impl RaftStore {
 
     /// Sets the log slot `slot`. Not flushed.
     pub fn set_log_value(&self, slot: &str, value: &[u8]) -> Result<()> {
+        let _writing = crate::pause::writing();
         self.log_meta.insert(slot.as_bytes(), value)?;
         Ok(())
     }
@@ -161,6 +164,7 @@ impl RaftStore {
 
     /// Sets several state-machine slots in one atomic batch. Not flushed.
     pub fn set_machine_values(&self, values: &[(&str, &[u8])]) -> Result<()> {
+        let _writing = crate::pause::writing();
         let mut batch = Batch::default();
         for (slot, value) in values {
             batch.insert(slot.as_bytes(), *value);
@@ -180,6 +184,12 @@ impl RaftStore {
         Ok(())
     }
 
+    /// The sled database the store lives in (other trees of it too), for
+    /// [`crate::dump::dump`]: a running node holds [`crate::pause::pause`] meanwhile.
+    pub fn database(&self) -> &sled::Db {
+        &self.db
+    }
+
     fn remove_keys(
         &self,
         keys: impl Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>,
@@ -189,6 +199,7 @@ impl RaftStore {
             let (key, _) = item?;
             batch.remove(key);
         }
+        let _writing = crate::pause::writing();
         self.log.apply_batch(batch)?;
         Ok(())
     }

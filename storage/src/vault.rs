@@ -19,7 +19,8 @@
 use crate::error::{random, Result, StorageError};
 use crate::keys::hex;
 use crate::outbox::{Outbox, PendingAnchor};
-use crate::seal::{Fingerprint, NewEpochKey, SealedRecord};
+use crate::pause::writing;
+use crate::seal::{Fingerprint, NewEpochKey, SealedRecord, Sealer};
 use sled::transaction::TransactionError;
 use sled::Transactional;
 
@@ -113,7 +114,7 @@ fn fingerprint(bytes: &[u8]) -> Result<Fingerprint> {
 impl Vault {
     /// Opens (or creates) the vault in the directory `path`.
     pub fn open(path: &std::path::Path) -> Result<Vault> {
-        let db = sled::Config::new().path(path).open()?;
+        let db = crate::open::open_db(path)?;
         Ok(Vault {
             records: db.open_tree("records")?,
             resources: db.open_tree("resources")?,
@@ -138,6 +139,7 @@ impl Vault {
         let mut raw = [0u8; 16];
         random(&mut raw)?;
         let candidate = hex(&raw);
+        let _writing = writing();
         let result: std::result::Result<std::result::Result<(), String>, TransactionError<()>> =
             (&self.surrogates, &self.surrogate_fp).transaction(|(surrogates, reverse)| {
                 if let Some(existing) = surrogates.get(fp.0)? {
@@ -159,6 +161,7 @@ impl Vault {
         if self.by_fingerprint.scan_prefix(fp.0).next().is_some() {
             return Ok(());
         }
+        let _writing = writing();
         (&self.surrogates, &self.surrogate_fp)
             .transaction(|(surrogates, reverse)| {
                 if surrogates.get(fp.0)?.as_deref() == Some(surrogate.as_bytes()) {
@@ -214,6 +217,7 @@ impl Vault {
             )),
             None => None,
         };
+        let _writing = writing();
         (
             &self.records,
             &self.resources,
@@ -259,6 +263,7 @@ impl Vault {
         intents: &[Vec<u8>],
         new_epoch_keys: &[NewEpochKey],
     ) -> Result<()> {
+        let _writing = writing();
         (&self.intents, &self.epoch_keys)
             .transaction(|(kept, epoch_keys)| {
                 for key in new_epoch_keys {
@@ -299,6 +304,7 @@ impl Vault {
     pub fn remove_intents(&self, request: &str) -> Result<()> {
         let mut prefix = request.as_bytes().to_vec();
         prefix.push(0);
+        let _writing = writing();
         let mut batch = sled::Batch::default();
         for entry in self.intents.scan_prefix(&prefix) {
             let (key, _) = entry?;
@@ -323,10 +329,45 @@ impl Vault {
         else {
             return Ok(None);
         };
-        let bytes = self.records.get(&address)?.ok_or_else(|| {
-            StorageError::Corrupt(format!("record {} is indexed but absent", hex(&address)))
+        self.indexed_record(&address, resource_type, id, Some(version))
+            .map(Some)
+    }
+
+    /// The record at `address`, which the index of `resource_type`/`id` (`version`) points at:
+    /// refused unless its bytes hash to its address and it was sealed for that resource, so that
+    /// neither an altered record nor one of another resource is ever taken for this one's.
+    fn indexed_record(
+        &self,
+        address: &[u8],
+        resource_type: &str,
+        id: &str,
+        version: Option<&str>,
+    ) -> Result<SealedRecord> {
+        let shown = || format!("{resource_type}/{id}/_history/{}", version.unwrap_or("*"));
+        let bytes = self.records.get(address)?.ok_or_else(|| {
+            StorageError::Damaged(format!(
+                "the sealed record of {} is indexed but absent",
+                shown()
+            ))
         })?;
-        SealedRecord::decode(&bytes).map(Some)
+        if SealedRecord::address(&bytes).as_slice() != address {
+            return Err(StorageError::Damaged(format!(
+                "the sealed record of {} does not match its address: it was altered",
+                shown()
+            )));
+        }
+        let record = SealedRecord::decode(&bytes)?;
+        let meta = &record.meta;
+        if meta.resource_type != resource_type
+            || meta.id != id
+            || version.is_some_and(|v| v != meta.version)
+        {
+            return Err(StorageError::Damaged(format!(
+                "the index of {} points at the sealed record of another resource",
+                shown()
+            )));
+        }
+        Ok(record)
     }
 
     /// The sealed record of a resource's latest version that has one (versions compared as
@@ -345,13 +386,12 @@ impl Vault {
                 latest = Some((version, address));
             }
         }
-        let Some((_, address)) = latest else {
+        let Some((version, address)) = latest else {
             return Ok(None);
         };
-        let bytes = self.records.get(&address)?.ok_or_else(|| {
-            StorageError::Corrupt(format!("record {} is indexed but absent", hex(&address)))
-        })?;
-        SealedRecord::decode(&bytes).map(Some)
+        let version = String::from_utf8_lossy(&version).into_owned();
+        self.indexed_record(&address, resource_type, id, Some(&version))
+            .map(Some)
     }
 
     /// The fingerprint of the person a stored resource belongs to (from any of its versions).
@@ -366,10 +406,8 @@ impl Vault {
             return Ok(None);
         };
         let (_, address) = entry?;
-        let Some(bytes) = self.records.get(&address)? else {
-            return Ok(None);
-        };
-        Ok(Some(SealedRecord::decode(&bytes)?.meta.fingerprint))
+        let record = self.indexed_record(&address, resource_type, id, None)?;
+        Ok(Some(record.meta.fingerprint))
     }
 
     /// The resources (type, id) whose current version carries `token`.
@@ -404,6 +442,127 @@ impl Vault {
         self.records.len()
     }
 
+    /// The vault's sled database (its outbox included), for [`crate::dump::dump`]: a running
+    /// node holds [`crate::pause::pause`] meanwhile.
+    pub fn database(&self) -> &sled::Db {
+        &self.db
+    }
+
+    /// Checks the whole vault: every record hashes to its address, decodes and decrypts with
+    /// `sealer`'s keys (calling `progress` with how many records are done); every index entry
+    /// points at a record of its resource; surrogates and their reverse agree; what the outbox
+    /// waits to anchor is there. Problems are listed, not returned as errors; an error is a
+    /// store that cannot be read at all.
+    pub fn check(&self, sealer: &Sealer, mut progress: impl FnMut(u64)) -> Result<VaultCheck> {
+        let mut check = VaultCheck::default();
+        let mut done = 0u64;
+        for item in self.records.iter() {
+            let (address, bytes) = item?;
+            check.records += 1;
+            let short = &hex(&address)[..16];
+            if SealedRecord::address(&bytes).as_slice() != address.as_ref() {
+                check.problem(format!(
+                    "record {short}… does not match its address: it was altered"
+                ));
+            } else {
+                match SealedRecord::decode(&bytes) {
+                    Err(e) => check.problem(format!("record {short}… does not decode: {e}")),
+                    Ok(record) => {
+                        if let Err(e) = sealer.unseal(&record, |id| self.wrapped_key(id)) {
+                            check.problem(format!(
+                                "record {short}… of {}/{}/_history/{} does not decrypt: {e}",
+                                record.meta.resource_type, record.meta.id, record.meta.version
+                            ));
+                        }
+                    }
+                }
+            }
+            done += 1;
+            progress(done);
+        }
+        for item in self.resources.iter() {
+            let (key, address) = item?;
+            check.versions += 1;
+            let mut parts = key.splitn(3, |b| *b == 0);
+            let (Some(t), Some(i), Some(v)) = (parts.next(), parts.next(), parts.next()) else {
+                check.problem("an index entry of resources without its separators".to_owned());
+                continue;
+            };
+            let (t, i, v) = (
+                String::from_utf8_lossy(t),
+                String::from_utf8_lossy(i),
+                String::from_utf8_lossy(v),
+            );
+            if let Err(e) = self.indexed_record(&address, &t, &i, Some(&v)) {
+                check.problem(e.to_string());
+            }
+        }
+        for (tree, name) in [
+            (&self.by_fingerprint, "by_fingerprint"),
+            (&self.blind, "blind"),
+        ] {
+            for item in tree.iter() {
+                let (key, _) = item?;
+                let Some(resource) = key.get(32..) else {
+                    check.problem(format!("an index entry of {name} is too short"));
+                    continue;
+                };
+                let mut prefix = resource.to_vec();
+                prefix.push(0);
+                if self.resources.scan_prefix(&prefix).next().is_none() {
+                    check.problem(format!(
+                        "an index entry of {name} points at {} which has no record",
+                        String::from_utf8_lossy(resource).replace('\0', "/")
+                    ));
+                }
+            }
+        }
+        for item in self.surrogates.iter() {
+            let (fp, surrogate) = item?;
+            if self.surrogate_fp.get(&surrogate)?.as_deref() != Some(fp.as_ref()) {
+                check.problem(format!(
+                    "surrogate {} does not lead back to its person",
+                    String::from_utf8_lossy(&surrogate)
+                ));
+            }
+        }
+        for item in self.surrogate_fp.iter() {
+            let (surrogate, fp) = item?;
+            if self.surrogates.get(&fp)?.as_deref() != Some(surrogate.as_ref()) {
+                check.problem(format!(
+                    "surrogate {} names a person who has another",
+                    String::from_utf8_lossy(&surrogate)
+                ));
+            }
+        }
+        match self.outbox.anchors(usize::MAX) {
+            Err(e) => check.problem(format!("the outbox's anchors: {e}")),
+            Ok(anchors) => {
+                for (_, anchor) in anchors {
+                    if anchor.sealed_address != [0; 32]
+                        && !self.records.contains_key(anchor.sealed_address)?
+                    {
+                        check.problem(format!(
+                            "{}/{}/_history/{} waits to be anchored but its record is absent",
+                            anchor.resource_type, anchor.id, anchor.version
+                        ));
+                    }
+                }
+            }
+        }
+        if let Err(e) = self.outbox.access_events(usize::MAX) {
+            check.problem(format!("the outbox's access events: {e}"));
+        }
+        Ok(check)
+    }
+
+    /// Whether a version has a sealed record (its index entry, not the record's soundness).
+    pub fn has_version(&self, resource_type: &str, id: &str, version: &str) -> Result<bool> {
+        Ok(self
+            .resources
+            .contains_key(version_key(resource_type, id, version))?)
+    }
+
     /// Writes everything so far to disk.
     pub fn flush(&self) -> Result<()> {
         self.db.flush()?;
@@ -414,6 +573,36 @@ impl Vault {
     pub async fn flush_async(&self) -> Result<()> {
         self.db.flush_async().await?;
         Ok(())
+    }
+}
+
+/// What [`Vault::check`] found.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct VaultCheck {
+    /// Sealed records read.
+    pub records: u64,
+    /// Resource versions indexed.
+    pub versions: u64,
+    /// The first problems found (at most [`VaultCheck::SHOWN`]), each a sentence.
+    pub problems: Vec<String>,
+    /// How many problems were found in all.
+    pub problem_count: u64,
+}
+
+impl VaultCheck {
+    /// How many problems are kept to be shown.
+    pub const SHOWN: usize = 50;
+
+    fn problem(&mut self, what: String) {
+        self.problem_count += 1;
+        if self.problems.len() < Self::SHOWN {
+            self.problems.push(what);
+        }
+    }
+
+    /// Whether nothing is wrong.
+    pub fn is_sound(&self) -> bool {
+        self.problem_count == 0
     }
 }
 
@@ -550,5 +739,103 @@ mod tests {
         let (again, made) = vault.surrogate(&fp).unwrap();
         assert!(made);
         assert_ne!(again, surrogate);
+    }
+
+    /// A vault with two sealed Patients, its sealer, and the address of the first's record.
+    fn two_patients(dir: &std::path::Path) -> (Vault, Sealer, [u8; 32]) {
+        let (keys, _) = NodeKeys::load_or_create(&dir.join("keys"), 2048).unwrap();
+        let sealer = Sealer::new(Arc::new(keys), 100, 8);
+        let vault = Vault::open(&dir.join("vault")).unwrap();
+        let mut first = [0; 32];
+        for (n, id) in ["p1", "p2"].iter().enumerate() {
+            let meta = RecordMeta {
+                fingerprint: Fingerprint([n as u8; 32]),
+                resource_type: "Patient".into(),
+                id: (*id).into(),
+                version: "1".into(),
+            };
+            let (record, new_epoch_key) = sealer.seal(meta, b"{\"family\":\"x\"}").unwrap();
+            let address = vault
+                .commit(&VaultWrite {
+                    record,
+                    new_epoch_key,
+                    tokens: vec![[n as u8; 32]],
+                    clinical_hash: Some([1; 32]),
+                })
+                .unwrap();
+            if n == 0 {
+                first = address;
+            }
+        }
+        (vault, sealer, first)
+    }
+
+    #[test]
+    fn an_altered_or_misplaced_record_is_refused_and_the_check_finds_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (vault, sealer, first) = two_patients(dir.path());
+        let check = vault.check(&sealer, |_| {}).unwrap();
+        assert!(check.is_sound(), "{check:?}");
+        assert_eq!((check.records, check.versions), (2, 2));
+
+        // One ciphertext byte altered in place: the record no longer hashes to its address.
+        let mut bytes = vault.records.get(first).unwrap().unwrap().to_vec();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        vault.records.insert(first, bytes).unwrap();
+        let refused = vault.record("Patient", "p1", "1").unwrap_err();
+        assert!(matches!(refused, StorageError::Damaged(_)), "{refused}");
+        assert!(refused.to_string().contains("altered"), "{refused}");
+        let check = vault.check(&sealer, |_| {}).unwrap();
+        assert!(!check.is_sound());
+        assert!(
+            check.problems.iter().any(|p| p.contains("altered")),
+            "{check:?}"
+        );
+
+        // p2's index pointed at p1's record: refused, though that record is sound.
+        let dir = tempfile::tempdir().unwrap();
+        let (vault, sealer, first) = two_patients(dir.path());
+        vault
+            .resources
+            .insert(version_key("Patient", "p2", "1"), &first)
+            .unwrap();
+        let refused = vault.record("Patient", "p2", "1").unwrap_err();
+        assert!(
+            refused.to_string().contains("another resource"),
+            "{refused}"
+        );
+        assert!(vault.latest_record("Patient", "p2").is_err());
+        let check = vault.check(&sealer, |_| {}).unwrap();
+        assert_eq!(check.problem_count, 1, "{check:?}");
+    }
+
+    #[test]
+    fn a_vault_loaded_from_a_dump_queues_above_what_waits() {
+        let dir = tempfile::tempdir().unwrap();
+        let (vault, _, _) = two_patients(dir.path());
+        let waiting = vault.outbox().anchors(10).unwrap();
+        assert_eq!(waiting.len(), 2);
+        let mut bytes = Vec::new();
+        crate::dump::dump(vault.database(), "vault", &mut bytes).unwrap();
+        let copy = dir.path().join("copy");
+        crate::dump::load(bytes.as_slice(), "vault", &copy).unwrap();
+        let restored = Vault::open(&copy).unwrap();
+        // The new database's id generator starts again at 0: the next entry must not take the
+        // place of one that waits.
+        restored
+            .outbox()
+            .push_anchor(&PendingAnchor {
+                resource_type: "Observation".into(),
+                id: "o1".into(),
+                version: "1".into(),
+                fingerprint: [0; 32],
+                sealed_address: [0; 32],
+                clinical_hash: [2; 32],
+            })
+            .unwrap();
+        let after = restored.outbox().anchors(10).unwrap();
+        assert_eq!(after.len(), 3);
+        assert_eq!(&after[..2], waiting.as_slice());
     }
 }

@@ -18,6 +18,7 @@ use std::fmt;
 use fhirseal_consensus::governance::{limits, GovernanceState, SignedCommand};
 use fhirseal_consensus::raft::GovernanceView;
 use fhirseal_consensus::Timestamp;
+use fhirseal_storage::pause::writing;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional as _};
@@ -119,7 +120,10 @@ impl Desk {
             return Err(DeskError::Full("invites"));
         }
         let value = serde_json::to_vec(invite).map_err(|e| DeskError::BadRequest(e.to_string()))?;
-        self.invites.insert(hash, value)?;
+        {
+            let _writing = writing();
+            self.invites.insert(hash, value)?;
+        }
         self.invites.flush()?;
         Ok(())
     }
@@ -131,6 +135,7 @@ impl Desk {
                 check_invite(Some(&invite), &invite.member, now).is_err()
             });
             if expired {
+                let _writing = writing();
                 self.invites.remove(hash)?;
             }
         }
@@ -186,6 +191,7 @@ impl Desk {
         if self.joins.len() >= MAX_PENDING_JOINS {
             return Err(DeskError::Full("join requests"));
         }
+        let writing = writing();
         let kept = (&self.invites, &self.joins).transaction(|(invites, joins)| {
             let invite = invites
                 .get(hash)?
@@ -199,6 +205,7 @@ impl Desk {
             joins.insert(member.id.as_bytes(), body)?;
             Ok(())
         });
+        drop(writing);
         match kept {
             Ok(()) => {}
             Err(TransactionError::Abort(e)) => return Err(e),
@@ -241,6 +248,7 @@ impl Desk {
             let key = key?;
             let id = String::from_utf8_lossy(&key);
             if state.read(|s| s.member(&id).is_some()) {
+                let _writing = writing();
                 self.joins.remove(key)?;
             }
         }

@@ -59,6 +59,9 @@ pub enum ConsortiumError {
     /// sled failed.
     #[error("sled: {0}")]
     Sled(#[from] sled::Error),
+    /// The governance store cannot be opened (damaged, or held by another process).
+    #[error("the governance store: {0}")]
+    Open(fhirseal_storage::open::OpenError),
     /// The governance node failed (boxed: openraft's errors are large).
     #[error(transparent)]
     Node(Box<NodeError>),

@@ -236,7 +236,7 @@ impl RunningNode {
         };
         let trust = Trust::node(own, bootstrap, own_certificates(&layout, &identity));
 
-        let db = sled::open(layout.raft())?;
+        let db = fhirseal_storage::open::open_db(&layout.raft()).map_err(ConsortiumError::Open)?;
         let store = RaftStore::open(&db)?;
         let join_desk = Desk::open(&db)?;
         let network = HttpNetwork::new(trust.clone(), identity.clone());
@@ -316,6 +316,12 @@ impl RunningNode {
             tasks,
             db,
         })
+    }
+
+    /// The governance store's sled database (the Raft log, the state, the join desk), for
+    /// `fhirseal backup`.
+    pub fn database(&self) -> &sled::Db {
+        &self.db
     }
 
     /// Where the governance listener is bound.

@@ -15,3 +15,4 @@ mod t50_ledger;
 mod t60_crash;
 mod t70_hostile;
 mod t80_crash_window;
+mod t90_stores;

@@ -116,7 +116,8 @@ fn files_under(dir: &Path, out: &mut Vec<PathBuf>) {
         let path = entry.unwrap().path();
         if path.is_dir() {
             files_under(&path, out);
-        } else {
+        } else if path.is_file() {
+            // Not the node's control socket: it holds nothing.
             out.push(path);
         }
     }
