@@ -206,13 +206,7 @@ impl LedgerTool {
                     }
                 }
                 progress(seen);
-                url = page["link"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .find(|l| l["relation"] == "next")
-                    .and_then(|l| l["url"].as_str())
-                    .map(str::to_owned);
+                url = fhirseal_adapters::rebase::next_link(&page).map(str::to_owned);
             }
         }
         Ok(orphans)

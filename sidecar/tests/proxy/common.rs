@@ -461,13 +461,7 @@ pub async fn all_pages(first: &str) -> String {
         assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
         let page = reply.json();
         all.push_str(&reply.text());
-        let next = page["link"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|l| l["relation"] == "next")
-            .and_then(|l| l["url"].as_str())
-            .map(str::to_owned);
+        let next = fhirseal_adapters::rebase::next_link(&page).map(str::to_owned);
         match next {
             Some(next) => url = next,
             None => return all,

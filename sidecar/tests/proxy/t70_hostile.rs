@@ -1101,13 +1101,7 @@ async fn identity_searches_matching_many_go_as_post_and_page() {
             assert_eq!(entry["resource"]["name"][0]["family"], family.as_str());
             seen.insert(entry["resource"]["id"].as_str().unwrap().to_owned());
         }
-        let next = page["link"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|l| l["relation"] == "next")
-            .and_then(|l| l["url"].as_str())
-            .map(str::to_owned);
+        let next = fhirseal_adapters::rebase::next_link(&page).map(str::to_owned);
         match next {
             Some(next) => {
                 assert!(next.starts_with(&base), "{next}");
