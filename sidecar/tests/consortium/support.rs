@@ -25,6 +25,21 @@ pub const ELECTION_TIMEOUT_MS: u64 = 500;
 /// Multi-process clusters run one at a time: the machine has two cores.
 static SERIAL: Mutex<()> = Mutex::new(());
 
+/// The test run's two HAPI FHIR servers (`FHIRSEAL_TEST_HAPI`, `FHIRSEAL_TEST_HAPI_REFERENCE`,
+/// as `deploy/test.sh` sets them); without them, says the test is skipped.
+pub fn two_hapis() -> Option<(String, String)> {
+    match (
+        std::env::var("FHIRSEAL_TEST_HAPI"),
+        std::env::var("FHIRSEAL_TEST_HAPI_REFERENCE"),
+    ) {
+        (Ok(first), Ok(second)) => Some((first, second)),
+        _ => {
+            eprintln!("skipped: FHIRSEAL_TEST_HAPI and FHIRSEAL_TEST_HAPI_REFERENCE are not set");
+            None
+        }
+    }
+}
+
 pub fn serial() -> MutexGuard<'static, ()> {
     SERIAL
         .lock()

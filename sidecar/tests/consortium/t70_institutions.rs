@@ -22,7 +22,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::{json, Value};
 
-use crate::support::{ok, runtime, serial};
+use crate::support::{ok, runtime, serial, two_hapis};
 use crate::t30_script::{consortium_json, free_base, script, StopOnDrop};
 
 /// One member of `consortium.json`.
@@ -352,11 +352,7 @@ pub fn unique(prefix: &str) -> String {
 
 #[test]
 fn two_institutions_link_one_person_and_a_revoked_one_stops_writing() {
-    let (Ok(hapi_1), Ok(hapi_2)) = (
-        std::env::var("FHIRSEAL_TEST_HAPI"),
-        std::env::var("FHIRSEAL_TEST_HAPI_REFERENCE"),
-    ) else {
-        eprintln!("skipped: FHIRSEAL_TEST_HAPI and FHIRSEAL_TEST_HAPI_REFERENCE are not set");
+    let Some((hapi_1, hapi_2)) = two_hapis() else {
         return;
     };
     let _serial = serial();

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use http::{Method, StatusCode};
 use serde_json::Value;
 
-use crate::support::{ok, runtime, serial};
+use crate::support::{ok, runtime, serial, two_hapis};
 use crate::t30_script::{consortium_json, free_base, script, StopOnDrop};
 use crate::t70_institutions::{fingerprint, person, send, unique, write, Member};
 
@@ -84,11 +84,7 @@ async fn delegates_are(member: &Member, n: usize) {
 
 #[test]
 fn four_delegates_finalize_one_chain_through_crashes_joins_and_a_revocation() {
-    let (Ok(hapi_1), Ok(hapi_2)) = (
-        std::env::var("FHIRSEAL_TEST_HAPI"),
-        std::env::var("FHIRSEAL_TEST_HAPI_REFERENCE"),
-    ) else {
-        eprintln!("skipped: FHIRSEAL_TEST_HAPI and FHIRSEAL_TEST_HAPI_REFERENCE are not set");
+    let Some((hapi_1, hapi_2)) = two_hapis() else {
         return;
     };
     let _serial = serial();
