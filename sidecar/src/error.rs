@@ -283,8 +283,15 @@ pub type JsonBody = http_body_util::Full<Bytes>;
 
 /// A JSON response of the node-to-node APIs.
 pub fn json_response<T: serde::Serialize>(status: StatusCode, value: &T) -> Response<JsonBody> {
-    let body = serde_json::to_vec(value).unwrap_or_default();
-    let mut response = Response::new(http_body_util::Full::new(Bytes::from(body)));
+    json_bytes(
+        status,
+        Bytes::from(serde_json::to_vec(value).unwrap_or_default()),
+    )
+}
+
+/// A response of JSON already encoded.
+fn json_bytes(status: StatusCode, body: Bytes) -> Response<JsonBody> {
+    let mut response = Response::new(http_body_util::Full::new(body));
     *response.status_mut() = status;
     response.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -300,7 +307,7 @@ pub fn json_error_body(message: &str) -> Bytes {
 
 /// A node-to-node API's error response.
 pub fn json_error(status: StatusCode, message: impl Into<String>) -> Response<JsonBody> {
-    json_response(status, &serde_json::json!({ "error": message.into() }))
+    json_bytes(status, json_error_body(&message.into()))
 }
 
 #[cfg(test)]
