@@ -1,7 +1,8 @@
-//! The wall clock, behind a seam: the node reads the time of day only through a [`Clock`] it
-//! was given — the ledger's runtime (block times), the proxy (access events, intents, the
-//! identity-search rate) and the governance node (commands' validity windows) — so that a test
-//! can set the time. The pure rules (`fhirseal-consensus`, the proxy's planning) take time as
+//! The wall clock, behind a seam: the ledger's runtime (block times) and the proxy (access
+//! events, intents, the identity-search rate, the resolver's cutoff) read the time of day only
+//! through the [`Clock`] they were given, so that a test can set it. The governance node and the
+//! CLI read [`SystemClock`] through `consortium::window::wall_clock` (commands' validity
+//! windows, invites): not yet behind the seam. The pure rules (`fhirseal-consensus`, the proxy's planning) take time as
 //! an argument and read no clock at all. Timeouts and timers use tokio's monotonic clock, which
 //! is not the time of day.
 
