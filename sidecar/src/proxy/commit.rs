@@ -10,7 +10,7 @@ use serde_json::Value;
 use fhirseal_adapters::Interaction;
 
 use super::ctx::RequestCtx;
-use super::deps::Deps;
+use super::deps::{blocking, Deps};
 use super::seal::Pending;
 use crate::body::{full, ProxyBody};
 use crate::error::ProxyError;
@@ -182,14 +182,13 @@ async fn commit_written(deps: &Deps, mut written: Vec<Written>) -> Result<(), Pr
     // A vault commit is a sled transaction over many keys: keep it off the async workers,
     // which other requests are waiting for.
     let sealing = deps.sealing.clone();
-    tokio::task::spawn_blocking(move || {
+    blocking(move || {
         for (w, hash) in written.iter().zip(hashes) {
             sealing.commit(&w.prepared, &w.id, &w.version, hash)?;
         }
         Ok::<(), ProxyError>(())
     })
-    .await
-    .map_err(|e| ProxyError::Internal(e.to_string()))??;
+    .await?;
     deps.sealing.durable().await?;
     hashed.map_err(|e| ProxyError::NotAnchored(e.to_string()))?;
     if deps.anchor_sync {

@@ -131,3 +131,15 @@ impl Deps {
         }
     }
 }
+
+/// Runs `f` on a blocking thread (vault and chain reads and writes, RSA, parsing big bodies),
+/// keeping the async workers free for other requests; its error, or the task's, as a
+/// `ProxyError`.
+pub(crate) async fn blocking<T: Send + 'static, E: Into<ProxyError> + Send + 'static>(
+    f: impl FnOnce() -> Result<T, E> + Send + 'static,
+) -> Result<T, ProxyError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ProxyError::Internal(e.to_string()))?
+        .map_err(Into::into)
+}

@@ -9,7 +9,7 @@ use fhirseal_consensus::ChainCheck;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use serde_json::{json, Value};
 
-use super::deps::Deps;
+use super::deps::{blocking, Deps};
 use super::verify_request::{
     one_institution, query_institution, VerifyPath, VerifyRequest, VERIFY,
 };
@@ -248,15 +248,6 @@ pub(super) async fn ledger_api(
         HeaderValue::from_static("application/json"),
     );
     Ok(response)
-}
-
-async fn blocking<T: Send + 'static, E: Into<ProxyError> + Send + 'static>(
-    f: impl FnOnce() -> Result<T, E> + Send + 'static,
-) -> Result<T, ProxyError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| ProxyError::Internal(e.to_string()))?
-        .map_err(Into::into)
 }
 
 /// What a `/ledger/…` request needs: re-verifying the chain is for those who audit; the rest

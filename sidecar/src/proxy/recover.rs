@@ -11,7 +11,7 @@ use http::{Method, StatusCode};
 use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
 use serde_json::Value;
 
-use super::deps::Deps;
+use super::deps::{blocking, Deps};
 use super::seal::write_source;
 use crate::error::ProxyError;
 use crate::sealing::Intent;
@@ -31,9 +31,7 @@ pub struct Resolved {
 /// flight is never touched: its intents are newer).
 pub(super) async fn resolve(deps: &Deps, cutoff_ms: u64) -> Result<Resolved, ProxyError> {
     let sealing = deps.sealing.clone();
-    let intents = tokio::task::spawn_blocking(move || sealing.intents())
-        .await
-        .map_err(|e| ProxyError::Internal(e.to_string()))??;
+    let intents = blocking(move || sealing.intents()).await?;
     let mut resolved = Resolved::default();
     let mut groups: Vec<Vec<Intent>> = Vec::new();
     for intent in intents {
@@ -109,13 +107,14 @@ async fn resolve_one(deps: &Deps, intent: &Intent) -> Result<bool, ProxyError> {
     let intent = intent.clone();
     let ledger = deps.ledger.clone();
     match found.as_slice() {
-        [] => tokio::task::spawn_blocking(move || {
-            let prepared = sealing.resume(&intent)?;
-            sealing.rollback(&prepared);
-            Ok::<_, ProxyError>(false)
-        })
-        .await
-        .map_err(|e| ProxyError::Internal(e.to_string()))?,
+        [] => {
+            blocking(move || {
+                let prepared = sealing.resume(&intent)?;
+                sealing.rollback(&prepared);
+                Ok::<_, ProxyError>(false)
+            })
+            .await
+        }
         [resource] => {
             let text = |pointer: &str| {
                 resource
@@ -130,7 +129,7 @@ async fn resolve_one(deps: &Deps, intent: &Intent) -> Result<bool, ProxyError> {
             };
             let hash = canonical::clinical_hash(resource)
                 .map_err(|e| ProxyError::UpstreamBody(format!("a stored resource: {e}")))?;
-            tokio::task::spawn_blocking(move || {
+            blocking(move || {
                 let ty = intent.resource_type().to_owned();
                 let prepared = sealing.resume(&intent)?;
                 let record = sealing
@@ -152,7 +151,6 @@ async fn resolve_one(deps: &Deps, intent: &Intent) -> Result<bool, ProxyError> {
                 Ok::<_, ProxyError>(true)
             })
             .await
-            .map_err(|e| ProxyError::Internal(e.to_string()))?
         }
         _ => Err(ProxyError::UpstreamBody(format!(
             "{} resources carry the source {source}",
