@@ -1,6 +1,7 @@
 //! What identifies a person resource: its canonical identity key (what the fingerprint is
-//! computed over) and the normalized values its identity searches match (what the blind index
-//! holds). Pure functions over the original resource, before it is split.
+//! computed over), and the normalization its identity searches compare strings in (which
+//! [`crate::blind`] files values by). Pure functions over the original resource, before it is
+//! split.
 
 use serde_json::Value;
 
@@ -84,111 +85,6 @@ pub(crate) fn fold(c: char) -> char {
     }
 }
 
-/// The blind-index entries of a person resource: `(search key, value)` pairs, where string
-/// parameters are indexed by every prefix of each normalized value (HAPI's string search
-/// matches the start of a value), and token and date parameters by exact forms.
-pub fn index_entries(resource: &Value) -> Vec<(String, String)> {
-    let mut out = Vec::new();
-    let mut prefixes = |param: &str, text: &str| {
-        let norm = normalize(text);
-        let ends = norm
-            .char_indices()
-            .skip(1)
-            .map(|(i, _)| i)
-            .chain(std::iter::once(norm.len()));
-        for end in ends.filter(|e| *e > 0) {
-            out.push((param.to_owned(), norm[..end].to_owned()));
-        }
-        out.push((format!("{param}:exact"), text.to_owned()));
-    };
-    for name in array(resource, "name") {
-        let family = name.get("family").and_then(Value::as_str);
-        let given = strings(name, "given");
-        let others: Vec<&str> = strings(name, "prefix")
-            .into_iter()
-            .chain(strings(name, "suffix"))
-            .chain(name.get("text").and_then(Value::as_str))
-            .collect();
-        if let Some(family) = family {
-            prefixes("family", family);
-            prefixes("name", family);
-        }
-        for g in given {
-            prefixes("given", g);
-            prefixes("name", g);
-        }
-        for o in others {
-            prefixes("name", o);
-        }
-    }
-    for address in array(resource, "address") {
-        let city = address.get("city").and_then(Value::as_str);
-        let postal = address.get("postalCode").and_then(Value::as_str);
-        if let Some(city) = city {
-            prefixes("address-city", city);
-        }
-        if let Some(postal) = postal {
-            prefixes("address-postalcode", postal);
-        }
-        let parts: Vec<&str> = strings(address, "line")
-            .into_iter()
-            .chain(city)
-            .chain(address.get("district").and_then(Value::as_str))
-            .chain(address.get("state").and_then(Value::as_str))
-            .chain(postal)
-            .chain(address.get("country").and_then(Value::as_str))
-            .chain(address.get("text").and_then(Value::as_str))
-            .collect();
-        for part in parts {
-            prefixes("address", part);
-        }
-    }
-    for id in array(resource, "identifier") {
-        let system = id.get("system").and_then(Value::as_str).unwrap_or("");
-        if let Some(value) = id.get("value").and_then(Value::as_str) {
-            out.push(("identifier".to_owned(), format!("sv:{system}|{value}")));
-            out.push(("identifier".to_owned(), format!("v:{value}")));
-            out.push(("identifier".to_owned(), format!("s:{system}")));
-        }
-    }
-    for telecom in array(resource, "telecom") {
-        let system = telecom.get("system").and_then(Value::as_str).unwrap_or("");
-        let Some(value) = telecom.get("value").and_then(Value::as_str) else {
-            continue;
-        };
-        out.push(("telecom".to_owned(), format!("sv:{system}|{value}")));
-        out.push(("telecom".to_owned(), format!("v:{value}")));
-        match system {
-            "phone" => out.push(("phone".to_owned(), value.to_owned())),
-            "email" => out.push(("email".to_owned(), value.to_lowercase())),
-            _ => {}
-        }
-    }
-    if let Some(birth) = resource.get("birthDate").and_then(Value::as_str) {
-        if birth.len() >= 7 {
-            out.push(("birthdate".to_owned(), format!("m:{}", &birth[..7])));
-        }
-        if birth.len() >= 10 {
-            out.push(("birthdate".to_owned(), format!("d:{}", &birth[..10])));
-        }
-    }
-    out.sort();
-    out.dedup();
-    out
-}
-
-fn array<'a>(value: &'a Value, key: &str) -> impl Iterator<Item = &'a Value> {
-    value
-        .get(key)
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-}
-
-fn strings<'a>(value: &'a Value, key: &str) -> Vec<&'a str> {
-    array(value, key).filter_map(Value::as_str).collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -211,25 +107,5 @@ mod tests {
             b"nb\0reinger\0bill\x001992-12-25".to_vec()
         );
         assert_eq!(identity_key(&json!({"gender": "male"}), &ssn), None);
-    }
-
-    #[test]
-    fn index_entries_cover_the_identity_searches() {
-        let patient = json!({
-            "identifier": [{"system": "urn:mrn", "value": "7"}],
-            "name": [{"family": "Smith", "given": ["Ann"]}],
-            "telecom": [{"system": "phone", "value": "555-1"}, {"system": "email", "value": "A@X.org"}],
-            "address": [{"line": ["1 Elm"], "city": "Boston", "postalCode": "02101", "state": "MA"}],
-            "birthDate": "1970-01-02"
-        });
-        let entries = index_entries(&patient);
-        let has = |k: &str, v: &str| entries.contains(&(k.to_owned(), v.to_owned()));
-        assert!(has("family", "s") && has("family", "smith") && has("name", "smi"));
-        assert!(has("family:exact", "Smith") && has("given", "an"));
-        assert!(has("identifier", "sv:urn:mrn|7") && has("identifier", "v:7"));
-        assert!(has("phone", "555-1") && has("email", "a@x.org"));
-        assert!(has("address-city", "bos") && has("address", "ma") && has("address", "1 el"));
-        assert!(has("birthdate", "d:1970-01-02") && has("birthdate", "m:1970-01"));
-        assert!(!has("family", "smithx"));
     }
 }

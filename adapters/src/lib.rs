@@ -9,11 +9,12 @@
 //!   anchors;
 //! - [`fhir`] parses and writes resources through fhirbolt, behind plain non-generic functions,
 //!   so that no other crate pays fhirbolt's compile cost; [`profile`], [`identity`],
-//!   [`scrub`] and [`search`] split identity from clinical data, key it, take it out of free
-//!   text and plan identity searches;
+//!   [`blind`], [`scrub`] and [`search`] split identity from clinical data, key it, file it in
+//!   the blind index, take it out of free text and plan identity searches;
 //! - [`auth`] says who calls and [`policy`] what their role may do.
 
 pub mod auth;
+pub mod blind;
 pub mod canonical;
 pub mod fhir;
 pub mod format;

@@ -11,8 +11,8 @@
 //! - `split` — `Profile::split` with the default profile and a surrogate (the clone of the
 //!   resource it works on is made outside the timing);
 //! - `fingerprint` — `identity::identity_key` then `Fingerprint::of`;
-//! - `blind_index` — `identity::index_entries` and one `blind_token` per entry (the sidecar does
-//!   this for every person write; not in the list, measured because it is on the path);
+//! - `blind_index` — `sealing::blind_entries`: the blind index's buckets and tags, each keyed
+//!   (the sidecar does this for every person write);
 //! - `to_bytes` — `IdentityPart::to_bytes`, the bytes that are sealed;
 //! - `seal` — `Sealer::seal` of those bytes (steady state: the epoch key is made once per
 //!   4096 records, the default, and that RSA-OAEP wrap is amortized in the measurement);
@@ -38,7 +38,8 @@ use aes_gcm::{Aes256Gcm, Key, Nonce};
 use criterion::{BatchSize, Criterion, Throughput};
 use fhirseal_adapters::identity;
 use fhirseal_adapters::profile::Profile;
-use fhirseal_storage::{blind_token, Fingerprint, NodeKeys, RecordMeta, SealedRecord, Sealer};
+use fhirseal_sidecar::sealing::blind_entries;
+use fhirseal_storage::{BlindEntry, Fingerprint, NodeKeys, RecordMeta, SealedRecord, Sealer};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -180,11 +181,8 @@ fn fingerprint(fixture: &Fixture, resource: &Value) -> Fingerprint {
     Fingerprint::of(&fixture.link_key, &key)
 }
 
-fn blind_index(fixture: &Fixture, resource: &Value) -> Vec<[u8; 32]> {
-    identity::index_entries(resource)
-        .iter()
-        .map(|(k, v)| blind_token(&fixture.keys.index_key, k, v))
-        .collect()
+fn blind_index(fixture: &Fixture, resource: &Value) -> Vec<BlindEntry> {
+    blind_entries(&fixture.keys.index_key, resource)
 }
 
 fn seal(fixture: &Fixture, bytes: &[u8]) -> SealedRecord {

@@ -46,6 +46,8 @@ pub enum ProxyError {
     Throttled { retry_after: u64 },
     #[error("fhirseal is handling its limit of {0} requests at once: try again shortly")]
     Overloaded(usize),
+    #[error("identity searches wait while fhirseal refiles its blind index in this build's layout: try again shortly")]
+    Refiling,
     #[error("the answer is over {limit} bytes, too large to merge identity into: ask for fewer resources at once (_count)")]
     TooLargeToReidentify { limit: u64 },
     #[error("{0}")]
@@ -97,6 +99,7 @@ impl ProxyError {
             | ProxyError::BodyTimeout(_)
             | ProxyError::Throttled { .. }
             | ProxyError::Overloaded(_)
+            | ProxyError::Refiling
             | ProxyError::TooLargeToReidentify { .. }
             | ProxyError::Invalid(_)
             | ProxyError::Search(_)
@@ -129,7 +132,7 @@ impl ProxyError {
             ProxyError::Forbidden(_) | ProxyError::Denied(_) => StatusCode::FORBIDDEN,
             ProxyError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ProxyError::Throttled { .. } => StatusCode::TOO_MANY_REQUESTS,
-            ProxyError::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Overloaded(_) | ProxyError::Refiling => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::TooLargeToReidentify { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ProxyError::OutsideBase(..) | ProxyError::NotFound(_) => StatusCode::NOT_FOUND,
@@ -159,7 +162,7 @@ impl ProxyError {
             ProxyError::Forbidden(_) | ProxyError::Denied(_) => IssueType::Forbidden,
             ProxyError::BodyTimeout(_) => IssueType::Timeout,
             ProxyError::Throttled { .. } => IssueType::Throttled,
-            ProxyError::Overloaded(_) => IssueType::Transient,
+            ProxyError::Overloaded(_) | ProxyError::Refiling => IssueType::Transient,
             ProxyError::TooLargeToReidentify { .. } => IssueType::TooCostly,
             ProxyError::Search(_) | ProxyError::NotSupported(_) => IssueType::NotSupported,
             ProxyError::Unprocessable(_) => IssueType::Processing,
@@ -210,6 +213,7 @@ impl ProxyError {
         let retry_after = match &self {
             ProxyError::Throttled { retry_after } => Some(*retry_after),
             ProxyError::Overloaded(_) => Some(1),
+            ProxyError::Refiling => Some(5),
             _ => None,
         };
         if let Some(seconds) = retry_after {

@@ -3,15 +3,16 @@
 //! the read side (merge identity back for those who may see it) and identity search.
 
 use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use fhirseal_adapters::profile::{IdentityPart, Profile, SplitContext};
 use fhirseal_adapters::scrub::Terms;
 use fhirseal_adapters::search::{self, SearchError};
-use fhirseal_adapters::{identity, profile};
+use fhirseal_adapters::{blind, identity, profile};
 use fhirseal_storage::{
-    blind_token, Fingerprint, NodeKeys, PendingAccess, PendingAnchor, RecordMeta, Sealer,
-    SecretKey, Vault, VaultWrite,
+    blind_tag, blind_token, BlindEntry, Fingerprint, NodeKeys, PendingAccess, PendingAnchor,
+    RecordMeta, Sealer, SecretKey, Vault, VaultWrite, BLIND_LAYOUT,
 };
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -68,7 +69,7 @@ pub struct Prepared {
     pub resource_type: String,
     pub fingerprint: Fingerprint,
     pub identity: IdentityPart,
-    tokens: Vec<[u8; 32]>,
+    index: Vec<BlindEntry>,
     /// A surrogate made for this write, forgotten again if the upstream refuses it.
     new_surrogate: Option<String>,
     /// The person's surrogate, for person resources.
@@ -95,6 +96,9 @@ pub struct Sealing {
     identity_systems: Vec<String>,
     durability: DurabilityMode,
     flusher: mpsc::UnboundedSender<FlushRequest>,
+    /// Whether the blind index is filed in this build's layout (else identity searches wait
+    /// for the `recover` phase to refile it).
+    filed: AtomicBool,
 }
 
 impl std::fmt::Debug for Sealing {
@@ -118,7 +122,7 @@ impl Sealing {
         let vault = Vault::open(&config.data_dir.join("vault"))?;
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(flusher(vault.clone(), rx));
-        Ok(Sealing {
+        let sealing = Sealing {
             sealer: Sealer::new(keys.clone(), config.seal.epoch_uses, config.seal.key_cache),
             profile,
             vault,
@@ -127,7 +131,69 @@ impl Sealing {
             identity_systems: config.seal.identity_systems.clone(),
             durability: config.seal.durability,
             flusher: tx,
-        })
+            filed: AtomicBool::new(false),
+        };
+        sealing.filed.store(
+            sealing.vault.blind_layout()? == Some(BLIND_LAYOUT)
+                || sealing.vault.indexed_resources()?.is_empty(),
+            Ordering::SeqCst,
+        );
+        if sealing.filed.load(Ordering::SeqCst) {
+            sealing.vault.set_blind_layout()?;
+        }
+        Ok(sealing)
+    }
+
+    /// The resources to refile, as (type, id, latest sealed version: empty when none), when the blind index was
+    /// filed by an earlier build in another layout; `None` when it is filed in this one.
+    pub fn to_refile(&self) -> Result<Option<Vec<Shown>>, SealError> {
+        if self.filed.load(Ordering::SeqCst) {
+            return Ok(None);
+        }
+        let mut out = Vec::new();
+        for (resource_type, id) in self.vault.indexed_resources()? {
+            let version = self
+                .vault
+                .latest_record(&resource_type, &id)?
+                .map(|r| r.meta.version)
+                .unwrap_or_default();
+            out.push((resource_type, id, version));
+        }
+        Ok(Some(out))
+    }
+
+    /// Refiles one resource's blind-index entries in this build's layout: its sealed identity
+    /// (of `version`, none when empty) merged into `clinical`, the version as the upstream
+    /// holds it (or only its type, when the upstream no longer has it).
+    pub fn refile(
+        &self,
+        resource_type: &str,
+        id: &str,
+        version: &str,
+        clinical: Option<Value>,
+    ) -> Result<(), SealError> {
+        let part = match version {
+            "" => None,
+            version => self.identity(resource_type, id, version)?,
+        };
+        let index = match part {
+            None => Vec::new(),
+            Some(part) => {
+                let mut resource = clinical
+                    .unwrap_or_else(|| serde_json::json!({ "resourceType": resource_type }));
+                part.merge_into(&mut resource);
+                blind_entries(&self.keys.index_key, &resource)
+            }
+        };
+        Ok(self.vault.refile(resource_type, id, &index)?)
+    }
+
+    /// Records that every resource was refiled: identity searches are answered again.
+    pub fn refiled(&self) -> Result<(), SealError> {
+        self.vault.set_blind_layout()?;
+        self.vault.flush()?;
+        self.filed.store(true, Ordering::SeqCst);
+        Ok(())
     }
 
     pub fn profile(&self) -> &Profile {
@@ -168,10 +234,7 @@ impl Sealing {
                 // Nothing identifies this person: a fingerprint of its own, linking nothing.
                 None => Fingerprint(fhirseal_storage::SecretKey::random()?.expose().to_owned()),
             };
-            let tokens = identity::index_entries(resource)
-                .iter()
-                .map(|(k, v)| blind_token(&self.keys.index_key, k, v))
-                .collect();
+            let index = blind_entries(&self.keys.index_key, resource);
             let (surrogate, made) = self.vault.surrogate(&fingerprint)?;
             let identity = self
                 .profile
@@ -180,7 +243,7 @@ impl Sealing {
                 resource_type,
                 fingerprint,
                 identity,
-                tokens,
+                index,
                 new_surrogate: made.then(|| surrogate.clone()),
                 surrogate: Some(surrogate),
             });
@@ -192,7 +255,7 @@ impl Sealing {
             resource_type,
             fingerprint,
             identity,
-            tokens: Vec::new(),
+            index: Vec::new(),
             new_surrogate: None,
             surrogate: None,
         })
@@ -272,7 +335,7 @@ impl Sealing {
         self.vault.commit(&VaultWrite {
             record,
             new_epoch_key,
-            tokens: prepared.tokens.clone(),
+            index: prepared.index.clone(),
             clinical_hash,
         })?;
         Ok(())
@@ -306,7 +369,7 @@ impl Sealing {
                 resource_type: prepared.resource_type.clone(),
                 id: id.map(str::to_owned),
                 fingerprint: storage_hex(&prepared.fingerprint.0),
-                tokens: prepared.tokens.iter().map(|t| storage_hex(t)).collect(),
+                index: prepared.index.iter().map(encode_entry).collect(),
                 surrogate: prepared.surrogate.clone(),
                 new_surrogate: prepared.new_surrogate.is_some(),
                 created_ms: now_ms,
@@ -343,16 +406,16 @@ impl Sealing {
     pub fn resume(&self, intent: &Intent) -> Result<Prepared, SealError> {
         let file = &intent.file;
         let fingerprint = Fingerprint(parse_hex32(&file.fingerprint)?);
-        let tokens = file
-            .tokens
+        let index = file
+            .index
             .iter()
-            .map(|t| parse_hex32(t))
+            .map(|e| decode_entry(e))
             .collect::<Result<Vec<_>, _>>()?;
         let mut prepared = Prepared {
             resource_type: file.resource_type.clone(),
             fingerprint,
             identity: IdentityPart::default(),
-            tokens,
+            index,
             new_surrogate: file.new_surrogate.then(|| file.surrogate.clone()).flatten(),
             surrogate: file.surrogate.clone(),
         };
@@ -539,14 +602,22 @@ impl Sealing {
         let Some(plan) = search::plan(resource_type, query, &self.profile)? else {
             return Ok(None);
         };
+        if !self.filed.load(Ordering::SeqCst) {
+            return Err(SearchQueryError::Refiling);
+        }
+        let key = &self.keys.index_key;
         let mut matches = Vec::with_capacity(plan.lookups.len());
         for lookup in &plan.lookups {
             let mut ids = BTreeSet::new();
-            for (key, value) in &lookup.alternatives {
-                let token = blind_token(&self.keys.index_key, key, value);
-                for (ty, id) in self.vault.search(&token).map_err(SealError::from)? {
-                    if ty == lookup.resource_type {
-                        ids.insert(id);
+            for (name, value) in &lookup.alternatives {
+                for probe in blind::probes(name, value) {
+                    let token = blind_token(key, &probe.bucket.param, &probe.bucket.form);
+                    let tag = probe.tag.map(|t| blind_tag(key, &t.param, &t.form));
+                    let found = self.vault.search(&token, tag.as_ref());
+                    for (ty, id) in found.map_err(SealError::from)? {
+                        if ty == lookup.resource_type {
+                            ids.insert(id);
+                        }
                     }
                 }
             }
@@ -554,6 +625,22 @@ impl Sealing {
         }
         Ok(Some(search::render(&plan, &matches)))
     }
+}
+
+/// The blind-index entries of a person resource (before it is split), keyed with the node's
+/// index key: [`blind::entries`] hashed.
+pub fn blind_entries(index_key: &SecretKey, resource: &Value) -> Vec<BlindEntry> {
+    blind::entries(resource)
+        .into_iter()
+        .map(|entry| BlindEntry {
+            token: blind_token(index_key, &entry.bucket.param, &entry.bucket.form),
+            tags: entry
+                .tags
+                .iter()
+                .map(|t| blind_tag(index_key, &t.param, &t.form))
+                .collect(),
+        })
+        .collect()
 }
 
 /// What a write kept before it was forwarded ([`Sealing::intend`]).
@@ -600,7 +687,8 @@ struct IntentFile {
     resource_type: String,
     id: Option<String>,
     fingerprint: String,
-    tokens: Vec<String>,
+    /// Blind-index entries, each the hex of its token and its tags.
+    index: Vec<String>,
     surrogate: Option<String>,
     new_surrogate: bool,
     created_ms: u64,
@@ -647,18 +735,46 @@ fn storage_hex(bytes: &[u8]) -> String {
     fhirseal_storage::keys::hex(bytes)
 }
 
-fn parse_hex32(text: &str) -> Result<[u8; 32], SealError> {
-    let bytes: Vec<u8> = (0..text.len())
+fn parse_hex(text: &str) -> Result<Vec<u8>, SealError> {
+    (0..text.len())
         .step_by(2)
         .map(|i| {
             text.get(i..i + 2)
                 .and_then(|b| u8::from_str_radix(b, 16).ok())
         })
         .collect::<Option<Vec<u8>>>()
-        .ok_or_else(|| SealError::Identity("an intent's hex field is malformed".to_owned()))?;
-    bytes
+        .ok_or_else(|| SealError::Identity("an intent's hex field is malformed".to_owned()))
+}
+
+fn parse_hex32(text: &str) -> Result<[u8; 32], SealError> {
+    parse_hex(text)?
         .try_into()
         .map_err(|_| SealError::Identity("an intent's hex field is not 32 bytes".to_owned()))
+}
+
+fn encode_entry(entry: &BlindEntry) -> String {
+    let mut bytes = entry.token.to_vec();
+    bytes.extend(entry.tags.iter().flatten());
+    storage_hex(&bytes)
+}
+
+fn decode_entry(text: &str) -> Result<BlindEntry, SealError> {
+    let bytes = parse_hex(text)?;
+    let malformed = || SealError::Identity("an intent's blind-index entry is malformed".to_owned());
+    let (token, tags) = bytes.split_first_chunk::<32>().ok_or_else(malformed)?;
+    let tags = tags.chunks_exact(fhirseal_storage::seal::TAG_LEN);
+    if !tags.remainder().is_empty() {
+        return Err(malformed());
+    }
+    Ok(BlindEntry {
+        token: *token,
+        tags: tags
+            .map(|t| {
+                t.try_into()
+                    .unwrap_or_else(|_| unreachable!("chunks_exact"))
+            })
+            .collect(),
+    })
 }
 
 /// A search that could not be rewritten: the client's (400) or ours (500).
@@ -668,6 +784,8 @@ pub enum SearchQueryError {
     Unsupported(#[from] SearchError),
     #[error(transparent)]
     Seal(#[from] SealError),
+    #[error("the blind index is being refiled")]
+    Refiling,
 }
 
 /// Group commit: one flush serves every write that asked for one while the previous ran.

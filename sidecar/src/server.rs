@@ -544,12 +544,17 @@ fn is_locked(error: &fhirseal_storage::open::OpenError) -> bool {
     matches!(error, fhirseal_storage::open::OpenError::Locked { .. })
 }
 
-/// Resolves the writes a crash left unsettled: those kept before this start, then, every
+/// Refiles the blind index if an earlier build filed it in another layout, then resolves the
+/// writes a crash left unsettled: those kept before this start, then, every
 /// minute, those older than twice the upstream's timeout (an exchange that failed without an
 /// answer). A write in flight is never touched.
 async fn resolve_intents(proxy: Proxy, upstream_timeout: Duration) {
     let clock = proxy.clock();
     let mut cutoff = clock.now_ms();
+    while let Err(error) = proxy.refile_index().await {
+        tracing::warn!(error = %error.log_text(), "the blind index not refiled yet; retrying");
+        tokio::time::sleep(REFILE_RETRY).await;
+    }
     loop {
         if let Err(error) = proxy.resolve_intents(cutoff).await {
             tracing::warn!(error = %error.log_text(), "unsettled writes not resolved yet; retrying");
@@ -559,6 +564,9 @@ async fn resolve_intents(proxy: Proxy, upstream_timeout: Duration) {
         cutoff = clock.now_ms().saturating_sub(margin);
     }
 }
+
+/// How soon refiling the blind index is tried again after the upstream failed to answer.
+const REFILE_RETRY: Duration = Duration::from_secs(5);
 
 /// How often unsettled writes are looked at again.
 const INTENT_ROUND: Duration = Duration::from_secs(60);

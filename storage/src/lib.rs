@@ -31,5 +31,7 @@ pub mod vault;
 pub use error::{Result, StorageError};
 pub use keys::{NodeKeys, SecretKey};
 pub use outbox::{Outbox, PendingAccess, PendingAnchor};
-pub use seal::{blind_token, Fingerprint, NewEpochKey, RecordMeta, SealedRecord, Sealer};
-pub use vault::{Durability, Vault, VaultCheck, VaultWrite};
+pub use seal::{
+    blind_tag, blind_token, Fingerprint, NewEpochKey, RecordMeta, SealedRecord, Sealer,
+};
+pub use vault::{BlindEntry, Durability, Vault, VaultCheck, VaultWrite, BLIND_LAYOUT};

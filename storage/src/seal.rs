@@ -58,19 +58,32 @@ impl Fingerprint {
     }
 }
 
-/// A blind-index token: `HMAC-SHA-256(K_index, name ‖ value)`, for one normalized search value.
+/// A blind-index token: `HMAC-SHA-256(K_index, name ‖ value)`, for one bucket of the index
+/// (the layout is the caller's; `v2` is the layout of buckets with tags).
 pub fn blind_token(index_key: &SecretKey, name: &str, value: &str) -> [u8; 32] {
     let len = (name.len() as u32).to_be_bytes();
     hmac(
         index_key.expose(),
         &[
-            b"fhirseal-blind-v1",
+            b"fhirseal-blind-v2",
             &len,
             name.as_bytes(),
             value.as_bytes(),
         ],
     )
 }
+
+/// A blind-index tag: what an entry carries for a finer value than its bucket, the first
+/// [`TAG_LEN`] bytes of its token. It is only ever compared within one bucket, whose entries are
+/// few: a false match needs two 64-bit truncations of a keyed hash to collide there.
+pub fn blind_tag(index_key: &SecretKey, name: &str, value: &str) -> [u8; TAG_LEN] {
+    let mut tag = [0; TAG_LEN];
+    tag.copy_from_slice(&blind_token(index_key, name, value)[..TAG_LEN]);
+    tag
+}
+
+/// Bytes of a blind-index tag.
+pub const TAG_LEN: usize = 8;
 
 fn aes(dek: &[u8; 32]) -> Aes256Gcm {
     Aes256Gcm::new(&Key::<Aes256Gcm>::from(*dek))

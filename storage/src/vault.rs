@@ -5,8 +5,9 @@
 //! - `resources`: `type \0 id \0 version` → content address;
 //! - `by_fingerprint`: fingerprint ‖ `type \0 id` → (empty), the resources of one person;
 //! - `surrogates`: fingerprint → surrogate; `surrogate_fp`: surrogate → fingerprint;
-//! - `blind`: token ‖ `type \0 id` → fingerprint; `blind_of`: `type \0 id` → its tokens, so that
-//!   an update replaces the tokens of the version it supersedes;
+//! - `blind`: bucket token ‖ `type \0 id` → the entry's tags ([`TAG_LEN`] bytes each), one key
+//!   per bucket a resource's current version is filed under; `blind_of`: `type \0 id` → its
+//!   bucket tokens, so that an update replaces the entries of the version it supersedes;
 //! - `epoch_keys`: epoch key id → RSA-wrapped epoch key;
 //! - `intents`: request id ‖ `\0` ‖ position (u32) → an intent (opaque here): what a write
 //!   sealed before it was forwarded, kept until its outcome is known, so that a crash between
@@ -20,7 +21,7 @@ use crate::error::{random, Result, StorageError};
 use crate::keys::hex;
 use crate::outbox::{Outbox, PendingAnchor};
 use crate::pause::writing;
-use crate::seal::{Fingerprint, NewEpochKey, SealedRecord, Sealer};
+use crate::seal::{Fingerprint, NewEpochKey, SealedRecord, Sealer, TAG_LEN};
 use sled::transaction::TransactionError;
 use sled::Transactional;
 
@@ -39,11 +40,19 @@ pub struct VaultWrite {
     pub record: SealedRecord,
     /// The epoch key that sealed the record, when it is new.
     pub new_epoch_key: Option<NewEpochKey>,
-    /// Blind-index tokens of this version; they replace those of the resource's earlier version.
-    pub tokens: Vec<[u8; 32]>,
+    /// Blind-index entries of this version; they replace those of the resource's earlier
+    /// version.
+    pub index: Vec<BlindEntry>,
     /// Hash of the clinical resource as the upstream stores it: when given, the version is
     /// queued for anchoring in the same transaction (see [`Vault::commit`]).
     pub clinical_hash: Option<[u8; 32]>,
+}
+
+/// What one resource files under one blind-index bucket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlindEntry {
+    pub token: [u8; 32],
+    pub tags: Vec<[u8; TAG_LEN]>,
 }
 
 /// The sled-backed vault.
@@ -201,7 +210,7 @@ impl Vault {
         let res_key = resource_key(&meta.resource_type, &meta.id);
         let ver_key = version_key(&meta.resource_type, &meta.id, &meta.version);
         let fp = meta.fingerprint.0;
-        let token_bytes: Vec<u8> = write.tokens.iter().flatten().copied().collect();
+        let (entries, token_bytes) = blind_rows(&write.index, &res_key);
         let anchor = match write.clinical_hash {
             Some(clinical_hash) => Some((
                 self.outbox.next_seq()?.to_be_bytes(),
@@ -238,20 +247,53 @@ impl Vault {
                         outbox.insert(seq, entry.as_slice())?;
                     }
                     by_fp.insert(concat(&fp, &res_key), &[])?;
-                    if let Some(old) = blind_of.get(&res_key)? {
-                        for token in old.chunks_exact(32) {
-                            blind.remove(concat(token, &res_key))?;
-                        }
-                    }
-                    for token in &write.tokens {
-                        blind.insert(concat(token, &res_key), &fp)?;
-                    }
-                    blind_of.insert(res_key.as_slice(), token_bytes.as_slice())?;
+                    refile(blind, blind_of, &res_key, &entries, &token_bytes)?;
                     Ok(())
                 },
             )
             .map_err(tx_error::<()>)?;
         Ok(address)
+    }
+
+    /// The layout the blind index was filed in ([`BLIND_LAYOUT`] for what this build files);
+    /// `None` for a vault from before layouts were recorded, or a new one.
+    pub fn blind_layout(&self) -> Result<Option<u32>> {
+        let Some(bytes) = self.db.get(BLIND_LAYOUT_KEY)? else {
+            return Ok(None);
+        };
+        let bytes: [u8; 4] = bytes.as_ref().try_into().map_err(|_| {
+            StorageError::Corrupt("the blind index's layout is not 4 bytes".to_owned())
+        })?;
+        Ok(Some(u32::from_be_bytes(bytes)))
+    }
+
+    /// Records that the blind index is filed in [`BLIND_LAYOUT`].
+    pub fn set_blind_layout(&self) -> Result<()> {
+        let _writing = writing();
+        self.db
+            .insert(BLIND_LAYOUT_KEY, &BLIND_LAYOUT.to_be_bytes())?;
+        Ok(())
+    }
+
+    /// The resources (type, id) that have blind-index entries.
+    pub fn indexed_resources(&self) -> Result<Vec<(String, String)>> {
+        self.blind_of
+            .iter()
+            .map(|entry| split_resource(&entry?.0))
+            .collect()
+    }
+
+    /// Replaces a resource's blind-index entries (refiling it in another layout).
+    pub fn refile(&self, resource_type: &str, id: &str, index: &[BlindEntry]) -> Result<()> {
+        let res_key = resource_key(resource_type, id);
+        let (entries, token_bytes) = blind_rows(index, &res_key);
+        let _writing = writing();
+        (&self.blind, &self.blind_of)
+            .transaction(|(blind, blind_of)| {
+                refile(blind, blind_of, &res_key, &entries, &token_bytes)?;
+                Ok(())
+            })
+            .map_err(tx_error::<()>)
     }
 
     /// Keeps the intents of one request (`bytes` by position, opaque here), with the epoch keys
@@ -410,15 +452,21 @@ impl Vault {
         Ok(Some(record.meta.fingerprint))
     }
 
-    /// The resources (type, id) whose current version carries `token`.
-    pub fn search(&self, token: &[u8; 32]) -> Result<Vec<(String, String)>> {
-        self.blind
-            .scan_prefix(token)
-            .map(|entry| {
-                let (key, _) = entry?;
-                split_resource(&key[32..])
-            })
-            .collect()
+    /// The resources (type, id) whose current version is filed under the bucket `token`, and
+    /// carries `tag` there when one is given.
+    pub fn search(
+        &self,
+        token: &[u8; 32],
+        tag: Option<&[u8; TAG_LEN]>,
+    ) -> Result<Vec<(String, String)>> {
+        let mut found = Vec::new();
+        for entry in self.blind.scan_prefix(token) {
+            let (key, tags) = entry?;
+            if tag.is_none_or(|tag| tags.chunks_exact(TAG_LEN).any(|t| t == tag)) {
+                found.push(split_resource(&key[32..])?);
+            }
+        }
+        Ok(found)
     }
 
     /// The resources (type, id) stored for one person.
@@ -606,6 +654,42 @@ impl VaultCheck {
     }
 }
 
+/// The blind index's layout this build files: buckets with tags (`fhirseal_adapters::blind`).
+pub const BLIND_LAYOUT: u32 = 2;
+const BLIND_LAYOUT_KEY: &[u8] = b"blind-layout";
+
+/// `blind` rows: (bucket token ‖ resource, tags).
+type BlindRows = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// The `blind` rows of a resource's entries and the `blind_of` value (its tokens).
+fn blind_rows(index: &[BlindEntry], res_key: &[u8]) -> (BlindRows, Vec<u8>) {
+    let rows = index
+        .iter()
+        .map(|e| (concat(&e.token, res_key), e.tags.concat()))
+        .collect();
+    (rows, index.iter().flat_map(|e| e.token).collect())
+}
+
+/// Inside a transaction: removes the rows of the resource's earlier entries, files its new ones.
+fn refile(
+    blind: &sled::transaction::TransactionalTree,
+    blind_of: &sled::transaction::TransactionalTree,
+    res_key: &[u8],
+    rows: &[(Vec<u8>, Vec<u8>)],
+    tokens: &[u8],
+) -> std::result::Result<(), sled::transaction::ConflictableTransactionError<()>> {
+    if let Some(old) = blind_of.get(res_key)? {
+        for token in old.chunks_exact(32) {
+            blind.remove(concat(token, res_key))?;
+        }
+    }
+    for (key, tags) in rows {
+        blind.insert(key.as_slice(), tags.as_slice())?;
+    }
+    blind_of.insert(res_key, tokens)?;
+    Ok(())
+}
+
 fn text(bytes: &[u8]) -> Result<String> {
     String::from_utf8(bytes.to_vec())
         .map_err(|_| StorageError::Corrupt("stored text is not UTF-8".to_owned()))
@@ -680,7 +764,10 @@ mod tests {
                 .commit(&VaultWrite {
                     record,
                     new_epoch_key: new_key,
-                    tokens: vec![token],
+                    index: vec![BlindEntry {
+                        token,
+                        tags: vec![[version; TAG_LEN]],
+                    }],
                     clinical_hash: Some([version; 32]),
                 })
                 .unwrap();
@@ -697,7 +784,10 @@ mod tests {
             .commit(&VaultWrite {
                 record,
                 new_epoch_key,
-                tokens: vec![token_new],
+                index: vec![BlindEntry {
+                    token: token_new,
+                    tags: vec![[2; TAG_LEN]],
+                }],
                 clinical_hash: Some([2; 32]),
             })
             .unwrap();
@@ -709,11 +799,15 @@ mod tests {
         assert_eq!(queued[1].1.clinical_hash, [2; 32]);
         assert_ne!(queued[1].1.sealed_address, replaced);
         // The update replaced the old version's tokens.
-        assert!(vault.search(&token_old).unwrap().is_empty());
-        assert_eq!(
-            vault.search(&token_new).unwrap(),
-            vec![("Patient".to_owned(), "p1".to_owned())]
-        );
+        assert!(vault.search(&token_old, None).unwrap().is_empty());
+        let p1 = vec![("Patient".to_owned(), "p1".to_owned())];
+        assert_eq!(vault.search(&token_new, None).unwrap(), p1);
+        // Within a bucket, only the entries carrying the tag asked for.
+        assert_eq!(vault.search(&token_new, Some(&[2; TAG_LEN])).unwrap(), p1);
+        assert!(vault
+            .search(&token_new, Some(&[1; TAG_LEN]))
+            .unwrap()
+            .is_empty());
         assert_eq!(vault.resources_of(&fp).unwrap().len(), 1);
         drop(vault);
 
@@ -759,7 +853,10 @@ mod tests {
                 .commit(&VaultWrite {
                     record,
                     new_epoch_key,
-                    tokens: vec![[n as u8; 32]],
+                    index: vec![BlindEntry {
+                        token: [n as u8; 32],
+                        tags: Vec::new(),
+                    }],
                     clinical_hash: Some([1; 32]),
                 })
                 .unwrap();

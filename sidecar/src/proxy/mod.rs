@@ -111,6 +111,12 @@ impl Proxy {
         recover::resolve(&self.deps, cutoff_ms).await
     }
 
+    /// Refiles the blind index when an earlier build filed it in another layout (see the
+    /// `recover` phase); how many resources were refiled.
+    pub async fn refile_index(&self) -> Result<usize, ProxyError> {
+        recover::refile_index(&self.deps).await
+    }
+
     /// Handles one request; never fails: every error is an `OperationOutcome` response.
     /// The future owns what it needs, so it can be spawned.
     pub fn handle<B>(

@@ -5,6 +5,11 @@
 //! upstream, its identity is sealed under the id and version the upstream gave it and anchored
 //! (unless the vault and the ledger have it already); not found, nothing was written, and a
 //! surrogate made for it is forgotten.
+//!
+//! Also outside any request: a blind index filed by an earlier build in another layout is
+//! refiled from each resource's sealed identity merged into its clinical part as the upstream
+//! holds it (the clinical part keeps what the index files too, such as the state of an
+//! address); identity searches wait (503) until that is done.
 
 use fhirseal_adapters::canonical;
 use http::{Method, StatusCode};
@@ -157,4 +162,48 @@ async fn resolve_one(deps: &Deps, intent: &Intent) -> Result<bool, ProxyError> {
             found.len()
         ))),
     }
+}
+
+/// Resources refiled per round trip to the upstream.
+const REFILE_BATCH: usize = 64;
+
+/// Refiles the blind index when it was filed in another layout; returns how many resources
+/// were refiled (0 when it is filed in this build's). An upstream that does not answer leaves
+/// the rest for the next call: resources done are refiled again then, which changes nothing.
+pub(super) async fn refile_index(deps: &Deps) -> Result<usize, ProxyError> {
+    let sealing = deps.sealing.clone();
+    let Some(resources) = blocking(move || sealing.to_refile()).await? else {
+        return Ok(0);
+    };
+    for batch in resources.chunks(REFILE_BATCH) {
+        let urls: Vec<String> = batch
+            .iter()
+            .filter(|(_, _, version)| !version.is_empty())
+            .map(|(t, id, version)| format!("{t}/{id}/_history/{version}"))
+            .collect();
+        let mut fetched = deps.upstream.read_versions(&urls).await?.into_iter();
+        let mut clinical = Vec::with_capacity(batch.len());
+        for (_, _, version) in batch {
+            let value = match version.as_str() {
+                "" => None,
+                _ => fetched.next().and_then(|(_, value)| value),
+            };
+            clinical.push(value);
+        }
+        let (sealing, batch) = (deps.sealing.clone(), batch.to_vec());
+        blocking(move || {
+            for ((t, id, version), value) in batch.iter().zip(clinical) {
+                sealing.refile(t, id, version, value)?;
+            }
+            Ok::<(), ProxyError>(())
+        })
+        .await?;
+    }
+    let sealing = deps.sealing.clone();
+    blocking(move || sealing.refiled()).await?;
+    tracing::info!(
+        resources = resources.len(),
+        "the blind index was refiled in this build's layout"
+    );
+    Ok(resources.len())
 }

@@ -121,6 +121,7 @@ fn rewritten(
         Ok(rewritten) => Ok(rewritten),
         Err(SearchQueryError::Unsupported(e)) => Err(ProxyError::Search(e)),
         Err(SearchQueryError::Seal(e)) => Err(ProxyError::Seal(e)),
+        Err(SearchQueryError::Refiling) => Err(ProxyError::Refiling),
     }
 }
 
@@ -677,6 +678,89 @@ mod tests {
             .unwrap()
             .is_some());
         sealing.rollback(&pending);
+    }
+
+    /// A Synthea Patient of the shared data, as written.
+    fn synthea_patient() -> Value {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data");
+        let file = std::fs::read_dir(dir.join("synthea"))
+            .or_else(|_| std::fs::read_dir(&dir))
+            .unwrap()
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .find(|p| p.extension().is_some_and(|x| x == "json"))
+            .unwrap();
+        let bundle: Value = serde_json::from_slice(&std::fs::read(file).unwrap()).unwrap();
+        bundle["entry"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["resource"].clone())
+            .find(|r| r["resourceType"] == "Patient")
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_vault_filed_in_another_layout_waits_for_searches_until_refiled() {
+        let dir = tempfile::tempdir().unwrap();
+        let original = synthea_patient();
+        let family = original["name"][0]["family"].as_str().unwrap().to_owned();
+        let search = format!("family={}", &family[..4]);
+        let mut clinical = original.clone();
+        {
+            let sealing = sealing(dir.path());
+            let prepared = sealing
+                .prepare(&mut clinical, &|_: &str| None, &Terms::new())
+                .unwrap();
+            sealing.commit(&prepared, "p1", "1", None).unwrap();
+            let found = sealing.rewrite_search(Some("Patient"), &search).unwrap();
+            assert_eq!(found.as_deref(), Some("_id=p1"));
+            assert!(sealing.to_refile().unwrap().is_none());
+            // As an earlier build would have left it: other entries, no layout recorded.
+            sealing.vault().refile("Patient", "p1", &[]).unwrap();
+            sealing.vault().database().remove("blind-layout").unwrap();
+            sealing.vault().flush().unwrap();
+        }
+        // The flusher task lets go of the vault once it sees its channel closed.
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        let sealing = sealing(dir.path());
+        assert!(matches!(
+            sealing.rewrite_search(Some("Patient"), &search),
+            Err(SearchQueryError::Refiling)
+        ));
+        let to_refile = sealing.to_refile().unwrap().unwrap();
+        assert_eq!(
+            to_refile,
+            vec![("Patient".to_owned(), "p1".to_owned(), "1".to_owned())]
+        );
+        // The clinical part as the upstream holds it keeps what identity alone does not (the
+        // address's state).
+        sealing
+            .refile("Patient", "p1", "1", Some(clinical))
+            .unwrap();
+        sealing.refiled().unwrap();
+        assert!(sealing.to_refile().unwrap().is_none());
+        // Refiled from the sealed identity: every identity search finds the person again.
+        let text = |pointer: &str| original.pointer(pointer).unwrap().as_str().unwrap();
+        for query in [
+            format!("given={}", text("/name/0/given/0")),
+            format!("family:exact={}", text("/name/0/family")),
+            format!("address-city={}", text("/address/0/city")),
+            format!("address={}", text("/address/0/line/0")),
+            format!("address={}", text("/address/0/state")),
+            format!("birthdate={}", text("/birthDate")),
+            format!(
+                "identifier={}|{}",
+                text("/identifier/1/system"),
+                text("/identifier/1/value")
+            ),
+            format!("phone={}", text("/telecom/0/value")),
+        ] {
+            let query: String = query.replace(' ', "%20");
+            let found = sealing.rewrite_search(Some("Patient"), &query).unwrap();
+            assert_eq!(found.as_deref(), Some("_id=p1"), "{query}");
+        }
     }
 
     #[test]

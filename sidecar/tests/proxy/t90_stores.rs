@@ -424,3 +424,74 @@ async fn an_altered_sealed_record_is_never_served_as_identity() {
     assert!(printed.contains("vault: DAMAGED"), "{printed}");
     assert!(printed.contains("altered"), "{printed}");
 }
+
+/// A vault whose blind index an earlier build filed in another layout: identity searches wait
+/// (503) until the node has refiled it from each sealed identity merged into the clinical part
+/// the upstream holds, then answer as before, the parts only the upstream keeps included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blind_index_of_an_earlier_layout_is_refiled_at_start() {
+    let sidecar = start_in_front_of_hapi().await;
+    let family = unique("Refile");
+    // The state stays in the clinical part upstream; the index files it all the same.
+    let state = unique("State");
+    let mut written = patient(&family);
+    written["address"] =
+        serde_json::json!([{"line": ["1 Elm St"], "city": "Boston", "state": state}]);
+    let reply = post_json(&format!("{}/Patient", sidecar.base), &written).await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text());
+    let searches = [
+        format!("Patient?family={family}"),
+        format!("Patient?address={state}"),
+        format!("Patient?address-city=bost&family:exact={family}"),
+    ];
+    let found = |reply: &Reply| {
+        let json = reply.json();
+        (
+            json["total"].clone(),
+            json["entry"][0]["resource"]["name"][0]["family"].clone(),
+        )
+    };
+    for search in &searches {
+        let reply = get(&format!("{}/{search}", sidecar.base)).await;
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        assert_eq!(
+            found(&reply),
+            (1.into(), family.as_str().into()),
+            "{search}"
+        );
+    }
+    let (config, data) = sidecar.stop().await;
+
+    // What an earlier build leaves: its own entries (none here) and no layout recorded.
+    {
+        let vault = fhirseal_storage::Vault::open(&config.data_dir.join("vault")).unwrap();
+        for (resource_type, id) in vault.indexed_resources().unwrap() {
+            vault.refile(&resource_type, &id, &[]).unwrap();
+        }
+        vault.database().remove("blind-layout").unwrap();
+        vault.flush().unwrap();
+    }
+
+    let sidecar = start_with_data(config, data).await;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    for search in &searches {
+        let reply = loop {
+            let reply = get(&format!("{}/{search}", sidecar.base)).await;
+            if reply.status != StatusCode::SERVICE_UNAVAILABLE || Instant::now() > deadline {
+                break reply;
+            }
+            assert!(
+                reply.text().contains("refiles its blind index"),
+                "{}",
+                reply.text()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        assert_eq!(
+            found(&reply),
+            (1.into(), family.as_str().into()),
+            "{search}"
+        );
+    }
+}
