@@ -45,10 +45,14 @@ exchange=${FHIRSEAL_EXCHANGE_DIR:-/run/fhirseal/exchange}
 say() { echo "fhirseal-node: $*" >&2; }
 die() { say "$*"; exit 1; }
 
-# The data directory the node uses: what `fhirseal config` resolves from the flags, the
-# environment and the configuration file.
+# The data directory the node uses: FHIRSEAL_DATA_DIR, which wins over the configuration
+# file, else what `fhirseal config` resolves.
 data_dir() {
-    "$bin" config | sed -n 's/^data_dir = "\(.*\)"$/\1/p'
+    if [[ -n "${FHIRSEAL_DATA_DIR:-}" ]]; then
+        echo "$FHIRSEAL_DATA_DIR"
+        return
+    fi
+    "$bin" config | sed -n 's/^    data_dir: "\(.*\)",$/\1/p'
 }
 
 ordinal() {
