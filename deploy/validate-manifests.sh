@@ -19,6 +19,8 @@
 #              governance Service, the disruption budget keeps a Raft majority
 #   config     with a built fhirseal (FHIRSEAL_BIN, else target/debug or target/release):
 #              `fhirseal config` accepts the configuration each manifest gives a node
+#   entrypoint with a built fhirseal: deploy/container/test-node.sh runs the images'
+#              entrypoint on loopback (found, join, registrar; two nodes, a few seconds)
 #
 # Then it checks itself: broken copies of the manifests, in a temporary directory, must each
 # be refused (an unknown key, a wrong type, a published HAPI port, …); a check that passes a
@@ -376,7 +378,7 @@ refused() {
     if "$fn" "$copy" >"$work/broken.out" 2>&1; then
         fail "a broken copy passes: $name"
     else
-        pass "refused: $name ($(grep -v -e '^\s*$' -e '^Schema validation errors' "$work/broken.out" | head -n 1 | sed 's/^ *//' | cut -c1-120))"
+        pass "refused: $name ($(grep -v -e '^\s*$' -e '^Schema validation errors' "$work/broken.out" | head -n 1 | sed "s/^ *//" | cut -c1-220))"
     fi
     rm -f "$copy"
 }
@@ -400,8 +402,9 @@ fi
 check "images: ${containerfiles[*]}" containerfile_check "${containerfiles[@]}"
 if bin=$(fhirseal_bin); then
     check "config: fhirseal config accepts every node's configuration ($bin)" config_check "$bin" "$compose_file" "$k8s_file" "$secret"
+    check "entrypoint: fhirseal-node.sh founds, joins and admits on loopback (deploy/container/test-node.sh)" deploy/container/test-node.sh "$bin"
 else
-    echo "  skip  no built fhirseal (FHIRSEAL_BIN, target/debug, target/release): configurations not checked"
+    echo "  skip  no built fhirseal (FHIRSEAL_BIN, target/debug, target/release): configurations and the entrypoint not checked"
 fi
 
 echo "broken copies"
