@@ -1,14 +1,19 @@
 #!/usr/bin/env bash
 # The quickstart: builds and starts HAPI FHIR on 127.0.0.1:8080 (the sidecar's default
 # upstream), builds fhirseal, and runs it in the foreground on its embedded default
-# (127.0.0.1:8088). Ctrl-C stops both. Extra arguments go to `fhirseal run`.
+# (127.0.0.1:8088). Ctrl-C stops both. Extra arguments go to `fhirseal run`. FHIRSEAL_BIN runs
+# a binary already built instead (no cargo build). deploy/demo.sh shows what it does.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 hapi_port=${HAPI_PORT:-8080}
 hapi="$root/deploy/hapi/hapi.sh"
 
 cd "$root"
-cargo build --release --locked --bin fhirseal
+bin=${FHIRSEAL_BIN:-}
+if [ -z "$bin" ]; then
+  cargo build --release --locked --bin fhirseal
+  bin="$root/target/release/fhirseal"
+fi
 
 started=0
 if "$hapi" status "$hapi_port" >/dev/null 2>&1; then
@@ -40,9 +45,10 @@ cat <<MSG
   Health / readiness:      http://$listen/healthz  http://$listen/readyz
   Ledger:                  http://$listen/ledger/status, and GET [type]/[id]/\$verify
   Consortium:              a consortium of one (this node is regulator and only member):
-                           target/release/fhirseal consortium status --data-dir $data_dir
+                           $bin consortium status --data-dir $data_dir
+  Demo:                    deploy/demo.sh (writes a Synthea patient, shows who sees what)
   Stop with Ctrl-C.
 
 MSG
 FHIRSEAL_DATA_DIR=$data_dir FHIRSEAL_LISTEN=$listen FHIRSEAL_UPSTREAM=${FHIRSEAL_UPSTREAM:-http://127.0.0.1:$hapi_port/fhir} \
-  "$root/target/release/fhirseal" run "$@"
+  "$bin" run "$@"
