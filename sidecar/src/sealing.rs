@@ -84,6 +84,70 @@ impl Prepared {
 }
 
 type FlushRequest = oneshot::Sender<Result<(), String>>;
+type CommitRequest = (Vec<Staged>, oneshot::Sender<Result<(), String>>);
+
+/// A written version ready for the vault ([`Sealing::stage`]).
+#[derive(Debug)]
+pub enum Staged {
+    /// Its sealed identity and indexes (and anchor).
+    Sealed(VaultWrite),
+    /// Nothing to seal: its anchor only.
+    Anchor(PendingAnchor),
+    /// Nothing to keep.
+    Nothing,
+}
+
+impl Staged {
+    /// The vault writes and the bare anchors of `staged`, each in order.
+    fn split(staged: impl IntoIterator<Item = Staged>) -> (Vec<VaultWrite>, Vec<PendingAnchor>) {
+        let (mut writes, mut anchors) = (Vec::new(), Vec::new());
+        for item in staged {
+            match item {
+                Staged::Sealed(write) => writes.push(write),
+                Staged::Anchor(anchor) => anchors.push(anchor),
+                Staged::Nothing => {}
+            }
+        }
+        (writes, anchors)
+    }
+}
+
+/// Most requests one group commit gathers.
+const MAX_GROUP: usize = 256;
+
+/// The vault's committer: takes the first request waiting and, under group commit, every other
+/// waiting (up to [`MAX_GROUP`]); writes them in one transaction, flushes once, and answers each.
+/// Requests arriving meanwhile form the next group. Runs on a thread of its own: sled's
+/// transaction and flush block. Ends when the sealing that feeds it is dropped.
+fn committer(vault: Vault, group: bool, mut requests: mpsc::UnboundedReceiver<CommitRequest>) {
+    while let Some(first) = requests.blocking_recv() {
+        let mut waiting = vec![first];
+        while group && waiting.len() < MAX_GROUP {
+            match requests.try_recv() {
+                Ok(more) => waiting.push(more),
+                Err(_) => break,
+            }
+        }
+        let mut answers = Vec::with_capacity(waiting.len());
+        let mut staged = Vec::new();
+        for (items, answer) in waiting {
+            staged.extend(items);
+            answers.push(answer);
+        }
+        let (writes, anchors) = Staged::split(staged);
+        let result = vault
+            .commit_all(&writes, &anchors)
+            .and_then(|_| vault.flush())
+            .map_err(|e| e.to_string());
+        if let Err(error) = &result {
+            tracing::error!(%error, "vault group commit failed");
+        }
+        for answer in answers {
+            // A waiter that gave up (its client went away) needs no answer.
+            let _ = answer.send(result.clone());
+        }
+    }
+}
 
 /// Sealing, the vault and the blind index, for one node.
 pub struct Sealing {
@@ -96,6 +160,7 @@ pub struct Sealing {
     identity_systems: Vec<String>,
     durability: DurabilityMode,
     flusher: mpsc::UnboundedSender<FlushRequest>,
+    committer: mpsc::UnboundedSender<CommitRequest>,
     /// Whether the blind index is filed in this build's layout (else identity searches wait
     /// for the `recover` phase to refile it).
     filed: AtomicBool,
@@ -122,6 +187,13 @@ impl Sealing {
         let vault = Vault::open(&config.data_dir.join("vault"))?;
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(flusher(vault.clone(), rx));
+        let (commits, committed) = mpsc::unbounded_channel();
+        let group = config.seal.durability == DurabilityMode::Group;
+        let committing = vault.clone();
+        std::thread::Builder::new()
+            .name("vault-committer".to_owned())
+            .spawn(move || committer(committing, group, committed))
+            .map_err(|e| SealError::Flush(format!("the vault's committer did not start: {e}")))?;
         let sealing = Sealing {
             sealer: Sealer::new(keys.clone(), config.seal.epoch_uses, config.seal.key_cache),
             profile,
@@ -131,6 +203,7 @@ impl Sealing {
             identity_systems: config.seal.identity_systems.clone(),
             durability: config.seal.durability,
             flusher: tx,
+            committer: commits,
             filed: AtomicBool::new(false),
         };
         sealing.filed.store(
@@ -300,30 +373,30 @@ impl Sealing {
         Ok(None)
     }
 
-    /// Seals the identity of a version the upstream accepted and stores it with its indexes,
-    /// and queues the version for anchoring with `clinical_hash` (the hash of the resource as
-    /// the upstream stores it) in the same transaction; `None` stores the identity alone (the
-    /// upstream's copy could not be read back to hash). Not yet durable: await
-    /// [`Sealing::durable`] before acknowledging.
-    pub fn commit(
+    /// Seals the identity of a version the upstream accepted, ready for the vault with its
+    /// indexes and, with `clinical_hash` (the hash of the resource as the upstream stores it),
+    /// its anchor; `None` keeps the identity alone (the upstream's copy could not be read back
+    /// to hash). CPU only: the vault is written by [`Sealing::commit_durably`] or
+    /// [`Sealing::commit`].
+    pub fn stage(
         &self,
         prepared: &Prepared,
         id: &str,
         version: &str,
         clinical_hash: Option<[u8; 32]>,
-    ) -> Result<(), SealError> {
+    ) -> Result<Staged, SealError> {
         if !prepared.has_identity() {
-            if let Some(clinical_hash) = clinical_hash {
-                self.vault.outbox().push_anchor(&PendingAnchor {
+            return Ok(match clinical_hash {
+                Some(clinical_hash) => Staged::Anchor(PendingAnchor {
                     resource_type: prepared.resource_type.clone(),
                     id: id.to_owned(),
                     version: version.to_owned(),
                     fingerprint: prepared.fingerprint.0,
                     sealed_address: [0; 32],
                     clinical_hash,
-                })?;
-            }
-            return Ok(());
+                }),
+                None => Staged::Nothing,
+            });
         }
         let meta = RecordMeta {
             fingerprint: prepared.fingerprint,
@@ -332,13 +405,40 @@ impl Sealing {
             version: version.to_owned(),
         };
         let (record, new_epoch_key) = self.sealer.seal(meta, &prepared.identity.to_bytes())?;
-        self.vault.commit(&VaultWrite {
+        Ok(Staged::Sealed(VaultWrite {
             record,
             new_epoch_key,
             index: prepared.index.clone(),
             clinical_hash,
-        })?;
+        }))
+    }
+
+    /// [`Sealing::stage`] and the vault's transaction, on this thread. Not yet durable: await
+    /// [`Sealing::durable`] before acknowledging.
+    pub fn commit(
+        &self,
+        prepared: &Prepared,
+        id: &str,
+        version: &str,
+        clinical_hash: Option<[u8; 32]>,
+    ) -> Result<(), SealError> {
+        let staged = self.stage(prepared, id, version, clinical_hash)?;
+        let (writes, anchors) = Staged::split(vec![staged]);
+        self.vault.commit_all(&writes, &anchors)?;
         Ok(())
+    }
+
+    /// Writes what one request staged to the vault and returns once it is on disk: the vault's
+    /// committer gathers the requests waiting into one transaction and one flush (group
+    /// commit; with `durability = "every-write"`, one request each).
+    pub async fn commit_durably(&self, staged: Vec<Staged>) -> Result<(), SealError> {
+        let (tx, rx) = oneshot::channel();
+        self.committer
+            .send((staged, tx))
+            .map_err(|_| SealError::Flusher)?;
+        rx.await
+            .map_err(|_| SealError::Flusher)?
+            .map_err(SealError::Flush)
     }
 
     /// Keeps, before a write is forwarded, what it sealed: each prepared resource's identity

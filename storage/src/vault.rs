@@ -14,7 +14,8 @@
 //!   the upstream's commit and the vault's loses nothing;
 //! - the [`Outbox`]'s trees: anchors and access events waiting for a final block.
 //!
-//! One write is one sled transaction over all of them, its outbox entry included. sled writes reach the disk only on flush:
+//! One write, or a group of concurrent writes ([`Vault::commit_all`]), is one sled transaction
+//! over all of them, outbox entries included. sled writes reach the disk only on flush:
 //! callers flush ([`Vault::flush_async`]) before they acknowledge a write.
 
 use crate::error::{random, Result, StorageError};
@@ -204,13 +205,67 @@ impl Vault {
     /// so that readers get the identity last written, but queues no second anchor: the version
     /// is anchored once, with the record it had first.
     pub fn commit(&self, write: &VaultWrite) -> Result<[u8; 32]> {
+        let addresses = self.commit_all(std::slice::from_ref(write), &[])?;
+        Ok(addresses[0])
+    }
+
+    /// Stores many writes ([`Vault::commit`] each, in order) and queues `anchors` (versions
+    /// with no identity to seal), all in one transaction: the group commit of concurrent
+    /// requests. Returns the records' content addresses in order. Not yet durable.
+    pub fn commit_all(
+        &self,
+        writes: &[VaultWrite],
+        anchors: &[PendingAnchor],
+    ) -> Result<Vec<[u8; 32]>> {
+        let staged = writes
+            .iter()
+            .map(|write| self.stage(write))
+            .collect::<Result<Vec<_>>>()?;
+        let bare = anchors
+            .iter()
+            .map(|anchor| Ok((self.outbox.next_seq()?.to_be_bytes(), anchor.encode())))
+            .collect::<Result<Vec<_>>>()?;
+        let _writing = writing();
+        (
+            &self.records,
+            &self.resources,
+            &self.by_fingerprint,
+            &self.blind,
+            &self.blind_of,
+            &self.epoch_keys,
+            &self.outbox.anchors,
+        )
+            .transaction(
+                |(records, resources, by_fp, blind, blind_of, epoch_keys, outbox)| {
+                    for (write, s) in writes.iter().zip(&staged) {
+                        if let Some(key) = &write.new_epoch_key {
+                            epoch_keys.insert(&key.id, key.wrapped.as_slice())?;
+                        }
+                        records.insert(&s.address, s.encoded.as_slice())?;
+                        let earlier = resources.insert(s.version_key.as_slice(), &s.address)?;
+                        if let (None, Some((seq, entry))) = (&earlier, &s.anchor) {
+                            outbox.insert(seq, entry.as_slice())?;
+                        }
+                        by_fp.insert(s.by_fingerprint.as_slice(), &[])?;
+                        refile(blind, blind_of, &s.resource_key, &s.rows, &s.tokens)?;
+                    }
+                    for (seq, entry) in &bare {
+                        outbox.insert(seq, entry.as_slice())?;
+                    }
+                    Ok(())
+                },
+            )
+            .map_err(tx_error::<()>)?;
+        Ok(staged.into_iter().map(|s| s.address).collect())
+    }
+
+    /// What one write puts in each tree, worked out before the transaction.
+    fn stage(&self, write: &VaultWrite) -> Result<Staged> {
         let encoded = write.record.encode();
         let address = SealedRecord::address(&encoded);
         let meta = &write.record.meta;
-        let res_key = resource_key(&meta.resource_type, &meta.id);
-        let ver_key = version_key(&meta.resource_type, &meta.id, &meta.version);
+        let resource_key = resource_key(&meta.resource_type, &meta.id);
         let fp = meta.fingerprint.0;
-        let (entries, token_bytes) = blind_rows(&write.index, &res_key);
         let anchor = match write.clinical_hash {
             Some(clinical_hash) => Some((
                 self.outbox.next_seq()?.to_be_bytes(),
@@ -226,33 +281,17 @@ impl Vault {
             )),
             None => None,
         };
-        let _writing = writing();
-        (
-            &self.records,
-            &self.resources,
-            &self.by_fingerprint,
-            &self.blind,
-            &self.blind_of,
-            &self.epoch_keys,
-            &self.outbox.anchors,
-        )
-            .transaction(
-                |(records, resources, by_fp, blind, blind_of, epoch_keys, outbox)| {
-                    if let Some(key) = &write.new_epoch_key {
-                        epoch_keys.insert(&key.id, key.wrapped.as_slice())?;
-                    }
-                    records.insert(&address, encoded.as_slice())?;
-                    let earlier = resources.insert(ver_key.as_slice(), &address)?;
-                    if let (None, Some((seq, entry))) = (&earlier, &anchor) {
-                        outbox.insert(seq, entry.as_slice())?;
-                    }
-                    by_fp.insert(concat(&fp, &res_key), &[])?;
-                    refile(blind, blind_of, &res_key, &entries, &token_bytes)?;
-                    Ok(())
-                },
-            )
-            .map_err(tx_error::<()>)?;
-        Ok(address)
+        let (rows, tokens) = blind_rows(&write.index, &resource_key);
+        Ok(Staged {
+            version_key: version_key(&meta.resource_type, &meta.id, &meta.version),
+            by_fingerprint: concat(&fp, &resource_key),
+            encoded,
+            address,
+            anchor,
+            rows,
+            tokens,
+            resource_key,
+        })
     }
 
     /// The layout the blind index was filed in ([`BLIND_LAYOUT`] for what this build files);
@@ -658,6 +697,19 @@ impl VaultCheck {
 pub const BLIND_LAYOUT: u32 = 2;
 const BLIND_LAYOUT_KEY: &[u8] = b"blind-layout";
 
+/// One write's rows, worked out before its transaction.
+struct Staged {
+    encoded: Vec<u8>,
+    address: [u8; 32],
+    version_key: Vec<u8>,
+    resource_key: Vec<u8>,
+    by_fingerprint: Vec<u8>,
+    /// Outbox sequence and entry, when the write is to be anchored.
+    anchor: Option<([u8; 8], Vec<u8>)>,
+    rows: BlindRows,
+    tokens: Vec<u8>,
+}
+
 /// `blind` rows: (bucket token ‖ resource, tags).
 type BlindRows = Vec<(Vec<u8>, Vec<u8>)>;
 
@@ -820,6 +872,66 @@ mod tests {
         // A surrogate with a stored resource is not forgotten.
         vault.forget_surrogate(&fp, &surrogate).unwrap();
         assert_eq!(vault.fingerprint_of(&surrogate).unwrap(), Some(fp));
+    }
+
+    #[test]
+    fn a_group_commit_applies_its_writes_in_order_in_one_transaction() {
+        let dir = tempfile::tempdir().unwrap();
+        let (keys, _) = NodeKeys::load_or_create(&dir.path().join("keys"), 2048).unwrap();
+        let sealer = Sealer::new(Arc::new(keys), 100, 8);
+        let vault = Vault::open(&dir.path().join("vault")).unwrap();
+        let write = |id: &str, version: u8, token: u8| {
+            let meta = RecordMeta {
+                fingerprint: Fingerprint([7; 32]),
+                resource_type: "Patient".into(),
+                id: id.into(),
+                version: version.to_string(),
+            };
+            let (record, new_epoch_key) = sealer.seal(meta, b"{}").unwrap();
+            VaultWrite {
+                record,
+                new_epoch_key,
+                index: vec![BlindEntry {
+                    token: [token; 32],
+                    tags: Vec::new(),
+                }],
+                clinical_hash: Some([version; 32]),
+            }
+        };
+        let bare = PendingAnchor {
+            resource_type: "Observation".into(),
+            id: "o1".into(),
+            version: "1".into(),
+            fingerprint: [7; 32],
+            sealed_address: [0; 32],
+            clinical_hash: [9; 32],
+        };
+        // Two versions of one resource and another resource in one group: the later version's
+        // entries replace the earlier's, as two commits one after the other would.
+        let writes = [write("p1", 1, 1), write("p1", 2, 2), write("p2", 1, 3)];
+        let addresses = vault.commit_all(&writes, &[bare]).unwrap();
+        assert_eq!(addresses.len(), 3);
+        assert!(vault.search(&[1; 32], None).unwrap().is_empty());
+        assert_eq!(vault.search(&[2; 32], None).unwrap().len(), 1);
+        assert_eq!(vault.search(&[3; 32], None).unwrap().len(), 1);
+        assert!(vault.has_version("Patient", "p1", "1").unwrap());
+        let queued: Vec<(String, String)> = vault
+            .outbox()
+            .anchors(10)
+            .unwrap()
+            .into_iter()
+            .map(|(_, a)| (a.id, a.version))
+            .collect();
+        let pair = |id: &str, v: &str| (id.to_owned(), v.to_owned());
+        assert_eq!(
+            queued,
+            vec![
+                pair("p1", "1"),
+                pair("p1", "2"),
+                pair("p2", "1"),
+                pair("o1", "1")
+            ]
+        );
     }
 
     #[test]

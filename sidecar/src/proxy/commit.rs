@@ -1,6 +1,7 @@
 //! The `commit_seal` phase: once the upstream has accepted a write and named its id and
-//! version, the identity is sealed under them and queued for anchoring (one vault transaction
-//! each), and made durable before the client hears back; what it refused is rolled back.
+//! version, the identity is sealed under them and queued for anchoring (the vault's committer
+//! writes the requests waiting in one transaction and one flush), and made durable before the
+//! client hears back; what it refused is rolled back.
 
 use fhirseal_adapters::{canonical, fhir, Format};
 use http::header;
@@ -142,7 +143,7 @@ pub(super) async fn commit_seal(
 }
 
 /// Hashes each written version as the upstream stores it, seals its identity and queues its
-/// anchor (one vault transaction each), makes all of it durable, and with `anchor = "sync"`
+/// anchor (in the vault's group commit), makes all of it durable, and with `anchor = "sync"`
 /// waits for the block. When the upstream's copies cannot be read back, the identity is
 /// still kept (so nothing written is lost) and the client hears that anchoring failed.
 async fn commit_written(deps: &Deps, mut written: Vec<Written>) -> Result<(), ProxyError> {
@@ -179,17 +180,19 @@ async fn commit_written(deps: &Deps, mut written: Vec<Written>) -> Result<(), Pr
     } else {
         Vec::new()
     };
-    // A vault commit is a sled transaction over many keys: keep it off the async workers,
-    // which other requests are waiting for.
+    // Sealing is CPU work: off the async workers, which other requests are waiting for. The
+    // vault's committer then writes it with the other requests waiting, in one transaction
+    // and one flush.
     let sealing = deps.sealing.clone();
-    blocking(move || {
-        for (w, hash) in written.iter().zip(hashes) {
-            sealing.commit(&w.prepared, &w.id, &w.version, hash)?;
-        }
-        Ok::<(), ProxyError>(())
+    let staged = blocking(move || {
+        written
+            .iter()
+            .zip(hashes)
+            .map(|(w, hash)| sealing.stage(&w.prepared, &w.id, &w.version, hash))
+            .collect::<Result<Vec<_>, _>>()
     })
     .await?;
-    deps.sealing.durable().await?;
+    deps.sealing.commit_durably(staged).await?;
     hashed.map_err(|e| ProxyError::NotAnchored(e.to_string()))?;
     if deps.anchor_sync {
         let timeout = deps.sync_timeout;
