@@ -20,6 +20,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use support::{env_usize, fmt, percentiles, start_sidecar, API_KEY};
 
+#[path = "../../consensus/benches/support/figures.rs"]
+mod figures;
 mod support;
 
 type HttpClient = Client<HttpConnector, Full<Bytes>>;
@@ -108,9 +110,17 @@ fn main() {
             "p99 ×",
             "added p50"
         );
+        let mut measures = serde_json::Map::new();
         for (kind, mut direct, mut through) in results {
             let (d50, d99) = percentiles(&mut direct);
             let (s50, s99) = percentiles(&mut through);
+            let ms = |d: Duration| d.as_secs_f64() * 1e3;
+            for (what, sidecar, hapi) in [("p50", s50, d50), ("p99", s99, d99)] {
+                measures.insert(
+                    format!("{kind}_{what}_ms"),
+                    figures::measure(ms(sidecar), "ms", Some(ms(hapi))),
+                );
+            }
             println!(
                 "{:<6} {:>6} {:>12} {:>12} {:>12} {:>12} {:>9.3} {:>9.3} {:>12}",
                 kind,
@@ -124,6 +134,7 @@ fn main() {
                 fmt(s50.saturating_sub(d50)),
             );
         }
+        figures::write("latency", serde_json::Value::Object(measures));
     });
 }
 

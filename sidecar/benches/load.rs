@@ -53,6 +53,8 @@ use support::{env_usize, fmt, percentiles, start_sidecar, API_KEY};
 
 #[path = "support/fast_upstream.rs"]
 mod fast_upstream;
+#[path = "../../consensus/benches/support/figures.rs"]
+mod figures;
 mod support;
 
 type HttpClient = Client<HttpConnector, Full<Bytes>>;
@@ -90,17 +92,41 @@ fn main() {
         .build()
         .unwrap();
 
+    let mut measures = serde_json::Map::new();
     match std::env::var("FHIRSEAL_TEST_HAPI") {
         Ok(hapi) => {
             let hapi = hapi.trim_end_matches('/').to_owned();
-            part_a(&client_rt, &hapi, &role, &patients, &observations);
+            part_a(
+                &client_rt,
+                &hapi,
+                &role,
+                &patients,
+                &observations,
+                &mut measures,
+            );
         }
         Err(_) => println!(
             "\nPart A skipped: FHIRSEAL_TEST_HAPI is not set (a running HAPI FHIR base of its \
              own, e.g. http://127.0.0.1:18095/fhir after `deploy/hapi/hapi.sh start 18095`)."
         ),
     }
-    part_b(&client_rt, &role, &patients, &observations);
+    part_b(&client_rt, &role, &patients, &observations, &mut measures);
+    measures.insert(
+        "peak_resident_memory_mb".to_owned(),
+        figures::measure(peak_resident_mb(), "MiB", None),
+    );
+    figures::write("load", Value::Object(measures));
+}
+
+/// The process's peak resident memory (`VmHWM`): the sidecar, the fast upstream and the client
+/// together, an upper bound on the sidecar's own.
+fn peak_resident_mb() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(f64::NAN, |kb| kb / 1024.0)
 }
 
 /// The Patients and the Observations of every Synthea bundle, ids and references dropped.
@@ -275,6 +301,7 @@ fn part_a(
     role: &str,
     patients: &[Value],
     observations: &[Value],
+    measures: &mut serde_json::Map<String, Value>,
 ) {
     let n = env_usize("FHIRSEAL_BENCH_N", 2000);
     let concurrency = env_usize("FHIRSEAL_BENCH_A_C", 4);
@@ -367,6 +394,22 @@ fn part_a(
             } else {
                 (f64::NAN, f64::NAN)
             };
+            let key = |what: &str| format!("hapi_{}_{what}", filter.to_lowercase());
+            let ms = |d: Duration| d.as_secs_f64() * 1e3;
+            measures.insert(
+                key("p50_ms"),
+                figures::measure(ms(s50), "ms", Some(ms(d50))),
+            );
+            measures.insert(
+                key("p99_ms"),
+                figures::measure(ms(s99), "ms", Some(ms(d99))),
+            );
+            if filter == "all" {
+                measures.insert(
+                    key("writes_per_s"),
+                    figures::measure(sw, "writes/s", Some(dw)),
+                );
+            }
             println!(
                 "{:<12} {:>6} {:>10} {:>10} {:>11} {:>11} {:>11} {:>11} {:>7.3} {:>7.3} {:>7}",
                 filter,
@@ -410,7 +453,13 @@ fn part_a(
     drop(data);
 }
 
-fn part_b(rt: &tokio::runtime::Runtime, role: &str, patients: &[Value], observations: &[Value]) {
+fn part_b(
+    rt: &tokio::runtime::Runtime,
+    role: &str,
+    patients: &[Value],
+    observations: &[Value],
+    measures: &mut serde_json::Map<String, Value>,
+) {
     let n = env_usize("FHIRSEAL_BENCH_B_N", 20_000);
     let concurrency = env_usize("FHIRSEAL_BENCH_B_C", 32);
     let warmup = 1_000;
@@ -510,6 +559,36 @@ fn part_b(rt: &tokio::runtime::Runtime, role: &str, patients: &[Value], observat
             s99.as_secs_f64() / d99.as_secs_f64(),
             fmt(s50.saturating_sub(d50)),
         );
+        let (ow, _, _) = figures[2];
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        let cpu_us = |i: usize| {
+            let (_, run, cpu, _) = &results[i];
+            cpu.process_ms * 1e3 / run.samples.len().max(1) as f64
+        };
+        for (name, value) in [
+            (
+                "fast_patient_writes_per_s",
+                figures::measure(sw, "writes/s", Some(dw)),
+            ),
+            (
+                "fast_patient_p50_ms",
+                figures::measure(ms(s50), "ms", Some(ms(d50))),
+            ),
+            (
+                "fast_patient_p99_ms",
+                figures::measure(ms(s99), "ms", Some(ms(d99))),
+            ),
+            (
+                "fast_observation_writes_per_s",
+                figures::measure(ow, "writes/s", Some(dw)),
+            ),
+            (
+                "fast_patient_cpu_us_per_write",
+                figures::measure(cpu_us(1), "µs", Some(cpu_us(0))),
+            ),
+        ] {
+            measures.insert(name.to_owned(), value);
+        }
         for (label, run, cpu, _) in &results {
             print_cpu(label, run, cpu);
         }

@@ -43,6 +43,9 @@ use fhirseal_storage::{BlindEntry, Fingerprint, NodeKeys, RecordMeta, SealedReco
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+#[path = "../../consensus/benches/support/figures.rs"]
+mod figures;
+
 const RSA_BITS: usize = 3072;
 const SURROGATE: &str = "0123456789abcdef0123456789abcdef";
 const SSN: &str = "http://hl7.org/fhir/sid/us-ssn";
@@ -306,6 +309,7 @@ fn ratio_table(fixture: &Fixture, inputs: &[Input]) {
         "uns/fl",
     );
     let cipher = Aes256Gcm::new(&Key::<Aes256Gcm>::from(fixture.floor_key));
+    let mut measures = serde_json::Map::new();
     for input in inputs {
         let mut clinical = input.resource.clone();
         let part = fixture
@@ -345,6 +349,21 @@ fn ratio_table(fixture: &Fixture, inputs: &[Input]) {
         );
         let us = |d: Duration| d.as_secs_f64() * 1e6;
         let ratio = |d: Duration, f: Duration| d.as_secs_f64() / f.as_secs_f64();
+        let work = split + fp + index + bytes + sealed;
+        for (what, value) in [
+            ("seal_work_us", work),
+            ("seal_us", sealed),
+            ("blind_index_us", index),
+        ] {
+            measures.insert(
+                format!("{}_{what}", input.label),
+                figures::measure(us(value), "µs", Some(us(fl))),
+            );
+        }
+        measures.insert(
+            format!("{}_unseal_us", input.label),
+            figures::measure(us(unsealed), "µs", Some(us(fl))),
+        );
         println!(
             "{:<7} {:>7} {:>7.2} {:>7.2} {:>7.2} {:>7.2} {:>7.2} {:>7.2} {:>7.2} {:>7.2} | {:>7.2} {:>9.2} {:>9.2} {:>7.2} {:>7.2}",
             input.label,
@@ -369,6 +388,7 @@ fn ratio_table(fixture: &Fixture, inputs: &[Input]) {
          (split + fingerprint + blind index + to_bytes + seal) ÷ floor, the sealing work of one \
          Patient write before the vault; seal/f₀ = seal ÷ floor₀; uns/fl = unseal ÷ floor."
     );
+    figures::write("seal", Value::Object(measures));
 }
 
 /// The Synthea bundles: `shared/data/synthea` beside the repository, or `FHIRSEAL_SYNTHEA_DIR`.

@@ -1,5 +1,6 @@
 //! Where a benchmark's figures go: `target/bench/<name>.json`. Shared by the benches that write
-//! figures (each includes it with `#[path = "support/figures.rs"] mod figures;`).
+//! figures: this crate's include it with `#[path = "support/figures.rs"] mod figures;`, the
+//! sidecar's with a path to this file (benches of two crates, one writer of the format).
 
 use serde_json::Value;
 
@@ -20,4 +21,23 @@ pub(crate) fn write(name: &str, figures: Value) {
         Ok(()) => println!("figures in {}", dir.join(format!("{name}.json")).display()),
         Err(error) => println!("figures not written to {}: {error}", dir.display()),
     }
+}
+
+/// One measure as the figures files hold it: its value and unit, and, when it was measured
+/// against a baseline in the same run, the baseline and the ratio value ÷ baseline.
+#[allow(dead_code)] // not every bench that includes this file compares with a baseline
+pub(crate) fn measure(value: f64, unit: &str, baseline: Option<f64>) -> Value {
+    let finite = |x: f64| {
+        if x.is_finite() {
+            Value::from(x)
+        } else {
+            Value::Null
+        }
+    };
+    serde_json::json!({
+        "value": finite(value),
+        "unit": unit,
+        "baseline": baseline.map_or(Value::Null, finite),
+        "ratio": baseline.map_or(Value::Null, |b| finite(value / b)),
+    })
 }
