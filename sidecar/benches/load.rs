@@ -118,6 +118,20 @@ fn main() {
     figures::write("load", Value::Object(measures));
 }
 
+/// Bytes of the files under `dir`.
+fn directory_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|entry| match entry.metadata() {
+            Ok(m) if m.is_dir() => directory_bytes(&entry.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
 /// The process's peak resident memory (`VmHWM`): the sidecar, the fast upstream and the client
 /// together, an upper bound on the sidecar's own.
 fn peak_resident_mb() -> f64 {
@@ -592,6 +606,19 @@ fn part_b(
         for (label, run, cpu, _) in &results {
             print_cpu(label, run, cpu);
         }
+        // Every Patient through the sidecar was a new sealed person: warm-up and run.
+        let sealed = (warmup + results[1].1.samples.len()) as f64;
+        let vault_kb = directory_bytes(&data.path().join("vault")) as f64 / 1024.0;
+        println!(
+            "vault on disk: {:.0} KiB for {sealed} sealed Patients = {:.2} KiB each (sled's \
+             files as they stand after the run, its log not compacted)",
+            vault_kb,
+            vault_kb / sealed
+        );
+        measures.insert(
+            "vault_kib_per_sealed_patient".to_owned(),
+            figures::measure(vault_kb / sealed, "KiB", None),
+        );
     });
     drop(data);
 }

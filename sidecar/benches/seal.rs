@@ -361,6 +361,14 @@ fn ratio_table(fixture: &Fixture, inputs: &[Input]) {
             );
         }
         measures.insert(
+            format!("{}_blind_index_keys", input.label),
+            figures::measure(
+                blind_index(fixture, &input.resource).len() as f64,
+                "keys",
+                None,
+            ),
+        );
+        measures.insert(
             format!("{}_unseal_us", input.label),
             figures::measure(us(unsealed), "µs", Some(us(fl))),
         );
