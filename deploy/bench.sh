@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# The sidecar's benchmarks in one bounded run (about 10 minutes after the release build): a HAPI
+# The sidecar's benchmarks in one bounded run (about 15 minutes after the release build): a HAPI
 # FHIR of their own (FHIRSEAL_BENCH_HAPI_PORT, default 18095; part A writes identity into it
 # directly, so it is never the one the tests use), then
 #   seal     — sealing steps per Synthea Patient against the AES-256-GCM + SHA-256 floor;
 #   load     — creates into HAPI direct and through the sidecar (4 in flight), and the sidecar
 #              alone in front of a fast in-process upstream (sealed Patients, Observations);
 #   latency  — one request at a time, HAPI direct and through the sidecar;
+#   search   — an identity search matching 10,000 people, through the sidecar and (another
+#              name, written unsealed) on HAPI directly;
 # each printing its baseline and ratios and writing target/bench/<name>.json. Ends with a table
 # of every figure with a baseline. Extra arguments: the benches to run (default: all three).
 set -euo pipefail
@@ -13,7 +15,7 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 port=${FHIRSEAL_BENCH_HAPI_PORT:-18095}
 hapi="$root/deploy/hapi/hapi.sh"
 benches=("$@")
-[[ ${#benches[@]} -gt 0 ]] || benches=(seal load latency)
+[[ ${#benches[@]} -gt 0 ]] || benches=(seal load latency search)
 cd "$root"
 start=$(date +%s)
 
@@ -45,7 +47,8 @@ for bench in "${benches[@]}"; do
     load) FHIRSEAL_BENCH_B_N=${FHIRSEAL_BENCH_B_N:-20000} \
             timeout 600 cargo bench --locked -p fhirseal-sidecar --bench load ;;
     latency) timeout 300 cargo bench --locked -p fhirseal-sidecar --bench latency ;;
-    *) echo "bench.sh: no bench named $bench (seal, load, latency)" >&2; exit 2 ;;
+    search) timeout 900 cargo bench --locked -p fhirseal-sidecar --bench search ;;
+    *) echo "bench.sh: no bench named $bench (seal, load, latency, search)" >&2; exit 2 ;;
   esac
 done
 
