@@ -116,10 +116,18 @@ impl Staged {
 const MAX_GROUP: usize = 256;
 
 /// The vault's committer: takes the first request waiting and, under group commit, every other
-/// waiting (up to [`MAX_GROUP`]); writes them in one transaction, flushes once, and answers each.
-/// Requests arriving meanwhile form the next group. Runs on a thread of its own: sled's
-/// transaction and flush block. Ends when the sealing that feeds it is dropped.
-fn committer(vault: Vault, group: bool, mut requests: mpsc::UnboundedReceiver<CommitRequest>) {
+/// waiting (up to [`MAX_GROUP`]); writes them in one transaction and hands their answers to the
+/// flusher, which answers each after a flush that began after their transaction. The next group
+/// is written while the flusher flushes the last (a pipeline: one flush serves every group
+/// written while the previous flush ran). With every-write durability, each request is its own
+/// group and flushed here before the next. Runs on a thread of its own: sled's transaction
+/// blocks. Ends when the sealing that feeds it is dropped.
+fn committer(
+    vault: Vault,
+    group: bool,
+    mut requests: mpsc::UnboundedReceiver<CommitRequest>,
+    flusher: mpsc::UnboundedSender<FlushRequest>,
+) {
     while let Some(first) = requests.blocking_recv() {
         let mut waiting = vec![first];
         while group && waiting.len() < MAX_GROUP {
@@ -135,10 +143,22 @@ fn committer(vault: Vault, group: bool, mut requests: mpsc::UnboundedReceiver<Co
             answers.push(answer);
         }
         let (writes, anchors) = Staged::split(staged);
-        let result = vault
-            .commit_all(&writes, &anchors)
-            .and_then(|_| vault.flush())
-            .map_err(|e| e.to_string());
+        let committed = vault.commit_all(&writes, &anchors);
+        let result = match committed {
+            Ok(_) if group => {
+                for answer in answers {
+                    if let Err(unsent) = flusher.send(answer) {
+                        let _ = unsent
+                            .0
+                            .send(Err("the vault's flusher has stopped".to_owned()));
+                    }
+                }
+                continue;
+            }
+            Ok(_) => vault.flush(),
+            Err(e) => Err(e),
+        }
+        .map_err(|e| e.to_string());
         if let Err(error) = &result {
             tracing::error!(%error, "vault group commit failed");
         }
@@ -190,9 +210,10 @@ impl Sealing {
         let (commits, committed) = mpsc::unbounded_channel();
         let group = config.seal.durability == DurabilityMode::Group;
         let committing = vault.clone();
+        let flushes = tx.clone();
         std::thread::Builder::new()
             .name("vault-committer".to_owned())
-            .spawn(move || committer(committing, group, committed))
+            .spawn(move || committer(committing, group, committed, flushes))
             .map_err(|e| SealError::Flush(format!("the vault's committer did not start: {e}")))?;
         let sealing = Sealing {
             sealer: Sealer::new(keys.clone(), config.seal.epoch_uses, config.seal.key_cache),

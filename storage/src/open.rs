@@ -32,10 +32,19 @@ impl OpenError {
     }
 }
 
+/// sled's page cache per database. Its default (1 GiB) would let a node's three databases hold
+/// up to 3 GiB; the operating system's page cache keeps what is read often anyway.
+pub const CACHE_BYTES: u64 = 32 * 1024 * 1024;
+
 /// Opens (or creates) the sled database in the directory `path`.
 pub fn open_db(path: &Path) -> Result<sled::Db, OpenError> {
     let shown = path.display().to_string();
-    let opened = std::panic::catch_unwind(|| sled::Config::new().path(path).open());
+    let opened = std::panic::catch_unwind(|| {
+        sled::Config::new()
+            .path(path)
+            .cache_capacity(CACHE_BYTES)
+            .open()
+    });
     match opened {
         Ok(Ok(db)) => Ok(db),
         Ok(Err(error)) => Err(classify(shown, error)),

@@ -616,13 +616,17 @@ mod tests {
 
     /// A node's sealing in a fresh directory, with a link key.
     fn sealing(dir: &std::path::Path) -> Sealing {
+        open_sealing(dir).unwrap()
+    }
+
+    fn open_sealing(dir: &std::path::Path) -> Result<Sealing, crate::sealing::SealError> {
         let config = crate::config::Config {
             data_dir: dir.to_owned(),
             ..crate::config::Config::default()
         };
         let (keys, _) = NodeKeys::load_or_create(&dir.join("keys"), 2048).unwrap();
         let (_link, link_key) = tokio::sync::watch::channel(Some(SecretKey::random().unwrap()));
-        Sealing::open(&config, keys, link_key).unwrap()
+        Sealing::open(&config, keys, link_key)
     }
 
     fn patient(family: &str) -> Value {
@@ -720,11 +724,19 @@ mod tests {
             sealing.vault().database().remove("blind-layout").unwrap();
             sealing.vault().flush().unwrap();
         }
-        // The flusher task lets go of the vault once it sees its channel closed.
-        for _ in 0..10 {
-            tokio::task::yield_now().await;
-        }
-        let sealing = sealing(dir.path());
+        // The flusher task and the committer thread let go of the vault once they see their
+        // channels closed.
+        let mut attempts = 0;
+        let sealing = loop {
+            match open_sealing(dir.path()) {
+                Ok(sealing) => break sealing,
+                Err(e) if attempts < 50 && e.to_string().contains("lock") => {
+                    attempts += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("{e}"),
+            }
+        };
         assert!(matches!(
             sealing.rewrite_search(Some("Patient"), &search),
             Err(SearchQueryError::Refiling)
