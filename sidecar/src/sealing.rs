@@ -181,6 +181,8 @@ pub struct Sealing {
     durability: DurabilityMode,
     flusher: mpsc::UnboundedSender<FlushRequest>,
     committer: mpsc::UnboundedSender<CommitRequest>,
+    /// The committer's and the flusher's threads, joined when the sealing is dropped.
+    threads: Vec<std::thread::JoinHandle<()>>,
     /// Whether the blind index is filed in this build's layout (else identity searches wait
     /// for the `recover` phase to refile it).
     filed: AtomicBool,
@@ -191,6 +193,20 @@ impl std::fmt::Debug for Sealing {
         f.debug_struct("Sealing")
             .field("durability", &self.durability)
             .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Sealing {
+    /// Closes the committer's queue, then the flusher's (the committer feeds it), and waits for
+    /// both threads, which finish what they hold and let go of the vault.
+    fn drop(&mut self) {
+        let (closed, _) = mpsc::unbounded_channel();
+        drop(std::mem::replace(&mut self.committer, closed));
+        let (closed, _) = mpsc::unbounded_channel();
+        drop(std::mem::replace(&mut self.flusher, closed));
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
     }
 }
 
@@ -206,12 +222,16 @@ impl Sealing {
         };
         let vault = Vault::open(&config.data_dir.join("vault"))?;
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(flusher(vault.clone(), rx));
+        let flushing = vault.clone();
+        let flusher_thread = std::thread::Builder::new()
+            .name("vault-flusher".to_owned())
+            .spawn(move || flusher(flushing, rx))
+            .map_err(|e| SealError::Flush(format!("the vault's flusher did not start: {e}")))?;
         let (commits, committed) = mpsc::unbounded_channel();
         let group = config.seal.durability == DurabilityMode::Group;
         let committing = vault.clone();
         let flushes = tx.clone();
-        std::thread::Builder::new()
+        let committer_thread = std::thread::Builder::new()
             .name("vault-committer".to_owned())
             .spawn(move || committer(committing, group, committed, flushes))
             .map_err(|e| SealError::Flush(format!("the vault's committer did not start: {e}")))?;
@@ -225,6 +245,7 @@ impl Sealing {
             durability: config.seal.durability,
             flusher: tx,
             committer: commits,
+            threads: vec![committer_thread, flusher_thread],
             filed: AtomicBool::new(false),
         };
         sealing.filed.store(
@@ -909,14 +930,16 @@ pub enum SearchQueryError {
     Refiling,
 }
 
-/// Group commit: one flush serves every write that asked for one while the previous ran.
-async fn flusher(vault: Vault, mut requests: mpsc::UnboundedReceiver<FlushRequest>) {
-    while let Some(first) = requests.recv().await {
+/// Group commit: one flush serves every write that asked for one while the previous ran. Runs
+/// on a thread of its own (sled's flush blocks); ends when the sealing and the committer that
+/// feed it are gone.
+fn flusher(vault: Vault, mut requests: mpsc::UnboundedReceiver<FlushRequest>) {
+    while let Some(first) = requests.blocking_recv() {
         let mut waiting = vec![first];
         while let Ok(more) = requests.try_recv() {
             waiting.push(more);
         }
-        let result = vault.flush_async().await.map_err(|e| e.to_string());
+        let result = vault.flush().map_err(|e| e.to_string());
         if let Err(error) = &result {
             tracing::error!(%error, "vault flush failed");
         }

@@ -464,7 +464,18 @@ async fn a_blind_index_of_an_earlier_layout_is_refiled_at_start() {
 
     // What an earlier build leaves: its own entries (none here) and no layout recorded.
     {
-        let vault = fhirseal_storage::Vault::open(&config.data_dir.join("vault")).unwrap();
+        // The stopped node's last tasks may hold the vault's lock for a moment.
+        let mut attempts = 0;
+        let vault = loop {
+            match fhirseal_storage::Vault::open(&config.data_dir.join("vault")) {
+                Ok(vault) => break vault,
+                Err(e) if attempts < 50 && e.to_string().contains("lock") => {
+                    attempts += 1;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("{e}"),
+            }
+        };
         for (resource_type, id) in vault.indexed_resources().unwrap() {
             vault.refile(&resource_type, &id, &[]).unwrap();
         }
