@@ -64,6 +64,18 @@ pub(super) fn authorize_token(
             .into());
         }
     }
+    // A HEAD answer has no body to check against the compartment: only the patient's own
+    // record is answered so.
+    if let Reach::Patient { patient, .. } = &reach {
+        let own = matches!(&ctx.interaction,
+            Interaction::Read { resource_type, id } if resource_type == "Patient" && id == patient);
+        if ctx.head && !own && !matches!(ctx.interaction, Interaction::Capabilities) {
+            return Err(Refusal::Compartment(
+                "a HEAD request cannot be checked against the compartment: use GET".to_owned(),
+            )
+            .into());
+        }
+    }
     Ok(reach)
 }
 

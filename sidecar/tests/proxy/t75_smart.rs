@@ -378,6 +378,23 @@ async fn a_patient_token_reaches_its_patients_compartment_only() {
         let reply = get(format!("{base}/Practitioner")).await;
         assert_eq!(reply.status, 403, "{scope}: {}", reply.text());
     }
+    // A HEAD answer has no body to check: only the patient's own record.
+    let mut head = claims(&issuer.url, "patient/*.rs");
+    head["patient"] = json!(mine);
+    let token = sign(&head, Algorithm::ES256);
+    let bearer = format!("Bearer {token}");
+    let headers = [("authorization", bearer.as_str())];
+    let url = format!("{base}/Observation/{their_observation}");
+    let reply = send_raw(Method::HEAD, &url, &headers, "").await;
+    assert_eq!(reply.status, 403);
+    let reply = send_raw(
+        Method::HEAD,
+        &format!("{base}/Patient/{mine}"),
+        &headers,
+        "",
+    )
+    .await;
+    assert_eq!(reply.status, 200);
     // `patient/…` scopes without a patient in context grant nothing.
     let token = sign(&claims(&issuer.url, "patient/*.rs"), Algorithm::ES256);
     let reply = as_token(Method::GET, &format!("{base}/Patient/{mine}"), &token, None).await;
