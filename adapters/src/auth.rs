@@ -1,5 +1,7 @@
-//! Auth adapters: who is calling. For now an API-key table; the principal says which
-//! institution and role the caller acts for, and what that role may do ([`crate::policy`]).
+//! Auth adapters: who is calling. An API-key table, and the principal of a request (by API key,
+//! or by a SMART on FHIR access token the sidecar verified, [`TokenGrant`]); the principal says
+//! which institution and role the caller acts for, and what that role may do
+//! ([`crate::policy`], and [`crate::smart`] for a token's scopes and patient).
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -23,6 +25,21 @@ pub struct Principal {
     /// Whether this caller reads the audit trail (access events, fingerprints): its role may,
     /// and it belongs to this institution.
     pub audits: bool,
+    /// What an access token grants, when the caller presented one (`None` for an API key).
+    pub token: Option<TokenGrant>,
+}
+
+/// The attributes of a verified SMART on FHIR access token, weighed by
+/// [`crate::smart::decide`] on every request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenGrant {
+    pub scopes: crate::smart::Scopes,
+    /// The patient in context (`patient` claim): `patient/…` scopes reach its compartment only.
+    pub patient: Option<String>,
+    /// The purpose of use claimed (an HL7 v3 PurposeOfUse code).
+    pub purpose: Option<String>,
+    /// Whether the bearer belongs to this node's institution.
+    pub own_institution: bool,
 }
 
 /// Why a request has no principal.
@@ -89,6 +106,7 @@ impl ApiKeyTable {
                     sees_identity: rights.may(Permission::SeeIdentity),
                     audits: rights.may(Permission::Audit),
                     rights,
+                    token: None,
                 };
                 Ok((digest(key), principal))
             })

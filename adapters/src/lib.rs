@@ -11,7 +11,9 @@
 //!   so that no other crate pays fhirbolt's compile cost; [`profile`], [`identity`],
 //!   [`blind`], [`scrub`] and [`search`] split identity from clinical data, key it, file it in
 //!   the blind index, take it out of free text and plan identity searches;
-//! - [`auth`] says who calls and [`policy`] what their role may do.
+//! - [`auth`] says who calls and [`policy`] what their role may do; [`smart`] reads the scopes
+//!   of a SMART on FHIR access token and decides what its bearer may do (role × purpose of use ×
+//!   resource type × own institution or granted scope, and the patient compartment).
 
 pub mod auth;
 pub mod blind;
@@ -27,6 +29,7 @@ pub mod rebase;
 pub mod route;
 pub mod scrub;
 pub mod search;
+pub mod smart;
 
 pub use format::Format;
 pub use outcome::{IssueType, OperationOutcome, Severity};

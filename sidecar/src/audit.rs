@@ -29,15 +29,27 @@ pub(crate) struct Accessor {
     time_ms: u64,
 }
 
-/// The accessor of a request. A purpose-of-use header that is no code is refused.
+/// The accessor of a request. A purpose-of-use header that is no code is refused; an access
+/// token's purpose of use stands, and a header stating another is refused.
 pub(crate) fn accessor(
     principal: &Principal,
     headers: &HeaderMap,
     time_ms: u64,
 ) -> Result<Accessor, ProxyError> {
+    let stated = purpose_of_use(headers)?;
+    let claimed = principal.token.as_ref().and_then(|t| t.purpose.clone());
+    let purpose_of_use = match claimed {
+        Some(claimed) if !stated.is_empty() && stated != claimed => {
+            return Err(ProxyError::Forbidden(
+                "X-Purpose-Of-Use states another purpose than the access token's".to_owned(),
+            ))
+        }
+        Some(claimed) => claimed,
+        None => stated,
+    };
     Ok(Accessor {
         principal: principal.name.clone(),
-        purpose_of_use: purpose_of_use(headers)?,
+        purpose_of_use,
         time_ms,
     })
 }
@@ -229,6 +241,7 @@ mod tests {
             rights: Default::default(),
             sees_identity: true,
             audits: false,
+            token: None,
         };
         accessor(&principal, headers, time_ms)
     }

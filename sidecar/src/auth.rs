@@ -1,14 +1,66 @@
-//! The API-key table: from the configuration, or from `api-keys.toml` in the keys directory,
-//! which is made on first start with one key per role (clinician, researcher, auditor) so that
-//! the embedded default is usable.
+//! Who calls: the API-key table — from the configuration, or from `api-keys.toml` in the keys
+//! directory, which is made on first start with one key per role (clinician, researcher,
+//! auditor) so that the embedded default is usable — and, when `[[auth.smart.issuers]]` are
+//! configured, SMART on FHIR access tokens ([`crate::smart`]); the [`Authenticator`] tells one
+//! from the other.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use fhirseal_adapters::auth::ApiKeyTable;
+use fhirseal_adapters::auth::{ApiKeyTable, AuthError, Principal};
+use http::header::{HeaderMap, AUTHORIZATION};
 use serde::Deserialize;
 
 use crate::config::{ApiKey, Config};
+use crate::smart::{SmartAuth, TokenError};
+
+/// The credentials of a request: an API key, or a SMART access token when issuers are
+/// configured.
+#[derive(Debug, Default)]
+pub struct Authenticator {
+    pub keys: ApiKeyTable,
+    pub smart: Option<SmartAuth>,
+}
+
+/// Why a request has no principal.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Unauthenticated {
+    #[error(transparent)]
+    Key(#[from] AuthError),
+    #[error(transparent)]
+    Token(#[from] TokenError),
+}
+
+impl Authenticator {
+    /// The principal of a request's credentials, at `now_ms` (for a token's `exp` and `nbf`).
+    /// A bearer credential shaped like a JWT is an access token when issuers are configured;
+    /// anything else is looked up as an API key.
+    pub async fn authenticate(
+        &self,
+        headers: &HeaderMap,
+        now_ms: u64,
+    ) -> Result<Principal, Unauthenticated> {
+        if let Some(smart) = &self.smart {
+            if headers.get("x-api-key").is_none() {
+                let bearer = headers
+                    .get(AUTHORIZATION)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| {
+                        v.strip_prefix("Bearer ")
+                            .or_else(|| v.strip_prefix("bearer "))
+                    })
+                    .map(str::trim);
+                if let Some(token) = bearer.filter(|t| crate::smart::looks_like_jwt(t)) {
+                    return smart.authenticate(token, now_ms).await.map_err(|error| {
+                        tracing::info!(%error, "access token refused");
+                        Unauthenticated::Token(error)
+                    });
+                }
+            }
+        }
+        Ok(self.keys.authenticate(headers)?)
+    }
+}
 
 /// Why the API keys cannot be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -17,6 +69,8 @@ pub enum AuthSetupError {
     File { path: PathBuf, reason: String },
     #[error(transparent)]
     Role(#[from] fhirseal_adapters::auth::UnknownRole),
+    #[error(transparent)]
+    Smart(#[from] crate::smart::SmartSetupError),
 }
 
 #[derive(Deserialize)]
@@ -30,8 +84,19 @@ pub fn key_file(config: &Config) -> PathBuf {
     config.keys_dir().join("api-keys.toml")
 }
 
-/// The table the proxy authenticates against.
-pub fn load(config: &Config) -> Result<ApiKeyTable, AuthSetupError> {
+/// The API keys and the token issuers the proxy authenticates against.
+pub fn load(config: &Config) -> Result<Authenticator, AuthSetupError> {
+    let keys = load_keys(config)?;
+    let smart = SmartAuth::new(
+        &config.auth.smart,
+        config.auth.roles(),
+        &config.seal.institution,
+    )?;
+    Ok(Authenticator { keys, smart })
+}
+
+/// The API-key table.
+pub fn load_keys(config: &Config) -> Result<ApiKeyTable, AuthSetupError> {
     let keys = if config.auth.api_keys.is_empty() {
         let path = key_file(config);
         if !path.exists() {
@@ -116,10 +181,10 @@ mod tests {
             data_dir: dir.path().to_owned(),
             ..Config::default()
         };
-        let table = load(&config).unwrap();
+        let table = load_keys(&config).unwrap();
         assert_eq!(table.len(), 3);
         let text = std::fs::read_to_string(key_file(&config)).unwrap();
-        let again = load(&config).unwrap();
+        let again = load_keys(&config).unwrap();
         assert_eq!(again.len(), 3);
         assert_eq!(std::fs::read_to_string(key_file(&config)).unwrap(), text);
         #[cfg(unix)]

@@ -284,6 +284,72 @@ pub struct AuthConfig {
     pub identity_searches_per_minute: u32,
     /// … and at once, after a pause.
     pub identity_search_burst: u32,
+    /// SMART on FHIR access tokens accepted besides API keys.
+    pub smart: SmartConfig,
+}
+
+/// SMART on FHIR v2 access tokens (JWTs signed RS256 or ES256) from trusted issuers, verified
+/// against each issuer's JWKS: `[[auth.smart.issuers]]`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SmartConfig {
+    pub issuers: Vec<IssuerConfig>,
+    /// Clock skew allowed on `exp` and `nbf`, in seconds.
+    pub leeway_secs: u64,
+    /// A JWKS fetched from a URL is fetched again when a token names a key it lacks, at most
+    /// once per this many seconds per issuer.
+    pub jwks_refresh_secs: u64,
+}
+
+impl Default for SmartConfig {
+    fn default() -> Self {
+        SmartConfig {
+            issuers: Vec::new(),
+            leeway_secs: 30,
+            jwks_refresh_secs: 30,
+        }
+    }
+}
+
+/// One trusted token issuer (an authorization server).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct IssuerConfig {
+    /// The `iss` its tokens carry, exactly.
+    pub issuer: String,
+    /// The `aud` its tokens must carry for this sidecar: the FHIR base URL clients use.
+    pub audience: String,
+    /// Its signing keys: a JWKS file …
+    #[serde(default)]
+    pub jwks_file: Option<PathBuf>,
+    /// … or a JWKS URL (cached; fetched again for an unknown `kid`).
+    #[serde(default)]
+    pub jwks_url: Option<String>,
+    /// The claim naming the bearer's role, as `[auth.roles]` defines it.
+    #[serde(default = "default_role_claim")]
+    pub role_claim: String,
+    /// The claim naming the bearer's institution (compared with `seal.institution`).
+    #[serde(default = "default_institution_claim")]
+    pub institution_claim: String,
+    /// The claim stating the purpose of use (an HL7 v3 PurposeOfUse code such as `TREAT`).
+    #[serde(default = "default_purpose_claim")]
+    pub purpose_claim: String,
+    /// Advertised in `.well-known/smart-configuration`; `<issuer>/authorize` when unset.
+    #[serde(default)]
+    pub authorization_endpoint: Option<String>,
+    /// Advertised in `.well-known/smart-configuration`; `<issuer>/token` when unset.
+    #[serde(default)]
+    pub token_endpoint: Option<String>,
+}
+
+fn default_role_claim() -> String {
+    "fhirseal_role".to_owned()
+}
+fn default_institution_claim() -> String {
+    "organization".to_owned()
+}
+fn default_purpose_claim() -> String {
+    "purpose_of_use".to_owned()
 }
 
 impl Default for AuthConfig {
@@ -293,6 +359,7 @@ impl Default for AuthConfig {
             roles: BTreeMap::new(),
             identity_searches_per_minute: 600,
             identity_search_burst: 120,
+            smart: SmartConfig::default(),
         }
     }
 }
@@ -686,6 +753,7 @@ impl Config {
                 "the rate and the burst of identity searches must be above 0",
             ));
         }
+        self.validate_smart()?;
         let server = &self.server;
         if server.max_connections == 0
             || server.max_concurrent_requests == 0
@@ -744,6 +812,54 @@ impl Config {
                 "consortium.raft",
                 "heartbeat_ms must be above 0 and below election_timeout_ms, snapshot_every above 0",
             ));
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    fn validate_smart(&self) -> Result<(), ConfigError> {
+        let invalid = |reason: String| ConfigError::Invalid {
+            field: "auth.smart.issuers",
+            reason,
+        };
+        let smart = &self.auth.smart;
+        if smart.leeway_secs > 300 {
+            return Err(ConfigError::Invalid {
+                field: "auth.smart.leeway_secs",
+                reason: "must be at most 300".to_owned(),
+            });
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for issuer in &smart.issuers {
+            absolute_http_url(&issuer.issuer).map_err(invalid)?;
+            if !seen.insert(issuer.issuer.as_str()) {
+                return Err(invalid(format!("'{}' is listed twice", issuer.issuer)));
+            }
+            if issuer.audience.is_empty() {
+                return Err(invalid(format!(
+                    "'{}': audience must not be empty",
+                    issuer.issuer
+                )));
+            }
+            match (&issuer.jwks_file, &issuer.jwks_url) {
+                (Some(_), None) => {}
+                (None, Some(url)) => {
+                    absolute_http_url(url).map_err(invalid)?;
+                }
+                _ => {
+                    return Err(invalid(format!(
+                        "'{}': one of jwks_file and jwks_url",
+                        issuer.issuer
+                    )))
+                }
+            }
+            for url in [&issuer.authorization_endpoint, &issuer.token_endpoint]
+                .into_iter()
+                .flatten()
+            {
+                absolute_http_url(url).map_err(invalid)?;
+            }
         }
         Ok(())
     }
@@ -847,6 +963,33 @@ mod tests {
             config.validate(),
             Err(ConfigError::Invalid {
                 field: "consortium.raft",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn smart_issuers_from_file() {
+        let mut config = Config::from_toml(
+            r#"
+            [[auth.smart.issuers]]
+            issuer = "https://auth.example.org"
+            audience = "https://seal.example.org/fhir"
+            jwks_url = "https://auth.example.org/jwks.json"
+            "#,
+        )
+        .unwrap();
+        config.validate().unwrap();
+        let issuer = &config.auth.smart.issuers[0];
+        assert_eq!(issuer.role_claim, "fhirseal_role");
+        assert_eq!(issuer.institution_claim, "organization");
+        assert_eq!(issuer.purpose_claim, "purpose_of_use");
+        assert_eq!(config.auth.smart.leeway_secs, 30);
+        config.auth.smart.issuers[0].jwks_file = Some("/etc/jwks.json".into());
+        assert!(matches!(
+            config.validate(),
+            Err(ConfigError::Invalid {
+                field: "auth.smart.issuers",
                 ..
             })
         ));

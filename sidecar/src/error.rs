@@ -10,6 +10,17 @@ use fhirseal_adapters::{Format, IssueType, OperationOutcome, RouteError};
 use http::{header, HeaderValue, Response, StatusCode};
 
 use crate::body::{full, ProxyBody};
+use crate::smart::TokenError;
+use fhirseal_adapters::smart::Refusal;
+
+impl From<crate::auth::Unauthenticated> for ProxyError {
+    fn from(error: crate::auth::Unauthenticated) -> Self {
+        match error {
+            crate::auth::Unauthenticated::Key(e) => ProxyError::Unauthorized(e),
+            crate::auth::Unauthenticated::Token(e) => ProxyError::Token(e),
+        }
+    }
+}
 
 /// Who caused a failure: the client (4xx), the upstream (502/504), or the sidecar (500).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,6 +47,10 @@ pub enum ProxyError {
     BadHeader(String),
     #[error("{0}")]
     Unauthorized(#[from] fhirseal_adapters::auth::AuthError),
+    #[error("{0}")]
+    Token(#[from] crate::smart::TokenError),
+    #[error("{0}")]
+    Scope(#[from] fhirseal_adapters::smart::Refusal),
     #[error("{0}")]
     Forbidden(String),
     #[error("{0}")]
@@ -94,6 +109,7 @@ impl ProxyError {
             | ProxyError::UnsupportedMediaType(_)
             | ProxyError::BadHeader(_)
             | ProxyError::Unauthorized(_)
+            | ProxyError::Scope(_)
             | ProxyError::Forbidden(_)
             | ProxyError::Denied(_)
             | ProxyError::BodyTimeout(_)
@@ -107,6 +123,8 @@ impl ProxyError {
             | ProxyError::Unprocessable(_)
             | ProxyError::NotFound(_)
             | ProxyError::Gone(_) => Side::Downstream,
+            ProxyError::Token(TokenError::Jwks(_)) => Side::Upstream,
+            ProxyError::Token(_) => Side::Downstream,
             ProxyError::UpstreamUnavailable(_)
             | ProxyError::UpstreamTimeout(_)
             | ProxyError::UpstreamBody(_)
@@ -129,7 +147,12 @@ impl ProxyError {
             | ProxyError::Search(_)
             | ProxyError::NotSupported(_) => StatusCode::BAD_REQUEST,
             ProxyError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            ProxyError::Forbidden(_) | ProxyError::Denied(_) => StatusCode::FORBIDDEN,
+            ProxyError::Token(TokenError::UnknownRole) => StatusCode::FORBIDDEN,
+            ProxyError::Token(TokenError::Jwks(_)) => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Token(_) => StatusCode::UNAUTHORIZED,
+            ProxyError::Forbidden(_) | ProxyError::Denied(_) | ProxyError::Scope(_) => {
+                StatusCode::FORBIDDEN
+            }
             ProxyError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ProxyError::Throttled { .. } => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::Overloaded(_) | ProxyError::Refiling => StatusCode::SERVICE_UNAVAILABLE,
@@ -159,7 +182,12 @@ impl ProxyError {
                 IssueType::Invalid
             }
             ProxyError::Unauthorized(_) => IssueType::Login,
-            ProxyError::Forbidden(_) | ProxyError::Denied(_) => IssueType::Forbidden,
+            ProxyError::Token(TokenError::UnknownRole) => IssueType::Forbidden,
+            ProxyError::Token(TokenError::Jwks(_)) => IssueType::Transient,
+            ProxyError::Token(_) => IssueType::Login,
+            ProxyError::Forbidden(_) | ProxyError::Denied(_) | ProxyError::Scope(_) => {
+                IssueType::Forbidden
+            }
             ProxyError::BodyTimeout(_) => IssueType::Timeout,
             ProxyError::Throttled { .. } => IssueType::Throttled,
             ProxyError::Overloaded(_) | ProxyError::Refiling => IssueType::Transient,
@@ -204,11 +232,22 @@ impl ProxyError {
     pub fn into_response(self, format: Format) -> Response<ProxyBody> {
         let status = self.status();
         let mut response = outcome_response(status, &self.outcome(), format);
-        if status == StatusCode::UNAUTHORIZED {
-            response.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Bearer realm=\"fhirseal\""),
-            );
+        // RFC 6750 §3: a bad token is `invalid_token`, too little scope `insufficient_scope`.
+        let challenge = match &self {
+            ProxyError::Token(error) if status == StatusCode::UNAUTHORIZED => Some(format!(
+                "Bearer realm=\"fhirseal\", error=\"invalid_token\", error_description=\"{}\"",
+                error.to_string().replace(['"', '\\'], "")
+            )),
+            ProxyError::Scope(Refusal::Scope { .. }) => {
+                Some("Bearer realm=\"fhirseal\", error=\"insufficient_scope\"".to_owned())
+            }
+            _ if status == StatusCode::UNAUTHORIZED => Some("Bearer realm=\"fhirseal\"".to_owned()),
+            _ => None,
+        };
+        if let Some(value) = challenge.and_then(|c| HeaderValue::from_str(&c).ok()) {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, value);
         }
         let retry_after = match &self {
             ProxyError::Throttled { retry_after } => Some(*retry_after),

@@ -73,8 +73,8 @@ pub(crate) fn response_format(headers: &http::HeaderMap) -> Option<Format> {
         .and_then(Format::from_mime)
 }
 
-pub(crate) fn json_response(status: StatusCode, body: &'static str) -> Response<ProxyBody> {
-    let mut response = Response::new(full(Bytes::from_static(body.as_bytes())));
+pub(crate) fn json_response(status: StatusCode, body: impl Into<Bytes>) -> Response<ProxyBody> {
+    let mut response = Response::new(full(body.into()));
     *response.status_mut() = status;
     response.headers_mut().insert(
         header::CONTENT_TYPE,

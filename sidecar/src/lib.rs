@@ -1,8 +1,9 @@
 //! fhirseal: a security sidecar for FHIR servers.
 //!
 //! This crate wires the parts together: the configuration ([`config`]), the reverse proxy as a
-//! tower service ([`proxy`]), the listener with optional TLS ([`server`]), and logging
-//! ([`telemetry`]). The `fhirseal` binary only parses its command line and calls in here.
+//! tower service ([`proxy`]), the listener with optional TLS ([`server`]), who calls ([`auth`]:
+//! API keys, and [`smart`]: SMART on FHIR access tokens verified against their issuer's JWKS),
+//! and logging ([`telemetry`]). The `fhirseal` binary only parses its command line and calls in here.
 //!
 //! It owns no FHIR knowledge (that is `fhirseal-adapters`), no storage (`fhirseal-storage`) and
 //! no ledger (`fhirseal-consensus`): it composes them.
@@ -25,6 +26,7 @@ pub mod listener;
 pub mod proxy;
 pub mod sealing;
 pub mod server;
+pub mod smart;
 pub mod stores;
 pub mod telemetry;
 pub mod tls;

@@ -5,6 +5,7 @@
 use std::collections::BTreeSet;
 
 use fhirseal_adapters::auth::Principal;
+use fhirseal_adapters::smart::Reach;
 use fhirseal_adapters::{Format, Interaction};
 
 use crate::audit::Accessor;
@@ -36,6 +37,8 @@ pub(crate) struct RequestCtx {
     pub(crate) head: bool,
     /// The format the client asked for (`_format`, `Accept`), for answers the sidecar writes.
     pub(crate) format: Format,
+    /// Where an access token's bearer may reach (`authorize_token`); unconfined for API keys.
+    pub(crate) reach: Reach,
 }
 
 /// The query string the upstream receives.

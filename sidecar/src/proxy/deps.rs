@@ -4,7 +4,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use fhirseal_adapters::auth::ApiKeyTable;
+use crate::auth::Authenticator;
 use tokio::sync::Semaphore;
 
 use crate::clock::Clock;
@@ -21,7 +21,11 @@ pub(crate) struct Deps {
     pub(crate) upstream: UpstreamClient,
     pub(crate) sealing: Arc<Sealing>,
     pub(crate) ledger: Arc<NodeLedger>,
-    pub(crate) auth: ApiKeyTable,
+    pub(crate) auth: Authenticator,
+    /// The role table (defaults and `[auth.roles]`), for the policy of access tokens.
+    pub(crate) roles: std::collections::BTreeMap<String, fhirseal_adapters::policy::Role>,
+    /// `.well-known/smart-configuration`, when token issuers are configured.
+    pub(crate) smart_configuration: Option<String>,
     /// `anchor = "sync"`: writes are acknowledged once their block is final.
     pub(crate) anchor_sync: bool,
     pub(crate) sync_timeout: Duration,
@@ -86,7 +90,7 @@ impl Deps {
         listener_tls: bool,
         sealing: Arc<Sealing>,
         ledger: Arc<NodeLedger>,
-        auth: ApiKeyTable,
+        auth: Authenticator,
     ) -> Result<Deps, ProxyError> {
         let server = &config.server;
         let upstream = UpstreamClient::new(&config.upstream, server.max_body_bytes)
@@ -96,6 +100,8 @@ impl Deps {
             upstream,
             sealing,
             ledger,
+            roles: config.auth.roles(),
+            smart_configuration: auth.smart.as_ref().map(|s| s.configuration().to_string()),
             auth,
             anchor_sync: config.ledger.anchor == AnchorMode::Sync,
             sync_timeout: Duration::from_millis(config.ledger.sync_timeout_ms),

@@ -6,6 +6,7 @@ use std::collections::BTreeSet;
 use std::net::SocketAddr;
 
 use bytes::Bytes;
+use fhirseal_adapters::smart::Reach;
 use fhirseal_adapters::{route, Format, Interaction, IssueType, OperationOutcome, Rebase};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, Uri, Version};
@@ -90,6 +91,26 @@ pub(super) fn upstream_request(
         UpstreamQuery::Dropped => None,
     }
     .map(str::to_owned);
+    // A search of a patient-context token is confined to its patient's compartment.
+    let query = match (&ctx.reach, query) {
+        (
+            Reach::Patient {
+                search: Some((param, value)),
+                ..
+            },
+            query,
+        ) => {
+            let added = format!(
+                "{param}={}",
+                percent_encoding::utf8_percent_encode(value, percent_encoding::NON_ALPHANUMERIC)
+            );
+            Some(match query {
+                Some(query) if !query.is_empty() => format!("{query}&{added}"),
+                _ => added,
+            })
+        }
+        (_, query) => query,
+    };
     // A search whose query outgrows what the upstream's URL may hold (an identity search
     // rewritten to thousands of ids) goes as `POST _search` with the query in a form body,
     // which FHIR servers read the same; its pages come back by the server's own paging links.

@@ -5,7 +5,8 @@
 //! 1. `request_filter` ([`filter`]) — base path, FHIR routing, media type, body size; then the
 //!    principal is authenticated and a permit of the concurrent-request limit taken;
 //! 2. `plan` and `authorize` ([`plan`]) — the body read and parsed where the sidecar needs it,
-//!    what the request needs worked out, and the one permission check;
+//!    what the request needs worked out, and the one permission check; for an access token's
+//!    bearer, `authorize_token` ([`confine`]): the SMART policy, and where the token reaches;
 //! 3. `record_access` ([`access`]) — a read's access event queued;
 //! 4. `seal_request` ([`seal`]) — writes split and sealed, identity criteria answered from the
 //!    blind index;
@@ -14,6 +15,8 @@
 //!    credentials dropped and the sidecar's own added;
 //! 7. `commit_seal` ([`commit`]) — what the upstream accepted sealed and anchored;
 //! 8. `response_filter` ([`filter`]) — hop-by-hop headers stripped, links rewritten;
+//! 9. `confine_response` ([`confine`]) — for an access token's bearer, an answer showing what
+//!    its scopes do not let it read is withheld;
 //! 9. `unseal_response` ([`unseal`]) — identity merged back for principals who may see it, each
 //!    resource shown an access event of its own;
 //! 10. `fail_to_proxy` — any error becomes an `OperationOutcome` (see [`crate::error`]);
@@ -25,6 +28,7 @@
 
 mod access;
 mod commit;
+mod confine;
 mod ctx;
 mod deps;
 mod filter;
@@ -42,8 +46,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use crate::auth::Authenticator;
 use bytes::Bytes;
-use fhirseal_adapters::auth::ApiKeyTable;
 use fhirseal_adapters::{Format, IssueType, OperationOutcome};
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
@@ -82,7 +86,7 @@ impl Proxy {
         listener_tls: bool,
         sealing: Arc<Sealing>,
         ledger: Arc<NodeLedger>,
-        auth: ApiKeyTable,
+        auth: Authenticator,
     ) -> Result<Proxy, ProxyError> {
         Ok(Proxy {
             deps: Arc::new(Deps::new(config, listener_tls, sealing, ledger, auth)?),
@@ -165,10 +169,23 @@ async fn proxy(
 ) {
     match req.uri().path() {
         "/healthz" => return (Some("healthz"), Ok(healthz())),
+        path if deps.smart_configuration.is_some()
+            && path.strip_prefix(deps.base_path.as_str())
+                == Some("/.well-known/smart-configuration") =>
+        {
+            let body = deps.smart_configuration.clone().unwrap_or_default();
+            return (
+                Some("smart-configuration"),
+                Ok(json_response(StatusCode::OK, body)),
+            );
+        }
         "/readyz" => return (Some("readyz"), Ok(readyz(deps).await)),
         path if path == "/ledger" || path.starts_with("/ledger/") => {
             let result = async {
-                let principal = deps.auth.authenticate(req.headers())?;
+                let principal = deps
+                    .auth
+                    .authenticate(req.headers(), deps.clock.now_ms())
+                    .await?;
                 plan::authorize(deps, &principal, &ledger_api::ledger_needs(path))?;
                 ledger_api::ledger_api(deps, &req, &principal).await
             }
@@ -196,7 +213,10 @@ async fn proxy_routed(
     routed: filter::Routed,
     request_id: String,
 ) -> Result<Response<ProxyBody>, ProxyError> {
-    let principal = deps.auth.authenticate(req.headers())?;
+    let principal = deps
+        .auth
+        .authenticate(req.headers(), deps.clock.now_ms())
+        .await?;
     tracing::debug!(principal = %principal.name, institution = %principal.institution, "authenticated");
     let _permit = take_permit(deps)?;
     let mut ctx = RequestCtx {
@@ -211,8 +231,10 @@ async fn proxy_routed(
         rel_path: routed.rel_path,
         query: UpstreamQuery::Client,
         principal,
+        reach: fhirseal_adapters::smart::Reach::Unconfined,
     };
     let (req, planned) = plan::plan(deps, req, &ctx).await?;
+    ctx.reach = confine::authorize_token(deps, &ctx.principal, &ctx, req.uri().query(), &planned)?;
     plan::authorize(deps, &ctx.principal, &planned.needs)?;
     // A read is recorded before it is forwarded; the record's flush runs beside the upstream
     // exchange and is awaited before the answer leaves.
@@ -241,6 +263,7 @@ async fn proxy_routed(
             deps.sealing.settle(&ctx.write_id)?;
         }
         let response = filter::response_filter(deps, &ctx, response).await?;
+        let response = confine::confine_response(deps, &ctx, response).await?;
         if ctx.principal.sees_identity && !ctx.head {
             unseal::unseal_response(deps, response, ctx.elements.clone(), &ctx.accessor).await
         } else {

@@ -14,5 +14,6 @@ mod t40_sealing;
 mod t50_ledger;
 mod t60_crash;
 mod t70_hostile;
+mod t75_smart;
 mod t80_crash_window;
 mod t90_stores;
