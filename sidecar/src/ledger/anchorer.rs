@@ -19,6 +19,7 @@ use fhirseal_consensus::{
 use fhirseal_storage::{Outbox, PendingAccess, PendingAnchor};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::crash::{self, CrashPoint};
 use crate::ledger::error::LedgerError;
 use crate::ledger::runtime::Command;
 use crate::ledger::view::LedgerView;
@@ -207,6 +208,7 @@ impl Anchorer {
         let Some(flight) = in_flight.take() else {
             return Ok(Round::default());
         };
+        crash::reached(CrashPoint::BeforeClear);
         self.outbox.clear_anchors(&flight.anchors)?;
         self.outbox.clear_access(&flight.access)?;
         Ok(flight.round)

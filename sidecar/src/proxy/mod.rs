@@ -55,12 +55,13 @@ use tracing::Instrument;
 use crate::audit;
 use crate::body::{empty, BoxError, ProxyBody};
 use crate::config::Config;
+use crate::crash::{self, CrashPoint};
 use crate::error::{outcome_response, ProxyError, Side};
 use crate::http_util::json_response;
 use crate::ledger::NodeLedger;
 use crate::sealing::Sealing;
 use ctx::{RequestCtx, UpstreamQuery};
-use deps::{CrashPoint, Deps};
+use deps::Deps;
 use seal::Sealed;
 
 pub use filter::{ClientAddr, REQUEST_ID};
@@ -227,11 +228,17 @@ async fn proxy_routed(
         // What the writes prepared is durable before the upstream sees them; forgotten once
         // their outcome is kept. An exchange that fails leaves it for `recover`.
         let intended = commit::intend(deps, &ctx, &pending).await?;
+        if intended {
+            crash::reached(CrashPoint::BeforeForward);
+        }
         let upstream_req = filter::upstream_request(deps, &ctx, req)?;
         let response = deps.upstream.send(upstream_req).await?;
-        deps.crash_point(CrashPoint::AfterUpstream);
+        if intended {
+            crash::reached(CrashPoint::AfterUpstream);
+        }
         let response = commit::commit_seal(deps, response, *pending).await?;
         if intended {
+            crash::reached(CrashPoint::AfterVault);
             deps.sealing.settle(&ctx.write_id)?;
         }
         let response = filter::response_filter(deps, &ctx, response).await?;
