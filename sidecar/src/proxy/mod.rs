@@ -106,10 +106,16 @@ impl Proxy {
     }
 
     /// Resolves the writes that a crash or a failed exchange left unsettled, whose intents were
-    /// kept before `cutoff_ms` (milliseconds since the Unix epoch; see the `recover` phase):
-    /// at start, the start time; later, a time no exchange still in flight can be older than.
-    pub async fn resolve_intents(&self, cutoff_ms: u64) -> Result<recover::Resolved, ProxyError> {
-        recover::resolve(&self.deps, cutoff_ms).await
+    /// kept before `cutoff_ms` (milliseconds since the Unix epoch; see the `recover` phase): the
+    /// start time, or later a time no exchange still in flight here can be older than. One the
+    /// upstream does not hold is forgotten only when kept before `forget_before_ms`, a time no
+    /// exchange still going on at the upstream can be older than.
+    pub async fn resolve_intents(
+        &self,
+        cutoff_ms: u64,
+        forget_before_ms: u64,
+    ) -> Result<recover::Resolved, ProxyError> {
+        recover::resolve(&self.deps, cutoff_ms, forget_before_ms).await
     }
 
     /// Handles one request; never fails: every error is an `OperationOutcome` response.
