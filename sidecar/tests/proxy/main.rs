@@ -16,3 +16,4 @@ mod t60_crash;
 mod t70_hostile;
 mod t80_crash_window;
 mod t90_stores;
+mod t95_crash_campaign;
