@@ -164,7 +164,7 @@ impl KeptRound {
             rest = after;
         }
         let seqs = |bytes: &[u8]| -> Result<Vec<u64>> {
-            if bytes.len() % 8 != 0 {
+            if !bytes.len().is_multiple_of(8) {
                 return Err(corrupt(ROUND_TREE, "a sequence number is not 8 bytes"));
             }
             Ok(bytes
