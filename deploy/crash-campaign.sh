@@ -13,7 +13,9 @@
 # and prints trials, kills per phase, violations and the median time to ready after a kill;
 # the figures also go to target/bench/crash-campaign.json. SEED defaults to a random one
 # (printed: pass it again to replay the campaign). FHIRSEAL_CRASH_SERIES sets how many trials
-# share a data directory (default 4). Exits with 1 when any trial found a violation.
+# share a data directory (default 4), FHIRSEAL_CRASH_PARALLEL how many such series run at once,
+# each with its own node (default 2: a trial spends much of its time waiting). Exits with 1 when
+# any trial found a violation.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 trials=${1:-1000}
@@ -39,6 +41,7 @@ fi
 export FHIRSEAL_TEST_HAPI="http://127.0.0.1:$port/fhir"
 export FHIRSEAL_CRASH_TRIALS="$trials"
 export FHIRSEAL_CRASH_SEED="$seed"
+export FHIRSEAL_CRASH_PARALLEL="${FHIRSEAL_CRASH_PARALLEL:-2}"
 echo "crash-campaign.sh: $trials trials, seed $seed"
 cd "$root"
 cargo test --release --locked -p fhirseal-sidecar --test proxy \

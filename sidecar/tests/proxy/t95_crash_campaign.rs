@@ -21,8 +21,9 @@
 //! verifies the chain from genesis, finds every version anchored since the previous trial equal
 //! to HAPI's copy, and no orphan among the trial's resources. The test fails when any check did.
 //!
-//! `FHIRSEAL_CRASH_TRIALS` (default 8), `FHIRSEAL_CRASH_SEED` and `FHIRSEAL_CRASH_SERIES`
-//! (trials per data directory, default 4) size and replay a campaign;
+//! `FHIRSEAL_CRASH_TRIALS` (default 8), `FHIRSEAL_CRASH_SEED`, `FHIRSEAL_CRASH_SERIES` (trials
+//! per data directory, default 4) and `FHIRSEAL_CRASH_PARALLEL` (series at once, each with its
+//! own node and data directory; default 1) size and replay a campaign;
 //! `deploy/crash-campaign.sh TRIALS [SEED]` runs one in release mode. The figures are printed
 //! and written to `target/bench/crash-campaign.json`.
 
@@ -77,13 +78,18 @@ enum Writers {
 }
 
 impl Writers {
-    /// The highest N a trial arms `point` with: each is reached within a few seconds of writing.
-    fn highest_count(self, point: &str) -> u64 {
-        match point {
-            "before-forward" | "after-upstream" | "after-vault" if self == Writers::Bundles => 3,
-            "before-forward" | "after-upstream" | "after-vault" => 12,
-            "wal-flushed" => 10,
-            _ => 5,
+    /// The range a trial draws N from for `point`: each is reached within a few seconds of
+    /// writing. Two bundle writers send one bundle each at a time, so from the third time a
+    /// request point is reached (or the third block) at least one bundle has been acknowledged.
+    fn counts(self, point: &str) -> (u64, u64) {
+        let request = matches!(point, "before-forward" | "after-upstream" | "after-vault");
+        match (self, request, point) {
+            (Writers::Bundles, true, _) => (3, 5),
+            (Writers::Bundles, false, "wal-flushed") => (6, 20),
+            (Writers::Bundles, false, _) => (3, 8),
+            (_, true, _) => (1, 12),
+            (_, false, "wal-flushed") => (1, 10),
+            _ => (1, 5),
         }
     }
 }
@@ -246,6 +252,7 @@ struct Figures {
     at_point: BTreeMap<&'static str, u64>,
     sigkills: u64,
     bundles_cut: usize,
+    answering: Vec<Duration>,
     ready: Vec<Duration>,
     recovered: Vec<Duration>,
     acked: usize,
@@ -272,14 +279,30 @@ async fn status(node: &Node) -> Option<Value> {
     (reply.status == StatusCode::OK).then(|| reply.json())
 }
 
-/// Waits until the node is ready (`/readyz`), then until it has recovered: no unsettled
-/// write, nothing waiting in the outbox. The two times, counted from `since`.
-async fn wait_recovered(node: &Node, since: Instant) -> Result<(Duration, Duration), String> {
+/// The times a restarted node took, from its spawn.
+#[derive(Debug, Clone, Copy)]
+struct Restart {
+    /// To answer at all (`/healthz`).
+    answering: Duration,
+    /// To be ready (`/readyz`: its upstream answers too).
+    ready: Duration,
+    /// To have recovered: no unsettled write, nothing waiting in the outbox.
+    recovered: Duration,
+}
+
+/// Waits until the node answers, until it is ready (`/readyz`), then until it has recovered.
+async fn wait_recovered(node: &Node, since: Instant) -> Result<Restart, String> {
+    let health = node.base.replace("/fhir", "/healthz");
     let ready = node.base.replace("/fhir", "/readyz");
+    let mut answering = None;
     let ready_at = loop {
-        if try_get(&ready)
-            .await
-            .is_some_and(|r| r.status == StatusCode::OK)
+        if answering.is_none() && try_get(&health).await.is_some() {
+            answering = Some(since.elapsed());
+        }
+        if answering.is_some()
+            && try_get(&ready)
+                .await
+                .is_some_and(|r| r.status == StatusCode::OK)
         {
             break since.elapsed();
         }
@@ -295,7 +318,11 @@ async fn wait_recovered(node: &Node, since: Instant) -> Result<(Duration, Durati
                 && status["pendingAnchors"] == 0
                 && status["pendingAccessEvents"] == 0
             {
-                return Ok((ready_at, since.elapsed()));
+                return Ok(Restart {
+                    answering: answering.unwrap_or(ready_at),
+                    ready: ready_at,
+                    recovered: since.elapsed(),
+                });
             }
         }
         if since.elapsed() > RECOVERY_DEADLINE {
@@ -481,7 +508,7 @@ async fn trial(
     writers: Writers,
     pace: Duration,
     templates: &[Arc<Value>],
-) -> (Death, Option<(Duration, Duration)>, Vec<String>) {
+) -> (Death, Option<Restart>, Vec<String>) {
     let mut violations = Vec::new();
     let code = unique("trial");
     let mut node = Node::spawn(series.config, series.dir, Some(plan));
@@ -529,14 +556,14 @@ async fn trial(
             Err(error) => panic!("waiting for the node: {error}"),
         }
     };
-    let died = Instant::now();
     for task in tasks {
         task.await.unwrap();
     }
 
-    // The restart, on the same data directory, unarmed.
+    // The restart, on the same data directory, unarmed; its times are counted from the spawn.
+    let spawned = Instant::now();
     let restarted = Node::spawn(series.config, series.dir, None);
-    let times = match wait_recovered(&restarted, died).await {
+    let times = match wait_recovered(&restarted, spawned).await {
         Ok(times) => Some(times),
         Err(error) => {
             violations.push(error);
@@ -551,11 +578,148 @@ async fn trial(
     (death, times, violations)
 }
 
+/// One trial as the seed draws it.
+#[derive(Debug, Clone)]
+struct Plan {
+    number: u64,
+    phase: &'static str,
+    point: &'static str,
+    at: u64,
+    writers: Writers,
+    pace: Duration,
+    /// The bundle templates, rotated by this much.
+    rotation: usize,
+}
+
+impl Plan {
+    fn draw(rng: &mut Rng, number: u64, templates: usize) -> Plan {
+        let (phase, points) = PHASES[rng.between(0, PHASES.len() as u64) as usize];
+        let point = points[rng.between(0, points.len() as u64) as usize];
+        let writers =
+            [Writers::Bundles, Writers::Patients, Writers::Mixed][rng.between(0, 3) as usize];
+        let (low, high) = writers.counts(point);
+        let at = rng.between(low, high + 1);
+        let pace = Duration::from_millis(rng.between(0, 100));
+        let rotation = rng.between(0, templates as u64) as usize;
+        Plan {
+            number,
+            phase,
+            point,
+            at,
+            writers,
+            pace,
+            rotation,
+        }
+    }
+}
+
+impl Figures {
+    fn merge(&mut self, other: Figures) {
+        self.trials += other.trials;
+        for (phase, n) in other.kills {
+            *self.kills.entry(phase).or_default() += n;
+        }
+        for (point, n) in other.at_point {
+            *self.at_point.entry(point).or_default() += n;
+        }
+        self.sigkills += other.sigkills;
+        self.bundles_cut += other.bundles_cut;
+        self.answering.extend(other.answering);
+        self.ready.extend(other.ready);
+        self.recovered.extend(other.recovered);
+        self.acked += other.acked;
+        self.bundles += other.bundles;
+        self.refusals += other.refusals;
+        self.refused.extend(other.refused);
+        self.violations.extend(other.violations);
+    }
+}
+
+/// The trials of `plans` one after the other on one data directory.
+async fn series(
+    plans: Vec<Plan>,
+    trials: u64,
+    templates: Arc<Vec<Arc<Value>>>,
+    types: Arc<Vec<String>>,
+) -> Figures {
+    let mut figures = Figures::default();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(&hapi());
+    config.data_dir = dir.path().join("data");
+    // A write not found upstream after a kill is forgotten once older than twice this (it may
+    // still be committed until then): short, so that trials recover quickly.
+    config.upstream.timeout_ms = UPSTREAM_TIMEOUT_MS;
+    let mut series = Series {
+        config: &mut config,
+        dir: dir.path(),
+        log: Arc::new(Mutex::new(WriteLog::default())),
+        checked: 0,
+        types: &types,
+    };
+    let mut series_violations = 0;
+    for plan in plans {
+        let mut rotated = templates.to_vec();
+        rotated.rotate_left(plan.rotation);
+        let (number, point, writers) = (plan.number, plan.point, plan.writers);
+        let armed = format!("{point}:{}", plan.at);
+        let (death, times, violations) =
+            trial(&mut series, &armed, writers, plan.pace, &rotated).await;
+        figures.trials += 1;
+        *figures.kills.entry(plan.phase).or_default() += 1;
+        if death == Death::AtPoint {
+            *figures.at_point.entry(point).or_default() += 1;
+        } else {
+            figures.sigkills += 1;
+        }
+        if let Some(times) = times {
+            figures.answering.push(times.answering);
+            figures.ready.push(times.ready);
+            figures.recovered.push(times.recovered);
+        }
+        let acked = series.log.lock().unwrap().acked.len();
+        eprintln!(
+            "trial {number}/{trials}: {armed} ({writers:?}), {}, {acked} writes acknowledged on this data directory, {}, {} violations",
+            match death {
+                Death::AtPoint => "aborted at its point",
+                Death::Killed => "point not reached: SIGKILL",
+            },
+            times.map_or("not recovered".to_owned(), |t| format!(
+                "answering in {} ms, ready in {} ms, recovered in {} ms",
+                t.answering.as_millis(),
+                t.ready.as_millis(),
+                t.recovered.as_millis()
+            )),
+            violations.len()
+        );
+        for violation in &violations {
+            eprintln!("  VIOLATION (trial {number}, {armed}): {violation}");
+        }
+        series_violations += violations.len();
+        figures.violations.extend(
+            violations
+                .into_iter()
+                .map(|v| format!("trial {number} ({armed}, {writers:?}): {v}")),
+        );
+    }
+    let log = std::mem::take(&mut *series.log.lock().unwrap());
+    figures.acked += log.acked.len();
+    figures.bundles += log.bundles;
+    figures.refusals += log.refusals;
+    figures.bundles_cut += log.bundles_cut;
+    figures.refused.extend(log.refused);
+    if series_violations > 0 {
+        // Kept for a look: the node's log and data.
+        eprintln!("  the data directory is kept: {}", dir.keep().display());
+    }
+    figures
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_campaign_of_kills_loses_no_acknowledged_write() {
     let trials = env_or("FHIRSEAL_CRASH_TRIALS", 8);
     let seed = env_or("FHIRSEAL_CRASH_SEED", 20_260_317);
-    let per_series = env_or("FHIRSEAL_CRASH_SERIES", 4).max(1);
+    let per_series = env_or("FHIRSEAL_CRASH_SERIES", 4).max(1) as usize;
+    let parallel = env_or("FHIRSEAL_CRASH_PARALLEL", 1).max(1) as usize;
     let mut rng = Rng(seed | 1);
     let templates: Vec<Arc<Value>> = small_bundles(3).into_iter().map(Arc::new).collect();
     let mut types: BTreeSet<String> = BTreeSet::from(["Patient".to_owned()]);
@@ -566,85 +730,33 @@ async fn a_campaign_of_kills_loses_no_acknowledged_write() {
             }
         }
     }
-    let types: Vec<String> = types.into_iter().collect();
-    let mut figures = Figures::default();
+    let plans: Vec<Plan> = (1..=trials)
+        .map(|n| Plan::draw(&mut rng, n, templates.len()))
+        .collect();
+    let (templates, types) = (
+        Arc::new(templates),
+        Arc::new(types.into_iter().collect::<Vec<String>>()),
+    );
     let campaign = Instant::now();
     eprintln!(
-        "crash campaign: {trials} trials, seed {seed}, {per_series} trials per data directory"
+        "crash campaign: {trials} trials, seed {seed}, {per_series} trials per data directory, {parallel} at once"
     );
 
-    let mut trial_number = 0;
-    while trial_number < trials {
-        let dir = tempfile::tempdir().unwrap();
-        let mut config = config(&hapi());
-        config.data_dir = dir.path().join("data");
-        // A write not found upstream after a kill is forgotten once older than twice this
-        // (it may still be committed until then): short, so that trials recover quickly.
-        config.upstream.timeout_ms = UPSTREAM_TIMEOUT_MS;
-        let mut series = Series {
-            config: &mut config,
-            dir: dir.path(),
-            log: Arc::new(Mutex::new(WriteLog::default())),
-            checked: 0,
-            types: &types,
-        };
-        let mut series_violations = 0;
-        for _ in 0..per_series.min(trials - trial_number) {
-            trial_number += 1;
-            let (phase, points) = PHASES[rng.between(0, PHASES.len() as u64) as usize];
-            let point = points[rng.between(0, points.len() as u64) as usize];
-            let writers =
-                [Writers::Bundles, Writers::Patients, Writers::Mixed][rng.between(0, 3) as usize];
-            let at = rng.between(1, writers.highest_count(point) + 1);
-            let pace = Duration::from_millis(rng.between(0, 100));
-            // Each trial starts from the templates at a seeded place.
-            let mut rotated = templates.clone();
-            rotated.rotate_left(rng.between(0, templates.len() as u64) as usize);
-            let plan = format!("{point}:{at}");
-            let (death, times, violations) =
-                trial(&mut series, &plan, writers, pace, &rotated).await;
-            figures.trials += 1;
-            *figures.kills.entry(phase).or_default() += 1;
-            if death == Death::AtPoint {
-                *figures.at_point.entry(point).or_default() += 1;
-            } else {
-                figures.sigkills += 1;
-            }
-            if let Some((ready, recovered)) = times {
-                figures.ready.push(ready);
-                figures.recovered.push(recovered);
-            }
-            let acked = series.log.lock().unwrap().acked.len();
-            eprintln!(
-                "trial {trial_number}/{trials}: {plan} ({writers:?}), {}, {acked} writes acknowledged on this data directory, ready in {}, recovered in {}, {} violations",
-                match death {
-                    Death::AtPoint => "aborted at its point",
-                    Death::Killed => "point not reached: SIGKILL",
-                },
-                times.map_or("-".to_owned(), |t| format!("{} ms", t.0.as_millis())),
-                times.map_or("-".to_owned(), |t| format!("{} ms", t.1.as_millis())),
-                violations.len()
-            );
-            for violation in &violations {
-                eprintln!("  VIOLATION (trial {trial_number}, {plan}): {violation}");
-            }
-            series_violations += violations.len();
-            figures.violations.extend(
-                violations
-                    .into_iter()
-                    .map(|v| format!("trial {trial_number} ({plan}, {writers:?}): {v}")),
-            );
-        }
-        let log = std::mem::take(&mut *series.log.lock().unwrap());
-        figures.acked += log.acked.len();
-        figures.bundles += log.bundles;
-        figures.refusals += log.refusals;
-        figures.bundles_cut += log.bundles_cut;
-        figures.refused.extend(log.refused);
-        if series_violations > 0 {
-            // Kept for a look: the node's log and data.
-            eprintln!("  the data directory is kept: {}", dir.keep().display());
-        }
+    // Series on data directories of their own, `parallel` at a time.
+    let slots = Arc::new(tokio::sync::Semaphore::new(parallel));
+    let mut running = Vec::new();
+    for chunk in plans.chunks(per_series) {
+        let slot = slots.clone().acquire_owned().await.unwrap();
+        let (chunk, templates, types) = (chunk.to_vec(), templates.clone(), types.clone());
+        running.push(tokio::spawn(async move {
+            let figures = series(chunk, trials, templates, types).await;
+            drop(slot);
+            figures
+        }));
+    }
+    let mut figures = Figures::default();
+    for series in running {
+        figures.merge(series.await.unwrap());
     }
 
     report(&figures, seed, campaign.elapsed());
@@ -664,6 +776,7 @@ async fn a_campaign_of_kills_loses_no_acknowledged_write() {
 
 /// Prints the figures and writes them to `target/bench/crash-campaign.json`.
 fn report(figures: &Figures, seed: u64, took: Duration) {
+    let (answering_p50, answering_p90) = percentiles(&figures.answering);
     let (ready_p50, ready_p90) = percentiles(&figures.ready);
     let (recovered_p50, recovered_p90) = percentiles(&figures.recovered);
     let kills = |phase: &str| figures.kills.get(phase).copied().unwrap_or(0);
@@ -698,7 +811,7 @@ fn report(figures: &Figures, seed: u64, took: Duration) {
     }
     eprintln!("  violations: {}", figures.violations.len());
     eprintln!(
-        "  time to ready after a kill: median {ready_p50:.0} ms, p90 {ready_p90:.0} ms; to recovered (intents resolved, outbox empty): median {recovered_p50:.0} ms, p90 {recovered_p90:.0} ms"
+        "  time to ready after a kill (restart to /readyz): median {ready_p50:.0} ms, p90 {ready_p90:.0} ms; to answering (/healthz): median {answering_p50:.0} ms, p90 {answering_p90:.0} ms; to recovered (intents resolved, outbox empty): median {recovered_p50:.0} ms, p90 {recovered_p90:.0} ms"
     );
     let measure =
         |name: &str, value: Value, unit: &str| json!({"name": name, "value": value, "unit": unit});
@@ -708,6 +821,8 @@ fn report(figures: &Figures, seed: u64, took: Duration) {
         measure("violations", json!(figures.violations.len()), "violations"),
         measure("time-to-ready-median", json!(ready_p50), "ms"),
         measure("time-to-ready-p90", json!(ready_p90), "ms"),
+        measure("time-to-answering-median", json!(answering_p50), "ms"),
+        measure("time-to-answering-p90", json!(answering_p90), "ms"),
         measure("time-to-recovered-median", json!(recovered_p50), "ms"),
         measure("time-to-recovered-p90", json!(recovered_p90), "ms"),
         measure("acknowledged-writes", json!(figures.acked), "writes"),
