@@ -15,9 +15,9 @@
 //! every write acknowledged so far on that data directory (a 2xx answer) is re-identifiable
 //! (each acknowledged Patient version, read back by the clinician, carries the family name it
 //! was written with); once the node has recovered (no unsettled write, an empty outbox) every
-//! acknowledged version is anchored exactly once, no version twice, and every resource the
-//! trial left in HAPI (found there directly by the trial's tag) has its current version
-//! anchored; then, the node stopped, the library behind `fhirseal ledger verify --upstream`
+//! acknowledged version is anchored exactly once, no version twice, no access event is on the
+//! chain twice, and every resource the trial left in HAPI (found there directly by the trial's
+//! tag) has its current version anchored; then, the node stopped, the library behind `fhirseal ledger verify --upstream`
 //! verifies the chain from genesis, finds every version anchored since the previous trial equal
 //! to HAPI's copy, and no orphan among the trial's resources. The test fails when any check did.
 //!
