@@ -548,20 +548,33 @@ fn is_locked(error: &fhirseal_storage::open::OpenError) -> bool {
 /// minute, also those older than twice the upstream's timeout (an exchange that failed without
 /// an answer). A write in flight here is never touched. One the upstream does not hold is
 /// forgotten only once older than twice the upstream's timeout (an exchange a crash cut off
-/// goes on at the upstream); until then it is looked up again every [`AWAIT_ROUND`].
+/// goes on at the upstream); until then it is looked up again every [`AWAIT_ROUND`]. A round
+/// whose lookups failed (the upstream did not answer) is tried again after [`AWAIT_ROUND`],
+/// then twice as long each time, up to [`INTENT_ROUND`].
 async fn resolve_intents(proxy: Proxy, upstream_timeout: Duration) {
     let clock = proxy.clock();
     let started = clock.now_ms();
     let margin = u64::try_from((upstream_timeout * 2).as_millis()).unwrap_or(u64::MAX);
+    let mut retry = AWAIT_ROUND;
     loop {
         let forget_before = clock.now_ms().saturating_sub(margin);
         let cutoff = started.max(forget_before);
         let pause = match proxy.resolve_intents(cutoff, forget_before).await {
-            Ok(resolved) if resolved.awaited > 0 => AWAIT_ROUND,
-            Ok(_) => INTENT_ROUND,
-            Err(error) => {
-                tracing::warn!(error = %error.log_text(), "unsettled writes not resolved yet; retrying");
-                INTENT_ROUND
+            Ok(resolved) if resolved.failed == 0 => {
+                retry = AWAIT_ROUND;
+                if resolved.awaited > 0 {
+                    AWAIT_ROUND
+                } else {
+                    INTENT_ROUND
+                }
+            }
+            outcome => {
+                if let Err(error) = outcome {
+                    tracing::warn!(error = %error.log_text(), "unsettled writes not resolved yet; retrying");
+                }
+                let pause = retry;
+                retry = (retry * 2).min(INTENT_ROUND);
+                pause
             }
         };
         tokio::time::sleep(pause).await;

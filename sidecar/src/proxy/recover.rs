@@ -26,11 +26,13 @@ pub struct Resolved {
     pub kept: usize,
     /// Writes the upstream never stored, forgotten.
     pub forgotten: usize,
-    /// Writes left for a later round (the upstream did not answer, or kept after the cutoff).
+    /// Writes left for a later round: kept after the cutoff (maybe still in flight here).
     pub left: usize,
     /// Writes the upstream does not hold yet, kept after the forget cutoff: it may still commit
     /// them; looked up again at the next round.
     pub awaited: usize,
+    /// Writes whose lookup failed (the upstream did not answer): looked up again later.
+    pub failed: usize,
 }
 
 /// What a lookup of one intent found.
@@ -84,9 +86,11 @@ pub(super) async fn resolve(
                 }
             }
         }
-        if awaited && settled {
+        if !settled {
+            resolved.failed += 1;
+        } else if awaited {
             resolved.awaited += 1;
-        } else if settled {
+        } else {
             deps.sealing.durable().await?;
             deps.sealing.settle(&group[0].write_id)?;
             if stored {
@@ -94,8 +98,6 @@ pub(super) async fn resolve(
             } else {
                 resolved.forgotten += 1;
             }
-        } else {
-            resolved.left += 1;
         }
     }
     if resolved.kept + resolved.forgotten > 0 {
@@ -105,6 +107,7 @@ pub(super) async fn resolve(
             forgotten = resolved.forgotten,
             left = resolved.left,
             awaited = resolved.awaited,
+            failed = resolved.failed,
             "writes left unsettled by a crash or a failed exchange resolved"
         );
     }
