@@ -577,6 +577,16 @@ impl Node {
     }
 }
 
+impl Drop for Node {
+    /// A node a failed test left running is killed with it.
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 /// A GET that may fail (the process may be down).
 pub async fn try_get(url: &str) -> Option<Reply> {
     try_get_as(url, CLINICIAN_KEY).await

@@ -47,8 +47,11 @@ mod figures;
 const TAG_SYSTEM: &str = "urn:fhirseal:crash-campaign";
 /// How long a trial's writers run before a point not reached gets SIGKILL instead.
 const KILL_DEADLINE: Duration = Duration::from_secs(30);
-/// How long a restarted node has to become ready, and then to recover.
-const RECOVERY_DEADLINE: Duration = Duration::from_secs(90);
+/// How long a restarted node has to become ready, and then to recover (a HAPI that other
+/// writers keep busy may make it wait for its lookups).
+const RECOVERY_DEADLINE: Duration = Duration::from_secs(180);
+/// How often a check that reads HAPI is tried before its failure counts.
+const CHECK_ATTEMPTS: u32 = 3;
 /// The node's upstream timeout: a write a kill cut off that HAPI does not hold is forgotten
 /// after twice this.
 const UPSTREAM_TIMEOUT_MS: u64 = 10_000;
@@ -479,7 +482,15 @@ async fn verify_upstream(series: &mut Series<'_>, code: &str, out: &mut Vec<Stri
         }
     };
     let new = &versions[series.checked.min(versions.len())..];
-    match tool.check_upstream(new, |_| {}).await {
+    let mut attempt = 0;
+    let checked = loop {
+        attempt += 1;
+        match tool.check_upstream(new, |_| {}).await {
+            Err(_) if attempt < CHECK_ATTEMPTS => tokio::time::sleep(Duration::from_secs(5)).await,
+            other => break other,
+        }
+    };
+    match checked {
         Ok(checks) => out.extend(checks.iter().filter_map(|c| c.problem())),
         Err(error) => out.push(format!("the anchored versions cannot be checked: {error}")),
     }
@@ -487,10 +498,18 @@ async fn verify_upstream(series: &mut Series<'_>, code: &str, out: &mut Vec<Stri
     let anchored: BTreeSet<(String, String)> =
         versions.into_iter().map(|(t, i, _)| (t, i)).collect();
     let criteria = format!("_tag={}%7C{code}", TAG_SYSTEM.replace(':', "%3A"));
-    match tool
-        .orphans_where(series.types, &criteria, &anchored, |_| {})
-        .await
-    {
+    let mut attempt = 0;
+    let orphans = loop {
+        attempt += 1;
+        match tool
+            .orphans_where(series.types, &criteria, &anchored, |_| {})
+            .await
+        {
+            Err(_) if attempt < CHECK_ATTEMPTS => tokio::time::sleep(Duration::from_secs(5)).await,
+            other => break other,
+        }
+    };
+    match orphans {
         Ok(orphans) => out.extend(
             orphans
                 .iter()
