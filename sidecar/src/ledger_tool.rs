@@ -171,6 +171,19 @@ impl LedgerTool {
         &self,
         types: &[String],
         anchored: &std::collections::BTreeSet<(String, String)>,
+        progress: impl FnMut(usize),
+    ) -> Result<Vec<(String, String)>, ProxyError> {
+        self.orphans_where(types, "", anchored, progress).await
+    }
+
+    /// [`LedgerTool::orphans`] among the resources a search matches: `criteria` are search
+    /// parameters, encoded as in a URL, added to each type's search (`_tag=system%7Ccode`, …;
+    /// empty for all).
+    pub async fn orphans_where(
+        &self,
+        types: &[String],
+        criteria: &str,
+        anchored: &std::collections::BTreeSet<(String, String)>,
         mut progress: impl FnMut(usize),
     ) -> Result<Vec<(String, String)>, ProxyError> {
         let pending: std::collections::BTreeSet<(String, String)> = self
@@ -184,8 +197,13 @@ impl LedgerTool {
         let mut orphans = Vec::new();
         let mut seen = 0;
         for resource_type in types {
+            let criteria = if criteria.is_empty() {
+                String::new()
+            } else {
+                format!("&{}", criteria.trim_start_matches('&'))
+            };
             let mut url = Some(format!(
-                "{}/{resource_type}?_count=500&_elements=id&_sort=-_lastUpdated",
+                "{}/{resource_type}?_count=500&_elements=id&_sort=-_lastUpdated{criteria}",
                 self.upstream.base
             ));
             while let Some(next) = url.take() {

@@ -16,6 +16,7 @@ pub mod check;
 pub mod clock;
 pub mod config;
 pub mod consortium;
+mod crash;
 pub mod error;
 mod http_util;
 pub mod keystore;

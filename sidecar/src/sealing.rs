@@ -527,6 +527,19 @@ impl Sealing {
         Ok(self.vault.remove_intents(write_id)?)
     }
 
+    /// How many writes have intents kept: writes in flight, and those a crash or a failed
+    /// exchange left for the `recover` phase.
+    pub fn unsettled_writes(&self) -> Result<usize, SealError> {
+        let mut writes: Vec<String> = self
+            .vault
+            .intents()?
+            .into_iter()
+            .map(|(write_id, _, _)| write_id)
+            .collect();
+        writes.dedup();
+        Ok(writes.len())
+    }
+
     /// The intents kept, in request order.
     pub fn intents(&self) -> Result<Vec<Intent>, SealError> {
         self.vault

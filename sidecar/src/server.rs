@@ -546,22 +546,43 @@ fn is_locked(error: &fhirseal_storage::open::OpenError) -> bool {
 
 /// Refiles the blind index if an earlier build filed it in another layout, then resolves the
 /// writes a crash left unsettled: those kept before this start, then, every
-/// minute, those older than twice the upstream's timeout (an exchange that failed without an
-/// answer). A write in flight is never touched.
+/// minute, also those older than twice the upstream's timeout (an exchange that failed without
+/// an answer). A write in flight here is never touched. One the upstream does not hold is
+/// forgotten only once older than twice the upstream's timeout (an exchange a crash cut off
+/// goes on at the upstream); until then it is looked up again every [`AWAIT_ROUND`]. A round
+/// whose lookups failed (the upstream did not answer) is tried again after [`AWAIT_ROUND`],
+/// then twice as long each time, up to [`INTENT_ROUND`].
 async fn resolve_intents(proxy: Proxy, upstream_timeout: Duration) {
     let clock = proxy.clock();
-    let mut cutoff = clock.now_ms();
+    let started = clock.now_ms();
+    let margin = u64::try_from((upstream_timeout * 2).as_millis()).unwrap_or(u64::MAX);
+    let mut retry = AWAIT_ROUND;
     while let Err(error) = proxy.refile_index().await {
         tracing::warn!(error = %error.log_text(), "the blind index not refiled yet; retrying");
         tokio::time::sleep(REFILE_RETRY).await;
     }
     loop {
-        if let Err(error) = proxy.resolve_intents(cutoff).await {
-            tracing::warn!(error = %error.log_text(), "unsettled writes not resolved yet; retrying");
-        }
-        tokio::time::sleep(INTENT_ROUND).await;
-        let margin = u64::try_from((upstream_timeout * 2).as_millis()).unwrap_or(u64::MAX);
-        cutoff = clock.now_ms().saturating_sub(margin);
+        let forget_before = clock.now_ms().saturating_sub(margin);
+        let cutoff = started.max(forget_before);
+        let pause = match proxy.resolve_intents(cutoff, forget_before).await {
+            Ok(resolved) if resolved.failed == 0 => {
+                retry = AWAIT_ROUND;
+                if resolved.awaited > 0 {
+                    AWAIT_ROUND
+                } else {
+                    INTENT_ROUND
+                }
+            }
+            outcome => {
+                if let Err(error) = outcome {
+                    tracing::warn!(error = %error.log_text(), "unsettled writes not resolved yet; retrying");
+                }
+                let pause = retry;
+                retry = (retry * 2).min(INTENT_ROUND);
+                pause
+            }
+        };
+        tokio::time::sleep(pause).await;
     }
 }
 
@@ -570,3 +591,5 @@ const REFILE_RETRY: Duration = Duration::from_secs(5);
 
 /// How often unsettled writes are looked at again.
 const INTENT_ROUND: Duration = Duration::from_secs(60);
+/// How often writes the upstream may still commit are looked up again.
+const AWAIT_ROUND: Duration = Duration::from_secs(2);

@@ -5,6 +5,7 @@
 //! |---|---|---|
 //! | `outbox.anchors` | sequence number, u64 big-endian | a [`PendingAnchor`] |
 //! | `outbox.access` | sequence number, u64 big-endian | a [`PendingAccess`] |
+//! | `outbox.round` | `round` | the [`KeptRound`] in flight, if any |
 //!
 //! Sequence numbers come from sled's id generator, which only grows, across restarts too, so a
 //! scan returns entries roughly in the order they were written; never below one past the
@@ -12,12 +13,16 @@
 //! starts its generator again at 0 and would otherwise write over what still waits. An entry leaves the outbox only
 //! when the caller says its block is final ([`Outbox::clear_anchors`]); after a crash whatever
 //! is still here is submitted again, and the ledger's index of anchored versions is what makes
-//! that resubmission harmless.
+//! that resubmission harmless for anchors. Access events have no such index: the round in
+//! flight is kept ([`Outbox::keep_round`], made durable before its transactions are submitted)
+//! so that after a crash the very same transactions, with the same batch ids, are submitted
+//! again, and the chain takes a batch once; the round leaves with its entries, in one
+//! transaction ([`Outbox::finish_round`]).
 //!
 //! Values are lists of fields, each preceded by its length (see [`composite_key`]): this module
 //! stores them, the ledger gives them meaning.
 
-use sled::Tree;
+use sled::{Transactional as _, Tree};
 
 use crate::chain_store::composite_key;
 use crate::error::{Result, StorageError};
@@ -26,6 +31,10 @@ use crate::error::{Result, StorageError};
 pub const ANCHORS_TREE: &str = "outbox.anchors";
 /// Name of the tree of access events waiting for a final block.
 pub const ACCESS_TREE: &str = "outbox.access";
+/// Name of the tree that holds the anchoring round in flight.
+pub const ROUND_TREE: &str = "outbox.round";
+/// The round's key in [`ROUND_TREE`].
+const ROUND_KEY: &[u8] = b"round";
 
 /// A resource version the upstream accepted, to be anchored. The institution is the node's own.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -124,12 +133,60 @@ impl PendingAccess {
     }
 }
 
+/// The anchoring round in flight: its transactions as the ledger encoded them (opaque here),
+/// and the sequence numbers of the outbox entries they carry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeptRound {
+    pub transactions: Vec<Vec<u8>>,
+    pub anchors: Vec<u64>,
+    pub access: Vec<u64>,
+}
+
+impl KeptRound {
+    fn encode(&self) -> Vec<u8> {
+        let transactions: Vec<&[u8]> = self.transactions.iter().map(Vec::as_slice).collect();
+        let seqs =
+            |seqs: &[u64]| -> Vec<u8> { seqs.iter().flat_map(|s| s.to_be_bytes()).collect() };
+        composite_key(&[
+            &composite_key(&transactions),
+            &seqs(&self.anchors),
+            &seqs(&self.access),
+        ])
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Self> {
+        let parts = split_fields::<3>(bytes, ROUND_TREE)?;
+        let mut transactions = Vec::new();
+        let mut rest = parts[0];
+        while !rest.is_empty() {
+            let (field, after) = split_first(rest, ROUND_TREE)?;
+            transactions.push(field.to_vec());
+            rest = after;
+        }
+        let seqs = |bytes: &[u8]| -> Result<Vec<u64>> {
+            if !bytes.len().is_multiple_of(8) {
+                return Err(corrupt(ROUND_TREE, "a sequence number is not 8 bytes"));
+            }
+            Ok(bytes
+                .chunks_exact(8)
+                .map(|c| u64::from_be_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+                .collect())
+        };
+        Ok(Self {
+            transactions,
+            anchors: seqs(parts[1])?,
+            access: seqs(parts[2])?,
+        })
+    }
+}
+
 /// The outbox's trees in the vault's database. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Outbox {
     db: sled::Db,
     pub(crate) anchors: Tree,
     access: Tree,
+    round: Tree,
     /// The lowest sequence number still free (see the module's documentation).
     floor: std::sync::Arc<std::sync::Mutex<u64>>,
 }
@@ -138,6 +195,7 @@ impl Outbox {
     pub(crate) fn open(db: &sled::Db) -> Result<Self> {
         let anchors = db.open_tree(ANCHORS_TREE)?;
         let access = db.open_tree(ACCESS_TREE)?;
+        let round = db.open_tree(ROUND_TREE)?;
         let mut floor = 0u64;
         for tree in [&anchors, &access] {
             if let Some((key, _)) = tree.last()? {
@@ -152,6 +210,7 @@ impl Outbox {
             db: db.clone(),
             anchors,
             access,
+            round,
             floor: std::sync::Arc::new(std::sync::Mutex::new(floor)),
         })
     }
@@ -211,6 +270,47 @@ impl Outbox {
         clear(&self.access, seqs)
     }
 
+    /// Keeps `round` as the round in flight (replacing any). Not yet durable: flush before its
+    /// transactions are submitted.
+    pub fn keep_round(&self, round: &KeptRound) -> Result<()> {
+        let _writing = crate::pause::writing();
+        self.round.insert(ROUND_KEY, round.encode())?;
+        Ok(())
+    }
+
+    /// The round in flight, if one is kept.
+    pub fn kept_round(&self) -> Result<Option<KeptRound>> {
+        self.round
+            .get(ROUND_KEY)?
+            .map(|bytes| KeptRound::decode(&bytes))
+            .transpose()
+    }
+
+    /// Forgets the round in flight without its entries (they are to go into another round).
+    pub fn drop_round(&self) -> Result<()> {
+        let _writing = crate::pause::writing();
+        self.round.remove(ROUND_KEY)?;
+        Ok(())
+    }
+
+    /// Forgets the round in flight and the entries its transactions carried, whose block is
+    /// final: one transaction, so that neither outlives the other.
+    pub fn finish_round(&self, anchors: &[u64], access: &[u64]) -> Result<()> {
+        let _writing = crate::pause::writing();
+        (&self.anchors, &self.access, &self.round)
+            .transaction(|(anchor_tree, access_tree, round_tree)| {
+                for seq in anchors {
+                    anchor_tree.remove(&seq.to_be_bytes())?;
+                }
+                for seq in access {
+                    access_tree.remove(&seq.to_be_bytes())?;
+                }
+                round_tree.remove(ROUND_KEY)?;
+                Ok(())
+            })
+            .map_err(crate::vault::tx_error::<()>)
+    }
+
     /// Writes everything so far to disk (the whole vault database), off the async threads.
     pub async fn flush_async(&self) -> Result<()> {
         self.db.flush_async().await?;
@@ -254,15 +354,7 @@ fn split_fields<'a, const N: usize>(
 ) -> Result<[&'a [u8]; N]> {
     let mut out = [&[][..]; N];
     for slot in &mut out {
-        if bytes.len() < 4 {
-            return Err(corrupt(tree, "truncated field length"));
-        }
-        let (len, rest) = bytes.split_at(4);
-        let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
-        if rest.len() < len {
-            return Err(corrupt(tree, "truncated field"));
-        }
-        let (field, rest) = rest.split_at(len);
+        let (field, rest) = split_first(bytes, tree)?;
         *slot = field;
         bytes = rest;
     }
@@ -270,6 +362,19 @@ fn split_fields<'a, const N: usize>(
         return Err(corrupt(tree, "trailing bytes"));
     }
     Ok(out)
+}
+
+/// The first length-prefixed field of `bytes`, and what follows it.
+fn split_first<'a>(bytes: &'a [u8], tree: &'static str) -> Result<(&'a [u8], &'a [u8])> {
+    if bytes.len() < 4 {
+        return Err(corrupt(tree, "truncated field length"));
+    }
+    let (len, rest) = bytes.split_at(4);
+    let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
+    if rest.len() < len {
+        return Err(corrupt(tree, "truncated field"));
+    }
+    Ok(rest.split_at(len))
 }
 
 fn text(bytes: &[u8], tree: &'static str) -> Result<String> {
@@ -340,6 +445,52 @@ mod tests {
             .clear_access(&[events[0].0])
             .expect("clearing access events");
         assert!(outbox.is_empty());
+    }
+
+    #[test]
+    fn a_kept_round_survives_a_reopen_and_leaves_with_its_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let event = PendingAccess {
+            principal: "dr-who".into(),
+            resource_type: "Patient".into(),
+            id: "p1".into(),
+            version: "1".into(),
+            purpose_of_use: String::new(),
+            time_ms: 1_700_000_000_000,
+            reidentified: true,
+        };
+        let round = {
+            let db = sled::open(dir.path()).unwrap();
+            let outbox = Outbox::open(&db).unwrap();
+            let a = outbox.push_anchor(&anchor("1")).unwrap();
+            let e = outbox.push_access(&event).unwrap();
+            // Entries that came after the round was made stay.
+            outbox.push_anchor(&anchor("2")).unwrap();
+            outbox.push_access(&event).unwrap();
+            assert_eq!(outbox.kept_round().unwrap(), None);
+            let round = KeptRound {
+                transactions: vec![b"anchor batch".to_vec(), Vec::new(), b"access".to_vec()],
+                anchors: vec![a],
+                access: vec![e],
+            };
+            outbox.keep_round(&round).unwrap();
+            db.flush().unwrap();
+            round
+        };
+        let db = sled::open(dir.path()).unwrap();
+        let outbox = Outbox::open(&db).unwrap();
+        assert_eq!(outbox.kept_round().unwrap(), Some(round.clone()));
+        outbox.finish_round(&round.anchors, &round.access).unwrap();
+        assert_eq!(outbox.kept_round().unwrap(), None);
+        assert_eq!(outbox.pending(), (1, 1));
+        assert_eq!(outbox.anchors(10).unwrap()[0].1, anchor("2"));
+        outbox.keep_round(&round).unwrap();
+        outbox.drop_round().unwrap();
+        assert_eq!(outbox.kept_round().unwrap(), None);
+        assert_eq!(outbox.pending(), (1, 1));
+        // A damaged round is corruption, not a panic.
+        let bytes = round.encode();
+        assert!(KeptRound::decode(&bytes[..bytes.len() - 3]).is_err());
     }
 
     #[test]

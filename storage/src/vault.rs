@@ -747,7 +747,7 @@ fn text(bytes: &[u8]) -> Result<String> {
         .map_err(|_| StorageError::Corrupt("stored text is not UTF-8".to_owned()))
 }
 
-fn tx_error<E: std::fmt::Debug>(e: TransactionError<E>) -> StorageError {
+pub(crate) fn tx_error<E: std::fmt::Debug>(e: TransactionError<E>) -> StorageError {
     match e {
         TransactionError::Storage(e) => StorageError::Sled(e),
         TransactionError::Abort(e) => StorageError::Corrupt(format!("transaction aborted: {e:?}")),

@@ -1,11 +1,12 @@
 //! The anchorer: the task that drains the vault's outbox into the shared chain. Each round it
 //! signs one batch of waiting anchors and one of waiting access events with the member's signing
 //! key, submits them to the delegates (its own ledger first, which sends them on), waits until
-//! its own copy of the chain holds them, and only then clears those outbox entries. An entry
-//! whose version the chain already holds (a crash between a block and the clearing of its
-//! entries) is cleared without being submitted again, so every acknowledged write is anchored
-//! exactly once. A round whose block is not final in time ends, and the next submits the very
-//! same transactions again (same batch ids: the chain takes a batch once). While the node does
+//! its own copy of the chain holds them, and only then clears those outbox entries. A round's
+//! transactions are kept in the outbox, durably, before they are submitted: a round whose block
+//! is not final in time ends, and the next submits the very same transactions again, and so
+//! does the first round after a crash (same batch ids: the chain takes a batch once), so that
+//! every acknowledged write is anchored, and every access event recorded, exactly once. An
+//! anchor whose version the chain already holds is cleared without being submitted again. While the node does
 //! not take part in its consortium the anchorer anchors nothing and the outbox keeps what waits.
 
 use std::collections::HashSet;
@@ -16,9 +17,10 @@ use fhirseal_consensus::{
     anchor_key, AccessBatch, AccessEvent, AnchorBatch, AnchorEntry, BatchId, ChainReader,
     SigningKey, Timestamp, Transaction,
 };
-use fhirseal_storage::{Outbox, PendingAccess, PendingAnchor};
+use fhirseal_storage::{KeptRound, Outbox, PendingAccess, PendingAnchor, StorageError};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::crash::{self, CrashPoint};
 use crate::ledger::error::LedgerError;
 use crate::ledger::runtime::Command;
 use crate::ledger::view::LedgerView;
@@ -72,13 +74,28 @@ pub struct Round {
     pub full: bool,
 }
 
-/// A round's transactions, kept until their block is final so that a retry submits the very
-/// same transactions (same batch ids) again.
+/// A round's transactions, kept (in memory, and in the outbox) until their block is final so
+/// that a retry submits the very same transactions (same batch ids) again.
 pub(crate) struct InFlight {
     transactions: Vec<Transaction>,
     anchors: Vec<u64>,
     access: Vec<u64>,
     round: Round,
+}
+
+impl InFlight {
+    /// What the outbox keeps of it.
+    fn kept(&self) -> KeptRound {
+        KeptRound {
+            transactions: self
+                .transactions
+                .iter()
+                .map(Transaction::to_bytes)
+                .collect(),
+            anchors: self.anchors.clone(),
+            access: self.access.clone(),
+        }
+    }
 }
 
 /// Longest pause between attempts after a failure.
@@ -161,6 +178,20 @@ impl Anchorer {
         &mut self,
         in_flight: &mut Option<InFlight>,
     ) -> Result<Round, LedgerError> {
+        let Some(flight) = self.until_final(in_flight).await? else {
+            return Ok(Round::default());
+        };
+        crash::reached(CrashPoint::BeforeClear);
+        self.outbox.finish_round(&flight.anchors, &flight.access)?;
+        Ok(flight.round)
+    }
+
+    /// A round up to the block(s) holding its batches, its outbox entries not cleared: the
+    /// round, or `None` when nothing waits.
+    pub(crate) async fn until_final(
+        &mut self,
+        in_flight: &mut Option<InFlight>,
+    ) -> Result<Option<InFlight>, LedgerError> {
         let view = self.view.borrow().clone();
         if let Some(why) = view.not_taking_part {
             return Err(LedgerError::NotTakingPart(why));
@@ -171,10 +202,22 @@ impl Anchorer {
             ));
         };
         if in_flight.is_none() {
-            *in_flight = self.prepare(&signing)?;
+            *in_flight = match self.kept()? {
+                Some(kept) => Some(kept),
+                None => {
+                    let prepared = self.prepare(&signing)?;
+                    if let Some(flight) = &prepared {
+                        // Durable before anything is submitted: from here on, a crash leads to
+                        // these very transactions again.
+                        self.outbox.keep_round(&flight.kept())?;
+                        self.outbox.flush_async().await?;
+                    }
+                    prepared
+                }
+            };
         }
         let Some(flight) = in_flight.as_ref() else {
-            return Ok(Round::default());
+            return Ok(None);
         };
         let keys: Vec<Vec<u8>> = flight.transactions.iter().map(Transaction::key).collect();
         if !self.all_final(&keys)? {
@@ -197,6 +240,7 @@ impl Anchorer {
                 .find(|r| !r.retryable)
             {
                 *in_flight = None;
+                self.outbox.drop_round()?;
                 return Err(LedgerError::NotFinal(format!(
                     "a batch was refused: {}",
                     refusal.message
@@ -204,12 +248,34 @@ impl Anchorer {
             }
             self.wait_final(&keys).await?;
         }
-        let Some(flight) = in_flight.take() else {
-            return Ok(Round::default());
+        Ok(in_flight.take())
+    }
+
+    /// The round the outbox keeps in flight (one a crash or a stop cut short), if any.
+    fn kept(&self) -> Result<Option<InFlight>, LedgerError> {
+        let Some(kept) = self.outbox.kept_round()? else {
+            return Ok(None);
         };
-        self.outbox.clear_anchors(&flight.anchors)?;
-        self.outbox.clear_access(&flight.access)?;
-        Ok(flight.round)
+        let transactions = kept
+            .transactions
+            .iter()
+            .map(|bytes| Transaction::from_bytes(bytes))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| {
+                LedgerError::Storage(StorageError::Corrupt(format!(
+                    "the anchoring round kept in the outbox: {e}"
+                )))
+            })?;
+        Ok(Some(InFlight {
+            transactions,
+            round: Round {
+                anchored: kept.anchors.len(),
+                audited: kept.access.len(),
+                ..Round::default()
+            },
+            anchors: kept.anchors,
+            access: kept.access,
+        }))
     }
 
     /// Whether the node's chain holds every transaction with these keys.

@@ -23,6 +23,7 @@ use sha2::{Digest as _, Sha256};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::clock::Clock;
+use crate::crash::{self, CrashPoint};
 use crate::ledger::context::NodeContext;
 use crate::ledger::error::LedgerError;
 use crate::ledger::net::Net;
@@ -334,7 +335,10 @@ impl Runtime {
             match effect {
                 Effect::NewLog { height } => self.wal()?.reset(height).await?,
                 Effect::Log(record) => self.wal()?.append(&record),
-                Effect::Flush => self.wal()?.flush().await?,
+                Effect::Flush => {
+                    self.wal()?.flush().await?;
+                    crash::reached(CrashPoint::WalFlushed);
+                }
                 Effect::Send { to, message } => {
                     let view = self.context.view().clone();
                     self.net.send(&to, &message, &view);
@@ -348,6 +352,7 @@ impl Runtime {
                 Effect::CancelAll => self.timers.clear(),
                 Effect::Append(block) => {
                     let receipt = self.chain.append(&block, self.context.verifying()).await?;
+                    crash::reached(CrashPoint::BlockAppended);
                     self.blocks.send_replace(receipt.height + 1);
                     self.last_error = None;
                     tracing::debug!(

@@ -220,6 +220,64 @@ async fn an_entry_anchored_before_a_crash_is_not_anchored_again() {
     node.stop().await;
 }
 
+/// Access events on the chain, block after block.
+fn access_events_on_chain(ledger: &NodeLedger) -> usize {
+    let blocks = ledger.status().unwrap().blocks;
+    (0..blocks)
+        .map(|h| {
+            ledger
+                .block(h)
+                .unwrap()
+                .unwrap()
+                .block
+                .transactions
+                .iter()
+                .map(|tx| match tx {
+                    fhirseal_consensus::Transaction::Access(batch) => batch.events.len(),
+                    _ => 0,
+                })
+                .sum::<usize>()
+        })
+        .sum()
+}
+
+#[tokio::test]
+async fn a_round_final_before_a_crash_is_not_recorded_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, vault) = setup(dir.path());
+    vault.outbox().push_anchor(&anchor("a", "1")).unwrap();
+    vault
+        .outbox()
+        .push_access(&PendingAccess {
+            principal: "dr-grey".into(),
+            resource_type: "Observation".into(),
+            id: "a".into(),
+            version: "1".into(),
+            purpose_of_use: String::new(),
+            time_ms: 1,
+            reidentified: true,
+        })
+        .unwrap();
+    {
+        let mut node = Running::start(open(&config, &vault, single(&config)).unwrap());
+        let mut flight = None;
+        let round = node.anchorer.until_final(&mut flight).await.unwrap();
+        assert!(round.is_some());
+        // The process dies here: the block is on the chain, the outbox is not cleared.
+        node.stop().await;
+    }
+    assert_eq!(vault.outbox().pending(), (1, 1));
+    let mut node = Running::start(open(&config, &vault, single(&config)).unwrap());
+    let mut flight = None;
+    node.round(&mut flight).await.unwrap();
+    assert!(vault.outbox().is_empty());
+    assert_eq!(vault.outbox().kept_round().unwrap(), None);
+    // No second block: the kept round's batches were found final and not made again.
+    assert_eq!(node.ledger.status().unwrap().blocks, 1);
+    assert_eq!(access_events_on_chain(&node.ledger), 1);
+    node.stop().await;
+}
+
 #[tokio::test]
 async fn the_ledger_follows_its_view_standing_rotation_and_all() {
     let dir = tempfile::tempdir().unwrap();

@@ -87,11 +87,14 @@ pub(super) async fn commit_seal(
                     "the upstream accepted a write without naming its id and version".to_owned(),
                 ));
             };
+            // What the upstream answers a create with is the version it stores. An update's or
+            // a patch's answer need not be: HAPI keeps the earlier version's tags and answers
+            // with them in another order than it stores them. Those versions are read back.
             let written = Written {
                 prepared,
                 id,
                 version,
-                returned: returned.filter(|v| is_version(v, None, "", "")),
+                returned: returned.filter(|v| create && is_version(v, None, "", "")),
             };
             commit_written(deps, vec![written]).await?;
             let mut response = Response::from_parts(parts, full(bytes));

@@ -48,25 +48,6 @@ pub(crate) struct Deps {
     pub(crate) forwarded: bool,
     /// The time of day (the ledger's clock): access events, intents, the identity-search rate.
     pub(crate) clock: Arc<dyn Clock>,
-    /// Where the process aborts on purpose, for the crash tests only.
-    crash_at: Option<CrashPoint>,
-}
-
-/// Points of a request where the crash tests make the process abort
-/// (`FHIRSEAL_TEST_CRASH_AT`), to show that no point loses what the client was told is kept.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum CrashPoint {
-    /// The upstream has stored a write; the vault has not yet sealed it.
-    AfterUpstream,
-}
-
-impl CrashPoint {
-    fn from_env() -> Option<CrashPoint> {
-        match std::env::var("FHIRSEAL_TEST_CRASH_AT").ok()?.as_str() {
-            "after-upstream" => Some(CrashPoint::AfterUpstream),
-            _ => None,
-        }
-    }
 }
 
 /// Bounds on what one request may take.
@@ -93,6 +74,8 @@ impl Deps {
         auth: Authenticator,
     ) -> Result<Deps, ProxyError> {
         let server = &config.server;
+        // A crash point that cannot be read fails the start rather than never firing.
+        crate::crash::armed().map_err(|e| ProxyError::Internal(e.to_string()))?;
         let upstream = UpstreamClient::new(&config.upstream, server.max_body_bytes)
             .map_err(|e| ProxyError::Internal(e.to_string()))?;
         Ok(Deps {
@@ -125,16 +108,7 @@ impl Deps {
             tls: listener_tls,
             max_body: server.max_body_bytes,
             forwarded: config.upstream.honours_forwarded_headers,
-            crash_at: CrashPoint::from_env(),
         })
-    }
-
-    /// Aborts the process at `point` when the crash tests asked for it there.
-    pub(crate) fn crash_point(&self, point: CrashPoint) {
-        if self.crash_at == Some(point) {
-            tracing::error!(?point, "FHIRSEAL_TEST_CRASH_AT: aborting on purpose");
-            std::process::abort();
-        }
     }
 }
 

@@ -192,8 +192,18 @@ pub(super) async fn ledger_api(
     let ledger = deps.ledger.clone();
     let answer = match segments.as_slice() {
         ["status"] => {
-            let status = blocking(move || ledger.status()).await?;
-            serde_json::to_value(status).map_err(|e| ProxyError::Internal(e.to_string()))?
+            let sealing = deps.sealing.clone();
+            let (status, unsettled) = blocking(move || {
+                let status = ledger.status()?;
+                Ok::<_, ProxyError>((status, sealing.unsettled_writes()?))
+            })
+            .await?;
+            let mut status =
+                serde_json::to_value(status).map_err(|e| ProxyError::Internal(e.to_string()))?;
+            // Writes whose outcome the vault does not know yet (in flight, or left by a crash
+            // for the `recover` phase).
+            status["unsettledWrites"] = json!(unsettled);
+            status
         }
         ["blocks", height] => {
             let height: u64 = height.parse().map_err(|_| {

@@ -59,12 +59,13 @@ use tracing::Instrument;
 use crate::audit;
 use crate::body::{empty, BoxError, ProxyBody};
 use crate::config::Config;
+use crate::crash::{self, CrashPoint};
 use crate::error::{outcome_response, ProxyError, Side};
 use crate::http_util::json_response;
 use crate::ledger::NodeLedger;
 use crate::sealing::Sealing;
 use ctx::{RequestCtx, UpstreamQuery};
-use deps::{CrashPoint, Deps};
+use deps::Deps;
 use seal::Sealed;
 
 pub use filter::{ClientAddr, REQUEST_ID};
@@ -109,10 +110,16 @@ impl Proxy {
     }
 
     /// Resolves the writes that a crash or a failed exchange left unsettled, whose intents were
-    /// kept before `cutoff_ms` (milliseconds since the Unix epoch; see the `recover` phase):
-    /// at start, the start time; later, a time no exchange still in flight can be older than.
-    pub async fn resolve_intents(&self, cutoff_ms: u64) -> Result<recover::Resolved, ProxyError> {
-        recover::resolve(&self.deps, cutoff_ms).await
+    /// kept before `cutoff_ms` (milliseconds since the Unix epoch; see the `recover` phase): the
+    /// start time, or later a time no exchange still in flight here can be older than. One the
+    /// upstream does not hold is forgotten only when kept before `forget_before_ms`, a time no
+    /// exchange still going on at the upstream can be older than.
+    pub async fn resolve_intents(
+        &self,
+        cutoff_ms: u64,
+        forget_before_ms: u64,
+    ) -> Result<recover::Resolved, ProxyError> {
+        recover::resolve(&self.deps, cutoff_ms, forget_before_ms).await
     }
 
     /// Refiles the blind index when an earlier build filed it in another layout (see the
@@ -255,11 +262,17 @@ async fn proxy_routed(
         // What the writes prepared is durable before the upstream sees them; forgotten once
         // their outcome is kept. An exchange that fails leaves it for `recover`.
         let intended = commit::intend(deps, &ctx, &pending).await?;
+        if intended {
+            crash::reached(CrashPoint::BeforeForward);
+        }
         let upstream_req = filter::upstream_request(deps, &ctx, req)?;
         let response = deps.upstream.send(upstream_req).await?;
-        deps.crash_point(CrashPoint::AfterUpstream);
+        if intended {
+            crash::reached(CrashPoint::AfterUpstream);
+        }
         let response = commit::commit_seal(deps, response, *pending).await?;
         if intended {
+            crash::reached(CrashPoint::AfterVault);
             deps.sealing.settle(&ctx.write_id)?;
         }
         let response = filter::response_filter(deps, &ctx, response).await?;

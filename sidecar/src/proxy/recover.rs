@@ -3,8 +3,11 @@
 //! the vault's, or the exchange failed without an answer), resolved against the upstream. Each
 //! written resource carries `meta.source = urn:fhirseal:write:<write id>:<position>`: found
 //! upstream, its identity is sealed under the id and version the upstream gave it and anchored
-//! (unless the vault and the ledger have it already); not found, nothing was written, and a
-//! surrogate made for it is forgotten.
+//! (unless the vault and the ledger have it already); not found, it may still be on its way (an
+//! exchange a crash cut off goes on at the upstream, which may commit it after the restart), so
+//! it is looked up again at later rounds, and only once its intents are older than the forget
+//! cutoff (twice the upstream's timeout) is it taken as never written and a surrogate made for
+//! it forgotten.
 //!
 //! Also outside any request: a blind index filed by an earlier build in another layout is
 //! refiled from each resource's sealed identity merged into its clinical part as the upstream
@@ -28,13 +31,35 @@ pub struct Resolved {
     pub kept: usize,
     /// Writes the upstream never stored, forgotten.
     pub forgotten: usize,
-    /// Writes left for a later round (the upstream did not answer, or kept after the cutoff).
+    /// Writes left for a later round: kept after the cutoff (maybe still in flight here).
     pub left: usize,
+    /// Writes the upstream does not hold yet, kept after the forget cutoff: it may still commit
+    /// them; looked up again at the next round.
+    pub awaited: usize,
+    /// Writes whose lookup failed (the upstream did not answer): looked up again later.
+    pub failed: usize,
+}
+
+/// What a lookup of one intent found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lookup {
+    /// The upstream holds the version: sealed and anchored.
+    Stored,
+    /// The upstream does not hold it, and the write is older than the forget cutoff: forgotten.
+    Forgotten,
+    /// The upstream does not hold it yet.
+    NotYet,
 }
 
 /// Resolves every write whose intents were all kept before `cutoff_ms` (a write still in
-/// flight is never touched: its intents are newer).
-pub(super) async fn resolve(deps: &Deps, cutoff_ms: u64) -> Result<Resolved, ProxyError> {
+/// flight here is never touched: its intents are newer). A write the upstream does not hold is
+/// forgotten only when its intents were all kept before `forget_before_ms`, after which no
+/// exchange of it can still be going on at the upstream; until then it is awaited.
+pub(super) async fn resolve(
+    deps: &Deps,
+    cutoff_ms: u64,
+    forget_before_ms: u64,
+) -> Result<Resolved, ProxyError> {
     let sealing = deps.sealing.clone();
     let intents = blocking(move || sealing.intents()).await?;
     let mut resolved = Resolved::default();
@@ -51,18 +76,26 @@ pub(super) async fn resolve(deps: &Deps, cutoff_ms: u64) -> Result<Resolved, Pro
             resolved.left += 1;
             continue;
         }
+        let may_forget = newest < forget_before_ms;
         let mut settled = true;
         let mut stored = false;
+        let mut awaited = false;
         for intent in &group {
-            match resolve_one(deps, intent).await {
-                Ok(found) => stored |= found,
+            match resolve_one(deps, intent, may_forget).await {
+                Ok(Lookup::Stored) => stored = true,
+                Ok(Lookup::Forgotten) => {}
+                Ok(Lookup::NotYet) => awaited = true,
                 Err(error) => {
                     tracing::warn!(write = %intent.write_id, error = %error.log_text(), "an intent could not be resolved yet");
                     settled = false;
                 }
             }
         }
-        if settled {
+        if !settled {
+            resolved.failed += 1;
+        } else if awaited {
+            resolved.awaited += 1;
+        } else {
             deps.sealing.durable().await?;
             deps.sealing.settle(&group[0].write_id)?;
             if stored {
@@ -70,8 +103,6 @@ pub(super) async fn resolve(deps: &Deps, cutoff_ms: u64) -> Result<Resolved, Pro
             } else {
                 resolved.forgotten += 1;
             }
-        } else {
-            resolved.left += 1;
         }
     }
     if resolved.kept + resolved.forgotten > 0 {
@@ -80,14 +111,17 @@ pub(super) async fn resolve(deps: &Deps, cutoff_ms: u64) -> Result<Resolved, Pro
             kept = resolved.kept,
             forgotten = resolved.forgotten,
             left = resolved.left,
+            awaited = resolved.awaited,
+            failed = resolved.failed,
             "writes left unsettled by a crash or a failed exchange resolved"
         );
     }
     Ok(resolved)
 }
 
-/// Resolves one intent; whether the upstream holds what it wrote.
-async fn resolve_one(deps: &Deps, intent: &Intent) -> Result<bool, ProxyError> {
+/// Resolves one intent: seals and anchors what the upstream holds; forgets what it does not
+/// when `may_forget`.
+async fn resolve_one(deps: &Deps, intent: &Intent, may_forget: bool) -> Result<Lookup, ProxyError> {
     let source = write_source(&intent.write_id, intent.position());
     let url = format!(
         "{}/{}?_source={}&_count=2",
@@ -112,11 +146,12 @@ async fn resolve_one(deps: &Deps, intent: &Intent) -> Result<bool, ProxyError> {
     let intent = intent.clone();
     let ledger = deps.ledger.clone();
     match found.as_slice() {
+        [] if !may_forget => Ok(Lookup::NotYet),
         [] => {
             blocking(move || {
                 let prepared = sealing.resume(&intent)?;
                 sealing.rollback(&prepared);
-                Ok::<_, ProxyError>(false)
+                Ok::<_, ProxyError>(Lookup::Forgotten)
             })
             .await
         }
@@ -153,7 +188,7 @@ async fn resolve_one(deps: &Deps, intent: &Intent) -> Result<bool, ProxyError> {
                     None if !prepared.has_identity() && anchored => {}
                     None => sealing.commit(&prepared, &id, &version, Some(hash))?,
                 }
-                Ok::<_, ProxyError>(true)
+                Ok::<_, ProxyError>(Lookup::Stored)
             })
             .await
         }

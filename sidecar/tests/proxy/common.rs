@@ -352,10 +352,11 @@ pub fn patient(family: &str) -> Value {
 pub fn config_file(config: &Config, dir: &std::path::Path) -> PathBuf {
     let keys = config.keys_dir();
     let mut text = format!(
-        "data_dir = {:?}\n[server]\nlisten = \"{}\"\n[upstream]\nurl = {:?}\n[seal]\nkeys_dir = {:?}\nrsa_bits = {}\n[ledger]\nbatch_interval_ms = {}\n[consortium]\nlisten = \"127.0.0.1:0\"\n",
+        "data_dir = {:?}\n[server]\nlisten = \"{}\"\n[upstream]\nurl = {:?}\ntimeout_ms = {}\n[seal]\nkeys_dir = {:?}\nrsa_bits = {}\n[ledger]\nbatch_interval_ms = {}\n[consortium]\nlisten = \"127.0.0.1:0\"\n",
         config.data_dir.display().to_string(),
         config.server.listen,
         config.upstream.url,
+        config.upstream.timeout_ms,
         keys.display().to_string(),
         config.seal.rsa_bits,
         config.ledger.batch_interval_ms,
@@ -491,6 +492,25 @@ impl Node {
         dir: &std::path::Path,
         crash_at: Option<&str>,
     ) -> Node {
+        let mut node = Node::spawn(config, dir, crash_at);
+        if node.answers(Duration::from_secs(60)).await {
+            return node;
+        }
+        let _ = node.child.kill();
+        let _ = node.child.wait();
+        panic!(
+            "fhirseal did not start: {}",
+            std::fs::read_to_string(dir.join("fhirseal.log")).unwrap_or_default()
+        );
+    }
+
+    /// Starts the binary as [`Node::start`] does, without waiting for it; its output is
+    /// appended to `dir/fhirseal.log`.
+    pub fn spawn(
+        config: &mut fhirseal_sidecar::Config,
+        dir: &std::path::Path,
+        crash_at: Option<&str>,
+    ) -> Node {
         let port = free_port();
         config.server.listen = ([127, 0, 0, 1], port).into();
         let file = config_file(config, dir);
@@ -510,25 +530,27 @@ impl Node {
         if let Some(point) = crash_at {
             command.env("FHIRSEAL_TEST_CRASH_AT", point);
         }
-        let child = command.spawn().unwrap();
-        let mut node = Node {
-            child,
+        Node {
+            child: command.spawn().unwrap(),
             base: format!("http://127.0.0.1:{port}/fhir"),
-        };
-        let health = format!("http://127.0.0.1:{port}/healthz");
-        let started = Instant::now();
-        while started.elapsed() < Duration::from_secs(60) {
-            if try_get(&health).await.is_some() {
-                return node;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        let _ = node.child.kill();
-        let _ = node.child.wait();
-        panic!(
-            "fhirseal did not start: {}",
-            std::fs::read_to_string(dir.join("fhirseal.log")).unwrap_or_default()
-        );
+    }
+
+    /// Waits up to `limit` until the process answers `/healthz`; false when it did not, or
+    /// ended first.
+    pub async fn answers(&mut self, limit: Duration) -> bool {
+        let health = self.base.replace("/fhir", "/healthz");
+        let started = Instant::now();
+        while started.elapsed() < limit {
+            if try_get(&health).await.is_some() {
+                return true;
+            }
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        false
     }
 
     /// Waits for the process to end by itself (a crash point reached).
@@ -552,6 +574,16 @@ impl Node {
 
     pub fn ledger(&self, path: &str) -> String {
         self.base.replace("/fhir", &format!("/ledger/{path}"))
+    }
+}
+
+impl Drop for Node {
+    /// A node a failed test left running is killed with it.
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 }
 
@@ -580,4 +612,71 @@ pub async fn try_get_as(url: &str, key: &str) -> Option<Reply> {
         headers: parts.headers,
         body: body.collect().await.ok()?.to_bytes(),
     })
+}
+
+/// xorshift64*: enough to place kills reproducibly from a seed.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// A number in `low..high`.
+    pub fn between(&mut self, low: u64, high: u64) -> u64 {
+        low + self.next() % (high - low)
+    }
+}
+
+/// A number from the environment, or `default`.
+pub fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// A write as the clinician that a kill may cut off: `None` when no whole answer came back.
+pub async fn try_send(method: Method, url: &str, body: &Value) -> Option<Reply> {
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let request = Request::builder()
+        .method(method)
+        .uri(url)
+        .header("x-api-key", CLINICIAN_KEY)
+        .header("content-type", "application/fhir+json")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap();
+    let response = tokio::time::timeout(Duration::from_secs(120), client.request(request))
+        .await
+        .ok()?
+        .ok()?;
+    let (parts, body) = response.into_parts();
+    // A body cut off by the kill is no acknowledgement.
+    let body = body.collect().await.ok()?.to_bytes();
+    Some(Reply {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    })
+}
+
+/// `Type/id/_history/v` out of a location URL.
+pub fn version_of(location: &str) -> String {
+    let parts: Vec<&str> = location.rsplit('/').take(4).collect();
+    format!("{}/{}/_history/{}", parts[3], parts[2], parts[0])
+}
+
+/// The `n` smallest Synthea bundles, smallest first: each keeps a write to a second or two of
+/// HAPI's time.
+pub fn small_bundles(n: usize) -> Vec<Value> {
+    let mut files = synthea_files();
+    files.sort_by_key(|f| std::fs::metadata(f).unwrap().len());
+    files
+        .into_iter()
+        .take(n)
+        .map(|file| serde_json::from_slice(&std::fs::read(file).unwrap()).unwrap())
+        .collect()
 }

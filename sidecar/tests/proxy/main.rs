@@ -17,3 +17,4 @@ mod t70_hostile;
 mod t75_smart;
 mod t80_crash_window;
 mod t90_stores;
+mod t95_crash_campaign;

@@ -1,5 +1,5 @@
 //! The ledger wired into the sidecar, against real HAPI: every kind of write is anchored once
-//! and verifies; a resource changed directly in HAPI is reported by `$verify` and by
+//! and verifies (an update that changes tags too); a resource changed directly in HAPI is reported by `$verify` and by
 //! `fhirseal ledger verify --upstream`; a corrupted block is found at its height; reads leave
 //! access events (and, when asked, FHIR `AuditEvent`s upstream); bad `$verify` requests get
 //! 4xx `OperationOutcome`s.
@@ -173,6 +173,33 @@ async fn every_kind_of_write_is_anchored_once_and_verifies() {
         again["blocks"].as_u64() >= chain["blocks"].as_u64(),
         "{again}"
     );
+}
+
+/// An update whose tags differ from those of the version before: HAPI keeps the earlier tags
+/// too, and answers the update with them in another order than the stored version has them.
+/// What is anchored is the stored version's hash, which `$verify` finds again.
+#[tokio::test]
+async fn an_update_that_changes_tags_verifies() {
+    let sidecar = start_in_front_of_hapi().await;
+    let base = &sidecar.base;
+    let created = post_json(&format!("{base}/Patient"), &patient(&unique("Retagged"))).await;
+    assert_eq!(created.status, 201, "{}", created.text());
+    let (_, pid, _) = written(&created);
+    let mut updated = patient(&unique("Retagged"));
+    updated["id"] = json!(pid);
+    let update = send(
+        Method::PUT,
+        &format!("{base}/Patient/{pid}"),
+        &[FHIR_JSON],
+        updated.to_string(),
+    )
+    .await;
+    assert_eq!(update.status, 200, "{}", update.text());
+    common::anchored(&sidecar.ledger).await;
+    for version in ["1", "2"] {
+        let found = verify(base, &format!("Patient/{pid}/_history/{version}")).await;
+        assert_eq!(found["verified"], true, "version {version}: {found:?}");
+    }
 }
 
 #[tokio::test]

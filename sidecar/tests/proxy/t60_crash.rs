@@ -13,69 +13,11 @@ use serde_json::{json, Value};
 
 use crate::common::*;
 
-/// xorshift64*: enough to place kills reproducibly from a seed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn between(&mut self, low: u64, high: u64) -> u64 {
-        low + self.next() % (high - low)
-    }
-}
-
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-/// A write that may be cut off by the kill: `None` when no answer came back.
-async fn try_write(url: &str, body: &Value) -> Option<Reply> {
-    let client: hyper_util::client::legacy::Client<_, http_body_util::Full<bytes::Bytes>> =
-        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-            .build_http();
-    let request = http::Request::builder()
-        .method(Method::POST)
-        .uri(url)
-        .header("x-api-key", CLINICIAN_KEY)
-        .header("content-type", "application/fhir+json")
-        .body(http_body_util::Full::new(bytes::Bytes::from(
-            body.to_string(),
-        )))
-        .unwrap();
-    let response = tokio::time::timeout(Duration::from_secs(120), client.request(request))
-        .await
-        .ok()?
-        .ok()?;
-    let (parts, body) = response.into_parts();
-    use http_body_util::BodyExt as _;
-    // A body cut off by the kill is no acknowledgement.
-    let body = body.collect().await.ok()?.to_bytes();
-    Some(Reply {
-        status: parts.status,
-        headers: parts.headers,
-        body,
-    })
-}
-
-/// `Type/id/_history/v` out of a location URL.
-fn version_of(location: &str) -> String {
-    let parts: Vec<&str> = location.rsplit('/').take(4).collect();
-    format!("{}/{}/_history/{}", parts[3], parts[2], parts[0])
-}
-
 type Acked = Arc<Mutex<Vec<String>>>;
 
 /// Posts the bundle again and again until the node stops answering; records what it acked.
 async fn bundle_writer(base: String, bundle: Arc<Value>, acked: Acked) {
-    while let Some(reply) = try_write(&base, &bundle).await {
+    while let Some(reply) = try_send(Method::POST, &base, &bundle).await {
         assert_eq!(reply.status, 200, "{}", reply.text());
         let entries = reply.json()["entry"]
             .as_array()
@@ -106,22 +48,13 @@ async fn single_writer(base: String, acked: Acked, family: String) {
                 }),
             )
         };
-        let Some(reply) = try_write(&url, &body).await else {
+        let Some(reply) = try_send(Method::POST, &url, &body).await else {
             return;
         };
         assert_eq!(reply.status, 201, "{}", reply.text());
         let location = reply.header("location").unwrap();
         acked.lock().unwrap().push(version_of(&location));
     }
-}
-
-/// The smallest Synthea bundle: it keeps a round to a second or two of HAPI's time.
-fn small_bundle() -> Value {
-    let file = synthea_files()
-        .into_iter()
-        .min_by_key(|f| std::fs::metadata(f).unwrap().len())
-        .unwrap();
-    serde_json::from_slice(&std::fs::read(file).unwrap()).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -132,7 +65,7 @@ async fn kill_9_while_writing_loses_no_acknowledged_write() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = config(&hapi());
     config.data_dir = dir.path().join("data");
-    let bundle = Arc::new(small_bundle());
+    let bundle = Arc::new(small_bundles(1).remove(0));
     let acked: Acked = Arc::new(Mutex::new(Vec::new()));
 
     for round in 0..rounds {

@@ -3,12 +3,21 @@
 //! after a restart the write's intent is resolved against HAPI: its identity is sealed under the
 //! id and version HAPI gave it, it is anchored, and a clinician reads it back whole. A resource
 //! written to HAPI behind fhirseal's back is reported as an orphan by `fhirseal ledger verify
-//! --upstream`.
+//! --upstream`. A write HAPI commits only after the node has been killed and restarted is
+//! found by a later round of resolution, not forgotten by the first.
 
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use http::{Method, StatusCode};
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::{json, Value};
+use tokio::sync::oneshot;
 
 use crate::common::*;
 
@@ -132,4 +141,127 @@ async fn anchored_at(ledger: &str, resource_type: &str, id: &str) {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// A relay to HAPI that holds the first write it is sent (a POST or PUT) until `release` fires,
+/// and says on `held` when it has it; everything else goes through at once. The held write goes
+/// on to HAPI whatever became of the node that sent it, as an exchange a crash cut off does.
+async fn holding_relay(
+    held: oneshot::Sender<()>,
+    release: oneshot::Receiver<()>,
+) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let origin = hapi().trim_end_matches("/fhir").to_owned();
+    let hold = Arc::new(Mutex::new(Some((held, release))));
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            let (origin, hold) = (origin.clone(), hold.clone());
+            let service = service_fn(move |req: Request<Incoming>| {
+                let (origin, hold) = (origin.clone(), hold.clone());
+                async move {
+                    let (parts, body) = req.into_parts();
+                    let body = body.collect().await.unwrap().to_bytes();
+                    let write = parts.method == Method::POST || parts.method == Method::PUT;
+                    let held = if write {
+                        hold.lock().unwrap().take()
+                    } else {
+                        None
+                    };
+                    // Forwarded from a task of its own, which outlives the node's connection.
+                    let forwarded = tokio::spawn(async move {
+                        if let Some((held, release)) = held {
+                            let _ = held.send(());
+                            let _ = release.await;
+                        }
+                        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+                        let mut request = Request::builder()
+                            .method(parts.method)
+                            .uri(format!("{origin}{path}"));
+                        for (name, value) in &parts.headers {
+                            if name != http::header::HOST {
+                                request = request.header(name, value);
+                            }
+                        }
+                        let client: Client<_, Full<Bytes>> =
+                            Client::builder(TokioExecutor::new()).build_http();
+                        let response = client
+                            .request(request.body(Full::new(body)).unwrap())
+                            .await
+                            .unwrap();
+                        let (parts, body) = response.into_parts();
+                        Response::from_parts(
+                            parts,
+                            Full::new(body.collect().await.unwrap().to_bytes()),
+                        )
+                    });
+                    Ok::<_, std::convert::Infallible>(forwarded.await.unwrap())
+                }
+            });
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(socket), service),
+            );
+        }
+    });
+    addr
+}
+
+/// The node dies while its write is on its way to HAPI, and is restarted before HAPI commits
+/// it: the restarted node's first look finds nothing, and must not take the write as never
+/// made. Once HAPI has it, the node seals its identity, anchors it, and reads it back whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_the_upstream_commits_after_the_restart_is_anchored() {
+    let (held_tx, held_rx) = oneshot::channel();
+    let (release_tx, release_rx) = oneshot::channel();
+    let relay = holding_relay(held_tx, release_rx).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(&format!("http://{relay}/fhir"));
+    config.data_dir = dir.path().join("data");
+    let family = unique("Latecommit");
+
+    let node = Node::start(&mut config, dir.path(), None).await;
+    let url = format!("{}/Patient", node.base);
+    let body = patient(&family);
+    let write = tokio::spawn(async move { try_send(Method::POST, &url, &body).await });
+    // The write has left the node: it dies.
+    held_rx.await.unwrap();
+    node.kill();
+    assert!(
+        write.await.unwrap().is_none(),
+        "the write was answered: the relay did not hold it"
+    );
+
+    // Restarted while HAPI has not committed it: the first round of resolution looks it up in
+    // vain. Then HAPI commits it.
+    let node = Node::start(&mut config, dir.path(), None).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    release_tx.send(()).unwrap();
+    let started = Instant::now();
+    let id = loop {
+        let found = get(&format!(
+            "{}/Patient?_tag=urn:fhirseal:test%7C{family}",
+            hapi()
+        ))
+        .await
+        .json();
+        if let Some(id) = found["entry"][0]["resource"]["id"].as_str() {
+            break id.to_owned();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "HAPI never stored the write"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    anchored_at(&node.base.replace("/fhir", "/ledger"), "Patient", &id).await;
+    let read = get(&format!("{}/Patient/{id}", node.base)).await;
+    assert_eq!(read.status, StatusCode::OK, "{}", read.text());
+    assert_eq!(
+        read.json()["name"][0]["family"],
+        family.as_str(),
+        "{}",
+        read.text()
+    );
+    node.stop();
 }
