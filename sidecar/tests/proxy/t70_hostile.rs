@@ -277,7 +277,9 @@ async fn recording_upstream() -> (String, Arc<Mutex<Vec<http::HeaderMap>>>) {
                             *stored.lock().unwrap() = value.clone();
                         }
                         (StatusCode::CREATED, value)
-                    } else if path.ends_with("/Patient/1") {
+                    } else if path.ends_with("/Patient/1")
+                        || path.ends_with("/Patient/1/_history/1")
+                    {
                         (StatusCode::OK, stored.lock().unwrap().clone())
                     } else {
                         (
