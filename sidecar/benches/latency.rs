@@ -12,19 +12,14 @@
 
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http::{Method, Request};
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::connect::HttpConnector;
+use http::Method;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use support::{env_usize, fmt, percentiles, start_sidecar, API_KEY};
+use support::{env_usize, fmt, percentiles, request, start_sidecar, HttpClient};
 
 #[path = "../../consensus/benches/support/figures.rs"]
 mod figures;
 mod support;
-
-type HttpClient = Client<HttpConnector, Full<Bytes>>;
 
 fn main() {
     let Ok(hapi) = std::env::var("FHIRSEAL_TEST_HAPI") else {
@@ -136,26 +131,4 @@ fn main() {
         }
         figures::write("latency", serde_json::Value::Object(measures));
     });
-}
-
-async fn request(
-    client: &HttpClient,
-    method: Method,
-    url: &str,
-    body: &str,
-) -> (http::StatusCode, Bytes) {
-    let request = Request::builder()
-        .method(method)
-        .uri(url)
-        .header("content-type", "application/fhir+json")
-        .header("accept", "application/fhir+json")
-        .header("x-api-key", API_KEY)
-        .body(Full::new(Bytes::from(body.to_owned())))
-        .unwrap();
-    let response = client.request(request).await.unwrap();
-    let status = response.status();
-    (
-        status,
-        response.into_body().collect().await.unwrap().to_bytes(),
-    )
 }

@@ -15,20 +15,15 @@
 
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http::{Method, Request, StatusCode};
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::connect::HttpConnector;
+use http::{Method, StatusCode};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::{json, Value};
-use support::{env_usize, fmt, percentiles, start_sidecar, API_KEY};
+use support::{env_usize, fmt, percentiles, request, start_sidecar, HttpClient};
 
 #[path = "../../consensus/benches/support/figures.rs"]
 mod figures;
 mod support;
-
-type HttpClient = Client<HttpConnector, Full<Bytes>>;
 
 const BUNDLE: usize = 100;
 const PAGE: usize = 50;
@@ -68,7 +63,8 @@ fn main() {
             while written < n && Instant::now() < deadline {
                 let count = BUNDLE.min(n - written);
                 let bundle = people(family, written, count);
-                let (status, body) = send(&client, Method::POST, base, Some(&bundle)).await;
+                let (status, body) =
+                    request(&client, Method::POST, base, &bundle.to_string()).await;
                 assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
                 written += count;
             }
@@ -83,7 +79,7 @@ fn main() {
             let mut total = Value::Null;
             for _ in 0..rounds {
                 let t0 = Instant::now();
-                let (status, body) = send(&client, Method::GET, &url, None).await;
+                let (status, body) = request(&client, Method::GET, &url, "").await;
                 first.push(t0.elapsed());
                 assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
                 let page: Value = serde_json::from_slice(&body).unwrap();
@@ -93,7 +89,7 @@ fn main() {
                     .unwrap()
                     .to_owned();
                 let t0 = Instant::now();
-                let (status, body) = send(&client, Method::GET, &next, None).await;
+                let (status, body) = request(&client, Method::GET, &next, "").await;
                 second.push(t0.elapsed());
                 assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
             }
@@ -153,29 +149,4 @@ fn people(family: &str, from: usize, count: usize) -> Value {
         })
         .collect();
     json!({"resourceType": "Bundle", "type": "transaction", "entry": entry})
-}
-
-async fn send(
-    client: &HttpClient,
-    method: Method,
-    url: &str,
-    body: Option<&Value>,
-) -> (StatusCode, Bytes) {
-    let body = body
-        .map(|b| serde_json::to_vec(b).unwrap())
-        .unwrap_or_default();
-    let request = Request::builder()
-        .method(method)
-        .uri(url)
-        .header("content-type", "application/fhir+json")
-        .header("accept", "application/fhir+json")
-        .header("x-api-key", API_KEY)
-        .body(Full::new(Bytes::from(body)))
-        .unwrap();
-    let response = client.request(request).await.unwrap();
-    let status = response.status();
-    (
-        status,
-        response.into_body().collect().await.unwrap().to_bytes(),
-    )
 }

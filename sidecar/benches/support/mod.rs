@@ -73,3 +73,37 @@ pub(crate) fn percentiles(samples: &mut [Duration]) -> (Duration, Duration) {
 pub(crate) fn fmt(d: Duration) -> String {
     format!("{:.3} ms", d.as_secs_f64() * 1e3)
 }
+
+/// The benches' HTTP client (plain HTTP on loopback).
+#[allow(dead_code)] // not every bench sends its requests through `request`
+pub(crate) type HttpClient = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    http_body_util::Full<bytes::Bytes>,
+>;
+
+/// Sends one FHIR JSON request with the benches' API key; its status and body.
+#[allow(dead_code)] // not every bench sends its requests through `request`
+pub(crate) async fn request(
+    client: &HttpClient,
+    method: http::Method,
+    url: &str,
+    body: &str,
+) -> (http::StatusCode, bytes::Bytes) {
+    use http_body_util::BodyExt;
+    let request = http::Request::builder()
+        .method(method)
+        .uri(url)
+        .header("content-type", "application/fhir+json")
+        .header("accept", "application/fhir+json")
+        .header("x-api-key", API_KEY)
+        .body(http_body_util::Full::new(bytes::Bytes::from(
+            body.to_owned(),
+        )))
+        .unwrap();
+    let response = client.request(request).await.unwrap();
+    let status = response.status();
+    (
+        status,
+        response.into_body().collect().await.unwrap().to_bytes(),
+    )
+}
