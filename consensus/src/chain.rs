@@ -255,10 +255,10 @@ fn check_evidence<R: Rosters>(
                 .block(height)?
                 .ok_or(Error::InvalidEvidence("the offence's height is not stored"))?;
             let epoch = decode_block(height, &bytes)?.block.header.epoch;
-            let delegates: &DelegateSet = rosters
-                .roster(epoch)
-                .ok_or(Error::UnknownEpoch(epoch))?
-                .delegates();
+            let roster = rosters
+                .roster_at(height, epoch)
+                .ok_or(Error::UnknownEpoch(epoch))?;
+            let delegates: &DelegateSet = roster.delegates();
             evidence.verify(chain, delegates)?;
         }
     }
@@ -307,9 +307,9 @@ impl Chain {
     ) -> Result<BlockReceipt> {
         let header = block.header();
         let roster = rosters
-            .roster(header.epoch)
+            .roster_at(header.height, header.epoch)
             .ok_or(Error::UnknownEpoch(header.epoch))?;
-        let hash = validate_finalized_block(self.chain_id(), self.tip.as_ref(), block, roster)?;
+        let hash = validate_finalized_block(self.chain_id(), self.tip.as_ref(), block, &roster)?;
         self.reader
             .check_evidence(header.height, &block.block.transactions, rosters)?;
 
@@ -468,9 +468,9 @@ fn verify_stored<R: Rosters>(
         return Err(Error::InvalidBlock("stored under another height"));
     }
     let roster = rosters
-        .roster(header.epoch)
+        .roster_at(header.height, header.epoch)
         .ok_or(Error::UnknownEpoch(header.epoch))?;
-    let hash = validate_finalized_block(chain, previous, &block, roster)?;
+    let hash = validate_finalized_block(chain, previous, &block, &roster)?;
     check_evidence(store, chain, height, &block.block.transactions, rosters)?;
 
     if store.height_of(&hash.0)? != Some(height) {

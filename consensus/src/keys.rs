@@ -211,6 +211,14 @@ impl Roster {
 pub trait Rosters {
     /// The roster of `epoch`, if known.
     fn roster(&self, epoch: u64) -> Option<&Roster>;
+
+    /// The roster that certifies the block at `height` whose header names governance epoch
+    /// `epoch`: that epoch's, unless an election chose the delegates of the height (see
+    /// `ledger::ElectedRosters`).
+    fn roster_at(&self, height: u64, epoch: u64) -> Option<std::borrow::Cow<'_, Roster>> {
+        let _ = height;
+        self.roster(epoch).map(std::borrow::Cow::Borrowed)
+    }
 }
 
 impl Rosters for Roster {

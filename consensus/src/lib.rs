@@ -67,8 +67,8 @@ pub use merkle::MerkleProof;
 pub use producer::{BlockLimits, BlockProducer, Mempool};
 pub use proof::AnchorProof;
 pub use tx::{
-    anchor_key, AccessBatch, AccessEvent, AnchorBatch, AnchorEntry, Batch, BatchHeader, BatchId,
-    EvidenceBatch, Timestamp, Transaction, TxId, TxKind,
+    anchor_key, AccessBatch, AccessEvent, AnchorBatch, AnchorEntry, Ballot, Batch, BatchHeader,
+    BatchId, ElectionBatch, ElectionItem, EvidenceBatch, Timestamp, Transaction, TxId, TxKind,
 };
 pub use validate::{
     check_certificate, validate_block, validate_finalized_block, validate_transaction,

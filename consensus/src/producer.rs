@@ -224,7 +224,7 @@ mod tests {
     }
 
     fn ids(txs: &[Transaction]) -> Vec<u8> {
-        txs.iter().map(|t| t.header().id.0[0]).collect()
+        txs.iter().map(|t| t.id().batch.0[0]).collect()
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! Transactions: institution-signed batches of anchor entries, of access events, and of evidence
-//! of double signing by delegates.
+//! Transactions: institution-signed batches of anchor entries, of access events, of evidence of
+//! double signing by delegates and of a member's beacon commitments and reveals; and anonymous
+//! ballots, which no institution signs (a ring signature over the epoch's voters authorizes them).
 //!
 //! A batch is a [`BatchHeader`] (kind, batch id, institution, signer, item count, Merkle root of
 //! the items, signature) followed by its items. The header alone is the transaction's
@@ -15,6 +16,8 @@ use fhirseal_storage::chain_store::composite_key;
 
 use crate::bft::Evidence;
 use crate::codec::{self, limits, top_level_encoding, DecodeError, Reader, Wire, Writer};
+use crate::election::beacon::Reveal;
+use crate::election::lsag::RingSignature;
 use crate::error::{Error, Result};
 use crate::hash::{hex, tag, tagged, Hash256};
 use crate::keys::PublicKey;
@@ -208,9 +211,12 @@ pub enum TxKind {
     Anchor,
     /// An [`AccessBatch`].
     Access,
-    /// An [`EvidenceBatch`]: double signing a member's node saw (the penalties come with the
-    /// election).
+    /// An [`EvidenceBatch`]: double signing a member's node saw.
     Evidence,
+    /// An [`ElectionBatch`]: a member's beacon commitment or reveal.
+    Election,
+    /// A [`Ballot`]: anonymous, signed by no institution.
+    Ballot,
 }
 
 impl TxKind {
@@ -219,6 +225,8 @@ impl TxKind {
             Self::Anchor => 1,
             Self::Access => 2,
             Self::Evidence => 5,
+            Self::Election => 6,
+            Self::Ballot => 7,
         }
     }
 
@@ -227,6 +235,8 @@ impl TxKind {
             1 => Ok(Self::Anchor),
             2 => Ok(Self::Access),
             5 => Ok(Self::Evidence),
+            6 => Ok(Self::Election),
+            7 => Ok(Self::Ballot),
             tag => Err(DecodeError::UnknownTag {
                 field: "transaction kind",
                 tag,
@@ -278,6 +288,15 @@ impl BatchHeader {
         tx_key(self.kind, &self.institution, &self.id)
     }
 
+    /// The identity of the transaction it heads.
+    pub fn id_of(&self) -> TxId {
+        TxId {
+            kind: self.kind,
+            institution: self.institution.clone(),
+            batch: self.id,
+        }
+    }
+
     /// Checks the signature against [`BatchHeader::signer`] (not whether that key is the
     /// institution's: the roster knows that).
     pub fn verify_signature(&self) -> Result<()> {
@@ -304,8 +323,16 @@ impl Wire for BatchHeader {
     }
 
     fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        let kind = TxKind::from_tag(r.u8("transaction kind")?)?;
+        Self::read_after_kind(kind, r)
+    }
+}
+
+impl BatchHeader {
+    /// The rest of a header whose kind was read.
+    fn read_after_kind(kind: TxKind, r: &mut Reader<'_>) -> Result<Self, DecodeError> {
         Ok(Self {
-            kind: TxKind::from_tag(r.u8("transaction kind")?)?,
+            kind,
             id: BatchId(r.array("batch id")?),
             institution: r.string("batch institution", limits::MAX_NAME_LEN)?,
             signer: PublicKey(r.array("batch signer")?),
@@ -588,12 +615,14 @@ pub struct Batch<T> {
     pub items: Vec<T>,
 }
 
-impl Batch<Evidence> {
+// The bound is the crate's own: batches are built of the item kinds this module defines.
+#[allow(private_bounds)]
+impl<T: Item> Batch<T> {
     /// Builds and signs a batch of `items` for `institution`.
     pub fn sign(
         id: BatchId,
         institution: impl Into<String>,
-        items: Vec<Evidence>,
+        items: Vec<T>,
         key: &SigningKey,
     ) -> Result<Self> {
         let header = sign_batch(id, institution.into(), &items, key)?;
@@ -614,6 +643,174 @@ impl Batch<Evidence> {
 /// A member's report of delegates' double signing.
 pub type EvidenceBatch = Batch<Evidence>;
 
+/// A member's contribution to an epoch's beacon, in its two phases (see
+/// `election::schedule`): the batch's institution is the member, its signature the member's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ElectionItem {
+    /// The commitment to its VRF output for `epoch`.
+    Commit { epoch: u64, commitment: [u8; 32] },
+    /// The VRF output for `epoch` and its proof.
+    Reveal { epoch: u64, reveal: Reveal },
+}
+
+impl ElectionItem {
+    /// The ledger epoch it is for.
+    pub fn epoch(&self) -> u64 {
+        match self {
+            Self::Commit { epoch, .. } | Self::Reveal { epoch, .. } => *epoch,
+        }
+    }
+}
+
+impl Wire for ElectionItem {
+    const MIN_LEN: usize = 1 + 8 + 32;
+
+    fn write(&self, w: &mut Writer) {
+        match self {
+            Self::Commit { epoch, commitment } => {
+                w.u8(1);
+                w.u64(*epoch);
+                w.raw(commitment);
+            }
+            Self::Reveal { epoch, reveal } => {
+                w.u8(2);
+                w.u64(*epoch);
+                w.raw(&reveal.output);
+                w.raw(&reveal.proof);
+            }
+        }
+    }
+
+    fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        match r.u8("election item")? {
+            1 => Ok(Self::Commit {
+                epoch: r.u64("commit epoch")?,
+                commitment: r.array("commitment")?,
+            }),
+            2 => Ok(Self::Reveal {
+                epoch: r.u64("reveal epoch")?,
+                reveal: Reveal {
+                    output: r.array("beacon output")?,
+                    proof: r.array("beacon proof")?,
+                },
+            }),
+            tag => Err(DecodeError::UnknownTag {
+                field: "election item",
+                tag,
+            }),
+        }
+    }
+}
+
+impl Item for ElectionItem {
+    const KIND: TxKind = TxKind::Election;
+
+    fn institution(&self) -> Option<&str> {
+        None
+    }
+
+    /// Phases, commitments and proofs are the election's to judge, against the chain.
+    fn check(&self) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// A member's beacon commitments and reveals, signed by it.
+pub type ElectionBatch = Batch<ElectionItem>;
+
+/// Most keys in a ballot's ring (the epoch's voters: far fewer).
+const MAX_RING_KEYS: usize = 1024;
+
+/// An anonymous ballot for `candidate` in ledger epoch `epoch`, ring-signed over the epoch's
+/// voters (whose ring the election takes from the chain, never from the ballot). No institution
+/// signs it and nothing in it names the voter; its key image, which is the same for every
+/// ballot of one voter in one epoch, is its transaction key, so a second ballot is refused as a
+/// transaction already in the chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ballot {
+    /// The ledger epoch it votes in.
+    pub epoch: u64,
+    /// The member it votes for.
+    pub candidate: String,
+    /// The linkable ring signature over `election::schedule::ballot_message`.
+    pub signature: RingSignature,
+}
+
+top_level_encoding!(Ballot);
+
+impl Ballot {
+    /// Its identity: no institution, and the first 16 bytes of its key image for a batch id.
+    pub fn id(&self) -> TxId {
+        let mut batch = [0; 16];
+        batch.copy_from_slice(&self.signature.key_image[..16]);
+        TxId {
+            kind: TxKind::Ballot,
+            institution: String::new(),
+            batch: BatchId(batch),
+        }
+    }
+
+    /// Field checks, so that nothing accepted is refused by the decoder.
+    pub fn check(&self) -> Result<()> {
+        check_name(&self.candidate, true, "ballot candidate empty or too long")?;
+        let ring = self.signature.responses.len();
+        if ring == 0 || ring > MAX_RING_KEYS {
+            return Err(Error::InvalidBatch("ballot ring empty or too large"));
+        }
+        Ok(())
+    }
+
+    fn write_body(&self, w: &mut Writer) {
+        w.u64(self.epoch);
+        w.str(&self.candidate);
+        w.raw(&self.signature.challenge);
+        w.raw(&self.signature.key_image);
+        w.len(self.signature.responses.len());
+        for response in &self.signature.responses {
+            w.raw(response);
+        }
+    }
+
+    fn read_body(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        let epoch = r.u64("ballot epoch")?;
+        let candidate = r.string("ballot candidate", limits::MAX_NAME_LEN)?;
+        let challenge = r.array("ballot challenge")?;
+        let key_image = r.array("ballot key image")?;
+        let n = r.count("ballot responses", MAX_RING_KEYS, 32)?;
+        let responses = (0..n)
+            .map(|_| r.array("ballot response"))
+            .collect::<Result<_, _>>()?;
+        Ok(Self {
+            epoch,
+            candidate,
+            signature: RingSignature {
+                challenge,
+                responses,
+                key_image,
+            },
+        })
+    }
+}
+
+impl Wire for Ballot {
+    const MIN_LEN: usize = 1 + 8 + 4 + 32 + 32 + 4;
+
+    fn write(&self, w: &mut Writer) {
+        w.u8(TxKind::Ballot.tag());
+        self.write_body(w);
+    }
+
+    fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        match r.u8("transaction kind")? {
+            7 => Self::read_body(r),
+            tag => Err(DecodeError::UnknownTag {
+                field: "ballot kind",
+                tag,
+            }),
+        }
+    }
+}
+
 /// A ledger transaction.
 ///
 /// Grants and revocations (with expiry) will be further variants, with the tags reserved in
@@ -627,37 +824,54 @@ pub enum Transaction {
     Access(AccessBatch),
     /// Evidence of double signing.
     Evidence(EvidenceBatch),
+    /// A member's beacon commitments and reveals.
+    Election(ElectionBatch),
+    /// An anonymous ballot.
+    Ballot(Ballot),
 }
 
 top_level_encoding!(Transaction);
 
 impl Transaction {
-    /// The batch header (every kind so far is a batch).
-    pub fn header(&self) -> &BatchHeader {
+    /// The batch header: every kind but a ballot is an institution's signed batch.
+    pub fn header(&self) -> Option<&BatchHeader> {
         match self {
-            Self::Anchor(b) => &b.header,
-            Self::Access(b) => &b.header,
-            Self::Evidence(b) => &b.header,
+            Self::Anchor(b) => Some(&b.header),
+            Self::Access(b) => Some(&b.header),
+            Self::Evidence(b) => Some(&b.header),
+            Self::Election(b) => Some(&b.header),
+            Self::Ballot(_) => None,
         }
     }
 
-    /// The transaction hash (see [`BatchHeader::hash`]).
+    /// The transaction hash: a batch's is its header's (see [`BatchHeader::hash`]); a ballot's
+    /// is `SHA-256(0x11 ‖ version ‖ encoded ballot)`, the encoding starting with its kind.
     pub fn hash(&self) -> Hash256 {
-        self.header().hash()
+        match (self, self.header()) {
+            (_, Some(header)) => header.hash(),
+            (_, None) => {
+                let mut w = Writer::with_capacity(256);
+                w.u8(codec::FORMAT_VERSION);
+                self.write(&mut w);
+                tagged(tag::TRANSACTION, &[w.as_slice()])
+            }
+        }
     }
 
-    /// The key it is indexed under, which makes submission idempotent (see [`BatchHeader::key`]).
+    /// The key it is indexed under, which makes submission idempotent (see [`BatchHeader::key`]
+    /// and [`Ballot`]).
     pub fn key(&self) -> Vec<u8> {
-        self.header().key()
+        self.id().key()
     }
 
     /// Its identity: kind, institution, batch id.
     pub fn id(&self) -> TxId {
-        let header = self.header();
-        TxId {
-            kind: header.kind,
-            institution: header.institution.clone(),
-            batch: header.id,
+        match self {
+            Self::Ballot(ballot) => ballot.id(),
+            Self::Anchor(b) => b.header.id_of(),
+            Self::Access(b) => b.header.id_of(),
+            Self::Evidence(b) => b.header.id_of(),
+            Self::Election(b) => b.header.id_of(),
         }
     }
 
@@ -667,21 +881,26 @@ impl Transaction {
             Self::Anchor(b) => b.entries.len(),
             Self::Access(b) => b.events.len(),
             Self::Evidence(b) => b.items.len(),
+            Self::Election(b) => b.items.len(),
+            Self::Ballot(_) => 1,
         }
     }
 
-    /// Checks everything that needs no roster.
+    /// Checks everything that needs no roster (a ballot's ring signature needs the epoch's
+    /// voters, which the election knows).
     pub fn verify(&self) -> Result<()> {
         match self {
             Self::Anchor(b) => b.verify(),
             Self::Access(b) => b.verify(),
             Self::Evidence(b) => b.verify(),
+            Self::Election(b) => b.verify(),
+            Self::Ballot(b) => b.check(),
         }
     }
 }
 
 impl Wire for Transaction {
-    const MIN_LEN: usize = <BatchHeader as Wire>::MIN_LEN;
+    const MIN_LEN: usize = <Ballot as Wire>::MIN_LEN;
 
     fn write(&self, w: &mut Writer) {
         match self {
@@ -697,11 +916,20 @@ impl Wire for Transaction {
                 b.header.write(w);
                 b.items.iter().for_each(|e| e.write(w));
             }
+            Self::Election(b) => {
+                b.header.write(w);
+                b.items.iter().for_each(|e| e.write(w));
+            }
+            Self::Ballot(b) => b.write(w),
         }
     }
 
     fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
-        let header = BatchHeader::read(r)?;
+        let kind = TxKind::from_tag(r.u8("transaction kind")?)?;
+        let header = match kind {
+            TxKind::Ballot => return Ballot::read_body(r).map(Self::Ballot),
+            _ => BatchHeader::read_after_kind(kind, r)?,
+        };
         Ok(match header.kind {
             TxKind::Anchor => {
                 let entries = read_items(r, &header)?;
@@ -714,6 +942,17 @@ impl Wire for Transaction {
             TxKind::Evidence => {
                 let items = read_items(r, &header)?;
                 Self::Evidence(EvidenceBatch { header, items })
+            }
+            TxKind::Election => {
+                let items = read_items(r, &header)?;
+                Self::Election(ElectionBatch { header, items })
+            }
+            // Read above, without a batch header.
+            TxKind::Ballot => {
+                return Err(DecodeError::UnknownTag {
+                    field: "transaction kind",
+                    tag: TxKind::Ballot.tag(),
+                })
             }
         })
     }

@@ -360,21 +360,27 @@ pub fn block_json(block: &FinalizedBlock, audited_by: Option<&str>) -> Value {
         .transactions
         .iter()
         .map(|tx| {
-            let h = tx.header();
-            let with_events = audited_by == Some(h.institution.as_str());
             let mut out = json!({
                 "kind": match tx {
                     Transaction::Anchor(_) => "anchor",
                     Transaction::Access(_) => "access",
+                    Transaction::Election(_) => "election",
+                    Transaction::Ballot(_) => "ballot",
                     _ => "evidence",
                 },
                 "hash": tx.hash().to_hex(),
-                "batch": hex(&h.id.0),
-                "institution": h.institution,
-                "signer": h.signer.to_string(),
-                "count": h.count,
-                "root": h.root.to_hex(),
             });
+            let with_events = match tx.header() {
+                Some(h) => {
+                    out["batch"] = json!(hex(&h.id.0));
+                    out["institution"] = json!(h.institution);
+                    out["signer"] = json!(h.signer.to_string());
+                    out["count"] = json!(h.count);
+                    out["root"] = json!(h.root.to_hex());
+                    audited_by == Some(h.institution.as_str())
+                }
+                None => false,
+            };
             match tx {
                 Transaction::Anchor(batch) => {
                     out["entries"] = batch
@@ -429,6 +435,27 @@ pub fn block_json(block: &FinalizedBlock, audited_by: Option<&str>) -> Value {
                             })
                         })
                         .collect();
+                }
+                Transaction::Election(batch) => {
+                    out["beacon"] = batch
+                        .items
+                        .iter()
+                        .map(|item| match item {
+                            fhirseal_consensus::ElectionItem::Commit { epoch, commitment } => {
+                                json!({"epoch": epoch, "commitment": hex(commitment)})
+                            }
+                            fhirseal_consensus::ElectionItem::Reveal { epoch, reveal } => {
+                                json!({"epoch": epoch, "output": hex(&reveal.output)})
+                            }
+                        })
+                        .collect();
+                }
+                // A ballot names its candidate and epoch; nothing in it names the voter.
+                Transaction::Ballot(ballot) => {
+                    out["epoch"] = json!(ballot.epoch);
+                    out["candidate"] = json!(ballot.candidate);
+                    out["keyImage"] = json!(hex(&ballot.signature.key_image));
+                    out["ring"] = json!(ballot.signature.responses.len());
                 }
                 _ => {}
             }

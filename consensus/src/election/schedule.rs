@@ -351,6 +351,25 @@ impl ElectionState {
         Ok((block.height == last).then(|| self.close()))
     }
 
+    /// Opens the epoch of `height` with `seats` when `height` is its first block, as applying
+    /// that block would (what checking transactions one by one for a coming block starts from).
+    pub fn begin(&mut self, height: u64, seats: Option<Vec<Seat>>) -> Result<(), ElectionError> {
+        let e = self.config.epoch_blocks;
+        let epoch = epoch_of(height, e);
+        if height == bounds(epoch, e).0 {
+            let seats = seats.ok_or(ElectionError::NoSeats(epoch))?;
+            self.open(epoch, seats);
+        }
+        Ok(())
+    }
+
+    /// Applies one election transaction as if carried by the block at `height` (after
+    /// [`ElectionState::begin`]); nothing changes when it is refused.
+    pub fn act_at(&mut self, height: u64, action: &Action) -> Result<(), ElectionError> {
+        let e = self.config.epoch_blocks;
+        self.act(epoch_of(height, e), phase(height, e), action)
+    }
+
     /// Opens `epoch` with its seats: standings follow governance's stake, less what was slashed.
     fn open(&mut self, epoch: u64, mut seats: Vec<Seat>) {
         seats.sort_by(|a, b| a.member.cmp(&b.member));

@@ -8,6 +8,7 @@ use ed25519_dalek::SigningKey;
 use fhirseal_storage::chain_store::{EntryLocation, TxLocation};
 
 use crate::chain::ChainReader;
+use crate::election::schedule::Seat;
 use crate::error::Result;
 use crate::keys::{PublicKey, Roster};
 use crate::tx::Transaction;
@@ -43,6 +44,14 @@ pub trait LedgerContext {
 
     /// The delegates of `epoch` in schedule order, as (member, key), if known.
     fn delegates(&self, epoch: u64) -> Option<Vec<(String, PublicKey)>>;
+
+    /// The seats of governance epoch `epoch` — every active member with its stake, vote and
+    /// beacon keys — each with the signing key it votes with, in member order, if known: what a
+    /// ledger epoch of the election snapshots at its first block. `None` without an election.
+    fn seats(&self, epoch: u64) -> Option<Vec<(Seat, PublicKey)>> {
+        let _ = epoch;
+        None
+    }
 
     /// The newest epoch the governance state has begun: what a proposer names as its block's
     /// next epoch.

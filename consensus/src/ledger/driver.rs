@@ -11,11 +11,13 @@ use crate::bft::{
 use crate::block::{Block, BlockHeader, FinalizedBlock};
 use crate::error::{Error, Result};
 use crate::hash::Hash256;
+use crate::keys::Roster;
 use crate::keys::{DelegateSet, PublicKey};
 use crate::ledger::context::{LedgerContext, RosterUse, Submitted};
+use crate::ledger::election::{ElectionTracker, TrackError};
 use crate::ledger::wal::{Log, LogRecord};
 use crate::producer::{BlockLimits, BlockProducer, Mempool};
-use crate::tx::{Timestamp, Transaction};
+use crate::tx::{ElectionItem, Timestamp, Transaction};
 use crate::validate::{validate_block, validate_finalized_block, validate_transaction};
 
 /// Each submitted transaction's answer.
@@ -40,6 +42,9 @@ pub struct DriverConfig {
     /// A delegate whose height has not been final for this long asks a peer too (it may have
     /// missed the decision).
     pub stall_interval: Millis,
+    /// With an election, a delegate starts a height after this long without a block even when
+    /// nothing waits, so that ledger epochs advance on an idle consortium.
+    pub idle_block_interval: Millis,
 }
 
 impl DriverConfig {
@@ -50,6 +55,7 @@ impl DriverConfig {
             limits: BlockLimits::default(),
             poll_interval: 1_000,
             stall_interval: 2_000,
+            idle_block_interval: 1_000,
         }
     }
 }
@@ -169,6 +175,10 @@ pub enum DriverError {
     /// Reading the chain or the governance state failed.
     #[error(transparent)]
     Ledger(#[from] Error),
+    /// A block this node stored, or was about to store, does not fold into the election: the
+    /// runtime starts again from the chain.
+    #[error("election: {0}")]
+    Election(#[from] TrackError),
 }
 
 /// What part the node plays at the current height.
@@ -247,6 +257,8 @@ pub struct Driver<E, F> {
     round: Option<u32>,
     last_progress: Millis,
     last_poll: Option<Millis>,
+    /// The election folded over the chain up to the tip, when the chain has one.
+    election: Option<ElectionTracker>,
 }
 
 struct Running<E> {
@@ -301,7 +313,43 @@ where
             round: None,
             last_progress: 0,
             last_poll: None,
+            election: None,
         }
+    }
+
+    /// The driver of a chain with an election, folded up to the tip by `tracker` (the runtime
+    /// replays the stored chain into it before starting).
+    pub fn with_election(mut self, tracker: ElectionTracker) -> Self {
+        self.election = Some(tracker);
+        self
+    }
+
+    /// The election, when the chain has one.
+    pub fn election(&self) -> Option<&ElectionTracker> {
+        self.election.as_ref()
+    }
+
+    /// The delegates of the current height, with their keys, in proposer order.
+    pub fn delegates(&self, ctx: &impl LedgerContext) -> Option<Vec<(String, PublicKey)>> {
+        match &self.election {
+            None => ctx.delegates(self.epoch()),
+            Some(tracker) => tracker.delegates(self.height(), self.epoch(), ctx),
+        }
+    }
+
+    /// The roster of the current height for `purpose`: its governance epoch's institutions
+    /// with the height's delegates.
+    fn roster(
+        &self,
+        purpose: RosterUse,
+        ctx: &impl LedgerContext,
+    ) -> Option<std::sync::Arc<Roster>> {
+        let base = ctx.roster(self.epoch(), purpose)?;
+        if self.election.is_none() {
+            return Some(base);
+        }
+        let set = delegate_set(&self.delegates(ctx)?).ok()?;
+        Some(std::sync::Arc::new(base.with_delegates(set)))
     }
 
     /// The height being decided: the stored tip's + 1.
@@ -326,7 +374,7 @@ where
 
     /// Where the driver stands.
     pub fn status(&self, ctx: &impl LedgerContext) -> DriverStatus {
-        let delegates = ctx.delegates(self.epoch());
+        let delegates = self.delegates(ctx);
         let role = match &delegates {
             None => Role::Waiting,
             Some(_) if self.running => Role::Running,
@@ -366,7 +414,7 @@ where
         if height != self.height() || records.is_empty() {
             return Ok(work.effects);
         }
-        let Some(delegates) = ctx.delegates(self.epoch()) else {
+        let Some(delegates) = self.delegates(ctx) else {
             return Ok(work.effects);
         };
         let Some((key, signing)) = self.my_key(&delegates, ctx) else {
@@ -437,6 +485,25 @@ where
             .ok_or(Error::UnknownEpoch(epoch))?;
         validate_transaction(&tx, &roster)?;
         ctx.check_evidence(self.height(), std::slice::from_ref(&tx))?;
+        if let Some(named) = election_epoch(&tx) {
+            let Some(tracker) = &self.election else {
+                return Err(Error::InvalidBatch("this chain holds no election"));
+            };
+            let height = self.height();
+            let epoch = tracker.ledger_epoch(height);
+            if named < epoch || named > epoch + 1 {
+                return Err(Error::InvalidBatch(
+                    "an election transaction for a past or distant epoch",
+                ));
+            }
+            if named == epoch
+                && tracker.admit(height, self.epoch(), std::slice::from_ref(&tx), ctx) != [true]
+            {
+                return Err(Error::InvalidBatch(
+                    "the election refuses it (phase, seat, commitment or ring signature)",
+                ));
+            }
+        }
         if let Transaction::Anchor(batch) = &tx {
             for entry in &batch.entries {
                 let key = entry.key();
@@ -523,13 +590,18 @@ where
             return;
         }
         // Only a delegate sends consensus messages, and a vote or proposal only under its own
-        // key. The delegates of a later height are not known yet: the newest epoch's stand in.
-        let epoch = if height == here {
-            Some(self.epoch())
+        // key. The delegates of a later height are not known yet: the newest epoch's stand in
+        // (with an election, those of the later height's ledger epoch when already elected).
+        let delegates = if height == here {
+            self.delegates(ctx)
         } else {
-            ctx.latest_epoch()
+            let epoch = ctx.latest_epoch();
+            match &self.election {
+                Some(tracker) => epoch.and_then(|e| tracker.delegates(height, e, ctx)),
+                None => epoch.and_then(|e| ctx.delegates(e)),
+            }
         };
-        let Some(delegates) = epoch.and_then(|e| ctx.delegates(e)) else {
+        let Some(delegates) = delegates else {
             return;
         };
         let sender_delegates = delegates.iter().any(|(m, _)| *m == from);
@@ -590,7 +662,7 @@ where
         wall: Timestamp,
         ctx: &impl LedgerContext,
     ) -> std::result::Result<(), DriverError> {
-        let Some(delegates) = ctx.delegates(self.epoch()) else {
+        let Some(delegates) = self.delegates(ctx) else {
             return Ok(());
         };
         // Bodies come from the height's delegates (the proposer, or one restreaming it).
@@ -628,9 +700,15 @@ where
         wall: Timestamp,
         ctx: &impl LedgerContext,
     ) -> std::result::Result<bool, DriverError> {
-        let Some(roster) = ctx.roster(self.epoch(), RosterUse::Propose) else {
+        let Some(roster) = self.roster(RosterUse::Propose, ctx) else {
             return Ok(false);
         };
+        if let Some(tracker) = &self.election {
+            let delegates = self.delegates(ctx).unwrap_or_default();
+            if tracker.check(block, &delegates, ctx).is_err() {
+                return Ok(false);
+            }
+        }
         if validate_block(self.tip.as_ref(), block, &roster).is_err()
             || ctx.delegates(block.header.next_epoch).is_none()
             || block.header.time.0 > wall.0.saturating_add(MAX_CLOCK_DRIFT_MS)
@@ -677,7 +755,9 @@ where
                 self.ask(work, from.clone(), now);
                 break;
             }
-            let Some(roster) = ctx.roster(self.epoch(), RosterUse::Verify) else {
+            let (Some(roster), Some(delegates)) =
+                (self.roster(RosterUse::Verify, ctx), self.delegates(ctx))
+            else {
                 break;
             };
             let checked =
@@ -689,6 +769,14 @@ where
                 // Not this chain's next block (a forger, or a sender on another chain).
                 Err(_) => break,
             }
+            if let Some(tracker) = &self.election {
+                // Certified by a quorum of its delegates, yet refused by the election: the
+                // chain's delegates broke its rules; it is not taken here.
+                if tracker.check(&block.block, &delegates, ctx).is_err() {
+                    break;
+                }
+            }
+            self.fold(&block, &delegates, ctx)?;
             work.effects.push(Effect::Append(block.clone()));
             self.advance(&block.block, now);
             appended = true;
@@ -734,14 +822,17 @@ where
         }
         let height = self.height();
         let epoch = self.epoch();
+        let idle = self.election.is_some()
+            && now.saturating_sub(self.last_progress) >= self.config.idle_block_interval;
         let due = !self.mempool.is_empty()
             || !self.early.is_empty()
             || self.later.iter().any(|(_, b, _)| b.header.height == height)
-            || self.next_epoch(ctx) > epoch;
+            || self.next_epoch(ctx) > epoch
+            || idle;
         if !due {
             return Ok(());
         }
-        let Some(delegates) = ctx.delegates(epoch) else {
+        let Some(delegates) = self.delegates(ctx) else {
             return Ok(());
         };
         let Some((key, signing)) = self.my_key(&delegates, ctx) else {
@@ -779,6 +870,20 @@ where
         }
         for message in std::mem::take(&mut self.early) {
             work.inputs.push_back(message.into_input());
+        }
+        Ok(())
+    }
+
+    /// Folds the finalized block at the current height, certified by `delegates`, into the
+    /// election.
+    fn fold(
+        &mut self,
+        block: &FinalizedBlock,
+        delegates: &[(String, PublicKey)],
+        ctx: &impl LedgerContext,
+    ) -> std::result::Result<(), DriverError> {
+        if let Some(tracker) = self.election.as_mut() {
+            tracker.apply(block, delegates, ctx)?;
         }
         Ok(())
     }
@@ -937,15 +1042,12 @@ where
                         block: body,
                         certificate,
                     };
-                    let delegates = ctx
-                        .delegates(self.epoch())
-                        .unwrap_or_default()
-                        .into_iter()
-                        .map(|(m, _)| m)
-                        .collect();
+                    let delegates = self.delegates(ctx).unwrap_or_default();
+                    let names = delegates.iter().map(|(m, _)| m.clone()).collect();
+                    self.fold(&finalized, &delegates, ctx)?;
                     work.effects.push(Effect::Append(finalized.clone()));
                     work.effects.push(Effect::Send {
-                        to: Recipients::AllExcept(delegates),
+                        to: Recipients::AllExcept(names),
                         message: Outbound::Block(finalized.clone()),
                     });
                     if !evidence.is_empty() {
@@ -995,6 +1097,7 @@ where
                 taken.push(tx);
             }
         }
+        let taken = self.admit_election(height, taken, ctx);
         let next_epoch = self.next_epoch(ctx);
         let block = producer.propose(self.tip.as_ref(), taken.clone(), next_epoch, wall);
         let hash = block.header.hash();
@@ -1011,6 +1114,32 @@ where
         Ok(())
     }
 
+    /// Of `taken`, what the election accepts at `height`, in order; election transactions for a
+    /// later ledger epoch wait in the pool again, the others it refuses are dropped.
+    fn admit_election(
+        &mut self,
+        height: u64,
+        taken: Vec<Transaction>,
+        ctx: &impl LedgerContext,
+    ) -> Vec<Transaction> {
+        let Some(tracker) = &self.election else {
+            return taken;
+        };
+        let epoch = tracker.ledger_epoch(height);
+        let admitted = tracker.admit(height, self.epoch(), &taken, ctx);
+        let mut keep = Vec::with_capacity(taken.len());
+        let mut later = Vec::new();
+        for (tx, ok) in taken.into_iter().zip(admitted) {
+            if ok {
+                keep.push(tx);
+            } else if election_epoch(&tx).is_some_and(|e| e > epoch) {
+                later.push(tx);
+            }
+        }
+        self.mempool.restore(later);
+        keep
+    }
+
     /// The epoch a block proposed now names next: the newest one the governance state has begun
     /// (and whose delegates it knows), never earlier than the current height's.
     fn next_epoch(&self, ctx: &impl LedgerContext) -> u64 {
@@ -1022,8 +1151,8 @@ where
     }
 
     fn to_delegates(&self, message: Outbound, ctx: &impl LedgerContext) -> Effect {
-        let members = ctx
-            .delegates(self.epoch())
+        let members = self
+            .delegates(ctx)
             .unwrap_or_default()
             .into_iter()
             .map(|(m, _)| m)
@@ -1042,6 +1171,15 @@ impl Work {
             effects: Vec::new(),
             inputs: VecDeque::new(),
         }
+    }
+}
+
+/// The ledger epoch an election transaction names (the first item's, for a batch).
+fn election_epoch(tx: &Transaction) -> Option<u64> {
+    match tx {
+        Transaction::Election(batch) => batch.items.first().map(ElectionItem::epoch),
+        Transaction::Ballot(ballot) => Some(ballot.epoch),
+        _ => None,
     }
 }
 

@@ -13,10 +13,13 @@
 //!   [`FixedContext`], the one of a single unchanging epoch; [`RosterUse`], which keys a roster
 //!   names; [`Submitted`], what submitting a transaction did.
 //! - `driver.rs`: the [`Driver`], its configuration, inputs, effects, errors and status.
+//! - `election.rs`: the [`ElectionTracker`], the election folded over the chain beside the
+//!   driver, who the delegates of each height are, and [`ElectedRosters`] for verification.
 //! - [`wal`]: the write-ahead log's records and their framing, as pure encode and decode.
 
 mod context;
 mod driver;
+mod election;
 pub mod wal;
 
 pub use context::{FixedContext, LedgerContext, RosterUse, Submitted};
@@ -24,3 +27,4 @@ pub use driver::{
     Answers, Driver, DriverConfig, DriverError, DriverStatus, Effect, Input, Outbound, Recipients,
     Role,
 };
+pub use election::{ElectedRosters, ElectionTracker, History, TrackError};
