@@ -309,6 +309,11 @@ impl ElectionState {
         )
     }
 
+    /// Whether a ballot with `key_image` was counted in the epoch in progress.
+    pub fn counted(&self, key_image: &[u8; 32]) -> bool {
+        self.progress.key_images.contains(key_image)
+    }
+
     /// Checks that `block` could be the next block, without applying it.
     pub fn check(&self, block: &BlockFacts) -> Result<(), ElectionError> {
         self.clone().apply(block).map(|_| ())

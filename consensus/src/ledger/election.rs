@@ -16,17 +16,49 @@ use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
+use ed25519_dalek::SigningKey;
+use sha2::{Digest as _, Sha256};
+
 use crate::block::{Block, FinalizedBlock};
-use crate::election::schedule::{self, Action, BlockFacts, Closed, ElectionError, ElectionState};
+use crate::chain::ChainReader;
+use crate::election::beacon::{BeaconInput, BeaconKey};
+use crate::election::lsag::{self, Scope, VoteSecret};
+use crate::election::schedule::{
+    self, Action, BlockFacts, Closed, ElectionError, ElectionState, Phase,
+};
 use crate::keys::{DelegateSet, PublicKey, Roster, Rosters};
 use crate::ledger::context::LedgerContext;
-use crate::tx::{ElectionItem, Transaction};
+use crate::tx::{Ballot, BatchId, ElectionBatch, ElectionItem, Transaction};
+
+impl std::fmt::Debug for ElectionKeys<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ElectionKeys")
+            .field("member", &self.member)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Domain of the batch ids of a member's election batches.
+const ELECTION_BATCH_DOMAIN: &[u8] = b"fhirseal/election-batch/v1";
+
+/// What a member takes part in the election with.
+pub struct ElectionKeys<'a> {
+    /// The member.
+    pub member: &'a str,
+    /// Signs its commit and reveal batches.
+    pub signing: &'a SigningKey,
+    /// Signs its ballots, anonymously among the epoch's voters.
+    pub vote: &'a VoteSecret,
+    /// Makes its beacon contributions.
+    pub beacon: &'a BeaconKey,
+}
 
 /// The delegates that certified each (ledger epoch, governance epoch) pair, in proposer order.
 pub type History = BTreeMap<(u64, u64), Vec<(String, PublicKey)>>;
 
 /// Why a block's election transactions are refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum TrackError {
     /// The election's rules refuse it.
     #[error(transparent)]
@@ -40,6 +72,12 @@ pub enum TrackError {
     /// Genesis carries no election transaction.
     #[error("genesis carries no election transaction")]
     InGenesis,
+    /// Replaying the stored chain: the delegates of a stored height are not known here.
+    #[error("the delegates of stored height {0} are not known here")]
+    UnknownDelegates(u64),
+    /// Replaying the stored chain: reading it failed.
+    #[error("reading the chain: {0}")]
+    Chain(String),
 }
 
 /// The election as the chain has made it, beside the driver.
@@ -57,6 +95,42 @@ impl ElectionTracker {
             state: ElectionState::genesis(config, founders)?,
             history: Arc::new(History::new()),
         })
+    }
+
+    /// Folds the stored chain `reader` reads, from the block after the last one applied (from
+    /// genesis for a new tracker) to the tip: what the runtime does before it starts the driver.
+    /// Returns how many blocks it folded.
+    pub fn replay(
+        &mut self,
+        reader: &ChainReader,
+        ctx: &impl LedgerContext,
+    ) -> Result<u64, TrackError> {
+        let mut next = if self.history.is_empty() {
+            0
+        } else {
+            self.state.height() + 1
+        };
+        let mut folded = 0;
+        loop {
+            let blocks = reader
+                .blocks_from(next, 256)
+                .map_err(|e| TrackError::Chain(e.to_string()))?;
+            if blocks.is_empty() {
+                return Ok(folded);
+            }
+            for block in blocks {
+                let header = block.header();
+                if header.height != next {
+                    return Err(TrackError::Chain(format!("height {next} is missing")));
+                }
+                let delegates = self
+                    .delegates(next, header.epoch, ctx)
+                    .ok_or(TrackError::UnknownDelegates(next))?;
+                self.apply(&block, &delegates, ctx)?;
+                next += 1;
+                folded += 1;
+            }
+        }
     }
 
     /// The election's state after the last block applied.
@@ -308,6 +382,97 @@ impl ElectionTracker {
         let facts = self.facts(&block.block, &signers, delegates, ctx)?;
         Ok(self.state.apply(&facts)?)
     }
+}
+
+impl ElectionTracker {
+    /// What `keys`' member should submit now for the coming height (the tip's + 1), by the
+    /// election's state at the tip: its commitment in the commit phase, its reveal in the reveal
+    /// phase (once committed), and one ballot per ledger epoch for `vote_for` once the epoch's
+    /// voters are known. Idempotent: a commit or reveal batch's id is derived from the member,
+    /// the epoch and the phase, and a ballot's key is its key image, so asking again while the
+    /// last answer waits yields the same transaction keys (the pool answers "already pending").
+    pub fn duties(&self, keys: &ElectionKeys<'_>, vote_for: Option<&str>) -> Vec<Transaction> {
+        let mut out = Vec::new();
+        let next = self.state.height() + 1;
+        let e = self.epoch_blocks();
+        let epoch = schedule::epoch_of(next, e);
+        let (first, _) = schedule::bounds(epoch, e);
+        let opened = next > first;
+        let seated = !opened || self.state.seats().iter().any(|s| s.member == keys.member);
+        if !seated {
+            return out;
+        }
+        let (committed, revealed) = if opened {
+            self.state.contributed(keys.member)
+        } else {
+            (false, false)
+        };
+        let chain = self.state.config().chain.clone();
+        if let Some(previous_seed) = self.state.previous_seed(epoch) {
+            let input = BeaconInput {
+                chain: &chain,
+                epoch,
+                previous_seed,
+            };
+            let item = match schedule::phase(next, e) {
+                Phase::Commit if !committed => {
+                    let reveal = keys.beacon.contribute(&input);
+                    Some(ElectionItem::Commit {
+                        epoch,
+                        commitment: reveal.commitment(keys.member, &input),
+                    })
+                }
+                Phase::Reveal if committed && !revealed => Some(ElectionItem::Reveal {
+                    epoch,
+                    reveal: keys.beacon.contribute(&input),
+                }),
+                _ => None,
+            };
+            if let Some(item) = item {
+                let id = election_batch_id(keys.member, &item);
+                if let Ok(batch) = ElectionBatch::sign(id, keys.member, vec![item], keys.signing) {
+                    out.push(Transaction::Election(batch));
+                }
+            }
+        }
+        if let (true, Some(candidate)) = (opened, vote_for) {
+            let scope = Scope {
+                chain: &chain,
+                epoch,
+            };
+            let voted = self.state.counted(&keys.vote.key_image(&scope));
+            let standing = self.state.seats().iter().any(|s| s.member == candidate);
+            if !voted && standing {
+                let ring = schedule::ring(self.state.seats());
+                let message = schedule::ballot_message(candidate, epoch);
+                if let Ok(signature) = lsag::sign(&scope, &ring, keys.vote, &message) {
+                    out.push(Transaction::Ballot(Ballot {
+                        epoch,
+                        candidate: candidate.to_owned(),
+                        signature,
+                    }));
+                }
+            }
+        }
+        out
+    }
+}
+
+/// The batch id of a member's election item: the same for the same member, epoch and phase.
+fn election_batch_id(member: &str, item: &ElectionItem) -> BatchId {
+    let mut h = Sha256::new();
+    h.update(ELECTION_BATCH_DOMAIN);
+    h.update((member.len() as u64).to_be_bytes());
+    h.update(member.as_bytes());
+    h.update(item.epoch().to_be_bytes());
+    h.update([match item {
+        ElectionItem::Commit { .. } => 1,
+        ElectionItem::Reveal { .. } => 2,
+    }]);
+    let digest = h.finalize();
+    let mut id = [0; 16];
+    id.copy_from_slice(&digest[..16]);
+    BatchId(id)
 }
 
 fn is_election(tx: &Transaction) -> bool {

@@ -27,4 +27,4 @@ pub use driver::{
     Answers, Driver, DriverConfig, DriverError, DriverStatus, Effect, Input, Outbound, Recipients,
     Role,
 };
-pub use election::{ElectedRosters, ElectionTracker, History, TrackError};
+pub use election::{ElectedRosters, ElectionKeys, ElectionTracker, History, TrackError};
