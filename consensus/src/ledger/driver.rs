@@ -259,6 +259,9 @@ pub struct Driver<E, F> {
     last_poll: Option<Millis>,
     /// The election folded over the chain up to the tip, when the chain has one.
     election: Option<ElectionTracker>,
+    /// Election transactions for a later ledger epoch: they join the pool when it begins (in
+    /// the pool they would make every height due at once).
+    deferred: Vec<Transaction>,
 }
 
 struct Running<E> {
@@ -314,6 +317,7 @@ where
             last_progress: 0,
             last_poll: None,
             election: None,
+            deferred: Vec::new(),
         }
     }
 
@@ -495,6 +499,13 @@ where
                 return Err(Error::InvalidBatch(
                     "an election transaction for a past or distant epoch",
                 ));
+            }
+            if named > epoch {
+                if self.deferred.iter().any(|d| d.key() == key) {
+                    return Ok(Submitted::AlreadyPending);
+                }
+                self.deferred.push(tx);
+                return Ok(Submitted::Queued);
             }
             if named == epoch
                 && tracker.admit(height, self.epoch(), std::slice::from_ref(&tx), ctx) != [true]
@@ -917,6 +928,19 @@ where
                 }
         });
         self.tip = Some(block.header.clone());
+        if let Some(tracker) = &self.election {
+            let epoch = tracker.ledger_epoch(block.header.height + 1);
+            let (due, wait): (Vec<_>, Vec<_>) = std::mem::take(&mut self.deferred)
+                .into_iter()
+                .filter(|tx| !committed.contains(&tx.key()))
+                .partition(|tx| election_epoch(tx).is_some_and(|e| e <= epoch));
+            self.deferred = wait;
+            self.mempool.restore(
+                due.into_iter()
+                    .filter(|tx| election_epoch(tx) == Some(epoch))
+                    .collect(),
+            );
+        }
         self.bodies.clear();
         self.judged.clear();
         self.early.clear();
@@ -1136,7 +1160,7 @@ where
                 later.push(tx);
             }
         }
-        self.mempool.restore(later);
+        self.deferred.extend(later);
         keep
     }
 

@@ -373,12 +373,11 @@ impl ElectionTracker {
         if header.height == 0 {
             return Ok(None);
         }
-        let signers: Vec<PublicKey> = block
-            .certificate
-            .signatures()
-            .iter()
-            .map(|s| s.delegate)
-            .collect();
+        // Every delegate of the height counts as a signer: the certificate a node stores is the
+        // quorum of precommits it saw, which differs from member to member, so counting its
+        // signatures would make the standing (and the next elections) differ too. Absence by
+        // signature needs the next block to carry the previous one's commit, agreed by all.
+        let signers: Vec<PublicKey> = delegates.iter().map(|(_, k)| *k).collect();
         let facts = self.facts(&block.block, &signers, delegates, ctx)?;
         Ok(self.state.apply(&facts)?)
     }

@@ -8,3 +8,4 @@ mod t10_encoding;
 mod t20_validation;
 mod t30_chain;
 mod t40_proofs;
+mod t50_election;
