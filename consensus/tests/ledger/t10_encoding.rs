@@ -7,6 +7,8 @@ use fhirseal_consensus::{
 };
 use sha2::{Digest, Sha256};
 
+use fhirseal_consensus::validate_transaction;
+
 use crate::support::*;
 
 #[test]
@@ -176,4 +178,91 @@ fn over_long_names_are_refused_when_signing() {
         &institution_key()
     )
     .is_err());
+}
+
+/// A ballot and a member's election batch, as the election puts them on the chain.
+fn election_transactions() -> (Transaction, Transaction) {
+    use fhirseal_consensus::election::beacon::Reveal;
+    use fhirseal_consensus::election::lsag::{self, Scope, VoteSecret};
+    let voters: Vec<VoteSecret> = (1..=3u8)
+        .map(|i| {
+            let mut b = [0u8; 32];
+            b[0] = i;
+            VoteSecret::from_bytes(b).unwrap()
+        })
+        .collect();
+    let ring: Vec<[u8; 32]> = voters.iter().map(VoteSecret::public).collect();
+    let scope = Scope {
+        chain: b"test",
+        epoch: 4,
+    };
+    let signature = lsag::sign(&scope, &ring, &voters[1], b"ballot").unwrap();
+    let ballot = Transaction::Ballot(fhirseal_consensus::Ballot {
+        epoch: 4,
+        candidate: "hospital-b".into(),
+        signature,
+    });
+    let items = vec![
+        fhirseal_consensus::ElectionItem::Commit {
+            epoch: 4,
+            commitment: [7; 32],
+        },
+        fhirseal_consensus::ElectionItem::Reveal {
+            epoch: 4,
+            reveal: Reveal {
+                output: [8; 32],
+                proof: [9; 64],
+            },
+        },
+    ];
+    let batch = Transaction::Election(
+        fhirseal_consensus::ElectionBatch::sign(
+            batch_id(9),
+            INSTITUTION,
+            items,
+            &institution_key(),
+        )
+        .unwrap(),
+    );
+    (ballot, batch)
+}
+
+#[test]
+fn ballots_and_election_batches_round_trip_and_refuse_every_truncation() {
+    let (ballot, batch) = election_transactions();
+    for tx in [&ballot, &batch] {
+        let bytes = tx.to_bytes();
+        assert_eq!(&Transaction::from_bytes(&bytes).unwrap(), tx);
+        assert_eq!(Transaction::from_bytes(&bytes).unwrap().to_bytes(), bytes);
+        for len in 0..bytes.len() {
+            assert!(
+                Transaction::from_bytes(&bytes[..len]).is_err(),
+                "{len} bytes"
+            );
+        }
+        tx.verify().unwrap();
+    }
+    validate_transaction(&batch, &roster()).unwrap();
+    // A ballot names no institution and is keyed by its key image: a second ballot of the same
+    // voter in the same epoch has the same key, whatever it votes for.
+    let Transaction::Ballot(b) = &ballot else {
+        unreachable!()
+    };
+    assert!(ballot.header().is_none());
+    assert!(ballot.id().institution.is_empty());
+    assert_eq!(ballot.id().batch.0, b.signature.key_image[..16]);
+    assert_ne!(ballot.hash(), batch.hash());
+}
+
+#[test]
+fn a_ballot_with_a_forged_ring_size_is_refused_before_allocating() {
+    let (ballot, _) = election_transactions();
+    let mut bytes = ballot.to_bytes();
+    // version, kind, epoch (8), candidate (4 + 10), challenge, key image: then the count.
+    let at = 1 + 1 + 8 + 4 + "hospital-b".len() + 32 + 32;
+    bytes[at..at + 4].copy_from_slice(&u32::MAX.to_be_bytes());
+    assert!(matches!(
+        Transaction::from_bytes(&bytes),
+        Err(DecodeError::TooLong { .. })
+    ));
 }
