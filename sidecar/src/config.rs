@@ -392,6 +392,12 @@ pub struct LedgerConfig {
     /// founds a consortium (the embedded default's first start, `consortium init`), which
     /// records it in the genesis; every member then takes it from the governance state.
     pub delegates: u32,
+    /// With an election: the member this node's anonymous ballots vote for (itself when not
+    /// set). A ballot for a member not seated in the epoch is not cast.
+    pub vote_for: Option<String>,
+    /// With an election: a delegate makes a block after this many milliseconds without one,
+    /// even with nothing to anchor, so that ledger epochs (and elections) advance.
+    pub idle_block_ms: u64,
 }
 
 impl Default for LedgerConfig {
@@ -402,6 +408,8 @@ impl Default for LedgerConfig {
             anchor: AnchorMode::Async,
             sync_timeout_ms: 10_000,
             delegates: 4,
+            vote_for: None,
+            idle_block_ms: 1_000,
         }
     }
 }

@@ -66,6 +66,9 @@ impl Participation {
             epochs: Arc::new(BTreeMap::new()),
             members: Arc::new(BTreeMap::new()),
             signer: None,
+            election: None,
+            seats: Arc::new(BTreeMap::new()),
+            voter: None,
         };
         let (link_key, link_rx) = watch::channel(None);
         let (standing, standing_rx) = watch::channel(Standing::Joining);
@@ -178,6 +181,9 @@ impl Participation {
                     epochs: Arc::new(epochs),
                     members: Arc::new(members),
                     signer,
+                    election: held.election.clone(),
+                    seats: held.seats.clone(),
+                    voter: held.voter.clone(),
                 };
             }
             changed

@@ -5,7 +5,8 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use fhirseal_consensus::ledger::{LedgerContext, RosterUse};
+use fhirseal_consensus::election::schedule::Seat;
+use fhirseal_consensus::ledger::{ElectedRosters, History, LedgerContext, RosterUse};
 use fhirseal_consensus::{
     ChainReader, EntryLocation, EpochRosters, PublicKey, Roster, Rosters, SigningKey, Transaction,
     TxLocation,
@@ -24,6 +25,9 @@ pub(crate) struct NodeContext {
     /// Every signing key the member held while this process ran: a delegate that rotated its
     /// key still votes with the one its epoch recorded, until an epoch names the new one.
     keys: BTreeMap<PublicKey, SigningKey>,
+    /// With an election, the delegates that certified each (ledger epoch, governance epoch),
+    /// as the driver's tracker recorded them.
+    history: Arc<History>,
 }
 
 impl NodeContext {
@@ -32,6 +36,7 @@ impl NodeContext {
             proposing: EpochRosters::default(),
             verifying: EpochRosters::default(),
             keys: BTreeMap::new(),
+            history: Arc::new(History::new()),
             view: view.clone(),
             reader,
         };
@@ -64,9 +69,23 @@ impl NodeContext {
         &self.view
     }
 
-    /// The rosters the chain's blocks are verified against.
-    pub(crate) fn verifying(&self) -> &EpochRosters {
-        &self.verifying
+    /// Takes the election's record of who certified what (cheap: shared until it changes).
+    pub(crate) fn set_history(&mut self, history: Arc<History>) {
+        self.history = history;
+    }
+
+    /// The rosters the chain's blocks are verified against: each governance epoch's, with the
+    /// delegates an election chose where it did.
+    pub(crate) fn verifying(&self) -> ElectedRosters<'_, EpochRosters> {
+        ElectedRosters {
+            base: &self.verifying,
+            history: &self.history,
+            epoch_blocks: self
+                .view
+                .election
+                .as_ref()
+                .map_or(u64::MAX, |e| e.config.epoch_blocks),
+        }
     }
 }
 
@@ -101,7 +120,11 @@ impl LedgerContext for NodeContext {
         transactions: &[Transaction],
     ) -> fhirseal_consensus::Result<()> {
         self.reader
-            .check_evidence(height, transactions, &self.verifying)
+            .check_evidence(height, transactions, &self.verifying())
+    }
+
+    fn seats(&self, epoch: u64) -> Option<Vec<(Seat, PublicKey)>> {
+        self.view.seats.get(&epoch).cloned()
     }
 
     fn signing_key(&self, public: &PublicKey) -> Option<SigningKey> {

@@ -21,6 +21,10 @@ pub enum LedgerError {
     /// The ledger's driver failed (it starts again from the chain and the log).
     #[error("ledger driver: {0}")]
     Driver(String),
+    /// The election could not be folded over the stored chain (the governance state may not
+    /// know a stored block's epoch yet): the driver starts again.
+    #[error("election: {0}")]
+    Election(String),
     /// The ledger's task has stopped (the node is shutting down).
     #[error("the ledger is not running")]
     Stopped,
@@ -46,7 +50,8 @@ impl LedgerError {
             LedgerError::Wal { .. }
             | LedgerError::NotFinal(_)
             | LedgerError::Stopped
-            | LedgerError::Driver(_) => true,
+            | LedgerError::Driver(_)
+            | LedgerError::Election(_) => true,
             LedgerError::Poisoned(_) | LedgerError::NotTakingPart(_) => false,
         }
     }

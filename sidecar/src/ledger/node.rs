@@ -98,8 +98,10 @@ impl NodeLedger {
             max_batch: config.ledger.max_batch,
             finality_wait: Duration::from_secs(5),
         };
+        let mut driver_config = DriverConfig::new(EngineConfig::new(chain_id));
+        driver_config.idle_block_interval = config.ledger.idle_block_ms.max(50);
         let runtime = Runtime::new(Parts {
-            config: DriverConfig::new(EngineConfig::new(chain_id)),
+            config: driver_config,
             member: institution.clone(),
             chain,
             view: view.clone(),
@@ -110,6 +112,7 @@ impl NodeLedger {
             blocks: blocks_tx,
             status: status_tx,
             clock: Arc::clone(&clock),
+            vote_for: config.ledger.vote_for.clone(),
         });
         Ok(Opened {
             ledger: Arc::new(NodeLedger {

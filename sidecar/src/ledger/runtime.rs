@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fhirseal_consensus::bft::{EngineConfig, Evidence, MalachiteEngine, Millis, Timer};
-use fhirseal_consensus::ledger::{DriverStatus, Effect, Input};
+use fhirseal_consensus::ledger::{DriverStatus, Effect, ElectionKeys, ElectionTracker, Input};
 use fhirseal_consensus::{
     BatchId, Chain, Driver, DriverConfig, EvidenceBatch, SigningKey, Submitted, Transaction,
 };
@@ -100,6 +100,10 @@ pub struct Runtime {
     last_error: Option<String>,
     /// Evidence transactions made while performing effects, submitted once they are done.
     reports: Vec<Transaction>,
+    /// The height the member's election duties were last submitted for.
+    duties_at: Option<u64>,
+    /// The candidate the member's ballots vote for (itself when not configured).
+    vote_for: Option<String>,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -125,6 +129,8 @@ pub(crate) struct Parts {
     pub(crate) status: watch::Sender<RuntimeStatus>,
     /// The time of day blocks are stamped with.
     pub(crate) clock: Arc<dyn Clock>,
+    /// The candidate the member's ballots vote for; itself when `None`.
+    pub(crate) vote_for: Option<String>,
 }
 
 impl Runtime {
@@ -141,9 +147,10 @@ impl Runtime {
             blocks,
             status,
             clock,
+            vote_for,
         } = parts;
         let context = NodeContext::new(view.borrow().clone(), chain.reader());
-        let driver = new_driver(&config, &member, &chain);
+        let driver = plain_driver(&config, &member, &chain);
         Self {
             config,
             member,
@@ -163,6 +170,8 @@ impl Runtime {
             clock,
             last_error: None,
             reports: Vec::new(),
+            duties_at: None,
+            vote_for,
         }
     }
 
@@ -213,8 +222,8 @@ impl Runtime {
             })??;
         self.wal = Some(wal);
         self.timers.clear();
-        self.driver = new_driver(&self.config, &self.member, &self.chain);
         self.refresh();
+        self.driver = self.new_driver()?;
         if let Some((height, records)) = &log {
             if *height == self.driver.height() && !records.is_empty() {
                 tracing::info!(
@@ -238,6 +247,72 @@ impl Runtime {
         }
     }
 
+    /// A driver on the chain's tip; with an election, its tracker folded over the stored chain
+    /// first.
+    fn new_driver(&mut self) -> Result<NodeDriver, LedgerError> {
+        let driver = plain_driver(&self.config, &self.member, &self.chain);
+        let Some(setup) = self.context.view().election.clone() else {
+            self.context.set_history(Arc::default());
+            return Ok(driver);
+        };
+        let mut tracker = ElectionTracker::new(setup.config.clone(), setup.founders.clone())
+            .map_err(|e| LedgerError::Election(e.to_string()))?;
+        let folded = tracker
+            .replay(&self.chain.reader(), &self.context)
+            .map_err(|e| LedgerError::Election(e.to_string()))?;
+        tracing::info!(blocks = folded, "the election folded over the stored chain");
+        self.context.set_history(tracker.history().clone());
+        self.duties_at = None;
+        Ok(driver.with_election(tracker))
+    }
+
+    /// Whether the governance state brought or took away the chain's election since the driver
+    /// started (a node that joined learns it with the state): a new driver is due.
+    fn election_changed(&self) -> bool {
+        self.context.view().election.is_some() != self.driver.election().is_some()
+    }
+
+    /// After a step: the tracker's record to the context, and the member's election duties for
+    /// the coming height, once per height.
+    async fn after_step(&mut self) {
+        if self.election_changed() {
+            tracing::info!("the consortium's election changed; starting the ledger's driver again");
+            if let Err(error) = self.restore().await {
+                self.failed(error).await;
+            }
+            return;
+        }
+        let Some(tracker) = self.driver.election() else {
+            return;
+        };
+        self.context.set_history(tracker.history().clone());
+        let height = self.driver.height();
+        if self.duties_at == Some(height) || self.context.view().not_taking_part.is_some() {
+            return;
+        }
+        let view = self.context.view().clone();
+        let (Some(voter), Some(signing)) = (view.voter.as_ref(), view.signer.as_ref()) else {
+            return;
+        };
+        self.duties_at = Some(height);
+        let keys = ElectionKeys {
+            member: &self.member,
+            signing,
+            vote: &voter.vote,
+            beacon: &voter.beacon,
+        };
+        let vote_for = self.vote_for.clone().unwrap_or_else(|| self.member.clone());
+        let duties = tracker.duties(&keys, Some(&vote_for));
+        if duties.is_empty() {
+            return;
+        }
+        for answer in Box::pin(self.submit(duties, true)).await {
+            if let Err(refusal) = answer {
+                tracing::debug!(error = %refusal.message, "an election transaction was not taken");
+            }
+        }
+    }
+
     async fn step(&mut self, input: Input) {
         self.refresh();
         let (now, wall) = (self.now(), self.clock.timestamp());
@@ -250,6 +325,7 @@ impl Runtime {
             Err(error) => self.failed(error).await,
         }
         self.submit_reports().await;
+        Box::pin(self.after_step()).await;
     }
 
     /// Submits the evidence transactions the last effects made.
@@ -351,7 +427,7 @@ impl Runtime {
                 }
                 Effect::CancelAll => self.timers.clear(),
                 Effect::Append(block) => {
-                    let receipt = self.chain.append(&block, self.context.verifying()).await?;
+                    let receipt = self.chain.append(&block, &self.context.verifying()).await?;
                     crash::reached(CrashPoint::BlockAppended);
                     self.blocks.send_replace(receipt.height + 1);
                     self.last_error = None;
@@ -452,7 +528,7 @@ impl Runtime {
     }
 }
 
-fn new_driver(config: &DriverConfig, member: &str, chain: &Chain) -> NodeDriver {
+fn plain_driver(config: &DriverConfig, member: &str, chain: &Chain) -> NodeDriver {
     Driver::new(
         config.clone(),
         member.to_owned(),

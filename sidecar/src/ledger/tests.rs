@@ -328,6 +328,9 @@ async fn the_ledger_follows_its_view_standing_rotation_and_all() {
         epochs: Arc::new(epochs),
         members: view.members.clone(),
         signer: Some(second.clone()),
+        election: None,
+        seats: Arc::new(BTreeMap::new()),
+        voter: None,
     });
     vault.outbox().push_anchor(&anchor("a", "2")).unwrap();
     assert_eq!(node.round(&mut flight).await.unwrap().anchored, 1);

@@ -6,7 +6,33 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use fhirseal_consensus::election::beacon::BeaconKey;
+use fhirseal_consensus::election::lsag::VoteSecret;
+use fhirseal_consensus::election::schedule::{Config as ElectionConfig, Seat};
 use fhirseal_consensus::{DelegateSet, EpochRosters, PublicKey, Roster, SigningKey};
+
+/// The chain's election, as fixed when the consortium was founded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ElectionSetup {
+    /// Its parameters (chain id, blocks per ledger epoch, K, M, the standing's rules).
+    pub config: ElectionConfig,
+    /// Who serves ledger epochs 0 and 1: the delegates of governance epoch 0.
+    pub founders: Vec<String>,
+}
+
+/// The member's keys for the election: its anonymous ballots and its beacon contributions.
+pub struct VoterKeys {
+    pub vote: VoteSecret,
+    pub beacon: BeaconKey,
+}
+
+impl std::fmt::Debug for VoterKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VoterKeys")
+            .field("beacon", &self.beacon)
+            .finish_non_exhaustive()
+    }
+}
 
 /// An active member's node, for the ledger's traffic.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,6 +62,12 @@ pub struct LedgerView {
     pub members: Arc<BTreeMap<String, MemberNode>>,
     /// The member's current signing key, if the keystore holds it.
     pub signer: Option<SigningKey>,
+    /// The chain's election, when the consortium has one.
+    pub election: Option<Arc<ElectionSetup>>,
+    /// Each governance epoch's seats (every active member, with the signing key it votes with).
+    pub seats: Arc<BTreeMap<u64, Vec<(Seat, PublicKey)>>>,
+    /// The member's election keys, if the keystore holds them.
+    pub voter: Option<Arc<VoterKeys>>,
 }
 
 impl std::fmt::Debug for LedgerView {
@@ -62,6 +94,9 @@ impl LedgerView {
             epochs: Arc::new([(0, vec![(institution.to_owned(), key)])].into()),
             members: Arc::new(BTreeMap::new()),
             signer: Some(signing),
+            election: None,
+            seats: Arc::new(BTreeMap::new()),
+            voter: None,
         }
     }
 
