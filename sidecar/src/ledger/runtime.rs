@@ -389,15 +389,42 @@ impl Runtime {
         };
         if forward {
             let view = self.context.view().clone();
-            let mut delegates: Vec<String> = Vec::new();
+            let mut candidates: Vec<String> = Vec::new();
             for epoch in [Some(self.driver.epoch()), view.latest_epoch()]
                 .into_iter()
                 .flatten()
             {
-                for (member, _) in view.delegates(epoch).unwrap_or_default() {
-                    if *member != self.member && !delegates.contains(member) {
-                        delegates.push(member.clone());
-                    }
+                candidates.extend(
+                    view.delegates(epoch)
+                        .unwrap_or_default()
+                        .iter()
+                        .map(|(m, _)| m.clone()),
+                );
+            }
+            // With an election: the height's delegates, and those elected for the next ledger
+            // epoch (a transaction may wait into it).
+            candidates.extend(
+                self.driver
+                    .delegates(&self.context)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(m, _)| m),
+            );
+            if let Some(tracker) = self.driver.election() {
+                let next = tracker.ledger_epoch(self.driver.height()) + 1;
+                candidates.extend(
+                    tracker
+                        .state()
+                        .delegates(next)
+                        .unwrap_or_default()
+                        .iter()
+                        .cloned(),
+                );
+            }
+            let mut delegates: Vec<String> = Vec::new();
+            for member in candidates {
+                if member != self.member && !delegates.contains(&member) {
+                    delegates.push(member);
                 }
             }
             self.net.submit(&delegates, &encoded, &view);
