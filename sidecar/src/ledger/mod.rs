@@ -17,11 +17,13 @@
 //! - [`wal`] — the write-ahead log file.
 //! - [`net`] — outbound traffic to other members' nodes, one queue per peer.
 //! - [`routes`] — inbound traffic on the consortium's listener; [`wire`] — its encodings.
-//! - [`error`].
+//! - [`error`]; `misbehave` — a delegate that double signs on purpose, for the election's
+//!   process tests (`FHIRSEAL_TEST_DOUBLE_SIGN`).
 
 pub mod anchorer;
 pub(crate) mod context;
 pub mod error;
+pub(crate) mod misbehave;
 pub(crate) mod net;
 pub mod node;
 pub mod routes;

@@ -15,7 +15,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fhirseal_consensus::bft::{EngineConfig, Evidence, MalachiteEngine, Millis, Timer};
-use fhirseal_consensus::ledger::{DriverStatus, Effect, ElectionKeys, ElectionTracker, Input};
+use fhirseal_consensus::ledger::{
+    DriverStatus, Effect, ElectionKeys, ElectionTracker, Input, LedgerContext as _, Outbound,
+};
 use fhirseal_consensus::{
     BatchId, Chain, Driver, DriverConfig, EvidenceBatch, SigningKey, Submitted, Transaction,
 };
@@ -26,6 +28,7 @@ use crate::clock::Clock;
 use crate::crash::{self, CrashPoint};
 use crate::ledger::context::NodeContext;
 use crate::ledger::error::LedgerError;
+use crate::ledger::misbehave;
 use crate::ledger::net::Net;
 use crate::ledger::view::LedgerView;
 use crate::ledger::wal::WalFile;
@@ -444,7 +447,18 @@ impl Runtime {
                 }
                 Effect::Send { to, message } => {
                     let view = self.context.view().clone();
+                    let conflicting = match &message {
+                        Outbound::Message(m) => {
+                            misbehave::conflicting(m, self.driver.chain_id(), |k| {
+                                self.context.signing_key(k)
+                            })
+                        }
+                        _ => None,
+                    };
                     self.net.send(&to, &message, &view);
+                    if let Some(m) = conflicting {
+                        self.net.send(&to, &Outbound::Message(m), &view);
+                    }
                 }
                 Effect::Schedule { timer, at } => {
                     self.timers.insert(timer, at);
