@@ -227,6 +227,16 @@ impl Rosters for Roster {
     }
 }
 
+impl<R: Rosters + ?Sized> Rosters for &R {
+    fn roster(&self, epoch: u64) -> Option<&Roster> {
+        (**self).roster(epoch)
+    }
+
+    fn roster_at(&self, height: u64, epoch: u64) -> Option<std::borrow::Cow<'_, Roster>> {
+        (**self).roster_at(height, epoch)
+    }
+}
+
 /// One roster per epoch: each epoch's delegates with the same institutions' keys.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct EpochRosters {

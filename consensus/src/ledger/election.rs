@@ -509,17 +509,18 @@ fn actions_of(tx: &Transaction, epoch: u64) -> Option<Vec<Action>> {
 
 /// The rosters chain verification checks blocks against: `base`'s (one per governance epoch),
 /// with the delegates an election chose for each height where `history` records them.
-#[derive(Debug, Clone, Copy)]
-pub struct ElectedRosters<'a, R> {
+#[derive(Debug, Clone)]
+pub struct ElectedRosters<R> {
     /// One roster per governance epoch.
-    pub base: &'a R,
+    pub base: R,
     /// The delegates of each (ledger epoch, governance epoch) pair.
-    pub history: &'a History,
-    /// Blocks per ledger epoch.
+    pub history: Arc<History>,
+    /// Blocks per ledger epoch (`u64::MAX` without an election: every height in epoch 0, and
+    /// an empty history).
     pub epoch_blocks: u64,
 }
 
-impl<R: Rosters> Rosters for ElectedRosters<'_, R> {
+impl<R: Rosters> Rosters for ElectedRosters<R> {
     fn roster(&self, epoch: u64) -> Option<&Roster> {
         self.base.roster(epoch)
     }

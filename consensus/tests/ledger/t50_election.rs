@@ -90,7 +90,7 @@ impl LedgerContext for SimContext {
     fn check_evidence(&self, height: u64, txs: &[Transaction]) -> fhirseal_consensus::Result<()> {
         let rosters = ElectedRosters {
             base: &*self.roster,
-            history: &self.history,
+            history: self.history.clone(),
             epoch_blocks: EPOCH_BLOCKS,
         };
         self.reader.check_evidence(height, txs, &rosters)
@@ -203,7 +203,7 @@ async fn perform(nodes: &mut [Node], at: usize, effects: Vec<Effect>, now: Milli
                 let history = node.driver.election().unwrap().history().clone();
                 let rosters = ElectedRosters {
                     base: &*node.ctx.roster,
-                    history: &history,
+                    history: history.clone(),
                     epoch_blocks: EPOCH_BLOCKS,
                 };
                 node.chain.append(&block, &rosters).await.unwrap();

@@ -76,10 +76,10 @@ impl NodeContext {
 
     /// The rosters the chain's blocks are verified against: each governance epoch's, with the
     /// delegates an election chose where it did.
-    pub(crate) fn verifying(&self) -> ElectedRosters<'_, EpochRosters> {
+    pub(crate) fn verifying(&self) -> ElectedRosters<&EpochRosters> {
         ElectedRosters {
             base: &self.verifying,
-            history: &self.history,
+            history: self.history.clone(),
             epoch_blocks: self
                 .view
                 .election

@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use fhirseal_consensus::bft::EngineConfig;
+use fhirseal_consensus::ledger::{ElectedRosters, ElectionTracker, History};
 use fhirseal_consensus::{
     chain_id, AnchorProof, BlockHeader, Chain, ChainCheck, ChainReader, ChainStore, DriverConfig,
     FinalizedBlock, Hash256, Rosters, CHAIN_FORMAT,
@@ -17,11 +18,12 @@ use crate::clock::Clock;
 use crate::config::Config;
 use crate::consortium::transport::HttpNetwork;
 use crate::ledger::anchorer::{AnchorPolicy, Anchorer};
+use crate::ledger::context::NodeContext;
 use crate::ledger::error::LedgerError;
 use crate::ledger::net::Net;
 use crate::ledger::routes::LedgerPort;
 use crate::ledger::runtime::{Parts, Runtime, RuntimeStatus};
-use crate::ledger::view::LedgerView;
+use crate::ledger::view::{ElectionSetup, LedgerView};
 
 /// How many inputs from other nodes wait for the ledger's task.
 const INPUT_QUEUE: usize = 8192;
@@ -89,6 +91,7 @@ impl NodeLedger {
         let (status_tx, status_rx) = watch::channel(RuntimeStatus {
             driver: None,
             last_error: None,
+            election: None,
         });
         let (commands_tx, commands_rx) = mpsc::channel(64);
         let (inputs_tx, inputs_rx) = mpsc::channel(INPUT_QUEUE);
@@ -163,19 +166,59 @@ impl NodeLedger {
 
     /// What the chain and its proofs verify against: each epoch's delegates, and every key each
     /// member has held, from the governance state as it stands now.
-    pub fn rosters(&self) -> fhirseal_consensus::EpochRosters {
-        let view = self.view.borrow();
-        view.rosters(&view.verifying)
+    ///
+    /// With an election, each height's delegates are those the election chose: as the running
+    /// ledger's tracker recorded them, or (the ledger not running: the offline tools) the stored
+    /// chain folded again here.
+    pub fn rosters(&self) -> ElectedRosters<fhirseal_consensus::EpochRosters> {
+        let view = self.view.borrow().clone();
+        let base = view.rosters(&view.verifying);
+        let Some(setup) = view.election.clone() else {
+            return ElectedRosters {
+                base,
+                history: Arc::default(),
+                epoch_blocks: u64::MAX,
+            };
+        };
+        let running = self.runtime.borrow().election.clone();
+        let history = match running {
+            Some(tracker) => tracker.history().clone(),
+            None => self.fold_election(&view, &setup),
+        };
+        ElectedRosters {
+            base,
+            history,
+            epoch_blocks: setup.config.epoch_blocks,
+        }
     }
 
-    /// Checks `proof` against the chain's id and the roster of its block's epoch; returns the
+    /// The election folded over the stored chain, for verification when no driver runs; what
+    /// it could fold when it stops early (the blocks after it then do not verify).
+    fn fold_election(&self, view: &LedgerView, setup: &ElectionSetup) -> Arc<History> {
+        let Ok(mut tracker) = ElectionTracker::new(setup.config.clone(), setup.founders.clone())
+        else {
+            return Arc::default();
+        };
+        let context = NodeContext::new(view.clone(), self.reader.clone());
+        if let Err(error) = tracker.replay(&self.reader, &context) {
+            tracing::warn!(%error, "the election could not be folded over the whole chain");
+        }
+        tracker.history().clone()
+    }
+
+    /// The election as of the running ledger's tip, when the chain has one.
+    pub fn election(&self) -> Option<Arc<ElectionTracker>> {
+        self.runtime.borrow().election.clone()
+    }
+
+    /// Checks `proof` against the chain's id and the roster of its block's height; returns the
     /// block hash.
     pub fn check_proof(&self, proof: &AnchorProof) -> Result<Hash256, fhirseal_consensus::Error> {
         let rosters = self.rosters();
         let roster = rosters
-            .roster(proof.header.epoch)
+            .roster_at(proof.header.height, proof.header.epoch)
             .ok_or(fhirseal_consensus::Error::UnknownEpoch(proof.header.epoch))?;
-        proof.verify(&self.chain_id, roster)
+        proof.verify(&self.chain_id, &roster)
     }
 
     /// Reads of the chain.

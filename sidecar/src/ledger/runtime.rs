@@ -80,6 +80,8 @@ pub struct RuntimeStatus {
     pub driver: Option<DriverStatus>,
     /// The last failure, until the driver makes progress again.
     pub last_error: Option<String>,
+    /// With an election: the tracker as of the tip (taken again when the tip moves).
+    pub election: Option<Arc<ElectionTracker>>,
 }
 
 /// The ledger's task (see the module's documentation).
@@ -549,9 +551,18 @@ impl Runtime {
     fn publish(&mut self) {
         let driver = Some(self.driver.status(&self.context));
         let last_error = self.last_error.clone();
+        let tracker = self.driver.election();
         self.status.send_modify(|s| {
             s.driver = driver;
             s.last_error = last_error;
+            let stale = match (&s.election, tracker) {
+                (Some(held), Some(now)) => held.state().height() != now.state().height(),
+                (None, None) => false,
+                _ => true,
+            };
+            if stale {
+                s.election = tracker.cloned().map(Arc::new);
+            }
         });
     }
 
