@@ -346,6 +346,7 @@ impl NodeLedger {
             pending_anchors: anchors,
             pending_access_events: access,
             last_error: anchorer_error.or(runtime.last_error),
+            election: runtime.election.as_deref().map(election_json),
         })
     }
 
@@ -406,4 +407,74 @@ pub struct LedgerStatus {
     pub pending_anchors: usize,
     pub pending_access_events: usize,
     pub last_error: Option<String>,
+    /// With an election: its epoch and phase, the seats, the standings, the last decisions.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub election: Option<serde_json::Value>,
+}
+
+/// What the status shows of the election: the ledger epoch and phase of the height being
+/// decided, the epoch's seats, every member's standing, and what the last epochs decided.
+fn election_json(tracker: &ElectionTracker) -> serde_json::Value {
+    use fhirseal_consensus::election::schedule::{self, Phase};
+    use fhirseal_consensus::election::standing::Change;
+    let state = tracker.state();
+    let next = state.height() + 1;
+    let e = tracker.epoch_blocks();
+    let standings: serde_json::Map<String, serde_json::Value> = state
+        .standings()
+        .iter()
+        .map(|(member, s)| {
+            let value = serde_json::json!({
+                "stake": s.stake,
+                "reputation": s.reputation,
+                "jailedUntil": s.jailed_until,
+                "tombstoned": s.tombstoned,
+            });
+            (member.clone(), value)
+        })
+        .collect();
+    let closed: Vec<serde_json::Value> = state
+        .closed()
+        .iter()
+        .rev()
+        .take(5)
+        .map(|c| {
+            let changes: Vec<serde_json::Value> = c
+                .changes
+                .iter()
+                .map(|change| match change {
+                    Change::Slash { member, amount } => {
+                        serde_json::json!({"slashed": member, "amount": amount})
+                    }
+                    Change::Tombstone { member } => serde_json::json!({"tombstoned": member}),
+                    Change::Jail { member, until } => {
+                        serde_json::json!({"jailed": member, "untilEpoch": until})
+                    }
+                    Change::Reputation { member, delta } => {
+                        serde_json::json!({"reputation": member, "delta": delta})
+                    }
+                })
+                .collect();
+            serde_json::json!({
+                "epoch": c.epoch,
+                "seed": fhirseal_consensus::Hash256(c.seed).to_hex(),
+                "votes": c.votes,
+                "elected": c.elected,
+                "electedFor": c.epoch + 2,
+                "changes": changes,
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "epochBlocks": e,
+        "ledgerEpoch": schedule::epoch_of(next, e),
+        "phase": match schedule::phase(next, e) {
+            Phase::Commit => "commit",
+            Phase::Reveal => "reveal",
+            Phase::Closed => "ballots only",
+        },
+        "seats": state.seats().iter().map(|s| s.member.clone()).collect::<Vec<_>>(),
+        "standings": standings,
+        "closed": closed,
+    })
 }
