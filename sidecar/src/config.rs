@@ -526,6 +526,8 @@ pub const ENV_VARS: &[&str] = &[
     "FHIRSEAL_ANCHOR",
     "FHIRSEAL_ANCHOR_INTERVAL_MS",
     "FHIRSEAL_DELEGATES",
+    "FHIRSEAL_IDLE_BLOCK_MS",
+    "FHIRSEAL_VOTE_FOR",
     "FHIRSEAL_AUDIT_UPSTREAM",
     "FHIRSEAL_CONSORTIUM_LISTEN",
     "FHIRSEAL_JOIN_LISTEN",
@@ -669,6 +671,12 @@ impl Config {
         }
         if let Some(v) = env("FHIRSEAL_DELEGATES") {
             self.ledger.delegates = parse("FHIRSEAL_DELEGATES", &v)?;
+        }
+        if let Some(v) = env("FHIRSEAL_IDLE_BLOCK_MS") {
+            self.ledger.idle_block_ms = parse("FHIRSEAL_IDLE_BLOCK_MS", &v)?;
+        }
+        if let Some(v) = env("FHIRSEAL_VOTE_FOR") {
+            self.ledger.vote_for = Some(v);
         }
         if let Some(v) = env("FHIRSEAL_AUDIT_UPSTREAM") {
             self.audit.upstream_audit_events = parse("FHIRSEAL_AUDIT_UPSTREAM", &v)?;
