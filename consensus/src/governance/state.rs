@@ -118,6 +118,9 @@ pub enum Refusal {
     /// The command's validity window begins after the time it is applied at.
     #[error("the command's validity window has not begun")]
     NotYetValid,
+    /// Another member contributes to the beacon with this key (one VRF output per key).
+    #[error("the beacon key belongs to another member")]
+    BeaconKeyInUse,
 }
 
 impl Refusal {
@@ -152,6 +155,7 @@ impl Refusal {
             Self::Full => 27,
             Self::Expired => 28,
             Self::NotYetValid => 29,
+            Self::BeaconKeyInUse => 30,
         }
     }
 
@@ -186,6 +190,7 @@ impl Refusal {
             27 => Self::Full,
             28 => Self::Expired,
             29 => Self::NotYetValid,
+            30 => Self::BeaconKeyInUse,
             tag => {
                 return Err(DecodeError::UnknownTag {
                     field: "refusal",
@@ -746,6 +751,9 @@ impl GovernanceState {
             }
             if theirs.vote_key == keys.vote_key {
                 return Err(Refusal::VoteKeyInUse);
+            }
+            if theirs.beacon_key == keys.beacon_key {
+                return Err(Refusal::BeaconKeyInUse);
             }
         }
         Ok(())

@@ -23,6 +23,7 @@ fn keys_from(seed: u8, key: &SigningKey) -> MemberKeys {
         signing_key: PublicKey::of(key),
         wrapping_key: vec![seed; 300],
         vote_key: [seed.wrapping_add(100); 32],
+        beacon_key: [seed.wrapping_add(150); 32],
     }
 }
 
@@ -1272,4 +1273,55 @@ fn the_key_history_keeps_every_accepted_signing_key_and_no_refused_one() {
     assert!(roster.check_signer("h1", &h1_keys[0]).is_ok());
     assert!(roster.check_signer("h1", &h1_keys[1]).is_ok());
     assert!(roster.check_signer("h1", &PublicKey::of(&mallory)).is_err());
+}
+
+#[test]
+fn a_beacon_key_held_by_another_member_is_refused() {
+    let (mut state, regulator, h1) = founded();
+    let mut thief = hospital("h2", 12);
+    thief.admission.keys.beacon_key = h1.admission.keys.beacon_key;
+    let admit = sign(REGULATOR, 3, admit_command(&thief), &regulator.key);
+    assert_eq!(
+        state.apply(&admit, at(3)),
+        Outcome::Refused(Refusal::BeaconKeyInUse)
+    );
+    assert_eq!(
+        state.check_admission(
+            &thief.admission,
+            &thief
+                .admission
+                .keys
+                .prove_possession(CONSORTIUM, "h2", &thief.key)
+        ),
+        Err(Refusal::BeaconKeyInUse)
+    );
+    // Nor can a rotation take it; keeping one's own is allowed.
+    let fresh = SigningKey::from_bytes(&[21; 32]);
+    let mut keys = keys_from(21, &fresh);
+    keys.beacon_key = regulator.admission.keys.beacon_key;
+    let rotate = |sequence, keys: &MemberKeys| {
+        sign(
+            "h1",
+            sequence,
+            Command::RotateKeys {
+                member: "h1".into(),
+                keys: keys.clone(),
+                possession: keys.prove_possession(CONSORTIUM, "h1", &fresh),
+            },
+            &h1.key,
+        )
+    };
+    assert_eq!(
+        state.apply(&rotate(1, &keys), at(4)),
+        Outcome::Refused(Refusal::BeaconKeyInUse)
+    );
+    keys.beacon_key = h1.admission.keys.beacon_key;
+    assert_eq!(state.apply(&rotate(2, &keys), at(5)), Outcome::Accepted);
+    // The refusal keeps its own code through the state's encoding.
+    assert_eq!(last_refusal(&state).reason, Refusal::BeaconKeyInUse);
+    let decoded = GovernanceState::from_bytes(&state.to_bytes()).unwrap();
+    assert_eq!(
+        decoded.refusals().last().unwrap().reason,
+        Refusal::BeaconKeyInUse
+    );
 }

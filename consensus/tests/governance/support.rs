@@ -51,6 +51,7 @@ impl Party {
                 signing_key: PublicKey::of(&key),
                 wrapping_key: vec![seed; 294],
                 vote_key: [seed.wrapping_add(100); 32],
+                beacon_key: [seed.wrapping_add(150); 32],
             },
             stake: 100,
             reputation: 50,

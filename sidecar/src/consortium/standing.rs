@@ -164,6 +164,7 @@ mod tests {
                 signing_key: PublicKey::of(key),
                 wrapping_key: vec![seed; 300],
                 vote_key: [seed + 100; 32],
+                beacon_key: [seed + 150; 32],
             },
             stake: 0,
             reputation: 0,

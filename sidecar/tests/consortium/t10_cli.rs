@@ -170,6 +170,7 @@ fn the_cli_refuses_what_it_cannot_do_and_changes_nothing() {
         for name in [
             "signing.key",
             "vote.key",
+            "beacon.key",
             "tls.key.pem",
             "institution-rsa.pem",
         ] {
