@@ -2,8 +2,9 @@
 //!
 //! The state ([`GovernanceState`]) holds the members (id, name, kind, status, TLS certificate
 //! fingerprint, Ed25519 key, RSA wrapping key, ring-vote key, stake, reputation, Raft node), the
-//! certificate revocation list, the consortium link key wrapped for each member, epochs, the
-//! election records the DPoS fills, and a log of refused commands.
+//! certificate revocation list, the consortium link key wrapped for each member, epochs (their
+//! delegates, and the seats the DPoS election snapshots), the election records the DPoS fills,
+//! and a log of refused commands.
 //!
 //! It changes only through [`GovernanceState::apply`] of a [`SignedCommand`], and the
 //! authorization is inside: admission, suspension, reinstatement, revocation, stake changes,
@@ -24,11 +25,13 @@
 //!   validity windows ([`Validity`]).
 //! - `state.rs`: the state ([`GovernanceState`]) and the rules that change it, with what it keeps
 //!   (epochs, election records, wrapped link keys, the revocation list, refusals).
+//! - `epoch.rs`: an epoch ([`Epoch`]) with its delegates and seats ([`EpochSeat`]).
 //! - `key_history.rs`: every signing key each member has held ([`KeyHistory`]), read back from
 //!   the history of applied commands.
 //! - [`limits`]: the bounds on what the state holds.
 
 mod command;
+mod epoch;
 mod key_history;
 pub mod limits;
 mod member;
@@ -38,9 +41,10 @@ mod state;
 pub(crate) mod tests;
 
 pub use command::{Command, CommandKind, SignedCommand, Validity};
+pub use epoch::{Epoch, EpochSeat};
 pub use key_history::KeyHistory;
 pub use member::{Admission, Member, MemberId, MemberKeys, MemberKind, MemberStatus, RaftRole};
 pub use state::{
-    ElectionRecord, Epoch, GovernanceState, Outcome, Refusal, RefusalRecord, RevokedCertificate,
+    ElectionRecord, GovernanceState, Outcome, Refusal, RefusalRecord, RevokedCertificate,
     WrappedLinkKey,
 };

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::codec::{top_level_encoding, DecodeError, Reader, Wire, Writer};
 use crate::governance::command::{Command, CommandKind, SignedCommand};
+use crate::governance::epoch::{Epoch, EpochSeat};
 use crate::governance::limits;
 use crate::governance::member::{
     name_ok, Admission, Member, MemberId, MemberKeys, MemberKind, MemberStatus, RaftRole,
@@ -261,25 +262,6 @@ pub struct WrappedLinkKey {
     pub ciphertext: Vec<u8>,
 }
 
-/// One epoch.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Epoch {
-    /// When it began (the log entry's time).
-    pub started_at: Timestamp,
-    /// Its delegates in schedule order, each with the signing key it had when the epoch began
-    /// (the key its votes are checked against for the whole epoch): the K active members with
-    /// the highest stake then, ties by member id. Genesis opens epoch 0 with the regulator alone.
-    pub delegates: Vec<(MemberId, PublicKey)>,
-}
-
-impl Epoch {
-    /// The delegates as a [`DelegateSet`] (their keys, in schedule order); `None` when two
-    /// delegates share a key, which admissions and rotations refuse.
-    pub fn delegate_set(&self) -> Option<DelegateSet> {
-        DelegateSet::new(self.delegates.iter().map(|(_, key)| *key).collect()).ok()
-    }
-}
-
 /// What the DPoS election records for one epoch. Empty for now: the election's own commands
 /// (candidacies, ring-signed ballots, beacon commits and reveals) will fill it; the state and its
 /// encoding already carry it so that adding them changes no snapshot format.
@@ -374,7 +356,8 @@ impl Wire for ElectionRecord {
 }
 
 /// The consortium as the governance layer keeps it: members, the certificate revocation list,
-/// the wrapped link keys, epochs, election records and the refusal log.
+/// the wrapped link keys, epochs (with their delegates and seats), election records and the
+/// refusal log.
 ///
 /// Pure data and rules: no I/O, no clock (time is passed in), no randomness. Its canonical
 /// encoding ([`GovernanceState::to_bytes`]) is the Raft snapshot.
@@ -410,10 +393,11 @@ impl GovernanceState {
     /// that it is well formed, for this consortium, signed by a member with its current key,
     /// fresh, and authorized, then applies it. A refusal is recorded in the refusal log.
     ///
-    /// A command that changes the delegates an epoch would have now (an admission, a
-    /// suspension, a reinstatement, a revocation, a stake, a key rotation) also begins the next
-    /// epoch, with those delegates: the shared ledger's delegates follow the state at once, and
-    /// every node, applying the same commands, begins the same epochs.
+    /// A command that changes the delegates or the seats an epoch would have now (an
+    /// admission; a suspension, reinstatement or revocation of an active member; a stake; a key
+    /// rotation by an active member) also begins the next epoch, with those delegates and
+    /// seats: the shared ledger's delegates and the election's seats follow the state at once,
+    /// and every node, applying the same commands, begins the same epochs.
     pub fn apply(&mut self, command: &SignedCommand, now: Timestamp) -> Outcome {
         match self.try_apply(command, now) {
             Ok(()) => {
@@ -421,7 +405,7 @@ impl GovernanceState {
                     command.command,
                     Command::Genesis { .. } | Command::BeginEpoch { .. }
                 ) {
-                    self.follow_delegates(now);
+                    self.follow_members(now);
                 }
                 Outcome::Accepted
             }
@@ -543,13 +527,7 @@ impl GovernanceState {
                 }
                 self.delegates_k = *delegates;
                 let delegates = self.choose_delegates(*delegates as usize);
-                self.epochs.insert(
-                    *epoch,
-                    Epoch {
-                        started_at: now,
-                        delegates,
-                    },
-                );
+                self.begin_epoch(*epoch, now, delegates);
                 Ok(())
             }
             // Handled above, before the signer was looked up.
@@ -591,13 +569,7 @@ impl GovernanceState {
         );
         let delegates = vec![(regulator.id.clone(), regulator.keys.signing_key)];
         self.delegates_k = limits::DEFAULT_DELEGATES;
-        self.epochs.insert(
-            0,
-            Epoch {
-                started_at: now,
-                delegates,
-            },
-        );
+        self.begin_epoch(0, now, delegates);
         Ok(())
     }
 
@@ -894,21 +866,52 @@ impl GovernanceState {
         self.refusals_total
     }
 
-    /// Begins the next epoch if the delegates one would have now differ from the current
-    /// epoch's.
-    fn follow_delegates(&mut self, now: Timestamp) {
-        let wanted = self.choose_delegates(self.delegates_k as usize);
-        if wanted.is_empty() || wanted == self.current_delegates() {
+    /// Begins the next epoch if the delegates or the seats one would have now differ from the
+    /// current epoch's.
+    fn follow_members(&mut self, now: Timestamp) {
+        let delegates = self.choose_delegates(self.delegates_k as usize);
+        if delegates.is_empty() {
             return;
         }
-        let epoch = self.current_epoch().saturating_add(1);
+        let unchanged = self.epochs.values().next_back().is_some_and(|current| {
+            current.delegates == delegates && current.seats == self.seats_now()
+        });
+        if !unchanged {
+            let epoch = self.current_epoch().saturating_add(1);
+            self.begin_epoch(epoch, now, delegates);
+        }
+    }
+
+    /// Records epoch `epoch`, begun at `now`, with `delegates` and the seats of this moment.
+    fn begin_epoch(&mut self, epoch: u64, now: Timestamp, delegates: Vec<(MemberId, PublicKey)>) {
+        let seats = self.seats_now();
         self.epochs.insert(
             epoch,
             Epoch {
                 started_at: now,
-                delegates: wanted,
+                delegates,
+                seats,
             },
         );
+    }
+
+    /// Every active member, in id order, with its stake and keys now: the seats of an epoch
+    /// begun now.
+    fn seats_now(&self) -> Vec<EpochSeat> {
+        self.members
+            .values()
+            .filter(|m| m.is_active())
+            .map(|m| {
+                let keys = m.keys();
+                EpochSeat {
+                    member: m.id().to_owned(),
+                    stake: m.profile.stake,
+                    signing_key: keys.signing_key,
+                    vote_key: keys.vote_key,
+                    beacon_key: keys.beacon_key,
+                }
+            })
+            .collect()
     }
 
     /// How many delegates (K) each epoch has: [`limits::DEFAULT_DELEGATES`] from genesis, then
@@ -991,12 +994,7 @@ impl Wire for GovernanceState {
         w.len(self.epochs.len());
         for (epoch, record) in &self.epochs {
             w.u64(*epoch);
-            w.u64(record.started_at.0);
-            w.len(record.delegates.len());
-            for (member, key) in &record.delegates {
-                w.str(member);
-                w.raw(&key.0);
-            }
+            record.write(w);
         }
         w.u32(self.delegates_k);
         w.len(self.elections.len());
@@ -1067,23 +1065,10 @@ impl Wire for GovernanceState {
         }
 
         let mut epochs = BTreeMap::new();
-        let n = r.count("epochs", usize::MAX, 20)?;
+        let n = r.count("epochs", usize::MAX, 8 + Epoch::MIN_LEN)?;
         for _ in 0..n {
             let epoch = r.u64("epoch")?;
-            let started_at = Timestamp(r.u64("epoch start")?);
-            let k = r.count("epoch delegates", limits::MAX_DELEGATES, 4 + 32)?;
-            let delegates = (0..k)
-                .map(|_| {
-                    Ok((
-                        r.string("epoch delegate", limits::MAX_NAME_LEN)?,
-                        PublicKey(r.array("epoch delegate key")?),
-                    ))
-                })
-                .collect::<Result<_, DecodeError>>()?;
-            let record = Epoch {
-                started_at,
-                delegates,
-            };
+            let record = Epoch::read(r)?;
             insert_in_order(&mut epochs, epoch, record, "epochs")?;
         }
         let delegates_k = r.u32("delegates per epoch")?;
