@@ -1,4 +1,5 @@
-//! Governance epochs: the delegates and the seats each one begins with.
+//! Governance epochs (the delegates and the seats each one begins with) and the election's
+//! parameters, fixed at the consortium's founding.
 
 use crate::codec::{DecodeError, Reader, Wire, Writer};
 use crate::governance::limits;
@@ -117,6 +118,64 @@ impl Wire for Epoch {
             started_at,
             delegates,
             seats,
+        })
+    }
+}
+
+/// The DPoS election's parameters: set by the genesis command, the same for the consortium's
+/// whole life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ElectionParams {
+    /// E: blocks per ledger epoch, at least [`ElectionParams::MIN_EPOCH_BLOCKS`]; 0 means no
+    /// election: the ledger's delegates are those of the governance epochs, the K active
+    /// members with the highest stake.
+    pub epoch_blocks: u64,
+    /// M: epochs in a row a delegate may serve before it sits one out (while others can serve);
+    /// at least 1.
+    pub max_consecutive: u32,
+}
+
+impl ElectionParams {
+    /// The shortest election epoch: a commit, a reveal and a closed phase of a block each.
+    pub const MIN_EPOCH_BLOCKS: u64 = 3;
+
+    /// No election, M = 2: what a consortium founded without election parameters has.
+    pub const NONE: Self = Self {
+        epoch_blocks: 0,
+        max_consecutive: 2,
+    };
+
+    /// Whether a genesis may carry them: E is 0 or at least
+    /// [`ElectionParams::MIN_EPOCH_BLOCKS`], and M at least 1.
+    pub fn is_valid(&self) -> bool {
+        (self.epoch_blocks == 0 || self.epoch_blocks >= Self::MIN_EPOCH_BLOCKS)
+            && self.max_consecutive >= 1
+    }
+
+    /// Whether the delegates are elected on the chain (E > 0).
+    pub fn elects(&self) -> bool {
+        self.epoch_blocks > 0
+    }
+}
+
+impl Default for ElectionParams {
+    fn default() -> Self {
+        Self::NONE
+    }
+}
+
+impl Wire for ElectionParams {
+    const MIN_LEN: usize = 8 + 4;
+
+    fn write(&self, w: &mut Writer) {
+        w.u64(self.epoch_blocks);
+        w.u32(self.max_consecutive);
+    }
+
+    fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        Ok(Self {
+            epoch_blocks: r.u64("epoch blocks")?,
+            max_consecutive: r.u32("max consecutive epochs")?,
         })
     }
 }

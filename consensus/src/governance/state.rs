@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::codec::{top_level_encoding, DecodeError, Reader, Wire, Writer};
 use crate::governance::command::{Command, CommandKind, SignedCommand};
-use crate::governance::epoch::{Epoch, EpochSeat};
+use crate::governance::epoch::{ElectionParams, Epoch, EpochSeat};
 use crate::governance::limits;
 use crate::governance::member::{
     name_ok, Admission, Member, MemberId, MemberKeys, MemberKind, MemberStatus, RaftRole,
@@ -262,102 +262,9 @@ pub struct WrappedLinkKey {
     pub ciphertext: Vec<u8>,
 }
 
-/// What the DPoS election records for one epoch. Empty for now: the election's own commands
-/// (candidacies, ring-signed ballots, beacon commits and reveals) will fill it; the state and its
-/// encoding already carry it so that adding them changes no snapshot format.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ElectionRecord {
-    /// Members standing for delegate, in id order.
-    pub candidates: Vec<MemberId>,
-    /// Key images of the ballots counted (a second ballot from one key shows the same image).
-    pub key_images: Vec<[u8; 32]>,
-    /// Beacon commitments `H(r_i)` by member.
-    pub beacon_commits: Vec<(MemberId, [u8; 32])>,
-    /// Beacon reveals `r_i` by member.
-    pub beacon_reveals: Vec<(MemberId, [u8; 32])>,
-    /// The seed drawn from the reveals, once known.
-    pub seed: Option<[u8; 32]>,
-    /// The delegates elected, in schedule order.
-    pub delegates: Vec<MemberId>,
-}
-
-impl Wire for ElectionRecord {
-    const MIN_LEN: usize = 4 + 4 + 4 + 4 + 1 + 4;
-
-    fn write(&self, w: &mut Writer) {
-        w.len(self.candidates.len());
-        for c in &self.candidates {
-            w.str(c);
-        }
-        w.len(self.key_images.len());
-        for k in &self.key_images {
-            w.raw(k);
-        }
-        for list in [&self.beacon_commits, &self.beacon_reveals] {
-            w.len(list.len());
-            for (member, value) in list {
-                w.str(member);
-                w.raw(value);
-            }
-        }
-        match &self.seed {
-            None => w.u8(0),
-            Some(seed) => {
-                w.u8(1);
-                w.raw(seed);
-            }
-        }
-        w.len(self.delegates.len());
-        for d in &self.delegates {
-            w.str(d);
-        }
-    }
-
-    fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
-        let names = |r: &mut Reader<'_>, field| -> Result<Vec<MemberId>, DecodeError> {
-            let n = r.count(field, limits::MAX_MEMBERS, 4)?;
-            (0..n)
-                .map(|_| r.string(field, limits::MAX_NAME_LEN))
-                .collect()
-        };
-        let pairs = |r: &mut Reader<'_>, field| -> Result<Vec<(MemberId, [u8; 32])>, DecodeError> {
-            let n = r.count(field, limits::MAX_MEMBERS, 4 + 32)?;
-            (0..n)
-                .map(|_| Ok((r.string(field, limits::MAX_NAME_LEN)?, r.array(field)?)))
-                .collect()
-        };
-        let candidates = names(r, "candidates")?;
-        let n = r.count("key images", limits::MAX_MEMBERS, 32)?;
-        let key_images = (0..n)
-            .map(|_| r.array("key image"))
-            .collect::<Result<_, _>>()?;
-        let beacon_commits = pairs(r, "beacon commits")?;
-        let beacon_reveals = pairs(r, "beacon reveals")?;
-        let seed = match r.u8("seed presence")? {
-            0 => None,
-            1 => Some(r.array("seed")?),
-            tag => {
-                return Err(DecodeError::UnknownTag {
-                    field: "seed presence",
-                    tag,
-                })
-            }
-        };
-        let delegates = names(r, "delegates")?;
-        Ok(Self {
-            candidates,
-            key_images,
-            beacon_commits,
-            beacon_reveals,
-            seed,
-            delegates,
-        })
-    }
-}
-
 /// The consortium as the governance layer keeps it: members, the certificate revocation list,
-/// the wrapped link keys, epochs (with their delegates and seats), election records and the
-/// refusal log.
+/// the wrapped link keys, epochs (with their delegates and seats), the election's parameters
+/// and the refusal log.
 ///
 /// Pure data and rules: no I/O, no clock (time is passed in), no randomness. Its canonical
 /// encoding ([`GovernanceState::to_bytes`]) is the Raft snapshot.
@@ -374,7 +281,8 @@ pub struct GovernanceState {
     epochs: BTreeMap<u64, Epoch>,
     // K: how many delegates an epoch has.
     delegates_k: u32,
-    elections: BTreeMap<u64, ElectionRecord>,
+    // Set by genesis, never changed: the election's epochs on the chain count on them.
+    election_params: ElectionParams,
     // The last `MAX_REFUSALS_KEPT` refusals: kept bounded because any member can make the
     // regulator's node record a refusal, and the state is copied whole into every snapshot.
     refusals: VecDeque<RefusalRecord>,
@@ -424,8 +332,12 @@ impl GovernanceState {
         {
             return Err(Refusal::Malformed);
         }
-        if let Command::Genesis { regulator } = &signed.command {
-            return self.genesis(signed, regulator, now);
+        if let Command::Genesis {
+            regulator,
+            election,
+        } = &signed.command
+        {
+            return self.genesis(signed, regulator, *election, now);
         }
         if self.regulator.is_none() {
             return Err(Refusal::NoGenesis);
@@ -539,6 +451,7 @@ impl GovernanceState {
         &mut self,
         signed: &SignedCommand,
         regulator: &Admission,
+        election: ElectionParams,
         now: Timestamp,
     ) -> Result<(), Refusal> {
         if self.regulator.is_some() {
@@ -569,6 +482,7 @@ impl GovernanceState {
         );
         let delegates = vec![(regulator.id.clone(), regulator.keys.signing_key)];
         self.delegates_k = limits::DEFAULT_DELEGATES;
+        self.election_params = election;
         self.begin_epoch(0, now, delegates);
         Ok(())
     }
@@ -751,12 +665,6 @@ impl GovernanceState {
         self.refusals_total = self.refusals_total.saturating_add(1);
     }
 
-    /// The election records, for tests until the DPoS has commands that fill them.
-    #[cfg(test)]
-    pub(super) fn elections_mut(&mut self) -> &mut BTreeMap<u64, ElectionRecord> {
-        &mut self.elections
-    }
-
     // Queries.
 
     /// The consortium's name; `None` before genesis.
@@ -851,9 +759,9 @@ impl GovernanceState {
         self.epochs.get(&epoch)
     }
 
-    /// The election record of an epoch.
-    pub fn election(&self, epoch: u64) -> Option<&ElectionRecord> {
-        self.elections.get(&epoch)
+    /// The election's parameters, as genesis set them ([`ElectionParams::NONE`] before).
+    pub fn election_params(&self) -> ElectionParams {
+        self.election_params
     }
 
     /// The last refusals, oldest first (at most [`limits::MAX_REFUSALS_KEPT`]).
@@ -961,7 +869,7 @@ impl GovernanceState {
 }
 
 impl Wire for GovernanceState {
-    const MIN_LEN: usize = 4 + 1 + 4 + 4 + 4 + 4 + 4 + 4 + 4 + 4 + 8;
+    const MIN_LEN: usize = 4 + 1 + 4 + 4 + 4 + 4 + 4 + 4 + ElectionParams::MIN_LEN + 4 + 8;
 
     fn write(&self, w: &mut Writer) {
         w.str(&self.consortium);
@@ -997,11 +905,7 @@ impl Wire for GovernanceState {
             record.write(w);
         }
         w.u32(self.delegates_k);
-        w.len(self.elections.len());
-        for (epoch, record) in &self.elections {
-            w.u64(*epoch);
-            record.write(w);
-        }
+        self.election_params.write(w);
         w.len(self.refusals.len());
         for refusal in &self.refusals {
             refusal.write(w);
@@ -1072,14 +976,7 @@ impl Wire for GovernanceState {
             insert_in_order(&mut epochs, epoch, record, "epochs")?;
         }
         let delegates_k = r.u32("delegates per epoch")?;
-
-        let mut elections = BTreeMap::new();
-        let n = r.count("elections", usize::MAX, 8 + ElectionRecord::MIN_LEN)?;
-        for _ in 0..n {
-            let epoch = r.u64("election epoch")?;
-            let record = ElectionRecord::read(r)?;
-            insert_in_order(&mut elections, epoch, record, "elections")?;
-        }
+        let election_params = ElectionParams::read(r)?;
 
         let n = r.count(
             "refusals",
@@ -1100,7 +997,7 @@ impl Wire for GovernanceState {
             link_keys,
             epochs,
             delegates_k,
-            elections,
+            election_params,
             refusals,
             refusals_total,
         })

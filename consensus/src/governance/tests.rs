@@ -78,6 +78,7 @@ fn genesis(state: &mut GovernanceState, regulator: &Party) {
         1,
         Command::Genesis {
             regulator: regulator.admission.clone(),
+            election: ElectionParams::NONE,
         },
         &regulator.key,
     );
@@ -128,6 +129,7 @@ fn genesis_founds_the_consortium_once() {
         5,
         Command::Genesis {
             regulator: regulator.admission.clone(),
+            election: ElectionParams::NONE,
         },
         &regulator.key,
     );
@@ -148,6 +150,7 @@ fn genesis_must_be_a_voting_regulator_signing_for_itself() {
         1,
         Command::Genesis {
             regulator: regulator.admission.clone(),
+            election: ElectionParams::NONE,
         },
         &impostor,
     );
@@ -161,6 +164,7 @@ fn genesis_must_be_a_voting_regulator_signing_for_itself() {
         1,
         Command::Genesis {
             regulator: h.admission.clone(),
+            election: ElectionParams::NONE,
         },
         &h.key,
     );
@@ -715,7 +719,6 @@ fn epochs_advance_one_at_a_time() {
         state.apply(&begin(5, 2), at(11)),
         Outcome::Refused(Refusal::StaleEpoch)
     );
-    assert!(state.election(2).is_none());
 }
 
 #[test]
@@ -896,6 +899,7 @@ fn commands_round_trip_through_their_encoding() {
     let commands = [
         Command::Genesis {
             regulator: regulator.admission.clone(),
+            election: ElectionParams::NONE,
         },
         admit_command(&h1),
         Command::Suspend {
@@ -974,17 +978,6 @@ fn the_state_round_trips_and_refuses_other_encodings() {
     assert_eq!(
         state.apply(&refused, at(6)),
         Outcome::Refused(Refusal::Replayed)
-    );
-    state.elections_mut().insert(
-        0,
-        ElectionRecord {
-            candidates: vec!["h1".into()],
-            key_images: vec![[5; 32]],
-            beacon_commits: vec![("h1".into(), [6; 32])],
-            beacon_reveals: vec![],
-            seed: Some([8; 32]),
-            delegates: vec![REGULATOR.into()],
-        },
     );
 
     let bytes = state.to_bytes();
@@ -1137,6 +1130,7 @@ fn a_genesis_outside_its_window_founds_nothing() {
         Validity::around(at(10_000), 0, 100),
         Command::Genesis {
             regulator: regulator.admission.clone(),
+            election: ElectionParams::NONE,
         },
         &regulator.key,
     );
@@ -1248,6 +1242,7 @@ fn the_key_history_keeps_every_accepted_signing_key_and_no_refused_one() {
             1,
             Command::Genesis {
                 regulator: regulator.admission.clone(),
+                election: ElectionParams::NONE,
             },
             &regulator.key,
         ),
@@ -1277,57 +1272,6 @@ fn the_key_history_keeps_every_accepted_signing_key_and_no_refused_one() {
     assert!(roster.check_signer("h1", &h1_keys[0]).is_ok());
     assert!(roster.check_signer("h1", &h1_keys[1]).is_ok());
     assert!(roster.check_signer("h1", &PublicKey::of(&mallory)).is_err());
-}
-
-#[test]
-fn a_beacon_key_held_by_another_member_is_refused() {
-    let (mut state, regulator, h1) = founded();
-    let mut thief = hospital("h2", 12);
-    thief.admission.keys.beacon_key = h1.admission.keys.beacon_key;
-    let admit = sign(REGULATOR, 3, admit_command(&thief), &regulator.key);
-    assert_eq!(
-        state.apply(&admit, at(3)),
-        Outcome::Refused(Refusal::BeaconKeyInUse)
-    );
-    assert_eq!(
-        state.check_admission(
-            &thief.admission,
-            &thief
-                .admission
-                .keys
-                .prove_possession(CONSORTIUM, "h2", &thief.key)
-        ),
-        Err(Refusal::BeaconKeyInUse)
-    );
-    // Nor can a rotation take it; keeping one's own is allowed.
-    let fresh = SigningKey::from_bytes(&[21; 32]);
-    let mut keys = keys_from(21, &fresh);
-    keys.beacon_key = regulator.admission.keys.beacon_key;
-    let rotate = |sequence, keys: &MemberKeys| {
-        sign(
-            "h1",
-            sequence,
-            Command::RotateKeys {
-                member: "h1".into(),
-                keys: keys.clone(),
-                possession: keys.prove_possession(CONSORTIUM, "h1", &fresh),
-            },
-            &h1.key,
-        )
-    };
-    assert_eq!(
-        state.apply(&rotate(1, &keys), at(4)),
-        Outcome::Refused(Refusal::BeaconKeyInUse)
-    );
-    keys.beacon_key = h1.admission.keys.beacon_key;
-    assert_eq!(state.apply(&rotate(2, &keys), at(5)), Outcome::Accepted);
-    // The refusal keeps its own code through the state's encoding.
-    assert_eq!(last_refusal(&state).reason, Refusal::BeaconKeyInUse);
-    let decoded = GovernanceState::from_bytes(&state.to_bytes()).unwrap();
-    assert_eq!(
-        decoded.refusals().last().unwrap().reason,
-        Refusal::BeaconKeyInUse
-    );
 }
 
 /// The seat `party` has in an epoch begun now, with its admission's stake and keys.
@@ -1523,6 +1467,122 @@ fn every_seat_change_begins_an_epoch_even_when_the_delegates_stay() {
         GovernanceState::from_bytes(&state.to_bytes()).unwrap(),
         state
     );
+}
+
+#[test]
+fn a_beacon_key_held_by_another_member_is_refused() {
+    let (mut state, regulator, h1) = founded();
+    let mut thief = hospital("h2", 12);
+    thief.admission.keys.beacon_key = h1.admission.keys.beacon_key;
+    let admit = sign(REGULATOR, 3, admit_command(&thief), &regulator.key);
+    assert_eq!(
+        state.apply(&admit, at(3)),
+        Outcome::Refused(Refusal::BeaconKeyInUse)
+    );
+    assert_eq!(
+        state.check_admission(
+            &thief.admission,
+            &thief
+                .admission
+                .keys
+                .prove_possession(CONSORTIUM, "h2", &thief.key)
+        ),
+        Err(Refusal::BeaconKeyInUse)
+    );
+    // Nor can a rotation take it; keeping one's own is allowed.
+    let fresh = SigningKey::from_bytes(&[21; 32]);
+    let mut keys = keys_from(21, &fresh);
+    keys.beacon_key = regulator.admission.keys.beacon_key;
+    let rotate = |sequence, keys: &MemberKeys| {
+        sign(
+            "h1",
+            sequence,
+            Command::RotateKeys {
+                member: "h1".into(),
+                keys: keys.clone(),
+                possession: keys.prove_possession(CONSORTIUM, "h1", &fresh),
+            },
+            &h1.key,
+        )
+    };
+    assert_eq!(
+        state.apply(&rotate(1, &keys), at(4)),
+        Outcome::Refused(Refusal::BeaconKeyInUse)
+    );
+    keys.beacon_key = h1.admission.keys.beacon_key;
+    assert_eq!(state.apply(&rotate(2, &keys), at(5)), Outcome::Accepted);
+    // The refusal keeps its own code through the state's encoding.
+    assert_eq!(last_refusal(&state).reason, Refusal::BeaconKeyInUse);
+    let decoded = GovernanceState::from_bytes(&state.to_bytes()).unwrap();
+    assert_eq!(
+        decoded.refusals().last().unwrap().reason,
+        Refusal::BeaconKeyInUse
+    );
+}
+
+#[test]
+fn election_params_are_set_at_genesis_validated_and_encoded() {
+    assert_eq!(
+        GovernanceState::new().election_params(),
+        ElectionParams::NONE
+    );
+    assert!(!ElectionParams::NONE.elects());
+    let params = |epoch_blocks, max_consecutive| ElectionParams {
+        epoch_blocks,
+        max_consecutive,
+    };
+    for valid in [params(0, 1), params(3, 1), params(100, 7)] {
+        assert!(valid.is_valid(), "{valid:?}");
+    }
+    for invalid in [params(1, 2), params(2, 2), params(3, 0), params(0, 0)] {
+        assert!(!invalid.is_valid(), "{invalid:?}");
+    }
+    let regulator = regulator();
+    let genesis_with = |sequence, election| {
+        sign(
+            REGULATOR,
+            sequence,
+            Command::Genesis {
+                regulator: regulator.admission.clone(),
+                election,
+            },
+            &regulator.key,
+        )
+    };
+    // Invalid parameters make a malformed genesis, which founds nothing.
+    let mut state = GovernanceState::new();
+    for (sequence, invalid) in [(1, params(2, 2)), (2, params(12, 0))] {
+        let command = genesis_with(sequence, invalid);
+        assert!(!command.is_encodable());
+        assert_eq!(
+            state.apply(&command, at(1)),
+            Outcome::Refused(Refusal::Malformed)
+        );
+    }
+    assert_eq!(state.consortium(), None);
+    assert_eq!(state.election_params(), ElectionParams::NONE);
+
+    let chosen = params(12, 3);
+    let command = genesis_with(3, chosen);
+    assert!(command.is_encodable());
+    assert_eq!(
+        SignedCommand::from_bytes(&command.to_bytes()).unwrap(),
+        command
+    );
+    assert_eq!(state.apply(&command, at(2)), Outcome::Accepted);
+    assert_eq!(state.election_params(), chosen);
+    assert!(chosen.elects());
+    // The delegates still follow the K highest stakes (the chain's election chooses its own
+    // from the seats), and the parameters survive the snapshot encoding.
+    assert_eq!(
+        state.current_delegates(),
+        [(REGULATOR.to_owned(), regulator.admission.keys.signing_key)]
+    );
+    let bytes = state.to_bytes();
+    let decoded = GovernanceState::from_bytes(&bytes).unwrap();
+    assert_eq!(decoded.election_params(), chosen);
+    assert_eq!(decoded, state);
+    assert_eq!(decoded.to_bytes(), bytes);
 }
 
 #[test]

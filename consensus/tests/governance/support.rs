@@ -11,7 +11,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use fhirseal_consensus::governance::{
-    limits, Admission, Command, MemberKeys, MemberKind, RaftRole, SignedCommand, Validity,
+    limits, Admission, Command, ElectionParams, MemberKeys, MemberKind, RaftRole, SignedCommand,
+    Validity,
 };
 use fhirseal_consensus::raft::{BasicNode, Config, GovernanceNode, NodeId, Raft, TypeConfig};
 use fhirseal_consensus::{PublicKey, SigningKey};
@@ -86,7 +87,10 @@ impl Party {
 
     pub(crate) fn genesis(&mut self) -> SignedCommand {
         let regulator = self.admission.clone();
-        self.sign(Command::Genesis { regulator })
+        self.sign(Command::Genesis {
+            regulator,
+            election: ElectionParams::NONE,
+        })
     }
 
     /// The command admitting `self`, with its proof of possession (for the regulator to sign).
