@@ -4,7 +4,8 @@
 # one data directory); the first, h1, is the regulator, the others (h2 … hN) are invited,
 # join and are admitted by the regulator.
 #
-#   deploy/local-consortium.sh start N [--hapi] [--voters K] [--delegates D] [--port P] [--upstream URL]...
+#   deploy/local-consortium.sh start N [--hapi] [--voters K] [--delegates D] [--epoch-blocks E]
+#                              [--max-terms M] [--port P] [--upstream URL]...
 #       founds the consortium and starts its nodes; a second `start` starts the nodes already
 #       there again. Member hI serves FHIR on 127.0.0.1:P+I (P defaults to 7100), its
 #       governance listener (mutual TLS) is 127.0.0.1:P+100+I, the regulator's join desk
@@ -16,7 +17,9 @@
 #       so one of two voters revoked would hold up the governance), the others are learners.
 #       The shared ledger's delegates are the D members with the highest stake (all stakes
 #       are equal here: the first D by name; default every member up to 4): its chain is
-#       finalized by 2f+1 of them, and every member holds it.
+#       finalized by 2f+1 of them, and every member holds it. --epoch-blocks E (0, the default:
+#       no election; else at least 3) and --max-terms M (default 2) are the DPoS election's
+#       parameters, fixed when the consortium is founded (`consortium init`).
 #   deploy/local-consortium.sh status          every member: its process and its node's view
 #   deploy/local-consortium.sh stop            stops every node (SIGTERM) and the HAPIs started
 #   deploy/local-consortium.sh kill NAME       SIGKILL one member's node (a crash)
@@ -204,7 +207,7 @@ write_json() {
 }
 
 cmd_start() {
-    local n=3 voters="" port=7100 hapi=0 delegates=4
+    local n=3 voters="" port=7100 hapi=0 delegates=4 epoch_blocks=0 max_terms=2
     local upstreams=()
     if [[ $# -gt 0 && "$1" =~ ^[0-9]+$ ]]; then
         n="$1"
@@ -215,6 +218,8 @@ cmd_start() {
             --hapi) hapi=1; shift ;;
             --voters) voters="$2"; shift 2 ;;
             --delegates) delegates="$2"; shift 2 ;;
+            --epoch-blocks) epoch_blocks="$2"; shift 2 ;;
+            --max-terms) max_terms="$2"; shift 2 ;;
             --port) port="$2"; shift 2 ;;
             --upstream) upstreams+=("$2"); shift 2 ;;
             *) die "unknown argument: $1" ;;
@@ -267,7 +272,8 @@ cmd_start() {
     # The regulator founds the consortium, with its join desk.
     local init_out pin
     init_out=$(consortium init --config "$(config_of h1)" --consortium local --member h1 \
-        --listen "127.0.0.1:$(( port + 101 ))" --delegates "$delegates")
+        --listen "127.0.0.1:$(( port + 101 ))" --delegates "$delegates" \
+        --epoch-blocks "$epoch_blocks" --max-terms "$max_terms")
     pin=$(grep -o -- '--pin [0-9a-f]*' <<<"$init_out" | cut -d' ' -f2)
     echo "pin=$pin" >>"$dir/settings"
     echo h1 >"$dir/members"

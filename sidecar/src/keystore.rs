@@ -5,6 +5,7 @@
 //! |---|---|---|
 //! | `signing.key` | Ed25519: the member's governance commands and its institution's ledger batches | governance, ledger |
 //! | `vote.key` | Ristretto255 scalar: ring-signed ballots | governance |
+//! | `beacon.key` | schnorrkel mini secret key, expanded the Ed25519 way: the election beacon's VRF | governance |
 //! | `tls.key.pem`, `tls.cert.pem` | the node's certificate for the consortium's mutual TLS | governance transport |
 //! | `institution-rsa.pem` | RSA: data keys, and the link key the consortium wraps for the member | sealing, governance |
 //! | `index.key` | the blind-index key, local to the node | sealing |

@@ -23,6 +23,7 @@ use std::time::Duration;
 
 use fhirseal_adapters::outcome::{IssueType, OperationOutcome};
 use fhirseal_adapters::{route, Format};
+use fhirseal_consensus::governance::ElectionParams;
 use http::header::{self, HeaderValue};
 use http::StatusCode;
 use hyper::body::Incoming;
@@ -369,6 +370,7 @@ async fn start_member(config: &Config) -> Result<(NodeKeys, Membership, RunningN
                 address,
                 join_listen: None,
                 delegates: config.ledger.delegates,
+                election: ElectionParams::NONE,
             };
             std::fs::create_dir_all(layout.dir())
                 .map_err(|e| ConsortiumError::file(layout.dir(), e))?;

@@ -11,6 +11,7 @@
 use ed25519_dalek::{Signature, Signer as _, SigningKey};
 
 use crate::codec::{self, top_level_encoding, DecodeError, Reader, Wire, Writer};
+use crate::governance::epoch::ElectionParams;
 use crate::governance::limits;
 use crate::governance::member::{name_ok, Admission, MemberId, MemberKeys};
 use crate::hash::tag;
@@ -20,11 +21,14 @@ use crate::tx::Timestamp;
 /// What a member asks the consortium to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
-    /// Founds the consortium with its regulator. Only on an empty state, signed by the
-    /// regulator's own key (which also proves that it holds it).
+    /// Founds the consortium with its regulator and the election's parameters. Only on an
+    /// empty state, signed by the regulator's own key (which also proves that it holds it).
     Genesis {
         /// The regulator.
         regulator: Admission,
+        /// The election's parameters, for the consortium's whole life; valid
+        /// ([`ElectionParams::is_valid`]) or the genesis is malformed.
+        election: ElectionParams,
     },
     /// Admits a member. Regulator only.
     Admit {
@@ -168,7 +172,10 @@ impl Command {
     /// Field checks, so that nothing accepted is refused by the decoder.
     pub(crate) fn is_well_formed(&self) -> bool {
         match self {
-            Self::Genesis { regulator } => regulator.is_well_formed(),
+            Self::Genesis {
+                regulator,
+                election,
+            } => regulator.is_well_formed() && election.is_valid(),
             Self::Admit { member, .. } => member.is_well_formed(),
             Self::Suspend { member, reason } | Self::Revoke { member, reason } => {
                 name_ok(member) && reason.len() <= limits::MAX_REASON_LEN
@@ -202,7 +209,13 @@ impl Wire for Command {
     fn write(&self, w: &mut Writer) {
         w.u8(self.kind().tag());
         match self {
-            Self::Genesis { regulator } => regulator.write(w),
+            Self::Genesis {
+                regulator,
+                election,
+            } => {
+                regulator.write(w);
+                election.write(w);
+            }
             Self::Admit { member, possession } => {
                 member.write(w);
                 w.raw(&possession.to_bytes());
@@ -245,6 +258,7 @@ impl Wire for Command {
         Ok(match kind {
             CommandKind::Genesis => Self::Genesis {
                 regulator: Admission::read(r)?,
+                election: ElectionParams::read(r)?,
             },
             CommandKind::Admit => Self::Admit {
                 member: Admission::read(r)?,

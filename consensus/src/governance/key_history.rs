@@ -43,7 +43,7 @@ impl KeyHistory {
             return;
         }
         let member = match &command.command {
-            Command::Genesis { regulator } => &regulator.id,
+            Command::Genesis { regulator, .. } => &regulator.id,
             Command::Admit { member, .. } => &member.id,
             Command::RotateKeys { member, .. } => member,
             _ => return,

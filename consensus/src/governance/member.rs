@@ -123,6 +123,10 @@ pub struct MemberKeys {
     /// Ristretto255 point (compressed) of its anonymous ring-vote key. Opaque here: the DPoS
     /// votes use it.
     pub vote_key: [u8; 32],
+    /// schnorrkel (sr25519) public key, a compressed Ristretto255 point, of its contributions
+    /// to the election beacon (VRF outputs, [`crate::election::beacon`]). Opaque here: the
+    /// beacon checks it, and a member whose key is not one only loses its contributions.
+    pub beacon_key: [u8; 32],
 }
 
 impl MemberKeys {
@@ -135,7 +139,7 @@ impl MemberKeys {
     /// consortium, the member, then these keys. Binding the member and consortium stops a proof
     /// made for one admission from being replayed for another.
     pub fn possession_message(&self, consortium: &str, member: &str) -> Vec<u8> {
-        let mut w = Writer::with_capacity(160 + self.wrapping_key.len());
+        let mut w = Writer::with_capacity(192 + self.wrapping_key.len());
         w.u8(tag::KEY_POSSESSION);
         w.u8(codec::FORMAT_VERSION);
         w.str(consortium);
@@ -171,18 +175,20 @@ impl std::fmt::Debug for MemberKeys {
                 &crate::hash::hex(&self.wrapping_key_id()),
             )
             .field("vote_key", &crate::hash::hex(&self.vote_key))
+            .field("beacon_key", &crate::hash::hex(&self.beacon_key))
             .finish()
     }
 }
 
 impl Wire for MemberKeys {
-    const MIN_LEN: usize = 32 + 32 + 4 + 32;
+    const MIN_LEN: usize = 32 + 32 + 4 + 32 + 32;
 
     fn write(&self, w: &mut Writer) {
         w.raw(&self.tls_certificate);
         w.raw(&self.signing_key.0);
         w.bytes(&self.wrapping_key);
         w.raw(&self.vote_key);
+        w.raw(&self.beacon_key);
     }
 
     fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
@@ -191,6 +197,7 @@ impl Wire for MemberKeys {
             signing_key: PublicKey(r.array("signing key")?),
             wrapping_key: r.bytes("wrapping key", limits::MAX_WRAPPING_KEY_LEN)?,
             vote_key: r.array("vote key")?,
+            beacon_key: r.array("beacon key")?,
         })
     }
 }

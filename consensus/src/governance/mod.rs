@@ -1,9 +1,10 @@
 //! The consortium's governance state machine, as pure code.
 //!
 //! The state ([`GovernanceState`]) holds the members (id, name, kind, status, TLS certificate
-//! fingerprint, Ed25519 key, RSA wrapping key, ring-vote key, stake, reputation, Raft node), the
-//! certificate revocation list, the consortium link key wrapped for each member, epochs, the
-//! election records the DPoS fills, and a log of refused commands.
+//! fingerprint, Ed25519 key, RSA wrapping key, ring-vote key, beacon key, stake, reputation,
+//! Raft node), the certificate revocation list, the consortium link key wrapped for each
+//! member, epochs (their delegates, and the seats the DPoS election snapshots), the election's
+//! parameters, and a log of refused commands. The election's own record lives on the chain.
 //!
 //! It changes only through [`GovernanceState::apply`] of a [`SignedCommand`], and the
 //! authorization is inside: admission, suspension, reinstatement, revocation, stake changes,
@@ -23,12 +24,15 @@
 //! - `command.rs`: the commands ([`Command`]), their signatures ([`SignedCommand`]) and
 //!   validity windows ([`Validity`]).
 //! - `state.rs`: the state ([`GovernanceState`]) and the rules that change it, with what it keeps
-//!   (epochs, election records, wrapped link keys, the revocation list, refusals).
+//!   (epochs, wrapped link keys, the revocation list, refusals).
+//! - `epoch.rs`: an epoch ([`Epoch`]) with its delegates and seats ([`EpochSeat`]), and the
+//!   election's parameters ([`ElectionParams`]).
 //! - `key_history.rs`: every signing key each member has held ([`KeyHistory`]), read back from
 //!   the history of applied commands.
 //! - [`limits`]: the bounds on what the state holds.
 
 mod command;
+mod epoch;
 mod key_history;
 pub mod limits;
 mod member;
@@ -38,9 +42,9 @@ mod state;
 pub(crate) mod tests;
 
 pub use command::{Command, CommandKind, SignedCommand, Validity};
+pub use epoch::{ElectionParams, Epoch, EpochSeat};
 pub use key_history::KeyHistory;
 pub use member::{Admission, Member, MemberId, MemberKeys, MemberKind, MemberStatus, RaftRole};
 pub use state::{
-    ElectionRecord, Epoch, GovernanceState, Outcome, Refusal, RefusalRecord, RevokedCertificate,
-    WrappedLinkKey,
+    GovernanceState, Outcome, Refusal, RefusalRecord, RevokedCertificate, WrappedLinkKey,
 };

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::codec::{top_level_encoding, DecodeError, Reader, Wire, Writer};
 use crate::governance::command::{Command, CommandKind, SignedCommand};
+use crate::governance::epoch::{ElectionParams, Epoch, EpochSeat};
 use crate::governance::limits;
 use crate::governance::member::{
     name_ok, Admission, Member, MemberId, MemberKeys, MemberKind, MemberStatus, RaftRole,
@@ -118,6 +119,9 @@ pub enum Refusal {
     /// The command's validity window begins after the time it is applied at.
     #[error("the command's validity window has not begun")]
     NotYetValid,
+    /// Another member contributes to the beacon with this key (one VRF output per key).
+    #[error("the beacon key belongs to another member")]
+    BeaconKeyInUse,
 }
 
 impl Refusal {
@@ -152,6 +156,7 @@ impl Refusal {
             Self::Full => 27,
             Self::Expired => 28,
             Self::NotYetValid => 29,
+            Self::BeaconKeyInUse => 30,
         }
     }
 
@@ -186,6 +191,7 @@ impl Refusal {
             27 => Self::Full,
             28 => Self::Expired,
             29 => Self::NotYetValid,
+            30 => Self::BeaconKeyInUse,
             tag => {
                 return Err(DecodeError::UnknownTag {
                     field: "refusal",
@@ -256,120 +262,9 @@ pub struct WrappedLinkKey {
     pub ciphertext: Vec<u8>,
 }
 
-/// One epoch.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Epoch {
-    /// When it began (the log entry's time).
-    pub started_at: Timestamp,
-    /// Its delegates in schedule order, each with the signing key it had when the epoch began
-    /// (the key its votes are checked against for the whole epoch): the K active members with
-    /// the highest stake then, ties by member id. Genesis opens epoch 0 with the regulator alone.
-    pub delegates: Vec<(MemberId, PublicKey)>,
-}
-
-impl Epoch {
-    /// The delegates as a [`DelegateSet`] (their keys, in schedule order); `None` when two
-    /// delegates share a key, which admissions and rotations refuse.
-    pub fn delegate_set(&self) -> Option<DelegateSet> {
-        DelegateSet::new(self.delegates.iter().map(|(_, key)| *key).collect()).ok()
-    }
-}
-
-/// What the DPoS election records for one epoch. Empty for now: the election's own commands
-/// (candidacies, ring-signed ballots, beacon commits and reveals) will fill it; the state and its
-/// encoding already carry it so that adding them changes no snapshot format.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ElectionRecord {
-    /// Members standing for delegate, in id order.
-    pub candidates: Vec<MemberId>,
-    /// Key images of the ballots counted (a second ballot from one key shows the same image).
-    pub key_images: Vec<[u8; 32]>,
-    /// Beacon commitments `H(r_i)` by member.
-    pub beacon_commits: Vec<(MemberId, [u8; 32])>,
-    /// Beacon reveals `r_i` by member.
-    pub beacon_reveals: Vec<(MemberId, [u8; 32])>,
-    /// The seed drawn from the reveals, once known.
-    pub seed: Option<[u8; 32]>,
-    /// The delegates elected, in schedule order.
-    pub delegates: Vec<MemberId>,
-}
-
-impl Wire for ElectionRecord {
-    const MIN_LEN: usize = 4 + 4 + 4 + 4 + 1 + 4;
-
-    fn write(&self, w: &mut Writer) {
-        w.len(self.candidates.len());
-        for c in &self.candidates {
-            w.str(c);
-        }
-        w.len(self.key_images.len());
-        for k in &self.key_images {
-            w.raw(k);
-        }
-        for list in [&self.beacon_commits, &self.beacon_reveals] {
-            w.len(list.len());
-            for (member, value) in list {
-                w.str(member);
-                w.raw(value);
-            }
-        }
-        match &self.seed {
-            None => w.u8(0),
-            Some(seed) => {
-                w.u8(1);
-                w.raw(seed);
-            }
-        }
-        w.len(self.delegates.len());
-        for d in &self.delegates {
-            w.str(d);
-        }
-    }
-
-    fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
-        let names = |r: &mut Reader<'_>, field| -> Result<Vec<MemberId>, DecodeError> {
-            let n = r.count(field, limits::MAX_MEMBERS, 4)?;
-            (0..n)
-                .map(|_| r.string(field, limits::MAX_NAME_LEN))
-                .collect()
-        };
-        let pairs = |r: &mut Reader<'_>, field| -> Result<Vec<(MemberId, [u8; 32])>, DecodeError> {
-            let n = r.count(field, limits::MAX_MEMBERS, 4 + 32)?;
-            (0..n)
-                .map(|_| Ok((r.string(field, limits::MAX_NAME_LEN)?, r.array(field)?)))
-                .collect()
-        };
-        let candidates = names(r, "candidates")?;
-        let n = r.count("key images", limits::MAX_MEMBERS, 32)?;
-        let key_images = (0..n)
-            .map(|_| r.array("key image"))
-            .collect::<Result<_, _>>()?;
-        let beacon_commits = pairs(r, "beacon commits")?;
-        let beacon_reveals = pairs(r, "beacon reveals")?;
-        let seed = match r.u8("seed presence")? {
-            0 => None,
-            1 => Some(r.array("seed")?),
-            tag => {
-                return Err(DecodeError::UnknownTag {
-                    field: "seed presence",
-                    tag,
-                })
-            }
-        };
-        let delegates = names(r, "delegates")?;
-        Ok(Self {
-            candidates,
-            key_images,
-            beacon_commits,
-            beacon_reveals,
-            seed,
-            delegates,
-        })
-    }
-}
-
 /// The consortium as the governance layer keeps it: members, the certificate revocation list,
-/// the wrapped link keys, epochs, election records and the refusal log.
+/// the wrapped link keys, epochs (with their delegates and seats), the election's parameters
+/// and the refusal log.
 ///
 /// Pure data and rules: no I/O, no clock (time is passed in), no randomness. Its canonical
 /// encoding ([`GovernanceState::to_bytes`]) is the Raft snapshot.
@@ -386,7 +281,8 @@ pub struct GovernanceState {
     epochs: BTreeMap<u64, Epoch>,
     // K: how many delegates an epoch has.
     delegates_k: u32,
-    elections: BTreeMap<u64, ElectionRecord>,
+    // Set by genesis, never changed: the election's epochs on the chain count on them.
+    election_params: ElectionParams,
     // The last `MAX_REFUSALS_KEPT` refusals: kept bounded because any member can make the
     // regulator's node record a refusal, and the state is copied whole into every snapshot.
     refusals: VecDeque<RefusalRecord>,
@@ -405,10 +301,11 @@ impl GovernanceState {
     /// that it is well formed, for this consortium, signed by a member with its current key,
     /// fresh, and authorized, then applies it. A refusal is recorded in the refusal log.
     ///
-    /// A command that changes the delegates an epoch would have now (an admission, a
-    /// suspension, a reinstatement, a revocation, a stake, a key rotation) also begins the next
-    /// epoch, with those delegates: the shared ledger's delegates follow the state at once, and
-    /// every node, applying the same commands, begins the same epochs.
+    /// A command that changes the delegates or the seats an epoch would have now (an
+    /// admission; a suspension, reinstatement or revocation of an active member; a stake; a key
+    /// rotation by an active member) also begins the next epoch, with those delegates and
+    /// seats: the shared ledger's delegates and the election's seats follow the state at once,
+    /// and every node, applying the same commands, begins the same epochs.
     pub fn apply(&mut self, command: &SignedCommand, now: Timestamp) -> Outcome {
         match self.try_apply(command, now) {
             Ok(()) => {
@@ -416,7 +313,7 @@ impl GovernanceState {
                     command.command,
                     Command::Genesis { .. } | Command::BeginEpoch { .. }
                 ) {
-                    self.follow_delegates(now);
+                    self.follow_members(now);
                 }
                 Outcome::Accepted
             }
@@ -435,8 +332,12 @@ impl GovernanceState {
         {
             return Err(Refusal::Malformed);
         }
-        if let Command::Genesis { regulator } = &signed.command {
-            return self.genesis(signed, regulator, now);
+        if let Command::Genesis {
+            regulator,
+            election,
+        } = &signed.command
+        {
+            return self.genesis(signed, regulator, *election, now);
         }
         if self.regulator.is_none() {
             return Err(Refusal::NoGenesis);
@@ -538,13 +439,7 @@ impl GovernanceState {
                 }
                 self.delegates_k = *delegates;
                 let delegates = self.choose_delegates(*delegates as usize);
-                self.epochs.insert(
-                    *epoch,
-                    Epoch {
-                        started_at: now,
-                        delegates,
-                    },
-                );
+                self.begin_epoch(*epoch, now, delegates);
                 Ok(())
             }
             // Handled above, before the signer was looked up.
@@ -556,6 +451,7 @@ impl GovernanceState {
         &mut self,
         signed: &SignedCommand,
         regulator: &Admission,
+        election: ElectionParams,
         now: Timestamp,
     ) -> Result<(), Refusal> {
         if self.regulator.is_some() {
@@ -586,13 +482,8 @@ impl GovernanceState {
         );
         let delegates = vec![(regulator.id.clone(), regulator.keys.signing_key)];
         self.delegates_k = limits::DEFAULT_DELEGATES;
-        self.epochs.insert(
-            0,
-            Epoch {
-                started_at: now,
-                delegates,
-            },
-        );
+        self.election_params = election;
+        self.begin_epoch(0, now, delegates);
         Ok(())
     }
 
@@ -747,6 +638,9 @@ impl GovernanceState {
             if theirs.vote_key == keys.vote_key {
                 return Err(Refusal::VoteKeyInUse);
             }
+            if theirs.beacon_key == keys.beacon_key {
+                return Err(Refusal::BeaconKeyInUse);
+            }
         }
         Ok(())
     }
@@ -769,12 +663,6 @@ impl GovernanceState {
             reason,
         });
         self.refusals_total = self.refusals_total.saturating_add(1);
-    }
-
-    /// The election records, for tests until the DPoS has commands that fill them.
-    #[cfg(test)]
-    pub(super) fn elections_mut(&mut self) -> &mut BTreeMap<u64, ElectionRecord> {
-        &mut self.elections
     }
 
     // Queries.
@@ -871,9 +759,9 @@ impl GovernanceState {
         self.epochs.get(&epoch)
     }
 
-    /// The election record of an epoch.
-    pub fn election(&self, epoch: u64) -> Option<&ElectionRecord> {
-        self.elections.get(&epoch)
+    /// The election's parameters, as genesis set them ([`ElectionParams::NONE`] before).
+    pub fn election_params(&self) -> ElectionParams {
+        self.election_params
     }
 
     /// The last refusals, oldest first (at most [`limits::MAX_REFUSALS_KEPT`]).
@@ -886,21 +774,52 @@ impl GovernanceState {
         self.refusals_total
     }
 
-    /// Begins the next epoch if the delegates one would have now differ from the current
-    /// epoch's.
-    fn follow_delegates(&mut self, now: Timestamp) {
-        let wanted = self.choose_delegates(self.delegates_k as usize);
-        if wanted.is_empty() || wanted == self.current_delegates() {
+    /// Begins the next epoch if the delegates or the seats one would have now differ from the
+    /// current epoch's.
+    fn follow_members(&mut self, now: Timestamp) {
+        let delegates = self.choose_delegates(self.delegates_k as usize);
+        if delegates.is_empty() {
             return;
         }
-        let epoch = self.current_epoch().saturating_add(1);
+        let unchanged = self.epochs.values().next_back().is_some_and(|current| {
+            current.delegates == delegates && current.seats == self.seats_now()
+        });
+        if !unchanged {
+            let epoch = self.current_epoch().saturating_add(1);
+            self.begin_epoch(epoch, now, delegates);
+        }
+    }
+
+    /// Records epoch `epoch`, begun at `now`, with `delegates` and the seats of this moment.
+    fn begin_epoch(&mut self, epoch: u64, now: Timestamp, delegates: Vec<(MemberId, PublicKey)>) {
+        let seats = self.seats_now();
         self.epochs.insert(
             epoch,
             Epoch {
                 started_at: now,
-                delegates: wanted,
+                delegates,
+                seats,
             },
         );
+    }
+
+    /// Every active member, in id order, with its stake and keys now: the seats of an epoch
+    /// begun now.
+    fn seats_now(&self) -> Vec<EpochSeat> {
+        self.members
+            .values()
+            .filter(|m| m.is_active())
+            .map(|m| {
+                let keys = m.keys();
+                EpochSeat {
+                    member: m.id().to_owned(),
+                    stake: m.profile.stake,
+                    signing_key: keys.signing_key,
+                    vote_key: keys.vote_key,
+                    beacon_key: keys.beacon_key,
+                }
+            })
+            .collect()
     }
 
     /// How many delegates (K) each epoch has: [`limits::DEFAULT_DELEGATES`] from genesis, then
@@ -950,7 +869,7 @@ impl GovernanceState {
 }
 
 impl Wire for GovernanceState {
-    const MIN_LEN: usize = 4 + 1 + 4 + 4 + 4 + 4 + 4 + 4 + 4 + 4 + 8;
+    const MIN_LEN: usize = 4 + 1 + 4 + 4 + 4 + 4 + 4 + 4 + ElectionParams::MIN_LEN + 4 + 8;
 
     fn write(&self, w: &mut Writer) {
         w.str(&self.consortium);
@@ -983,19 +902,10 @@ impl Wire for GovernanceState {
         w.len(self.epochs.len());
         for (epoch, record) in &self.epochs {
             w.u64(*epoch);
-            w.u64(record.started_at.0);
-            w.len(record.delegates.len());
-            for (member, key) in &record.delegates {
-                w.str(member);
-                w.raw(&key.0);
-            }
-        }
-        w.u32(self.delegates_k);
-        w.len(self.elections.len());
-        for (epoch, record) in &self.elections {
-            w.u64(*epoch);
             record.write(w);
         }
+        w.u32(self.delegates_k);
+        self.election_params.write(w);
         w.len(self.refusals.len());
         for refusal in &self.refusals {
             refusal.write(w);
@@ -1059,34 +969,14 @@ impl Wire for GovernanceState {
         }
 
         let mut epochs = BTreeMap::new();
-        let n = r.count("epochs", usize::MAX, 20)?;
+        let n = r.count("epochs", usize::MAX, 8 + Epoch::MIN_LEN)?;
         for _ in 0..n {
             let epoch = r.u64("epoch")?;
-            let started_at = Timestamp(r.u64("epoch start")?);
-            let k = r.count("epoch delegates", limits::MAX_DELEGATES, 4 + 32)?;
-            let delegates = (0..k)
-                .map(|_| {
-                    Ok((
-                        r.string("epoch delegate", limits::MAX_NAME_LEN)?,
-                        PublicKey(r.array("epoch delegate key")?),
-                    ))
-                })
-                .collect::<Result<_, DecodeError>>()?;
-            let record = Epoch {
-                started_at,
-                delegates,
-            };
+            let record = Epoch::read(r)?;
             insert_in_order(&mut epochs, epoch, record, "epochs")?;
         }
         let delegates_k = r.u32("delegates per epoch")?;
-
-        let mut elections = BTreeMap::new();
-        let n = r.count("elections", usize::MAX, 8 + ElectionRecord::MIN_LEN)?;
-        for _ in 0..n {
-            let epoch = r.u64("election epoch")?;
-            let record = ElectionRecord::read(r)?;
-            insert_in_order(&mut elections, epoch, record, "elections")?;
-        }
+        let election_params = ElectionParams::read(r)?;
 
         let n = r.count(
             "refusals",
@@ -1107,7 +997,7 @@ impl Wire for GovernanceState {
             link_keys,
             epochs,
             delegates_k,
-            elections,
+            election_params,
             refusals,
             refusals_total,
         })

@@ -23,6 +23,7 @@ fn keys_from(seed: u8, key: &SigningKey) -> MemberKeys {
         signing_key: PublicKey::of(key),
         wrapping_key: vec![seed; 300],
         vote_key: [seed.wrapping_add(100); 32],
+        beacon_key: [seed.wrapping_add(150); 32],
     }
 }
 
@@ -77,6 +78,7 @@ fn genesis(state: &mut GovernanceState, regulator: &Party) {
         1,
         Command::Genesis {
             regulator: regulator.admission.clone(),
+            election: ElectionParams::NONE,
         },
         &regulator.key,
     );
@@ -127,6 +129,7 @@ fn genesis_founds_the_consortium_once() {
         5,
         Command::Genesis {
             regulator: regulator.admission.clone(),
+            election: ElectionParams::NONE,
         },
         &regulator.key,
     );
@@ -147,6 +150,7 @@ fn genesis_must_be_a_voting_regulator_signing_for_itself() {
         1,
         Command::Genesis {
             regulator: regulator.admission.clone(),
+            election: ElectionParams::NONE,
         },
         &impostor,
     );
@@ -160,6 +164,7 @@ fn genesis_must_be_a_voting_regulator_signing_for_itself() {
         1,
         Command::Genesis {
             regulator: h.admission.clone(),
+            election: ElectionParams::NONE,
         },
         &h.key,
     );
@@ -714,7 +719,6 @@ fn epochs_advance_one_at_a_time() {
         state.apply(&begin(5, 2), at(11)),
         Outcome::Refused(Refusal::StaleEpoch)
     );
-    assert!(state.election(2).is_none());
 }
 
 #[test]
@@ -755,22 +759,26 @@ fn epochs_follow_the_k_active_members_with_the_highest_stake() {
     assert_eq!(state.apply(&stake(4, "h2", 500), at(4)), Outcome::Accepted);
     assert_eq!(state.current_epoch(), 3);
     assert_eq!(names(state.current_delegates()), ["h2", "h1", REGULATOR]);
-    // A stake that changes nobody's place begins nothing.
+    // A stake that changes nobody's place still changes a seat: an epoch with the same
+    // delegates begins (the election weighs the stakes of the seats).
     assert_eq!(state.apply(&stake(5, "h2", 600), at(5)), Outcome::Accepted);
-    assert_eq!(state.current_epoch(), 3);
+    assert_eq!(state.current_epoch(), 4);
+    assert_eq!(names(state.current_delegates()), ["h2", "h1", REGULATOR]);
+    assert_eq!(state.epoch(4).unwrap().seat("h2").unwrap().stake, 600);
+    assert_eq!(state.epoch(3).unwrap().seat("h2").unwrap().stake, 500);
     // The regulator sets K = 2 with an epoch of its own.
     let begin = sign(
         REGULATOR,
         6,
         Command::BeginEpoch {
-            epoch: 4,
+            epoch: 5,
             delegates: 2,
         },
         &regulator.key,
     );
     assert_eq!(state.apply(&begin, at(6)), Outcome::Accepted);
     assert_eq!(state.delegates_k(), 2);
-    let epoch = state.epoch(4).unwrap().clone();
+    let epoch = state.epoch(5).unwrap().clone();
     assert_eq!(names(&epoch.delegates), ["h2", "h1"]);
     assert_eq!(epoch.delegates[1].1, PublicKey::of(&h1.key));
     assert_eq!(epoch.delegate_set().unwrap().len(), 2);
@@ -785,15 +793,15 @@ fn epochs_follow_the_k_active_members_with_the_highest_stake() {
         &regulator.key,
     );
     assert_eq!(state.apply(&suspend, at(7)), Outcome::Accepted);
-    assert_eq!(names(&state.epoch(4).unwrap().delegates), ["h2", "h1"]);
-    assert_eq!(state.current_epoch(), 5);
+    assert_eq!(names(&state.epoch(5).unwrap().delegates), ["h2", "h1"]);
+    assert_eq!(state.current_epoch(), 6);
     assert_eq!(names(state.current_delegates()), ["h1", REGULATOR]);
     // A refused command begins nothing; no delegates at all is malformed.
     let none = sign(
         REGULATOR,
         8,
         Command::BeginEpoch {
-            epoch: 6,
+            epoch: 7,
             delegates: 0,
         },
         &regulator.key,
@@ -802,7 +810,7 @@ fn epochs_follow_the_k_active_members_with_the_highest_stake() {
         state.apply(&none, at(8)),
         Outcome::Refused(Refusal::Malformed)
     );
-    assert_eq!(state.current_epoch(), 5);
+    assert_eq!(state.current_epoch(), 6);
     // The epochs survive the state's encoding.
     let decoded = GovernanceState::from_bytes(&state.to_bytes()).unwrap();
     assert_eq!(decoded, state);
@@ -891,6 +899,7 @@ fn commands_round_trip_through_their_encoding() {
     let commands = [
         Command::Genesis {
             regulator: regulator.admission.clone(),
+            election: ElectionParams::NONE,
         },
         admit_command(&h1),
         Command::Suspend {
@@ -969,17 +978,6 @@ fn the_state_round_trips_and_refuses_other_encodings() {
     assert_eq!(
         state.apply(&refused, at(6)),
         Outcome::Refused(Refusal::Replayed)
-    );
-    state.elections_mut().insert(
-        0,
-        ElectionRecord {
-            candidates: vec!["h1".into()],
-            key_images: vec![[5; 32]],
-            beacon_commits: vec![("h1".into(), [6; 32])],
-            beacon_reveals: vec![],
-            seed: Some([8; 32]),
-            delegates: vec![REGULATOR.into()],
-        },
     );
 
     let bytes = state.to_bytes();
@@ -1132,6 +1130,7 @@ fn a_genesis_outside_its_window_founds_nothing() {
         Validity::around(at(10_000), 0, 100),
         Command::Genesis {
             regulator: regulator.admission.clone(),
+            election: ElectionParams::NONE,
         },
         &regulator.key,
     );
@@ -1243,6 +1242,7 @@ fn the_key_history_keeps_every_accepted_signing_key_and_no_refused_one() {
             1,
             Command::Genesis {
                 regulator: regulator.admission.clone(),
+                election: ElectionParams::NONE,
             },
             &regulator.key,
         ),
@@ -1272,4 +1272,341 @@ fn the_key_history_keeps_every_accepted_signing_key_and_no_refused_one() {
     assert!(roster.check_signer("h1", &h1_keys[0]).is_ok());
     assert!(roster.check_signer("h1", &h1_keys[1]).is_ok());
     assert!(roster.check_signer("h1", &PublicKey::of(&mallory)).is_err());
+}
+
+/// The seat `party` has in an epoch begun now, with its admission's stake and keys.
+fn seat_of(party: &Party) -> EpochSeat {
+    let keys = &party.admission.keys;
+    EpochSeat {
+        member: party.admission.id.clone(),
+        stake: party.admission.stake,
+        signing_key: keys.signing_key,
+        vote_key: keys.vote_key,
+        beacon_key: keys.beacon_key,
+    }
+}
+
+#[test]
+fn every_epoch_records_its_seats_in_member_order() {
+    let mut state = GovernanceState::new();
+    let regulator = regulator();
+    genesis(&mut state, &regulator);
+    assert_eq!(state.epoch(0).unwrap().seats, [seat_of(&regulator)]);
+    let (h1, h2) = (hospital("h1", 11), hospital("h2", 12));
+    // Admitted out of id order: the seats are in id order all the same.
+    let admit = sign(REGULATOR, 2, admit_command(&h2), &regulator.key);
+    assert_eq!(state.apply(&admit, at(2)), Outcome::Accepted);
+    let admit = sign(REGULATOR, 3, admit_command(&h1), &regulator.key);
+    assert_eq!(state.apply(&admit, at(3)), Outcome::Accepted);
+    assert_eq!(state.current_epoch(), 2);
+    assert_eq!(
+        state.epoch(1).unwrap().seats,
+        [seat_of(&h2), seat_of(&regulator)]
+    );
+    let epoch = state.epoch(2).unwrap();
+    assert_eq!(
+        epoch.seats,
+        [seat_of(&h1), seat_of(&h2), seat_of(&regulator)]
+    );
+    assert_eq!(epoch.seat("h2"), Some(&seat_of(&h2)));
+    assert_eq!(epoch.seat("h3"), None);
+    assert_eq!(state.epoch(1).unwrap().seat("h1"), None);
+    // A command that changes no seat and no delegate begins nothing.
+    let wrap = sign(
+        REGULATOR,
+        4,
+        Command::WrapLinkKey {
+            version: 1,
+            wrapped: vec![("h1".into(), vec![1; 256])],
+        },
+        &regulator.key,
+    );
+    assert_eq!(state.apply(&wrap, at(4)), Outcome::Accepted);
+    assert_eq!(state.current_epoch(), 2);
+    // The regulator's own epoch records the seats too.
+    let begin = sign(
+        REGULATOR,
+        5,
+        Command::BeginEpoch {
+            epoch: 3,
+            delegates: 1,
+        },
+        &regulator.key,
+    );
+    assert_eq!(state.apply(&begin, at(5)), Outcome::Accepted);
+    assert_eq!(state.epoch(3).unwrap().seats, state.epoch(2).unwrap().seats);
+}
+
+#[test]
+fn every_seat_change_begins_an_epoch_even_when_the_delegates_stay() {
+    let (mut state, regulator, h1) = founded();
+    let mut h2 = hospital("h2", 12);
+    let admit = sign(REGULATOR, 3, admit_command(&h2), &regulator.key);
+    assert_eq!(state.apply(&admit, at(3)), Outcome::Accepted);
+    // K = 1: h1 (equal stakes, first by id) is the only delegate, h2 only has a seat.
+    let begin = sign(
+        REGULATOR,
+        4,
+        Command::BeginEpoch {
+            epoch: 3,
+            delegates: 1,
+        },
+        &regulator.key,
+    );
+    assert_eq!(state.apply(&begin, at(4)), Outcome::Accepted);
+    let delegates = vec![("h1".to_owned(), h1.admission.keys.signing_key)];
+    assert_eq!(state.current_delegates(), delegates);
+    let mut epoch = 3;
+    let mut next = |state: &GovernanceState, began: bool| {
+        if began {
+            epoch += 1;
+        }
+        assert_eq!(state.current_epoch(), epoch);
+        assert_eq!(state.current_delegates(), delegates);
+        state.epoch(epoch).unwrap().clone()
+    };
+
+    // A stake.
+    let stake = sign(
+        REGULATOR,
+        5,
+        Command::SetStake {
+            member: "h2".into(),
+            stake: 40,
+        },
+        &regulator.key,
+    );
+    assert_eq!(state.apply(&stake, at(5)), Outcome::Accepted);
+    h2.admission.stake = 40;
+    let current = next(&state, true);
+    assert_eq!(current.started_at, at(5));
+    assert_eq!(current.seat("h2"), Some(&seat_of(&h2)));
+
+    // A key rotation: every key of the seat is the new one.
+    let fresh = SigningKey::from_bytes(&[22; 32]);
+    let keys = keys_from(22, &fresh);
+    let rotate = |sequence, keys: &MemberKeys, signer: &SigningKey| {
+        sign(
+            "h2",
+            sequence,
+            Command::RotateKeys {
+                member: "h2".into(),
+                keys: keys.clone(),
+                possession: keys.prove_possession(CONSORTIUM, "h2", &fresh),
+            },
+            signer,
+        )
+    };
+    assert_eq!(
+        state.apply(&rotate(1, &keys, &h2.key), at(6)),
+        Outcome::Accepted
+    );
+    h2.admission.keys = keys;
+    h2.key = fresh.clone();
+    let current = next(&state, true);
+    assert_eq!(current.seat("h2"), Some(&seat_of(&h2)));
+    assert_eq!(current.seat("h2").unwrap().beacon_key, [172; 32]);
+
+    // A suspension takes the seat away, a reinstatement gives it back.
+    let suspend = sign(
+        REGULATOR,
+        6,
+        Command::Suspend {
+            member: "h2".into(),
+            reason: "audit".into(),
+        },
+        &regulator.key,
+    );
+    assert_eq!(state.apply(&suspend, at(7)), Outcome::Accepted);
+    let current = next(&state, true);
+    assert_eq!(current.seat("h2"), None);
+    assert_eq!(current.seats, [seat_of(&h1), seat_of(&regulator)]);
+
+    // A suspended member's rotation changes no seat: it begins nothing.
+    let keys = keys_from(23, &fresh);
+    assert_eq!(
+        state.apply(&rotate(2, &keys, &h2.key), at(8)),
+        Outcome::Accepted
+    );
+    h2.admission.keys = keys;
+    next(&state, false);
+
+    let reinstate = sign(
+        REGULATOR,
+        7,
+        Command::Reinstate {
+            member: "h2".into(),
+        },
+        &regulator.key,
+    );
+    assert_eq!(state.apply(&reinstate, at(9)), Outcome::Accepted);
+    let current = next(&state, true);
+    assert_eq!(current.seat("h2"), Some(&seat_of(&h2)));
+
+    // A revocation takes it away for good.
+    let revoke = sign(
+        REGULATOR,
+        8,
+        Command::Revoke {
+            member: "h2".into(),
+            reason: "breach".into(),
+        },
+        &regulator.key,
+    );
+    assert_eq!(state.apply(&revoke, at(10)), Outcome::Accepted);
+    let current = next(&state, true);
+    assert_eq!(current.seat("h2"), None);
+    // The earlier epochs keep the seats they began with.
+    assert_eq!(state.epoch(4).unwrap().seat("h2").unwrap().stake, 40);
+    assert_eq!(
+        state.epoch(4).unwrap().seat("h2").unwrap().beacon_key,
+        [162; 32]
+    );
+    // Seats survive the state's encoding.
+    assert_eq!(
+        GovernanceState::from_bytes(&state.to_bytes()).unwrap(),
+        state
+    );
+}
+
+#[test]
+fn a_beacon_key_held_by_another_member_is_refused() {
+    let (mut state, regulator, h1) = founded();
+    let mut thief = hospital("h2", 12);
+    thief.admission.keys.beacon_key = h1.admission.keys.beacon_key;
+    let admit = sign(REGULATOR, 3, admit_command(&thief), &regulator.key);
+    assert_eq!(
+        state.apply(&admit, at(3)),
+        Outcome::Refused(Refusal::BeaconKeyInUse)
+    );
+    assert_eq!(
+        state.check_admission(
+            &thief.admission,
+            &thief
+                .admission
+                .keys
+                .prove_possession(CONSORTIUM, "h2", &thief.key)
+        ),
+        Err(Refusal::BeaconKeyInUse)
+    );
+    // Nor can a rotation take it; keeping one's own is allowed.
+    let fresh = SigningKey::from_bytes(&[21; 32]);
+    let mut keys = keys_from(21, &fresh);
+    keys.beacon_key = regulator.admission.keys.beacon_key;
+    let rotate = |sequence, keys: &MemberKeys| {
+        sign(
+            "h1",
+            sequence,
+            Command::RotateKeys {
+                member: "h1".into(),
+                keys: keys.clone(),
+                possession: keys.prove_possession(CONSORTIUM, "h1", &fresh),
+            },
+            &h1.key,
+        )
+    };
+    assert_eq!(
+        state.apply(&rotate(1, &keys), at(4)),
+        Outcome::Refused(Refusal::BeaconKeyInUse)
+    );
+    keys.beacon_key = h1.admission.keys.beacon_key;
+    assert_eq!(state.apply(&rotate(2, &keys), at(5)), Outcome::Accepted);
+    // The refusal keeps its own code through the state's encoding.
+    assert_eq!(last_refusal(&state).reason, Refusal::BeaconKeyInUse);
+    let decoded = GovernanceState::from_bytes(&state.to_bytes()).unwrap();
+    assert_eq!(
+        decoded.refusals().last().unwrap().reason,
+        Refusal::BeaconKeyInUse
+    );
+}
+
+#[test]
+fn election_params_are_set_at_genesis_validated_and_encoded() {
+    assert_eq!(
+        GovernanceState::new().election_params(),
+        ElectionParams::NONE
+    );
+    assert!(!ElectionParams::NONE.elects());
+    let params = |epoch_blocks, max_consecutive| ElectionParams {
+        epoch_blocks,
+        max_consecutive,
+    };
+    for valid in [params(0, 1), params(3, 1), params(100, 7)] {
+        assert!(valid.is_valid(), "{valid:?}");
+    }
+    for invalid in [params(1, 2), params(2, 2), params(3, 0), params(0, 0)] {
+        assert!(!invalid.is_valid(), "{invalid:?}");
+    }
+    let regulator = regulator();
+    let genesis_with = |sequence, election| {
+        sign(
+            REGULATOR,
+            sequence,
+            Command::Genesis {
+                regulator: regulator.admission.clone(),
+                election,
+            },
+            &regulator.key,
+        )
+    };
+    // Invalid parameters make a malformed genesis, which founds nothing.
+    let mut state = GovernanceState::new();
+    for (sequence, invalid) in [(1, params(2, 2)), (2, params(12, 0))] {
+        let command = genesis_with(sequence, invalid);
+        assert!(!command.is_encodable());
+        assert_eq!(
+            state.apply(&command, at(1)),
+            Outcome::Refused(Refusal::Malformed)
+        );
+    }
+    assert_eq!(state.consortium(), None);
+    assert_eq!(state.election_params(), ElectionParams::NONE);
+
+    let chosen = params(12, 3);
+    let command = genesis_with(3, chosen);
+    assert!(command.is_encodable());
+    assert_eq!(
+        SignedCommand::from_bytes(&command.to_bytes()).unwrap(),
+        command
+    );
+    assert_eq!(state.apply(&command, at(2)), Outcome::Accepted);
+    assert_eq!(state.election_params(), chosen);
+    assert!(chosen.elects());
+    // The delegates still follow the K highest stakes (the chain's election chooses its own
+    // from the seats), and the parameters survive the snapshot encoding.
+    assert_eq!(
+        state.current_delegates(),
+        [(REGULATOR.to_owned(), regulator.admission.keys.signing_key)]
+    );
+    let bytes = state.to_bytes();
+    let decoded = GovernanceState::from_bytes(&bytes).unwrap();
+    assert_eq!(decoded.election_params(), chosen);
+    assert_eq!(decoded, state);
+    assert_eq!(decoded.to_bytes(), bytes);
+}
+
+#[test]
+fn seats_out_of_member_order_are_another_encoding() {
+    let (h1, h2) = (hospital("h1", 11), hospital("h2", 12));
+    let mut epoch = Epoch {
+        started_at: at(1),
+        delegates: vec![("h1".into(), h1.admission.keys.signing_key)],
+        seats: vec![seat_of(&h1), seat_of(&h2)],
+    };
+    let decode = |epoch: &Epoch| {
+        let mut w = crate::codec::Writer::default();
+        epoch.write(&mut w);
+        Epoch::read(&mut crate::codec::Reader::new(w.as_slice()))
+    };
+    assert_eq!(decode(&epoch).as_ref(), Ok(&epoch));
+    epoch.seats.reverse();
+    assert_eq!(
+        decode(&epoch),
+        Err(DecodeError::NotCanonical("epoch seats"))
+    );
+    epoch.seats = vec![seat_of(&h1), seat_of(&h1)];
+    assert_eq!(
+        decode(&epoch),
+        Err(DecodeError::NotCanonical("epoch seats"))
+    );
 }

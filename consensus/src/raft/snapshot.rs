@@ -155,7 +155,7 @@ mod tests {
     use crate::governance::tests::{
         admit_command, at, hospital, party, regulator, sign, REGULATOR,
     };
-    use crate::governance::{Command, MemberKind, RaftRole};
+    use crate::governance::{Command, ElectionParams, MemberKind, RaftRole};
     use crate::tx::Timestamp;
 
     /// `signed`, applied at `ms`.
@@ -169,6 +169,7 @@ mod tests {
         let h1 = hospital("h1", 2);
         let genesis = Command::Genesis {
             regulator: regulator.admission.clone(),
+            election: ElectionParams::NONE,
         };
         let revoke = Command::Revoke {
             member: "h1".into(),
@@ -268,6 +269,7 @@ mod tests {
         let h1 = party("h1", 2, MemberKind::Regulator, RaftRole::Voter);
         let genesis = Command::Genesis {
             regulator: h1.admission,
+            election: ElectionParams::NONE,
         };
         let forged: History = vec![request(sign("h1", 1, genesis, &h1.key), 40)];
         let snapshot = snapshot_of(&forged);

@@ -11,7 +11,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use fhirseal_consensus::governance::{
-    limits, Admission, Command, MemberKeys, MemberKind, RaftRole, SignedCommand, Validity,
+    limits, Admission, Command, ElectionParams, MemberKeys, MemberKind, RaftRole, SignedCommand,
+    Validity,
 };
 use fhirseal_consensus::raft::{BasicNode, Config, GovernanceNode, NodeId, Raft, TypeConfig};
 use fhirseal_consensus::{PublicKey, SigningKey};
@@ -51,6 +52,7 @@ impl Party {
                 signing_key: PublicKey::of(&key),
                 wrapping_key: vec![seed; 294],
                 vote_key: [seed.wrapping_add(100); 32],
+                beacon_key: [seed.wrapping_add(150); 32],
             },
             stake: 100,
             reputation: 50,
@@ -85,7 +87,10 @@ impl Party {
 
     pub(crate) fn genesis(&mut self) -> SignedCommand {
         let regulator = self.admission.clone();
-        self.sign(Command::Genesis { regulator })
+        self.sign(Command::Genesis {
+            regulator,
+            election: ElectionParams::NONE,
+        })
     }
 
     /// The command admitting `self`, with its proof of possession (for the regulator to sign).

@@ -22,6 +22,8 @@ pub struct Status {
     pub regulator: Option<String>,
     /// The current epoch.
     pub epoch: u64,
+    /// How delegates are chosen: K and the election's parameters.
+    pub election: ElectionStatus,
     /// The link key's current version.
     pub link_key_version: u32,
     /// Every member ever admitted.
@@ -32,6 +34,18 @@ pub struct Status {
     pub refusals_total: u64,
     /// The last refusals, oldest first.
     pub refusals: Vec<RefusalStatus>,
+}
+
+/// How the shared ledger's delegates are chosen.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ElectionStatus {
+    /// K: how many delegates an epoch has.
+    pub delegates: u32,
+    /// E: blocks per election epoch on the chain; 0: no election (the K active members with
+    /// the highest stake).
+    pub epoch_blocks: u64,
+    /// M: epochs in a row a delegate may serve before sitting one out.
+    pub max_consecutive: u32,
 }
 
 /// The answering node.
@@ -251,6 +265,14 @@ fn of_state(state: &GovernanceState, node: NodeStatus, raft: RaftStatus) -> Stat
         consortium: state.consortium().map(str::to_owned),
         regulator: state.regulator().map(|m| m.id().to_owned()),
         epoch: state.current_epoch(),
+        election: {
+            let params = state.election_params();
+            ElectionStatus {
+                delegates: state.delegates_k(),
+                epoch_blocks: params.epoch_blocks,
+                max_consecutive: params.max_consecutive,
+            }
+        },
         link_key_version: state.link_key_version(),
         members,
         revoked_certificates: state
@@ -294,6 +316,20 @@ impl Status {
             "consortium {consortium}: epoch {}, link key v{}",
             self.epoch, self.link_key_version
         );
+        let e = &self.election;
+        let _ = if e.epoch_blocks == 0 {
+            writeln!(
+                out,
+                "delegates: the {} active members with the highest stake (no election)",
+                e.delegates
+            )
+        } else {
+            writeln!(
+                out,
+                "delegates: {} elected every {} blocks, at most {} epochs in a row",
+                e.delegates, e.epoch_blocks, e.max_consecutive
+            )
+        };
         let leader = self
             .raft
             .leader

@@ -8,7 +8,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
-use fhirseal_consensus::governance::{Admission, Command, MemberKind, RaftRole, SignedCommand};
+use fhirseal_consensus::governance::{
+    Admission, Command, ElectionParams, MemberKind, RaftRole, SignedCommand,
+};
 use fhirseal_storage::keys::read_link_key;
 use http::Method;
 
@@ -126,6 +128,13 @@ pub struct InitArgs {
     /// stake (default: `ledger.delegates`, 4).
     #[arg(long)]
     pub delegates: Option<u32>,
+    /// E: blocks per election epoch, at least 3, fixed for the consortium's life; 0: no
+    /// election, the delegates are the K active members with the highest stake.
+    #[arg(long, default_value_t = ElectionParams::NONE.epoch_blocks)]
+    pub epoch_blocks: u64,
+    /// M: epochs in a row an elected delegate may serve before it sits one out (at least 1).
+    #[arg(long, default_value_t = ElectionParams::NONE.max_consecutive)]
+    pub max_terms: u32,
 }
 
 /// `invite`.
@@ -355,22 +364,24 @@ fn fresh_node(layout: &Layout, config: &Config) -> Result<()> {
 fn init(args: InitArgs, env: &dyn Fn(&str) -> Option<String>) -> Result<String> {
     let config = args.node.load(env)?;
     let layout = Layout::of(&config);
+    let founding = Founding {
+        consortium: args.consortium.clone(),
+        member: args.member.clone(),
+        name: args.name.clone().unwrap_or_else(|| args.member.clone()),
+        node_id: args.node_id,
+        address: args.listen,
+        join_listen: args.join_listen,
+        delegates: args.delegates.unwrap_or(config.ledger.delegates),
+        election: ElectionParams {
+            epoch_blocks: args.epoch_blocks,
+            max_consecutive: args.max_terms,
+        },
+    };
+    founding.check()?;
     fresh_node(&layout, &config)?;
     let bits = args.rsa_bits.unwrap_or(config.seal.rsa_bits);
     let keystore = Keystore::open_or_create(&layout.keys(), bits)?;
-    found(
-        &layout,
-        &keystore.member,
-        &Founding {
-            consortium: args.consortium.clone(),
-            member: args.member.clone(),
-            name: args.name.clone().unwrap_or_else(|| args.member.clone()),
-            node_id: args.node_id,
-            address: args.listen,
-            join_listen: args.join_listen,
-            delegates: args.delegates.unwrap_or(config.ledger.delegates),
-        },
-    )?;
+    found(&layout, &keystore.member, &founding)?;
     let pin = hex(&keystore.member.certificate_fingerprint());
     let desk = args.join_listen.map_or_else(
         || "DESK (set consortium.join_listen)".to_owned(),

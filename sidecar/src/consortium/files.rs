@@ -13,6 +13,8 @@
 //! KEYS/signing.key                  Ed25519 secret (32 bytes): governance commands and the
 //!                                   institution's ledger batches                       0600
 //! KEYS/vote.key                     Ristretto255 scalar (32 bytes)                     0600
+//! KEYS/beacon.key                   schnorrkel mini secret key (32 bytes): the election
+//!                                   beacon's VRF, expanded the Ed25519 way             0600
 //! KEYS/tls.key.pem, tls.cert.pem    the node's TLS key (PKCS#8, 0600) and self-signed
 //!                                   certificate (identity is its SHA-256)
 //! KEYS/institution-rsa.pem          the RSA key data keys and the link key are wrapped for
@@ -41,6 +43,7 @@ use rsa::pkcs8::{EncodePrivateKey, EncodePublicKey, LineEnding};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::sign::CertifiedKey;
+use schnorrkel::{ExpansionMode, MiniSecretKey};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
@@ -317,6 +320,8 @@ pub struct MemberSecrets {
     /// Signs governance commands and the institution's ledger batches.
     pub signing: SigningKey,
     vote: Zeroizing<[u8; 32]>,
+    // Zeroized on drop by schnorrkel.
+    beacon: MiniSecretKey,
     tls_key: Zeroizing<Vec<u8>>,
     tls_key_pem: Zeroizing<String>,
     /// The node's certificate.
@@ -337,12 +342,18 @@ impl std::fmt::Debug for MemberSecrets {
 /// The member's signing key.
 pub const SIGNING: &str = "signing.key";
 const VOTE: &str = "vote.key";
+const BEACON: &str = "beacon.key";
 const TLS_KEY: &str = "tls.key.pem";
 const TLS_CERT: &str = "tls.cert.pem";
 const WRAPPING: &str = fhirseal_storage::keys::RSA_KEY_FILE;
 /// The files a rotation replaces (the RSA key stays: data keys and the link key are wrapped
 /// for it).
-const ROTATED: [&str; 4] = [SIGNING, VOTE, TLS_KEY, TLS_CERT];
+const ROTATED: [&str; 5] = [SIGNING, VOTE, BEACON, TLS_KEY, TLS_CERT];
+/// How a beacon key's 32-byte seed becomes a keypair: the Ed25519 way (SHA-512 of the seed,
+/// clamped), as [`fhirseal_consensus::election::beacon::BeaconKey::from_seed`] expands it, so
+/// that the keystore's key and the beacon's are one key. A seed expanded the other way
+/// (`Uniform`) would give another public key.
+const BEACON_EXPANSION: ExpansionMode = ExpansionMode::Ed25519;
 
 impl MemberSecrets {
     /// New keys; the RSA key has `rsa_bits` bits.
@@ -352,7 +363,8 @@ impl MemberSecrets {
         Self::generate_with(wrapping, None)
     }
 
-    /// New signing (unless `seed` gives it), vote and TLS keys beside the RSA key `wrapping`.
+    /// New signing (unless `seed` gives it), vote, beacon and TLS keys beside the RSA key
+    /// `wrapping`.
     pub fn generate_with(wrapping: rsa::PrivateKey, seed: Option<[u8; 32]>) -> Result<Self> {
         let seed = match seed {
             Some(seed) => Zeroizing::new(seed),
@@ -366,11 +378,15 @@ impl MemberSecrets {
         let mut wide = Zeroizing::new([0u8; 64]);
         random(wide.as_mut())?;
         let vote = Zeroizing::new(Scalar::from_bytes_mod_order_wide(&wide).to_bytes());
+        let mut beacon = Zeroizing::new([0u8; 32]);
+        random(beacon.as_mut())?;
+        let beacon = beacon_key(&beacon)?;
         let tls = rcgen::generate_simple_self_signed(vec!["fhirseal-node".to_owned()])
             .map_err(|e| ConsortiumError::Keys(format!("TLS certificate: {e}")))?;
         Ok(Self {
             signing,
             vote,
+            beacon,
             tls_key: Zeroizing::new(tls.signing_key.serialize_der()),
             tls_key_pem: Zeroizing::new(tls.signing_key.serialize_pem()),
             tls_cert: tls.cert.der().clone(),
@@ -379,7 +395,7 @@ impl MemberSecrets {
         })
     }
 
-    /// New signing, vote and TLS keys for a rotation, keeping the RSA key.
+    /// New signing, vote, beacon and TLS keys for a rotation, keeping the RSA key.
     pub fn rotated(&self) -> Result<Self> {
         Self::generate_with(self.wrapping.clone(), None)
     }
@@ -399,6 +415,7 @@ impl MemberSecrets {
         for (name, bytes, secret) in [
             (SIGNING, self.signing.as_bytes().as_slice(), true),
             (VOTE, self.vote.as_slice(), true),
+            (BEACON, self.beacon.as_bytes().as_slice(), true),
             (TLS_KEY, self.tls_key_pem.as_bytes(), true),
             (TLS_CERT, self.tls_cert_pem.as_bytes(), false),
         ] {
@@ -426,6 +443,7 @@ impl MemberSecrets {
         let signing = Zeroizing::new(read_secret_32(&dir.join(SIGNING))?);
         let signing = SigningKey::from_bytes(&signing);
         let vote = Zeroizing::new(read_secret_32(&dir.join(VOTE))?);
+        let beacon = beacon_key(&Zeroizing::new(read_secret_32(&dir.join(BEACON))?))?;
         let key_path = dir.join(TLS_KEY);
         let key_pem = read_secret(&key_path)?;
         let tls_key = match PrivateKeyDer::from_pem_slice(&key_pem) {
@@ -444,6 +462,7 @@ impl MemberSecrets {
         Ok(Self {
             signing,
             vote,
+            beacon,
             tls_key,
             tls_key_pem,
             tls_cert,
@@ -472,7 +491,14 @@ impl MemberSecrets {
             signing_key: PublicKey::of(&self.signing),
             wrapping_key,
             vote_key: vote_point.compress().to_bytes(),
+            beacon_key: self.beacon_keypair().public.to_bytes(),
         })
+    }
+
+    /// The member's beacon keypair (schnorrkel, sr25519): its contributions to the election
+    /// beacon. Expanded from `beacon.key` the Ed25519 way, as the beacon's own keys are.
+    pub fn beacon_keypair(&self) -> schnorrkel::Keypair {
+        self.beacon.expand_to_keypair(BEACON_EXPANSION)
     }
 
     /// SHA-256 of the certificate.
@@ -563,6 +589,11 @@ pub fn certified_key_in(dir: &Path) -> Result<Arc<CertifiedKey>> {
     Ok(Arc::new(certified))
 }
 
+/// The beacon key of a 32-byte seed.
+fn beacon_key(seed: &[u8; 32]) -> Result<MiniSecretKey> {
+    MiniSecretKey::from_bytes(seed).map_err(|e| ConsortiumError::Keys(format!("beacon key: {e}")))
+}
+
 fn random(buf: &mut [u8]) -> Result<()> {
     getrandom::fill(buf).map_err(|e| ConsortiumError::Keys(format!("no randomness: {e}")))
 }
@@ -597,7 +628,7 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            for name in [SIGNING, VOTE, TLS_KEY, WRAPPING] {
+            for name in [SIGNING, VOTE, BEACON, TLS_KEY, WRAPPING] {
                 let mode = fs::metadata(keys.join(name)).unwrap().permissions().mode();
                 assert_eq!(mode & 0o777, 0o600, "{name}");
             }
@@ -610,6 +641,36 @@ mod tests {
     }
 
     #[test]
+    fn the_beacon_key_round_trips_and_is_the_beacons_kind_of_key() {
+        use fhirseal_consensus::election::beacon::{check_reveal, BeaconInput, BeaconKey};
+        let dir = tempfile::tempdir().unwrap();
+        let keys = dir.path().join("keys");
+        let secrets = MemberSecrets::generate(2048).unwrap();
+        secrets.write(&keys).unwrap();
+        let back = MemberSecrets::load(&keys, &keys).unwrap();
+        let public = back.member_keys().unwrap().beacon_key;
+        assert_eq!(public, secrets.member_keys().unwrap().beacon_key);
+        assert_eq!(public, back.beacon_keypair().public.to_bytes());
+        assert_eq!(
+            back.beacon_keypair().secret.to_bytes(),
+            secrets.beacon_keypair().secret.to_bytes()
+        );
+        // The file holds the seed the beacon's own keys are made from, expanded the same way.
+        let seed = read_secret_32(&keys.join(BEACON)).unwrap();
+        assert_eq!(BeaconKey::from_seed(&seed).unwrap().public(), public);
+        // A contribution made with it checks against the key the state records.
+        let input = BeaconInput {
+            chain: b"chain",
+            epoch: 3,
+            previous_seed: [9; 32],
+        };
+        let reveal = BeaconKey::from_seed(&seed).unwrap().contribute(&input);
+        let commitment = reveal.commitment("h1", &input);
+        assert!(check_reveal("h1", &public, &input, &commitment, &reveal).is_ok());
+        assert!(!format!("{secrets:?}").contains(&hex(&seed)));
+    }
+
+    #[test]
     fn a_rotation_keeps_the_wrapping_key_and_changes_the_rest() {
         let secrets = MemberSecrets::generate(2048).unwrap();
         let next = secrets.rotated().unwrap();
@@ -618,6 +679,7 @@ mod tests {
         assert_ne!(a.signing_key, b.signing_key);
         assert_ne!(a.tls_certificate, b.tls_certificate);
         assert_ne!(a.vote_key, b.vote_key);
+        assert_ne!(a.beacon_key, b.beacon_key);
         let link = fhirseal_storage::SecretKey::random().unwrap();
         let wrapped = wrap_link_key(&link, &a.wrapping_key).unwrap();
         assert_eq!(next.unwrap_link_key(&wrapped).unwrap(), link);

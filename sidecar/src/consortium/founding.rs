@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 
 use fhirseal_consensus::governance::{
-    limits, Admission, Command, MemberKind, RaftRole, SignedCommand,
+    limits, Admission, Command, ElectionParams, MemberKind, RaftRole, SignedCommand,
 };
 use fhirseal_storage::keys::make_link_key;
 
@@ -33,6 +33,23 @@ pub struct Founding {
     /// K: how many delegates finalize the shared ledger (the governance state's default when it
     /// is [`limits::DEFAULT_DELEGATES`]; else a third genesis command sets it).
     pub delegates: u32,
+    /// The election's parameters, which the genesis fixes for the consortium's life
+    /// ([`ElectionParams::NONE`]: no election, the delegates are the K highest stakes).
+    pub election: ElectionParams,
+}
+
+impl Founding {
+    /// Refuses election parameters the genesis could not carry ([`ElectionParams::is_valid`]),
+    /// before anything is written.
+    pub fn check(&self) -> Result<()> {
+        if self.election.is_valid() {
+            return Ok(());
+        }
+        Err(ConsortiumError::Usage(format!(
+            "--epoch-blocks must be 0 (no election) or at least {}, and --max-terms at least 1",
+            ElectionParams::MIN_EPOCH_BLOCKS
+        )))
+    }
 }
 
 /// Writes the founding of `founding` into `layout`: the link key (the keystore's, if it holds
@@ -66,7 +83,10 @@ pub fn found(layout: &Layout, secrets: &MemberSecrets, founding: &Founding) -> R
         &founding.member,
         1,
         genesis_window,
-        Command::Genesis { regulator },
+        Command::Genesis {
+            regulator,
+            election: founding.election,
+        },
         &secrets.signing,
     );
     let wrap = SignedCommand::sign(
@@ -94,6 +114,7 @@ pub fn found(layout: &Layout, secrets: &MemberSecrets, founding: &Founding) -> R
         },
         &secrets.signing,
     );
+    founding.check()?;
     for command in [&genesis, &wrap] {
         if !command.is_encodable() {
             return Err(ConsortiumError::Usage(

@@ -130,7 +130,8 @@ impl Standing {
 mod tests {
     use super::*;
     use fhirseal_consensus::governance::{
-        Admission, Command, MemberKeys, MemberKind, Outcome, RaftRole, SignedCommand, Validity,
+        Admission, Command, ElectionParams, MemberKeys, MemberKind, Outcome, RaftRole,
+        SignedCommand, Validity,
     };
     use fhirseal_consensus::{PublicKey, SigningKey, Timestamp};
 
@@ -164,6 +165,7 @@ mod tests {
                 signing_key: PublicKey::of(key),
                 wrapping_key: vec![seed; 300],
                 vote_key: [seed + 100; 32],
+                beacon_key: [seed + 150; 32],
             },
             stake: 0,
             reputation: 0,
@@ -179,6 +181,7 @@ mod tests {
                 1,
                 Command::Genesis {
                     regulator: admission("regulator", &regulator, 1, MemberKind::Regulator),
+                    election: ElectionParams::NONE,
                 },
             ),
             (

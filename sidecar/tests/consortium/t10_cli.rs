@@ -43,6 +43,30 @@ fn the_cli_refuses_what_it_cannot_do_and_changes_nothing() {
     let after = cluster.nodes[0].status();
     assert_eq!(after.raft.last_log_index, before.raft.last_log_index);
     assert_eq!(after.refusals_total, 0);
+    // Founded without election parameters: no election, M = 2.
+    assert_eq!(
+        (after.election.epoch_blocks, after.election.max_consecutive),
+        (0, 2)
+    );
+
+    // Election parameters a genesis cannot carry: refused before anything is written.
+    let root = tempfile::tempdir().unwrap();
+    let short = root.path().join("short-epochs");
+    for bad in [["--epoch-blocks", "2"], ["--max-terms", "0"]] {
+        let err = fails(&[
+            "init",
+            "--dir",
+            short.to_str().unwrap(),
+            "--consortium",
+            "short",
+            "--listen",
+            &listen,
+            bad[0],
+            bad[1],
+        ]);
+        assert!(err.contains("--epoch-blocks must be 0"), "{err}");
+        assert!(!short.exists(), "{bad:?} wrote {}", short.display());
+    }
 
     // A second genesis in the same directory.
     let err = fails(&[
@@ -170,6 +194,7 @@ fn the_cli_refuses_what_it_cannot_do_and_changes_nothing() {
         for name in [
             "signing.key",
             "vote.key",
+            "beacon.key",
             "tls.key.pem",
             "institution-rsa.pem",
         ] {

@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use fhirseal_consensus::governance::{
-    Admission, Command, MemberKind, RaftRole, SignedCommand, Validity,
+    Admission, Command, ElectionParams, MemberKind, RaftRole, SignedCommand, Validity,
 };
 use fhirseal_consensus::raft::{BasicNode, GovernanceRequest, SnapshotData, TypeConfig};
 use fhirseal_consensus::Timestamp;
@@ -75,7 +75,10 @@ fn self_made_genesis(member: &str, node_id: u64, secrets: &MemberSecrets) -> Gov
         member,
         1,
         Validity::around(now, 60_000, 60_000),
-        Command::Genesis { regulator },
+        Command::Genesis {
+            regulator,
+            election: ElectionParams::NONE,
+        },
         &secrets.signing,
     );
     GovernanceRequest::new(command, now).unwrap()
