@@ -19,7 +19,8 @@
 #       are equal here: the first D by name; default every member up to 4): its chain is
 #       finalized by 2f+1 of them, and every member holds it. --epoch-blocks E (0, the default:
 #       no election; else at least 3) and --max-terms M (default 2) are the DPoS election's
-#       parameters, fixed when the consortium is founded (`consortium init`).
+#       parameters, fixed when the consortium is founded (`consortium init`); with an election
+#       every member is given a stake of 100 to stand with.
 #   deploy/local-consortium.sh status          every member: its process and its node's view
 #   deploy/local-consortium.sh stop            stops every node (SIGTERM) and the HAPIs started
 #   deploy/local-consortium.sh kill NAME       SIGKILL one member's node (a crash)
@@ -287,6 +288,12 @@ cmd_start() {
         wait_for "$name" "^h$n .* active"
         wait_for "$name" "($name, active)"
     done
+    # The election weighs stake: with one, every member gets an equal stake to stand with.
+    if [[ "$epoch_blocks" != 0 ]]; then
+        for name in $(members); do
+            consortium stake "$name" 100 --config "$(config_of h1)" >/dev/null
+        done
+    fi
     write_json
     status_of h1
     echo "consortium.json: $dir/consortium.json"

@@ -501,6 +501,19 @@ impl MemberSecrets {
         self.beacon.expand_to_keypair(BEACON_EXPANSION)
     }
 
+    /// The member's election keys as the ledger uses them: its ring-vote secret and its beacon
+    /// key (the same key as [`MemberSecrets::beacon_keypair`]).
+    pub fn voter_keys(&self) -> Result<crate::ledger::view::VoterKeys> {
+        let vote = fhirseal_consensus::election::lsag::VoteSecret::from_bytes(*self.vote)
+            .ok_or_else(|| {
+                ConsortiumError::Keys("the vote key is not a canonical scalar".into())
+            })?;
+        let seed = Zeroizing::new(self.beacon.to_bytes());
+        let beacon = fhirseal_consensus::election::beacon::BeaconKey::from_seed(&seed)
+            .map_err(|e| ConsortiumError::Keys(format!("the beacon key: {e}")))?;
+        Ok(crate::ledger::view::VoterKeys { vote, beacon })
+    }
+
     /// SHA-256 of the certificate.
     pub fn certificate_fingerprint(&self) -> [u8; 32] {
         fingerprint(&self.tls_cert)

@@ -251,6 +251,7 @@ impl RunningNode {
         let (mut participation, followers) =
             Participation::new(&membership.member, Verdict::Unasked);
         participation.set_signer(Some(secrets.signing.clone()));
+        participation.set_voter(Some(Arc::new(secrets.voter_keys()?)));
 
         let shared = Arc::new(Shared {
             membership: membership.clone(),

@@ -13,14 +13,16 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use fhirseal_consensus::governance::KeyHistory;
+use fhirseal_consensus::election::schedule::{Config as ElectionConfig, Seat};
+use fhirseal_consensus::election::{elect, standing};
+use fhirseal_consensus::governance::{GovernanceState, KeyHistory};
 use fhirseal_consensus::raft::GovernanceView;
-use fhirseal_consensus::{DelegateSet, PublicKey, Roster, SigningKey};
+use fhirseal_consensus::{chain_id, DelegateSet, PublicKey, Roster, SigningKey};
 use fhirseal_storage::SecretKey;
 use tokio::sync::watch;
 
 use crate::consortium::standing::{standing, Standing, Verdict};
-use crate::ledger::view::{LedgerView, MemberNode};
+use crate::ledger::view::{ElectionSetup, LedgerView, MemberNode, VoterKeys};
 
 /// The receiving ends, for the parts of the node that follow the state.
 #[derive(Debug, Clone)]
@@ -42,6 +44,7 @@ pub struct Participation {
     ledger: watch::Sender<LedgerView>,
     keys: KeyHistory,
     signer: Option<SigningKey>,
+    voter: Option<Arc<VoterKeys>>,
     verdict: Verdict,
 }
 
@@ -82,6 +85,7 @@ impl Participation {
                 ledger,
                 keys: KeyHistory::new(),
                 signer: None,
+                voter: None,
                 verdict,
             },
             Followers {
@@ -117,6 +121,11 @@ impl Participation {
         self.signer = signer;
     }
 
+    /// Takes the member's election keys (ring vote, beacon), as found in the keystore.
+    pub fn set_voter(&mut self, voter: Option<Arc<VoterKeys>>) {
+        self.voter = voter;
+    }
+
     /// The signing key the node holds for its member now.
     pub fn signer(&self) -> Option<&SigningKey> {
         self.signer.as_ref()
@@ -140,11 +149,12 @@ impl Participation {
                 .apply_next(request.command(), request.proposed_at());
         }
         let has_link_key = self.link_key.borrow().is_some();
-        let (standing, epochs, members, current) = view.read(|state| {
+        let (standing, epochs, members, current, (election, seats)) = view.read(|state| {
             let epochs: BTreeMap<u64, Vec<(String, PublicKey)>> = state
                 .epochs()
                 .map(|(epoch, record)| (epoch, record.delegates.clone()))
                 .collect();
+            let election = election_of(state);
             let members: BTreeMap<String, MemberNode> = state
                 .members()
                 .filter(|m| m.is_active())
@@ -161,18 +171,24 @@ impl Participation {
                 epochs,
                 members,
                 state.roster(latest_delegates(state)),
+                election,
             )
         });
         let delegates = current.delegates().clone();
         let verifying = self.keys.roster(delegates);
         let signer = self.signer.clone();
+        let voter = self.voter.clone();
         self.ledger.send_if_modified(|held| {
             let changed = held.not_taking_part != standing.refusal()
                 || *held.current != current
                 || *held.verifying != verifying
                 || *held.epochs != epochs
                 || *held.members != members
-                || held.signer.as_ref().map(PublicKey::of) != signer.as_ref().map(PublicKey::of);
+                || held.signer.as_ref().map(PublicKey::of) != signer.as_ref().map(PublicKey::of)
+                || held.election.as_deref() != election.as_ref()
+                || *held.seats != seats
+                || held.voter.as_ref().map(|v| v.beacon.public())
+                    != voter.as_ref().map(|v| v.beacon.public());
             if changed {
                 *held = LedgerView {
                     not_taking_part: standing.refusal(),
@@ -181,9 +197,9 @@ impl Participation {
                     epochs: Arc::new(epochs),
                     members: Arc::new(members),
                     signer,
-                    election: held.election.clone(),
-                    seats: held.seats.clone(),
-                    voter: held.voter.clone(),
+                    election: election.map(Arc::new),
+                    seats: Arc::new(seats),
+                    voter,
                 };
             }
             changed
@@ -199,6 +215,54 @@ impl Participation {
         });
         changed
     }
+}
+
+/// The chain's election, when the consortium was founded with one, and every governance epoch's
+/// seats with the key each votes with.
+#[allow(clippy::type_complexity)]
+fn election_of(
+    state: &GovernanceState,
+) -> (Option<ElectionSetup>, BTreeMap<u64, Vec<(Seat, PublicKey)>>) {
+    let params = state.election_params();
+    let (Some(consortium), true) = (state.consortium(), params.elects()) else {
+        return (None, BTreeMap::new());
+    };
+    let seats = state
+        .epochs()
+        .map(|(epoch, record)| {
+            let seats = record
+                .seats
+                .iter()
+                .map(|s| {
+                    let seat = Seat {
+                        member: s.member.clone(),
+                        stake: s.stake,
+                        vote_key: s.vote_key,
+                        beacon_key: s.beacon_key,
+                    };
+                    (seat, s.signing_key)
+                })
+                .collect();
+            (epoch, seats)
+        })
+        .collect();
+    let founders = state
+        .epoch(0)
+        .map(|e| e.delegates.iter().map(|(m, _)| m.clone()).collect())
+        .unwrap_or_default();
+    let setup = ElectionSetup {
+        config: ElectionConfig {
+            chain: chain_id(consortium).0.to_vec(),
+            epoch_blocks: params.epoch_blocks,
+            election: elect::Params {
+                delegates: state.delegates_k() as usize,
+                max_consecutive: params.max_consecutive,
+            },
+            standing: standing::Params::default(),
+        },
+        founders,
+    };
+    (Some(setup), seats)
 }
 
 /// The delegates a roster names before any epoch is known: a placeholder key no one holds (a

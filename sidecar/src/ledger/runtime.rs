@@ -30,7 +30,7 @@ use crate::ledger::context::NodeContext;
 use crate::ledger::error::LedgerError;
 use crate::ledger::misbehave;
 use crate::ledger::net::Net;
-use crate::ledger::view::LedgerView;
+use crate::ledger::view::{ElectionSetup, LedgerView};
 use crate::ledger::wal::WalFile;
 
 /// How often the driver's clock ticks (starting heights that are due, asking for blocks).
@@ -109,6 +109,8 @@ pub struct Runtime {
     duties_at: Option<u64>,
     /// The candidate the member's ballots vote for (itself when not configured).
     vote_for: Option<String>,
+    /// The election the driver was made for.
+    built_with: Option<Arc<ElectionSetup>>,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -177,6 +179,7 @@ impl Runtime {
             reports: Vec::new(),
             duties_at: None,
             vote_for,
+            built_with: None,
         }
     }
 
@@ -256,7 +259,8 @@ impl Runtime {
     /// first.
     fn new_driver(&mut self) -> Result<NodeDriver, LedgerError> {
         let driver = plain_driver(&self.config, &self.member, &self.chain);
-        let Some(setup) = self.context.view().election.clone() else {
+        self.built_with = self.context.view().election.clone();
+        let Some(setup) = self.built_with.clone() else {
             self.context.set_history(Arc::default());
             return Ok(driver);
         };
@@ -274,7 +278,7 @@ impl Runtime {
     /// Whether the governance state brought or took away the chain's election since the driver
     /// started (a node that joined learns it with the state): a new driver is due.
     fn election_changed(&self) -> bool {
-        self.context.view().election.is_some() != self.driver.election().is_some()
+        self.context.view().election.as_deref() != self.built_with.as_deref()
     }
 
     /// After a step: the tracker's record to the context, and the member's election duties for
@@ -470,6 +474,11 @@ impl Runtime {
                 }
                 Effect::CancelAll => self.timers.clear(),
                 Effect::Append(block) => {
+                    // The tracker folded the block already: the context needs its record of
+                    // who certified it to check the block.
+                    if let Some(tracker) = self.driver.election() {
+                        self.context.set_history(tracker.history().clone());
+                    }
                     let receipt = self.chain.append(&block, &self.context.verifying()).await?;
                     crash::reached(CrashPoint::BlockAppended);
                     self.blocks.send_replace(receipt.height + 1);
