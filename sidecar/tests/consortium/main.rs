@@ -32,3 +32,4 @@ mod t60_least_privilege;
 mod t70_institutions;
 mod t80_shared_ledger;
 mod t90_ledger_partition;
+mod t95_election;

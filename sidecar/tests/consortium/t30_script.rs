@@ -34,6 +34,11 @@ pub fn free_base(n: u16) -> u16 {
 
 /// Runs the script with `args` on the consortium in `dir`; returns what it printed.
 pub fn script(dir: &Path, args: &[&str]) -> String {
+    script_with(dir, args, &[])
+}
+
+/// [`script`], with `env` set for it and the nodes it starts.
+pub fn script_with(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/local-consortium.sh");
     let out = Command::new("bash")
         .arg(path)
@@ -41,6 +46,7 @@ pub fn script(dir: &Path, args: &[&str]) -> String {
         .env("FHIRSEAL_BIN", env!("CARGO_BIN_EXE_fhirseal"))
         .env("FHIRSEAL_CONSORTIUM_DIR", dir)
         .env_remove("FHIRSEAL_CONFIG")
+        .envs(env.iter().copied())
         .output()
         .unwrap();
     let text = format!(

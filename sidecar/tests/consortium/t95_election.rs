@@ -1,0 +1,267 @@
+//! The DPoS election among seven real nodes: `deploy/local-consortium.sh start 7 --delegates 4
+//! --epoch-blocks 20 --max-terms 1` on an idle consortium (no FHIR server behind the nodes: the
+//! election needs none, and blocks come every `FHIRSEAL_IDLE_BLOCK_MS`). At least five ledger
+//! epochs close at every member with the same seeds and the same delegates elected; the delegate
+//! set changes from epoch to epoch; ballots on the chain name no voter; one delegate restarted
+//! with `FHIRSEAL_TEST_DOUBLE_SIGN` sends a conflicting prevote once, the others report it on
+//! the chain, and at the next close it is slashed and tombstoned — once — and never elected
+//! again, while no other member is slashed or tombstoned.
+
+use std::time::{Duration, Instant};
+
+use http::Method;
+use serde_json::Value;
+
+use crate::support::{runtime, serial};
+use crate::t30_script::{consortium_json, free_base, script, script_with, StopOnDrop};
+use crate::t70_institutions::send;
+
+const MEMBERS: usize = 7;
+const EPOCH_BLOCKS: u64 = 20;
+
+/// `member`'s ledger status (its auditor's key).
+async fn status(json: &Value, member: &str) -> Value {
+    get(json, member, "status").await
+}
+
+async fn get(json: &Value, member: &str, path: &str) -> Value {
+    let m = json["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == member)
+        .unwrap();
+    let url = format!("{}/{path}", m["ledger_api"].as_str().unwrap());
+    let key = m["api_keys"]["auditor"].as_str().unwrap();
+    let (code, body) = send(Method::GET, &url, key, None).await;
+    assert!(code.is_success(), "{url}: {code} {body}");
+    body
+}
+
+/// The epochs closed at `member`, oldest first, by epoch.
+async fn closed(json: &Value, member: &str) -> Vec<Value> {
+    let mut closed = status(json, member).await["election"]["closed"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    closed.reverse();
+    closed
+}
+
+/// Polls until every member has closed ledger epoch `epoch`.
+async fn until_closed(json: &Value, epoch: u64, names: &[String], limit: Duration) {
+    let deadline = Instant::now() + limit;
+    loop {
+        let mut behind = Vec::new();
+        for name in names {
+            let last = closed(json, name)
+                .await
+                .last()
+                .and_then(|c| c["epoch"].as_u64());
+            if last.is_none_or(|e| e < epoch) {
+                behind.push((name.clone(), last));
+            }
+        }
+        if behind.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "ledger epoch {epoch} did not close everywhere: {behind:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+#[test]
+fn seven_nodes_elect_their_delegates_every_epoch_and_eject_a_double_signer() {
+    let _serial = serial();
+    let started = Instant::now();
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("c");
+    let _stop = StopOnDrop(dir.clone());
+    let port = free_base(MEMBERS as u16).to_string();
+    let fast = [("FHIRSEAL_IDLE_BLOCK_MS", "200")];
+    script_with(
+        &dir,
+        &[
+            "start",
+            "7",
+            "--delegates",
+            "4",
+            "--epoch-blocks",
+            &EPOCH_BLOCKS.to_string(),
+            "--max-terms",
+            "1",
+            "--port",
+            &port,
+        ],
+        &fast,
+    );
+    eprintln!("FIGURE seven members started in {:?}", started.elapsed());
+    let json = consortium_json(&dir);
+    let names: Vec<String> = (1..=MEMBERS).map(|i| format!("h{i}")).collect();
+
+    // Five epochs close everywhere, with the same decisions.
+    let elections = Instant::now();
+    runtime().block_on(until_closed(&json, 4, &names, Duration::from_secs(240)));
+    eprintln!(
+        "FIGURE five ledger epochs of {EPOCH_BLOCKS} blocks closed at all seven in {:?}",
+        elections.elapsed()
+    );
+    let decided = runtime().block_on(async {
+        let reference = closed(&json, "h1").await;
+        for name in &names[1..] {
+            let theirs = closed(&json, name).await;
+            for c in &theirs {
+                if let Some(ours) = reference.iter().find(|r| r["epoch"] == c["epoch"]) {
+                    assert_eq!(
+                        (&ours["seed"], &ours["elected"]),
+                        (&c["seed"], &c["elected"]),
+                        "{name} decided epoch {} otherwise",
+                        c["epoch"]
+                    );
+                }
+            }
+        }
+        reference
+    });
+    let sets: Vec<Vec<String>> = decided
+        .iter()
+        .map(|c| {
+            let mut set: Vec<String> = c["elected"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| m.as_str().unwrap().to_owned())
+                .collect();
+            set.sort();
+            set
+        })
+        .collect();
+    // Jailed or resting members may leave fewer than K to elect (founders serve epochs 0 and 1,
+    // and while no member had a stake yet the founders served on).
+    assert!(
+        sets.iter().all(|s| !s.is_empty() && s.len() <= 4),
+        "{sets:?} {decided:?}"
+    );
+    let jailed: Vec<&Value> = decided
+        .iter()
+        .flat_map(|c| c["changes"].as_array().unwrap())
+        .filter(|x| x.get("jailed").is_some())
+        .collect();
+    eprintln!("FIGURE elected {sets:?}, jailed {jailed:?}");
+    assert!(
+        sets.windows(2).all(|w| w[0] != w[1]),
+        "the delegate set did not change between epochs: {sets:?}"
+    );
+
+    // Ballots on the chain: each names a candidate and an epoch, never a voter.
+    runtime().block_on(async {
+        let blocks = status(&json, "h2").await["blocks"].as_u64().unwrap();
+        let mut ballots = 0;
+        for height in 1..blocks.min(3 * EPOCH_BLOCKS) {
+            let block = get(&json, "h2", &format!("blocks/{height}")).await;
+            for tx in block["transactions"].as_array().unwrap() {
+                if tx["kind"] == "ballot" {
+                    ballots += 1;
+                    assert!(tx.get("institution").is_none(), "{tx}");
+                    assert!(tx.get("signer").is_none(), "{tx}");
+                    assert!(tx["candidate"].is_string() && tx["keyImage"].is_string());
+                }
+            }
+        }
+        assert!(ballots >= MEMBERS, "{ballots} ballots in the first epochs");
+    });
+
+    // h3 double signs once it is a delegate again, from the height the chain has reached.
+    let from = runtime().block_on(status(&json, "h3"))["blocks"]
+        .as_u64()
+        .unwrap();
+    script(&dir, &["kill", "h3"]);
+    let from = from.to_string();
+    script_with(
+        &dir,
+        &["start-member", "h3"],
+        &[fast[0], ("FHIRSEAL_TEST_DOUBLE_SIGN", from.as_str())],
+    );
+    let ejected = Instant::now();
+    let others: Vec<String> = names.iter().filter(|n| *n != "h3").cloned().collect();
+    let changes = runtime().block_on(async {
+        let deadline = Instant::now() + Duration::from_secs(300);
+        loop {
+            let standing = &status(&json, "h1").await["election"]["standings"]["h3"];
+            if standing["tombstoned"] == true {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "h3 was never tombstoned: {standing}"
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        // Two more epochs close, without h3 among the elected.
+        let now = closed(&json, "h1").await.last().unwrap()["epoch"]
+            .as_u64()
+            .unwrap();
+        until_closed(&json, now + 2, &others, Duration::from_secs(180)).await;
+        closed(&json, "h1").await
+    });
+    eprintln!(
+        "FIGURE the double signer tombstoned {:?} after its restart",
+        ejected.elapsed()
+    );
+    let tombstoned_at = changes
+        .iter()
+        .position(|c| {
+            c["changes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|x| x["tombstoned"] == "h3")
+        })
+        .expect("the tombstone is among the last closes");
+    for c in &changes[tombstoned_at + 1..] {
+        assert!(
+            !c["elected"].as_array().unwrap().iter().any(|m| m == "h3"),
+            "h3 elected after its tombstone: {c}"
+        );
+    }
+    let penalties: Vec<&Value> = changes
+        .iter()
+        .flat_map(|c| c["changes"].as_array().unwrap())
+        .filter(|x| x.get("tombstoned").is_some() || x.get("slashed").is_some())
+        .collect();
+    assert_eq!(
+        penalties
+            .iter()
+            .filter(|x| x["tombstoned"] == "h3")
+            .count(),
+        1,
+        "{penalties:?}"
+    );
+    assert!(
+        penalties
+            .iter()
+            .all(|x| x["tombstoned"] == "h3" || x["slashed"] == "h3"),
+        "an honest member was penalized: {penalties:?}"
+    );
+    // The evidence is on the chain.
+    runtime().block_on(async {
+        let blocks = status(&json, "h1").await["blocks"].as_u64().unwrap();
+        let mut found = false;
+        for height in (1..blocks).rev().take(8 * EPOCH_BLOCKS as usize) {
+            let block = get(&json, "h1", &format!("blocks/{height}")).await;
+            found |= block["transactions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|tx| tx["kind"] == "evidence");
+            if found {
+                break;
+            }
+        }
+        assert!(found, "no evidence transaction on the chain");
+    });
+    eprintln!("FIGURE the whole election test took {:?}", started.elapsed());
+}
