@@ -398,6 +398,9 @@ pub struct LedgerConfig {
     /// With an election: a delegate makes a block after this many milliseconds without one,
     /// even with nothing to anchor, so that ledger epochs (and elections) advance.
     pub idle_block_ms: u64,
+    /// With an election: the least time between blocks, so that an election phase (counted in
+    /// blocks) lasts long enough for every member to take part.
+    pub min_block_ms: u64,
 }
 
 impl Default for LedgerConfig {
@@ -410,6 +413,7 @@ impl Default for LedgerConfig {
             delegates: 4,
             vote_for: None,
             idle_block_ms: 1_000,
+            min_block_ms: 200,
         }
     }
 }
@@ -527,6 +531,7 @@ pub const ENV_VARS: &[&str] = &[
     "FHIRSEAL_ANCHOR_INTERVAL_MS",
     "FHIRSEAL_DELEGATES",
     "FHIRSEAL_IDLE_BLOCK_MS",
+    "FHIRSEAL_MIN_BLOCK_MS",
     "FHIRSEAL_VOTE_FOR",
     "FHIRSEAL_AUDIT_UPSTREAM",
     "FHIRSEAL_CONSORTIUM_LISTEN",
@@ -674,6 +679,9 @@ impl Config {
         }
         if let Some(v) = env("FHIRSEAL_IDLE_BLOCK_MS") {
             self.ledger.idle_block_ms = parse("FHIRSEAL_IDLE_BLOCK_MS", &v)?;
+        }
+        if let Some(v) = env("FHIRSEAL_MIN_BLOCK_MS") {
+            self.ledger.min_block_ms = parse("FHIRSEAL_MIN_BLOCK_MS", &v)?;
         }
         if let Some(v) = env("FHIRSEAL_VOTE_FOR") {
             self.ledger.vote_for = Some(v);

@@ -45,6 +45,11 @@ pub struct DriverConfig {
     /// With an election, a delegate starts a height after this long without a block even when
     /// nothing waits, so that ledger epochs advance on an idle consortium.
     pub idle_block_interval: Millis,
+    /// With an election, a delegate starts its next height no sooner than this after the last
+    /// block, whatever waits: the election's phases are counted in blocks, and blocks made as
+    /// fast as transactions arrive (a lone delegate makes one per arrival) would end a phase
+    /// before the members who follow the chain a moment behind could take part in it.
+    pub min_block_interval: Millis,
 }
 
 impl DriverConfig {
@@ -56,6 +61,7 @@ impl DriverConfig {
             poll_interval: 1_000,
             stall_interval: 2_000,
             idle_block_interval: 1_000,
+            min_block_interval: 200,
         }
     }
 }
@@ -833,13 +839,14 @@ where
         }
         let height = self.height();
         let epoch = self.epoch();
-        let idle = self.election.is_some()
-            && now.saturating_sub(self.last_progress) >= self.config.idle_block_interval;
-        let due = !self.mempool.is_empty()
-            || !self.early.is_empty()
-            || self.later.iter().any(|(_, b, _)| b.header.height == height)
-            || self.next_epoch(ctx) > epoch
-            || idle;
+        let since = now.saturating_sub(self.last_progress);
+        let idle = self.election.is_some() && since >= self.config.idle_block_interval;
+        let paced = self.election.is_none() || since >= self.config.min_block_interval;
+        // Another delegate started the height: join it at once.
+        let joined =
+            !self.early.is_empty() || self.later.iter().any(|(_, b, _)| b.header.height == height);
+        let due =
+            joined || paced && (!self.mempool.is_empty() || self.next_epoch(ctx) > epoch || idle);
         if !due {
             return Ok(());
         }

@@ -1,9 +1,11 @@
 //! A delegate that double signs on purpose, for the election's process tests only.
 //!
-//! `FHIRSEAL_TEST_DOUBLE_SIGN=H` makes the node, the first time it sends a prevote for a block at
-//! a height of at least `H`, also send a nil prevote for the same height and round signed with
-//! the same key: two votes for one slot, which the other delegates' engines keep as evidence and
-//! report on the chain. Unset, nothing changes (one `OnceLock` read per prevote sent).
+//! `FHIRSEAL_TEST_DOUBLE_SIGN=H` makes the node, whenever it sends a prevote for a block at a
+//! height of at least `H`, also send a nil prevote for the same height and round signed with the
+//! same key: two votes for one slot, which the other delegates' engines keep as evidence and
+//! report on the chain. Every time, not once: a prevote re-sent for a height the others have
+//! finalized already (a node catching up after its restart) convicts nobody. Unset, nothing
+//! changes (one `OnceLock` read per prevote sent).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
@@ -19,9 +21,10 @@ fn armed_from() -> Option<u64> {
     *FROM.get_or_init(|| std::env::var(DOUBLE_SIGN_VAR).ok()?.trim().parse().ok())
 }
 
-static DONE: AtomicBool = AtomicBool::new(false);
+/// Whether the first conflicting vote was logged.
+static LOGGED: AtomicBool = AtomicBool::new(false);
 
-/// The conflicting vote to send beside `message`, once, when armed.
+/// The conflicting vote to send beside `message`, when armed.
 pub(crate) fn conflicting(
     message: &ConsensusMessage,
     chain: &Hash256,
@@ -35,13 +38,12 @@ pub(crate) fn conflicting(
         return None;
     }
     let key = key(&vote.delegate)?;
-    if DONE.swap(true, Ordering::SeqCst) {
-        return None;
+    if !LOGGED.swap(true, Ordering::SeqCst) {
+        tracing::warn!(
+            height = vote.height,
+            "{DOUBLE_SIGN_VAR}: sending conflicting prevotes on purpose"
+        );
     }
-    tracing::warn!(
-        height = vote.height,
-        "{DOUBLE_SIGN_VAR}: sending a conflicting prevote on purpose"
-    );
     Some(ConsensusMessage::Vote(Vote::sign(
         VoteKind::Prevote,
         vote.height,

@@ -103,6 +103,7 @@ impl NodeLedger {
         };
         let mut driver_config = DriverConfig::new(EngineConfig::new(chain_id));
         driver_config.idle_block_interval = config.ledger.idle_block_ms.max(50);
+        driver_config.min_block_interval = config.ledger.min_block_ms;
         let runtime = Runtime::new(Parts {
             config: driver_config,
             member: institution.clone(),
