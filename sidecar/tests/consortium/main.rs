@@ -15,7 +15,8 @@
 //! later syncs it; a revoked delegate replaced at the next epoch; the same HAPI servers), and a
 //! partition of that chain's four delegates in network namespaces (a 2|2 split finalizes
 //! nothing, 3|1 finalizes on the three's side, every member holds one chain after healing; root
-//! and iproute2 needed, else skipped).
+//! and iproute2 needed, else skipped), and the DPoS election among seven nodes (the same
+//! elections at every member, a double signer tombstoned).
 //!
 //! The clusters run one at a time (`support::serial`): the CI machine has two cores.
 
