@@ -1,8 +1,10 @@
 //! The election's cryptography against Ed25519 measured in the same run: ring signing and
 //! verification for rings of 8, 16, 64 and 256 keys (against one Ed25519 signature and one
 //! verification), and the tally of one epoch's ballots by 64 members (64 ring verifications
-//! over the ring of 64, and the count) against 64 Ed25519 verifications. Prints the figures and
-//! ratios and writes them to `target/bench/election.json`.
+//! over the ring of 64, and the count) against 64 Ed25519 verifications; and the epoch change of
+//! 64 members (the close: seed, tally, standing, the election of K = 4 and their proposer order)
+//! against applying an ordinary block of the same epoch. Prints the figures and ratios and writes
+//! them to `target/bench/election.json`.
 //!
 //! Run: `cargo bench -p fhirseal-consensus --bench election`.
 
@@ -125,5 +127,115 @@ fn main() {
         "baseline": baseline.as_secs_f64(), "baseline_name": "64 ed25519 verifications",
         "ratio": tally_time.as_secs_f64() / baseline.as_secs_f64(), "aim": 0.5}),
     );
+    measures.extend(epoch_change(budget));
     figures::write("election", Value::Array(measures));
+}
+
+/// The close of an epoch of 64 seated members who all committed, revealed and voted, against an
+/// ordinary block of the same epoch: both applied to a copy of the state, copy included.
+fn epoch_change(budget: Duration) -> Vec<Value> {
+    use fhirseal_consensus::election::beacon::{BeaconInput, BeaconKey};
+    use fhirseal_consensus::election::schedule::{
+        ballot_message, ring, Action, BlockFacts, Config, ElectionState, Seat,
+    };
+    use fhirseal_consensus::election::{elect, standing};
+    let n = 64;
+    let config = Config {
+        chain: b"bench-consortium".to_vec(),
+        epoch_blocks: 6,
+        election: elect::Params {
+            delegates: 4,
+            max_consecutive: 2,
+        },
+        standing: standing::Params::default(),
+    };
+    let names: Vec<String> = (0..n).map(|i| format!("m{i:02}")).collect();
+    let votes: Vec<VoteSecret> = (0..n)
+        .map(|_| VoteSecret::generate().expect("key"))
+        .collect();
+    let beacons: Vec<BeaconKey> = (0..n)
+        .map(|_| BeaconKey::generate().expect("key"))
+        .collect();
+    let seats: Vec<Seat> = (0..n)
+        .map(|i| Seat {
+            member: names[i].clone(),
+            stake: 100 + i as u64,
+            vote_key: votes[i].public(),
+            beacon_key: beacons[i].public(),
+        })
+        .collect();
+    let mut state =
+        ElectionState::genesis(config.clone(), names[..4].to_vec()).expect("a valid config");
+    let seed = state.previous_seed(0).expect("the genesis seed");
+    let input = BeaconInput {
+        chain: &config.chain,
+        epoch: 0,
+        previous_seed: seed,
+    };
+    let reveals: Vec<_> = beacons.iter().map(|b| b.contribute(&input)).collect();
+    let block = |height: u64, actions: Vec<Action>| BlockFacts {
+        height,
+        proposer: names[0].clone(),
+        signers: names[..4].to_vec(),
+        actions,
+        seats: (height == 1).then(|| seats.clone()),
+        ..BlockFacts::default()
+    };
+    let commits = (0..n)
+        .map(|i| Action::Commit {
+            member: names[i].clone(),
+            commitment: reveals[i].commitment(&names[i], &input),
+        })
+        .collect();
+    let opened = (0..n)
+        .map(|i| Action::Reveal {
+            member: names[i].clone(),
+            reveal: reveals[i],
+        })
+        .collect();
+    let voters = ring(&seats);
+    let scope = Scope {
+        chain: &config.chain,
+        epoch: 0,
+    };
+    let ballots = (0..n)
+        .map(|i| {
+            let candidate = names[i % 8].clone();
+            let signature = lsag::sign(&scope, &voters, &votes[i], &ballot_message(&candidate, 0))
+                .expect("signs");
+            Action::Ballot {
+                candidate,
+                signature,
+            }
+        })
+        .collect();
+    for facts in [
+        block(1, commits),
+        block(2, Vec::new()),
+        block(3, opened),
+        block(4, ballots),
+    ] {
+        state.apply(&facts).expect("a valid block");
+    }
+    let ordinary = median(budget, 20, || {
+        let mut copy = state.clone();
+        std::hint::black_box(copy.apply(&block(5, Vec::new())).expect("applies"));
+    });
+    state.apply(&block(5, Vec::new())).expect("applies");
+    let close = median(budget, 5, || {
+        let mut copy = state.clone();
+        let closed = copy.apply(&block(6, Vec::new())).expect("applies");
+        std::hint::black_box(closed.expect("the epoch closes"));
+    });
+    println!(
+        "epoch change of 64 members (seed, tally, standing, K = 4 elected and ordered): {:.1} µs ({:.1}× an ordinary block's {:.1} µs)",
+        micros(close),
+        close.as_secs_f64() / ordinary.as_secs_f64(),
+        micros(ordinary)
+    );
+    vec![
+        json!({"name": "epoch-change-64", "value": micros(close), "unit": "µs",
+        "baseline": micros(ordinary), "baseline_name": "ordinary block of the epoch",
+        "ratio": close.as_secs_f64() / ordinary.as_secs_f64()}),
+    ]
 }
