@@ -133,6 +133,7 @@ fn main() {
 
 /// The close of an epoch of 64 seated members who all committed, revealed and voted, against an
 /// ordinary block of the same epoch: both applied to a copy of the state, copy included.
+#[allow(clippy::print_stdout)] // a benchmark reports to its terminal
 fn epoch_change(budget: Duration) -> Vec<Value> {
     use fhirseal_consensus::election::beacon::{BeaconInput, BeaconKey};
     use fhirseal_consensus::election::schedule::{
