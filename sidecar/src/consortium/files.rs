@@ -536,6 +536,22 @@ impl MemberSecrets {
     }
 }
 
+/// The election keys kept in the key directory `dir` (`vote.key`, `beacon.key`): what a node
+/// takes again after its member rotated its keys.
+pub fn voter_keys_in(dir: &Path) -> Result<crate::ledger::view::VoterKeys> {
+    let vote = Zeroizing::new(read_secret_32(&dir.join(VOTE))?);
+    let beacon = Zeroizing::new(read_secret_32(&dir.join(BEACON))?);
+    voter_keys(&vote, &beacon)
+}
+
+fn voter_keys(vote: &[u8; 32], beacon: &[u8; 32]) -> Result<crate::ledger::view::VoterKeys> {
+    let vote = fhirseal_consensus::election::lsag::VoteSecret::from_bytes(*vote)
+        .ok_or_else(|| ConsortiumError::Keys("the vote key is not a canonical scalar".into()))?;
+    let beacon = fhirseal_consensus::election::beacon::BeaconKey::from_seed(beacon)
+        .map_err(|e| ConsortiumError::Keys(format!("the beacon key: {e}")))?;
+    Ok(crate::ledger::view::VoterKeys { vote, beacon })
+}
+
 /// Unwraps a link key wrapped (RSA-OAEP-SHA-256) for the RSA key `wrapping`.
 pub fn unwrap_link_key(
     wrapping: &rsa::PrivateKey,

@@ -1200,4 +1200,32 @@ fn follow_own_signer(shared: &Shared) {
         }
         shared.participation().set_signer(found);
     }
+    follow_own_voter(shared);
+}
+
+/// Keeps the ledger's vote and beacon keys the ones the state names for this member: after a
+/// rotation the old ones no longer count (a ballot outside the ring, a reveal that fails).
+fn follow_own_voter(shared: &Shared) {
+    let wanted = shared.node.state().read(|s| {
+        s.member(&shared.membership.member)
+            .map(|m| (m.keys().vote_key, m.keys().beacon_key))
+    });
+    let Some((vote, beacon)) = wanted else {
+        return;
+    };
+    let held = shared
+        .participation()
+        .voter()
+        .map(|v| (v.vote.public(), v.beacon.public()));
+    if held == Some((vote, beacon)) {
+        return;
+    }
+    let found = [shared.layout.keys(), shared.layout.next_keys()]
+        .iter()
+        .filter_map(|dir| crate::consortium::files::voter_keys_in(dir).ok())
+        .find(|v| v.vote.public() == vote && v.beacon.public() == beacon);
+    if found.is_some() {
+        tracing::info!("voting and contributing to the beacon with the member's rotated keys");
+    }
+    shared.participation().set_voter(found.map(Arc::new));
 }

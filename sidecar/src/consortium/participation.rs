@@ -126,6 +126,11 @@ impl Participation {
         self.voter = voter;
     }
 
+    /// The election keys the node holds for its member now.
+    pub fn voter(&self) -> Option<&Arc<VoterKeys>> {
+        self.voter.as_ref()
+    }
+
     /// The signing key the node holds for its member now.
     pub fn signer(&self) -> Option<&SigningKey> {
         self.signer.as_ref()

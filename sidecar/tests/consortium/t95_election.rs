@@ -5,14 +5,15 @@
 //! set changes from epoch to epoch; ballots on the chain name no voter; one delegate restarted
 //! with `FHIRSEAL_TEST_DOUBLE_SIGN` sends a conflicting prevote beside each of its prevotes, the
 //! others report it on the chain, and at the next close it is slashed and tombstoned — once — and never elected
-//! again, while no other member is slashed or tombstoned.
+//! again, while no other member is slashed or tombstoned. Then a member rotates its keys and
+//! keeps voting and contributing to the beacon with the new ones.
 
 use std::time::{Duration, Instant};
 
 use http::Method;
 use serde_json::Value;
 
-use crate::support::{runtime, serial};
+use crate::support::{ok, runtime, serial};
 use crate::t30_script::{consortium_json, free_base, script, script_with, StopOnDrop};
 use crate::t70_institutions::send;
 
@@ -265,6 +266,49 @@ fn seven_nodes_elect_their_delegates_every_epoch_and_eject_a_double_signer() {
         }
         assert!(found, "no evidence transaction on the chain");
     });
+
+    // h5 rotates its keys: its node takes the new vote and beacon keys, and its ballots and
+    // beacon contributions keep counting (no jail, every seated member's ballot counted).
+    let h5_config = json["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "h5")
+        .unwrap()["config"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    ok(&["rotate", "--config", &h5_config]);
+    let after = runtime().block_on(async {
+        let now = closed(&json, "h1").await.last().unwrap()["epoch"]
+            .as_u64()
+            .unwrap();
+        until_closed(&json, now + 3, &others, Duration::from_secs(180)).await;
+        let all = closed(&json, "h1").await;
+        all.into_iter()
+            .filter(|c| c["epoch"].as_u64().unwrap() >= now + 2)
+            .collect::<Vec<_>>()
+    });
+    for c in &after {
+        assert!(
+            !c["changes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|x| x["jailed"] == "h5"),
+            "h5 jailed after rotating its keys: {c}"
+        );
+        let votes: u64 = c["votes"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|v| v.as_u64().unwrap())
+            .sum();
+        assert_eq!(
+            votes, MEMBERS as u64,
+            "a ballot was lost after the rotation: {c}"
+        );
+    }
     eprintln!(
         "FIGURE the whole election test took {:?}",
         started.elapsed()
