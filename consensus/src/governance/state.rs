@@ -122,6 +122,10 @@ pub enum Refusal {
     /// Another member contributes to the beacon with this key (one VRF output per key).
     #[error("the beacon key belongs to another member")]
     BeaconKeyInUse,
+    /// With an election, K is fixed when the consortium is founded: every member folds the
+    /// chain's elections with it, the past ones included.
+    #[error("the number of delegates is fixed by the election since the founding")]
+    DelegatesFixed,
 }
 
 impl Refusal {
@@ -157,6 +161,7 @@ impl Refusal {
             Self::Expired => 28,
             Self::NotYetValid => 29,
             Self::BeaconKeyInUse => 30,
+            Self::DelegatesFixed => 31,
         }
     }
 
@@ -192,6 +197,7 @@ impl Refusal {
             28 => Self::Expired,
             29 => Self::NotYetValid,
             30 => Self::BeaconKeyInUse,
+            31 => Self::DelegatesFixed,
             tag => {
                 return Err(DecodeError::UnknownTag {
                     field: "refusal",
@@ -436,6 +442,11 @@ impl GovernanceState {
                 let current = self.current_epoch();
                 if current.checked_add(1) != Some(*epoch) {
                     return Err(Refusal::StaleEpoch);
+                }
+                // The founding's own `BeginEpoch` (epoch 1) sets K; with an election no later
+                // one may change it.
+                if self.election_params.elects() && *epoch > 1 && *delegates != self.delegates_k {
+                    return Err(Refusal::DelegatesFixed);
                 }
                 self.delegates_k = *delegates;
                 let delegates = self.choose_delegates(*delegates as usize);

@@ -1610,3 +1610,47 @@ fn seats_out_of_member_order_are_another_encoding() {
         Err(DecodeError::NotCanonical("epoch seats"))
     );
 }
+
+#[test]
+fn with_an_election_k_is_set_at_the_founding_and_never_changed() {
+    let begin = |epoch, delegates| Command::BeginEpoch { epoch, delegates };
+    for (election, later_k_accepted) in [
+        (ElectionParams::NONE, true),
+        (
+            ElectionParams {
+                epoch_blocks: 20,
+                max_consecutive: 1,
+            },
+            false,
+        ),
+    ] {
+        let mut state = GovernanceState::new();
+        let regulator = regulator();
+        let genesis = sign(
+            REGULATOR,
+            1,
+            Command::Genesis {
+                regulator: regulator.admission.clone(),
+                election,
+            },
+            &regulator.key,
+        );
+        assert_eq!(state.apply(&genesis, at(1)), Outcome::Accepted);
+        // The founding's own epoch sets K.
+        let first = sign(REGULATOR, 2, begin(1, 4), &regulator.key);
+        assert_eq!(state.apply(&first, at(2)), Outcome::Accepted);
+        // Keeping K begins an epoch either way.
+        let same = sign(REGULATOR, 3, begin(2, 4), &regulator.key);
+        assert_eq!(state.apply(&same, at(3)), Outcome::Accepted);
+        let other = sign(REGULATOR, 4, begin(3, 7), &regulator.key);
+        let outcome = state.apply(&other, at(4));
+        if later_k_accepted {
+            assert_eq!(outcome, Outcome::Accepted);
+            assert_eq!(state.delegates_k(), 7);
+        } else {
+            assert_eq!(outcome, Outcome::Refused(Refusal::DelegatesFixed));
+            assert_eq!(state.delegates_k(), 4);
+            assert_eq!(state.current_epoch(), 2);
+        }
+    }
+}
