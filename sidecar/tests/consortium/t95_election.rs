@@ -39,6 +39,17 @@ async fn get(json: &Value, member: &str, path: &str) -> Value {
     body
 }
 
+/// Milliseconds since midnight of an RFC 3339 instant as the block JSON writes it
+/// (`YYYY-MM-DDTHH:MM:SS.mmmZ`).
+fn ms_of_day(instant: &str) -> u64 {
+    let clock = &instant[11..23];
+    let h: u64 = clock[0..2].parse().unwrap();
+    let m: u64 = clock[3..5].parse().unwrap();
+    let sec: u64 = clock[6..8].parse().unwrap();
+    let ms: u64 = clock[9..12].parse().unwrap();
+    ((h * 60 + m) * 60 + sec) * 1000 + ms
+}
+
 /// The epochs closed at `member`, oldest first, by epoch.
 async fn closed(json: &Value, member: &str) -> Vec<Value> {
     let mut closed = status(json, member).await["election"]["closed"]
@@ -162,12 +173,15 @@ fn seven_nodes_elect_their_delegates_every_epoch_and_eject_a_double_signer() {
         "the delegate set did not change between epochs: {sets:?}"
     );
 
-    // Ballots on the chain: each names a candidate and an epoch, never a voter.
+    // Ballots on the chain: each names a candidate and an epoch, never a voter. And the block
+    // cadence across epoch changes (new delegates, handed to the engine) beside within epochs.
     runtime().block_on(async {
         let blocks = status(&json, "h2").await["blocks"].as_u64().unwrap();
         let mut ballots = 0;
-        for height in 1..blocks.min(3 * EPOCH_BLOCKS) {
+        let mut times = Vec::new();
+        for height in 1..blocks.min(5 * EPOCH_BLOCKS + 1) {
             let block = get(&json, "h2", &format!("blocks/{height}")).await;
+            times.push((height, ms_of_day(block["time"].as_str().unwrap())));
             for tx in block["transactions"].as_array().unwrap() {
                 if tx["kind"] == "ballot" {
                     ballots += 1;
@@ -178,6 +192,30 @@ fn seven_nodes_elect_their_delegates_every_epoch_and_eject_a_double_signer() {
             }
         }
         assert!(ballots >= MEMBERS, "{ballots} ballots in the first epochs");
+        let (mut change, mut steady): (Vec<u64>, Vec<u64>) = (Vec::new(), Vec::new());
+        for pair in times.windows(2) {
+            let ((_, a), (height, b)) = (pair[0], pair[1]);
+            let interval = (b + 86_400_000 - a) % 86_400_000;
+            // The first block of a ledger epoch follows the close that elected its delegates'
+            // epoch and is the first under a new set.
+            if height % EPOCH_BLOCKS == 1 {
+                change.push(interval);
+            } else {
+                steady.push(interval);
+            }
+        }
+        change.sort_unstable();
+        steady.sort_unstable();
+        let pct = |v: &[u64], p: usize| v[(v.len() * p / 100).min(v.len() - 1)];
+        eprintln!(
+            "FIGURE block interval across an epoch change p50 {} ms p99 {} ms ({} changes), within epochs p50 {} ms p99 {} ms ({} blocks)",
+            pct(&change, 50),
+            pct(&change, 99),
+            change.len(),
+            pct(&steady, 50),
+            pct(&steady, 99),
+            steady.len()
+        );
     });
 
     // h3 double signs once it is a delegate again, from the height the chain has reached.
