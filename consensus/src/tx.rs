@@ -14,7 +14,7 @@ use std::collections::HashSet;
 use ed25519_dalek::{Signature, Signer as _, SigningKey};
 use fhirseal_storage::chain_store::composite_key;
 
-use crate::bft::Evidence;
+use crate::bft::{CommitCertificate, Evidence};
 use crate::codec::{self, limits, top_level_encoding, DecodeError, Reader, Wire, Writer};
 use crate::election::beacon::Reveal;
 use crate::election::lsag::RingSignature;
@@ -217,6 +217,8 @@ pub enum TxKind {
     Election,
     /// A [`Ballot`]: anonymous, signed by no institution.
     Ballot,
+    /// The previous block's commit, as its proposer holds it (with an election only).
+    LastCommit,
 }
 
 impl TxKind {
@@ -227,6 +229,7 @@ impl TxKind {
             Self::Evidence => 5,
             Self::Election => 6,
             Self::Ballot => 7,
+            Self::LastCommit => 8,
         }
     }
 
@@ -237,6 +240,7 @@ impl TxKind {
             5 => Ok(Self::Evidence),
             6 => Ok(Self::Election),
             7 => Ok(Self::Ballot),
+            8 => Ok(Self::LastCommit),
             tag => Err(DecodeError::UnknownTag {
                 field: "transaction kind",
                 tag,
@@ -828,6 +832,10 @@ pub enum Transaction {
     Election(ElectionBatch),
     /// An anonymous ballot.
     Ballot(Ballot),
+    /// The previous block's commit certificate, which a block of a chain with an election
+    /// carries so that every member counts the same signers of it (the certificate each node
+    /// stores is the quorum it saw, which differs from node to node).
+    LastCommit(CommitCertificate),
 }
 
 top_level_encoding!(Transaction);
@@ -840,7 +848,7 @@ impl Transaction {
             Self::Access(b) => Some(&b.header),
             Self::Evidence(b) => Some(&b.header),
             Self::Election(b) => Some(&b.header),
-            Self::Ballot(_) => None,
+            Self::Ballot(_) | Self::LastCommit(_) => None,
         }
     }
 
@@ -868,6 +876,15 @@ impl Transaction {
     pub fn id(&self) -> TxId {
         match self {
             Self::Ballot(ballot) => ballot.id(),
+            Self::LastCommit(certificate) => {
+                let mut batch = [0; 16];
+                batch[..8].copy_from_slice(&certificate.height.to_be_bytes());
+                TxId {
+                    kind: TxKind::LastCommit,
+                    institution: String::new(),
+                    batch: BatchId(batch),
+                }
+            }
             Self::Anchor(b) => b.header.id_of(),
             Self::Access(b) => b.header.id_of(),
             Self::Evidence(b) => b.header.id_of(),
@@ -883,6 +900,7 @@ impl Transaction {
             Self::Evidence(b) => b.items.len(),
             Self::Election(b) => b.items.len(),
             Self::Ballot(_) => 1,
+            Self::LastCommit(c) => c.signatures().len(),
         }
     }
 
@@ -895,6 +913,16 @@ impl Transaction {
             Self::Evidence(b) => b.verify(),
             Self::Election(b) => b.verify(),
             Self::Ballot(b) => b.check(),
+            // Whether its signers are the previous height's delegates is the election's to
+            // judge (it knows them); here, that it holds any.
+            Self::LastCommit(c) => {
+                if c.signatures().is_empty() {
+                    return Err(Error::InvalidCertificate(
+                        "a last commit without signatures",
+                    ));
+                }
+                Ok(())
+            }
         }
     }
 }
@@ -921,6 +949,10 @@ impl Wire for Transaction {
                 b.items.iter().for_each(|e| e.write(w));
             }
             Self::Ballot(b) => b.write(w),
+            Self::LastCommit(c) => {
+                w.u8(TxKind::LastCommit.tag());
+                c.write(w);
+            }
         }
     }
 
@@ -928,6 +960,7 @@ impl Wire for Transaction {
         let kind = TxKind::from_tag(r.u8("transaction kind")?)?;
         let header = match kind {
             TxKind::Ballot => return Ballot::read_body(r).map(Self::Ballot),
+            TxKind::LastCommit => return CommitCertificate::read(r).map(Self::LastCommit),
             _ => BatchHeader::read_after_kind(kind, r)?,
         };
         Ok(match header.kind {
@@ -948,10 +981,10 @@ impl Wire for Transaction {
                 Self::Election(ElectionBatch { header, items })
             }
             // Read above, without a batch header.
-            TxKind::Ballot => {
+            kind @ (TxKind::Ballot | TxKind::LastCommit) => {
                 return Err(DecodeError::UnknownTag {
                     field: "transaction kind",
-                    tag: TxKind::Ballot.tag(),
+                    tag: kind.tag(),
                 })
             }
         })

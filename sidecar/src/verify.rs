@@ -366,6 +366,7 @@ pub fn block_json(block: &FinalizedBlock, audited_by: Option<&str>) -> Value {
                     Transaction::Access(_) => "access",
                     Transaction::Election(_) => "election",
                     Transaction::Ballot(_) => "ballot",
+                    Transaction::LastCommit(_) => "lastCommit",
                     _ => "evidence",
                 },
                 "hash": tx.hash().to_hex(),
@@ -449,6 +450,9 @@ pub fn block_json(block: &FinalizedBlock, audited_by: Option<&str>) -> Value {
                             }
                         })
                         .collect();
+                }
+                Transaction::LastCommit(commit) => {
+                    out["lastCommit"] = certificate_json(commit);
                 }
                 // A ballot names its candidate and epoch; nothing in it names the voter.
                 Transaction::Ballot(ballot) => {

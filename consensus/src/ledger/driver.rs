@@ -5,8 +5,8 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use ed25519_dalek::SigningKey;
 
 use crate::bft::{
-    BftEngine, ConsensusMessage, EngineConfig, EngineEffect, EngineError, EngineInput, Evidence,
-    Millis, Round, Timer, WalEntry,
+    BftEngine, CertSignature, CommitCertificate, ConsensusMessage, EngineConfig, EngineEffect,
+    EngineError, EngineInput, Evidence, Millis, Round, Timer, VoteKind, WalEntry,
 };
 use crate::block::{Block, BlockHeader, FinalizedBlock};
 use crate::error::{Error, Result};
@@ -268,6 +268,9 @@ pub struct Driver<E, F> {
     /// Election transactions for a later ledger epoch: they join the pool when it begins (in
     /// the pool they would make every height due at once).
     deferred: Vec<Transaction>,
+    /// With an election: the tip's commit certificate, with the precommits for it that arrive
+    /// after the decision; the next block this node proposes carries it.
+    last_commit: Option<CommitCertificate>,
 }
 
 struct Running<E> {
@@ -324,6 +327,7 @@ where
             last_poll: None,
             election: None,
             deferred: Vec::new(),
+            last_commit: None,
         }
     }
 
@@ -331,6 +335,13 @@ where
     /// replays the stored chain into it before starting).
     pub fn with_election(mut self, tracker: ElectionTracker) -> Self {
         self.election = Some(tracker);
+        self
+    }
+
+    /// The tip's commit certificate, which the next block this node proposes carries (the
+    /// runtime gives the stored tip's; the driver keeps it after that).
+    pub fn with_last_commit(mut self, certificate: Option<CommitCertificate>) -> Self {
+        self.last_commit = certificate;
         self
     }
 
@@ -482,6 +493,11 @@ where
     }
 
     fn take(&mut self, tx: Transaction, ctx: &impl LedgerContext) -> Result<Submitted> {
+        if let Transaction::LastCommit(_) = tx {
+            return Err(Error::InvalidBatch(
+                "a last commit is the proposer's to include, not submitted",
+            ));
+        }
         let key = tx.key();
         if let Some(location) = ctx.transaction(&key)? {
             return Ok(Submitted::AlreadyAnchored(location));
@@ -603,6 +619,10 @@ where
     ) {
         let height = message.height();
         let here = self.height();
+        if height + 1 == here {
+            self.late_precommit(&from, &message);
+            return;
+        }
         if height < here {
             return;
         }
@@ -638,6 +658,42 @@ where
         } else if self.early.len() < MAX_EARLY_MESSAGES {
             self.early.push_back(message);
         }
+    }
+
+    /// A precommit for the tip from one of its delegates that the tip's certificate lacks (it
+    /// arrived after the decision): added, so that the next block's last commit counts it.
+    fn late_precommit(&mut self, from: &str, message: &ConsensusMessage) {
+        let (Some(tracker), Some(commit), ConsensusMessage::Vote(vote)) =
+            (&self.election, &self.last_commit, message)
+        else {
+            return;
+        };
+        let from_delegate = tracker
+            .last_delegates()
+            .iter()
+            .any(|(m, k)| m == from && *k == vote.delegate);
+        let fits = vote.kind == VoteKind::Precommit
+            && vote.height == commit.height
+            && vote.round == commit.round
+            && vote.block == Some(commit.block)
+            && !commit
+                .signatures()
+                .iter()
+                .any(|s| s.delegate == vote.delegate);
+        if !from_delegate || !fits || vote.verify(tracker.chain()).is_err() {
+            return;
+        }
+        let mut signatures = commit.signatures().to_vec();
+        signatures.push(CertSignature {
+            delegate: vote.delegate,
+            signature: vote.signature,
+        });
+        self.last_commit = Some(CommitCertificate::new(
+            commit.height,
+            commit.round,
+            commit.block,
+            signatures,
+        ));
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -720,10 +776,21 @@ where
         let Some(roster) = self.roster(RosterUse::Propose, ctx) else {
             return Ok(false);
         };
-        if let Some(tracker) = &self.election {
-            let delegates = self.delegates(ctx).unwrap_or_default();
-            if tracker.check(block, &delegates, ctx).is_err() {
-                return Ok(false);
+        match &self.election {
+            Some(tracker) => {
+                let delegates = self.delegates(ctx).unwrap_or_default();
+                if tracker.check(block, &delegates, ctx).is_err() {
+                    return Ok(false);
+                }
+            }
+            None => {
+                if block
+                    .transactions
+                    .iter()
+                    .any(|tx| matches!(tx, Transaction::LastCommit(_)))
+                {
+                    return Ok(false);
+                }
             }
         }
         if validate_block(self.tip.as_ref(), block, &roster).is_err()
@@ -902,6 +969,7 @@ where
     ) -> std::result::Result<(), DriverError> {
         if let Some(tracker) = self.election.as_mut() {
             tracker.apply(block, delegates, ctx)?;
+            self.last_commit = Some(block.certificate.clone());
         }
         Ok(())
     }
@@ -1129,8 +1197,17 @@ where
             }
         }
         let taken = self.admit_election(height, taken, ctx);
+        let mut carried = taken.clone();
+        if self.election.is_some() && height >= 2 {
+            match self.last_commit.as_ref().filter(|c| c.height + 1 == height) {
+                Some(commit) => carried.insert(0, Transaction::LastCommit(commit.clone())),
+                // Without the previous commit no valid proposal can be made here: the round
+                // passes to the next proposer.
+                None => return Ok(()),
+            }
+        }
         let next_epoch = self.next_epoch(ctx);
-        let block = producer.propose(self.tip.as_ref(), taken.clone(), next_epoch, wall);
+        let block = producer.propose(self.tip.as_ref(), carried, next_epoch, wall);
         let hash = block.header.hash();
         self.built.push(taken);
         self.judged.insert(hash);

@@ -26,6 +26,7 @@ use crate::election::lsag::{self, Scope, VoteSecret};
 use crate::election::schedule::{
     self, Action, BlockFacts, Closed, ElectionError, ElectionState, Phase,
 };
+use crate::hash::Hash256;
 use crate::keys::{DelegateSet, PublicKey, Roster, Rosters};
 use crate::ledger::context::LedgerContext;
 use crate::tx::{Ballot, BatchId, ElectionBatch, ElectionItem, Transaction};
@@ -72,6 +73,10 @@ pub enum TrackError {
     /// Genesis carries no election transaction.
     #[error("genesis carries no election transaction")]
     InGenesis,
+    /// The block's last commit is missing, repeated, of another block, or not a quorum of the
+    /// previous height's delegates.
+    #[error("the block's last commit: {0}")]
+    LastCommit(String),
     /// Replaying the stored chain: the delegates of a stored height are not known here.
     #[error("the delegates of stored height {0} are not known here")]
     UnknownDelegates(u64),
@@ -85,15 +90,26 @@ pub enum TrackError {
 pub struct ElectionTracker {
     state: ElectionState,
     history: Arc<History>,
+    /// The chain's id, which votes sign.
+    chain: Hash256,
+    /// The delegates that certified the last block applied: whose precommits the next block's
+    /// last commit holds.
+    last_delegates: Vec<(String, PublicKey)>,
 }
 
 impl ElectionTracker {
     /// The tracker of a chain with election parameters `config` at genesis; `founders` serve the
     /// first two ledger epochs (their record feeds the rotation rule).
     pub fn new(config: schedule::Config, founders: Vec<String>) -> Result<Self, ElectionError> {
+        let mut chain = [0; 32];
+        if config.chain.len() == 32 {
+            chain.copy_from_slice(&config.chain);
+        }
         Ok(Self {
             state: ElectionState::genesis(config, founders)?,
             history: Arc::new(History::new()),
+            chain: Hash256(chain),
+            last_delegates: Vec::new(),
         })
     }
 
@@ -141,6 +157,16 @@ impl ElectionTracker {
     /// The delegates each (ledger epoch, governance epoch) pair was certified by.
     pub fn history(&self) -> &Arc<History> {
         &self.history
+    }
+
+    /// The delegates that certified the last block applied.
+    pub fn last_delegates(&self) -> &[(String, PublicKey)] {
+        &self.last_delegates
+    }
+
+    /// The chain's id.
+    pub fn chain(&self) -> &Hash256 {
+        &self.chain
     }
 
     /// Blocks per ledger epoch.
@@ -191,12 +217,57 @@ impl ElectionTracker {
         }
     }
 
-    /// What the election reads from `block` at its height, certified by `delegates`
-    /// (`certificate` signers when final).
+    /// The signers of the previous block, from the last commit `block` carries: required from
+    /// height 2 on (genesis's own commit is nobody's record), checked against the delegates
+    /// that certified the previous block; `None` at height 1.
+    fn last_signers(&self, block: &Block) -> Result<Option<Vec<String>>, TrackError> {
+        let height = block.header.height;
+        let commits: Vec<&crate::bft::CommitCertificate> = block
+            .transactions
+            .iter()
+            .filter_map(|tx| match tx {
+                Transaction::LastCommit(c) => Some(c),
+                _ => None,
+            })
+            .collect();
+        let bad = |why: &str| TrackError::LastCommit(why.to_owned());
+        if height < 2 {
+            return match commits.is_empty() {
+                true => Ok(None),
+                false => Err(bad("none is carried before height 2")),
+            };
+        }
+        let [commit] = commits.as_slice() else {
+            return Err(bad("one is required"));
+        };
+        if commit.height + 1 != height || commit.block != block.header.previous {
+            return Err(bad("it is not the previous block's"));
+        }
+        let set = DelegateSet::new(self.last_delegates.iter().map(|(_, k)| *k).collect())
+            .map_err(|e| bad(&e.to_string()))?;
+        commit
+            .verify(&self.chain, &set)
+            .map_err(|e| bad(&e.to_string()))?;
+        Ok(Some(
+            commit
+                .signatures()
+                .iter()
+                .filter_map(|s| {
+                    self.last_delegates
+                        .iter()
+                        .find(|(_, k)| *k == s.delegate)
+                        .map(|(m, _)| m.clone())
+                })
+                .collect(),
+        ))
+    }
+
+    /// What the election reads from `block` at its height, certified by `delegates`. Its
+    /// signers are those of the previous block's commit it carries (every member holds the same
+    /// one), all of `delegates` at height 1.
     fn facts(
         &self,
         block: &Block,
-        signers: &[PublicKey],
         delegates: &[(String, PublicKey)],
         ctx: &impl LedgerContext,
     ) -> Result<BlockFacts, TrackError> {
@@ -228,10 +299,14 @@ impl ElectionTracker {
         } else {
             None
         };
+        let signers = match self.last_signers(block)? {
+            Some(names) => names,
+            None => delegates.iter().map(|(m, _)| m.clone()).collect(),
+        };
         let mut facts = BlockFacts {
             height: header.height,
             proposer: name_of(&header.producer).unwrap_or_default(),
-            signers: signers.iter().filter_map(name_of).collect(),
+            signers,
             seats,
             ..BlockFacts::default()
         };
@@ -309,7 +384,7 @@ impl ElectionTracker {
         delegates: &[(String, PublicKey)],
         ctx: &impl LedgerContext,
     ) -> Result<(), TrackError> {
-        let facts = self.facts(block, &[], delegates, ctx)?;
+        let facts = self.facts(block, delegates, ctx)?;
         if block.header.height == 0 {
             return Ok(());
         }
@@ -371,15 +446,16 @@ impl ElectionTracker {
             Arc::make_mut(&mut self.history).insert(pair, delegates.to_vec());
         }
         if header.height == 0 {
+            self.last_delegates = delegates.to_vec();
             return Ok(None);
         }
-        // Every delegate of the height counts as a signer: the certificate a node stores is the
-        // quorum of precommits it saw, which differs from member to member, so counting its
-        // signatures would make the standing (and the next elections) differ too. Absence by
-        // signature needs the next block to carry the previous one's commit, agreed by all.
-        let signers: Vec<PublicKey> = delegates.iter().map(|(_, k)| *k).collect();
-        let facts = self.facts(&block.block, &signers, delegates, ctx)?;
-        Ok(self.state.apply(&facts)?)
+        // The certificate this node stores is the quorum of precommits it saw, which differs
+        // from member to member; the signers counted are those of the last commit the next block
+        // carries, which every member holds alike.
+        let facts = self.facts(&block.block, delegates, ctx)?;
+        let closed = self.state.apply(&facts)?;
+        self.last_delegates = delegates.to_vec();
+        Ok(closed)
     }
 }
 

@@ -266,6 +266,11 @@ async fn perform(
                     }
                     _ => None,
                 };
+                let silenced = plan.silent == Some(at)
+                    && matches!(&message, Outbound::Message(ConsensusMessage::Vote(v)) if v.kind == VoteKind::Precommit);
+                if silenced {
+                    continue;
+                }
                 let messages: Vec<Outbound> = std::iter::once(message).chain(conflicting).collect();
                 for message in messages {
                     let targets: Vec<usize> = (0..nodes.len())
@@ -325,6 +330,8 @@ struct Plan {
     /// These members always vote for `favorite`.
     colluders: Vec<usize>,
     favorite: usize,
+    /// This member, when a delegate, never sends its precommits.
+    silent: Option<usize>,
 }
 
 /// What a simulation saw: the ballots refused, and the nodes at the end.
@@ -562,6 +569,14 @@ async fn seven_members_elect_four_delegates_every_epoch_and_agree() {
         for signature in block.certificate.signatures() {
             assert!(keys.contains(&signature.delegate), "height {height}");
         }
+        // Each block carries the previous one's commit, once.
+        let commits = block
+            .block
+            .transactions
+            .iter()
+            .filter(|tx| matches!(tx, Transaction::LastCommit(c) if c.height + 1 == height))
+            .count();
+        assert_eq!(commits, 1, "height {height}");
         // Ballots on the chain name no institution.
         for tx in &block.block.transactions {
             if let Transaction::Ballot(_) = tx {
@@ -584,6 +599,7 @@ async fn byzantine_members_are_penalized_once_each_and_honest_ones_never() {
         double_signer: Some((5, 10)),
         colluders: vec![0, 1],
         favorite: 2,
+        silent: None,
     };
     let run = simulate(&members, &plan).await;
     let closed = agreed(&run);
@@ -648,4 +664,50 @@ async fn byzantine_members_are_penalized_once_each_and_honest_ones_never() {
 
 fn heights(nodes: &[Node]) -> Vec<u64> {
     nodes.iter().map(|n| n.driver.height()).collect()
+}
+
+#[tokio::test]
+async fn a_delegate_that_never_precommits_is_jailed_for_its_absence_and_nobody_else() {
+    let members = members();
+    // K = 4: three precommits finalize without m4's, which never sends them.
+    let plan = Plan {
+        delegates: 4,
+        silent: Some(3),
+        ..Plan::default()
+    };
+    let run = simulate(&members, &plan).await;
+    let closed = agreed(&run);
+    let penalties = penalties(&closed);
+    let tracker = run.nodes[0].driver.election().unwrap();
+    for c in &closed {
+        let served = tracker
+            .state()
+            .delegates(c.epoch)
+            .is_some_and(|d| d.contains(&"m4".to_owned()));
+        let jailed = penalties
+            .iter()
+            .filter(|(e, ch)| {
+                *e == c.epoch
+                    && matches!(ch, standing::Change::Jail { member, .. } if member == "m4")
+            })
+            .count();
+        assert_eq!(
+            jailed,
+            usize::from(served),
+            "epoch {}: m4 served: {served}; {penalties:?}",
+            c.epoch
+        );
+    }
+    assert!(
+        penalties
+            .iter()
+            .any(|(_, ch)| matches!(ch, standing::Change::Jail { member, .. } if member == "m4")),
+        "m4 never served: {closed:?}"
+    );
+    for (epoch, change) in &penalties {
+        assert!(
+            matches!(change, standing::Change::Jail { member, .. } if member == "m4"),
+            "epoch {epoch}: {change:?}"
+        );
+    }
 }

@@ -272,7 +272,11 @@ impl Runtime {
         tracing::info!(blocks = folded, "the election folded over the stored chain");
         self.context.set_history(tracker.history().clone());
         self.duties_at = None;
-        Ok(driver.with_election(tracker))
+        // The next block this node proposes carries the tip's commit.
+        let tip = self.chain.reader().tip()?;
+        Ok(driver
+            .with_election(tracker)
+            .with_last_commit(tip.map(|b| b.certificate)))
     }
 
     /// Whether the governance state brought or took away the chain's election since the driver
