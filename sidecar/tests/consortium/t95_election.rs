@@ -347,6 +347,29 @@ fn seven_nodes_elect_their_delegates_every_epoch_and_eject_a_double_signer() {
             "a ballot was lost after the rotation: {c}"
         );
     }
+    // A stopped member's chain verifies offline: `ledger verify` folds the elections again to
+    // know each height's delegates.
+    script(&dir, &["kill", "h7"]);
+    let h7_config = json["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "h7")
+        .unwrap()["config"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let verified = std::process::Command::new(crate::support::bin())
+        .args(["ledger", "verify", "--config", &h7_config])
+        .env_remove("FHIRSEAL_CONFIG")
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&verified.stdout),
+        String::from_utf8_lossy(&verified.stderr)
+    );
+    assert!(verified.status.success(), "ledger verify at h7: {text}");
     eprintln!(
         "FIGURE the whole election test took {:?}",
         started.elapsed()
