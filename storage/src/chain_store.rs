@@ -747,14 +747,7 @@ mod tests {
                 .await
                 .unwrap();
         }
-        // sled's flusher thread lets go of the file lock a moment after the last handle drops.
-        let db = (0..50)
-            .find_map(|_| {
-                crate::open::open_db(dir.path())
-                    .inspect_err(|_| std::thread::sleep(std::time::Duration::from_millis(100)))
-                    .ok()
-            })
-            .unwrap();
+        let db = crate::open::reopen(dir.path());
         let store = ChainStore::open(&db).unwrap();
         assert_eq!(store.last_block().unwrap(), Some((0, b"kept".to_vec())));
         assert!(store.transaction(&key("t")).unwrap().is_some());

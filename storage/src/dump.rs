@@ -317,7 +317,7 @@ mod tests {
             Err(DumpError::WrongStore { .. })
         ));
         load(bytes.as_slice(), "vault", &copy).unwrap();
-        let loaded = sled::open(&copy).unwrap();
+        let loaded = crate::open::reopen(&copy);
         assert_eq!(loaded.checksum().unwrap(), db.checksum().unwrap());
         assert_eq!(loaded.open_tree("records").unwrap().len(), 5000);
         assert!(loaded.tree_names().iter().any(|n| n.as_ref() == b"empty"));

@@ -62,6 +62,23 @@ pub fn open_db(path: &Path) -> Result<sled::Db, OpenError> {
     }
 }
 
+/// Opens the database at `path` again in a test that just dropped its last handle: sled's
+/// flusher thread lets go of the file lock a moment after that, and until it does the open is
+/// refused as locked. Waits up to 5 s.
+#[cfg(test)]
+pub(crate) fn reopen(path: &Path) -> sled::Db {
+    for _ in 0..50 {
+        match open_db(path) {
+            Ok(db) => return db,
+            Err(OpenError::Locked { .. }) => {
+                std::thread::sleep(std::time::Duration::from_millis(100))
+            }
+            Err(e) => panic!("reopening {}: {e}", path.display()),
+        }
+    }
+    panic!("{} stayed locked", path.display())
+}
+
 fn classify(path: String, error: sled::Error) -> OpenError {
     match error {
         // sled reports the lock another process holds as an I/O error of its own wording,

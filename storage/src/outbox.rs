@@ -428,7 +428,7 @@ mod tests {
             assert!(a < b);
             vec![a, b]
         };
-        let db = sled::open(dir.path()).unwrap();
+        let db = crate::open::reopen(dir.path());
         let outbox = Outbox::open(&db).unwrap();
         let anchors = outbox.anchors(10).unwrap();
         assert_eq!(anchors.len(), 2);
@@ -477,7 +477,7 @@ mod tests {
             db.flush().unwrap();
             round
         };
-        let db = sled::open(dir.path()).unwrap();
+        let db = crate::open::reopen(dir.path());
         let outbox = Outbox::open(&db).unwrap();
         assert_eq!(outbox.kept_round().unwrap(), Some(round.clone()));
         outbox.finish_round(&round.anchors, &round.access).unwrap();

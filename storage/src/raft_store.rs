@@ -302,7 +302,7 @@ mod tests {
             store.set_machine_values(&[("state", b"s")]).unwrap();
             store.flush().await.unwrap();
         }
-        let db = sled::open(dir.path()).unwrap();
+        let db = crate::open::reopen(dir.path());
         let store = RaftStore::open(&db).unwrap();
         assert_eq!(positions(store.entries(..).unwrap()), [0, 1, 2]);
         assert_eq!(store.log_value("vote").unwrap(), Some(b"v".to_vec()));

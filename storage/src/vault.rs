@@ -761,6 +761,20 @@ mod tests {
     use crate::seal::{blind_token, RecordMeta, Sealer};
     use std::sync::Arc;
 
+    /// [`Vault::open`] of a database this test just dropped (see `open::reopen`).
+    fn reopen(path: &std::path::Path) -> Vault {
+        for _ in 0..50 {
+            match Vault::open(path) {
+                Ok(vault) => return vault,
+                Err(crate::StorageError::Open(crate::open::OpenError::Locked { .. })) => {
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        panic!("{} stayed locked", path.display())
+    }
+
     #[test]
     fn intents_are_kept_by_request_until_forgotten() {
         let dir = tempfile::tempdir().unwrap();
@@ -863,7 +877,7 @@ mod tests {
         assert_eq!(vault.resources_of(&fp).unwrap().len(), 1);
         drop(vault);
 
-        let vault = Vault::open(&dir.path().join("vault")).unwrap();
+        let vault = reopen(&dir.path().join("vault"));
         let record = vault.record("Patient", "p1", "1").unwrap().unwrap();
         let fresh = Sealer::new(keys, 100, 8);
         let plain = fresh.unseal(&record, |id| vault.wrapped_key(id)).unwrap();
@@ -1029,7 +1043,7 @@ mod tests {
         crate::dump::dump(vault.database(), "vault", &mut bytes).unwrap();
         let copy = dir.path().join("copy");
         crate::dump::load(bytes.as_slice(), "vault", &copy).unwrap();
-        let restored = Vault::open(&copy).unwrap();
+        let restored = reopen(&copy);
         // The new database's id generator starts again at 0: the next entry must not take the
         // place of one that waits.
         restored
