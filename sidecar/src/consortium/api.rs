@@ -24,6 +24,9 @@ pub struct Status {
     pub epoch: u64,
     /// How delegates are chosen: K and the election's parameters.
     pub election: ElectionStatus,
+    /// With an election, what this node's chain has made of it (once its ledger runs).
+    #[serde(default)]
+    pub standing: Option<ElectionStanding>,
     /// The link key's current version.
     pub link_key_version: u32,
     /// Every member ever admitted.
@@ -34,6 +37,84 @@ pub struct Status {
     pub refusals_total: u64,
     /// The last refusals, oldest first.
     pub refusals: Vec<RefusalStatus>,
+}
+
+/// The election as a node's chain has made it: penalties and rewards are functions of the
+/// chain, so every member shows the same for the same height.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ElectionStanding {
+    /// The ledger epoch of the height being decided.
+    pub ledger_epoch: u64,
+    /// The delegates of that height.
+    pub delegates: Vec<String>,
+    /// Every member's standing, by member.
+    pub members: Vec<MemberStanding>,
+    /// What the last closed epoch decided.
+    pub last_closed: Option<ClosedEpoch>,
+}
+
+/// One member's standing in the election.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberStanding {
+    pub member: String,
+    /// Its stake after slashing.
+    pub stake: u64,
+    /// Its reputation (per mille).
+    pub reputation: u16,
+    /// No candidate before this ledger epoch.
+    pub jailed_until: u64,
+    /// Never a candidate again (double signing).
+    pub tombstoned: bool,
+}
+
+/// What one epoch's close decided.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClosedEpoch {
+    pub epoch: u64,
+    /// The delegates elected for `epoch + 2`, in proposer order.
+    pub elected: Vec<String>,
+    /// Penalties and rewards, in words.
+    pub changes: Vec<String>,
+}
+
+/// What `tracker` (as of the ledger's tip) says, with the current height's `delegates`.
+pub fn election_standing(
+    tracker: &fhirseal_consensus::ledger::ElectionTracker,
+    delegates: Vec<String>,
+) -> ElectionStanding {
+    use fhirseal_consensus::election::standing::Change;
+    let state = tracker.state();
+    let members = state
+        .standings()
+        .iter()
+        .map(|(member, s)| MemberStanding {
+            member: member.clone(),
+            stake: s.stake,
+            reputation: s.reputation,
+            jailed_until: s.jailed_until,
+            tombstoned: s.tombstoned,
+        })
+        .collect();
+    let last_closed = state.closed().last().map(|c| ClosedEpoch {
+        epoch: c.epoch,
+        elected: c.elected.clone(),
+        changes: c
+            .changes
+            .iter()
+            .map(|change| match change {
+                Change::Slash { member, amount } => format!("{member} slashed by {amount}"),
+                Change::Tombstone { member } => format!("{member} tombstoned"),
+                Change::Jail { member, until } => format!("{member} jailed until epoch {until}"),
+                Change::Reputation { member, delta } => format!("{member} reputation {delta:+}"),
+            })
+            .collect(),
+    });
+    ElectionStanding {
+        ledger_epoch: tracker.ledger_epoch(state.height() + 1),
+        delegates,
+        members,
+        last_closed,
+    }
 }
 
 /// How the shared ledger's delegates are chosen.
@@ -273,6 +354,7 @@ fn of_state(state: &GovernanceState, node: NodeStatus, raft: RaftStatus) -> Stat
                 max_consecutive: params.max_consecutive,
             }
         },
+        standing: None,
         link_key_version: state.link_key_version(),
         members,
         revoked_certificates: state
@@ -330,6 +412,39 @@ impl Status {
                 e.delegates, e.epoch_blocks, e.max_consecutive
             )
         };
+        if let Some(standing) = &self.standing {
+            let _ = writeln!(
+                out,
+                "ledger epoch {}: delegates {:?}",
+                standing.ledger_epoch, standing.delegates
+            );
+            if let Some(c) = &standing.last_closed {
+                let _ = writeln!(
+                    out,
+                    "epoch {} closed: {:?} elected for epoch {}; {}",
+                    c.epoch,
+                    c.elected,
+                    c.epoch + 2,
+                    c.changes.join(", ")
+                );
+            }
+            let _ = writeln!(
+                out,
+                "{:<16} {:>6} {:>10} {:>12} tombstoned",
+                "member", "stake", "reputation", "jailed until"
+            );
+            for m in &standing.members {
+                let _ = writeln!(
+                    out,
+                    "{:<16} {:>6} {:>10} {:>12} {}",
+                    m.member,
+                    m.stake,
+                    m.reputation,
+                    m.jailed_until,
+                    if m.tombstoned { "yes" } else { "no" }
+                );
+            }
+        }
         let leader = self
             .raft
             .leader

@@ -757,7 +757,13 @@ fn node_status(shared: &Shared) -> api::Status {
         link_key_version,
         standing: standing.name().to_owned(),
     };
-    api::status(&shared.node, own)
+    let mut status = api::status(&shared.node, own);
+    status.standing = shared
+        .ledger
+        .get()
+        .and_then(LedgerPort::election)
+        .map(|(tracker, delegates)| api::election_standing(&tracker, delegates));
+    status
 }
 
 async fn submit(shared: &Shared, body: Bytes, forwarded: bool) -> Response<Body> {

@@ -126,7 +126,7 @@ impl NodeLedger {
                 reader: reader.clone(),
                 outbox: outbox.clone(),
                 blocks: blocks_rx.clone(),
-                runtime: status_rx,
+                runtime: status_rx.clone(),
                 last_error: last_error.clone(),
                 verified: Mutex::new(None),
                 clock,
@@ -146,6 +146,7 @@ impl NodeLedger {
                 commands: commands_tx,
                 inputs: inputs_tx,
                 reader,
+                runtime: status_rx.clone(),
             },
         })
     }

@@ -25,6 +25,8 @@ pub struct LedgerPort {
     pub(crate) commands: mpsc::Sender<Command>,
     pub(crate) inputs: mpsc::Sender<Input>,
     pub(crate) reader: ChainReader,
+    /// The ledger task's status (its driver, the election as of the tip).
+    pub(crate) runtime: tokio::sync::watch::Receiver<crate::ledger::runtime::RuntimeStatus>,
 }
 
 /// A route's answer.
@@ -65,6 +67,24 @@ pub fn is_ledger_route(path: &str) -> bool {
 }
 
 impl LedgerPort {
+    /// The election as of the ledger's tip, with the delegates of the height being decided,
+    /// when the chain has one.
+    pub fn election(
+        &self,
+    ) -> Option<(
+        std::sync::Arc<fhirseal_consensus::ledger::ElectionTracker>,
+        Vec<String>,
+    )> {
+        let status = self.runtime.borrow();
+        let tracker = status.election.clone()?;
+        let delegates = status
+            .driver
+            .as_ref()
+            .map(|d| d.delegates.clone())
+            .unwrap_or_default();
+        Some((tracker, delegates))
+    }
+
     /// Answers `member`'s node's request.
     pub async fn answer(
         &self,

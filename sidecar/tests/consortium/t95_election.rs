@@ -287,6 +287,30 @@ fn seven_nodes_elect_their_delegates_every_epoch_and_eject_a_double_signer() {
             .all(|x| x["tombstoned"] == "h3" || x["slashed"] == "h3"),
         "an honest member was penalized: {penalties:?}"
     );
+    // `consortium status` shows the standing as the chain made it, at any member.
+    let h2_config = json["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "h2")
+        .unwrap()["config"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let shown: Value =
+        serde_json::from_str(&ok(&["status", "--config", &h2_config, "--json"])).unwrap();
+    let members = shown["standing"]["members"].as_array().unwrap();
+    assert_eq!(members.len(), MEMBERS, "{shown}");
+    assert!(
+        members
+            .iter()
+            .any(|m| m["member"] == "h3" && m["tombstoned"] == true && m["stake"] == 50),
+        "{shown}"
+    );
+    assert!(
+        shown["standing"]["last_closed"]["elected"].is_array(),
+        "{shown}"
+    );
     // The evidence is on the chain.
     runtime().block_on(async {
         let blocks = status(&json, "h1").await["blocks"].as_u64().unwrap();
