@@ -20,6 +20,19 @@ use crate::t70_institutions::send;
 const MEMBERS: usize = 7;
 const EPOCH_BLOCKS: u64 = 20;
 
+/// `member`'s configuration file.
+fn config_of(json: &Value, member: &str) -> String {
+    json["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == member)
+        .unwrap()["config"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
 /// `member`'s ledger status (its auditor's key).
 async fn status(json: &Value, member: &str) -> Value {
     get(json, member, "status").await
@@ -288,15 +301,7 @@ fn seven_nodes_elect_their_delegates_every_epoch_and_eject_a_double_signer() {
         "an honest member was penalized: {penalties:?}"
     );
     // `consortium status` shows the standing as the chain made it, at any member.
-    let h2_config = json["members"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["name"] == "h2")
-        .unwrap()["config"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let h2_config = config_of(&json, "h2");
     let shown: Value =
         serde_json::from_str(&ok(&["status", "--config", &h2_config, "--json"])).unwrap();
     let members = shown["standing"]["members"].as_array().unwrap();
@@ -331,15 +336,7 @@ fn seven_nodes_elect_their_delegates_every_epoch_and_eject_a_double_signer() {
 
     // h5 rotates its keys: its node takes the new vote and beacon keys, and its ballots and
     // beacon contributions keep counting (no jail, every seated member's ballot counted).
-    let h5_config = json["members"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["name"] == "h5")
-        .unwrap()["config"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let h5_config = config_of(&json, "h5");
     ok(&["rotate", "--config", &h5_config]);
     let after = runtime().block_on(async {
         let now = closed(&json, "h1").await.last().unwrap()["epoch"]
@@ -374,15 +371,7 @@ fn seven_nodes_elect_their_delegates_every_epoch_and_eject_a_double_signer() {
     // A stopped member's chain verifies offline: `ledger verify` folds the elections again to
     // know each height's delegates.
     script(&dir, &["kill", "h7"]);
-    let h7_config = json["members"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["name"] == "h7")
-        .unwrap()["config"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let h7_config = config_of(&json, "h7");
     let verified = std::process::Command::new(crate::support::bin())
         .args(["ledger", "verify", "--config", &h7_config])
         .env_remove("FHIRSEAL_CONFIG")
