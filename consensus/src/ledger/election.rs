@@ -613,3 +613,161 @@ impl<R: Rosters> Rosters for ElectedRosters<R> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::election::schedule::Seat;
+    use crate::election::{elect, standing};
+    use crate::ledger::context::RosterUse;
+    use crate::tx::Transaction;
+    use fhirseal_storage::chain_store::{EntryLocation, TxLocation};
+
+    const E: u64 = 3;
+
+    fn key(n: u8) -> PublicKey {
+        PublicKey::of(&SigningKey::from_bytes(&[n; 32]))
+    }
+
+    fn seat(member: &str, n: u8) -> (Seat, PublicKey) {
+        let seat = Seat {
+            member: member.to_owned(),
+            stake: 100,
+            vote_key: [n; 32],
+            beacon_key: [n; 32],
+        };
+        (seat, key(n))
+    }
+
+    /// Governance epoch 0 seats a, b, c and d (delegates a, b); epoch 1 no longer seats c.
+    struct Context;
+
+    impl LedgerContext for Context {
+        fn roster(&self, _: u64, _: RosterUse) -> Option<Arc<Roster>> {
+            None
+        }
+        fn delegates(&self, epoch: u64) -> Option<Vec<(String, PublicKey)>> {
+            (epoch <= 1).then(|| vec![("a".into(), key(1)), ("b".into(), key(2))])
+        }
+        fn seats(&self, epoch: u64) -> Option<Vec<(Seat, PublicKey)>> {
+            match epoch {
+                0 => Some(vec![seat("a", 1), seat("b", 2), seat("c", 3), seat("d", 4)]),
+                1 => Some(vec![seat("a", 1), seat("b", 2), seat("d", 4)]),
+                _ => None,
+            }
+        }
+        fn latest_epoch(&self) -> Option<u64> {
+            Some(1)
+        }
+        fn transaction(&self, _: &[u8]) -> crate::error::Result<Option<TxLocation>> {
+            Ok(None)
+        }
+        fn anchor(&self, _: &[u8]) -> crate::error::Result<Option<EntryLocation>> {
+            Ok(None)
+        }
+        fn check_evidence(&self, _: u64, _: &[Transaction]) -> crate::error::Result<()> {
+            Ok(())
+        }
+        fn signing_key(&self, _: &PublicKey) -> Option<SigningKey> {
+            None
+        }
+    }
+
+    /// A tracker whose state has applied epochs 0 and 1 of four seated members, `convicted`
+    /// double signing in epoch 1 (no commits, no ballots: the seeds come from the chain alone).
+    fn tracker(convicted: &[&str]) -> ElectionTracker {
+        let config = schedule::Config {
+            chain: vec![9; 32],
+            epoch_blocks: E,
+            election: elect::Params {
+                delegates: 2,
+                max_consecutive: 2,
+            },
+            standing: standing::Params {
+                min_signed_permille: 0,
+                ..standing::Params::default()
+            },
+        };
+        let mut tracker = ElectionTracker::new(config, vec!["a".into(), "b".into()]).unwrap();
+        let seats: Vec<Seat> = Context
+            .seats(0)
+            .unwrap()
+            .into_iter()
+            .map(|(s, _)| s)
+            .collect();
+        for height in 1..=2 * E {
+            let facts = BlockFacts {
+                height,
+                proposer: "a".into(),
+                signers: vec!["a".into(), "b".into()],
+                seats: (height % E == 1).then(|| seats.clone()),
+                double_signed: if height == E + 1 {
+                    convicted.iter().map(|m| (*m).to_owned()).collect()
+                } else {
+                    Vec::new()
+                },
+                ..BlockFacts::default()
+            };
+            tracker.state.apply(&facts).unwrap();
+        }
+        tracker
+    }
+
+    #[test]
+    fn the_delegates_of_a_height_are_the_elected_ones_still_seated_and_not_tombstoned() {
+        let height = 2 * E + 1; // ledger epoch 2, elected at the close of epoch 0
+        let plain = tracker(&[]);
+        let elected = plain.state().delegates(2).unwrap().to_vec();
+        assert_eq!(elected.len(), 2);
+        // Under governance epoch 0 every elected member is seated: all of them, in proposer
+        // order, with the keys that epoch records.
+        let under_0: Vec<String> = plain
+            .delegates(height, 0, &Context)
+            .unwrap()
+            .into_iter()
+            .map(|(m, _)| m)
+            .collect();
+        assert_eq!(under_0, elected);
+        // Under governance epoch 1, c is no longer seated: dropped if it was elected.
+        let under_1: Vec<String> = plain
+            .delegates(height, 1, &Context)
+            .unwrap()
+            .into_iter()
+            .map(|(m, _)| m)
+            .collect();
+        let expected: Vec<String> = elected.iter().filter(|m| *m != "c").cloned().collect();
+        if expected.is_empty() {
+            assert_eq!(
+                under_1,
+                ["a", "b"],
+                "nobody left: the governance epoch's delegates"
+            );
+        } else {
+            assert_eq!(under_1, expected);
+        }
+        // An unknown governance epoch: not known yet.
+        assert_eq!(plain.delegates(height, 7, &Context), None);
+        // The first two ledger epochs are the governance epoch's.
+        let founders: Vec<String> = plain
+            .delegates(E + 1, 0, &Context)
+            .unwrap()
+            .into_iter()
+            .map(|(m, _)| m)
+            .collect();
+        assert_eq!(founders, ["a", "b"]);
+
+        // Convicted in epoch 1, tombstoned at its close: never among a height's delegates after,
+        // even in the epoch it was elected for before its conviction.
+        for convicted in &elected {
+            let tracked = tracker(&[convicted.as_str()]);
+            assert!(tracked.state().standings()[convicted].tombstoned);
+            let now: Vec<String> = tracked
+                .delegates(height, 0, &Context)
+                .unwrap()
+                .into_iter()
+                .map(|(m, _)| m)
+                .collect();
+            assert!(!now.contains(convicted), "{convicted} serves: {now:?}");
+        }
+    }
+}
