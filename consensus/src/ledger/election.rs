@@ -326,38 +326,8 @@ impl ElectionTracker {
                         .collect();
                     facts.double_signed.extend(convicted);
                 }
-                Transaction::Election(batch) => {
-                    let member = &batch.header.institution;
-                    for item in &batch.items {
-                        if item.epoch() != epoch {
-                            return Err(TrackError::OtherEpoch {
-                                named: item.epoch(),
-                                block: epoch,
-                            });
-                        }
-                        facts.actions.push(match item {
-                            ElectionItem::Commit { commitment, .. } => Action::Commit {
-                                member: member.clone(),
-                                commitment: *commitment,
-                            },
-                            ElectionItem::Reveal { reveal, .. } => Action::Reveal {
-                                member: member.clone(),
-                                reveal: *reveal,
-                            },
-                        });
-                    }
-                }
-                Transaction::Ballot(ballot) => {
-                    if ballot.epoch != epoch {
-                        return Err(TrackError::OtherEpoch {
-                            named: ballot.epoch,
-                            block: epoch,
-                        });
-                    }
-                    facts.actions.push(Action::Ballot {
-                        candidate: ballot.candidate.clone(),
-                        signature: ballot.signature.clone(),
-                    });
+                Transaction::Election(_) | Transaction::Ballot(_) => {
+                    facts.actions.extend(actions_of(tx, epoch)?);
                 }
                 _ => {}
             }
@@ -419,7 +389,7 @@ impl ElectionTracker {
                 if !is_election(tx) {
                     return true;
                 }
-                let Some(actions) = actions_of(tx, epoch).filter(|_| opened) else {
+                let Some(actions) = actions_of(tx, epoch).ok().filter(|_| opened) else {
                     return false;
                 };
                 let mut trial = state.clone();
@@ -554,32 +524,40 @@ fn is_election(tx: &Transaction) -> bool {
     matches!(tx, Transaction::Election(_) | Transaction::Ballot(_))
 }
 
-/// The actions an election transaction carries, if all are for `epoch`.
-fn actions_of(tx: &Transaction, epoch: u64) -> Option<Vec<Action>> {
+/// The actions an election transaction carries (none for any other transaction); refused when
+/// one of them names another ledger epoch than `epoch`, the epoch of the block carrying it.
+fn actions_of(tx: &Transaction, epoch: u64) -> Result<Vec<Action>, TrackError> {
+    let other = |named| TrackError::OtherEpoch {
+        named,
+        block: epoch,
+    };
     match tx {
         Transaction::Election(batch) => batch
             .items
             .iter()
             .map(|item| {
-                (item.epoch() == epoch).then(|| match item {
+                if item.epoch() != epoch {
+                    return Err(other(item.epoch()));
+                }
+                let member = batch.header.institution.clone();
+                Ok(match item {
                     ElectionItem::Commit { commitment, .. } => Action::Commit {
-                        member: batch.header.institution.clone(),
+                        member,
                         commitment: *commitment,
                     },
                     ElectionItem::Reveal { reveal, .. } => Action::Reveal {
-                        member: batch.header.institution.clone(),
+                        member,
                         reveal: *reveal,
                     },
                 })
             })
             .collect(),
-        Transaction::Ballot(ballot) => (ballot.epoch == epoch).then(|| {
-            vec![Action::Ballot {
-                candidate: ballot.candidate.clone(),
-                signature: ballot.signature.clone(),
-            }]
-        }),
-        _ => Some(Vec::new()),
+        Transaction::Ballot(ballot) if ballot.epoch != epoch => Err(other(ballot.epoch)),
+        Transaction::Ballot(ballot) => Ok(vec![Action::Ballot {
+            candidate: ballot.candidate.clone(),
+            signature: ballot.signature.clone(),
+        }]),
+        _ => Ok(Vec::new()),
     }
 }
 
