@@ -529,9 +529,7 @@ where
                 self.deferred.push(tx);
                 return Ok(Submitted::Queued);
             }
-            if named == epoch
-                && tracker.admit(height, self.epoch(), std::slice::from_ref(&tx), ctx) != [true]
-            {
+            if tracker.admit(height, self.epoch(), std::slice::from_ref(&tx), ctx) != [true] {
                 return Err(Error::InvalidBatch(
                     "the election refuses it (phase, seat, commitment or ring signature)",
                 ));
@@ -853,14 +851,11 @@ where
                 // Not this chain's next block (a forger, or a sender on another chain).
                 Err(_) => break,
             }
-            if let Some(tracker) = &self.election {
-                // Certified by a quorum of its delegates, yet refused by the election: the
-                // chain's delegates broke its rules; it is not taken here.
-                if tracker.check(&block.block, &delegates, ctx).is_err() {
-                    break;
-                }
+            // Certified by a quorum of its delegates, yet refused by the election: the chain's
+            // delegates broke its rules; it is not taken here.
+            if self.fold(&block, &delegates, ctx).is_err() {
+                break;
             }
-            self.fold(&block, &delegates, ctx)?;
             work.effects.push(Effect::Append(block.clone()));
             self.advance(&block.block, now);
             appended = true;
@@ -960,17 +955,20 @@ where
     }
 
     /// Folds the finalized block at the current height, certified by `delegates`, into the
-    /// election.
+    /// election; a block the election refuses changes nothing.
     fn fold(
         &mut self,
         block: &FinalizedBlock,
         delegates: &[(String, PublicKey)],
         ctx: &impl LedgerContext,
-    ) -> std::result::Result<(), DriverError> {
-        if let Some(tracker) = self.election.as_mut() {
-            tracker.apply(block, delegates, ctx)?;
-            self.last_commit = Some(block.certificate.clone());
-        }
+    ) -> std::result::Result<(), TrackError> {
+        let Some(tracker) = &self.election else {
+            return Ok(());
+        };
+        let mut next = tracker.clone();
+        next.apply(block, delegates, ctx)?;
+        self.election = Some(next);
+        self.last_commit = Some(block.certificate.clone());
         Ok(())
     }
 
