@@ -285,8 +285,8 @@ impl Runtime {
         self.context.view().election.as_deref() != self.built_with.as_deref()
     }
 
-    /// After a step: the tracker's record to the context, and the member's election duties for
-    /// the coming height, once per height.
+    /// After a step: a new driver if the election changed, else the member's election duties
+    /// for the coming height, once per height.
     async fn after_step(&mut self) {
         if self.election_changed() {
             tracing::info!("the consortium's election changed; starting the ledger's driver again");
@@ -295,10 +295,10 @@ impl Runtime {
             }
             return;
         }
+        // The context took the tracker's record before each append (`perform`).
         let Some(tracker) = self.driver.election() else {
             return;
         };
-        self.context.set_history(tracker.history().clone());
         let height = self.driver.height();
         if self.duties_at == Some(height) || self.context.view().not_taking_part.is_some() {
             return;
