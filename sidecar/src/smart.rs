@@ -463,26 +463,21 @@ impl SmartAuth {
             .iter()
             .find(|i| i.config.issuer == unverified.issuer)
             .ok_or(TokenError::Issuer)?;
-        let now = now_ms / 1000;
-        let audience = issuer.config.audience.as_str();
-        let claims = match verify(
-            token,
-            &unverified,
-            &issuer.keys(),
-            audience,
-            now,
-            self.leeway,
-        ) {
+        // Against the issuer's keys as held when called: again after a refresh of its JWKS.
+        let attempt = || {
+            verify(
+                token,
+                &unverified,
+                &issuer.keys(),
+                issuer.config.audience.as_str(),
+                now_ms / 1000,
+                self.leeway,
+            )
+        };
+        let claims = match attempt() {
             Err(TokenError::UnknownKey) if issuer.config.jwks_url.is_some() => {
                 if self.refresh(issuer).await? {
-                    verify(
-                        token,
-                        &unverified,
-                        &issuer.keys(),
-                        audience,
-                        now,
-                        self.leeway,
-                    )
+                    attempt()
                 } else {
                     Err(TokenError::UnknownKey)
                 }
