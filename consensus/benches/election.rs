@@ -3,20 +3,46 @@
 //! verification), and the tally of one epoch's ballots by 64 members (64 ring verifications
 //! over the ring of 64, and the count) against 64 Ed25519 verifications; and the epoch change of
 //! 64 members (the close: seed, tally, standing, the election of K = 4 and their proposer order)
-//! against applying an ordinary block of the same epoch. Prints the figures and ratios and writes
-//! them to `target/bench/election.json`.
+//! against applying an ordinary block of the same epoch; and finality across the election's epoch
+//! changes beside the heights of steady epochs, measured in the same run.
 //!
-//! Run: `cargo bench -p fhirseal-consensus --bench election`.
+//! Finality: 8 members on `support/cluster.rs`'s nodes (the sidecar's ledger task on sled, a
+//! write-ahead log made durable with `fdatasync`, an in-process network) on a tokio runtime of 2
+//! workers elect K = 4 delegates every ledger epoch of 10 blocks, a delegate sitting out after one
+//! epoch (M = 1), so that every epoch from the third on is certified by a new set. Each member
+//! submits its commit, reveal and ballot once per height, as the sidecar's runtime does; blocks
+//! come at the runtime's intervals (no sooner than 200 ms apart). One institution sends one
+//! batch of 64 entries at a time to member 0's node and waits until every member stores it. A
+//! probe whose block is the last of an epoch (its fold closes the epoch: seed, tally, election)
+//! or one of the first two of the next (new delegates handed to the engine, the last commit
+//! checked against the set before) is *across* an epoch change; one whose block is further
+//! inside an elected epoch is *steady*, the baseline. Latencies: from the submission until
+//! member 0's chain holds the batch, and until every member's does.
+//!
+//! Prints the figures and ratios and writes them to `target/bench/election.json`.
+//!
+//! Run: `cargo bench -p fhirseal-consensus --bench election`. `FHIRSEAL_BENCH_ELECTION_EPOCHS`
+//! sets how many ledger epochs the finality run lasts (default 16, about a minute).
 
+#[allow(dead_code)] // the load's parts serve ledger.rs
+#[path = "support/cluster.rs"]
+mod cluster;
 #[path = "support/figures.rs"]
 mod figures;
+#[allow(dead_code)] // the cluster takes its entries from it; its fixture serves the others
+#[path = "support/single_node.rs"]
+mod single_node;
 
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use ed25519_dalek::{Signer as _, SigningKey, Verifier as _};
 use fhirseal_consensus::election::elect::tally;
 use fhirseal_consensus::election::lsag::{self, Scope, VoteSecret};
 use serde_json::{json, Value};
+
+use cluster::{by_height, Consortium, Elected, Probe, Seen};
+use figures::percentiles;
 
 const SCOPE: Scope<'static> = Scope {
     chain: b"bench-consortium",
@@ -128,6 +154,19 @@ fn main() {
         "ratio": tally_time.as_secs_f64() / baseline.as_secs_f64(), "aim": 0.5}),
     );
     measures.extend(epoch_change(budget));
+    let epochs: u64 = std::env::var("FHIRSEAL_BENCH_ELECTION_EPOCHS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(16_u64)
+        .max(4);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let (probes, seen) = runtime.block_on(finality_run(epochs));
+    drop(runtime);
+    measures.extend(report_finality(&probes, &seen));
     figures::write("election", Value::Array(measures));
 }
 
@@ -239,4 +278,122 @@ fn epoch_change(budget: Duration) -> Vec<Value> {
         "baseline": micros(ordinary), "baseline_name": "ordinary block of the epoch",
         "ratio": close.as_secs_f64() / ordinary.as_secs_f64()}),
     ]
+}
+
+// ---- finality across epoch changes ----
+
+/// Members of the finality run, K, blocks per ledger epoch, M.
+const MEMBERS: usize = 8;
+const DELEGATES: usize = 4;
+const EPOCH_BLOCKS: u64 = 10;
+const MAX_TERMS: u32 = 1;
+/// Entries per probe batch.
+const PROBE_BATCH: u64 = 64;
+/// The first ledger epoch whose delegates an election chose (the founders serve epochs 0 and 1).
+const FIRST_ELECTED: u64 = 2;
+
+/// The consortium of 8 electing 4, probed one batch at a time until member 0 has stored
+/// `epochs` ledger epochs (or for at most 30 s an epoch).
+async fn finality_run(epochs: u64) -> (Vec<Probe>, Vec<Seen>) {
+    let elected = Elected {
+        delegates: DELEGATES,
+        epoch_blocks: EPOCH_BLOCKS,
+        max_consecutive: MAX_TERMS,
+    };
+    let consortium = Consortium::elected(MEMBERS, 1, elected);
+    let mut submitter = consortium.submitter(0, 0);
+    let mut tips = consortium.tips.clone();
+    let deadline = Instant::now() + Duration::from_secs(30 * epochs);
+    let mut probes = Vec::new();
+    let mut sent = 0_u64;
+    while *tips[0].borrow() < epochs * EPOCH_BLOCKS && Instant::now() < deadline {
+        let probe = consortium
+            .probe(&mut submitter, &mut tips, sent, PROBE_BATCH)
+            .await;
+        sent += 1;
+        probes.push(probe);
+    }
+    (probes, consortium.stop().await)
+}
+
+/// The finality figures: across an epoch change beside steady, at member 0 and everywhere.
+#[allow(clippy::print_stdout)] // a benchmark reports to its terminal
+fn report_finality(probes: &[Probe], seen: &[Seen]) -> Vec<Value> {
+    let heights = by_height(seen);
+    // The delegates of each ledger epoch, as member 0's election recorded them.
+    let history = seen[0].history.clone().unwrap_or_default();
+    let delegates_of = |epoch: u64| -> Option<BTreeSet<String>> {
+        history
+            .iter()
+            .find(|((e, _), _)| *e == epoch)
+            .map(|(_, d)| d.iter().map(|(m, _)| m.clone()).collect())
+    };
+    let last_epoch = probes.last().map_or(0, |p| p.height / EPOCH_BLOCKS);
+    let changes: BTreeSet<u64> = (FIRST_ELECTED..=last_epoch)
+        .filter(|e| match (delegates_of(*e), delegates_of(*e - 1)) {
+            (Some(now), Some(before)) => now != before,
+            (Some(_), None) => *e == FIRST_ELECTED,
+            (None, _) => false,
+        })
+        .collect();
+    let sets: BTreeSet<BTreeSet<String>> = (0..=last_epoch).filter_map(delegates_of).collect();
+    let across = |h: u64| {
+        let (epoch, at) = (h / EPOCH_BLOCKS, h % EPOCH_BLOCKS);
+        (at == EPOCH_BLOCKS - 1 && changes.contains(&(epoch + 1)))
+            || (at <= 1 && changes.contains(&epoch))
+    };
+    let steady = |h: u64| {
+        let (epoch, at) = (h / EPOCH_BLOCKS, h % EPOCH_BLOCKS);
+        epoch >= FIRST_ELECTED && (2..EPOCH_BLOCKS - 1).contains(&at)
+    };
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let of = |pick: &dyn Fn(u64) -> bool, everywhere: bool| {
+        percentiles(
+            probes
+                .iter()
+                .filter(|p| pick(p.height))
+                .filter_map(|p| {
+                    if everywhere {
+                        let at = heights.get(&p.height)?.final_everywhere()?;
+                        Some(ms(at.saturating_duration_since(p.submitted)))
+                    } else {
+                        Some(ms(p.here - p.submitted))
+                    }
+                })
+                .collect(),
+        )
+    };
+    println!(
+        "finality run: {} probes over {} ledger epochs; {} delegate sets, {} epoch changes to a \
+         new set",
+        probes.len(),
+        last_epoch + 1,
+        sets.len(),
+        changes.len()
+    );
+    let mut out = Vec::new();
+    for (everywhere, place) in [(false, "member-0"), (true, "every-member")] {
+        let (a, s) = (of(&across, everywhere), of(&steady, everywhere));
+        println!(
+            "finality at {place}: across an epoch change p50 {:.0} ms p99 {:.0} ms ({} probes); \
+             steady p50 {:.0} ms p99 {:.0} ms ({} probes); ratio p50 {:.2}, p99 {:.2}",
+            a.p50,
+            a.p99,
+            a.n,
+            s.p50,
+            s.p99,
+            s.n,
+            a.p50 / s.p50,
+            a.p99 / s.p99
+        );
+        for (q, across, steady) in [("p50", a.p50, s.p50), ("p99", a.p99, s.p99)] {
+            out.push(json!({"name": format!("finality-across-epoch-change-{q}-{place}"),
+                "value": across, "unit": "ms", "probes": a.n,
+                "baseline": steady, "baseline_name": format!("steady epoch {q}"), "baseline_probes": s.n,
+                "ratio": across / steady, "members": MEMBERS, "delegates": DELEGATES,
+                "epoch_blocks": EPOCH_BLOCKS, "max_terms": MAX_TERMS,
+                "delegate_sets": sets.len(), "epoch_changes": changes.len()}));
+        }
+    }
+    out
 }

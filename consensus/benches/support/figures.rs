@@ -41,3 +41,27 @@ pub(crate) fn measure(value: f64, unit: &str, baseline: Option<f64>) -> Value {
         "ratio": baseline.map_or(Value::Null, |b| finite(value / b)),
     })
 }
+
+/// The median and 99th percentile of a sample, and its size.
+#[allow(dead_code)] // not every bench that includes this file takes percentiles
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Percentiles {
+    pub(crate) p50: f64,
+    pub(crate) p99: f64,
+    pub(crate) n: usize,
+}
+
+/// The percentiles of `values` (nearest rank; all zero for an empty sample).
+#[allow(dead_code)]
+pub(crate) fn percentiles(mut values: Vec<f64>) -> Percentiles {
+    if values.is_empty() {
+        return Percentiles::default();
+    }
+    values.sort_by(f64::total_cmp);
+    let at = |q: f64| values[((values.len() - 1) as f64 * q).round() as usize];
+    Percentiles {
+        p50: at(0.50),
+        p99: at(0.99),
+        n: values.len(),
+    }
+}

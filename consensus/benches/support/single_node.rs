@@ -86,6 +86,7 @@ impl Fixture {
             members: vec!["delegate".into()],
             keys: vec![delegate],
             holding: true,
+            election: None,
         };
         let runtime = tokio::runtime::Builder::new_current_thread()
             .build()

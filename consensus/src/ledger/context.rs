@@ -1,13 +1,11 @@
-//! What a driver asks of the node around it ([`LedgerContext`], and [`FixedContext`], the one
-//! that never changes), which keys a roster names ([`RosterUse`]), and what submitting a
-//! transaction did ([`Submitted`]).
+//! What a driver asks of the node around it ([`LedgerContext`]), which keys a roster names
+//! ([`RosterUse`]), and what submitting a transaction did ([`Submitted`]).
 
 use std::sync::Arc;
 
 use ed25519_dalek::SigningKey;
 use fhirseal_storage::chain_store::{EntryLocation, TxLocation};
 
-use crate::chain::ChainReader;
 use crate::election::schedule::Seat;
 use crate::error::Result;
 use crate::keys::{PublicKey, Roster};
@@ -69,65 +67,4 @@ pub trait LedgerContext {
 
     /// The signing key with public key `public`, if the node holds it.
     fn signing_key(&self, public: &PublicKey) -> Option<SigningKey>;
-}
-
-/// A context with one epoch that never changes: epoch 0, `roster`'s delegates (named by
-/// `members`, in order), the institutions' keys `roster` names for every use, the indexes of the
-/// chain `reader` reads, and the signing keys in `keys` while [`FixedContext::holding`] is set.
-/// What tests, benchmarks and a consortium of one that never changes need.
-#[derive(Debug, Clone)]
-pub struct FixedContext {
-    /// The chain's reads.
-    pub reader: ChainReader,
-    /// The roster of epoch 0.
-    pub roster: Arc<Roster>,
-    /// The delegates' member names, in the roster's delegate order.
-    pub members: Vec<String>,
-    /// The keys the node holds.
-    pub keys: Vec<SigningKey>,
-    /// Whether the node may use them now (a test lets its delegate propose when it chooses).
-    pub holding: bool,
-}
-
-impl LedgerContext for FixedContext {
-    fn roster(&self, epoch: u64, _: RosterUse) -> Option<Arc<Roster>> {
-        (epoch == 0).then(|| self.roster.clone())
-    }
-
-    fn delegates(&self, epoch: u64) -> Option<Vec<(String, PublicKey)>> {
-        (epoch == 0).then(|| {
-            self.members
-                .iter()
-                .cloned()
-                .zip(self.roster.delegates().keys().iter().copied())
-                .collect()
-        })
-    }
-
-    fn latest_epoch(&self) -> Option<u64> {
-        Some(0)
-    }
-
-    fn transaction(&self, key: &[u8]) -> Result<Option<TxLocation>> {
-        self.reader.locate_transaction(key)
-    }
-
-    fn anchor(&self, key: &[u8]) -> Result<Option<EntryLocation>> {
-        self.reader.anchor(key)
-    }
-
-    fn check_evidence(&self, height: u64, transactions: &[Transaction]) -> Result<()> {
-        self.reader
-            .check_evidence(height, transactions, &*self.roster)
-    }
-
-    fn signing_key(&self, public: &PublicKey) -> Option<SigningKey> {
-        if !self.holding {
-            return None;
-        }
-        self.keys
-            .iter()
-            .find(|k| PublicKey::of(k) == *public)
-            .cloned()
-    }
 }

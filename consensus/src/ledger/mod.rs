@@ -9,22 +9,25 @@
 //! the institutions' keys (the governance state), the stored chain's indexes, and the signing
 //! keys the node holds.
 //!
-//! - `context.rs`: [`LedgerContext`], what a driver asks of the node around it, with
-//!   [`FixedContext`], the one of a single unchanging epoch; [`RosterUse`], which keys a roster
-//!   names; [`Submitted`], what submitting a transaction did.
+//! - `context.rs`: [`LedgerContext`], what a driver asks of the node around it;
+//!   [`RosterUse`], which keys a roster names; [`Submitted`], what submitting a transaction did.
 //! - `driver.rs`: the [`Driver`], its configuration, inputs, effects, errors and status.
 //! - `election.rs`: the [`ElectionTracker`], the election folded over the chain beside the
 //!   driver, who the delegates of each height are, and [`ElectedRosters`] for verification.
+//! - `fixed.rs`: [`FixedContext`], the context of a single unchanging epoch, with the election's
+//!   seats and record when the chain runs one.
 //! - [`wal`]: the write-ahead log's records and their framing, as pure encode and decode.
 
 mod context;
 mod driver;
 mod election;
+mod fixed;
 pub mod wal;
 
-pub use context::{FixedContext, LedgerContext, RosterUse, Submitted};
+pub use context::{LedgerContext, RosterUse, Submitted};
 pub use driver::{
     Answers, Driver, DriverConfig, DriverError, DriverStatus, Effect, Input, Outbound, Recipients,
     Role,
 };
 pub use election::{ElectedRosters, ElectionKeys, ElectionTracker, History, TrackError};
+pub use fixed::{FixedContext, FixedElection};

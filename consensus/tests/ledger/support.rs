@@ -153,6 +153,7 @@ impl TestLedger {
             members: vec!["delegate".to_owned()],
             keys: vec![delegate_key()],
             holding: false,
+            election: None,
         };
         Self {
             chain,

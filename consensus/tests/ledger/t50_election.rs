@@ -13,12 +13,12 @@ use fhirseal_consensus::election::lsag::{self, Scope, VoteSecret};
 use fhirseal_consensus::election::schedule::{self, Seat};
 use fhirseal_consensus::election::{elect, standing};
 use fhirseal_consensus::ledger::{
-    Effect, ElectedRosters, ElectionKeys, ElectionTracker, History, Input, LedgerContext, Outbound,
-    Recipients, RosterUse,
+    Effect, ElectionKeys, ElectionTracker, FixedContext, FixedElection, History, Input, Outbound,
+    Recipients,
 };
 use fhirseal_consensus::{
-    chain_id, BatchId, ChainReader, DelegateSet, Driver, DriverConfig, ElectionItem, EntryLocation,
-    EvidenceBatch, PublicKey, Roster, SigningKey, Submitted, Timestamp, Transaction, TxLocation,
+    chain_id, BatchId, DelegateSet, Driver, DriverConfig, ElectionItem, EvidenceBatch, PublicKey,
+    Roster, SigningKey, Submitted, Timestamp, Transaction,
 };
 
 use crate::support::db;
@@ -52,61 +52,13 @@ fn members() -> Vec<Member> {
         .collect()
 }
 
-/// One governance epoch that never changes: every member seated, m1..m4 its top-stake
-/// delegates.
-struct SimContext {
-    reader: ChainReader,
-    roster: Arc<Roster>,
-    founders: Vec<(String, PublicKey)>,
-    seats: Vec<(Seat, PublicKey)>,
-    key: SigningKey,
-    history: Arc<History>,
-}
-
-impl LedgerContext for SimContext {
-    fn roster(&self, epoch: u64, _: RosterUse) -> Option<Arc<Roster>> {
-        (epoch == 0).then(|| self.roster.clone())
-    }
-
-    fn delegates(&self, epoch: u64) -> Option<Vec<(String, PublicKey)>> {
-        (epoch == 0).then(|| self.founders.clone())
-    }
-
-    fn seats(&self, epoch: u64) -> Option<Vec<(Seat, PublicKey)>> {
-        (epoch == 0).then(|| self.seats.clone())
-    }
-
-    fn latest_epoch(&self) -> Option<u64> {
-        Some(0)
-    }
-
-    fn transaction(&self, key: &[u8]) -> fhirseal_consensus::Result<Option<TxLocation>> {
-        self.reader.locate_transaction(key)
-    }
-
-    fn anchor(&self, key: &[u8]) -> fhirseal_consensus::Result<Option<EntryLocation>> {
-        self.reader.anchor(key)
-    }
-
-    fn check_evidence(&self, height: u64, txs: &[Transaction]) -> fhirseal_consensus::Result<()> {
-        let rosters = ElectedRosters {
-            base: &*self.roster,
-            history: self.history.clone(),
-            epoch_blocks: EPOCH_BLOCKS,
-        };
-        self.reader.check_evidence(height, txs, &rosters)
-    }
-
-    fn signing_key(&self, public: &PublicKey) -> Option<SigningKey> {
-        (PublicKey::of(&self.key) == *public).then(|| self.key.clone())
-    }
-}
-
 struct Node {
     _dir: tempfile::TempDir,
     chain: fhirseal_consensus::Chain,
     driver: SimDriver,
-    ctx: SimContext,
+    /// One governance epoch that never changes: every member seated, m1..m4 its top-stake
+    /// delegates.
+    ctx: FixedContext,
     timers: BTreeMap<Timer, Millis>,
     inbox: VecDeque<Input>,
 }
@@ -167,13 +119,17 @@ fn nodes(members: &[Member], delegates: usize) -> Vec<Node> {
                 chain.tip().cloned(),
             )
             .with_election(tracker);
-            let ctx = SimContext {
+            let ctx = FixedContext {
                 reader: chain.reader(),
                 roster: roster.clone(),
-                founders: founders.clone(),
-                seats: seats.clone(),
-                key: m.signing.clone(),
-                history: Arc::new(History::new()),
+                members: founders.iter().map(|(n, _)| n.clone()).collect(),
+                keys: vec![m.signing.clone()],
+                holding: true,
+                election: Some(FixedElection {
+                    seats: seats.clone(),
+                    history: Arc::new(History::new()),
+                    epoch_blocks: EPOCH_BLOCKS,
+                }),
             };
             Node {
                 _dir: dir,
@@ -212,13 +168,11 @@ async fn perform(
             Effect::Append(block) => {
                 let node = &mut nodes[at];
                 let history = node.driver.election().unwrap().history().clone();
-                let rosters = ElectedRosters {
-                    base: &*node.ctx.roster,
-                    history: history.clone(),
-                    epoch_blocks: EPOCH_BLOCKS,
-                };
-                node.chain.append(&block, &rosters).await.unwrap();
-                node.ctx.history = history;
+                node.ctx.election.as_mut().unwrap().history = history;
+                node.chain
+                    .append(&block, &node.ctx.rosters())
+                    .await
+                    .unwrap();
             }
             Effect::Schedule { timer, at: when } => {
                 nodes[at].timers.insert(timer, when);
