@@ -214,6 +214,12 @@ pub struct Closed {
     pub elected: Vec<String>,
 }
 
+/// How many of the latest epochs' seeds, delegates and closes a state keeps (more when M needs
+/// them to count terms in a row): the state is copied at every block a node folds or judges, so
+/// its size must not grow with the chain's age. The chain keeps every epoch's record; the
+/// tracker's history keeps every epoch's delegates for verification.
+pub const KEPT_EPOCHS: u64 = 64;
+
 /// The election as the chain has made it up to the last block applied.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ElectionState {
@@ -272,7 +278,8 @@ impl ElectionState {
         self.previous_seed(epoch).map(|seed| (seed, epoch))
     }
 
-    /// The delegates of `epoch` in proposer order, once elected (two epochs ahead).
+    /// The delegates of `epoch` in proposer order, once elected (two epochs ahead), while the
+    /// state keeps it (the latest [`KEPT_EPOCHS`]).
     pub fn delegates(&self, epoch: u64) -> Option<&[String]> {
         self.delegates.get(&epoch).map(Vec::as_slice)
     }
@@ -291,7 +298,7 @@ impl ElectionState {
         &self.standings
     }
 
-    /// What each closed epoch decided, oldest first.
+    /// What each of the latest [`KEPT_EPOCHS`] closed epochs decided, oldest first.
     pub fn closed(&self) -> &[Closed] {
         &self.closed
     }
@@ -563,7 +570,21 @@ impl ElectionState {
             elected,
         };
         self.closed.push(closed.clone());
+        self.forget_before(epoch);
         closed
+    }
+
+    /// Forgets the seeds, delegates and closes older than the window the rules still read,
+    /// ending at `closing` (the epoch just closed).
+    fn forget_before(&mut self, closing: u64) {
+        let kept = KEPT_EPOCHS.max(u64::from(self.config.election.max_consecutive) + 2);
+        let Some(oldest) = closing.checked_sub(kept) else {
+            return;
+        };
+        self.seeds.retain(|epoch, _| *epoch > oldest);
+        self.delegates.retain(|epoch, _| *epoch > oldest);
+        let gone = self.closed.iter().take_while(|c| c.epoch <= oldest).count();
+        self.closed.drain(..gone);
     }
 
     /// Epochs in a row up to and including `through` in which `member` was a delegate.

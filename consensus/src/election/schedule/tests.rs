@@ -490,3 +490,23 @@ fn with_nobody_eligible_the_last_set_serves_on() {
     assert_eq!(state.delegates(2), state.delegates(1));
     assert_eq!(state.delegates(3), state.delegates(1));
 }
+
+#[test]
+fn an_old_state_keeps_a_window_of_epochs_and_goes_on_electing() {
+    let members = members(6);
+    let epochs = KEPT_EPOCHS + 6;
+    let state = run(&members, config(3, 1), epochs, &Behaviour::default());
+    let closing = epochs - 1;
+    let oldest = closing - KEPT_EPOCHS + 1;
+    assert_eq!(state.closed().len() as u64, KEPT_EPOCHS);
+    assert_eq!(state.closed()[0].epoch, oldest);
+    assert_eq!(state.delegates(oldest - 1), None);
+    assert_eq!(state.previous_seed(oldest), None);
+    assert!(state.previous_seed(epochs).is_some());
+    // The epochs ahead are elected, and M = 1 is still kept across the window's edge.
+    let next = state.delegates(epochs + 1).unwrap();
+    assert_eq!(next.len(), 3);
+    for member in next {
+        assert!(!state.delegates(epochs).unwrap().contains(member));
+    }
+}
