@@ -1,7 +1,8 @@
 //! fhirseal: a security sidecar for FHIR servers.
 //!
 //! This crate wires the parts together: the configuration ([`config`]), the reverse proxy as a
-//! tower service ([`proxy`]), the listener with optional TLS ([`server`]), who calls ([`auth`]:
+//! tower service ([`proxy`]), the listener with optional TLS ([`server`]), the same proxy as a
+//! tower layer around a FHIR service in process ([`layer`]), who calls ([`auth`]:
 //! API keys, and [`smart`]: SMART on FHIR access tokens verified against their issuer's JWKS),
 //! and logging ([`telemetry`]). The `fhirseal` binary only parses its command line and calls in here.
 //!
@@ -18,8 +19,10 @@ pub mod config;
 pub mod consortium;
 mod crash;
 pub mod error;
+mod gate;
 mod http_util;
 pub mod keystore;
+pub mod layer;
 pub mod ledger;
 pub mod ledger_tool;
 mod limits;
@@ -36,5 +39,6 @@ pub mod verify;
 
 pub use config::Config;
 pub use error::ProxyError;
+pub use layer::{FhirSeal, FhirSealLayer};
 pub use proxy::Proxy;
 pub use server::{ServerError, Sidecar};

@@ -9,23 +9,17 @@
 //! signing key the state names), the API keys and the proxy. [`Sidecar::serve`] accepts
 //! TCP (and TLS) connections and serves HTTP/1.1 and HTTP/2 on them with the proxy until told
 //! to shut down; then it stops accepting, lets open requests finish, anchors what they wrote,
-//! and stops the ledger and the governance node.
+//! and stops the ledger and the governance node. [`Sidecar::embed`] opens the same node without
+//! a FHIR listener, with a [`FhirSealLayer`] whose wrapped service is its upstream.
 //!
-//! Before the proxy, the node's standing decides over writes: a node that does not take part
-//! in its consortium (joining and without the link key yet, suspended, revoked) answers every
-//! write 503 with an `OperationOutcome` saying why, since it could not anchor it (reads are
-//! served: the data is the institution's own).
+//! Before the proxy, the node's standing decides over writes ([`crate::gate`]).
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use fhirseal_adapters::outcome::{IssueType, OperationOutcome};
-use fhirseal_adapters::{route, Format};
 use fhirseal_consensus::governance::ElectionParams;
-use http::header::{self, HeaderValue};
-use http::StatusCode;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use tokio::net::TcpListener;
@@ -33,22 +27,24 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
-use crate::body::ProxyBody;
 use crate::config::Config;
 use crate::consortium::files::{Layout, Membership};
 use crate::consortium::founding::{found, Founding};
 use crate::consortium::participation::{Followers, Participation};
 use crate::consortium::standing::{Standing, Verdict};
 use crate::consortium::{ConsortiumError, NodeStart, RunningNode};
-use crate::error::{outcome_response, ProxyError};
+use crate::error::ProxyError;
+use crate::gate::Gate;
 use crate::keystore::Keystore;
+use crate::layer::FhirSealLayer;
 use crate::ledger::LedgerError;
 use crate::ledger::{NodeLedger, Opened};
 use crate::listener::{self, Connection, ListenerConfig};
-use crate::proxy::{ClientAddr, Proxy, REQUEST_ID};
+use crate::proxy::{ClientAddr, Proxy};
 use crate::sealing::{SealError, Sealing};
 use crate::stores::{Store, StoreError};
 use crate::tls::{self, TlsError};
+use crate::upstream::ServiceSlot;
 use fhirseal_storage::chain_store::ChainStoreError;
 use fhirseal_storage::NodeKeys;
 use fhirseal_storage::StorageError;
@@ -89,7 +85,8 @@ pub enum ServerError {
 
 /// A bound, not yet serving, node.
 pub struct Sidecar {
-    listener: TcpListener,
+    /// The FHIR listener; none when embedded as a layer.
+    listener: Option<TcpListener>,
     /// The local control socket `fhirseal backup` asks (see [`crate::backup`]).
     control: Option<crate::backup::ControlListener>,
     proxy: Proxy,
@@ -132,6 +129,28 @@ impl Sidecar {
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|source| ServerError::Bind { addr, source })?;
+        Self::open(config, Some(listener), tls, None).await
+    }
+
+    /// Opens the node of `config` as [`Sidecar::bind`] does, without a FHIR listener (and
+    /// without `server.listen` and `server.tls`), and the layer that wraps the FHIR service the
+    /// node forwards to (see [`crate::layer`]). [`Sidecar::serve`] runs the node's background
+    /// work until shutdown.
+    pub async fn embed(config: &Config) -> Result<(Sidecar, FhirSealLayer), ServerError> {
+        let slot = ServiceSlot::default();
+        let node = Self::open(config, None, None, Some(slot.clone())).await?;
+        let layer = FhirSealLayer::new(node.proxy.clone(), node.gate.clone(), slot);
+        Ok((node, layer))
+    }
+
+    /// The node of `config`, serving FHIR on `listener` (if any) with `tls`, forwarding to the
+    /// service `slot` holds (if any) instead of over HTTP.
+    async fn open(
+        config: &Config,
+        listener: Option<TcpListener>,
+        tls: Option<TlsAcceptor>,
+        slot: Option<ServiceSlot>,
+    ) -> Result<Sidecar, ServerError> {
         // Before sled opens anything: the stores must be as the last clean stop left them.
         let data_dir = config.data_dir.clone();
         let sealed = tokio::task::spawn_blocking(move || crate::stores::take_seal(&data_dir))
@@ -172,7 +191,10 @@ impl Sidecar {
                 None
             }
         };
-        let proxy = Proxy::new(config, tls.is_some(), sealing, opened.ledger, auth)?;
+        let mut proxy = Proxy::new(config, tls.is_some(), sealing, opened.ledger, auth)?;
+        if let Some(slot) = slot {
+            proxy = proxy.in_process(slot);
+        }
         let serving = ListenerConfig {
             tls,
             handshake_timeout: TLS_HANDSHAKE_TIMEOUT,
@@ -199,12 +221,13 @@ impl Sidecar {
         })
     }
 
-    /// The address actually bound (useful with port 0).
+    /// The address actually bound (useful with port 0); `0.0.0.0:0` when embedded.
     pub fn local_addr(&self) -> SocketAddr {
         // A bound listener always has a local address.
         self.listener
-            .local_addr()
-            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)))
     }
 
     /// The node's sealing and vault (for tools and tests that look inside).
@@ -232,7 +255,10 @@ impl Sidecar {
         *self.gate.standing.borrow()
     }
 
-    /// Serves until `shutdown` resolves, then drains open connections.
+    /// Serves until `shutdown` resolves, then drains open connections; then anchors what the
+    /// last requests wrote and stops the ledger and the governance node. Embedded, there is no
+    /// listener: it runs the node's background work until `shutdown`, then stops it the same way
+    /// (requests still arriving through the layer are answered, without the node's tasks).
     pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
         let resolver = tokio::spawn(resolve_intents(self.proxy.clone(), self.upstream_timeout));
         let control = self.control;
@@ -242,18 +268,17 @@ impl Sidecar {
             let (proxy, gate, peer) = (proxy.clone(), gate.clone(), connection.remote);
             service_fn(move |mut req: hyper::Request<Incoming>| {
                 req.extensions_mut().insert(ClientAddr(peer));
-                let refused = gate.refuse(&req);
-                let response = proxy.handle(req);
-                async move {
-                    let response = match refused {
-                        Some(refused) => refused,
-                        None => response.await,
-                    };
-                    Ok::<_, std::convert::Infallible>(response)
-                }
+                let answer = gate.answer(&proxy, req);
+                async move { Ok::<_, std::convert::Infallible>(answer.await) }
             })
         };
-        let served = listener::serve(self.listener, self.serving, make, shutdown).await;
+        let served = match self.listener {
+            Some(listener) => listener::serve(listener, self.serving, make, shutdown).await,
+            None => {
+                shutdown.await;
+                Ok(())
+            }
+        };
         resolver.abort();
         if let Some(task) = control_task {
             task.abort();
@@ -274,57 +299,6 @@ impl Sidecar {
         }
         self.consortium.stop().await?;
         Ok(())
-    }
-}
-
-/// The write gate: a node that does not take part in its consortium refuses writes, which it
-/// could not anchor, with a 503 `OperationOutcome` saying why. Everything else goes on to the
-/// proxy.
-#[derive(Debug, Clone)]
-struct Gate {
-    standing: watch::Receiver<Standing>,
-    /// The FHIR base path, without a trailing slash.
-    base_path: String,
-}
-
-impl Gate {
-    /// The answer to `req` when the node refuses it.
-    fn refuse<B>(&self, req: &hyper::Request<B>) -> Option<hyper::Response<ProxyBody>> {
-        let standing = *self.standing.borrow();
-        let why = standing.refusal()?;
-        let rel = req.uri().path().strip_prefix(self.base_path.as_str())?;
-        if !(rel.is_empty() || rel.starts_with('/')) {
-            return None;
-        }
-        let interaction = route::route(req.method(), rel, req.uri().query().is_some()).ok()?;
-        if !interaction.is_write() {
-            return None;
-        }
-        tracing::info!(
-            standing = standing.name(),
-            method = %req.method(),
-            path = %req.uri().path(),
-            "write refused: the node does not take part in its consortium"
-        );
-        let format = Format::negotiate(req.uri().query(), req.headers());
-        let outcome = OperationOutcome::error(IssueType::Transient, why);
-        let mut response = outcome_response(StatusCode::SERVICE_UNAVAILABLE, &outcome, format);
-        let headers = response.headers_mut();
-        if matches!(standing, Standing::Joining | Standing::Checking) {
-            headers.insert(header::RETRY_AFTER, HeaderValue::from(5));
-        }
-        let id = req
-            .headers()
-            .get(REQUEST_ID)
-            .filter(|v| {
-                (1..=128).contains(&v.len()) && v.as_bytes().iter().all(u8::is_ascii_graphic)
-            })
-            .cloned()
-            .or_else(|| HeaderValue::from_str(&uuid::Uuid::new_v4().to_string()).ok());
-        if let Some(id) = id {
-            headers.insert(REQUEST_ID, id);
-        }
-        Some(response)
     }
 }
 

@@ -6,8 +6,13 @@
 //! request the sidecar sends (a client's, forwarded, or its own read-backs and audit events)
 //! passes through [`Upstream::outgoing`], which drops them and adds the sidecar's credential
 //! when one is configured, so that an upstream behind its own authentication still works.
+//!
+//! The upstream is reached over HTTP through a pooled client, or, when the sidecar is embedded
+//! as a tower layer ([`crate::layer`]), by calling the service the layer wraps, in process: the
+//! same requests either way, built against the configured base URL.
 
 use std::path::Path;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use base64::Engine;
@@ -20,6 +25,8 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
+use tower::util::BoxCloneSyncService;
+use tower::ServiceExt as _;
 use zeroize::Zeroizing;
 
 use crate::body::{empty, full, BoxError, ProxyBody};
@@ -54,7 +61,37 @@ pub enum UpstreamError {
     Tls(#[from] TlsError),
 }
 
+/// A FHIR server as a tower service, called in process.
+pub type InnerService = BoxCloneSyncService<Request<ProxyBody>, Response<ProxyBody>, BoxError>;
+
+/// Where the service an embedded node forwards to is kept: set when the layer wraps it, read
+/// by every exchange (the requests of the layered services and the node's own, such as the
+/// recovery of unsettled writes).
+pub type ServiceSlot = Arc<RwLock<Option<InnerService>>>;
+
+/// The future of one call of the wrapped service, boxed here with its types spelled out: built
+/// inside `send`'s future, the compiler cannot prove that future `Send` for the boxed error's
+/// every lifetime.
+fn call_inner(
+    service: InnerService,
+    req: Request<ProxyBody>,
+) -> std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<Response<ProxyBody>, BoxError>> + Send>,
+> {
+    Box::pin(service.oneshot(req))
+}
+
+/// How exchanges reach the upstream.
+#[derive(Clone)]
+enum Transport {
+    /// Over HTTP(S), through the pooled client (boxed: it is large beside a slot).
+    Pool(Box<Client<HttpsConnector<HttpConnector>, ProxyBody>>),
+    /// In process: the service in the slot (none yet: the upstream is unavailable).
+    Service(ServiceSlot),
+}
+
 /// The upstream: where it is, how to reach it, and how to authenticate to it.
+#[derive(Clone)]
 pub struct UpstreamClient {
     /// `http://localhost:8080/fhir`, without a trailing slash.
     pub(crate) base: String,
@@ -62,7 +99,7 @@ pub struct UpstreamClient {
     pub(crate) path: String,
     pub(crate) scheme: http::uri::Scheme,
     pub(crate) authority: http::uri::Authority,
-    pub(crate) client: Client<HttpsConnector<HttpConnector>, ProxyBody>,
+    transport: Transport,
     /// The `Authorization` value the sidecar sends, if any; marked sensitive so that no debug
     /// output shows it.
     credential: Option<HeaderValue>,
@@ -81,6 +118,10 @@ impl std::fmt::Debug for UpstreamClient {
         f.debug_struct("UpstreamClient")
             .field("base", &self.base)
             .field("credential", &self.credential.is_some())
+            .field(
+                "in_process",
+                &matches!(self.transport, Transport::Service(_)),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -118,11 +159,20 @@ impl UpstreamClient {
                 .authority()
                 .cloned()
                 .ok_or_else(|| UpstreamError::Url("the URL has no host".to_owned()))?,
-            client,
+            transport: Transport::Pool(Box::new(client)),
             credential: credential(&config.auth)?,
             timeout: config.timeout(),
             max_body,
         })
+    }
+
+    /// The same upstream (its base, credential, timeout and limits), reached by calling the
+    /// service `slot` holds instead of over HTTP.
+    pub fn in_process(&self, slot: ServiceSlot) -> UpstreamClient {
+        UpstreamClient {
+            transport: Transport::Service(slot),
+            ..self.clone()
+        }
     }
 
     /// One exchange with the upstream, under its timeout: the client's credentials dropped and
@@ -133,11 +183,43 @@ impl UpstreamClient {
     ) -> Result<Response<ProxyBody>, ProxyError> {
         self.outgoing(req.headers_mut());
         let timeout = self.timeout;
-        let response = tokio::time::timeout(timeout, self.client.request(req))
-            .await
-            .map_err(|_| ProxyError::UpstreamTimeout(timeout.as_millis() as u64))?
-            .map_err(|e| self.classify(e))?;
-        Ok(response.map(|b| b.map_err(BoxError::from).boxed()))
+        let timed_out = |_| ProxyError::UpstreamTimeout(timeout.as_millis() as u64);
+        match &self.transport {
+            Transport::Pool(client) => {
+                let response = tokio::time::timeout(timeout, client.request(req))
+                    .await
+                    .map_err(timed_out)?
+                    .map_err(|e| self.classify(e))?;
+                Ok(response.map(|b| b.map_err(BoxError::from).boxed()))
+            }
+            Transport::Service(slot) => {
+                let service = slot
+                    .read()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .clone()
+                    .ok_or_else(|| {
+                        ProxyError::UpstreamUnavailable(
+                            "no FHIR service is wrapped by the layer yet".to_owned(),
+                        )
+                    })?;
+                tokio::time::timeout(timeout, call_inner(service, req))
+                    .await
+                    .map_err(timed_out)?
+                    .map_err(|e| self.classify_inner(e.as_ref()))
+            }
+        }
+    }
+
+    /// Which side failed when the wrapped service returns an error: the client's body over
+    /// the limit or failing to arrive, else the service.
+    fn classify_inner(&self, error: &(dyn std::error::Error + 'static)) -> ProxyError {
+        let chain = || std::iter::successors(Some(error), |e| e.source());
+        if chain().any(|e| e.is::<LengthLimitError>()) {
+            return ProxyError::BodyTooLarge {
+                limit: self.max_body,
+            };
+        }
+        ProxyError::UpstreamUnavailable(format!("the wrapped service failed: {error}"))
     }
 
     /// Which side failed when the pooled client returns an error.

@@ -15,13 +15,14 @@ use crate::limits::RateLimiter;
 use crate::sealing::Sealing;
 use crate::upstream::UpstreamClient;
 
-/// The proxy's dependencies.
-#[derive(Debug)]
+/// The proxy's dependencies. A clone shares the limits' state (the concurrent-request permits
+/// and the identity-search rate).
+#[derive(Debug, Clone)]
 pub(crate) struct Deps {
     pub(crate) upstream: UpstreamClient,
     pub(crate) sealing: Arc<Sealing>,
     pub(crate) ledger: Arc<NodeLedger>,
-    pub(crate) auth: Authenticator,
+    pub(crate) auth: Arc<Authenticator>,
     /// The role table (defaults and `[auth.roles]`), for the policy of access tokens.
     pub(crate) roles: std::collections::BTreeMap<String, fhirseal_adapters::policy::Role>,
     /// `.well-known/smart-configuration`, when token issuers are configured.
@@ -33,7 +34,7 @@ pub(crate) struct Deps {
     pub(crate) audit_upstream: bool,
     pub(crate) limits: Limits,
     /// Identity searches per principal.
-    pub(crate) identity_searches: Mutex<RateLimiter>,
+    pub(crate) identity_searches: Arc<Mutex<RateLimiter>>,
     /// One permit per request being handled.
     pub(crate) requests: Arc<Semaphore>,
     /// Our own FHIR base path, without a trailing slash (empty for `/`).
@@ -85,7 +86,7 @@ impl Deps {
             ledger,
             roles: config.auth.roles(),
             smart_configuration: auth.smart.as_ref().map(|s| s.configuration().to_string()),
-            auth,
+            auth: Arc::new(auth),
             anchor_sync: config.ledger.anchor == AnchorMode::Sync,
             sync_timeout: Duration::from_millis(config.ledger.sync_timeout_ms),
             audit_upstream: config.audit.upstream_audit_events,
@@ -95,10 +96,10 @@ impl Deps {
                 max_concurrent: server.max_concurrent_requests,
                 max_query_bytes: config.upstream.max_query_bytes,
             },
-            identity_searches: Mutex::new(RateLimiter::new(
+            identity_searches: Arc::new(Mutex::new(RateLimiter::new(
                 config.auth.identity_searches_per_minute,
                 config.auth.identity_search_burst,
-            )),
+            ))),
             requests: Arc::new(Semaphore::new(server.max_concurrent_requests)),
             base_path: server.base_path.trim_end_matches('/').to_owned(),
             public_base: server

@@ -94,6 +94,16 @@ impl Proxy {
         })
     }
 
+    /// The same proxy forwarding to the service `slot` holds, in process, instead of over HTTP
+    /// (see [`crate::layer`]); it shares this one's limits.
+    pub fn in_process(&self, slot: crate::upstream::ServiceSlot) -> Proxy {
+        let mut deps = (*self.deps).clone();
+        deps.upstream = deps.upstream.in_process(slot);
+        Proxy {
+            deps: Arc::new(deps),
+        }
+    }
+
     /// The node's sealing (for tools and tests that look inside).
     pub fn sealing(&self) -> Arc<Sealing> {
         self.deps.sealing.clone()
