@@ -30,6 +30,7 @@ cleanup() {
 trap cleanup EXIT
 
 listen=${FHIRSEAL_LISTEN:-127.0.0.1:8088}
+admin=${FHIRSEAL_ADMIN_LISTEN:-127.0.0.1:9464}
 data_dir=${FHIRSEAL_DATA_DIR:-$root/fhirseal-data}
 keys="$data_dir/keys/api-keys.toml"
 cat <<MSG
@@ -42,7 +43,8 @@ cat <<MSG
   Try:                     curl -H "X-Api-Key: \$(grep -m1 '^key' $keys | cut -d'"' -f2)" \\
                                 http://$listen/fhir/metadata
   HAPI FHIR direct:        http://127.0.0.1:$hapi_port/fhir (holds no identity)
-  Health / readiness:      http://$listen/healthz  http://$listen/readyz
+  Admin (no API key):      http://$admin/metrics (Prometheus)  http://$admin/healthz
+                           http://$admin/readyz
   Ledger:                  http://$listen/ledger/status, and GET [type]/[id]/\$verify
   Consortium:              a consortium of one (this node is regulator and only member):
                            $bin consortium status --data-dir $data_dir
@@ -50,5 +52,5 @@ cat <<MSG
   Stop with Ctrl-C.
 
 MSG
-FHIRSEAL_DATA_DIR=$data_dir FHIRSEAL_LISTEN=$listen FHIRSEAL_UPSTREAM=${FHIRSEAL_UPSTREAM:-http://127.0.0.1:$hapi_port/fhir} \
+FHIRSEAL_DATA_DIR=$data_dir FHIRSEAL_LISTEN=$listen FHIRSEAL_ADMIN_LISTEN=$admin FHIRSEAL_UPSTREAM=${FHIRSEAL_UPSTREAM:-http://127.0.0.1:$hapi_port/fhir} \
   "$bin" run "$@"

@@ -45,7 +45,8 @@ pub enum IssueType {
 }
 
 impl IssueType {
-    fn code(self) -> &'static str {
+    /// The FHIR issue-type code (`invalid`, `forbidden`, …).
+    pub fn code(self) -> &'static str {
         match self {
             IssueType::Invalid => "invalid",
             IssueType::Structure => "structure",

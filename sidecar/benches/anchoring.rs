@@ -113,6 +113,7 @@ fn throughput(runtime: &tokio::runtime::Runtime, n: usize) {
         view,
         None,
         fhirseal_sidecar::clock::system(),
+        Default::default(),
     )
     .unwrap();
     let (ledger, anchorer, ledger_task) = (opened.ledger, opened.anchorer, opened.runtime);

@@ -41,6 +41,7 @@ pub struct Config {
     pub ledger: LedgerConfig,
     pub audit: AuditConfig,
     pub consortium: ConsortiumConfig,
+    pub admin: AdminConfig,
     /// Where the node keeps its keys, vault, ledger and governance state.
     pub data_dir: PathBuf,
 }
@@ -56,7 +57,28 @@ impl Default for Config {
             ledger: LedgerConfig::default(),
             audit: AuditConfig::default(),
             consortium: ConsortiumConfig::default(),
+            admin: AdminConfig::default(),
             data_dir: PathBuf::from("./fhirseal-data"),
+        }
+    }
+}
+
+/// The admin listener: `/metrics` (Prometheus text), `/healthz` and `/readyz`, on a port of
+/// their own, off the FHIR base and without API keys (bind it where only operators reach it).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Where it listens; unset: no admin listener.
+    pub listen: Option<SocketAddr>,
+    /// `/readyz` answers 503 when the outbox has held entries this long without being emptied.
+    pub max_anchor_lag_secs: u64,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: None,
+            max_anchor_lag_secs: 60,
         }
     }
 }
@@ -539,6 +561,7 @@ pub const ENV_VARS: &[&str] = &[
     "FHIRSEAL_RAFT_HEARTBEAT_MS",
     "FHIRSEAL_RAFT_ELECTION_TIMEOUT_MS",
     "FHIRSEAL_RAFT_SNAPSHOT_EVERY",
+    "FHIRSEAL_ADMIN_LISTEN",
 ];
 
 impl Config {
@@ -586,6 +609,9 @@ impl Config {
         }
         if let Some(v) = env("FHIRSEAL_LISTEN") {
             self.server.listen = parse("FHIRSEAL_LISTEN", &v)?;
+        }
+        if let Some(v) = env("FHIRSEAL_ADMIN_LISTEN") {
+            self.admin.listen = Some(parse("FHIRSEAL_ADMIN_LISTEN", &v)?);
         }
         if let Some(v) = env("FHIRSEAL_BASE_PATH") {
             self.server.base_path = v;
@@ -719,6 +745,16 @@ impl Config {
             return Err(invalid(
                 "server.base_path",
                 "must start with '/' and hold no query",
+            ));
+        }
+        if self
+            .admin
+            .listen
+            .is_some_and(|a| a == self.server.listen && a.port() != 0)
+        {
+            return Err(invalid(
+                "admin.listen",
+                "must differ from server.listen: health and metrics leave the FHIR port",
             ));
         }
         if self.server.max_body_bytes == 0 {

@@ -175,6 +175,11 @@ impl ProxyError {
         }
     }
 
+    /// Why, in a word: the `OperationOutcome`'s issue code (the metrics' refusal reason).
+    pub fn reason(&self) -> &'static str {
+        self.issue_type().code()
+    }
+
     fn issue_type(&self) -> IssueType {
         match self {
             ProxyError::Route(e) if e.is_method() => IssueType::NotSupported,

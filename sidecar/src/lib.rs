@@ -9,6 +9,7 @@
 //! It owns no FHIR knowledge (that is `fhirseal-adapters`), no storage (`fhirseal-storage`) and
 //! no ledger (`fhirseal-consensus`): it composes them.
 
+mod admin;
 pub mod audit;
 pub mod auth;
 pub mod backup;
@@ -27,6 +28,7 @@ pub mod ledger;
 pub mod ledger_tool;
 mod limits;
 pub mod listener;
+pub mod metrics;
 pub mod proxy;
 pub mod sealing;
 pub mod server;

@@ -5,6 +5,7 @@
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 use fhirseal_adapters::profile::{IdentityPart, Profile, SplitContext};
 use fhirseal_adapters::scrub::Terms;
@@ -18,6 +19,7 @@ use serde_json::Value;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::config::{Config, DurabilityMode};
+use crate::metrics::Metrics;
 
 /// Why sealing failed: always the sidecar's fault (500), never the client's.
 #[derive(Debug, thiserror::Error)]
@@ -127,6 +129,7 @@ fn committer(
     group: bool,
     mut requests: mpsc::UnboundedReceiver<CommitRequest>,
     flusher: mpsc::UnboundedSender<FlushRequest>,
+    metrics: Arc<Metrics>,
 ) {
     while let Some(first) = requests.blocking_recv() {
         let mut waiting = vec![first];
@@ -143,7 +146,9 @@ fn committer(
             answers.push(answer);
         }
         let (writes, anchors) = Staged::split(staged);
+        let started = Instant::now();
         let committed = vault.commit_all(&writes, &anchors);
+        metrics.vault_commit(started.elapsed());
         let result = match committed {
             Ok(_) if group => {
                 for answer in answers {
@@ -155,7 +160,12 @@ fn committer(
                 }
                 continue;
             }
-            Ok(_) => vault.flush(),
+            Ok(_) => {
+                let started = Instant::now();
+                let flushed = vault.flush();
+                metrics.vault_flush(started.elapsed());
+                flushed
+            }
             Err(e) => Err(e),
         }
         .map_err(|e| e.to_string());
@@ -186,6 +196,8 @@ pub struct Sealing {
     /// Whether the blind index is filed in this build's layout (else identity searches wait
     /// for the `recover` phase to refile it).
     filed: AtomicBool,
+    /// The node's metrics: seals, unseals, vault commits and flushes, access events.
+    metrics: Arc<Metrics>,
 }
 
 impl std::fmt::Debug for Sealing {
@@ -212,9 +224,14 @@ impl Drop for Sealing {
 
 impl Sealing {
     /// Opens the vault with the node's `keys`, fingerprinting with the consortium's `link_key`,
-    /// and starts the group-commit flusher. sled's recovery blocks: call from a blocking
-    /// context or at start-up.
-    pub fn open(config: &Config, keys: NodeKeys, link_key: LinkKey) -> Result<Sealing, SealError> {
+    /// and starts the group-commit flusher; what it does is counted in `metrics`. sled's
+    /// recovery blocks: call from a blocking context or at start-up.
+    pub fn open(
+        config: &Config,
+        keys: NodeKeys,
+        link_key: LinkKey,
+        metrics: Arc<Metrics>,
+    ) -> Result<Sealing, SealError> {
         let keys = Arc::new(keys);
         let profile = match &config.seal.profile {
             Some(path) => Profile::from_file(path)?,
@@ -223,17 +240,19 @@ impl Sealing {
         let vault = Vault::open(&config.data_dir.join("vault"))?;
         let (tx, rx) = mpsc::unbounded_channel();
         let flushing = vault.clone();
+        let flusher_metrics = metrics.clone();
         let flusher_thread = std::thread::Builder::new()
             .name("vault-flusher".to_owned())
-            .spawn(move || flusher(flushing, rx))
+            .spawn(move || flusher(flushing, rx, flusher_metrics))
             .map_err(|e| SealError::Flush(format!("the vault's flusher did not start: {e}")))?;
         let (commits, committed) = mpsc::unbounded_channel();
         let group = config.seal.durability == DurabilityMode::Group;
         let committing = vault.clone();
         let flushes = tx.clone();
+        let committer_metrics = metrics.clone();
         let committer_thread = std::thread::Builder::new()
             .name("vault-committer".to_owned())
-            .spawn(move || committer(committing, group, committed, flushes))
+            .spawn(move || committer(committing, group, committed, flushes, committer_metrics))
             .map_err(|e| SealError::Flush(format!("the vault's committer did not start: {e}")))?;
         let sealing = Sealing {
             sealer: Sealer::new(keys.clone(), config.seal.epoch_uses, config.seal.key_cache),
@@ -247,6 +266,7 @@ impl Sealing {
             committer: commits,
             threads: vec![committer_thread, flusher_thread],
             filed: AtomicBool::new(false),
+            metrics,
         };
         sealing.filed.store(
             sealing.vault.blind_layout()? == Some(BLIND_LAYOUT)
@@ -317,6 +337,11 @@ impl Sealing {
 
     pub fn vault(&self) -> &Vault {
         &self.vault
+    }
+
+    /// The node's metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// Splits `resource` in place into its clinical part. `context` names the resource type
@@ -446,7 +471,9 @@ impl Sealing {
             id: id.to_owned(),
             version: version.to_owned(),
         };
+        let started = Instant::now();
         let (record, new_epoch_key) = self.sealer.seal(meta, &prepared.identity.to_bytes())?;
+        self.metrics.sealed(1, started.elapsed());
         Ok(Staged::Sealed(VaultWrite {
             record,
             new_epoch_key,
@@ -613,6 +640,7 @@ impl Sealing {
     /// [`Sealing::durable`] before answering.
     pub fn record_access(&self, event: &PendingAccess) -> Result<(), SealError> {
         self.vault.outbox().push_access(event)?;
+        self.metrics.access_event();
         Ok(())
     }
 
@@ -663,8 +691,10 @@ impl Sealing {
         value: &mut Value,
         elements: Option<&BTreeSet<String>>,
     ) -> Result<Vec<Shown>, SealError> {
+        let started = Instant::now();
         let mut shown = Vec::new();
         self.reidentify_into(value, elements, &mut shown)?;
+        self.metrics.unsealed(shown.len() as u64, started.elapsed());
         Ok(shown)
     }
 
@@ -946,13 +976,19 @@ pub enum SearchQueryError {
 /// Group commit: one flush serves every write that asked for one while the previous ran. Runs
 /// on a thread of its own (sled's flush blocks); ends when the sealing and the committer that
 /// feed it are gone.
-fn flusher(vault: Vault, mut requests: mpsc::UnboundedReceiver<FlushRequest>) {
+fn flusher(
+    vault: Vault,
+    mut requests: mpsc::UnboundedReceiver<FlushRequest>,
+    metrics: Arc<Metrics>,
+) {
     while let Some(first) = requests.blocking_recv() {
         let mut waiting = vec![first];
         while let Ok(more) = requests.try_recv() {
             waiting.push(more);
         }
+        let started = Instant::now();
         let result = vault.flush().map_err(|e| e.to_string());
+        metrics.vault_flush(started.elapsed());
         if let Err(error) = &result {
             tracing::error!(%error, "vault flush failed");
         }

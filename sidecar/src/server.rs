@@ -27,6 +27,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
+use crate::admin::Admin;
 use crate::config::Config;
 use crate::consortium::files::{Layout, Membership};
 use crate::consortium::founding::{found, Founding};
@@ -40,6 +41,7 @@ use crate::layer::FhirSealLayer;
 use crate::ledger::LedgerError;
 use crate::ledger::{NodeLedger, Opened};
 use crate::listener::{self, Connection, ListenerConfig};
+use crate::metrics::Metrics;
 use crate::proxy::{ClientAddr, Proxy};
 use crate::sealing::{SealError, Sealing};
 use crate::stores::{Store, StoreError};
@@ -103,6 +105,8 @@ pub struct Sidecar {
     serving: ListenerConfig,
     /// The upstream's answer time: unsettled writes older than twice it are resolved.
     upstream_timeout: Duration,
+    /// The admin listener and what it answers from, when `admin.listen` is set.
+    admin: Option<(TcpListener, Admin)>,
 }
 
 impl std::fmt::Debug for Sidecar {
@@ -126,9 +130,7 @@ impl Sidecar {
             None => None,
         };
         let addr = config.server.listen;
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|source| ServerError::Bind { addr, source })?;
+        let listener = bind(addr).await?;
         Self::open(config, Some(listener), tls, None).await
     }
 
@@ -151,6 +153,10 @@ impl Sidecar {
         tls: Option<TlsAcceptor>,
         slot: Option<ServiceSlot>,
     ) -> Result<Sidecar, ServerError> {
+        let admin_listener = match config.admin.listen {
+            Some(addr) => Some(bind(addr).await?),
+            None => None,
+        };
         // Before sled opens anything: the stores must be as the last clean stop left them.
         let data_dir = config.data_dir.clone();
         let sealed = tokio::task::spawn_blocking(move || crate::stores::take_seal(&data_dir))
@@ -195,6 +201,16 @@ impl Sidecar {
         if let Some(slot) = slot {
             proxy = proxy.in_process(slot);
         }
+        let admin = admin_listener.map(|listener| {
+            let admin = Admin {
+                metrics: proxy.sealing().metrics().clone(),
+                proxy: proxy.clone(),
+                ledger: proxy.ledger(),
+                governance: consortium.governance().clone(),
+                max_anchor_lag: Duration::from_secs(config.admin.max_anchor_lag_secs),
+            };
+            (listener, admin)
+        });
         let serving = ListenerConfig {
             tls,
             handshake_timeout: TLS_HANDSHAKE_TIMEOUT,
@@ -218,6 +234,7 @@ impl Sidecar {
             ledger: Some((ledger, stop_ledger)),
             serving,
             upstream_timeout: config.upstream.timeout(),
+            admin,
         })
     }
 
@@ -245,6 +262,11 @@ impl Sidecar {
         self.serving.tls.is_some()
     }
 
+    /// Where the admin listener is bound, when there is one.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|(l, _)| l.local_addr().ok())
+    }
+
     /// Where the node's governance listener (mutual TLS) is bound.
     pub fn consortium_addr(&self) -> SocketAddr {
         self.consortium.local_addr()
@@ -261,6 +283,20 @@ impl Sidecar {
     /// (requests still arriving through the layer are answered, without the node's tasks).
     pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
         let resolver = tokio::spawn(resolve_intents(self.proxy.clone(), self.upstream_timeout));
+        // The admin listener answers until `serve` returns, however it returns.
+        let (admin_stop, admin_stopped) = watch::channel(false);
+        let _admin_stop = StopOnDrop(admin_stop);
+        if let Some((listener, admin)) = self.admin {
+            let mut stopped = admin_stopped;
+            tokio::spawn(async move {
+                let until_stopped = async move {
+                    let _ = stopped.wait_for(|stop| *stop).await;
+                };
+                if let Err(error) = admin.serve(listener, until_stopped).await {
+                    tracing::warn!(%error, "the admin listener failed");
+                }
+            });
+        }
         let control = self.control;
         let control_task = control.as_ref().map(|c| c.serve());
         let (proxy, gate) = (self.proxy.clone(), self.gate.clone());
@@ -299,6 +335,15 @@ impl Sidecar {
         }
         self.consortium.stop().await?;
         Ok(())
+    }
+}
+
+/// Tells a listener to stop when dropped.
+struct StopOnDrop(watch::Sender<bool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.send_replace(true);
     }
 }
 
@@ -421,7 +466,9 @@ async fn open_parts(
     let view = followers.ledger.clone();
     tokio::task::spawn_blocking(move || -> Result<_, ServerError> {
         let data_dir = &for_config.data_dir;
-        let sealing = match Sealing::open(&for_config, keys, link_key) {
+        // One set of metrics for the node, counted by its parts, served on the admin listener.
+        let metrics = Arc::new(Metrics::new());
+        let sealing = match Sealing::open(&for_config, keys, link_key, metrics.clone()) {
             Ok(sealing) => Arc::new(sealing),
             Err(SealError::Storage(StorageError::Open(e))) if !is_locked(&e) => {
                 return Err(StoreError::opened(Store::Vault, data_dir, &e).into());
@@ -435,6 +482,7 @@ async fn open_parts(
             view,
             network,
             crate::clock::system(),
+            metrics,
         ) {
             Ok(opened) => opened,
             Err(LedgerError::Chain(fhirseal_consensus::Error::Store(ChainStoreError::Open(e)))) => {

@@ -25,6 +25,8 @@ pub struct Wrapped {
     /// The memory server behind the layer.
     pub service: FhirSeal,
     pub fhir: MemoryFhir,
+    /// Where the admin listener is bound, when the configuration asks for one.
+    pub admin: Option<SocketAddr>,
     stop: oneshot::Sender<()>,
     running: JoinHandle<Result<(), ServerError>>,
 }
@@ -57,7 +59,13 @@ impl Wrapped {
     /// Opens the node of `config(data, keys)` around a new memory server and starts its
     /// background work.
     pub async fn start(data: &Path, keys: &[(&str, &str)]) -> Result<Wrapped, ServerError> {
-        let (node, layer) = Sidecar::embed(&config(data, keys)).await?;
+        Self::start_with(&config(data, keys)).await
+    }
+
+    /// Opens the node of `config` around a new memory server and starts its background work.
+    pub async fn start_with(config: &Config) -> Result<Wrapped, ServerError> {
+        let (node, layer) = Sidecar::embed(config).await?;
+        let admin = node.admin_addr();
         let fhir = MemoryFhir::new("/fhir");
         let service = layer.layer(fhir.clone());
         let (stop, stopped) = oneshot::channel::<()>();
@@ -67,6 +75,7 @@ impl Wrapped {
         Ok(Wrapped {
             service,
             fhir,
+            admin,
             stop,
             running,
         })

@@ -11,7 +11,7 @@
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use fhirseal_consensus::{
     anchor_key, AccessBatch, AccessEvent, AnchorBatch, AnchorEntry, BatchId, ChainReader,
@@ -22,8 +22,10 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::crash::{self, CrashPoint};
 use crate::ledger::error::LedgerError;
+use crate::ledger::node::Backlog;
 use crate::ledger::runtime::Command;
 use crate::ledger::view::LedgerView;
+use crate::metrics::Metrics;
 
 /// How the anchorer batches.
 #[derive(Debug, Clone, Copy)]
@@ -50,6 +52,10 @@ pub struct Anchorer {
     pub(crate) commands: mpsc::Sender<Command>,
     pub(crate) policy: AnchorPolicy,
     pub(crate) last_error: Arc<Mutex<Option<String>>>,
+    /// Rounds' finality is counted here.
+    pub(crate) metrics: Arc<Metrics>,
+    /// Since when the outbox has held entries without being emptied.
+    pub(crate) backlog: Backlog,
 }
 
 impl std::fmt::Debug for Anchorer {
@@ -110,6 +116,7 @@ impl Anchorer {
         let mut backoff = self.policy.interval;
         let mut paused: Option<&'static str> = None;
         loop {
+            self.note_backlog();
             if *stop.borrow() {
                 match self.round(&mut in_flight).await {
                     Ok(_) | Err(LedgerError::NotTakingPart(_)) => {}
@@ -186,6 +193,18 @@ impl Anchorer {
         Ok(flight.round)
     }
 
+    /// Notes since when the outbox has held entries without being emptied.
+    fn note_backlog(&self) {
+        let waiting = !self.outbox.is_empty();
+        if let Ok(mut since) = self.backlog.lock() {
+            match (waiting, *since) {
+                (false, _) => *since = None,
+                (true, None) => *since = Some(Instant::now()),
+                (true, Some(_)) => {}
+            }
+        }
+    }
+
     /// A round up to the block(s) holding its batches, its outbox entries not cleared: the
     /// round, or `None` when nothing waits.
     pub(crate) async fn until_final(
@@ -221,6 +240,7 @@ impl Anchorer {
         };
         let keys: Vec<Vec<u8>> = flight.transactions.iter().map(Transaction::key).collect();
         if !self.all_final(&keys)? {
+            let submitted = Instant::now();
             let (reply, answer) = oneshot::channel();
             let command = Command::Submit {
                 transactions: flight.transactions.clone(),
@@ -247,6 +267,7 @@ impl Anchorer {
                 )));
             }
             self.wait_final(&keys).await?;
+            self.metrics.anchored(submitted.elapsed());
         }
         Ok(in_flight.take())
     }

@@ -24,6 +24,7 @@ use crate::ledger::net::Net;
 use crate::ledger::routes::LedgerPort;
 use crate::ledger::runtime::{Parts, Runtime, RuntimeStatus};
 use crate::ledger::view::{ElectionSetup, LedgerView};
+use crate::metrics::Metrics;
 
 /// How many inputs from other nodes wait for the ledger's task.
 const INPUT_QUEUE: usize = 8192;
@@ -46,7 +47,12 @@ pub struct NodeLedger {
     verified: Mutex<Option<BlockHeader>>,
     /// The time of day, for whatever this node stamps.
     clock: Arc<dyn Clock>,
+    /// Since when the outbox has held entries without being emptied (the anchorer notes it).
+    backlog: Backlog,
 }
+
+/// Since when the outbox has held entries without being emptied, if it holds any.
+pub(crate) type Backlog = Arc<Mutex<Option<std::time::Instant>>>;
 
 /// Everything `open` makes: the shared reads, the ledger's task, the anchorer, and the port of
 /// the ledger's routes.
@@ -81,6 +87,7 @@ impl NodeLedger {
         view: watch::Receiver<LedgerView>,
         network: Option<HttpNetwork>,
         clock: Arc<dyn Clock>,
+        metrics: Arc<Metrics>,
     ) -> Result<Opened, LedgerError> {
         let institution = config.seal.institution.clone();
         let chain_id = chain_id(consortium);
@@ -96,6 +103,7 @@ impl NodeLedger {
         let (commands_tx, commands_rx) = mpsc::channel(64);
         let (inputs_tx, inputs_rx) = mpsc::channel(INPUT_QUEUE);
         let last_error = Arc::new(Mutex::new(None));
+        let backlog = Backlog::default();
         let policy = AnchorPolicy {
             interval: Duration::from_millis(config.ledger.batch_interval_ms),
             max_batch: config.ledger.max_batch,
@@ -130,6 +138,7 @@ impl NodeLedger {
                 last_error: last_error.clone(),
                 verified: Mutex::new(None),
                 clock,
+                backlog: backlog.clone(),
             }),
             runtime,
             anchorer: Anchorer {
@@ -141,6 +150,8 @@ impl NodeLedger {
                 commands: commands_tx.clone(),
                 policy,
                 last_error,
+                metrics,
+                backlog,
             },
             port: LedgerPort {
                 commands: commands_tx,
@@ -149,6 +160,15 @@ impl NodeLedger {
                 runtime: status_rx.clone(),
             },
         })
+    }
+
+    /// How long the outbox has held entries without being emptied (zero when empty).
+    pub fn anchor_lag(&self) -> Duration {
+        self.backlog
+            .lock()
+            .ok()
+            .and_then(|since| since.map(|t| t.elapsed()))
+            .unwrap_or_default()
     }
 
     /// The clock the node reads the time of day from.
@@ -347,6 +367,7 @@ impl NodeLedger {
             waiting_transactions: driver.as_ref().map_or(0, |d| d.pending),
             pending_anchors: anchors,
             pending_access_events: access,
+            anchor_lag_ms: u64::try_from(self.anchor_lag().as_millis()).unwrap_or(u64::MAX),
             last_error: anchorer_error.or(runtime.last_error),
             election: runtime.election.as_deref().map(election_json),
         })
@@ -408,6 +429,8 @@ pub struct LedgerStatus {
     pub waiting_transactions: usize,
     pub pending_anchors: usize,
     pub pending_access_events: usize,
+    /// How long the outbox has held entries without being emptied (0 when empty).
+    pub anchor_lag_ms: u64,
     pub last_error: Option<String>,
     /// With an election: its epoch and phase, the seats, the standings, the last decisions.
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -63,6 +63,7 @@ fn open_with(
         view,
         None,
         clock,
+        Default::default(),
     )
 }
 

@@ -12,6 +12,7 @@ use crate::config::{AnchorMode, Config};
 use crate::error::ProxyError;
 use crate::ledger::NodeLedger;
 use crate::limits::RateLimiter;
+use crate::metrics::Metrics;
 use crate::sealing::Sealing;
 use crate::upstream::UpstreamClient;
 
@@ -49,6 +50,8 @@ pub(crate) struct Deps {
     pub(crate) forwarded: bool,
     /// The time of day (the ledger's clock): access events, intents, the identity-search rate.
     pub(crate) clock: Arc<dyn Clock>,
+    /// The node's metrics (the sealing's): requests and refusals are counted here.
+    pub(crate) metrics: Arc<Metrics>,
 }
 
 /// Bounds on what one request may take.
@@ -81,6 +84,7 @@ impl Deps {
             .map_err(|e| ProxyError::Internal(e.to_string()))?;
         Ok(Deps {
             clock: Arc::clone(ledger.clock()),
+            metrics: sealing.metrics().clone(),
             upstream,
             sealing,
             ledger,

@@ -104,6 +104,11 @@ impl Proxy {
         }
     }
 
+    /// `/readyz`'s answer: ready when the upstream answers `/metadata` with a success.
+    pub async fn readyz(&self) -> Response<ProxyBody> {
+        readyz(&self.deps).await
+    }
+
     /// The node's sealing (for tools and tests that look inside).
     pub fn sealing(&self) -> Arc<Sealing> {
         self.deps.sealing.clone()
@@ -163,12 +168,22 @@ impl Proxy {
             let (interaction, result) = proxy(&deps, req, request_id.clone()).await;
             let mut response = match result {
                 Ok(response) => response,
-                Err(error) => fail_to_proxy(error, format),
+                Err(error) => {
+                    deps.metrics
+                        .refusal(error.reason(), error.status().as_u16());
+                    fail_to_proxy(error, format)
+                }
             };
             if let Ok(value) = HeaderValue::from_str(&request_id) {
                 response.headers_mut().insert(REQUEST_ID, value);
             }
-            logging(interaction, response.status(), started.elapsed());
+            let elapsed = started.elapsed();
+            deps.metrics.request(
+                interaction.unwrap_or("unrouted"),
+                response.status().as_u16(),
+                elapsed,
+            );
+            logging(interaction, response.status(), elapsed);
             response
         }
         .instrument(span)

@@ -626,7 +626,7 @@ mod tests {
         };
         let (keys, _) = NodeKeys::load_or_create(&dir.join("keys"), 2048).unwrap();
         let (_link, link_key) = tokio::sync::watch::channel(Some(SecretKey::random().unwrap()));
-        Sealing::open(&config, keys, link_key)
+        Sealing::open(&config, keys, link_key, Default::default())
     }
 
     fn patient(family: &str) -> Value {

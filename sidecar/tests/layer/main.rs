@@ -278,3 +278,147 @@ async fn requests_without_the_right_reach_nothing() {
     );
     node.stop().await.unwrap();
 }
+
+/// One request to the admin listener at `addr` over plain HTTP/1.1: its status and body.
+async fn admin(addr: std::net::SocketAddr, method: &str, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!("{method} {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await.unwrap();
+    let status = answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap();
+    let body = answer
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// The value of the sample `line` starts (a metric and its labels) in `text`.
+fn sample(text: &str, line: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(line)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_listener_counts_what_the_node_does_and_shows_no_identity() {
+    let data = tempfile::tempdir().unwrap();
+    let mut config = wrapped::config(data.path(), &KEYS);
+    config.admin.listen = Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
+    let node = Wrapped::start_with(&config).await.unwrap();
+    let addr = node.admin.unwrap();
+    let patient = json!({
+        "resourceType": "Patient",
+        "name": [{"family": "Quetzalcoatl", "given": ["Metric"]}],
+        "birthDate": "1980-04-05"
+    });
+    let (status, created) = node
+        .call(
+            Method::POST,
+            "/fhir/Patient",
+            Some(CLINICIAN),
+            Some(&patient),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let id = created["id"].as_str().unwrap().to_owned();
+    let (status, _) = node
+        .call(
+            Method::GET,
+            &format!("/fhir/Patient/{id}"),
+            Some(CLINICIAN),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = node
+        .call(
+            Method::GET,
+            "/fhir/Patient?family=Quetzalcoatl",
+            Some(RESEARCHER),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, _) = node
+        .call(Method::GET, &format!("/fhir/Patient/{id}"), None, None)
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+
+    // Anchored: the outbox empties and a block holds the write.
+    let mut text = String::new();
+    for _ in 0..100 {
+        let (status, body) = admin(addr, "GET", "/metrics").await;
+        assert_eq!(status, 200, "{body}");
+        text = body;
+        if sample(&text, "fhirseal_outbox_anchors") == Some(0.0)
+            && sample(&text, "fhirseal_anchor_finality_seconds_count").is_some_and(|n| n >= 1.0)
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for (line, at_least) in [
+        (
+            "fhirseal_requests_total{interaction=\"create\",status=\"201\"}",
+            1.0,
+        ),
+        (
+            "fhirseal_requests_total{interaction=\"read\",status=\"200\"}",
+            1.0,
+        ),
+        (
+            "fhirseal_request_duration_seconds_count{interaction=\"create\"}",
+            1.0,
+        ),
+        (
+            "fhirseal_refusals_total{reason=\"forbidden\",status=\"403\"}",
+            1.0,
+        ),
+        (
+            "fhirseal_refusals_total{reason=\"login\",status=\"401\"}",
+            1.0,
+        ),
+        ("fhirseal_seals_total", 1.0),
+        ("fhirseal_reidentified_total", 1.0),
+        ("fhirseal_access_events_total", 1.0),
+        ("fhirseal_vault_commit_duration_seconds_count", 1.0),
+        ("fhirseal_vault_flush_duration_seconds_count", 1.0),
+        ("fhirseal_anchor_finality_seconds_count", 1.0),
+        ("fhirseal_ledger_blocks", 1.0),
+        ("fhirseal_governance_term", 1.0),
+        ("fhirseal_governance_leader", 1.0),
+        ("fhirseal_governance_members{status=\"active\"}", 1.0),
+    ] {
+        let value = sample(&text, line).unwrap_or_else(|| panic!("{line} missing:\n{text}"));
+        assert!(value >= at_least, "{line} = {value}");
+    }
+    assert_eq!(
+        sample(&text, "fhirseal_outbox_anchors"),
+        Some(0.0),
+        "{text}"
+    );
+    assert!(
+        !text.contains("Quetzalcoatl") && !text.contains(&id),
+        "{text}"
+    );
+
+    assert_eq!(admin(addr, "GET", "/healthz").await.0, 200);
+    let (status, body) = admin(addr, "GET", "/readyz").await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = admin(addr, "POST", "/metrics").await;
+    assert_eq!(status, 405, "{body}");
+    assert!(body.contains("OperationOutcome"));
+    let (status, body) = admin(addr, "GET", "/fhir/Patient").await;
+    assert_eq!(status, 404, "{body}");
+    node.stop().await.unwrap();
+}
