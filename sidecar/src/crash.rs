@@ -16,6 +16,7 @@
 //! | `wal-flushed`    | the ledger's write-ahead log was made durable, mid block production   |
 //! | `block-appended` | a block is stored on the chain; neither the anchorer nor the API know  |
 //! | `before-clear`   | the anchorer saw its batches final; their outbox entries are not cleared |
+//! | `import-sent`    | `fhirseal import`: the node answered a batch; the journal does not record it yet |
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
@@ -38,17 +39,20 @@ pub(crate) enum CrashPoint {
     BlockAppended,
     /// The anchorer found its batches final and has not cleared their outbox entries.
     BeforeClear,
+    /// `fhirseal import` had a batch answered and has not recorded it in its journal.
+    ImportSent,
 }
 
 impl CrashPoint {
     /// Every point, in the order a write meets them.
-    pub(crate) const ALL: [CrashPoint; 6] = [
+    pub(crate) const ALL: [CrashPoint; 7] = [
         CrashPoint::BeforeForward,
         CrashPoint::AfterUpstream,
         CrashPoint::AfterVault,
         CrashPoint::WalFlushed,
         CrashPoint::BlockAppended,
         CrashPoint::BeforeClear,
+        CrashPoint::ImportSent,
     ];
 
     /// The point's name in `FHIRSEAL_TEST_CRASH_AT`.
@@ -60,6 +64,7 @@ impl CrashPoint {
             CrashPoint::WalFlushed => "wal-flushed",
             CrashPoint::BlockAppended => "block-appended",
             CrashPoint::BeforeClear => "before-clear",
+            CrashPoint::ImportSent => "import-sent",
         }
     }
 }
@@ -75,7 +80,7 @@ pub(crate) struct CrashPlan {
 /// Why `FHIRSEAL_TEST_CRASH_AT` was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub(crate) enum CrashPlanError {
-    #[error("{CRASH_AT_VAR}: no crash point '{0}' (one of before-forward, after-upstream, after-vault, wal-flushed, block-appended, before-clear)")]
+    #[error("{CRASH_AT_VAR}: no crash point '{0}' (one of before-forward, after-upstream, after-vault, wal-flushed, block-appended, before-clear, import-sent)")]
     UnknownPoint(String),
     #[error("{CRASH_AT_VAR}: '{0}' is not a count of 1 or more")]
     BadCount(String),

@@ -22,6 +22,7 @@ mod crash;
 pub mod error;
 mod gate;
 mod http_util;
+pub mod import;
 pub mod keystore;
 pub mod layer;
 pub mod ledger;

@@ -18,3 +18,4 @@ mod t75_smart;
 mod t80_crash_window;
 mod t90_stores;
 mod t95_crash_campaign;
+mod t97_import;
