@@ -22,7 +22,8 @@
 //! 10. `fail_to_proxy` — any error becomes an `OperationOutcome` (see [`crate::error`]);
 //! 11. `logging` — one structured line per request, under its request id.
 //!
-//! `$verify` and the `/ledger/…` API are answered by the sidecar itself ([`ledger_api`]).
+//! `$verify` and the `/ledger/…` API are answered by the sidecar itself ([`ledger_api`]), and
+//! the ledger explorer's page at `/ledger/ui` ([`explorer`]).
 //! Dependencies run one way: this file calls the phases; the phases use `deps`, `ctx`, the
 //! sealing, the upstream client and the HTTP utilities, and never this file.
 
@@ -31,6 +32,7 @@ mod commit;
 mod confine;
 mod ctx;
 mod deps;
+mod explorer;
 mod filter;
 mod ledger_api;
 mod plan;
@@ -212,6 +214,9 @@ async fn proxy(
             );
         }
         "/readyz" => return (Some("readyz"), Ok(readyz(deps).await)),
+        path if explorer::is_explorer(path) => {
+            return (Some("ledger-ui"), explorer::explorer(deps, &req));
+        }
         path if path == "/ledger" || path.starts_with("/ledger/") => {
             let result = async {
                 let principal = deps

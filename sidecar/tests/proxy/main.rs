@@ -19,3 +19,4 @@ mod t80_crash_window;
 mod t90_stores;
 mod t95_crash_campaign;
 mod t97_import;
+mod t98_explorer;
