@@ -16,30 +16,19 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
-use bytes::Bytes;
-use http::header::{self, HeaderValue};
-use http::{Method, Request, StatusCode};
-use http_body_util::{BodyExt as _, Full};
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use http::Method;
 use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use sha2::{Digest as _, Sha256};
 
 use crate::crash::{self, CrashPoint};
+use crate::fhir_client::{diagnostics, ExchangeError, FhirClient};
 use crate::tls;
 
 /// The tag system of the batch a resource was imported in.
 pub const IMPORT_TAG: &str = "urn:fhirseal:import";
-/// Largest answer read from the server (a transaction-response of a big batch).
-const MAX_ANSWER: usize = 64 * 1024 * 1024;
-/// How long one exchange may take.
-const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Why an import stopped.
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +44,12 @@ pub enum ImportError {
     /// The server could not be reached or failed (5xx): run the import again to resume.
     #[error("{0} (run the import again to resume)")]
     Server(String),
+}
+
+impl From<ExchangeError> for ImportError {
+    fn from(error: ExchangeError) -> Self {
+        ImportError::Server(error.to_string())
+    }
 }
 
 /// One transaction of an import.
@@ -353,21 +348,13 @@ pub type Progress<'a> = &'a mut dyn FnMut(u64, u64);
 #[derive(Debug)]
 pub struct Importer {
     options: ImportOptions,
-    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    client: FhirClient,
 }
 
 impl Importer {
     pub fn new(options: ImportOptions) -> Result<Importer, ImportError> {
         crate::config::absolute_http_url(&options.url).map_err(ImportError::Url)?;
-        let tls = tls::upstream_client_config(options.ca_file.as_deref(), None)?;
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new()).build(connector);
+        let client = FhirClient::new(Some(options.api_key.clone()), options.ca_file.as_deref())?;
         Ok(Importer { options, client })
     }
 
@@ -460,9 +447,9 @@ impl Importer {
 
     /// Sends one batch: `None` when the node took it, else the status and why it refused it.
     async fn send(&self, batch: &Batch) -> Result<Option<(u16, String)>, ImportError> {
-        let body = serde_json::to_vec(&batch.bundle).unwrap_or_default();
         let (status, answer) = self
-            .exchange(Method::POST, self.options.url.clone(), Some(body))
+            .client
+            .exchange(Method::POST, &self.options.url, Some(&batch.bundle), &[])
             .await?;
         if status.is_success() {
             return Ok(None);
@@ -486,7 +473,7 @@ impl Importer {
             batch.probe_type,
             utf8_percent_encode(&tag, NON_ALPHANUMERIC)
         );
-        let (status, answer) = self.exchange(Method::GET, url, None).await?;
+        let (status, answer) = self.client.exchange(Method::GET, &url, None, &[]).await?;
         if !status.is_success() {
             return Err(ImportError::Server(format!(
                 "looking up the batch cut short ({}): the node answered {status}: {}",
@@ -495,55 +482,6 @@ impl Importer {
             )));
         }
         Ok(answer.get("total").and_then(Value::as_u64).unwrap_or(0) > 0)
-    }
-
-    async fn exchange(
-        &self,
-        method: Method,
-        url: String,
-        body: Option<Vec<u8>>,
-    ) -> Result<(StatusCode, Value), ImportError> {
-        let fhir = HeaderValue::from_static("application/fhir+json");
-        let mut request = Request::builder()
-            .method(method)
-            .uri(&url)
-            .header(header::ACCEPT, fhir.clone())
-            .header("x-api-key", &self.options.api_key);
-        if body.is_some() {
-            request = request.header(header::CONTENT_TYPE, fhir);
-        }
-        let request = request
-            .body(Full::new(Bytes::from(body.unwrap_or_default())))
-            .map_err(|e| ImportError::Url(e.to_string()))?;
-        let response = tokio::time::timeout(EXCHANGE_TIMEOUT, self.client.request(request))
-            .await
-            .map_err(|_| ImportError::Server(format!("{url}: no answer in {EXCHANGE_TIMEOUT:?}")))?
-            .map_err(|e| ImportError::Server(format!("{url}: {e}")))?;
-        let status = response.status();
-        let limited = http_body_util::Limited::new(response.into_body(), MAX_ANSWER);
-        let bytes = limited
-            .collect()
-            .await
-            .map_err(|e| ImportError::Server(format!("{url}: the answer: {e}")))?
-            .to_bytes();
-        Ok((
-            status,
-            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-        ))
-    }
-}
-
-/// The diagnostics of an `OperationOutcome`, or what there is.
-fn diagnostics(answer: &Value) -> String {
-    let issues: Vec<&str> = answer
-        .get("issue")
-        .and_then(Value::as_array)
-        .map(|i| i.iter().filter_map(|i| i["diagnostics"].as_str()).collect())
-        .unwrap_or_default();
-    if issues.is_empty() {
-        "no OperationOutcome".to_owned()
-    } else {
-        issues.join("; ")
     }
 }
 

@@ -60,6 +60,11 @@ enum Command {
     /// resource is sealed, anchored and audited as a client's write is. Resumable: run it again
     /// after a kill and it goes on where it stopped. Exits with 1 when the node refused a batch.
     Import(ImportArgs),
+    /// Seal what an existing FHIR server already holds: read every resource from it directly,
+    /// write it back through the running node (which seals its identity and anchors it), then
+    /// expunge the identified versions the server keeps, and report what is left. Resumable;
+    /// --dry-run only reports. Exits with 1 when a resource was skipped or identity is left.
+    Migrate(MigrateArgs),
     /// Bring a node back from a backup into a new data directory; its first start catches the
     /// chain up from the consortium.
     Restore {
@@ -88,6 +93,37 @@ struct ImportArgs {
     #[arg(long, default_value = "fhirseal-import.journal.json")]
     journal: PathBuf,
     /// A CA certificate (PEM) for a node whose TLS certificate the system does not trust.
+    #[arg(long)]
+    ca_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct MigrateArgs {
+    /// The FHIR server to migrate, read directly (the node's upstream).
+    #[arg(long)]
+    from: String,
+    /// The node's FHIR base URL, which writes back.
+    #[arg(long, default_value = "http://127.0.0.1:8088/fhir")]
+    url: String,
+    /// An API key of the node whose role may write (a clinician's).
+    #[arg(long, env = "FHIRSEAL_API_KEY", hide_env_values = true)]
+    api_key: String,
+    /// A resource type to migrate (repeat it); none: every type the server names.
+    #[arg(long = "type")]
+    types: Vec<String>,
+    /// Only the resources with this tag (system|code).
+    #[arg(long)]
+    tag: Option<String>,
+    /// Read and report what would be sealed; change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Keep the identified versions on the server instead of expunging them.
+    #[arg(long)]
+    keep_history: bool,
+    /// Resources per page read.
+    #[arg(long, default_value_t = 100)]
+    page: usize,
+    /// A CA certificate (PEM) for servers whose TLS certificate the system does not trust.
     #[arg(long)]
     ca_file: Option<PathBuf>,
 }
@@ -268,6 +304,7 @@ fn main() -> anyhow::Result<ExitCode> {
             node,
         } => backup(&node.load()?, &dir, with_keys).map(|()| ExitCode::SUCCESS),
         Command::Import(args) => import(args),
+        Command::Migrate(args) => migrate(args),
         Command::Restore { from, node } => {
             restore(&node.load()?, &from).map(|()| ExitCode::SUCCESS)
         }
@@ -605,6 +642,81 @@ fn import(args: ImportArgs) -> anyhow::Result<ExitCode> {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
+    })
+}
+
+/// `fhirseal migrate`: a spinner while it runs, then the report.
+#[allow(clippy::print_stdout)] // the report is the command's output
+fn migrate(args: MigrateArgs) -> anyhow::Result<ExitCode> {
+    use fhirseal_sidecar::migrate::{MigrateOptions, Migrator};
+    let dry_run = args.dry_run;
+    let migrator = Migrator::new(
+        MigrateOptions {
+            from: args.from.trim_end_matches('/').to_owned(),
+            url: args.url.trim_end_matches('/').to_owned(),
+            api_key: args.api_key,
+            types: args.types,
+            tag: args.tag,
+            dry_run,
+            keep_history: args.keep_history,
+            page: args.page,
+            ca_file: args.ca_file,
+        },
+        fhirseal_adapters::profile::Profile::default(),
+    )?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let spinner = ProgressBar::new_spinner();
+    let report = runtime.block_on(migrator.run(&mut |kind, done| {
+        spinner.set_message(format!("{kind}: {done}"));
+        spinner.tick();
+    }));
+    spinner.finish_and_clear();
+    let report = report?;
+    let verb = if dry_run { "would seal" } else { "sealed" };
+    println!(
+        "{:<24} {:>8} {:>10} {:>14} {:>8} {:>9} {:>13}",
+        "type", "seen", verb, "no identity", "skipped", "expunged", "history kept"
+    );
+    for (kind, t) in &report.types {
+        println!(
+            "{kind:<24} {:>8} {:>10} {:>14} {:>8} {:>9} {:>13}",
+            t.seen,
+            t.sealed,
+            t.without_identity,
+            t.skipped.len(),
+            t.expunged,
+            t.history_kept
+        );
+        for (id, why) in &t.skipped {
+            println!("  skipped {kind}/{id}: {why}");
+        }
+    }
+    if let Some(why) = &report.expunge_refused {
+        println!("the server did not expunge the identified versions ({why}): they remain in its history");
+    }
+    if dry_run {
+        println!("dry run: nothing was written");
+        return Ok(ExitCode::SUCCESS);
+    }
+    if report.identity_left.is_empty() {
+        println!("identity left upstream: none (every version of every sealed resource read back)");
+    } else {
+        println!(
+            "identity left upstream: {} resources still hold identity strings in their history",
+            report.identity_left.len()
+        );
+        for (resource, strings) in &report.identity_left {
+            println!("  {resource}: {strings} identity strings");
+        }
+    }
+    let skipped = report.types.values().any(|t| !t.skipped.is_empty());
+    Ok(if skipped || !report.identity_left.is_empty() {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
     })
 }
 

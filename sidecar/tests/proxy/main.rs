@@ -20,3 +20,4 @@ mod t90_stores;
 mod t95_crash_campaign;
 mod t97_import;
 mod t98_explorer;
+mod t99_migrate;
