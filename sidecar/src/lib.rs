@@ -33,6 +33,7 @@ pub mod listener;
 pub mod metrics;
 pub mod migrate;
 pub mod proxy;
+pub mod report;
 pub mod sealing;
 pub mod server;
 pub mod smart;

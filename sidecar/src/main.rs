@@ -65,6 +65,12 @@ enum Command {
     /// expunge the identified versions the server keeps, and report what is left. Resumable;
     /// --dry-run only reports. Exits with 1 when a resource was skipped or identity is left.
     Migrate(MigrateArgs),
+    /// Measure a running node as the paper's section 4.2 evaluates it: write a Synthea corpus
+    /// through it, read it back as a clinician and a researcher, and report privacy leakage,
+    /// least visibility, audit traceability, recovery time, governance compliance, latency and
+    /// throughput (a table; report.json and report.html in --out). Exits with 1 when identity
+    /// leaked or a read saw other than the policy allows or left no trace on the chain.
+    Report(ReportArgs),
     /// Bring a node back from a backup into a new data directory; its first start catches the
     /// chain up from the consortium.
     Restore {
@@ -126,6 +132,41 @@ struct MigrateArgs {
     /// A CA certificate (PEM) for servers whose TLS certificate the system does not trust.
     #[arg(long)]
     ca_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct ReportArgs {
+    /// The node's FHIR base URL.
+    #[arg(long, default_value = "http://127.0.0.1:8088/fhir")]
+    url: String,
+    /// The node's upstream FHIR server, read directly for what it holds.
+    #[arg(long, default_value = "http://127.0.0.1:8080/fhir")]
+    upstream: String,
+    /// API keys of a clinician (writes, sees identity), a researcher and an auditor.
+    #[arg(long, env = "FHIRSEAL_CLINICIAN_KEY", hide_env_values = true)]
+    clinician_key: String,
+    #[arg(long, env = "FHIRSEAL_RESEARCHER_KEY", hide_env_values = true)]
+    researcher_key: String,
+    #[arg(long, env = "FHIRSEAL_AUDITOR_KEY", hide_env_values = true)]
+    auditor_key: String,
+    /// Synthea transaction Bundles, or directories of them.
+    #[arg(long, default_value = "../shared/data/synthea")]
+    corpus: Vec<PathBuf>,
+    /// How many Bundles of the corpus to write.
+    #[arg(long, default_value_t = 5)]
+    limit: usize,
+    /// The node's data directory, scanned for identity strings.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// A shell command that SIGKILLs the node and returns once it is gone, and one that
+    /// starts it again (both, for the recovery time).
+    #[arg(long, requires = "start_command")]
+    kill_command: Option<String>,
+    #[arg(long, requires = "kill_command")]
+    start_command: Option<String>,
+    /// Where report.json and report.html go.
+    #[arg(long, default_value = "fhirseal-report")]
+    out: PathBuf,
 }
 
 /// Which node a command works on.
@@ -305,6 +346,7 @@ fn main() -> anyhow::Result<ExitCode> {
         } => backup(&node.load()?, &dir, with_keys).map(|()| ExitCode::SUCCESS),
         Command::Import(args) => import(args),
         Command::Migrate(args) => migrate(args),
+        Command::Report(args) => report(args),
         Command::Restore { from, node } => {
             restore(&node.load()?, &from).map(|()| ExitCode::SUCCESS)
         }
@@ -476,10 +518,7 @@ fn restore(config: &Config, from: &std::path::Path) -> anyhow::Result<()> {
 /// `fhirseal ledger …`: what it prints is the command's output.
 #[allow(clippy::print_stdout)]
 fn ledger(config: Config, command: LedgerCommand) -> anyhow::Result<ExitCode> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
+    let runtime = runtime()?;
     runtime.block_on(async {
         let tool = LedgerTool::open(&config).await?;
         let ledger = tool.ledger();
@@ -617,10 +656,7 @@ fn import(args: ImportArgs) -> anyhow::Result<ExitCode> {
         journal: args.journal,
         ca_file: args.ca_file,
     })?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
+    let runtime = runtime()?;
     let bar = progress(0, "resources");
     let report = runtime.block_on(importer.run(&files, &mut |done, total| {
         bar.set_length(total);
@@ -664,10 +700,7 @@ fn migrate(args: MigrateArgs) -> anyhow::Result<ExitCode> {
         },
         fhirseal_adapters::profile::Profile::default(),
     )?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
+    let runtime = runtime()?;
     let spinner = ProgressBar::new_spinner();
     let report = runtime.block_on(migrator.run(&mut |kind, done| {
         spinner.set_message(format!("{kind}: {done}"));
@@ -720,6 +753,70 @@ fn migrate(args: MigrateArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// `fhirseal report`: the table, and the files.
+#[allow(clippy::print_stdout)] // the table is the command's output
+fn report(args: ReportArgs) -> anyhow::Result<ExitCode> {
+    use fhirseal_sidecar::report::{ReportOptions, Reporter};
+    let mut corpus = fhirseal_sidecar::import::files(&args.corpus)?;
+    corpus.retain(|p| p.extension().is_some_and(|e| e == "json"));
+    corpus.truncate(args.limit);
+    anyhow::ensure!(
+        !corpus.is_empty(),
+        "no Synthea Bundle (.json) under {:?}",
+        args.corpus
+    );
+    let reporter = Reporter::new(
+        ReportOptions {
+            url: args.url.trim_end_matches('/').to_owned(),
+            upstream: args.upstream.trim_end_matches('/').to_owned(),
+            clinician_key: args.clinician_key,
+            researcher_key: args.researcher_key,
+            auditor_key: args.auditor_key,
+            corpus,
+            data_dir: args.data_dir,
+            kill_command: args.kill_command,
+            start_command: args.start_command,
+        },
+        fhirseal_adapters::profile::Profile::default(),
+    )?;
+    let runtime = runtime()?;
+    let spinner = ProgressBar::new_spinner();
+    let metrics = runtime.block_on(reporter.run(&mut |step| {
+        spinner.set_message(step.to_owned());
+        spinner.tick();
+    }));
+    spinner.finish_and_clear();
+    let metrics = metrics?;
+    std::fs::create_dir_all(&args.out).with_context(|| args.out.display().to_string())?;
+    std::fs::write(
+        args.out.join("report.json"),
+        serde_json::to_vec_pretty(&metrics.to_json())?,
+    )?;
+    std::fs::write(args.out.join("report.html"), metrics.html())?;
+    print!("{}", metrics.table());
+    println!(
+        "written: {} and {}",
+        args.out.join("report.json").display(),
+        args.out.join("report.html").display()
+    );
+    let sound = metrics.leaked_anywhere == 0
+        && metrics.reads_as_allowed == metrics.reads
+        && metrics.reads_with_event == metrics.reads;
+    Ok(if sound {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// The async runtime a command runs its work on.
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
 /// A progress bar on standard error (drawn only on a terminal).
 fn progress(len: u64, unit: &'static str) -> ProgressBar {
     let bar = ProgressBar::new(len);
@@ -734,10 +831,7 @@ fn progress(len: u64, unit: &'static str) -> ProgressBar {
 /// `fhirseal consortium …`: the library runs it on the node the configuration names; what it
 /// returns is the command's output.
 fn consortium(command: fhirseal_sidecar::consortium::ConsortiumCommand) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
+    let runtime = runtime()?;
     let env = |name: &str| std::env::var(name).ok();
     let output = runtime.block_on(fhirseal_sidecar::consortium::execute(command, &env))?;
     #[allow(clippy::print_stdout)] // the command's output
@@ -749,10 +843,7 @@ fn consortium(command: fhirseal_sidecar::consortium::ConsortiumCommand) -> anyho
 
 fn run(config: Config) -> anyhow::Result<()> {
     telemetry::init(&config.log).map_err(anyhow::Error::msg)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
+    let runtime = runtime()?;
     let served: anyhow::Result<()> = runtime.block_on(async {
         let sidecar = Sidecar::bind(&config).await?;
         let scheme = if sidecar.is_tls() { "https" } else { "http" };

@@ -100,16 +100,31 @@ pub struct MigrationReport {
     pub identity_left: Vec<(String, usize)>,
 }
 
-/// The leaf strings of `resource`'s identity part, as the profile splits it.
+/// The leaf strings the profile takes out of `resource` and keeps nowhere in its clinical
+/// part (an address's state, kept for statistics, is not one of them).
 pub fn identity_strings(profile: &Profile, resource: &Value) -> Vec<String> {
     let mut copy = resource.clone();
     let part = profile.split(&mut copy, None, &|_| None);
-    let mut out = BTreeSet::new();
+    let mut taken = BTreeSet::new();
     for (_, value) in &part.entries {
-        collect_strings(value, &mut out);
+        collect_strings(value, &mut taken);
     }
-    out.into_iter().collect()
+    let mut kept = BTreeSet::new();
+    collect_strings(&copy, &mut kept);
+    taken.difference(&kept).cloned().collect()
 }
+
+/// Elements that say what kind a value is (a code system, a use, a coded type), not who.
+const NOT_VALUES: [&str; 8] = [
+    "system",
+    "use",
+    "url",
+    "code",
+    "coding",
+    "type",
+    "unit",
+    "resourceType",
+];
 
 fn collect_strings(value: &Value, out: &mut BTreeSet<String>) {
     match value {
@@ -117,7 +132,10 @@ fn collect_strings(value: &Value, out: &mut BTreeSet<String>) {
             out.insert(s.clone());
         }
         Value::Array(items) => items.iter().for_each(|v| collect_strings(v, out)),
-        Value::Object(map) => map.values().for_each(|v| collect_strings(v, out)),
+        Value::Object(map) => map
+            .iter()
+            .filter(|(k, _)| !NOT_VALUES.contains(&k.as_str()))
+            .for_each(|(_, v)| collect_strings(v, out)),
         _ => {}
     }
 }

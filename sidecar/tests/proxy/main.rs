@@ -18,6 +18,7 @@ mod t75_smart;
 mod t80_crash_window;
 mod t90_stores;
 mod t95_crash_campaign;
+mod t96_report;
 mod t97_import;
 mod t98_explorer;
 mod t99_migrate;
