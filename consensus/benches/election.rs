@@ -15,8 +15,10 @@
 //! batch of 64 entries at a time to member 0's node and waits until every member stores it. A
 //! probe whose block is the last of an epoch (its fold closes the epoch: seed, tally, election)
 //! or one of the first two of the next (new delegates handed to the engine, the last commit
-//! checked against the set before) is *across* an epoch change; one whose block is further
-//! inside an elected epoch is *steady*, the baseline. Latencies: from the submission until
+//! checked against the set before) is *across* an epoch change — so is a probe sent while such
+//! a block was being decided, which waited for it; one whose heights, from the one being
+//! decided when it was sent to the one that holds it, all lie further inside an elected epoch
+//! is *steady*, the baseline. Latencies: from the submission until
 //! member 0's chain holds the batch, and until every member's does.
 //!
 //! Prints the figures and ratios and writes them to `target/bench/election.json`.
@@ -337,21 +339,25 @@ fn report_finality(probes: &[Probe], seen: &[Seen]) -> Vec<Value> {
         })
         .collect();
     let sets: BTreeSet<BTreeSet<String>> = (0..=last_epoch).filter_map(delegates_of).collect();
-    let across = |h: u64| {
+    let across_height = |h: u64| {
         let (epoch, at) = (h / EPOCH_BLOCKS, h % EPOCH_BLOCKS);
         (at == EPOCH_BLOCKS - 1 && changes.contains(&(epoch + 1)))
             || (at <= 1 && changes.contains(&epoch))
     };
-    let steady = |h: u64| {
+    let steady_height = |h: u64| {
         let (epoch, at) = (h / EPOCH_BLOCKS, h % EPOCH_BLOCKS);
         epoch >= FIRST_ELECTED && (2..EPOCH_BLOCKS - 1).contains(&at)
     };
+    // A probe waits for every height from the one being decided when it was sent to the one
+    // that holds it: across when any of them is, steady when all of them are.
+    let across = |p: &Probe| (p.first..=p.height).any(across_height);
+    let steady = |p: &Probe| (p.first..=p.height).all(steady_height);
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
-    let of = |pick: &dyn Fn(u64) -> bool, everywhere: bool| {
+    let of = |pick: &dyn Fn(&Probe) -> bool, everywhere: bool| {
         percentiles(
             probes
                 .iter()
-                .filter(|p| pick(p.height))
+                .filter(|p| pick(p))
                 .filter_map(|p| {
                     if everywhere {
                         let at = heights.get(&p.height)?.final_everywhere()?;

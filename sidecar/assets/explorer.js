@@ -9,6 +9,12 @@
 const fhirBase = document.body.dataset.fhirBase;
 const fromHash = new URLSearchParams(location.hash.slice(1));
 let key = fromHash.get("key") || sessionStorage.getItem("fhirseal-key") || "";
+if (fromHash.has("key")) {
+  // Out of the address bar and the history, now that it is read.
+  fromHash.delete("key");
+  sessionStorage.setItem("fhirseal-key", key);
+  history.replaceState(null, "", location.pathname + (fromHash.toString() ? "#" + fromHash : ""));
+}
 
 const $ = (id) => document.getElementById(id);
 

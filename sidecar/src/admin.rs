@@ -1,6 +1,6 @@
 //! The admin listener (`admin.listen`): `/metrics` in the Prometheus text format, `/healthz`
 //! (the process answers) and `/readyz` (the upstream answers `/metadata`, and anchoring keeps
-//! up: the outbox has not held entries longer than `admin.max_anchor_lag_secs`), on a port of
+//! up: what waits in the outbox has not waited longer than `admin.max_anchor_lag_secs`), on a port of
 //! their own, apart from FHIR traffic, without API keys. It reads the node's state at each
 //! request and changes nothing.
 
@@ -107,7 +107,7 @@ impl Admin {
             let outcome = OperationOutcome::error(
                 IssueType::Transient,
                 format!(
-                    "anchoring lags: the outbox has held entries for {} s (admin.max_anchor_lag_secs = {})",
+                    "anchoring lags: entries have waited in the outbox for {} s (admin.max_anchor_lag_secs = {})",
                     lag.as_secs(),
                     self.max_anchor_lag.as_secs()
                 ),

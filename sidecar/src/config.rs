@@ -70,7 +70,7 @@ impl Default for Config {
 pub struct AdminConfig {
     /// Where it listens; unset: no admin listener.
     pub listen: Option<SocketAddr>,
-    /// `/readyz` answers 503 when the outbox has held entries this long without being emptied.
+    /// `/readyz` answers 503 when what waits in the outbox has waited this long.
     pub max_anchor_lag_secs: u64,
 }
 

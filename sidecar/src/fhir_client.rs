@@ -32,10 +32,19 @@ pub struct ExchangeError {
 }
 
 /// A FHIR client (see the module's documentation).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct FhirClient {
     client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     api_key: Option<String>,
+}
+
+impl std::fmt::Debug for FhirClient {
+    /// Without the API key.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FhirClient")
+            .field("api_key", &self.api_key.as_ref().map(|_| "…"))
+            .finish_non_exhaustive()
+    }
 }
 
 impl FhirClient {

@@ -68,8 +68,12 @@ pub struct Batch {
 /// The batches of a file of `bytes`, named `name` (its extension decides how it is read):
 /// `.ndjson` lines, or a `.json` Bundle or resource.
 pub fn batches(name: &Path, bytes: &[u8], batch: usize) -> Result<Vec<Batch>, String> {
-    let hash = hex(&Sha256::digest(bytes)[..12]);
     let batch = batch.max(1);
+    // The batches of other sizes are other batches: the size is in their ids.
+    let hash = hex(&Sha256::new()
+        .chain_update(bytes)
+        .chain_update((batch as u64).to_be_bytes())
+        .finalize()[..12]);
     let ndjson = name.extension().is_some_and(|e| e == "ndjson");
     let groups: Vec<(Vec<Value>, Option<Value>)> = if ndjson {
         let text = std::str::from_utf8(bytes).map_err(|e| format!("not UTF-8: {e}"))?;
@@ -258,6 +262,9 @@ struct JournalData {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 struct FileProgress {
     content: String,
+    /// The `--batch` its batches were made with.
+    #[serde(default)]
+    batch: usize,
     done: u64,
 }
 
@@ -314,7 +321,7 @@ impl Journal {
 }
 
 /// Where and how to import.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ImportOptions {
     /// The node's FHIR base, e.g. `http://127.0.0.1:8088/fhir`.
     pub url: String,
@@ -326,6 +333,17 @@ pub struct ImportOptions {
     pub journal: PathBuf,
     /// A CA certificate (PEM) for a node whose TLS certificate the system does not trust.
     pub ca_file: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for ImportOptions {
+    /// Without the API key.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ImportOptions")
+            .field("url", &self.url)
+            .field("batch", &self.batch)
+            .field("journal", &self.journal)
+            .finish_non_exhaustive()
+    }
 }
 
 /// What an import did.
@@ -365,38 +383,37 @@ impl Importer {
         progress: Progress<'_>,
     ) -> Result<Report, ImportError> {
         let mut journal = Journal::load(&self.options.journal)?;
-        let mut planned = Vec::new();
+        // A first pass counts the resources (and finds what is not FHIR before anything is
+        // sent); each file is planned again when its turn comes, so that one file at a time
+        // is held.
+        let mut total = 0;
         for path in files {
-            let bytes = std::fs::read(path).map_err(|e| ImportError::File {
-                path: path.clone(),
-                reason: e.to_string(),
-            })?;
-            let content = hex(&Sha256::digest(&bytes));
-            let batches =
-                batches(path, &bytes, self.options.batch).map_err(|reason| ImportError::File {
-                    path: path.clone(),
-                    reason,
-                })?;
-            planned.push((path.clone(), content, batches));
+            total += self.plan(path)?.1.iter().map(|b| b.resources).sum::<u64>();
         }
-        let total: u64 = planned
-            .iter()
-            .flat_map(|(_, _, b)| b.iter().map(|b| b.resources))
-            .sum();
         let mut report = Report {
-            files: planned.len(),
+            files: files.len(),
             ..Report::default()
         };
         let mut done_resources = 0;
-        for (path, content, batches) in planned {
+        for path in files {
+            let (content, batches) = self.plan(path)?;
             let key = path.display().to_string();
             let progress_of = journal.data.files.entry(key.clone()).or_default();
             if progress_of.content != content {
                 // A new file, or one that changed since: its batches are other batches.
                 *progress_of = FileProgress {
                     content: content.clone(),
+                    batch: self.options.batch,
                     done: 0,
                 };
+            } else if progress_of.batch != self.options.batch && progress_of.done > 0 {
+                return Err(ImportError::Journal {
+                    path: self.options.journal.clone(),
+                    reason: format!(
+                        "{key} was imported in part with --batch {}: pass the same --batch to go on (another would write its resources again)",
+                        progress_of.batch
+                    ),
+                });
             }
             let done = progress_of.done;
             for (n, batch) in batches.iter().enumerate() {
@@ -443,6 +460,21 @@ impl Importer {
             }
         }
         Ok(report)
+    }
+
+    /// A file's content hash and its batches.
+    fn plan(&self, path: &Path) -> Result<(String, Vec<Batch>), ImportError> {
+        let bytes = std::fs::read(path).map_err(|e| ImportError::File {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })?;
+        let content = hex(&Sha256::digest(&bytes));
+        let batches =
+            batches(path, &bytes, self.options.batch).map_err(|reason| ImportError::File {
+                path: path.to_owned(),
+                reason,
+            })?;
+        Ok((content, batches))
     }
 
     /// Sends one batch: `None` when the node took it, else the status and why it refused it.

@@ -132,6 +132,10 @@ struct MigrateArgs {
     /// A CA certificate (PEM) for servers whose TLS certificate the system does not trust.
     #[arg(long)]
     ca_file: Option<PathBuf>,
+    /// The node's split profile (`seal.profile`), when it is not the default: what counts as
+    /// identity in the report.
+    #[arg(long)]
+    profile: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -167,6 +171,10 @@ struct ReportArgs {
     /// Where report.json and report.html go.
     #[arg(long, default_value = "fhirseal-report")]
     out: PathBuf,
+    /// The node's split profile (`seal.profile`), when it is not the default: what counts as
+    /// identity.
+    #[arg(long)]
+    profile: Option<PathBuf>,
 }
 
 /// Which node a command works on.
@@ -698,7 +706,7 @@ fn migrate(args: MigrateArgs) -> anyhow::Result<ExitCode> {
             page: args.page,
             ca_file: args.ca_file,
         },
-        fhirseal_adapters::profile::Profile::default(),
+        split_profile(args.profile.as_deref())?,
     )?;
     let runtime = runtime()?;
     let spinner = ProgressBar::new_spinner();
@@ -777,7 +785,7 @@ fn report(args: ReportArgs) -> anyhow::Result<ExitCode> {
             kill_command: args.kill_command,
             start_command: args.start_command,
         },
-        fhirseal_adapters::profile::Profile::default(),
+        split_profile(args.profile.as_deref())?,
     )?;
     let runtime = runtime()?;
     let spinner = ProgressBar::new_spinner();
@@ -806,6 +814,16 @@ fn report(args: ReportArgs) -> anyhow::Result<ExitCode> {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
+    })
+}
+
+/// The split profile in `path`, or the default.
+fn split_profile(
+    path: Option<&std::path::Path>,
+) -> anyhow::Result<fhirseal_adapters::profile::Profile> {
+    Ok(match path {
+        Some(path) => fhirseal_adapters::profile::Profile::from_file(path)?,
+        None => fhirseal_adapters::profile::Profile::default(),
     })
 }
 

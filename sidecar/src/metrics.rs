@@ -57,7 +57,7 @@ pub struct NodeState {
     /// Anchors and access events waiting in the outbox.
     pub pending_anchors: u64,
     pub pending_access_events: u64,
-    /// How long the outbox has held entries without being emptied (0 when empty).
+    /// How long what waits in the outbox has waited, at most (0 when nothing waits).
     pub anchor_lag: Duration,
     /// Blocks in this node's copy of the chain, and transactions waiting here for one.
     pub ledger_blocks: u64,
@@ -149,7 +149,7 @@ impl Metrics {
         );
         r.register_with_unit(
             "seal_duration",
-            "Time to split, fingerprint, index and seal one request's resources",
+            "Time to seal one identity part (encrypt, wrap the data key)",
             Unit::Seconds,
             metrics.seal_seconds.clone(),
         );
@@ -199,7 +199,7 @@ impl Metrics {
         );
         r.register_with_unit(
             "anchor_lag",
-            "How long the outbox has held entries without being emptied",
+            "How long what waits in the outbox has waited, at most",
             Unit::Seconds,
             metrics.anchor_lag_seconds.clone(),
         );

@@ -9,11 +9,14 @@
 //!
 //! Resumable by construction: each resource written back carries a tag
 //! (`urn:fhirseal:migrated|1`), and the next page is always asked for with `_tag:not=` that
-//! tag, so a run killed anywhere picks up what is left. A dry run only reads and reports what
-//! would be sealed.
+//! tag (and without the server's search cache), so a run killed anywhere picks up what is
+//! left. The expunging and the read-back cover every resource carrying the tag, those of an
+//! earlier run cut short included: each is read through the node (re-identified, as a
+//! clinician reads it) for the identity strings to look for upstream. A dry run only reads and
+//! reports what would be sealed.
 //!
-//! What holds identity is decided by the node's split profile ([`Profile`]) here too, for the
-//! report only: the node decides what it seals.
+//! What holds identity is decided by a split profile ([`Profile`]: the node's, given the same
+//! file) here too, for the report only: the node decides what it seals.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -53,7 +56,7 @@ impl From<ExchangeError> for MigrateError {
 }
 
 /// What to migrate, from where, through which node.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct MigrateOptions {
     /// The upstream FHIR server's base, read directly.
     pub from: String,
@@ -72,6 +75,18 @@ pub struct MigrateOptions {
     /// Resources per page.
     pub page: usize,
     pub ca_file: Option<std::path::PathBuf>,
+}
+
+impl std::fmt::Debug for MigrateOptions {
+    /// Without the API key.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MigrateOptions")
+            .field("from", &self.from)
+            .field("url", &self.url)
+            .field("types", &self.types)
+            .field("dry_run", &self.dry_run)
+            .finish_non_exhaustive()
+    }
 }
 
 /// What happened to one type.
@@ -156,6 +171,23 @@ pub fn order(types: &[String]) -> Vec<String> {
     out
 }
 
+/// The `next` link of a search's page.
+fn next_link(page: &Value) -> Option<String> {
+    page["link"].as_array().and_then(|links| {
+        links
+            .iter()
+            .find(|l| l["relation"] == "next")
+            .and_then(|l| l["url"].as_str().map(str::to_owned))
+    })
+}
+
+/// Whether `resource` carries the migrated tag.
+fn is_migrated(resource: &Value) -> bool {
+    resource["meta"]["tag"]
+        .as_array()
+        .is_some_and(|tags| tags.iter().any(|t| t["system"] == MIGRATED_SYSTEM))
+}
+
 /// `resource` with the migrated tag added.
 fn tagged(mut resource: Value) -> Value {
     if let Some(object) = resource.as_object_mut() {
@@ -202,20 +234,14 @@ impl Migrator {
             true => order(&self.capability_types().await?),
         };
         let mut report = MigrationReport::default();
-        let mut sealed = Vec::new();
         for kind in types {
             let mut of_type = TypeReport::default();
-            self.migrate_type(&kind, &mut of_type, &mut report, &mut sealed, progress)
-                .await?;
-            report.types.insert(kind, of_type);
-        }
-        if !self.options.dry_run {
-            for (kind, id, strings) in &sealed {
-                let left = self.left_upstream(kind, id, strings).await?;
-                if left > 0 {
-                    report.identity_left.push((format!("{kind}/{id}"), left));
-                }
+            self.migrate_type(&kind, &mut of_type, progress).await?;
+            if !self.options.dry_run {
+                self.settle_type(&kind, &mut of_type, &mut report, progress)
+                    .await?;
             }
+            report.types.insert(kind, of_type);
         }
         Ok(report)
     }
@@ -240,20 +266,21 @@ impl Migrator {
             .unwrap_or_default())
     }
 
-    /// The first page of `kind`'s resources not migrated yet (or, for a dry run, every page in
-    /// turn through the `next` links).
-    fn first_page(&self, kind: &str) -> String {
+    /// The first page of `kind`'s resources not migrated yet (`Some(false)`; for a dry run,
+    /// `None`: every page in turn through the `next` links), or of those migrated
+    /// (`Some(true)`).
+    fn first_page(&self, kind: &str, migrated: Option<bool>) -> String {
         let mut url = format!(
             "{}/{kind}?_count={}",
             self.options.from,
             self.options.page.max(1)
         );
-        if !self.options.dry_run {
-            let migrated = format!("{MIGRATED_SYSTEM}|{MIGRATED_CODE}");
-            url.push_str(&format!(
-                "&_tag:not={}",
-                utf8_percent_encode(&migrated, NON_ALPHANUMERIC)
-            ));
+        let tag = format!("{MIGRATED_SYSTEM}|{MIGRATED_CODE}");
+        let tag = utf8_percent_encode(&tag, NON_ALPHANUMERIC);
+        match migrated {
+            Some(false) => url.push_str(&format!("&_tag:not={tag}")),
+            Some(true) => url.push_str(&format!("&_tag={tag}")),
+            None => {}
         }
         if let Some(tag) = &self.options.tag {
             url.push_str(&format!(
@@ -264,24 +291,71 @@ impl Migrator {
         url
     }
 
-    async fn migrate_type(
+    /// One page of a search upstream, asked for without the server's search cache.
+    async fn page(&self, url: &str) -> Result<Value, MigrateError> {
+        let fresh = [(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"))];
+        let (status, page) = self
+            .upstream
+            .exchange(Method::GET, url, None, &fresh)
+            .await?;
+        if !status.is_success() {
+            return Err(MigrateError::Server(format!(
+                "{url}: {status}: {}",
+                diagnostics(&page)
+            )));
+        }
+        Ok(page)
+    }
+
+    /// Expunges the earlier versions of every migrated resource of `kind` (unless told to keep
+    /// them), then reads each through the node and counts the identity strings any version
+    /// upstream still holds.
+    async fn settle_type(
         &self,
         kind: &str,
         of_type: &mut TypeReport,
         report: &mut MigrationReport,
-        sealed: &mut Vec<(String, String, Vec<String>)>,
         progress: &mut dyn FnMut(&str, u64),
     ) -> Result<(), MigrateError> {
-        let mut url = self.first_page(kind);
+        let mut url = self.first_page(kind, Some(true));
+        let mut settled = 0;
+        loop {
+            let page = self.page(&url).await?;
+            for entry in page["entry"].as_array().into_iter().flatten() {
+                let Some(id) = entry["resource"]["id"].as_str() else {
+                    continue;
+                };
+                self.expunge(kind, id, of_type, report).await?;
+                let read = format!("{}/{kind}/{id}", self.options.url);
+                let (status, seen) = self.node.exchange(Method::GET, &read, None, &[]).await?;
+                if status.is_success() {
+                    let strings = identity_strings(&self.profile, &seen);
+                    let left = self.left_upstream(kind, id, &strings).await?;
+                    if left > 0 {
+                        report.identity_left.push((format!("{kind}/{id}"), left));
+                    }
+                }
+                settled += 1;
+                progress(&format!("{kind} (settling)"), settled);
+            }
+            match next_link(&page) {
+                Some(next) => url = next,
+                None => return Ok(()),
+            }
+        }
+    }
+
+    async fn migrate_type(
+        &self,
+        kind: &str,
+        of_type: &mut TypeReport,
+        progress: &mut dyn FnMut(&str, u64),
+    ) -> Result<(), MigrateError> {
+        let unmigrated = (!self.options.dry_run).then_some(false);
+        let mut url = self.first_page(kind, unmigrated);
         let mut skipped: BTreeSet<String> = BTreeSet::new();
         loop {
-            let (status, page) = self.upstream.exchange(Method::GET, &url, None, &[]).await?;
-            if !status.is_success() {
-                return Err(MigrateError::Server(format!(
-                    "{url}: {status}: {}",
-                    diagnostics(&page)
-                )));
-            }
+            let page = self.page(&url).await?;
             let entries = page["entry"].as_array().cloned().unwrap_or_default();
             let mut changed = false;
             for entry in entries {
@@ -289,7 +363,11 @@ impl Migrator {
                 let Some(id) = resource["id"].as_str().map(str::to_owned) else {
                     continue;
                 };
-                if resource["resourceType"] != kind || skipped.contains(&id) {
+                // A server that answers a search from its cache may show one migrated already.
+                if resource["resourceType"] != kind
+                    || skipped.contains(&id)
+                    || is_migrated(&resource)
+                {
                     continue;
                 }
                 of_type.seen += 1;
@@ -310,9 +388,7 @@ impl Migrator {
                             of_type.without_identity += 1;
                         } else {
                             of_type.sealed += 1;
-                            sealed.push((kind.to_owned(), id.clone(), strings));
                         }
-                        self.expunge(kind, &id, of_type, report).await?;
                     }
                     Err(why) => {
                         skipped.insert(id.clone());
@@ -321,15 +397,9 @@ impl Migrator {
                 }
                 progress(kind, of_type.seen);
             }
-            let next = page["link"].as_array().and_then(|links| {
-                links
-                    .iter()
-                    .find(|l| l["relation"] == "next")
-                    .and_then(|l| l["url"].as_str().map(str::to_owned))
-            });
-            url = match (changed, next) {
+            url = match (changed, next_link(&page)) {
                 // What was written back drops out of the first page: ask for it again.
-                (true, _) => self.first_page(kind),
+                (true, _) => self.first_page(kind, unmigrated),
                 (false, Some(next)) => next,
                 (false, None) => return Ok(()),
             };

@@ -13,8 +13,10 @@
 //! - **audit traceability**: reads with an access event on the chain naming what was read;
 //! - **recovery time**: from SIGKILL (the `--kill-command`) to the node's `/readyz`, and to a
 //!   new write's block being final;
-//! - **governance compliance**: signed transactions on the chain that name a member, with the
-//!   chain's signatures and certificates verified by the node (`/ledger/verify`);
+//! - **governance compliance**: the signed transactions on the chain, each naming its
+//!   institution, over a chain whose every signature the node verified against the key the
+//!   governance state records for that member, and every certificate against the delegates of
+//!   its height (`/ledger/verify`): 1 when both hold, 0 when the chain does not verify;
 //! - **latency and throughput** of the writes.
 //!
 //! The figures are printed as a table and written to `report.json`, with `report.html`
@@ -49,7 +51,7 @@ impl From<ExchangeError> for ReportError {
 }
 
 /// What to measure, on which node.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ReportOptions {
     /// The node's FHIR base.
     pub url: String,
@@ -65,6 +67,17 @@ pub struct ReportOptions {
     /// Shell commands that SIGKILL the node and start it again, for the recovery time.
     pub kill_command: Option<String>,
     pub start_command: Option<String>,
+}
+
+impl std::fmt::Debug for ReportOptions {
+    /// Without the API keys.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReportOptions")
+            .field("url", &self.url)
+            .field("upstream", &self.upstream)
+            .field("corpus", &self.corpus)
+            .finish_non_exhaustive()
+    }
 }
 
 /// One write: when it was sent (since the first), how long it took, its status.
@@ -405,6 +418,7 @@ impl Reporter {
         let mut leaked: BTreeSet<String> = BTreeSet::new();
 
         // Reads: the clinician sees every identity string, the researcher none.
+        let mut researcher_leaks: BTreeSet<String> = BTreeSet::new();
         let mut reads_of: BTreeMap<String, usize> = BTreeMap::new();
         for person in &persons {
             progress(&format!("reading {}", person.location));
@@ -421,8 +435,7 @@ impl Reporter {
                     .filter(|s| contains(&text, s))
                     .collect();
                 if !sees {
-                    metrics.leaked_to_researcher += found.len();
-                    leaked.extend(found.iter().map(|s| (*s).clone()));
+                    researcher_leaks.extend(found.iter().map(|s| (*s).clone()));
                 }
                 let as_allowed = status.is_success()
                     && if sees {
@@ -436,8 +449,12 @@ impl Reporter {
             }
         }
 
+        metrics.leaked_to_researcher = researcher_leaks.len();
+        leaked.extend(researcher_leaks);
+
         // Upstream: every version of every resource written, read directly.
         progress("reading the upstream");
+        let mut upstream_leaks: BTreeSet<String> = BTreeSet::new();
         for location in &written {
             let url = format!("{}/{}/_history", self.options.upstream, current(location));
             let (status, history) = self.upstream.exchange(Method::GET, &url, None, &[]).await?;
@@ -447,11 +464,12 @@ impl Reporter {
             let text = history.to_string();
             for s in &all {
                 if contains(&text, s) {
-                    metrics.leaked_upstream += 1;
-                    leaked.insert((*s).clone());
+                    upstream_leaks.insert((*s).clone());
                 }
             }
         }
+        metrics.leaked_upstream = upstream_leaks.len();
+        leaked.extend(upstream_leaks);
 
         // The ledger, once everything written and read is anchored.
         progress("waiting for the outbox");

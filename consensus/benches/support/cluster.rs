@@ -933,9 +933,11 @@ impl Submitter {
     }
 }
 
-/// One probe batch: the height that holds it, when it was sent, when the submitter's node held it.
+/// One probe batch: the height that holds it, the height its submitter's node was deciding
+/// when it was sent, when it was sent, when the submitter's node held it.
 pub(crate) struct Probe {
     pub(crate) height: u64,
+    pub(crate) first: u64,
     pub(crate) submitted: Instant,
     pub(crate) here: Instant,
 }
@@ -956,6 +958,7 @@ impl Consortium {
         let batch = AnchorBatch::sign(batch_id(n + 1), &*submitter.name, entries, &submitter.key)
             .expect("sign");
         let tx = Transaction::Anchor(batch);
+        let first = *submitter.tip.borrow();
         let submitted = Instant::now();
         let (height, _) = submitter.anchor(&tx).await;
         let here = Instant::now();
@@ -966,6 +969,7 @@ impl Consortium {
         }
         Probe {
             height,
+            first,
             submitted,
             here,
         }

@@ -587,11 +587,16 @@ impl ElectionState {
         self.closed.drain(..gone);
     }
 
-    /// Epochs in a row up to and including `through` in which `member` was a delegate.
+    /// Epochs in a row up to and including `through` in which `member` was a delegate,
+    /// counted at most to `KEPT_EPOCHS + 1` (the window the state keeps): a rule of the
+    /// election, the same at every member however old its chain.
     fn served_in_a_row(&self, member: &str, through: u64) -> u32 {
+        let cap = u32::try_from(KEPT_EPOCHS)
+            .unwrap_or(u32::MAX)
+            .saturating_add(1);
         let mut count = 0;
         let mut epoch = through;
-        while let Some(set) = self.delegates.get(&epoch) {
+        while let Some(set) = self.delegates.get(&epoch).filter(|_| count < cap) {
             if !set.iter().any(|m| m == member) {
                 break;
             }

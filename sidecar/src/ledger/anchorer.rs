@@ -54,7 +54,7 @@ pub struct Anchorer {
     pub(crate) last_error: Arc<Mutex<Option<String>>>,
     /// Rounds' finality is counted here.
     pub(crate) metrics: Arc<Metrics>,
-    /// Since when the outbox has held entries without being emptied.
+    /// Since when what waits in the outbox has waited, at most.
     pub(crate) backlog: Backlog,
 }
 
@@ -116,7 +116,7 @@ impl Anchorer {
         let mut backoff = self.policy.interval;
         let mut paused: Option<&'static str> = None;
         loop {
-            self.note_backlog();
+            let round_start = Instant::now();
             if *stop.borrow() {
                 match self.round(&mut in_flight).await {
                     Ok(_) | Err(LedgerError::NotTakingPart(_)) => {}
@@ -126,7 +126,9 @@ impl Anchorer {
                 }
                 return;
             }
-            let pause = match self.round(&mut in_flight).await {
+            let result = self.round(&mut in_flight).await;
+            self.note_backlog(round_start, matches!(&result, Ok(round) if !round.full));
+            let pause = match result {
                 Err(LedgerError::NotTakingPart(why)) => {
                     if paused != Some(why) {
                         tracing::warn!(
@@ -193,15 +195,19 @@ impl Anchorer {
         Ok(flight.round)
     }
 
-    /// Notes since when the outbox has held entries without being emptied.
-    fn note_backlog(&self) {
+    /// Notes, after a round that began at `round_start`, since when what waits in the outbox
+    /// has waited: nothing waits, or, when the round took everything that waited when it
+    /// began (`took_all`), what waits now came after `round_start`; else the backlog is as old
+    /// as it was (or, first seen now, as old as this round).
+    fn note_backlog(&self, round_start: Instant, took_all: bool) {
         let waiting = !self.outbox.is_empty();
         if let Ok(mut since) = self.backlog.lock() {
-            match (waiting, *since) {
-                (false, _) => *since = None,
-                (true, None) => *since = Some(Instant::now()),
-                (true, Some(_)) => {}
-            }
+            *since = match *since {
+                _ if !waiting => None,
+                _ if took_all => Some(round_start),
+                Some(earlier) => Some(earlier),
+                None => Some(round_start),
+            };
         }
     }
 

@@ -47,11 +47,11 @@ pub struct NodeLedger {
     verified: Mutex<Option<BlockHeader>>,
     /// The time of day, for whatever this node stamps.
     clock: Arc<dyn Clock>,
-    /// Since when the outbox has held entries without being emptied (the anchorer notes it).
+    /// Since when what waits in the outbox has waited, at most (the anchorer notes it).
     backlog: Backlog,
 }
 
-/// Since when the outbox has held entries without being emptied, if it holds any.
+/// Since when what waits in the outbox has waited, at most, if anything waits.
 pub(crate) type Backlog = Arc<Mutex<Option<std::time::Instant>>>;
 
 /// Everything `open` makes: the shared reads, the ledger's task, the anchorer, and the port of
@@ -162,7 +162,7 @@ impl NodeLedger {
         })
     }
 
-    /// How long the outbox has held entries without being emptied (zero when empty).
+    /// How long what waits in the outbox has waited, at most (zero when nothing waits).
     pub fn anchor_lag(&self) -> Duration {
         self.backlog
             .lock()
@@ -429,7 +429,7 @@ pub struct LedgerStatus {
     pub waiting_transactions: usize,
     pub pending_anchors: usize,
     pub pending_access_events: usize,
-    /// How long the outbox has held entries without being emptied (0 when empty).
+    /// How long what waits in the outbox has waited, at most (0 when nothing waits).
     pub anchor_lag_ms: u64,
     pub last_error: Option<String>,
     /// With an election: its epoch and phase, the seats, the standings, the last decisions.
