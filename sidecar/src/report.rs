@@ -515,10 +515,9 @@ impl Reporter {
             files_under(dir, &mut files);
             let mut found = 0;
             for s in &all {
-                let needle = s.as_bytes();
-                let anywhere = files.iter().any(|f| {
-                    std::fs::read(f).is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle))
-                });
+                let anywhere = files
+                    .iter()
+                    .any(|f| std::fs::read(f).is_ok_and(|b| holds(&b, s.as_bytes())));
                 if anywhere {
                     found += 1;
                     leaked.insert((*s).clone());
@@ -633,9 +632,24 @@ fn current(location: &str) -> String {
 }
 
 /// Whether `text` (JSON) holds `s` as a string or within one.
+/// Whether `text` (JSON) holds `s` as a string or as words within one: not inside a longer
+/// run of letters and digits (a postal code inside a hash or an id is chance, not a leak).
 fn contains(text: &str, s: &str) -> bool {
     let quoted = serde_json::to_string(s).unwrap_or_default();
-    text.contains(quoted.trim_matches('"'))
+    holds(text.as_bytes(), quoted.trim_matches('"').as_bytes())
+}
+
+/// Whether `needle` occurs in `haystack` with no letter or digit right before or after it.
+fn holds(haystack: &[u8], needle: &[u8]) -> bool {
+    if needle.is_empty() || needle.len() > haystack.len() {
+        return false;
+    }
+    let word = |b: Option<&u8>| b.is_some_and(u8::is_ascii_alphanumeric);
+    (0..=haystack.len() - needle.len()).any(|i| {
+        &haystack[i..i + needle.len()] == needle
+            && !(word(needle.first()) && i > 0 && word(haystack.get(i - 1)))
+            && !(word(needle.last()) && word(haystack.get(i + needle.len())))
+    })
 }
 
 fn files_under(dir: &Path, out: &mut Vec<PathBuf>) {
@@ -722,6 +736,15 @@ mod tests {
     fn a_location_names_its_resource() {
         assert_eq!(current("Patient/1/_history/2"), "Patient/1");
         assert!(contains("{\"family\":\"O'Brien\"}", "O'Brien"));
+        assert!(contains(
+            "{\"div\":\"Ada Lovelace, 02138 Boston\"}",
+            "02138"
+        ));
+        assert!(
+            !contains("{\"hash\":\"a902138f\"}", "02138"),
+            "chance inside a hash"
+        );
+        assert!(holds(b"02138", b"02138") && !holds(b"", b"0"));
         assert!(!contains("{\"family\":\"Smith\"}", "Smit h"));
     }
 }
