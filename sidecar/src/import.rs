@@ -17,6 +17,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use fhirseal_storage::keys::hex;
 use http::Method;
 use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
 use serde::{Deserialize, Serialize};
@@ -211,10 +212,6 @@ fn tag(resource: &mut Value, batch: &str) {
     if let Some(tags) = tags.as_array_mut() {
         tags.push(json!({"system": IMPORT_TAG, "code": batch}));
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The files under `paths`: each file named, and the `.json` and `.ndjson` files of each

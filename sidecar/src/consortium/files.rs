@@ -297,10 +297,8 @@ pub fn fingerprint(cert: &CertificateDer<'_>) -> [u8; 32] {
     Sha256::digest(cert.as_ref()).into()
 }
 
-/// Lower-case hex.
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
+/// Lower-case hex: the storage crate's, which every other part of the node writes with.
+pub use fhirseal_storage::keys::hex;
 
 /// A 64-digit hex fingerprint.
 pub fn parse_fingerprint(text: &str) -> Option<[u8; 32]> {
