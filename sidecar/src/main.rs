@@ -709,13 +709,9 @@ fn migrate(args: MigrateArgs) -> anyhow::Result<ExitCode> {
         split_profile(args.profile.as_deref())?,
     )?;
     let runtime = runtime()?;
-    let spinner = ProgressBar::new_spinner();
-    let report = runtime.block_on(migrator.run(&mut |kind, done| {
-        spinner.set_message(format!("{kind}: {done}"));
-        spinner.tick();
-    }));
-    spinner.finish_and_clear();
-    let report = report?;
+    let report = with_spinner(|say| {
+        runtime.block_on(migrator.run(&mut |kind, done| say(format!("{kind}: {done}"))))
+    })?;
     let verb = if dry_run { "would seal" } else { "sealed" };
     println!(
         "{:<24} {:>8} {:>10} {:>14} {:>8} {:>9} {:>13}",
@@ -788,13 +784,8 @@ fn report(args: ReportArgs) -> anyhow::Result<ExitCode> {
         split_profile(args.profile.as_deref())?,
     )?;
     let runtime = runtime()?;
-    let spinner = ProgressBar::new_spinner();
-    let metrics = runtime.block_on(reporter.run(&mut |step| {
-        spinner.set_message(step.to_owned());
-        spinner.tick();
-    }));
-    spinner.finish_and_clear();
-    let metrics = metrics?;
+    let metrics =
+        with_spinner(|say| runtime.block_on(reporter.run(&mut |step| say(step.to_owned()))))?;
     std::fs::create_dir_all(&args.out).with_context(|| args.out.display().to_string())?;
     std::fs::write(
         args.out.join("report.json"),
@@ -825,6 +816,17 @@ fn split_profile(
         Some(path) => fhirseal_adapters::profile::Profile::from_file(path)?,
         None => fhirseal_adapters::profile::Profile::default(),
     })
+}
+
+/// Runs `work` with a spinner on standard error showing each message it is told.
+fn with_spinner<T>(work: impl FnOnce(&dyn Fn(String)) -> T) -> T {
+    let spinner = ProgressBar::new_spinner();
+    let out = work(&|message| {
+        spinner.set_message(message);
+        spinner.tick();
+    });
+    spinner.finish_and_clear();
+    out
 }
 
 /// The async runtime a command runs its work on.
