@@ -14,7 +14,8 @@
 # the figures also go to target/bench/crash-campaign.json. SEED defaults to a random one
 # (printed: pass it again to replay the campaign). FHIRSEAL_CRASH_SERIES sets how many trials
 # share a data directory (default 4), FHIRSEAL_CRASH_PARALLEL how many such series run at once,
-# each with its own node (default 2: a trial spends much of its time waiting). Exits with 1 when
+# each with its own node (default 2: a trial spends much of its time waiting), and
+# FHIRSEAL_CRASH_FROM the trial to replay the campaign from. Exits with 1 when
 # any trial found a violation.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)

@@ -23,7 +23,10 @@
 //!
 //! `FHIRSEAL_CRASH_TRIALS` (default 8), `FHIRSEAL_CRASH_SEED`, `FHIRSEAL_CRASH_SERIES` (trials
 //! per data directory, default 4) and `FHIRSEAL_CRASH_PARALLEL` (series at once, each with its
-//! own node and data directory; default 1) size and replay a campaign;
+//! own node and data directory; default 1) size and replay a campaign; `FHIRSEAL_CRASH_FROM`
+//! replays it from that trial on (the seed draws the earlier trials' plans and skips them; the
+//! series are cut as in the whole campaign, so trial 621 of a campaign starts a series again only
+//! when it started one there);
 //! `deploy/crash-campaign.sh TRIALS [SEED]` runs one in release mode. The figures are printed
 //! and written to `target/bench/crash-campaign.json`.
 
@@ -739,6 +742,7 @@ async fn a_campaign_of_kills_loses_no_acknowledged_write() {
     let seed = env_or("FHIRSEAL_CRASH_SEED", 20_260_317);
     let per_series = env_or("FHIRSEAL_CRASH_SERIES", 4).max(1) as usize;
     let parallel = env_or("FHIRSEAL_CRASH_PARALLEL", 1).max(1) as usize;
+    let from = env_or("FHIRSEAL_CRASH_FROM", 1).max(1);
     let mut rng = Rng(seed | 1);
     let templates: Vec<Arc<Value>> = small_bundles(3).into_iter().map(Arc::new).collect();
     let mut types: BTreeSet<String> = BTreeSet::from(["Patient".to_owned()]);
@@ -752,21 +756,34 @@ async fn a_campaign_of_kills_loses_no_acknowledged_write() {
     let plans: Vec<Plan> = (1..=trials)
         .map(|n| Plan::draw(&mut rng, n, templates.len()))
         .collect();
+    // The series as the whole campaign cuts them, those wholly before `from` left out and the
+    // first one kept from `from` on.
+    let series_plans: Vec<Vec<Plan>> = plans
+        .chunks(per_series)
+        .map(|chunk| {
+            chunk
+                .iter()
+                .filter(|plan| plan.number >= from)
+                .cloned()
+                .collect::<Vec<Plan>>()
+        })
+        .filter(|chunk| !chunk.is_empty())
+        .collect();
     let (templates, types) = (
         Arc::new(templates),
         Arc::new(types.into_iter().collect::<Vec<String>>()),
     );
     let campaign = Instant::now();
     eprintln!(
-        "crash campaign: {trials} trials, seed {seed}, {per_series} trials per data directory, {parallel} at once"
+        "crash campaign: {trials} trials from trial {from}, seed {seed}, {per_series} trials per data directory, {parallel} at once"
     );
 
     // Series on data directories of their own, `parallel` at a time.
     let slots = Arc::new(tokio::sync::Semaphore::new(parallel));
     let mut running = Vec::new();
-    for chunk in plans.chunks(per_series) {
+    for chunk in series_plans {
         let slot = slots.clone().acquire_owned().await.unwrap();
-        let (chunk, templates, types) = (chunk.to_vec(), templates.clone(), types.clone());
+        let (templates, types) = (templates.clone(), types.clone());
         running.push(tokio::spawn(async move {
             let figures = series(chunk, trials, templates, types).await;
             drop(slot);
