@@ -3,11 +3,12 @@
 //! own database; a block is appended only with a commit certificate of its epoch's delegates.
 
 use fhirseal_storage::chain_store::{
-    AnchorWrite, BlockWrite, ChainStore, ChainStoreError, EntryLocation, TxLocation,
+    AnchorWrite, BlockWrite, ChainStore, ChainStoreError, ConsentWrite, EntryLocation, TxLocation,
 };
 
 use crate::block::{Block, BlockHeader, FinalizedBlock};
 use crate::error::{Error, Result};
+use crate::grant::{consent_key, grant_key, grants_prefix, GrantRecord};
 use crate::hash::Hash256;
 use crate::keys::{DelegateSet, Rosters};
 use crate::merkle;
@@ -231,6 +232,45 @@ impl ChainReader {
     pub fn anchor(&self, key: &[u8]) -> Result<Option<EntryLocation>> {
         Ok(self.store.anchor(key)?)
     }
+
+    /// Every grant `grantor` filed for the person `fingerprint` to `grantee`, one per consent
+    /// (its latest), each with its block's time and whether it is still its consent's latest
+    /// item (see [`crate::grant::decide`]).
+    pub fn grants(
+        &self,
+        grantor: &str,
+        fingerprint: &[u8; 32],
+        grantee: &str,
+    ) -> Result<Vec<GrantRecord>> {
+        let mut out = Vec::new();
+        for (_, location) in
+            self.store
+                .consents_under(&grants_prefix(grantor, fingerprint, grantee))?
+        {
+            let block = self
+                .block(location.height)?
+                .ok_or(Error::IndexMismatch("grant"))?;
+            let Some(Transaction::Grant(batch)) =
+                block.block.transactions.get(location.transaction as usize)
+            else {
+                return Err(Error::IndexMismatch("grant"));
+            };
+            let grant = batch
+                .items
+                .get(location.entry as usize)
+                .ok_or(Error::IndexMismatch("grant"))?
+                .clone();
+            let latest = self.store.consent(&consent_key(grantor, &grant.consent))?;
+            out.push(GrantRecord {
+                grantor: grantor.to_owned(),
+                grant,
+                location,
+                granted_at: block.header().time,
+                current: latest == Some(location),
+            });
+        }
+        Ok(out)
+    }
 }
 
 fn check_evidence<R: Rosters>(
@@ -321,12 +361,14 @@ impl Chain {
             .map(Transaction::key)
             .collect();
         let anchors = anchor_writes(&block.block);
+        let consents = consent_writes(&block.block);
         let write = BlockWrite {
             height: header.height,
             hash: hash.0,
             bytes: &bytes,
             transactions: &transactions,
             anchors: &anchors,
+            consents: &consents,
         };
         match self.reader.store.append(&write).await {
             Ok(()) => {}
@@ -504,6 +546,41 @@ fn broken(height: u64, fault: Error) -> ChainCheck {
 
 fn decode_block(height: u64, bytes: &[u8]) -> Result<FinalizedBlock> {
     FinalizedBlock::from_bytes(bytes).map_err(|source| Error::CorruptBlock { height, source })
+}
+
+/// The consent index entries of a block, in block order: each grant under its grant key and
+/// its consent's key, each revocation under its consent's key (see [`crate::grant`]).
+fn consent_writes(block: &Block) -> Vec<ConsentWrite> {
+    let mut out = Vec::new();
+    let at = |key: Vec<u8>, t: usize, e: usize| ConsentWrite {
+        key,
+        // Validation bounds both positions far below u32::MAX.
+        transaction: u32::try_from(t).unwrap_or(u32::MAX),
+        entry: u32::try_from(e).unwrap_or(u32::MAX),
+    };
+    for (t, tx) in block.transactions.iter().enumerate() {
+        match tx {
+            Transaction::Grant(batch) => {
+                let grantor = &batch.header.institution;
+                for (e, grant) in batch.items.iter().enumerate() {
+                    out.push(at(
+                        grant_key(grantor, &grant.fingerprint, &grant.grantee, &grant.consent),
+                        t,
+                        e,
+                    ));
+                    out.push(at(consent_key(grantor, &grant.consent), t, e));
+                }
+            }
+            Transaction::Revocation(batch) => {
+                let grantor = &batch.header.institution;
+                for (e, revocation) in batch.items.iter().enumerate() {
+                    out.push(at(consent_key(grantor, &revocation.consent), t, e));
+                }
+            }
+            _ => {}
+        }
+    }
+    out
 }
 
 fn anchor_writes(block: &Block) -> Vec<AnchorWrite> {

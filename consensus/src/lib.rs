@@ -3,7 +3,8 @@
 //! DPoS's pure rules (beacon, ring-signature ballots, election); the node transport is the
 //! sidecar's.
 //!
-//! - Types: institution-signed batches of anchor entries, access events and evidence ([`tx`]),
+//! - Types: institution-signed batches of anchor entries, access events, evidence, and consent
+//!   (grants and revocations of access to a person's records, [`grant`]) ([`tx`]),
 //!   blocks with the BFT commit certificates that finalize them ([`block`]), in a hand-written
 //!   canonical encoding ([`codec`]),
 //!   hashed with SHA-256 under domain-separation tags ([`hash`]), committed by Merkle trees with
@@ -43,6 +44,7 @@ pub mod codec;
 pub mod election;
 mod error;
 pub mod governance;
+pub mod grant;
 pub mod hash;
 pub mod keys;
 pub mod ledger;
@@ -60,6 +62,9 @@ pub use codec::DecodeError;
 pub use ed25519_dalek::{Signature, SigningKey};
 pub use error::{Error, Result};
 pub use fhirseal_storage::chain_store::{ChainStore, EntryLocation, TxLocation};
+pub use grant::{
+    decide, Grant, GrantBatch, GrantRecord, GrantRefusal, GrantRequest, Revocation, RevocationBatch,
+};
 pub use hash::Hash256;
 pub use keys::{quorum, DelegateSet, EpochRosters, PublicKey, Roster, Rosters};
 pub use ledger::{Driver, DriverConfig, LedgerContext, RosterUse, Submitted};

@@ -19,6 +19,7 @@ use crate::codec::{self, limits, top_level_encoding, DecodeError, Reader, Wire, 
 use crate::election::beacon::Reveal;
 use crate::election::lsag::RingSignature;
 use crate::error::{Error, Result};
+use crate::grant::{GrantBatch, RevocationBatch};
 use crate::hash::{hex, tag, tagged, Hash256};
 use crate::keys::PublicKey;
 use crate::merkle::{self, MerkleProof};
@@ -201,9 +202,6 @@ impl std::fmt::Debug for BatchId {
 }
 
 /// The kind of a transaction; its tag byte in the encoding.
-///
-/// Tags 3 (grant) and 4 (revocation) are reserved for the governance transactions to come; the
-/// decoder refuses them until then.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum TxKind {
@@ -211,6 +209,10 @@ pub enum TxKind {
     Anchor,
     /// An [`AccessBatch`].
     Access,
+    /// A [`GrantBatch`]: consent to share a person's records.
+    Grant,
+    /// A [`RevocationBatch`]: the end of consents.
+    Revocation,
     /// An [`EvidenceBatch`]: double signing a member's node saw.
     Evidence,
     /// An [`ElectionBatch`]: a member's beacon commitment or reveal.
@@ -226,6 +228,8 @@ impl TxKind {
         match self {
             Self::Anchor => 1,
             Self::Access => 2,
+            Self::Grant => 3,
+            Self::Revocation => 4,
             Self::Evidence => 5,
             Self::Election => 6,
             Self::Ballot => 7,
@@ -237,6 +241,8 @@ impl TxKind {
         match tag {
             1 => Ok(Self::Anchor),
             2 => Ok(Self::Access),
+            3 => Ok(Self::Grant),
+            4 => Ok(Self::Revocation),
             5 => Ok(Self::Evidence),
             6 => Ok(Self::Election),
             7 => Ok(Self::Ballot),
@@ -817,8 +823,6 @@ impl Wire for Ballot {
 
 /// A ledger transaction.
 ///
-/// Grants and revocations (with expiry) will be further variants, with the tags reserved in
-/// [`TxKind`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Transaction {
@@ -826,6 +830,10 @@ pub enum Transaction {
     Anchor(AnchorBatch),
     /// Access events for the audit trail.
     Access(AccessBatch),
+    /// Consent: grants of access to a person's records for another member.
+    Grant(GrantBatch),
+    /// The end of consents.
+    Revocation(RevocationBatch),
     /// Evidence of double signing.
     Evidence(EvidenceBatch),
     /// A member's beacon commitments and reveals.
@@ -846,6 +854,8 @@ impl Transaction {
         match self {
             Self::Anchor(b) => Some(&b.header),
             Self::Access(b) => Some(&b.header),
+            Self::Grant(b) => Some(&b.header),
+            Self::Revocation(b) => Some(&b.header),
             Self::Evidence(b) => Some(&b.header),
             Self::Election(b) => Some(&b.header),
             Self::Ballot(_) | Self::LastCommit(_) => None,
@@ -887,6 +897,8 @@ impl Transaction {
             }
             Self::Anchor(b) => b.header.id_of(),
             Self::Access(b) => b.header.id_of(),
+            Self::Grant(b) => b.header.id_of(),
+            Self::Revocation(b) => b.header.id_of(),
             Self::Evidence(b) => b.header.id_of(),
             Self::Election(b) => b.header.id_of(),
         }
@@ -897,6 +909,8 @@ impl Transaction {
         match self {
             Self::Anchor(b) => b.entries.len(),
             Self::Access(b) => b.events.len(),
+            Self::Grant(b) => b.items.len(),
+            Self::Revocation(b) => b.items.len(),
             Self::Evidence(b) => b.items.len(),
             Self::Election(b) => b.items.len(),
             Self::Ballot(_) => 1,
@@ -910,6 +924,8 @@ impl Transaction {
         match self {
             Self::Anchor(b) => b.verify(),
             Self::Access(b) => b.verify(),
+            Self::Grant(b) => b.verify(),
+            Self::Revocation(b) => b.verify(),
             Self::Evidence(b) => b.verify(),
             Self::Election(b) => b.verify(),
             Self::Ballot(b) => b.check(),
@@ -939,6 +955,14 @@ impl Wire for Transaction {
             Self::Access(b) => {
                 b.header.write(w);
                 b.events.iter().for_each(|e| e.write(w));
+            }
+            Self::Grant(b) => {
+                b.header.write(w);
+                b.items.iter().for_each(|e| e.write(w));
+            }
+            Self::Revocation(b) => {
+                b.header.write(w);
+                b.items.iter().for_each(|e| e.write(w));
             }
             Self::Evidence(b) => {
                 b.header.write(w);
@@ -971,6 +995,14 @@ impl Wire for Transaction {
             TxKind::Access => {
                 let events = read_items(r, &header)?;
                 Self::Access(AccessBatch { header, events })
+            }
+            TxKind::Grant => {
+                let items = read_items(r, &header)?;
+                Self::Grant(GrantBatch { header, items })
+            }
+            TxKind::Revocation => {
+                let items = read_items(r, &header)?;
+                Self::Revocation(RevocationBatch { header, items })
             }
             TxKind::Evidence => {
                 let items = read_items(r, &header)?;

@@ -349,6 +349,28 @@ pub fn parameters(check: &VersionCheck, audited_by: Option<&str>) -> Value {
     json!({"resourceType": "Parameters", "parameter": out})
 }
 
+/// A grant as JSON (times as instants; a 0 start or expiry left out).
+pub fn grant_json(grant: &fhirseal_consensus::Grant) -> Value {
+    let mut out = json!({
+        "consent": grant.consent,
+        "version": grant.version,
+        "fingerprint": hex(&grant.fingerprint),
+        "grantee": grant.grantee,
+        "purposes": grant.purposes,
+        "resourceTypes": grant.resource_types,
+    });
+    if !grant.grantee_role.is_empty() {
+        out["granteeRole"] = json!(grant.grantee_role);
+    }
+    if grant.not_before.0 != 0 {
+        out["notBefore"] = json!(crate::audit::instant(grant.not_before.0));
+    }
+    if grant.expiry.0 != 0 {
+        out["expiry"] = json!(crate::audit::instant(grant.expiry.0));
+    }
+    out
+}
+
 /// A block as JSON: header, certificate, and every transaction with its items. Access events
 /// and fingerprints only of the institution `audited_by` names (those who audit see their own
 /// institution's; else an access batch says `eventsWithheld` and anchors show no fingerprint):
@@ -364,6 +386,8 @@ pub fn block_json(block: &FinalizedBlock, audited_by: Option<&str>) -> Value {
                 "kind": match tx {
                     Transaction::Anchor(_) => "anchor",
                     Transaction::Access(_) => "access",
+                    Transaction::Grant(_) => "grant",
+                    Transaction::Revocation(_) => "revocation",
                     Transaction::Election(_) => "election",
                     Transaction::Ballot(_) => "ballot",
                     Transaction::LastCommit(_) => "lastCommit",
@@ -453,6 +477,17 @@ pub fn block_json(block: &FinalizedBlock, audited_by: Option<&str>) -> Value {
                 }
                 Transaction::LastCommit(commit) => {
                     out["lastCommit"] = certificate_json(commit);
+                }
+                // Consent is every member's to see; the person appears as a fingerprint only.
+                Transaction::Grant(batch) => {
+                    out["grants"] = batch.items.iter().map(grant_json).collect();
+                }
+                Transaction::Revocation(batch) => {
+                    out["revocations"] = batch
+                        .items
+                        .iter()
+                        .map(|r| json!({"consent": r.consent, "version": r.version}))
+                        .collect();
                 }
                 // A ballot names its candidate and epoch; nothing in it names the voter.
                 Transaction::Ballot(ballot) => {

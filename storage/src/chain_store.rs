@@ -10,6 +10,7 @@
 //! | `chain.block_hashes` | the block's 32-byte hash | height, u64 big-endian |
 //! | `chain.transactions` | the transaction's key, as given | [`TxLocation`] (12 bytes) |
 //! | `chain.anchors` | the anchor's key, as given | [`EntryLocation`] (16 bytes) |
+//! | `chain.consents` | a consent index key, as given | [`EntryLocation`] (16 bytes): the latest block's |
 //!
 //! Heights are big-endian so that sled's byte order is height order: the last key is the tip and
 //! a range scan walks the chain from genesis. A block and all its index entries are written in
@@ -29,6 +30,9 @@ pub const BLOCK_HASHES_TREE: &str = "chain.block_hashes";
 pub const TRANSACTIONS_TREE: &str = "chain.transactions";
 /// Name of the tree mapping an anchor key to its [`EntryLocation`].
 pub const ANCHORS_TREE: &str = "chain.anchors";
+/// Name of the tree mapping a consent index key to the [`EntryLocation`] of the latest item
+/// filed under it: unlike the other indexes, a later block's entry replaces an earlier one.
+pub const CONSENTS_TREE: &str = "chain.consents";
 
 /// What can go wrong in the chain stores.
 #[derive(Debug, thiserror::Error)]
@@ -248,6 +252,18 @@ pub struct AnchorWrite {
     pub entry: u32,
 }
 
+/// One item filed under a consent index key with its block; it replaces what an earlier block
+/// filed under that key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsentWrite {
+    /// The index key, built by the caller (see [`composite_key`]).
+    pub key: Vec<u8>,
+    /// Position of its transaction in the block.
+    pub transaction: u32,
+    /// Its position in that transaction.
+    pub entry: u32,
+}
+
 /// Everything written for one block, in one transaction.
 #[derive(Debug, Clone, Copy)]
 pub struct BlockWrite<'a> {
@@ -261,6 +277,9 @@ pub struct BlockWrite<'a> {
     pub transactions: &'a [Vec<u8>],
     /// The anchored entries of the block.
     pub anchors: &'a [AnchorWrite],
+    /// The consent index entries of the block (grants and revocations), in block order: a
+    /// later one under the same key replaces an earlier one.
+    pub consents: &'a [ConsentWrite],
 }
 
 /// The ledger's sled trees, typed.
@@ -271,6 +290,7 @@ pub struct ChainStore {
     block_hashes: Tree,
     transactions: Tree,
     anchors: Tree,
+    consents: Tree,
 }
 
 /// Name of the tree holding the database's owner.
@@ -333,6 +353,7 @@ impl ChainStore {
             block_hashes: db.open_tree(BLOCK_HASHES_TREE)?,
             transactions: db.open_tree(TRANSACTIONS_TREE)?,
             anchors: db.open_tree(ANCHORS_TREE)?,
+            consents: db.open_tree(CONSENTS_TREE)?,
         })
     }
 
@@ -405,6 +426,26 @@ impl ChainStore {
             .collect()
     }
 
+    /// Where the latest item filed under this consent index key is.
+    pub fn consent(&self, key: &[u8]) -> Result<Option<EntryLocation>> {
+        self.consents
+            .get(key)?
+            .map(|v| EntryLocation::from_bytes(&v))
+            .transpose()
+    }
+
+    /// Every consent index key starting with `prefix`, with where its latest item is, in key
+    /// order.
+    pub fn consents_under(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, EntryLocation)>> {
+        self.consents
+            .scan_prefix(prefix)
+            .map(|item| {
+                let (key, value) = item?;
+                Ok((key.to_vec(), EntryLocation::from_bytes(&value)?))
+            })
+            .collect()
+    }
+
     /// Writes a block and its indexes in one transaction, then flushes, and only then returns.
     ///
     /// Refused, with nothing written: a height already stored or whose predecessor is missing, a
@@ -435,11 +476,13 @@ impl ChainStore {
             &self.block_hashes,
             &self.transactions,
             &self.anchors,
+            &self.consents,
         );
         // sled may run this closure more than once on conflict: it only reads and writes the
         // transaction's own view, nothing else.
-        let outcome =
-            sled::Transactional::transaction(&trees, |(blocks, hashes, transactions, anchors)| {
+        let outcome = sled::Transactional::transaction(
+            &trees,
+            |(blocks, hashes, transactions, anchors, consents)| {
                 if blocks.get(height_key)?.is_some() {
                     return abort(ChainStoreError::HeightTaken {
                         height: write.height,
@@ -488,8 +531,17 @@ impl ChainStore {
                     };
                     anchors.insert(anchor.key.as_slice(), &location.to_bytes())?;
                 }
+                for consent in write.consents {
+                    let location = EntryLocation {
+                        height: write.height,
+                        transaction: consent.transaction,
+                        entry: consent.entry,
+                    };
+                    consents.insert(consent.key.as_slice(), &location.to_bytes())?;
+                }
                 Ok(())
-            });
+            },
+        );
         match outcome {
             Ok(()) => Ok(()),
             Err(TransactionError::Abort(error)) => Err(error),
@@ -561,6 +613,7 @@ mod tests {
                 bytes: b"block zero",
                 transactions: &txs0,
                 anchors: &anchors0,
+                consents: &[],
             })
             .await
             .unwrap();
@@ -571,6 +624,7 @@ mod tests {
                 bytes: b"block one",
                 transactions: &[],
                 anchors: &[],
+                consents: &[],
             })
             .await
             .unwrap();
@@ -601,6 +655,53 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_later_consent_entry_replaces_an_earlier_one() {
+        let (_db, store) = store();
+        let write = |key: &str, transaction, entry| ConsentWrite {
+            key: key.as_bytes().to_vec(),
+            transaction,
+            entry,
+        };
+        let first = [write("k1", 0, 0), write("k2", 0, 1)];
+        store
+            .append(&BlockWrite {
+                height: 0,
+                hash: hash(0),
+                bytes: b"zero",
+                transactions: &[],
+                anchors: &[],
+                consents: &first,
+            })
+            .await
+            .unwrap();
+        // In one block the later of two entries under a key wins too.
+        let second = [write("k1", 2, 0), write("k1", 3, 4)];
+        store
+            .append(&BlockWrite {
+                height: 1,
+                hash: hash(1),
+                bytes: b"one",
+                transactions: &[],
+                anchors: &[],
+                consents: &second,
+            })
+            .await
+            .unwrap();
+        let at = |height, transaction, entry| EntryLocation {
+            height,
+            transaction,
+            entry,
+        };
+        assert_eq!(store.consent(b"k1").unwrap(), Some(at(1, 3, 4)));
+        assert_eq!(store.consent(b"k2").unwrap(), Some(at(0, 0, 1)));
+        assert_eq!(store.consent(b"k3").unwrap(), None);
+        assert_eq!(
+            store.consents_under(b"k").unwrap(),
+            vec![(b"k1".to_vec(), at(1, 3, 4)), (b"k2".to_vec(), at(0, 0, 1))]
+        );
+    }
+
+    #[tokio::test]
     async fn refuses_gaps_and_taken_heights() {
         let (_db, store) = store();
         let block = |height, n| BlockWrite {
@@ -609,6 +710,7 @@ mod tests {
             bytes: b"b",
             transactions: &[],
             anchors: &[],
+            consents: &[],
         };
         assert!(matches!(
             store.append(&block(1, 1)).await,
@@ -637,6 +739,7 @@ mod tests {
                 bytes: b"0",
                 transactions: &txs,
                 anchors: &[],
+                consents: &[],
             })
             .await
             .unwrap();
@@ -655,6 +758,7 @@ mod tests {
                 bytes: b"1",
                 transactions: &txs,
                 anchors: &anchors,
+                consents: &[],
             })
             .await;
         match refused {
@@ -692,6 +796,7 @@ mod tests {
                 bytes: b"0",
                 transactions: &[],
                 anchors: &anchors,
+                consents: &[],
             })
             .await;
         assert!(matches!(
@@ -720,6 +825,7 @@ mod tests {
                     bytes: &height.to_le_bytes(),
                     transactions: &[],
                     anchors: &[],
+                    consents: &[],
                 })
                 .await
                 .unwrap();
@@ -743,6 +849,7 @@ mod tests {
                     bytes: b"kept",
                     transactions: &txs,
                     anchors: &[],
+                    consents: &[],
                 })
                 .await
                 .unwrap();

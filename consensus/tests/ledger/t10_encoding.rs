@@ -130,17 +130,65 @@ fn another_version_is_refused() {
 }
 
 #[test]
-fn reserved_transaction_kinds_are_refused() {
+fn unknown_transaction_kinds_are_refused() {
     let mut bytes = fresh_batch(1, "a", 1).to_bytes();
-    // Byte 1, after the version, is the kind: 3 is reserved for grants.
-    bytes[1] = 3;
-    assert_eq!(
-        Transaction::from_bytes(&bytes),
-        Err(DecodeError::UnknownTag {
-            field: "transaction kind",
-            tag: 3
-        })
+    // Byte 1, after the version, is the kind: 0 and 9 name none.
+    for tag in [0, 9] {
+        bytes[1] = tag;
+        assert_eq!(
+            Transaction::from_bytes(&bytes),
+            Err(DecodeError::UnknownTag {
+                field: "transaction kind",
+                tag
+            })
+        );
+    }
+}
+
+#[test]
+fn grant_and_revocation_batches_round_trip_and_refuse_every_truncation() {
+    let grant = Transaction::Grant(
+        fhirseal_consensus::GrantBatch::sign(
+            batch_id(7),
+            INSTITUTION,
+            vec![fhirseal_consensus::Grant {
+                consent: "c1".into(),
+                version: "2".into(),
+                fingerprint: [9; 32],
+                grantee: "hospital-b".into(),
+                grantee_role: String::new(),
+                purposes: vec!["TREAT".into(), "ETREAT".into()],
+                resource_types: vec!["Observation".into()],
+                not_before: Timestamp(10),
+                expiry: Timestamp(20),
+            }],
+            &institution_key(),
+        )
+        .unwrap(),
     );
+    let revocation = Transaction::Revocation(
+        fhirseal_consensus::RevocationBatch::sign(
+            batch_id(8),
+            INSTITUTION,
+            vec![fhirseal_consensus::Revocation {
+                consent: "c1".into(),
+                version: "3".into(),
+            }],
+            &institution_key(),
+        )
+        .unwrap(),
+    );
+    for tx in [grant, revocation] {
+        let bytes = tx.to_bytes();
+        assert_eq!(Transaction::from_bytes(&bytes).unwrap(), tx);
+        tx.verify().unwrap();
+        for cut in 0..bytes.len() {
+            assert!(
+                Transaction::from_bytes(&bytes[..cut]).is_err(),
+                "cut at {cut}"
+            );
+        }
+    }
 }
 
 #[test]

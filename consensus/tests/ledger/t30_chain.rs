@@ -187,6 +187,103 @@ async fn access_batches_are_anchored_too() {
     assert_eq!(stored.block.transactions, vec![tx]);
 }
 
+fn grant_tx(n: u64, consent: &str, version: &str, expiry: u64) -> Transaction {
+    Transaction::Grant(
+        fhirseal_consensus::GrantBatch::sign(
+            batch_id(n),
+            INSTITUTION,
+            vec![fhirseal_consensus::Grant {
+                consent: consent.into(),
+                version: version.into(),
+                fingerprint: [4; 32],
+                grantee: "hospital-b".into(),
+                grantee_role: String::new(),
+                purposes: vec!["TREAT".into()],
+                resource_types: Vec::new(),
+                not_before: Timestamp(0),
+                expiry: Timestamp(expiry),
+            }],
+            &institution_key(),
+        )
+        .unwrap(),
+    )
+}
+
+#[tokio::test]
+async fn a_consents_latest_item_on_the_chain_decides() {
+    use fhirseal_consensus::{decide, GrantRefusal, GrantRequest};
+    let (_dir, db) = db();
+    let mut ledger = ledger(&db);
+    let request = |now| GrantRequest {
+        grantee: "hospital-b",
+        role: "clinician",
+        purpose: "TREAT",
+        resource_type: "Patient",
+        now: Timestamp(now),
+    };
+    let decision = |ledger: &TestLedger, now| {
+        let grants = ledger
+            .chain()
+            .reader()
+            .grants(INSTITUTION, &[4; 32], "hospital-b")
+            .unwrap();
+        decide(&grants, &request(now)).map(|g| g.grant.version.clone())
+    };
+    assert_eq!(decision(&ledger, 150), Err(GrantRefusal::NoGrant));
+
+    ledger.submit(grant_tx(1, "c1", "1", 10_000)).unwrap();
+    ledger.produce(Timestamp(100)).await.unwrap();
+    // In effect from its block, until its expiry.
+    assert_eq!(decision(&ledger, 99), Err(GrantRefusal::NotYet));
+    assert_eq!(decision(&ledger, 150), Ok("1".to_owned()));
+    assert_eq!(decision(&ledger, 10_000), Err(GrantRefusal::Expired));
+
+    let revocation = fhirseal_consensus::RevocationBatch::sign(
+        batch_id(2),
+        INSTITUTION,
+        vec![fhirseal_consensus::Revocation {
+            consent: "c1".into(),
+            version: "2".into(),
+        }],
+        &institution_key(),
+    )
+    .unwrap();
+    ledger.submit(Transaction::Revocation(revocation)).unwrap();
+    ledger.produce(Timestamp(200)).await.unwrap();
+    assert_eq!(decision(&ledger, 250), Err(GrantRefusal::Revoked));
+
+    // A grant of a newer version of the consent starts it again; one of another consent for
+    // the same person stands beside it.
+    ledger.submit(grant_tx(3, "c1", "3", 0)).unwrap();
+    ledger.submit(grant_tx(4, "c2", "1", 0)).unwrap();
+    ledger.produce(Timestamp(300)).await.unwrap();
+    let grants = ledger
+        .chain()
+        .reader()
+        .grants(INSTITUTION, &[4; 32], "hospital-b")
+        .unwrap();
+    assert_eq!(grants.len(), 2);
+    assert!(grants.iter().all(|g| g.current));
+    assert_eq!(decision(&ledger, 350).map(|_| ()), Ok(()));
+    // Nothing for another person, or from another grantor.
+    assert!(ledger
+        .chain()
+        .reader()
+        .grants(INSTITUTION, &[5; 32], "hospital-b")
+        .unwrap()
+        .is_empty());
+    assert!(ledger
+        .chain()
+        .reader()
+        .grants("hospital-c", &[4; 32], "hospital-b")
+        .unwrap()
+        .is_empty());
+    match ledger.chain().verify_chain(&roster()).unwrap() {
+        ChainCheck::Valid { blocks } => assert_eq!(blocks, 3),
+        broken => panic!("{broken:?}"),
+    }
+}
+
 /// A four-block chain on disk.
 async fn four_blocks() -> (tempfile::TempDir, sled::Db) {
     let (dir, db) = db();
