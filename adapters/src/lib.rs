@@ -11,6 +11,7 @@
 //!   so that no other crate pays fhirbolt's compile cost; [`profile`], [`identity`],
 //!   [`blind`], [`scrub`] and [`search`] split identity from clinical data, key it, file it in
 //!   the blind index, take it out of free text and plan identity searches;
+//! - [`consent`] reads what a `Consent` grants (grantees, purposes, resource types, period);
 //! - [`auth`] says who calls and [`policy`] what their role may do; [`smart`] reads the scopes
 //!   of a SMART on FHIR access token and decides what its bearer may do (role × purpose of use ×
 //!   resource type × own institution or granted scope, and the patient compartment).
@@ -18,6 +19,7 @@
 pub mod auth;
 pub mod blind;
 pub mod canonical;
+pub mod consent;
 pub mod fhir;
 pub mod format;
 pub mod identity;

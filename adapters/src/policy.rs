@@ -39,6 +39,9 @@ pub enum Permission {
     Audit,
     /// server-administration operations, when also listed in `operations`
     Administer,
+    /// creating, updating and deleting `Consent`s: grants and revocations on the consortium's
+    /// chain of access to a person's records for another member
+    Consent,
 }
 
 impl Permission {
@@ -54,6 +57,7 @@ impl Permission {
             Permission::SeeIdentity => "see-identity",
             Permission::Audit => "audit",
             Permission::Administer => "administer",
+            Permission::Consent => "consent",
         }
     }
 }
@@ -132,9 +136,9 @@ const CLINICAL_OPERATIONS: &[&str] = &[
     "$subsumes",
 ];
 
-/// The roles of the embedded default: a clinician reads, writes and sees identity; a
-/// researcher reads and searches pseudonymized data only; an auditor reads the ledger only; an
-/// admin may do everything, server administration included.
+/// The roles of the embedded default: a clinician reads, writes, sees identity and records
+/// consent; a researcher reads and searches pseudonymized data only; an auditor reads the
+/// ledger only; an admin may do everything, server administration included.
 pub fn default_roles() -> BTreeMap<String, Role> {
     use Permission::*;
     let role = |permissions: &[Permission], operations: &[&str]| Role {
@@ -153,6 +157,7 @@ pub fn default_roles() -> BTreeMap<String, Role> {
                     Delete,
                     History,
                     SeeIdentity,
+                    Consent,
                 ],
                 CLINICAL_OPERATIONS,
             ),
@@ -188,6 +193,7 @@ pub fn default_roles() -> BTreeMap<String, Role> {
                     SeeIdentity,
                     Audit,
                     Administer,
+                    Consent,
                 ],
                 &["*"],
             ),
@@ -231,6 +237,13 @@ impl Needs {
                 None
             }
         };
+        let writes = matches!(
+            permission,
+            Some(Permission::Write) | Some(Permission::Delete)
+        );
+        if writes && interaction_type(interaction) == Some("Consent") {
+            needs.permissions.insert(Permission::Consent);
+        }
         needs.permissions.extend(permission);
         if identity_criteria {
             needs.permissions.insert(Permission::IdentitySearch);

@@ -252,6 +252,13 @@ pub fn effective_role(subject: &Subject<'_>) -> Role {
         P::IdentitySearch => scopes.any(ctx, Access::Search) && care,
         P::Audit => subject.own_institution,
         P::Administer => scopes.everything(),
+        // Consent is given by the institution that holds the records, for its own staff.
+        P::Consent => {
+            subject.own_institution
+                && (scopes.any(ctx, Access::Create)
+                    || scopes.any(ctx, Access::Update)
+                    || scopes.any(ctx, Access::Delete))
+        }
     };
     Role {
         permissions: subject
@@ -372,7 +379,7 @@ fn narrowed(subject: &Subject<'_>, permission: Permission) -> String {
         (P::SeeIdentity | P::IdentitySearch, Some(purpose)) if !care => {
             format!("not for the purpose of use {purpose}")
         }
-        (P::SeeIdentity | P::Audit, _) if !subject.own_institution => {
+        (P::SeeIdentity | P::Audit | P::Consent, _) if !subject.own_institution => {
             "not for another institution's staff".to_owned()
         }
         (P::Administer, _) => "only with the scope system/*.cruds".to_owned(),

@@ -54,8 +54,9 @@ pub struct Grant {
 pub struct Revocation {
     /// The grantor's logical id of the `Consent`.
     pub consent: String,
-    /// The version of the `Consent` that revoked it (made it inactive, or deleted it).
-    pub version: String,
+    /// The grantor's id of the request that revoked it (made the `Consent` inactive, or
+    /// deleted it), which its node's log and access events name.
+    pub request: String,
 }
 
 /// Grants, signed by the grantor.
@@ -117,13 +118,13 @@ impl Wire for Revocation {
 
     fn write(&self, w: &mut Writer) {
         w.str(&self.consent);
-        w.str(&self.version);
+        w.str(&self.request);
     }
 
     fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
         Ok(Self {
             consent: r.string("revocation consent", limits::MAX_NAME_LEN)?,
-            version: r.string("revocation version", limits::MAX_NAME_LEN)?,
+            request: r.string("revocation request", limits::MAX_NAME_LEN)?,
         })
     }
 }
@@ -180,7 +181,7 @@ impl Item for Revocation {
 
     fn check(&self) -> Result<()> {
         check_text(&self.consent, "revocation consent empty or too long")?;
-        check_text(&self.version, "revocation version empty or too long")
+        check_text(&self.request, "revocation request empty or too long")
     }
 }
 
@@ -454,7 +455,7 @@ mod tests {
         assert!(bad.check().is_err());
         assert!(Revocation {
             consent: "c1".into(),
-            version: String::new()
+            request: String::new()
         }
         .check()
         .is_err());

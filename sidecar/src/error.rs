@@ -95,6 +95,10 @@ pub enum ProxyError {
     NotAnchored(String),
     #[error("the write is stored and durable, but its block was not final within {0} ms; it will be anchored")]
     AnchorTimeout(u64),
+    /// A grant or revocation of consent that is not final (or cannot be signed): what was
+    /// and was not done, in words.
+    #[error("{0}")]
+    ConsentPending(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -133,7 +137,8 @@ impl ProxyError {
             ProxyError::Internal(_)
             | ProxyError::Seal(_)
             | ProxyError::Ledger(_)
-            | ProxyError::AnchorTimeout(_) => Side::Internal,
+            | ProxyError::AnchorTimeout(_)
+            | ProxyError::ConsentPending(_) => Side::Internal,
         }
     }
 
@@ -155,7 +160,9 @@ impl ProxyError {
             }
             ProxyError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ProxyError::Throttled { .. } => StatusCode::TOO_MANY_REQUESTS,
-            ProxyError::Overloaded(_) | ProxyError::Refiling => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Overloaded(_) | ProxyError::Refiling | ProxyError::ConsentPending(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ProxyError::TooLargeToReidentify { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ProxyError::OutsideBase(..) | ProxyError::NotFound(_) => StatusCode::NOT_FOUND,
@@ -195,7 +202,9 @@ impl ProxyError {
             }
             ProxyError::BodyTimeout(_) => IssueType::Timeout,
             ProxyError::Throttled { .. } => IssueType::Throttled,
-            ProxyError::Overloaded(_) | ProxyError::Refiling => IssueType::Transient,
+            ProxyError::Overloaded(_) | ProxyError::Refiling | ProxyError::ConsentPending(_) => {
+                IssueType::Transient
+            }
             ProxyError::TooLargeToReidentify { .. } => IssueType::TooCostly,
             ProxyError::Search(_) | ProxyError::NotSupported(_) => IssueType::NotSupported,
             ProxyError::Unprocessable(_) => IssueType::Processing,
@@ -222,7 +231,7 @@ impl ProxyError {
     pub fn outcome(&self) -> OperationOutcome {
         let diagnostics = match self {
             // Says what happened to the write, and carries no detail of ours.
-            ProxyError::AnchorTimeout(_) => self.to_string(),
+            ProxyError::AnchorTimeout(_) | ProxyError::ConsentPending(_) => self.to_string(),
             // Says why no identity is shown, and carries no detail of ours either.
             ProxyError::Seal(e) if e.is_damage() => DAMAGED_IDENTITY.to_owned(),
             _ if self.side() == Side::Internal => {

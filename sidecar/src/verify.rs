@@ -486,7 +486,7 @@ pub fn block_json(block: &FinalizedBlock, audited_by: Option<&str>) -> Value {
                     out["revocations"] = batch
                         .items
                         .iter()
-                        .map(|r| json!({"consent": r.consent, "version": r.version}))
+                        .map(|r| json!({"consent": r.consent, "request": r.request}))
                         .collect();
                 }
                 // A ballot names its candidate and epoch; nothing in it names the voter.

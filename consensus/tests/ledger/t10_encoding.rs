@@ -172,7 +172,7 @@ fn grant_and_revocation_batches_round_trip_and_refuse_every_truncation() {
             INSTITUTION,
             vec![fhirseal_consensus::Revocation {
                 consent: "c1".into(),
-                version: "3".into(),
+                request: "3".into(),
             }],
             &institution_key(),
         )

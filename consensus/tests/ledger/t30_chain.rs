@@ -243,7 +243,7 @@ async fn a_consents_latest_item_on_the_chain_decides() {
         INSTITUTION,
         vec![fhirseal_consensus::Revocation {
             consent: "c1".into(),
-            version: "2".into(),
+            request: "2".into(),
         }],
         &institution_key(),
     )

@@ -32,6 +32,9 @@ pub enum LedgerError {
     /// round submits them again.
     #[error("submitted, not final yet: {0}")]
     NotFinal(String),
+    /// The delegates refused the transaction for good (the roster does not take it).
+    #[error("the transaction was refused: {0}")]
+    Refused(String),
 }
 
 impl From<fhirseal_storage::chain_store::ChainStoreError> for LedgerError {
@@ -52,7 +55,9 @@ impl LedgerError {
             | LedgerError::Stopped
             | LedgerError::Driver(_)
             | LedgerError::Election(_) => true,
-            LedgerError::Poisoned(_) | LedgerError::NotTakingPart(_) => false,
+            LedgerError::Poisoned(_) | LedgerError::NotTakingPart(_) | LedgerError::Refused(_) => {
+                false
+            }
         }
     }
 }

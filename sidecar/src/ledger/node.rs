@@ -9,10 +9,10 @@ use fhirseal_consensus::bft::EngineConfig;
 use fhirseal_consensus::ledger::{ElectedRosters, ElectionTracker, History};
 use fhirseal_consensus::{
     chain_id, AnchorProof, BlockHeader, Chain, ChainCheck, ChainReader, ChainStore, DriverConfig,
-    FinalizedBlock, Hash256, Rosters, CHAIN_FORMAT,
+    FinalizedBlock, Hash256, Rosters, SigningKey, Transaction, TxLocation, CHAIN_FORMAT,
 };
 use fhirseal_storage::Outbox;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::clock::Clock;
 use crate::config::Config;
@@ -22,7 +22,7 @@ use crate::ledger::context::NodeContext;
 use crate::ledger::error::LedgerError;
 use crate::ledger::net::Net;
 use crate::ledger::routes::LedgerPort;
-use crate::ledger::runtime::{Parts, Runtime, RuntimeStatus};
+use crate::ledger::runtime::{Command, Parts, Runtime, RuntimeStatus};
 use crate::ledger::view::{ElectionSetup, LedgerView};
 use crate::metrics::Metrics;
 
@@ -49,6 +49,8 @@ pub struct NodeLedger {
     clock: Arc<dyn Clock>,
     /// Since when what waits in the outbox has waited, at most (the anchorer notes it).
     backlog: Backlog,
+    /// The ledger's task, for transactions submitted outside the anchorer (consent).
+    commands: mpsc::Sender<Command>,
 }
 
 /// Since when what waits in the outbox has waited, at most, if anything waits.
@@ -139,6 +141,7 @@ impl NodeLedger {
                 verified: Mutex::new(None),
                 clock,
                 backlog: backlog.clone(),
+                commands: commands_tx.clone(),
             }),
             runtime,
             anchorer: Anchorer {
@@ -371,6 +374,65 @@ impl NodeLedger {
             last_error: anchorer_error.or(runtime.last_error),
             election: runtime.election.as_deref().map(election_json),
         })
+    }
+
+    /// The key this member signs its transactions with, while it takes part in its consortium.
+    pub fn signer(&self) -> Result<SigningKey, LedgerError> {
+        let view = self.view.borrow();
+        if let Some(why) = view.not_taking_part {
+            return Err(LedgerError::NotTakingPart(why));
+        }
+        view.signer.clone().ok_or(LedgerError::NotTakingPart(
+            "the keystore does not hold the signing key the consortium names for this member",
+        ))
+    }
+
+    /// Submits `tx` to the delegates (this node's ledger takes it and sends it on) and waits
+    /// until this node's chain holds it, or `timeout` passes; where it is. A transaction the
+    /// chain holds already is not submitted again, and one submitted again is taken once.
+    pub async fn submit_final(
+        &self,
+        tx: Transaction,
+        timeout: Duration,
+    ) -> Result<TxLocation, LedgerError> {
+        let key = tx.key();
+        if let Some(at) = self.reader.locate_transaction(&key)? {
+            return Ok(at);
+        }
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(Command::Submit {
+                transactions: vec![tx],
+                forward: true,
+                reply,
+            })
+            .await
+            .map_err(|_| LedgerError::Stopped)?;
+        let answers = answer.await.map_err(|_| LedgerError::Stopped)?;
+        if let Some(refusal) = answers
+            .iter()
+            .filter_map(|a| a.as_ref().err())
+            .find(|r| !r.retryable)
+        {
+            return Err(LedgerError::Refused(refusal.message.clone()));
+        }
+        let mut blocks = self.blocks.clone();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(at) = self.reader.locate_transaction(&key)? {
+                return Ok(at);
+            }
+            match tokio::time::timeout_at(deadline, blocks.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err(LedgerError::Stopped),
+                Err(_) => {
+                    return Err(LedgerError::NotFinal(format!(
+                        "no block holding it was final within {} ms",
+                        timeout.as_millis()
+                    )))
+                }
+            }
+        }
     }
 
     /// Waits until every one of `versions` (type, id, version) is anchored, or `timeout`

@@ -8,12 +8,14 @@
 //!    what the request needs worked out, and the one permission check; for an access token's
 //!    bearer, `authorize_token` ([`confine`]): the SMART policy, and where the token reaches;
 //! 3. `record_access` ([`access`]) — a read's access event queued;
-//! 4. `seal_request` ([`seal`]) — writes split and sealed, identity criteria answered from the
-//!    blind index;
+//! 4. `consent_request` ([`consent`]) — a `Consent` written read as grants, checked, and the
+//!    revocation it asks for finalized; then `seal_request` ([`seal`]) — writes split and
+//!    sealed, identity criteria answered from the blind index;
 //! 5. `upstream_request` ([`filter`]) — the request as the upstream sees it;
 //! 6. `send` (`crate::upstream::UpstreamClient`) — under the upstream timeout, with the client's
 //!    credentials dropped and the sidecar's own added;
-//! 7. `commit_seal` ([`commit`]) — what the upstream accepted sealed and anchored;
+//! 7. `commit_seal` ([`commit`]) — what the upstream accepted sealed and anchored; then
+//!    `consent_response` ([`consent`]) — the grants of a `Consent` the upstream stored, final;
 //! 8. `response_filter` ([`filter`]) — hop-by-hop headers stripped, links rewritten;
 //! 9. `confine_response` ([`confine`]) — for an access token's bearer, an answer showing what
 //!    its scopes do not let it read is withheld;
@@ -30,6 +32,7 @@
 mod access;
 mod commit;
 mod confine;
+mod consent;
 mod ctx;
 mod deps;
 mod explorer;
@@ -285,6 +288,7 @@ async fn proxy_routed(
             let audits = ctx.principal.audits;
             return ledger_api::verify_operation(deps, &req, target, body, audits).await;
         }
+        let consent_plan = consent::consent_request(deps, &ctx, &planned).await?;
         let (req, pending) = match seal::seal_request(deps, req, planned.body, &mut ctx).await? {
             Sealed::Forward(req, pending) => (req, pending),
             Sealed::Respond(response) => return Ok(response),
@@ -305,6 +309,7 @@ async fn proxy_routed(
             crash::reached(CrashPoint::AfterVault);
             deps.sealing.settle(&ctx.write_id)?;
         }
+        let response = consent::consent_response(deps, consent_plan, response).await?;
         let response = filter::response_filter(deps, &ctx, response).await?;
         let response = confine::confine_response(deps, &ctx, response).await?;
         if ctx.principal.sees_identity && !ctx.head {
