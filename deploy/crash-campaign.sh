@@ -9,7 +9,11 @@
 #   deploy/crash-campaign.sh [TRIALS] [SEED]
 #
 # Starts HAPI FHIR on 127.0.0.1:${FHIRSEAL_TEST_HAPI_PORT:-18080} with deploy/hapi/hapi.sh
-# unless one answers there (and stops it at the end if it started it), builds in release mode,
+# unless one answers there (and stops it at the end if it started it), with a 6 GiB heap
+# unless HAPI_JAVA_OPTS says otherwise (the heap holds HAPI's in-memory database, and a
+# thousand trials write some 150,000 resources: in hapi.sh's default 1 GiB HAPI slows to a
+# crawl in garbage collection after some 200 trials and then runs out of memory, and the
+# trials measure that instead of the node), builds in release mode,
 # and prints trials, kills per phase, violations and the median time to ready after a kill;
 # the figures also go to target/bench/crash-campaign.json. SEED defaults to a random one
 # (printed: pass it again to replay the campaign). FHIRSEAL_CRASH_SERIES sets how many trials
@@ -35,6 +39,7 @@ trap stop_hapi EXIT
 if "$hapi" status "$port" >/dev/null 2>&1; then
   echo "crash-campaign.sh: using the HAPI FHIR already answering on 127.0.0.1:$port"
 else
+  export HAPI_JAVA_OPTS="${HAPI_JAVA_OPTS:--Xms512m -Xmx6g -XX:+UseSerialGC}"
   "$hapi" start "$port"
   started=1
 fi

@@ -137,6 +137,8 @@ function showBlock(block) {
       : tx.candidate ? "ballot for " + tx.candidate
       : tx.evidence ? tx.evidence.length + " evidence"
       : tx.lastCommit ? (tx.lastCommit.precommits || []).length + " precommits"
+      : tx.grants ? tx.grants.map((g) => "grant of Consent/" + g.consent + " to " + g.grantee).join(", ")
+      : tx.revocations ? tx.revocations.map((r) => "revocation of Consent/" + r.consent).join(", ")
       : "";
     body.append(row([tx.kind, tx.institution || "", short(tx.batch || ""), items, short(tx.hash)]));
   }
