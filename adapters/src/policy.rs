@@ -122,6 +122,7 @@ impl Role {
 /// Operations that read (terminology, a patient's record, summaries) and that clinicians use.
 const CLINICAL_OPERATIONS: &[&str] = &[
     "$verify",
+    "$locate",
     "$everything",
     "$lastn",
     "$stats",
@@ -234,7 +235,8 @@ impl Needs {
             | I::OperationInstance { name, .. }
             | I::OperationVersion { name, .. } => {
                 needs.operations.insert(format!("${name}"));
-                None
+                // Where else a person has records links them across members.
+                (name == "locate").then_some(Permission::IdentitySearch)
             }
         };
         let writes = matches!(

@@ -3,7 +3,8 @@
 //! own database; a block is appended only with a commit certificate of its epoch's delegates.
 
 use fhirseal_storage::chain_store::{
-    AnchorWrite, BlockWrite, ChainStore, ChainStoreError, ConsentWrite, EntryLocation, TxLocation,
+    composite_key, AnchorWrite, BlockWrite, ChainStore, ChainStoreError, EntryLocation,
+    LatestWrite, TxLocation,
 };
 
 use crate::block::{Block, BlockHeader, FinalizedBlock};
@@ -233,6 +234,26 @@ impl ChainReader {
         Ok(self.store.anchor(key)?)
     }
 
+    /// The members that anchored records of the person `fingerprint`, in name order: what
+    /// the chain tells of where a person's records are, and nothing more.
+    pub fn holders(&self, fingerprint: &[u8; 32]) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        for (_, location) in self.store.latest_under(&holders_prefix(fingerprint))? {
+            let block = self
+                .block(location.height)?
+                .ok_or(Error::IndexMismatch("holder"))?;
+            let Some(Transaction::Anchor(batch)) =
+                block.block.transactions.get(location.transaction as usize)
+            else {
+                return Err(Error::IndexMismatch("holder"));
+            };
+            out.push(batch.header.institution.clone());
+        }
+        out.sort();
+        out.dedup();
+        Ok(out)
+    }
+
     /// Every grant `grantor` filed for the person `fingerprint` to `grantee`, one per consent
     /// (its latest), each with its block's time and whether it is still its consent's latest
     /// item (see [`crate::grant::decide`]).
@@ -245,7 +266,7 @@ impl ChainReader {
         let mut out = Vec::new();
         for (_, location) in
             self.store
-                .consents_under(&grants_prefix(grantor, fingerprint, grantee))?
+                .latest_under(&grants_prefix(grantor, fingerprint, grantee))?
         {
             let block = self
                 .block(location.height)?
@@ -260,7 +281,7 @@ impl ChainReader {
                 .get(location.entry as usize)
                 .ok_or(Error::IndexMismatch("grant"))?
                 .clone();
-            let latest = self.store.consent(&consent_key(grantor, &grant.consent))?;
+            let latest = self.store.latest(&consent_key(grantor, &grant.consent))?;
             out.push(GrantRecord {
                 grantor: grantor.to_owned(),
                 grant,
@@ -313,6 +334,15 @@ impl Chain {
             Some((height, bytes)) => Some(decode_block(height, &bytes)?.block.header),
             None => None,
         };
+        if !store.latest_indexed()? {
+            // A database made before `chain.latest`: its blocks filed once, in height order.
+            for item in store.blocks_from(0) {
+                let (height, bytes) = item?;
+                let block = decode_block(height, &bytes)?;
+                store.index_latest(height, &latest_writes(&block.block))?;
+            }
+            store.set_latest_indexed()?;
+        }
         Ok(Self {
             reader: ChainReader::new(store, chain),
             tip,
@@ -361,14 +391,14 @@ impl Chain {
             .map(Transaction::key)
             .collect();
         let anchors = anchor_writes(&block.block);
-        let consents = consent_writes(&block.block);
+        let latest = latest_writes(&block.block);
         let write = BlockWrite {
             height: header.height,
             hash: hash.0,
             bytes: &bytes,
             transactions: &transactions,
             anchors: &anchors,
-            consents: &consents,
+            latest: &latest,
         };
         match self.reader.store.append(&write).await {
             Ok(()) => {}
@@ -548,11 +578,13 @@ fn decode_block(height: u64, bytes: &[u8]) -> Result<FinalizedBlock> {
     FinalizedBlock::from_bytes(bytes).map_err(|source| Error::CorruptBlock { height, source })
 }
 
-/// The consent index entries of a block, in block order: each grant under its grant key and
-/// its consent's key, each revocation under its consent's key (see [`crate::grant`]).
-fn consent_writes(block: &Block) -> Vec<ConsentWrite> {
+/// The `chain.latest` entries of a block, in block order: each grant under its grant key and
+/// its consent's key, each revocation under its consent's key (see [`crate::grant`]), each
+/// anchor under its person and institution ([`holder_key`]).
+fn latest_writes(block: &Block) -> Vec<LatestWrite> {
     let mut out = Vec::new();
-    let at = |key: Vec<u8>, t: usize, e: usize| ConsentWrite {
+    let mut holders = std::collections::HashSet::new();
+    let at = |key: Vec<u8>, t: usize, e: usize| LatestWrite {
         key,
         // Validation bounds both positions far below u32::MAX.
         transaction: u32::try_from(t).unwrap_or(u32::MAX),
@@ -560,6 +592,15 @@ fn consent_writes(block: &Block) -> Vec<ConsentWrite> {
     };
     for (t, tx) in block.transactions.iter().enumerate() {
         match tx {
+            Transaction::Anchor(batch) => {
+                // One entry per person and member a block: where is what matters, not which.
+                for (e, entry) in batch.entries.iter().enumerate() {
+                    let key = holder_key(&entry.fingerprint, &entry.institution);
+                    if holders.insert(key.clone()) {
+                        out.push(at(key, t, e));
+                    }
+                }
+            }
             Transaction::Grant(batch) => {
                 let grantor = &batch.header.institution;
                 for (e, grant) in batch.items.iter().enumerate() {
@@ -581,6 +622,16 @@ fn consent_writes(block: &Block) -> Vec<ConsentWrite> {
         }
     }
     out
+}
+
+/// The `chain.latest` key of a person's latest anchor at a member.
+fn holder_key(fingerprint: &[u8; 32], institution: &str) -> Vec<u8> {
+    composite_key(&[b"holder", fingerprint, institution.as_bytes()])
+}
+
+/// The prefix of every [`holder_key`] of one person.
+fn holders_prefix(fingerprint: &[u8; 32]) -> Vec<u8> {
+    composite_key(&[b"holder", fingerprint])
 }
 
 fn anchor_writes(block: &Block) -> Vec<AnchorWrite> {

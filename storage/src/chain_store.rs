@@ -10,7 +10,7 @@
 //! | `chain.block_hashes` | the block's 32-byte hash | height, u64 big-endian |
 //! | `chain.transactions` | the transaction's key, as given | [`TxLocation`] (12 bytes) |
 //! | `chain.anchors` | the anchor's key, as given | [`EntryLocation`] (16 bytes) |
-//! | `chain.consents` | a consent index key, as given | [`EntryLocation`] (16 bytes): the latest block's |
+//! | `chain.latest` | an index key, as given | [`EntryLocation`] (16 bytes) of the latest item filed under it |
 //!
 //! Heights are big-endian so that sled's byte order is height order: the last key is the tip and
 //! a range scan walks the chain from genesis. A block and all its index entries are written in
@@ -30,9 +30,10 @@ pub const BLOCK_HASHES_TREE: &str = "chain.block_hashes";
 pub const TRANSACTIONS_TREE: &str = "chain.transactions";
 /// Name of the tree mapping an anchor key to its [`EntryLocation`].
 pub const ANCHORS_TREE: &str = "chain.anchors";
-/// Name of the tree mapping a consent index key to the [`EntryLocation`] of the latest item
-/// filed under it: unlike the other indexes, a later block's entry replaces an earlier one.
-pub const CONSENTS_TREE: &str = "chain.consents";
+/// Name of the tree mapping an index key to the [`EntryLocation`] of the latest item filed
+/// under it (a consent's latest grant or revocation, a person's latest anchor at a member):
+/// unlike the other indexes, a later block's entry replaces an earlier one.
+pub const LATEST_TREE: &str = "chain.latest";
 
 /// What can go wrong in the chain stores.
 #[derive(Debug, thiserror::Error)]
@@ -252,10 +253,10 @@ pub struct AnchorWrite {
     pub entry: u32,
 }
 
-/// One item filed under a consent index key with its block; it replaces what an earlier block
-/// filed under that key.
+/// One item filed under an index key of `chain.latest` with its block; it replaces what an
+/// earlier block filed under that key.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConsentWrite {
+pub struct LatestWrite {
     /// The index key, built by the caller (see [`composite_key`]).
     pub key: Vec<u8>,
     /// Position of its transaction in the block.
@@ -277,9 +278,9 @@ pub struct BlockWrite<'a> {
     pub transactions: &'a [Vec<u8>],
     /// The anchored entries of the block.
     pub anchors: &'a [AnchorWrite],
-    /// The consent index entries of the block (grants and revocations), in block order: a
-    /// later one under the same key replaces an earlier one.
-    pub consents: &'a [ConsentWrite],
+    /// The `chain.latest` entries of the block, in block order: a later one under the same
+    /// key replaces an earlier one.
+    pub latest: &'a [LatestWrite],
 }
 
 /// The ledger's sled trees, typed.
@@ -290,11 +291,14 @@ pub struct ChainStore {
     block_hashes: Tree,
     transactions: Tree,
     anchors: Tree,
-    consents: Tree,
+    latest: Tree,
 }
 
 /// Name of the tree holding the database's owner.
 pub const META_TREE: &str = "chain.meta";
+
+/// The meta key recording that `chain.latest` indexes every stored block.
+const LATEST_INDEXED: &str = "latest-indexed";
 
 impl ChainStore {
     /// Opens (or creates) a database of its own in the directory `path` for the chain of
@@ -353,7 +357,7 @@ impl ChainStore {
             block_hashes: db.open_tree(BLOCK_HASHES_TREE)?,
             transactions: db.open_tree(TRANSACTIONS_TREE)?,
             anchors: db.open_tree(ANCHORS_TREE)?,
-            consents: db.open_tree(CONSENTS_TREE)?,
+            latest: db.open_tree(LATEST_TREE)?,
         })
     }
 
@@ -426,24 +430,56 @@ impl ChainStore {
             .collect()
     }
 
-    /// Where the latest item filed under this consent index key is.
-    pub fn consent(&self, key: &[u8]) -> Result<Option<EntryLocation>> {
-        self.consents
+    /// Where the latest item filed under this `chain.latest` key is.
+    pub fn latest(&self, key: &[u8]) -> Result<Option<EntryLocation>> {
+        self.latest
             .get(key)?
             .map(|v| EntryLocation::from_bytes(&v))
             .transpose()
     }
 
-    /// Every consent index key starting with `prefix`, with where its latest item is, in key
+    /// Every `chain.latest` key starting with `prefix`, with where its latest item is, in key
     /// order.
-    pub fn consents_under(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, EntryLocation)>> {
-        self.consents
+    pub fn latest_under(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, EntryLocation)>> {
+        self.latest
             .scan_prefix(prefix)
             .map(|item| {
                 let (key, value) = item?;
                 Ok((key.to_vec(), EntryLocation::from_bytes(&value)?))
             })
             .collect()
+    }
+
+    /// Whether it is recorded that `chain.latest` indexes every stored block: not for a
+    /// database made by a build before the index, nor for a new one (see
+    /// [`ChainStore::index_latest`]).
+    pub fn latest_indexed(&self) -> Result<bool> {
+        let meta = self.db.open_tree(META_TREE)?;
+        Ok(meta.get(LATEST_INDEXED)?.is_some())
+    }
+
+    /// Files the `chain.latest` entries of the stored block at `height` (replacing what earlier
+    /// blocks filed), for a database made before the index: call for every block in height
+    /// order, then [`ChainStore::set_latest_indexed`].
+    pub fn index_latest(&self, height: u64, writes: &[LatestWrite]) -> Result<()> {
+        for entry in writes {
+            let location = EntryLocation {
+                height,
+                transaction: entry.transaction,
+                entry: entry.entry,
+            };
+            self.latest
+                .insert(entry.key.as_slice(), &location.to_bytes())?;
+        }
+        Ok(())
+    }
+
+    /// Records that `chain.latest` indexes every stored block, durably.
+    pub fn set_latest_indexed(&self) -> Result<()> {
+        let meta = self.db.open_tree(META_TREE)?;
+        meta.insert(LATEST_INDEXED, &[1])?;
+        self.db.flush().map_err(ChainStoreError::NotFlushed)?;
+        Ok(())
     }
 
     /// Writes a block and its indexes in one transaction, then flushes, and only then returns.
@@ -476,13 +512,13 @@ impl ChainStore {
             &self.block_hashes,
             &self.transactions,
             &self.anchors,
-            &self.consents,
+            &self.latest,
         );
         // sled may run this closure more than once on conflict: it only reads and writes the
         // transaction's own view, nothing else.
         let outcome = sled::Transactional::transaction(
             &trees,
-            |(blocks, hashes, transactions, anchors, consents)| {
+            |(blocks, hashes, transactions, anchors, latest)| {
                 if blocks.get(height_key)?.is_some() {
                     return abort(ChainStoreError::HeightTaken {
                         height: write.height,
@@ -531,13 +567,13 @@ impl ChainStore {
                     };
                     anchors.insert(anchor.key.as_slice(), &location.to_bytes())?;
                 }
-                for consent in write.consents {
+                for entry in write.latest {
                     let location = EntryLocation {
                         height: write.height,
-                        transaction: consent.transaction,
-                        entry: consent.entry,
+                        transaction: entry.transaction,
+                        entry: entry.entry,
                     };
-                    consents.insert(consent.key.as_slice(), &location.to_bytes())?;
+                    latest.insert(entry.key.as_slice(), &location.to_bytes())?;
                 }
                 Ok(())
             },
@@ -613,7 +649,7 @@ mod tests {
                 bytes: b"block zero",
                 transactions: &txs0,
                 anchors: &anchors0,
-                consents: &[],
+                latest: &[],
             })
             .await
             .unwrap();
@@ -624,7 +660,7 @@ mod tests {
                 bytes: b"block one",
                 transactions: &[],
                 anchors: &[],
-                consents: &[],
+                latest: &[],
             })
             .await
             .unwrap();
@@ -655,9 +691,9 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_later_consent_entry_replaces_an_earlier_one() {
+    async fn a_later_latest_entry_replaces_an_earlier_one() {
         let (_db, store) = store();
-        let write = |key: &str, transaction, entry| ConsentWrite {
+        let write = |key: &str, transaction, entry| LatestWrite {
             key: key.as_bytes().to_vec(),
             transaction,
             entry,
@@ -670,7 +706,7 @@ mod tests {
                 bytes: b"zero",
                 transactions: &[],
                 anchors: &[],
-                consents: &first,
+                latest: &first,
             })
             .await
             .unwrap();
@@ -683,7 +719,7 @@ mod tests {
                 bytes: b"one",
                 transactions: &[],
                 anchors: &[],
-                consents: &second,
+                latest: &second,
             })
             .await
             .unwrap();
@@ -692,11 +728,11 @@ mod tests {
             transaction,
             entry,
         };
-        assert_eq!(store.consent(b"k1").unwrap(), Some(at(1, 3, 4)));
-        assert_eq!(store.consent(b"k2").unwrap(), Some(at(0, 0, 1)));
-        assert_eq!(store.consent(b"k3").unwrap(), None);
+        assert_eq!(store.latest(b"k1").unwrap(), Some(at(1, 3, 4)));
+        assert_eq!(store.latest(b"k2").unwrap(), Some(at(0, 0, 1)));
+        assert_eq!(store.latest(b"k3").unwrap(), None);
         assert_eq!(
-            store.consents_under(b"k").unwrap(),
+            store.latest_under(b"k").unwrap(),
             vec![(b"k1".to_vec(), at(1, 3, 4)), (b"k2".to_vec(), at(0, 0, 1))]
         );
     }
@@ -710,7 +746,7 @@ mod tests {
             bytes: b"b",
             transactions: &[],
             anchors: &[],
-            consents: &[],
+            latest: &[],
         };
         assert!(matches!(
             store.append(&block(1, 1)).await,
@@ -739,7 +775,7 @@ mod tests {
                 bytes: b"0",
                 transactions: &txs,
                 anchors: &[],
-                consents: &[],
+                latest: &[],
             })
             .await
             .unwrap();
@@ -758,7 +794,7 @@ mod tests {
                 bytes: b"1",
                 transactions: &txs,
                 anchors: &anchors,
-                consents: &[],
+                latest: &[],
             })
             .await;
         match refused {
@@ -796,7 +832,7 @@ mod tests {
                 bytes: b"0",
                 transactions: &[],
                 anchors: &anchors,
-                consents: &[],
+                latest: &[],
             })
             .await;
         assert!(matches!(
@@ -825,7 +861,7 @@ mod tests {
                     bytes: &height.to_le_bytes(),
                     transactions: &[],
                     anchors: &[],
-                    consents: &[],
+                    latest: &[],
                 })
                 .await
                 .unwrap();
@@ -849,7 +885,7 @@ mod tests {
                     bytes: b"kept",
                     transactions: &txs,
                     anchors: &[],
-                    consents: &[],
+                    latest: &[],
                 })
                 .await
                 .unwrap();

@@ -284,6 +284,28 @@ async fn a_consents_latest_item_on_the_chain_decides() {
     }
 }
 
+#[tokio::test]
+async fn the_chain_tells_which_members_hold_a_persons_records_even_for_an_older_database() {
+    let (_dir, db) = db();
+    {
+        let mut ledger = ledger(&db);
+        anchor_blocks(&mut ledger, 2).await;
+        let reader = ledger.chain().reader();
+        assert_eq!(reader.holders(&[0xf1; 32]).unwrap(), vec![INSTITUTION]);
+        assert!(reader.holders(&[0xf2; 32]).unwrap().is_empty());
+    }
+    // As a build before the index left it: no `chain.latest`, nothing recorded of it.
+    db.drop_tree(fhirseal_storage::chain_store::LATEST_TREE)
+        .unwrap();
+    db.open_tree(fhirseal_storage::chain_store::META_TREE)
+        .unwrap()
+        .remove("latest-indexed")
+        .unwrap();
+    assert!(chain(&db).reader().holders(&[0xf1; 32]).unwrap() == vec![INSTITUTION]);
+    let store = ChainStore::open(&db).unwrap();
+    assert!(store.latest_indexed().unwrap());
+}
+
 /// A four-block chain on disk.
 async fn four_blocks() -> (tempfile::TempDir, sled::Db) {
     let (dir, db) = db();

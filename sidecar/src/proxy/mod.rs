@@ -24,7 +24,8 @@
 //! 10. `fail_to_proxy` — any error becomes an `OperationOutcome` (see [`crate::error`]);
 //! 11. `logging` — one structured line per request, under its request id.
 //!
-//! `$verify` and the `/ledger/…` API are answered by the sidecar itself ([`ledger_api`]), and
+//! `$verify` and the `/ledger/…` API are answered by the sidecar itself ([`ledger_api`]), as is
+//! `Patient/[id]/$locate` ([`locate`]: which members hold records of the person), and
 //! the ledger explorer's page at `/ledger/ui` ([`explorer`]).
 //! Dependencies run one way: this file calls the phases; the phases use `deps`, `ctx`, the
 //! sealing, the upstream client and the HTTP utilities, and never this file.
@@ -38,6 +39,7 @@ mod deps;
 mod explorer;
 mod filter;
 mod ledger_api;
+mod locate;
 mod plan;
 mod recover;
 mod seal;
@@ -287,6 +289,9 @@ async fn proxy_routed(
             };
             let audits = ctx.principal.audits;
             return ledger_api::verify_operation(deps, &req, target, body, audits).await;
+        }
+        if let Some(patient) = locate::locate_target(&ctx.interaction) {
+            return locate::locate(deps, &req, patient).await;
         }
         let consent_plan = consent::consent_request(deps, &ctx, &planned).await?;
         let (req, pending) = match seal::seal_request(deps, req, planned.body, &mut ctx).await? {

@@ -2,7 +2,8 @@
 //! in front of the test run's two HAPI servers): a `Consent` that h1's clinician posts for a
 //! patient of h1 becomes a grant signed by h1, which h2 holds in its copy of the chain with the
 //! patient as a fingerprint only; the `Consent` made inactive and another one deleted become
-//! revocations there too. What cannot be a grant is refused before anything is stored: a role
+//! revocations there too. h2, holding the same person, learns from the chain that h1 holds
+//! records of them (`Patient/[id]/$locate`), and nothing else. What cannot be a grant is refused before anything is stored: a role
 //! without the consent permission, a grantee that is no member or h1 itself, a patient h1 never
 //! sealed, a patch, a `Consent` inside a transaction.
 //!
@@ -264,6 +265,51 @@ fn a_consent_becomes_a_grant_every_member_holds_and_its_end_a_revocation() {
             revocations[0]["revocations"][0]["consent"],
             second_id.as_str()
         );
+
+        // Record location: h2, which holds the same person, learns that h1 holds records too,
+        // and nothing else; a role without identity search may not ask.
+        let at_h2 = write(&h2, &person(&family, &ssn)).await;
+        let url = format!("{}/Patient/{at_h2}/$locate", h2.fhir);
+        let deadline = Instant::now() + std::time::Duration::from_secs(30);
+        let holders = loop {
+            let (status, answer) = send(Method::GET, &url, &h2.clinician, None).await;
+            assert_eq!(status, StatusCode::OK, "{answer}");
+            let holders: Vec<(String, bool)> = answer["parameter"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| {
+                    (
+                        p["part"][0]["valueString"].as_str().unwrap().to_owned(),
+                        p["part"][1]["valueBoolean"].as_bool().unwrap(),
+                    )
+                })
+                .collect();
+            // h2's own write shows once its anchor is final.
+            if holders.len() == 2 || Instant::now() > deadline {
+                let text = answer.to_string();
+                assert!(
+                    !text.contains(&family) && !text.contains(&patient),
+                    "{text}"
+                );
+                break holders;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        };
+        assert_eq!(
+            holders,
+            vec![("h1".to_owned(), false), ("h2".to_owned(), true)]
+        );
+        let (status, answer) = send(Method::GET, &url, &h2.researcher, None).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{answer}");
+        let (status, answer) = send(
+            Method::GET,
+            &format!("{}/Patient/no-such-patient/$locate", h2.fhir),
+            &h2.clinician,
+            None,
+        )
+        .await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{answer}");
 
         // h1's HAPI holds the Consents with the patient's pseudonymous reference, no identity.
         let (status, stored) = send(
