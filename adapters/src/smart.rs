@@ -1015,6 +1015,48 @@ mod tests {
     }
 
     #[test]
+    fn consent_is_written_by_own_staff_with_a_writing_scope_on_consent() {
+        let roles = policy::default_roles();
+        let clinician = roles.get("clinician").unwrap();
+        let may_consent = |scope: &str, own| {
+            let scopes = scopes(scope);
+            let subject = Subject {
+                role_name: "clinician",
+                role: clinician,
+                own_institution: own,
+                purpose: Some("TREAT"),
+                scopes: &scopes,
+                patient: None,
+            };
+            let interaction = create("Consent");
+            let needs = Needs::of(&interaction, false);
+            assert!(needs.permissions.contains(&Permission::Consent));
+            decide(
+                &subject,
+                &Request {
+                    interaction: &interaction,
+                    query: None,
+                    needs: &needs,
+                    entries: &[],
+                },
+            )
+            .is_ok()
+        };
+        assert!(may_consent("user/Consent.cu", true));
+        assert!(may_consent("user/*.cruds", true));
+        assert!(!may_consent("user/Consent.rs", true));
+        assert!(!may_consent("user/Observation.c", true));
+        assert!(
+            !may_consent("user/Consent.cu", false),
+            "another institution's staff"
+        );
+        // Writing another type needs no consent permission.
+        assert!(!Needs::of(&create("Observation"), false)
+            .permissions
+            .contains(&Permission::Consent));
+    }
+
+    #[test]
     fn the_scope_refusal_names_the_scope() {
         let roles = policy::default_roles();
         let scopes = scopes("user/Observation.rs");

@@ -1116,3 +1116,86 @@ async fn identity_searches_matching_many_go_as_post_and_page() {
     assert_eq!(seen, ids);
     assert_eq!(pages, 3);
 }
+
+/// A `Consent` whose provision lets `grantee` read `patient`'s records for treatment.
+fn consent(patient: &str, status: &str, grantee: &str) -> Value {
+    json!({
+        "resourceType": "Consent",
+        "status": status,
+        "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}]},
+        "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
+        "patient": {"reference": format!("Patient/{patient}")},
+        "policyRule": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "OPTIN"}]},
+        "provision": {
+            "type": "permit",
+            "actor": [{
+                "role": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType", "code": "IRCP"}]},
+                "reference": {"identifier": {"system": "urn:fhirseal:institution", "value": grantee}}
+            }],
+            "purpose": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActReason", "code": "TREAT"}]
+        }
+    })
+}
+
+#[tokio::test]
+async fn a_consent_is_written_whole_by_id_or_refused_and_its_deletion_revokes() {
+    let sidecar = start_in_front_of_hapi().await;
+    let base = sidecar.base.clone();
+    let ledger = base.replace("/fhir", "/ledger");
+    let pid = id_of(
+        &post_json(
+            &format!("{base}/Patient"),
+            &person(&unique("Consentee"), &ssn()),
+        )
+        .await,
+    );
+    let before = stores(&sidecar).await;
+    // This consortium has one member: no grantee.
+    let text = post_json(&format!("{base}/Consent"), &consent(&pid, "active", "h2"))
+        .await
+        .assert_outcome(422);
+    assert!(text.contains("not a member"), "{text}");
+    let patch = r#"[{"op": "replace", "path": "/status", "value": "active"}]"#;
+    let text = send(
+        Method::PATCH,
+        &format!("{base}/Consent/{pid}"),
+        &[("content-type", "application/json-patch+json")],
+        patch,
+    )
+    .await
+    .assert_outcome(400);
+    assert!(text.contains("written whole"), "{text}");
+    let text = send(
+        Method::PUT,
+        &format!("{base}/Consent?patient=Patient/{pid}"),
+        &[FHIR_JSON],
+        consent(&pid, "active", "h2").to_string(),
+    )
+    .await
+    .assert_outcome(400);
+    assert!(text.contains("written whole"), "{text}");
+    send(
+        Method::DELETE,
+        &format!("{base}/Consent?patient=Patient/{pid}"),
+        &[],
+        "",
+    )
+    .await
+    .assert_outcome(400);
+    assert_eq!(
+        stores(&sidecar).await,
+        before,
+        "nothing refused changed anything"
+    );
+    assert!(chain_items(&ledger, "revocations").await.is_empty());
+
+    // A draft grants nothing and is stored as it is; deleting it puts a revocation on the chain
+    // before the upstream deletes it.
+    let draft = id_of(&post_json(&format!("{base}/Consent"), &consent(&pid, "draft", "h2")).await);
+    let deleted = send(Method::DELETE, &format!("{base}/Consent/{draft}"), &[], "").await;
+    assert!(deleted.status.is_success(), "{}", deleted.text());
+    let revocations = chain_items(&ledger, "revocations").await;
+    assert_eq!(revocations.len(), 1, "{revocations:?}");
+    assert_eq!(revocations[0]["consent"], draft.as_str());
+    assert!(chain_items(&ledger, "grants").await.is_empty());
+}
