@@ -33,5 +33,6 @@ pub use keys::{NodeKeys, SecretKey};
 pub use outbox::{KeptRound, Outbox, PendingAccess, PendingAnchor};
 pub use seal::{
     blind_tag, blind_token, Fingerprint, NewEpochKey, RecordMeta, SealedRecord, Sealer,
+    SharedRecord,
 };
 pub use vault::{BlindEntry, Durability, Vault, VaultCheck, VaultWrite, BLIND_LAYOUT};

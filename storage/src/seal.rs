@@ -8,6 +8,12 @@
 //! epoch keys live in a bounded cache), while every record still has a key of its own that can
 //! be handed to a grantee without exposing its neighbours.
 //!
+//! **Sharing.** A record handed to a grantee ([`Sealer::share`]) travels as a
+//! [`SharedRecord`]: the record as sealed, and its own data key wrapped with RSA-OAEP-SHA-256 for
+//! the grantee's RSA key. The grantee opens that one record ([`Sealer::open_shared`]); the
+//! epoch key it was derived from, which opens the records around it, never leaves, and the
+//! identity is never decrypted on the way (re-encryption of the key, not of the data).
+//!
 //! **Binding.** The fingerprint, resource type, logical id and version id, the epoch key id and
 //! the salt are the associated data: a record moved to another resource fails to open.
 //!
@@ -31,6 +37,7 @@ use crate::keys::{hex, NodeKeys, SecretKey};
 type HmacSha256 = Hmac<Sha256>;
 
 const MAGIC: &[u8; 4] = b"FSR1";
+const SHARED_MAGIC: &[u8; 4] = b"FSS1";
 const DEK_LABEL: &[u8] = b"fhirseal-dek-v1";
 const AAD_LABEL: &[u8] = b"fhirseal-record-v1";
 /// Records sealed under one epoch key before a new one is made.
@@ -189,6 +196,50 @@ impl SealedRecord {
     /// The SHA-256 of the encoded record.
     pub fn address(encoded: &[u8]) -> [u8; 32] {
         Sha256::digest(encoded).into()
+    }
+}
+
+/// A sealed record as a grantee receives it (see the module's documentation).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SharedRecord {
+    pub record: SealedRecord,
+    /// The record's data key, RSA-OAEP-SHA-256 for the grantee's RSA key.
+    pub wrapped_data_key: Vec<u8>,
+}
+
+impl SharedRecord {
+    /// `"FSS1" ‖ u32 len ‖ sealed record ‖ u16 len ‖ wrapped data key`.
+    pub fn encode(&self) -> Vec<u8> {
+        let record = self.record.encode();
+        let mut out = Vec::with_capacity(10 + record.len() + self.wrapped_data_key.len());
+        out.extend_from_slice(SHARED_MAGIC);
+        out.extend_from_slice(&(record.len() as u32).to_be_bytes());
+        out.extend_from_slice(&record);
+        out.extend_from_slice(&(self.wrapped_data_key.len() as u16).to_be_bytes());
+        out.extend_from_slice(&self.wrapped_data_key);
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<SharedRecord> {
+        let mut r = Reader(bytes);
+        if r.take(4)? != SHARED_MAGIC {
+            return Err(StorageError::Corrupt(
+                "not a version 1 shared record".to_owned(),
+            ));
+        }
+        let len = u32::from_be_bytes(r.array()?) as usize;
+        let record = SealedRecord::decode(r.take(len)?)?;
+        let len = u16::from_be_bytes(r.array()?) as usize;
+        let wrapped_data_key = r.take(len)?.to_vec();
+        if !r.0.is_empty() {
+            return Err(StorageError::Corrupt(
+                "trailing bytes after a shared record".to_owned(),
+            ));
+        }
+        Ok(SharedRecord {
+            record,
+            wrapped_data_key,
+        })
     }
 }
 
@@ -362,6 +413,45 @@ impl Sealer {
             .is_some()
     }
 
+    /// The epoch key `key_id` names: from the cache, or unwrapped from what `wrapped` finds
+    /// (an RSA private-key operation).
+    fn epoch_key(
+        &self,
+        key_id: &[u8; 32],
+        wrapped: impl FnOnce(&[u8; 32]) -> Result<Option<Vec<u8>>>,
+    ) -> Result<Zeroizing<[u8; 32]>> {
+        let cached = self
+            .cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key_id);
+        if let Some(key) = cached {
+            return Ok(key);
+        }
+        let blob = wrapped(key_id)?.ok_or_else(|| StorageError::UnknownDataKey(hex(key_id)))?;
+        // The id is the hash of the wrapped key: a substituted blob is refused here.
+        let id: [u8; 32] = Sha256::digest(&blob).into();
+        if &id != key_id {
+            return Err(StorageError::Authentication);
+        }
+        let plain = Zeroizing::new(
+            self.keys
+                .rsa
+                .oaep_decrypt::<RsaSha256>(&blob)
+                .map_err(|_| StorageError::Authentication)?,
+        );
+        let key: [u8; 32] = plain
+            .as_slice()
+            .try_into()
+            .map_err(|_| StorageError::Authentication)?;
+        let key = Zeroizing::new(key);
+        self.cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(*key_id, key.clone());
+        Ok(key)
+    }
+
     /// Decrypts `record`; `wrapped` finds a wrapped epoch key by id when it is not cached (an
     /// RSA private-key operation, milliseconds: call from a blocking thread).
     pub fn unseal(
@@ -369,53 +459,66 @@ impl Sealer {
         record: &SealedRecord,
         wrapped: impl FnOnce(&[u8; 32]) -> Result<Option<Vec<u8>>>,
     ) -> Result<Zeroizing<Vec<u8>>> {
-        let cached = self
-            .cache
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&record.key_id);
-        let epoch_key = match cached {
-            Some(key) => key,
-            None => {
-                let blob = wrapped(&record.key_id)?
-                    .ok_or_else(|| StorageError::UnknownDataKey(hex(&record.key_id)))?;
-                // The id is the hash of the wrapped key: a substituted blob is refused here.
-                let id: [u8; 32] = Sha256::digest(&blob).into();
-                if id != record.key_id {
-                    return Err(StorageError::Authentication);
-                }
-                let plain = Zeroizing::new(
-                    self.keys
-                        .rsa
-                        .oaep_decrypt::<RsaSha256>(&blob)
-                        .map_err(|_| StorageError::Authentication)?,
-                );
-                let key: [u8; 32] = plain
-                    .as_slice()
-                    .try_into()
-                    .map_err(|_| StorageError::Authentication)?;
-                let key = Zeroizing::new(key);
-                self.cache
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(record.key_id, key.clone());
-                key
-            }
-        };
+        let epoch_key = self.epoch_key(&record.key_id, wrapped)?;
         let dek = Zeroizing::new(hmac(&epoch_key, &[DEK_LABEL, &record.salt]));
-        let cipher = aes(&dek);
-        let aad = record.meta.aad(&record.key_id, &record.salt);
-        cipher
-            .decrypt(
-                &Nonce::from(record.nonce),
-                Payload {
-                    msg: &record.ciphertext,
-                    aad: &aad,
-                },
-            )
-            .map(Zeroizing::new)
-            .map_err(|_| StorageError::Authentication)
+        open(record, &dek)
     }
+
+    /// Hands `record` to a grantee whose RSA key is `grantee` (SubjectPublicKeyInfo DER): its
+    /// own data key wrapped for that key. Nothing is decrypted but the epoch key (see
+    /// [`Sealer::unseal`] for `wrapped`); call from a blocking thread.
+    pub fn share(
+        &self,
+        record: &SealedRecord,
+        wrapped: impl FnOnce(&[u8; 32]) -> Result<Option<Vec<u8>>>,
+        grantee: &[u8],
+    ) -> Result<SharedRecord> {
+        use rsa::pkcs8::DecodePublicKey;
+        let grantee = rsa::PublicKey::from_public_key_der(grantee)
+            .map_err(|e| StorageError::Rsa(format!("the grantee's RSA key: {e}")))?;
+        let epoch_key = self.epoch_key(&record.key_id, wrapped)?;
+        let dek = Zeroizing::new(hmac(&epoch_key, &[DEK_LABEL, &record.salt]));
+        let wrapped_data_key = grantee
+            .oaep_encrypt::<RsaSha256>(dek.as_ref())
+            .map_err(|e| StorageError::Rsa(e.to_string()))?;
+        Ok(SharedRecord {
+            record: record.clone(),
+            wrapped_data_key,
+        })
+    }
+
+    /// Opens a record another member shared with this node (an RSA private-key operation:
+    /// call from a blocking thread). A key wrapped for another member, or a record altered or
+    /// moved on the way, fails.
+    pub fn open_shared(&self, shared: &SharedRecord) -> Result<Zeroizing<Vec<u8>>> {
+        let plain = Zeroizing::new(
+            self.keys
+                .rsa
+                .oaep_decrypt::<RsaSha256>(&shared.wrapped_data_key)
+                .map_err(|_| StorageError::Authentication)?,
+        );
+        let dek: [u8; 32] = plain
+            .as_slice()
+            .try_into()
+            .map_err(|_| StorageError::Authentication)?;
+        open(&shared.record, &Zeroizing::new(dek))
+    }
+}
+
+/// Decrypts `record` under its data key.
+fn open(record: &SealedRecord, dek: &Zeroizing<[u8; 32]>) -> Result<Zeroizing<Vec<u8>>> {
+    let cipher = aes(dek);
+    let aad = record.meta.aad(&record.key_id, &record.salt);
+    cipher
+        .decrypt(
+            &Nonce::from(record.nonce),
+            Payload {
+                msg: &record.ciphertext,
+                aad: &aad,
+            },
+        )
+        .map(Zeroizing::new)
+        .map_err(|_| StorageError::Authentication)
 }
 
 #[cfg(test)]
@@ -492,6 +595,41 @@ mod tests {
         let mut longer = encoded.clone();
         longer.push(0);
         assert!(SealedRecord::decode(&longer).is_err());
+    }
+
+    #[test]
+    fn a_shared_record_opens_at_the_grantee_only_and_its_key_opens_no_other() {
+        use rsa::pkcs8::EncodePublicKey;
+        let (_a, owner) = sealer(10);
+        let (_b, grantee) = sealer(10);
+        let (_c, stranger) = sealer(10);
+        let (first, _) = owner.seal(meta("1"), br#"{"name":"Ada"}"#).unwrap();
+        let (second, _) = owner.seal(meta("2"), br#"{"name":"Bea"}"#).unwrap();
+        assert_eq!(first.key_id, second.key_id, "one epoch");
+        let der = grantee.keys.rsa_public.to_public_key_der().unwrap();
+        let shared = owner.share(&first, |_| Ok(None), der.as_bytes()).unwrap();
+        let bytes = shared.encode();
+        assert_eq!(SharedRecord::decode(&bytes).unwrap(), shared);
+        assert!(!bytes.windows(3).any(|w| w == b"Ada"));
+        assert!(SharedRecord::decode(&bytes[..bytes.len() - 1]).is_err());
+        assert_eq!(
+            grantee.open_shared(&shared).unwrap().as_slice(),
+            br#"{"name":"Ada"}"#
+        );
+        // Not for another member; not moved to another version; not another record's key.
+        assert!(stranger.open_shared(&shared).is_err());
+        let mut moved = shared.clone();
+        moved.record.meta.version = "9".into();
+        assert!(grantee.open_shared(&moved).is_err());
+        let other = SharedRecord {
+            record: second,
+            wrapped_data_key: shared.wrapped_data_key.clone(),
+        };
+        assert!(matches!(
+            grantee.open_shared(&other),
+            Err(StorageError::Authentication)
+        ));
+        assert!(owner.share(&first, |_| Ok(None), b"not a key").is_err());
     }
 
     #[test]
