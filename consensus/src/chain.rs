@@ -282,12 +282,17 @@ impl ChainReader {
                 .ok_or(Error::IndexMismatch("grant"))?
                 .clone();
             let latest = self.store.latest(&consent_key(grantor, &grant.consent))?;
+            // The consent's latest item is this grant's transaction (one version of a consent
+            // is one batch, which holds a grant per grantee).
+            let current = latest.is_some_and(|l| {
+                (l.height, l.transaction) == (location.height, location.transaction)
+            });
             out.push(GrantRecord {
                 grantor: grantor.to_owned(),
                 grant,
                 location,
                 granted_at: block.header().time,
-                current: latest == Some(location),
+                current,
             });
         }
         Ok(out)

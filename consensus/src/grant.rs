@@ -13,7 +13,7 @@
 //! The chain indexes each grant under (grantor, fingerprint, grantee, consent) and each
 //! consent's latest item under (grantor, consent) ([`grant_key`], [`consent_key`]); both are
 //! replaced by later blocks, so a grant is current exactly when its consent's latest item is
-//! it.
+//! in its batch.
 
 use fhirseal_storage::chain_store::{composite_key, EntryLocation};
 
@@ -223,8 +223,9 @@ pub struct GrantRecord {
     pub location: EntryLocation,
     /// The time of its block: it takes effect there.
     pub granted_at: Timestamp,
-    /// Whether it is its consent's latest item: `false` once a revocation or a grant of a
-    /// newer version of the consent is on the chain.
+    /// Whether its consent's latest item is its batch (the grants of one version of a
+    /// consent, one per grantee): `false` once a revocation or a grant of a newer version of
+    /// the consent is on the chain.
     pub current: bool,
 }
 

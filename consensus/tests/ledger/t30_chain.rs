@@ -252,6 +252,30 @@ async fn a_consents_latest_item_on_the_chain_decides() {
     ledger.produce(Timestamp(200)).await.unwrap();
     assert_eq!(decision(&ledger, 250), Err(GrantRefusal::Revoked));
 
+    // One version of a consent for two grantees: both current.
+    let mut two = match grant_tx(5, "c3", "1", 0) {
+        Transaction::Grant(batch) => batch.items,
+        _ => unreachable!(),
+    };
+    let mut other = two[0].clone();
+    other.grantee = "hospital-c".into();
+    two.push(other);
+    let both =
+        fhirseal_consensus::GrantBatch::sign(batch_id(5), INSTITUTION, two, &institution_key())
+            .unwrap();
+    ledger.submit(Transaction::Grant(both)).unwrap();
+    ledger.produce(Timestamp(250)).await.unwrap();
+    for grantee in ["hospital-b", "hospital-c"] {
+        let grants = ledger
+            .chain()
+            .reader()
+            .grants(INSTITUTION, &[4; 32], grantee)
+            .unwrap();
+        let c3: Vec<_> = grants.iter().filter(|g| g.grant.consent == "c3").collect();
+        assert_eq!(c3.len(), 1, "{grantee}");
+        assert!(c3[0].current, "{grantee}");
+    }
+
     // A grant of a newer version of the consent starts it again; one of another consent for
     // the same person stands beside it.
     ledger.submit(grant_tx(3, "c1", "3", 0)).unwrap();
@@ -262,7 +286,7 @@ async fn a_consents_latest_item_on_the_chain_decides() {
         .reader()
         .grants(INSTITUTION, &[4; 32], "hospital-b")
         .unwrap();
-    assert_eq!(grants.len(), 2);
+    assert_eq!(grants.len(), 3);
     assert!(grants.iter().all(|g| g.current));
     assert_eq!(decision(&ledger, 350).map(|_| ()), Ok(()));
     // Nothing for another person, or from another grantor.
@@ -279,7 +303,7 @@ async fn a_consents_latest_item_on_the_chain_decides() {
         .unwrap()
         .is_empty());
     match ledger.chain().verify_chain(&roster()).unwrap() {
-        ChainCheck::Valid { blocks } => assert_eq!(blocks, 3),
+        ChainCheck::Valid { blocks } => assert_eq!(blocks, 4),
         broken => panic!("{broken:?}"),
     }
 }
