@@ -397,10 +397,13 @@ mod tests {
         assert_eq!(grant.grantees[0].role.as_deref(), Some("clinician"));
     }
 
+    /// A change made to a valid Consent.
+    type Change = Box<dyn Fn(&mut Value)>;
+
     #[test]
     fn what_cannot_be_a_grant_is_refused_with_the_reason() {
         // A table of cases: a change to the valid Consent, and a word the refusal says.
-        let cases: Vec<(&str, Box<dyn Fn(&mut Value)>, &str)> = vec![
+        let cases: Vec<(&str, Change, &str)> = vec![
             (
                 "no status",
                 Box::new(|c| c["status"] = Value::Null),
