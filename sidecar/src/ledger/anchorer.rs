@@ -18,12 +18,12 @@ use fhirseal_consensus::{
     SigningKey, Timestamp, Transaction,
 };
 use fhirseal_storage::{KeptRound, Outbox, PendingAccess, PendingAnchor, StorageError};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 
 use crate::crash::{self, CrashPoint};
 use crate::ledger::error::LedgerError;
 use crate::ledger::node::Backlog;
-use crate::ledger::runtime::Command;
+use crate::ledger::runtime::{submit, Command};
 use crate::ledger::view::LedgerView;
 use crate::metrics::Metrics;
 
@@ -247,30 +247,16 @@ impl Anchorer {
         let keys: Vec<Vec<u8>> = flight.transactions.iter().map(Transaction::key).collect();
         if !self.all_final(&keys)? {
             let submitted = Instant::now();
-            let (reply, answer) = oneshot::channel();
-            let command = Command::Submit {
-                transactions: flight.transactions.clone(),
-                forward: true,
-                reply,
-            };
-            self.commands
-                .send(command)
-                .await
-                .map_err(|_| LedgerError::Stopped)?;
-            let answers = answer.await.map_err(|_| LedgerError::Stopped)?;
-            // Refused here for good (a batch the roster no longer takes, a version anchored by
-            // another batch): the round is made again from the outbox.
-            if let Some(refusal) = answers
-                .iter()
-                .filter_map(|a| a.as_ref().err())
-                .find(|r| !r.retryable)
-            {
-                *in_flight = None;
-                self.outbox.drop_round()?;
-                return Err(LedgerError::NotFinal(format!(
-                    "a batch was refused: {}",
-                    refusal.message
-                )));
+            match submit(&self.commands, flight.transactions.clone()).await {
+                Ok(()) => {}
+                // Refused here for good (a batch the roster no longer takes, a version
+                // anchored by another batch): the round is made again from the outbox.
+                Err(LedgerError::Refused(why)) => {
+                    *in_flight = None;
+                    self.outbox.drop_round()?;
+                    return Err(LedgerError::NotFinal(format!("a batch was refused: {why}")));
+                }
+                Err(other) => return Err(other),
             }
             self.wait_final(&keys).await?;
             self.metrics.anchored(submitted.elapsed());

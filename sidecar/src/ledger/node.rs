@@ -12,7 +12,7 @@ use fhirseal_consensus::{
     FinalizedBlock, Hash256, Rosters, SigningKey, Transaction, TxLocation, CHAIN_FORMAT,
 };
 use fhirseal_storage::Outbox;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 
 use crate::clock::Clock;
 use crate::config::Config;
@@ -22,7 +22,7 @@ use crate::ledger::context::NodeContext;
 use crate::ledger::error::LedgerError;
 use crate::ledger::net::Net;
 use crate::ledger::routes::LedgerPort;
-use crate::ledger::runtime::{Command, Parts, Runtime, RuntimeStatus};
+use crate::ledger::runtime::{submit, Command, Parts, Runtime, RuntimeStatus};
 use crate::ledger::view::{ElectionSetup, LedgerView};
 use crate::metrics::Metrics;
 
@@ -399,23 +399,7 @@ impl NodeLedger {
         if let Some(at) = self.reader.locate_transaction(&key)? {
             return Ok(at);
         }
-        let (reply, answer) = oneshot::channel();
-        self.commands
-            .send(Command::Submit {
-                transactions: vec![tx],
-                forward: true,
-                reply,
-            })
-            .await
-            .map_err(|_| LedgerError::Stopped)?;
-        let answers = answer.await.map_err(|_| LedgerError::Stopped)?;
-        if let Some(refusal) = answers
-            .iter()
-            .filter_map(|a| a.as_ref().err())
-            .find(|r| !r.retryable)
-        {
-            return Err(LedgerError::Refused(refusal.message.clone()));
-        }
+        submit(&self.commands, vec![tx]).await?;
         let mut blocks = self.blocks.clone();
         let deadline = tokio::time::Instant::now() + timeout;
         loop {

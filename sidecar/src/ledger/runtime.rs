@@ -73,6 +73,34 @@ pub(crate) enum Command {
     },
 }
 
+/// Submits `transactions` to the ledger's task (`commands`), which takes them and sends them
+/// on to the delegates. A transaction refused for good (the roster does not take it) is
+/// [`LedgerError::Refused`]; one refused for a reason that may pass is taken as submitted (the
+/// caller waits for its block and submits again).
+pub(crate) async fn submit(
+    commands: &mpsc::Sender<Command>,
+    transactions: Vec<Transaction>,
+) -> Result<(), LedgerError> {
+    let (reply, answer) = oneshot::channel();
+    commands
+        .send(Command::Submit {
+            transactions,
+            forward: true,
+            reply,
+        })
+        .await
+        .map_err(|_| LedgerError::Stopped)?;
+    let answers = answer.await.map_err(|_| LedgerError::Stopped)?;
+    match answers
+        .iter()
+        .filter_map(|a| a.as_ref().err())
+        .find(|r| !r.retryable)
+    {
+        Some(refusal) => Err(LedgerError::Refused(refusal.message.clone())),
+        None => Ok(()),
+    }
+}
+
 /// Where the ledger's task stands, for the status page.
 #[derive(Debug, Clone)]
 pub struct RuntimeStatus {

@@ -25,6 +25,28 @@ use serde_json::{json, Value};
 use crate::support::{ok, runtime, serial, two_hapis};
 use crate::t30_script::{consortium_json, free_base, script, StopOnDrop};
 
+/// Starts two institutions (`h1` a voter) in `dir`, in front of `hapi_1` and `hapi_2`.
+pub fn start_two(dir: &Path, hapi_1: &str, hapi_2: &str) -> (Member, Member) {
+    let port = free_base(2).to_string();
+    script(
+        dir,
+        &[
+            "start",
+            "2",
+            "--voters",
+            "1",
+            "--port",
+            &port,
+            "--upstream",
+            hapi_1,
+            "--upstream",
+            hapi_2,
+        ],
+    );
+    let json = consortium_json(dir);
+    (Member::of(&json, "h1"), Member::of(&json, "h2"))
+}
+
 /// One member of `consortium.json`.
 pub struct Member {
     pub fhir: String,
@@ -360,25 +382,8 @@ fn two_institutions_link_one_person_and_a_revoked_one_stops_writing() {
     let root = tempfile::tempdir().unwrap();
     let dir = root.path().join("c");
     let _stop = StopOnDrop(dir.clone());
-    let port = free_base(2).to_string();
-    script(
-        &dir,
-        &[
-            "start",
-            "2",
-            "--voters",
-            "1",
-            "--port",
-            &port,
-            "--upstream",
-            &hapi_1,
-            "--upstream",
-            &hapi_2,
-        ],
-    );
+    let (h1, h2) = start_two(&dir, &hapi_1, &hapi_2);
     eprintln!("FIGURE two institutions started in {:?}", started.elapsed());
-    let json = consortium_json(&dir);
-    let (h1, h2) = (Member::of(&json, "h1"), Member::of(&json, "h2"));
 
     let family = unique("Linkperson");
     let digits = unique("");

@@ -16,8 +16,8 @@ use http::{Method, StatusCode};
 use serde_json::{json, Value};
 
 use crate::support::{runtime, serial, two_hapis};
-use crate::t30_script::{consortium_json, free_base, script, StopOnDrop};
-use crate::t70_institutions::{fingerprint, person, send, unique, write, Member};
+use crate::t30_script::{script, StopOnDrop};
+use crate::t70_institutions::{fingerprint, person, send, start_two, unique, write, Member};
 
 /// A `Consent` by which `patient` (of the member that stores it) lets `grantee` read for
 /// treatment until `end`.
@@ -102,24 +102,7 @@ fn a_consent_becomes_a_grant_every_member_holds_and_its_end_a_revocation() {
     let root = tempfile::tempdir().unwrap();
     let dir = root.path().join("c");
     let _stop = StopOnDrop(dir.clone());
-    let port = free_base(2).to_string();
-    script(
-        &dir,
-        &[
-            "start",
-            "2",
-            "--voters",
-            "1",
-            "--port",
-            &port,
-            "--upstream",
-            &hapi_1,
-            "--upstream",
-            &hapi_2,
-        ],
-    );
-    let json = consortium_json(&dir);
-    let (h1, h2) = (Member::of(&json, "h1"), Member::of(&json, "h2"));
+    let (h1, h2) = start_two(&dir, &hapi_1, &hapi_2);
     let family = unique("Consentperson");
     let digits = unique("");
     let ssn = format!("9{}-{}", &digits[..2], &digits[2..8]);
