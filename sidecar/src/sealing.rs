@@ -255,7 +255,8 @@ impl Sealing {
             .spawn(move || committer(committing, group, committed, flushes, committer_metrics))
             .map_err(|e| SealError::Flush(format!("the vault's committer did not start: {e}")))?;
         let sealing = Sealing {
-            sealer: Sealer::new(keys.clone(), config.seal.epoch_uses, config.seal.key_cache),
+            sealer: Sealer::new(keys.clone(), config.seal.epoch_uses, config.seal.key_cache)
+                .with_key_store(vault.epoch_key_store()),
             profile,
             vault,
             keys,

@@ -312,6 +312,8 @@ pub struct Sealer {
     epoch: Mutex<Option<Epoch>>,
     cache: Mutex<KeyCache>,
     max_uses: u32,
+    /// Where a new epoch key is written the moment it is made (the vault's `epoch_keys`).
+    key_store: Option<sled::Tree>,
 }
 
 impl std::fmt::Debug for Sealer {
@@ -333,7 +335,19 @@ impl Sealer {
                 capacity: cache_keys.max(1),
             }),
             max_uses: max_uses.max(1),
+            key_store: None,
         }
+    }
+
+    /// Writes each new epoch key to `tree` (keyed by its id) as it is made, before any record
+    /// sealed under it leaves this sealer. Without it a key would reach the store only with
+    /// the write that made it, while other writes sealed under it meanwhile could be made
+    /// durable first (a record, or a write's intent, that no key opens after a crash), and a
+    /// write that made a key and then failed would take the key with it. A flush of the
+    /// database that holds `tree` then covers the keys of everything written before it.
+    pub fn with_key_store(mut self, tree: sled::Tree) -> Sealer {
+        self.key_store = Some(tree);
+        self
     }
 
     pub fn keys(&self) -> &NodeKeys {
@@ -392,6 +406,10 @@ impl Sealer {
             .oaep_encrypt::<RsaSha256>(key.as_ref())
             .map_err(|e| StorageError::Rsa(e.to_string()))?;
         let id: [u8; 32] = Sha256::digest(&wrapped).into();
+        // Stored while the epoch is still locked: no record uses the key before it is stored.
+        if let Some(store) = &self.key_store {
+            store.insert(id, wrapped.as_slice())?;
+        }
         self.cache
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -562,6 +580,26 @@ mod tests {
             .unwrap();
         assert_eq!(plain.as_slice(), br#"{"name":"Ada"}"#);
         assert!(fresh.is_cached(&new_key.id));
+    }
+
+    #[test]
+    fn a_new_epoch_key_is_stored_before_any_record_sealed_under_it_leaves() {
+        let (dir, sealer) = sealer(10);
+        let db = sled::open(dir.path().join("db")).unwrap();
+        let tree = db.open_tree("epoch_keys").unwrap();
+        let sealer = Sealer::new(sealer.keys.clone(), 10, 8).with_key_store(tree.clone());
+        // The write that made the key never stores it (it failed); another write sealed under
+        // the same key is kept.
+        let (first, made) = sealer.seal(meta("1"), b"lost write").unwrap();
+        let (second, none) = sealer.seal(meta("2"), b"kept write").unwrap();
+        assert!(made.is_some() && none.is_none());
+        assert_eq!(first.key_id, second.key_id);
+        // After a restart (nothing cached) the kept record opens from the store.
+        let fresh = Sealer::new(sealer.keys.clone(), 10, 8);
+        let plain = fresh
+            .unseal(&second, |id| Ok(tree.get(id).unwrap().map(|v| v.to_vec())))
+            .unwrap();
+        assert_eq!(plain.as_slice(), b"kept write");
     }
 
     #[test]

@@ -191,6 +191,11 @@ impl Vault {
             .transpose()
     }
 
+    /// The tree of wrapped epoch keys, for [`crate::Sealer::with_key_store`].
+    pub fn epoch_key_store(&self) -> sled::Tree {
+        self.epoch_keys.clone()
+    }
+
     /// The outbox kept in this vault's database.
     pub fn outbox(&self) -> &Outbox {
         &self.outbox
