@@ -254,6 +254,21 @@ impl ChainReader {
         Ok(out)
     }
 
+    /// Whether `grantor`'s consent `consent` is in force on the chain: its latest item is a
+    /// grant (whatever its period says).
+    pub fn consent_in_force(&self, grantor: &str, consent: &str) -> Result<bool> {
+        let Some(location) = self.store.latest(&consent_key(grantor, consent))? else {
+            return Ok(false);
+        };
+        let block = self
+            .block(location.height)?
+            .ok_or(Error::IndexMismatch("consent"))?;
+        Ok(matches!(
+            block.block.transactions.get(location.transaction as usize),
+            Some(Transaction::Grant(_))
+        ))
+    }
+
     /// Every grant `grantor` filed for the person `fingerprint` to `grantee`, one per consent
     /// (its latest), each with its block's time and whether it is still its consent's latest
     /// item (see [`crate::grant::decide`]).

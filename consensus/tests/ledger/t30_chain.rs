@@ -233,6 +233,9 @@ async fn a_consents_latest_item_on_the_chain_decides() {
 
     ledger.submit(grant_tx(1, "c1", "1", 10_000)).unwrap();
     ledger.produce(Timestamp(100)).await.unwrap();
+    let reader = ledger.chain().reader();
+    assert!(reader.consent_in_force(INSTITUTION, "c1").unwrap());
+    assert!(!reader.consent_in_force(INSTITUTION, "c9").unwrap());
     // In effect from its block, until its expiry.
     assert_eq!(decision(&ledger, 99), Err(GrantRefusal::NotYet));
     assert_eq!(decision(&ledger, 150), Ok("1".to_owned()));
@@ -251,6 +254,11 @@ async fn a_consents_latest_item_on_the_chain_decides() {
     ledger.submit(Transaction::Revocation(revocation)).unwrap();
     ledger.produce(Timestamp(200)).await.unwrap();
     assert_eq!(decision(&ledger, 250), Err(GrantRefusal::Revoked));
+    assert!(!ledger
+        .chain()
+        .reader()
+        .consent_in_force(INSTITUTION, "c1")
+        .unwrap());
 
     // One version of a consent for two grantees: both current.
     let mut two = match grant_tx(5, "c3", "1", 0) {

@@ -7,7 +7,8 @@
 //! (its id and version name the grant), so a crash in between leaves a stored `Consent` that
 //! grants nothing until it is written again. A revocation is final before the upstream sees
 //! the update or delete, so a crash in between leaves a `Consent` that still reads active but
-//! grants nothing. Either way the answer waits for the block: a grant or revocation takes
+//! grants nothing; new terms for a `Consent` in force revoke the old grant first, so that
+//! narrower terms hold even when the new grant is never signed. Either way the answer waits for the block: a grant or revocation takes
 //! effect at the block that finalizes it, and the client is told only then.
 //!
 //! Only whole-resource writes by id carry consent: a `Consent` patched, written conditionally
@@ -97,41 +98,67 @@ pub(crate) async fn consent_request(
         ConsentTerms::Grants(terms) => {
             // Refused before the upstream stores a Consent that could grant nothing.
             deps.ledger.signer().map_err(not_signing)?;
-            let own = deps.ledger.institution();
-            for grantee in &terms.grantees {
-                if grantee.institution == own {
-                    return Err(ProxyError::Unprocessable(format!(
-                        "Consent: provision.actor names this institution ('{own}'): its own staff need no grant"
-                    )));
-                }
-                if !deps.ledger.knows_member(&grantee.institution) {
-                    return Err(ProxyError::Unprocessable(format!(
-                        "Consent: provision.actor names '{}', which is not a member of the consortium",
-                        grantee.institution
-                    )));
+            let plan = grant_plan(deps, terms).await?;
+            // New terms for a Consent in force: the old grant ends before the upstream stores
+            // them, so that narrower terms hold even if the new grant is never signed.
+            if let Some(id) = id {
+                let (ledger, grantor, consent) = (
+                    deps.ledger.clone(),
+                    deps.ledger.institution().to_owned(),
+                    id.to_owned(),
+                );
+                let in_force = blocking(move || {
+                    ledger
+                        .reader()
+                        .consent_in_force(&grantor, &consent)
+                        .map_err(crate::ledger::LedgerError::from)
+                })
+                .await?;
+                if in_force {
+                    revoke(deps, id, &ctx.write_id).await?;
                 }
             }
-            let sealing = deps.sealing.clone();
-            let patient = terms.patient.clone();
-            let found = blocking(move || {
-                sealing
-                    .vault()
-                    .fingerprint_of_resource("Patient", &patient)
-                    .map_err(|e| ProxyError::Seal(e.into()))
-            })
-            .await?;
-            let Some(fingerprint) = found else {
-                return Err(ProxyError::Unprocessable(format!(
-                    "Consent: Patient/{} is not a patient whose identity this node sealed",
-                    terms.patient
-                )));
-            };
-            Ok(ConsentPlan::Grant {
-                terms,
-                fingerprint: fingerprint.0,
-            })
+            Ok(plan)
         }
     }
+}
+
+/// The grants an active `Consent` asks for, checked: each grantee another member, the
+/// patient one whose identity this node sealed.
+async fn grant_plan(deps: &Deps, terms: consent::Grant) -> Result<ConsentPlan, ProxyError> {
+    let own = deps.ledger.institution();
+    for grantee in &terms.grantees {
+        if grantee.institution == own {
+            return Err(ProxyError::Unprocessable(format!(
+                        "Consent: provision.actor names this institution ('{own}'): its own staff need no grant"
+                    )));
+        }
+        if !deps.ledger.knows_member(&grantee.institution) {
+            return Err(ProxyError::Unprocessable(format!(
+                "Consent: provision.actor names '{}', which is not a member of the consortium",
+                grantee.institution
+            )));
+        }
+    }
+    let sealing = deps.sealing.clone();
+    let patient = terms.patient.clone();
+    let found = blocking(move || {
+        sealing
+            .vault()
+            .fingerprint_of_resource("Patient", &patient)
+            .map_err(|e| ProxyError::Seal(e.into()))
+    })
+    .await?;
+    let Some(fingerprint) = found else {
+        return Err(ProxyError::Unprocessable(format!(
+            "Consent: Patient/{} is not a patient whose identity this node sealed",
+            terms.patient
+        )));
+    };
+    Ok(ConsentPlan::Grant {
+        terms,
+        fingerprint: fingerprint.0,
+    })
 }
 
 /// After the upstream answered: for a `Consent` it stored, the grants signed and final before

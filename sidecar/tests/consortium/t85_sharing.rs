@@ -1,8 +1,8 @@
 //! Consent on the shared chain, between two institutions (`deploy/local-consortium.sh start 2`
 //! in front of the test run's two HAPI servers): a `Consent` that h1's clinician posts for a
 //! patient of h1 becomes a grant signed by h1, which h2 holds in its copy of the chain with the
-//! patient as a fingerprint only; the `Consent` made inactive and another one deleted become
-//! revocations there too. h2, holding the same person, learns from the chain that h1 holds
+//! patient as a fingerprint only; new terms revoke the grant in force before granting the new
+//! version; the `Consent` made inactive and another one deleted become revocations there too. h2, holding the same person, learns from the chain that h1 holds
 //! records of them (`Patient/[id]/$locate`), and nothing else. What cannot be a grant is refused before anything is stored: a role
 //! without the consent permission, a grantee that is no member or h1 itself, a patient h1 never
 //! sealed, a patch, a `Consent` inside a transaction.
@@ -208,6 +208,31 @@ fn a_consent_becomes_a_grant_every_member_holds_and_its_end_a_revocation() {
         );
         let text = grants[0].to_string();
         assert!(!text.contains(&family) && !text.contains(&ssn), "{text}");
+        // New terms: the grant in force is revoked before the upstream stores them, then the
+        // new version is granted.
+        let from = next_height(&h2).await;
+        let mut narrower = valid.clone();
+        narrower["id"] = json!(consent_id);
+        narrower["provision"]["class"] =
+            json!([{"system": "http://hl7.org/fhir/resource-types", "code": "Observation"}]);
+        let (status, answer) = send(
+            Method::PUT,
+            &format!("{}/Consent/{consent_id}", h1.fhir),
+            &h1.clinician,
+            Some(&narrower),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{answer}");
+        let revocations = transactions(&h2, from, "revocation").await;
+        assert_eq!(revocations.len(), 1, "{revocations:?}");
+        let grants = transactions(&h2, from, "grant").await;
+        assert_eq!(grants.len(), 1, "{grants:?}");
+        assert_eq!(grants[0]["grants"][0]["version"], "2");
+        assert_eq!(
+            grants[0]["grants"][0]["resourceTypes"],
+            json!(["Observation"])
+        );
+
         // Made inactive: a revocation, final before the upstream stores the new version.
         let from = next_height(&h2).await;
         let mut inactive = valid.clone();
