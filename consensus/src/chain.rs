@@ -3,8 +3,7 @@
 //! own database; a block is appended only with a commit certificate of its epoch's delegates.
 
 use fhirseal_storage::chain_store::{
-    composite_key, AnchorWrite, BlockWrite, ChainStore, ChainStoreError, EntryLocation,
-    LatestWrite, TxLocation,
+    composite_key, BlockWrite, ChainStore, ChainStoreError, EntryLocation, IndexWrite, TxLocation,
 };
 
 use crate::block::{Block, BlockHeader, FinalizedBlock};
@@ -14,7 +13,7 @@ use crate::hash::Hash256;
 use crate::keys::{DelegateSet, Rosters};
 use crate::merkle;
 use crate::proof::AnchorProof;
-use crate::tx::{anchor_key, resource_anchor_prefix, Transaction, TxId};
+use crate::tx::{anchor_key, resource_anchor_prefix, Timestamp, Transaction, TxId};
 use crate::validate::validate_finalized_block;
 
 /// The format of the blocks a chain database holds, recorded in it ([`ChainStore::open_dir`]):
@@ -234,20 +233,34 @@ impl ChainReader {
         Ok(self.store.anchor(key)?)
     }
 
+    /// The transaction an index entry points at, with its block's time; `what` names the index
+    /// in the error when the block or the transaction is not there.
+    fn indexed(
+        &self,
+        location: EntryLocation,
+        what: &'static str,
+    ) -> Result<(Timestamp, Transaction)> {
+        let block = self
+            .block(location.height)?
+            .ok_or(Error::IndexMismatch(what))?;
+        let time = block.header().time;
+        let position = location.transaction as usize;
+        let mut transactions = block.block.transactions;
+        if position >= transactions.len() {
+            return Err(Error::IndexMismatch(what));
+        }
+        Ok((time, transactions.swap_remove(position)))
+    }
+
     /// The members that anchored records of the person `fingerprint`, in name order: what
     /// the chain tells of where a person's records are, and nothing more.
     pub fn holders(&self, fingerprint: &[u8; 32]) -> Result<Vec<String>> {
         let mut out = Vec::new();
         for (_, location) in self.store.latest_under(&holders_prefix(fingerprint))? {
-            let block = self
-                .block(location.height)?
-                .ok_or(Error::IndexMismatch("holder"))?;
-            let Some(Transaction::Anchor(batch)) =
-                block.block.transactions.get(location.transaction as usize)
-            else {
+            let (_, Transaction::Anchor(batch)) = self.indexed(location, "holder")? else {
                 return Err(Error::IndexMismatch("holder"));
             };
-            out.push(batch.header.institution.clone());
+            out.push(batch.header.institution);
         }
         out.sort();
         out.dedup();
@@ -260,12 +273,9 @@ impl ChainReader {
         let Some(location) = self.store.latest(&consent_key(grantor, consent))? else {
             return Ok(false);
         };
-        let block = self
-            .block(location.height)?
-            .ok_or(Error::IndexMismatch("consent"))?;
         Ok(matches!(
-            block.block.transactions.get(location.transaction as usize),
-            Some(Transaction::Grant(_))
+            self.indexed(location, "consent")?,
+            (_, Transaction::Grant(_))
         ))
     }
 
@@ -283,19 +293,15 @@ impl ChainReader {
             self.store
                 .latest_under(&grants_prefix(grantor, fingerprint, grantee))?
         {
-            let block = self
-                .block(location.height)?
-                .ok_or(Error::IndexMismatch("grant"))?;
-            let Some(Transaction::Grant(batch)) =
-                block.block.transactions.get(location.transaction as usize)
+            let (granted_at, Transaction::Grant(mut batch)) = self.indexed(location, "grant")?
             else {
                 return Err(Error::IndexMismatch("grant"));
             };
-            let grant = batch
-                .items
-                .get(location.entry as usize)
-                .ok_or(Error::IndexMismatch("grant"))?
-                .clone();
+            let entry = location.entry as usize;
+            if entry >= batch.items.len() {
+                return Err(Error::IndexMismatch("grant"));
+            }
+            let grant = batch.items.swap_remove(entry);
             let latest = self.store.latest(&consent_key(grantor, &grant.consent))?;
             // The consent's latest item is this grant's transaction (one version of a consent
             // is one batch, which holds a grant per grantee).
@@ -306,7 +312,7 @@ impl ChainReader {
                 grantor: grantor.to_owned(),
                 grant,
                 location,
-                granted_at: block.header().time,
+                granted_at,
                 current,
             });
         }
@@ -601,41 +607,38 @@ fn decode_block(height: u64, bytes: &[u8]) -> Result<FinalizedBlock> {
 /// The `chain.latest` entries of a block, in block order: each grant under its grant key and
 /// its consent's key, each revocation under its consent's key (see [`crate::grant`]), each
 /// anchor under its person and institution ([`holder_key`]).
-fn latest_writes(block: &Block) -> Vec<LatestWrite> {
+fn latest_writes(block: &Block) -> Vec<IndexWrite> {
     let mut out = Vec::new();
     let mut holders = std::collections::HashSet::new();
-    let at = |key: Vec<u8>, t: usize, e: usize| LatestWrite {
-        key,
-        // Validation bounds both positions far below u32::MAX.
-        transaction: u32::try_from(t).unwrap_or(u32::MAX),
-        entry: u32::try_from(e).unwrap_or(u32::MAX),
-    };
     for (t, tx) in block.transactions.iter().enumerate() {
         match tx {
             Transaction::Anchor(batch) => {
                 // One entry per person and member a block: where is what matters, not which.
                 for (e, entry) in batch.entries.iter().enumerate() {
-                    let key = holder_key(&entry.fingerprint, &entry.institution);
-                    if holders.insert(key.clone()) {
-                        out.push(at(key, t, e));
+                    if holders.insert((&entry.fingerprint, entry.institution.as_str())) {
+                        out.push(index_write(
+                            holder_key(&entry.fingerprint, &entry.institution),
+                            t,
+                            e,
+                        ));
                     }
                 }
             }
             Transaction::Grant(batch) => {
                 let grantor = &batch.header.institution;
                 for (e, grant) in batch.items.iter().enumerate() {
-                    out.push(at(
+                    out.push(index_write(
                         grant_key(grantor, &grant.fingerprint, &grant.grantee, &grant.consent),
                         t,
                         e,
                     ));
-                    out.push(at(consent_key(grantor, &grant.consent), t, e));
+                    out.push(index_write(consent_key(grantor, &grant.consent), t, e));
                 }
             }
             Transaction::Revocation(batch) => {
                 let grantor = &batch.header.institution;
                 for (e, revocation) in batch.items.iter().enumerate() {
-                    out.push(at(consent_key(grantor, &revocation.consent), t, e));
+                    out.push(index_write(consent_key(grantor, &revocation.consent), t, e));
                 }
             }
             _ => {}
@@ -654,7 +657,17 @@ fn holders_prefix(fingerprint: &[u8; 32]) -> Vec<u8> {
     composite_key(&[b"holder", fingerprint])
 }
 
-fn anchor_writes(block: &Block) -> Vec<AnchorWrite> {
+/// The index entry `key` of the `e`-th item of the block's `t`-th transaction.
+fn index_write(key: Vec<u8>, t: usize, e: usize) -> IndexWrite {
+    IndexWrite {
+        key,
+        // Validation bounds both positions far below u32::MAX.
+        transaction: u32::try_from(t).unwrap_or(u32::MAX),
+        entry: u32::try_from(e).unwrap_or(u32::MAX),
+    }
+}
+
+fn anchor_writes(block: &Block) -> Vec<IndexWrite> {
     let mut out = Vec::new();
     for (t, tx) in block.transactions.iter().enumerate() {
         if let Transaction::Anchor(batch) = tx {
@@ -663,12 +676,7 @@ fn anchor_writes(block: &Block) -> Vec<AnchorWrite> {
                     .entries
                     .iter()
                     .enumerate()
-                    .map(|(e, entry)| AnchorWrite {
-                        key: entry.key(),
-                        // Validation bounds both positions far below u32::MAX.
-                        transaction: u32::try_from(t).unwrap_or(u32::MAX),
-                        entry: u32::try_from(e).unwrap_or(u32::MAX),
-                    }),
+                    .map(|(e, entry)| index_write(entry.key(), t, e)),
             );
         }
     }

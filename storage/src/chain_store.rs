@@ -242,10 +242,11 @@ pub fn composite_key(parts: &[&[u8]]) -> Vec<u8> {
     key
 }
 
-/// One anchored entry to index with its block.
+/// One item of a block to index with it: an anchored entry in `chain.anchors`, or an entry of
+/// `chain.latest` (which replaces what an earlier block filed under its key).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AnchorWrite {
-    /// The anchor's key, built by the caller (see [`composite_key`]).
+pub struct IndexWrite {
+    /// The index key, built by the caller (see [`composite_key`]).
     pub key: Vec<u8>,
     /// Position of its transaction in the block.
     pub transaction: u32,
@@ -253,16 +254,15 @@ pub struct AnchorWrite {
     pub entry: u32,
 }
 
-/// One item filed under an index key of `chain.latest` with its block; it replaces what an
-/// earlier block filed under that key.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LatestWrite {
-    /// The index key, built by the caller (see [`composite_key`]).
-    pub key: Vec<u8>,
-    /// Position of its transaction in the block.
-    pub transaction: u32,
-    /// Its position in that transaction.
-    pub entry: u32,
+impl IndexWrite {
+    /// Where it is, in the block at `height`.
+    fn location(&self, height: u64) -> EntryLocation {
+        EntryLocation {
+            height,
+            transaction: self.transaction,
+            entry: self.entry,
+        }
+    }
 }
 
 /// Everything written for one block, in one transaction.
@@ -277,10 +277,10 @@ pub struct BlockWrite<'a> {
     /// The key of each transaction in block order: the position of a key is its index here.
     pub transactions: &'a [Vec<u8>],
     /// The anchored entries of the block.
-    pub anchors: &'a [AnchorWrite],
+    pub anchors: &'a [IndexWrite],
     /// The `chain.latest` entries of the block, in block order: a later one under the same
     /// key replaces an earlier one.
-    pub latest: &'a [LatestWrite],
+    pub latest: &'a [IndexWrite],
 }
 
 /// The ledger's sled trees, typed.
@@ -461,15 +461,10 @@ impl ChainStore {
     /// Files the `chain.latest` entries of the stored block at `height` (replacing what earlier
     /// blocks filed), for a database made before the index: call for every block in height
     /// order, then [`ChainStore::set_latest_indexed`].
-    pub fn index_latest(&self, height: u64, writes: &[LatestWrite]) -> Result<()> {
+    pub fn index_latest(&self, height: u64, writes: &[IndexWrite]) -> Result<()> {
         for entry in writes {
-            let location = EntryLocation {
-                height,
-                transaction: entry.transaction,
-                entry: entry.entry,
-            };
             self.latest
-                .insert(entry.key.as_slice(), &location.to_bytes())?;
+                .insert(entry.key.as_slice(), &entry.location(height).to_bytes())?;
         }
         Ok(())
     }
@@ -560,19 +555,11 @@ impl ChainStore {
                             existing,
                         });
                     }
-                    let location = EntryLocation {
-                        height: write.height,
-                        transaction: anchor.transaction,
-                        entry: anchor.entry,
-                    };
+                    let location = anchor.location(write.height);
                     anchors.insert(anchor.key.as_slice(), &location.to_bytes())?;
                 }
                 for entry in write.latest {
-                    let location = EntryLocation {
-                        height: write.height,
-                        transaction: entry.transaction,
-                        entry: entry.entry,
-                    };
+                    let location = entry.location(write.height);
                     latest.insert(entry.key.as_slice(), &location.to_bytes())?;
                 }
                 Ok(())
@@ -637,7 +624,7 @@ mod tests {
         let (_db, store) = store();
         assert_eq!(store.last_block().unwrap(), None);
         let txs0 = vec![key("a"), key("b")];
-        let anchors0 = vec![AnchorWrite {
+        let anchors0 = vec![IndexWrite {
             key: key("x"),
             transaction: 1,
             entry: 7,
@@ -693,7 +680,7 @@ mod tests {
     #[tokio::test]
     async fn a_later_latest_entry_replaces_an_earlier_one() {
         let (_db, store) = store();
-        let write = |key: &str, transaction, entry| LatestWrite {
+        let write = |key: &str, transaction, entry| IndexWrite {
             key: key.as_bytes().to_vec(),
             transaction,
             entry,
@@ -782,7 +769,7 @@ mod tests {
         // The second block repeats transaction "t" after a new one and a new anchor: all of it
         // must be refused, including what came before the duplicate.
         let txs = vec![key("new"), key("t")];
-        let anchors = vec![AnchorWrite {
+        let anchors = vec![IndexWrite {
             key: key("fresh"),
             transaction: 0,
             entry: 0,
@@ -814,12 +801,12 @@ mod tests {
     async fn refuses_an_anchor_key_twice_even_in_one_block() {
         let (_db, store) = store();
         let anchors = vec![
-            AnchorWrite {
+            IndexWrite {
                 key: key("k"),
                 transaction: 0,
                 entry: 0,
             },
-            AnchorWrite {
+            IndexWrite {
                 key: key("k"),
                 transaction: 0,
                 entry: 1,
