@@ -452,17 +452,7 @@ impl Sealer {
         if &id != key_id {
             return Err(StorageError::Authentication);
         }
-        let plain = Zeroizing::new(
-            self.keys
-                .rsa
-                .oaep_decrypt::<RsaSha256>(&blob)
-                .map_err(|_| StorageError::Authentication)?,
-        );
-        let key: [u8; 32] = plain
-            .as_slice()
-            .try_into()
-            .map_err(|_| StorageError::Authentication)?;
-        let key = Zeroizing::new(key);
+        let key = self.unwrap_key(&blob)?;
         self.cache
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -509,17 +499,22 @@ impl Sealer {
     /// call from a blocking thread). A key wrapped for another member, or a record altered or
     /// moved on the way, fails.
     pub fn open_shared(&self, shared: &SharedRecord) -> Result<Zeroizing<Vec<u8>>> {
+        open(&shared.record, &self.unwrap_key(&shared.wrapped_data_key)?)
+    }
+
+    /// A 32-byte key wrapped (RSA-OAEP-SHA-256) for this node's RSA key.
+    fn unwrap_key(&self, wrapped: &[u8]) -> Result<Zeroizing<[u8; 32]>> {
         let plain = Zeroizing::new(
             self.keys
                 .rsa
-                .oaep_decrypt::<RsaSha256>(&shared.wrapped_data_key)
+                .oaep_decrypt::<RsaSha256>(wrapped)
                 .map_err(|_| StorageError::Authentication)?,
         );
-        let dek: [u8; 32] = plain
+        let key: [u8; 32] = plain
             .as_slice()
             .try_into()
             .map_err(|_| StorageError::Authentication)?;
-        open(&shared.record, &Zeroizing::new(dek))
+        Ok(Zeroizing::new(key))
     }
 }
 
