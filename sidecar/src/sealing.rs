@@ -340,6 +340,11 @@ impl Sealing {
         &self.vault
     }
 
+    /// The fingerprint of `Patient/id`, when this node sealed its identity.
+    pub fn patient_fingerprint(&self, id: &str) -> Result<Option<Fingerprint>, SealError> {
+        Ok(self.vault.fingerprint_of_resource("Patient", id)?)
+    }
+
     /// The node's metrics.
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics

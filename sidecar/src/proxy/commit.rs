@@ -253,11 +253,15 @@ async fn stored_versions(deps: &Deps, written: &mut [Written]) -> Result<Vec<Val
 
 /// Id and version from `Location` or `Content-Location` (`…/Type/id/_history/v`).
 fn version_from_headers(headers: &http::HeaderMap) -> Option<(String, String)> {
+    location_from_headers(headers).map(|(_, id, version)| (id, version))
+}
+
+/// Type, id and version from `Location` or `Content-Location` (`…/Type/id/_history/v`).
+pub(super) fn location_from_headers(headers: &http::HeaderMap) -> Option<(String, String, String)> {
     [header::LOCATION, header::CONTENT_LOCATION]
         .iter()
         .filter_map(|name| headers.get(name).and_then(|v| v.to_str().ok()))
         .find_map(version_location)
-        .map(|(_, id, version)| (id, version))
 }
 
 /// `(type, id, version)` of a `…Type/id/_history/version` URL.

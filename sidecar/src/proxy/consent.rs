@@ -8,8 +8,9 @@
 //! grants nothing until it is written again. A revocation is final before the upstream sees
 //! the update or delete, so a crash in between leaves a `Consent` that still reads active but
 //! grants nothing; new terms for a `Consent` in force revoke the old grant first, so that
-//! narrower terms hold even when the new grant is never signed. Either way the answer waits for the block: a grant or revocation takes
-//! effect at the block that finalizes it, and the client is told only then.
+//! narrower terms hold even when the new grant is never signed. Either way the answer waits
+//! for the block: a grant or revocation takes effect at the block that finalizes it, and the
+//! client is told only then.
 //!
 //! Only whole-resource writes by id carry consent: a `Consent` patched, written conditionally
 //! or inside a batch or transaction is refused, since its grant follows from the whole
@@ -21,10 +22,11 @@ use fhirseal_adapters::Interaction;
 use fhirseal_consensus::{
     BatchId, Grant, GrantBatch, Revocation, RevocationBatch, Timestamp, Transaction,
 };
-use http::{header, Response};
+use http::Response;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+use super::commit::location_from_headers;
 use super::ctx::RequestCtx;
 use super::deps::{blocking, Deps};
 use super::plan::{Planned, RequestBody};
@@ -142,13 +144,7 @@ async fn grant_plan(deps: &Deps, terms: consent::Grant) -> Result<ConsentPlan, P
     }
     let sealing = deps.sealing.clone();
     let patient = terms.patient.clone();
-    let found = blocking(move || {
-        sealing
-            .vault()
-            .fingerprint_of_resource("Patient", &patient)
-            .map_err(|e| ProxyError::Seal(e.into()))
-    })
-    .await?;
+    let found = blocking(move || sealing.patient_fingerprint(&patient)).await?;
     let Some(fingerprint) = found else {
         return Err(ProxyError::Unprocessable(format!(
             "Consent: Patient/{} is not a patient whose identity this node sealed",
@@ -202,20 +198,12 @@ pub(crate) async fn consent_response(
         &signer,
     )
     .map_err(|e| ProxyError::Unprocessable(format!("Consent: {e}")))?;
-    match deps
-        .ledger
-        .submit_final(Transaction::Grant(batch), deps.sync_timeout)
-        .await
-    {
-        Ok(at) => {
-            tracing::info!(consent = %id, version = %version, height = at.height, "grant final");
-            Ok(response)
-        }
-        Err(LedgerError::NotFinal(why)) => Err(ProxyError::ConsentPending(format!(
-            "the upstream stored Consent/{id}/_history/{version}, but its grant is not final ({why}): it takes effect if its block is finalized; write the Consent again to submit a grant again"
-        ))),
-        Err(error) => Err(error.into()),
-    }
+    let at = finalize(deps, Transaction::Grant(batch), |why| format!(
+        "the upstream stored Consent/{id}/_history/{version}, but its grant is not final ({why}): it takes effect if its block is finalized; write the Consent again to submit a grant again"
+    ))
+    .await?;
+    tracing::info!(consent = %id, version = %version, height = at.height, "grant final");
+    Ok(response)
 }
 
 /// Finalizes the revocation of every grant of `Consent/id`, before the upstream sees the
@@ -232,18 +220,24 @@ async fn revoke(deps: &Deps, id: &str, write_id: &str) -> Result<(), ProxyError>
         &signer,
     )
     .map_err(|e| ProxyError::Unprocessable(format!("Consent: {e}")))?;
-    match deps
-        .ledger
-        .submit_final(Transaction::Revocation(batch), deps.sync_timeout)
-        .await
-    {
-        Ok(at) => {
-            tracing::info!(consent = %id, height = at.height, "revocation final");
-            Ok(())
-        }
-        Err(LedgerError::NotFinal(why)) => Err(ProxyError::ConsentPending(format!(
-            "the revocation of Consent/{id} is not final ({why}); the upstream was not sent the request: it may still take effect if its block is finalized; send the request again"
-        ))),
+    let at = finalize(deps, Transaction::Revocation(batch), |why| format!(
+        "the revocation of Consent/{id} is not final ({why}); the upstream was not sent the request: it may still take effect if its block is finalized; send the request again"
+    ))
+    .await?;
+    tracing::info!(consent = %id, height = at.height, "revocation final");
+    Ok(())
+}
+
+/// Submits `tx` and waits for its block (up to the sync timeout); one not final by then is a
+/// 503 whose message `not_final` words from why.
+async fn finalize(
+    deps: &Deps,
+    tx: Transaction,
+    not_final: impl FnOnce(String) -> String,
+) -> Result<fhirseal_consensus::TxLocation, ProxyError> {
+    match deps.ledger.submit_final(tx, deps.sync_timeout).await {
+        Ok(at) => Ok(at),
+        Err(LedgerError::NotFinal(why)) => Err(ProxyError::ConsentPending(not_final(why))),
         Err(error) => Err(error.into()),
     }
 }
@@ -301,26 +295,17 @@ fn batch_id(kind: &str, id: &str, part: &str) -> BatchId {
 
 /// `Consent/[id]/_history/[version]` from the answer's `Location` or `Content-Location`.
 fn stored_version(response: &Response<ProxyBody>) -> Option<(String, String)> {
-    [header::LOCATION, header::CONTENT_LOCATION]
-        .iter()
-        .filter_map(|name| response.headers().get(name)?.to_str().ok())
-        .find_map(|url| {
-            let path = url.split(['?', '#']).next()?;
-            let parts: Vec<&str> = path.rsplitn(4, '/').collect();
-            match parts.as_slice() {
-                [version, "_history", id, rest] if rest.ends_with("Consent") => {
-                    Some(((*id).to_owned(), (*version).to_owned()))
-                }
-                _ => None,
-            }
-        })
+    match location_from_headers(response.headers())? {
+        (resource_type, id, version) if resource_type == "Consent" => Some((id, version)),
+        _ => None,
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::body::empty;
-    use http::StatusCode;
+    use http::{header, StatusCode};
 
     #[test]
     fn the_stored_version_comes_from_the_location() {

@@ -44,11 +44,7 @@ pub(super) async fn locate(
     let format = Format::negotiate(req.uri().query(), req.headers());
     let (sealing, ledger, patient) = (deps.sealing.clone(), deps.ledger.clone(), id.to_owned());
     let holders = blocking(move || {
-        let Some(fingerprint) = sealing
-            .vault()
-            .fingerprint_of_resource("Patient", &patient)
-            .map_err(|e| ProxyError::Seal(e.into()))?
-        else {
+        let Some(fingerprint) = sealing.patient_fingerprint(&patient)? else {
             return Err(ProxyError::NotFound(format!(
                 "Patient/{patient} is not a patient whose identity this node sealed"
             )));
