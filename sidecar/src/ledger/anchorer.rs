@@ -22,7 +22,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::crash::{self, CrashPoint};
 use crate::ledger::error::LedgerError;
-use crate::ledger::node::Backlog;
+use crate::ledger::node::{wait_for_blocks, Backlog, Waited};
 use crate::ledger::runtime::{submit, Command};
 use crate::ledger::view::LedgerView;
 use crate::metrics::Metrics;
@@ -293,31 +293,20 @@ impl Anchorer {
 
     /// Whether the node's chain holds every transaction with these keys.
     fn all_final(&self, keys: &[Vec<u8>]) -> Result<bool, LedgerError> {
-        for key in keys {
-            if self.reader.locate_transaction(key)?.is_none() {
-                return Ok(false);
-            }
-        }
-        Ok(true)
+        all_located(&self.reader, keys)
     }
 
     /// Waits until the node's chain holds every transaction with these keys, or the policy's
     /// wait passes.
     async fn wait_final(&mut self, keys: &[Vec<u8>]) -> Result<(), LedgerError> {
-        let deadline = tokio::time::Instant::now() + self.policy.finality_wait;
-        loop {
-            if self.all_final(keys)? {
-                return Ok(());
-            }
-            match tokio::time::timeout_at(deadline, self.blocks.changed()).await {
-                Ok(Ok(())) => {}
-                Ok(Err(_)) => return Err(LedgerError::Stopped),
-                Err(_) => {
-                    return Err(LedgerError::NotFinal(
-                        "no block holding the round's batches is final yet".into(),
-                    ))
-                }
-            }
+        let reader = &self.reader;
+        let found = || Ok(all_located(reader, keys)?.then_some(()));
+        match wait_for_blocks(&mut self.blocks, self.policy.finality_wait, found).await? {
+            Waited::Found(()) => Ok(()),
+            Waited::Stopped => Err(LedgerError::Stopped),
+            Waited::TimedOut => Err(LedgerError::NotFinal(
+                "no block holding the round's batches is final yet".into(),
+            )),
         }
     }
 
@@ -421,6 +410,16 @@ impl Anchorer {
             reidentified: pending.reidentified,
         }
     }
+}
+
+/// Whether the chain `reader` reads holds every transaction with these keys.
+fn all_located(reader: &ChainReader, keys: &[Vec<u8>]) -> Result<bool, LedgerError> {
+    for key in keys {
+        if reader.locate_transaction(key)?.is_none() {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 /// A random batch id: batches are told apart by id, and a retry reuses its batch's.

@@ -400,22 +400,14 @@ impl NodeLedger {
             return Ok(at);
         }
         submit(&self.commands, vec![tx]).await?;
-        let mut blocks = self.blocks.clone();
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            if let Some(at) = self.reader.locate_transaction(&key)? {
-                return Ok(at);
-            }
-            match tokio::time::timeout_at(deadline, blocks.changed()).await {
-                Ok(Ok(())) => {}
-                Ok(Err(_)) => return Err(LedgerError::Stopped),
-                Err(_) => {
-                    return Err(LedgerError::NotFinal(format!(
-                        "no block holding it was final within {} ms",
-                        timeout.as_millis()
-                    )))
-                }
-            }
+        let found = || Ok(self.reader.locate_transaction(&key)?);
+        match wait_for_blocks(&mut self.blocks.clone(), timeout, found).await? {
+            Waited::Found(at) => Ok(at),
+            Waited::Stopped => Err(LedgerError::Stopped),
+            Waited::TimedOut => Err(LedgerError::NotFinal(format!(
+                "no block holding it was final within {} ms",
+                timeout.as_millis()
+            ))),
         }
     }
 
@@ -426,29 +418,53 @@ impl NodeLedger {
         versions: &[(String, String, String)],
         timeout: Duration,
     ) -> Result<bool, LedgerError> {
-        let mut blocks = self.blocks.clone();
-        let deadline = tokio::time::Instant::now() + timeout;
         let mut remaining: Vec<&(String, String, String)> = versions.iter().collect();
-        loop {
+        let found = || {
             let mut still = Vec::with_capacity(remaining.len());
-            for v in remaining {
+            for v in &remaining {
                 if self
                     .reader
                     .locate_anchor(&self.institution, &v.0, &v.1, &v.2)?
                     .is_none()
                 {
-                    still.push(v);
+                    still.push(*v);
                 }
             }
-            if still.is_empty() {
-                return Ok(true);
-            }
             remaining = still;
-            match tokio::time::timeout_at(deadline, blocks.changed()).await {
-                Ok(Ok(())) => {}
-                // The ledger stopped, or time is up.
-                Ok(Err(_)) | Err(_) => return Ok(false),
-            }
+            Ok(remaining.is_empty().then_some(()))
+        };
+        // The ledger stopped, or time is up: not all anchored.
+        let waited = wait_for_blocks(&mut self.blocks.clone(), timeout, found).await?;
+        Ok(matches!(waited, Waited::Found(())))
+    }
+}
+
+/// How [`wait_for_blocks`] ended.
+pub(crate) enum Waited<T> {
+    /// The check found what it looked for.
+    Found(T),
+    /// The ledger's task stopped.
+    Stopped,
+    /// Time was up.
+    TimedOut,
+}
+
+/// Runs `found` now and again after each block the node stores (`blocks` moves), until it
+/// finds something, `timeout` passes or the ledger's task stops.
+pub(crate) async fn wait_for_blocks<T>(
+    blocks: &mut watch::Receiver<u64>,
+    timeout: Duration,
+    mut found: impl FnMut() -> Result<Option<T>, LedgerError>,
+) -> Result<Waited<T>, LedgerError> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(value) = found()? {
+            return Ok(Waited::Found(value));
+        }
+        match tokio::time::timeout_at(deadline, blocks.changed()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return Ok(Waited::Stopped),
+            Err(_) => return Ok(Waited::TimedOut),
         }
     }
 }
