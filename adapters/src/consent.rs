@@ -18,8 +18,10 @@
 //! - `provision.period`: `start` and `end`, FHIR dates or date-times (a date-time needs its
 //!   time zone); a date's end is the end of that day, a month's or a year's the end of it.
 
-use chrono::{DateTime, Datelike, NaiveDate};
+use chrono::{DateTime, NaiveDate};
 use serde_json::Value;
+
+use crate::route::{is_logical_id, is_resource_type};
 
 /// The identifier system naming a member institution of the consortium in `provision.actor`.
 pub const INSTITUTION_SYSTEM: &str = "urn:fhirseal:institution";
@@ -83,7 +85,7 @@ pub fn consent_terms(consent: &Value, now_ms: u64) -> Result<ConsentTerms, Conse
     }
     let patient = match consent.pointer("/patient/reference").and_then(Value::as_str) {
         Some(reference) => match reference.strip_prefix("Patient/") {
-            Some(id) if is_id(id) => id.to_owned(),
+            Some(id) if is_logical_id(id) => id.to_owned(),
             _ => {
                 return refuse(format!(
                     "patient.reference '{reference}' is not a reference Patient/[id] to a patient of this server"
@@ -246,22 +248,6 @@ fn codes(
     Ok(out)
 }
 
-/// A FHIR id: 1 to 64 of `A-Za-z0-9-.`.
-fn is_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= 64
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
-}
-
-/// A resource type's shape: a capital letter, then letters.
-fn is_resource_type(name: &str) -> bool {
-    name.len() <= 64
-        && name.starts_with(|c: char| c.is_ascii_uppercase())
-        && name.bytes().all(|b| b.is_ascii_alphabetic())
-}
-
 /// A FHIR date (`YYYY`, `YYYY-MM`, `YYYY-MM-DD`) or a date-time with its time zone, in
 /// milliseconds since the Unix epoch: where the period it names starts, or with `end` where
 /// it ends (a date-time is an instant either way).
@@ -299,7 +285,6 @@ fn instant(text: &str, end: bool) -> Option<u64> {
         _ => return None,
     };
     let chosen = if end { next } else { start };
-    debug_assert!(chosen.year() >= year);
     let millis = chosen.and_hms_opt(0, 0, 0)?.and_utc().timestamp_millis();
     u64::try_from(millis).ok()
 }

@@ -277,27 +277,33 @@ pub fn route(method: &Method, path: &str, has_query: bool) -> Result<Interaction
     Ok(interaction)
 }
 
-/// FHIR resource type names are an upper-case letter followed by letters (R4 has none longer
-/// than 64 characters).
-fn resource_type(segment: &str) -> Result<String, RouteError> {
-    let mut chars = segment.chars();
-    let valid = segment.len() <= 64
+/// Whether `name` has the shape of a FHIR resource type: an upper-case letter followed by
+/// letters (R4 has none longer than 64 characters).
+pub fn is_resource_type(name: &str) -> bool {
+    let mut chars = name.chars();
+    name.len() <= 64
         && chars.next().is_some_and(|c| c.is_ascii_uppercase())
-        && chars.all(|c| c.is_ascii_alphabetic());
-    if valid {
+        && chars.all(|c| c.is_ascii_alphabetic())
+}
+
+/// Whether `id` is a FHIR R4 `id`: `[A-Za-z0-9\-\.]{1,64}`.
+pub fn is_logical_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+}
+
+fn resource_type(segment: &str) -> Result<String, RouteError> {
+    if is_resource_type(segment) {
         Ok(segment.to_owned())
     } else {
         Err(RouteError::ResourceType(segment.to_owned()))
     }
 }
 
-/// FHIR R4 `id`: `[A-Za-z0-9\-\.]{1,64}`.
 fn logical_id(segment: &str) -> Result<String, RouteError> {
-    let valid = (1..=64).contains(&segment.len())
-        && segment
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
-    if valid {
+    if is_logical_id(segment) {
         Ok(segment.to_owned())
     } else {
         Err(RouteError::Id(segment.to_owned()))
