@@ -49,6 +49,13 @@ pub struct Grant {
     pub expiry: Timestamp,
 }
 
+impl Grant {
+    /// Whether it covers records of `resource_type`.
+    pub fn covers(&self, resource_type: &str) -> bool {
+        self.resource_types.is_empty() || self.resource_types.iter().any(|t| t == resource_type)
+    }
+}
+
 /// The end of every grant of one `Consent` of the batch's institution filed before it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Revocation {
@@ -238,8 +245,9 @@ pub struct GrantRequest<'a> {
     pub role: &'a str,
     /// The purpose of use it states.
     pub purpose: &'a str,
-    /// The resource type it reads.
-    pub resource_type: &'a str,
+    /// The resource type it reads; `None`: the person's records of whatever types the grant
+    /// covers (each then kept or not by [`Grant::covers`]).
+    pub resource_type: Option<&'a str>,
     /// Now (milliseconds since the Unix epoch).
     pub now: Timestamp,
 }
@@ -279,12 +287,7 @@ pub fn permits(record: &GrantRecord, request: &GrantRequest<'_>) -> Result<(), G
     if !grant.grantee_role.is_empty() && grant.grantee_role != request.role {
         return Err(GrantRefusal::Role);
     }
-    if !grant.resource_types.is_empty()
-        && !grant
-            .resource_types
-            .iter()
-            .any(|t| t == request.resource_type)
-    {
+    if request.resource_type.is_some_and(|t| !grant.covers(t)) {
         return Err(GrantRefusal::ResourceType);
     }
     if !grant.purposes.iter().any(|p| p == request.purpose) {
@@ -345,7 +348,7 @@ mod tests {
             grantee: "h2",
             role: "clinician",
             purpose: "TREAT",
-            resource_type: "Observation",
+            resource_type: Some("Observation"),
             now: Timestamp(now),
         }
     }
@@ -370,10 +373,18 @@ mod tests {
             (
                 "another resource type",
                 GrantRequest {
-                    resource_type: "Condition",
+                    resource_type: Some("Condition"),
                     ..request(2_000)
                 },
                 Err(GrantRefusal::ResourceType),
+            ),
+            (
+                "the person's records, of the types it covers",
+                GrantRequest {
+                    resource_type: None,
+                    ..request(2_000)
+                },
+                Ok(()),
             ),
             (
                 "another institution",
@@ -391,6 +402,14 @@ mod tests {
             decide(&[], &request(2_000)).map(|_| ()),
             Err(GrantRefusal::NoGrant)
         );
+    }
+
+    #[test]
+    fn a_grant_covers_its_types_or_every_type() {
+        let mut g = grant();
+        assert!(g.covers("Patient") && g.covers("Observation") && !g.covers("Condition"));
+        g.resource_types.clear();
+        assert!(g.covers("Condition"));
     }
 
     #[test]
@@ -420,7 +439,7 @@ mod tests {
         open.grantee_role = "clinician".into();
         let records = [record(open, true)];
         let far = GrantRequest {
-            resource_type: "Condition",
+            resource_type: Some("Condition"),
             ..request(u64::MAX - 1)
         };
         assert!(decide(&records, &far).is_ok());

@@ -62,6 +62,7 @@ pub use codec::DecodeError;
 pub use ed25519_dalek::{Signature, SigningKey};
 pub use error::{Error, Result};
 pub use fhirseal_storage::chain_store::{ChainStore, EntryLocation, TxLocation};
+pub use fhirseal_storage::outbox::{Exchange, ExchangeKind};
 pub use grant::{
     decide, Grant, GrantBatch, GrantRecord, GrantRefusal, GrantRequest, Revocation, RevocationBatch,
 };

@@ -13,6 +13,7 @@ use std::collections::HashSet;
 
 use ed25519_dalek::{Signature, Signer as _, SigningKey};
 use fhirseal_storage::chain_store::composite_key;
+use fhirseal_storage::outbox::{access_flags, read_access_flags, Exchange};
 
 use crate::bft::{CommitCertificate, Evidence};
 use crate::codec::{self, limits, top_level_encoding, DecodeError, Reader, Wire, Writer};
@@ -149,6 +150,9 @@ pub struct AccessEvent {
     /// `false`: the request itself (a read, a search, named by what it named); `true`: one
     /// resource version shown with the person's identity merged back.
     pub reidentified: bool,
+    /// For records shared between members under a grant: which side of the exchange the
+    /// batch's institution was, and the other member.
+    pub exchange: Option<Exchange>,
 }
 
 top_level_encoding!(AccessEvent);
@@ -164,11 +168,14 @@ impl Wire for AccessEvent {
         w.str(&self.version_id);
         w.str(&self.purpose_of_use);
         w.u64(self.time.0);
-        w.u8(u8::from(self.reidentified));
+        w.u8(access_flags(self.reidentified, self.exchange.as_ref()));
+        if let Some(exchange) = &self.exchange {
+            w.str(&exchange.peer);
+        }
     }
 
     fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
-        Ok(Self {
+        Self {
             principal: r.string("event principal", limits::MAX_NAME_LEN)?,
             institution: r.string("event institution", limits::MAX_NAME_LEN)?,
             resource_type: r.string("event resource type", limits::MAX_NAME_LEN)?,
@@ -176,17 +183,31 @@ impl Wire for AccessEvent {
             version_id: r.string("event version id", limits::MAX_NAME_LEN)?,
             purpose_of_use: r.string("event purpose of use", limits::MAX_NAME_LEN)?,
             time: Timestamp(r.u64("event time")?),
-            reidentified: match r.u8("event re-identified flag")? {
-                0 => false,
-                1 => true,
-                tag => {
-                    return Err(DecodeError::UnknownTag {
-                        field: "event re-identified flag",
-                        tag,
-                    })
-                }
-            },
-        })
+            reidentified: false,
+            exchange: None,
+        }
+        .with_flags(r)
+    }
+}
+
+impl AccessEvent {
+    /// Reads the flags byte (and the exchange's peer after it, when it names one).
+    fn with_flags(mut self, r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        let flags = r.u8("event flags")?;
+        let Some((reidentified, kind)) = read_access_flags(flags) else {
+            return Err(DecodeError::UnknownTag {
+                field: "event flags",
+                tag: flags,
+            });
+        };
+        self.reidentified = reidentified;
+        if let Some(kind) = kind {
+            self.exchange = Some(Exchange {
+                kind,
+                peer: r.string("event exchange peer", limits::MAX_NAME_LEN)?,
+            });
+        }
+        Ok(self)
     }
 }
 

@@ -8,7 +8,7 @@
 
 use fhirseal_adapters::auth::Principal;
 use fhirseal_adapters::Interaction;
-use fhirseal_storage::PendingAccess;
+use fhirseal_storage::{Exchange, ExchangeKind, PendingAccess};
 use http::{HeaderMap, StatusCode};
 use serde_json::{json, Value};
 
@@ -70,7 +70,46 @@ impl Accessor {
             purpose_of_use: self.purpose_of_use.clone(),
             time_ms: self.time_ms,
             reidentified,
+            exchange: None,
         }
+    }
+
+    /// An access event of records shared with another member: `reidentified` when an identity
+    /// record went with (or came with) the resource.
+    pub(crate) fn exchanged(
+        &self,
+        (resource_type, id, version): (&str, &str, &str),
+        reidentified: bool,
+        kind: ExchangeKind,
+        peer: &str,
+    ) -> PendingAccess {
+        PendingAccess {
+            exchange: Some(Exchange {
+                kind,
+                peer: peer.to_owned(),
+            }),
+            ..self.event(resource_type, id, version, reidentified)
+        }
+    }
+
+    /// The accessor a member's node names for a request it makes under a grant: its principal
+    /// as that member names it, with its purpose of use.
+    pub(crate) fn remote(principal: &str, purpose_of_use: &str, time_ms: u64) -> Accessor {
+        Accessor {
+            principal: principal.to_owned(),
+            purpose_of_use: purpose_of_use.to_owned(),
+            time_ms,
+        }
+    }
+
+    /// The principal's name.
+    pub(crate) fn principal(&self) -> &str {
+        &self.principal
+    }
+
+    /// The purpose of use it states (empty: none).
+    pub(crate) fn purpose_of_use(&self) -> &str {
+        &self.purpose_of_use
     }
 }
 
@@ -314,6 +353,7 @@ mod tests {
             purpose_of_use: "TREAT".into(),
             time_ms: 0,
             reidentified: false,
+            exchange: None,
         };
         let search = Interaction::SearchType {
             resource_type: "Patient".into(),

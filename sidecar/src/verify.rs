@@ -432,7 +432,7 @@ pub fn block_json(block: &FinalizedBlock, audited_by: Option<&str>) -> Value {
                         .events
                         .iter()
                         .map(|e| {
-                            json!({
+                            let mut event = json!({
                                 "principal": e.principal,
                                 "resourceType": e.resource_type,
                                 "id": e.logical_id,
@@ -440,7 +440,14 @@ pub fn block_json(block: &FinalizedBlock, audited_by: Option<&str>) -> Value {
                                 "purposeOfUse": e.purpose_of_use,
                                 "time": crate::audit::instant(e.time.0),
                                 "reidentified": e.reidentified,
-                            })
+                            });
+                            if let Some(exchange) = &e.exchange {
+                                event["exchange"] = json!({
+                                    "kind": exchange.kind.name(),
+                                    "member": exchange.peer,
+                                });
+                            }
+                            event
                         })
                         .collect();
                 }

@@ -30,7 +30,7 @@ pub mod vault;
 
 pub use error::{Result, StorageError};
 pub use keys::{NodeKeys, SecretKey};
-pub use outbox::{KeptRound, Outbox, PendingAccess, PendingAnchor};
+pub use outbox::{Exchange, ExchangeKind, KeptRound, Outbox, PendingAccess, PendingAnchor};
 pub use seal::{
     blind_tag, blind_token, Fingerprint, NewEpochKey, RecordMeta, SealedRecord, Sealer,
     SharedRecord,

@@ -96,6 +96,79 @@ pub struct PendingAccess {
     /// `false`: the request (a read, a search); `true`: one resource shown with its identity
     /// merged back.
     pub reidentified: bool,
+    /// Whether the access was an exchange with another member's node under a grant, and which.
+    pub exchange: Option<Exchange>,
+}
+
+/// An access that crossed institutions (the sharing of records under a grant): which side of
+/// it this node was, and the other member.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exchange {
+    pub kind: ExchangeKind,
+    /// The other member: the grantee for what a grantor records, the grantor for a grantee.
+    pub peer: String,
+}
+
+/// What happened in an [`Exchange`], as the node that records it saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExchangeKind {
+    /// The grantor sent this resource to the grantee.
+    SentTo,
+    /// The grantor refused the grantee's request.
+    RefusedTo,
+    /// The grantee received this resource from the grantor.
+    ReceivedFrom,
+    /// The grantor refused this node's request.
+    RefusedBy,
+}
+
+impl ExchangeKind {
+    /// The kind's code, 1 to 4 (0 is no exchange): kept in the access flags' upper bits.
+    pub fn code(self) -> u8 {
+        match self {
+            ExchangeKind::SentTo => 1,
+            ExchangeKind::RefusedTo => 2,
+            ExchangeKind::ReceivedFrom => 3,
+            ExchangeKind::RefusedBy => 4,
+        }
+    }
+
+    /// The kind of a code; `None` for 0 and for codes no kind has.
+    pub fn from_code(code: u8) -> Option<ExchangeKind> {
+        Some(match code {
+            1 => ExchangeKind::SentTo,
+            2 => ExchangeKind::RefusedTo,
+            3 => ExchangeKind::ReceivedFrom,
+            4 => ExchangeKind::RefusedBy,
+            _ => return None,
+        })
+    }
+
+    /// How it reads in the ledger's JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            ExchangeKind::SentTo => "sent-to",
+            ExchangeKind::RefusedTo => "refused-to",
+            ExchangeKind::ReceivedFrom => "received-from",
+            ExchangeKind::RefusedBy => "refused-by",
+        }
+    }
+}
+
+/// An access's flags byte: bit 0 whether it was re-identified, the bits above the exchange's
+/// kind (0: none). Events of a build without exchanges have 0 or 1, and read the same.
+pub fn access_flags(reidentified: bool, exchange: Option<&Exchange>) -> u8 {
+    u8::from(reidentified) | exchange.map_or(0, |e| e.kind.code() << 1)
+}
+
+/// What an access's flags byte says: (re-identified, exchange kind); `None` for a byte no
+/// build writes.
+pub fn read_access_flags(flags: u8) -> Option<(bool, Option<ExchangeKind>)> {
+    let reidentified = flags & 1 == 1;
+    match flags >> 1 {
+        0 => Some((reidentified, None)),
+        code => Some((reidentified, Some(ExchangeKind::from_code(code)?))),
+    }
 }
 
 impl PendingAccess {
@@ -107,8 +180,17 @@ impl PendingAccess {
             self.version.as_bytes(),
             self.purpose_of_use.as_bytes(),
             &self.time_ms.to_be_bytes(),
-            &[u8::from(self.reidentified)],
+            &self.flags_field(),
         ])
+    }
+
+    /// The flags byte, and the exchange's peer after it when there is one.
+    fn flags_field(&self) -> Vec<u8> {
+        let mut field = vec![access_flags(self.reidentified, self.exchange.as_ref())];
+        if let Some(exchange) = &self.exchange {
+            field.extend_from_slice(exchange.peer.as_bytes());
+        }
+        field
     }
 
     fn decode(bytes: &[u8]) -> Result<Self> {
@@ -116,10 +198,18 @@ impl PendingAccess {
         let time: [u8; 8] = parts[5]
             .try_into()
             .map_err(|_| corrupt(ACCESS_TREE, "time is not 8 bytes"))?;
-        let reidentified = match parts[6] {
-            [0] => false,
-            [1] => true,
-            _ => return Err(corrupt(ACCESS_TREE, "the re-identified flag is not 0 or 1")),
+        let (flags, peer) = parts[6]
+            .split_first()
+            .ok_or_else(|| corrupt(ACCESS_TREE, "no access flags"))?;
+        let (reidentified, kind) = read_access_flags(*flags)
+            .ok_or_else(|| corrupt(ACCESS_TREE, "access flags no build writes"))?;
+        let exchange = match kind {
+            Some(kind) if !peer.is_empty() => Some(Exchange {
+                kind,
+                peer: text(peer, ACCESS_TREE)?,
+            }),
+            None if peer.is_empty() => None,
+            _ => return Err(corrupt(ACCESS_TREE, "an exchange without its peer")),
         };
         Ok(Self {
             principal: text(parts[0], ACCESS_TREE)?,
@@ -129,6 +219,7 @@ impl PendingAccess {
             purpose_of_use: text(parts[4], ACCESS_TREE)?,
             time_ms: u64::from_be_bytes(time),
             reidentified,
+            exchange,
         })
     }
 }
@@ -407,6 +498,29 @@ mod tests {
     }
 
     #[test]
+    fn access_flags_read_back_and_old_flags_read_the_same() {
+        assert_eq!(read_access_flags(0), Some((false, None)));
+        assert_eq!(read_access_flags(1), Some((true, None)));
+        for kind in [
+            ExchangeKind::SentTo,
+            ExchangeKind::RefusedTo,
+            ExchangeKind::ReceivedFrom,
+            ExchangeKind::RefusedBy,
+        ] {
+            let exchange = Exchange {
+                kind,
+                peer: "h1".into(),
+            };
+            for reidentified in [false, true] {
+                let flags = access_flags(reidentified, Some(&exchange));
+                assert_eq!(read_access_flags(flags), Some((reidentified, Some(kind))));
+            }
+        }
+        assert_eq!(read_access_flags(5 << 1), None);
+        assert_eq!(read_access_flags(0xff), None);
+    }
+
+    #[test]
     fn entries_survive_a_reopen_in_order_until_cleared() {
         let dir = tempfile::tempdir().unwrap();
         let seqs = {
@@ -422,8 +536,18 @@ mod tests {
                 purpose_of_use: "TREAT".into(),
                 time_ms: 1_700_000_000_000,
                 reidentified: true,
+                exchange: None,
             };
             outbox.push_access(&event).unwrap();
+            // One sent to another member under a grant keeps its peer.
+            let shared = PendingAccess {
+                exchange: Some(Exchange {
+                    kind: ExchangeKind::SentTo,
+                    peer: "h2".into(),
+                }),
+                ..event.clone()
+            };
+            outbox.push_access(&shared).unwrap();
             db.flush().unwrap();
             assert!(a < b);
             vec![a, b]
@@ -437,12 +561,18 @@ mod tests {
         assert_eq!(outbox.anchors(1).unwrap().len(), 1);
         let events = outbox.access_events(10).unwrap();
         assert_eq!(events[0].1.purpose_of_use, "TREAT");
-        assert_eq!(outbox.pending(), (2, 1));
+        assert_eq!(events[0].1.exchange, None);
+        let exchange = events[1].1.exchange.as_ref().expect("the exchange kept");
+        assert_eq!(
+            (exchange.kind, exchange.peer.as_str()),
+            (ExchangeKind::SentTo, "h2")
+        );
+        assert_eq!(outbox.pending(), (2, 2));
         outbox.clear_anchors(&seqs[..1]).unwrap();
         assert_eq!(outbox.anchors(10).unwrap(), vec![(seqs[1], anchor("2"))]);
         outbox.clear_anchors(&seqs[1..]).unwrap();
         outbox
-            .clear_access(&[events[0].0])
+            .clear_access(&[events[0].0, events[1].0])
             .expect("clearing access events");
         assert!(outbox.is_empty());
     }
@@ -458,6 +588,7 @@ mod tests {
             purpose_of_use: String::new(),
             time_ms: 1_700_000_000_000,
             reidentified: true,
+            exchange: None,
         };
         let round = {
             let db = sled::open(dir.path()).unwrap();

@@ -66,16 +66,33 @@ fn sample_block() -> FinalizedBlock {
     let access = AccessBatch::sign(
         batch_id(9),
         INSTITUTION,
-        vec![AccessEvent {
-            principal: "Practitioner/7".into(),
-            institution: INSTITUTION.into(),
-            resource_type: "Observation".into(),
-            logical_id: "o1".into(),
-            version_id: String::new(),
-            purpose_of_use: "TREAT".into(),
-            time: Timestamp(1_700_000_000_000),
-            reidentified: true,
-        }],
+        vec![
+            AccessEvent {
+                principal: "Practitioner/7".into(),
+                institution: INSTITUTION.into(),
+                resource_type: "Observation".into(),
+                logical_id: "o1".into(),
+                version_id: String::new(),
+                purpose_of_use: "TREAT".into(),
+                time: Timestamp(1_700_000_000_000),
+                reidentified: true,
+                exchange: None,
+            },
+            AccessEvent {
+                principal: "dr-bob".into(),
+                institution: INSTITUTION.into(),
+                resource_type: "Observation".into(),
+                logical_id: "o2".into(),
+                version_id: "3".into(),
+                purpose_of_use: "TREAT".into(),
+                time: Timestamp(1_700_000_000_001),
+                reidentified: true,
+                exchange: Some(fhirseal_consensus::Exchange {
+                    kind: fhirseal_consensus::ExchangeKind::SentTo,
+                    peer: "h2".into(),
+                }),
+            },
+        ],
         &institution_key(),
     )
     .unwrap();

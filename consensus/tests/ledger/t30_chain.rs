@@ -171,6 +171,7 @@ async fn access_batches_are_anchored_too() {
             purpose_of_use: "TREAT".into(),
             time: Timestamp(77),
             reidentified: false,
+            exchange: None,
         }],
         &institution_key(),
     )
@@ -218,7 +219,7 @@ async fn a_consents_latest_item_on_the_chain_decides() {
         grantee: "hospital-b",
         role: "clinician",
         purpose: "TREAT",
-        resource_type: "Patient",
+        resource_type: Some("Patient"),
         now: Timestamp(now),
     };
     let decision = |ledger: &TestLedger, now| {

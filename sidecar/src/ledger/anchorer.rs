@@ -408,6 +408,7 @@ impl Anchorer {
             purpose_of_use: pending.purpose_of_use,
             time: Timestamp(pending.time_ms),
             reidentified: pending.reidentified,
+            exchange: pending.exchange,
         }
     }
 }

@@ -124,6 +124,7 @@ async fn rounds_anchor_each_version_once_and_clear_the_outbox() {
             purpose_of_use: "TREAT".into(),
             time_ms: 1,
             reidentified: false,
+            exchange: None,
         })
         .unwrap();
     let mut flight = None;
@@ -257,6 +258,7 @@ async fn a_round_final_before_a_crash_is_not_recorded_again() {
             purpose_of_use: String::new(),
             time_ms: 1,
             reidentified: true,
+            exchange: None,
         })
         .unwrap();
     {
