@@ -123,6 +123,7 @@ impl Role {
 const CLINICAL_OPERATIONS: &[&str] = &[
     "$verify",
     "$locate",
+    "$shared",
     "$everything",
     "$lastn",
     "$stats",
@@ -169,6 +170,7 @@ pub fn default_roles() -> BTreeMap<String, Role> {
                 &[Read, Search, History],
                 &[
                     "$verify",
+                    "$shared",
                     "$everything",
                     "$lastn",
                     "$stats",
@@ -235,8 +237,13 @@ impl Needs {
             | I::OperationInstance { name, .. }
             | I::OperationVersion { name, .. } => {
                 needs.operations.insert(format!("${name}"));
-                // Where else a person has records links them across members.
-                (name == "locate").then_some(Permission::IdentitySearch)
+                match name.as_str() {
+                    // Where else a person has records links them across members.
+                    "locate" => Some(Permission::IdentitySearch),
+                    // Another member's records of the person, read under its grant.
+                    "shared" => Some(Permission::Read),
+                    _ => None,
+                }
             }
         };
         let writes = matches!(

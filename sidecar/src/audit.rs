@@ -102,11 +102,6 @@ impl Accessor {
         }
     }
 
-    /// The principal's name.
-    pub(crate) fn principal(&self) -> &str {
-        &self.principal
-    }
-
     /// The purpose of use it states (empty: none).
     pub(crate) fn purpose_of_use(&self) -> &str {
         &self.purpose_of_use

@@ -99,6 +99,10 @@ pub enum ProxyError {
     /// and was not done, in words.
     #[error("{0}")]
     ConsentPending(String),
+    /// Another member's node, asked for records it shares, could not be reached or did not
+    /// answer as it should.
+    #[error("member {member}'s node: {reason}")]
+    Member { member: String, reason: String },
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -133,7 +137,8 @@ impl ProxyError {
             | ProxyError::UpstreamTimeout(_)
             | ProxyError::UpstreamBody(_)
             | ProxyError::UpstreamTooLarge { .. }
-            | ProxyError::NotAnchored(_) => Side::Upstream,
+            | ProxyError::NotAnchored(_)
+            | ProxyError::Member { .. } => Side::Upstream,
             ProxyError::Internal(_)
             | ProxyError::Seal(_)
             | ProxyError::Ledger(_)
@@ -172,7 +177,8 @@ impl ProxyError {
             ProxyError::UpstreamUnavailable(_)
             | ProxyError::UpstreamBody(_)
             | ProxyError::UpstreamTooLarge { .. }
-            | ProxyError::NotAnchored(_) => StatusCode::BAD_GATEWAY,
+            | ProxyError::NotAnchored(_)
+            | ProxyError::Member { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout(_) | ProxyError::AnchorTimeout(_) => {
                 StatusCode::GATEWAY_TIMEOUT
             }
@@ -215,9 +221,9 @@ impl ProxyError {
                 IssueType::TooCostly
             }
             ProxyError::UnsupportedMediaType(_) => IssueType::NotSupported,
-            ProxyError::UpstreamUnavailable(_) | ProxyError::UpstreamBody(_) => {
-                IssueType::Transient
-            }
+            ProxyError::UpstreamUnavailable(_)
+            | ProxyError::UpstreamBody(_)
+            | ProxyError::Member { .. } => IssueType::Transient,
             ProxyError::UpstreamTimeout(_) | ProxyError::AnchorTimeout(_) => IssueType::Timeout,
             ProxyError::NotAnchored(_) => IssueType::Incomplete,
             ProxyError::Internal(_) | ProxyError::Seal(_) | ProxyError::Ledger(_) => {

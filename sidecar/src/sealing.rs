@@ -13,7 +13,7 @@ use fhirseal_adapters::search::{self, SearchError};
 use fhirseal_adapters::{blind, identity, profile};
 use fhirseal_storage::{
     blind_tag, blind_token, BlindEntry, Fingerprint, NodeKeys, PendingAccess, PendingAnchor,
-    RecordMeta, Sealer, SecretKey, Vault, VaultWrite, BLIND_LAYOUT,
+    RecordMeta, Sealer, SecretKey, SharedRecord, Vault, VaultWrite, BLIND_LAYOUT,
 };
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -783,6 +783,31 @@ impl Sealing {
             .map_err(SealError::Identity)
     }
 
+    /// The sealed record of one stored version with its data key wrapped for a grantee whose
+    /// RSA key is `grantee` (SubjectPublicKeyInfo DER); `None` when the version has no
+    /// identity in the vault. Nothing is decrypted but the epoch key: call from a blocking
+    /// thread.
+    pub fn share(
+        &self,
+        (resource_type, id, version): (&str, &str, &str),
+        grantee: &[u8],
+    ) -> Result<Option<SharedRecord>, SealError> {
+        let Some(record) = self.vault.record(resource_type, id, version)? else {
+            return Ok(None);
+        };
+        let shared =
+            self.sealer
+                .share(&record, |key_id| self.vault.wrapped_key(key_id), grantee)?;
+        Ok(Some(shared))
+    }
+
+    /// The identity part of a record another member shared with this node (an RSA
+    /// private-key operation: call from a blocking thread).
+    pub fn open_shared(&self, shared: &SharedRecord) -> Result<IdentityPart, SealError> {
+        let plain = self.sealer.open_shared(shared)?;
+        IdentityPart::from_bytes(&plain).map_err(SealError::Identity)
+    }
+
     /// The query with its identity parameters answered from the blind index; `None` when it
     /// has none.
     pub fn rewrite_search(
@@ -927,13 +952,7 @@ fn storage_hex(bytes: &[u8]) -> String {
 }
 
 fn parse_hex(text: &str) -> Result<Vec<u8>, SealError> {
-    (0..text.len())
-        .step_by(2)
-        .map(|i| {
-            text.get(i..i + 2)
-                .and_then(|b| u8::from_str_radix(b, 16).ok())
-        })
-        .collect::<Option<Vec<u8>>>()
+    fhirseal_storage::keys::unhex(text)
         .ok_or_else(|| SealError::Identity("an intent's hex field is malformed".to_owned()))
 }
 

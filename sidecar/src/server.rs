@@ -197,10 +197,12 @@ impl Sidecar {
                 None
             }
         };
-        let mut proxy = Proxy::new(config, tls.is_some(), sealing, opened.ledger, auth)?;
+        let mut proxy = Proxy::new(config, tls.is_some(), sealing, opened.ledger, auth)?
+            .with_network(consortium.network());
         if let Some(slot) = slot {
             proxy = proxy.in_process(slot);
         }
+        consortium.attach_sharing(proxy.sharing());
         let admin = admin_listener.map(|listener| {
             let admin = Admin {
                 metrics: proxy.sealing().metrics().clone(),

@@ -15,6 +15,7 @@
 //! | `GET /consortium/ping` | — | `{}`: another member's node asks whether its certificate is still taken |
 //! | `GET /consortium/joins`, `/consortium/joins/{id}` | — | this member's own CLI only: pending join requests (the list, JSON; one, its bytes) |
 //! | `POST /consortium/invites` | [`InviteRequest`], JSON | the regulator's own CLI only: an invite kept (201) |
+//! | `POST /sharing/records` | a member's request for one person's records under a grant (JSON) | answered by the proxy's grantor side (`proxy::grantor`); 503 until it runs |
 //! | `POST /bft/messages`, `/bft/block`, `/ledger/block`, `/ledger/submit`, `GET /ledger/sync` | the shared ledger's traffic ([`crate::ledger::wire`]) | answered by the ledger ([`LedgerPort`]); 503 until it runs |
 //!
 //! A Raft RPC reaches openraft only if [`authorize`] lets the peer send it (the leader or
@@ -77,7 +78,10 @@ use crate::consortium::transport::{
 use crate::consortium::trust::{key_fingerprint, server_config, Identity, Peer, Trust};
 use crate::consortium::window::wall_clock;
 use crate::error::{json_error, json_response};
-use crate::ledger::routes::{is_ledger_route, LedgerPort};
+use crate::ledger::routes::{is_ledger_route, Answer as PeerAnswer, LedgerPort};
+
+/// The route members ask for the records another member shares with them on.
+pub const SHARING_PATH: &str = "/sharing/records";
 use crate::listener::{self, Connection, ListenerConfig};
 
 /// Largest API or join request body.
@@ -134,7 +138,17 @@ struct Shared {
     participation: Mutex<Participation>,
     /// The shared ledger's routes, once the ledger is open.
     ledger: OnceLock<LedgerPort>,
+    /// What answers members asking for records this node shares, once the proxy runs.
+    sharing: OnceLock<PeerHandler>,
 }
+
+/// Answers a member's request on a route another part of the node owns: the member (by its
+/// certificate) and the request's body in, the answer out.
+pub type PeerHandler = Arc<
+    dyn Fn(String, Bytes) -> std::pin::Pin<Box<dyn std::future::Future<Output = PeerAnswer> + Send>>
+        + Send
+        + Sync,
+>;
 
 impl Shared {
     fn participation(&self) -> std::sync::MutexGuard<'_, Participation> {
@@ -267,6 +281,7 @@ impl RunningNode {
             wrapping: Arc::new(secrets.wrapping.clone()),
             participation: Mutex::new(participation),
             ledger: OnceLock::new(),
+            sharing: OnceLock::new(),
         });
 
         let mut tasks = JoinSet::new();
@@ -349,6 +364,13 @@ impl RunningNode {
     pub fn attach_ledger(&self, port: LedgerPort) {
         // Attached once at start-up; a second call changes nothing.
         let _already = self.shared.ledger.set(port);
+    }
+
+    /// Hands the sharing route (`POST /sharing/records`) to the listener (once; until then
+    /// it answers 503).
+    pub fn attach_sharing(&self, handler: PeerHandler) {
+        // Attached once at start-up; a second call changes nothing.
+        let _already = self.shared.sharing.set(handler);
     }
 
     /// Stops the listeners and duties, then Raft, and flushes the store.
@@ -555,6 +577,26 @@ async fn api_request(
             };
             invite(shared, own, &body)
         }
+        (Method::POST, SHARING_PATH) => {
+            let Some(handler) = shared.sharing.get() else {
+                return json_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "this node does not share records yet",
+                );
+            };
+            let body = match read_body(req, MAX_REQUEST_BYTES).await {
+                Ok(b) => b,
+                Err(r) => return r,
+            };
+            let answer = handler(peer.member.clone(), body).await;
+            let mut response = Response::new(Full::new(answer.body));
+            *response.status_mut() = answer.status;
+            response.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/json"),
+            );
+            response
+        }
         (method, p) if is_ledger_route(p) => {
             let Some(port) = shared.ledger.get() else {
                 return json_error(
@@ -592,7 +634,8 @@ async fn api_request(
             | "/consortium/status"
             | "/consortium/ping"
             | "/consortium/joins"
-            | "/consortium/invites",
+            | "/consortium/invites"
+            | SHARING_PATH,
         ) => json_error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
         _ => json_error(StatusCode::NOT_FOUND, format!("no route {path}")),
     }

@@ -167,6 +167,7 @@ impl Participation {
                     let node = MemberNode {
                         node_id: m.profile.node_id,
                         address: m.profile.address.clone(),
+                        wrapping_key: m.keys().wrapping_key.clone(),
                     };
                     (m.id().to_owned(), node)
                 })

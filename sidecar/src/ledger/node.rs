@@ -311,6 +311,12 @@ impl NodeLedger {
             .is_some()
     }
 
+    /// An active member's node (where it listens, its RSA key), as the governance state names
+    /// it.
+    pub fn member_node(&self, institution: &str) -> Option<crate::ledger::view::MemberNode> {
+        self.view.borrow().members.get(institution).cloned()
+    }
+
     /// Whether a version waits in the outbox (written, not yet in a final block).
     pub fn is_pending(
         &self,

@@ -41,6 +41,8 @@ pub struct MemberNode {
     pub node_id: u64,
     /// Where its governance listener is.
     pub address: String,
+    /// Its RSA key (SubjectPublicKeyInfo DER): what records shared with it are wrapped for.
+    pub wrapping_key: Vec<u8>,
 }
 
 /// The ledger's view of the governance state (published again whenever the state, the node's

@@ -32,6 +32,26 @@ pub(super) fn record_access(
     Ok(Some((event, flushed)))
 }
 
+/// Keeps access events a request made besides its own (records shared between members),
+/// durable before the answer leaves.
+pub(super) async fn record_events(
+    deps: &Deps,
+    events: Vec<PendingAccess>,
+) -> Result<(), ProxyError> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let sealing = deps.sealing.clone();
+    super::deps::blocking(move || {
+        events
+            .iter()
+            .try_for_each(|event| sealing.record_access(event))
+    })
+    .await?;
+    deps.sealing.durable().await?;
+    Ok(())
+}
+
 /// Sends the FHIR `AuditEvent` of a read upstream, in the background; a failure is logged.
 pub(super) fn send_audit_event(
     deps: Arc<Deps>,

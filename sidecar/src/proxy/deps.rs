@@ -52,6 +52,9 @@ pub(crate) struct Deps {
     pub(crate) clock: Arc<dyn Clock>,
     /// The node's metrics (the sealing's): requests and refusals are counted here.
     pub(crate) metrics: Arc<Metrics>,
+    /// Channels to other members' nodes (asking for records they share); `None` for a node
+    /// without the consortium's transport.
+    pub(crate) network: Option<crate::consortium::transport::HttpNetwork>,
 }
 
 /// Bounds on what one request may take.
@@ -113,6 +116,7 @@ impl Deps {
             tls: listener_tls,
             max_body: server.max_body_bytes,
             forwarded: config.upstream.honours_forwarded_headers,
+            network: None,
         })
     }
 }

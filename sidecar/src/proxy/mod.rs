@@ -24,9 +24,11 @@
 //! 10. `fail_to_proxy` — any error becomes an `OperationOutcome` (see [`crate::error`]);
 //! 11. `logging` — one structured line per request, under its request id.
 //!
-//! `$verify` and the `/ledger/…` API are answered by the sidecar itself ([`ledger_api`]), as is
-//! `Patient/[id]/$locate` ([`locate`]: which members hold records of the person), and
-//! the ledger explorer's page at `/ledger/ui` ([`explorer`]).
+//! `$verify` and the `/ledger/…` API are answered by the sidecar itself ([`ledger_api`]), as are
+//! `Patient/[id]/$locate` ([`locate`]: which members hold records of the person),
+//! `Patient/[id]/$shared` ([`shared`]: the records another member shares of the person, asked
+//! of its node, whose answer is [`grantor`]), and the ledger explorer's page at `/ledger/ui`
+//! ([`explorer`]).
 //! Dependencies run one way: this file calls the phases; the phases use `deps`, `ctx`, the
 //! sealing, the upstream client and the HTTP utilities, and never this file.
 
@@ -38,11 +40,14 @@ mod ctx;
 mod deps;
 mod explorer;
 mod filter;
+mod grantor;
 mod ledger_api;
 mod locate;
 mod plan;
 mod recover;
 mod seal;
+mod share_wire;
+mod shared;
 mod unseal;
 mod verify_request;
 
@@ -114,6 +119,25 @@ impl Proxy {
     /// `/readyz`'s answer: ready when the upstream answers `/metadata` with a success.
     pub async fn readyz(&self) -> Response<ProxyBody> {
         readyz(&self.deps).await
+    }
+
+    /// The same proxy asking other members' nodes over `network` for the records they share.
+    pub fn with_network(&self, network: crate::consortium::transport::HttpNetwork) -> Proxy {
+        let mut deps = (*self.deps).clone();
+        deps.network = Some(network);
+        Proxy {
+            deps: Arc::new(deps),
+        }
+    }
+
+    /// What answers other members' nodes asking for records this node shares (the
+    /// consortium listener's `POST /sharing/records`, with the asking member).
+    pub fn sharing(&self) -> crate::consortium::node::PeerHandler {
+        let deps = self.deps.clone();
+        Arc::new(move |member: String, body: Bytes| {
+            let deps = deps.clone();
+            Box::pin(async move { grantor::answer(&deps, &member, &body).await })
+        })
     }
 
     /// The node's sealing (for tools and tests that look inside).
@@ -292,6 +316,9 @@ async fn proxy_routed(
         }
         if let Some(patient) = locate::locate_target(&ctx.interaction) {
             return locate::locate(deps, &req, patient).await;
+        }
+        if let Some(patient) = shared::shared_target(&ctx.interaction) {
+            return shared::shared(deps, &ctx, &req, patient).await;
         }
         let consent_plan = consent::consent_request(deps, &ctx, &planned).await?;
         let (req, pending) = match seal::seal_request(deps, req, planned.body, &mut ctx).await? {
