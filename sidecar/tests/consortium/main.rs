@@ -11,7 +11,8 @@
 //! front of HAPI FHIR (one person, one fingerprint at both; a revoked member's node refuses
 //! writes; a restart of every node; the HAPI servers of `deploy/test.sh` needed, else
 //! skipped), consent between those two institutions (a `Consent` becomes a grant on the shared
-//! chain, its end a revocation; what cannot be a grant is refused), and the shared chain of four delegates (one chain held identically by every
+//! chain, its end a revocation; what cannot be a grant is refused; records fetched under a live
+//! grant with identity sealed end to end, refused without one), and the shared chain of four delegates (one chain held identically by every
 //! member through one crash, halted below quorum, caught up after restarts; a member joining
 //! later syncs it; a revoked delegate replaced at the next epoch; the same HAPI servers), and a
 //! partition of that chain's four delegates in network namespaces (a 2|2 split finalizes

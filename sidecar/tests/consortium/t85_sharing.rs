@@ -7,15 +7,31 @@
 //! without the consent permission, a grantee that is no member or h1 itself, a patient h1 never
 //! sealed, a patch, a `Consent` inside a transaction.
 //!
+//!
+//! Then the fetch itself (`Patient/[id]/$shared?institution=h1` at h2): refused without a
+//! grant, for another purpose, after a revocation and after expiry; under a live grant h2's
+//! clinician reads h1's patient and observation with identity merged back from records h1
+//! re-wrapped for h2, and h2's researcher reads them without; what h1's node sends, captured
+//! as h2's node asks with h2's certificate, holds no identity; every delivery and refusal is
+//! an access event on the chain at both ends.
+//!
 //! Without `FHIRSEAL_TEST_HAPI` and `FHIRSEAL_TEST_HAPI_REFERENCE` the test prints
 //! `skipped: …` and passes.
 
-use std::time::Instant;
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
 
-use http::{Method, StatusCode};
+use bytes::Bytes;
+use fhirseal_sidecar::config::Config;
+use fhirseal_sidecar::consortium::files::{Layout, MemberSecrets};
+use fhirseal_sidecar::consortium::Client as NodeClient;
+use http::{Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
 use serde_json::{json, Value};
 
-use crate::support::{runtime, serial, two_hapis};
+use crate::support::{call_as, runtime, serial, two_hapis};
 use crate::t30_script::{script, StopOnDrop};
 use crate::t70_institutions::{fingerprint, person, send, start_two, unique, write, Member};
 
@@ -43,6 +59,102 @@ fn consent(patient: &str, grantee: &str, end: &str) -> Value {
             ]
         }
     })
+}
+
+/// `GET url` as `key` stating `purpose`: status and body.
+async fn get_for(url: &str, key: &str, purpose: &str) -> (StatusCode, Value) {
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let request = Request::get(url)
+        .header("x-api-key", key)
+        .header("x-purpose-of-use", purpose)
+        .header("accept", "application/fhir+json")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let response = tokio::time::timeout(Duration::from_secs(60), client.request(request))
+        .await
+        .expect("the request timed out")
+        .unwrap_or_else(|e| panic!("{url}: {e}"));
+    let status = response.status();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
+}
+
+/// `$shared` of `Patient/patient` at `member` from `holder`, as `key` for `purpose`.
+async fn fetch(
+    member: &Member,
+    patient: &str,
+    holder: &str,
+    key: &str,
+    purpose: &str,
+) -> (StatusCode, Value) {
+    let url = format!(
+        "{}/Patient/{patient}/$shared?institution={holder}",
+        member.fhir
+    );
+    get_for(&url, key, purpose).await
+}
+
+/// The resources of a `$shared` answer by type, once every one of `types` is there and
+/// checked (a write just anchored at the holder reaches this member's copy of the chain a
+/// moment later).
+async fn fetched(
+    member: &Member,
+    patient: &str,
+    key: &str,
+    types: &[&str],
+) -> BTreeMap<String, Value> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, bundle) = fetch(member, patient, "h1", key, "TREAT").await;
+        assert_eq!(status, StatusCode::OK, "{bundle}");
+        assert_eq!(bundle["type"], "collection", "{bundle}");
+        let found: BTreeMap<String, Value> = bundle["entry"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                (
+                    e["resource"]["resourceType"].as_str().unwrap().to_owned(),
+                    e["resource"].clone(),
+                )
+            })
+            .collect();
+        let complete =
+            types.iter().all(|t| found.contains_key(*t)) && !found.contains_key("OperationOutcome");
+        if complete {
+            assert_eq!(found.len(), types.len(), "{bundle}");
+            return found;
+        }
+        assert!(Instant::now() < deadline, "never complete: {bundle}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// The exchanges (kind, member) of the access events `member` signed from height `from` on,
+/// once `wanted` are all there (access events are anchored in the next rounds).
+async fn exchanges(member: &Member, from: u64, wanted: &[(&str, &str)]) -> Vec<(String, String)> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut found = Vec::new();
+        for tx in transactions(member, from, "access").await {
+            for event in tx["events"].as_array().into_iter().flatten() {
+                if event["exchange"].is_object() {
+                    found.push((
+                        event["exchange"]["kind"].as_str().unwrap().to_owned(),
+                        event["exchange"]["member"].as_str().unwrap().to_owned(),
+                    ));
+                }
+            }
+        }
+        let all = wanted
+            .iter()
+            .all(|(k, m)| found.iter().any(|(fk, fm)| fk == k && fm == m));
+        if all {
+            return found;
+        }
+        assert!(Instant::now() < deadline, "{wanted:?} not in {found:?}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
 }
 
 /// `member`'s ledger API answer at `path` (auditor's key).
@@ -335,6 +447,194 @@ fn a_consent_becomes_a_grant_every_member_holds_and_its_end_a_revocation() {
     script(&dir, &["stop"]);
     eprintln!(
         "FIGURE consent on the chain, whole test: {:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn records_are_shared_only_under_a_live_grant_with_identity_sealed_end_to_end() {
+    let Some((hapi_1, hapi_2)) = two_hapis() else {
+        return;
+    };
+    let _serial = serial();
+    let started = Instant::now();
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("c");
+    let _stop = StopOnDrop(dir.clone());
+    let (h1, h2) = start_two(&dir, &hapi_1, &hapi_2);
+    let family = unique("Sharedperson");
+    let digits = unique("");
+    let ssn = format!("8{}-{}", &digits[..2], &digits[2..8]);
+    let hour = (chrono::Utc::now() + chrono::Duration::hours(1))
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let config_1 = Config::from_file(std::path::Path::new(&h1.config)).unwrap();
+    let config_2 = Config::from_file(std::path::Path::new(&h2.config)).unwrap();
+
+    let (patient, at_h2, fp, first, h1_node, h1_from, h2_from) = runtime().block_on(async {
+        let h1_from = next_height(&h1).await;
+        let h2_from = next_height(&h2).await;
+        // The person at h1, with an observation whose note names them; the same person at h2.
+        let patient = write(&h1, &person(&family, &ssn)).await;
+        let observation = json!({
+            "resourceType": "Observation",
+            "status": "final",
+            "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]},
+            "subject": {"reference": format!("Patient/{patient}")},
+            "valueQuantity": {"value": 72, "unit": "/min"},
+            "note": [{"text": format!("{family} was calm")}]
+        });
+        let (status, answer) = send(
+            Method::POST,
+            &format!("{}/Observation", h1.fhir),
+            &h1.clinician,
+            Some(&observation),
+        )
+        .await;
+        assert_eq!(status, StatusCode::CREATED, "{answer}");
+        let fp = fingerprint(&h1, &patient).await;
+        let at_h2 = write(&h2, &person(&family, &ssn)).await;
+
+        // No grant: refused, at both ends.
+        let (status, answer) = fetch(&h2, &at_h2, "h1", &h2.clinician, "TREAT").await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{answer}");
+        assert!(answer.to_string().contains("no grant"), "{answer}");
+        // What is not a fetch is refused here, before h1 is asked.
+        let url = format!("{}/Patient/{at_h2}/$shared", h2.fhir);
+        let (status, answer) = get_for(&url, &h2.clinician, "TREAT").await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+        let url = format!("{}/Patient/{at_h2}/$shared?institution=h9", h2.fhir);
+        let (status, answer) = get_for(&url, &h2.clinician, "TREAT").await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{answer}");
+        let (status, answer) = fetch(&h2, &at_h2, "h1", &h2.auditor, "TREAT").await;
+        assert_eq!(
+            status,
+            StatusCode::FORBIDDEN,
+            "the auditor may not read: {answer}"
+        );
+
+        // Granted for treatment: h2's clinician reads h1's records with identity, each checked
+        // against the chain; h2's researcher reads them without.
+        let (status, created) =
+            post_consent(&h1, &h1.clinician, &consent(&patient, "h2", &hour)).await;
+        assert_eq!(status, StatusCode::CREATED, "{created}");
+        let first = created["id"].as_str().unwrap().to_owned();
+        let found = fetched(&h2, &at_h2, &h2.clinician, &["Patient", "Observation"]).await;
+        let shown = found["Patient"].to_string();
+        assert!(shown.contains(&family) && shown.contains(&ssn), "{shown}");
+        assert_eq!(found["Patient"]["id"], patient.as_str());
+        let note = found["Observation"]["note"][0]["text"].as_str().unwrap();
+        assert_eq!(note, format!("{family} was calm"));
+        assert_eq!(
+            found["Observation"]["meta"]["tag"][0]["system"],
+            "urn:fhirseal:holder"
+        );
+        assert_eq!(found["Observation"]["meta"]["tag"][0]["code"], "h1");
+        let found = fetched(&h2, &at_h2, &h2.researcher, &["Patient", "Observation"]).await;
+        let text = serde_json::to_string(&found).unwrap();
+        assert!(!text.contains(&family) && !text.contains(&ssn), "{text}");
+        // Another purpose than the grant's: refused.
+        let (status, answer) = fetch(&h2, &at_h2, "h1", &h2.clinician, "HRESCH").await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{answer}");
+        assert!(answer.to_string().contains("purpose"), "{answer}");
+        let h1_node = NodeClient::open(&config_1).unwrap().status().await.unwrap();
+        (patient, at_h2, fp, first, h1_node, h1_from, h2_from)
+    });
+
+    // What h1's node sends on the consortium's transport, captured as h2's node asks: the
+    // resources, and no identity in plaintext.
+    let layout = Layout::of(&config_2);
+    let secrets_2 = MemberSecrets::load(&layout.keys(), &layout.keys()).unwrap();
+    let ask =
+        json!({"fingerprint": fp, "principal": "capture", "role": "clinician", "purpose": "TREAT"});
+    let (status, sent) = call_as(
+        &secrets_2,
+        &h1_node,
+        Method::POST,
+        "/sharing/records",
+        serde_json::to_vec(&ask).unwrap(),
+    );
+    assert_eq!(status, 200, "{sent}");
+    assert!(
+        sent.contains("\"Observation\"") && sent.contains("\"sealed\""),
+        "{sent}"
+    );
+    for secret in [&family, &ssn, "1971-03-04"] {
+        assert!(!sent.contains(secret), "{secret} in what h1 sent: {sent}");
+    }
+    // A member's node asking with the certificate of another member is refused as that one:
+    // h1 asking itself holds no grant.
+    let secrets_1 =
+        MemberSecrets::load(&Layout::of(&config_1).keys(), &Layout::of(&config_1).keys()).unwrap();
+    let (status, answer) = call_as(
+        &secrets_1,
+        &h1_node,
+        Method::POST,
+        "/sharing/records",
+        serde_json::to_vec(&ask).unwrap(),
+    );
+    assert_eq!(status, 403, "{answer}");
+
+    runtime().block_on(async {
+        // Revoked: refused from the block that finalized the revocation.
+        let mut inactive = consent(&patient, "h2", &hour);
+        inactive["id"] = json!(first);
+        inactive["status"] = json!("inactive");
+        let (status, answer) = send(
+            Method::PUT,
+            &format!("{}/Consent/{first}", h1.fhir),
+            &h1.clinician,
+            Some(&inactive),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{answer}");
+        let (status, answer) = fetch(&h2, &at_h2, "h1", &h2.clinician, "TREAT").await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{answer}");
+        assert!(answer.to_string().contains("revoked"), "{answer}");
+
+        // A fresh grant that ends in a few seconds: refused once it has.
+        let soon = chrono::Utc::now() + chrono::Duration::seconds(4);
+        let end = soon.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        let (status, created) =
+            post_consent(&h1, &h1.clinician, &consent(&patient, "h2", &end)).await;
+        assert_eq!(status, StatusCode::CREATED, "{created}");
+        let wait = (soon - chrono::Utc::now()).to_std().unwrap_or_default();
+        tokio::time::sleep(wait + Duration::from_secs(1)).await;
+        let (status, answer) = fetch(&h2, &at_h2, "h1", &h2.clinician, "TREAT").await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{answer}");
+        assert!(answer.to_string().contains("expired"), "{answer}");
+
+        // Every request, delivery and refusal is an access event on the chain, at both ends.
+        let at_h1 = exchanges(&h1, h1_from, &[("sent-to", "h2"), ("refused-to", "h2")]).await;
+        // Besides h2's, the refusal of h1's own certificate above.
+        let others: Vec<_> = at_h1.iter().filter(|(_, m)| m != "h2").collect();
+        assert_eq!(
+            others,
+            [&("refused-to".to_owned(), "h1".to_owned())],
+            "{at_h1:?}"
+        );
+        let at_h2 = exchanges(
+            &h2,
+            h2_from,
+            &[("received-from", "h1"), ("refused-by", "h1")],
+        )
+        .await;
+        assert!(at_h2.iter().all(|(_, m)| m == "h1"), "{at_h2:?}");
+        // h1's HAPI holds the person and the note without identity.
+        let (status, stored) = send(
+            Method::GET,
+            &format!("{}/Observation?subject=Patient/{patient}", h1.upstream),
+            "",
+            None,
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{stored}");
+        assert_eq!(stored["total"], 1, "{stored}");
+        let text = stored.to_string();
+        assert!(!text.contains(&family) && !text.contains(&ssn), "{text}");
+    });
+    script(&dir, &["stop"]);
+    eprintln!(
+        "FIGURE sharing between two institutions, whole test: {:?}",
         started.elapsed()
     );
 }
