@@ -15,6 +15,9 @@ pub enum StorageError {
     Authentication,
     #[error("the data key {0} that sealed this record is not in the vault")]
     UnknownDataKey(String),
+    /// The record's person key was destroyed: the person's identity is erased.
+    #[error("the person's key was destroyed: their identity is erased")]
+    Erased,
     #[error("malformed stored data: {0}")]
     Corrupt(String),
     /// What the vault holds fails its integrity check (it was altered or damaged on disk).

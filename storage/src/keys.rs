@@ -157,7 +157,7 @@ pub fn read_rsa(path: &Path) -> Result<PrivateKey> {
     })
 }
 
-fn key_error(path: &Path, e: std::io::Error) -> StorageError {
+pub(crate) fn key_error(path: &Path, e: std::io::Error) -> StorageError {
     StorageError::KeyFile {
         path: path.display().to_string(),
         reason: e.to_string(),

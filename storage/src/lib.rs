@@ -24,6 +24,7 @@ pub mod keys;
 pub mod open;
 pub mod outbox;
 pub mod pause;
+pub mod person_keys;
 pub mod raft_store;
 pub mod seal;
 pub mod vault;
@@ -35,4 +36,4 @@ pub use seal::{
     blind_tag, blind_token, Fingerprint, NewEpochKey, RecordMeta, SealedRecord, Sealer,
     SharedRecord,
 };
-pub use vault::{BlindEntry, Durability, Vault, VaultCheck, VaultWrite, BLIND_LAYOUT};
+pub use vault::{BlindEntry, Durability, Erased, Vault, VaultCheck, VaultWrite, BLIND_LAYOUT};

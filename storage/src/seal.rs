@@ -8,17 +8,23 @@
 //! epoch keys live in a bounded cache), while every record still has a key of its own that can
 //! be handed to a grantee without exposing its neighbours.
 //!
+//! **Person keys.** With [`Sealer::with_person_keys`], a record of a person (any fingerprint
+//! but all zeros) is sealed under that person's own key too: its data key is
+//! `HMAC-SHA-256(epoch key, "fhirseal-dek-v2" ‖ salt ‖ person key)` (format 2). Destroying the
+//! person key ([`crate::person_keys`]) erases every record of the person, in the vault and in
+//! any copy of it, while their neighbours under the same epoch key still open.
+//!
 //! **Sharing.** A record handed to a grantee ([`Sealer::share`]) travels as a
 //! [`SharedRecord`]: the record as sealed, and its own data key wrapped with RSA-OAEP-SHA-256 for
 //! the grantee's RSA key. The grantee opens that one record ([`Sealer::open_shared`]); the
 //! epoch key it was derived from, which opens the records around it, never leaves, and the
 //! identity is never decrypted on the way (re-encryption of the key, not of the data).
 //!
-//! **Binding.** The fingerprint, resource type, logical id and version id, the epoch key id and
-//! the salt are the associated data: a record moved to another resource fails to open.
+//! **Binding.** The format, fingerprint, resource type, logical id and version id, the epoch key
+//! id and the salt are the associated data: a record moved to another resource fails to open.
 //!
-//! **Format** (version 1, all lengths big-endian):
-//! `"FSR1" ‖ fingerprint[32] ‖ u16 len ‖ type ‖ u16 len ‖ id ‖ u16 len ‖ version ‖ key id[32] ‖
+//! **Format** (version 1, or 2 for a person-keyed record, all lengths big-endian):
+//! `"FSR1"|"FSR2" ‖ fingerprint[32] ‖ u16 len ‖ type ‖ u16 len ‖ id ‖ u16 len ‖ version ‖ key id[32] ‖
 //! salt[32] ‖ nonce[12] ‖ u32 len ‖ ciphertext+tag`. Its content address is its SHA-256.
 
 use std::collections::{HashMap, VecDeque};
@@ -33,13 +39,18 @@ use zeroize::Zeroizing;
 
 use crate::error::{random, Result, StorageError};
 use crate::keys::{hex, NodeKeys, SecretKey};
+use crate::person_keys::PersonKeys;
 
 type HmacSha256 = Hmac<Sha256>;
 
 const MAGIC: &[u8; 4] = b"FSR1";
+/// A record sealed under its person's key too (see [`crate::person_keys`]).
+const MAGIC_PERSON: &[u8; 4] = b"FSR2";
 const SHARED_MAGIC: &[u8; 4] = b"FSS1";
 const DEK_LABEL: &[u8] = b"fhirseal-dek-v1";
+const DEK_LABEL_PERSON: &[u8] = b"fhirseal-dek-v2";
 const AAD_LABEL: &[u8] = b"fhirseal-record-v1";
+const AAD_LABEL_PERSON: &[u8] = b"fhirseal-record-v2";
 /// Records sealed under one epoch key before a new one is made.
 pub const DEFAULT_EPOCH_USES: u32 = 4096;
 /// Unwrapped epoch keys kept in memory.
@@ -92,11 +103,11 @@ pub fn blind_tag(index_key: &SecretKey, name: &str, value: &str) -> [u8; TAG_LEN
 /// Bytes of a blind-index tag.
 pub const TAG_LEN: usize = 8;
 
-fn aes(dek: &[u8; 32]) -> Aes256Gcm {
+pub(crate) fn aes(dek: &[u8; 32]) -> Aes256Gcm {
     Aes256Gcm::new(&Key::<Aes256Gcm>::from(*dek))
 }
 
-fn hmac(key: &[u8; 32], parts: &[&[u8]]) -> [u8; 32] {
+pub(crate) fn hmac(key: &[u8; 32], parts: &[&[u8]]) -> [u8; 32] {
     let mut mac = <HmacSha256 as hmac::KeyInit>::new_from_slice(key)
         .unwrap_or_else(|_| unreachable!("HMAC accepts any key length"));
     for part in parts {
@@ -115,9 +126,19 @@ pub struct RecordMeta {
 }
 
 impl RecordMeta {
-    fn aad(&self, key_id: &[u8; 32], salt: &[u8; 32]) -> Vec<u8> {
+    /// Whether a record of this person is sealed under a person key: every person's but the
+    /// "no one" fingerprint's (a resource about no person).
+    fn has_person(&self) -> bool {
+        self.fingerprint.0 != [0; 32]
+    }
+
+    fn aad(&self, person_keyed: bool, key_id: &[u8; 32], salt: &[u8; 32]) -> Vec<u8> {
         let mut aad = Vec::with_capacity(160);
-        aad.extend_from_slice(AAD_LABEL);
+        aad.extend_from_slice(if person_keyed {
+            AAD_LABEL_PERSON
+        } else {
+            AAD_LABEL
+        });
         aad.extend_from_slice(&self.fingerprint.0);
         for part in [&self.resource_type, &self.id, &self.version] {
             aad.extend_from_slice(&(part.len() as u16).to_be_bytes());
@@ -133,6 +154,9 @@ impl RecordMeta {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SealedRecord {
     pub meta: RecordMeta,
+    /// Whether its data key depends on its person's key too (format 2): destroying that key
+    /// erases it.
+    pub person_keyed: bool,
     pub key_id: [u8; 32],
     pub salt: [u8; 32],
     pub nonce: [u8; 12],
@@ -144,7 +168,11 @@ impl SealedRecord {
         let m = &self.meta;
         let mut out =
             Vec::with_capacity(160 + m.resource_type.len() + m.id.len() + self.ciphertext.len());
-        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(if self.person_keyed {
+            MAGIC_PERSON
+        } else {
+            MAGIC
+        });
         out.extend_from_slice(&m.fingerprint.0);
         for part in [&m.resource_type, &m.id, &m.version] {
             out.extend_from_slice(&(part.len() as u16).to_be_bytes());
@@ -160,11 +188,15 @@ impl SealedRecord {
 
     pub fn decode(bytes: &[u8]) -> Result<SealedRecord> {
         let mut r = Reader(bytes);
-        if r.take(4)? != MAGIC {
-            return Err(StorageError::Corrupt(
-                "not a version 1 sealed record".to_owned(),
-            ));
-        }
+        let person_keyed = match r.take(4)? {
+            m if m == MAGIC => false,
+            m if m == MAGIC_PERSON => true,
+            _ => {
+                return Err(StorageError::Corrupt(
+                    "not a version 1 or 2 sealed record".to_owned(),
+                ))
+            }
+        };
         let fingerprint = Fingerprint(r.array()?);
         let resource_type = r.string16()?;
         let id = r.string16()?;
@@ -186,6 +218,7 @@ impl SealedRecord {
                 id,
                 version,
             },
+            person_keyed,
             key_id,
             salt,
             nonce,
@@ -314,6 +347,8 @@ pub struct Sealer {
     max_uses: u32,
     /// Where a new epoch key is written the moment it is made (the vault's `epoch_keys`).
     key_store: Option<sled::Tree>,
+    /// The persons' keys, when records are sealed under them too.
+    person_keys: Option<std::sync::Arc<PersonKeys>>,
 }
 
 impl std::fmt::Debug for Sealer {
@@ -336,7 +371,48 @@ impl Sealer {
             }),
             max_uses: max_uses.max(1),
             key_store: None,
+            person_keys: None,
         }
+    }
+
+    /// Seals every record of a person under that person's key too (made with its first
+    /// record), so that [`PersonKeys::destroy`] erases them. Records sealed before, and
+    /// records about no person, depend on their epoch key alone.
+    pub fn with_person_keys(mut self, person_keys: std::sync::Arc<PersonKeys>) -> Sealer {
+        self.person_keys = Some(person_keys);
+        self
+    }
+
+    /// The persons' keys, if records are sealed under them.
+    pub fn person_keys(&self) -> Option<&std::sync::Arc<PersonKeys>> {
+        self.person_keys.as_ref()
+    }
+
+    /// The data key of a record sealed with `epoch_key` and `salt`: under the person's key too
+    /// when `person_keyed` (an error when that key is gone: the person was erased).
+    fn data_key(
+        &self,
+        meta: &RecordMeta,
+        person_keyed: bool,
+        epoch_key: &[u8; 32],
+        salt: &[u8; 32],
+        make: bool,
+    ) -> Result<Zeroizing<[u8; 32]>> {
+        if !person_keyed {
+            return Ok(Zeroizing::new(hmac(epoch_key, &[DEK_LABEL, salt])));
+        }
+        let keys = self.person_keys.as_ref().ok_or_else(|| {
+            StorageError::Corrupt("a record sealed under a person key, and no person keys".into())
+        })?;
+        let person = if make {
+            keys.get_or_create(&meta.fingerprint)?
+        } else {
+            keys.get(&meta.fingerprint)?.ok_or(StorageError::Erased)?
+        };
+        Ok(Zeroizing::new(hmac(
+            epoch_key,
+            &[DEK_LABEL_PERSON, salt, person.as_ref()],
+        )))
     }
 
     /// Writes each new epoch key to `tree` (keyed by its id) as it is made, before any record
@@ -366,9 +442,10 @@ impl Sealer {
         random(&mut salt)?;
         let mut nonce = [0u8; 12];
         random(&mut nonce)?;
-        let dek = Zeroizing::new(hmac(&epoch_key, &[DEK_LABEL, &salt]));
+        let person_keyed = self.person_keys.is_some() && meta.has_person();
+        let dek = self.data_key(&meta, person_keyed, &epoch_key, &salt, true)?;
         let cipher = aes(&dek);
-        let aad = meta.aad(&key_id, &salt);
+        let aad = meta.aad(person_keyed, &key_id, &salt);
         let ciphertext = cipher
             .encrypt(
                 &Nonce::from(nonce),
@@ -381,6 +458,7 @@ impl Sealer {
         Ok((
             SealedRecord {
                 meta,
+                person_keyed,
                 key_id,
                 salt,
                 nonce,
@@ -468,7 +546,13 @@ impl Sealer {
         wrapped: impl FnOnce(&[u8; 32]) -> Result<Option<Vec<u8>>>,
     ) -> Result<Zeroizing<Vec<u8>>> {
         let epoch_key = self.epoch_key(&record.key_id, wrapped)?;
-        let dek = Zeroizing::new(hmac(&epoch_key, &[DEK_LABEL, &record.salt]));
+        let dek = self.data_key(
+            &record.meta,
+            record.person_keyed,
+            &epoch_key,
+            &record.salt,
+            false,
+        )?;
         open(record, &dek)
     }
 
@@ -485,7 +569,13 @@ impl Sealer {
         let grantee = rsa::PublicKey::from_public_key_der(grantee)
             .map_err(|e| StorageError::Rsa(format!("the grantee's RSA key: {e}")))?;
         let epoch_key = self.epoch_key(&record.key_id, wrapped)?;
-        let dek = Zeroizing::new(hmac(&epoch_key, &[DEK_LABEL, &record.salt]));
+        let dek = self.data_key(
+            &record.meta,
+            record.person_keyed,
+            &epoch_key,
+            &record.salt,
+            false,
+        )?;
         let wrapped_data_key = grantee
             .oaep_encrypt::<RsaSha256>(dek.as_ref())
             .map_err(|e| StorageError::Rsa(e.to_string()))?;
@@ -521,7 +611,9 @@ impl Sealer {
 /// Decrypts `record` under its data key.
 fn open(record: &SealedRecord, dek: &Zeroizing<[u8; 32]>) -> Result<Zeroizing<Vec<u8>>> {
     let cipher = aes(dek);
-    let aad = record.meta.aad(&record.key_id, &record.salt);
+    let aad = record
+        .meta
+        .aad(record.person_keyed, &record.key_id, &record.salt);
     cipher
         .decrypt(
             &Nonce::from(record.nonce),
@@ -663,6 +755,104 @@ mod tests {
             Err(StorageError::Authentication)
         ));
         assert!(owner.share(&first, |_| Ok(None), b"not a key").is_err());
+    }
+
+    /// A sealer whose records of a person depend on that person's key too.
+    fn person_sealer() -> (tempfile::TempDir, Sealer) {
+        let dir = tempfile::tempdir().unwrap();
+        let keys_dir = dir.path().join("keys");
+        let (keys, _) = NodeKeys::load_or_create(&keys_dir, 2048).unwrap();
+        let persons = Arc::new(PersonKeys::open(&keys_dir, &keys, 4).unwrap());
+        let sealer = Sealer::new(Arc::new(keys), 10, 8).with_person_keys(persons);
+        (dir, sealer)
+    }
+
+    #[test]
+    fn a_person_keyed_record_is_erased_with_its_persons_key_and_no_other() {
+        use rsa::pkcs8::EncodePublicKey;
+        let (dir, sealer) = person_sealer();
+        let (ada, epoch) = sealer.seal(meta("1"), br#"{"name":"Ada"}"#).unwrap();
+        let epoch = epoch.unwrap().wrapped;
+        let mut other = meta("1");
+        other.fingerprint = Fingerprint([8; 32]);
+        let (bea, _) = sealer.seal(other, br#"{"name":"Bea"}"#).unwrap();
+        let mut nobody = meta("1");
+        nobody.fingerprint = Fingerprint([0; 32]);
+        let (plain, _) = sealer.seal(nobody, b"{}").unwrap();
+        assert!(ada.person_keyed && bea.person_keyed && !plain.person_keyed);
+        assert_eq!(&ada.encode()[..4], b"FSR2");
+        assert_eq!(SealedRecord::decode(&ada.encode()).unwrap(), ada);
+        assert_eq!(ada.key_id, bea.key_id, "one epoch key, two person keys");
+        // Its format is bound: read as format 1, it fails.
+        let mut flipped = ada.clone();
+        flipped.person_keyed = false;
+        assert!(sealer.unseal(&flipped, |_| Ok(None)).is_err());
+        // A copy of the record kept elsewhere (a backup of the vault) before the erasure.
+        let copy = ada.encode();
+        let persons = sealer.person_keys().unwrap().clone();
+        assert!(persons.destroy(&Fingerprint([7; 32])).unwrap());
+        assert!(!persons.destroy(&Fingerprint([7; 32])).unwrap(), "once");
+        let copy = SealedRecord::decode(&copy).unwrap();
+        assert!(matches!(
+            sealer.unseal(&copy, |_| Ok(None)),
+            Err(StorageError::Erased)
+        ));
+        let der = sealer.keys.rsa_public.to_public_key_der().unwrap();
+        assert!(matches!(
+            sealer.share(&copy, |_| Ok(None), der.as_bytes()),
+            Err(StorageError::Erased)
+        ));
+        // The same keystore opened again (a restart) cannot either; the others still open.
+        let keys_dir = dir.path().join("keys");
+        let persons = Arc::new(PersonKeys::open(&keys_dir, &sealer.keys, 4).unwrap());
+        let (keys, _) = NodeKeys::load_or_create(&keys_dir, 2048).unwrap();
+        let again = Sealer::new(Arc::new(keys), 10, 8).with_person_keys(persons);
+        let wrapped = |id: &[u8; 32]| {
+            assert_eq!(id, &ada.key_id);
+            Ok(Some(epoch.clone()))
+        };
+        assert!(matches!(
+            again.unseal(&copy, wrapped),
+            Err(StorageError::Erased)
+        ));
+        assert_eq!(
+            again.unseal(&bea, wrapped).unwrap().as_slice(),
+            br#"{"name":"Bea"}"#
+        );
+        assert_eq!(
+            sealer.unseal(&bea, |_| Ok(None)).unwrap().as_slice(),
+            br#"{"name":"Bea"}"#
+        );
+        assert_eq!(
+            sealer.unseal(&plain, |_| Ok(None)).unwrap().as_slice(),
+            b"{}"
+        );
+        // No file of the keystore holds the erased key's name any more.
+        let names: Vec<String> = std::fs::read_dir(keys_dir.join(crate::person_keys::PERSONS_DIR))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        let erased = hex(&crate::person_keys::person_key_id(&Fingerprint([7; 32])));
+        assert_eq!(names.len(), 1, "{names:?}");
+        assert!(!names.contains(&erased));
+    }
+
+    #[test]
+    fn records_sealed_before_person_keys_still_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys_dir = dir.path().join("keys");
+        let (keys, _) = NodeKeys::load_or_create(&keys_dir, 2048).unwrap();
+        let keys = Arc::new(keys);
+        let before = Sealer::new(keys.clone(), 10, 8);
+        let (old, new_key) = before.seal(meta("1"), b"old").unwrap();
+        assert!(!old.person_keyed);
+        let persons = Arc::new(PersonKeys::open(&keys_dir, &keys, 4).unwrap());
+        let after = Sealer::new(keys, 10, 8).with_person_keys(persons);
+        let blob = new_key.unwrap().wrapped;
+        assert_eq!(
+            after.unseal(&old, |_| Ok(Some(blob))).unwrap().as_slice(),
+            b"old"
+        );
     }
 
     #[test]

@@ -26,6 +26,15 @@ use crate::seal::{Fingerprint, NewEpochKey, SealedRecord, Sealer, TAG_LEN};
 use sled::transaction::TransactionError;
 use sled::Transactional;
 
+/// What [`Vault::erase`] removed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Erased {
+    /// Resources the person had identity in.
+    pub resources: usize,
+    /// Sealed records (one per version).
+    pub records: usize,
+}
+
 /// When writes are flushed to disk before the client is acknowledged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Durability {
@@ -524,6 +533,57 @@ impl Vault {
             .collect()
     }
 
+    /// Removes everything the vault holds of one person (an erasure, once the person's key is
+    /// destroyed): each resource's sealed records of every version, its blind-index entries,
+    /// the person's resource list and surrogate. One transaction; what is removed is counted.
+    pub fn erase(&self, fp: &Fingerprint) -> Result<Erased> {
+        let resources = self.resources_of(fp)?;
+        let mut versions: Vec<(sled::IVec, sled::IVec)> = Vec::new();
+        for (resource_type, id) in &resources {
+            let mut prefix = resource_key(resource_type, id);
+            prefix.push(0);
+            for entry in self.resources.scan_prefix(&prefix) {
+                versions.push(entry?);
+            }
+        }
+        let _writing = writing();
+        (
+            &self.records,
+            &self.resources,
+            &self.by_fingerprint,
+            &self.blind,
+            &self.blind_of,
+            &self.surrogates,
+            &self.surrogate_fp,
+        )
+            .transaction(
+                |(records, resources_tree, by_fp, blind, blind_of, surrogates, reverse)| {
+                    for (key, address) in &versions {
+                        resources_tree.remove(key)?;
+                        records.remove(address)?;
+                    }
+                    for (resource_type, id) in &resources {
+                        let res_key = resource_key(resource_type, id);
+                        if let Some(old) = blind_of.remove(res_key.as_slice())? {
+                            for token in old.chunks_exact(32) {
+                                blind.remove(concat(token, &res_key))?;
+                            }
+                        }
+                        by_fp.remove(concat(&fp.0, &res_key))?;
+                    }
+                    if let Some(surrogate) = surrogates.remove(&fp.0)? {
+                        reverse.remove(surrogate)?;
+                    }
+                    Ok(())
+                },
+            )
+            .map_err(tx_error::<()>)?;
+        Ok(Erased {
+            resources: resources.len(),
+            records: versions.len(),
+        })
+    }
+
     /// A wrapped epoch key by id.
     pub fn wrapped_key(&self, id: &[u8; 32]) -> Result<Option<Vec<u8>>> {
         Ok(self.epoch_keys.get(id)?.map(|v| v.to_vec()))
@@ -891,6 +951,47 @@ mod tests {
         // A surrogate with a stored resource is not forgotten.
         vault.forget_surrogate(&fp, &surrogate).unwrap();
         assert_eq!(vault.fingerprint_of(&surrogate).unwrap(), Some(fp));
+
+        // Erased: every version's record, the index, the person's list and surrogate go;
+        // another person's stay.
+        let other = Fingerprint::of(&link_key, b"bea|1971-01-02");
+        let meta = RecordMeta {
+            fingerprint: other,
+            resource_type: "Patient".into(),
+            id: "p2".into(),
+            version: "1".into(),
+        };
+        let (record, new_epoch_key) = fresh.seal(meta, b"{}").unwrap();
+        vault
+            .commit(&VaultWrite {
+                record,
+                new_epoch_key,
+                index: vec![BlindEntry {
+                    token: token_old,
+                    tags: vec![[9; TAG_LEN]],
+                }],
+                clinical_hash: None,
+            })
+            .unwrap();
+        let erased = vault.erase(&fp).unwrap();
+        assert_eq!(
+            erased,
+            Erased {
+                resources: 1,
+                records: 2
+            }
+        );
+        assert!(vault.record("Patient", "p1", "1").unwrap().is_none());
+        assert!(vault.latest_record("Patient", "p1").unwrap().is_none());
+        assert!(vault.search(&token_new, None).unwrap().is_empty());
+        assert!(vault.resources_of(&fp).unwrap().is_empty());
+        assert_eq!(vault.fingerprint_of(&surrogate).unwrap(), None);
+        assert_eq!(
+            vault.search(&token_old, None).unwrap(),
+            vec![("Patient".to_owned(), "p2".to_owned())]
+        );
+        assert!(vault.record("Patient", "p2", "1").unwrap().is_some());
+        assert_eq!(vault.erase(&fp).unwrap(), Erased::default(), "once");
     }
 
     #[test]
