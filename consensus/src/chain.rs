@@ -7,6 +7,7 @@ use fhirseal_storage::chain_store::{
 };
 
 use crate::block::{Block, BlockHeader, FinalizedBlock};
+use crate::erasure::erasure_key;
 use crate::error::{Error, Result};
 use crate::grant::{consent_key, grant_key, grants_prefix, GrantRecord};
 use crate::hash::Hash256;
@@ -265,6 +266,22 @@ impl ChainReader {
         out.sort();
         out.dedup();
         Ok(out)
+    }
+
+    /// Where `institution`'s erasure of the person `fingerprint` is on the chain, and its
+    /// block's time, if it erased them.
+    pub fn erasure(
+        &self,
+        institution: &str,
+        fingerprint: &[u8; 32],
+    ) -> Result<Option<(EntryLocation, Timestamp)>> {
+        let Some(location) = self.store.latest(&erasure_key(institution, fingerprint))? else {
+            return Ok(None);
+        };
+        let (time, Transaction::Erasure(_)) = self.indexed(location, "erasure")? else {
+            return Err(Error::IndexMismatch("erasure"));
+        };
+        Ok(Some((location, time)))
     }
 
     /// Whether `grantor`'s consent `consent` is in force on the chain: its latest item is a
@@ -606,7 +623,8 @@ fn decode_block(height: u64, bytes: &[u8]) -> Result<FinalizedBlock> {
 
 /// The `chain.latest` entries of a block, in block order: each grant under its grant key and
 /// its consent's key, each revocation under its consent's key (see [`crate::grant`]), each
-/// anchor under its person and institution ([`holder_key`]).
+/// anchor under its person and institution ([`holder_key`]), each erasure under its
+/// institution and person ([`erasure_key`]).
 fn latest_writes(block: &Block) -> Vec<IndexWrite> {
     let mut out = Vec::new();
     let mut holders = std::collections::HashSet::new();
@@ -639,6 +657,16 @@ fn latest_writes(block: &Block) -> Vec<IndexWrite> {
                 let grantor = &batch.header.institution;
                 for (e, revocation) in batch.items.iter().enumerate() {
                     out.push(index_write(consent_key(grantor, &revocation.consent), t, e));
+                }
+            }
+            Transaction::Erasure(batch) => {
+                let institution = &batch.header.institution;
+                for (e, erasure) in batch.items.iter().enumerate() {
+                    out.push(index_write(
+                        erasure_key(institution, &erasure.fingerprint),
+                        t,
+                        e,
+                    ));
                 }
             }
             _ => {}

@@ -19,6 +19,7 @@ use crate::bft::{CommitCertificate, Evidence};
 use crate::codec::{self, limits, top_level_encoding, DecodeError, Reader, Wire, Writer};
 use crate::election::beacon::Reveal;
 use crate::election::lsag::RingSignature;
+use crate::erasure::ErasureBatch;
 use crate::error::{Error, Result};
 use crate::grant::{GrantBatch, RevocationBatch};
 use crate::hash::{hex, tag, tagged, Hash256};
@@ -242,6 +243,8 @@ pub enum TxKind {
     Ballot,
     /// The previous block's commit, as its proposer holds it (with an election only).
     LastCommit,
+    /// An [`ErasureBatch`]: persons whose identity an institution erased.
+    Erasure,
 }
 
 impl TxKind {
@@ -255,6 +258,7 @@ impl TxKind {
             Self::Election => 6,
             Self::Ballot => 7,
             Self::LastCommit => 8,
+            Self::Erasure => 9,
         }
     }
 
@@ -268,6 +272,7 @@ impl TxKind {
             6 => Ok(Self::Election),
             7 => Ok(Self::Ballot),
             8 => Ok(Self::LastCommit),
+            9 => Ok(Self::Erasure),
             tag => Err(DecodeError::UnknownTag {
                 field: "transaction kind",
                 tag,
@@ -855,6 +860,8 @@ pub enum Transaction {
     Grant(GrantBatch),
     /// The end of consents.
     Revocation(RevocationBatch),
+    /// Persons whose identity an institution erased.
+    Erasure(ErasureBatch),
     /// Evidence of double signing.
     Evidence(EvidenceBatch),
     /// A member's beacon commitments and reveals.
@@ -877,6 +884,7 @@ impl Transaction {
             Self::Access(b) => Some(&b.header),
             Self::Grant(b) => Some(&b.header),
             Self::Revocation(b) => Some(&b.header),
+            Self::Erasure(b) => Some(&b.header),
             Self::Evidence(b) => Some(&b.header),
             Self::Election(b) => Some(&b.header),
             Self::Ballot(_) | Self::LastCommit(_) => None,
@@ -920,6 +928,7 @@ impl Transaction {
             Self::Access(b) => b.header.id_of(),
             Self::Grant(b) => b.header.id_of(),
             Self::Revocation(b) => b.header.id_of(),
+            Self::Erasure(b) => b.header.id_of(),
             Self::Evidence(b) => b.header.id_of(),
             Self::Election(b) => b.header.id_of(),
         }
@@ -932,6 +941,7 @@ impl Transaction {
             Self::Access(b) => b.events.len(),
             Self::Grant(b) => b.items.len(),
             Self::Revocation(b) => b.items.len(),
+            Self::Erasure(b) => b.items.len(),
             Self::Evidence(b) => b.items.len(),
             Self::Election(b) => b.items.len(),
             Self::Ballot(_) => 1,
@@ -947,6 +957,7 @@ impl Transaction {
             Self::Access(b) => b.verify(),
             Self::Grant(b) => b.verify(),
             Self::Revocation(b) => b.verify(),
+            Self::Erasure(b) => b.verify(),
             Self::Evidence(b) => b.verify(),
             Self::Election(b) => b.verify(),
             Self::Ballot(b) => b.check(),
@@ -982,6 +993,10 @@ impl Wire for Transaction {
                 b.items.iter().for_each(|e| e.write(w));
             }
             Self::Revocation(b) => {
+                b.header.write(w);
+                b.items.iter().for_each(|e| e.write(w));
+            }
+            Self::Erasure(b) => {
                 b.header.write(w);
                 b.items.iter().for_each(|e| e.write(w));
             }
@@ -1024,6 +1039,10 @@ impl Wire for Transaction {
             TxKind::Revocation => {
                 let items = read_items(r, &header)?;
                 Self::Revocation(RevocationBatch { header, items })
+            }
+            TxKind::Erasure => {
+                let items = read_items(r, &header)?;
+                Self::Erasure(ErasureBatch { header, items })
             }
             TxKind::Evidence => {
                 let items = read_items(r, &header)?;

@@ -388,6 +388,7 @@ pub fn block_json(block: &FinalizedBlock, audited_by: Option<&str>) -> Value {
                     Transaction::Access(_) => "access",
                     Transaction::Grant(_) => "grant",
                     Transaction::Revocation(_) => "revocation",
+                    Transaction::Erasure(_) => "erasure",
                     Transaction::Election(_) => "election",
                     Transaction::Ballot(_) => "ballot",
                     Transaction::LastCommit(_) => "lastCommit",
@@ -494,6 +495,21 @@ pub fn block_json(block: &FinalizedBlock, audited_by: Option<&str>) -> Value {
                         .items
                         .iter()
                         .map(|r| json!({"consent": r.consent, "request": r.request}))
+                        .collect();
+                }
+                // An erasure names its request to all; the person's fingerprint, as an
+                // anchor's, only to who audits the institution.
+                Transaction::Erasure(batch) => {
+                    out["erasures"] = batch
+                        .items
+                        .iter()
+                        .map(|e| {
+                            let mut item = json!({"request": e.request});
+                            if with_events {
+                                item["fingerprint"] = json!(hex(&e.fingerprint));
+                            }
+                            item
+                        })
                         .collect();
                 }
                 // A ballot names its candidate and epoch; nothing in it names the voter.

@@ -149,8 +149,8 @@ fn another_version_is_refused() {
 #[test]
 fn unknown_transaction_kinds_are_refused() {
     let mut bytes = fresh_batch(1, "a", 1).to_bytes();
-    // Byte 1, after the version, is the kind: 0 and 9 name none.
-    for tag in [0, 9] {
+    // Byte 1, after the version, is the kind: 0 and 10 name none.
+    for tag in [0, 10] {
         bytes[1] = tag;
         assert_eq!(
             Transaction::from_bytes(&bytes),
@@ -195,7 +195,19 @@ fn grant_and_revocation_batches_round_trip_and_refuse_every_truncation() {
         )
         .unwrap(),
     );
-    for tx in [grant, revocation] {
+    let erasure = Transaction::Erasure(
+        fhirseal_consensus::ErasureBatch::sign(
+            batch_id(10),
+            INSTITUTION,
+            vec![fhirseal_consensus::Erasure {
+                fingerprint: [6; 32],
+                request: "r-1".into(),
+            }],
+            &institution_key(),
+        )
+        .unwrap(),
+    );
+    for tx in [grant, revocation, erasure] {
         let bytes = tx.to_bytes();
         assert_eq!(Transaction::from_bytes(&bytes).unwrap(), tx);
         tx.verify().unwrap();

@@ -311,8 +311,32 @@ async fn a_consents_latest_item_on_the_chain_decides() {
         .grants("hospital-c", &[4; 32], "hospital-b")
         .unwrap()
         .is_empty());
+    // An erasure is filed under its institution and person, at its block's time.
+    let erasure = fhirseal_consensus::ErasureBatch::sign(
+        batch_id(6),
+        INSTITUTION,
+        vec![fhirseal_consensus::Erasure {
+            fingerprint: [4; 32],
+            request: "e1".into(),
+        }],
+        &institution_key(),
+    )
+    .unwrap();
+    assert!(ledger
+        .chain()
+        .reader()
+        .erasure(INSTITUTION, &[4; 32])
+        .unwrap()
+        .is_none());
+    ledger.submit(Transaction::Erasure(erasure)).unwrap();
+    ledger.produce(Timestamp(400)).await.unwrap();
+    let reader = ledger.chain().reader();
+    let (_, at) = reader.erasure(INSTITUTION, &[4; 32]).unwrap().unwrap();
+    assert_eq!(at, Timestamp(400));
+    assert!(reader.erasure(INSTITUTION, &[5; 32]).unwrap().is_none());
+    assert!(reader.erasure("hospital-c", &[4; 32]).unwrap().is_none());
     match ledger.chain().verify_chain(&roster()).unwrap() {
-        ChainCheck::Valid { blocks } => assert_eq!(blocks, 4),
+        ChainCheck::Valid { blocks } => assert_eq!(blocks, 5),
         broken => panic!("{broken:?}"),
     }
 }
