@@ -66,6 +66,7 @@ impl Permission {
 /// remove history for good, rebuild indexes, or read or load everything at once, around the
 /// sidecar's per-resource sealing and audit.
 const ADMIN_OPERATIONS: &[&str] = &[
+    "$erase",
     "$expunge",
     "$reindex",
     "$reindex-dryrun",

@@ -266,6 +266,18 @@ pub struct SealConfig {
     /// `group` (concurrent writes share a flush) or `every-write`; either way a write is on
     /// disk before the client is acknowledged.
     pub durability: DurabilityMode,
+    /// What `Patient/[id]/$erase` does with the upstream's pseudonymized `Patient`: `keep` it
+    /// (its clinical record stays whole, without identity) or `delete` it.
+    pub erase_upstream: EraseUpstream,
+}
+
+/// What an erasure does with the upstream's pseudonymized copy of the patient.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum EraseUpstream {
+    #[default]
+    Keep,
+    Delete,
 }
 
 impl Default for SealConfig {
@@ -279,6 +291,7 @@ impl Default for SealConfig {
             epoch_uses: 4096,
             key_cache: 1024,
             durability: DurabilityMode::Group,
+            erase_upstream: EraseUpstream::Keep,
         }
     }
 }

@@ -95,10 +95,10 @@ pub enum ProxyError {
     NotAnchored(String),
     #[error("the write is stored and durable, but its block was not final within {0} ms; it will be anchored")]
     AnchorTimeout(u64),
-    /// A grant or revocation of consent that is not final (or cannot be signed): what was
-    /// and was not done, in words.
+    /// A grant, revocation or erasure on the chain that is not final (or cannot be signed):
+    /// what was and was not done, in words.
     #[error("{0}")]
-    ConsentPending(String),
+    ChainPending(String),
     /// Another member's node, asked for records it shares, could not be reached or did not
     /// answer as it should.
     #[error("member {member}'s node: {reason}")]
@@ -143,7 +143,7 @@ impl ProxyError {
             | ProxyError::Seal(_)
             | ProxyError::Ledger(_)
             | ProxyError::AnchorTimeout(_)
-            | ProxyError::ConsentPending(_) => Side::Internal,
+            | ProxyError::ChainPending(_) => Side::Internal,
         }
     }
 
@@ -165,7 +165,7 @@ impl ProxyError {
             }
             ProxyError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ProxyError::Throttled { .. } => StatusCode::TOO_MANY_REQUESTS,
-            ProxyError::Overloaded(_) | ProxyError::Refiling | ProxyError::ConsentPending(_) => {
+            ProxyError::Overloaded(_) | ProxyError::Refiling | ProxyError::ChainPending(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             ProxyError::TooLargeToReidentify { .. } => StatusCode::BAD_GATEWAY,
@@ -208,7 +208,7 @@ impl ProxyError {
             }
             ProxyError::BodyTimeout(_) => IssueType::Timeout,
             ProxyError::Throttled { .. } => IssueType::Throttled,
-            ProxyError::Overloaded(_) | ProxyError::Refiling | ProxyError::ConsentPending(_) => {
+            ProxyError::Overloaded(_) | ProxyError::Refiling | ProxyError::ChainPending(_) => {
                 IssueType::Transient
             }
             ProxyError::TooLargeToReidentify { .. } => IssueType::TooCostly,
@@ -237,7 +237,7 @@ impl ProxyError {
     pub fn outcome(&self) -> OperationOutcome {
         let diagnostics = match self {
             // Says what happened to the write, and carries no detail of ours.
-            ProxyError::AnchorTimeout(_) | ProxyError::ConsentPending(_) => self.to_string(),
+            ProxyError::AnchorTimeout(_) | ProxyError::ChainPending(_) => self.to_string(),
             // Says why no identity is shown, and carries no detail of ours either.
             ProxyError::Seal(e) if e.is_damage() => DAMAGED_IDENTITY.to_owned(),
             _ if self.side() == Side::Internal => {

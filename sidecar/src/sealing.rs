@@ -11,9 +11,10 @@ use fhirseal_adapters::profile::{IdentityPart, Profile, SplitContext};
 use fhirseal_adapters::scrub::Terms;
 use fhirseal_adapters::search::{self, SearchError};
 use fhirseal_adapters::{blind, identity, profile};
+use fhirseal_storage::person_keys::PersonKeys;
 use fhirseal_storage::{
-    blind_tag, blind_token, BlindEntry, Fingerprint, NodeKeys, PendingAccess, PendingAnchor,
-    RecordMeta, Sealer, SecretKey, SharedRecord, Vault, VaultWrite, BLIND_LAYOUT,
+    blind_tag, blind_token, BlindEntry, Erased, Fingerprint, NodeKeys, PendingAccess,
+    PendingAnchor, RecordMeta, Sealer, SecretKey, SharedRecord, Vault, VaultWrite, BLIND_LAYOUT,
 };
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -256,7 +257,12 @@ impl Sealing {
             .map_err(|e| SealError::Flush(format!("the vault's committer did not start: {e}")))?;
         let sealing = Sealing {
             sealer: Sealer::new(keys.clone(), config.seal.epoch_uses, config.seal.key_cache)
-                .with_key_store(vault.epoch_key_store()),
+                .with_key_store(vault.epoch_key_store())
+                .with_person_keys(Arc::new(PersonKeys::open(
+                    &config.keys_dir(),
+                    &keys,
+                    config.seal.key_cache,
+                )?)),
             profile,
             vault,
             keys,
@@ -775,9 +781,15 @@ impl Sealing {
         let Some(record) = self.vault.record(resource_type, id, version)? else {
             return Ok(None);
         };
-        let plain = self
+        let plain = match self
             .sealer
-            .unseal(&record, |key_id| self.vault.wrapped_key(key_id))?;
+            .unseal(&record, |key_id| self.vault.wrapped_key(key_id))
+        {
+            Ok(plain) => plain,
+            // Erased, the vault not cleared yet (an `$erase` to finish): no identity to show.
+            Err(fhirseal_storage::StorageError::Erased) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
         IdentityPart::from_bytes(&plain)
             .map(Some)
             .map_err(SealError::Identity)
@@ -799,6 +811,23 @@ impl Sealing {
             self.sealer
                 .share(&record, |key_id| self.vault.wrapped_key(key_id), grantee)?;
         Ok(Some(shared))
+    }
+
+    /// Destroys a person's key: from then on no record of theirs opens, in the vault or in
+    /// any copy of it. Whether there was one (`false`: destroyed already, or never made).
+    pub fn destroy_person_key(&self, fingerprint: &Fingerprint) -> Result<bool, SealError> {
+        match self.sealer.person_keys() {
+            Some(keys) => Ok(keys.destroy(fingerprint)?),
+            None => Ok(false),
+        }
+    }
+
+    /// Removes what the vault holds of a person (after [`Sealing::destroy_person_key`]), on
+    /// disk before it returns; what was removed. Safe to run again.
+    pub fn forget_person(&self, fingerprint: &Fingerprint) -> Result<Erased, SealError> {
+        let erased = self.vault.erase(fingerprint)?;
+        self.vault.flush()?;
+        Ok(erased)
     }
 
     /// The identity part of a record another member shared with this node (an RSA

@@ -74,6 +74,9 @@ pub struct VersionCheck {
     pub pending: bool,
     /// What the anchored hash is compared with.
     pub compared: Compared,
+    /// When the member that anchored it erased the person's identity (milliseconds since the
+    /// Unix epoch, the time of the erasure's block), if it did.
+    pub erased: Option<u64>,
 }
 
 impl VersionCheck {
@@ -189,6 +192,14 @@ pub fn ledger_check(
         }
         _ => false,
     };
+    let erased = match &proof {
+        Some(p) if p.entry.fingerprint != [0; 32] => ledger
+            .reader()
+            .erasure(institution, &p.entry.fingerprint)
+            .map_err(crate::ledger::LedgerError::from)?
+            .map(|(_, at)| at.0),
+        _ => None,
+    };
     Ok(VersionCheck {
         institution: institution.to_owned(),
         resource_type: resource_type.to_owned(),
@@ -198,6 +209,7 @@ pub fn ledger_check(
         proof_fault,
         pending,
         compared,
+        erased,
     })
 }
 
@@ -342,6 +354,17 @@ pub fn parameters(check: &VersionCheck, audited_by: Option<&str>) -> Value {
                 "valueBase64Binary": base64::engine::general_purpose::STANDARD.encode(proof.to_bytes()),
             }));
         }
+    }
+    if let Some(at) = check.erased {
+        out.push(boolean("identityErased", true));
+        out.push(json!({"name": "identityErasedAt", "valueInstant": crate::audit::instant(at)}));
+        out.push(string(
+            "identity",
+            format!(
+                "identity erased: {} destroyed the person's key; the anchor stands, the identity can no longer be decrypted",
+                check.institution
+            ),
+        ));
     }
     if let Some(problem) = check.problem() {
         out.push(string("issue", problem));

@@ -230,22 +230,22 @@ async fn revoke(deps: &Deps, id: &str, write_id: &str) -> Result<(), ProxyError>
 
 /// Submits `tx` and waits for its block (up to the sync timeout); one not final by then is a
 /// 503 whose message `not_final` words from why.
-async fn finalize(
+pub(super) async fn finalize(
     deps: &Deps,
     tx: Transaction,
     not_final: impl FnOnce(String) -> String,
 ) -> Result<fhirseal_consensus::TxLocation, ProxyError> {
     match deps.ledger.submit_final(tx, deps.sync_timeout).await {
         Ok(at) => Ok(at),
-        Err(LedgerError::NotFinal(why)) => Err(ProxyError::ConsentPending(not_final(why))),
+        Err(LedgerError::NotFinal(why)) => Err(ProxyError::ChainPending(not_final(why))),
         Err(error) => Err(error.into()),
     }
 }
 
-/// The node cannot sign consent now (it does not take part in its consortium).
-fn not_signing(error: LedgerError) -> ProxyError {
+/// The node cannot sign consent (or an erasure) now (it does not take part in its consortium).
+pub(super) fn not_signing(error: LedgerError) -> ProxyError {
     match error {
-        LedgerError::NotTakingPart(why) => ProxyError::ConsentPending(format!(
+        LedgerError::NotTakingPart(why) => ProxyError::ChainPending(format!(
             "this node signs no grant or revocation now ({why}); nothing was sent upstream"
         )),
         other => other.into(),
@@ -279,7 +279,7 @@ fn bundle_holds_consent(bundle: &Value) -> bool {
 
 /// The id a batch of `kind` for `(id, part)` always gets, so that submitting it again is
 /// taken once.
-fn batch_id(kind: &str, id: &str, part: &str) -> BatchId {
+pub(super) fn batch_id(kind: &str, id: &str, part: &str) -> BatchId {
     let digest = Sha256::new()
         .chain_update(b"fhirseal consent batch\0")
         .chain_update(kind.as_bytes())

@@ -52,6 +52,8 @@ pub(crate) struct Deps {
     pub(crate) clock: Arc<dyn Clock>,
     /// The node's metrics (the sealing's): requests and refusals are counted here.
     pub(crate) metrics: Arc<Metrics>,
+    /// What `$erase` does with the upstream's pseudonymized `Patient`.
+    pub(crate) erase_upstream: crate::config::EraseUpstream,
     /// Channels to other members' nodes (asking for records they share); `None` for a node
     /// without the consortium's transport.
     pub(crate) network: Option<crate::consortium::transport::HttpNetwork>,
@@ -117,6 +119,7 @@ impl Deps {
             max_body: server.max_body_bytes,
             forwarded: config.upstream.honours_forwarded_headers,
             network: None,
+            erase_upstream: config.seal.erase_upstream,
         })
     }
 }

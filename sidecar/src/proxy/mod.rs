@@ -27,7 +27,8 @@
 //! `$verify` and the `/ledger/…` API are answered by the sidecar itself ([`ledger_api`]), as are
 //! `Patient/[id]/$locate` ([`locate`]: which members hold records of the person),
 //! `Patient/[id]/$shared` ([`shared`]: the records another member shares of the person, asked
-//! of its node, whose answer is [`grantor`]), and the ledger explorer's page at `/ledger/ui`
+//! of its node, whose answer is [`grantor`]), `Patient/[id]/$erase` ([`erase`]: the person's
+//! key destroyed), and the ledger explorer's page at `/ledger/ui`
 //! ([`explorer`]).
 //! Dependencies run one way: this file calls the phases; the phases use `deps`, `ctx`, the
 //! sealing, the upstream client and the HTTP utilities, and never this file.
@@ -38,6 +39,7 @@ mod confine;
 mod consent;
 mod ctx;
 mod deps;
+mod erase;
 mod explorer;
 mod filter;
 mod grantor;
@@ -319,6 +321,9 @@ async fn proxy_routed(
         }
         if let Some(patient) = shared::shared_target(&ctx.interaction) {
             return shared::shared(deps, &ctx, &req, patient).await;
+        }
+        if let Some(patient) = erase::erase_target(&ctx.interaction) {
+            return erase::erase(deps, &ctx, &req, patient).await;
         }
         let consent_plan = consent::consent_request(deps, &ctx, &planned).await?;
         let (req, pending) = match seal::seal_request(deps, req, planned.body, &mut ctx).await? {

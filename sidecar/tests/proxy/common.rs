@@ -34,6 +34,8 @@ pub const CLINICIAN_KEY: &str = "test-clinician-key-0001";
 pub const RESEARCHER_KEY: &str = "test-researcher-key-0001";
 /// The API key of a principal who reads the access events on the ledger.
 pub const AUDITOR_KEY: &str = "test-auditor-key-0001";
+/// The API key of an administrator (server operations, `$erase`).
+pub const ADMIN_KEY: &str = "test-admin-key-0001";
 
 /// One keystore for the whole test binary: RSA key generation is slow. Made whole before any
 /// sidecar starts, so that the sidecars that share it only read it.
@@ -101,6 +103,7 @@ pub fn config(upstream: &str) -> Config {
         api_key(CLINICIAN_KEY, "clinician"),
         api_key(RESEARCHER_KEY, "researcher"),
         api_key(AUDITOR_KEY, "auditor"),
+        api_key(ADMIN_KEY, "admin"),
     ];
     config
 }

@@ -1199,3 +1199,159 @@ async fn a_consent_is_written_whole_by_id_or_refused_and_its_deletion_revokes() 
     assert_eq!(revocations[0]["consent"], draft.as_str());
     assert!(chain_items(&ledger, "grants").await.is_empty());
 }
+
+/// Every file under `dir` (recursively), as bytes.
+fn files_under(dir: &std::path::Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(files_under(&path));
+        } else if let Ok(bytes) = std::fs::read(&path) {
+            out.push((path, bytes));
+        }
+    }
+    out
+}
+
+/// Copies the directory `from` to `to`, file by file.
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let path = entry.unwrap().path();
+        let target = to.join(path.file_name().unwrap());
+        if path.is_dir() {
+            copy_dir(&path, &target);
+        } else {
+            std::fs::copy(&path, &target).unwrap();
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_erased_patients_identity_is_gone_from_every_read_the_vault_and_an_earlier_copy() {
+    let sidecar = start_in_front_of_hapi().await;
+    let base = sidecar.base.clone();
+    let ledger = base.replace("/fhir", "/ledger");
+    let family = unique("Erasee");
+    let ssn = ssn();
+    let pid = id_of(&post_json(&format!("{base}/Patient"), &person(&family, &ssn)).await);
+    let observation = json!({
+        "resourceType": "Observation",
+        "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]},
+        "subject": {"reference": format!("Patient/{pid}")},
+        "valueQuantity": {"value": 64, "unit": "/min"},
+        "note": [{"text": format!("{family} slept well")}]
+    });
+    let oid = id_of(&post_json(&format!("{base}/Observation"), &observation).await);
+    anchored(&sidecar.ledger).await;
+    assert!(get(&format!("{base}/Patient/{pid}"))
+        .await
+        .text()
+        .contains(&family));
+    // A copy of the vault taken before the erasure (as a backup without the keystore holds it).
+    sidecar.sealing.vault().flush().unwrap();
+    let copy = tempfile::tempdir().unwrap();
+    copy_dir(&sidecar.config.data_dir.join("vault"), copy.path());
+
+    // Not an administrator: refused, nothing erased.
+    let url = format!("{base}/Patient/{pid}/$erase");
+    send(Method::POST, &url, &[], "").await.assert_outcome(403);
+    assert!(get(&format!("{base}/Patient/{pid}"))
+        .await
+        .text()
+        .contains(&family));
+    send(Method::GET, &url, &[("x-api-key", ADMIN_KEY)], "")
+        .await
+        .assert_outcome(405);
+
+    let erased = send(Method::POST, &url, &[("x-api-key", ADMIN_KEY)], "").await;
+    assert_eq!(erased.status, StatusCode::OK, "{}", erased.text());
+    let answer = erased.json();
+    let value = |name: &str| {
+        answer["parameter"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap_or_else(|| panic!("no {name}: {answer}"))
+            .clone()
+    };
+    assert_eq!(value("erased")["valueBoolean"], true);
+    assert_eq!(value("keyDestroyed")["valueBoolean"], true);
+    assert_eq!(
+        value("records")["valueUnsignedInt"],
+        2,
+        "the patient and the note"
+    );
+    assert_eq!(value("upstream")["valueString"], "kept");
+
+    // Gone from every read: the resources, an identity search, the note.
+    let patient = get(&format!("{base}/Patient/{pid}")).await;
+    assert_eq!(patient.status, StatusCode::OK);
+    let text = patient.text();
+    assert!(!text.contains(&family) && !text.contains(&ssn), "{text}");
+    let note = get(&format!("{base}/Observation/{oid}")).await.text();
+    assert!(!note.contains(&family), "{note}");
+    let found = get(&format!("{base}/Patient?family={family}")).await.json();
+    assert_eq!(found["total"], 0, "{found}");
+    let found = get(&format!(
+        "{base}/Patient?identifier=http://hl7.org/fhir/sid/us-ssn|{ssn}"
+    ))
+    .await
+    .json();
+    assert_eq!(found["total"], 0, "{found}");
+    // The chain holds the erasure; the anchors stand, and say the identity is erased.
+    assert_eq!(chain_items(&ledger, "erasures").await.len(), 1);
+    let verified = send(
+        Method::GET,
+        &format!("{base}/Patient/{pid}/_history/1/$verify"),
+        &[("x-api-key", AUDITOR_KEY)],
+        "",
+    )
+    .await;
+    let text = verified.text();
+    assert_eq!(verified.status, StatusCode::OK, "{text}");
+    assert!(
+        text.contains("identityErased") && text.contains("identity erased"),
+        "{text}"
+    );
+    // Once: the patient is no longer one whose identity this node holds.
+    send(Method::POST, &url, &[("x-api-key", ADMIN_KEY)], "")
+        .await
+        .assert_outcome(404);
+
+    // Not in the vault's files, nor in the copy's.
+    sidecar.sealing.vault().flush().unwrap();
+    for dir in [
+        sidecar.config.data_dir.join("vault"),
+        copy.path().to_owned(),
+    ] {
+        for (path, bytes) in files_under(&dir) {
+            for secret in [family.as_bytes(), ssn.as_bytes()] {
+                assert!(
+                    !bytes.windows(secret.len()).any(|w| w == secret),
+                    "{} holds the identity",
+                    path.display()
+                );
+            }
+        }
+    }
+    // The copy still holds the sealed records, and the node's keys no longer open them.
+    let keys_dir = sidecar.config.keys_dir();
+    let (keys, _) = fhirseal_storage::NodeKeys::load_or_create(&keys_dir, 2048).unwrap();
+    let persons = fhirseal_storage::person_keys::PersonKeys::open(&keys_dir, &keys, 4).unwrap();
+    let sealer =
+        fhirseal_storage::Sealer::new(Arc::new(keys), 16, 4).with_person_keys(Arc::new(persons));
+    let copied = fhirseal_storage::Vault::open(copy.path()).unwrap();
+    let record = copied
+        .record("Patient", &pid, "1")
+        .unwrap()
+        .expect("the copy holds the sealed record");
+    assert!(record.person_keyed);
+    assert!(matches!(
+        sealer.unseal(&record, |id| copied.wrapped_key(id)),
+        Err(fhirseal_storage::StorageError::Erased)
+    ));
+}
