@@ -139,6 +139,7 @@ function showBlock(block) {
       : tx.lastCommit ? (tx.lastCommit.precommits || []).length + " precommits"
       : tx.grants ? tx.grants.map((g) => "grant of Consent/" + g.consent + " to " + g.grantee).join(", ")
       : tx.revocations ? tx.revocations.map((r) => "revocation of Consent/" + r.consent).join(", ")
+      : tx.erasures ? tx.erasures.length + " erasures"
       : "";
     body.append(row([tx.kind, tx.institution || "", short(tx.batch || ""), items, short(tx.hash)]));
   }
