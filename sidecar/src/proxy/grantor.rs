@@ -34,6 +34,13 @@ pub(crate) async fn answer(deps: &Deps, grantee: &str, body: &[u8]) -> Answer {
         Ok(parsed) => parsed,
         Err(e) => return refusal(StatusCode::BAD_REQUEST, e.to_string()),
     };
+    // A member's requests share the node's limit on requests handled at once with its clients.
+    let Ok(_permit) = deps.requests.clone().try_acquire_owned() else {
+        return refusal(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the node is handling as many requests as it may; ask again".to_owned(),
+        );
+    };
     match share(deps, grantee, &request, fingerprint).await {
         Ok(Shared::Sent(answer)) => match serde_json::to_vec(&answer) {
             Ok(body) => Answer {
