@@ -6,8 +6,8 @@
 //! the person's resources are read from the upstream (`Patient/[id]/$everything`), each kept
 //! only when this institution anchored that very version for that person and the grant covers
 //! its type, and sent with its identity part sealed, the data key re-wrapped for the grantee's
-//! RSA key (`Sealer::share`: the identity is never decrypted here). Each resource sent is an
-//! access event here, durable before the answer leaves.
+//! RSA key (`Sealer::share`: the identity is never decrypted here). The request answered and
+//! each resource sent are access events here, durable before the answer leaves.
 
 use bytes::Bytes;
 use fhirseal_consensus::grant::{permits, GrantRequest};
@@ -166,9 +166,11 @@ async fn share(
                 .is_some_and(wanted)
         })
         .collect();
+    // The request answered, then each resource sent.
+    let answered = accessor.exchanged(("Patient", named, ""), false, ExchangeKind::SentTo, grantee);
     let (resources, events) = blocking(move || -> Result<_, ProxyError> {
         let mut resources = Vec::new();
-        let mut events = Vec::new();
+        let mut events = vec![answered];
         let mut seen = std::collections::BTreeSet::new();
         for resource in candidates {
             let shown = SharedResource::new(resource, None);
