@@ -108,6 +108,22 @@ pub enum ProxyError {
 }
 
 impl ProxyError {
+    /// A 405 unless `method` is `allowed`: an operation the sidecar answers itself, which
+    /// `what` names.
+    pub(crate) fn unless_method(
+        method: &http::Method,
+        allowed: http::Method,
+        what: &str,
+    ) -> Result<(), ProxyError> {
+        if *method == allowed {
+            return Ok(());
+        }
+        Err(ProxyError::Route(RouteError::Method {
+            method: method.clone(),
+            path: format!("{what} ({allowed})"),
+        }))
+    }
+
     pub fn side(&self) -> Side {
         match self {
             ProxyError::Route(_)

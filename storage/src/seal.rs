@@ -545,15 +545,23 @@ impl Sealer {
         record: &SealedRecord,
         wrapped: impl FnOnce(&[u8; 32]) -> Result<Option<Vec<u8>>>,
     ) -> Result<Zeroizing<Vec<u8>>> {
+        open(record, &self.record_key(record, wrapped)?)
+    }
+
+    /// The data key of a stored record (see [`Sealer::unseal`] for `wrapped`).
+    fn record_key(
+        &self,
+        record: &SealedRecord,
+        wrapped: impl FnOnce(&[u8; 32]) -> Result<Option<Vec<u8>>>,
+    ) -> Result<Zeroizing<[u8; 32]>> {
         let epoch_key = self.epoch_key(&record.key_id, wrapped)?;
-        let dek = self.data_key(
+        self.data_key(
             &record.meta,
             record.person_keyed,
             &epoch_key,
             &record.salt,
             false,
-        )?;
-        open(record, &dek)
+        )
     }
 
     /// Hands `record` to a grantee whose RSA key is `grantee` (SubjectPublicKeyInfo DER): its
@@ -568,14 +576,7 @@ impl Sealer {
         use rsa::pkcs8::DecodePublicKey;
         let grantee = rsa::PublicKey::from_public_key_der(grantee)
             .map_err(|e| StorageError::Rsa(format!("the grantee's RSA key: {e}")))?;
-        let epoch_key = self.epoch_key(&record.key_id, wrapped)?;
-        let dek = self.data_key(
-            &record.meta,
-            record.person_keyed,
-            &epoch_key,
-            &record.salt,
-            false,
-        )?;
+        let dek = self.record_key(record, wrapped)?;
         let wrapped_data_key = grantee
             .oaep_encrypt::<RsaSha256>(dek.as_ref())
             .map_err(|e| StorageError::Rsa(e.to_string()))?;

@@ -53,12 +53,7 @@ pub(super) async fn erase(
     req: &Request<ProxyBody>,
     id: &str,
 ) -> Result<Response<ProxyBody>, ProxyError> {
-    if req.method() != Method::POST {
-        return Err(ProxyError::Route(fhirseal_adapters::RouteError::Method {
-            method: req.method().clone(),
-            path: "$erase (POST)".to_owned(),
-        }));
-    }
+    ProxyError::unless_method(req.method(), Method::POST, "$erase")?;
     let (sealing, patient) = (deps.sealing.clone(), id.to_owned());
     let fingerprint = blocking(move || {
         sealing.patient_fingerprint(&patient)?.ok_or_else(|| {

@@ -35,12 +35,7 @@ pub(super) async fn locate(
     req: &Request<ProxyBody>,
     id: &str,
 ) -> Result<Response<ProxyBody>, ProxyError> {
-    if req.method() != Method::GET {
-        return Err(ProxyError::Route(fhirseal_adapters::RouteError::Method {
-            method: req.method().clone(),
-            path: "$locate (GET)".to_owned(),
-        }));
-    }
+    ProxyError::unless_method(req.method(), Method::GET, "$locate")?;
     let format = Format::negotiate(req.uri().query(), req.headers());
     let (sealing, ledger, patient) = (deps.sealing.clone(), deps.ledger.clone(), id.to_owned());
     let holders = blocking(move || {

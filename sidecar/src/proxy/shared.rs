@@ -106,12 +106,7 @@ pub(super) async fn shared(
     req: &Request<ProxyBody>,
     id: &str,
 ) -> Result<Response<ProxyBody>, ProxyError> {
-    if req.method() != Method::GET {
-        return Err(ProxyError::Route(fhirseal_adapters::RouteError::Method {
-            method: req.method().clone(),
-            path: "$shared (GET)".to_owned(),
-        }));
-    }
+    ProxyError::unless_method(req.method(), Method::GET, "$shared")?;
     let (holder, types) = query_params(req.uri().query())?;
     let own = deps.ledger.institution().to_owned();
     if holder == own {

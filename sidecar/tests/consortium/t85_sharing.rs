@@ -204,32 +204,64 @@ async fn refused(member: &Member, key: &str, body: &Value, status: StatusCode, w
     assert!(answer.to_string().contains(word), "{word}: {answer}");
 }
 
-#[test]
-fn a_consent_becomes_a_grant_every_member_holds_and_its_end_a_revocation() {
-    let Some((hapi_1, hapi_2)) = two_hapis() else {
-        return;
-    };
-    let _serial = serial();
+/// Two institutions started on the test run's HAPI servers, one test at a time, and a person
+/// to write: a family name after `prefix`, an SSN starting with `digit`.
+struct Two {
+    h1: Member,
+    h2: Member,
+    dir: std::path::PathBuf,
+    family: String,
+    ssn: String,
+    /// An hour from now, as a `provision.period.end`.
+    hour: String,
+    started: Instant,
+    _stop: StopOnDrop,
+    _root: tempfile::TempDir,
+    _serial: std::sync::MutexGuard<'static, ()>,
+}
+
+/// [`Two`], or `None` (the test skipped) without the HAPI servers.
+fn two(prefix: &str, digit: char) -> Option<Two> {
+    let (hapi_1, hapi_2) = two_hapis()?;
+    let serial = serial();
     let started = Instant::now();
     let root = tempfile::tempdir().unwrap();
     let dir = root.path().join("c");
-    let _stop = StopOnDrop(dir.clone());
+    let stop = StopOnDrop(dir.clone());
     let (h1, h2) = start_two(&dir, &hapi_1, &hapi_2);
-    let family = unique("Consentperson");
     let digits = unique("");
-    let ssn = format!("9{}-{}", &digits[..2], &digits[2..8]);
-    let end = (chrono::Utc::now() + chrono::Duration::hours(1))
-        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    Some(Two {
+        h1,
+        h2,
+        family: unique(prefix),
+        ssn: format!("{digit}{}-{}", &digits[..2], &digits[2..8]),
+        hour: (chrono::Utc::now() + chrono::Duration::hours(1))
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        dir,
+        started,
+        _stop: stop,
+        _root: root,
+        _serial: serial,
+    })
+}
+
+#[test]
+fn a_consent_becomes_a_grant_every_member_holds_and_its_end_a_revocation() {
+    let Some(two) = two("Consentperson", '9') else {
+        return;
+    };
+    let (h1, h2, dir, started) = (&two.h1, &two.h2, &two.dir, two.started);
+    let (family, ssn, end) = (two.family.clone(), two.ssn.clone(), two.hour.clone());
 
     runtime().block_on(async {
-        let patient = write(&h1, &person(&family, &ssn)).await;
-        let fp = fingerprint(&h1, &patient).await;
+        let patient = write(h1, &person(&family, &ssn)).await;
+        let fp = fingerprint(h1, &patient).await;
         let valid = consent(&patient, "h2", &end);
 
         // Refused before anything is stored or signed.
-        let from = next_height(&h2).await;
+        let from = next_height(h2).await;
         refused(
-            &h1,
+            h1,
             &h1.researcher,
             &valid,
             StatusCode::FORBIDDEN,
@@ -238,7 +270,7 @@ fn a_consent_becomes_a_grant_every_member_holds_and_its_end_a_revocation() {
         .await;
         let stranger = consent(&patient, "h9", &end);
         refused(
-            &h1,
+            h1,
             &h1.clinician,
             &stranger,
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -247,7 +279,7 @@ fn a_consent_becomes_a_grant_every_member_holds_and_its_end_a_revocation() {
         .await;
         let itself = consent(&patient, "h1", &end);
         refused(
-            &h1,
+            h1,
             &h1.clinician,
             &itself,
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -256,7 +288,7 @@ fn a_consent_becomes_a_grant_every_member_holds_and_its_end_a_revocation() {
         .await;
         let nobody = consent("no-such-patient", "h2", &end);
         refused(
-            &h1,
+            h1,
             &h1.clinician,
             &nobody,
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -266,7 +298,7 @@ fn a_consent_becomes_a_grant_every_member_holds_and_its_end_a_revocation() {
         let mut ended = valid.clone();
         ended["provision"]["period"]["end"] = json!("2020-01-01");
         refused(
-            &h1,
+            h1,
             &h1.clinician,
             &ended,
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -294,13 +326,13 @@ fn a_consent_becomes_a_grant_every_member_holds_and_its_end_a_revocation() {
             stored["total"], 0,
             "nothing refused reached h1's HAPI: {stored}"
         );
-        assert!(transactions(&h2, from, "grant").await.is_empty());
+        assert!(transactions(h2, from, "grant").await.is_empty());
 
         // Granted: final before the answer, held by h2 with the patient as a fingerprint.
-        let (status, created) = post_consent(&h1, &h1.clinician, &valid).await;
+        let (status, created) = post_consent(h1, &h1.clinician, &valid).await;
         assert_eq!(status, StatusCode::CREATED, "{created}");
         let consent_id = created["id"].as_str().unwrap().to_owned();
-        let grants = transactions(&h2, from, "grant").await;
+        let grants = transactions(h2, from, "grant").await;
         assert_eq!(grants.len(), 1, "{grants:?}");
         assert_eq!(grants[0]["institution"], "h1", "signed by the grantor");
         let grant = &grants[0]["grants"][0];
@@ -322,7 +354,7 @@ fn a_consent_becomes_a_grant_every_member_holds_and_its_end_a_revocation() {
         assert!(!text.contains(&family) && !text.contains(&ssn), "{text}");
         // New terms: the grant in force is revoked before the upstream stores them, then the
         // new version is granted.
-        let from = next_height(&h2).await;
+        let from = next_height(h2).await;
         let mut narrower = valid.clone();
         narrower["id"] = json!(consent_id);
         narrower["provision"]["class"] =
@@ -335,9 +367,9 @@ fn a_consent_becomes_a_grant_every_member_holds_and_its_end_a_revocation() {
         )
         .await;
         assert_eq!(status, StatusCode::OK, "{answer}");
-        let revocations = transactions(&h2, from, "revocation").await;
+        let revocations = transactions(h2, from, "revocation").await;
         assert_eq!(revocations.len(), 1, "{revocations:?}");
-        let grants = transactions(&h2, from, "grant").await;
+        let grants = transactions(h2, from, "grant").await;
         assert_eq!(grants.len(), 1, "{grants:?}");
         assert_eq!(grants[0]["grants"][0]["version"], "2");
         assert_eq!(
@@ -346,7 +378,7 @@ fn a_consent_becomes_a_grant_every_member_holds_and_its_end_a_revocation() {
         );
 
         // Made inactive: a revocation, final before the upstream stores the new version.
-        let from = next_height(&h2).await;
+        let from = next_height(h2).await;
         let mut inactive = valid.clone();
         inactive["id"] = json!(consent_id);
         inactive["status"] = json!("inactive");
@@ -358,7 +390,7 @@ fn a_consent_becomes_a_grant_every_member_holds_and_its_end_a_revocation() {
         )
         .await;
         assert_eq!(status, StatusCode::OK, "{answer}");
-        let revocations = transactions(&h2, from, "revocation").await;
+        let revocations = transactions(h2, from, "revocation").await;
         assert_eq!(revocations.len(), 1, "{revocations:?}");
         assert_eq!(revocations[0]["institution"], "h1");
         assert_eq!(
@@ -367,10 +399,10 @@ fn a_consent_becomes_a_grant_every_member_holds_and_its_end_a_revocation() {
         );
 
         // Another grant, deleted: a revocation too.
-        let (status, second) = post_consent(&h1, &h1.clinician, &valid).await;
+        let (status, second) = post_consent(h1, &h1.clinician, &valid).await;
         assert_eq!(status, StatusCode::CREATED, "{second}");
         let second_id = second["id"].as_str().unwrap().to_owned();
-        let from = next_height(&h2).await;
+        let from = next_height(h2).await;
         let (status, answer) = send(
             Method::DELETE,
             &format!("{}/Consent/{second_id}", h1.fhir),
@@ -379,7 +411,7 @@ fn a_consent_becomes_a_grant_every_member_holds_and_its_end_a_revocation() {
         )
         .await;
         assert!(status.is_success(), "{status} {answer}");
-        let revocations = transactions(&h2, from, "revocation").await;
+        let revocations = transactions(h2, from, "revocation").await;
         assert_eq!(revocations.len(), 1, "{revocations:?}");
         assert_eq!(
             revocations[0]["revocations"][0]["consent"],
@@ -388,7 +420,7 @@ fn a_consent_becomes_a_grant_every_member_holds_and_its_end_a_revocation() {
 
         // Record location: h2, which holds the same person, learns that h1 holds records too,
         // and nothing else; a role without identity search may not ask.
-        let at_h2 = write(&h2, &person(&family, &ssn)).await;
+        let at_h2 = write(h2, &person(&family, &ssn)).await;
         let url = format!("{}/Patient/{at_h2}/$locate", h2.fhir);
         let deadline = Instant::now() + std::time::Duration::from_secs(30);
         let holders = loop {
@@ -444,7 +476,7 @@ fn a_consent_becomes_a_grant_every_member_holds_and_its_end_a_revocation() {
         assert!(text.contains(&format!("Patient/{patient}")), "{text}");
         assert!(!text.contains(&family) && !text.contains(&ssn), "{text}");
     });
-    script(&dir, &["stop"]);
+    script(dir, &["stop"]);
     eprintln!(
         "FIGURE consent on the chain, whole test: {:?}",
         started.elapsed()
@@ -453,28 +485,19 @@ fn a_consent_becomes_a_grant_every_member_holds_and_its_end_a_revocation() {
 
 #[test]
 fn records_are_shared_only_under_a_live_grant_with_identity_sealed_end_to_end() {
-    let Some((hapi_1, hapi_2)) = two_hapis() else {
+    let Some(two) = two("Sharedperson", '8') else {
         return;
     };
-    let _serial = serial();
-    let started = Instant::now();
-    let root = tempfile::tempdir().unwrap();
-    let dir = root.path().join("c");
-    let _stop = StopOnDrop(dir.clone());
-    let (h1, h2) = start_two(&dir, &hapi_1, &hapi_2);
-    let family = unique("Sharedperson");
-    let digits = unique("");
-    let ssn = format!("8{}-{}", &digits[..2], &digits[2..8]);
-    let hour = (chrono::Utc::now() + chrono::Duration::hours(1))
-        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let (h1, h2, dir, started) = (&two.h1, &two.h2, &two.dir, two.started);
+    let (family, ssn, hour) = (two.family.clone(), two.ssn.clone(), two.hour.clone());
     let config_1 = Config::from_file(std::path::Path::new(&h1.config)).unwrap();
     let config_2 = Config::from_file(std::path::Path::new(&h2.config)).unwrap();
 
     let (patient, at_h2, fp, first, h1_node, h1_from, h2_from) = runtime().block_on(async {
-        let h1_from = next_height(&h1).await;
-        let h2_from = next_height(&h2).await;
+        let h1_from = next_height(h1).await;
+        let h2_from = next_height(h2).await;
         // The person at h1, with an observation whose note names them; the same person at h2.
-        let patient = write(&h1, &person(&family, &ssn)).await;
+        let patient = write(h1, &person(&family, &ssn)).await;
         let observation = json!({
             "resourceType": "Observation",
             "status": "final",
@@ -491,11 +514,11 @@ fn records_are_shared_only_under_a_live_grant_with_identity_sealed_end_to_end() 
         )
         .await;
         assert_eq!(status, StatusCode::CREATED, "{answer}");
-        let fp = fingerprint(&h1, &patient).await;
-        let at_h2 = write(&h2, &person(&family, &ssn)).await;
+        let fp = fingerprint(h1, &patient).await;
+        let at_h2 = write(h2, &person(&family, &ssn)).await;
 
         // No grant: refused, at both ends.
-        let (status, answer) = fetch(&h2, &at_h2, "h1", &h2.clinician, "TREAT").await;
+        let (status, answer) = fetch(h2, &at_h2, "h1", &h2.clinician, "TREAT").await;
         assert_eq!(status, StatusCode::FORBIDDEN, "{answer}");
         assert!(answer.to_string().contains("no grant"), "{answer}");
         // What is not a fetch is refused here, before h1 is asked.
@@ -505,7 +528,7 @@ fn records_are_shared_only_under_a_live_grant_with_identity_sealed_end_to_end() 
         let url = format!("{}/Patient/{at_h2}/$shared?institution=h9", h2.fhir);
         let (status, answer) = get_for(&url, &h2.clinician, "TREAT").await;
         assert_eq!(status, StatusCode::NOT_FOUND, "{answer}");
-        let (status, answer) = fetch(&h2, &at_h2, "h1", &h2.auditor, "TREAT").await;
+        let (status, answer) = fetch(h2, &at_h2, "h1", &h2.auditor, "TREAT").await;
         assert_eq!(
             status,
             StatusCode::FORBIDDEN,
@@ -515,10 +538,10 @@ fn records_are_shared_only_under_a_live_grant_with_identity_sealed_end_to_end() 
         // Granted for treatment: h2's clinician reads h1's records with identity, each checked
         // against the chain; h2's researcher reads them without.
         let (status, created) =
-            post_consent(&h1, &h1.clinician, &consent(&patient, "h2", &hour)).await;
+            post_consent(h1, &h1.clinician, &consent(&patient, "h2", &hour)).await;
         assert_eq!(status, StatusCode::CREATED, "{created}");
         let first = created["id"].as_str().unwrap().to_owned();
-        let found = fetched(&h2, &at_h2, &h2.clinician, &["Patient", "Observation"]).await;
+        let found = fetched(h2, &at_h2, &h2.clinician, &["Patient", "Observation"]).await;
         let shown = found["Patient"].to_string();
         assert!(shown.contains(&family) && shown.contains(&ssn), "{shown}");
         assert_eq!(found["Patient"]["id"], patient.as_str());
@@ -529,11 +552,11 @@ fn records_are_shared_only_under_a_live_grant_with_identity_sealed_end_to_end() 
             "urn:fhirseal:holder"
         );
         assert_eq!(found["Observation"]["meta"]["tag"][0]["code"], "h1");
-        let found = fetched(&h2, &at_h2, &h2.researcher, &["Patient", "Observation"]).await;
+        let found = fetched(h2, &at_h2, &h2.researcher, &["Patient", "Observation"]).await;
         let text = serde_json::to_string(&found).unwrap();
         assert!(!text.contains(&family) && !text.contains(&ssn), "{text}");
         // Another purpose than the grant's: refused.
-        let (status, answer) = fetch(&h2, &at_h2, "h1", &h2.clinician, "HRESCH").await;
+        let (status, answer) = fetch(h2, &at_h2, "h1", &h2.clinician, "HRESCH").await;
         assert_eq!(status, StatusCode::FORBIDDEN, "{answer}");
         assert!(answer.to_string().contains("purpose"), "{answer}");
         let h1_node = NodeClient::open(&config_1).unwrap().status().await.unwrap();
@@ -587,7 +610,7 @@ fn records_are_shared_only_under_a_live_grant_with_identity_sealed_end_to_end() 
         )
         .await;
         assert_eq!(status, StatusCode::OK, "{answer}");
-        let (status, answer) = fetch(&h2, &at_h2, "h1", &h2.clinician, "TREAT").await;
+        let (status, answer) = fetch(h2, &at_h2, "h1", &h2.clinician, "TREAT").await;
         assert_eq!(status, StatusCode::FORBIDDEN, "{answer}");
         assert!(answer.to_string().contains("revoked"), "{answer}");
 
@@ -595,16 +618,16 @@ fn records_are_shared_only_under_a_live_grant_with_identity_sealed_end_to_end() 
         let soon = chrono::Utc::now() + chrono::Duration::seconds(4);
         let end = soon.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
         let (status, created) =
-            post_consent(&h1, &h1.clinician, &consent(&patient, "h2", &end)).await;
+            post_consent(h1, &h1.clinician, &consent(&patient, "h2", &end)).await;
         assert_eq!(status, StatusCode::CREATED, "{created}");
         let wait = (soon - chrono::Utc::now()).to_std().unwrap_or_default();
         tokio::time::sleep(wait + Duration::from_secs(1)).await;
-        let (status, answer) = fetch(&h2, &at_h2, "h1", &h2.clinician, "TREAT").await;
+        let (status, answer) = fetch(h2, &at_h2, "h1", &h2.clinician, "TREAT").await;
         assert_eq!(status, StatusCode::FORBIDDEN, "{answer}");
         assert!(answer.to_string().contains("expired"), "{answer}");
 
         // Every request, delivery and refusal is an access event on the chain, at both ends.
-        let at_h1 = exchanges(&h1, h1_from, &[("sent-to", "h2"), ("refused-to", "h2")]).await;
+        let at_h1 = exchanges(h1, h1_from, &[("sent-to", "h2"), ("refused-to", "h2")]).await;
         // Besides h2's, the refusal of h1's own certificate above.
         let others: Vec<_> = at_h1.iter().filter(|(_, m)| m != "h2").collect();
         assert_eq!(
@@ -613,7 +636,7 @@ fn records_are_shared_only_under_a_live_grant_with_identity_sealed_end_to_end() 
             "{at_h1:?}"
         );
         let at_h2 = exchanges(
-            &h2,
+            h2,
             h2_from,
             &[("received-from", "h1"), ("refused-by", "h1")],
         )
@@ -632,7 +655,7 @@ fn records_are_shared_only_under_a_live_grant_with_identity_sealed_end_to_end() 
         let text = stored.to_string();
         assert!(!text.contains(&family) && !text.contains(&ssn), "{text}");
     });
-    script(&dir, &["stop"]);
+    script(dir, &["stop"]);
     eprintln!(
         "FIGURE sharing between two institutions, whole test: {:?}",
         started.elapsed()
