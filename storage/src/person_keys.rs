@@ -203,21 +203,16 @@ impl PersonKeys {
         }
         let (nonce, ciphertext) = bytes.split_at(12);
         let nonce: [u8; 12] = nonce.try_into().unwrap_or_default();
-        let plain = Zeroizing::new(
-            self.cipher()
-                .decrypt(
-                    &Nonce::from(nonce),
-                    Payload {
-                        msg: ciphertext,
-                        aad: id,
-                    },
-                )
-                .map_err(|_| StorageError::Authentication)?,
-        );
-        let key: [u8; 32] = plain
-            .as_slice()
-            .try_into()
+        let plain = self
+            .cipher()
+            .decrypt(
+                &Nonce::from(nonce),
+                Payload {
+                    msg: ciphertext,
+                    aad: id,
+                },
+            )
             .map_err(|_| StorageError::Authentication)?;
-        Ok(Zeroizing::new(key))
+        crate::seal::key_of(Zeroizing::new(plain))
     }
 }

@@ -595,18 +595,22 @@ impl Sealer {
 
     /// A 32-byte key wrapped (RSA-OAEP-SHA-256) for this node's RSA key.
     fn unwrap_key(&self, wrapped: &[u8]) -> Result<Zeroizing<[u8; 32]>> {
-        let plain = Zeroizing::new(
-            self.keys
-                .rsa
-                .oaep_decrypt::<RsaSha256>(wrapped)
-                .map_err(|_| StorageError::Authentication)?,
-        );
-        let key: [u8; 32] = plain
-            .as_slice()
-            .try_into()
+        let plain = self
+            .keys
+            .rsa
+            .oaep_decrypt::<RsaSha256>(wrapped)
             .map_err(|_| StorageError::Authentication)?;
-        Ok(Zeroizing::new(key))
+        key_of(Zeroizing::new(plain))
     }
+}
+
+/// An unwrapped key: exactly 32 bytes, or the wrapping did not authenticate.
+pub(crate) fn key_of(plain: Zeroizing<Vec<u8>>) -> Result<Zeroizing<[u8; 32]>> {
+    let key: [u8; 32] = plain
+        .as_slice()
+        .try_into()
+        .map_err(|_| StorageError::Authentication)?;
+    Ok(Zeroizing::new(key))
 }
 
 /// Decrypts `record` under its data key.

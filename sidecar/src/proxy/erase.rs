@@ -54,15 +54,7 @@ pub(super) async fn erase(
     id: &str,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     ProxyError::unless_method(req.method(), Method::POST, "$erase")?;
-    let (sealing, patient) = (deps.sealing.clone(), id.to_owned());
-    let fingerprint = blocking(move || {
-        sealing.patient_fingerprint(&patient)?.ok_or_else(|| {
-            ProxyError::NotFound(format!(
-                "Patient/{patient} is not a patient whose identity this node holds (never sealed here, or erased already)"
-            ))
-        })
-    })
-    .await?;
+    let fingerprint = super::locate::sealed_patient(deps, id).await?;
     // Signing is checked first: a node that cannot put the erasure on the chain destroys
     // nothing.
     let signer = deps.ledger.signer().map_err(|error| match error {

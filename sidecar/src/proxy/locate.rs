@@ -28,6 +28,22 @@ pub(super) fn locate_target(interaction: &Interaction) -> Option<&str> {
     }
 }
 
+/// The fingerprint of `Patient/id`, a patient whose identity this node holds; 404 otherwise.
+pub(super) async fn sealed_patient(
+    deps: &Deps,
+    id: &str,
+) -> Result<fhirseal_storage::Fingerprint, ProxyError> {
+    let (sealing, patient) = (deps.sealing.clone(), id.to_owned());
+    blocking(move || {
+        sealing.patient_fingerprint(&patient)?.ok_or_else(|| {
+            ProxyError::NotFound(format!(
+                "Patient/{patient} is not a patient whose identity this node holds (never sealed here, or erased)"
+            ))
+        })
+    })
+    .await
+}
+
 /// Answers a `$locate` of `Patient/id` with a `Parameters`: a `holder` per member that
 /// anchored records of the person (`institution`, and `this` for this node's own).
 pub(super) async fn locate(
@@ -37,17 +53,13 @@ pub(super) async fn locate(
 ) -> Result<Response<ProxyBody>, ProxyError> {
     ProxyError::unless_method(req.method(), Method::GET, "$locate")?;
     let format = Format::negotiate(req.uri().query(), req.headers());
-    let (sealing, ledger, patient) = (deps.sealing.clone(), deps.ledger.clone(), id.to_owned());
+    let fingerprint = sealed_patient(deps, id).await?;
+    let ledger = deps.ledger.clone();
     let holders = blocking(move || {
-        let Some(fingerprint) = sealing.patient_fingerprint(&patient)? else {
-            return Err(ProxyError::NotFound(format!(
-                "Patient/{patient} is not a patient whose identity this node sealed"
-            )));
-        };
-        Ok(ledger
+        ledger
             .reader()
             .holders(&fingerprint.0)
-            .map_err(crate::ledger::LedgerError::from)?)
+            .map_err(crate::ledger::LedgerError::from)
     })
     .await?;
     let own = deps.ledger.institution();

@@ -136,15 +136,7 @@ pub(super) async fn shared(
             "this node has no consortium transport to ask other members with".to_owned(),
         ));
     };
-    let (sealing, patient) = (deps.sealing.clone(), id.to_owned());
-    let fingerprint = blocking(move || {
-        sealing.patient_fingerprint(&patient)?.ok_or_else(|| {
-            ProxyError::NotFound(format!(
-                "Patient/{patient} is not a patient whose identity this node sealed"
-            ))
-        })
-    })
-    .await?;
+    let fingerprint = super::locate::sealed_patient(deps, id).await?;
     let request = ShareRequest {
         fingerprint: fingerprint.hex(),
         principal: ctx.principal.name.clone(),
