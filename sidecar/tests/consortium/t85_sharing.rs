@@ -596,6 +596,26 @@ fn records_are_shared_only_under_a_live_grant_with_identity_sealed_end_to_end() 
         serde_json::to_vec(&ask).unwrap(),
     );
     assert_eq!(status, 403, "{answer}");
+    // What is not a share request is refused, each with its reason.
+    let bad_fingerprint =
+        json!({"fingerprint": "00", "principal": "p", "role": "clinician", "purpose": "TREAT"});
+    for (body, word) in [
+        (b"{".to_vec(), "not a share request"),
+        (serde_json::to_vec(&bad_fingerprint).unwrap(), "fingerprint"),
+    ] {
+        let (status, answer) =
+            call_as(&secrets_2, &h1_node, Method::POST, "/sharing/records", body);
+        assert_eq!(status, 400, "{answer}");
+        assert!(answer.contains(word), "{word}: {answer}");
+    }
+    let (status, _) = call_as(
+        &secrets_2,
+        &h1_node,
+        Method::GET,
+        "/sharing/records",
+        Vec::new(),
+    );
+    assert_eq!(status, 405);
 
     runtime().block_on(async {
         // Revoked: refused from the block that finalized the revocation.
