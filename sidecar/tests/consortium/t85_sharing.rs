@@ -184,6 +184,19 @@ async fn transactions(member: &Member, from: u64, kind: &str) -> Vec<Value> {
     found
 }
 
+/// [`transactions`] once there is one at least: a block final at the member that made it
+/// reaches the other member's copy of the chain a moment later.
+async fn held(member: &Member, from: u64, kind: &str) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let found = transactions(member, from, kind).await;
+        if !found.is_empty() || Instant::now() > deadline {
+            return found;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// `POST [member]/Consent` as `key`: status and body.
 async fn post_consent(member: &Member, key: &str, body: &Value) -> (StatusCode, Value) {
     send(
@@ -332,7 +345,7 @@ fn a_consent_becomes_a_grant_every_member_holds_and_its_end_a_revocation() {
         let (status, created) = post_consent(h1, &h1.clinician, &valid).await;
         assert_eq!(status, StatusCode::CREATED, "{created}");
         let consent_id = created["id"].as_str().unwrap().to_owned();
-        let grants = transactions(h2, from, "grant").await;
+        let grants = held(h2, from, "grant").await;
         assert_eq!(grants.len(), 1, "{grants:?}");
         assert_eq!(grants[0]["institution"], "h1", "signed by the grantor");
         let grant = &grants[0]["grants"][0];
@@ -367,9 +380,9 @@ fn a_consent_becomes_a_grant_every_member_holds_and_its_end_a_revocation() {
         )
         .await;
         assert_eq!(status, StatusCode::OK, "{answer}");
-        let revocations = transactions(h2, from, "revocation").await;
+        let revocations = held(h2, from, "revocation").await;
         assert_eq!(revocations.len(), 1, "{revocations:?}");
-        let grants = transactions(h2, from, "grant").await;
+        let grants = held(h2, from, "grant").await;
         assert_eq!(grants.len(), 1, "{grants:?}");
         assert_eq!(grants[0]["grants"][0]["version"], "2");
         assert_eq!(
@@ -390,7 +403,7 @@ fn a_consent_becomes_a_grant_every_member_holds_and_its_end_a_revocation() {
         )
         .await;
         assert_eq!(status, StatusCode::OK, "{answer}");
-        let revocations = transactions(h2, from, "revocation").await;
+        let revocations = held(h2, from, "revocation").await;
         assert_eq!(revocations.len(), 1, "{revocations:?}");
         assert_eq!(revocations[0]["institution"], "h1");
         assert_eq!(
@@ -411,7 +424,7 @@ fn a_consent_becomes_a_grant_every_member_holds_and_its_end_a_revocation() {
         )
         .await;
         assert!(status.is_success(), "{status} {answer}");
-        let revocations = transactions(h2, from, "revocation").await;
+        let revocations = held(h2, from, "revocation").await;
         assert_eq!(revocations.len(), 1, "{revocations:?}");
         assert_eq!(
             revocations[0]["revocations"][0]["consent"],
