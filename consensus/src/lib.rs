@@ -3,8 +3,9 @@
 //! DPoS's pure rules (beacon, ring-signature ballots, election); the node transport is the
 //! sidecar's.
 //!
-//! - Types: institution-signed batches of anchor entries, access events, evidence, and consent
-//!   (grants and revocations of access to a person's records, [`grant`]) ([`tx`]),
+//! - Types: institution-signed batches of anchor entries, access events, evidence, consent
+//!   (grants and revocations of access to a person's records, [`grant`]) and erasures (a
+//!   person's key destroyed, [`erasure`]) ([`tx`]),
 //!   blocks with the BFT commit certificates that finalize them ([`block`]), in a hand-written
 //!   canonical encoding ([`codec`]),
 //!   hashed with SHA-256 under domain-separation tags ([`hash`]), committed by Merkle trees with

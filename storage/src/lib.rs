@@ -5,10 +5,14 @@
 //! (resource type, id and version are opaque strings here).
 //!
 //! - [`keys`] — the node's secret keys, made on first start with owner-only permissions;
-//! - [`seal`] — fingerprints, blind tokens, AES-256-GCM records with RSA-OAEP-wrapped keys;
+//! - [`seal`] — fingerprints, blind tokens, AES-256-GCM records with RSA-OAEP-wrapped keys, a
+//!   record's own key re-wrapped for a grantee;
+//! - [`person_keys`] — one key per person in the keystore, under which that person's records are
+//!   sealed too, destroyed to erase them (from the vault and from every copy of it);
 //! - [`vault`] — the sled vault: records, indexes and blind index, one transaction per write;
-//! - [`outbox`] — anchors and access events waiting for a final block, in the vault's database
-//!   (an anchor is queued in the same transaction as its vault write);
+//! - [`outbox`] — anchors and access events (with the member an exchange was with) waiting for
+//!   a final block, in the vault's database (an anchor is queued in the same transaction as its
+//!   vault write);
 //! - [`chain_store`] — the ledger's typed sled stores: blocks by height, hash, transaction and
 //!   anchor indexes, one transaction and a flush per block (bytes given by `consensus`).
 //! - [`raft_store`] — the replicated log's typed sled stores: opaque entries by position, named
