@@ -1338,6 +1338,34 @@ async fn an_erased_patients_identity_is_gone_from_every_read_the_vault_and_an_ea
             }
         }
     }
+    // An erasure cut short after the key was destroyed (a crash, the chain unavailable): reads
+    // show no identity meanwhile, and the next call finishes it.
+    let other = unique("Halferased");
+    let second = id_of(&post_json(&format!("{base}/Patient"), &person(&other, &self::ssn())).await);
+    anchored(&sidecar.ledger).await;
+    let fingerprint = sidecar
+        .sealing
+        .patient_fingerprint(&second)
+        .unwrap()
+        .unwrap();
+    assert!(sidecar.sealing.destroy_person_key(&fingerprint).unwrap());
+    let shown = get(&format!("{base}/Patient/{second}")).await;
+    assert_eq!(shown.status, StatusCode::OK, "{}", shown.text());
+    assert!(!shown.text().contains(&other), "{}", shown.text());
+    let url = format!("{base}/Patient/{second}/$erase");
+    let finished = send(Method::POST, &url, &[("x-api-key", ADMIN_KEY)], "").await;
+    assert_eq!(finished.status, StatusCode::OK, "{}", finished.text());
+    let text = finished.text();
+    assert!(
+        text.contains(r#""name":"keyDestroyed","valueBoolean":false"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#""name":"records","valueUnsignedInt":1"#),
+        "{text}"
+    );
+    assert_eq!(chain_items(&ledger, "erasures").await.len(), 2);
+
     // The copy still holds the sealed records, and the node's keys no longer open them.
     let keys_dir = sidecar.config.keys_dir();
     let (keys, _) = fhirseal_storage::NodeKeys::load_or_create(&keys_dir, 2048).unwrap();
