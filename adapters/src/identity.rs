@@ -5,6 +5,12 @@
 
 use serde_json::Value;
 
+/// The identity key of a person an identifier names (`system`, one of the configured
+/// identity systems, and its value): what [`identity_key`] makes of a resource carrying it.
+pub fn identifier_key(system: &str, value: &str) -> Vec<u8> {
+    format!("id\0{system}\0{}", value.trim()).into_bytes()
+}
+
 /// The canonical identity key of a person resource: an identifier in one of `systems` (the
 /// first system that the resource has, in the order given), else the normalized official name
 /// and the birth date. `None` when the resource has neither.
@@ -17,7 +23,7 @@ pub fn identity_key(resource: &Value, systems: &[String]) -> Option<Vec<u8>> {
                 .flatten()
         });
         if let Some(value) = found {
-            return Some(format!("id\0{system}\0{}", value.trim()).into_bytes());
+            return Some(identifier_key(system, value));
         }
     }
     let names = resource.get("name").and_then(Value::as_array)?;

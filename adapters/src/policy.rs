@@ -247,6 +247,10 @@ impl Needs {
                 }
             }
         };
+        // Another member's records of whoever an identifier names: an identity search.
+        if matches!(interaction, I::OperationType { name, .. } if name == "shared") {
+            needs.permissions.insert(Permission::IdentitySearch);
+        }
         let writes = matches!(
             permission,
             Some(Permission::Write) | Some(Permission::Delete)

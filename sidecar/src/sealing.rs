@@ -351,6 +351,23 @@ impl Sealing {
         Ok(self.vault.fingerprint_of_resource("Patient", id)?)
     }
 
+    /// The fingerprint of the person an identifier names, whether or not this node holds
+    /// them: `None` unless `system` is one of the identity systems fingerprints are keyed by.
+    pub fn identifier_fingerprint(
+        &self,
+        system: &str,
+        value: &str,
+    ) -> Result<Option<Fingerprint>, SealError> {
+        if !self.identity_systems.iter().any(|s| s == system) {
+            return Ok(None);
+        }
+        let link_key = self.link_key.borrow().clone().ok_or(SealError::NoLinkKey)?;
+        Ok(Some(Fingerprint::of(
+            &link_key,
+            &identity::identifier_key(system, value),
+        )))
+    }
+
     /// The node's metrics.
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics

@@ -319,8 +319,8 @@ async fn proxy_routed(
         if let Some(patient) = locate::locate_target(&ctx.interaction) {
             return locate::locate(deps, &req, patient).await;
         }
-        if let Some(patient) = shared::shared_target(&ctx.interaction) {
-            return shared::shared(deps, &ctx, &req, patient).await;
+        if let Some(whom) = shared::shared_target(&ctx.interaction) {
+            return shared::shared(deps, &ctx, &req, whom).await;
         }
         if let Some(patient) = erase::erase_target(&ctx.interaction) {
             return erase::erase(deps, &ctx, &req, patient).await;

@@ -1,5 +1,9 @@
 //! `GET [base]/Patient/[id]/$shared?institution=M[&_type=T,…]`: the records member `M` holds
 //! of the person `Patient/[id]` of this node, under a grant `M` signed for this institution.
+//! `GET [base]/Patient/$shared?institution=M&identifier=system|value[&_type=…]` asks for whoever
+//! the identifier names (a first encounter: nothing of the person is here yet); the system must
+//! be one of the identity systems persons are linked by, and the request is an identity search
+//! (the `identity-search` permission and its rate).
 //!
 //! This node asks `M`'s node over the consortium's mutual TLS (see [`super::share_wire`]),
 //! naming the person by fingerprint, the requester, its role and its purpose of use; `M`
@@ -40,21 +44,46 @@ pub(crate) const HOLDER_SYSTEM: &str = "urn:fhirseal:holder";
 /// How long the holder may take to answer.
 const ASK_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// The patient a `$shared` names; `None` for every other interaction.
-pub(super) fn shared_target(interaction: &Interaction) -> Option<&str> {
+/// Whose records a `$shared` asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Whom<'a> {
+    /// `Patient/[id]/$shared`: a patient of this node.
+    Patient(&'a str),
+    /// `Patient/$shared?identifier=…`: whoever the identifier names (a first encounter: a
+    /// person this node holds nothing of yet).
+    Identifier,
+}
+
+/// Whom a `$shared` names; `None` for every other interaction.
+pub(super) fn shared_target(interaction: &Interaction) -> Option<Whom<'_>> {
     match interaction {
         Interaction::OperationInstance {
             resource_type,
             id,
             name,
-        } if name == SHARED && resource_type == "Patient" => Some(id),
+        } if name == SHARED && resource_type == "Patient" => Some(Whom::Patient(id)),
+        Interaction::OperationType {
+            resource_type,
+            name,
+        } if name == SHARED && resource_type == "Patient" => Some(Whom::Identifier),
         _ => None,
     }
 }
 
-/// What the query asks: the holder, and the resource types (none: all the grant covers).
-fn query_params(query: Option<&str>) -> Result<(String, Vec<String>), ProxyError> {
-    let (mut institution, mut types) = (None, Vec::new());
+/// What a `$shared` query asks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct SharedQuery {
+    /// The holder.
+    institution: String,
+    /// The resource types; none: all the grant covers.
+    types: Vec<String>,
+    /// `identifier=system|value`, at the type level.
+    identifier: Option<(String, String)>,
+}
+
+/// Reads a `$shared` query.
+fn query_params(query: Option<&str>) -> Result<SharedQuery, ProxyError> {
+    let (mut institution, mut types, mut identifier) = (None, Vec::new(), None);
     for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
         let value = percent_encoding::percent_decode_str(value)
@@ -75,10 +104,25 @@ fn query_params(query: Option<&str>) -> Result<(String, Vec<String>), ProxyError
                     .filter(|t| !t.is_empty())
                     .map(str::to_owned),
             ),
+            "identifier" if identifier.is_none() => match value.split_once('|') {
+                Some((system, value)) if !system.is_empty() && !value.is_empty() => {
+                    identifier = Some((system.to_owned(), value.to_owned()));
+                }
+                _ => {
+                    return Err(ProxyError::Invalid(
+                        "$shared: identifier is system|value".to_owned(),
+                    ))
+                }
+            },
+            "identifier" => {
+                return Err(ProxyError::Invalid(
+                    "$shared takes one identifier".to_owned(),
+                ))
+            }
             "_format" => {}
             other => {
                 return Err(ProxyError::Invalid(format!(
-                    "$shared takes institution and _type, not '{other}'"
+                    "$shared takes institution, identifier and _type, not '{other}'"
                 )))
             }
         }
@@ -96,18 +140,31 @@ fn query_params(query: Option<&str>) -> Result<(String, Vec<String>), ProxyError
             "$shared: '{bad}' is not a resource type"
         )));
     }
-    Ok((institution, types))
+    Ok(SharedQuery {
+        institution,
+        types,
+        identifier,
+    })
 }
 
-/// Answers a `$shared` of `Patient/id`.
+/// Answers a `$shared` of `whom`.
 pub(super) async fn shared(
     deps: &Deps,
     ctx: &RequestCtx,
     req: &Request<ProxyBody>,
-    id: &str,
+    whom: Whom<'_>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     ProxyError::unless_method(req.method(), Method::GET, "$shared")?;
-    let (holder, types) = query_params(req.uri().query())?;
+    let SharedQuery {
+        institution: holder,
+        types,
+        identifier,
+    } = query_params(req.uri().query())?;
+    // What the access events name: the patient, or the type for a search by identifier.
+    let id = match whom {
+        Whom::Patient(id) => id,
+        Whom::Identifier => "",
+    };
     let own = deps.ledger.institution().to_owned();
     if holder == own {
         return Err(ProxyError::Invalid(format!(
@@ -136,7 +193,31 @@ pub(super) async fn shared(
             "this node has no consortium transport to ask other members with".to_owned(),
         ));
     };
-    let fingerprint = super::locate::sealed_patient(deps, id).await?;
+    let fingerprint = match (whom, identifier) {
+        (Whom::Patient(id), None) => super::locate::sealed_patient(deps, id).await?,
+        (Whom::Patient(_), Some(_)) => {
+            return Err(ProxyError::Invalid(
+                "Patient/[id]/$shared names the patient: an identifier is for Patient/$shared"
+                    .to_owned(),
+            ))
+        }
+        (Whom::Identifier, None) => {
+            return Err(ProxyError::Invalid(
+                "Patient/$shared needs identifier=system|value (or ask Patient/[id]/$shared for a patient of this node)".to_owned(),
+            ))
+        }
+        (Whom::Identifier, Some((system, value))) => {
+            let sealing = deps.sealing.clone();
+            let system_shown = system.clone();
+            blocking(move || sealing.identifier_fingerprint(&system, &value))
+                .await?
+                .ok_or_else(|| {
+                    ProxyError::Invalid(format!(
+                        "$shared: {system_shown} is not one of the identity systems persons are linked by (seal.identity_systems)"
+                    ))
+                })?
+        }
+    };
     let request = ShareRequest {
         fingerprint: fingerprint.hex(),
         principal: ctx.principal.name.clone(),
@@ -291,10 +372,22 @@ mod tests {
                 "institution=h1&_type=Observation,Condition&_format=json"
             ))
             .unwrap(),
-            (
-                "h1".to_owned(),
-                vec!["Observation".to_owned(), "Condition".to_owned()]
-            )
+            SharedQuery {
+                institution: "h1".to_owned(),
+                types: vec!["Observation".to_owned(), "Condition".to_owned()],
+                identifier: None,
+            }
+        );
+        let by_identifier = query_params(Some(
+            "institution=h1&identifier=http%3A%2F%2Fhl7.org%2Ffhir%2Fsid%2Fus-ssn%7C999-12-3456",
+        ))
+        .unwrap();
+        assert_eq!(
+            by_identifier.identifier,
+            Some((
+                "http://hl7.org/fhir/sid/us-ssn".to_owned(),
+                "999-12-3456".to_owned()
+            ))
         );
         for bad in [
             None,
@@ -302,6 +395,8 @@ mod tests {
             Some("institution=h1&institution=h2"),
             Some("institution=h1&name=Alice"),
             Some("institution=h1&_type=../x"),
+            Some("institution=h1&identifier=999"),
+            Some("institution=h1&identifier=s|1&identifier=s|2"),
         ] {
             let error = query_params(bad).unwrap_err();
             assert_eq!(error.status(), StatusCode::BAD_REQUEST, "{bad:?}");

@@ -568,6 +568,24 @@ fn records_are_shared_only_under_a_live_grant_with_identity_sealed_end_to_end() 
         let found = fetched(h2, &at_h2, &h2.researcher, &["Patient", "Observation"]).await;
         let text = serde_json::to_string(&found).unwrap();
         assert!(!text.contains(&family) && !text.contains(&ssn), "{text}");
+        // A first encounter: asked by the SSN alone (an identity search), the same records.
+        let url = format!(
+            "{}/Patient/$shared?institution=h1&identifier=http://hl7.org/fhir/sid/us-ssn%7C{ssn}",
+            h2.fhir
+        );
+        let (status, bundle) = get_for(&url, &h2.clinician, "TREAT").await;
+        assert_eq!(status, StatusCode::OK, "{bundle}");
+        let text = bundle.to_string();
+        assert!(
+            text.contains(&family) && text.contains("Observation"),
+            "{text}"
+        );
+        let (status, answer) = get_for(&url, &h2.researcher, "TREAT").await;
+        assert_eq!(
+            status,
+            StatusCode::FORBIDDEN,
+            "no identity search: {answer}"
+        );
         // Another purpose than the grant's: refused.
         let (status, answer) = fetch(h2, &at_h2, "h1", &h2.clinician, "HRESCH").await;
         assert_eq!(status, StatusCode::FORBIDDEN, "{answer}");
