@@ -54,7 +54,7 @@ pub(super) async fn erase(
     id: &str,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     ProxyError::unless_method(req.method(), Method::POST, "$erase")?;
-    let fingerprint = super::locate::sealed_patient(deps, id).await?;
+    let fingerprint = super::person::sealed_patient(deps, id).await?;
     // Signing is checked first: a node that cannot put the erasure on the chain destroys
     // nothing.
     let signer = deps.ledger.signer().map_err(|error| match error {

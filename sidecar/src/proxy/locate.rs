@@ -1,14 +1,17 @@
 //! `GET [base]/Patient/[id]/$locate`: record location. Which members of the consortium hold
 //! records of the person `Patient/[id]` of this node is, for the person's fingerprint, what the
 //! shared chain's anchors say: the answer names those members, and nothing else of what they
-//! hold. A clinician finds the person by an identity search here first; the operation needs
-//! the `identity-search` permission, since it links the person across members.
+//! hold. A clinician finds the person by an identity search here first, or names them by an
+//! identifier of an identity system (`Patient/$locate?identifier=system|value`, a first
+//! encounter); the operation needs the `identity-search` permission, since it links the person
+//! across members.
 
 use fhirseal_adapters::{fhir, Format, Interaction};
 use http::{Method, Request, Response, StatusCode};
 use serde_json::json;
 
 use super::deps::{blocking, Deps};
+use super::person::{self, Whom};
 use crate::body::ProxyBody;
 use crate::error::ProxyError;
 use crate::verify::fhir_response;
@@ -16,44 +19,45 @@ use crate::verify::fhir_response;
 /// The operation's name.
 pub(super) const LOCATE: &str = "locate";
 
-/// The patient a `$locate` names; `None` for every other interaction.
-pub(super) fn locate_target(interaction: &Interaction) -> Option<&str> {
-    match interaction {
-        Interaction::OperationInstance {
-            resource_type,
-            id,
-            name,
-        } if name == LOCATE && resource_type == "Patient" => Some(id),
-        _ => None,
+/// Whom a `$locate` names; `None` for every other interaction.
+pub(super) fn locate_target(interaction: &Interaction) -> Option<Whom<'_>> {
+    person::target(interaction, LOCATE)
+}
+
+/// A `$locate` query's `identifier` (`_format` aside, it takes nothing else).
+fn query_identifier(query: Option<&str>) -> Result<Option<(String, String)>, ProxyError> {
+    let mut identifier = None;
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let value = percent_encoding::percent_decode_str(value)
+            .decode_utf8()
+            .map_err(|_| ProxyError::Invalid(format!("$locate: {name} is not UTF-8")))?;
+        match name {
+            "identifier" if identifier.is_none() => {
+                identifier = Some(person::identifier_param(&value)?);
+            }
+            "_format" => {}
+            other => {
+                return Err(ProxyError::Invalid(format!(
+                    "$locate takes one identifier (at the type level), not '{other}'"
+                )))
+            }
+        }
     }
+    Ok(identifier)
 }
 
-/// The fingerprint of `Patient/id`, a patient whose identity this node holds; 404 otherwise.
-pub(super) async fn sealed_patient(
-    deps: &Deps,
-    id: &str,
-) -> Result<fhirseal_storage::Fingerprint, ProxyError> {
-    let (sealing, patient) = (deps.sealing.clone(), id.to_owned());
-    blocking(move || {
-        sealing.patient_fingerprint(&patient)?.ok_or_else(|| {
-            ProxyError::NotFound(format!(
-                "Patient/{patient} is not a patient whose identity this node holds (never sealed here, or erased)"
-            ))
-        })
-    })
-    .await
-}
-
-/// Answers a `$locate` of `Patient/id` with a `Parameters`: a `holder` per member that
-/// anchored records of the person (`institution`, and `this` for this node's own).
+/// Answers a `$locate` of `whom` with a `Parameters`: a `holder` per member that anchored
+/// records of the person (`institution`, and `this` for this node's own).
 pub(super) async fn locate(
     deps: &Deps,
     req: &Request<ProxyBody>,
-    id: &str,
+    whom: Whom<'_>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     ProxyError::unless_method(req.method(), Method::GET, "$locate")?;
     let format = Format::negotiate(req.uri().query(), req.headers());
-    let fingerprint = sealed_patient(deps, id).await?;
+    let identifier = query_identifier(req.uri().query())?;
+    let fingerprint = person::fingerprint(deps, LOCATE, whom, identifier).await?;
     let ledger = deps.ledger.clone();
     let holders = blocking(move || {
         ledger

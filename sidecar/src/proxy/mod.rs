@@ -45,6 +45,7 @@ mod filter;
 mod grantor;
 mod ledger_api;
 mod locate;
+mod person;
 mod plan;
 mod recover;
 mod seal;
@@ -316,8 +317,8 @@ async fn proxy_routed(
             let audits = ctx.principal.audits;
             return ledger_api::verify_operation(deps, &req, target, body, audits).await;
         }
-        if let Some(patient) = locate::locate_target(&ctx.interaction) {
-            return locate::locate(deps, &req, patient).await;
+        if let Some(whom) = locate::locate_target(&ctx.interaction) {
+            return locate::locate(deps, &req, whom).await;
         }
         if let Some(whom) = shared::shared_target(&ctx.interaction) {
             return shared::shared(deps, &ctx, &req, whom).await;

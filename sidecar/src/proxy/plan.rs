@@ -161,10 +161,12 @@ fn needs(
     if let Some(query) = query {
         if criteria {
             identity |= names_identity(query)?;
-        } else if super::shared::shared_target(interaction).is_some() {
-            // `$shared` is answered here and never forwarded: its identifier reaches no
-            // upstream (it is fingerprinted), and asking by it is an identity search (its
-            // needs say so).
+        } else if super::shared::shared_target(interaction).is_some()
+            || super::locate::locate_target(interaction).is_some()
+        {
+            // `$shared` and `$locate` are answered here and never forwarded: an identifier
+            // reaches no upstream (it is fingerprinted), and asking by it is an identity search
+            // (their needs say so).
         } else {
             if let Some(param) = search::identity_named_param(query) {
                 return Err(ProxyError::NotSupported(format!(

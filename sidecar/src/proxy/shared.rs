@@ -29,6 +29,7 @@ use serde_json::{json, Value};
 
 use super::ctx::RequestCtx;
 use super::deps::{blocking, Deps};
+use super::person::{self, Whom};
 use super::share_wire::{ShareAnswer, ShareRefusal, ShareRequest};
 use crate::body::ProxyBody;
 use crate::consortium::node::SHARING_PATH;
@@ -44,30 +45,9 @@ pub(crate) const HOLDER_SYSTEM: &str = "urn:fhirseal:holder";
 /// How long the holder may take to answer.
 const ASK_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Whose records a `$shared` asks for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Whom<'a> {
-    /// `Patient/[id]/$shared`: a patient of this node.
-    Patient(&'a str),
-    /// `Patient/$shared?identifier=…`: whoever the identifier names (a first encounter: a
-    /// person this node holds nothing of yet).
-    Identifier,
-}
-
 /// Whom a `$shared` names; `None` for every other interaction.
 pub(super) fn shared_target(interaction: &Interaction) -> Option<Whom<'_>> {
-    match interaction {
-        Interaction::OperationInstance {
-            resource_type,
-            id,
-            name,
-        } if name == SHARED && resource_type == "Patient" => Some(Whom::Patient(id)),
-        Interaction::OperationType {
-            resource_type,
-            name,
-        } if name == SHARED && resource_type == "Patient" => Some(Whom::Identifier),
-        _ => None,
-    }
+    person::target(interaction, SHARED)
 }
 
 /// What a `$shared` query asks.
@@ -104,16 +84,9 @@ fn query_params(query: Option<&str>) -> Result<SharedQuery, ProxyError> {
                     .filter(|t| !t.is_empty())
                     .map(str::to_owned),
             ),
-            "identifier" if identifier.is_none() => match value.split_once('|') {
-                Some((system, value)) if !system.is_empty() && !value.is_empty() => {
-                    identifier = Some((system.to_owned(), value.to_owned()));
-                }
-                _ => {
-                    return Err(ProxyError::Invalid(
-                        "$shared: identifier is system|value".to_owned(),
-                    ))
-                }
-            },
+            "identifier" if identifier.is_none() => {
+                identifier = Some(person::identifier_param(&value)?);
+            }
             "identifier" => {
                 return Err(ProxyError::Invalid(
                     "$shared takes one identifier".to_owned(),
@@ -161,10 +134,7 @@ pub(super) async fn shared(
         identifier,
     } = query_params(req.uri().query())?;
     // What the access events name: the patient, or the type for a search by identifier.
-    let id = match whom {
-        Whom::Patient(id) => id,
-        Whom::Identifier => "",
-    };
+    let id = whom.id();
     let own = deps.ledger.institution().to_owned();
     if holder == own {
         return Err(ProxyError::Invalid(format!(
@@ -193,31 +163,7 @@ pub(super) async fn shared(
             "this node has no consortium transport to ask other members with".to_owned(),
         ));
     };
-    let fingerprint = match (whom, identifier) {
-        (Whom::Patient(id), None) => super::locate::sealed_patient(deps, id).await?,
-        (Whom::Patient(_), Some(_)) => {
-            return Err(ProxyError::Invalid(
-                "Patient/[id]/$shared names the patient: an identifier is for Patient/$shared"
-                    .to_owned(),
-            ))
-        }
-        (Whom::Identifier, None) => {
-            return Err(ProxyError::Invalid(
-                "Patient/$shared needs identifier=system|value (or ask Patient/[id]/$shared for a patient of this node)".to_owned(),
-            ))
-        }
-        (Whom::Identifier, Some((system, value))) => {
-            let sealing = deps.sealing.clone();
-            let system_shown = system.clone();
-            blocking(move || sealing.identifier_fingerprint(&system, &value))
-                .await?
-                .ok_or_else(|| {
-                    ProxyError::Invalid(format!(
-                        "$shared: {system_shown} is not one of the identity systems persons are linked by (seal.identity_systems)"
-                    ))
-                })?
-        }
-    };
+    let fingerprint = person::fingerprint(deps, SHARED, whom, identifier).await?;
     let request = ShareRequest {
         fingerprint: fingerprint.hex(),
         principal: ctx.principal.name.clone(),

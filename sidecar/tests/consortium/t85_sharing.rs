@@ -568,7 +568,18 @@ fn records_are_shared_only_under_a_live_grant_with_identity_sealed_end_to_end() 
         let found = fetched(h2, &at_h2, &h2.researcher, &["Patient", "Observation"]).await;
         let text = serde_json::to_string(&found).unwrap();
         assert!(!text.contains(&family) && !text.contains(&ssn), "{text}");
-        // A first encounter: asked by the SSN alone (an identity search), the same records.
+        // A first encounter: where the SSN's person has records, and those records, asked by
+        // the SSN alone (an identity search).
+        let url = format!(
+            "{}/Patient/$locate?identifier=http://hl7.org/fhir/sid/us-ssn%7C{ssn}",
+            h2.fhir
+        );
+        let (status, located) = send(Method::GET, &url, &h2.clinician, None).await;
+        assert_eq!(status, StatusCode::OK, "{located}");
+        assert_eq!(
+            located["parameter"][0]["part"][0]["valueString"], "h1",
+            "{located}"
+        );
         let url = format!(
             "{}/Patient/$shared?institution=h1&identifier=http://hl7.org/fhir/sid/us-ssn%7C{ssn}",
             h2.fhir
