@@ -172,19 +172,20 @@ async fn share(
         let mut resources = Vec::new();
         let mut events = vec![answered];
         let mut seen = std::collections::BTreeSet::new();
+        let mut anchors = AnchorLookup::new(ledger.reader().clone());
         for resource in candidates {
             let shown = SharedResource::new(resource, None);
             let Some(version) = shown.version() else {
                 continue;
             };
-            let (t, i, v) = version;
+            let (t, i, _) = version;
             if !seen.insert((t.to_owned(), i.to_owned())) {
                 continue;
             }
             // Only the versions this institution anchored as the person's.
-            let anchored = ledger
-                .proof_of(&owner, t, i, v)?
-                .is_some_and(|proof| proof.entry.fingerprint == fingerprint);
+            let anchored = anchors
+                .entry(&owner, version)?
+                .is_some_and(|entry| entry.fingerprint == fingerprint);
             if !anchored {
                 continue;
             }
@@ -198,6 +199,57 @@ async fn share(
     super::access::record_events(deps, events).await?;
     tracing::info!(%grantee, resources = resources.len(), "records shared");
     Ok(Shared::Sent(ShareAnswer { resources }))
+}
+
+/// Blocks read for one request's anchors, kept while it looks up the next: a person's
+/// resources are often anchored in a few blocks.
+struct AnchorLookup {
+    reader: fhirseal_consensus::ChainReader,
+    blocks: std::collections::HashMap<u64, fhirseal_consensus::FinalizedBlock>,
+}
+
+/// Most blocks one request keeps read.
+const KEPT_BLOCKS: usize = 64;
+
+impl AnchorLookup {
+    fn new(reader: fhirseal_consensus::ChainReader) -> Self {
+        Self {
+            reader,
+            blocks: std::collections::HashMap::new(),
+        }
+    }
+
+    /// The anchor of `institution`'s version (type, id, version), if the chain holds one.
+    fn entry(
+        &mut self,
+        institution: &str,
+        (resource_type, id, version): (&str, &str, &str),
+    ) -> Result<Option<fhirseal_consensus::tx::AnchorEntry>, LedgerError> {
+        let Some(at) = self
+            .reader
+            .locate_anchor(institution, resource_type, id, version)?
+        else {
+            return Ok(None);
+        };
+        if !self.blocks.contains_key(&at.height) {
+            if self.blocks.len() >= KEPT_BLOCKS {
+                self.blocks.clear();
+            }
+            let Some(block) = self.reader.block(at.height)? else {
+                return Ok(None);
+            };
+            self.blocks.insert(at.height, block);
+        }
+        let entry = self.blocks.get(&at.height).and_then(|block| {
+            match block.block.transactions.get(at.transaction as usize) {
+                Some(fhirseal_consensus::Transaction::Anchor(batch)) => {
+                    batch.entries.get(at.entry as usize).cloned()
+                }
+                _ => None,
+            }
+        });
+        Ok(entry)
+    }
 }
 
 /// Appends what the upstream's `Patient/[id]/$everything` holds (of `types`, when named) to
