@@ -130,7 +130,7 @@ impl SharedResource {
     }
 }
 
-/// The body of a grantor's refusal (403): why, in words, and the refusal's name.
+/// The body of a grantor's refusal (403, or 400 for a malformed request): why, in words.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct ShareRefusal {
     pub(crate) error: String,
