@@ -4,8 +4,8 @@
 //! requester's role and purpose ([`fhirseal_consensus::grant::decide`]). Refused: nothing is
 //! read from the upstream, nothing is sent, and the refusal is an access event here. Granted:
 //! the person's resources are read from the upstream (`Patient/[id]/$everything`), each kept
-//! only when this institution anchored that very version for that person and the grant covers
-//! its type, and sent with its identity part sealed, the data key re-wrapped for the grantee's
+//! only when this institution anchored that very version, for that person or for no person
+//! (`share_wire::of_person`: never for another one), and the grant covers its type, and sent with its identity part sealed, the data key re-wrapped for the grantee's
 //! RSA key (`Sealer::share`: the identity is never decrypted here). The request answered and
 //! each resource sent are access events here, durable before the answer leaves.
 
@@ -18,7 +18,7 @@ use serde_json::Value;
 
 use super::deps::{blocking, Deps};
 use super::share_wire::{
-    ShareAnswer, ShareRefusal, ShareRequest, SharedResource, MAX_SHARED_RESOURCES,
+    of_person, ShareAnswer, ShareRefusal, ShareRequest, SharedResource, MAX_SHARED_RESOURCES,
 };
 use crate::audit::Accessor;
 use crate::error::ProxyError;
@@ -182,10 +182,10 @@ async fn share(
             if !seen.insert((t.to_owned(), i.to_owned())) {
                 continue;
             }
-            // Only the versions this institution anchored as the person's.
+            // Only the versions this institution anchored, as the person's or no one's.
             let anchored = anchors
                 .entry(&owner, version)?
-                .is_some_and(|entry| entry.fingerprint == fingerprint);
+                .is_some_and(|entry| of_person(&entry.fingerprint, &fingerprint));
             if !anchored {
                 continue;
             }

@@ -17,6 +17,17 @@ use serde_json::Value;
 /// Most resources one answer holds; a person with more is asked for by resource type.
 pub(crate) const MAX_SHARED_RESOURCES: usize = 2_000;
 
+/// The fingerprint of anchors about no person: resources that name none, and resources a
+/// transaction wrote beside their patient (their reference to it was a `urn:uuid:` then).
+/// What the patient's compartment (`$everything`) holds with it is shared with the person's.
+pub(crate) const NO_PERSON: [u8; 32] = [0; 32];
+
+/// Whether a version anchored with `anchored` may go with the records of `person`: anchored
+/// for that person, or for no person (see [`NO_PERSON`]), never for another one.
+pub(crate) fn of_person(anchored: &[u8; 32], person: &[u8; 32]) -> bool {
+    anchored == person || *anchored == NO_PERSON
+}
+
 /// Longest principal name, role or purpose a request names.
 const MAX_NAME: usize = 256;
 
@@ -196,6 +207,13 @@ mod tests {
             ShareRequest::parse(&body(extra)),
             Err(ShareRequestError::Json(_))
         ));
+    }
+
+    #[test]
+    fn a_version_goes_with_its_persons_records_or_no_ones() {
+        assert!(of_person(&[7; 32], &[7; 32]));
+        assert!(of_person(&NO_PERSON, &[7; 32]));
+        assert!(!of_person(&[8; 32], &[7; 32]));
     }
 
     #[test]

@@ -9,7 +9,8 @@
 //! naming the person by fingerprint, the requester, its role and its purpose of use; `M`
 //! decides by the grants on the chain. A refusal is a 403 here too, and an access event at
 //! both ends. What `M` sends is checked resource by resource against this node's copy of the
-//! chain, as `$verify` checks a copy: anchored by `M` for this person, proven, the content
+//! chain, as `$verify` checks a copy: anchored by `M` for this person (or for no person, as a
+//! transaction's entries beside their patient are), proven, the content
 //! hashing to the anchored hash, the sealed identity the very record anchored. A resource that
 //! does not check is left out, and the answer says which and why. Identity is opened (the data
 //! key `M` wrapped for this node's RSA key) and merged back only for readers this node's own
@@ -30,7 +31,7 @@ use serde_json::{json, Value};
 use super::ctx::RequestCtx;
 use super::deps::{blocking, Deps};
 use super::person::{self, Whom};
-use super::share_wire::{ShareAnswer, ShareRefusal, ShareRequest};
+use super::share_wire::{of_person, ShareAnswer, ShareRefusal, ShareRequest};
 use crate::body::ProxyBody;
 use crate::consortium::node::SHARING_PATH;
 use crate::error::ProxyError;
@@ -234,7 +235,7 @@ pub(super) async fn shared(
             let Some(entry) = check.proof.as_ref().map(|p| &p.entry) else {
                 continue;
             };
-            if entry.fingerprint != fingerprint.0 {
+            if !of_person(&entry.fingerprint, &fingerprint.0) {
                 problems.push(format!("{shown} is anchored by {from} for another person"));
                 continue;
             }

@@ -597,6 +597,48 @@ fn records_are_shared_only_under_a_live_grant_with_identity_sealed_end_to_end() 
             StatusCode::FORBIDDEN,
             "no identity search: {answer}"
         );
+        // A person written at h1 in one transaction with their observation (its reference a
+        // urn:uuid then: anchored for no person), shared with them all the same.
+        let other_ssn = format!("7{}", &ssn[1..]);
+        let transaction = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+            {"fullUrl": "urn:uuid:0d4c0c4e-1b9a-4c56-8f2b-5b7f0c1d2e3f",
+             "resource": person(&family, &other_ssn),
+             "request": {"method": "POST", "url": "Patient"}},
+            {"resource": {
+                "resourceType": "Observation", "status": "final",
+                "code": {"coding": [{"system": "http://loinc.org", "code": "8310-5"}]},
+                "subject": {"reference": "urn:uuid:0d4c0c4e-1b9a-4c56-8f2b-5b7f0c1d2e3f"},
+                "valueQuantity": {"value": 37, "unit": "Cel"}},
+             "request": {"method": "POST", "url": "Observation"}}
+        ]});
+        let (status, answer) = send(Method::POST, &h1.fhir, &h1.clinician, Some(&transaction)).await;
+        assert_eq!(status, StatusCode::OK, "{answer}");
+        let second = answer["entry"][0]["response"]["location"]
+            .as_str()
+            .unwrap()
+            .split('/')
+            .nth(1)
+            .unwrap()
+            .to_owned();
+        fingerprint(h1, &second).await;
+        let (status, created) =
+            post_consent(h1, &h1.clinician, &consent(&second, "h2", &hour)).await;
+        assert_eq!(status, StatusCode::CREATED, "{created}");
+        let url = format!(
+            "{}/Patient/$shared?institution=h1&identifier=http://hl7.org/fhir/sid/us-ssn%7C{other_ssn}&_type=Observation",
+            h2.fhir
+        );
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (status, bundle) = get_for(&url, &h2.clinician, "TREAT").await;
+            assert_eq!(status, StatusCode::OK, "{bundle}");
+            let codes = bundle.to_string();
+            if codes.contains("8310-5") && !codes.contains("OperationOutcome") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{bundle}");
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
         // Another purpose than the grant's: refused.
         let (status, answer) = fetch(h2, &at_h2, "h1", &h2.clinician, "HRESCH").await;
         assert_eq!(status, StatusCode::FORBIDDEN, "{answer}");
