@@ -5,6 +5,7 @@
 //! - [`format`] negotiates JSON or XML from `_format` and `Accept`;
 //! - [`outcome`] builds the `OperationOutcome` that every error of the sidecar is answered with;
 //! - [`rebase`] rewrites links that point at the upstream so that they point at the sidecar;
+//! - [`resource`] adds a tag to a resource and finds a Bundle page's `next` link;
 //! - [`canonical`] gives a stored resource its canonical form (RFC 8785) and the hash the ledger
 //!   anchors;
 //! - [`fhir`] parses and writes resources through fhirbolt, behind plain non-generic functions,
@@ -28,6 +29,7 @@ pub mod patch;
 pub mod policy;
 pub mod profile;
 pub mod rebase;
+pub mod resource;
 pub mod route;
 pub mod scrub;
 pub mod search;

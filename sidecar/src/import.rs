@@ -197,21 +197,7 @@ fn entry(resource: Value) -> Value {
 
 /// Adds the import batch's tag to `resource`'s `meta.tag`.
 fn tag(resource: &mut Value, batch: &str) {
-    let Some(object) = resource.as_object_mut() else {
-        return;
-    };
-    let meta = object
-        .entry("meta")
-        .or_insert_with(|| Value::Object(Default::default()));
-    let Some(meta) = meta.as_object_mut() else {
-        return;
-    };
-    let tags = meta
-        .entry("tag")
-        .or_insert_with(|| Value::Array(Vec::new()));
-    if let Some(tags) = tags.as_array_mut() {
-        tags.push(json!({"system": IMPORT_TAG, "code": batch}));
-    }
+    fhirseal_adapters::resource::add_tag(resource, IMPORT_TAG, batch);
 }
 
 /// The files under `paths`: each file named, and the `.json` and `.ndjson` files of each

@@ -21,6 +21,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use fhirseal_adapters::profile::Profile;
+use fhirseal_adapters::resource;
 use http::header::{self, HeaderValue};
 use http::{Method, StatusCode};
 use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
@@ -171,16 +172,6 @@ pub fn order(types: &[String]) -> Vec<String> {
     out
 }
 
-/// The `next` link of a search's page.
-fn next_link(page: &Value) -> Option<String> {
-    page["link"].as_array().and_then(|links| {
-        links
-            .iter()
-            .find(|l| l["relation"] == "next")
-            .and_then(|l| l["url"].as_str().map(str::to_owned))
-    })
-}
-
 /// Whether `resource` carries the migrated tag.
 fn is_migrated(resource: &Value) -> bool {
     resource["meta"]["tag"]
@@ -190,15 +181,7 @@ fn is_migrated(resource: &Value) -> bool {
 
 /// `resource` with the migrated tag added.
 fn tagged(mut resource: Value) -> Value {
-    if let Some(object) = resource.as_object_mut() {
-        let meta = object.entry("meta").or_insert_with(|| json!({}));
-        if let Some(meta) = meta.as_object_mut() {
-            let tags = meta.entry("tag").or_insert_with(|| json!([]));
-            if let Some(tags) = tags.as_array_mut() {
-                tags.push(json!({"system": MIGRATED_SYSTEM, "code": MIGRATED_CODE}));
-            }
-        }
-    }
+    resource::add_tag(&mut resource, MIGRATED_SYSTEM, MIGRATED_CODE);
     resource
 }
 
@@ -338,8 +321,8 @@ impl Migrator {
                 settled += 1;
                 progress(&format!("{kind} (settling)"), settled);
             }
-            match next_link(&page) {
-                Some(next) => url = next,
+            match resource::next_link(&page) {
+                Some(next) => url = next.to_owned(),
                 None => return Ok(()),
             }
         }
@@ -397,10 +380,10 @@ impl Migrator {
                 }
                 progress(kind, of_type.seen);
             }
-            url = match (changed, next_link(&page)) {
+            url = match (changed, resource::next_link(&page)) {
                 // What was written back drops out of the first page: ask for it again.
                 (true, _) => self.first_page(kind, unmigrated),
-                (false, Some(next)) => next,
+                (false, Some(next)) => next.to_owned(),
                 (false, None) => return Ok(()),
             };
         }

@@ -288,14 +288,7 @@ async fn everything(
             )));
         }
         // The next page, when the upstream gives one on its own base.
-        let next = page
-            .get("link")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .find(|l| l.get("relation").and_then(Value::as_str) == Some("next"))
-            .and_then(|l| l.get("url").and_then(Value::as_str));
-        match next {
+        match fhirseal_adapters::resource::next_link(&page) {
             Some(next) if next.starts_with(base.as_str()) => url = next.to_owned(),
             _ => return Ok(()),
         }

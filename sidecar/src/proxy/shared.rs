@@ -22,7 +22,7 @@
 
 use std::time::Duration;
 
-use fhirseal_adapters::{fhir, Format, Interaction};
+use fhirseal_adapters::{fhir, resource, Format, Interaction};
 use fhirseal_consensus::ExchangeKind;
 use fhirseal_storage::SealedRecord;
 use http::{Method, Request, Response, StatusCode};
@@ -262,7 +262,7 @@ pub(super) async fn shared(
                 }
                 _ => false,
             };
-            tag_holder(&mut resource, &from);
+            resource::add_tag(&mut resource, HOLDER_SYSTEM, &from);
             events.push(accessor.exchanged(
                 (&t, &i, &v),
                 reidentified,
@@ -292,20 +292,6 @@ pub(super) async fn shared(
     let format = Format::negotiate(req.uri().query(), req.headers());
     let body = fhir::serialize(&bundle, format).map_err(|e| ProxyError::Internal(e.to_string()))?;
     Ok(fhir_response(StatusCode::OK, body, format))
-}
-
-/// Adds the holder's tag to a resource's `meta.tag`.
-fn tag_holder(resource: &mut Value, holder: &str) {
-    let Some(object) = resource.as_object_mut() else {
-        return;
-    };
-    let meta = object.entry("meta").or_insert_with(|| json!({}));
-    if let Some(meta) = meta.as_object_mut() {
-        let tags = meta.entry("tag").or_insert_with(|| json!([]));
-        if let Some(tags) = tags.as_array_mut() {
-            tags.push(json!({"system": HOLDER_SYSTEM, "code": holder}));
-        }
-    }
 }
 
 #[cfg(test)]
@@ -348,15 +334,5 @@ mod tests {
             let error = query_params(bad).unwrap_err();
             assert_eq!(error.status(), StatusCode::BAD_REQUEST, "{bad:?}");
         }
-    }
-
-    #[test]
-    fn the_holder_is_tagged() {
-        let mut resource = json!({"resourceType": "Observation", "meta": {"tag": [{"code": "x"}]}});
-        tag_holder(&mut resource, "h1");
-        assert_eq!(resource["meta"]["tag"][1]["code"], "h1");
-        let mut bare = json!({"resourceType": "Observation"});
-        tag_holder(&mut bare, "h1");
-        assert_eq!(bare["meta"]["tag"][0]["system"], HOLDER_SYSTEM);
     }
 }
