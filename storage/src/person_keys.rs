@@ -19,7 +19,6 @@
 //! backups) taken before an erasure, are beyond a process's reach; the operator's key
 //! backups fall under the erasure policy too.
 
-use std::collections::{HashMap, VecDeque};
 use std::fs;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -33,7 +32,7 @@ use zeroize::Zeroizing;
 
 use crate::error::{random, Result, StorageError};
 use crate::keys::{hex, key_error, restrict_dir, sync_dir, write_new, NodeKeys};
-use crate::seal::Fingerprint;
+use crate::seal::{Fingerprint, KeyCache};
 
 /// The directory under the keystore that holds the person keys.
 pub const PERSONS_DIR: &str = "persons";
@@ -47,13 +46,7 @@ const FILE_LEN: usize = 12 + 32 + 16;
 pub struct PersonKeys {
     dir: PathBuf,
     kek: Zeroizing<[u8; 32]>,
-    cache: Mutex<Cache>,
-}
-
-struct Cache {
-    keys: HashMap<[u8; 32], Zeroizing<[u8; 32]>>,
-    order: VecDeque<[u8; 32]>,
-    capacity: usize,
+    cache: Mutex<KeyCache>,
 }
 
 impl std::fmt::Debug for PersonKeys {
@@ -88,11 +81,7 @@ impl PersonKeys {
         Ok(PersonKeys {
             dir,
             kek,
-            cache: Mutex::new(Cache {
-                keys: HashMap::new(),
-                order: VecDeque::new(),
-                capacity: cache.max(1),
-            }),
+            cache: Mutex::new(KeyCache::new(cache)),
         })
     }
 
@@ -100,27 +89,14 @@ impl PersonKeys {
         self.dir.join(hex(id))
     }
 
-    fn cached(&self, id: &[u8; 32]) -> Option<Zeroizing<[u8; 32]>> {
-        let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        cache.keys.get(id).cloned()
-    }
-
-    fn remember(&self, id: [u8; 32], key: Zeroizing<[u8; 32]>) {
-        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        if cache.keys.insert(id, key).is_none() {
-            cache.order.push_back(id);
-            while cache.order.len() > cache.capacity {
-                if let Some(old) = cache.order.pop_front() {
-                    cache.keys.remove(&old);
-                }
-            }
-        }
+    fn cache(&self) -> std::sync::MutexGuard<'_, KeyCache> {
+        self.cache.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The person's key; `None` when there is none (never made, or destroyed).
     pub fn get(&self, fingerprint: &Fingerprint) -> Result<Option<Zeroizing<[u8; 32]>>> {
         let id = person_key_id(fingerprint);
-        if let Some(key) = self.cached(&id) {
+        if let Some(key) = self.cache().get(&id) {
             return Ok(Some(key));
         }
         let path = self.path(&id);
@@ -130,7 +106,7 @@ impl PersonKeys {
             Err(e) => return Err(key_error(&path, e)),
         };
         let key = self.unwrap(&id, &bytes)?;
-        self.remember(id, key.clone());
+        self.cache().insert(id, key.clone());
         Ok(Some(key))
     }
 
@@ -160,7 +136,7 @@ impl PersonKeys {
                 StorageError::Corrupt("a person key vanished as it was made".to_owned())
             });
         }
-        self.remember(id, key.clone());
+        self.cache().insert(id, key.clone());
         Ok(key)
     }
 
@@ -168,11 +144,7 @@ impl PersonKeys {
     /// and the directory synced; forgotten from memory. Returns whether there was one.
     pub fn destroy(&self, fingerprint: &Fingerprint) -> Result<bool> {
         let id = person_key_id(fingerprint);
-        {
-            let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-            cache.keys.remove(&id);
-            cache.order.retain(|k| *k != id);
-        }
+        self.cache().remove(&id);
         let path = self.path(&id);
         let mut file = match fs::OpenOptions::new().write(true).open(&path) {
             Ok(file) => file,

@@ -316,18 +316,33 @@ struct Epoch {
     uses: u32,
 }
 
-/// Bounded cache of unwrapped epoch keys, evicting the oldest insertion.
-struct KeyCache {
+/// Bounded cache of unwrapped keys by id (epoch keys, person keys), evicting the oldest
+/// insertion.
+pub(crate) struct KeyCache {
     keys: HashMap<[u8; 32], Zeroizing<[u8; 32]>>,
     order: VecDeque<[u8; 32]>,
     capacity: usize,
 }
 
 impl KeyCache {
-    fn get(&self, id: &[u8; 32]) -> Option<Zeroizing<[u8; 32]>> {
+    /// An empty cache of at most `capacity` keys (at least one).
+    pub(crate) fn new(capacity: usize) -> Self {
+        KeyCache {
+            keys: HashMap::new(),
+            order: VecDeque::new(),
+            capacity: capacity.max(1),
+        }
+    }
+    pub(crate) fn get(&self, id: &[u8; 32]) -> Option<Zeroizing<[u8; 32]>> {
         self.keys.get(id).cloned()
     }
-    fn insert(&mut self, id: [u8; 32], key: Zeroizing<[u8; 32]>) {
+    /// Forgets the key `id`, if it is kept.
+    pub(crate) fn remove(&mut self, id: &[u8; 32]) {
+        if self.keys.remove(id).is_some() {
+            self.order.retain(|k| k != id);
+        }
+    }
+    pub(crate) fn insert(&mut self, id: [u8; 32], key: Zeroizing<[u8; 32]>) {
         if self.keys.insert(id, key).is_none() {
             self.order.push_back(id);
             while self.order.len() > self.capacity {
@@ -364,11 +379,7 @@ impl Sealer {
         Sealer {
             keys,
             epoch: Mutex::new(None),
-            cache: Mutex::new(KeyCache {
-                keys: HashMap::new(),
-                order: VecDeque::new(),
-                capacity: cache_keys.max(1),
-            }),
+            cache: Mutex::new(KeyCache::new(cache_keys)),
             max_uses: max_uses.max(1),
             key_store: None,
             person_keys: None,
