@@ -89,9 +89,15 @@ fn resource_key(resource_type: &str, id: &str) -> Vec<u8> {
     key
 }
 
-fn version_key(resource_type: &str, id: &str, version: &str) -> Vec<u8> {
+/// The prefix of every [`version_key`] of one resource.
+fn versions_prefix(resource_type: &str, id: &str) -> Vec<u8> {
     let mut key = resource_key(resource_type, id);
     key.push(0);
+    key
+}
+
+fn version_key(resource_type: &str, id: &str, version: &str) -> Vec<u8> {
+    let mut key = versions_prefix(resource_type, id);
     key.extend_from_slice(version.as_bytes());
     key
 }
@@ -468,8 +474,7 @@ impl Vault {
     /// The sealed record of a resource's latest version that has one (versions compared as
     /// numbers when they are, as FHIR servers number them).
     pub fn latest_record(&self, resource_type: &str, id: &str) -> Result<Option<SealedRecord>> {
-        let mut prefix = resource_key(resource_type, id);
-        prefix.push(0);
+        let prefix = versions_prefix(resource_type, id);
         let mut latest: Option<(Vec<u8>, sled::IVec)> = None;
         for entry in self.resources.scan_prefix(&prefix) {
             let (key, address) = entry?;
@@ -495,8 +500,7 @@ impl Vault {
         resource_type: &str,
         id: &str,
     ) -> Result<Option<Fingerprint>> {
-        let mut prefix = resource_key(resource_type, id);
-        prefix.push(0);
+        let prefix = versions_prefix(resource_type, id);
         let Some(entry) = self.resources.scan_prefix(&prefix).next() else {
             return Ok(None);
         };
@@ -540,9 +544,10 @@ impl Vault {
         let resources = self.resources_of(fp)?;
         let mut versions: Vec<(sled::IVec, sled::IVec)> = Vec::new();
         for (resource_type, id) in &resources {
-            let mut prefix = resource_key(resource_type, id);
-            prefix.push(0);
-            for entry in self.resources.scan_prefix(&prefix) {
+            for entry in self
+                .resources
+                .scan_prefix(versions_prefix(resource_type, id))
+            {
                 versions.push(entry?);
             }
         }
@@ -564,11 +569,7 @@ impl Vault {
                     }
                     for (resource_type, id) in &resources {
                         let res_key = resource_key(resource_type, id);
-                        if let Some(old) = blind_of.remove(res_key.as_slice())? {
-                            for token in old.chunks_exact(32) {
-                                blind.remove(concat(token, &res_key))?;
-                            }
-                        }
+                        unfile(blind, blind_of, &res_key)?;
                         by_fp.remove(concat(&fp.0, &res_key))?;
                     }
                     if let Some(surrogate) = surrogates.remove(&fp.0)? {
@@ -795,15 +796,25 @@ fn refile(
     rows: &[(Vec<u8>, Vec<u8>)],
     tokens: &[u8],
 ) -> std::result::Result<(), sled::transaction::ConflictableTransactionError<()>> {
-    if let Some(old) = blind_of.get(res_key)? {
-        for token in old.chunks_exact(32) {
-            blind.remove(concat(token, res_key))?;
-        }
-    }
+    unfile(blind, blind_of, res_key)?;
     for (key, tags) in rows {
         blind.insert(key.as_slice(), tags.as_slice())?;
     }
     blind_of.insert(res_key, tokens)?;
+    Ok(())
+}
+
+/// Inside a transaction: removes the resource's blind-index rows and its list of them.
+fn unfile(
+    blind: &sled::transaction::TransactionalTree,
+    blind_of: &sled::transaction::TransactionalTree,
+    res_key: &[u8],
+) -> std::result::Result<(), sled::transaction::ConflictableTransactionError<()>> {
+    if let Some(old) = blind_of.remove(res_key)? {
+        for token in old.chunks_exact(32) {
+            blind.remove(concat(token, res_key))?;
+        }
+    }
     Ok(())
 }
 
