@@ -27,16 +27,11 @@ pub(super) fn locate_target(interaction: &Interaction) -> Option<Whom<'_>> {
 /// A `$locate` query's `identifier` (`_format` aside, it takes nothing else).
 fn query_identifier(query: Option<&str>) -> Result<Option<(String, String)>, ProxyError> {
     let mut identifier = None;
-    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-        let value = percent_encoding::percent_decode_str(value)
-            .decode_utf8()
-            .map_err(|_| ProxyError::Invalid(format!("$locate: {name} is not UTF-8")))?;
+    for (name, value) in person::operation_params(query, LOCATE)? {
         match name {
             "identifier" if identifier.is_none() => {
                 identifier = Some(person::identifier_param(&value)?);
             }
-            "_format" => {}
             other => {
                 return Err(ProxyError::Invalid(format!(
                     "$locate takes one identifier (at the type level), not '{other}'"

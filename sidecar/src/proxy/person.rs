@@ -44,6 +44,25 @@ pub(super) fn target<'a>(interaction: &'a Interaction, operation: &str) -> Optio
     }
 }
 
+/// The parameters of `$operation`'s query, values percent-decoded, `_format` left out (the
+/// format's negotiation reads it); 400 for a value that is not UTF-8.
+pub(super) fn operation_params<'q>(
+    query: Option<&'q str>,
+    operation: &str,
+) -> Result<Vec<(&'q str, String)>, ProxyError> {
+    let mut out = Vec::new();
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let value = percent_encoding::percent_decode_str(value)
+            .decode_utf8()
+            .map_err(|_| ProxyError::Invalid(format!("${operation}: {name} is not UTF-8")))?;
+        if name != "_format" {
+            out.push((name, value.into_owned()));
+        }
+    }
+    Ok(out)
+}
+
 /// An `identifier` parameter's value: `system|value`, both given.
 pub(super) fn identifier_param(value: &str) -> Result<(String, String), ProxyError> {
     match value.split_once('|') {

@@ -65,14 +65,10 @@ struct SharedQuery {
 /// Reads a `$shared` query.
 fn query_params(query: Option<&str>) -> Result<SharedQuery, ProxyError> {
     let (mut institution, mut types, mut identifier) = (None, Vec::new(), None);
-    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-        let value = percent_encoding::percent_decode_str(value)
-            .decode_utf8()
-            .map_err(|_| ProxyError::Invalid(format!("$shared: {name} is not UTF-8")))?;
+    for (name, value) in person::operation_params(query, SHARED)? {
         match name {
             "institution" if institution.is_none() && !value.is_empty() => {
-                institution = Some(value.into_owned());
+                institution = Some(value);
             }
             "institution" => {
                 return Err(ProxyError::Invalid(
@@ -93,7 +89,6 @@ fn query_params(query: Option<&str>) -> Result<SharedQuery, ProxyError> {
                     "$shared takes one identifier".to_owned(),
                 ))
             }
-            "_format" => {}
             other => {
                 return Err(ProxyError::Invalid(format!(
                     "$shared takes institution, identifier and _type, not '{other}'"
