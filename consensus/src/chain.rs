@@ -254,34 +254,33 @@ impl ChainReader {
     }
 
     /// The members that anchored records of the person `fingerprint`, in name order: what
-    /// the chain tells of where a person's records are, and nothing more.
+    /// the chain tells of where a person's records are, and nothing more. Read from the index
+    /// keys, which end with the member's name (see [`holder_key`]): no block is read.
     pub fn holders(&self, fingerprint: &[u8; 32]) -> Result<Vec<String>> {
+        let prefix = holders_prefix(fingerprint);
         let mut out = Vec::new();
-        for (_, location) in self.store.latest_under(&holders_prefix(fingerprint))? {
-            let (_, Transaction::Anchor(batch)) = self.indexed(location, "holder")? else {
-                return Err(Error::IndexMismatch("holder"));
-            };
-            out.push(batch.header.institution);
+        for (key, _) in self.store.latest_under(&prefix)? {
+            // What follows the prefix is the member's part: its length (4 bytes), its bytes.
+            let institution = key
+                .get(prefix.len() + 4..)
+                .and_then(|v| std::str::from_utf8(v).ok())
+                .ok_or(Error::IndexMismatch("holder"))?;
+            out.push(institution.to_owned());
         }
         out.sort();
-        out.dedup();
         Ok(out)
     }
 
-    /// Where `institution`'s erasure of the person `fingerprint` is on the chain, and its
-    /// block's time, if it erased them.
-    pub fn erasure(
-        &self,
-        institution: &str,
-        fingerprint: &[u8; 32],
-    ) -> Result<Option<(EntryLocation, Timestamp)>> {
+    /// The time of the block that holds `institution`'s erasure of the person `fingerprint`,
+    /// if it erased them.
+    pub fn erasure(&self, institution: &str, fingerprint: &[u8; 32]) -> Result<Option<Timestamp>> {
         let Some(location) = self.store.latest(&erasure_key(institution, fingerprint))? else {
             return Ok(None);
         };
         let (time, Transaction::Erasure(_)) = self.indexed(location, "erasure")? else {
             return Err(Error::IndexMismatch("erasure"));
         };
-        Ok(Some((location, time)))
+        Ok(Some(time))
     }
 
     /// Whether `grantor`'s consent `consent` is in force on the chain: its latest item is a

@@ -197,7 +197,7 @@ pub fn ledger_check(
             .reader()
             .erasure(institution, &p.entry.fingerprint)
             .map_err(crate::ledger::LedgerError::from)?
-            .map(|(_, at)| at.0),
+            .map(|at| at.0),
         _ => None,
     };
     Ok(VersionCheck {

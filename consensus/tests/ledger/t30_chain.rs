@@ -331,7 +331,7 @@ async fn a_consents_latest_item_on_the_chain_decides() {
     ledger.submit(Transaction::Erasure(erasure)).unwrap();
     ledger.produce(Timestamp(400)).await.unwrap();
     let reader = ledger.chain().reader();
-    let (_, at) = reader.erasure(INSTITUTION, &[4; 32]).unwrap().unwrap();
+    let at = reader.erasure(INSTITUTION, &[4; 32]).unwrap().unwrap();
     assert_eq!(at, Timestamp(400));
     assert!(reader.erasure(INSTITUTION, &[5; 32]).unwrap().is_none());
     assert!(reader.erasure("hospital-c", &[4; 32]).unwrap().is_none());
