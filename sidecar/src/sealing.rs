@@ -361,11 +361,14 @@ impl Sealing {
         if !self.identity_systems.iter().any(|s| s == system) {
             return Ok(None);
         }
+        self.fingerprint(&identity::identifier_key(system, value))
+            .map(Some)
+    }
+
+    /// The fingerprint of an identity key, under the consortium's link key.
+    fn fingerprint(&self, identity_key: &[u8]) -> Result<Fingerprint, SealError> {
         let link_key = self.link_key.borrow().clone().ok_or(SealError::NoLinkKey)?;
-        Ok(Some(Fingerprint::of(
-            &link_key,
-            &identity::identifier_key(system, value),
-        )))
+        Ok(Fingerprint::of(&link_key, identity_key))
     }
 
     /// The node's metrics.
@@ -396,10 +399,7 @@ impl Sealing {
         };
         if self.profile.is_person(&resource_type) {
             let fingerprint = match identity::identity_key(resource, &self.identity_systems) {
-                Some(key) => {
-                    let link_key = self.link_key.borrow().clone().ok_or(SealError::NoLinkKey)?;
-                    Fingerprint::of(&link_key, &key)
-                }
+                Some(key) => self.fingerprint(&key)?,
                 // Nothing identifies this person: a fingerprint of its own, linking nothing.
                 None => Fingerprint(fhirseal_storage::SecretKey::random()?.expose().to_owned()),
             };
