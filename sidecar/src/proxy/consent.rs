@@ -132,8 +132,8 @@ async fn grant_plan(deps: &Deps, terms: consent::Grant) -> Result<ConsentPlan, P
     for grantee in &terms.grantees {
         if grantee.institution == own {
             return Err(ProxyError::Unprocessable(format!(
-                        "Consent: provision.actor names this institution ('{own}'): its own staff need no grant"
-                    )));
+                "Consent: provision.actor names this institution ('{own}'): its own staff need no grant"
+            )));
         }
         if !deps.ledger.knows_member(&grantee.institution) {
             return Err(ProxyError::Unprocessable(format!(
@@ -142,15 +142,13 @@ async fn grant_plan(deps: &Deps, terms: consent::Grant) -> Result<ConsentPlan, P
             )));
         }
     }
-    let sealing = deps.sealing.clone();
-    let patient = terms.patient.clone();
-    let found = blocking(move || sealing.patient_fingerprint(&patient)).await?;
-    let Some(fingerprint) = found else {
-        return Err(ProxyError::Unprocessable(format!(
-            "Consent: Patient/{} is not a patient whose identity this node sealed",
-            terms.patient
-        )));
-    };
+    // A patient the Consent names that this node does not hold is the body's fault: 422.
+    let fingerprint = super::person::sealed_patient(deps, &terms.patient)
+        .await
+        .map_err(|error| match error {
+            ProxyError::NotFound(why) => ProxyError::Unprocessable(format!("Consent: {why}")),
+            other => other,
+        })?;
     Ok(ConsentPlan::Grant {
         terms,
         fingerprint: fingerprint.0,
