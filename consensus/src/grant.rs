@@ -296,19 +296,36 @@ pub fn permits(record: &GrantRecord, request: &GrantRequest<'_>) -> Result<(), G
     Ok(())
 }
 
-/// The grant among `records` that lets `request` through, or the most telling refusal.
+/// The grant among `records` that lets `request` through (the first), or the most telling
+/// refusal.
 pub fn decide<'g>(
     records: &'g [GrantRecord],
     request: &GrantRequest<'_>,
 ) -> Result<&'g GrantRecord, GrantRefusal> {
+    let all = permitting(records, request)?;
+    all.into_iter().next().ok_or(GrantRefusal::NoGrant)
+}
+
+/// Every grant among `records` that lets `request` through (a request for a person's records
+/// of whatever types is let through by each, for the types each covers), or the most telling
+/// refusal when none does.
+pub fn permitting<'g>(
+    records: &'g [GrantRecord],
+    request: &GrantRequest<'_>,
+) -> Result<Vec<&'g GrantRecord>, GrantRefusal> {
     let mut refusal = GrantRefusal::NoGrant;
+    let mut all = Vec::new();
     for record in records {
         match permits(record, request) {
-            Ok(()) => return Ok(record),
+            Ok(()) => all.push(record),
             Err(why) => refusal = refusal.max(why),
         }
     }
-    Err(refusal)
+    if all.is_empty() {
+        Err(refusal)
+    } else {
+        Ok(all)
+    }
 }
 
 #[cfg(test)]
@@ -400,6 +417,37 @@ mod tests {
         }
         assert_eq!(
             decide(&[], &request(2_000)).map(|_| ()),
+            Err(GrantRefusal::NoGrant)
+        );
+    }
+
+    #[test]
+    fn every_permitting_grant_is_found_or_the_most_telling_refusal() {
+        let mut other = grant();
+        other.consent = "c2".into();
+        other.resource_types = vec!["Condition".into()];
+        let records = [record(grant(), true), record(other, true)];
+        let any_type = GrantRequest {
+            resource_type: None,
+            ..request(2_000)
+        };
+        let all = permitting(&records, &any_type).unwrap();
+        assert_eq!(all.len(), 2);
+        let covered: Vec<bool> = all.iter().map(|g| g.grant.covers("Condition")).collect();
+        assert_eq!(covered, [false, true]);
+        assert_eq!(
+            permitting(
+                &records,
+                &GrantRequest {
+                    purpose: "HRESCH",
+                    ..any_type
+                }
+            )
+            .map(|a| a.len()),
+            Err(GrantRefusal::Purpose)
+        );
+        assert_eq!(
+            permitting(&[], &any_type).map(|a| a.len()),
             Err(GrantRefusal::NoGrant)
         );
     }

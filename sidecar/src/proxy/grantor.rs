@@ -10,7 +10,7 @@
 //! each resource sent are access events here, durable before the answer leaves.
 
 use bytes::Bytes;
-use fhirseal_consensus::grant::{permits, GrantRequest};
+use fhirseal_consensus::grant::{permitting, GrantRequest};
 use fhirseal_consensus::{ExchangeKind, Timestamp};
 use fhirseal_storage::Fingerprint;
 use http::{Method, StatusCode};
@@ -123,30 +123,24 @@ async fn share(
         resource_type: None,
         now: Timestamp(now),
     };
-    let permitting: Vec<_> = grants
-        .iter()
-        .filter(|g| permits(g, &asked).is_ok())
-        .map(|g| g.grant.clone())
-        .collect();
     let named = patients.first().map(String::as_str).unwrap_or_default();
-    if permitting.is_empty() {
-        let why = fhirseal_consensus::grant::decide(&grants, &asked)
-            .err()
-            .map(|refusal| refusal.to_string())
-            .unwrap_or_default();
-        let event = accessor.exchanged(
-            ("Patient", named, ""),
-            false,
-            ExchangeKind::RefusedTo,
-            grantee,
-        );
-        super::access::record_events(deps, vec![event]).await?;
-        tracing::info!(%grantee, %why, "a share request refused");
-        return Ok(Shared::Refused(format!("{own} refuses: {why}")));
-    }
+    let permitting = match permitting(&grants, &asked) {
+        Ok(all) => all,
+        Err(why) => {
+            let event = accessor.exchanged(
+                ("Patient", named, ""),
+                false,
+                ExchangeKind::RefusedTo,
+                grantee,
+            );
+            super::access::record_events(deps, vec![event]).await?;
+            tracing::info!(%grantee, %why, "a share request refused");
+            return Ok(Shared::Refused(format!("{own} refuses: {why}")));
+        }
+    };
     let wanted = |resource_type: &str| {
         (request.types.is_empty() || request.types.iter().any(|t| t == resource_type))
-            && permitting.iter().any(|g| g.covers(resource_type))
+            && permitting.iter().any(|g| g.grant.covers(resource_type))
     };
     let mut found = Vec::new();
     for patient in &patients {

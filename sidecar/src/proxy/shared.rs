@@ -203,7 +203,7 @@ pub(super) async fn shared(
         ctx.principal.sees_identity,
         holder.clone(),
     );
-    let (entries, problems, events) = blocking(move || -> Result<_, ProxyError> {
+    let (mut entries, problems, events) = blocking(move || -> Result<_, ProxyError> {
         let (mut entries, mut problems, mut events) = (Vec::new(), Vec::new(), Vec::new());
         for shared in answer.resources {
             let Some((t, i, v)) = shared.version() else {
@@ -270,7 +270,6 @@ pub(super) async fn shared(
     })
     .await?;
     super::access::record_events(deps, events).await?;
-    let mut entries = entries;
     if !problems.is_empty() {
         let issues: Vec<Value> = problems
             .iter()
