@@ -79,10 +79,10 @@ use crate::consortium::trust::{key_fingerprint, server_config, Identity, Peer, T
 use crate::consortium::window::wall_clock;
 use crate::error::{json_error, json_response};
 use crate::ledger::routes::{is_ledger_route, Answer as PeerAnswer, LedgerPort};
+use crate::listener::{self, Connection, ListenerConfig};
 
 /// The route members ask for the records another member shares with them on.
 pub const SHARING_PATH: &str = "/sharing/records";
-use crate::listener::{self, Connection, ListenerConfig};
 
 /// Largest API or join request body.
 const MAX_REQUEST_BYTES: usize = 1 << 20;
@@ -588,14 +588,7 @@ async fn api_request(
                 Ok(b) => b,
                 Err(r) => return r,
             };
-            let answer = handler(peer.member.clone(), body).await;
-            let mut response = Response::new(Full::new(answer.body));
-            *response.status_mut() = answer.status;
-            response.headers_mut().insert(
-                http::header::CONTENT_TYPE,
-                http::HeaderValue::from_static("application/json"),
-            );
-            response
+            answer_response(handler(peer.member.clone(), body).await)
         }
         (method, p) if is_ledger_route(p) => {
             let Some(port) = shared.ledger.get() else {
@@ -609,21 +602,10 @@ async fn api_request(
                 Ok(b) => b,
                 Err(r) => return r,
             };
-            let answer = port
-                .answer(&peer.member, &method, p, query.as_deref(), body)
-                .await;
-            let mut response = Response::new(Full::new(answer.body));
-            *response.status_mut() = answer.status;
-            let kind = if answer.json {
-                "application/json"
-            } else {
-                "application/octet-stream"
-            };
-            response.headers_mut().insert(
-                http::header::CONTENT_TYPE,
-                http::HeaderValue::from_static(kind),
-            );
-            response
+            answer_response(
+                port.answer(&peer.member, &method, p, query.as_deref(), body)
+                    .await,
+            )
         }
         (
             _,
@@ -657,6 +639,22 @@ fn authorize_rpc(
 fn refused(peer: &Peer, refusal: &dyn std::fmt::Display) -> Response<Body> {
     tracing::warn!(peer = %peer.member, node = peer.node_id, %refusal, "raft rpc refused");
     json_error(StatusCode::FORBIDDEN, format!("refused: {refusal}"))
+}
+
+/// The response of a route another part of the node answered (the ledger's, sharing).
+fn answer_response(answer: PeerAnswer) -> Response<Body> {
+    let mut response = Response::new(Full::new(answer.body));
+    *response.status_mut() = answer.status;
+    let kind = if answer.json {
+        "application/json"
+    } else {
+        "application/octet-stream"
+    };
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static(kind),
+    );
+    response
 }
 
 /// A Raft RPC's JSON body (up to [`MAX_ANSWER_BYTES`]: a snapshot is the largest), or the
