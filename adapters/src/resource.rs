@@ -1,5 +1,5 @@
 //! Small reads and edits of FHIR resources as JSON that several parts of the sidecar make: a
-//! tag added to `meta.tag`, and the `next` link of a Bundle page.
+//! tag added to `meta.tag`, a Bundle's entries' resources, and the `next` link of a page.
 
 use serde_json::{json, Value};
 
@@ -17,6 +17,16 @@ pub fn add_tag(resource: &mut Value, system: &str, code: &str) {
     if let Some(tags) = tags.as_array_mut() {
         tags.push(json!({"system": system, "code": code}));
     }
+}
+
+/// The resources of a Bundle's entries, in order (entries without one left out).
+pub fn entry_resources(bundle: &Value) -> impl Iterator<Item = &Value> {
+    bundle
+        .get("entry")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|entry| entry.get("resource"))
 }
 
 /// The URL of a Bundle page's `next` link, if it has one.
@@ -47,6 +57,20 @@ mod tests {
         let mut odd = json!("not a resource");
         add_tag(&mut odd, "urn:s", "h1");
         assert_eq!(odd, json!("not a resource"));
+    }
+
+    #[test]
+    fn a_bundles_resources_are_its_entries_resources() {
+        let bundle = json!({"entry": [
+            {"resource": {"id": "a"}},
+            {"request": {"method": "DELETE", "url": "Patient/x"}},
+            {"resource": {"id": "b"}}
+        ]});
+        let ids: Vec<&str> = entry_resources(&bundle)
+            .filter_map(|r| r["id"].as_str())
+            .collect();
+        assert_eq!(ids, ["a", "b"]);
+        assert_eq!(entry_resources(&json!({})).count(), 0);
     }
 
     #[test]

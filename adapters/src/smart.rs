@@ -16,6 +16,7 @@ use std::collections::BTreeSet;
 use serde_json::Value;
 
 use crate::policy::{self, Denied, Needs, Permission, Role};
+use crate::resource::entry_resources;
 use crate::route::Interaction;
 
 /// Who a scope speaks for: one patient (the token's `patient` context), the user, or a system.
@@ -630,13 +631,7 @@ pub fn in_compartment(value: &Value, patient: &str) -> bool {
     };
     match resource_type {
         "OperationOutcome" => true,
-        "Bundle" => value
-            .get("entry")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .filter_map(|e| e.get("resource"))
-            .all(|r| in_compartment(r, patient)),
+        "Bundle" => entry_resources(value).all(|r| in_compartment(r, patient)),
         "Patient" => value.get("id").and_then(Value::as_str) == Some(patient),
         other => compartment_link(other).is_some_and(|(element, _)| {
             value
@@ -665,13 +660,7 @@ pub fn unreadable(value: &Value, scopes: &Scopes, patient: Option<&str>) -> Opti
     let resource_type = value.get("resourceType").and_then(Value::as_str)?;
     match resource_type {
         "OperationOutcome" => None,
-        "Bundle" => value
-            .get("entry")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .filter_map(|e| e.get("resource"))
-            .find_map(|r| unreadable(r, scopes, patient)),
+        "Bundle" => entry_resources(value).find_map(|r| unreadable(r, scopes, patient)),
         other => {
             let readable = |ctx: &[Context]| {
                 scopes.allows(ctx, Some(other), Access::Read)

@@ -262,17 +262,8 @@ fn read_terms(deps: &Deps, body: Option<&Value>) -> Result<ConsentTerms, ProxyEr
 
 /// Whether a Bundle's entries carry a `Consent` (whatever their request's URL says).
 fn bundle_holds_consent(bundle: &Value) -> bool {
-    bundle
-        .get("entry")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .any(|entry| {
-            entry
-                .pointer("/resource/resourceType")
-                .and_then(Value::as_str)
-                == Some("Consent")
-        })
+    fhirseal_adapters::resource::entry_resources(bundle)
+        .any(|resource| resource.get("resourceType").and_then(Value::as_str) == Some("Consent"))
 }
 
 /// The id a batch of `kind` for `(id, part)` always gets, so that submitting it again is

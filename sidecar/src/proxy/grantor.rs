@@ -270,12 +270,7 @@ async fn everything(
                 "Patient/{patient}/$everything answered {status}"
             )));
         }
-        let entries = page.get("entry").and_then(Value::as_array);
-        for entry in entries.into_iter().flatten() {
-            if let Some(resource) = entry.get("resource") {
-                found.push(resource.clone());
-            }
-        }
+        found.extend(fhirseal_adapters::resource::entry_resources(&page).cloned());
         if found.len() > MAX_SHARED_RESOURCES {
             return Err(ProxyError::Unprocessable(format!(
                 "the person has more than {MAX_SHARED_RESOURCES} records here: ask for fewer resource types at a time"

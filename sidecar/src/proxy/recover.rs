@@ -135,13 +135,7 @@ async fn resolve_one(deps: &Deps, intent: &Intent, may_forget: bool) -> Result<L
             "searching the upstream by _source answered {status}"
         )));
     }
-    let found: Vec<&Value> = bundle
-        .get("entry")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter_map(|e| e.get("resource"))
-        .collect();
+    let found: Vec<&Value> = fhirseal_adapters::resource::entry_resources(&bundle).collect();
     let sealing = deps.sealing.clone();
     let intent = intent.clone();
     let ledger = deps.ledger.clone();
