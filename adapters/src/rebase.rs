@@ -6,16 +6,6 @@
 //! everywhere; for it the body is rewritten too. In FHIR a string that begins with the server's
 //! own base URL is a link to that server, so every such string is rewritten, wherever it stands
 //! (`Bundle.link.url`, `entry.fullUrl`, `entry.response.location`, absolute references).
-//! [`next_link`] reads where a searchset's next page is.
-
-/// The URL of a Bundle's `next` link (the next page of a search), if it has one.
-pub fn next_link(bundle: &serde_json::Value) -> Option<&str> {
-    bundle["link"]
-        .as_array()?
-        .iter()
-        .find(|l| l["relation"] == "next")?["url"]
-        .as_str()
-}
 
 /// Rewrites URLs under one upstream base to a public base.
 #[derive(Debug, Clone)]
@@ -101,18 +91,6 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_next_link_is_found_among_the_links() {
-        let page = serde_json::json!({"link": [
-            {"relation": "self", "url": "s"}, {"relation": "next", "url": "n"}]});
-        assert_eq!(next_link(&page), Some("n"));
-        assert_eq!(
-            next_link(&serde_json::json!({"link": [{"relation": "self", "url": "s"}]})),
-            None
-        );
-        assert_eq!(next_link(&serde_json::json!({})), None);
-    }
 
     fn rebase() -> Rebase {
         Rebase::new("http://up:8080/fhir/", "https://seal.example/fhir")

@@ -44,6 +44,18 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_next_link_is_found_among_the_links() {
+        let page = json!({"link": [
+            {"relation": "self", "url": "s"}, {"relation": "next", "url": "n"}]});
+        assert_eq!(next_link(&page), Some("n"));
+        assert_eq!(
+            next_link(&json!({"link": [{"relation": "self", "url": "s"}]})),
+            None
+        );
+        assert_eq!(next_link(&json!({})), None);
+    }
+
+    #[test]
     fn a_tag_is_added_beside_the_others_or_as_the_first() {
         let mut tagged = json!({"resourceType": "Observation", "meta": {"tag": [{"code": "x"}]}});
         add_tag(&mut tagged, "urn:s", "h1");

@@ -440,9 +440,12 @@ const QUERY_VALUE: &AsciiSet = &CONTROLS.add(b' ').add(b'&').add(b'#').add(b'+')
 /// An id no resource has: what a search with no identity match is rewritten to.
 pub const NO_MATCH: &str = "fhirseal-no-match";
 
-/// The rewritten query: the passthrough pairs, then per target the intersection of its
-/// lookups' matches. `matches[i]` holds the ids of the person resources matching `lookups[i]`.
-pub fn render(plan: &Plan, matches: &[BTreeSet<String>]) -> String {
+/// Per target (`_id`, `subject`, …) and person type, the ids matching every lookup of that
+/// target. `matches[i]` holds the ids of the person resources matching `lookups[i]`.
+fn by_target<'p>(
+    plan: &'p Plan,
+    matches: &[BTreeSet<String>],
+) -> BTreeMap<(&'p str, &'p str), BTreeSet<String>> {
     let mut by_target: BTreeMap<(&str, &str), BTreeSet<String>> = BTreeMap::new();
     for (lookup, ids) in plan.lookups.iter().zip(matches) {
         let key = (lookup.target.as_str(), lookup.resource_type.as_str());
@@ -451,8 +454,14 @@ pub fn render(plan: &Plan, matches: &[BTreeSet<String>]) -> String {
             .and_modify(|acc| acc.retain(|id| ids.contains(id)))
             .or_insert_with(|| ids.clone());
     }
+    by_target
+}
+
+/// The rewritten query: the passthrough pairs, then per target the intersection of its
+/// lookups' matches. `matches[i]` holds the ids of the person resources matching `lookups[i]`.
+pub fn render(plan: &Plan, matches: &[BTreeSet<String>]) -> String {
     let mut parts = plan.passthrough.clone();
-    for ((target, resource_type), ids) in by_target {
+    for ((target, resource_type), ids) in by_target(plan, matches) {
         let values: Vec<String> = if ids.is_empty() {
             vec![NO_MATCH.to_owned()]
         } else {
@@ -471,6 +480,146 @@ pub fn render(plan: &Plan, matches: &[BTreeSet<String>]) -> String {
             .collect();
         parts.push(format!("{target}={}", list.join(",")));
     }
+    parts.join("&")
+}
+
+/// Parameters that shape a search's pages and entries but choose no resource. An identity
+/// search made of these alone can be paged by the sidecar over its own ordered matches.
+const PAGE_SHAPING_PARAMS: &[&str] = &[
+    "_count",
+    "_offset",
+    "_elements",
+    "_include",
+    "_revinclude",
+    "_format",
+    "_pretty",
+    "_total",
+];
+
+/// The page size of a search that names none, as HAPI FHIR's paging provider has it
+/// (`deploy/hapi`).
+pub const DEFAULT_PAGE: usize = 20;
+/// The largest page a search paged by the sidecar serves: HAPI FHIR's largest (`deploy/hapi`),
+/// so that the upstream answers each page in one.
+pub const MAX_PAGE: usize = 500;
+
+/// One page of an identity search the sidecar pages itself: the ordered ids of the matches
+/// are cut into pages, and the upstream is asked for one page's ids at a time. The upstream's
+/// work then follows the page, not the number of matches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Paging {
+    /// The person type searched (the matches are of it).
+    pub resource_type: String,
+    /// The first match of this page (`_offset`).
+    pub offset: usize,
+    /// Matches per page (`_count`, at most [`MAX_PAGE`]).
+    pub count: usize,
+    /// The passthrough pairs but `_count` and `_offset` (still percent-encoded).
+    shaping: Vec<String>,
+}
+
+impl Plan {
+    /// How the sidecar pages this search, when it can: every identity criterion selects the
+    /// searched resources themselves (`_id`), and nothing else narrows them, so a page of the
+    /// ordered matches is a page of the answer. `None` otherwise (the upstream pages it), and
+    /// for `_count=0` (a count alone) or a `_count` or `_offset` that is no number.
+    pub fn paging(&self, resource_type: Option<&str>) -> Option<Paging> {
+        let resource_type = resource_type?;
+        if self
+            .lookups
+            .iter()
+            .any(|l| l.target != "_id" || l.resource_type != resource_type)
+        {
+            return None;
+        }
+        let (mut count, mut offset) = (None, None);
+        let mut shaping = Vec::new();
+        for pair in &self.passthrough {
+            let (raw_name, raw_value) = pair.split_once('=').unwrap_or((pair, ""));
+            let name = decode(raw_name);
+            match split_modifier(&name).0 {
+                "_count" => count = count.or(Some(decode(raw_value).trim().parse().ok()?)),
+                "_offset" => offset = offset.or(Some(decode(raw_value).trim().parse().ok()?)),
+                base if PAGE_SHAPING_PARAMS.contains(&base) => shaping.push(pair.clone()),
+                _ => return None,
+            }
+        }
+        let count: usize = count.unwrap_or(DEFAULT_PAGE);
+        if count == 0 {
+            return None;
+        }
+        Some(Paging {
+            resource_type: resource_type.to_owned(),
+            offset: offset.unwrap_or(0),
+            count: count.min(MAX_PAGE),
+            shaping,
+        })
+    }
+
+    /// The ids matching the whole search, for a search [`Plan::paging`] pages (one target).
+    pub fn matched(&self, matches: &[BTreeSet<String>]) -> BTreeSet<String> {
+        by_target(self, matches)
+            .into_values()
+            .next()
+            .unwrap_or_default()
+    }
+}
+
+/// Ids in the order a page cuts them: ids that are numbers (HAPI FHIR's server-assigned ids,
+/// in the order of their creation) as numbers, then the others in text order.
+pub fn ordered(ids: BTreeSet<String>) -> Vec<String> {
+    let mut ids: Vec<String> = ids.into_iter().collect();
+    ids.sort_by(|a, b| {
+        let numeric = |s: &str| !s.is_empty() && s.bytes().all(|c| c.is_ascii_digit());
+        match (numeric(a), numeric(b)) {
+            (true, true) => (a.len(), a).cmp(&(b.len(), b)),
+            (true, false) => std::cmp::Ordering::Less,
+            (false, true) => std::cmp::Ordering::Greater,
+            (false, false) => a.cmp(b),
+        }
+    });
+    ids
+}
+
+impl Paging {
+    /// The upstream's query for this page of `ids` (every match, [`ordered`]): the shaping
+    /// pairs, this page's ids and its size.
+    pub fn upstream_query(&self, ids: &[String]) -> String {
+        let page: Vec<String> = ids
+            .iter()
+            .skip(self.offset)
+            .take(self.count)
+            .map(|id| utf8_percent_encode(id, QUERY_VALUE).to_string())
+            .collect();
+        let list = if page.is_empty() {
+            NO_MATCH.to_owned()
+        } else {
+            page.join(",")
+        };
+        let mut parts = self.shaping.clone();
+        parts.push(format!("_id={list}"));
+        parts.push(format!("_count={}", self.count));
+        parts.join("&")
+    }
+
+    /// The offsets of the previous and the next page, among `total` matches.
+    pub fn neighbours(&self, total: usize) -> (Option<usize>, Option<usize>) {
+        let previous = (self.offset > 0).then(|| self.offset.saturating_sub(self.count));
+        let next = (self.offset + self.count < total).then_some(self.offset + self.count);
+        (previous, next)
+    }
+}
+
+/// The client's query (as it came) asking for the page at `offset`: its `_offset` pairs
+/// replaced by one.
+pub fn with_offset(query: &str, offset: usize) -> String {
+    let mut parts: Vec<String> = query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .filter(|p| decode(p.split_once('=').map_or(p, |(name, _)| name)) != "_offset")
+        .map(str::to_owned)
+        .collect();
+    parts.push(format!("_offset={offset}"));
     parts.join("&")
 }
 
@@ -601,5 +750,76 @@ mod tests {
             (Some("sys".to_owned()), "va|l".to_owned())
         );
         assert_eq!(split_token("v"), (None, "v".to_owned()));
+    }
+    #[test]
+    fn searches_of_identity_alone_are_paged_by_the_sidecar() {
+        let paged = |query: &str| {
+            p("Patient", query)
+                .unwrap()
+                .unwrap()
+                .paging(Some("Patient"))
+        };
+        let paging = paged("family=smith&_count=2&_offset=4&_elements=name").unwrap();
+        assert_eq!((paging.offset, paging.count), (4, 2));
+        assert_eq!(paged("family=smith").unwrap().count, DEFAULT_PAGE);
+        assert_eq!(paged("family=smith&_count=9999").unwrap().count, MAX_PAGE);
+        assert!(paged("family=smith&_include:iterate=Patient:link").is_some());
+        // Another criterion, an order or a count alone: the upstream pages.
+        for query in [
+            "family=smith&gender=female",
+            "family=smith&_sort=birthdate",
+            "family=smith&_summary=count",
+            "family=smith&_count=0",
+            "family=smith&_count=x",
+            "family=smith&_offset=-1",
+            "family=smith&_id=1",
+        ] {
+            assert_eq!(paged(query), None, "{query}");
+        }
+        // A chain selects other resources than those matched.
+        let chained = p("Observation", "subject:Patient.name=smith&_count=2")
+            .unwrap()
+            .unwrap();
+        assert_eq!(chained.paging(Some("Observation")), None);
+    }
+
+    #[test]
+    fn a_paged_search_asks_the_upstream_for_one_page_of_ids_in_order() {
+        let plan = p(
+            "Patient",
+            "family=smith&given=jo&_count=2&_elements=name&_offset=1",
+        )
+        .unwrap()
+        .unwrap();
+        let set = |ids: &[&str]| ids.iter().map(|s| s.to_string()).collect::<BTreeSet<_>>();
+        let matched = plan.matched(&[
+            set(&["10", "9", "x", "100", "b"]),
+            set(&["9", "10", "100", "b"]),
+        ]);
+        let ids = ordered(matched);
+        assert_eq!(ids, vec!["9", "10", "100", "b"]);
+        let paging = plan.paging(Some("Patient")).unwrap();
+        assert_eq!(
+            paging.upstream_query(&ids),
+            "_elements=name&_id=10,100&_count=2"
+        );
+        assert_eq!(paging.neighbours(ids.len()), (Some(0), Some(3)));
+        let last = Paging {
+            offset: 3,
+            ..paging.clone()
+        };
+        assert_eq!(last.neighbours(4), (Some(1), None));
+        let beyond = Paging {
+            offset: 9,
+            ..paging
+        };
+        assert_eq!(
+            beyond.upstream_query(&ids),
+            format!("_elements=name&_id={NO_MATCH}&_count=2")
+        );
+        assert_eq!(
+            with_offset("family=smith&_offset=1&_count=2&_offset=5", 4),
+            "family=smith&_count=2&_offset=4"
+        );
     }
 }

@@ -7,8 +7,9 @@
 //! into it. The people are loaded in transaction Bundles of 100 (through the sidecar: sealed, a
 //! surrogate each), then `Patient?family=<name>&_count=50` is timed (median of
 //! `FHIRSEAL_BENCH_SEARCH_ROUNDS`, default 9) for the first page and for the page its `next`
-//! link names, on both paths. Through the sidecar the 10,000 matches become an `_id` list that
-//! goes as `POST _search`; the ratio is what the blind index and that rewrite cost. Prints the
+//! link names, on both paths. Through the sidecar the 10,000 matches are paged by the sidecar:
+//! the upstream is asked for one page's ids (`_id=` fifty of them), and the matches are kept
+//! for the later pages; the ratio is what the blind index and that paging cost. Prints the
 //! figures and writes `target/bench/search.json`. Bounded: loading stops after 600 s.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
@@ -85,7 +86,7 @@ fn main() {
                 let page: Value = serde_json::from_slice(&body).unwrap();
                 assert_eq!(page["entry"].as_array().map(Vec::len), Some(PAGE));
                 total = page["total"].clone();
-                let next = fhirseal_adapters::rebase::next_link(&page)
+                let next = fhirseal_adapters::resource::next_link(&page)
                     .unwrap()
                     .to_owned();
                 let t0 = Instant::now();

@@ -224,7 +224,7 @@ impl LedgerTool {
                     }
                 }
                 progress(seen);
-                url = fhirseal_adapters::rebase::next_link(&page).map(str::to_owned);
+                url = fhirseal_adapters::resource::next_link(&page).map(str::to_owned);
             }
         }
         Ok(orphans)

@@ -35,6 +35,7 @@ pub mod migrate;
 pub mod proxy;
 pub mod report;
 pub mod sealing;
+mod search_pages;
 pub mod server;
 pub mod smart;
 pub mod stores;

@@ -21,6 +21,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::config::{Config, DurabilityMode};
 use crate::metrics::Metrics;
+use crate::search_pages::MatchCache;
 
 /// Why sealing failed: always the sidecar's fault (500), never the client's.
 #[derive(Debug, thiserror::Error)]
@@ -199,6 +200,8 @@ pub struct Sealing {
     filed: AtomicBool,
     /// The node's metrics: seals, unseals, vault commits and flushes, access events.
     metrics: Arc<Metrics>,
+    /// The matches of the identity searches paged last.
+    pages: MatchCache,
 }
 
 impl std::fmt::Debug for Sealing {
@@ -274,6 +277,7 @@ impl Sealing {
             threads: vec![committer_thread, flusher_thread],
             filed: AtomicBool::new(false),
             metrics,
+            pages: MatchCache::default(),
         };
         sealing.filed.store(
             sealing.vault.blind_layout()? == Some(BLIND_LAYOUT)
@@ -861,12 +865,73 @@ impl Sealing {
         resource_type: Option<&str>,
         query: &str,
     ) -> Result<Option<String>, SearchQueryError> {
-        let Some(plan) = search::plan(resource_type, query, &self.profile)? else {
+        let Some(plan) = self.search_plan(resource_type, query)? else {
             return Ok(None);
         };
-        if !self.filed.load(Ordering::SeqCst) {
+        Ok(Some(search::render(&plan, &self.search_matches(&plan)?)))
+    }
+
+    /// A search's query as the upstream is to receive it, as [`Sealing::rewrite_search`] has
+    /// it, or one page of it: when the ids it matches would make a query longer than
+    /// `page_above` bytes and the sidecar can page it ([`search::Plan::paging`]), the upstream
+    /// is asked for one page's ids. The matches are kept for the later pages a while (time
+    /// `now_ms`). `None` when the query names no identity.
+    pub fn page_search(
+        &self,
+        resource_type: Option<&str>,
+        query: &str,
+        page_above: usize,
+        now_ms: u64,
+    ) -> Result<Option<SearchRewrite>, SearchQueryError> {
+        let Some(plan) = self.search_plan(resource_type, query)? else {
+            return Ok(None);
+        };
+        let Some(paging) = plan.paging(resource_type) else {
+            let matches = self.search_matches(&plan)?;
+            return Ok(Some(SearchRewrite::Query(search::render(&plan, &matches))));
+        };
+        let key = blind_token(
+            &self.keys.index_key,
+            "paged-search",
+            &format!("{:?}", plan.lookups),
+        );
+        let kept = (paging.offset > 0)
+            .then(|| self.pages.get(&key, now_ms))
+            .flatten();
+        let ids = match kept {
+            Some(ids) => ids,
+            None => {
+                let matches = self.search_matches(&plan)?;
+                let rendered = search::render(&plan, &matches);
+                if rendered.len() <= page_above {
+                    return Ok(Some(SearchRewrite::Query(rendered)));
+                }
+                let ids = Arc::new(search::ordered(plan.matched(&matches)));
+                self.pages.put(key, now_ms, ids.clone());
+                ids
+            }
+        };
+        Ok(Some(SearchRewrite::Page {
+            query: paging.upstream_query(&ids),
+            total: ids.len(),
+            paging,
+        }))
+    }
+
+    fn search_plan(
+        &self,
+        resource_type: Option<&str>,
+        query: &str,
+    ) -> Result<Option<search::Plan>, SearchQueryError> {
+        let plan = search::plan(resource_type, query, &self.profile)?;
+        if plan.is_some() && !self.filed.load(Ordering::SeqCst) {
             return Err(SearchQueryError::Refiling);
         }
+        Ok(plan)
+    }
+
+    /// For each lookup of `plan`, the ids of the person resources the blind index matches.
+    fn search_matches(&self, plan: &search::Plan) -> Result<Vec<BTreeSet<String>>, SealError> {
         let key = &self.keys.index_key;
         let mut matches = Vec::with_capacity(plan.lookups.len());
         for lookup in &plan.lookups {
@@ -885,7 +950,7 @@ impl Sealing {
             }
             matches.push(ids);
         }
-        Ok(Some(search::render(&plan, &matches)))
+        Ok(matches)
     }
 }
 
@@ -1031,6 +1096,19 @@ fn decode_entry(text: &str) -> Result<BlindEntry, SealError> {
             })
             .collect(),
     })
+}
+
+/// A search's query as the upstream is to receive it ([`Sealing::page_search`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SearchRewrite {
+    /// The whole search, its identity criteria rewritten to ids.
+    Query(String),
+    /// One page of a search the sidecar pages: `query` asks for its ids, among `total`.
+    Page {
+        query: String,
+        paging: search::Paging,
+        total: usize,
+    },
 }
 
 /// A search that could not be rewritten: the client's (400) or ours (500).

@@ -5,6 +5,7 @@
 use std::collections::BTreeSet;
 
 use fhirseal_adapters::auth::Principal;
+use fhirseal_adapters::search::Paging;
 use fhirseal_adapters::smart::Reach;
 use fhirseal_adapters::{Format, Interaction};
 
@@ -48,8 +49,23 @@ pub(crate) enum UpstreamQuery {
     Client,
     /// Rewritten (identity criteria answered from the blind index).
     Rewritten(String),
+    /// One page of an identity search the sidecar pages itself (`page::page_response` sets
+    /// the answer's total and links).
+    Paged(Box<PagedQuery>),
     /// None at all (a conditional update that became a plain create or update).
     Dropped,
+}
+
+/// A page of an identity search the sidecar pages itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct PagedQuery {
+    /// What the upstream receives: this page's ids.
+    pub(crate) upstream: String,
+    /// The client's query, which the answer's links repeat with their own `_offset`.
+    pub(crate) client: String,
+    pub(crate) paging: Paging,
+    /// Matches in all.
+    pub(crate) total: usize,
 }
 
 /// How clients reach the sidecar, for one request.

@@ -88,6 +88,7 @@ pub(super) fn upstream_request(
     let query = match &ctx.query {
         UpstreamQuery::Client => parts.uri.query(),
         UpstreamQuery::Rewritten(rewritten) => Some(rewritten.as_str()),
+        UpstreamQuery::Paged(paged) => Some(paged.upstream.as_str()),
         UpstreamQuery::Dropped => None,
     }
     .map(str::to_owned);

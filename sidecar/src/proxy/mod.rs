@@ -16,13 +16,15 @@
 //!    credentials dropped and the sidecar's own added;
 //! 7. `commit_seal` ([`commit`]) — what the upstream accepted sealed and anchored; then
 //!    `consent_response` ([`consent`]) — the grants of a `Consent` the upstream stored, final;
-//! 8. `response_filter` ([`filter`]) — hop-by-hop headers stripped, links rewritten;
+//! 8. `response_filter` ([`filter`]) — hop-by-hop headers stripped, links rewritten; for a
+//!    page of an identity search the sidecar pages itself, `page_response` ([`page`]) — the
+//!    page's total and links;
 //! 9. `confine_response` ([`confine`]) — for an access token's bearer, an answer showing what
 //!    its scopes do not let it read is withheld;
-//! 9. `unseal_response` ([`unseal`]) — identity merged back for principals who may see it, each
+//! 10. `unseal_response` ([`unseal`]) — identity merged back for principals who may see it, each
 //!    resource shown an access event of its own;
-//! 10. `fail_to_proxy` — any error becomes an `OperationOutcome` (see [`crate::error`]);
-//! 11. `logging` — one structured line per request, under its request id.
+//! 11. `fail_to_proxy` — any error becomes an `OperationOutcome` (see [`crate::error`]);
+//! 12. `logging` — one structured line per request, under its request id.
 //!
 //! `$verify` and the `/ledger/…` API are answered by the sidecar itself ([`ledger_api`]), as are
 //! `Patient/[id]/$locate` ([`locate`]: which members hold records of the person),
@@ -45,6 +47,7 @@ mod filter;
 mod grantor;
 mod ledger_api;
 mod locate;
+mod page;
 mod person;
 mod plan;
 mod recover;
@@ -349,6 +352,7 @@ async fn proxy_routed(
         }
         let response = consent::consent_response(deps, consent_plan, response).await?;
         let response = filter::response_filter(deps, &ctx, response).await?;
+        let response = page::page_response(deps, &ctx, response).await?;
         let response = confine::confine_response(deps, &ctx, response).await?;
         if ctx.principal.sees_identity && !ctx.head {
             unseal::unseal_response(deps, response, ctx.elements.clone(), &ctx.accessor).await

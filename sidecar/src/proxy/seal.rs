@@ -14,13 +14,13 @@ use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use serde_json::Value;
 
-use super::ctx::{RequestCtx, UpstreamQuery};
+use super::ctx::{PagedQuery, RequestCtx, UpstreamQuery};
 use super::deps::Deps;
 use super::plan::RequestBody;
 use crate::body::{empty, full, ProxyBody};
 use crate::error::ProxyError;
 use crate::http_util::{collect_limited, json_request};
-use crate::sealing::{Prepared, SealError, Sealing, SearchQueryError};
+use crate::sealing::{Prepared, SealError, Sealing, SearchQueryError, SearchRewrite};
 use crate::upstream::MAX_READ_BACK;
 
 /// What a write left to do once the upstream answers.
@@ -117,12 +117,46 @@ fn rewritten(
     resource_type: Option<&str>,
     query: &str,
 ) -> Result<Option<String>, ProxyError> {
-    match deps.sealing.rewrite_search(resource_type, query) {
-        Ok(rewritten) => Ok(rewritten),
-        Err(SearchQueryError::Unsupported(e)) => Err(ProxyError::Search(e)),
-        Err(SearchQueryError::Seal(e)) => Err(ProxyError::Seal(e)),
-        Err(SearchQueryError::Refiling) => Err(ProxyError::Refiling),
+    deps.sealing
+        .rewrite_search(resource_type, query)
+        .map_err(search_error)
+}
+
+fn search_error(error: SearchQueryError) -> ProxyError {
+    match error {
+        SearchQueryError::Unsupported(e) => ProxyError::Search(e),
+        SearchQueryError::Seal(e) => ProxyError::Seal(e),
+        SearchQueryError::Refiling => ProxyError::Refiling,
     }
+}
+
+/// A search's query for the upstream: as [`rewrite`] has it, or one page of a search that
+/// matches more than a query may carry, which the sidecar pages itself.
+fn page(
+    deps: &Deps,
+    resource_type: Option<&str>,
+    query: &str,
+) -> Result<UpstreamQuery, ProxyError> {
+    let rewritten = deps.sealing.page_search(
+        resource_type,
+        query,
+        deps.limits.max_query_bytes,
+        deps.clock.now_ms(),
+    );
+    Ok(match rewritten.map_err(search_error)? {
+        None => UpstreamQuery::Client,
+        Some(SearchRewrite::Query(rewritten)) => UpstreamQuery::Rewritten(rewritten),
+        Some(SearchRewrite::Page {
+            query: upstream,
+            paging,
+            total,
+        }) => UpstreamQuery::Paged(Box::new(PagedQuery {
+            upstream,
+            client: query.to_owned(),
+            paging,
+            total,
+        })),
+    })
 }
 
 fn seal_search(
@@ -133,7 +167,7 @@ fn seal_search(
     resource_type: Option<&str>,
 ) -> Result<Sealed, ProxyError> {
     if let Some(query) = req.uri().query() {
-        ctx.query = rewrite(deps, resource_type, query)?;
+        ctx.query = page(deps, resource_type, query)?;
     }
     let RequestBody::Form(form) = body else {
         return Ok(Sealed::Forward(req, Box::new(Pending::Nothing)));

@@ -465,7 +465,7 @@ pub async fn all_pages(first: &str) -> String {
         assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
         let page = reply.json();
         all.push_str(&reply.text());
-        let next = fhirseal_adapters::rebase::next_link(&page).map(str::to_owned);
+        let next = fhirseal_adapters::resource::next_link(&page).map(str::to_owned);
         match next {
             Some(next) => url = next,
             None => return all,

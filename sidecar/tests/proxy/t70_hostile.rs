@@ -4,6 +4,7 @@
 //! reached HAPI (its content since the probe began, and its log when it is where
 //! `deploy/hapi/hapi.sh` keeps it).
 
+use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -1077,44 +1078,94 @@ async fn an_error_page_that_is_no_fhir_reaches_the_client_as_an_outcome() {
     );
 }
 
+/// Walks a search's pages from `url` by their `next` links: the ids seen, and each page's
+/// entry count and total.
+async fn walk_pages(
+    base: &str,
+    family: &str,
+    mut url: String,
+) -> (BTreeSet<String>, Vec<(usize, Value)>) {
+    let mut seen = BTreeSet::new();
+    let mut pages = Vec::new();
+    loop {
+        let reply = get(&url).await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+        let page = reply.json();
+        let entries = page["entry"].as_array().cloned().unwrap_or_default();
+        for entry in &entries {
+            assert_eq!(entry["resource"]["name"][0]["family"], family);
+            seen.insert(entry["resource"]["id"].as_str().unwrap().to_owned());
+        }
+        pages.push((entries.len(), page["total"].clone()));
+        match fhirseal_adapters::resource::next_link(&page).map(str::to_owned) {
+            Some(next) => {
+                assert!(next.starts_with(base), "{next}");
+                url = next;
+            }
+            None => break,
+        }
+        assert!(pages.len() < 10);
+    }
+    (seen, pages)
+}
+
 #[tokio::test]
-async fn identity_searches_matching_many_go_as_post_and_page() {
+async fn identity_searches_matching_many_are_paged_by_the_sidecar_or_go_as_post() {
     let mut config = config(&hapi());
-    // Six ids are over this: the search must go as POST _search.
+    // Six ids are over this: the upstream cannot take them in its URL.
     config.upstream.max_query_bytes = 120;
     let sidecar = start(config).await;
     let base = sidecar.base.clone();
     let family = unique("Manymatch");
-    let mut ids = std::collections::BTreeSet::new();
+    let mut ids = BTreeSet::new();
     for _ in 0..6 {
         ids.insert(id_of(
             &post_json(&format!("{base}/Patient"), &person(&family, &ssn())).await,
         ));
     }
-    let mut url = format!("{base}/Patient?family={family}&_count=2");
-    let mut seen = std::collections::BTreeSet::new();
-    let mut pages = 0;
-    loop {
-        let reply = get(&url).await;
-        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
-        let page = reply.json();
-        pages += 1;
-        for entry in page["entry"].as_array().into_iter().flatten() {
-            assert_eq!(entry["resource"]["name"][0]["family"], family.as_str());
-            seen.insert(entry["resource"]["id"].as_str().unwrap().to_owned());
-        }
-        let next = fhirseal_adapters::rebase::next_link(&page).map(str::to_owned);
-        match next {
-            Some(next) => {
-                assert!(next.starts_with(&base), "{next}");
-                url = next;
-            }
-            None => break,
-        }
-        assert!(pages < 10);
-    }
+    // Identity alone: the sidecar pages the matches, a page's ids at a time, in order, and
+    // says the total.
+    let first = format!("{base}/Patient?family={family}&_count=2");
+    let (seen, pages) = walk_pages(&base, &family, first.clone()).await;
     assert_eq!(seen, ids);
-    assert_eq!(pages, 3);
+    assert_eq!(pages, vec![(2, json!(6)); 3]);
+    let page = get(&format!("{first}&_offset=2")).await.json();
+    let links: Vec<&str> = page["link"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["relation"].as_str().unwrap())
+        .collect();
+    assert_eq!(links, ["self", "previous", "next"]);
+    assert!(page["link"][1]["url"]
+        .as_str()
+        .unwrap()
+        .ends_with("_offset=0"));
+    // This HAPI assigns UUIDs, which pages cut in text order.
+    let on_page: BTreeSet<String> = page["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["resource"]["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(on_page, ids.iter().skip(2).take(2).cloned().collect());
+    // Later pages keep the matches the first page found; a first page finds them afresh.
+    let late = id_of(&post_json(&format!("{base}/Patient"), &person(&family, &ssn())).await);
+    let page = get(&format!("{first}&_offset=4")).await.json();
+    assert_eq!(page["total"], 6);
+    let page = get(&first).await.json();
+    assert_eq!(page["total"], 7);
+    let (seen, _) = walk_pages(&base, &family, first.clone()).await;
+    assert!(seen.contains(&late));
+    // Past the end: an empty page.
+    let page = get(&format!("{first}&_offset=50")).await.json();
+    assert_eq!((page["total"].clone(), page.get("entry")), (json!(7), None));
+    // Another criterion narrows the matches: the whole list goes as POST _search and the
+    // upstream pages it.
+    let narrowed = format!("{base}/Patient?family={family}&gender=female&_count=3");
+    let (seen, pages) = walk_pages(&base, &family, narrowed).await;
+    assert_eq!(seen.len(), 7);
+    assert_eq!(pages.len(), 3);
 }
 
 /// A `Consent` whose provision lets `grantee` read `patient`'s records for treatment.

@@ -435,7 +435,7 @@ async fn check_running(node: &Node, series: &Series<'_>, code: &str, out: &mut V
                     ));
                 }
             }
-            url = fhirseal_adapters::rebase::next_link(&page).map(str::to_owned);
+            url = fhirseal_adapters::resource::next_link(&page).map(str::to_owned);
         }
     }
 }
