@@ -166,8 +166,10 @@ pub struct UpstreamConfig {
     /// Whether the upstream builds its links from `X-Forwarded-*` headers (HAPI does). When it
     /// does not, the sidecar buffers FHIR response bodies and rewrites the links itself.
     pub honours_forwarded_headers: bool,
-    /// Longest query string sent in a URL, in bytes; a longer search (an identity search
-    /// rewritten to many ids) is sent as `POST _search` with the query in the body.
+    /// Longest query string sent in a URL, in bytes. An identity search whose ids would make
+    /// it longer is paged by the sidecar (one page of ids to the upstream) when identity alone
+    /// chooses its answer; any other longer search is sent as `POST _search` with the query in
+    /// the body.
     pub max_query_bytes: usize,
     /// PEM file of certificate authorities trusted for an `https` upstream, besides the
     /// platform's.
