@@ -444,15 +444,19 @@ pub const NO_MATCH: &str = "fhirseal-no-match";
 /// target. `matches[i]` holds the ids of the person resources matching `lookups[i]`.
 fn by_target<'p>(
     plan: &'p Plan,
-    matches: &[BTreeSet<String>],
+    matches: impl IntoIterator<Item = BTreeSet<String>>,
 ) -> BTreeMap<(&'p str, &'p str), BTreeSet<String>> {
     let mut by_target: BTreeMap<(&str, &str), BTreeSet<String>> = BTreeMap::new();
     for (lookup, ids) in plan.lookups.iter().zip(matches) {
         let key = (lookup.target.as_str(), lookup.resource_type.as_str());
-        by_target
-            .entry(key)
-            .and_modify(|acc| acc.retain(|id| ids.contains(id)))
-            .or_insert_with(|| ids.clone());
+        match by_target.entry(key) {
+            std::collections::btree_map::Entry::Occupied(mut acc) => {
+                acc.get_mut().retain(|id| ids.contains(id));
+            }
+            std::collections::btree_map::Entry::Vacant(slot) => {
+                slot.insert(ids);
+            }
+        }
     }
     by_target
 }
@@ -461,7 +465,7 @@ fn by_target<'p>(
 /// lookups' matches. `matches[i]` holds the ids of the person resources matching `lookups[i]`.
 pub fn render(plan: &Plan, matches: &[BTreeSet<String>]) -> String {
     let mut parts = plan.passthrough.clone();
-    for ((target, resource_type), ids) in by_target(plan, matches) {
+    for ((target, resource_type), ids) in by_target(plan, matches.iter().cloned()) {
         let values: Vec<String> = if ids.is_empty() {
             vec![NO_MATCH.to_owned()]
         } else {
@@ -557,7 +561,7 @@ impl Plan {
     }
 
     /// The ids matching the whole search, for a search [`Plan::paging`] pages (one target).
-    pub fn matched(&self, matches: &[BTreeSet<String>]) -> BTreeSet<String> {
+    pub fn matched(&self, matches: Vec<BTreeSet<String>>) -> BTreeSet<String> {
         by_target(self, matches)
             .into_values()
             .next()
@@ -582,6 +586,14 @@ pub fn ordered(ids: BTreeSet<String>) -> Vec<String> {
 }
 
 impl Paging {
+    /// Whether a query naming every one of `ids` would be longer than `limit` bytes (then
+    /// the search is better paged), without writing it.
+    pub fn outgrows(&self, ids: &BTreeSet<String>, limit: usize) -> bool {
+        let shaping: usize = self.shaping.iter().map(|p| p.len() + 1).sum();
+        let listed: usize = ids.iter().map(|id| id.len() + 1).sum();
+        shaping + "_id=".len() + listed > limit
+    }
+
     /// The upstream's query for this page of `ids` (every match, [`ordered`]): the shaping
     /// pairs, this page's ids and its size.
     pub fn upstream_query(&self, ids: &[String]) -> String {
@@ -605,7 +617,8 @@ impl Paging {
     /// The offsets of the previous and the next page, among `total` matches.
     pub fn neighbours(&self, total: usize) -> (Option<usize>, Option<usize>) {
         let previous = (self.offset > 0).then(|| self.offset.saturating_sub(self.count));
-        let next = (self.offset + self.count < total).then_some(self.offset + self.count);
+        let after = self.offset.saturating_add(self.count);
+        let next = (after < total).then_some(after);
         (previous, next)
     }
 }
@@ -792,7 +805,7 @@ mod tests {
         .unwrap()
         .unwrap();
         let set = |ids: &[&str]| ids.iter().map(|s| s.to_string()).collect::<BTreeSet<_>>();
-        let matched = plan.matched(&[
+        let matched = plan.matched(vec![
             set(&["10", "9", "x", "100", "b"]),
             set(&["9", "10", "100", "b"]),
         ]);
@@ -809,6 +822,11 @@ mod tests {
             ..paging.clone()
         };
         assert_eq!(last.neighbours(4), (Some(1), None));
+        let far = Paging {
+            offset: usize::MAX,
+            ..paging.clone()
+        };
+        assert_eq!(far.neighbours(4), (Some(usize::MAX - 2), None));
         let beyond = Paging {
             offset: 9,
             ..paging

@@ -902,11 +902,11 @@ impl Sealing {
             Some(ids) => ids,
             None => {
                 let matches = self.search_matches(&plan)?;
-                let rendered = search::render(&plan, &matches);
-                if rendered.len() <= page_above {
-                    return Ok(Some(SearchRewrite::Query(rendered)));
+                let matched = plan.matched(matches.clone());
+                if !paging.outgrows(&matched, page_above) {
+                    return Ok(Some(SearchRewrite::Query(search::render(&plan, &matches))));
                 }
-                let ids = Arc::new(search::ordered(plan.matched(&matches)));
+                let ids = Arc::new(search::ordered(matched));
                 self.pages.put(key, now_ms, ids.clone());
                 ids
             }

@@ -3,6 +3,7 @@
 //! writes the requests waiting in one transaction and one flush), and made durable before the
 //! client hears back; what it refused is rolled back.
 
+use bytes::Bytes;
 use fhirseal_adapters::{canonical, fhir, Format};
 use http::header;
 use http::{Response, StatusCode};
@@ -13,6 +14,7 @@ use fhirseal_adapters::Interaction;
 use super::ctx::RequestCtx;
 use super::deps::{blocking, Deps};
 use super::seal::Pending;
+use crate::audit::{self, Accessor};
 use crate::body::{full, ProxyBody};
 use crate::error::ProxyError;
 use crate::http_util::{collect_limited, response_format};
@@ -45,14 +47,21 @@ fn is_version(value: &Value, resource_type: Option<&str>, id: &str, version: &st
 }
 
 /// Seals and anchors what the upstream accepted; rolls back what it refused.
+///
+/// With `echo` (a principal who sees identity, and who it is), a create's answer that is the
+/// stored version gets the writer's own identity back here, from what the write sealed, with
+/// no unsealing; its access event is queued before the vault's group commit, so that the one
+/// flush the write waits for makes both durable. Returns the answer and whether identity was
+/// shown so (then `unseal_response` has nothing left to do).
 pub(super) async fn commit_seal(
     deps: &Deps,
     response: Response<ProxyBody>,
     pending: Pending,
-) -> Result<Response<ProxyBody>, ProxyError> {
+    echo: Option<&Accessor>,
+) -> Result<(Response<ProxyBody>, bool), ProxyError> {
     let sealing = &deps.sealing;
     match pending {
-        Pending::Nothing => Ok(response),
+        Pending::Nothing => Ok((response, false)),
         Pending::One {
             prepared,
             create,
@@ -66,7 +75,7 @@ pub(super) async fn commit_seal(
             };
             if !accepted {
                 sealing.rollback(&prepared);
-                return Ok(response);
+                return Ok((response, false));
             }
             // The body is read whole: it is usually the stored resource, which is hashed
             // for the anchor.
@@ -90,23 +99,48 @@ pub(super) async fn commit_seal(
             // What the upstream answers a create with is the version it stores. An update's or
             // a patch's answer need not be: HAPI keeps the earlier version's tags and answers
             // with them in another order than it stores them. Those versions are read back.
+            let returned = returned.filter(|v| create && is_version(v, None, "", ""));
+            let echoed = match (echo, &returned) {
+                (Some(accessor), Some(stored))
+                    if prepared.has_identity()
+                        && is_version(stored, Some(&prepared.resource_type), &id, &version) =>
+                {
+                    let mut shown = stored.clone();
+                    prepared.identity.merge_into(&mut shown);
+                    let version = (prepared.resource_type.clone(), id.clone(), version.clone());
+                    for event in audit::reidentified_events(accessor, &[version]) {
+                        sealing.record_access(&event)?;
+                    }
+                    let body = serde_json::to_vec(&shown)
+                        .map_err(|e| ProxyError::Internal(e.to_string()))?;
+                    Some(Bytes::from(body))
+                }
+                _ => None,
+            };
             let written = Written {
                 prepared,
                 id,
                 version,
-                returned: returned.filter(|v| create && is_version(v, None, "", "")),
+                returned,
             };
             commit_written(deps, vec![written]).await?;
-            let mut response = Response::from_parts(parts, full(bytes));
+            let shown = echoed.is_some();
+            let body = echoed.unwrap_or(bytes);
+            let mut response = Response::from_parts(parts, full(body.clone()));
+            if shown {
+                response
+                    .headers_mut()
+                    .insert(header::CONTENT_LENGTH, body.len().into());
+            }
             if patch {
                 response.headers_mut().remove(header::ETAG);
             }
-            Ok(response)
+            Ok((response, shown))
         }
         Pending::Bundle(prepared) => {
             if !response.status().is_success() {
                 prepared.iter().flatten().for_each(|p| sealing.rollback(p));
-                return Ok(response);
+                return Ok((response, false));
             }
             let (parts, body) = response.into_parts();
             let bytes = collect_limited(body, MAX_READ_BACK).await?;
@@ -140,7 +174,7 @@ pub(super) async fn commit_seal(
                 }
             }
             commit_written(deps, written).await?;
-            Ok(Response::from_parts(parts, full(bytes)))
+            Ok((Response::from_parts(parts, full(bytes)), false))
         }
     }
 }

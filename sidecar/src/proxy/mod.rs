@@ -345,7 +345,9 @@ async fn proxy_routed(
         if intended {
             crash::reached(CrashPoint::AfterUpstream);
         }
-        let response = commit::commit_seal(deps, response, *pending).await?;
+        let unseal = ctx.principal.sees_identity && !ctx.head;
+        let echo = (unseal && ctx.elements.is_none()).then_some(&ctx.accessor);
+        let (response, shown) = commit::commit_seal(deps, response, *pending, echo).await?;
         if intended {
             crash::reached(CrashPoint::AfterVault);
             deps.sealing.settle(&ctx.write_id)?;
@@ -354,7 +356,7 @@ async fn proxy_routed(
         let response = filter::response_filter(deps, &ctx, response).await?;
         let response = page::page_response(deps, &ctx, response).await?;
         let response = confine::confine_response(deps, &ctx, response).await?;
-        if ctx.principal.sees_identity && !ctx.head {
+        if unseal && !shown {
             unseal::unseal_response(deps, response, ctx.elements.clone(), &ctx.accessor).await
         } else {
             Ok(response)

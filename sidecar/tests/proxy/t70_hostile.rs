@@ -654,8 +654,12 @@ async fn every_reidentification_is_an_access_event() {
     let base = sidecar.base.clone();
     let family = unique("Audita");
     let ssn = ssn();
-    // A write's returned body is shown with identity: one event.
-    let pid = id_of(&post_json(&format!("{base}/Patient"), &person(&family, &ssn)).await);
+    // A write's returned body is shown with identity (merged from what the write sealed, its
+    // event made durable with the write): one event.
+    let created = post_json(&format!("{base}/Patient"), &person(&family, &ssn)).await;
+    assert_eq!(created.json()["name"][0]["family"], family.as_str());
+    assert_eq!(created.json()["identifier"][0]["value"], ssn.as_str());
+    let pid = id_of(&created);
     let oid = id_of(
         &post_json(
             &format!("{base}/Observation"),
@@ -1158,8 +1162,10 @@ async fn identity_searches_matching_many_are_paged_by_the_sidecar_or_go_as_post(
     let (seen, _) = walk_pages(&base, &family, first.clone()).await;
     assert!(seen.contains(&late));
     // Past the end: an empty page.
-    let page = get(&format!("{first}&_offset=50")).await.json();
-    assert_eq!((page["total"].clone(), page.get("entry")), (json!(7), None));
+    for offset in ["50", "18446744073709551615"] {
+        let page = get(&format!("{first}&_offset={offset}")).await.json();
+        assert_eq!((page["total"].clone(), page.get("entry")), (json!(7), None));
+    }
     // Another criterion narrows the matches: the whole list goes as POST _search and the
     // upstream pages it.
     let narrowed = format!("{base}/Patient?family={family}&gender=female&_count=3");
