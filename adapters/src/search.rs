@@ -541,10 +541,11 @@ impl Plan {
         for pair in &self.passthrough {
             let (raw_name, raw_value) = pair.split_once('=').unwrap_or((pair, ""));
             let name = decode(raw_name);
-            match split_modifier(&name).0 {
-                "_count" => count = count.or(Some(decode(raw_value).trim().parse().ok()?)),
-                "_offset" => offset = offset.or(Some(decode(raw_value).trim().parse().ok()?)),
-                base if PAGE_SHAPING_PARAMS.contains(&base) => shaping.push(pair.clone()),
+            match (name.as_str(), split_modifier(&name).0) {
+                ("_count", _) => count = count.or(Some(decode(raw_value).trim().parse().ok()?)),
+                ("_offset", _) => offset = offset.or(Some(decode(raw_value).trim().parse().ok()?)),
+                (_, "_count" | "_offset") => return None,
+                (_, base) if PAGE_SHAPING_PARAMS.contains(&base) => shaping.push(pair.clone()),
                 _ => return None,
             }
         }
@@ -586,6 +587,11 @@ pub fn ordered(ids: BTreeSet<String>) -> Vec<String> {
 }
 
 impl Paging {
+    /// How many matches this page holds, among `total`.
+    pub fn held(&self, total: usize) -> usize {
+        total.saturating_sub(self.offset).min(self.count)
+    }
+
     /// Whether a query naming every one of `ids` would be longer than `limit` bytes (then
     /// the search is better paged), without writing it.
     pub fn outgrows(&self, ids: &BTreeSet<String>, limit: usize) -> bool {
@@ -614,9 +620,11 @@ impl Paging {
         parts.join("&")
     }
 
-    /// The offsets of the previous and the next page, among `total` matches.
+    /// The offsets of the previous and the next page, among `total` matches (from past the
+    /// end, the previous page is the last).
     pub fn neighbours(&self, total: usize) -> (Option<usize>, Option<usize>) {
-        let previous = (self.offset > 0).then(|| self.offset.saturating_sub(self.count));
+        let last = total.saturating_sub(1) / self.count * self.count;
+        let previous = (self.offset > 0).then(|| self.offset.saturating_sub(self.count).min(last));
         let after = self.offset.saturating_add(self.count);
         let next = (after < total).then_some(after);
         (previous, next)
@@ -786,6 +794,8 @@ mod tests {
             "family=smith&_count=x",
             "family=smith&_offset=-1",
             "family=smith&_id=1",
+            "family=smith&_offset:x=3",
+            "family=smith&_count:x=3",
         ] {
             assert_eq!(paged(query), None, "{query}");
         }
@@ -826,7 +836,8 @@ mod tests {
             offset: usize::MAX,
             ..paging.clone()
         };
-        assert_eq!(far.neighbours(4), (Some(usize::MAX - 2), None));
+        assert_eq!(far.neighbours(4), (Some(2), None));
+        assert_eq!((far.held(4), paging.held(4), last.held(4)), (0, 2, 1));
         let beyond = Paging {
             offset: 9,
             ..paging

@@ -837,6 +837,8 @@ impl Sealing {
     /// Destroys a person's key: from then on no record of theirs opens, in the vault or in
     /// any copy of it. Whether there was one (`false`: destroyed already, or never made).
     pub fn destroy_person_key(&self, fingerprint: &Fingerprint) -> Result<bool, SealError> {
+        // Paged searches kept may name the person's resources: found by the identity erased.
+        self.pages.clear();
         match self.sealer.person_keys() {
             Some(keys) => Ok(keys.destroy(fingerprint)?),
             None => Ok(false),
@@ -848,6 +850,7 @@ impl Sealing {
     pub fn forget_person(&self, fingerprint: &Fingerprint) -> Result<Erased, SealError> {
         let erased = self.vault.erase(fingerprint)?;
         self.vault.flush()?;
+        self.pages.clear();
         Ok(erased)
     }
 

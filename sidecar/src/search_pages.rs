@@ -13,6 +13,9 @@ use std::sync::{Arc, Mutex};
 const KEPT: usize = 32;
 /// How long a search's matches serve its later pages.
 const KEPT_MS: u64 = 5 * 60 * 1000;
+/// Ids kept at most, over every search (some 50 bytes each); a search matching more is not
+/// kept, and its pages each look the matches up.
+const KEPT_IDS: usize = 1_000_000;
 
 /// A keyed hash of a search's identity criteria.
 pub(crate) type SearchKey = [u8; 32];
@@ -46,7 +49,12 @@ impl MatchCache {
             return;
         };
         entries.retain(|e| e.key != key && now_ms.saturating_sub(e.at_ms) < KEPT_MS);
-        if entries.len() >= KEPT {
+        if ids.len() > KEPT_IDS {
+            return;
+        }
+        while entries.len() >= KEPT
+            || entries.iter().map(|e| e.ids.len()).sum::<usize>() + ids.len() > KEPT_IDS
+        {
             entries.pop_front();
         }
         entries.push_back(Entry {
@@ -54,6 +62,14 @@ impl MatchCache {
             at_ms: now_ms,
             ids,
         });
+    }
+
+    /// Forgets every search kept (after an erasure: a kept search must not name the erased
+    /// person's resources).
+    pub(crate) fn clear(&self) {
+        if let Ok(mut entries) = self.entries.lock() {
+            entries.clear();
+        }
     }
 }
 
@@ -79,5 +95,14 @@ mod tests {
         assert_eq!(cache.get(&[1; 32], 3_000), None);
         assert_eq!(cache.get(&[10; 32], 3_000), Some(ids.clone()));
         assert_eq!(cache.entries.lock().unwrap().len(), KEPT);
+        // Too many ids in all: the oldest go; a search over the bound is not kept.
+        let big = Arc::new(vec![String::new(); KEPT_IDS - 1]);
+        cache.put([99; 32], 3_000, big.clone());
+        assert_eq!(cache.entries.lock().unwrap().len(), 1);
+        cache.put([98; 32], 3_000, Arc::new(vec![String::new(); KEPT_IDS + 1]));
+        assert_eq!(cache.get(&[98; 32], 3_000), None);
+        assert_eq!(cache.get(&[99; 32], 3_000), Some(big));
+        cache.clear();
+        assert_eq!(cache.get(&[99; 32], 3_000), None);
     }
 }

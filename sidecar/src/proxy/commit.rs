@@ -105,15 +105,25 @@ pub(super) async fn commit_seal(
                     if prepared.has_identity()
                         && is_version(stored, Some(&prepared.resource_type), &id, &version) =>
                 {
-                    let mut shown = stored.clone();
-                    prepared.identity.merge_into(&mut shown);
+                    // The event is queued before the write is committed: should the commit
+                    // then fail, the ledger records identity shown in an answer that became
+                    // an error (over-recorded, never under). Should queuing it fail, the write
+                    // goes on without the echo, and `unseal_response` shows and records it.
                     let version = (prepared.resource_type.clone(), id.clone(), version.clone());
-                    for event in audit::reidentified_events(accessor, &[version]) {
-                        sealing.record_access(&event)?;
+                    let queued = audit::reidentified_events(accessor, &[version])
+                        .iter()
+                        .try_for_each(|event| sealing.record_access(event));
+                    match queued {
+                        Ok(()) => {
+                            let mut shown = stored.clone();
+                            prepared.identity.merge_into(&mut shown);
+                            serde_json::to_vec(&shown).ok().map(Bytes::from)
+                        }
+                        Err(error) => {
+                            tracing::warn!(%error, "a create's access event was not queued");
+                            None
+                        }
                     }
-                    let body = serde_json::to_vec(&shown)
-                        .map_err(|e| ProxyError::Internal(e.to_string()))?;
-                    Some(Bytes::from(body))
                 }
                 _ => None,
             };

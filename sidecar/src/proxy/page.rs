@@ -44,11 +44,11 @@ pub(super) async fn page_response(
         )
     };
     let links = links(paged, page_url);
-    let total = paged.total;
+    let (total, held) = (paged.total, paged.paging.held(paged.total));
     let out = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, ProxyError> {
         let mut bundle = fhir::parse_lenient(&bytes, format)
             .map_err(|e| ProxyError::UpstreamBody(e.to_string()))?;
-        place(&mut bundle, total, links)?;
+        place(&mut bundle, total, held, links)?;
         fhir::serialize(&bundle, format).map_err(|e| ProxyError::Internal(e.to_string()))
     })
     .await
@@ -72,15 +72,26 @@ fn links(paged: &PagedQuery, url: impl Fn(usize) -> String) -> Value {
     Value::Array(links)
 }
 
-/// Sets a searchset page's total and links. An upstream that cut the page's ids into pages
-/// of its own would lose matches between the sidecar's pages: that is its error.
-fn place(bundle: &mut Value, total: usize, links: Value) -> Result<(), ProxyError> {
+/// Sets a searchset page's total and links (the page asked for `held` ids). An upstream
+/// that cut the page's ids into pages of its own would lose matches between the sidecar's
+/// pages: that is its error. (A `next` link beside every id asked for is HAPI not yet knowing
+/// its total, and is dropped.)
+fn place(bundle: &mut Value, total: usize, held: usize, links: Value) -> Result<(), ProxyError> {
     if bundle.get("resourceType").and_then(Value::as_str) != Some("Bundle") {
         return Err(ProxyError::UpstreamBody(
             "a search answered with no Bundle".to_owned(),
         ));
     }
-    if resource::next_link(bundle).is_some() {
+    let matched = bundle
+        .get("entry")
+        .and_then(Value::as_array)
+        .map_or(0, |entries| {
+            entries
+                .iter()
+                .filter(|e| e.pointer("/search/mode").and_then(Value::as_str) != Some("include"))
+                .count()
+        });
+    if resource::next_link(bundle).is_some() && matched < held {
         return Err(ProxyError::UpstreamBody(format!(
             "the upstream paged one page's ids itself: its largest page is smaller than fhirseal's ({MAX_PAGE})"
         )));
@@ -117,7 +128,7 @@ mod tests {
             "link": [{"relation": "self", "url": "http://up/fhir/Patient?_id=1,2"}],
             "entry": [{"resource": {"resourceType": "Patient", "id": "1"}}]});
         let middle = paged("family=smith&_count=2&_offset=2", 5);
-        place(&mut bundle, 5, links(&middle, url)).unwrap();
+        place(&mut bundle, 5, 1, links(&middle, url)).unwrap();
         assert_eq!(bundle["total"], 5);
         assert_eq!(
             bundle["link"],
@@ -135,13 +146,18 @@ mod tests {
     #[test]
     fn an_upstream_that_pages_a_page_itself_or_answers_no_bundle_is_refused() {
         let links = json!([]);
-        let mut cut = json!({"resourceType": "Bundle",
+        let entry = json!({"resource": {"resourceType": "Patient", "id": "1"}, "search": {"mode": "match"}});
+        let included = json!({"resource": {"resourceType": "Organization", "id": "o"}, "search": {"mode": "include"}});
+        let mut cut = json!({"resourceType": "Bundle", "entry": [entry, included],
             "link": [{"relation": "next", "url": "http://up/fhir?_getpages=x"}]});
         assert!(matches!(
-            place(&mut cut, 9, links.clone()),
+            place(&mut cut, 9, 2, links.clone()),
             Err(ProxyError::UpstreamBody(_))
         ));
+        // Every id asked for is there: the upstream's next link is its own not knowing.
+        place(&mut cut, 9, 1, links.clone()).unwrap();
+        assert_eq!(cut["link"], links);
         let mut odd = json!({"resourceType": "OperationOutcome"});
-        assert!(place(&mut odd, 9, links).is_err());
+        assert!(place(&mut odd, 9, 0, links).is_err());
     }
 }

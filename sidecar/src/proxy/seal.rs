@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use bytes::Bytes;
 use fhirseal_adapters::scrub::Terms;
 use fhirseal_adapters::search::NO_MATCH;
+use fhirseal_adapters::smart::Reach;
 use fhirseal_adapters::{fhir, patch, Format, Interaction};
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
@@ -167,7 +168,24 @@ fn seal_search(
     resource_type: Option<&str>,
 ) -> Result<Sealed, ProxyError> {
     if let Some(query) = req.uri().query() {
-        ctx.query = page(deps, resource_type, query)?;
+        // The sidecar pages only what the query alone chooses: not a compartment, a form's
+        // criteria, or the patient an access token confines the search to, which narrow the
+        // answer beyond the matches it would count.
+        let alone = matches!(ctx.interaction, Interaction::SearchType { .. })
+            && matches!(*req.method(), Method::GET | Method::HEAD)
+            && !matches!(body, RequestBody::Form(_))
+            && !matches!(
+                ctx.reach,
+                Reach::Patient {
+                    search: Some(_),
+                    ..
+                }
+            );
+        ctx.query = if alone {
+            page(deps, resource_type, query)?
+        } else {
+            rewrite(deps, resource_type, query)?
+        };
     }
     let RequestBody::Form(form) = body else {
         return Ok(Sealed::Forward(req, Box::new(Pending::Nothing)));
