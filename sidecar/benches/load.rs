@@ -9,8 +9,9 @@
 //!
 //! The sidecar runs in this process on a runtime of its own with two worker threads, group
 //! commit (the default durability), an RSA-2048 key made in a temporary data directory, and
-//! one API key of role `FHIRSEAL_BENCH_ROLE` (default `clinician`, who sees identity: the
-//! resource HAPI returns is re-identified; `researcher` skips that). The client runs on another
+//! one API key of role `FHIRSEAL_BENCH_ROLE` (default `clinician`, who sees identity: a
+//! create's answer gets the writer's identity back; a role must write, so `researcher` cannot
+//! stand in). The client runs on another
 //! runtime (one thread), the fast upstream on a third.
 //!
 //! - Part A: the Patients of the Synthea bundles (each copy a new person: its identifier values
