@@ -442,10 +442,10 @@ pub const NO_MATCH: &str = "fhirseal-no-match";
 
 /// Per target (`_id`, `subject`, …) and person type, the ids matching every lookup of that
 /// target. `matches[i]` holds the ids of the person resources matching `lookups[i]`.
-fn by_target<'p>(
-    plan: &'p Plan,
+fn by_target(
+    plan: &Plan,
     matches: impl IntoIterator<Item = BTreeSet<String>>,
-) -> BTreeMap<(&'p str, &'p str), BTreeSet<String>> {
+) -> BTreeMap<(&str, &str), BTreeSet<String>> {
     let mut by_target: BTreeMap<(&str, &str), BTreeSet<String>> = BTreeMap::new();
     for (lookup, ids) in plan.lookups.iter().zip(matches) {
         let key = (lookup.target.as_str(), lookup.resource_type.as_str());

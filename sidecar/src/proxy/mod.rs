@@ -22,7 +22,7 @@
 //! 9. `confine_response` ([`confine`]) — for an access token's bearer, an answer showing what
 //!    its scopes do not let it read is withheld;
 //! 10. `unseal_response` ([`unseal`]) — identity merged back for principals who may see it, each
-//!    resource shown an access event of its own;
+//!     resource shown an access event of its own;
 //! 11. `fail_to_proxy` — any error becomes an `OperationOutcome` (see [`crate::error`]);
 //! 12. `logging` — one structured line per request, under its request id.
 //!
