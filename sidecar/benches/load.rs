@@ -26,7 +26,10 @@
 //!   a new id and version 1 (as HAPI does by default), and `Location: …/<type>/<n>/_history/1`. Sealed Patient creates (every one a new person)
 //!   with `FHIRSEAL_BENCH_B_C` in flight (default 32), `FHIRSEAL_BENCH_B_N` requests (default
 //!   20,000) or 20 s, against the fast upstream directly (the baseline) and through the sidecar;
-//!   then, for reference, Observation creates through the sidecar (nothing in them to seal).
+//!   then, for reference, Observation creates through the sidecar (nothing in them to seal);
+//!   then reads (`GET Patient/<id>`) of the Patients the sidecar sealed in its warm-up, against
+//!   the fast upstream directly (the baseline) and through the sidecar, which re-identifies
+//!   each for the clinician and records its access event.
 //!   Prints writes/s, p50/p99, ratios, and the CPU time each part of this process used (from
 //!   `/proc/self/task`), with the machine's total CPU use over the run, since everything shares
 //!   the same cores.
@@ -64,11 +67,13 @@ const BLOCK: usize = 100;
 const PART_A_LIMIT: Duration = Duration::from_secs(180);
 const PART_B_LIMIT: Duration = Duration::from_secs(20);
 
-/// One create: the resource type (the URL's last segment) and its JSON body.
+/// One request of a run: a create (the resource type, the URL's last segment, and its JSON
+/// body), or with `read`, a read of that resource of the type (`GET type/id`).
 #[derive(Clone)]
 struct Write {
     resource_type: &'static str,
     body: Bytes,
+    read: Option<String>,
 }
 
 /// The latencies of one run, by write index, and its wall time.
@@ -197,6 +202,7 @@ fn patient_writes(patients: &[Value], n: usize) -> Vec<Write> {
         .map(|i| Write {
             resource_type: "Patient",
             body: patient_copy(&patients[i % patients.len()], i / patients.len()),
+            read: None,
         })
         .collect()
 }
@@ -219,11 +225,13 @@ fn part_a_writes(patients: &[Value], observations: &[Value], types: &str, n: usi
                 Write {
                     resource_type: "Patient",
                     body: patient_copy(&patients[k % patients.len()], k / patients.len()),
+                    read: None,
                 }
             } else {
                 Write {
                     resource_type: "Observation",
                     body: obs[k % obs.len()].clone(),
+                    read: None,
                 }
             }
         })
@@ -260,8 +268,18 @@ async fn drive(
                         break;
                     }
                     let write = &writes[i];
-                    let request = Request::post(format!("{base}/{}", write.resource_type))
-                        .header("content-type", "application/fhir+json")
+                    let (request, expected) = match &write.read {
+                        None => (
+                            Request::post(format!("{base}/{}", write.resource_type))
+                                .header("content-type", "application/fhir+json"),
+                            StatusCode::CREATED,
+                        ),
+                        Some(id) => (
+                            Request::get(format!("{base}/{}/{id}", write.resource_type)),
+                            StatusCode::OK,
+                        ),
+                    };
+                    let request = request
                         .header("accept", "application/fhir+json")
                         .header("x-api-key", API_KEY)
                         .body(Full::new(write.body.clone()))
@@ -272,7 +290,7 @@ async fn drive(
                             let status = response.status();
                             let body = response.into_body().collect().await.map(|b| b.to_bytes());
                             match body {
-                                Ok(_) if status == StatusCode::CREATED => Ok(()),
+                                Ok(_) if status == expected => Ok(()),
                                 Ok(body) => Err(format!(
                                     "{status}: {}",
                                     String::from_utf8_lossy(&body[..body.len().min(300)])
@@ -491,6 +509,18 @@ fn part_b(
             .map(|o| Write {
                 resource_type: "Observation",
                 body: Bytes::from(serde_json::to_vec(o).unwrap()),
+                read: None,
+            })
+            .collect::<Vec<_>>(),
+    );
+    // Reads of the Patients the sidecar sealed in its warm-up: the fast upstream numbers its
+    // creates from 1, and the direct warm-up takes the first `warmup`.
+    let reads = Arc::new(
+        (0..n)
+            .map(|i| Write {
+                resource_type: "Patient",
+                body: Bytes::new(),
+                read: Some((warmup + 1 + i % warmup).to_string()),
             })
             .collect::<Vec<_>>(),
     );
@@ -498,7 +528,9 @@ fn part_b(
         "\nPart B: sealed Patient creates (each a new person), {concurrency} in flight, {n} per \
          run or {} s: the fast upstream {upstream} direct, then the sidecar {sidecar} in front \
          of it, after {warmup} warm-up creates each; then, for reference, Observation creates \
-         through the sidecar (no identity in them: parsed, split and forwarded, nothing sealed)",
+         through the sidecar (no identity in them: parsed, split and forwarded, nothing sealed); \
+         then reads of the Patients sealed in the warm-up, direct and re-identified through the \
+         sidecar",
         PART_B_LIMIT.as_secs()
     );
     rt.block_on(async {
@@ -530,6 +562,8 @@ fn part_b(
                 &observations,
                 0..n,
             ),
+            ("Patient reads, direct", upstream.as_str(), &reads, 0..n),
+            ("Patient reads, sidecar", sidecar.as_str(), &reads, 0..n),
         ] {
             let connections_before = connections.load(Ordering::Relaxed);
             let cpu_before = cpu_snapshot();
@@ -547,7 +581,7 @@ fn part_b(
 
         println!(
             "{:<22} {:>6} {:>10} {:>11} {:>11} {:>10}",
-            "creates → fast upstream", "n", "writes/s", "p50", "p99", "new conns"
+            "→ fast upstream", "n", "requests/s", "p50", "p99", "new conns"
         );
         let mut figures = Vec::new();
         for (label, run, _, new_connections) in &results {
@@ -575,6 +609,13 @@ fn part_b(
             fmt(s50.saturating_sub(d50)),
         );
         let (ow, _, _) = figures[2];
+        let (rd, _, _) = figures[3];
+        let (rs, r50, r99) = figures[4];
+        println!(
+            "re-identifying Patient reads, sidecar ÷ direct: reads/s × {:.4} (aim: ≥ 10,000 \
+             reads/s for the sidecar alone on 2 cores)",
+            rs / rd
+        );
         let ms = |d: Duration| d.as_secs_f64() * 1e3;
         let cpu_us = |i: usize| {
             let (_, run, cpu, _) = &results[i];
@@ -600,6 +641,18 @@ fn part_b(
             (
                 "fast_patient_cpu_us_per_write",
                 figures::measure(cpu_us(1), "µs", Some(cpu_us(0))),
+            ),
+            (
+                "fast_patient_reads_per_s",
+                figures::measure(rs, "reads/s", Some(rd)),
+            ),
+            (
+                "fast_patient_read_p50_ms",
+                figures::measure(ms(r50), "ms", Some(ms(figures[3].1))),
+            ),
+            (
+                "fast_patient_read_p99_ms",
+                figures::measure(ms(r99), "ms", Some(ms(figures[3].2))),
             ),
         ] {
             measures.insert(name.to_owned(), value);
