@@ -845,6 +845,16 @@ impl Sealing {
         }
     }
 
+    /// Takes a person resource the upstream deleted out of the blind index: identity
+    /// searches find it no more, as the upstream's searches do not. Its sealed versions stay
+    /// for history reads. Anything else is left alone.
+    pub fn unfile_deleted(&self, resource_type: &str, id: &str) -> Result<(), SealError> {
+        if self.profile.is_person(resource_type) {
+            self.vault.unfile(resource_type, id)?;
+        }
+        Ok(())
+    }
+
     /// Removes what the vault holds of a person (after [`Sealing::destroy_person_key`]), on
     /// disk before it returns; what was removed. Safe to run again.
     pub fn forget_person(&self, fingerprint: &Fingerprint) -> Result<Erased, SealError> {

@@ -342,6 +342,19 @@ impl Vault {
             .collect()
     }
 
+    /// Removes a resource's blind-index entries (it was deleted: searches find it no more,
+    /// and a refile leaves it out). Its sealed records stay. Not yet durable.
+    pub fn unfile(&self, resource_type: &str, id: &str) -> Result<()> {
+        let res_key = resource_key(resource_type, id);
+        let _writing = writing();
+        (&self.blind, &self.blind_of)
+            .transaction(|(blind, blind_of)| {
+                unfile(blind, blind_of, &res_key)?;
+                Ok(())
+            })
+            .map_err(tx_error::<()>)
+    }
+
     /// Replaces a resource's blind-index entries (refiling it in another layout).
     pub fn refile(&self, resource_type: &str, id: &str, index: &[BlindEntry]) -> Result<()> {
         let res_key = resource_key(resource_type, id);
@@ -1003,6 +1016,12 @@ mod tests {
         );
         assert!(vault.record("Patient", "p2", "1").unwrap().is_some());
         assert_eq!(vault.erase(&fp).unwrap(), Erased::default(), "once");
+        // Unfiled (deleted upstream): no search finds it, no refile lists it, its record stays.
+        vault.unfile("Patient", "p2").unwrap();
+        assert!(vault.search(&token_old, None).unwrap().is_empty());
+        assert!(vault.indexed_resources().unwrap().is_empty());
+        assert!(vault.record("Patient", "p2", "1").unwrap().is_some());
+        vault.unfile("Patient", "p2").unwrap();
     }
 
     #[test]

@@ -66,7 +66,7 @@ use std::time::{Duration, Instant};
 
 use crate::auth::Authenticator;
 use bytes::Bytes;
-use fhirseal_adapters::{Format, IssueType, OperationOutcome};
+use fhirseal_adapters::{Format, Interaction, IssueType, OperationOutcome};
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body::Body;
@@ -344,6 +344,11 @@ async fn proxy_routed(
         let response = deps.upstream.send(upstream_req).await?;
         if intended {
             crash::reached(CrashPoint::AfterUpstream);
+        }
+        if let Interaction::Delete { resource_type, id } = &ctx.interaction {
+            if response.status().is_success() {
+                deps.sealing.unfile_deleted(resource_type, id)?;
+            }
         }
         let unseal = ctx.principal.sees_identity && !ctx.head;
         let echo = (unseal && ctx.elements.is_none()).then_some(&ctx.accessor);

@@ -1154,7 +1154,8 @@ async fn identity_searches_matching_many_are_paged_by_the_sidecar_or_go_as_post(
         .collect();
     assert_eq!(on_page, ids.iter().skip(2).take(2).cloned().collect());
     // Later pages keep the matches the first page found; a first page finds them afresh.
-    let late = id_of(&post_json(&format!("{base}/Patient"), &person(&family, &ssn())).await);
+    let late_ssn = ssn();
+    let late = id_of(&post_json(&format!("{base}/Patient"), &person(&family, &late_ssn)).await);
     let page = get(&format!("{first}&_offset=4")).await.json();
     assert_eq!(page["total"], 6);
     let page = get(&first).await.json();
@@ -1172,6 +1173,14 @@ async fn identity_searches_matching_many_are_paged_by_the_sidecar_or_go_as_post(
     let (seen, pages) = walk_pages(&base, &family, narrowed).await;
     assert_eq!(seen.len(), 7);
     assert_eq!(pages.len(), 3);
+    // Deleted: no identity search finds it, paged or not.
+    let deleted = send(Method::DELETE, &format!("{base}/Patient/{late}"), &[], "").await;
+    assert!(deleted.status.is_success(), "{}", deleted.text());
+    let (seen, pages) = walk_pages(&base, &family, first).await;
+    assert!(!seen.contains(&late));
+    assert_eq!(pages[0], (2, json!(6)));
+    let exact = format!("{base}/Patient?identifier=http://hl7.org/fhir/sid/us-ssn|{late_ssn}");
+    assert_eq!(get(&exact).await.json()["total"], 0);
 }
 
 /// A `Consent` whose provision lets `grantee` read `patient`'s records for treatment.
