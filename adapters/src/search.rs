@@ -442,21 +442,17 @@ pub const NO_MATCH: &str = "fhirseal-no-match";
 
 /// Per target (`_id`, `subject`, …) and person type, the ids matching every lookup of that
 /// target. `matches[i]` holds the ids of the person resources matching `lookups[i]`.
-fn by_target(
-    plan: &Plan,
-    matches: impl IntoIterator<Item = BTreeSet<String>>,
-) -> BTreeMap<(&str, &str), BTreeSet<String>> {
+fn by_target<'p>(
+    plan: &'p Plan,
+    matches: &[BTreeSet<String>],
+) -> BTreeMap<(&'p str, &'p str), BTreeSet<String>> {
     let mut by_target: BTreeMap<(&str, &str), BTreeSet<String>> = BTreeMap::new();
     for (lookup, ids) in plan.lookups.iter().zip(matches) {
         let key = (lookup.target.as_str(), lookup.resource_type.as_str());
-        match by_target.entry(key) {
-            std::collections::btree_map::Entry::Occupied(mut acc) => {
-                acc.get_mut().retain(|id| ids.contains(id));
-            }
-            std::collections::btree_map::Entry::Vacant(slot) => {
-                slot.insert(ids);
-            }
-        }
+        by_target
+            .entry(key)
+            .and_modify(|acc| acc.retain(|id| ids.contains(id)))
+            .or_insert_with(|| ids.clone());
     }
     by_target
 }
@@ -465,7 +461,7 @@ fn by_target(
 /// lookups' matches. `matches[i]` holds the ids of the person resources matching `lookups[i]`.
 pub fn render(plan: &Plan, matches: &[BTreeSet<String>]) -> String {
     let mut parts = plan.passthrough.clone();
-    for ((target, resource_type), ids) in by_target(plan, matches.iter().cloned()) {
+    for ((target, resource_type), ids) in by_target(plan, matches) {
         let values: Vec<String> = if ids.is_empty() {
             vec![NO_MATCH.to_owned()]
         } else {
@@ -512,8 +508,6 @@ pub const MAX_PAGE: usize = 500;
 /// work then follows the page, not the number of matches.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Paging {
-    /// The person type searched (the matches are of it).
-    pub resource_type: String,
     /// The first match of this page (`_offset`).
     pub offset: usize,
     /// Matches per page (`_count`, at most [`MAX_PAGE`]).
@@ -554,7 +548,6 @@ impl Plan {
             return None;
         }
         Some(Paging {
-            resource_type: resource_type.to_owned(),
             offset: offset.unwrap_or(0),
             count: count.min(MAX_PAGE),
             shaping,
@@ -562,7 +555,7 @@ impl Plan {
     }
 
     /// The ids matching the whole search, for a search [`Plan::paging`] pages (one target).
-    pub fn matched(&self, matches: Vec<BTreeSet<String>>) -> BTreeSet<String> {
+    pub fn matched(&self, matches: &[BTreeSet<String>]) -> BTreeSet<String> {
         by_target(self, matches)
             .into_values()
             .next()
@@ -815,7 +808,7 @@ mod tests {
         .unwrap()
         .unwrap();
         let set = |ids: &[&str]| ids.iter().map(|s| s.to_string()).collect::<BTreeSet<_>>();
-        let matched = plan.matched(vec![
+        let matched = plan.matched(&[
             set(&["10", "9", "x", "100", "b"]),
             set(&["9", "10", "100", "b"]),
         ]);

@@ -915,7 +915,7 @@ impl Sealing {
             Some(ids) => ids,
             None => {
                 let matches = self.search_matches(&plan)?;
-                let matched = plan.matched(matches.clone());
+                let matched = plan.matched(&matches);
                 if !paging.outgrows(&matched, page_above) {
                     return Ok(Some(SearchRewrite::Query(search::render(&plan, &matches))));
                 }

@@ -136,11 +136,12 @@ pub(super) async fn commit_seal(
             commit_written(deps, vec![written]).await?;
             let shown = echoed.is_some();
             let body = echoed.unwrap_or(bytes);
-            let mut response = Response::from_parts(parts, full(body.clone()));
+            let length = body.len();
+            let mut response = Response::from_parts(parts, full(body));
             if shown {
                 response
                     .headers_mut()
-                    .insert(header::CONTENT_LENGTH, body.len().into());
+                    .insert(header::CONTENT_LENGTH, length.into());
             }
             if patch {
                 response.headers_mut().remove(header::ETAG);
