@@ -17,7 +17,7 @@
 //! destroyed already), `records` and `resources` removed from the vault, the erasure's
 //! `blockHeight`, and `upstream` (`kept`, `deleted`, or why not).
 
-use fhirseal_adapters::{fhir, Format, Interaction};
+use fhirseal_adapters::{fhir, Interaction};
 use fhirseal_consensus::{Erasure, ErasureBatch, Transaction};
 use http::{Method, Request, Response, StatusCode};
 use serde_json::json;
@@ -105,10 +105,9 @@ pub(super) async fn erase(
         {"name": "blockHeight", "valueUnsignedInt": at.height},
         {"name": "upstream", "valueString": upstream},
     ]});
-    let format = Format::negotiate(req.uri().query(), req.headers());
-    let body =
-        fhir::serialize(&parameters, format).map_err(|e| ProxyError::Internal(e.to_string()))?;
-    Ok(fhir_response(StatusCode::OK, body, format))
+    let body = fhir::serialize(&parameters, ctx.format)
+        .map_err(|e| ProxyError::Internal(e.to_string()))?;
+    Ok(fhir_response(StatusCode::OK, body, ctx.format))
 }
 
 /// The diagnostics of an `OperationOutcome` the upstream answered, if it is one.

@@ -43,14 +43,14 @@ fn query_identifier(query: Option<&str>) -> Result<Option<(String, String)>, Pro
 }
 
 /// Answers a `$locate` of `whom` with a `Parameters`: a `holder` per member that anchored
-/// records of the person (`institution`, and `this` for this node's own).
+/// records of the person (`institution`, and `this` for this node's own), in the client's `format`.
 pub(super) async fn locate(
     deps: &Deps,
     req: &Request<ProxyBody>,
     whom: Whom<'_>,
+    format: Format,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     ProxyError::unless_method(req.method(), Method::GET, "$locate")?;
-    let format = Format::negotiate(req.uri().query(), req.headers());
     let identifier = query_identifier(req.uri().query())?;
     let fingerprint = person::fingerprint(deps, LOCATE, whom, identifier).await?;
     let ledger = deps.ledger.clone();

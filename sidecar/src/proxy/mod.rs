@@ -321,7 +321,7 @@ async fn proxy_routed(
             return ledger_api::verify_operation(deps, &req, target, body, audits).await;
         }
         if let Some(whom) = locate::locate_target(&ctx.interaction) {
-            return locate::locate(deps, &req, whom).await;
+            return locate::locate(deps, &req, whom, ctx.format).await;
         }
         if let Some(whom) = shared::shared_target(&ctx.interaction) {
             return shared::shared(deps, &ctx, &req, whom).await;

@@ -22,7 +22,7 @@
 
 use std::time::Duration;
 
-use fhirseal_adapters::{fhir, resource, Format, Interaction};
+use fhirseal_adapters::{fhir, resource, Interaction};
 use fhirseal_consensus::ExchangeKind;
 use fhirseal_storage::SealedRecord;
 use http::{Method, Request, Response, StatusCode};
@@ -283,9 +283,9 @@ pub(super) async fn shared(
         "timestamp": crate::audit::instant(deps.clock.now_ms()),
         "entry": entries,
     });
-    let format = Format::negotiate(req.uri().query(), req.headers());
-    let body = fhir::serialize(&bundle, format).map_err(|e| ProxyError::Internal(e.to_string()))?;
-    Ok(fhir_response(StatusCode::OK, body, format))
+    let body =
+        fhir::serialize(&bundle, ctx.format).map_err(|e| ProxyError::Internal(e.to_string()))?;
+    Ok(fhir_response(StatusCode::OK, body, ctx.format))
 }
 
 #[cfg(test)]
