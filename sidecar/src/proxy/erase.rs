@@ -25,6 +25,7 @@ use serde_json::json;
 use super::consent::{batch_id, finalize};
 use super::ctx::RequestCtx;
 use super::deps::{blocking, Deps};
+use super::person::Whom;
 use crate::body::ProxyBody;
 use crate::config::EraseUpstream;
 use crate::error::ProxyError;
@@ -34,15 +35,11 @@ use crate::verify::fhir_response;
 /// The operation's name.
 pub(super) const ERASE: &str = "erase";
 
-/// The patient an `$erase` names; `None` for every other interaction.
+/// The patient an `$erase` names (only ever by id); `None` for every other interaction.
 pub(super) fn erase_target(interaction: &Interaction) -> Option<&str> {
-    match interaction {
-        Interaction::OperationInstance {
-            resource_type,
-            id,
-            name,
-        } if name == ERASE && resource_type == "Patient" => Some(id),
-        _ => None,
+    match super::person::target(interaction, ERASE)? {
+        Whom::Patient(id) => Some(id),
+        Whom::Identifier => None,
     }
 }
 
