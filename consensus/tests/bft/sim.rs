@@ -78,6 +78,9 @@ pub(crate) struct Config {
     pub(crate) equivocator: Option<usize>,
     /// Proposes blocks that do not follow the chain (validation refuses them).
     pub(crate) bad_proposer: Option<usize>,
+    /// Runs the protocol but withholds every vote it signs (prevotes and precommits are never
+    /// sent; its proposals and bodies are).
+    pub(crate) withholder: Option<usize>,
     pub(crate) crash: Option<CrashAt>,
     /// How long a killed delegate stays down.
     pub(crate) down_for: Millis,
@@ -95,6 +98,7 @@ impl Config {
             silent: Vec::new(),
             equivocator: None,
             bad_proposer: None,
+            withholder: None,
             crash: None,
             down_for: 3_000,
             time_limit: 600_000,
@@ -102,7 +106,7 @@ impl Config {
     }
 
     fn honest(&self, i: usize) -> bool {
-        self.equivocator != Some(i) && !self.silent.contains(&i)
+        self.equivocator != Some(i) && self.withholder != Some(i) && !self.silent.contains(&i)
     }
 }
 
@@ -851,6 +855,9 @@ impl Sim {
             if let Some(body) = self.nodes[i].bodies.get(&p.block).cloned() {
                 self.broadcast(i, &Packet::Body(body, p.round));
             }
+        }
+        if self.cfg.withholder == Some(i) && matches!(message, ConsensusMessage::Vote(_)) {
+            return;
         }
         self.broadcast(i, &Packet::Consensus(message.to_bytes()));
         if self.cfg.equivocator == Some(i) {
