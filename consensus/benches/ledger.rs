@@ -432,8 +432,9 @@ async fn formula_run(n: usize, f: usize, secs: f64) -> FormulaRow {
 // ---- the run ----
 
 /// The single-node anchoring loop of `anchoring.rs` (one block per batch of 4096, no runtime,
-/// no write-ahead log) for `secs`: entries a second.
-fn single_node_loop(secs: f64) -> f64 {
+/// no write-ahead log) for `secs`: entries a second; then the chain opened again, as a restarted
+/// node does.
+fn single_node_loop(secs: f64) -> (f64, Reopen) {
     let mut fixture = Fixture::new();
     fixture.anchor_round(MAX_BATCH, 1);
     let (mut time, mut entries) = (Duration::ZERO, 0_usize);
@@ -442,7 +443,32 @@ fn single_node_loop(secs: f64) -> f64 {
         time += fixture.anchor_round(MAX_BATCH, 1).0;
         entries += MAX_BATCH;
     }
-    entries as f64 / time.as_secs_f64()
+    let (took, grown) = fixture.reopen();
+    let reopen = Reopen {
+        entries: fixture.anchored(),
+        took,
+        grown,
+    };
+    (entries as f64 / time.as_secs_f64(), reopen)
+}
+
+/// Opening a chain again: its blocks' entries filed in memory.
+#[derive(Debug)]
+struct Reopen {
+    entries: u64,
+    took: Duration,
+    /// Resident memory grown meanwhile (bytes).
+    grown: Option<u64>,
+}
+
+impl Reopen {
+    fn seconds_per_million(&self) -> f64 {
+        self.took.as_secs_f64() * 1e6 / self.entries as f64
+    }
+
+    fn bytes_per_entry(&self) -> Option<f64> {
+        self.grown.map(|g| g as f64 / self.entries as f64)
+    }
 }
 
 /// The machine's load average over the last minute (other builds share it).
@@ -468,8 +494,16 @@ fn main() {
          in-process network, sled and write-ahead log on disk; load average {:.1}",
         load_average().unwrap_or(f64::NAN)
     );
-    let single = single_node_loop(secs.min(4.0));
+    let (single, reopen) = single_node_loop(secs.min(4.0));
     println!("single-node anchoring loop (anchoring.rs, 4096 a block): {single:.0} entries/s");
+    println!(
+        "opening that chain again: {} entries filed in memory in {:.0} ms ({:.2} s a million), \
+         resident memory {:.0} bytes an entry",
+        reopen.entries,
+        ms(reopen.took),
+        reopen.seconds_per_million(),
+        reopen.bytes_per_entry().unwrap_or(f64::NAN)
+    );
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -501,6 +535,13 @@ fn main() {
         json!({"name": "single-node-loop-entries-per-s", "value": single,
         "unit": "entries/s", "what": "anchoring.rs's loop: one delegate, no runtime, no write-ahead log"}),
     ];
+    figures.push(
+        json!({"name": "reopen-filing", "unit": "s per million entries",
+        "value": reopen.seconds_per_million(), "entries": reopen.entries,
+        "ms": ms(reopen.took), "resident_bytes_per_entry": reopen.bytes_per_entry(),
+        "what": "Chain::open of the single-node loop's chain: every stored block's entries filed \
+        in memory again"}),
+    );
     figures.extend(report_loads(single, &loads));
     figures.extend(report_formula(&rows));
     figures.push(

@@ -15,7 +15,16 @@ use crate::keys::{DelegateSet, Rosters};
 use crate::merkle;
 use crate::proof::AnchorProof;
 use crate::tx::{anchor_key, resource_anchor_prefix, Timestamp, Transaction, TxId};
-use crate::validate::validate_finalized_block;
+use crate::validate::{check_certificate, validate_finalized_block, validate_header};
+
+/// What [`Chain::append`] checks of a block before storing it.
+#[derive(Debug, Clone, Copy)]
+enum Checks {
+    /// Everything: [`validate_finalized_block`].
+    Whole,
+    /// The header and the certificate: the caller validated the transactions.
+    Header,
+}
 
 /// The format of the blocks a chain database holds, recorded in it ([`ChainStore::open_dir`]):
 /// 2 since blocks carry BFT commit certificates and name the epoch of their successor (format
@@ -369,26 +378,49 @@ fn check_evidence<R: Rosters>(
 }
 
 impl Chain {
-    /// Opens the chain with id `chain` kept in `store`, reading its tip. Use
-    /// [`Chain::verify_chain`] to check what is stored.
+    /// Opens the chain with id `chain` kept in `store`, reading its tip, and files the entries
+    /// of its stored blocks in the store's in-memory indexes (see [`ChainStore::file`]). Filing
+    /// stops at a gap or at a block that does not decode or file: such a chain opens, for
+    /// [`Chain::verify_chain`] to locate the damage, but takes no further block.
     pub fn open(store: ChainStore, chain: Hash256) -> Result<Self> {
         let tip = match store.last_block()? {
             Some((height, bytes)) => Some(decode_block(height, &bytes)?.block.header),
             None => None,
         };
-        if !store.latest_indexed()? {
-            // A database made before `chain.latest`: its blocks filed once, in height order.
-            for item in store.blocks_from(0) {
-                let (height, bytes) = item?;
-                let block = decode_block(height, &bytes)?;
-                store.index_latest(height, &latest_writes(&block.block))?;
+        for item in store.blocks_from(store.filed()) {
+            let Ok((height, bytes)) = item else {
+                break;
+            };
+            let Ok(block) = decode_block(height, &bytes) else {
+                break;
+            };
+            let filed = store.file(
+                height,
+                &anchor_writes(&block.block),
+                &latest_writes(&block.block),
+            );
+            match filed {
+                Ok(()) => {}
+                Err(
+                    ChainStoreError::NotFiled { .. }
+                    | ChainStoreError::NotNext { .. }
+                    | ChainStoreError::DuplicateAnchor { .. },
+                ) => break,
+                Err(e) => return Err(e.into()),
             }
-            store.set_latest_indexed()?;
         }
         Ok(Self {
             reader: ChainReader::new(store, chain),
             tip,
         })
+    }
+
+    /// The height of the first stored block whose entries could not be filed when the chain
+    /// opened (a gap before it, a block that does not decode, an anchor anchored twice), if
+    /// any: the chain takes no further block, and [`Chain::verify_chain`] says what is wrong.
+    pub fn unfiled(&self) -> Option<u64> {
+        let filed = self.reader.store.filed();
+        (filed < self.next_height()).then_some(filed)
     }
 
     /// The chain's id.
@@ -408,7 +440,7 @@ impl Chain {
 
     /// Validates `block` against the tip and the roster of its epoch (see
     /// [`validate_finalized_block`]: its commit certificate among them) and its evidence (see
-    /// [`ChainReader::check_evidence`]), then stores it with its indexes in one transaction and
+    /// [`ChainReader::check_evidence`]), then stores it with its indexes (see [`ChainStore`]) and
     /// flushes before returning. Refused, with nothing written: an invalid block, a transaction
     /// already in the chain (submission is idempotent on it: see [`Chain::locate_transaction`]),
     /// a resource version already anchored.
@@ -417,11 +449,41 @@ impl Chain {
         block: &FinalizedBlock,
         rosters: &R,
     ) -> Result<BlockReceipt> {
+        self.store(block, rosters, Checks::Whole).await
+    }
+
+    /// [`Chain::append`] of a block this node has validated whole against the tip, with
+    /// [`crate::validate_block`] and the same rosters: the ledger's driver has every block it
+    /// asks to store (it judged the body, or checked the finalized block it was sent). Its
+    /// header, link, certificate and evidence are checked again, and the store refuses what is
+    /// already in the chain; its transactions are not validated again (each batch's Merkle root
+    /// and signature: most of the work for a block of thousands of entries).
+    pub async fn append_validated<R: Rosters + Sync>(
+        &mut self,
+        block: &FinalizedBlock,
+        rosters: &R,
+    ) -> Result<BlockReceipt> {
+        self.store(block, rosters, Checks::Header).await
+    }
+
+    async fn store<R: Rosters + Sync>(
+        &mut self,
+        block: &FinalizedBlock,
+        rosters: &R,
+        checks: Checks,
+    ) -> Result<BlockReceipt> {
         let header = block.header();
         let roster = rosters
             .roster_at(header.height, header.epoch)
             .ok_or(Error::UnknownEpoch(header.epoch))?;
-        let hash = validate_finalized_block(self.chain_id(), self.tip.as_ref(), block, &roster)?;
+        let previous = self.tip.as_ref();
+        let hash = match checks {
+            Checks::Whole => validate_finalized_block(self.chain_id(), previous, block, &roster)?,
+            Checks::Header => {
+                validate_header(previous, &block.block, &roster)?;
+                check_certificate(self.chain_id(), &block.certificate, header, &roster)?
+            }
+        };
         self.reader
             .check_evidence(header.height, &block.block.transactions, rosters)?;
 
@@ -599,7 +661,36 @@ fn verify_stored<R: Rosters>(
             return Err(Error::IndexMismatch("transaction"));
         }
     }
-    for anchor in anchor_writes(&block.block) {
+    let anchors = anchor_writes(&block.block);
+    if height >= store.filed() {
+        // Not filed: a store opened without filing its blocks (one `Chain::open` refused), or
+        // filing stopped at this block when the chain opened. Filed now that it verifies, and
+        // broken if one of its anchors is anchored in an earlier block.
+        match store.file(height, &anchors, &latest_writes(&block.block)) {
+            Ok(()) => {}
+            Err(ChainStoreError::DuplicateAnchor {
+                transaction,
+                entry,
+                existing,
+            }) => {
+                let resource = match block.block.transactions.get(transaction as usize) {
+                    Some(Transaction::Anchor(batch)) => batch.entries.get(entry as usize),
+                    _ => None,
+                }
+                .map(|e| e.resource())
+                .unwrap_or_default();
+                return Err(Error::AlreadyAnchored {
+                    resource,
+                    location: Some(existing),
+                });
+            }
+            // An earlier block is not filed here (verification began after it).
+            Err(ChainStoreError::NotFiled { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let filed = height < store.filed();
+    for anchor in anchors.into_iter().filter(|_| filed) {
         let expected = EntryLocation {
             height,
             transaction: anchor.transaction,

@@ -80,5 +80,6 @@ pub use tx::{
     BatchId, ElectionBatch, ElectionItem, EvidenceBatch, Timestamp, Transaction, TxId, TxKind,
 };
 pub use validate::{
-    check_certificate, validate_block, validate_finalized_block, validate_transaction,
+    check_certificate, validate_block, validate_block_with, validate_finalized_block,
+    validate_header, validate_transaction,
 };

@@ -72,6 +72,11 @@ impl Mempool {
         self.tx_keys.contains(tx_key)
     }
 
+    /// Whether `tx` itself waits: one with its key and the same content.
+    pub fn holds(&self, tx: &Transaction) -> bool {
+        self.contains(&tx.key()) && self.queue.iter().any(|waiting| waiting == tx)
+    }
+
     /// Whether a waiting transaction anchors this key.
     pub fn contains_anchor(&self, anchor_key: &[u8]) -> bool {
         self.anchor_keys.contains(anchor_key)
@@ -239,6 +244,19 @@ mod tests {
         assert_eq!(ids(&taken), [1, 2]);
         assert!(pool.is_empty());
         assert!(!pool.contains(&batch(1, 2).key()));
+    }
+
+    #[test]
+    fn the_pool_holds_a_transaction_only_with_its_content() {
+        let mut pool = Mempool::new();
+        pool.push(batch(1, 2));
+        assert!(pool.holds(&batch(1, 2)));
+        // Same batch id and signer (same key), other entries: not what was verified.
+        assert!(pool.contains(&batch(1, 3).key()));
+        assert!(!pool.holds(&batch(1, 3)));
+        assert!(!pool.holds(&batch(2, 2)));
+        pool.take(BlockLimits::default());
+        assert!(!pool.holds(&batch(1, 2)));
     }
 
     #[test]

@@ -17,22 +17,77 @@ use crate::tx::Transaction;
 /// (strictly). A ballot names no institution: its ring signature is checked by the election,
 /// against the voters of its epoch.
 pub fn validate_transaction(tx: &Transaction, roster: &Roster) -> Result<()> {
-    if let Some(header) = tx.header() {
-        roster.check_signer(&header.institution, &header.signer)?;
-    }
+    check_signer(tx, roster)?;
     tx.verify()
 }
 
+/// The part of [`validate_transaction`] that depends on `roster`: the signer is one of the
+/// institution's keys.
+fn check_signer(tx: &Transaction, roster: &Roster) -> Result<()> {
+    match tx.header() {
+        Some(header) => roster.check_signer(&header.institution, &header.signer),
+        None => Ok(()),
+    }
+}
+
 /// Checks a proposed block against its predecessor (`None` for genesis) and `roster` (its epoch's
-/// delegates, the institutions' keys): height, link to the previous hash, epochs (the block's is
-/// its predecessor's `next_epoch`, 0 for genesis; its own `next_epoch` is not earlier), time
-/// order, producer among the delegates, transaction count and Merkle root, every transaction
+/// delegates, the institutions' keys): its header (see [`validate_header`]), every transaction
 /// (see [`validate_transaction`]), and no transaction or resource version twice in the block.
 /// Returns the block hash.
 ///
 /// Whether a transaction or a resource version is already in the chain is the chain's state, not
 /// the block's: [`crate::Chain::append`] checks that.
 pub fn validate_block(
+    previous: Option<&BlockHeader>,
+    block: &Block,
+    roster: &Roster,
+) -> Result<Hash256> {
+    validate_block_with(previous, block, roster, |_| false)
+}
+
+/// [`validate_block`], taking the transactions `verified` names as verifying on their own (the
+/// caller checked each one's root and signature with [`Transaction::verify`]: a delegate's pool
+/// holds what it took that way): a batch of thousands of entries costs a Merkle root over them
+/// and a signature to check again, and a delegate judging a proposal holds most of its batches
+/// already. Their signers are still checked against `roster`, and every transaction's place in
+/// the block.
+pub fn validate_block_with(
+    previous: Option<&BlockHeader>,
+    block: &Block,
+    roster: &Roster,
+    verified: impl Fn(&Transaction) -> bool,
+) -> Result<Hash256> {
+    let hash = validate_header(previous, block, roster)?;
+    let mut tx_keys = HashSet::with_capacity(block.transactions.len());
+    let mut anchor_keys = HashSet::new();
+    for tx in &block.transactions {
+        if verified(tx) {
+            check_signer(tx, roster)?;
+        } else {
+            validate_transaction(tx, roster)?;
+        }
+        if !tx_keys.insert(tx.key()) {
+            return Err(Error::InvalidBlock("a transaction appears twice"));
+        }
+        if let Transaction::Anchor(batch) = tx {
+            for entry in &batch.entries {
+                if !anchor_keys.insert(entry.key()) {
+                    return Err(Error::AlreadyAnchored {
+                        resource: entry.resource(),
+                        location: None,
+                    });
+                }
+            }
+        }
+    }
+    Ok(hash)
+}
+
+/// The part of [`validate_block`] that does not look into the transactions: height, link to the
+/// previous hash, epochs (the block's is its predecessor's `next_epoch`, 0 for genesis; its own
+/// `next_epoch` is not earlier), time order, producer among the delegates, transaction count and
+/// Merkle root. Returns the block hash.
+pub fn validate_header(
     previous: Option<&BlockHeader>,
     block: &Block,
     roster: &Roster,
@@ -91,24 +146,6 @@ pub fn validate_block(
     }
     if merkle::root(&transaction_leaves(&block.transactions)) != header.tx_root {
         return Err(Error::RootMismatch("block transaction"));
-    }
-    let mut tx_keys = HashSet::with_capacity(block.transactions.len());
-    let mut anchor_keys = HashSet::new();
-    for tx in &block.transactions {
-        validate_transaction(tx, roster)?;
-        if !tx_keys.insert(tx.key()) {
-            return Err(Error::InvalidBlock("a transaction appears twice"));
-        }
-        if let Transaction::Anchor(batch) = tx {
-            for entry in &batch.entries {
-                if !anchor_keys.insert(entry.key()) {
-                    return Err(Error::AlreadyAnchored {
-                        resource: entry.resource(),
-                        location: None,
-                    });
-                }
-            }
-        }
     }
     Ok(header.hash())
 }

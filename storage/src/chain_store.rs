@@ -9,15 +9,27 @@
 //! | `chain.blocks` | height, u64 big-endian | the encoded block, as given |
 //! | `chain.block_hashes` | the block's 32-byte hash | height, u64 big-endian |
 //! | `chain.transactions` | the transaction's key, as given | [`TxLocation`] (12 bytes) |
-//! | `chain.anchors` | the anchor's key, as given | [`EntryLocation`] (16 bytes) |
-//! | `chain.latest` | an index key, as given | [`EntryLocation`] (16 bytes) of the latest item filed under it |
 //!
 //! Heights are big-endian so that sled's byte order is height order: the last key is the tip and
-//! a range scan walks the chain from genesis. A block and all its index entries are written in
+//! a range scan walks the chain from genesis. A block and its transaction index are written in
 //! one sled transaction (so a crash leaves either all of them or none), the transaction refuses a
 //! height that is not the next one and a key that is already recorded (which is what makes
 //! anchoring idempotent), and [`ChainStore::append`] returns only after `flush_async`, because
 //! sled writes reach the disk only on a flush.
+//!
+//! The indexes of the blocks' entries (each anchored entry by its key; the latest item filed
+//! under a `chain.latest` key) are held in memory, not in sled: a block carries thousands of
+//! entries, and sled 0.34 takes about 12 µs for each key it inserts (measured on 8,192-entry
+//! blocks), so indexing them on disk bounded each member to about 40,000 entries a second of
+//! CPU, shared on one machine by every member it hosts. They are derived from the blocks alone,
+//! so nothing is lost with them: whoever opens the store files the stored blocks in height order
+//! ([`ChainStore::file`], as `consensus`'s `Chain::open` does) and [`ChainStore::append`] files
+//! each new one. Memory grows with the chain: about 270 bytes an anchored entry with its
+//! `chain.latest` entry (resident growth while a chain of 670,000 entries was filed, in the
+//! ledger bench), and opening files about a million entries in 1.8 s.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, PoisonError, RwLock};
 
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::Tree;
@@ -28,12 +40,10 @@ pub const BLOCKS_TREE: &str = "chain.blocks";
 pub const BLOCK_HASHES_TREE: &str = "chain.block_hashes";
 /// Name of the tree mapping a transaction key to its [`TxLocation`].
 pub const TRANSACTIONS_TREE: &str = "chain.transactions";
-/// Name of the tree mapping an anchor key to its [`EntryLocation`].
-pub const ANCHORS_TREE: &str = "chain.anchors";
-/// Name of the tree mapping an index key to the [`EntryLocation`] of the latest item filed
-/// under it (a consent's latest grant or revocation, a person's latest anchor at a member):
-/// unlike the other indexes, a later block's entry replaces an earlier one.
-pub const LATEST_TREE: &str = "chain.latest";
+/// Trees of earlier builds, which indexed the blocks' entries on disk: dropped at open.
+const FORMER_TREES: [&str; 2] = ["chain.anchors", "chain.latest"];
+/// The meta key by which an earlier build recorded that `chain.latest` was indexed.
+const FORMER_LATEST_INDEXED: &str = "latest-indexed";
 
 /// What can go wrong in the chain stores.
 #[derive(Debug, thiserror::Error)]
@@ -82,6 +92,16 @@ pub enum ChainStoreError {
         entry: u32,
         /// Where the key is already recorded.
         existing: EntryLocation,
+    },
+    /// A block was offered for filing or appending out of height order: the entries of the
+    /// blocks below `filed` are filed, and only the block at that height can be next (a store
+    /// opened without filing its stored blocks, or a chain with a gap or a damaged block).
+    #[error("the block at height {height} cannot be filed: blocks are filed up to height {filed}")]
+    NotFiled {
+        /// The block's height.
+        height: u64,
+        /// The height of the next block to file.
+        filed: u64,
     },
     /// The database cannot be opened: sled found it damaged, or the system refused.
     #[error(transparent)]
@@ -185,38 +205,6 @@ pub struct EntryLocation {
     pub entry: u32,
 }
 
-impl EntryLocation {
-    const LEN: usize = 16;
-
-    fn to_bytes(self) -> [u8; Self::LEN] {
-        let mut out = [0; Self::LEN];
-        out[..8].copy_from_slice(&self.height.to_be_bytes());
-        out[8..12].copy_from_slice(&self.transaction.to_be_bytes());
-        out[12..].copy_from_slice(&self.entry.to_be_bytes());
-        out
-    }
-
-    fn from_bytes(bytes: &[u8]) -> Result<Self> {
-        if bytes.len() != Self::LEN {
-            return Err(ChainStoreError::Corrupt {
-                tree: ANCHORS_TREE,
-                what: "location is not 16 bytes",
-            });
-        }
-        let mut height = [0; 8];
-        let mut transaction = [0; 4];
-        let mut entry = [0; 4];
-        height.copy_from_slice(&bytes[..8]);
-        transaction.copy_from_slice(&bytes[8..12]);
-        entry.copy_from_slice(&bytes[12..]);
-        Ok(Self {
-            height: u64::from_be_bytes(height),
-            transaction: u32::from_be_bytes(transaction),
-            entry: u32::from_be_bytes(entry),
-        })
-    }
-}
-
 impl std::fmt::Display for EntryLocation {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
@@ -242,8 +230,8 @@ pub fn composite_key(parts: &[&[u8]]) -> Vec<u8> {
     key
 }
 
-/// One item of a block to index with it: an anchored entry in `chain.anchors`, or an entry of
-/// `chain.latest` (which replaces what an earlier block filed under its key).
+/// One item of a block to index with it: an anchored entry, or an entry of `chain.latest`
+/// (which replaces what an earlier block filed under its key).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IndexWrite {
     /// The index key, built by the caller (see [`composite_key`]).
@@ -283,22 +271,87 @@ pub struct BlockWrite<'a> {
     pub latest: &'a [IndexWrite],
 }
 
-/// The ledger's sled trees, typed.
+/// The ledger's sled trees, typed, and the entry indexes filed from them. Clones share both.
 #[derive(Debug, Clone)]
 pub struct ChainStore {
     db: sled::Db,
     blocks: Tree,
     block_hashes: Tree,
     transactions: Tree,
-    anchors: Tree,
-    latest: Tree,
+    entries: Arc<RwLock<EntryIndexes>>,
+}
+
+/// The blocks' entries, by key: see the module's documentation.
+#[derive(Debug, Default)]
+struct EntryIndexes {
+    /// Each anchored entry, under its key.
+    anchors: BTreeMap<Box<[u8]>, EntryLocation>,
+    /// The latest item filed under each key.
+    latest: BTreeMap<Box<[u8]>, EntryLocation>,
+    /// The blocks below this height are filed.
+    filed: u64,
+}
+
+impl EntryIndexes {
+    /// Whether the block at `height` with these `anchors` may be filed next: refused when
+    /// another height is next, or when an anchor is filed already or repeated among them.
+    fn admits(&self, height: u64, anchors: &[IndexWrite]) -> Result<()> {
+        if height != self.filed {
+            return Err(ChainStoreError::NotFiled {
+                height,
+                filed: self.filed,
+            });
+        }
+        let mut seen: HashMap<&[u8], &IndexWrite> = HashMap::with_capacity(anchors.len());
+        for anchor in anchors {
+            let existing = match self.anchors.get(anchor.key.as_slice()) {
+                Some(existing) => Some(*existing),
+                None => seen
+                    .insert(&anchor.key, anchor)
+                    .map(|first| first.location(height)),
+            };
+            if let Some(existing) = existing {
+                return Err(ChainStoreError::DuplicateAnchor {
+                    transaction: anchor.transaction,
+                    entry: anchor.entry,
+                    existing,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Files the entries of the block at `height`, the next one.
+    fn file(&mut self, height: u64, anchors: &[IndexWrite], latest: &[IndexWrite]) {
+        for anchor in anchors {
+            self.anchors
+                .insert(anchor.key.as_slice().into(), anchor.location(height));
+        }
+        for entry in latest {
+            self.latest
+                .insert(entry.key.as_slice().into(), entry.location(height));
+        }
+        self.filed = height + 1;
+    }
+}
+
+/// Every key of `index` starting with `prefix`, with its location, in key order.
+fn under(
+    index: &BTreeMap<Box<[u8]>, EntryLocation>,
+    prefix: &[u8],
+) -> Vec<(Vec<u8>, EntryLocation)> {
+    index
+        .range::<[u8], _>((
+            std::ops::Bound::Included(prefix),
+            std::ops::Bound::Unbounded,
+        ))
+        .take_while(|(key, _)| key.starts_with(prefix))
+        .map(|(key, location)| (key.to_vec(), *location))
+        .collect()
 }
 
 /// Name of the tree holding the database's owner.
 pub const META_TREE: &str = "chain.meta";
-
-/// The meta key recording that `chain.latest` indexes every stored block.
-const LATEST_INDEXED: &str = "latest-indexed";
 
 impl ChainStore {
     /// Opens (or creates) a database of its own in the directory `path` for the chain of
@@ -346,19 +399,57 @@ impl ChainStore {
                 db.flush()?;
             }
         }
+        // An earlier build's on-disk entry indexes: derived from the blocks, so dropping them
+        // loses nothing, and an index left to go stale would only mislead. Only in a database
+        // this opener may read, and only once it is known to be.
+        for tree in FORMER_TREES {
+            db.drop_tree(tree)?;
+        }
+        if meta.remove(FORMER_LATEST_INDEXED)?.is_some() {
+            db.flush()?;
+        }
         Ok(store)
     }
 
-    /// Opens (or creates) the chain trees in `db`, which may hold other trees too.
+    /// Opens (or creates) the chain trees in `db`, which may hold other trees too. No block is
+    /// filed yet: file the stored ones with [`ChainStore::file`] before appending.
     pub fn open(db: &sled::Db) -> Result<Self> {
         Ok(Self {
             db: db.clone(),
             blocks: db.open_tree(BLOCKS_TREE)?,
             block_hashes: db.open_tree(BLOCK_HASHES_TREE)?,
             transactions: db.open_tree(TRANSACTIONS_TREE)?,
-            anchors: db.open_tree(ANCHORS_TREE)?,
-            latest: db.open_tree(LATEST_TREE)?,
+            entries: Arc::default(),
         })
+    }
+
+    /// The height of the next block to file: those below are.
+    pub fn filed(&self) -> u64 {
+        self.read_entries().filed
+    }
+
+    /// Files the entries of the stored block at `height`, the next one to file (see
+    /// [`ChainStore::filed`]): its anchored entries, refused if one is filed already or
+    /// repeated, and its `latest` entries, each replacing what an earlier block filed under its
+    /// key. Refused with nothing filed: a block out of order, or one that is not stored.
+    pub fn file(&self, height: u64, anchors: &[IndexWrite], latest: &[IndexWrite]) -> Result<()> {
+        let mut entries = self.write_entries();
+        if height == entries.filed && !self.blocks.contains_key(height.to_be_bytes())? {
+            return Err(ChainStoreError::NotNext { height });
+        }
+        entries.admits(height, anchors)?;
+        entries.file(height, anchors, latest);
+        Ok(())
+    }
+
+    // A panic while the lock was held left the indexes whole: each change is made whole under
+    // the lock before anything can fail.
+    fn read_entries(&self) -> std::sync::RwLockReadGuard<'_, EntryIndexes> {
+        self.entries.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write_entries(&self) -> std::sync::RwLockWriteGuard<'_, EntryIndexes> {
+        self.entries.write().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The highest stored block, with its height.
@@ -409,78 +500,35 @@ impl ChainStore {
             .transpose()
     }
 
-    /// Where the anchor with this key was recorded.
+    /// Where the anchor with this key was recorded, among the filed blocks.
     pub fn anchor(&self, key: &[u8]) -> Result<Option<EntryLocation>> {
-        self.anchors
-            .get(key)?
-            .map(|v| EntryLocation::from_bytes(&v))
-            .transpose()
+        Ok(self.read_entries().anchors.get(key).copied())
     }
 
     /// Every anchor whose key starts with `prefix`, in key order. Keys are
     /// [`composite_key`]s, so the key of a resource's leading parts (institution, type, id)
     /// is the prefix of its versions' keys and of no other resource's.
     pub fn anchors_under(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, EntryLocation)>> {
-        self.anchors
-            .scan_prefix(prefix)
-            .map(|item| {
-                let (key, value) = item?;
-                Ok((key.to_vec(), EntryLocation::from_bytes(&value)?))
-            })
-            .collect()
+        Ok(under(&self.read_entries().anchors, prefix))
     }
 
     /// Where the latest item filed under this `chain.latest` key is.
     pub fn latest(&self, key: &[u8]) -> Result<Option<EntryLocation>> {
-        self.latest
-            .get(key)?
-            .map(|v| EntryLocation::from_bytes(&v))
-            .transpose()
+        Ok(self.read_entries().latest.get(key).copied())
     }
 
     /// Every `chain.latest` key starting with `prefix`, with where its latest item is, in key
     /// order.
     pub fn latest_under(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, EntryLocation)>> {
-        self.latest
-            .scan_prefix(prefix)
-            .map(|item| {
-                let (key, value) = item?;
-                Ok((key.to_vec(), EntryLocation::from_bytes(&value)?))
-            })
-            .collect()
+        Ok(under(&self.read_entries().latest, prefix))
     }
 
-    /// Whether it is recorded that `chain.latest` indexes every stored block: not for a
-    /// database made by a build before the index, nor for a new one (see
-    /// [`ChainStore::index_latest`]).
-    pub fn latest_indexed(&self) -> Result<bool> {
-        let meta = self.db.open_tree(META_TREE)?;
-        Ok(meta.get(LATEST_INDEXED)?.is_some())
-    }
-
-    /// Files the `chain.latest` entries of the stored block at `height` (replacing what earlier
-    /// blocks filed), for a database made before the index: call for every block in height
-    /// order, then [`ChainStore::set_latest_indexed`].
-    pub fn index_latest(&self, height: u64, writes: &[IndexWrite]) -> Result<()> {
-        for entry in writes {
-            self.latest
-                .insert(entry.key.as_slice(), &entry.location(height).to_bytes())?;
-        }
-        Ok(())
-    }
-
-    /// Records that `chain.latest` indexes every stored block, durably.
-    pub fn set_latest_indexed(&self) -> Result<()> {
-        let meta = self.db.open_tree(META_TREE)?;
-        meta.insert(LATEST_INDEXED, &[1])?;
-        self.db.flush().map_err(ChainStoreError::NotFlushed)?;
-        Ok(())
-    }
-
-    /// Writes a block and its indexes in one transaction, then flushes, and only then returns.
+    /// Writes a block and its transaction index in one transaction and files its entries, then
+    /// flushes, and only then returns.
     ///
-    /// Refused, with nothing written: a height already stored or whose predecessor is missing, a
-    /// hash already stored, a transaction or anchor key already recorded or repeated in `write`.
+    /// Refused, with nothing written: a height already stored or whose predecessor is missing,
+    /// one that is not the next to file, a hash already stored, a transaction or anchor key
+    /// already recorded or repeated in `write`.
     pub async fn append(&self, write: &BlockWrite<'_>) -> Result<()> {
         self.write(write)?;
         // sled keeps writes in memory until a flush; the caller reports success after this
@@ -502,71 +550,55 @@ impl ChainStore {
     fn write(&self, write: &BlockWrite<'_>) -> Result<()> {
         let height_key = write.height.to_be_bytes();
         let _writing = crate::pause::writing();
-        let trees = (
-            &self.blocks,
-            &self.block_hashes,
-            &self.transactions,
-            &self.anchors,
-            &self.latest,
-        );
+        // Held through the sled transaction, so that readers never see a filed entry whose
+        // block is not stored, and no other append can file between the check and the filing.
+        let mut entries = self.write_entries();
+        let filed = &*entries;
+        let trees = (&self.blocks, &self.block_hashes, &self.transactions);
         // sled may run this closure more than once on conflict: it only reads and writes the
         // transaction's own view, nothing else.
-        let outcome = sled::Transactional::transaction(
-            &trees,
-            |(blocks, hashes, transactions, anchors, latest)| {
-                if blocks.get(height_key)?.is_some() {
-                    return abort(ChainStoreError::HeightTaken {
+        let outcome = sled::Transactional::transaction(&trees, |(blocks, hashes, transactions)| {
+            if blocks.get(height_key)?.is_some() {
+                return abort(ChainStoreError::HeightTaken {
+                    height: write.height,
+                });
+            }
+            if let Some(previous) = write.height.checked_sub(1) {
+                if blocks.get(previous.to_be_bytes())?.is_none() {
+                    return abort(ChainStoreError::NotNext {
                         height: write.height,
                     });
                 }
-                if let Some(previous) = write.height.checked_sub(1) {
-                    if blocks.get(previous.to_be_bytes())?.is_none() {
-                        return abort(ChainStoreError::NotNext {
-                            height: write.height,
-                        });
-                    }
+            }
+            if let Some(existing) = hashes.get(write.hash)? {
+                let existing = <[u8; 8]>::try_from(existing.as_ref())
+                    .map(u64::from_be_bytes)
+                    .unwrap_or(u64::MAX);
+                return abort(ChainStoreError::DuplicateHash { existing });
+            }
+            blocks.insert(&height_key, write.bytes)?;
+            hashes.insert(&write.hash, &height_key)?;
+            for (position, key) in write.transactions.iter().enumerate() {
+                let position = u32::try_from(position).unwrap_or(u32::MAX);
+                if let Some(existing) = transactions.get(key)? {
+                    let existing = tx_location_in(&existing)?;
+                    return abort(ChainStoreError::DuplicateTransaction { position, existing });
                 }
-                if let Some(existing) = hashes.get(write.hash)? {
-                    let existing = <[u8; 8]>::try_from(existing.as_ref())
-                        .map(u64::from_be_bytes)
-                        .unwrap_or(u64::MAX);
-                    return abort(ChainStoreError::DuplicateHash { existing });
-                }
-                blocks.insert(&height_key, write.bytes)?;
-                hashes.insert(&write.hash, &height_key)?;
-                for (position, key) in write.transactions.iter().enumerate() {
-                    let position = u32::try_from(position).unwrap_or(u32::MAX);
-                    if let Some(existing) = transactions.get(key)? {
-                        let existing = tx_location_in(&existing)?;
-                        return abort(ChainStoreError::DuplicateTransaction { position, existing });
-                    }
-                    let location = TxLocation {
-                        height: write.height,
-                        position,
-                    };
-                    transactions.insert(key.as_slice(), &location.to_bytes())?;
-                }
-                for anchor in write.anchors {
-                    if let Some(existing) = anchors.get(&anchor.key)? {
-                        let existing = entry_location_in(&existing)?;
-                        return abort(ChainStoreError::DuplicateAnchor {
-                            transaction: anchor.transaction,
-                            entry: anchor.entry,
-                            existing,
-                        });
-                    }
-                    let location = anchor.location(write.height);
-                    anchors.insert(anchor.key.as_slice(), &location.to_bytes())?;
-                }
-                for entry in write.latest {
-                    let location = entry.location(write.height);
-                    latest.insert(entry.key.as_slice(), &location.to_bytes())?;
-                }
-                Ok(())
-            },
-        );
+                let location = TxLocation {
+                    height: write.height,
+                    position,
+                };
+                transactions.insert(key.as_slice(), &location.to_bytes())?;
+            }
+            filed
+                .admits(write.height, write.anchors)
+                .map_err(ConflictableTransactionError::Abort)
+        });
         match outcome {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                entries.file(write.height, write.anchors, write.latest);
+                Ok(())
+            }
             Err(TransactionError::Abort(error)) => Err(error),
             Err(TransactionError::Storage(error)) => Err(error.into()),
         }
@@ -582,12 +614,6 @@ fn tx_location_in(
     bytes: &[u8],
 ) -> Result<TxLocation, ConflictableTransactionError<ChainStoreError>> {
     TxLocation::from_bytes(bytes).map_err(ConflictableTransactionError::Abort)
-}
-
-fn entry_location_in(
-    bytes: &[u8],
-) -> Result<EntryLocation, ConflictableTransactionError<ChainStoreError>> {
-    EntryLocation::from_bytes(bytes).map_err(ConflictableTransactionError::Abort)
 }
 
 fn height_from_key(key: &[u8]) -> Result<u64> {
@@ -827,10 +853,15 @@ mod tests {
             Err(ChainStoreError::DuplicateAnchor {
                 transaction: 0,
                 entry: 1,
-                ..
+                existing: EntryLocation {
+                    height: 0,
+                    transaction: 0,
+                    entry: 0
+                },
             })
         ));
         assert_eq!(store.last_block().unwrap(), None);
+        assert_eq!(store.filed(), 0);
     }
 
     #[tokio::test]
@@ -859,28 +890,91 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn survives_a_reopen() {
+    async fn survives_a_reopen_and_files_what_it_holds_again() {
         let dir = tempfile::tempdir().unwrap();
+        let txs = vec![key("t")];
+        let anchors = vec![IndexWrite {
+            key: key("a"),
+            transaction: 0,
+            entry: 2,
+        }];
+        let latest = vec![IndexWrite {
+            key: key("l"),
+            transaction: 0,
+            entry: 1,
+        }];
         {
             let db = sled::open(dir.path()).unwrap();
-            let store = ChainStore::open(&db).unwrap();
-            let txs = vec![key("t")];
+            // An earlier build's on-disk entry index: dropped when the directory is opened.
+            db.open_tree("chain.anchors")
+                .unwrap()
+                .insert(key("a"), &[0; 16])
+                .unwrap();
+            db.flush().unwrap();
+        }
+        {
+            let store = ChainStore::open_dir(dir.path(), "owner", 2).unwrap();
+            assert!(!store
+                .database()
+                .tree_names()
+                .iter()
+                .any(|n| n == b"chain.anchors"));
             store
                 .append(&BlockWrite {
                     height: 0,
                     hash: hash(3),
                     bytes: b"kept",
                     transactions: &txs,
-                    anchors: &[],
-                    latest: &[],
+                    anchors: &anchors,
+                    latest: &latest,
                 })
                 .await
                 .unwrap();
         }
-        let db = crate::open::reopen(dir.path());
-        let store = ChainStore::open(&db).unwrap();
+        let store = ChainStore::open_dir(dir.path(), "owner", 2).unwrap();
         assert_eq!(store.last_block().unwrap(), Some((0, b"kept".to_vec())));
         assert!(store.transaction(&key("t")).unwrap().is_some());
+        // Entries are known once their block is filed again, and nothing is appended before.
+        assert_eq!(store.filed(), 0);
+        assert_eq!(store.anchor(&key("a")).unwrap(), None);
+        let next = BlockWrite {
+            height: 1,
+            hash: hash(4),
+            bytes: b"next",
+            transactions: &[],
+            anchors: &[],
+            latest: &[],
+        };
+        assert!(matches!(
+            store.append(&next).await,
+            Err(ChainStoreError::NotFiled {
+                height: 1,
+                filed: 0
+            })
+        ));
+        assert!(matches!(
+            store.file(1, &[], &[]),
+            Err(ChainStoreError::NotFiled {
+                height: 1,
+                filed: 0
+            })
+        ));
+        store.file(0, &anchors, &latest).unwrap();
+        let at = |entry| EntryLocation {
+            height: 0,
+            transaction: 0,
+            entry,
+        };
+        assert_eq!(store.anchor(&key("a")).unwrap(), Some(at(2)));
+        assert_eq!(store.latest(&key("l")).unwrap(), Some(at(1)));
+        // A clone shares what is filed; a block not stored cannot be filed.
+        assert_eq!(store.clone().filed(), 1);
+        assert!(matches!(
+            store.file(1, &[], &[]),
+            Err(ChainStoreError::NotNext { height: 1 })
+        ));
+        store.append(&next).await.unwrap();
+        assert_eq!(store.filed(), 2);
     }
 
     #[test]
@@ -898,18 +992,5 @@ mod tests {
             TxLocation::from_bytes(&[1, 2, 3]),
             Err(ChainStoreError::Corrupt { .. })
         ));
-        assert!(matches!(
-            EntryLocation::from_bytes(&[0; 15]),
-            Err(ChainStoreError::Corrupt { .. })
-        ));
-        let location = EntryLocation {
-            height: 258,
-            transaction: 3,
-            entry: 65_536,
-        };
-        assert_eq!(
-            EntryLocation::from_bytes(&location.to_bytes()).unwrap(),
-            location
-        );
     }
 }

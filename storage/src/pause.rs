@@ -2,11 +2,11 @@
 //!
 //! sled has no snapshots, and its iterators see writes made while they walk: a copy made tree
 //! by tree while writes go on could hold a record without its index, a block without its
-//! anchors, or a vault whose outbox was cleared for blocks the copied chain does not have. So
-//! every write to a store (the vault and its outbox, the chain, the governance log and the join
-//! desk) holds [`writing`] for as long as it touches sled, and a backup holds [`pause`] while
-//! it copies the vault, the chain and the governance state: one cut across all three. Writes
-//! wait meanwhile; reads go on.
+//! transactions' index, or a vault whose outbox was cleared for blocks the copied chain does
+//! not have. So every write to a store (the vault and its outbox, the chain, the governance log
+//! and the join desk) holds [`writing`] for as long as it touches sled, and a backup holds
+//! [`pause`] while it copies the vault, the chain and the governance state: one cut across all
+//! three. Writes wait meanwhile; reads go on.
 //!
 //! Guards nest: a write that already holds [`writing`] on this thread takes it again without
 //! waiting (a waiting [`pause`] would otherwise deadlock it).

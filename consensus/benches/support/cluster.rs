@@ -594,7 +594,7 @@ impl Node {
         }
         let receipt = self
             .chain
-            .append(block, &self.context.rosters())
+            .append_validated(block, &self.context.rosters())
             .await
             .expect("the block is stored");
         let end = Instant::now();

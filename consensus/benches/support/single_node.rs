@@ -45,6 +45,7 @@ pub(crate) type OneDriver =
 pub(crate) struct Fixture {
     // Kept so the database directory lives as long as the ledger.
     _dir: tempfile::TempDir,
+    db: sled::Db,
     runtime: tokio::runtime::Runtime,
     chain: Chain,
     driver: OneDriver,
@@ -93,6 +94,7 @@ impl Fixture {
             .expect("runtime");
         Self {
             _dir: dir,
+            db,
             runtime,
             chain,
             driver,
@@ -103,6 +105,28 @@ impl Fixture {
             next_batch: 0,
             time: 0,
         }
+    }
+
+    /// Opens the chain again beside the one in use, as a restarted node does, which files every
+    /// stored block's entries in memory again: how long that took, and how much the process's
+    /// resident memory grew meanwhile (bytes; `None` without `/proc`).
+    #[allow(dead_code)] // the ledger bench's
+    pub(crate) fn reopen(&self) -> (Duration, Option<u64>) {
+        let before = resident();
+        let start = Instant::now();
+        let store = ChainStore::open(&self.db).expect("store");
+        let chain = Chain::open(store, *self.chain.chain_id()).expect("chain");
+        let took = start.elapsed();
+        assert_eq!(chain.next_height(), self.chain.next_height());
+        let grown = resident().zip(before).map(|(a, b)| a.saturating_sub(b));
+        drop(chain);
+        (took, grown)
+    }
+
+    /// Entries anchored so far.
+    #[allow(dead_code)] // the ledger bench's
+    pub(crate) fn anchored(&self) -> u64 {
+        self.next_entry
     }
 
     /// `n` entries never anchored before, as the write path would hand them over.
@@ -150,7 +174,7 @@ impl Fixture {
             if let Effect::Append(block) = effect {
                 let receipt = self
                     .runtime
-                    .block_on(self.chain.append(&block, &self.roster))
+                    .block_on(self.chain.append_validated(&block, &self.roster))
                     .expect("append");
                 stored += receipt.transactions.len();
             }
@@ -159,4 +183,11 @@ impl Fixture {
         assert_eq!(stored, batches);
         (elapsed, producing)
     }
+}
+
+/// The process's resident memory (bytes), from `/proc/self/statm`.
+fn resident() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * 4096)
 }

@@ -18,7 +18,7 @@ use crate::ledger::election::{ElectionTracker, TrackError};
 use crate::ledger::wal::{Log, LogRecord};
 use crate::producer::{BlockLimits, BlockProducer, Mempool};
 use crate::tx::{ElectionItem, Timestamp, Transaction};
-use crate::validate::{validate_block, validate_finalized_block, validate_transaction};
+use crate::validate::{validate_block_with, validate_finalized_block, validate_transaction};
 
 /// Each submitted transaction's answer.
 pub type Answers = Vec<Result<Submitted>>;
@@ -791,7 +791,12 @@ where
                 }
             }
         }
-        if validate_block(self.tip.as_ref(), block, &roster).is_err()
+        // What this node took into its pool or its own proposals was verified when it was
+        // taken (`take`).
+        let taken = |tx: &Transaction| {
+            self.mempool.holds(tx) || self.built.iter().flatten().any(|built| built == tx)
+        };
+        if validate_block_with(self.tip.as_ref(), block, &roster, taken).is_err()
             || ctx.delegates(block.header.next_epoch).is_none()
             || block.header.time.0 > wall.0.saturating_add(MAX_CLOCK_DRIFT_MS)
         {

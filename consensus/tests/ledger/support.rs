@@ -187,7 +187,13 @@ impl TestLedger {
         let mut receipt = None;
         for effect in effects {
             if let Effect::Append(block) = effect {
-                receipt = Some(self.chain.append(&block, &roster()).await.unwrap());
+                // As the runtime does: the driver validated it whole.
+                receipt = Some(
+                    self.chain
+                        .append_validated(&block, &roster())
+                        .await
+                        .unwrap(),
+                );
             }
         }
         receipt

@@ -95,6 +95,14 @@ impl NodeLedger {
         let chain_id = chain_id(consortium);
         let store = ChainStore::open_dir(&ledger_dir(config), &institution, CHAIN_FORMAT)?;
         let chain = Chain::open(store, chain_id)?;
+        if let Some(height) = chain.unfiled() {
+            tracing::error!(
+                height,
+                "the stored block at this height cannot be indexed (a gap before it, a block that \
+                 does not decode, or a resource version anchored twice): this node takes no \
+                 further block; `fhirseal ledger verify` says what is wrong"
+            );
+        }
         let reader = chain.reader();
         let (blocks_tx, blocks_rx) = watch::channel(chain.next_height());
         let (status_tx, status_rx) = watch::channel(RuntimeStatus {

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fhirseal_consensus::{ChainCheck, DelegateSet, PublicKey, Roster, SigningKey};
+use fhirseal_storage::chain_store::ChainStoreError;
 use fhirseal_storage::{PendingAccess, PendingAnchor, Vault};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -369,7 +370,20 @@ async fn a_ledger_of_another_institution_is_refused() {
     let (mut config, vault) = setup(dir.path());
     drop(open(&config, &vault, single(&config)).unwrap());
     config.seal.institution = "elsewhere".into();
-    let err = open(&config, &vault, single(&config)).unwrap_err();
+    // sled's flusher thread lets go of the directory's lock a moment after the last handle is
+    // dropped: until then the open is refused as locked.
+    let mut tries = 0;
+    let err = loop {
+        match open(&config, &vault, single(&config)) {
+            Err(LedgerError::Chain(fhirseal_consensus::Error::Store(ChainStoreError::Locked(
+                _,
+            )))) if tries < 50 => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            other => break other.unwrap_err(),
+        }
+    };
     assert!(err.to_string().contains("elsewhere"), "{err}");
 }
 
