@@ -25,6 +25,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub, dead_code)]
 
 mod netns;
+#[path = "../support/ports.rs"]
+mod ports;
 mod support;
 mod t10_cli;
 mod t20_consortium;

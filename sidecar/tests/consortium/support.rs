@@ -4,7 +4,7 @@
 //! ([`Loopback`]), or each in a network namespace of its own ([`crate::netns::Namespaces`]).
 
 use std::collections::BTreeSet;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -50,12 +50,9 @@ pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_fhirseal")
 }
 
-/// A free loopback port (bound, then released for the node to take).
+/// A free loopback port for a node to take ([`crate::ports`]).
 pub fn free_port() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
+    SocketAddr::from(([127, 0, 0, 1], crate::ports::free_port()))
 }
 
 /// Where a node runs: in the network namespace `netns` (this process's if `None`), listening on

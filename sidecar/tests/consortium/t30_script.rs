@@ -2,34 +2,20 @@
 //! server behind them), writes `consortium.json`, shows it, kills one member and starts it
 //! again, stops it, starts it again from its directories.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::support::serial;
 
 /// A base port P with the ports the script takes for `n` members free on loopback: P+I
-/// (FHIR), P+100+I (governance), P+200 (the join desk).
+/// (FHIR), P+100+I (governance), P+200 (the join desk), P+300+I (HAPI, with `--hapi`); taken
+/// below the ephemeral range ([`crate::ports`]).
 pub fn free_base(n: u16) -> u16 {
-    for _ in 0..100 {
-        let probe = TcpListener::bind("127.0.0.1:0").unwrap();
-        let base = probe.local_addr().unwrap().port().saturating_sub(1);
-        drop(probe);
-        if !(1024..=65_000).contains(&base) {
-            continue;
-        }
-        let ports: Vec<u16> = (1..=n)
-            .flat_map(|i| [base + i, base + 100 + i])
-            .chain([base + 200])
-            .collect();
-        if ports
-            .iter()
-            .all(|p| TcpListener::bind(("127.0.0.1", *p)).is_ok())
-        {
-            return base;
-        }
-    }
-    panic!("no free ports");
+    let offsets: Vec<u16> = (1..=n)
+        .flat_map(|i| [i, 100 + i, 300 + i])
+        .chain([200])
+        .collect();
+    crate::ports::free_block(400, &offsets)
 }
 
 /// Runs the script with `args` on the consortium in `dir`; returns what it printed.

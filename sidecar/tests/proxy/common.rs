@@ -473,13 +473,7 @@ pub async fn all_pages(first: &str) -> String {
     }
 }
 
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+pub use crate::ports::free_port;
 
 /// The `fhirseal` process of one round.
 pub struct Node {

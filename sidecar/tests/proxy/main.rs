@@ -7,6 +7,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
 
 mod common;
+#[path = "../support/ports.rs"]
+mod ports;
 mod t10_transparency;
 mod t20_bad_input;
 mod t30_transport;

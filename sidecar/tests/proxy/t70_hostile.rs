@@ -862,11 +862,7 @@ async fn a_body_that_does_not_arrive_is_408_and_stores_nothing() {
 #[tokio::test]
 async fn no_identity_reaches_the_log() {
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = crate::common::free_port();
     let mut config = config(&hapi());
     config.data_dir = dir.path().join("data");
     config.server.listen = ([127, 0, 0, 1], port).into();
