@@ -330,6 +330,54 @@ impl CommitCertificate {
         &self.signatures
     }
 
+    /// The precommit `signature` of this certificate stands for, as a vote.
+    pub fn precommit(&self, signature: &CertSignature) -> Vote {
+        Vote {
+            kind: VoteKind::Precommit,
+            height: self.height,
+            round: self.round,
+            block: Some(self.block),
+            delegate: signature.delegate,
+            signature: signature.signature,
+        }
+    }
+
+    /// The double vote `vote` proves against this certificate: a precommit of the same height
+    /// and round for another value (another block, or nil) by a delegate whose precommit for
+    /// this block the certificate holds. Signatures are not checked here ([`Evidence::verify`]
+    /// does).
+    pub fn conflicting_vote(&self, vote: &Vote) -> Option<Evidence> {
+        if vote.kind != VoteKind::Precommit
+            || vote.height != self.height
+            || vote.round != self.round
+            || vote.block == Some(self.block)
+        {
+            return None;
+        }
+        let mine = self
+            .signatures
+            .iter()
+            .find(|s| s.delegate == vote.delegate)?;
+        Some(Evidence::DoubleVote(self.precommit(mine), vote.clone()))
+    }
+
+    /// The double votes `other`, a certificate for another block at the same height, proves
+    /// against this one: the two precommits of every delegate that signed both in the same
+    /// round. Two certificates of one height and different rounds convict no one by their
+    /// precommits alone (a delegate may precommit another block in a later round once a quorum
+    /// prevoted it; telling that apart from "amnesia" needs the prevotes, which certificates do
+    /// not carry). Signatures are not checked here ([`Evidence::verify`] does).
+    pub fn conflicts(&self, other: &CommitCertificate) -> Vec<Evidence> {
+        if other.height != self.height || other.block == self.block {
+            return Vec::new();
+        }
+        other
+            .signatures
+            .iter()
+            .filter_map(|s| self.conflicting_vote(&other.precommit(s)))
+            .collect()
+    }
+
     /// Checks that at least [`DelegateSet::quorum`] distinct `delegates` precommitted the block
     /// at this height and round on chain `chain`: every signature must be a delegate's and valid,
     /// in ascending delegate order. Returns how many signed.

@@ -272,6 +272,71 @@ fn evidence_convicts_only_a_delegate_that_signed_twice() {
         .is_err());
 }
 
+/// A certificate for `hash` at height 4, round `round`, precommitted by `keys`.
+fn certificate_by(keys: &[SigningKey], round: u32, hash: Hash256) -> CommitCertificate {
+    CommitCertificate::new(
+        4,
+        Round(round),
+        hash,
+        precommits(keys, 4, Round(round), hash),
+    )
+}
+
+#[test]
+fn two_certificates_of_one_height_and_round_convict_the_delegates_that_signed_both() {
+    let keys: Vec<SigningKey> = (1..=4).map(key).collect();
+    let set = delegates(&keys);
+    // Delegates 2 and 3 precommitted both blocks: a fork only f + 1 double signers can make.
+    let ours = certificate_by(&keys[..3], 0, block(1));
+    let theirs = certificate_by(&keys[1..], 0, block(2));
+    ours.verify(&CHAIN, &set).unwrap();
+    theirs.verify(&CHAIN, &set).unwrap();
+    let evidence = ours.conflicts(&theirs);
+    let mut offenders: Vec<PublicKey> = evidence.iter().map(|e| *e.offender()).collect();
+    offenders.sort();
+    let mut expected = vec![PublicKey::of(&keys[1]), PublicKey::of(&keys[2])];
+    expected.sort();
+    assert_eq!(offenders, expected);
+    for e in &evidence {
+        e.verify(&CHAIN, &set).unwrap();
+        assert_eq!(e.height(), 4);
+    }
+
+    // The same block, another round, or another height: nothing to convict.
+    assert!(ours.conflicts(&ours).is_empty());
+    let later = certificate_by(&keys[1..], 1, block(2));
+    assert!(ours.conflicts(&later).is_empty());
+    let mut elsewhere = theirs.clone();
+    elsewhere.height = 5;
+    assert!(ours.conflicts(&elsewhere).is_empty());
+}
+
+#[test]
+fn a_late_precommit_for_another_value_convicts_a_signer_of_the_certificate() {
+    let keys: Vec<SigningKey> = (1..=4).map(key).collect();
+    let set = delegates(&keys);
+    let cert = certificate_by(&keys[..3], 2, block(1));
+    let nil = Vote::sign(VoteKind::Precommit, 4, Round(2), None, &CHAIN, &keys[0]);
+    let evidence = cert.conflicting_vote(&nil).unwrap();
+    evidence.verify(&CHAIN, &set).unwrap();
+    assert_eq!(evidence.offender(), &PublicKey::of(&keys[0]));
+
+    let agreeing = Vote::sign(
+        VoteKind::Precommit,
+        4,
+        Round(2),
+        Some(block(1)),
+        &CHAIN,
+        &keys[3],
+    );
+    let not_a_signer = Vote::sign(VoteKind::Precommit, 4, Round(2), None, &CHAIN, &keys[3]);
+    let prevote = Vote::sign(VoteKind::Prevote, 4, Round(2), None, &CHAIN, &keys[0]);
+    let other_round = Vote::sign(VoteKind::Precommit, 4, Round(3), None, &CHAIN, &keys[0]);
+    for vote in [agreeing, not_a_signer, prevote, other_round] {
+        assert_eq!(cert.conflicting_vote(&vote), None, "{vote:?}");
+    }
+}
+
 fn arb_hash() -> impl Strategy<Value = Hash256> {
     any::<[u8; 32]>().prop_map(Hash256)
 }

@@ -27,6 +27,10 @@ pub type Answers = Vec<Result<Submitted>>;
 const MAX_CLOCK_DRIFT_MS: u64 = 30_000;
 /// Most consensus messages kept for the current height before it starts here.
 const MAX_EARLY_MESSAGES: usize = 4096;
+
+/// How many (height, offender) pairs already reported a driver remembers, the lowest heights
+/// forgotten first.
+const MAX_REPORTED: usize = 1024;
 /// Most block bodies kept for heights that have not started here.
 const MAX_LATER_BODIES: usize = 32;
 
@@ -268,9 +272,16 @@ pub struct Driver<E, F> {
     /// Election transactions for a later ledger epoch: they join the pool when it begins (in
     /// the pool they would make every height due at once).
     deferred: Vec<Transaction>,
-    /// With an election: the tip's commit certificate, with the precommits for it that arrive
-    /// after the decision; the next block this node proposes carries it.
+    /// The tip's commit certificate, which late precommits are held against; with an election,
+    /// with the precommits for it that arrive after the decision, and the next block this node
+    /// proposes carries it.
     last_commit: Option<CommitCertificate>,
+    /// Offences already reported, as (height, offender): one report convicts.
+    reported: BTreeSet<(u64, PublicKey)>,
+    /// The (sender, height) last asked for the block at the tip's height because the sender's
+    /// next block did not extend this node's tip: asked once, to hold its certificate against
+    /// the tip's.
+    fork_asked: Option<(Option<String>, u64)>,
 }
 
 struct Running<E> {
@@ -328,6 +339,8 @@ where
             election: None,
             deferred: Vec::new(),
             last_commit: None,
+            reported: BTreeSet::new(),
+            fork_asked: None,
         }
     }
 
@@ -338,8 +351,9 @@ where
         self
     }
 
-    /// The tip's commit certificate, which the next block this node proposes carries (the
-    /// runtime gives the stored tip's; the driver keeps it after that).
+    /// The tip's commit certificate (the runtime gives the stored tip's; the driver keeps it
+    /// after that): late precommits are held against it, and, with an election, the next block
+    /// this node proposes carries it.
     pub fn with_last_commit(mut self, certificate: Option<CommitCertificate>) -> Self {
         self.last_commit = certificate;
         self
@@ -618,6 +632,7 @@ where
         let height = message.height();
         let here = self.height();
         if height + 1 == here {
+            self.convict_late_vote(&message, work);
             self.late_precommit(&from, &message);
             return;
         }
@@ -655,6 +670,74 @@ where
             work.inputs.push_back(message.into_input());
         } else if self.early.len() < MAX_EARLY_MESSAGES {
             self.early.push_back(message);
+        }
+    }
+
+    /// A vote of the tip's height that contradicts the tip's certificate (a precommit of its
+    /// round for another value, by one of its signers), which the engine, done with the height,
+    /// no longer sees: reported.
+    fn convict_late_vote(&mut self, message: &ConsensusMessage, work: &mut Work) {
+        let (Some(commit), ConsensusMessage::Vote(vote)) = (&self.last_commit, message) else {
+            return;
+        };
+        let Some(evidence) = commit.conflicting_vote(vote) else {
+            return;
+        };
+        if vote.verify(self.chain_id()).is_ok() {
+            self.report(vec![evidence], work);
+        }
+    }
+
+    /// A finalized block of a height this node holds already. Another block there, certified,
+    /// is a fork, which only more than f double-signing delegates can make: every delegate that
+    /// precommitted both blocks in one round is reported (see [`CommitCertificate::conflicts`]).
+    fn hold_against_stored(
+        &mut self,
+        block: &FinalizedBlock,
+        work: &mut Work,
+        ctx: &impl LedgerContext,
+    ) -> std::result::Result<(), DriverError> {
+        let theirs = &block.certificate;
+        let height = block.header().height;
+        if theirs.height != height || theirs.block != block.header().hash() {
+            return Ok(());
+        }
+        let ours = match &self.last_commit {
+            Some(tip) if tip.height == height => tip.clone(),
+            _ => match ctx.certificate(height)? {
+                Some(stored) => stored,
+                None => return Ok(()),
+            },
+        };
+        if ours.block == theirs.block {
+            return Ok(());
+        }
+        let chain = *self.chain_id();
+        let proven: Vec<Evidence> = ours
+            .conflicts(theirs)
+            .into_iter()
+            .filter(|e| match e {
+                // Ours was checked when stored; theirs, only now.
+                Evidence::DoubleVote(_, other) => other.verify(&chain).is_ok(),
+                Evidence::DoubleProposal(..) => false,
+            })
+            .collect();
+        self.report(proven, work);
+        Ok(())
+    }
+
+    /// Double signing seen here, for the runtime to report on the chain: once per offender
+    /// and height.
+    fn report(&mut self, evidence: Vec<Evidence>, work: &mut Work) {
+        let fresh: Vec<Evidence> = evidence
+            .into_iter()
+            .filter(|e| self.reported.insert((e.height(), *e.offender())))
+            .collect();
+        while self.reported.len() > MAX_REPORTED {
+            self.reported.pop_first();
+        }
+        if !fresh.is_empty() {
+            work.effects.push(Effect::Evidence(fresh));
         }
     }
 
@@ -835,6 +918,7 @@ where
             let height = block.header().height;
             let here = self.height();
             if height < here {
+                self.hold_against_stored(&block, work, ctx)?;
                 continue;
             }
             if height > here {
@@ -853,8 +937,13 @@ where
             match checked {
                 Ok(()) => {}
                 Err(e) if e.is_retryable() => return Err(e.into()),
-                // Not this chain's next block (a forger, or a sender on another chain).
-                Err(_) => break,
+                // Not this chain's next block (a forger, or a sender on another chain). One
+                // that does not extend the tip may stand on another block at the tip's height:
+                // that block is asked for, once, to be held against the tip's.
+                Err(_) => {
+                    self.ask_below_fork(&block, from.clone(), work);
+                    break;
+                }
             }
             // Certified by a quorum of its delegates, yet refused by the election: the chain's
             // delegates broke its rules; it is not taken here.
@@ -960,19 +1049,19 @@ where
     }
 
     /// Folds the finalized block at the current height, certified by `delegates`, into the
-    /// election; a block the election refuses changes nothing.
+    /// election, and keeps its certificate as the tip's; a block the election refuses changes
+    /// nothing.
     fn fold(
         &mut self,
         block: &FinalizedBlock,
         delegates: &[(String, PublicKey)],
         ctx: &impl LedgerContext,
     ) -> std::result::Result<(), TrackError> {
-        let Some(tracker) = &self.election else {
-            return Ok(());
-        };
-        let mut next = tracker.clone();
-        next.apply(block, delegates, ctx)?;
-        self.election = Some(next);
+        if let Some(tracker) = &self.election {
+            let mut next = tracker.clone();
+            next.apply(block, delegates, ctx)?;
+            self.election = Some(next);
+        }
         self.last_commit = Some(block.certificate.clone());
         Ok(())
     }
@@ -1041,6 +1130,23 @@ where
             return;
         }
         self.ask(work, None, now);
+    }
+
+    /// Asks `from` for the block at the tip's height when its `block`, of the next height, does
+    /// not extend the tip: once per sender and height.
+    fn ask_below_fork(&mut self, block: &FinalizedBlock, from: Option<String>, work: &mut Work) {
+        let Some(tip) = &self.tip else {
+            return;
+        };
+        let asked = (from, tip.height);
+        if block.header().previous == tip.hash() || self.fork_asked.as_ref() == Some(&asked) {
+            return;
+        }
+        work.effects.push(Effect::Sync {
+            from: asked.0.clone(),
+            height: tip.height,
+        });
+        self.fork_asked = Some(asked);
     }
 
     /// Asks a peer for the blocks from the current height, at most once per poll interval.
@@ -1152,9 +1258,7 @@ where
                         to: Recipients::AllExcept(names),
                         message: Outbound::Block(finalized.clone()),
                     });
-                    if !evidence.is_empty() {
-                        work.effects.push(Effect::Evidence(evidence));
-                    }
+                    self.report(evidence, work);
                     if let Some(running) = self.engine.as_mut() {
                         running.finalized = Some(height);
                     }

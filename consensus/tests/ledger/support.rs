@@ -203,6 +203,13 @@ impl TestLedger {
         &self.chain
     }
 
+    /// Hands `input` to the driver; what it asks of the runtime.
+    pub(crate) fn handle(&mut self, input: fhirseal_consensus::ledger::Input) -> Vec<Effect> {
+        self.driver
+            .handle(input, 0, Timestamp(0), &self.context)
+            .unwrap()
+    }
+
     pub(crate) fn pending(&self) -> usize {
         self.driver.status(&self.context).pending
     }

@@ -286,7 +286,11 @@ impl Runtime {
     /// A driver on the chain's tip; with an election, its tracker folded over the stored chain
     /// first.
     fn new_driver(&mut self) -> Result<NodeDriver, LedgerError> {
-        let driver = plain_driver(&self.config, &self.member, &self.chain);
+        // The tip's commit: late precommits are held against it, and, with an election, the
+        // next block this node proposes carries it.
+        let tip = self.chain.reader().tip()?;
+        let driver = plain_driver(&self.config, &self.member, &self.chain)
+            .with_last_commit(tip.map(|b| b.certificate));
         self.built_with = self.context.view().election.clone();
         let Some(setup) = self.built_with.clone() else {
             self.context.set_history(Arc::default());
@@ -300,11 +304,7 @@ impl Runtime {
         tracing::info!(blocks = folded, "the election folded over the stored chain");
         self.context.set_history(tracker.history().clone());
         self.duties_at = None;
-        // The next block this node proposes carries the tip's commit.
-        let tip = self.chain.reader().tip()?;
-        Ok(driver
-            .with_election(tracker)
-            .with_last_commit(tip.map(|b| b.certificate)))
+        Ok(driver.with_election(tracker))
     }
 
     /// Whether the governance state brought or took away the chain's election since the driver
