@@ -100,12 +100,13 @@ pub struct PendingAccess {
     pub exchange: Option<Exchange>,
 }
 
-/// An access that crossed institutions (the sharing of records under a grant): which side of
-/// it this node was, and the other member.
+/// An access that crossed institutions (the sharing of records under a grant, or a look at a
+/// version another member wrote): which side of it this node was, and the other member.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Exchange {
     pub kind: ExchangeKind,
-    /// The other member: the grantee for what a grantor records, the grantor for a grantee.
+    /// The other member: the grantee for what a grantor records, the grantor for a grantee,
+    /// the writer for a version written elsewhere.
     pub peer: String,
 }
 
@@ -120,16 +121,21 @@ pub enum ExchangeKind {
     ReceivedFrom,
     /// The grantor refused this node's request.
     RefusedBy,
+    /// The version looked at here is the other member's, as this node's copy of the chain
+    /// holds it (a `$verify` of another member's write): the event names that member's
+    /// resource, not this node's.
+    WrittenBy,
 }
 
 impl ExchangeKind {
-    /// The kind's code, 1 to 4 (0 is no exchange): kept in the access flags' upper bits.
+    /// The kind's code, 1 to 5 (0 is no exchange): kept in the access flags' upper bits.
     pub fn code(self) -> u8 {
         match self {
             ExchangeKind::SentTo => 1,
             ExchangeKind::RefusedTo => 2,
             ExchangeKind::ReceivedFrom => 3,
             ExchangeKind::RefusedBy => 4,
+            ExchangeKind::WrittenBy => 5,
         }
     }
 
@@ -140,6 +146,7 @@ impl ExchangeKind {
             2 => ExchangeKind::RefusedTo,
             3 => ExchangeKind::ReceivedFrom,
             4 => ExchangeKind::RefusedBy,
+            5 => ExchangeKind::WrittenBy,
             _ => return None,
         })
     }
@@ -151,6 +158,7 @@ impl ExchangeKind {
             ExchangeKind::RefusedTo => "refused-to",
             ExchangeKind::ReceivedFrom => "received-from",
             ExchangeKind::RefusedBy => "refused-by",
+            ExchangeKind::WrittenBy => "written-by",
         }
     }
 }
@@ -506,6 +514,7 @@ mod tests {
             ExchangeKind::RefusedTo,
             ExchangeKind::ReceivedFrom,
             ExchangeKind::RefusedBy,
+            ExchangeKind::WrittenBy,
         ] {
             let exchange = Exchange {
                 kind,
@@ -516,7 +525,7 @@ mod tests {
                 assert_eq!(read_access_flags(flags), Some((reidentified, Some(kind))));
             }
         }
-        assert_eq!(read_access_flags(5 << 1), None);
+        assert_eq!(read_access_flags(6 << 1), None);
         assert_eq!(read_access_flags(0xff), None);
     }
 

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use fhirseal_adapters::Interaction;
+use fhirseal_storage::outbox::{Exchange, ExchangeKind};
 use fhirseal_storage::PendingAccess;
 use http::{Method, StatusCode};
 use tokio::task::JoinHandle;
@@ -17,15 +18,24 @@ use crate::sealing::SealError;
 /// A read's access event, and the task making it durable.
 pub(super) type RecordedAccess = (PendingAccess, JoinHandle<Result<(), SealError>>);
 
-/// Queues the access event of a read and starts making it durable.
+/// Queues the access event of a read and starts making it durable. `written_by`: the member
+/// whose write the read looks at, when another than this node's (a `$verify` of its version),
+/// which the event names.
 pub(super) fn record_access(
     deps: &Deps,
     interaction: &Interaction,
     accessor: &Accessor,
+    written_by: Option<String>,
 ) -> Result<Option<RecordedAccess>, ProxyError> {
-    let Some(event) = audit::access_event(interaction, accessor) else {
+    let Some(mut event) = audit::access_event(interaction, accessor) else {
         return Ok(None);
     };
+    if let Some(peer) = written_by {
+        event.exchange = Some(Exchange {
+            kind: ExchangeKind::WrittenBy,
+            peer,
+        });
+    }
     deps.sealing.record_access(&event)?;
     let sealing = deps.sealing.clone();
     let flushed = tokio::spawn(async move { sealing.durable().await });

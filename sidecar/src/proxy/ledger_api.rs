@@ -270,6 +270,22 @@ pub(super) fn ledger_needs(path: &str) -> Needs {
     needs
 }
 
+/// The member whose write a `$verify` looks at, when another than this node's (named in its
+/// query or its body): the request's access event names it, so that the resource the event
+/// names is not taken for one of this node's. `None` for any other request, and for a
+/// `$verify` whose naming is refused or names no member (it is answered 400).
+pub(super) fn verify_writer(
+    deps: &Deps,
+    interaction: &Interaction,
+    query: Option<&str>,
+    body: Option<&VerifyRequest>,
+) -> Option<String> {
+    verify_target(interaction)?;
+    let asked = query_institution(query).ok()?;
+    let named = one_institution(asked, body.and_then(|b| b.institution.clone())).ok()??;
+    (named != deps.ledger.institution() && deps.ledger.knows_member(&named)).then_some(named)
+}
+
 /// What a `$verify` names, at any level; `None` for every other interaction.
 pub(super) fn verify_target(interaction: &Interaction) -> Option<VerifyPath<'_>> {
     use Interaction as I;

@@ -310,7 +310,12 @@ async fn proxy_routed(
     plan::authorize(deps, &ctx.principal, &planned.needs)?;
     // A read is recorded before it is forwarded; the record's flush runs beside the upstream
     // exchange and is awaited before the answer leaves.
-    let access = access::record_access(deps, &ctx.interaction, &ctx.accessor)?;
+    let body = match &planned.body {
+        plan::RequestBody::Verify(body) => Some(body),
+        _ => None,
+    };
+    let written_by = ledger_api::verify_writer(deps, &ctx.interaction, req.uri().query(), body);
+    let access = access::record_access(deps, &ctx.interaction, &ctx.accessor, written_by)?;
     let result = async {
         if let Some(target) = ledger_api::verify_target(&ctx.interaction) {
             let body = match planned.body {

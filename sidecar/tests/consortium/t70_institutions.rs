@@ -110,6 +110,64 @@ pub async fn send(
     (status, json)
 }
 
+/// The exchanges (kind, member) of the access events `member` signed from height `from` on,
+/// once `wanted` are all there (access events are anchored in the next rounds).
+pub async fn exchanges(
+    member: &Member,
+    from: u64,
+    wanted: &[(&str, &str)],
+) -> Vec<(String, String)> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut found = Vec::new();
+        for tx in transactions(member, from, "access").await {
+            for event in tx["events"].as_array().into_iter().flatten() {
+                if event["exchange"].is_object() {
+                    found.push((
+                        event["exchange"]["kind"].as_str().unwrap().to_owned(),
+                        event["exchange"]["member"].as_str().unwrap().to_owned(),
+                    ));
+                }
+            }
+        }
+        let all = wanted
+            .iter()
+            .all(|(k, m)| found.iter().any(|(fk, fm)| fk == k && fm == m));
+        if all {
+            return found;
+        }
+        assert!(Instant::now() < deadline, "{wanted:?} not in {found:?}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// `member`'s ledger API answer at `path` (auditor's key).
+pub async fn ledger(member: &Member, path: &str) -> Value {
+    let url = format!("{}/{path}", member.fhir.replace("/fhir", "/ledger"));
+    let (status, body) = send(Method::GET, &url, &member.auditor, None).await;
+    assert_eq!(status, StatusCode::OK, "{url}: {body}");
+    body
+}
+
+/// The height of the next block `member` will store.
+pub async fn next_height(member: &Member) -> u64 {
+    ledger(member, "status").await["blocks"].as_u64().unwrap()
+}
+
+/// The transactions of kind `kind` that `member` holds in blocks from height `from` on.
+pub async fn transactions(member: &Member, from: u64, kind: &str) -> Vec<Value> {
+    let mut found = Vec::new();
+    for height in from..next_height(member).await {
+        let block = ledger(member, &format!("blocks/{height}")).await;
+        for tx in block["transactions"].as_array().unwrap() {
+            if tx["kind"] == kind {
+                found.push(tx.clone());
+            }
+        }
+    }
+    found
+}
+
 /// A person with a US SSN, named after `family`.
 pub fn person(family: &str, ssn: &str) -> Value {
     json!({
@@ -230,6 +288,7 @@ async fn proves_across(h1: &Member, h2: &Member, ssn: &str) {
     let (status, body) = send(Method::PUT, &url, &h1.clinician, Some(&patient)).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
 
+    let from = next_height(h2).await;
     let (at_h2, text) = anchored_at(
         h2,
         &format!("{}/Patient/{id}/$verify?institution=h1", h2.fhir),
@@ -253,6 +312,8 @@ async fn proves_across(h1: &Member, h2: &Member, ssn: &str) {
         !text.contains("fingerprint") && !text.contains("\"proof\""),
         "{text}"
     );
+    // h2's access event of it names h1 as the writer: the Patient it names is not h2's.
+    exchanges(h2, from, &[("written-by", "h1")]).await;
     // One chain: h1 proves its own write in the same block.
     let (at_h1, text_1) =
         anchored_at(h1, &format!("{}/Patient/{id}/_history/1/$verify", h1.fhir)).await;

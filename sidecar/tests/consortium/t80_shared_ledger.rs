@@ -13,20 +13,12 @@
 
 use std::time::{Duration, Instant};
 
-use http::{Method, StatusCode};
+use http::Method;
 use serde_json::Value;
 
 use crate::support::{ok, runtime, serial, two_hapis};
 use crate::t30_script::{consortium_json, free_base, script, StopOnDrop};
-use crate::t70_institutions::{fingerprint, person, send, unique, write, Member};
-
-/// `member`'s ledger API answer at `path` (auditor's key).
-async fn ledger(member: &Member, path: &str) -> Value {
-    let url = format!("{}/{path}", member.fhir.replace("/fhir", "/ledger"));
-    let (status, body) = send(Method::GET, &url, &member.auditor, None).await;
-    assert_eq!(status, StatusCode::OK, "{url}: {body}");
-    body
-}
+use crate::t70_institutions::{fingerprint, ledger, person, send, unique, write, Member};
 
 /// The hash of every block `member` holds, from genesis.
 async fn chain_of(member: &Member) -> Vec<String> {

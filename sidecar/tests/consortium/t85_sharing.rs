@@ -33,7 +33,10 @@ use serde_json::{json, Value};
 
 use crate::support::{call_as, runtime, serial, two_hapis};
 use crate::t30_script::{script, StopOnDrop};
-use crate::t70_institutions::{fingerprint, person, send, start_two, unique, write, Member};
+use crate::t70_institutions::{
+    exchanges, fingerprint, next_height, person, send, start_two, transactions, unique, write,
+    Member,
+};
 
 /// A `Consent` by which `patient` (of the member that stores it) lets `grantee` read for
 /// treatment until `end`.
@@ -128,60 +131,6 @@ async fn fetched(
         assert!(Instant::now() < deadline, "never complete: {bundle}");
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-}
-
-/// The exchanges (kind, member) of the access events `member` signed from height `from` on,
-/// once `wanted` are all there (access events are anchored in the next rounds).
-async fn exchanges(member: &Member, from: u64, wanted: &[(&str, &str)]) -> Vec<(String, String)> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let mut found = Vec::new();
-        for tx in transactions(member, from, "access").await {
-            for event in tx["events"].as_array().into_iter().flatten() {
-                if event["exchange"].is_object() {
-                    found.push((
-                        event["exchange"]["kind"].as_str().unwrap().to_owned(),
-                        event["exchange"]["member"].as_str().unwrap().to_owned(),
-                    ));
-                }
-            }
-        }
-        let all = wanted
-            .iter()
-            .all(|(k, m)| found.iter().any(|(fk, fm)| fk == k && fm == m));
-        if all {
-            return found;
-        }
-        assert!(Instant::now() < deadline, "{wanted:?} not in {found:?}");
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
-}
-
-/// `member`'s ledger API answer at `path` (auditor's key).
-async fn ledger(member: &Member, path: &str) -> Value {
-    let url = format!("{}/{path}", member.fhir.replace("/fhir", "/ledger"));
-    let (status, body) = send(Method::GET, &url, &member.auditor, None).await;
-    assert_eq!(status, StatusCode::OK, "{url}: {body}");
-    body
-}
-
-/// The height of the next block `member` will store.
-async fn next_height(member: &Member) -> u64 {
-    ledger(member, "status").await["blocks"].as_u64().unwrap()
-}
-
-/// The transactions of kind `kind` that `member` holds in blocks from height `from` on.
-async fn transactions(member: &Member, from: u64, kind: &str) -> Vec<Value> {
-    let mut found = Vec::new();
-    for height in from..next_height(member).await {
-        let block = ledger(member, &format!("blocks/{height}")).await;
-        for tx in block["transactions"].as_array().unwrap() {
-            if tx["kind"] == kind {
-                found.push(tx.clone());
-            }
-        }
-    }
-    found
 }
 
 /// [`transactions`] once there is one at least: a block final at the member that made it
