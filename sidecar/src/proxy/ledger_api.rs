@@ -169,9 +169,9 @@ fn resource_of(path: VerifyPath<'_>) -> Result<(&str, &str, Option<&str>), Proxy
     }
 }
 
-/// `/ledger/…`: `status`, `blocks/{height}`, `proofs/{type}/{id}/{version}`, `verify`.
-/// Access events and fingerprints are shown to principals who audit only; `verify` is theirs
-/// alone.
+/// `/ledger/…`: `status`, `blocks/{height}`, `proofs/{type}/{id}/{version}[?institution=M]`
+/// (this institution's write, or member M's), `verify`. Access events and fingerprints are
+/// shown to principals who audit this institution only; `verify` is theirs alone.
 pub(super) async fn ledger_api(
     deps: &Deps,
     req: &Request<ProxyBody>,
@@ -216,9 +216,20 @@ pub(super) async fn ledger_api(
             }
         }
         ["proofs", ty, id, version] => {
+            // `?institution=M`: member M's write, from this node's copy of the chain.
+            let own = ledger.institution().to_owned();
+            let institution = query_institution(req.uri().query())?.unwrap_or_else(|| own.clone());
+            if institution != own && !ledger.knows_member(&institution) {
+                return Err(ProxyError::Invalid(format!(
+                    "'{institution}' is not a member of this consortium: institution names the member that wrote the resource"
+                )));
+            }
+            // Fingerprints only of this institution's writes, to those who audit it.
+            let auditor = auditor && institution == own;
+            let writer = institution.clone();
             let (t, i, v) = (ty.to_string(), id.to_string(), version.to_string());
             let found = blocking(move || {
-                let proof = ledger.proof(&t, &i, &v)?;
+                let proof = ledger.proof_of(&institution, &t, &i, &v)?;
                 Ok::<_, ProxyError>(proof.map(|p| {
                     let fault = ledger.check_proof(&p).err().map(|e| e.to_string());
                     (p, fault)
@@ -229,7 +240,7 @@ pub(super) async fn ledger_api(
                 Some((proof, fault)) => proof_json(&proof, fault.as_deref(), auditor),
                 None => {
                     return Err(ProxyError::NotFound(format!(
-                        "{ty}/{id}/_history/{version} is not anchored"
+                        "{ty}/{id}/_history/{version} is not anchored by {writer}"
                     )))
                 }
             }
@@ -246,7 +257,7 @@ pub(super) async fn ledger_api(
         }
         _ => {
             return Err(ProxyError::NotFound(format!(
-                "no ledger endpoint {path}: try /ledger/status, /ledger/blocks/{{height}}, /ledger/proofs/{{type}}/{{id}}/{{version}}, /ledger/verify"
+                "no ledger endpoint {path}: try /ledger/status, /ledger/blocks/{{height}}, /ledger/proofs/{{type}}/{{id}}/{{version}}[?institution=member], /ledger/verify"
             )))
         }
     };

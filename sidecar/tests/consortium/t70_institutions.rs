@@ -314,6 +314,27 @@ async fn proves_across(h1: &Member, h2: &Member, ssn: &str) {
     );
     // h2's access event of it names h1 as the writer: the Patient it names is not h2's.
     exchanges(h2, from, &[("written-by", "h1")]).await;
+    // The ledger API's proof of it at h2 names h1, without h1's fingerprint; h2 wrote no such
+    // version; a member the consortium never had is refused.
+    let proofs = format!("proofs/Patient/{id}/1");
+    let proof = ledger(h2, &format!("{proofs}?institution=h1")).await;
+    assert_eq!(proof["institution"], "h1", "{proof}");
+    assert_eq!(proof["valid"], true, "{proof}");
+    assert_eq!(
+        proof["blockHash"].as_str(),
+        at_h2["blockHash"].as_str(),
+        "{proof}"
+    );
+    assert!(proof.get("fingerprint").is_none(), "{proof}");
+    let base = h2.fhir.replace("/fhir", "/ledger");
+    for (query, expected) in [
+        ("", StatusCode::NOT_FOUND),
+        ("?institution=h9", StatusCode::BAD_REQUEST),
+    ] {
+        let url = format!("{base}/{proofs}{query}");
+        let (status, body) = send(Method::GET, &url, &h2.auditor, None).await;
+        assert_eq!(status, expected, "{url}: {body}");
+    }
     // One chain: h1 proves its own write in the same block.
     let (at_h1, text_1) =
         anchored_at(h1, &format!("{}/Patient/{id}/_history/1/$verify", h1.fhir)).await;
