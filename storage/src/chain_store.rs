@@ -889,6 +889,16 @@ mod tests {
         assert_eq!(store.last_block().unwrap().unwrap().0, 299);
     }
 
+    /// [`ChainStore::open_dir`] of a directory this test just let go of (see
+    /// `open::once_unlocked`).
+    fn reopen_dir(path: &std::path::Path) -> ChainStore {
+        crate::open::once_unlocked(
+            path,
+            || ChainStore::open_dir(path, "owner", 2),
+            |e| matches!(e, ChainStoreError::Locked(_)),
+        )
+    }
+
     #[tokio::test]
     async fn survives_a_reopen_and_files_what_it_holds_again() {
         let dir = tempfile::tempdir().unwrap();
@@ -913,7 +923,7 @@ mod tests {
             db.flush().unwrap();
         }
         {
-            let store = ChainStore::open_dir(dir.path(), "owner", 2).unwrap();
+            let store = reopen_dir(dir.path());
             assert!(!store
                 .database()
                 .tree_names()
@@ -931,7 +941,7 @@ mod tests {
                 .await
                 .unwrap();
         }
-        let store = ChainStore::open_dir(dir.path(), "owner", 2).unwrap();
+        let store = reopen_dir(dir.path());
         assert_eq!(store.last_block().unwrap(), Some((0, b"kept".to_vec())));
         assert!(store.transaction(&key("t")).unwrap().is_some());
         // Entries are known once their block is filed again, and nothing is appended before.

@@ -62,21 +62,34 @@ pub fn open_db(path: &Path) -> Result<sled::Db, OpenError> {
     }
 }
 
-/// Opens the database at `path` again in a test that just dropped its last handle: sled's
-/// flusher thread lets go of the file lock a moment after that, and until it does the open is
-/// refused as locked. Waits up to 5 s.
+/// Runs `open` on the database at `path`, which a test just dropped its last handle of, until
+/// it is no longer refused as `locked`: sled's flusher thread lets go of the file lock a moment
+/// after that. Waits up to 5 s.
 #[cfg(test)]
-pub(crate) fn reopen(path: &Path) -> sled::Db {
+pub(crate) fn once_unlocked<T, E: std::fmt::Display>(
+    path: &Path,
+    mut open: impl FnMut() -> Result<T, E>,
+    locked: impl Fn(&E) -> bool,
+) -> T {
     for _ in 0..50 {
-        match open_db(path) {
-            Ok(db) => return db,
-            Err(OpenError::Locked { .. }) => {
-                std::thread::sleep(std::time::Duration::from_millis(100))
-            }
+        match open() {
+            Ok(opened) => return opened,
+            Err(e) if locked(&e) => std::thread::sleep(std::time::Duration::from_millis(100)),
             Err(e) => panic!("reopening {}: {e}", path.display()),
         }
     }
     panic!("{} stayed locked", path.display())
+}
+
+/// Opens the database at `path` again in a test that just dropped its last handle (see
+/// [`once_unlocked`]).
+#[cfg(test)]
+pub(crate) fn reopen(path: &Path) -> sled::Db {
+    once_unlocked(
+        path,
+        || open_db(path),
+        |e| matches!(e, OpenError::Locked { .. }),
+    )
 }
 
 fn classify(path: String, error: sled::Error) -> OpenError {

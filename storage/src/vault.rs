@@ -850,18 +850,18 @@ mod tests {
     use crate::seal::{blind_token, RecordMeta, Sealer};
     use std::sync::Arc;
 
-    /// [`Vault::open`] of a database this test just dropped (see `open::reopen`).
+    /// [`Vault::open`] of a database this test just dropped (see `open::once_unlocked`).
     fn reopen(path: &std::path::Path) -> Vault {
-        for _ in 0..50 {
-            match Vault::open(path) {
-                Ok(vault) => return vault,
-                Err(crate::StorageError::Open(crate::open::OpenError::Locked { .. })) => {
-                    std::thread::sleep(std::time::Duration::from_millis(100));
-                }
-                Err(e) => panic!("{e}"),
-            }
-        }
-        panic!("{} stayed locked", path.display())
+        crate::open::once_unlocked(
+            path,
+            || Vault::open(path),
+            |e| {
+                matches!(
+                    e,
+                    crate::StorageError::Open(crate::open::OpenError::Locked { .. })
+                )
+            },
+        )
     }
 
     #[test]
