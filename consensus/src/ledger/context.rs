@@ -6,7 +6,6 @@ use std::sync::Arc;
 use ed25519_dalek::SigningKey;
 use fhirseal_storage::chain_store::{EntryLocation, TxLocation};
 
-use crate::bft::CommitCertificate;
 use crate::election::schedule::Seat;
 use crate::error::Result;
 use crate::keys::{PublicKey, Roster};
@@ -58,9 +57,6 @@ pub trait LedgerContext {
 
     /// Where the transaction with this key is in the stored chain.
     fn transaction(&self, key: &[u8]) -> Result<Option<TxLocation>>;
-
-    /// The commit certificate of the stored block at `height`, if stored.
-    fn certificate(&self, height: u64) -> Result<Option<CommitCertificate>>;
 
     /// Where the anchor with this key is in the stored chain.
     fn anchor(&self, key: &[u8]) -> Result<Option<EntryLocation>>;

@@ -278,10 +278,10 @@ pub struct Driver<E, F> {
     last_commit: Option<CommitCertificate>,
     /// Offences already reported, as (height, offender): one report convicts.
     reported: BTreeSet<(u64, PublicKey)>,
-    /// The (sender, height) last asked for the block at the tip's height because the sender's
-    /// next block did not extend this node's tip: asked once, to hold its certificate against
-    /// the tip's.
-    fork_asked: Option<(Option<String>, u64)>,
+    /// The senders asked for the block at the tip's height (the height given) because their
+    /// next block did not extend this node's tip, to hold its certificate against the tip's:
+    /// each once per tip.
+    fork_asked: (u64, BTreeSet<Option<String>>),
 }
 
 struct Running<E> {
@@ -340,7 +340,7 @@ where
             deferred: Vec::new(),
             last_commit: None,
             reported: BTreeSet::new(),
-            fork_asked: None,
+            fork_asked: (0, BTreeSet::new()),
         }
     }
 
@@ -683,34 +683,30 @@ where
         let Some(evidence) = commit.conflicting_vote(vote) else {
             return;
         };
-        if vote.verify(self.chain_id()).is_ok() {
+        let seen = self.reported.contains(&(vote.height, vote.delegate));
+        if !seen && vote.verify(self.chain_id()).is_ok() {
             self.report(vec![evidence], work);
         }
     }
 
-    /// A finalized block of a height this node holds already. Another block there, certified,
-    /// is a fork, which only more than f double-signing delegates can make: every delegate that
-    /// precommitted both blocks in one round is reported (see [`CommitCertificate::conflicts`]).
-    fn hold_against_stored(
-        &mut self,
-        block: &FinalizedBlock,
-        work: &mut Work,
-        ctx: &impl LedgerContext,
-    ) -> std::result::Result<(), DriverError> {
+    /// A finalized block of the tip's height. Another block there, certified, is a fork, which
+    /// only more than f double-signing delegates can make: every delegate that precommitted
+    /// both blocks in one round is reported (see [`CommitCertificate::conflicts`]). Held against
+    /// the tip's certificate only, which is in memory: a fork further down shows at the tip too
+    /// (its next block does not extend the tip, and the sender is asked for its block at the
+    /// tip's height), and reading older blocks from disk for what any member may send would be
+    /// work without bound.
+    fn hold_against_tip(&mut self, block: &FinalizedBlock, work: &mut Work) {
         let theirs = &block.certificate;
         let height = block.header().height;
-        if theirs.height != height || theirs.block != block.header().hash() {
-            return Ok(());
-        }
-        let ours = match &self.last_commit {
-            Some(tip) if tip.height == height => tip.clone(),
-            _ => match ctx.certificate(height)? {
-                Some(stored) => stored,
-                None => return Ok(()),
-            },
+        let Some(ours) = self.last_commit.as_ref().filter(|c| c.height == height) else {
+            return;
         };
-        if ours.block == theirs.block {
-            return Ok(());
+        if theirs.height != height
+            || ours.block == theirs.block
+            || theirs.block != block.header().hash()
+        {
+            return;
         }
         let chain = *self.chain_id();
         let proven: Vec<Evidence> = ours
@@ -718,12 +714,14 @@ where
             .into_iter()
             .filter(|e| match e {
                 // Ours was checked when stored; theirs, only now.
-                Evidence::DoubleVote(_, other) => other.verify(&chain).is_ok(),
+                Evidence::DoubleVote(_, other) => {
+                    !self.reported.contains(&(height, other.delegate))
+                        && other.verify(&chain).is_ok()
+                }
                 Evidence::DoubleProposal(..) => false,
             })
             .collect();
         self.report(proven, work);
-        Ok(())
     }
 
     /// Double signing seen here, for the runtime to report on the chain: once per offender
@@ -918,7 +916,7 @@ where
             let height = block.header().height;
             let here = self.height();
             if height < here {
-                self.hold_against_stored(&block, work, ctx)?;
+                self.hold_against_tip(&block, work);
                 continue;
             }
             if height > here {
@@ -1133,20 +1131,24 @@ where
     }
 
     /// Asks `from` for the block at the tip's height when its `block`, of the next height, does
-    /// not extend the tip: once per sender and height.
+    /// not extend the tip: each sender once per tip.
     fn ask_below_fork(&mut self, block: &FinalizedBlock, from: Option<String>, work: &mut Work) {
         let Some(tip) = &self.tip else {
             return;
         };
-        let asked = (from, tip.height);
-        if block.header().previous == tip.hash() || self.fork_asked.as_ref() == Some(&asked) {
+        if block.header().previous == tip.hash() {
+            return;
+        }
+        if self.fork_asked.0 != tip.height {
+            self.fork_asked = (tip.height, BTreeSet::new());
+        }
+        if !self.fork_asked.1.insert(from.clone()) {
             return;
         }
         work.effects.push(Effect::Sync {
-            from: asked.0.clone(),
+            from,
             height: tip.height,
         });
-        self.fork_asked = Some(asked);
     }
 
     /// Asks a peer for the blocks from the current height, at most once per poll interval.

@@ -595,7 +595,6 @@ impl<R: Rosters> Rosters for ElectedRosters<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bft::CommitCertificate;
     use crate::election::schedule::Seat;
     use crate::election::{elect, standing};
     use crate::ledger::context::RosterUse;
@@ -641,10 +640,6 @@ mod tests {
         fn transaction(&self, _: &[u8]) -> crate::error::Result<Option<TxLocation>> {
             Ok(None)
         }
-        fn certificate(&self, _: u64) -> crate::error::Result<Option<CommitCertificate>> {
-            Ok(None)
-        }
-
         fn anchor(&self, _: &[u8]) -> crate::error::Result<Option<EntryLocation>> {
             Ok(None)
         }

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use ed25519_dalek::SigningKey;
 use fhirseal_storage::chain_store::{EntryLocation, TxLocation};
 
-use crate::bft::CommitCertificate;
 use crate::chain::ChainReader;
 use crate::election::schedule::Seat;
 use crate::error::Result;
@@ -92,10 +91,6 @@ impl LedgerContext for FixedContext {
 
     fn transaction(&self, key: &[u8]) -> Result<Option<TxLocation>> {
         self.reader.locate_transaction(key)
-    }
-
-    fn certificate(&self, height: u64) -> Result<Option<CommitCertificate>> {
-        Ok(self.reader.block(height)?.map(|b| b.certificate))
     }
 
     fn anchor(&self, key: &[u8]) -> Result<Option<EntryLocation>> {

@@ -1,6 +1,7 @@
 //! Double signing a member sees after the engine is done with a height: another certified block
-//! at a height its chain holds (a fork, which only more than f double-signing delegates can
-//! make), or a late precommit against its tip's certificate. Each becomes evidence once, and the
+//! at its tip's height (a fork, which only more than f double-signing delegates can make; a
+//! next block on another tip makes it ask for that block), or a late precommit against its
+//! tip's certificate. Each becomes evidence once, and the
 //! chain takes it. The consortium of one of [`TestLedger`], whose delegate signs the conflicts.
 
 use fhirseal_consensus::bft::{ConsensusMessage, Evidence, Round, Vote, VoteKind};
@@ -70,42 +71,44 @@ async fn reported_on_the_chain(ledger: &mut TestLedger, evidence: Vec<Evidence>,
 }
 
 #[tokio::test]
-async fn another_certified_block_at_a_held_height_convicts_who_signed_both() {
+async fn another_certified_block_at_the_tips_height_convicts_who_signed_both() {
     let (_dir, mut ledger) = two_blocks().await;
     let delegate = fhirseal_consensus::PublicKey::of(&delegate_key());
-    let delegates = roster().delegates().clone();
-
-    // Height 0, below the tip (read from the store), and height 1, the tip (held in memory).
     let genesis = ledger.chain().block(0).unwrap().unwrap();
-    let other_0 = certified(None, vec![fresh_batch(7, "forked", 1)], 1_000);
-    let other_1 = certified(
-        Some(genesis.header()),
-        vec![fresh_batch(8, "forked", 1)],
-        2_000,
-    );
-    let mut convicting = Vec::new();
-    for (height, other) in [(0, &other_0), (1, &other_1)] {
-        let effects = ledger.handle(blocks_from_peer(vec![other.clone()]));
-        let evidence = evidence_in(&effects);
-        assert_eq!(evidence.len(), 1, "{effects:?}");
-        assert_eq!(evidence[0].height(), height);
-        assert_eq!(evidence[0].offender(), &delegate);
-        evidence[0].verify(&chain_key(), &delegates).unwrap();
+    let tip = ledger.chain().block(1).unwrap().unwrap();
+    let other = |n: u64| {
+        certified(
+            Some(genesis.header()),
+            vec![fresh_batch(n, "forked", 1)],
+            2_000,
+        )
+    };
 
-        // Seen again: reported once.
-        let again = ledger.handle(blocks_from_peer(vec![other.clone()]));
-        assert!(evidence_in(&again).is_empty(), "{again:?}");
-        convicting.extend(evidence);
+    // Nothing: the tip itself; a block whose (valid) certificate is another block's; a block
+    // below the tip (held against nothing: older blocks are not read from disk for it).
+    let mut mismatched = other(7);
+    mismatched.certificate = other(8).certificate;
+    let below = certified(None, vec![fresh_batch(9, "forked", 1)], 1_000);
+    for block in [tip, mismatched, below] {
+        let effects = ledger.handle(blocks_from_peer(vec![block]));
+        assert!(evidence_in(&effects).is_empty(), "{effects:?}");
     }
 
-    // The same blocks again, or a block whose certificate is not for it: nothing.
-    let mut mismatched = other_0.clone();
-    mismatched.certificate = genesis.certificate.clone();
-    let held = ledger.chain().block(1).unwrap().unwrap();
-    let effects = ledger.handle(blocks_from_peer(vec![genesis, held, mismatched]));
-    assert!(evidence_in(&effects).is_empty(), "{effects:?}");
-
-    reported_on_the_chain(&mut ledger, convicting, 3_000).await;
+    // Another block at the tip's height, certified by the tip's delegate: a double vote.
+    let effects = ledger.handle(blocks_from_peer(vec![other(10)]));
+    let evidence = evidence_in(&effects);
+    assert_eq!(evidence.len(), 1, "{effects:?}");
+    assert_eq!(evidence[0].height(), 1);
+    assert_eq!(evidence[0].offender(), &delegate);
+    evidence[0]
+        .verify(&chain_key(), roster().delegates())
+        .unwrap();
+    // Seen again, or by another block: reported once.
+    for again in [other(10), other(11)] {
+        let effects = ledger.handle(blocks_from_peer(vec![again]));
+        assert!(evidence_in(&effects).is_empty(), "{effects:?}");
+    }
+    reported_on_the_chain(&mut ledger, evidence, 3_000).await;
 }
 
 #[tokio::test]
@@ -135,7 +138,27 @@ async fn a_next_block_on_another_tip_makes_the_member_ask_for_that_tip_once() {
         })
         .collect();
     assert_eq!(asked, [1], "{effects:?}");
-    let again = ledger.handle(blocks_from_peer(vec![after]));
+    let again = ledger.handle(blocks_from_peer(vec![after.clone()]));
+    assert!(
+        !again
+            .iter()
+            .any(|e| matches!(e, Effect::Sync { height: 1, .. })),
+        "{again:?}"
+    );
+    // Another sender of the same block is asked too, once.
+    let other_sender = || Input::Blocks {
+        from: Some("peer-2".to_owned()),
+        blocks: vec![after.clone()],
+    };
+    let asked = ledger.handle(other_sender());
+    assert!(
+        asked.contains(&Effect::Sync {
+            from: Some("peer-2".to_owned()),
+            height: 1
+        }),
+        "{asked:?}"
+    );
+    let again = ledger.handle(other_sender());
     assert!(
         !again
             .iter()

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use fhirseal_consensus::election::schedule::Seat;
 use fhirseal_consensus::ledger::{ElectedRosters, History, LedgerContext, RosterUse};
 use fhirseal_consensus::{
-    ChainReader, CommitCertificate, EntryLocation, EpochRosters, PublicKey, Roster, Rosters,
-    SigningKey, Transaction, TxLocation,
+    ChainReader, EntryLocation, EpochRosters, PublicKey, Roster, Rosters, SigningKey, Transaction,
+    TxLocation,
 };
 
 use crate::ledger::view::LedgerView;
@@ -108,10 +108,6 @@ impl LedgerContext for NodeContext {
 
     fn transaction(&self, key: &[u8]) -> fhirseal_consensus::Result<Option<TxLocation>> {
         self.reader.locate_transaction(key)
-    }
-
-    fn certificate(&self, height: u64) -> fhirseal_consensus::Result<Option<CommitCertificate>> {
-        Ok(self.reader.block(height)?.map(|b| b.certificate))
     }
 
     fn anchor(&self, key: &[u8]) -> fhirseal_consensus::Result<Option<EntryLocation>> {

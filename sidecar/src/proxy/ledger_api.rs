@@ -218,7 +218,7 @@ pub(super) async fn ledger_api(
         ["proofs", ty, id, version] => {
             // `?institution=M`: member M's write, from this node's copy of the chain.
             let own = ledger.institution().to_owned();
-            let institution = query_institution(req.uri().query())?.unwrap_or_else(|| own.clone());
+            let institution = proof_institution(req.uri().query())?.unwrap_or_else(|| own.clone());
             if institution != own && !ledger.knows_member(&institution) {
                 return Err(ProxyError::Invalid(format!(
                     "'{institution}' is not a member of this consortium: institution names the member that wrote the resource"
@@ -279,6 +279,23 @@ pub(super) fn ledger_needs(path: &str) -> Needs {
         needs.permissions.insert(Permission::Audit);
     }
     needs
+}
+
+/// The member a `/ledger/proofs` query names (`institution=`, once); other parameters are
+/// ignored, as every ledger endpoint ignores its query.
+fn proof_institution(query: Option<&str>) -> Result<Option<String>, ProxyError> {
+    let mut named = None;
+    for (name, value) in fhirseal_adapters::search::params(query.unwrap_or("")) {
+        if name != "institution" {
+            continue;
+        }
+        if value.is_empty() || named.replace(value).is_some() {
+            return Err(ProxyError::Invalid(
+                "institution names the member that wrote the resource, once".to_owned(),
+            ));
+        }
+    }
+    Ok(named)
 }
 
 /// The member whose write a `$verify` looks at, when another than this node's (named in its
