@@ -60,14 +60,8 @@ pub(super) async fn verify_operation(
         }
     };
     let own = deps.ledger.institution();
-    let institution =
-        one_institution(asked, supplied.as_ref().and_then(|s| s.institution.clone()))?
-            .unwrap_or_else(|| own.to_owned());
-    if institution != own && !deps.ledger.knows_member(&institution) {
-        return Err(ProxyError::Invalid(format!(
-            "'{institution}' is not a member of this consortium: institution names the member that wrote the resource"
-        )));
-    }
+    let named = one_institution(asked, supplied.as_ref().and_then(|s| s.institution.clone()))?;
+    let institution = writer(deps, named)?;
     let check = match supplied {
         Some(request) => {
             let target = request.target(path)?;
@@ -217,15 +211,9 @@ pub(super) async fn ledger_api(
         }
         ["proofs", ty, id, version] => {
             // `?institution=M`: member M's write, from this node's copy of the chain.
-            let own = ledger.institution().to_owned();
-            let institution = proof_institution(req.uri().query())?.unwrap_or_else(|| own.clone());
-            if institution != own && !ledger.knows_member(&institution) {
-                return Err(ProxyError::Invalid(format!(
-                    "'{institution}' is not a member of this consortium: institution names the member that wrote the resource"
-                )));
-            }
+            let institution = writer(deps, proof_institution(req.uri().query())?)?;
             // Fingerprints only of this institution's writes, to those who audit it.
-            let auditor = auditor && institution == own;
+            let auditor = auditor && institution == ledger.institution();
             let writer = institution.clone();
             let (t, i, v) = (ty.to_string(), id.to_string(), version.to_string());
             let found = blocking(move || {
@@ -310,8 +298,25 @@ pub(super) fn verify_writer(
 ) -> Option<String> {
     verify_target(interaction)?;
     let asked = query_institution(query).ok()?;
-    let named = one_institution(asked, body.and_then(|b| b.institution.clone())).ok()??;
-    (named != deps.ledger.institution() && deps.ledger.knows_member(&named)).then_some(named)
+    let named = one_institution(asked, body.and_then(|b| b.institution.clone())).ok()?;
+    writer(deps, named)
+        .ok()
+        .filter(|writer| writer != deps.ledger.institution())
+}
+
+/// The member whose write a request asks about: the one it `named`, or this institution when
+/// it named none. A name the consortium never had is refused.
+fn writer(deps: &Deps, named: Option<String>) -> Result<String, ProxyError> {
+    let own = deps.ledger.institution();
+    match named {
+        Some(named) if named != own && !deps.ledger.knows_member(&named) => {
+            Err(ProxyError::Invalid(format!(
+                "'{named}' is not a member of this consortium: institution names the member that wrote the resource"
+            )))
+        }
+        Some(named) => Ok(named),
+        None => Ok(own.to_owned()),
+    }
 }
 
 /// What a `$verify` names, at any level; `None` for every other interaction.
