@@ -23,7 +23,7 @@
 #       every member is given a stake of 100 to stand with.
 #   deploy/local-consortium.sh status          every member: its process and its node's view
 #   deploy/local-consortium.sh stop            stops every node (SIGTERM) and the HAPIs started
-#   deploy/local-consortium.sh kill NAME       SIGKILL one member's node (a crash)
+#   deploy/local-consortium.sh kill NAME       SIGKILL one member's node (a crash); returns once it is gone
 #   deploy/local-consortium.sh start-member NAME   starts one member's node again
 #   deploy/local-consortium.sh add [--voter] [--upstream URL]
 #       invites, joins and admits one more member, h(N+1) (a learner unless --voter), in
@@ -363,6 +363,12 @@ cmd_status() {
     done
 }
 
+# Waits (up to 20 s) until process $1 has exited: by then its files, and the locks its databases
+# hold, are let go, so that a command run next on its data directory finds them free.
+wait_gone() {
+    for _ in $(seq 1 200); do kill -0 "$1" 2>/dev/null || return 0; sleep 0.1; done
+}
+
 stop_node() {
     local name="$1" pidfile="$dir/$1/pid"
     if [[ -f "$pidfile" ]]; then
@@ -370,7 +376,7 @@ stop_node() {
         pid=$(cat "$pidfile")
         if kill -0 "$pid" 2>/dev/null; then
             kill -TERM "$pid"
-            for _ in $(seq 1 200); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+            wait_gone "$pid"
             echo "$name stopped"
         fi
         rm -f "$pidfile"
@@ -390,7 +396,10 @@ cmd_kill() {
     local name="${1:-}"
     [[ -n "$name" ]] && grep -qx "$name" "$dir/members" 2>/dev/null || die "no member '$name'"
     if running "$name"; then
-        kill -KILL "$(cat "$dir/$name/pid")"
+        local pid
+        pid=$(cat "$dir/$name/pid")
+        kill -KILL "$pid"
+        wait_gone "$pid"
         echo "$name killed"
     fi
     rm -f "$dir/$name/pid"
